@@ -1,0 +1,226 @@
+"""`adapter-studio`: the window by default, and every engine action headless (CONTRACT.md).
+
+Parsing and `--version`/`--help` import nothing heavy; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.errors import UserError
+
+EXIT_CANCELLED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapter-studio", description="No-code fine-tuning of language models on your own workstation."
+    )
+    parser.add_argument("--version", action="version", version=f"adapter-studio {__version__}")
+    parser.add_argument("--self-test", action="store_true", help="open the window, print seconds to first paint")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--demo", action="store_true", help="open the window with the demo selected (default)")
+    sub = parser.add_subparsers(dest="command")
+
+    train = sub.add_parser("train", help="train headless from a spec file")
+    train.add_argument("spec", nargs="?", help="spec file (YAML)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run")
+    train.add_argument("--devices", type=int, default=None, help="train with N processes (GPUs) via accelerate")
+    train.add_argument("--quiet", action="store_true", help="only the final line")
+
+    export = sub.add_parser("export", help="export a run's adapter or merged model")
+    export.add_argument("run_dir")
+    kind = export.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--adapter", action="store_true", help="adapter only (loadable by peft)")
+    kind.add_argument("--merged", action="store_true", help="full model with the adapter merged in")
+    export.add_argument("--out", required=True, help="target folder (must not exist)")
+
+    methods = sub.add_parser("methods", help="list the method library")
+    methods.add_argument("--json", action="store_true")
+
+    params = sub.add_parser("params", help="trainable parameters, adapter size and memory per method")
+    params.add_argument("--model", required=True, help="model folder, .gguf file or shipped config name")
+    params.add_argument("--methods", default="all", help="all, or a comma list of method names")
+    params.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    params.add_argument("--json", action="store_true")
+
+    runs = sub.add_parser("runs", help="list the run history")
+    runs.add_argument("--dir", default="runs", help="the runs folder")
+    runs.add_argument("--json", action="store_true")
+
+    walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
+    walk.add_argument("spec")
+    walk.add_argument("--out", required=True)
+    walk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
+    args = _parser().parse_args(argv)
+    try:
+        if args.command is None:
+            from gui.app import main as gui_main
+
+            return gui_main(self_test=args.self_test, process_start=start)
+        handler = COMMANDS[args.command]
+        return handler(args)
+    except UserError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return EXIT_CANCELLED
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    # A background process of a script ignores SIGINT unless it installs its own handler.
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for the checkpoint
+            raise KeyboardInterrupt
+        print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint…", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _print_event(event: Any, quiet: bool) -> None:
+    from engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+
+    if quiet and not isinstance(event, Finished):
+        return
+    if isinstance(event, Started):
+        print(f"run {event.run_dir}: {event.method} on {event.model}, {event.trainable_params:,} trainable "
+              f"of {event.total_params:,}, {event.total_steps} steps, {event.device}, {event.precision}")
+    elif isinstance(event, Metrics):
+        print(f"step {event.step} loss {event.loss:.4f} lr {event.lr:.2e} grad {event.grad_norm:.3f} "
+              f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB")
+    elif isinstance(event, Eval):
+        extra = "".join(f" {k} {v:.3f}" for k, v in (("accuracy", event.accuracy), ("exact_match", event.exact_match))
+                        if v is not None)
+        print(f"eval step {event.step} eval_loss {event.eval_loss:.4f}{extra}")
+    elif isinstance(event, Checkpoint):
+        print(f"checkpoint {event.path}")
+    elif isinstance(event, Stage):
+        print(f"[{event.stage}]{' ' + event.detail if event.detail else ''}")
+    elif isinstance(event, Log) and event.level != "debug":
+        print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
+    elif isinstance(event, Finished):
+        tail = f": {event.error}" if event.error else ""
+        print(f"finished {event.status} at step {event.step}{tail}")
+    sys.stdout.flush()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.spec import load_spec_file
+
+    if not args.spec and not args.resume:
+        raise UserError("give a spec file, or --resume RUN_DIR", where="train")
+    devices = args.devices
+    if args.resume:
+        spec = None
+    else:
+        spec = load_spec_file(args.spec, args.overrides)
+        devices = devices or spec.training.devices
+    if devices and devices > 1:
+        from engine.launch import launch_multi
+
+        return launch_multi(args, devices)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    from engine.train import run
+
+    if args.resume:
+        result = run(None, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume)  # type: ignore[arg-type]
+    else:
+        result = run(spec, lambda e: _print_event(e, args.quiet), stop)  # type: ignore[arg-type]
+    if result.status == "completed":
+        return 0
+    if result.status == "cancelled":
+        return EXIT_CANCELLED
+    print(f"error: {result.error}", file=sys.stderr)
+    return 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import export_run
+
+    def show(event: Any) -> None:
+        _print_event(event, False)
+
+    result = export_run(Path(args.run_dir), "merged" if args.merged else "adapter", Path(args.out), emit=show)
+    diff = f", verified (max logit difference {result.verified_max_diff:.2e})" if result.verified_max_diff is not None else ""
+    print(f"exported {result.kind} to {result.path} ({result.bytes / 2**20:.1f} MiB){diff}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from engine.methods import METHOD_CLASSES
+
+    rows = [cls.summary() for cls in METHOD_CLASSES]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        merge = "mergeable" if r["mergeable"] else "adapter only"
+        print(f"{r['name']:<{width}}  {r['family']:<19} {merge:<12} {r['description']}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from engine.estimate import estimate_table, format_table
+
+    rows = estimate_table(args.model, args.methods, args.overrides)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from engine.runs import list_runs
+
+    runs = list_runs(args.dir)
+    if args.json:
+        print(json.dumps([{**asdict(r), "path": str(r.path)} for r in runs], indent=1))
+        return 0
+    if not runs:
+        print(f"no runs in {args.dir}")
+    for r in runs:
+        loss = f"{r.final_eval_loss:.4f}" if r.final_eval_loss is not None else "-"
+        print(f"{r.name:<32} {r.status:<11} {r.method:<16} steps {r.steps:<6} eval_loss {loss}")
+    return 0
+
+
+def cmd_walkthrough(args: argparse.Namespace) -> int:
+    from gui.walkthrough import walkthrough
+
+    return walkthrough(args.spec, Path(args.out), args.overrides)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "export": cmd_export,
+    "methods": cmd_methods,
+    "params": cmd_params,
+    "runs": cmd_runs,
+    "walkthrough": cmd_walkthrough,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Device, precision and memory: what hardware the run gets and what it uses."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference != "auto":
+        return preference
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 make bf16 matmuls several times faster than float32 on a CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_precision(preference: str, device: str) -> str:
+    """The compute precision: bf16 autocast where the device runs it fast, float32 elsewhere."""
+    if preference != "auto":
+        return preference
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "float32"
+
+
+def describe_device(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        return f"{count}× {props.name} ({props.total_memory / 2**30:.0f} GiB)" if count > 1 else (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+        )
+    return f"CPU ({os.cpu_count()} cores)" if device == "cpu" else device
+
+
+def memory_stats(device: str) -> dict[str, Any]:
+    """CUDA allocated/reserved/peak on a GPU; the process's resident memory on a CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        return {
+            "memory_bytes": int(torch.cuda.memory_allocated()),
+            "memory_reserved_bytes": int(torch.cuda.memory_reserved()),
+            "memory_peak_bytes": int(torch.cuda.max_memory_allocated()),
+        }
+    import psutil
+
+    return {"memory_bytes": int(psutil.Process().memory_info().rss)}
+
+
+def device_memory_bytes(device: str) -> int:
+    """Total memory of the device the run uses (GPU memory, or system RAM)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().total)

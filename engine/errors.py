@@ -1,0 +1,24 @@
+"""The one error type for mistakes a person can make (bad file, bad field, unsupported choice)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by input: says what is wrong, where, and what to do.
+
+    The CLI prints it as `error: <message>` and the window shows it as a dialog; neither shows a
+    traceback, because the person can fix it without reading code.
+    """
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        if self.fix:
+            text += f" — {self.fix}"
+        return text

@@ -1,0 +1,98 @@
+"""Evaluation on the held-out split: loss, and accuracy or exact match where the task has them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from engine.data_prep import PreparedData, collate
+
+if TYPE_CHECKING:
+    import torch
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    data: PreparedData,
+    task: str,
+    *,
+    batch_size: int,
+    pad_id: int,
+    samples: int,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    device: Any,
+) -> dict[str, float | None]:
+    import torch
+
+    model.eval()
+    total_loss, total_weight, correct = 0.0, 0, 0
+    with torch.no_grad():
+        for i in range(0, len(data.eval), batch_size):
+            items = data.eval[i : i + batch_size]
+            batch = {k: v.to(device) for k, v in collate(items, pad_id, task == "classification").items()}
+            with autocast():
+                out = model(**batch)
+            if task == "classification":
+                weight = len(items)
+                correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            else:
+                weight = int((batch["labels"][:, 1:] != -100).sum())
+            total_loss += float(out.loss) * weight
+            total_weight += weight
+    result: dict[str, float | None] = {"eval_loss": total_loss / max(total_weight, 1)}
+    if task == "classification":
+        result["accuracy"] = correct / max(len(data.eval), 1)
+    elif samples and data.eval_prompts:
+        result["exact_match"] = exact_match(model, tokenizer, data.eval_prompts[:samples], autocast, device)
+    return result
+
+
+def exact_match(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    autocast: Callable[[], AbstractContextManager[Any]],
+    device: Any,
+    batch_size: int = 16,
+) -> float:
+    """Share of prompts whose greedy answer equals the expected one (whitespace-trimmed)."""
+    answers = generate_answers(model, tokenizer, [p for p, _ in pairs], autocast, device, batch_size,
+                               max_new_tokens=max(len(tokenizer(e)["input_ids"]) for _, e in pairs) + 8)
+    return sum(a.strip() == e.strip() for a, (_, e) in zip(answers, pairs, strict=True)) / len(pairs)
+
+
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    autocast: Callable[[], AbstractContextManager[Any]],
+    device: Any,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+) -> list[str]:
+    """Greedy answers, batched with left padding; generation uses the KV cache (prefix methods need it)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            special = not getattr(tokenizer, "chat_template", None)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=special).to(device)
+            with torch.no_grad(), autocast():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1] :]
+            answers += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return answers

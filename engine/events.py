@@ -1,0 +1,189 @@
+"""Events a run reports, and the `events.jsonl` log that stores them (CONTRACT.md, "Events").
+
+Events are frozen and JSON-serialisable, so the same objects feed the window's queue, the CLI's
+progress lines and the run folder's log; an old or subprocess run is read back by `read_events`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    type: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    type: ClassVar[str] = "started"
+    run_dir: str
+    model: str
+    method: str
+    trainable_params: int
+    total_params: int
+    total_steps: int
+    device: str
+    precision: str = "float32"
+    resumed_from_step: int = 0
+
+
+@dataclass(frozen=True)
+class Stage(Event):
+    """What the run is doing now (loading model, tokenising, training, evaluating, saving, ...)."""
+
+    type: ClassVar[str] = "stage"
+    stage: str
+    detail: str = ""
+    progress: float | None = None
+
+
+@dataclass(frozen=True)
+class Metrics(Event):
+    type: ClassVar[str] = "metrics"
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens_seen: int
+    memory_bytes: int
+    memory_reserved_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Eval(Event):
+    type: ClassVar[str] = "eval"
+    step: int
+    eval_loss: float
+    accuracy: float | None = None
+    exact_match: float | None = None
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    type: ClassVar[str] = "log"
+    level: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Checkpoint(Event):
+    type: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Export(Event):
+    type: ClassVar[str] = "export"
+    kind: str
+    path: str
+    bytes: int
+    verified_max_diff: float | None
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    type: ClassVar[str] = "finished"
+    status: str
+    step: int
+    error: str | None
+    train_seconds: float
+    tokens_trained: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (Started, Stage, Metrics, Eval, Log, Checkpoint, Export, Finished)
+}
+
+Emit = Callable[[Event], None]
+
+
+def event_from_dict(data: dict[str, Any]) -> Event | None:
+    """Rebuild an event; unknown types and extra keys (from newer versions) are tolerated."""
+    cls = EVENT_TYPES.get(data.get("type", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError:
+        return None
+
+
+class EventLog:
+    """Appends events to `events.jsonl`, one flat JSON object per line, flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, event: Event) -> None:
+        self._file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def iter_events(path: Path) -> Iterator[Event]:
+    """Events of a log; a half-written last line (a killed process) is skipped, not an error."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            event = event_from_dict(data)
+            if event is not None:
+                yield event
+
+
+def read_events(path: Path) -> list[Event]:
+    return list(iter_events(path))
+
+
+class EventFollower:
+    """Reads the events appended to a log since the last call (for runs in another process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def poll(self) -> list[Event]:
+        if not self.path.exists():
+            return []
+        out: list[Event] = []
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        # Only whole lines: a line being written now is read on the next poll.
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            try:
+                event = event_from_dict(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if event is not None:
+                out.append(event)
+        return out

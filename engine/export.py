@@ -1,0 +1,218 @@
+"""Exports that are never half-written and always checked: adapter-only or merged, verified by
+reloading from disk and comparing logits, written beside the target and renamed into place."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import UserError
+from engine.events import Emit, EventLog, Export, Stage
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.trained import TrainedModel
+
+STUDIO_CONFIG = "adapter_studio.json"
+VERIFY_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportResult:
+    kind: str
+    path: Path
+    bytes: int
+    verified_max_diff: float | None
+
+
+def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) -> ExportResult:
+    """Export a run's latest checkpoint as `adapter` or `merged` into `out` (which must not exist)."""
+    from engine.trained import load_trained
+
+    out = out.expanduser().resolve()
+    if out.exists():
+        raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
+    _check_writable(out.parent)
+
+    def stage(text: str) -> None:
+        if emit:
+            emit(Stage(stage="exporting", detail=text))
+
+    stage("loading the trained model")
+    trained = load_trained(run_dir)
+    if kind == "merged" and not trained.spec.method.mergeable:
+        raise UserError(
+            f"{trained.spec.method.title} cannot be merged into the base weights",
+            where="export",
+            fix="export the adapter only (--adapter)",
+        )
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        probe = _probe_inputs(trained)
+        reference = _logits(trained.model, probe)
+        stage(f"writing the {kind} export")
+        if kind == "adapter":
+            _write_adapter(trained, tmp)
+        else:
+            merged = trained.spec.method.merge(trained.model)
+            merged.save_pretrained(str(tmp), max_shard_size="2GB")
+        trained.tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(model_card(trained, kind, run_dir), encoding="utf-8")
+        stage("verifying: reloading from disk")
+        reloaded = load_export(tmp, kind, trained.spec)
+        diff = float((_logits(reloaded, probe) - reference).abs().max())
+        if not diff < VERIFY_TOLERANCE:
+            raise UserError(
+                f"the written {kind} export does not reproduce the model (max logit difference {diff:.2e})",
+                where=str(out),
+                fix="report this as a bug; nothing was written",
+            )
+        tmp.rename(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(_os_reason(e, out), where=str(out), fix="pick another folder or free some space") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    result = ExportResult(kind, out, size, diff)
+    event = Export(kind=kind, path=str(out), bytes=size, verified_max_diff=diff)
+    log = EventLog(run_dir / "events.jsonl")
+    log.write(event)
+    log.close()
+    if emit:
+        emit(event)
+    return result
+
+
+def _check_writable(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True) if not folder.exists() else None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to")
+
+
+def _os_reason(error: OSError, out: Path) -> str:
+    if error.errno == errno.ENOSPC:
+        return f"the disk is full while writing {out}; nothing was left behind"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write to {out.parent}: permission denied; nothing was left behind"
+    return f"writing {out} failed ({error.strerror or error}); nothing was left behind"
+
+
+def _write_adapter(trained: TrainedModel, folder: Path) -> None:
+    method = trained.spec.method
+    method.save_adapter(trained.model, str(folder))
+    if method.adapter_format != "peft":
+        config = {
+            "format": f"adapter-studio/{method.adapter_format}",
+            "base_model": trained.spec.model.source,
+            "task": trained.task,
+            "method": method.model_dump(mode="json"),
+        }
+        (folder / STUDIO_CONFIG).write_text(json.dumps(config, indent=1), encoding="utf-8")
+
+
+def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """Load any exported adapter onto its base model: peft folders and this project's own formats."""
+    studio = folder / STUDIO_CONFIG
+    if studio.exists():
+        config = json.loads(studio.read_text(encoding="utf-8"))
+        fmt = config["format"].split("/", 1)[1]
+        if fmt == "selective":
+            from engine.methods.selective import load_selective_adapter
+
+            return load_selective_adapter(base, folder)
+        if fmt == "bottleneck":
+            from engine.methods.bottleneck import load_bottleneck_adapter
+
+            return load_bottleneck_adapter(base, folder)
+        raise UserError(f"unknown adapter format {fmt}", where=str(studio))
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(folder))
+
+
+def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:
+    import torch
+
+    from engine.trained import load_base
+
+    if kind == "merged":
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        auto = AutoModelForSequenceClassification if spec.model.task == "classification" else AutoModelForCausalLM
+        return auto.from_pretrained(str(folder), dtype=torch.float32).eval()
+    base, _, _ = load_base(spec)
+    return load_adapter(base, folder).eval()
+
+
+def _probe_inputs(trained: TrainedModel) -> dict[str, torch.Tensor]:
+    texts = ["Rewrite the date March 3, 2021 in ISO format.", "The quick brown fox jumps over the lazy dog."]
+    enc = trained.tokenizer(texts, return_tensors="pt", padding=True)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    import torch
+
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
+    """README.md with YAML metadata: base, method, hyperparameters, data, counts, losses, versions."""
+    import peft
+    import torch
+    import transformers
+    import yaml
+
+    from engine import __version__
+    from engine.runs import summarize_run
+
+    summary = summarize_run(run_dir)
+    spec = trained.spec
+    meta = {
+        "base_model": spec.model.source,
+        "library_name": "peft" if kind == "adapter" and spec.method.adapter_format == "peft" else "transformers",
+        "tags": ["adapter-studio", spec.method.name],
+        "adapter_studio": {
+            "export": kind,
+            "method": spec.method.model_dump(mode="json"),
+            "training": spec.training.model_dump(mode="json"),
+            "dataset": spec.data.path,
+            "data_format": spec.data.format,
+            "trainable_params": summary.trainable_params,
+            "steps": summary.steps,
+            "final_train_loss": summary.final_loss,
+            "final_eval_loss": summary.final_eval_loss,
+            "best_eval_loss": summary.best_eval_loss,
+            "versions": {
+                "adapter_studio": __version__,
+                "torch": str(torch.__version__),
+                "transformers": str(transformers.__version__),
+                "peft": str(peft.__version__),
+            },
+        },
+    }
+    how = (
+        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+        "base = AutoModelForCausalLM.from_pretrained(<base model>)\nmodel = PeftModel.from_pretrained(base, <this folder>)\n```"
+        if kind == "adapter" and spec.method.adapter_format == "peft"
+        else "```python\nfrom engine.export import load_adapter\nmodel = load_adapter(base_model, <this folder>)\n```"
+        if kind == "adapter"
+        else "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(<this folder>)\n```"
+    )
+    return (
+        f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n"
+        f"# {spec.method.title} fine-tune of {spec.model.source}\n\n"
+        f"Trained with Adapter Studio {__version__}: {summary.steps} steps, "
+        f"{summary.trainable_params or 0:,} trainable parameters. Export: {kind}.\n\n## Loading\n\n{how}\n"
+    )

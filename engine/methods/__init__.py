@@ -1,0 +1,36 @@
+"""The method library: every method class, found by its `name` tag."""
+
+from __future__ import annotations
+
+from engine.errors import UserError
+from engine.methods.additive import IA3, LlamaAdapter
+from engine.methods.base import MethodContext, MethodSpec
+from engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
+from engine.methods.selective import BitFit, FullFineTuning, LastLayers
+from engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
+from engine.methods.structured import OFT, LoHa, LoKr, VeRA
+
+# Picker order: the families people reach for first come first.
+METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
+    LoRA, DoRA, RsLoRA, LoRAPlus, AdaLoRA,
+    PromptTuning, PTuning, PrefixTuning, PTuningV2,
+    LlamaAdapter, IA3,
+    BitFit, LastLayers, FullFineTuning,
+    LoHa, LoKr, VeRA, OFT,
+)  # fmt: skip
+
+METHODS: dict[str, type[MethodSpec]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}
+
+
+def method_class(name: str) -> type[MethodSpec]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        import difflib
+
+        near = difflib.get_close_matches(name, METHODS, n=3)
+        hint = f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
+        raise UserError(f"unknown method '{name}'", where="method.name", fix=hint) from None
+
+
+__all__ = ["METHODS", "METHOD_CLASSES", "MethodContext", "MethodSpec", "method_class"]

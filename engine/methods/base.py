@@ -1,0 +1,136 @@
+"""The declaration every fine-tuning method makes, once: fields, facts, and how it changes a model.
+
+A method is a pydantic model with a `name: Literal[...]` tag. Its fields (with description,
+bounds, defaults) are the spec-file schema, the CLI overrides and the window's form; its ClassVars
+are what the picker shows. `apply` turns a base model into a trainable one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.model_info import ModelInfo
+    from engine.spec import TrainingSpec
+
+
+@dataclass
+class MethodContext:
+    """What `apply` may need beyond the model: its facts, the training budget, the tokenizer."""
+
+    info: ModelInfo
+    training: TrainingSpec
+    total_steps: int
+    tokenizer: Any = None
+
+
+def advanced(**extra: Any) -> dict[str, Any]:
+    """`json_schema_extra` marking a field for the form's collapsible "Advanced" section."""
+    return {"advanced": True, **extra}
+
+
+class MethodSpec(BaseModel):
+    """Base of all methods. Subclasses declare `name: Literal["..."]` and their fields."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str
+
+    title: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    mergeable: ClassVar[bool] = False
+    typical_share: ClassVar[str] = ""
+    default_lr: ClassVar[float] = 2e-4
+    default_batch_size: ClassVar[int] = 4
+    supported_models: ClassVar[str] = "all decoder and encoder models"
+    supports_classification: ClassVar[bool] = True
+    supports_gradient_checkpointing: ClassVar[bool] = True
+    adapter_format: ClassVar[str] = "peft"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_comma_lists(cls, data: Any) -> Any:
+        # `--set method.target_modules=q_proj,v_proj` arrives as one string.
+        if isinstance(data, dict):
+            for key, value in list(data.items()):
+                info = cls.model_fields.get(key)
+                if info is not None and isinstance(value, str) and "list" in str(info.annotation):
+                    data[key] = [part.strip() for part in value.split(",") if part.strip()]
+        return data
+
+    # --- facts for the picker and `adapter-studio methods` -------------------------------------
+    @classmethod
+    def summary(cls) -> dict[str, Any]:
+        return {
+            "name": cls.model_fields["name"].default,
+            "title": cls.title,
+            "family": cls.family,
+            "mergeable": cls.mergeable,
+            "description": cls.description,
+            "typical_share": cls.typical_share,
+            "default_learning_rate": cls.default_lr,
+            "supported_models": cls.supported_models,
+            "supports_classification": cls.supports_classification,
+            "fields": [n for n in cls.model_fields if n != "name"],
+        }
+
+    # --- fitting the model ---------------------------------------------------------------------
+    def fill_defaults(self, info: ModelInfo) -> MethodSpec:
+        """A copy with every model-dependent default (target modules, layer counts) filled in."""
+        return self
+
+    def check(self, info: ModelInfo, training: TrainingSpec) -> None:
+        """Raise UserError when this method cannot work with this model or these settings."""
+        if info.task == "classification" and not self.supports_classification:
+            raise UserError(
+                f"{self.title} does not apply to classification models",
+                where="method.name",
+                fix="pick LoRA, IA3 or BitFit for a classifier",
+            )
+        if training.gradient_checkpointing and not self.supports_gradient_checkpointing:
+            raise UserError(
+                f"{self.title} does not work with gradient checkpointing",
+                where="training.gradient_checkpointing",
+                fix="turn gradient checkpointing off, or pick LoRA",
+            )
+
+    # --- training ------------------------------------------------------------------------------
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        """Return the model with only this method's parameters trainable."""
+        raise NotImplementedError
+
+    def build_optimizer(self, model: torch.nn.Module, lr: float, weight_decay: float) -> Any:
+        """A method-specific optimizer, or None for the default AdamW over trainable parameters."""
+        return None
+
+    def on_step(self, model: torch.nn.Module, step: int) -> None:
+        """Called after each optimizer step (AdaLoRA reallocates its ranks here)."""
+
+    # --- saving --------------------------------------------------------------------------------
+    def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
+        raise NotImplementedError
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The base model with the trained change folded into its weights."""
+        raise UserError(
+            f"{self.title} cannot be merged into the base weights",
+            where="export",
+            fix="export the adapter only",
+        )
+
+
+def freeze_all(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def trainable_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

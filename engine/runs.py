@@ -1,0 +1,138 @@
+"""Run folders and history: naming, the liveness lock, and the status of every run."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from engine.events import Eval, Finished, Metrics, Started, iter_events
+
+LOCK = "run.lock"
+
+
+def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
+    root = Path(output_dir).expanduser()
+    base = name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = root / base, 2
+    while path.exists():
+        path, n = root / f"{base}-{n}", n + 1
+    (path / "checkpoints").mkdir(parents=True)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """`run.lock` holds the pid while a run is alive; a stale lock marks a run as interrupted."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+
+    def acquire(self) -> None:
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text().strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                from engine.errors import UserError
+
+                raise UserError(
+                    f"this run is still being trained by process {pid}",
+                    where=str(self.path.parent),
+                    fix="stop that process first",
+                )
+        self.path.write_text(str(os.getpid()))
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    name: str
+    status: str  # completed / cancelled / failed / interrupted / running
+    model: str
+    method: str
+    trainable_params: int | None
+    steps: int
+    total_steps: int | None
+    final_loss: float | None
+    final_eval_loss: float | None
+    best_eval_loss: float | None
+    duration_s: float | None
+    started: float | None
+    error: str | None
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    """One row of the history, read from the run's events (a half-written last line is fine)."""
+    started: Started | None = None
+    finished: Finished | None = None
+    last_metrics: Metrics | None = None
+    evals: list[Eval] = []
+    first_time = last_time = None
+    for event in iter_events(run_dir / "events.jsonl"):
+        first_time = first_time or event.time
+        last_time = event.time
+        if isinstance(event, Started):
+            started, finished = event, None
+        elif isinstance(event, Metrics):
+            last_metrics = event
+        elif isinstance(event, Eval):
+            evals.append(event)
+        elif isinstance(event, Finished):
+            finished = event
+    lock = run_dir / LOCK
+    if finished is not None:
+        status = finished.status
+    elif lock.exists() and _pid_alive(int(lock.read_text().strip() or 0)):
+        status = "running"
+    else:
+        status = "interrupted"
+    method = started.method if started else _spec_value(run_dir, "method", "name")
+    return RunSummary(
+        path=run_dir,
+        name=run_dir.name,
+        status=status,
+        model=started.model if started else str(_spec_value(run_dir, "model", "source") or ""),
+        method=str(method or ""),
+        trainable_params=started.trainable_params if started else None,
+        steps=finished.step if finished else (last_metrics.step if last_metrics else 0),
+        total_steps=started.total_steps if started else None,
+        final_loss=last_metrics.loss if last_metrics else None,
+        final_eval_loss=evals[-1].eval_loss if evals else None,
+        best_eval_loss=min(e.eval_loss for e in evals) if evals else None,
+        duration_s=(last_time - first_time) if first_time and last_time else None,
+        started=first_time,
+        error=finished.error if finished else None,
+    )
+
+
+def _spec_value(run_dir: Path, section: str, key: str) -> object:
+    try:
+        data = yaml.safe_load((run_dir / "spec.yaml").read_text())
+        return data.get(section, {}).get(key)
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
+def list_runs(output_dir: str | Path) -> list[RunSummary]:
+    root = Path(output_dir).expanduser()
+    if not root.exists():
+        return []
+    runs = [summarize_run(p) for p in root.iterdir() if (p / "spec.yaml").exists() or (p / "events.jsonl").exists()]
+    return sorted(runs, key=lambda r: r.started or 0, reverse=True)

@@ -1,0 +1,439 @@
+"""The training recipe: `run(spec, emit, stop_event)` reads top to bottom as what happens in a run.
+
+1. make (or reopen) the run folder, 2. load model and data, 3. fill defaults and check the method,
+4. apply the method, 5. loop: forward, backward, step, report, evaluate, checkpoint, 6. finish.
+Every outcome ends with a `finished` event; nothing a person can cause escapes as a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import checkpoints as ckpt
+from engine.data_prep import collate, epoch_batches, load_examples, prepare_data
+from engine.devices import describe_device, memory_stats, pick_device, pick_precision
+from engine.errors import UserError
+from engine.evaluation import evaluate
+from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
+from engine.runs import RunLock, new_run_dir
+from engine.spec import RunSpec, load_spec_file
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class RunResult:
+    status: str
+    run_dir: Path
+    step: int
+    error: str | None
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def _task_for(spec: RunSpec) -> str:
+    if spec.model.task != "auto":
+        return spec.model.task
+    fmt, _, _, _ = load_examples(spec.data, spec.data.path)
+    return "classification" if fmt == "classification" else "causal_lm"
+
+
+def _id2label(spec: RunSpec) -> dict[int, str] | None:
+    from engine.data_shapes import label_mapping
+
+    _, _, examples, _ = load_examples(spec.data, spec.data.path)
+    return label_mapping(examples) if examples else None
+
+
+def run(
+    spec: RunSpec | None,
+    emit: Emit | None = None,
+    stop_event: threading.Event | None = None,
+    *,
+    resume_dir: str | Path | None = None,
+) -> RunResult:
+    """Train as the spec says; report through `emit` and the run folder's `events.jsonl`.
+
+    With `resume_dir`, continue that run from its last checkpoint (same folder, same log).
+    """
+    stop_event = stop_event or threading.Event()
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if not (run_dir / "spec.yaml").exists():
+            raise UserError(f"{run_dir} is not a run folder (no spec.yaml)", where="--resume")
+        spec = load_spec_file(run_dir / "spec.yaml")
+    else:
+        if spec is None:
+            raise UserError("nothing to run: give a spec or a run folder to resume")
+        run_dir = new_run_dir(spec.output_dir, spec.name, spec.method.name)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    log = EventLog(run_dir / "events.jsonl")
+
+    def report(event: Event) -> None:
+        log.write(event)
+        if emit is not None:
+            emit(event)
+
+    session = TrainingSession(spec, run_dir, report, stop_event, resume=resume_dir is not None)
+    try:
+        return session.execute()
+    finally:
+        log.close()
+        lock.release()
+
+
+class TrainingSession:
+    """One run's state while it trains; `execute` is the recipe."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, report: Emit, stop: threading.Event, resume: bool) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.report = report
+        self.stop = stop
+        self.resume = resume
+        self.step = 0
+        self.tokens_trained = 0
+        self.train_seconds = 0.0
+        self.last_checkpoint: Path | None = None
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.report(Log(level=level, message=message))
+
+    def stage(self, stage: str, detail: str = "") -> None:
+        self.report(Stage(stage=stage, detail=detail))
+
+    def execute(self) -> RunResult:
+        status, error = "failed", None
+        try:
+            status = self._train()
+        except UserError as e:
+            error = e.message
+        except NonFiniteLoss as e:
+            error = str(e)
+        except Exception as e:  # the run must end with a message, whatever broke
+            error = _explain_failure(e)
+            self.log(traceback.format_exc(), level="debug")
+        if error:
+            self.log(error, level="error")
+            self._save_on_failure()
+        self.report(
+            Finished(
+                status=status if error is None else "failed",
+                step=self.step,
+                error=error,
+                train_seconds=round(self.train_seconds, 3),
+                tokens_trained=self.tokens_trained,
+            )
+        )
+        return RunResult(status if error is None else "failed", self.run_dir, self.step, error)
+
+    # --- setting up ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from engine.defaults import resolve_spec
+        from engine.methods import MethodContext
+        from engine.model_info import describe_model
+        from engine.models import load_model, weights_dtype
+
+        spec = self.spec
+        set_seed(spec.training.seed)
+        task = _task_for(spec)
+        device = pick_device(spec.model.device)
+        precision = pick_precision(spec.training.precision, device)
+        self.stage("loading model", spec.model.source)
+        t0 = time.perf_counter()
+        model, tokenizer, source = load_model(
+            spec.model,
+            task,
+            dtype=weights_dtype(spec.model, device, spec.method.name == "full"),
+            id2label=_id2label(spec) if task == "classification" else None,
+        )
+        self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        info = describe_model(model)
+        spec = resolve_spec(spec, info, model.config, task)
+        spec.method.check(info, spec.training)
+        if not self.resume:
+            spec.save(self.run_dir / "spec.yaml")
+        self.spec = spec
+        from engine.methods.selective import notes_for
+
+        for note in notes_for(spec.method, info):
+            self.log(note)
+
+        self.stage("tokenising")
+        data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
+        self.log(
+            f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format, "
+            f"{data.train_tokens:,} tokens){f'; {len(data.dropped)} rows dropped' if data.dropped else ''}"
+        )
+        for note in data.dropped[:10]:
+            self.log(f"dropped {note}", level="warning")
+        if data.truncated:
+            self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
+
+        t = spec.training
+        self.accelerator = Accelerator(
+            mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
+            cpu=device == "cpu",
+        )
+        world = self.accelerator.num_processes
+        micro_per_epoch = math.ceil(len(data.train) / (t.batch_size or 1) / world)
+        steps_per_epoch = max(1, micro_per_epoch // t.gradient_accumulation)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        self.micro_per_epoch = max(1, micro_per_epoch)
+
+        ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
+        model = spec.method.apply(model, ctx)
+        if t.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise UserError(f"{spec.method.title} left nothing to train on this model", where="method")
+        lr = t.learning_rate or spec.method.default_lr
+        optimizer = spec.method.build_optimizer(model, lr, t.weight_decay) or _optimizer(t.optimizer, trainable, lr, t)
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(
+            t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
+            optimizer,
+            num_warmup_steps=math.ceil(t.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.tokenizer, self.data, self.task, self.precision = tokenizer, data, task, precision
+        self.device_name = describe_device(device)
+        self.device = device
+        self.trainable_params = sum(p.numel() for p in trainable)
+        self.total_params = sum(p.numel() for p in self.accelerator.unwrap_model(model).parameters())
+        self.lengths = [len(x.input_ids) for x in data.train]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if self.resume:
+            self._restore()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def _restore(self) -> None:
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            self.log("no checkpoint to resume from: starting from step 0", level="warning")
+            return
+        ckpt.load_trainable(self.accelerator.unwrap_model(self.model), latest)
+        state = ckpt.load_state(latest, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        self.tokens_trained = int(state.get("tokens_trained", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.best_eval = state.get("best_eval")
+        self.log(f"resumed from {latest.name} (step {self.step})")
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _train(self) -> str:
+        import torch
+
+        self.best_eval: float | None = None
+        self._setup()
+        t = self.spec.training
+        self.report(
+            Started(
+                run_dir=str(self.run_dir),
+                model=self.spec.model.source,
+                method=self.spec.method.name,
+                trainable_params=self.trainable_params,
+                total_params=self.total_params,
+                total_steps=self.total_steps,
+                device=self.device_name,
+                precision=self.precision,
+                resumed_from_step=self.step,
+            )
+        )
+        self.log(
+            f"training {self.trainable_params:,} of {self.total_params:,} parameters "
+            f"({100 * self.trainable_params / self.total_params:.3f}%) on {self.device_name}, {self.precision}"
+        )
+        self.stage("training")
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
+        method = self.spec.method
+        unwrapped = self.accelerator.unwrap_model(model)
+        eval_every = t.eval_every or t.save_every
+        stale_evals = 0
+        window_tokens, window_start = 0, time.perf_counter()
+        model.train()
+        while self.step < self.total_steps:
+            if self.stop.is_set():
+                self._checkpoint()
+                return "cancelled"
+            step_start = time.perf_counter()
+            losses = []
+            for micro in range(t.gradient_accumulation):
+                batch = self._batch(self.step * t.gradient_accumulation + micro)
+                with self.accelerator.autocast():
+                    out = model(**batch)
+                loss = out.loss / t.gradient_accumulation
+                self.accelerator.backward(loss)
+                losses.append(out.loss.detach())
+                window_tokens += int(batch["attention_mask"].sum())
+            grad_norm = (
+                self.accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.on_step(unwrapped, self.step)
+            self.step += 1
+            self.train_seconds += time.perf_counter() - step_start
+
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                loss_value = float(torch.stack(losses).mean())  # the only host sync of a step
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLoss(
+                        f"the loss became {loss_value} at step {self.step} — lower the learning rate "
+                        f"(now {t.learning_rate:g}), keep gradient clipping on, or check the data for empty rows"
+                    )
+                elapsed = time.perf_counter() - window_start
+                self.tokens_trained += window_tokens
+                self.report(
+                    Metrics(
+                        step=self.step,
+                        epoch=round(self.step * t.gradient_accumulation / self.micro_per_epoch, 4),
+                        loss=loss_value,
+                        lr=float(scheduler.get_last_lr()[0]),
+                        grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+                        tokens_per_s=window_tokens / elapsed if elapsed > 0 else 0.0,
+                        tokens_seen=self.tokens_trained,
+                        elapsed_s=round(self.train_seconds, 3),
+                        **memory_stats(self.device),
+                    )
+                )
+                window_tokens, window_start = 0, time.perf_counter()
+
+            at_end = self.step == self.total_steps
+            if (self.step % eval_every == 0 or at_end) and self.data.eval:
+                improved = self._evaluate()
+                stale_evals = 0 if improved else stale_evals + 1
+                model.train()
+            if self.step % t.save_every == 0 or at_end:
+                saved = self._checkpoint()
+                if self.best_eval is not None and self._best_step == self.step:
+                    ckpt.copy_as_best(saved, self.run_dir / "checkpoints")
+            if t.early_stopping_patience and stale_evals >= t.early_stopping_patience:
+                self.log(f"eval loss has not improved for {stale_evals} evaluations: stopping early")
+                self._checkpoint()
+                return "completed"
+        return "completed"
+
+    _best_step = -1
+
+    def _batch(self, micro_index: int) -> dict[str, Any]:
+        """The micro-batch at a global position: a pure function of (seed, position), so resuming
+        at step k continues with exactly the data an uninterrupted run would have seen."""
+        epoch, within = divmod(micro_index, self.micro_per_epoch)
+        batches = self._epoch_batches(epoch)
+        indices = batches[within % len(batches)]
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world > 1:
+            indices = indices[rank::world] or indices[:1]
+        items = [self.data.train[i] for i in indices]
+        batch = collate(items, self.pad_id, self.task == "classification")
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    _epoch_cache: tuple[int, list[list[int]]] | None = None
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            size = (self.spec.training.batch_size or 1) * self.accelerator.num_processes
+            self._epoch_cache = (epoch, epoch_batches(self.lengths, size, self.spec.training.seed, epoch))
+        return self._epoch_cache[1]
+
+    def _evaluate(self) -> bool:
+        self.stage("evaluating")
+        result = evaluate(
+            self.accelerator.unwrap_model(self.model),
+            self.tokenizer,
+            self.data,
+            self.task,
+            batch_size=self.spec.training.batch_size or 4,
+            pad_id=self.pad_id,
+            samples=self.spec.training.eval_samples,
+            autocast=self.accelerator.autocast,
+            device=self.accelerator.device,
+        )
+        from engine.events import Eval
+
+        self.report(Eval(step=self.step, **result))
+        self.stage("training")
+        improved = self.best_eval is None or result["eval_loss"] < self.best_eval
+        if improved:
+            self.best_eval, self._best_step = result["eval_loss"], self.step
+        return improved
+
+    def _checkpoint(self) -> Path:
+        if not self.accelerator.is_main_process:
+            return self.run_dir / "checkpoints"
+        self.stage("saving")
+        path = ckpt.save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.accelerator.unwrap_model(self.model),
+            self.optimizer,
+            self.scheduler,
+            self.step,
+            {"tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "best_eval": self.best_eval},
+        )
+        self.last_checkpoint = path
+        self.report(Checkpoint(step=self.step, path=str(path)))
+        self.stage("training")
+        return path
+
+    def _save_on_failure(self) -> None:
+        # Keep what was learnt since the last checkpoint, unless the failure is in the weights.
+        if getattr(self, "model", None) is None or self.step == 0:
+            return
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is not None and latest.name == f"step-{self.step:07d}":
+            return
+        if latest is not None:
+            self.log(f"the last good checkpoint is kept: {latest}")
+
+
+def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -> Any:
+    import torch
+
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=t.weight_decay)
+    if kind == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError(
+                "8-bit AdamW needs the bitsandbytes package",
+                where="training.optimizer",
+                fix="pip install bitsandbytes (CUDA only), or use adamw",
+            ) from None
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
+    # foreach: one kernel launch per group of tensors instead of per tensor.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, foreach=True)
+
+
+def _explain_failure(error: Exception) -> str:
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return (
+            "out of memory — try a smaller batch size (training.batch_size), gradient checkpointing "
+            "(training.gradient_checkpointing), shorter sequences (data.max_length) or a lighter method"
+        )
+    return f"training failed: {type(error).__name__}: {error}"

@@ -1,0 +1,75 @@
+"""Rebuilding a run's trained model from its folder (spec + last checkpoint), for export and trying."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import checkpoints as ckpt
+from engine.errors import UserError
+from engine.events import Started, iter_events
+from engine.spec import RunSpec, load_spec_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.model_info import ModelInfo
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    spec: RunSpec
+    info: ModelInfo
+    checkpoint: Path
+    task: str
+
+
+def run_spec(run_dir: Path) -> RunSpec:
+    if not (run_dir / "spec.yaml").exists():
+        raise UserError(f"{run_dir} is not a run folder (no spec.yaml)", where="run folder", fix="pick a run folder")
+    return load_spec_file(run_dir / "spec.yaml")
+
+
+def total_steps_of(run_dir: Path) -> int:
+    started = [e for e in iter_events(run_dir / "events.jsonl") if isinstance(e, Started)]
+    return started[-1].total_steps if started else 1
+
+
+def load_base(spec: RunSpec) -> tuple[torch.nn.Module, Any, str]:
+    """The run's base model and tokenizer in float32 on the CPU, as export and comparison need."""
+    import torch
+
+    from engine.data_prep import load_examples
+    from engine.data_shapes import label_mapping
+    from engine.models import load_model
+
+    task = spec.model.task if spec.model.task != "auto" else "causal_lm"
+    id2label = None
+    if task == "classification":
+        _, _, examples, _ = load_examples(spec.data, spec.data.path)
+        id2label = label_mapping(examples)
+    model, tokenizer, _ = load_model(spec.model, task, dtype=torch.float32, id2label=id2label)
+    return model, tokenizer, task
+
+
+def load_trained(run_dir: Path, checkpoint: Path | None = None) -> TrainedModel:
+    """The base model with the run's method applied and its latest (or given) checkpoint loaded."""
+    from engine.methods import MethodContext
+    from engine.model_info import describe_model
+
+    spec = run_spec(run_dir)
+    checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise UserError(
+            "this run has no checkpoint yet", where=str(run_dir), fix="train it (or resume it) until a checkpoint is saved"
+        )
+    model, tokenizer, task = load_base(spec)
+    info = describe_model(model)
+    ctx = MethodContext(info=info, training=spec.training, total_steps=total_steps_of(run_dir), tokenizer=tokenizer)
+    model = spec.method.apply(model, ctx)
+    ckpt.load_trainable(model, checkpoint)
+    model.eval()
+    return TrainedModel(model, tokenizer, spec, info, checkpoint, task)
