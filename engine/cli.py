@@ -65,13 +65,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    start = time.perf_counter()
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
             from gui.app import main as gui_main
 
-            return gui_main(self_test=args.self_test, process_start=start)
+            return gui_main(self_test=args.self_test)
         handler = COMMANDS[args.command]
         return handler(args)
     except UserError as e:

@@ -105,18 +105,40 @@ def _clear_gguf_quantization(model: Any) -> None:
         del model.config.quantization_config
 
 
+def _gguf_config_cache(source: ModelSource) -> Path:
+    import hashlib
+    import os
+
+    file = Path(source.path) / str(source.gguf_file)
+    stat = file.stat()
+    key = hashlib.sha1(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adapter-studio" / "gguf-configs"
+    return root / f"{key}.json"
+
+
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     try:
         if source.kind == "gguf":
+            # Parsing a GGUF header (vocabulary included) takes seconds: keep the result on disk.
+            cache = _gguf_config_cache(source)
+            if cache.exists():
+                return AutoConfig.for_model(**read_json(cache))
             config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
             if hasattr(config, "quantization_config"):
                 del config.quantization_config
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(config.to_dict()))
+            except OSError:
+                pass  # a read-only home only costs the seconds again
             return config
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})") from None
+        raise UserError(
+            f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})"
+        ) from None
 
 
 def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False) -> Any:
@@ -151,6 +173,7 @@ class ModelSummary:
     file_bytes: int
     num_layers: int
     hidden_size: int
+    info: Any = None  # engine.model_info.ModelInfo of the meta model (layer names for targets)
 
 
 def folder_bytes(path: Path) -> int:
@@ -161,6 +184,8 @@ def folder_bytes(path: Path) -> int:
 
 def summarize_model(source_text: str) -> ModelSummary:
     """Name, architecture and size of a model without loading its weights."""
+    from engine.model_info import describe_model
+
     source = resolve_source(source_text)
     config = load_config(source)
     task = default_task(config)
@@ -176,6 +201,7 @@ def summarize_model(source_text: str) -> ModelSummary:
         file_bytes=size,
         num_layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
         hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
+        info=describe_model(model),
     )
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from engine.errors import UserError
 from engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 
+ADVANCED = {"advanced": True}  # shown in the form's collapsible "Advanced" section
 DataFormat = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification"]
 
 
@@ -70,30 +71,62 @@ class TrainingSpec(SpecSection):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the training data.")
     batch_size: int | None = Field(None, ge=1, le=4096, description="Examples per step on each device.")
-    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Micro-batches summed before each step.")
+    gradient_accumulation: int = Field(
+        1, ge=1, le=1024, json_schema_extra=ADVANCED, description="Micro-batches summed before each step."
+    )
     learning_rate: float | None = Field(None, gt=0, le=10.0, description="Peak learning rate (method default).")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
-    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5, description="Share of steps spent warming up.")
-    max_grad_norm: float = Field(1.0, ge=0.0, le=1000.0, description="Gradient clipping (0: off).")
-    optimizer: Literal["adamw", "adamw_8bit", "sgd"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra=ADVANCED, description="AdamW weight decay.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", json_schema_extra=ADVANCED, description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(
+        0.05, ge=0.0, le=0.5, json_schema_extra=ADVANCED, description="Share of steps spent warming up."
+    )
+    max_grad_norm: float = Field(
+        1.0, ge=0.0, le=1000.0, json_schema_extra=ADVANCED, description="Gradient clipping (0: off)."
+    )
+    optimizer: Literal["adamw", "adamw_8bit", "sgd"] = Field(
+        "adamw", json_schema_extra=ADVANCED, description="Optimizer."
+    )
     precision: Literal["auto", "float32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision: auto uses bf16 where the device runs it fast."
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (slower).")
-    seed: int = Field(0, ge=0, description="Random seed for data order, dropout and initialisation.")
-    save_every: int = Field(100, ge=1, description="Write a checkpoint every N steps (and always at the end).")
+    gradient_checkpointing: bool = Field(
+        False, json_schema_extra=ADVANCED, description="Recompute activations to save memory (slower)."
+    )
+    seed: int = Field(
+        0, ge=0, json_schema_extra=ADVANCED, description="Random seed for data order, dropout and initialisation."
+    )
+    save_every: int = Field(
+        100, ge=1, json_schema_extra=ADVANCED, description="Write a checkpoint every N steps (and always at the end)."
+    )
     eval_every: int | None = Field(
-        None, ge=1, description="Evaluate every N steps (empty: at each checkpoint and at the end)."
+        None,
+        ge=1,
+        json_schema_extra=ADVANCED,
+        description="Evaluate every N steps (empty: at each checkpoint and at the end).",
     )
     eval_samples: int = Field(
-        32, ge=0, le=10000, description="Held-out examples answered by generation for exact match (0: off)."
+        32,
+        ge=0,
+        le=10000,
+        json_schema_extra=ADVANCED,
+        description="Held-out examples answered by generation for exact match (0: off).",
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop when eval loss has not improved for this many evaluations."
+        None,
+        ge=1,
+        json_schema_extra=ADVANCED,
+        description="Stop when eval loss has not improved for this many evaluations.",
     )
-    log_every: int = Field(1, ge=1, description="Report metrics every N steps.")
-    devices: int = Field(1, ge=1, le=64, description="Processes to train with (several GPUs through accelerate).")
+    log_every: int = Field(1, ge=1, json_schema_extra=ADVANCED, description="Report metrics every N steps.")
+    devices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        json_schema_extra=ADVANCED,
+        description="Processes to train with (several GPUs through accelerate).",
+    )
 
 
 MethodUnion = Annotated[Union[tuple(METHOD_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
@@ -214,9 +247,7 @@ def _explain(error: ValidationError, data: dict[str, Any], origin: str, text: st
         fix = f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
         return UserError(f"unknown method '{bad}'", where=f"{where} (method.name)", fix=fix)
     got = first.get("input")
-    return UserError(
-        f"{dotted}: {first['msg'].lower()} (got {got!r})", where=where, fix=f"change {dotted} in the spec"
-    )
+    return UserError(f"{dotted}: {first['msg'].lower()} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
 
 
 def _line_of(text: str, path: list[str]) -> int | None:

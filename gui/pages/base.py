@@ -1,0 +1,27 @@
+"""What every page shares: the studio state, a title, and a way to report errors."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+from gui.dialogs import show_error
+from gui.state import StudioState
+
+
+class Page(QWidget):
+    title = ""
+    hint = ""
+
+    def __init__(self, state: StudioState) -> None:
+        super().__init__()
+        self.state = state
+        self.layout_ = QVBoxLayout(self)
+        heading = QLabel(f"<h2>{self.title}</h2>" + (f"<p style='color:gray'>{self.hint}</p>" if self.hint else ""))
+        heading.setWordWrap(True)
+        self.layout_.addWidget(heading)
+
+    def on_shown(self) -> None:
+        """Called each time the page becomes visible."""
+
+    def error(self, error: BaseException | str) -> None:
+        show_error(self, error)

@@ -1,0 +1,175 @@
+"""Step 3: pick a method from the library and set its hyperparameters and the training budget.
+
+Both forms are generated from the declarations (engine.methods, engine.spec.TrainingSpec)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.methods import METHOD_CLASSES, METHODS
+from engine.spec import TrainingSpec
+from gui.form_builder import SpecForm
+from gui.pages.base import Page
+
+
+def target_presets(info: Any) -> dict[str, list[str]]:
+    if info is None:
+        return {}
+    presets = {
+        "attention": list(info.attention_targets),
+        "attention + MLP": list(dict.fromkeys([*info.attention_targets, *info.mlp_targets])),
+        "all linear": list(info.all_linear_targets),
+    }
+    return {k: v for k, v in presets.items() if v}
+
+
+class MethodPage(Page):
+    title = "3 · Method"
+    hint = "Every method trains for real. The form shows the method's own settings; advanced ones are folded."
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        body = QHBoxLayout()
+        self.list = QListWidget()
+        self.list.setObjectName("methodList")
+        self.list.setMaximumWidth(260)
+        family = None
+        for cls in METHOD_CLASSES:
+            if cls.family != family:
+                family = cls.family
+                header = QListWidgetItem(family.upper())
+                header.setFlags(Qt.ItemFlag.NoItemFlags)
+                self.list.addItem(header)
+            item = QListWidgetItem(f"  {cls.title}")
+            item.setData(Qt.ItemDataRole.UserRole, cls.model_fields["name"].default)
+            item.setToolTip(cls.description)
+            self.list.addItem(item)
+        self.list.currentItemChanged.connect(self._picked)
+        body.addWidget(self.list)
+
+        right = QVBoxLayout()
+        self.details = QLabel()
+        self.details.setObjectName("methodDetails")
+        self.details.setWordWrap(True)
+        self.details.setTextFormat(Qt.TextFormat.RichText)
+        right.addWidget(self.details)
+        self.method_box = QGroupBox("Method settings")
+        self.method_box_layout = QVBoxLayout(self.method_box)
+        right.addWidget(self.method_box)
+        self.validation = QLabel("")
+        self.validation.setObjectName("methodValidation")
+        self.validation.setStyleSheet("color: #c00")
+        right.addWidget(self.validation)
+        training_box = QGroupBox("Training")
+        training_layout = QVBoxLayout(training_box)
+        self.training_form = SpecForm(TrainingSpec, state.training)
+        self.training_form.setObjectName("trainingForm")
+        self.training_form.changed.connect(self._training_edited)
+        training_layout.addWidget(self.training_form)
+        right.addWidget(training_box)
+        right.addStretch()
+        holder = QWidget()
+        holder.setLayout(right)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(holder)
+        body.addWidget(scroll, 1)
+        self.layout_.addLayout(body, 1)
+        self.form: SpecForm | None = None
+        state.method_changed.connect(self._from_state)
+        state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
+        state.model_described.connect(self._rebuild_form)
+        self._from_state()
+
+    def select(self, name: str) -> None:
+        for i in range(self.list.count()):
+            if self.list.item(i).data(Qt.ItemDataRole.UserRole) == name:
+                self.list.setCurrentRow(i)
+                return
+
+    def _from_state(self) -> None:
+        name = self.state.method.name
+        current = self.list.currentItem()
+        if current is None or current.data(Qt.ItemDataRole.UserRole) != name:
+            self.list.blockSignals(True)
+            self.select(name)
+            self.list.blockSignals(False)
+        if self.form is None or self.form.model_cls is not type(self.state.method):
+            self._rebuild_form()
+        else:
+            self.form.set_values(self.state.method)
+        self._describe()
+
+    def _picked(self, item: QListWidgetItem | None, _previous: Any = None) -> None:
+        name = item.data(Qt.ItemDataRole.UserRole) if item else None
+        if not name or name == self.state.method.name:
+            return
+        self.state.set_method(METHODS[name]())
+
+    def _describe(self) -> None:
+        cls = type(self.state.method)
+        merge = "yes — can be folded into the base weights" if cls.mergeable else "no — exported as an adapter"
+        note = ""
+        info = self.state.model_info
+        if info is not None:
+            try:
+                cls().check(info, self.state.training)
+            except Exception as e:  # UserError: this model cannot use the method
+                note = f"<p style='color:#c00'><b>Not for this model:</b> {getattr(e, 'message', e)}</p>"
+        self.details.setText(
+            f"<h3>{cls.title}</h3><p>{cls.description}</p>"
+            f"<table><tr><td>Family</td><td>{cls.family}</td></tr>"
+            f"<tr><td>Mergeable</td><td>{merge}</td></tr>"
+            f"<tr><td>Typical trainable share</td><td>{cls.typical_share}</td></tr>"
+            f"<tr><td>Default learning rate</td><td>{cls.default_lr:g}</td></tr>"
+            f"<tr><td>Models</td><td>{cls.supported_models}</td></tr></table>{note}"
+        )
+
+    def _rebuild_form(self) -> None:
+        if self.form is not None:
+            self.form.setParent(None)
+            self.form.deleteLater()
+        info = self.state.model_info
+        names = info.all_linear_targets if info is not None else []
+        self.form = SpecForm(
+            type(self.state.method), self.state.method, module_names=names, presets=target_presets(info)
+        )
+        self.form.setObjectName("methodForm")
+        self.form.changed.connect(self._method_edited)
+        self.method_box_layout.addWidget(self.form)
+        self._describe()
+
+    def _method_edited(self, values: dict[str, Any]) -> None:
+        try:
+            method = type(self.state.method).model_validate({"name": self.state.method.name, **values})
+        except ValidationError as e:
+            first = e.errors()[0]
+            self.validation.setText(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            return
+        self.validation.setText("")
+        # Not set_method: the form already shows these values and must not be rebuilt under the cursor.
+        self.state.method = method
+        self.state.spec_edited.emit()
+
+    def _training_edited(self, values: dict[str, Any]) -> None:
+        try:
+            self.state.training = TrainingSpec.model_validate(values)
+            self.validation.setText("")
+            self.state.spec_edited.emit()
+        except ValidationError as e:
+            first = e.errors()[0]
+            self.validation.setText(f"training.{'.'.join(map(str, first['loc']))}: {first['msg']}")

@@ -1,0 +1,106 @@
+"""Step 1: pick the base model and see what it is and how big."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton
+
+from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2
+from gui.pages.base import Page
+from gui.worker import run_in_background
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+class ModelPage(Page):
+    title = "1 · Model"
+    hint = "A Hugging Face model folder, a .gguf file, or a model id already on this machine."
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        row = QHBoxLayout()
+        self.source = QLineEdit()
+        self.source.setObjectName("modelSource")
+        self.source.setPlaceholderText("folder, file.gguf or org/name")
+        self.source.returnPressed.connect(lambda: self.choose(self.source.text()))
+        row.addWidget(self.source)
+        for label, slot in (("Folder…", self.browse_folder), ("GGUF file…", self.browse_gguf)):
+            button = QPushButton(label)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+        self.layout_.addLayout(row)
+        quick = QHBoxLayout()
+        for label, source in (("Embedded SmolLM2-135M-Instruct", EMBEDDED_SMOLLM2), ("Embedded MiniLM (classifier)", EMBEDDED_MINILM)):
+            button = QPushButton(label)
+            button.clicked.connect(lambda _=False, s=source: self.choose(s))
+            quick.addWidget(button)
+        quick.addStretch()
+        self.layout_.addLayout(quick)
+        form = QFormLayout()
+        self.fields = {key: QLabel("—") for key in ("name", "architecture", "parameters", "layers", "size on disk")}
+        for key, label in self.fields.items():
+            label.setObjectName(f"model_{key.replace(' ', '_')}")
+            form.addRow(key.capitalize(), label)
+        self.layout_.addLayout(form)
+        self.status = QLabel("")
+        self.status.setObjectName("modelStatus")
+        self.layout_.addWidget(self.status)
+        self.layout_.addStretch()
+        state.model_changed.connect(self.refresh)
+        self._worker = None
+
+    def browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model folder")
+        if folder:
+            self.choose(folder)
+
+    def browse_gguf(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "GGUF model", filter="GGUF models (*.gguf)")
+        if path:
+            self.choose(path)
+
+    def choose(self, source: str) -> None:
+        source = source.strip()
+        if source:
+            self.state.set_model(source)
+
+    def refresh(self) -> None:
+        if self.state.model is None:
+            return
+        source = self.state.model.source
+        self.source.setText(source)
+        self.status.setText("Reading the model's configuration…")
+        for label in self.fields.values():
+            label.setText("…")
+        from engine.models import summarize_model
+
+        self._worker = run_in_background(summarize_model, source, on_result=self._show, on_error=self._failed)
+
+    def _show(self, summary) -> None:  # type: ignore[no-untyped-def]
+        if self.state.model is None:
+            return
+        self.state.set_model_summary(summary)
+        self.fields["name"].setText(summary.name)
+        self.fields["architecture"].setText(f"{summary.architecture} ({summary.model_type})")
+        self.fields["parameters"].setText(f"{human_count(summary.params)} ({summary.params:,})")
+        self.fields["layers"].setText(f"{summary.num_layers} blocks × {summary.hidden_size} wide")
+        self.fields["size on disk"].setText(human_bytes(summary.file_bytes) if summary.file_bytes else "—")
+        self.status.setText("Ready. The weights load when training starts.")
+
+    def _failed(self, error: BaseException) -> None:
+        self.status.setText(f"Cannot use this model: {getattr(error, 'message', error)}")
+        for label in self.fields.values():
+            label.setText("—")
+        self.error(error)

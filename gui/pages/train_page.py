@@ -1,0 +1,302 @@
+"""Step 4: train and watch — live loss, memory and more, progress with ETA, stop and resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+)
+from PySide6.QtCore import Qt
+
+from engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+from gui.pages.base import Page
+from gui.plots import LivePlot, ema
+from gui.worker import TrainingController
+
+STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "failed": "#c00"}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainPage(Page):
+    title = "4 · Train"
+    hint = "Training runs in the background; the window stays usable. Stop keeps a checkpoint; Resume continues."
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        self.controller = TrainingController(self)
+        self.controller.events.connect(self.on_events)
+        self.controller.done.connect(self.on_done)
+        self.controller.failed.connect(self.on_failed)
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("startButton")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopButton")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.setEnabled(False)
+        self.resume_button.clicked.connect(self.resume)
+        for b in (self.start_button, self.stop_button, self.resume_button):
+            buttons.addWidget(b)
+        buttons.addStretch()
+        self.state_label = QLabel("ready")
+        self.state_label.setObjectName("runState")
+        buttons.addWidget(self.state_label)
+        self.layout_.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progress")
+        self.progress.setFormat("%v / %m steps")
+        self.layout_.addWidget(self.progress)
+        grid = QGridLayout()
+        self.stats: dict[str, QLabel] = {}
+        for i, key in enumerate(("epoch", "elapsed", "ETA", "tokens seen", "tokens/s", "memory", "device", "trainable")):
+            label = QLabel("—")
+            label.setObjectName(f"stat_{key.replace(' ', '_').replace('/', '_per_')}")
+            grid.addWidget(QLabel(f"<span style='color:gray'>{key}</span>"), 0 + 2 * (i // 4), i % 4)
+            grid.addWidget(label, 1 + 2 * (i // 4), i % 4)
+            self.stats[key] = label
+        self.layout_.addLayout(grid)
+
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("smoothing"))
+        self.smoothing = QDoubleSpinBox()
+        self.smoothing.setObjectName("smoothing")
+        self.smoothing.setRange(0.0, 0.999)
+        self.smoothing.setSingleStep(0.05)
+        self.smoothing.setValue(0.9)
+        self.smoothing.setToolTip("Weight of the exponential moving average of the loss (0: raw)")
+        self.smoothing.valueChanged.connect(self.replot)
+        controls.addWidget(self.smoothing)
+        controls.addWidget(QLabel("x axis"))
+        self.x_axis = QComboBox()
+        self.x_axis.setObjectName("xAxis")
+        self.x_axis.addItems(["step", "elapsed seconds"])
+        self.x_axis.currentTextChanged.connect(self.replot)
+        controls.addWidget(self.x_axis)
+        controls.addStretch()
+        self.layout_.addLayout(controls)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        self.loss_plot = LivePlot("Loss", "loss")
+        self.loss_plot.setObjectName("lossPlot")
+        self.memory_plot = LivePlot("Memory", "MiB")
+        self.memory_plot.setObjectName("memoryPlot")
+        plots.addWidget(self.loss_plot)
+        plots.addWidget(self.memory_plot)
+        self.more = QTabWidget()
+        self.lr_plot = LivePlot("Learning rate", "lr")
+        self.grad_plot = LivePlot("Gradient norm", "norm")
+        self.speed_plot = LivePlot("Throughput", "tokens/s")
+        self.quality_plot = LivePlot("Held-out quality", "share")
+        for plot, name in ((self.lr_plot, "Learning rate"), (self.grad_plot, "Gradient norm"),
+                           (self.speed_plot, "Tokens/s"), (self.quality_plot, "Accuracy / exact match")):
+            self.more.addTab(plot, name)
+        plots.addWidget(self.more)
+        split.addWidget(plots)
+        self.log = QPlainTextEdit()
+        self.log.setObjectName("logPane")
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        split.addWidget(self.log)
+        split.setSizes([420, 140])
+        self.layout_.addWidget(split, 1)
+
+        self.metrics: list[Metrics] = []
+        self.evals: list[Eval] = []
+        self.total_steps = 0
+        self.started_at = 0.0
+        self.session_start_step = 0
+        self.run_dir: Path | None = None
+        self.last_status: str | None = None
+        self.last_error: str | None = None
+
+    @property
+    def plots(self) -> dict[str, LivePlot]:
+        return {"loss": self.loss_plot, "memory": self.memory_plot, "learning_rate": self.lr_plot,
+                "grad_norm": self.grad_plot, "tokens_per_s": self.speed_plot, "quality": self.quality_plot}
+
+    # --- actions --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.controller.running:
+            return
+        try:
+            spec = self.state.build_spec()
+        except Exception as e:
+            self.error(e)
+            return
+        self._reset()
+        self.set_state("loading model")
+        self.controller.start(spec)
+        self._running(True)
+
+    def resume(self) -> None:
+        run_dir = self.run_dir or self.state.current_run
+        if self.controller.running or run_dir is None:
+            return
+        self.set_state("resuming")
+        self.controller.start(None, resume_dir=run_dir)
+        self._running(True)
+
+    def stop(self) -> None:
+        self.set_state("stopping — saving a checkpoint")
+        self.controller.stop()
+        self.stop_button.setEnabled(False)
+
+    def _running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.resume_button.setEnabled(not running and self.last_status in ("cancelled", "failed", "interrupted"))
+
+    def _reset(self) -> None:
+        self.metrics, self.evals = [], []
+        self.last_status = self.last_error = None
+        self.run_dir = None
+        for plot in self.plots.values():
+            plot.clear_data()
+        self.log.clear()
+        self.progress.setValue(0)
+
+    def set_state(self, text: str) -> None:
+        color = STATE_COLORS.get(text.split()[0], "#357")
+        self.state_label.setText(f"<b style='color:{color}'>{text}</b>")
+
+    # --- events ---------------------------------------------------------------------------------
+    def on_events(self, events: list[Any]) -> None:
+        for event in events:
+            self.apply(event)
+        self.replot_incremental()
+
+    def apply(self, event: Any) -> None:
+        if isinstance(event, Started):
+            self.run_dir = Path(event.run_dir)
+            self.state.set_current_run(self.run_dir)
+            self.total_steps = event.total_steps
+            self.session_start_step = event.resumed_from_step
+            self.started_at = time.monotonic()
+            self.progress.setMaximum(event.total_steps)
+            self.progress.setValue(event.resumed_from_step)
+            self.stats["device"].setText(f"{event.device}, {event.precision}")
+            share = 100 * event.trainable_params / max(event.total_params, 1)
+            self.stats["trainable"].setText(f"{event.trainable_params:,} ({share:.3f}%)")
+        elif isinstance(event, Metrics):
+            self.metrics.append(event)
+            self._add_metrics(event)
+            self.progress.setValue(event.step)
+            self._update_stats(event)
+        elif isinstance(event, Eval):
+            self.evals.append(event)
+            self._add_eval(event)
+        elif isinstance(event, Stage):
+            self.set_state(event.stage if not event.detail else f"{event.stage}: {event.detail}")
+        elif isinstance(event, Log) and event.level != "debug":
+            prefix = "" if event.level == "info" else f"{event.level.upper()}: "
+            self.log.appendPlainText(prefix + event.message)
+        elif isinstance(event, Checkpoint):
+            self.log.appendPlainText(f"checkpoint at step {event.step}: {event.path}")
+        elif isinstance(event, Finished):
+            self.last_status, self.last_error = event.status, event.error
+            self.set_state(event.status)
+            if event.error:
+                self.log.appendPlainText(f"ERROR: {event.error}")
+
+    def _x(self, m: Metrics | Eval) -> float:
+        if self.x_axis.currentText() == "step" or not self.metrics:
+            return float(m.step)
+        if isinstance(m, Metrics):
+            return m.elapsed_s
+        prior = [x for x in self.metrics if x.step <= m.step]
+        return prior[-1].elapsed_s if prior else 0.0
+
+    _smoothed: float | None = None
+
+    def _add_metrics(self, m: Metrics) -> None:
+        x = self._x(m)
+        self.loss_plot.add("train loss", x, m.loss)
+        self._smoothed = ema(self._smoothed, m.loss, self.smoothing.value())
+        self.loss_plot.add("smoothed", x, self._smoothed)
+        mib = 2**20
+        label = "CUDA allocated" if m.memory_reserved_bytes is not None else "process RAM"
+        self.memory_plot.add(label, x, m.memory_bytes / mib)
+        if m.memory_reserved_bytes is not None:
+            self.memory_plot.add("CUDA reserved", x, m.memory_reserved_bytes / mib)
+        if m.memory_peak_bytes is not None:
+            self.memory_plot.add("CUDA peak", x, m.memory_peak_bytes / mib)
+        self.lr_plot.add("lr", x, m.lr)
+        self.grad_plot.add("grad norm", x, m.grad_norm)
+        self.speed_plot.add("tokens/s", x, m.tokens_per_s)
+
+    def _add_eval(self, e: Eval) -> None:
+        x = self._x(e)
+        self.loss_plot.ensure("eval loss", symbol="o")
+        self.loss_plot.add("eval loss", x, e.eval_loss)
+        for name, value in (("accuracy", e.accuracy), ("exact match", e.exact_match)):
+            if value is not None:
+                self.quality_plot.ensure(name, symbol="o")
+                self.quality_plot.add(name, x, value)
+        extra = "".join(f", {k} {v:.1%}" for k, v in (("accuracy", e.accuracy), ("exact match", e.exact_match))
+                        if v is not None)
+        self.log.appendPlainText(f"eval at step {e.step}: loss {e.eval_loss:.4f}{extra}")
+
+    def _update_stats(self, m: Metrics) -> None:
+        elapsed = time.monotonic() - self.started_at
+        done = m.step - self.session_start_step
+        eta = elapsed / done * (self.total_steps - m.step) if done > 0 else 0
+        self.stats["epoch"].setText(f"{m.epoch:.2f}")
+        self.stats["elapsed"].setText(format_seconds(m.elapsed_s))
+        self.stats["ETA"].setText(format_seconds(eta))
+        self.stats["tokens seen"].setText(f"{m.tokens_seen:,}")
+        self.stats["tokens/s"].setText(f"{m.tokens_per_s:,.0f}")
+        self.stats["memory"].setText(f"{m.memory_bytes / 2**20:,.0f} MiB")
+
+    def replot_incremental(self) -> None:
+        for plot in self.plots.values():
+            plot.refresh()
+
+    def replot(self) -> None:
+        """Rebuild every curve (smoothing or x axis changed)."""
+        for plot in self.plots.values():
+            plot.clear_data()
+        self._smoothed = None
+        for m in self.metrics:
+            self._add_metrics(m)
+        for e in self.evals:
+            self._add_eval(e)
+        self.replot_incremental()
+
+    def on_done(self, result: Any) -> None:
+        self.last_status, self.last_error = result.status, result.error
+        self.set_state(result.status)
+        self._running(False)
+        self.state.set_current_run(result.run_dir)
+        if result.status == "failed" and result.error:
+            self.error(f"The run failed: {result.error}")
+
+    def on_failed(self, error: BaseException) -> None:
+        self.last_status, self.last_error = "failed", getattr(error, "message", str(error))
+        self.set_state("failed")
+        self._running(False)
+        self.error(error)

@@ -1,0 +1,85 @@
+"""What the person has chosen so far, shared by the pages: the pieces of a RunSpec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from engine.methods import METHODS, MethodSpec
+from engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
+
+
+class StudioState(QObject):
+    """The current model, data, method and training settings; pages listen to its signals."""
+
+    model_changed = Signal()
+    model_described = Signal()  # the model's summary and layer names are known
+    data_changed = Signal()
+    method_changed = Signal()
+    training_changed = Signal()
+    spec_edited = Signal()  # a hyperparameter was edited in a form
+    run_changed = Signal()  # the run folder that Train/Try/Export act on
+
+    def __init__(self, runs_dir: str = "runs") -> None:
+        super().__init__()
+        self.model: ModelSpec | None = None
+        self.data: DataSpec | None = None
+        self.method: MethodSpec = METHODS["lora"]()
+        self.training = TrainingSpec()
+        self.runs_dir = runs_dir
+        self.model_summary: Any = None  # engine.models.ModelSummary once read
+        self.model_info: Any = None  # engine.model_info.ModelInfo once read
+        self.current_run: Path | None = None
+
+    def set_model(self, source: str) -> None:
+        self.model = ModelSpec(source=source)
+        self.model_summary = None
+        self.model_info = None
+        self.model_changed.emit()
+
+    def set_model_summary(self, summary: Any) -> None:
+        self.model_summary = summary
+        self.model_info = summary.info
+        self.model_described.emit()
+
+    def set_data(self, data: DataSpec) -> None:
+        self.data = data
+        self.data_changed.emit()
+
+    def set_method(self, method: MethodSpec) -> None:
+        self.method = method
+        self.method_changed.emit()
+
+    def set_training(self, training: TrainingSpec) -> None:
+        self.training = training
+        self.training_changed.emit()
+
+    def set_current_run(self, run_dir: Path | None) -> None:
+        self.current_run = run_dir
+        self.run_changed.emit()
+
+    def load_spec(self, spec: RunSpec) -> None:
+        self.model = spec.model
+        self.data = spec.data
+        self.method = spec.method
+        self.training = spec.training
+        self.runs_dir = spec.output_dir
+        self.model_summary = None
+        self.model_info = None
+        for signal in (self.model_changed, self.data_changed, self.method_changed, self.training_changed):
+            signal.emit()
+
+    def missing(self) -> list[str]:
+        """What still has to be chosen before a run can start."""
+        return [name for name, value in (("a model", self.model), ("a dataset", self.data)) if value is None]
+
+    def build_spec(self) -> RunSpec:
+        if self.model is None or self.data is None:
+            from engine.errors import UserError
+
+            raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
+        return RunSpec(
+            model=self.model, data=self.data, method=self.method, training=self.training, output_dir=self.runs_dir
+        )

@@ -1,0 +1,122 @@
+"""Runs the engine off the main thread and hands its events to the window through a queue.
+
+The engine calls `emit` from the training thread; the window drains the queue on a 10 Hz timer,
+so a burst of events never floods the event loop and no torch call happens on the main thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from superqt.utils import create_worker
+
+DRAIN_INTERVAL_MS = 100
+
+
+class EventPump(QObject):
+    """A thread-safe queue of engine events, drained on the main thread in batches."""
+
+    events = Signal(list)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.timer = QTimer(self)
+        self.timer.setInterval(DRAIN_INTERVAL_MS)
+        self.timer.timeout.connect(self.drain)
+
+    def put(self, event: Any) -> None:
+        self.queue.put(event)
+
+    def drain(self) -> None:
+        batch = []
+        while True:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        if batch:
+            self.events.emit(batch)
+
+
+class TrainingController(QObject):
+    """Start, stop and resume runs; `events` carries engine events, `done` the RunResult or error."""
+
+    events = Signal(list)
+    done = Signal(object)  # RunResult
+    failed = Signal(object)  # exception raised before the run could start
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.pump = EventPump(self)
+        self.pump.events.connect(self.events)
+        self.stop_event = threading.Event()
+        self.worker: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, spec: Any = None, resume_dir: Path | None = None) -> None:
+        from engine.train import run  # deferred: torch loads when the first run starts
+
+        self.stop_event = threading.Event()
+        self.pump.timer.start()
+        self.worker = create_worker(
+            _with_imports(run), spec, self.pump.put, self.stop_event, resume_dir=resume_dir, _start_thread=False
+        )
+        self.worker.returned.connect(self._returned)
+        self.worker.errored.connect(self._errored)
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def wait(self, timeout_ms: int = 60_000) -> None:
+        """Block until the worker thread ends (used at exit: no thread outlives the window)."""
+        if self.worker is not None:
+            self.worker.quit()
+            self.worker.await_workers(timeout_ms) if hasattr(self.worker, "await_workers") else None
+
+    def _finish(self) -> None:
+        self.pump.drain()
+        self.pump.timer.stop()
+        self.worker = None
+
+    def _returned(self, result: Any) -> None:
+        self._finish()
+        self.done.emit(result)
+
+    def _errored(self, error: BaseException) -> None:
+        self._finish()
+        self.failed.emit(error)
+
+
+def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from engine.imports import ensure_heavy_imports
+
+        ensure_heavy_imports()
+        return func(*args, **kwargs)
+
+    return call
+
+
+def run_in_background(
+    func: Callable[..., Any],
+    *args: Any,
+    on_result: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    **kwargs: Any,
+) -> Any:
+    """Run a slow call (model summary, export, tokenising) on a worker thread."""
+    worker = create_worker(_with_imports(func), *args, _start_thread=False, **kwargs)
+    worker.returned.connect(on_result)
+    worker.errored.connect(on_error)
+    worker.start()
+    return worker
