@@ -131,10 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("give a spec file, or --resume RUN_DIR", where="train")
     devices = args.devices
     if args.resume:
-        spec = None
+        saved = Path(args.resume) / "spec.yaml"
+        if not saved.exists():
+            raise UserError(f"{args.resume} is not a run folder (no spec.yaml)", where="--resume")
+        spec = load_spec_file(saved, args.overrides)
     else:
         spec = load_spec_file(args.spec, args.overrides)
-        devices = devices or spec.training.devices
+    devices = devices or spec.training.devices
     if devices and devices > 1:
         from engine.launch import launch_multi
 
@@ -143,10 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _install_stop_handlers(stop)
     from engine.train import run
 
-    if args.resume:
-        result = run(None, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume)  # type: ignore[arg-type]
-    else:
-        result = run(spec, lambda e: _print_event(e, args.quiet), stop)  # type: ignore[arg-type]
+    result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume)
     if result.status == "completed":
         return 0
     if result.status == "cancelled":

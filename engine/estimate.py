@@ -58,8 +58,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import gc
 import json
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +100,7 @@ class _Base:
 
 
 _CACHE: dict[tuple[str, str, int, str], _Base] = {}
+_LOCK = threading.RLock()  # the cached models are shared (and switched in place by selective methods)
 _CACHE_SIZE = 6
 
 
@@ -123,12 +126,69 @@ def _meta_base(config: Any, task: str, num_labels: int, dtype: torch.dtype) -> _
         info = describe_model(model)
         _CACHE[float_key] = _Base(model, info, frozenset(_quantizable_weights(model, info)))
     base = _CACHE[float_key]
-    model = copy.deepcopy(base.model).to(dtype) if next(base.model.parameters()).dtype != dtype else base.model
+    model = clone_meta(base.model).to(dtype) if next(base.model.parameters()).dtype != dtype else base.model
     entry = _Base(model, base.info, base.quantizable)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = entry
     return entry
+
+
+def clone_meta(model: Any) -> Any:
+    """A copy of a meta-device module tree, several times faster than `copy.deepcopy`.
+
+    Modules are copied attribute by attribute (containers one level deep, so a method that appends to
+    a module's list or dict does not touch the original); parameters and buffers become new meta
+    tensors of the same shape, dtype and `requires_grad`, with sharing (tied weights) kept; configs
+    are deep-copied once. Anything that is not a meta tensor is deep-copied as usual.
+    """
+    import torch
+    from transformers import PretrainedConfig
+
+    memo: dict[int, Any] = {}
+
+    def tensor(t: Any) -> Any:
+        if t is None:
+            return None
+        found = memo.get(id(t))
+        if found is None:
+            if not t.is_meta:
+                found = copy.deepcopy(t)
+            elif isinstance(t, torch.nn.Parameter):
+                found = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+            else:
+                found = torch.empty_like(t, device="meta")
+            memo[id(t)] = found
+        return found
+
+    def value(v: Any) -> Any:
+        if isinstance(v, PretrainedConfig) or type(v).__name__ == "GenerationConfig":
+            found = memo.get(id(v))
+            if found is None:
+                found = memo[id(v)] = copy.deepcopy(v)
+            return found
+        if isinstance(v, torch.Tensor):
+            return tensor(v)
+        if isinstance(v, (list, set)):
+            return type(v)(v)
+        if isinstance(v, dict):
+            return copy.copy(v)
+        return v
+
+    def module(m: Any) -> Any:
+        found = memo.get(id(m))
+        if found is not None:
+            return found
+        new = object.__new__(type(m))
+        memo[id(m)] = new
+        state = {k: value(v) for k, v in m.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")}
+        state["_parameters"] = {k: tensor(v) for k, v in m._parameters.items()}
+        state["_buffers"] = {k: tensor(v) for k, v in m._buffers.items()}
+        state["_modules"] = {k: None if v is None else module(v) for k, v in m._modules.items()}
+        object.__setattr__(new, "__dict__", state)
+        return new
+
+    return module(model)
 
 
 def _linear_like(module: Any) -> bool:
@@ -165,11 +225,15 @@ def estimate(
     `training_spec.batch_size` or the method's default. `device` is "cuda" or "cpu": it decides the
     auto dtypes and the overhead. A method that cannot work on this model gets `error` instead of numbers.
     """
-    import torch
+    with _LOCK:
+        return _estimate(config, method_spec, training_spec, task=task, device_memory=device_memory,
+                         weight_dtype=weight_dtype, quantization=quantization, seq_len=seq_len, device=device,
+                         num_labels=num_labels)
 
-    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
-    from engine.methods import MethodContext
 
+def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, *, task: str,
+              device_memory: int | None, weight_dtype: str, quantization: str, seq_len: int | None, device: str,
+              num_labels: int) -> dict[str, Any]:
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
@@ -186,11 +250,37 @@ def estimate(
         method.check(info, training)
     except UserError as e:
         return {**row, "error": e.message}
-    model = copy.deepcopy(base.model)
-    base_names = {id(p): n for n, p in model.named_parameters()}
+    # Selective methods only switch requires_grad: they run on the cached model and switch it back.
+    in_place = cls.adapter_format == "selective"
+    model = base.model if in_place else clone_meta(base.model)
+    flags = [(p, p.requires_grad) for p in model.parameters()] if in_place else []
+    try:
+        return _estimate_applied(row, base, model, method, training, config=config, task=task, dtype=dtype,
+                                 device=device, device_memory=device_memory, quantization=quantization,
+                                 seq_len=seq_len)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _estimate_applied(row: dict[str, Any], base: _Base, model: Any, method: MethodSpec, training: TrainingSpec, *,
+                      config: Any, task: str, dtype: Any, device: str, device_memory: int | None,
+                      quantization: str, seq_len: int | None) -> dict[str, Any]:
+    import torch
+
+    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+    from engine.methods import MethodContext
+
+    cls = type(method)
+    info = base.info
+    base_names = {id(p): n for n, p in model.named_parameters()} if quantization != "none" else {}
     steps = training.max_steps or 1000
     try:
-        adapted = method.apply(model, MethodContext(info=info, training=training, total_steps=steps))
+        # New tensors go straight to meta: no real allocation and initialisation on the CPU (and peft's
+        # later move to meta would re-wrap AdaLoRA's frozen `ranknum` as trainable, which a real model
+        # does not do).
+        with torch.device("meta"):
+            adapted = method.apply(model, MethodContext(info=info, training=training, total_steps=steps))
     except UserError as e:
         return {**row, "error": e.message}
     except Exception as e:
@@ -445,15 +535,23 @@ def _activations(model: Any, config: Any, info: ModelInfo, method: MethodSpec, *
     tokens = batch * s
     c = compute
     h, q = shape.hidden, shape.q_dim
+    cuda = device == "cuda"
     blocks = _blocks(model, info)
-    per_block = [_method_bytes(b, c) for b in blocks]  # (per token, per step) for each block
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    # (bytes per token, bytes per step, float32 linear weights) for each block
+    per_block = [_method_bytes(b, c, trainable, mask_bytes=1 if cuda else 4) for b in blocks]
 
     flow = shape.norms * (4 * h + 4)
     flow += (2 * q + 2 * q * s_kv / s) * c + 4 * shape.heads
-    if shape.eager or (shape.attention_dropout > 0 and device == "cpu"):
-        flow += shape.heads * s_kv * (4 + c + (1 if shape.attention_dropout > 0 else 0))
+    materialised = shape.eager or (shape.attention_dropout > 0 and not cuda)
+    if materialised:  # eager attention, or SDPA's math path (CPU with attention dropout)
+        flow += shape.heads * s_kv * (2 * c + (0 if shape.attention_dropout <= 0 else 1 if cuda else c))
     flow += shape.mlp_factor * shape.intermediate * c
-    flow += shape.hidden_dropouts * h
+    flow += shape.hidden_dropouts * h * (1 if cuda else c)  # dropout masks: bool on CUDA, the input's dtype on CPU
+    # The padding mask becomes an additive float mask in every fused SDPA call, which keeps it.
+    mask_per_block = 0 if materialised else batch * s * s_kv * c
+    # Under autocast, float32 weights are cast to bf16 for every matmul and the copies are kept too.
+    copies = 2 if c == 2 else 0
 
     first = _first_flowing_block(model, info, len(blocks))
     if checkpointing:
@@ -463,25 +561,26 @@ def _activations(model: Any, config: Any, info: ModelInfo, method: MethodSpec, *
     per_step = 0.0
     if checkpointing and flowing:
         per_token += len(flowing) * h * residual
-        worst = max((per_block[i][0] for i in flowing), default=0.0)
-        per_token += flow + worst
+        worst = max(flowing, key=lambda i: per_block[i][0])
+        per_token += flow + per_block[worst][0]
+        per_step += mask_per_block + copies * per_block[worst][2]
         per_step += sum(per_block[i][1] for i in flowing)
     else:
         for i in flowing:
             per_token += flow + per_block[i][0]
-            per_step += per_block[i][1]
-    head_trains = any(p.requires_grad for n, p in model.named_parameters() if _is_head(n))
+            per_step += per_block[i][1] + mask_per_block + copies * per_block[i][2]
+    head = next((p for n, p in model.named_parameters() if _is_head(n) and n.endswith("weight")), None)
     temporary = 0.0
     if task == "causal_lm":
         per_token += 4 * h + 4 * shape.vocab  # final norm; float32 log-softmax over the vocabulary
-        if head_trains:
+        if head is not None and head.requires_grad:
             per_token += h * c
         temporary = tokens * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
     else:
         per_token += 4 * h
+    if head is not None and head.dtype.is_floating_point and head.element_size() == 4:
+        per_step += copies * head.numel()
     saved = tokens * per_token + per_step
-    if shape.eager or extra_kv or shape.heads:  # one padding mask shared by every block
-        saved += batch * s * s_kv
     return {"saved": int(saved), "temporary": int(temporary)}
 
 
@@ -518,65 +617,52 @@ def _after_blocks(name: str, info: ModelInfo) -> bool:
         name.startswith(("bert.pooler.", "pooler."))
 
 
-def _method_bytes(block: Any, c: int) -> tuple[float, float]:
-    """What the trainable parts of one block save: (bytes per token, bytes per step)."""
-    import torch
+def _method_bytes(block: Any, c: int, trainable: set[int], mask_bytes: int) -> tuple[float, float, int]:
+    """What one block saves because of what trains in it: (bytes per token, bytes per step), and the
+    number of float32 linear weights in it (autocast keeps a bf16 copy of each)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    per_token, per_step = 0.0, 0.0
+    per_token, per_step, fp32_weights = 0.0, 0.0, 0
     shared: set[tuple[str, str]] = set()
+    skip: tuple[str, ...] = ()
     for name, m in block.named_modules():
-        own = [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
-        if not own and not _peft_layer_with_trainables(m):
+        if skip and name.startswith(skip):
             continue
         kind = type(m).__name__
+        weight = m._parameters.get("weight")
+        if weight is not None and weight.element_size() == 4 and _linear_like(m):
+            fp32_weights += weight.numel()
+        if isinstance(m, BaseTunerLayer):
+            skip += (name + ".",)
+            fp32_weights += sum(x.weight.numel() for x in m.modules()
+                                if _linear_like(x) and x.weight.element_size() == 4)
+            if any(id(p) in trainable for p in m.parameters()):
+                t, st = _peft_layer_bytes(m, c, mask_bytes)
+                per_token += t
+                per_step += st
+            continue
+        if kind == "AdaptedAttention":  # LLaMA-Adapter: the query again, scores over the adapter tokens
+            heads = int(getattr(m.model.config, "num_attention_heads", 1))
+            per_token += 2 * int(m.model.config.hidden_size) * c + heads * int(m.adapter_len) * (4 + c)
+            continue
+        if weight is None or id(weight) not in trainable:
+            continue
         leaf = name.rsplit(".", 1)[-1]
         parent = name.rsplit(".", 1)[0] if "." in name else ""
-        if _peft_layer_with_trainables(m):
-            t, st = _peft_layer_bytes(m, c)
-            per_token += t
-            per_step += st
-            continue
-        if _inside_peft_layer(block, name):
-            continue  # counted with its layer
-        if _linear_like(m) and any(n == "weight" for n, _ in own):
+        if _linear_like(m):
             key = (parent, SHARED_INPUT.get(leaf, leaf))
             if key not in shared:
                 shared.add(key)
-                in_features = getattr(m, "in_features", None) or m.weight.shape[0]
-                per_token += in_features * c
-                if kind == "Linear" and leaf == "down" and "adapter" in parent:
-                    per_token += m.out_features * c  # the bottleneck activation's output
-        elif "norm" in kind.lower() and any(n == "weight" for n, _ in own):
-            per_token += own[0][1].shape[-1] * 4
-        elif isinstance(m, torch.nn.Embedding):
-            pass
-        elif any(n.startswith("adaption_") for n, _ in own):
-            pass  # LLaMA-Adapter: counted below from the attention it wraps
-    per_token += _adaption_prompt_bytes(block, c)
-    return per_token, per_step
+                per_token += (getattr(m, "in_features", None) or weight.shape[0]) * c
+            if leaf == "down" and parent.endswith("adapter"):
+                per_token += m.out_features * c  # the bottleneck's activation output
+        elif "norm" in kind.lower():
+            per_token += weight.shape[-1] * 4  # the normalised input, float32
+    return per_token, per_step, fp32_weights
 
 
-def _peft_layer_with_trainables(m: Any) -> bool:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover
-        return False
-    if not isinstance(m, BaseTunerLayer):
-        return False
-    return any(p.requires_grad for n, p in m.named_parameters() if not n.startswith("base_layer."))
-
-
-def _inside_peft_layer(block: Any, name: str) -> bool:
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        if _peft_layer_with_trainables(block.get_submodule(".".join(parts[:i]))):
-            return True
-    return False
-
-
-def _peft_layer_bytes(m: Any, c: int) -> tuple[float, float]:
+def _peft_layer_bytes(m: Any, c: int, mask_bytes: int) -> tuple[float, float]:
     """Saved activations of one peft-adapted layer (beyond what the frozen base saves)."""
-    kind = type(m).__name__
     base = m.get_base_layer()
     in_f = getattr(m, "in_features", None) or getattr(base, "in_features", 0) or 0
     out_f = getattr(m, "out_features", None) or getattr(base, "out_features", 0) or 0
@@ -586,7 +672,7 @@ def _peft_layer_bytes(m: Any, c: int) -> tuple[float, float]:
         drop = m.lora_dropout["default"] if hasattr(m, "lora_dropout") else None
         per_token += in_f * c + r * c
         if drop is not None and getattr(drop, "p", 0) > 0:
-            per_token += in_f  # the dropout mask
+            per_token += in_f * mask_bytes  # the dropout mask (bool on CUDA, float32 on a CPU)
         if hasattr(m, "lora_E"):  # AdaLoRA: x·A, then ·E
             per_token += r * c
         if getattr(m, "use_dora", {}).get("default", False):
@@ -603,19 +689,7 @@ def _peft_layer_bytes(m: Any, c: int) -> tuple[float, float]:
         per_token += 2 * in_f * c  # input and rotated input
     else:  # other peft layers: their input
         per_token += in_f * c
-    del kind
     return per_token, per_step
-
-
-def _adaption_prompt_bytes(block: Any, c: int) -> float:
-    """LLaMA-Adapter: the query again, and attention scores over the adapter tokens (float32 softmax)."""
-    for m in block.modules():
-        if type(m).__name__ == "AdaptedAttention":
-            length = int(m.adapter_len)
-            heads = int(getattr(m.model, "num_heads", 0) or getattr(m.model.config, "num_attention_heads", 1))
-            hidden = int(m.model.config.hidden_size)
-            return 2 * hidden * c + heads * length * (4 + c)
-    return 0.0
 
 
 # --- the table for the CLI and the window -----------------------------------------------------------
@@ -683,6 +757,20 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     device = _device(spec.model.device, spec.model.quantization)
     memory = _device_memory(device)
     rows = []
+    collecting = gc.isenabled()
+    gc.disable()  # copying module trees makes many objects; collections in the loop cost more than they free
+    try:
+        _rows(rows, classes, method_fields, config, spec, task, device, memory)
+    finally:
+        if collecting:
+            gc.enable()
+    return rows
+
+
+def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[str, Any], config: Any, spec: Any,
+          task: str, device: str, memory: int | None) -> None:
+    from pydantic import ValidationError
+
     for cls in classes:
         name = cls.model_fields["name"].default
         fields = {k: v for k, v in method_fields.items() if k in cls.model_fields}
@@ -697,7 +785,6 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
         rows.append(estimate(config, method, spec.training, task=task, device_memory=memory,
                              weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
                              seq_len=spec.data.max_length, device=device))
-    return rows
 
 
 def _device(choice: str, quantization: str) -> str:

@@ -137,7 +137,9 @@ def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
         raise UserError(f"unknown adapter format {fmt}", where=str(studio))
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(folder))
+    from engine.methods.peft_base import keep_generation_cache
+
+    return keep_generation_cache(PeftModel.from_pretrained(base, str(folder)))
 
 
 def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:

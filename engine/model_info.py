@@ -33,6 +33,7 @@ class ModelInfo:
     hidden_size: int
     total_params: int
     linear_names: list[str] = field(default_factory=list)  # distinct leaf names of linear layers
+    conv1d_names: list[str] = field(default_factory=list)  # those that are transformers' Conv1D (GPT-2)
     attention_targets: list[str] = field(default_factory=list)
     mlp_targets: list[str] = field(default_factory=list)
     query_value_targets: list[str] = field(default_factory=list)
@@ -72,6 +73,7 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
     layers_path = find_layers_path(model)
     leaf_names: list[str] = []
     head_names: list[str] = []
+    conv1d_names: list[str] = []
     has_bias = any(n.endswith(".bias") for n, _ in model.named_parameters())
     for name, module in model.named_modules():
         if isinstance(module, linear_types):
@@ -83,6 +85,8 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
                 continue
             if leaf not in leaf_names:
                 leaf_names.append(leaf)
+            if type(module).__name__ == "Conv1D" and leaf not in conv1d_names:
+                conv1d_names.append(leaf)
     attention = [n for n in leaf_names if n in ATTENTION_NAMES]
     mlp = [n for n in leaf_names if n in MLP_NAMES]
     if config.model_type == "gpt2":
@@ -107,6 +111,7 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
         hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
         total_params=sum(p.numel() for p in model.parameters()),
         linear_names=leaf_names,
+        conv1d_names=conv1d_names,
         attention_targets=attention,
         mlp_targets=mlp,
         query_value_targets=qv or attention[:2],

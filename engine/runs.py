@@ -25,6 +25,8 @@ def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -32,6 +34,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_lock_pid(path: Path) -> int:
+    """The pid in a lock file; 0 for an empty, unreadable or garbled one (treated as dead)."""
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 class RunLock:
@@ -42,11 +52,8 @@ class RunLock:
 
     def acquire(self) -> None:
         if self.path.exists():
-            try:
-                pid = int(self.path.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
+            pid = read_lock_pid(self.path)
+            if pid != os.getpid() and _pid_alive(pid):
                 from engine.errors import UserError
 
                 raise UserError(
@@ -99,7 +106,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     lock = run_dir / LOCK
     if finished is not None:
         status = finished.status
-    elif lock.exists() and _pid_alive(int(lock.read_text().strip() or 0)):
+    elif lock.exists() and _pid_alive(read_lock_pid(lock)):
         status = "running"
     else:
         status = "interrupted"

@@ -63,14 +63,16 @@ def run(
 ) -> RunResult:
     """Train as the spec says; report through `emit` and the run folder's `events.jsonl`.
 
-    With `resume_dir`, continue that run from its last checkpoint (same folder, same log).
+    With `resume_dir`, continue that run from its last checkpoint (same folder, same log), with its
+    saved spec or, when given, `spec` (for example with more steps).
     """
     stop_event = stop_event or threading.Event()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         if not (run_dir / "spec.yaml").exists():
             raise UserError(f"{run_dir} is not a run folder (no spec.yaml)", where="--resume")
-        spec = load_spec_file(run_dir / "spec.yaml")
+        # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
+        spec = spec or load_spec_file(run_dir / "spec.yaml")
     else:
         if spec is None:
             raise UserError("nothing to run: give a spec or a run folder to resume")
@@ -165,8 +167,7 @@ class TrainingSession:
         info = describe_model(model)
         spec = resolve_spec(spec, info, model.config, task)
         spec.method.check(info, spec.training)
-        if not self.resume:
-            spec.save(self.run_dir / "spec.yaml")
+        spec.save(self.run_dir / "spec.yaml")
         self.spec = spec
         from engine.methods.selective import notes_for
 
@@ -292,8 +293,8 @@ class TrainingSession:
             )
             optimizer.step()
             scheduler.step()
+            method.on_step(unwrapped, self.step)  # before zero_grad: AdaLoRA scores ranks by their gradients
             optimizer.zero_grad(set_to_none=True)
-            method.on_step(unwrapped, self.step)
             self.step += 1
             self.train_seconds += time.perf_counter() - step_start
 

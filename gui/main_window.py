@@ -28,6 +28,7 @@ from gui.pages.data_page import DataPage
 from gui.pages.export_page import ExportPage
 from gui.pages.method_page import MethodPage
 from gui.pages.model_page import ModelPage
+from gui.pages.runs_page import RunsPage
 from gui.pages.train_page import TrainPage
 from gui.state import StudioState
 
@@ -55,9 +56,9 @@ class MainWindow(QMainWindow):
         self.steps.setFixedWidth(170)
         self.stack = QStackedWidget()
         self.pages: dict[str, Page] = {}
-        for key, page in self._make_pages():
+        for number, (key, page) in enumerate(self._make_pages(), start=1):
             self.pages[key] = page
-            self.steps.addItem(page.title)
+            self.steps.addItem(f"{number} · {page.title}")
             self.stack.addWidget(page)
         self.steps.currentRowChanged.connect(self._show_page)
         central = QWidget()
@@ -83,6 +84,7 @@ class MainWindow(QMainWindow):
             ("data", DataPage(self.state)),
             ("method", MethodPage(self.state)),
             ("train", TrainPage(self.state)),
+            ("runs", RunsPage(self.state, on_resume=self._resume_run)),
             ("export", ExportPage(self.state)),
         ]
 
@@ -95,6 +97,10 @@ class MainWindow(QMainWindow):
         page = self.stack.currentWidget()
         if isinstance(page, Page):
             page.on_shown()
+
+    def _resume_run(self, run_dir: Path) -> None:
+        self.go_to("train")
+        self.train_page.resume(run_dir)
 
     def go_to(self, key: str) -> None:
         self.steps.setCurrentRow(list(self.pages).index(key))

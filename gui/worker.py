@@ -67,12 +67,15 @@ class TrainingController(QObject):
 
         self.stop_event = threading.Event()
         self.pump.timer.start()
+        # Handlers go in through _connect: superqt re-raises errors of workers that have none.
         self.worker = create_worker(
-            _with_imports(run), spec, self.pump.put, self.stop_event, resume_dir=resume_dir, _start_thread=False
+            _with_imports(run),
+            spec,
+            self.pump.put,
+            self.stop_event,
+            resume_dir=resume_dir,
+            _connect={"returned": self._returned, "errored": self._errored},
         )
-        self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(self._errored)
-        self.worker.start()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -115,8 +118,6 @@ def run_in_background(
     **kwargs: Any,
 ) -> Any:
     """Run a slow call (model summary, export, tokenising) on a worker thread."""
-    worker = create_worker(_with_imports(func), *args, _start_thread=False, **kwargs)
-    worker.returned.connect(on_result)
-    worker.errored.connect(on_error)
-    worker.start()
-    return worker
+    return create_worker(
+        _with_imports(func), *args, _connect={"returned": on_result, "errored": on_error}, **kwargs
+    )

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from engine.errors import UserError
 from engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
-from engine.methods.peft_base import peft_task_type
+from engine.methods.peft_base import keep_generation_cache, peft_task_type
 from engine.methods.selective import unfreeze_head
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ class MAMAdapter(ParallelAdapter):
         # Wrapping for prompt learning freezes every base parameter, the adapters included.
         for p in adapter_parameters(peft_model).values():
             p.requires_grad_(True)
-        return peft_model
+        return keep_generation_cache(peft_model)
 
     def saved_parameters(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         return adapter_parameters(model)  # the prefix and the head go in peft's own files
@@ -361,6 +361,6 @@ def load_bottleneck_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> 
     if saved.get("peft_prefix"):
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(folder))
+        model = keep_generation_cache(PeftModel.from_pretrained(model, str(folder)))
         freeze_all(model)  # peft leaves the loaded prefix trainable even in inference mode
     return model

@@ -18,6 +18,37 @@ def peft_task_type(info: ModelInfo) -> Any:
     return TaskType.SEQ_CLS if info.task == "classification" else TaskType.CAUSAL_LM
 
 
+def keep_generation_cache(model: Any) -> Any:
+    """Let a prompt-learning peft model generate with its KV cache under transformers 5.2x.
+
+    peft 0.21 looks for the cache under `past_key_values`, which transformers now passes as `cache`;
+    missing it, peft re-inserts the virtual tokens before every generated token (wrong answers, and an
+    index error once GPT-2 runs past its position table). The key is renamed on the way into peft's
+    step and back on the way out. Other models are returned untouched.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if not getattr(config, "is_prompt_learning", False):
+        return model
+    into_peft = model.base_model_prepare_inputs_for_generation
+    peft_step = model.prepare_inputs_for_generation
+
+    def base_step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = into_peft(*args, **kwargs)
+        if "cache" in inputs and "past_key_values" not in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    def step(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = peft_step(*args, **kwargs)
+        if "past_key_values" in inputs and "cache" not in inputs:
+            inputs["cache"] = inputs.pop("past_key_values")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = base_step
+    model.prepare_inputs_for_generation = step
+    return model
+
+
 class PeftMethod(MethodSpec):
     """A method whose model surgery, saving and merging peft does."""
 
@@ -27,7 +58,7 @@ class PeftMethod(MethodSpec):
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, self.peft_config(ctx))
+        return keep_generation_cache(get_peft_model(model, self.peft_config(ctx)))
 
     def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
         model.save_pretrained(out_dir)  # type: ignore[operator]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from engine.methods.base import MethodContext, advanced
-from engine.methods.peft_base import PeftMethod, peft_task_type
+from engine.methods.peft_base import PeftMethod, keep_generation_cache, peft_task_type
 
 
 class SoftPrompt(PeftMethod):
@@ -57,7 +57,7 @@ class PromptTuning(SoftPrompt):
 
         config = self.peft_config(ctx)
         if config.prompt_tuning_init != "TEXT":
-            return get_peft_model(model, config)
+            return keep_generation_cache(get_peft_model(model, config))
         # peft would reload the tokenizer by name (a hub call for GGUF bases): seed the prompt here.
         from peft import PromptTuningInit
 
@@ -71,7 +71,7 @@ class PromptTuning(SoftPrompt):
         with torch.no_grad():
             init = embed(torch.tensor(ids, device=embed.weight.device)).to(torch.float32)
             peft_model.prompt_encoder["default"].embedding.weight.copy_(init)
-        return peft_model
+        return keep_generation_cache(peft_model)
 
 
 class PTuning(SoftPrompt):
@@ -107,6 +107,8 @@ class PrefixTuning(SoftPrompt):
     default_lr = 5e-3
     typical_share = "0.1–5% while training"
     supports_gradient_checkpointing = False
+    # The prefix rides on past_key_values, which BERT-style encoders no longer take in transformers 5.
+    supports_classification = False
 
     encoder_hidden_size: int = Field(
         256, ge=8, le=8192, description="Width of the reparameterising MLP (used while training)."
@@ -128,6 +130,7 @@ class PTuningV2(SoftPrompt):
     description = "Trained keys and values at every attention layer, without a reparameterising MLP."
     default_lr = 1e-2
     supports_gradient_checkpointing = False
+    supports_classification = False  # as Prefix Tuning
 
     def peft_config(self, ctx: MethodContext) -> Any:
         from peft import PrefixTuningConfig

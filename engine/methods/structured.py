@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from engine.errors import UserError
 from engine.methods.base import MethodContext
 from engine.methods.low_rank import TARGETS_DESCRIPTION
 from engine.methods.peft_base import PeftMethod, peft_task_type
 
 if TYPE_CHECKING:
     from engine.model_info import ModelInfo
+    from engine.spec import TrainingSpec
 
 
 class StructuredUpdate(PeftMethod):
     family = "structured updates"
     mergeable = True
     default_lr = 2e-4
+    supports_conv1d: ClassVar[bool] = True  # peft's LoHa, LoKr and OFT reject GPT-2's Conv1D layers
 
     target_modules: list[str] | None = Field(
         None, description=TARGETS_DESCRIPTION, json_schema_extra={"widget": "targets"}
@@ -27,6 +30,17 @@ class StructuredUpdate(PeftMethod):
         if self.target_modules:
             return self
         return self.model_copy(update={"target_modules": list(info.query_value_targets)})
+
+    def check(self, info: ModelInfo, training: TrainingSpec) -> None:
+        super().check(info, training)
+        conv1d = sorted(set(self.target_modules or info.query_value_targets) & set(info.conv1d_names))
+        if conv1d and not self.supports_conv1d:
+            raise UserError(
+                f"{self.title} works on nn.Linear layers only, and {', '.join(conv1d)} in this "
+                f"{info.model_type} model are Conv1D",
+                where="method.name",
+                fix="pick LoRA, IA3 or VeRA for this model",
+            )
 
     def common(self, ctx: MethodContext) -> dict[str, Any]:
         return {"task_type": peft_task_type(ctx.info), "target_modules": self.target_modules}
@@ -38,6 +52,8 @@ class LoHa(StructuredUpdate):
     name: Literal["loha"] = "loha"
     title = "LoHa"
     description = "Low-rank Hadamard product update: more expressive than LoRA at the same size."
+    supported_models = "models built from nn.Linear layers (not GPT-2)"
+    supports_conv1d = False
     typical_share = "0.2–2%"
 
     r: int = Field(8, ge=1, le=512, description="Rank of each of the two factor pairs.")
@@ -55,6 +71,8 @@ class LoKr(StructuredUpdate):
     name: Literal["lokr"] = "lokr"
     title = "LoKr"
     description = "Kronecker-product update: very few parameters for large layers."
+    supported_models = "models built from nn.Linear layers (not GPT-2)"
+    supports_conv1d = False
     typical_share = "0.01–0.5%"
 
     r: int = Field(8, ge=1, le=512, description="Rank of the low-rank factor.")
@@ -90,6 +108,8 @@ class OFT(StructuredUpdate):
     name: Literal["oft"] = "oft"
     title = "OFT"
     description = "Rotates each adapted weight by a learned block-diagonal orthogonal matrix."
+    supported_models = "models built from nn.Linear layers (not GPT-2)"
+    supports_conv1d = False
     typical_share = "0.1–1%"
     default_lr = 1e-4
 

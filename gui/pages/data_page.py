@@ -31,7 +31,7 @@ NO_COLUMN = "(none)"
 
 
 class DataPage(Page):
-    title = "2 · Data"
+    title = "Data"
     hint = "JSON, JSONL, CSV, TSV, Parquet or TXT. The shape is detected from the columns; map them if needed."
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from gui.worker import run_in_background
 
 
 class ExportPage(Page):
-    title = "5 · Export"
+    title = "Export"
     hint = ("Exports are written beside the target and renamed into place, then reloaded from disk and "
             "compared with the trained model. Nothing half-written is ever left behind.")
 

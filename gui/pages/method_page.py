@@ -37,7 +37,7 @@ def target_presets(info: Any) -> dict[str, list[str]]:
 
 
 class MethodPage(Page):
-    title = "3 · Method"
+    title = "Method"
     hint = "Every method trains for real. The form shows the method's own settings; advanced ones are folded."
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ def human_count(n: int) -> str:
 
 
 class ModelPage(Page):
-    title = "1 · Model"
+    title = "Model"
     hint = "A Hugging Face model folder, a .gguf file, or a model id already on this machine."
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ def format_seconds(seconds: float) -> str:
 
 
 class TrainPage(Page):
-    title = "4 · Train"
+    title = "Train"
     hint = "Training runs in the background; the window stays usable. Stop keeps a checkpoint; Resume continues."
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
@@ -57,7 +57,7 @@ class TrainPage(Page):
         self.resume_button = QPushButton("Resume")
         self.resume_button.setObjectName("resumeButton")
         self.resume_button.setEnabled(False)
-        self.resume_button.clicked.connect(self.resume)
+        self.resume_button.clicked.connect(lambda: self.resume())
         for b in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(b)
         buttons.addStretch()
@@ -153,13 +153,23 @@ class TrainPage(Page):
         self.controller.start(spec)
         self._running(True)
 
-    def resume(self) -> None:
-        run_dir = self.run_dir or self.state.current_run
+    def resume(self, run_dir: Path | None = None) -> None:
+        """Continue a stopped, failed or interrupted run (by default the current one)."""
+        run_dir = run_dir or self.state.current_run or self.run_dir
         if self.controller.running or run_dir is None:
             return
+        self._reset()
+        self._replay_history(run_dir)
         self.set_state("resuming")
         self.controller.start(None, resume_dir=run_dir)
         self._running(True)
+
+    def _replay_history(self, run_dir: Path) -> None:
+        """Show the curve so far, so a resumed run continues where it left off."""
+        from engine.events import read_events
+
+        seen = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, (Metrics, Eval))]
+        self.on_events(seen)
 
     def stop(self) -> None:
         self.set_state("stopping — saving a checkpoint")

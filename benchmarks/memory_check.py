@@ -1,0 +1,151 @@
+"""Check the activation estimate against what autograd really keeps for the backward pass.
+
+For each method, a real model gets the method applied and runs one forward pass inside
+`torch.autograd.graph.saved_tensors_hooks`; every tensor autograd saves is recorded once per storage
+(views and re-saves of the same tensor count once; parameters are weights, not activations). The sum
+is compared with `engine.estimate.estimate(...)["memory_bytes"]["activations"]` for the same batch,
+sequence length and precision.
+
+    .venv/bin/python benchmarks/memory_check.py                 # tiny Llama / GPT-2 / BERT, float32 and bf16
+    .venv/bin/python benchmarks/memory_check.py --smollm2       # also SmolLM2-135M (embedded GGUF, ~20 s load)
+    .venv/bin/python benchmarks/memory_check.py --methods lora,full --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from engine.errors import UserError  # noqa: E402
+from engine.estimate import estimate  # noqa: E402
+from engine.methods import METHODS, MethodContext  # noqa: E402
+from engine.model_info import describe_model  # noqa: E402
+from engine.spec import TrainingSpec  # noqa: E402
+
+
+def tiny_configs() -> dict[str, tuple[object, str]]:
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    return {
+        "tiny-llama": (LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=2048, max_position_embeddings=512), "causal_lm"),
+        "tiny-gpt2": (GPT2Config(n_embd=128, n_layer=4, n_head=4, vocab_size=2048, n_positions=512), "causal_lm"),
+        "tiny-bert": (BertConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                                 vocab_size=2048, num_labels=2), "classification"),
+    }
+
+
+def build_real(config: object, task: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    return cls.from_config(config, dtype=torch.float32)
+
+
+def make_batch(batch: int, seq: int, vocab: int, task: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[-1, -seq // 4:] = 0  # one padded row, as real batches have: attention gets a padding mask
+    labels = torch.randint(0, 2, (batch,), generator=g) if task == "classification" else ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str) -> int:
+    """Bytes autograd saves for backward in one forward pass (unique storages, parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr and ptr not in params and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = model(**batch)
+    out.loss.backward()
+    return sum(seen.values())
+
+
+def check(name: str, config: object, task: str, methods: list[str], batch: int, seq: int, precision: str,
+          model_loader=None) -> list[float]:
+    ratios = []
+    for method_name in methods:
+        cls = METHODS[method_name]
+        training = TrainingSpec(batch_size=batch, precision=precision)
+        row = estimate(config, cls(), training, task=task, device="cpu", weight_dtype="float32", seq_len=seq)
+        if "error" in row:
+            continue
+        model = model_loader() if model_loader else build_real(config, task)
+        info = describe_model(model)
+        spec = cls().fill_defaults(info)
+        try:
+            spec.check(info, training)
+            model = spec.apply(model, MethodContext(info=info, training=training, total_steps=100))
+            vocab = int(getattr(config, "vocab_size", 1000))
+            measured = saved_bytes(model, make_batch(batch, seq, vocab, task), precision)
+        except (UserError, RuntimeError, ValueError, TypeError) as e:
+            print(f"{name:<12} {method_name:<17} {precision:<8} real run failed: {type(e).__name__}: {e}"[:160])
+            continue
+        est = row["memory_bytes"]["activations"]
+        ratio = est / measured if measured else float("nan")
+        ratios.append(ratio)
+        print(f"{name:<12} {method_name:<17} {precision:<8} estimate {est / 2**20:9.2f} MiB  "
+              f"measured {measured / 2**20:9.2f} MiB  ratio {ratio:5.2f}")
+    return ratios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smollm2", action="store_true", help="also check SmolLM2-135M (embedded GGUF)")
+    parser.add_argument("--methods", default="all", help="all or a comma list")
+    parser.add_argument("--precision", default="both", choices=["float32", "bf16", "both"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+    methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    precisions = ["float32", "bf16"] if args.precision == "both" else [args.precision]
+    t0 = time.perf_counter()
+    ratios: list[float] = []
+    for precision in precisions:
+        for name, (config, task) in tiny_configs().items():
+            ratios += check(name, config, task, methods, args.batch, args.seq, precision)
+    if args.smollm2:
+        from engine.models import EMBEDDED_SMOLLM2, load_config, load_model, resolve_source
+        from engine.spec import ModelSpec
+
+        config = load_config(resolve_source(EMBEDDED_SMOLLM2))
+        cached: dict[str, torch.nn.Module] = {}
+
+        def loader() -> torch.nn.Module:
+            if "base" not in cached:
+                cached["base"], _, _ = load_model(ModelSpec(source=EMBEDDED_SMOLLM2), "causal_lm", dtype=torch.float32)
+                cached["state"] = {k: v.clone() for k, v in cached["base"].state_dict().items()}
+            import copy
+
+            return copy.deepcopy(cached["base"])
+
+        smol_methods = [m for m in methods if m not in ("full",)] if args.methods == "all" else methods
+        for precision in precisions:
+            ratios += check("smollm2", config, "causal_lm", smol_methods, args.batch, max(args.seq, 256), precision,
+                            model_loader=loader)
+    if ratios:
+        print(f"\n{len(ratios)} checks: ratio estimate/measured min {min(ratios):.2f}, max {max(ratios):.2f}, "
+              f"mean {sum(ratios) / len(ratios):.2f}  ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

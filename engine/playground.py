@@ -1,0 +1,313 @@
+"""Trying a trained run: the base and the tuned model answer the same prompt, side by side.
+
+Where the base answers come from depends on the method. A peft method (LoRA, IA3, prompt and prefix
+tuning, ...) leaves the base weights untouched, so the base answers come from the same model with its
+adapter switched off (`disable_adapter`), which costs no extra memory. Selective methods (BitFit, last
+layers, full) change the base weights themselves, and bottleneck adapters (MAM included) are injected
+modules that peft's switch does not reach: those runs load a second, untouched copy of the base model.
+
+Generation runs in a thread of its own and streams text through transformers' TextIteratorStreamer,
+always with the KV cache (prefix tuning fails without it, and needs `carry_prefix_into_cache`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from engine.data_prep import ChatRenderer, load_examples, split_examples
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.data_shapes import Example
+    from engine.trained import TrainedModel
+
+Which = Literal["base", "tuned"]
+CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
+
+
+class HeldOutExample(NamedTuple):
+    """A held-out row: the full text the model is given, the user's message, and the answer in the data."""
+
+    prompt: str
+    message: str
+    expected: str
+
+
+class Playground:
+    """A run's tuned model and its base, ready to answer prompts or classify texts."""
+
+    def __init__(self, tuned: TrainedModel, base: torch.nn.Module | None, data_format: str,
+                 held_out: list[Example], device: str = "cpu") -> None:  # fmt: skip
+        self.tuned = tuned
+        self.spec = tuned.spec
+        self.tokenizer = tuned.tokenizer
+        self.task = tuned.task
+        self.data_format = data_format
+        self.device = device
+        self._base = base
+        self._held_out = held_out
+        self.renderer = ChatRenderer(self.tokenizer, self.spec.data.system_prompt, self.spec.data.template)
+        # One lock per set of weights: the adapter switch of a shared model must not flip mid-answer.
+        tuned_lock = threading.Lock()
+        self._locks = {"tuned": tuned_lock, "base": tuned_lock if base is None else threading.Lock()}
+
+    @classmethod
+    def open(cls, run_dir: str | Path, checkpoint: Path | None = None, device: str = "auto") -> Playground:
+        """Load the run's tuned model (latest or given checkpoint), its base, and its held-out rows."""
+        from engine.devices import pick_device
+        from engine.trained import load_base, load_trained
+
+        run_dir = Path(run_dir)
+        tuned = load_trained(run_dir, checkpoint)
+        carry_prefix_into_cache(tuned.model)
+        base = None if shares_base_weights(tuned) else load_base(tuned.spec)[0].eval()
+        device = pick_device(device)
+        tuned.model.to(device)
+        if base is not None:
+            base.to(device)
+        data_format, held_out = held_out_rows(tuned)
+        return cls(tuned, base, data_format, held_out, device)
+
+    @property
+    def shares_weights(self) -> bool:
+        """True when the base answers come from the tuned model with its adapter switched off."""
+        return self._base is None
+
+    @property
+    def base_head_is_random(self) -> bool:
+        """A classifier's base has a freshly initialised head: its probabilities are chance."""
+        return self.task == "classification"
+
+    # --- generation -------------------------------------------------------------------------------
+
+    def prompt_text(self, message: str) -> str:
+        """The text the model is given for a user message, rendered the way the run trained."""
+        if self.data_format in CHAT_FORMATS:
+            return self.renderer.prompt([{"role": "user", "content": message}])
+        return message
+
+    def _adds_special_tokens(self) -> bool:
+        # The same choice data_prep makes when it tokenises the training rows.
+        if self.data_format in CHAT_FORMATS:
+            return not self.renderer.use_chat_template
+        return self.data_format == "prompt_completion"
+
+    @contextmanager
+    def _using(self, which: Which) -> Iterator[torch.nn.Module]:
+        """The model that answers as `which`, held exclusively while in use."""
+        if which not in ("base", "tuned"):
+            raise ValueError(f"which must be 'base' or 'tuned', not {which!r}")
+        with self._locks[which]:
+            if which == "tuned":
+                yield self.tuned.model
+            elif self._base is not None:
+                yield self._base
+            else:
+                with self.tuned.model.disable_adapter():  # type: ignore[operator]
+                    yield self.tuned.model
+
+    def _stop_token_ids(self) -> list[int]:
+        configured = getattr(self.tuned.model.generation_config, "eos_token_id", None)
+        ids = configured if isinstance(configured, list) else [configured]
+        ids = [*ids, self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def stream(
+        self,
+        which: Which,
+        prompt_text: str,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 128,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer of the base or tuned model to a user message as it is generated.
+
+        Greedy when temperature is 0, otherwise sampled with temperature and top-p. Setting
+        `stop_event` (or closing the iterator) ends generation after the current token.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        if self.task == "classification":
+            raise UserError("this run trained a classifier, which does not generate text", where="Try",
+                            fix="classify a text instead")  # fmt: skip
+        if which not in ("base", "tuned"):
+            raise ValueError(f"which must be 'base' or 'tuned', not {which!r}")
+        stop_event = stop_event or threading.Event()
+        closed = threading.Event()
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                halt = stop_event.is_set() or closed.is_set()
+                return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
+
+        enc = self.tokenizer(self.prompt_text(prompt_text), return_tensors="pt",
+                             add_special_tokens=self._adds_special_tokens()).to(self.device)  # fmt: skip
+        streamer = _token_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            if temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        pad_id = self.tokenizer.pad_token_id
+        stop_ids = self._stop_token_ids()
+        errors: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with self._using(which) as model, torch.no_grad():
+                    if stop_event.is_set() or closed.is_set():
+                        streamer.end()
+                        return
+                    model.generate(
+                        **enc, **sampling, max_new_tokens=max_new_tokens, use_cache=True, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Stop()]), eos_token_id=stop_ids,
+                        pad_token_id=pad_id if pad_id is not None else stop_ids[0],
+                    )  # fmt: skip
+            except BaseException as e:  # handed to the reader below, never lost in this thread
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=generate, name=f"playground-{which}", daemon=True)
+        thread.start()
+        try:
+            for chunk in streamer:
+                if chunk:
+                    yield chunk
+        finally:
+            closed.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    # --- held-out rows ----------------------------------------------------------------------------
+
+    def held_out_examples(self, n: int = 20) -> list[HeldOutExample]:
+        """Up to n rows the run did not train on: (full prompt text, user message, expected answer)."""
+        out: list[HeldOutExample] = []
+        for e in self._held_out:
+            if len(out) >= n:
+                break
+            if self.data_format in CHAT_FORMATS:
+                if len(e.messages) < 2 or e.messages[-1]["role"] != "assistant":
+                    continue
+                users = [m["content"] for m in e.messages[:-1] if m["role"] == "user"]
+                if not users:
+                    continue
+                prompt = self.renderer.prompt(e.messages[:-1])
+                out.append(HeldOutExample(prompt, users[-1], e.messages[-1]["content"].strip()))
+            elif self.data_format == "prompt_completion":
+                out.append(HeldOutExample(e.prompt, e.prompt, e.completion.strip()))
+            elif self.data_format == "classification":
+                shown = e.text if e.text_pair is None else f"{e.text}\n\n{e.text_pair}"
+                out.append(HeldOutExample(shown, e.text, str(e.label)))
+            else:  # plain text: the first half prompts, the rest is what the data goes on to say
+                half = len(e.text) // 2
+                out.append(HeldOutExample(e.text[:half], e.text[:half], e.text[half:].strip()))
+        return out
+
+    def held_out_pair(self, index: int) -> str | None:
+        """The second text of held-out row `index` in a text-pair classification run, else None."""
+        if self.data_format != "classification" or index >= len(self._held_out):
+            return None
+        return self._held_out[index].text_pair
+
+    # --- classification ---------------------------------------------------------------------------
+
+    def classify(self, text: str, text_pair: str | None = None) -> dict[str, dict[str, float]]:
+        """Label probabilities (softmax) of the base and the tuned classifier for one text."""
+        import torch
+
+        if self.task != "classification":
+            raise UserError("this run trained a text generator, not a classifier", where="Try",
+                            fix="generate an answer instead")  # fmt: skip
+        max_length = self.spec.data.max_length or 512
+        enc = self.tokenizer(text, text_pair, truncation=True, max_length=max_length,
+                             return_tensors="pt").to(self.device)  # fmt: skip
+        id2label = self.tuned.model.config.id2label
+        result: dict[str, dict[str, float]] = {}
+        for which in ("base", "tuned"):
+            with self._using(which) as model, torch.no_grad():  # type: ignore[arg-type]
+                probs = model(**enc).logits.float().softmax(-1)[0].tolist()
+            result[which] = {str(id2label.get(i, i)): p for i, p in enumerate(probs)}
+        return result
+
+
+@functools.cache
+def _token_streamer_class() -> type:
+    """TextIteratorStreamer handing on every token (built on first use: importing transformers is slow)."""
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):
+        """The stock streamer holds text back until a space follows punctuation; this one only waits
+        while the text ends in a character split across tokens."""
+
+        def put(self, value: torch.Tensor) -> None:
+            if value.dim() > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):
+                return
+            self.on_finalized_text(text[self.print_len :])
+            if text.endswith("\n"):  # start over, keeping the newline as context (as the stock streamer does)
+                self.token_cache = self.token_cache[-1:]
+                text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            self.print_len = len(text)
+
+    return TokenStreamer
+
+
+def carry_prefix_into_cache(model: Any) -> None:
+    """Make a prefix-tuned peft model's `generate` use its prefix (transformers 5.x with peft 0.21).
+
+    peft puts the trained prefix in `past_key_values`, but transformers 5.x generation passes the cache
+    as `cache` and ignores `past_key_values` when both are set: the answers silently came from the
+    base model. The prefix is copied into generation's own cache on the first step instead.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if config is None or getattr(config, "peft_type", None) != "PREFIX_TUNING":  # PeftType is a str enum
+        return
+    peft_prepare = model.prepare_inputs_for_generation
+
+    def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = peft_prepare(*args, **kwargs)
+        prefix = inputs.pop("past_key_values", None)
+        cache = inputs.get("cache")
+        if prefix is not None and cache is None:
+            inputs["cache"] = prefix
+        elif prefix is not None and cache.get_seq_length() == 0:
+            for i, layer in enumerate(prefix.layers):
+                cache.update(layer.keys, layer.values, i)
+        return inputs
+
+    # peft's generate and disable_adapter both read this instance attribute, so the fix follows them.
+    model.prepare_inputs_for_generation = prepare
+
+
+def shares_base_weights(tuned: TrainedModel) -> bool:
+    """True when switching the adapter off gives the base model exactly (peft methods, not MAM)."""
+    return tuned.spec.method.adapter_format == "peft" and callable(getattr(tuned.model, "disable_adapter", None))
+
+
+def held_out_rows(tuned: TrainedModel) -> tuple[str, list[Example]]:
+    """The data format and the rows the run evaluated on: its eval file, or the same seeded split."""
+    spec = tuned.spec
+    fmt, _, examples, _ = load_examples(spec.data, spec.data.path)
+    if spec.data.eval_path:
+        _, _, held, _ = load_examples(spec.data.model_copy(update={"format": fmt}), spec.data.eval_path)
+        return fmt, held
+    if spec.data.max_rows:
+        examples = examples[: spec.data.max_rows]
+    return fmt, split_examples(examples, spec.data.eval_split, spec.training.seed)[1]

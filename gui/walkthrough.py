@@ -1,0 +1,111 @@
+"""`adapter-studio walkthrough SPEC --out DIR`: drive the real window offscreen through every page
+with a spec — choose, train, export both ways — saving a screenshot per page and a report of what
+it saw. The README's pictures come from it, and tests use it as an end-to-end check."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+TRAIN_TIMEOUT_S = 3600
+
+
+def _wait(app: Any, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise UserError(f"the walk-through timed out waiting for {what}", where="walkthrough")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def _settle(app: Any, seconds: float = 0.3) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -> int:
+    if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from gui.app import create_app
+    from gui.main_window import MainWindow
+
+    out.mkdir(parents=True, exist_ok=True)
+    app = create_app()
+    window = MainWindow()
+    window.resize(1400, 900)
+    window.show()
+    window.apply_spec_file(spec_path, overrides)
+    state = window.state
+    report: dict[str, Any] = {"pages": [], "form_fields": {}, "plot_points": {}, "status": None,
+                              "exports": {}, "screenshots": []}
+
+    def shoot(name: str) -> None:
+        _settle(app)
+        path = out / f"{name}.png"
+        window.grab().save(str(path))
+        report["screenshots"].append(str(path))
+
+    _wait(app, lambda: state.model_summary is not None, 300, "the model summary")
+    data_page = window.pages["data"]
+    _wait(app, lambda: getattr(data_page, "preview", None) is not None, 300, "the data preview")
+    for key in window.pages:
+        if key in ("train", "export"):
+            continue
+        window.go_to(key)
+        if key == "data":
+            _wait(app, lambda: getattr(data_page, "tokenizer", None) is not None, 300, "the tokenizer")
+            data_page.show_rendered()
+        report["pages"].append(key)
+        shoot(key)
+    method_form = window.pages["method"].form
+    report["form_fields"][state.method.name] = method_form.field_names if method_form else []
+
+    train = window.train_page
+    window.go_to("train")
+    report["pages"].append("train")
+    train.start()
+    total = state.training.max_steps or 0
+    _wait(app, lambda: len(train.metrics) >= max(3, total // 2) or not train.controller.running,
+          TRAIN_TIMEOUT_S, "training to reach mid-run")
+    shoot("train")
+    _wait(app, lambda: not train.controller.running, TRAIN_TIMEOUT_S, "training to finish")
+    shoot("train_finished")
+    report["status"] = train.last_status
+    report["plot_points"] = {name: plot.total_points() for name, plot in train.plots.items()}
+
+    export = window.pages["export"]
+    window.go_to("export")
+    report["pages"].append("export")
+    if train.last_status == "completed":
+        from engine.trained import run_spec
+
+        kinds = ["adapter"] + (["merged"] if run_spec(state.current_run).method.mergeable else [])
+        for kind in kinds:
+            target = out / "exports" / kind
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            export.export(kind, target)
+            _wait(app, lambda: not export.busy, 1800, f"the {kind} export")
+            if kind in export.exports:
+                report["exports"][kind] = export.exports[kind]
+    shoot("export")
+    for key in window.pages:
+        if key not in report["pages"]:
+            window.go_to(key)
+            report["pages"].append(key)
+            shoot(key)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("status", "plot_points", "exports")}, indent=1))
+    window.close()
+    return 0 if report["status"] == "completed" and report["exports"] else 1

@@ -1,0 +1,237 @@
+"""Shared fixtures: tiny seeded models with real fast tokenizers, small learnable data sets, specs.
+
+Every model fixture is session-scoped and written once to a temporary folder, in the layout a real
+Hugging Face model folder has (config.json, model.safetensors, tokenizer.json, tokenizer_config.json),
+so tests exercise the same loading path as a person's model. The tokenizers are character-level
+(every printable ASCII character is one token) plus each family's special tokens, which keeps the
+vocabulary at about 110 and the models at a few hundred thousand parameters.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the window tests run headless
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+CHARS = list(string.printable)  # digits, letters, punctuation and whitespace: 100 characters
+VOCAB_SIZE = 128  # room for the characters and every family's special tokens
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LETTERS = "abcdef"  # a small alphabet so a tiny model learns the answers' characters within steps
+
+
+def char_tokenizer(specials: list[str], *, template: tuple[str, str] | None = None, **roles: str) -> Any:
+    """A fast tokenizer with one token per character; `roles` names special tokens (eos_token=...)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate([*specials, *CHARS])}
+    assert len(vocab) <= VOCAB_SIZE
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=roles.get("unk_token", specials[0])))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(specials)
+    if template is not None:
+        single, pair = template
+        backend.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=[(t, vocab[t]) for t in ("[CLS]", "[SEP]")]
+        )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
+
+
+def byte_level_tokenizer(specials: list[str], **roles: str) -> Any:
+    """A fast tokenizer with one token per byte, as Qwen2's own tokenizer class rebuilds it on load."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate([*specials, *alphabet])}
+    backend = Tokenizer(models.BPE(vocab, [], fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **roles)
+
+
+def _save(folder: Path, model: torch.nn.Module, tokenizer: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _decoder_config(config_cls: type, tokenizer: Any, vocab_size: int = VOCAB_SIZE) -> Any:
+    return config_cls(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+CHATML_SPECIALS = ["<unk>", "<s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+CHATML_ROLES = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>"}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama, hidden 64, 2 layers, 4 heads / 2 kv heads, no biases; ChatML chat template."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = char_tokenizer(CHATML_SPECIALS, **CHATML_ROLES)
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_decoder_config(LlamaConfig, tokenizer))
+    return _save(tmp_path_factory.mktemp("tiny-llama"), model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2, shaped like tiny_llama but with q/k/v biases; byte-level tokenizer, ChatML template.
+
+    Byte-level because transformers loads a qwen2 folder's tokenizer as Qwen2Tokenizer, which keeps
+    the saved vocabulary but imposes Qwen's byte-level pre-tokenizer and decoder.
+    """
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = byte_level_tokenizer(CHATML_SPECIALS, **CHATML_ROLES)
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(_decoder_config(Qwen2Config, tokenizer, vocab_size=len(tokenizer)))
+    return _save(tmp_path_factory.mktemp("tiny-qwen2"), model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GPT-2, n_embd 64, 2 layers; no chat template, so data goes through the plain template."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = char_tokenizer(["<|endoftext|>"], unk_token="<|endoftext|>", eos_token="<|endoftext|>",
+                               bos_token="<|endoftext|>")
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        bos_token_id=eos, eos_token_id=eos)
+    return _save(tmp_path_factory.mktemp("tiny-gpt2"), GPT2LMHeadModel(config), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BERT encoder with a 2-way classification head, [CLS] text [SEP] post-processing."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = char_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        template=("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"),
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=2)
+    return _save(tmp_path_factory.mktemp("tiny-bert-cls"), BertForSequenceClassification(config), tokenizer)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def reversal_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """("reverse abc", "cba") pairs over a small alphabet: an answer a tiny model can start to learn."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 5))) for _ in range(count)]
+    return [(f"reverse {w}", w[::-1]) for w in words]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def alpaca_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 alpaca rows: instruction "reverse abc", output "cba"."""
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in reversal_pairs(200)]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "reverse.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def messages_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 chat rows (system, user, assistant) with the reversal task."""
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q},
+                      {"role": "assistant", "content": a}]}
+        for q, a in reversal_pairs(120, seed=1)
+    ]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", rows)
+
+
+POSITIVE = ("good", "great", "love", "happy", "nice", "fun")
+NEGATIVE = ("bad", "awful", "hate", "sad", "poor", "dull")
+
+
+@pytest.fixture(scope="session")
+def classification_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """160 short reviews labelled `positive` / `negative`; each is three keywords of its class."""
+    rng = random.Random(2)
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(160):
+            label = "positive" if i % 2 == 0 else "negative"
+            words = rng.sample(POSITIVE if label == "positive" else NEGATIVE, 3)
+            writer.writerow([" ".join(words), label])
+    return path
+
+
+# --- specs -----------------------------------------------------------------------------------------
+
+SpecFactory = Callable[..., Any]
+
+
+@pytest.fixture(scope="session")
+def make_spec(tmp_path_factory: pytest.TempPathFactory) -> SpecFactory:
+    """`make_spec(model_dir, data_path, method, **training)` → a small RunSpec in a fresh runs folder.
+
+    `method` is a method name or a dict of method fields (with `name`). Keyword `data` takes extra
+    data fields; everything else goes to `training`. Defaults: 20 steps, batch 4, max_length 64,
+    eval on 5% of the rows with 2 generated answers, float32 (the same numbers on every CPU).
+    """
+    from engine.spec import parse_spec
+
+    def make(
+        model_dir: Path | str, data_path: Path | str, method: str | dict[str, Any] = "lora",
+        *, data: dict[str, Any] | None = None, **training: Any,
+    ) -> Any:  # fmt: skip
+        method_fields = {"name": method} if isinstance(method, str) else dict(method)
+        return parse_spec({
+            "model": {"source": str(model_dir)},
+            "data": {"path": str(data_path), "max_length": 64, "eval_split": 0.05, **(data or {})},
+            "method": method_fields,
+            "training": {"max_steps": 20, "batch_size": 4, "eval_samples": 2, "precision": "float32",
+                         "save_every": 1000, **training},
+            "output_dir": str(tmp_path_factory.mktemp("runs")),
+        })  # fmt: skip
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_llama: Path, tiny_gpt2: Path, tiny_qwen2: Path, tiny_bert_cls: Path) -> dict[str, Path]:
+    return {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2, "bert": tiny_bert_cls}

@@ -1,0 +1,160 @@
+"""The command line as scripts use it (CONTRACT.md): exit codes, messages, signals, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "engine.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen"}
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def write_spec(path: Path, model: Path, data: Path, runs: Path, **training: object) -> Path:
+    train = {"max_steps": 6, "batch_size": 4, "save_every": 3, "eval_samples": 0, "precision": "float32", **training}
+    path.write_text(
+        f"model: {{source: {model}}}\ndata: {{path: {data}, max_length: 64}}\nmethod: {{name: lora}}\n"
+        f"training: {json.dumps(train)}\noutput_dir: {runs}\n"
+    )
+    return path
+
+
+def test_version_and_help_do_not_import_torch() -> None:
+    code = "import sys; from engine.cli import main; main(['--version'])"
+    out = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, env=ENV)
+    assert "adapter-studio" in out.stdout
+    probe = "import sys\nfrom engine import cli\ntry:\n cli.main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
+    assert out.stdout.strip().endswith("False")
+
+
+def test_train_export_and_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs")
+    result = cli("train", str(spec), "--set", "training.max_steps=4", "--set", "method.target_modules=q_proj,v_proj")
+    assert result.returncode == 0, result.stderr
+    assert "finished completed at step 4" in result.stdout
+    run_dir = next((tmp_path / "runs").iterdir())
+    saved = (run_dir / "spec.yaml").read_text()
+    assert "max_steps: 4" in saved and "- q_proj" in saved and "batch_size: 4" in saved
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    types = [e["type"] for e in events]
+    assert types.count("metrics") == 4 and types[-1] == "finished"
+    started = next(e for e in events if e["type"] == "started")
+    assert {"run_dir", "model", "method", "trainable_params", "total_params", "total_steps", "device"} <= set(started)
+    metrics = next(e for e in events if e["type"] == "metrics")
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "memory_bytes"} <= set(metrics)
+
+    out = cli("export", str(run_dir), "--adapter", "--out", str(tmp_path / "adapter"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    out = cli("export", str(run_dir), "--merged", "--out", str(tmp_path / "merged"))
+    assert out.returncode == 0, out.stderr
+    assert "verified" in out.stdout
+    again = cli("export", str(run_dir), "--merged", "--out", str(tmp_path / "merged"))
+    assert again.returncode != 0 and again.stderr.startswith("error:") and "already exists" in again.stderr
+
+    listing = cli("runs", "--dir", str(tmp_path / "runs"), "--json")
+    rows = json.loads(listing.stdout)
+    assert rows[0]["status"] == "completed" and rows[0]["steps"] == 4
+
+
+def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=2)
+    assert cli("train", str(spec)).returncode == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    out = cli("export", str(run_dir), "--adapter", "--out", str(locked / "x"))
+    assert out.returncode != 0 and "permission denied" in out.stderr
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "content", "expected"),
+    [
+        ([], None, "data file not found"),
+        ([], '{"instruction": "a", "output": "b"}\n{broken\n', "line 2"),
+        ([], '{"question": "a", "reply": "b"}\n', "columns found are question, reply"),
+        (["--set", "method.r=0"], '{"instruction": "a", "output": "b"}\n', "method.r"),
+        (["--set", "method.rr=4"], '{"instruction": "a", "output": "b"}\n', "did you mean r"),
+    ],
+    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key"],
+)
+def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, expected) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data.jsonl"
+    if content is not None:
+        data.write_text(content)
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, data, tmp_path / "runs")
+    if "question" in (content or ""):
+        overrides = [*overrides, "--set", "data.format=alpaca"]
+    out = cli("train", str(spec), *overrides)
+    assert out.returncode != 0
+    assert expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        runs = tmp_path / f"runs-{sig.name}"
+        spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, runs, max_steps=100000, save_every=100000)
+        # start_new_session: like a background job of a script, which ignores SIGINT by default.
+        proc = subprocess.Popen([*CLI, "train", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=ENV, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if line.startswith("step 3 "):
+                break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        run_dir = next(runs.iterdir())
+        assert list((run_dir / "checkpoints").glob("step-*"))
+        last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+        assert last["type"] == "finished" and last["status"] == "cancelled"
+        resumed = cli("train", "--resume", str(run_dir), "--set", "training.max_steps=1")
+        assert resumed.returncode in (0, 130, 1)
+
+
+def test_methods_json_lists_the_whole_library() -> None:
+    out = cli("methods", "--json")
+    rows = json.loads(out.stdout)
+    names = {r["name"] for r in rows}
+    assert {"lora", "dora", "rslora", "loraplus", "adalora", "adapter_h", "adapter_p", "parallel_adapter",
+            "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "llama_adapter", "ia3", "bitfit",
+            "last_layers", "full", "loha", "lokr", "vera", "oft", "mam"} <= names
+    assert all({"name", "family", "mergeable", "description"} <= set(r) for r in rows)
+
+
+def test_self_test_prints_seconds_to_first_paint() -> None:
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "--self-test"], capture_output=True, text=True,
+                         env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seconds = float(out.stdout.strip().splitlines()[-1])
+    assert 0 < seconds < 60
+
+
+@pytest.mark.slow
+def test_real_smollm2_trains_end_to_end_through_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    demo = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
+    out = cli("train", str(demo), "--set", "training.max_steps=3", "--set", f"output_dir={tmp_path}",
+              "--set", "training.eval_samples=2", "--set", "training.save_every=3", timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert "SmolLM2" in out.stdout or "smollm2" in out.stdout
+    assert "finished completed at step 3" in out.stdout
+    run_dir = next(tmp_path.iterdir())
+    started = next(json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if '"started"' in x)
+    assert started["total_params"] > 134_000_000 and started["trainable_params"] == 460_800

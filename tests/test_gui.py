@@ -1,0 +1,164 @@
+"""The real window, offscreen: choose a tiny model and data, train, watch the plots, export both ways."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from engine.spec import TrainingSpec
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    from gui.main_window import MainWindow
+    from gui.state import StudioState
+
+    w = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    if w.train_page.controller.running:
+        w.train_page.controller.stop()
+        qtbot.waitUntil(lambda: not w.train_page.controller.running, timeout=60_000)
+
+
+def error_dialogs() -> list[QMessageBox]:
+    return [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+
+
+def choose(window, qtbot, model: Path, data: Path) -> None:  # type: ignore[no-untyped-def]
+    window.pages["model"].choose(str(model))
+    qtbot.waitUntil(lambda: window.state.model_summary is not None, timeout=60_000)
+    page = window.pages["data"]
+    page.path.setText(str(data))
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: page.preview is not None, timeout=30_000)
+
+
+def test_train_watch_and_export_from_the_window(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path):  # type: ignore[no-untyped-def]
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    data_page = window.pages["data"]
+    assert data_page.preview.format == "alpaca"
+    assert data_page.table.rowCount() == 50
+    qtbot.waitUntil(lambda: data_page.tokenizer is not None, timeout=30_000)
+    data_page.show_rendered()
+    assert "carry loss" in data_page.rendered.toHtml()
+
+    window.go_to("method")
+    form = window.pages["method"].form
+    assert {"r", "alpha", "dropout", "target_modules"} <= set(form.field_names)
+    targets = form.widgets["target_modules"]
+    names = [targets.list.item(i).text() for i in range(targets.list.count())]
+    assert {"q_proj", "v_proj", "o_proj", "gate_proj"} <= set(names), names  # the model's real layers
+    assert form.widgets["r"].minimum() == 1  # r=0 cannot even be typed
+    window.state.training = TrainingSpec(max_steps=30, batch_size=4, learning_rate=0.01, save_every=15,
+                                         eval_samples=2, precision="float32")
+
+    train = window.train_page
+    window.go_to("train")
+    train.start()
+    qtbot.waitUntil(lambda: train.loss_plot.total_points() >= 6, timeout=120_000)
+    assert train.memory_plot.total_points() >= 3
+    qtbot.waitUntil(lambda: not train.controller.running, timeout=300_000)
+    assert train.last_status == "completed", train.last_error
+    losses = [m.loss for m in train.metrics]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2  # it learnt, for real
+    assert train.progress.value() == 30
+    assert all(m.memory_bytes > 0 for m in train.metrics)
+
+    export = window.pages["export"]
+    window.go_to("export")
+    for kind in ("adapter", "merged"):
+        export.export(kind, tmp_path / kind)
+        qtbot.waitUntil(lambda: not export.busy, timeout=120_000)
+        assert kind in export.exports, export.status.text()
+        assert "verified" in export.status.text()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / "adapter")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        diff = (adapter(ids).logits - merged(ids).logits).abs().max()
+    assert diff < 1e-4
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "not found"),
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n{oops\n', "line 3"),
+        ('{"question": "a", "reply": "b"}\n', "columns found are question, reply"),
+    ],
+    ids=["missing file", "malformed jsonl line", "missing column"],
+)
+def test_bad_data_gives_a_dialog_not_a_crash(window, qtbot, tmp_path, content, expected):  # type: ignore[no-untyped-def]
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    page = window.pages["data"]
+    page.path.setText(str(path))
+    page.format.setCurrentText("alpaca" if "question" in (content or "") else "(detect)")
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=10_000)
+    texts = " ".join(d.text() for d in error_dialogs())
+    assert expected in texts
+    assert "Traceback" not in texts
+    for d in error_dialogs():
+        d.close()
+
+
+def test_spec_file_with_r_zero_is_refused_with_the_line(window, qtbot, tmp_path, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"model:\n  source: {tiny_llama}\ndata:\n  path: {alpaca_jsonl}\nmethod:\n  name: lora\n  r: 0\n")
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match=r"spec.yaml:7.*method.r"):
+        window.apply_spec_file(spec)
+
+
+def test_method_picker_walks_every_method_and_starts_a_run(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    from engine.methods import METHODS
+
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    page = window.pages["method"]
+    window.go_to("method")
+    for name, cls in METHODS.items():
+        page.select(name)
+        assert window.state.method.name == name
+        assert page.form is not None and page.form.model_cls is cls
+        assert cls.title in page.details.text()
+        for field, widget in page.form.widgets.items():
+            assert widget.toolTip() == (cls.model_fields[field].description or ""), field
+    page.select("ia3")
+    window.state.training = TrainingSpec(max_steps=5, batch_size=4, save_every=5, eval_samples=0,
+                                         precision="float32")
+    window.train_page.start()
+    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
+    assert window.train_page.last_status == "completed", window.train_page.last_error
+    assert window.train_page.metrics[-1].step == 5
+
+
+def test_stop_keeps_a_checkpoint_and_resume_finishes(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    window.state.training = TrainingSpec(max_steps=3000, batch_size=2, save_every=1000, eval_samples=0,
+                                         precision="float32")
+    train = window.train_page
+    train.start()
+    qtbot.waitUntil(lambda: len(train.metrics) >= 5, timeout=60_000)
+    train.stop()
+    qtbot.waitUntil(lambda: not train.controller.running, timeout=60_000)
+    assert train.last_status == "cancelled"
+    checkpoints = list((train.run_dir / "checkpoints").glob("step-*"))
+    assert checkpoints
+    assert train.resume_button.isEnabled()

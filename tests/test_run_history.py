@@ -1,0 +1,206 @@
+"""Run history without training: hand-written run folders of every status, their summaries, spec diffs and curves.
+
+`fabricate_history` is shared with tests/test_runs_page.py, which shows the same folders in the window.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.events import Checkpoint, Eval, EventLog, Finished, Log, Metrics, Started
+from engine.run_compare import curves, flatten, spec_diff
+from engine.runs import LOCK, list_runs, summarize_run
+from engine.spec import parse_spec
+
+T0 = 1_700_000_000.0  # event times are fixed so durations and ordering are exact
+OOM = "CUDA out of memory while training step 3 — lower training.batch_size"
+
+
+def write_spec(run_dir: Path, method: dict[str, Any], **training: Any) -> None:
+    spec = parse_spec({
+        "model": {"source": "/models/tiny-llama"},
+        "data": {"path": "/data/reverse.jsonl"},
+        "method": method,
+        "training": {"max_steps": 10, "batch_size": 4, "learning_rate": 2e-4, **training},
+        "output_dir": str(run_dir.parent),
+    })  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec.save(run_dir / "spec.yaml")
+
+
+def metrics(step: int, t: float, loss: float, memory_mib: int = 100) -> Metrics:
+    return Metrics(step=step, epoch=step / 10, loss=loss, lr=1e-4, grad_norm=1.0, tokens_per_s=500.0,
+                   tokens_seen=64 * step, memory_bytes=memory_mib * 2**20, time=t)  # fmt: skip
+
+
+def started(run_dir: Path, t: float, method: str = "lora", resumed_from_step: int = 0) -> Started:
+    return Started(run_dir=str(run_dir), model="/models/tiny-llama", method=method, trainable_params=16_384,
+                   total_params=500_000, total_steps=10, device="cpu", resumed_from_step=resumed_from_step,
+                   time=t)  # fmt: skip
+
+
+def write_events(run_dir: Path, events: list[Any]) -> None:
+    log = EventLog(run_dir / "events.jsonl")
+    for event in events:
+        log.write(event)
+    log.close()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited (a crashed trainer)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def fabricate_history(root: Path) -> dict[str, Path]:
+    """Six run folders, one per status plus a resumed one; started one minute apart (newest last)."""
+    runs = {name: root / name for name in ("done", "stopped", "broken", "crashed", "live", "resumed")}
+
+    t = T0
+    write_spec(runs["done"], {"name": "lora", "r": 8})
+    write_events(runs["done"], [
+        started(runs["done"], t),
+        *[metrics(s, t + s, 2.0 - 0.1 * s, memory_mib=100 + s) for s in range(1, 11)],
+        Eval(step=5, eval_loss=1.7, time=t + 5.5), Eval(step=10, eval_loss=1.5, time=t + 10.5),
+        Checkpoint(step=10, path=str(runs["done"] / "checkpoints" / "step-10"), time=t + 11),
+        Finished(status="completed", step=10, error=None, train_seconds=11.0, tokens_trained=640, time=t + 12),
+    ])  # fmt: skip
+
+    t = T0 + 60
+    write_spec(runs["stopped"], {"name": "lora", "r": 16}, learning_rate=1e-3)
+    write_events(runs["stopped"], [
+        started(runs["stopped"], t),
+        *[metrics(s, t + s, 2.5 - 0.1 * s, memory_mib=200) for s in range(1, 5)],
+        Eval(step=4, eval_loss=2.2, time=t + 4.5),
+        Finished(status="cancelled", step=4, error=None, train_seconds=4.0, tokens_trained=256, time=t + 5),
+    ])  # fmt: skip
+
+    t = T0 + 120
+    write_spec(runs["broken"], {"name": "ia3"})
+    write_events(runs["broken"], [
+        started(runs["broken"], t, method="ia3"),
+        *[metrics(s, t + s, 3.0) for s in range(1, 3)],
+        Log(level="error", message=OOM, time=t + 3),
+        Finished(status="failed", step=2, error=OOM, train_seconds=3.0, tokens_trained=128, time=t + 3),
+    ])  # fmt: skip
+
+    t = T0 + 180
+    write_spec(runs["crashed"], {"name": "lora", "r": 8})
+    write_events(runs["crashed"], [started(runs["crashed"], t), *[metrics(s, t + s, 2.0) for s in range(1, 4)]])
+    with (runs["crashed"] / "events.jsonl").open("a") as f:
+        f.write('{"type": "metrics", "step": 4, "epoch": 0.4, "lo')  # the process died mid-line
+    (runs["crashed"] / LOCK).write_text(str(dead_pid()))
+
+    t = T0 + 240
+    write_spec(runs["live"], {"name": "lora", "r": 8})
+    write_events(runs["live"], [started(runs["live"], t), metrics(1, t + 1, 2.0)])
+    (runs["live"] / LOCK).write_text(str(os.getpid()))
+
+    # Stopped at step 6 with a checkpoint at 4, then resumed: steps 5 and 6 are trained twice.
+    t = T0 + 300
+    write_spec(runs["resumed"], {"name": "lora", "r": 8})
+    write_events(runs["resumed"], [
+        started(runs["resumed"], t),
+        *[metrics(s, t + s, 9.0) for s in range(1, 7)],
+        Finished(status="cancelled", step=6, error=None, train_seconds=6.0, tokens_trained=384, time=t + 7),
+        started(runs["resumed"], t + 20, resumed_from_step=4),
+        *[metrics(s, t + 20 + s, 1.0) for s in range(5, 11)],
+        Finished(status="completed", step=10, error=None, train_seconds=12.0, tokens_trained=768, time=t + 31),
+    ])  # fmt: skip
+    return runs
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> dict[str, Path]:
+    return fabricate_history(tmp_path / "runs")
+
+
+def test_every_status_is_read_from_the_run_folder(history: dict[str, Path]) -> None:
+    runs = list_runs(history["done"].parent)
+    assert [r.name for r in runs] == ["resumed", "live", "crashed", "broken", "stopped", "done"]  # newest first
+    assert {r.name: r.status for r in runs} == {
+        "done": "completed", "stopped": "cancelled", "broken": "failed", "crashed": "interrupted",
+        "live": "running", "resumed": "completed",
+    }  # fmt: skip
+
+
+def test_summary_numbers(history: dict[str, Path]) -> None:
+    done = summarize_run(history["done"])
+    assert (done.model, done.method, done.trainable_params) == ("/models/tiny-llama", "lora", 16_384)
+    assert (done.steps, done.total_steps) == (10, 10)
+    assert done.final_loss == pytest.approx(1.0)
+    assert (done.final_eval_loss, done.best_eval_loss) == (1.5, 1.5)
+    assert done.duration_s == pytest.approx(12.0)
+    assert done.started == T0
+    assert done.error is None
+
+    assert summarize_run(history["broken"]).error == OOM
+    crashed = summarize_run(history["crashed"])
+    assert crashed.steps == 3  # the half-written step 4 is skipped, not an error
+    assert crashed.error is None
+    assert summarize_run(history["resumed"]).steps == 10
+
+
+def test_a_lock_is_running_only_while_its_process_lives(history: dict[str, Path]) -> None:
+    live = history["live"]
+    assert summarize_run(live).status == "running"
+    (live / LOCK).write_text(str(dead_pid()))
+    assert summarize_run(live).status == "interrupted"
+    (live / LOCK).unlink()
+    assert summarize_run(live).status == "interrupted"
+
+
+def test_flatten_makes_dotted_fields_and_keeps_lists_whole() -> None:
+    nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None, "f": {}}
+    assert flatten(nested) == {"a.b": 1, "a.c.d": [1, 2], "e": None, "f": {}}
+
+
+def test_spec_diff_lists_only_the_fields_that_differ(history: dict[str, Path]) -> None:
+    assert spec_diff(history["done"], history["stopped"]) == [
+        ("method.r", 8, 16),
+        ("training.learning_rate", 0.0002, 0.001),
+    ]
+    assert spec_diff(history["done"], history["crashed"]) == []
+
+
+def test_spec_diff_across_methods_shows_fields_only_one_method_has(history: dict[str, Path]) -> None:
+    diff = {field: (a, b) for field, a, b in spec_diff(history["done"], history["broken"])}
+    assert diff["method.name"] == ("lora", "ia3")
+    assert diff["method.r"] == (8, None)
+    assert all(field.startswith("method.") for field in diff)
+
+
+def test_curves_are_read_from_the_events(history: dict[str, Path]) -> None:
+    done = curves(history["done"])
+    assert done["loss"] == ([float(s) for s in range(1, 11)], [pytest.approx(2.0 - 0.1 * s) for s in range(1, 11)])
+    assert done["eval_loss"] == ([5.0, 10.0], [1.7, 1.5])
+    assert done["memory_bytes"][1][-1] == 110 * 2**20
+    assert "accuracy" not in done and "memory_peak_bytes" not in done  # no points, no curve
+
+    assert curves(history["crashed"])["loss"][0] == [1.0, 2.0, 3.0]
+
+
+def test_a_resumed_run_keeps_the_steps_trained_after_its_checkpoint(history: dict[str, Path]) -> None:
+    xs, ys = curves(history["resumed"])["loss"]
+    assert xs == [float(s) for s in range(1, 11)]
+    assert ys == [9.0] * 4 + [1.0] * 6  # steps 5 and 6 come from the resumed session
+
+
+def test_a_folder_without_events_has_no_curves(tmp_path: Path) -> None:
+    assert curves(tmp_path) == {}
+    assert spec_diff(tmp_path, tmp_path) == []
+
+
+def test_spec_diff_treats_a_missing_field_as_unset(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for run, text in ((a, "method: {name: x, r: 8}\n"), (b, "method: {name: y, modules: null, r: 8, k: [1, 2]}\n")):
+        run.mkdir()
+        (run / "spec.yaml").write_text(text)
+    assert spec_diff(a, b) == [("method.name", "x", "y"), ("method.k", None, [1, 2])]

@@ -1,0 +1,187 @@
+"""The Runs page offscreen: history of every status, overlaid curves, spec diff, and run actions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from test_run_history import OOM, fabricate_history, write_events, write_spec
+
+from engine.events import Finished, Started
+from gui.pages.runs_page import COLUMNS, RunsPage
+from gui.state import StudioState
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> dict[str, Path]:
+    return fabricate_history(tmp_path / "runs")
+
+
+@pytest.fixture
+def page(qtbot, history: dict[str, Path]) -> RunsPage:  # type: ignore[no-untyped-def]
+    page = RunsPage(StudioState(runs_dir=str(history["done"].parent)))
+    qtbot.addWidget(page)
+    page.errors = []  # type: ignore[attr-defined]
+    page.error = page.errors.append  # type: ignore[method-assign, attr-defined]
+    return page
+
+
+def table(page: RunsPage) -> dict[str, dict[str, str]]:
+    rows = {}
+    for row in range(page.table.rowCount()):
+        cells = {COLUMNS[col]: page.table.item(row, col).text() for col in range(len(COLUMNS))}
+        rows[cells["Name"]] = cells
+    return rows
+
+
+def diff_rows(page: RunsPage) -> list[tuple[str, ...]]:
+    t = page.diff_table
+    return [tuple(t.item(r, c).text() for c in range(3)) for r in range(t.rowCount())]
+
+
+def test_lists_every_run_with_its_status(page: RunsPage) -> None:
+    rows = table(page)
+    assert list(rows) == ["resumed", "live", "crashed", "broken", "stopped", "done"]  # newest first
+    assert {name: r["Status"] for name, r in rows.items()} == {
+        "done": "completed", "stopped": "cancelled", "broken": "failed", "crashed": "interrupted",
+        "live": "running", "resumed": "completed",
+    }  # fmt: skip
+    done = rows["done"]
+    assert (done["Model"], done["Method"], done["Trainable"]) == ("tiny-llama", "lora", "16,384")
+    assert (done["Steps"], done["Final eval loss"], done["Best eval loss"], done["Duration"]) == (
+        "10 / 10", "1.5000", "1.5000", "0:12",
+    )  # fmt: skip
+    assert rows["crashed"]["Steps"] == "3 / 10"
+    assert page.title == "6 · Runs"
+
+
+def test_selecting_two_runs_overlays_their_curves(page: RunsPage) -> None:
+    page.select_runs(["done", "stopped"])
+    assert [r.name for r in page.selected_runs()] == ["stopped", "done"]  # table order: newest first
+    assert page.loss_plot.point_counts() == {"stopped": 4, "done": 10}
+    assert page.eval_plot.point_counts() == {"stopped": 1, "done": 2}
+    assert page.memory_plot.total_points() == 14
+    assert len(page.loss_plot.plotItem.legend.items) == 2
+    _, ys = page.memory_plot.curves["done"].getData()
+    assert ys[-1] == pytest.approx(110.0)  # MiB
+
+    page.select_runs(["broken"])
+    assert page.loss_plot.point_counts() == {"broken": 2}
+    assert len(page.loss_plot.plotItem.legend.items) == 1  # deselected runs leave the legend
+
+
+def test_two_runs_show_the_spec_fields_that_differ(page: RunsPage) -> None:
+    assert not page.buttons["compare"].isEnabled()
+    page.select_runs(["done", "stopped"])
+    assert page.buttons["compare"].isEnabled()
+    assert diff_rows(page) == [("method.r", "16", "8"), ("training.learning_rate", "0.001", "0.0002")]
+    assert page.diff_table.horizontalHeaderItem(1).text() == "stopped"
+    page.show_comparison()
+    assert page.tabs.currentIndex() == 1
+    page.select_runs(["done", "crashed"])
+    assert diff_rows(page) == []
+    assert "same spec" in page.diff_label.text()
+
+
+def test_a_failed_run_shows_its_error(page: RunsPage) -> None:
+    page.select_runs(["broken"])
+    assert OOM in page.details.toPlainText()
+    page.select_runs(["done"])
+    assert "Error" not in page.details.toPlainText()
+
+
+def test_delete_asks_and_removes(page: RunsPage, history: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    asked: list[list[str]] = []
+    monkeypatch.setattr(page, "confirm_delete", lambda names: asked.append(names) or False)
+    page.state.set_current_run(history["stopped"])
+    page.select_runs(["stopped"])
+    page.delete()
+    assert asked == [["stopped"]] and history["stopped"].exists()
+
+    monkeypatch.setattr(page, "confirm_delete", lambda names: asked.append(names) or True)
+    page.delete()
+    assert not history["stopped"].exists()
+    assert "stopped" not in table(page) and len(table(page)) == 5
+    assert page.state.current_run is None  # the deleted run is no longer the one Try/Export use
+
+
+def test_a_running_run_cannot_be_deleted_or_renamed(page: RunsPage, history: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(page, "confirm_delete", lambda names: pytest.fail("must not ask"))
+    monkeypatch.setattr(page, "ask_new_name", lambda current: pytest.fail("must not ask"))
+    page.select_runs(["live"])
+    assert not page.buttons["delete"].isEnabled() and not page.buttons["rename"].isEnabled()
+    page.delete()
+    page.rename()
+    assert len(page.errors) == 2 and all("still training" in e for e in page.errors)  # type: ignore[attr-defined]
+    assert history["live"].exists()
+
+
+def test_rename_moves_the_folder(page: RunsPage, history: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    page.state.set_current_run(history["done"])
+    monkeypatch.setattr(page, "ask_new_name", lambda current: "lora-r8-baseline")
+    page.select_runs(["done"])
+    page.rename()
+    target = history["done"].with_name("lora-r8-baseline")
+    assert target.is_dir() and not history["done"].exists()
+    assert page.state.current_run == target
+    assert [r.name for r in page.selected_runs()] == ["lora-r8-baseline"]
+
+    monkeypatch.setattr(page, "ask_new_name", lambda current: "stopped")
+    page.rename()
+    assert "already exists" in page.errors[-1].message  # type: ignore[attr-defined]
+
+
+def test_clone_loads_the_spec_into_the_state(page: RunsPage, history: dict[str, Path], qtbot) -> None:  # type: ignore[no-untyped-def]
+    assert page.state.model is None
+    page.select_runs(["stopped"])
+    with qtbot.waitSignal(page.spec_cloned):
+        page.clone_spec()
+    state = page.state
+    assert state.model.source == "/models/tiny-llama"
+    assert state.data.path == "/data/reverse.jsonl"
+    assert (state.method.name, state.method.r) == ("lora", 16)
+    assert state.training.learning_rate == 0.001
+    assert state.build_spec().name is None
+
+
+def test_resume_and_use_set_the_current_run(page: RunsPage, history: dict[str, Path]) -> None:
+    resumed: list[Path] = []
+    page.on_resume = resumed.append
+    page.select_runs(["done"])
+    assert not page.buttons["resume"].isEnabled()  # a completed run has nothing to resume
+    page.use_run()
+    assert page.state.current_run == history["done"]
+    for name in ("crashed", "broken", "stopped"):
+        page.select_runs([name])
+        assert page.buttons["resume"].isEnabled()
+        page.resume()
+        assert page.state.current_run == history[name]
+    assert resumed == [history["crashed"], history["broken"], history["stopped"]]
+
+
+def test_refreshes_on_run_changed_and_follows_the_folder_picker(page: RunsPage, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    page.select_runs(["done"])
+    new = Path(page.state.runs_dir) / "fresh"
+    write_spec(new, {"name": "lora"})
+    write_events(new, [
+        Started(run_dir=str(new), model="m", method="lora", trainable_params=1, total_params=2, total_steps=1,
+                device="cpu"),
+        Finished(status="completed", step=1, error=None, train_seconds=1.0, tokens_trained=1),
+    ])  # fmt: skip
+    page.state.set_current_run(new)
+    assert table(page)["fresh"]["Status"] == "completed"
+    assert [r.name for r in page.selected_runs()] == ["done"]  # the selection survives a refresh
+
+    other = tmp_path / "elsewhere"
+    write_spec(other / "only", {"name": "lora"})
+    monkeypatch.setattr(page, "ask_folder", lambda: str(other))
+    page.choose_folder()
+    assert list(table(page)) == ["only"]
+    assert table(page)["only"]["Status"] == "interrupted"  # a spec and no events: it never finished
+    assert page.state.runs_dir == str(other)
