@@ -10,7 +10,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run")
     train.add_argument("--devices", type=int, default=None, help="train with N processes (GPUs) via accelerate")
     train.add_argument("--quiet", action="store_true", help="only the final line")
+    train.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the multi-device launcher
 
     export = sub.add_parser("export", help="export a run's adapter or merged model")
     export.add_argument("run_dir")
@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _install_stop_handlers(stop)
     from engine.train import run
 
-    result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume)
+    result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume, run_dir=args.run_dir)
     if result.status == "completed":
         return 0
     if result.status == "cancelled":

@@ -168,6 +168,7 @@ class EventFollower:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._offset = 0
+        self.seen: list[Event] = []
 
     def poll(self) -> list[Event]:
         if not self.path.exists():
@@ -186,4 +187,5 @@ class EventFollower:
                 continue
             if event is not None:
                 out.append(event)
+        self.seen += out
         return out

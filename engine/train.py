@@ -8,6 +8,7 @@ Every outcome ends with a `finished` event; nothing a person can cause escapes a
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import traceback
@@ -20,6 +21,7 @@ from engine.data_prep import collate, epoch_batches, load_examples, prepare_data
 from engine.devices import describe_device, memory_stats, pick_device, pick_precision
 from engine.errors import UserError
 from engine.evaluation import evaluate
+from engine.fast_loss import causal_lm_parts, labelled_loss
 from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
 from engine.runs import RunLock, new_run_dir
 from engine.spec import RunSpec, load_spec_file
@@ -54,44 +56,59 @@ def _id2label(spec: RunSpec) -> dict[int, str] | None:
     return label_mapping(examples) if examples else None
 
 
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def run(
     spec: RunSpec | None,
     emit: Emit | None = None,
     stop_event: threading.Event | None = None,
     *,
     resume_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
 ) -> RunResult:
     """Train as the spec says; report through `emit` and the run folder's `events.jsonl`.
 
     With `resume_dir`, continue that run from its last checkpoint (same folder, same log), with its
-    saved spec or, when given, `spec` (for example with more steps).
+    saved spec or, when given, `spec` (for example with more steps). `run_dir` names a folder made
+    beforehand (by the multi-device launcher, so every process writes to the same run).
+    Under several processes only rank 0 reports, saves and holds the lock.
     """
     stop_event = stop_event or threading.Event()
     if resume_dir is not None:
-        run_dir = Path(resume_dir)
-        if not (run_dir / "spec.yaml").exists():
-            raise UserError(f"{run_dir} is not a run folder (no spec.yaml)", where="--resume")
+        folder = Path(resume_dir)
+        if not (folder / "spec.yaml").exists():
+            raise UserError(f"{folder} is not a run folder (no spec.yaml)", where="--resume")
         # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
-        spec = spec or load_spec_file(run_dir / "spec.yaml")
+        spec = spec or load_spec_file(folder / "spec.yaml")
+    elif spec is None:
+        raise UserError("nothing to run: give a spec or a run folder to resume")
+    elif run_dir is not None:
+        folder = Path(run_dir)
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     else:
-        if spec is None:
-            raise UserError("nothing to run: give a spec or a run folder to resume")
-        run_dir = new_run_dir(spec.output_dir, spec.name, spec.method.name)
-    lock = RunLock(run_dir)
-    lock.acquire()
-    log = EventLog(run_dir / "events.jsonl")
+        folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
+    main_process = process_rank() == 0
+    lock = RunLock(folder)
+    log = EventLog(folder / "events.jsonl") if main_process else None
+    if main_process:
+        lock.acquire()
 
     def report(event: Event) -> None:
-        log.write(event)
-        if emit is not None:
-            emit(event)
+        if log is not None:
+            log.write(event)
+            if emit is not None:
+                emit(event)
 
-    session = TrainingSession(spec, run_dir, report, stop_event, resume=resume_dir is not None)
+    session = TrainingSession(spec, folder, report, stop_event, resume=resume_dir is not None)
     try:
         return session.execute()
     finally:
-        log.close()
-        lock.release()
+        if log is not None:
+            log.close()
+            lock.release()
 
 
 class TrainingSession:
@@ -167,7 +184,8 @@ class TrainingSession:
         info = describe_model(model)
         spec = resolve_spec(spec, info, model.config, task)
         spec.method.check(info, spec.training)
-        spec.save(self.run_dir / "spec.yaml")
+        if process_rank() == 0:
+            spec.save(self.run_dir / "spec.yaml")
         self.spec = spec
         from engine.methods.selective import notes_for
 
@@ -224,6 +242,9 @@ class TrainingSession:
         self.total_params = sum(p.numel() for p in self.accelerator.unwrap_model(model).parameters())
         self.lengths = [len(x.input_ids) for x in data.train]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Project only labelled positions (one process: DDP must see the whole model's forward).
+        single = self.accelerator.num_processes == 1
+        self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
         if self.resume:
             self._restore()
         if device == "cuda":
@@ -275,19 +296,18 @@ class TrainingSession:
         window_tokens, window_start = 0, time.perf_counter()
         model.train()
         while self.step < self.total_steps:
-            if self.stop.is_set():
+            if self._should_stop():
                 self._checkpoint()
                 return "cancelled"
             step_start = time.perf_counter()
             losses = []
             for micro in range(t.gradient_accumulation):
-                batch = self._batch(self.step * t.gradient_accumulation + micro)
+                batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
                 with self.accelerator.autocast():
-                    out = model(**batch)
-                loss = out.loss / t.gradient_accumulation
-                self.accelerator.backward(loss)
-                losses.append(out.loss.detach())
-                window_tokens += int(batch["attention_mask"].sum())
+                    full_loss = labelled_loss(self.fast_parts, batch) if self.fast_parts else model(**batch).loss
+                self.accelerator.backward(full_loss / t.gradient_accumulation)
+                losses.append(full_loss.detach())
+                window_tokens += real_tokens
             grad_norm = (
                 self.accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
             )
@@ -299,7 +319,7 @@ class TrainingSession:
             self.train_seconds += time.perf_counter() - step_start
 
             if self.step % t.log_every == 0 or self.step == self.total_steps:
-                loss_value = float(torch.stack(losses).mean())  # the only host sync of a step
+                loss_value, window_tokens = self._gather(torch.stack(losses).mean(), window_tokens)
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(
                         f"the loss became {loss_value} at step {self.step} — lower the learning rate "
@@ -339,7 +359,26 @@ class TrainingSession:
 
     _best_step = -1
 
-    def _batch(self, micro_index: int) -> dict[str, Any]:
+    def _should_stop(self) -> bool:
+        """Every process must stop at the same step, or the others wait forever in an all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return self.stop.is_set()
+        import torch
+
+        flag = torch.tensor([1.0 if self.stop.is_set() else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
+
+    def _gather(self, loss: torch.Tensor, tokens: int) -> tuple[float, int]:
+        """Loss averaged and tokens summed over processes; the only host sync of a logging step."""
+        if self.accelerator.num_processes == 1:
+            return float(loss), tokens
+        import torch
+
+        packed = torch.stack([loss.float(), torch.tensor(float(tokens), device=loss.device)])
+        total = self.accelerator.reduce(packed, "sum")
+        return float(total[0]) / self.accelerator.num_processes, int(total[1])
+
+    def _batch(self, micro_index: int) -> tuple[dict[str, Any], int]:
         """The micro-batch at a global position: a pure function of (seed, position), so resuming
         at step k continues with exactly the data an uninterrupted run would have seen."""
         epoch, within = divmod(micro_index, self.micro_per_epoch)
@@ -350,7 +389,9 @@ class TrainingSession:
             indices = indices[rank::world] or indices[:1]
         items = [self.data.train[i] for i in indices]
         batch = collate(items, self.pad_id, self.task == "classification")
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
+        tokens = sum(len(x.input_ids) for x in items)
+        return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}, tokens
 
     _epoch_cache: tuple[int, list[list[int]]] | None = None
 

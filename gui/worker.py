@@ -57,6 +57,7 @@ class TrainingController(QObject):
         self.pump.events.connect(self.events)
         self.stop_event = threading.Event()
         self.worker: Any = None
+        self.process: Any = None
 
     @property
     def running(self) -> bool:
@@ -65,6 +66,9 @@ class TrainingController(QObject):
     def start(self, spec: Any = None, resume_dir: Path | None = None) -> None:
         from engine.train import run  # deferred: torch loads when the first run starts
 
+        if spec is not None and spec.training.devices > 1 and resume_dir is None:
+            self._start_processes(spec)
+            return
         self.stop_event = threading.Event()
         self.pump.timer.start()
         # Handlers go in through _connect: superqt re-raises errors of workers that have none.
@@ -79,6 +83,45 @@ class TrainingController(QObject):
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.process is not None:
+            from engine.launch import stop_multi
+
+            stop_multi(self.process)
+
+    # --- several devices: an `accelerate launch` job followed through its events.jsonl ----------
+    def _start_processes(self, spec: Any) -> None:
+        from engine.events import EventFollower
+        from engine.launch import start_multi
+
+        self.process, run_dir = start_multi(spec, spec.training.devices)
+        self.follower = EventFollower(run_dir / "events.jsonl")
+        self.worker = self.process  # `running` while the job lives
+        self.poll_timer = QTimer(self)
+        self.poll_timer.setInterval(DRAIN_INTERVAL_MS)
+        self.poll_timer.timeout.connect(self._poll_processes)
+        self.poll_timer.start()
+
+    def _poll_processes(self) -> None:
+        from engine.events import Finished
+        from engine.train import RunResult
+
+        events = self.follower.poll()
+        if events:
+            self.events.emit(events)
+        if self.process is None or self.process.poll() is None:
+            return
+        events = self.follower.poll()
+        if events:
+            self.events.emit(events)
+        finished = [e for e in self.follower.seen if isinstance(e, Finished)]
+        last = finished[-1] if finished else None
+        output = self.process.stdout.read() if self.process.stdout else ""
+        self.poll_timer.stop()
+        self.process = None
+        self.worker = None
+        status = last.status if last else "failed"
+        error = last.error if last else f"the training processes ended without finishing: {output[-2000:]}"
+        self.done.emit(RunResult(status, self.follower.path.parent, last.step if last else 0, error))
 
     def wait(self, timeout_ms: int = 60_000) -> None:
         """Block until the worker thread ends (used at exit: no thread outlives the window)."""

@@ -1,0 +1,53 @@
+"""Generated documentation: the README's methods table comes from the method declarations.
+
+`python -m engine.docs` rewrites the block between the README's markers; the trainable-parameter
+column is counted on SmolLM2-135M (and MiniLM for classification) built on the meta device.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from engine.methods import METHOD_CLASSES
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
+
+
+def trainable_counts(model: str) -> dict[str, str]:
+    from engine.estimate import estimate_table
+
+    counts = {}
+    for row in estimate_table(model, "all", []):
+        if "error" in row:
+            counts[row["method"]] = "n/a"
+        else:
+            counts[row["method"]] = f"{row['trainable_params']:,} ({100 * row['trainable_share']:.3g}%)"
+    return counts
+
+
+def methods_table() -> str:
+    smol = trainable_counts("smollm2-135m")
+    lines = [
+        "| method (`method.name`) | family | what it trains | mergeable | trainable on SmolLM2-135M | default lr |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cls in METHOD_CLASSES:
+        name = cls.model_fields["name"].default
+        lines.append(
+            f"| {cls.title} (`{name}`) | {cls.family} | {cls.description} | {'yes' if cls.mergeable else 'no'} "
+            f"| {smol.get(name, 'n/a')} | {cls.default_lr:g} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = f"{BEGIN}\n{methods_table()}\n{END}"
+    README.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    update_readme() if "--write" in sys.argv else print(methods_table())

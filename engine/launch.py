@@ -1,0 +1,104 @@
+"""Training on several devices: the run is started as an `accelerate launch` job (DDP, or FSDP /
+DeepSpeed ZeRO with a generated accelerate config), and followed through its events.jsonl."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.events import EventFollower, Finished
+from engine.runs import new_run_dir
+from engine.spec import RunSpec
+
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+
+
+def launch_command(spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp") -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line and environment for an N-process run."""
+    import torch
+
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(devices),
+           "--num_machines", "1", "--main_process_port", str(_free_port())]
+    if strategy == "fsdp":
+        cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD"]
+    elif strategy == "deepspeed":
+        cmd += ["--use_deepspeed", "--zero_stage", "2"]
+    else:
+        cmd += ["--multi_gpu"]
+    if not torch.cuda.is_available():
+        # Several CPU processes with the gloo backend (`--cpu` would silently start only one).
+        env["ACCELERATE_USE_CPU"] = "1"
+    elif torch.cuda.device_count() < devices:
+        raise UserError(
+            f"{devices} devices asked for, {torch.cuda.device_count()} GPUs present",
+            where="training.devices",
+            fix=f"set training.devices to at most {torch.cuda.device_count()}",
+        )
+    cmd += ["-m", "engine.cli", "train", str(spec_file), "--devices", "1", "--run-dir", str(run_dir)]
+    return cmd, env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_multi_run(spec: RunSpec) -> tuple[Path, Path]:
+    """Make the run folder up front so every process writes into the same one."""
+    run_dir = new_run_dir(spec.output_dir, spec.name, spec.method.name)
+    spec_file = run_dir / "launch-spec.yaml"
+    spec.save(spec_file)
+    return run_dir, spec_file
+
+
+def start_multi(spec: RunSpec, devices: int, strategy: str = "ddp") -> tuple[subprocess.Popen[str], Path]:
+    """Start the processes; the caller follows `run_dir/events.jsonl` and may `stop_multi`."""
+    run_dir, spec_file = prepare_multi_run(spec)
+    cmd, env = launch_command(spec_file, run_dir, devices, strategy)
+    # Its own process group, so one signal reaches the launcher and every worker.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return proc, run_dir
+
+
+def stop_multi(proc: subprocess.Popen[Any]) -> None:
+    """Ask every process to stop (each saves nothing but rank 0, which writes the checkpoint)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+
+
+def launch_multi(args: argparse.Namespace, devices: int) -> int:
+    """CLI: `adapter-studio train SPEC --devices N`; prints the main process's progress lines."""
+    from engine.spec import load_spec_file
+
+    if args.resume:
+        raise UserError("resuming a multi-device run is done with --devices 1 or from the window", where="--resume")
+    spec = load_spec_file(args.spec, args.overrides)
+    proc, run_dir = start_multi(spec, devices)
+    stopping = False
+
+    def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_multi(proc)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for line in proc.stdout:  # type: ignore[union-attr]
+        print(line, end="", flush=True)
+    proc.wait()
+    time.sleep(0.1)
+    finished = [e for e in EventFollower(run_dir / "events.jsonl").poll() if isinstance(e, Finished)]
+    status = finished[-1].status if finished else "failed"
+    return {"completed": 0, "cancelled": 130}.get(status, 1)
