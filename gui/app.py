@@ -16,7 +16,7 @@ class FirstPaint(QObject):
         super().__init__()
         self.done = False
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Paint and not self.done:
             self.done = True
             seconds = seconds_since_process_start()
@@ -47,6 +47,9 @@ def create_app() -> QApplication:
     # Workers wait on disk and the GIL more than on cores; with the default (one per core) a
     # training run and a model load would leave no thread for a data preview.
     QThreadPool.globalInstance().setMaxThreadCount(16)
+    from gui.theme import apply_theme
+
+    apply_theme(app)  # type: ignore[arg-type]
     return app  # type: ignore[return-value]
 
 
@@ -65,4 +68,5 @@ def main(self_test: bool = False, demo: bool = True) -> int:
     window.show()
     if demo:
         QTimer.singleShot(0, window.load_demo)
+    QTimer.singleShot(300, window.welcome_if_first_run)
     return app.exec()

@@ -34,3 +34,21 @@ def install_excepthook(parent_getter: object) -> None:
         show_error(parent, value, "Unexpected error")
 
     sys.excepthook = hook
+
+
+def last_folder(key: str) -> str:
+    """The folder a file dialog of this kind opened last (QSettings), or the home folder."""
+    from pathlib import Path
+
+    from PySide6.QtCore import QSettings
+
+    return str(QSettings().value(f"paths/last_{key}", str(Path.home())))
+
+
+def remember_folder(key: str, chosen: str) -> None:
+    from pathlib import Path
+
+    from PySide6.QtCore import QSettings
+
+    path = Path(chosen)
+    QSettings().setValue(f"paths/last_{key}", str(path if path.is_dir() else path.parent))

@@ -6,8 +6,8 @@ import shlex
 from importlib import metadata
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtCore import QSettings
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -31,6 +31,7 @@ from gui.pages.model_page import ModelPage
 from gui.pages.runs_page import RunsPage
 from gui.pages.train_page import TrainPage
 from gui.state import StudioState
+from gui.theme import THEMES
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEMO_SPEC = RESOURCES / "demo" / "demo.yaml"
@@ -50,7 +51,7 @@ class MainWindow(QMainWindow):
     def __init__(self, state: StudioState | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Adapter Studio")
-        self.state = state or StudioState()
+        self.state = state or StudioState(runs_dir=str(QSettings().value("paths/runs_dir", "runs")))
         self.steps = QListWidget()
         self.steps.setObjectName("steps")
         self.steps.setFixedWidth(170)
@@ -70,6 +71,7 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel(f"device: detected when training starts · {library_versions()}")
         self.device_label.setObjectName("statusDevice")
         self.statusBar().addPermanentWidget(self.device_label)
+        self.train_page.controller.events.connect(self._show_device)
         self.steps.setCurrentRow(0)
         settings = QSettings()
         geometry = settings.value("window/geometry")
@@ -118,6 +120,19 @@ class MainWindow(QMainWindow):
             action.setShortcut(shortcut)
             action.triggered.connect(slot)
             file_menu.addAction(action)
+        settings_menu = self.menuBar().addMenu("&Settings")
+        theme_menu = settings_menu.addMenu("Theme")
+        group = QActionGroup(self)
+        current = str(QSettings().value("appearance/theme", "system"))
+        for choice in THEMES:
+            action = QAction(choice.capitalize(), self, checkable=True)
+            action.setChecked(choice == current)
+            action.triggered.connect(lambda _=False, c=choice: self.set_theme(c))
+            group.addAction(action)
+            theme_menu.addAction(action)
+        runs_action = QAction("Runs folder…", self)
+        runs_action.triggered.connect(self.choose_runs_dir)
+        settings_menu.addAction(runs_action)
         run_menu = self.menuBar().addMenu("&Run")
         for text, shortcut, slot in (
             ("Start training", "Ctrl+Return", self.train_page.start),
@@ -128,11 +143,74 @@ class MainWindow(QMainWindow):
             action.setShortcut(shortcut)
             action.triggered.connect(slot)
             run_menu.addAction(action)
+        help_menu = self.menuBar().addMenu("&Help")
+        for text, slot in (("Getting started", self.show_welcome), ("Keyboard shortcuts", self.show_shortcuts)):
+            action = QAction(text, self)
+            action.triggered.connect(slot)
+            help_menu.addAction(action)
         for i in range(len(self.pages)):
             action = QAction(self)
             action.setShortcut(f"Ctrl+{i + 1}")
             action.triggered.connect(lambda _=False, row=i: self.steps.setCurrentRow(row))
             self.addAction(action)
+
+    # --- everyday comfort ---------------------------------------------------------------------------
+    def _show_device(self, events: list[object]) -> None:
+        from engine.events import Started
+
+        for event in events:
+            if isinstance(event, Started):
+                self.device_label.setText(f"device: {event.device}, {event.precision} · {library_versions()}")
+
+    def set_theme(self, choice: str) -> None:
+        from gui.theme import apply_theme
+
+        apply_theme(QApplication.instance(), choice)  # type: ignore[arg-type]
+
+    def choose_runs_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Runs folder", self.state.runs_dir)
+        if folder:
+            self.state.runs_dir = folder
+            QSettings().setValue("paths/runs_dir", folder)
+            self.state.run_changed.emit()
+
+    def welcome_if_first_run(self) -> None:
+        settings = QSettings()
+        if not settings.value("welcome/shown", False, type=bool):
+            settings.setValue("welcome/shown", True)
+            self.show_welcome()
+
+    def show_welcome(self) -> None:
+        box = QMessageBox(self)
+        box.setObjectName("welcome")
+        box.setWindowTitle("Welcome to Adapter Studio")
+        box.setText(
+            "<h3>Fine-tune a language model in five steps</h3>"
+            "<ol><li><b>Model</b>: a folder, a .gguf file or a hub id.</li>"
+            "<li><b>Data</b>: your JSON, JSONL, CSV, Parquet or text file.</li>"
+            "<li><b>Method</b>: LoRA or any of 21 others; see the costs on the way.</li>"
+            "<li><b>Train</b>: watch loss and memory live; stop and resume at will.</li>"
+            "<li><b>Export</b>: an adapter for peft, or a merged model.</li></ol>"
+            "<p>The demo is ready: SmolLM2-135M-Instruct learns to write dates in ISO form.</p>"
+        )
+        demo = box.addButton("Train the demo", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Look around first", QMessageBox.ButtonRole.RejectRole)
+        demo.clicked.connect(self.start_demo)
+        box.open()
+
+    def start_demo(self) -> None:
+        self.load_demo()
+        self.go_to("train")
+        self.train_page.start()
+
+    def show_shortcuts(self) -> None:
+        QMessageBox.information(
+            self,
+            "Keyboard shortcuts",
+            "Ctrl+1 … Ctrl+8: go to a step\nCtrl+Return: start training\nCtrl+.: stop\n"
+            "Ctrl+Shift+Return: resume\nCtrl+O / Ctrl+S: open / save a spec\nCtrl+Shift+C: copy as command line\n"
+            "Ctrl+D: load the demo",
+        )
 
     # --- specs ------------------------------------------------------------------------------------
     def apply_spec_file(self, path: str | Path, overrides: list[str] | None = None) -> None:
@@ -162,11 +240,6 @@ class MainWindow(QMainWindow):
         if path:
             spec.save(Path(path))
 
-    def command_line(self) -> str:
-        spec = self.state.build_spec()
-        overrides = [f"--set model.source={shlex.quote(spec.model.source)}"]
-        return "adapter-studio train spec.yaml  # saved with File › Save spec\n" + " ".join(overrides)
-
     def copy_command(self) -> None:
         try:
             spec = self.state.build_spec()
@@ -181,7 +254,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Copied: {text}", 8000)
 
     # --- closing ----------------------------------------------------------------------------------
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+    def closeEvent(self, event: QCloseEvent) -> None:
         controller = self.train_page.controller
         if controller.running:
             answer = QMessageBox.question(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton
 
 from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2
+from gui.dialogs import last_folder, remember_folder
 from gui.pages.base import Page
 from gui.worker import run_in_background
 
@@ -62,13 +63,15 @@ class ModelPage(Page):
         self._worker = None
 
     def browse_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Model folder")
+        folder = QFileDialog.getExistingDirectory(self, "Model folder", last_folder("model"))
         if folder:
+            remember_folder("model", folder)
             self.choose(folder)
 
     def browse_gguf(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "GGUF model", filter="GGUF models (*.gguf)")
+        path, _ = QFileDialog.getOpenFileName(self, "GGUF model", last_folder("model"), "GGUF models (*.gguf)")
         if path:
+            remember_folder("model", path)
             self.choose(path)
 
     def choose(self, source: str) -> None:
