@@ -7,7 +7,7 @@ layers, full) change the base weights themselves, and bottleneck adapters (MAM i
 modules that peft's switch does not reach: those runs load a second, untouched copy of the base model.
 
 Generation runs in a thread of its own and streams text through transformers' TextIteratorStreamer,
-always with the KV cache (prefix tuning fails without it, and needs `carry_prefix_into_cache`).
+always with the KV cache (prefix tuning fails without it).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class Playground:
 
         run_dir = Path(run_dir)
         tuned = load_trained(run_dir, checkpoint)
-        carry_prefix_into_cache(tuned.model)
         base = None if shares_base_weights(tuned) else load_base(tuned.spec)[0].eval()
         device = pick_device(device)
         tuned.model.to(device)
@@ -267,33 +266,6 @@ def _token_streamer_class() -> type:
             self.print_len = len(text)
 
     return TokenStreamer
-
-
-def carry_prefix_into_cache(model: Any) -> None:
-    """Make a prefix-tuned peft model's `generate` use its prefix (transformers 5.x with peft 0.21).
-
-    peft puts the trained prefix in `past_key_values`, but transformers 5.x generation passes the cache
-    as `cache` and ignores `past_key_values` when both are set: the answers silently came from the
-    base model. The prefix is copied into generation's own cache on the first step instead.
-    """
-    config = getattr(model, "active_peft_config", None)
-    if config is None or getattr(config, "peft_type", None) != "PREFIX_TUNING":  # PeftType is a str enum
-        return
-    peft_prepare = model.prepare_inputs_for_generation
-
-    def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        inputs = peft_prepare(*args, **kwargs)
-        prefix = inputs.pop("past_key_values", None)
-        cache = inputs.get("cache")
-        if prefix is not None and cache is None:
-            inputs["cache"] = prefix
-        elif prefix is not None and cache.get_seq_length() == 0:
-            for i, layer in enumerate(prefix.layers):
-                cache.update(layer.keys, layer.values, i)
-        return inputs
-
-    # peft's generate and disable_adapter both read this instance attribute, so the fix follows them.
-    model.prepare_inputs_for_generation = prepare
 
 
 def shares_base_weights(tuned: TrainedModel) -> bool:

@@ -29,6 +29,7 @@ from gui.pages.export_page import ExportPage
 from gui.pages.method_page import MethodPage
 from gui.pages.model_page import ModelPage
 from gui.pages.runs_page import RunsPage
+from gui.pages.try_page import TryPage
 from gui.pages.train_page import TrainPage
 from gui.state import StudioState
 from gui.theme import THEMES
@@ -87,6 +88,7 @@ class MainWindow(QMainWindow):
             ("method", MethodPage(self.state)),
             ("train", TrainPage(self.state)),
             ("runs", RunsPage(self.state, on_resume=self._resume_run)),
+            ("try", TryPage(self.state)),
             ("export", ExportPage(self.state)),
         ]
 
@@ -269,5 +271,8 @@ class MainWindow(QMainWindow):
             controller.stop()
             while controller.running:  # wait for the checkpoint; no thread outlives the window
                 QApplication.processEvents()
+        try_page = self.pages["try"]
+        if try_page.busy:  # type: ignore[attr-defined]
+            try_page.stop()  # type: ignore[attr-defined]
         QSettings().setValue("window/geometry", self.saveGeometry())
         event.accept()

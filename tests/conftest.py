@@ -25,7 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Tiny models: one thread beats two (no contention with the window thread or other workers).
+torch.set_num_threads(1)
 
 CHARS = list(string.printable)  # digits, letters, punctuation and whitespace: 100 characters
 VOCAB_SIZE = 128  # room for the characters and every family's special tokens
@@ -133,7 +134,10 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """BERT encoder with a 2-way classification head, [CLS] text [SEP] post-processing."""
+    """BERT encoder with a 2-way classification head, [CLS] text [SEP] post-processing.
+
+    Dropout is off: a random 64-wide encoder's signal is faint, and 20 steps must visibly learn it.
+    """
     from transformers import BertConfig, BertForSequenceClassification
 
     tokenizer = char_tokenizer(
@@ -144,7 +148,7 @@ def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=2)
+                        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return _save(tmp_path_factory.mktemp("tiny-bert-cls"), BertForSequenceClassification(config), tokenizer)
 
 

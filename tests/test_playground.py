@@ -48,6 +48,10 @@ def runs(one_torch_thread: None, tiny_llama: Path, tiny_bert_cls: Path, alpaca_j
                                    {"name": "prompt_tuning", "num_virtual_tokens": 4}, 3e-2),
         "last_layers": train_run(make_spec, tiny_llama, alpaca_jsonl, "last_layers", 3e-3),
         "adapter_h": train_run(make_spec, tiny_llama, alpaca_jsonl, "adapter_h", 1e-2),
+        "mam": train_run(make_spec, tiny_llama, alpaca_jsonl, {"name": "mam", "num_virtual_tokens": 4}, 1e-2),
+        "llama_adapter": train_run(make_spec, tiny_llama, alpaca_jsonl, {"name": "llama_adapter", "adapter_len": 4},
+                                   3e-2),
+        "ia3": train_run(make_spec, tiny_llama, alpaca_jsonl, "ia3", 3e-2),
         "classifier": train_run(make_spec, tiny_bert_cls, classification_csv, "lora", 1e-2),
     }  # fmt: skip
 
@@ -77,13 +81,14 @@ def reference_answer(model: Any, pg: Playground, message: str = MESSAGE, max_new
     return pg.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
 
 
-METHODS = ["lora", "prefix_tuning", "prompt_tuning", "last_layers", "adapter_h"]
+METHODS = ["lora", "prefix_tuning", "prompt_tuning", "llama_adapter", "ia3", "last_layers", "adapter_h", "mam"]
+SHARED = {"lora", "prefix_tuning", "prompt_tuning", "llama_adapter", "ia3"}  # peft: adapter switched off
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_base_and_tuned_stream_their_own_answers(method: str, playgrounds: dict[str, Playground]) -> None:
     pg = playgrounds[method]
-    assert pg.shares_weights is (method in ("lora", "prefix_tuning", "prompt_tuning"))
+    assert pg.shares_weights is (method in SHARED)
     base_chunks, tuned_chunks = answer(pg, "base"), answer(pg, "tuned")
     base, tuned = "".join(base_chunks), "".join(tuned_chunks)
     assert len(base_chunks) >= 3, base_chunks  # streamed piece by piece, not as one block

@@ -1,0 +1,335 @@
+"""Step 7: try the trained run — the base and the tuned model answer the same prompt side by side."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt.utils import create_worker
+
+from gui.pages.base import Page
+from gui.worker import run_in_background
+
+HELD_OUT_SHOWN = 50
+PANES = ("base", "tuned")
+RANDOM_HEAD_NOTE = (
+    "The base model's classifier head is untrained (randomly initialised), so its probabilities are "
+    "chance: they are shown only for reference."
+)
+
+
+class TryPage(Page):
+    title = "Try"
+    hint = (
+        "Ask the base and the tuned model the same thing. Pick a held-out example (rows the run did not "
+        "train on) to compare with the expected answer. Temperature 0 means greedy, repeatable answers."
+    )
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        self.playground: Any = None  # engine.playground.Playground once loaded
+        self.held_out: list[Any] = []  # its HeldOutExamples, in list order
+        self._loaded_run: Path | None = None
+        self._loading_run: Path | None = None
+        self._loader: Any = None
+        self._streams: dict[str, Any] = {}
+        self._classifier: Any = None
+        self._stop = threading.Event()
+
+        self.status = QLabel("No run yet: train one on the Train page, or pick one on the Runs page.")
+        self.status.setObjectName("tryStatus")
+        self.status.setWordWrap(True)
+        self.layout_.addWidget(self.status)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self._held_out_panel())
+        split.addWidget(self._prompt_panel())
+        split.setStretchFactor(1, 3)
+        self.layout_.addWidget(split, 1)
+
+        state.run_changed.connect(self._run_changed)
+        self._set_mode("generation")
+        self._update_buttons()
+
+    # --- building ---------------------------------------------------------------------------------
+
+    def _held_out_panel(self) -> QWidget:
+        box = QGroupBox("Held-out examples")
+        layout = QVBoxLayout(box)
+        self.examples = QListWidget()
+        self.examples.setObjectName("heldOutList")
+        self.examples.currentRowChanged.connect(self.pick_example)
+        layout.addWidget(self.examples, 2)
+        layout.addWidget(QLabel("Expected answer"))
+        self.expected = QPlainTextEdit()
+        self.expected.setObjectName("expectedAnswer")
+        self.expected.setReadOnly(True)
+        layout.addWidget(self.expected, 1)
+        return box
+
+    def _prompt_panel(self) -> QWidget:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.prompt = QPlainTextEdit()
+        self.prompt.setObjectName("promptBox")
+        self.prompt.setPlaceholderText("Your message to the model…")
+        self.prompt.setMaximumHeight(120)
+        layout.addWidget(self.prompt)
+        self.text_pair = QLineEdit()
+        self.text_pair.setObjectName("textPair")
+        self.text_pair.setPlaceholderText("Second text (for sentence-pair classifiers; optional)")
+        layout.addWidget(self.text_pair)
+
+        controls = QHBoxLayout()
+        self.temperature = self._spin(QDoubleSpinBox(), "temperature", 0.0, 2.0, 0.0, step=0.1)
+        self.temperature.setToolTip("0: greedy (always the most likely token); higher: more varied answers.")
+        self.top_p = self._spin(QDoubleSpinBox(), "topP", 0.05, 1.0, 0.95, step=0.05)
+        self.top_p.setToolTip("Sample only from the most likely tokens that together have this probability.")
+        self.max_new_tokens = self._spin(QSpinBox(), "maxNewTokens", 1, 4096, 128)
+        self.max_new_tokens.setToolTip("The longest answer, in tokens.")
+        self.sampling_labels = []
+        for text, widget in (("Temperature", self.temperature), ("Top-p", self.top_p),
+                             ("Max new tokens", self.max_new_tokens)):  # fmt: skip
+            label = QLabel(text)
+            self.sampling_labels.append(label)
+            controls.addWidget(label)
+            controls.addWidget(widget)
+        controls.addStretch()
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setObjectName("generateButton")
+        self.generate_button.setDefault(True)
+        self.generate_button.clicked.connect(self.generate)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopGenerationButton")
+        self.stop_button.clicked.connect(self.stop)
+        controls.addWidget(self.generate_button)
+        controls.addWidget(self.stop_button)
+        layout.addLayout(controls)
+
+        self.answers = QWidget()
+        panes = QGridLayout(self.answers)
+        panes.setContentsMargins(0, 0, 0, 0)
+        self.panes: dict[str, QPlainTextEdit] = {}
+        for column, (which, heading) in enumerate((("base", "Base model"), ("tuned", "Tuned model"))):
+            panes.addWidget(QLabel(f"<b>{heading}</b>"), 0, column)
+            pane = QPlainTextEdit()
+            pane.setObjectName(f"{which}Answer")
+            pane.setReadOnly(True)
+            panes.addWidget(pane, 1, column)
+            self.panes[which] = pane
+        layout.addWidget(self.answers, 1)
+
+        self.classification = QWidget()
+        table_layout = QVBoxLayout(self.classification)
+        table_layout.setContentsMargins(0, 0, 0, 0)
+        self.probabilities = QTableWidget(0, 3)
+        self.probabilities.setObjectName("probabilityTable")
+        self.probabilities.setHorizontalHeaderLabels(["Label", "Base model", "Tuned model"])
+        self.probabilities.horizontalHeader().setStretchLastSection(True)
+        self.probabilities.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        table_layout.addWidget(self.probabilities, 1)
+        note = QLabel(RANDOM_HEAD_NOTE)
+        note.setObjectName("randomHeadNote")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: gray")
+        table_layout.addWidget(note)
+        layout.addWidget(self.classification, 1)
+        return panel
+
+    def _spin(self, spin: Any, name: str, low: float, high: float, value: float, step: float = 1) -> Any:
+        spin.setObjectName(name)
+        spin.setRange(low, high)
+        spin.setSingleStep(step)
+        spin.setValue(value)
+        return spin
+
+    def _set_mode(self, mode: str) -> None:
+        classify = mode == "classification"
+        self.answers.setVisible(not classify)
+        self.classification.setVisible(classify)
+        self.text_pair.setVisible(classify)
+        for widget in (self.temperature, self.top_p, self.max_new_tokens, *self.sampling_labels):
+            widget.setVisible(not classify)
+        self.generate_button.setText("Classify" if classify else "Generate")
+        self.prompt.setPlaceholderText("A text to classify…" if classify else "Your message to the model…")
+
+    # --- loading the run --------------------------------------------------------------------------
+
+    def on_shown(self) -> None:
+        self.load_current_run()
+
+    def _run_changed(self) -> None:
+        if self.state.current_run != self._loaded_run:
+            self.stop()
+            self.playground = None
+            self._loaded_run = None
+            self.held_out = []
+            self.examples.clear()
+            self._update_buttons()
+        if self.isVisible():
+            self.load_current_run()
+
+    def load_current_run(self) -> None:
+        """Load the current run's models in the background, unless they are loaded or loading."""
+        from engine.playground import Playground
+
+        run = self.state.current_run
+        if run is None or run == self._loaded_run or self._loader is not None:
+            return
+        self._loading_run = run
+        self.status.setText(f"Loading <b>{run.name}</b>: the tuned model and its base…")
+        self._loader = run_in_background(Playground.open, run, on_result=self._loaded, on_error=self._load_failed)
+        self._update_buttons()
+
+    def _loaded(self, playground: Any) -> None:
+        self._loader = None
+        if self._loading_run != self.state.current_run:  # the run changed while this one loaded
+            self.load_current_run()
+            return
+        self.playground = playground
+        self._loaded_run = self._loading_run
+        classify = playground.task == "classification"
+        self._set_mode("classification" if classify else "generation")
+        self.examples.clear()
+        self.expected.clear()
+        self.held_out = playground.held_out_examples(HELD_OUT_SHOWN)
+        for _, message, _ in self.held_out:
+            self.examples.addItem(" ".join(message.split())[:120])
+        method = playground.spec.method
+        source = ("the same weights with the adapter switched off" if playground.shares_weights
+                  else "a second, untouched copy of the base model")  # fmt: skip
+        self.status.setText(
+            f"Run <b>{self._loaded_run.name}</b> — {method.title}, checkpoint {playground.tuned.checkpoint.name}. "
+            f"Base answers come from {source}. {self.examples.count()} held-out examples."
+        )
+        self._update_buttons()
+
+    def _load_failed(self, error: BaseException) -> None:
+        self._loader = None
+        self.status.setText(f"<b style='color:#c00'>Cannot load this run</b>: {getattr(error, 'message', error)}")
+        self._update_buttons()
+        self.error(error)
+
+    # --- held-out examples ------------------------------------------------------------------------
+
+    def pick_example(self, row: int) -> None:
+        """Fill the prompt with held-out example `row` and show its expected answer."""
+        if self.playground is None or not 0 <= row < len(self.held_out):
+            return
+        _, message, expected = self.held_out[row]
+        self.prompt.setPlainText(message)
+        self.expected.setPlainText(expected)
+        if self.playground.task == "classification":
+            self.text_pair.setText(self.playground.held_out_pair(row) or "")
+
+    # --- generating -------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._streams) or self._classifier is not None or self._loader is not None
+
+    def _update_buttons(self) -> None:
+        ready = self.playground is not None
+        self.generate_button.setEnabled(ready and not self.busy)
+        self.stop_button.setEnabled(bool(self._streams))
+
+    def generate(self) -> None:
+        """Stream the base and tuned answers into their panes (or classify, for a classifier run)."""
+        if self.playground is None or self.busy:
+            return
+        text = self.prompt.toPlainText().strip()
+        if not text:
+            self.status.setText("Type a message first, or pick a held-out example.")
+            return
+        if self.playground.task == "classification":
+            self._classify(text)
+            return
+        self._stop = threading.Event()
+        for which in PANES:
+            self.panes[which].clear()
+            worker = create_worker(
+                self.playground.stream, which, text,
+                temperature=self.temperature.value(), top_p=self.top_p.value(),
+                max_new_tokens=self.max_new_tokens.value(), stop_event=self._stop,
+                _start_thread=False,
+            )  # fmt: skip
+            worker.yielded.connect(lambda chunk, w=which: self._append(w, chunk))
+            worker.errored.connect(lambda error, w=which: self._stream_failed(w, error))
+            worker.finished.connect(lambda w=which: self._stream_finished(w))
+            self._streams[which] = worker
+        self.status.setText("Generating…")
+        self._update_buttons()
+        for worker in self._streams.values():
+            worker.start()
+
+    def stop(self) -> None:
+        """End both answers after their current token."""
+        if self._streams:
+            self._stop.set()
+            self.status.setText("Stopping…")
+
+    def _append(self, which: str, chunk: str) -> None:
+        pane = self.panes[which]
+        pane.moveCursor(QTextCursor.MoveOperation.End)
+        pane.insertPlainText(chunk)
+
+    def _stream_failed(self, which: str, error: BaseException) -> None:
+        self.panes[which].appendPlainText(f"\n[generation failed: {getattr(error, 'message', error)}]")
+        self.error(error)
+
+    def _stream_finished(self, which: str) -> None:
+        self._streams.pop(which, None)
+        if not self._streams:
+            self.status.setText("Stopped." if self._stop.is_set() else "Done.")
+        self._update_buttons()
+
+    # --- classifying ------------------------------------------------------------------------------
+
+    def _classify(self, text: str) -> None:
+        pair = self.text_pair.text().strip() or None
+        self.status.setText("Classifying…")
+        self._classifier = run_in_background(
+            self.playground.classify, text, pair, on_result=self._classified, on_error=self._classify_failed
+        )
+        self._update_buttons()
+
+    def _classified(self, probabilities: dict[str, dict[str, float]]) -> None:
+        self._classifier = None
+        base, tuned = probabilities["base"], probabilities["tuned"]
+        labels = sorted(tuned, key=tuned.__getitem__, reverse=True)
+        self.probabilities.setRowCount(len(labels))
+        for row, label in enumerate(labels):
+            for column, value in enumerate((label, f"{base[label]:.1%}", f"{tuned[label]:.1%}")):
+                item = QTableWidgetItem(value)
+                if column:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.probabilities.setItem(row, column, item)
+        self.status.setText(f"Tuned model: <b>{labels[0]}</b> ({tuned[labels[0]]:.1%}).")
+        self._update_buttons()
+
+    def _classify_failed(self, error: BaseException) -> None:
+        self._classifier = None
+        self.status.setText(f"<b style='color:#c00'>Classification failed</b>: {getattr(error, 'message', error)}")
+        self._update_buttons()
+        self.error(error)

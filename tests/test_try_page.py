@@ -1,0 +1,156 @@
+"""The Try page offscreen: base and tuned answers stream into their panes, Stop, held-out rows, classifiers."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QTimer
+
+from engine.playground import Playground
+from engine.train import run
+from gui.pages.try_page import TryPage
+from gui.state import StudioState
+
+pytestmark = pytest.mark.gui
+LOAD_MS = 30_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Any:
+    """Two intra-op threads on a busy 2-core machine spin against each other: one is many times faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def lora_run(one_torch_thread: None, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> Path:
+    """A short LoRA run: 10 steps move the tiny model enough that its greedy answers change."""
+    result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", learning_rate=1e-2, max_steps=10, eval_samples=0))
+    assert result.status == "completed", result.error
+    return result.run_dir
+
+
+@pytest.fixture(scope="module")
+def classifier_run(one_torch_thread: None, tiny_bert_cls: Path, classification_csv: Path, make_spec: Any) -> Path:
+    result = run(make_spec(tiny_bert_cls, classification_csv, "lora", learning_rate=1e-2, max_steps=5,
+                           eval_samples=0))  # fmt: skip
+    assert result.status == "completed", result.error
+    return result.run_dir
+
+
+@pytest.fixture
+def page(qtbot: Any) -> TryPage:
+    page = TryPage(StudioState())
+    qtbot.addWidget(page)
+    page.errors = []  # type: ignore[attr-defined]
+    page.error = page.errors.append  # type: ignore[method-assign]
+    page.show()
+    yield page
+    page.stop()
+    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)  # no generation thread outlives its test
+
+
+def open_run(page: TryPage, qtbot: Any, run_dir: Path) -> None:
+    page.state.set_current_run(run_dir)  # the page is visible, so it starts loading at once
+    qtbot.waitUntil(lambda: page.playground is not None, timeout=LOAD_MS)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_loads_lazily_when_shown(qtbot: Any, lora_run: Path) -> None:
+    page = TryPage(StudioState())
+    qtbot.addWidget(page)
+    page.state.set_current_run(lora_run)
+    assert page.playground is None and not page.busy  # hidden: nothing loads yet
+    assert not page.generate_button.isEnabled()
+    page.show()
+    page.on_shown()
+    qtbot.waitUntil(lambda: page.playground is not None, timeout=LOAD_MS)
+    assert page.generate_button.isEnabled()
+    assert lora_run.name in page.status.text()
+
+
+def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, qtbot: Any, lora_run: Path) -> None:
+    open_run(page, qtbot, lora_run)
+    pg = page.playground
+    assert page.examples.count() == len(pg.held_out_examples(50)) == 10
+    page.examples.setCurrentRow(2)
+    _, message, expected = pg.held_out_examples(50)[2]
+    assert page.prompt.toPlainText() == message
+    assert page.expected.toPlainText() == expected == message.removeprefix("reverse ")[::-1]
+
+    page.max_new_tokens.setValue(24)
+    page.generate_button.click()
+    assert page.busy and page.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
+    base, tuned = page.panes["base"].toPlainText(), page.panes["tuned"].toPlainText()
+    # The panes hold exactly what the engine answers (greedy at temperature 0).
+    assert base == "".join(pg.stream("base", message, max_new_tokens=24))
+    assert tuned == "".join(pg.stream("tuned", message, max_new_tokens=24))
+    assert base and tuned and base != tuned
+    assert page.status.text() == "Done."
+    assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
+
+
+def test_stop_ends_generation_and_the_window_stays_responsive(page: TryPage, qtbot: Any, lora_run: Path) -> None:
+    open_run(page, qtbot, lora_run)
+    full = "".join(page.playground.stream("base", "reverse abc", max_new_tokens=200))
+    assert len(full) > 150  # not stopped, the base rambles on to (nearly) the 200-token limit
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start()
+
+    page.prompt.setPlainText("reverse abc")
+    page.max_new_tokens.setValue(200)
+    page.generate_button.click()
+    qtbot.waitUntil(lambda: len(page.panes["base"].toPlainText()) >= 5, timeout=LOAD_MS)
+    page.stop_button.click()
+    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
+    timer.stop()
+
+    stopped = page.panes["base"].toPlainText()
+    assert 5 <= len(stopped) < len(full)
+    assert full.startswith(stopped)
+    assert page.status.text() == "Stopped."
+    # The main thread kept running its timers while tokens streamed in.
+    assert len(ticks) >= 3
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.5
+
+
+def test_changing_the_run_reloads(page: TryPage, qtbot: Any, lora_run: Path, classifier_run: Path) -> None:
+    open_run(page, qtbot, lora_run)
+    first = page.playground
+    open_run(page, qtbot, classifier_run)
+    assert page.playground is not first and page.playground.task == "classification"
+
+
+def test_classifier_run_shows_a_probability_table(page: TryPage, qtbot: Any, classifier_run: Path) -> None:
+    open_run(page, qtbot, classifier_run)
+    assert page.generate_button.text() == "Classify"
+    assert page.classification.isVisible() and not page.answers.isVisible()
+    assert page.findChild(object, "randomHeadNote").isVisible()
+    page.examples.setCurrentRow(0)
+    assert page.expected.toPlainText() in ("positive", "negative")
+    page.generate_button.click()
+    qtbot.waitUntil(lambda: page.probabilities.rowCount() == 2, timeout=LOAD_MS)
+    table = page.probabilities
+    cells = {table.item(r, 0).text(): (table.item(r, 1).text(), table.item(r, 2).text()) for r in range(2)}
+    expected = Playground.classify(page.playground, page.prompt.toPlainText())
+    assert set(cells) == {"positive", "negative"}
+    for label, (base, tuned) in cells.items():
+        assert base == f"{expected['base'][label]:.1%}"
+        assert tuned == f"{expected['tuned'][label]:.1%}"
+    assert sum(float(t.rstrip("%")) for _, t in cells.values()) == pytest.approx(100.0, abs=0.2)
