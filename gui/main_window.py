@@ -24,13 +24,14 @@ from engine.errors import UserError
 from engine.spec import load_spec_file
 from gui.dialogs import show_error
 from gui.pages.base import Page
+from gui.pages.compare_page import ComparePage
 from gui.pages.data_page import DataPage
 from gui.pages.export_page import ExportPage
 from gui.pages.method_page import MethodPage
 from gui.pages.model_page import ModelPage
 from gui.pages.runs_page import RunsPage
-from gui.pages.try_page import TryPage
 from gui.pages.train_page import TrainPage
+from gui.pages.try_page import TryPage
 from gui.state import StudioState
 from gui.theme import THEMES
 
@@ -86,6 +87,7 @@ class MainWindow(QMainWindow):
             ("model", ModelPage(self.state)),
             ("data", DataPage(self.state)),
             ("method", MethodPage(self.state)),
+            ("compare", ComparePage(self.state)),
             ("train", TrainPage(self.state)),
             ("runs", RunsPage(self.state, on_resume=self._resume_run)),
             ("try", TryPage(self.state)),

@@ -32,6 +32,7 @@ class StudioState(QObject):
         self.model_summary: Any = None  # engine.models.ModelSummary once read
         self.model_info: Any = None  # engine.model_info.ModelInfo once read
         self.current_run: Path | None = None
+        self.last_estimate: dict[str, Any] | None = None  # the chosen method's cost row (Compare page)
 
     def set_model(self, source: str) -> None:
         self.model = ModelSpec(source=source)

@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from superqt.utils import create_worker
 
 DRAIN_INTERVAL_MS = 100
+_ALIVE: set[Any] = set()
 
 
 class EventPump(QObject):
@@ -161,6 +162,16 @@ def run_in_background(
     **kwargs: Any,
 ) -> Any:
     """Run a slow call (model summary, export, tokenising) on a worker thread."""
-    return create_worker(
-        _with_imports(func), *args, _connect={"returned": on_result, "errored": on_error}, **kwargs
+    worker = create_worker(
+        _with_imports(func),
+        *args,
+        _connect={"returned": on_result, "errored": on_error},
+        _start_thread=False,
+        **kwargs,
     )
+    # Keep every worker alive until it has finished: one collected early cannot deliver its result
+    # ("Signal source has been deleted"), and callers replace their references freely.
+    _ALIVE.add(worker)
+    worker.finished.connect(lambda: _ALIVE.discard(worker))
+    worker.start()
+    return worker

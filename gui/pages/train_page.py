@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -18,7 +19,6 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTabWidget,
 )
-from PySide6.QtCore import Qt
 
 from engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
 from gui.pages.base import Page
@@ -148,10 +148,32 @@ class TrainPage(Page):
         except Exception as e:
             self.error(e)
             return
+        if not self.confirm_memory():
+            return
         self._reset()
         self.set_state("loading model")
         self.controller.start(spec)
         self._running(True)
+
+    def confirm_memory(self) -> bool:
+        """Warn before a start that the estimate says will not fit; the person decides."""
+        row = self.state.last_estimate
+        if not row or row.get("method") != self.state.method.name or row.get("fits") is not False:
+            return True
+        from gui.pages.model_page import human_bytes
+
+        need, have = row["memory_bytes"]["total"], row.get("device_memory_bytes", 0)
+        return self.ask_start_anyway(
+            f"This run is estimated to need {human_bytes(need)}, more than the {human_bytes(have)} of this "
+            "device. To fit: a smaller batch size, gradient checkpointing, shorter sequences (data max length), "
+            "a lighter method (LoRA, IA3, prompt tuning) or a 4-bit base on a GPU.\n\nStart anyway?"
+        )
+
+    def ask_start_anyway(self, text: str) -> bool:
+        from PySide6.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, "This may not fit in memory", text)
+        return answer == QMessageBox.StandardButton.Yes
 
     def resume(self, run_dir: Path | None = None) -> None:
         """Continue a stopped, failed or interrupted run (by default the current one)."""

@@ -1,0 +1,337 @@
+"""Compare methods before training: trainable parameters, adapter size and the memory of a step,
+side by side for the chosen model, with the device's memory marked so "fits" is seen at a glance.
+
+Estimates come from `engine.estimate` (meta-device models, no weights) on a worker thread; edits
+are debounced and only the newest request's answer is shown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt.utils import qdebounced
+
+from engine.methods import METHOD_CLASSES
+from gui.pages.base import Page
+from gui.pages.model_page import human_bytes, human_count
+from gui.worker import run_in_background
+
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "temporary", "overhead")
+PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+HIGHLIGHT = "#f2b134"
+SHORT_COUNTS = {0: "1", 2: "100", 4: "10K", 6: "1M", 8: "100M", 10: "10B", 12: "1T"}
+COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable")
+TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision")
+
+
+def cost_overrides(state: Any) -> list[str]:
+    """`--set` items that carry the window's current choices into every method's estimate."""
+    items = [
+        f"training.{key}={getattr(state.training, key)}"
+        for key in TRAINING_KEYS
+        if getattr(state.training, key) is not None
+    ]
+    if state.data is not None and state.data.max_length:
+        items.append(f"data.max_length={state.data.max_length}")
+    if state.model is not None:
+        items += [f"model.quantization={state.model.quantization}", f"model.dtype={state.model.dtype}"]
+    for field, value in state.method.model_dump().items():
+        # Scalar settings of the chosen method (rank, reduction factor, prompt length) apply to every
+        # method that has them; lists such as target modules stay each method's own default.
+        if field != "name" and isinstance(value, (int, float, bool, str)):
+            items.append(f"method.{field}={value}")
+    return items
+
+
+def estimate_rows(source: str, overrides: list[str], current: Any) -> list[dict[str, Any]]:
+    """Every method with the shared settings, and the chosen method exactly as configured."""
+    from engine.estimate import estimate_table
+
+    rows = estimate_table(source, "all", overrides)
+    exact = estimate_table(
+        source,
+        current.name,
+        [
+            *overrides,
+            *[
+                f"method.{k}={','.join(v) if isinstance(v, list) else v}"
+                for k, v in current.model_dump().items()
+                if k != "name" and isinstance(v, list) and v
+            ],
+        ],
+    )
+    return [exact[0] if row["method"] == current.name else row for row in rows]
+
+
+class MethodAxis(pg.AxisItem):
+    """A y axis labelled with method titles."""
+
+    def __init__(self) -> None:
+        super().__init__("left")
+        self.names: list[str] = []
+
+    def set_names(self, names: list[str]) -> None:
+        self.names = names
+        self.setTicks([[(i, n) for i, n in enumerate(names)]])
+
+
+class CostChart(QWidget):
+    """Three bar charts sharing the method axis: trainable parameters (log), adapter size, memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.view = pg.GraphicsLayoutWidget()
+        layout.addWidget(self.view)
+        self.axis = MethodAxis()
+        self.params = self.view.addPlot(title="Trainable parameters (log scale)", axisItems={"left": self.axis})
+        self.size = self.view.addPlot(title="Adapter file size (MiB)")
+        self.memory = self.view.addPlot(title="Memory of one training step (GiB)")
+        self.params.invertY(True)  # the library's order, top to bottom
+        for plot in (self.size, self.memory):
+            plot.setYLink(self.params)
+            plot.getAxis("left").setStyle(showValues=False)
+        self.memory.addLegend(offset=(-5, -5))
+        self.params.getAxis("bottom").setLabel("parameters")
+        self.plotted_rows: list[dict[str, Any]] = []
+
+    def show_rows(self, rows: list[dict[str, Any]], current: str, device_memory: int | None) -> None:
+        self.plotted_rows = rows
+        for plot in (self.params, self.size, self.memory):
+            plot.clear()
+        if self.memory.legend is not None:
+            self.memory.legend.clear()
+        names = [r.get("title", r["method"]) + (" ◀" if r["method"] == current else "") for r in rows]
+        self.axis.set_names(names)
+        ys = list(range(len(rows)))
+        ok = [r for r in rows if "error" not in r]
+        brushes = [pg.mkBrush(HIGHLIGHT if r["method"] == current else "#6a8caf") for r in rows]
+
+        def bars(plot: pg.PlotItem, values: list[float], brush: list[Any], x0: list[float] | None = None) -> None:
+            item = pg.BarGraphItem(x0=x0 or [0] * len(values), y=ys, height=0.7, width=values, brushes=brush)
+            plot.addItem(item)
+
+        logs = [math.log10(max(r.get("trainable_params", 0), 1)) if "error" not in r else 0 for r in rows]
+        bars(self.params, logs, brushes)
+        top = max(logs, default=1)
+        self.params.getAxis("bottom").setTicks(
+            [[(k, SHORT_COUNTS.get(k, f"1e{k}")) for k in range(0, int(top) + 2, 2)]]
+        )
+        self.params.setXRange(0, top + 2.5, padding=0)  # room for the labels right of the bars
+        for y, r, v in zip(ys, rows, logs, strict=True):
+            text = (
+                r.get("error", "")[:40]
+                if "error" in r
+                else (f"{human_count(r['trainable_params'])} ({100 * r['trainable_share']:.3g}%)")
+            )
+            color = "#c00" if "error" in r else pg.getConfigOption("foreground")
+            label = pg.TextItem(text, anchor=(0, 0.5), color=color)
+            label.setPos(v, y)
+            self.params.addItem(label)
+        bars(self.size, [r.get("adapter_bytes", 0) / 2**20 for r in rows], brushes)
+
+        left = [0.0] * len(rows)
+        for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True):
+            values = [r["memory_bytes"].get(part, 0) / 2**30 if "error" not in r else 0 for r in rows]
+            item = pg.BarGraphItem(x0=list(left), y=ys, height=0.7, width=values, brush=color, name=part)
+            self.memory.addItem(item)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        if current in [r["method"] for r in ok]:
+            i = [r["method"] for r in rows].index(current)
+            marker = pg.BarGraphItem(
+                x0=[0], y=[i], height=0.85, width=[left[i]], brush=None, pen=pg.mkPen(HIGHLIGHT, width=3)
+            )
+            self.memory.addItem(marker)
+        if device_memory:
+            line = pg.InfiniteLine(
+                device_memory / 2**30,
+                angle=90,
+                pen=pg.mkPen("#c00", width=2, style=Qt.PenStyle.DashLine),
+                label=f"device {human_bytes(device_memory)}",
+                labelOpts={"position": 0.95},
+            )
+            self.memory.addItem(line)
+
+
+class ComparePage(Page):
+    title = "Compare"
+    hint = (
+        "What each method costs on this model before anything is loaded: trainable parameters, adapter "
+        "size, and the memory of a training step against your device's memory."
+    )
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        self.ticks = QListWidget()
+        self.ticks.setObjectName("compareMethods")
+        self.ticks.setMaximumWidth(220)
+        for cls in METHOD_CLASSES:
+            item = QListWidgetItem(cls.title)
+            item.setData(Qt.ItemDataRole.UserRole, cls.model_fields["name"].default)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            self.ticks.addItem(item)
+        self.ticks.itemChanged.connect(lambda _i: self.redraw())
+        split.addWidget(self.ticks)
+        right = QWidget()
+        column = QVBoxLayout(right)
+        column.setContentsMargins(0, 0, 0, 0)
+        self.status = QLabel("Pick a model to compare methods.")
+        self.status.setObjectName("compareStatus")
+        self.status.setWordWrap(True)
+        column.addWidget(self.status)
+        self.chart = CostChart()
+        self.chart.setObjectName("costChart")
+        column.addWidget(self.chart, 3)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setObjectName("costTable")
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        column.addWidget(self.table, 2)
+        buttons = QHBoxLayout()
+        for text, slot in (
+            ("Copy table", self.copy_table),
+            ("Save CSV…", self.save_csv),
+            ("Save chart PNG…", self.save_png),
+        ):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        buttons.addStretch()
+        column.addLayout(buttons)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        self.layout_.addWidget(split, 1)
+        self.rows: list[dict[str, Any]] = []
+        self.device_memory: int | None = None
+        self._request = 0
+        self._workers: dict[int, Any] = {}
+        for signal in (
+            state.model_described,
+            state.method_changed,
+            state.training_changed,
+            state.spec_edited,
+            state.data_changed,
+        ):
+            signal.connect(self.request)
+
+    def on_shown(self) -> None:
+        if not self.rows:
+            self.request()
+
+    @qdebounced(timeout=120)
+    def request(self) -> None:
+        """Recompute off the main thread; a newer request makes older answers stale."""
+        if self.state.model is None:
+            return
+        self._request += 1
+        number = self._request
+        self.status.setText("Estimating…")
+        source = self.state.model.source
+        overrides = cost_overrides(self.state)
+        method = self.state.method
+        # Held until its answer arrives: a collected worker cannot deliver its signal.
+        self._workers[number] = run_in_background(
+            estimate_rows,
+            source,
+            overrides,
+            method,
+            on_result=lambda rows, n=number: self._show(rows, n),
+            on_error=lambda e, n=number: self._failed(e, n),
+        )
+
+    def _failed(self, error: BaseException, number: int) -> None:
+        self._workers.pop(number, None)
+        if number == self._request:
+            self.status.setText(f"<span style='color:#c00'>Cannot estimate: {getattr(error, 'message', error)}</span>")
+
+    def _show(self, rows: list[dict[str, Any]], number: int) -> None:
+        self._workers.pop(number, None)
+        if number != self._request:
+            return  # an older request finished after a newer one started
+        self.rows = rows
+        self.device_memory = next((r["device_memory_bytes"] for r in rows if r.get("device_memory_bytes")), None)
+        current = next((r for r in rows if r["method"] == self.state.method.name), None)
+        self.state.last_estimate = current
+        self.redraw()
+        where = f"against {human_bytes(self.device_memory)} of device memory" if self.device_memory else ""
+        self.status.setText(
+            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
+        )
+
+    def visible_rows(self) -> list[dict[str, Any]]:
+        chosen = {
+            self.ticks.item(i).data(Qt.ItemDataRole.UserRole)
+            for i in range(self.ticks.count())
+            if self.ticks.item(i).checkState() == Qt.CheckState.Checked
+        }
+        return [r for r in self.rows if r["method"] in chosen]
+
+    def redraw(self) -> None:
+        rows = self.visible_rows()
+        self.chart.show_rows(rows, self.state.method.name, self.device_memory)
+        self.table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            for j, value in enumerate(self._cells(r)):
+                item = QTableWidgetItem(value)
+                if r["method"] == self.state.method.name:
+                    item.setBackground(pg.mkColor(HIGHLIGHT))
+                self.table.setItem(i, j, item)
+        self.table.resizeColumnsToContents()
+
+    def _cells(self, r: dict[str, Any]) -> list[str]:
+        if "error" in r:
+            return [r.get("title", r["method"]), r.get("family", ""), "—", "—", "—", "—", r["error"], ""]
+        total = r["memory_bytes"]["total"]
+        fits = "—" if not self.device_memory else ("yes" if total <= self.device_memory else "NO")
+        return [
+            r.get("title", r["method"]),
+            r.get("family", ""),
+            f"{r['trainable_params']:,}",
+            f"{100 * r['trainable_share']:.4g}",
+            human_bytes(r["adapter_bytes"]),
+            human_bytes(total),
+            fits,
+            "yes" if r.get("mergeable") else "no",
+        ]
+
+    def table_text(self, delimiter: str) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for r in self.visible_rows():
+            writer.writerow(self._cells(r))
+        return out.getvalue()
+
+    def copy_table(self) -> None:
+        QApplication.clipboard().setText(self.table_text("\t"))
+
+    def save_csv(self, path: str | None = None) -> None:
+        path = path or QFileDialog.getSaveFileName(self, "Save table", "method-costs.csv", "CSV (*.csv)")[0]
+        if path:
+            Path(path).write_text(self.table_text(","), encoding="utf-8")
+
+    def save_png(self, path: str | None = None) -> None:
+        path = path or QFileDialog.getSaveFileName(self, "Save chart", "method-costs.png", "PNG (*.png)")[0]
+        if path:
+            self.chart.grab().save(path)
