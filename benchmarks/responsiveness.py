@@ -1,0 +1,109 @@
+"""Is the window responsive while it trains, and does training from the window lose speed?
+
+1. A 10 ms QTimer on the main thread records the gaps between its ticks while a run trains from
+   the window: prints the 99th percentile stall and the largest one (goals: < 50 ms and < 200 ms).
+2. The same spec trained headless (`engine.train.run`) and from the window (TrainingController),
+   alternated several times: prints the median tokens/s of each and their ratio (goal >= 0.95).
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/responsiveness.py [--model embedded:smollm2-135m-instruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
+
+
+def make_spec(model: str, steps: int, runs: Path):  # type: ignore[no-untyped-def]
+    from engine.spec import parse_spec
+
+    return parse_spec(
+        {
+            "model": {"source": model},
+            "data": {"path": str(DEMO / "train.jsonl"), "eval_split": 0, "max_length": 128},
+            "method": {"name": "lora"},
+            "training": {"max_steps": steps, "batch_size": 4, "save_every": 10_000, "eval_samples": 0},
+            "output_dir": str(runs),
+        }
+    )
+
+
+def median_tokens_per_s(events: list) -> float:  # type: ignore[type-arg]
+    from engine.events import Metrics
+
+    speeds = [e.tokens_per_s for e in events if isinstance(e, Metrics)][2:]  # skip warm-up steps
+    return statistics.median(speeds) if speeds else 0.0
+
+
+def run_in_window(app, spec) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import QTimer
+
+    from gui.worker import TrainingController
+
+    controller = TrainingController()
+    events: list = []  # type: ignore[type-arg]
+    controller.events.connect(events.extend)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1000 - 10)
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+    controller.start(spec)
+    while controller.running:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return median_tokens_per_s(events), gaps[20:]  # the first ticks include start-up work
+
+
+def run_headless(spec) -> float:  # type: ignore[no-untyped-def]
+    from engine.train import run
+
+    events: list = []  # type: ignore[type-arg]
+    run(spec, events.append)
+    return median_tokens_per_s(events)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    from gui.app import create_app
+
+    app = create_app()
+    runs = Path(tempfile.mkdtemp())
+    window_speeds, headless_speeds, all_gaps = [], [], []
+    for _ in range(args.rounds):
+        speed, gaps = run_in_window(app, make_spec(args.model, args.steps, runs))
+        window_speeds.append(speed)
+        all_gaps += gaps
+        headless_speeds.append(run_headless(make_spec(args.model, args.steps, runs)))
+    all_gaps.sort()
+    p99 = all_gaps[int(0.99 * (len(all_gaps) - 1))] if all_gaps else 0.0
+    worst = max(all_gaps, default=0.0)
+    print(f"timer stalls over {len(all_gaps)} ticks: p99 {p99:.1f} ms (goal < 50), max {worst:.1f} ms (goal < 200)")
+    window, headless = statistics.median(window_speeds), statistics.median(headless_speeds)
+    print(f"tokens/s window {window_speeds} headless {headless_speeds}")
+    print(f"median tokens/s: window {window:.0f}, headless {headless:.0f}")
+    print(f"ratio window/headless {window / headless:.3f} (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
