@@ -1,0 +1,80 @@
+"""Several processes through `accelerate launch` (gloo on CPU, FACTS.md): same curve, one log, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "engine.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def spec_file(tmp: Path, model: Path, data: Path, runs: Path, **training: object) -> Path:
+    train = {
+        "max_steps": 8,
+        "batch_size": 4,
+        "save_every": 4,
+        "eval_samples": 0,
+        "precision": "float32",
+        "learning_rate": 0.01,
+        **training,
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(
+        f"model: {{source: {model}}}\ndata: {{path: {data}, max_length: 64, eval_split: 0}}\n"
+        f"method: {{name: lora}}\ntraining: {json.dumps(train)}\noutput_dir: {runs}\n"
+    )
+    return path
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["type"] == "metrics"]
+
+
+def test_two_processes_follow_the_one_process_curve(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    one = spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "one")
+    assert subprocess.run([*CLI, "train", str(one)], env=ENV, capture_output=True, timeout=300).returncode == 0
+    two = spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "two", batch_size=2)
+    out = subprocess.run(
+        [*CLI, "train", str(two), "--devices", "2"], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-2000:]
+    (single,), (double,) = list((tmp_path / "one").iterdir()), list((tmp_path / "two").iterdir())
+    a, b = losses(single), losses(double)
+    assert len(a) == len(b) == 8
+    # Same global batches; the only difference is a mean of two per-process means vs one mean.
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05, (a, b)
+    assert [p.name for p in sorted((double / "checkpoints").glob("step-*"))] == ["step-0000004", "step-0000008"]
+    events = [json.loads(x)["type"] for x in (double / "events.jsonl").read_text().splitlines()]
+    assert events.count("started") == 1 and events.count("finished") == 1  # one log, by the main process
+
+
+def test_stop_reaches_every_process(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    spec = spec_file(
+        tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=100_000, save_every=100_000, batch_size=2
+    )
+    proc = subprocess.Popen(
+        [*CLI, "train", str(spec), "--devices", "2"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if proc.stdout.readline().startswith("step 3 "):  # type: ignore[union-attr]
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=180)
+    assert proc.returncode == 130
+    run_dir = next((tmp_path / "runs").iterdir())
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "finished" and last["status"] == "cancelled"
+    assert list((run_dir / "checkpoints").glob("step-*"))
