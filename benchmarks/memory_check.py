@@ -6,28 +6,30 @@ For each method, a real model gets the method applied and runs one forward pass 
 is compared with `engine.estimate.estimate(...)["memory_bytes"]["activations"]` for the same batch,
 sequence length and precision.
 
-    .venv/bin/python benchmarks/memory_check.py                 # tiny Llama / GPT-2 / BERT, float32 and bf16
-    .venv/bin/python benchmarks/memory_check.py --smollm2       # also SmolLM2-135M (embedded GGUF, ~20 s load)
-    .venv/bin/python benchmarks/memory_check.py --methods lora,full --precision bf16
+    .venv/bin/python benchmarks/memory_check.py                  # tiny Llama / GPT-2 / BERT, every method
+    .venv/bin/python benchmarks/memory_check.py --smollm2        # also SmolLM2-135M (embedded GGUF, ~20 s load)
+    .venv/bin/python benchmarks/memory_check.py --methods lora,full --precision both
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from engine.errors import UserError  # noqa: E402
-from engine.estimate import estimate  # noqa: E402
-from engine.methods import METHODS, MethodContext  # noqa: E402
-from engine.model_info import describe_model  # noqa: E402
-from engine.spec import TrainingSpec  # noqa: E402
+from engine.errors import UserError
+from engine.estimate import estimate
+from engine.methods import METHODS, MethodContext
+from engine.model_info import describe_model
+from engine.spec import TrainingSpec
 
 
 def tiny_configs() -> dict[str, tuple[object, str]]:
@@ -55,7 +57,10 @@ def make_batch(batch: int, seq: int, vocab: int, task: str) -> dict[str, torch.T
     ids = torch.randint(3, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[-1, -seq // 4:] = 0  # one padded row, as real batches have: attention gets a padding mask
-    labels = torch.randint(0, 2, (batch,), generator=g) if task == "classification" else ids.masked_fill(mask == 0, -100)
+    if task == "classification":
+        labels = torch.randint(0, 2, (batch,), generator=g)
+    else:
+        labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -109,17 +114,25 @@ def check(name: str, config: object, task: str, methods: list[str], batch: int, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smollm2", action="store_true", help="also check SmolLM2-135M (embedded GGUF)")
+    parser.add_argument("--smollm2", action="store_true", help="also check SmolLM2-135M (embedded GGUF, ~20 s load)")
+    parser.add_argument("--no-tiny", action="store_true", help="skip the tiny random models")
     parser.add_argument("--methods", default="all", help="all or a comma list")
-    parser.add_argument("--precision", default="both", choices=["float32", "bf16", "both"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16", "both"],
+                        help="auto: what a run on this CPU uses (bf16 autocast where it is fast)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")
     methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
-    precisions = ["float32", "bf16"] if args.precision == "both" else [args.precision]
+    if args.precision == "auto":
+        from engine.devices import pick_precision
+
+        precisions = [pick_precision("auto", "cpu")]
+    else:
+        precisions = ["float32", "bf16"] if args.precision == "both" else [args.precision]
     t0 = time.perf_counter()
     ratios: list[float] = []
-    for precision in precisions:
+    for precision in precisions if not args.no_tiny else []:
         for name, (config, task) in tiny_configs().items():
             ratios += check(name, config, task, methods, args.batch, args.seq, precision)
     if args.smollm2:
@@ -132,14 +145,10 @@ def main() -> int:
         def loader() -> torch.nn.Module:
             if "base" not in cached:
                 cached["base"], _, _ = load_model(ModelSpec(source=EMBEDDED_SMOLLM2), "causal_lm", dtype=torch.float32)
-                cached["state"] = {k: v.clone() for k, v in cached["base"].state_dict().items()}
-            import copy
-
             return copy.deepcopy(cached["base"])
 
-        smol_methods = [m for m in methods if m not in ("full",)] if args.methods == "all" else methods
         for precision in precisions:
-            ratios += check("smollm2", config, "causal_lm", smol_methods, args.batch, max(args.seq, 256), precision,
+            ratios += check("smollm2", config, "causal_lm", methods, args.batch, max(args.seq, 256), precision,
                             model_loader=loader)
     if ratios:
         print(f"\n{len(ratios)} checks: ratio estimate/measured min {min(ratios):.2f}, max {max(ratios):.2f}, "

@@ -58,6 +58,9 @@ def exact_match(
     batch_size: int = 16,
 ) -> float:
     """Share of prompts whose greedy answer equals the expected one (whitespace-trimmed)."""
+    config = getattr(model, "active_peft_config", None)
+    if getattr(config, "is_prompt_learning", False):
+        batch_size = 1  # peft drops position ids: a left-padded row would be answered differently
     answers = generate_answers(model, tokenizer, [p for p, _ in pairs], autocast, device, batch_size,
                                max_new_tokens=max(len(tokenizer(e)["input_ids"]) for _, e in pairs) + 8)
     return sum(a.strip() == e.strip() for a, (_, e) in zip(answers, pairs, strict=True)) / len(pairs)

@@ -220,13 +220,20 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def weights_dtype(spec: ModelSpec, device: str, full_training: bool) -> Any:
+def trains_in_base_dtype(method: Any) -> bool:
+    """Methods whose trained parameters take the base weights' dtype: the model's own weights
+    (BitFit, last layers, full) or modules injected beside them (bottleneck adapters). Their base
+    stays float32, since AdamW on bf16 parameters loses small updates."""
+    return method.adapter_format in ("selective", "bottleneck")
+
+
+def weights_dtype(spec: ModelSpec, device: str, base_trains: bool) -> Any:
     """Frozen bases load in bf16/fp16 on GPUs (half the memory); trained weights stay float32."""
     import torch
 
     if spec.dtype != "auto":
         return getattr(torch, spec.dtype)
-    if device == "cuda" and not full_training:
+    if device == "cuda" and not base_trains:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 

@@ -165,7 +165,7 @@ class TrainingSession:
         from engine.defaults import resolve_spec
         from engine.methods import MethodContext
         from engine.model_info import describe_model
-        from engine.models import load_model, weights_dtype
+        from engine.models import load_model, trains_in_base_dtype, weights_dtype
 
         spec = self.spec
         set_seed(spec.training.seed)
@@ -177,7 +177,7 @@ class TrainingSession:
         model, tokenizer, source = load_model(
             spec.model,
             task,
-            dtype=weights_dtype(spec.model, device, spec.method.name == "full"),
+            dtype=weights_dtype(spec.model, device, trains_in_base_dtype(spec.method)),
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
@@ -343,21 +343,22 @@ class TrainingSession:
                 window_tokens, window_start = 0, time.perf_counter()
 
             at_end = self.step == self.total_steps
+            saved = None
+            # Save before evaluating: a failure in evaluation must not cost the training behind it.
+            if self.step % t.save_every == 0 or at_end:
+                saved = self._checkpoint()
             if (self.step % eval_every == 0 or at_end) and self.data.eval:
                 improved = self._evaluate()
                 stale_evals = 0 if improved else stale_evals + 1
-                model.train()
-            if self.step % t.save_every == 0 or at_end:
-                saved = self._checkpoint()
-                if self.best_eval is not None and self._best_step == self.step:
+                if improved and saved is not None:
                     ckpt.copy_as_best(saved, self.run_dir / "checkpoints")
+                model.train()
             if t.early_stopping_patience and stale_evals >= t.early_stopping_patience:
                 self.log(f"eval loss has not improved for {stale_evals} evaluations: stopping early")
-                self._checkpoint()
+                if saved is None:
+                    self._checkpoint()
                 return "completed"
         return "completed"
-
-    _best_step = -1
 
     def _should_stop(self) -> bool:
         """Every process must stop at the same step, or the others wait forever in an all-reduce."""
@@ -420,7 +421,7 @@ class TrainingSession:
         self.stage("training")
         improved = self.best_eval is None or result["eval_loss"] < self.best_eval
         if improved:
-            self.best_eval, self._best_step = result["eval_loss"], self.step
+            self.best_eval = result["eval_loss"]
         return improved
 
     def _checkpoint(self) -> Path:

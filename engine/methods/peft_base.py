@@ -27,7 +27,8 @@ def keep_generation_cache(model: Any) -> Any:
     step and back on the way out. Other models are returned untouched.
     """
     config = getattr(model, "active_peft_config", None)
-    if not getattr(config, "is_prompt_learning", False):
+    generates = hasattr(model, "base_model_prepare_inputs_for_generation")  # causal LMs, not classifiers
+    if not getattr(config, "is_prompt_learning", False) or not generates:
         return model
     into_peft = model.base_model_prepare_inputs_for_generation
     peft_step = model.prepare_inputs_for_generation

@@ -1,0 +1,292 @@
+"""Foundations of the engine on tiny Llama and GPT-2: learning, saving, merging, stopping, resuming,
+the event log, and the messages a person gets for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.errors import UserError
+from engine.events import Checkpoint, Event, Finished, Metrics, Started, read_events
+from engine.train import RunResult, run
+
+LR = 2e-2  # LoRA on a random 64-wide model: 100× its default rate to move in a few dozen steps
+CASES = {  # name → (model fixture, data fixture)
+    "llama-alpaca": ("tiny_llama", "alpaca_jsonl"),
+    "llama-messages": ("tiny_llama", "messages_jsonl"),
+    "gpt2-alpaca": ("tiny_gpt2", "alpaca_jsonl"),
+}
+MODELS = {"llama": ("tiny_llama", "alpaca_jsonl"), "gpt2": ("tiny_gpt2", "alpaca_jsonl")}
+
+Spec = Callable[..., Any]
+
+
+def start(spec: Any, **kwargs: Any) -> tuple[RunResult, list[Event]]:
+    events: list[Event] = []
+    return run(spec, events.append, **kwargs), events
+
+
+def losses(events: list[Event]) -> list[float]:
+    return [e.loss for e in events if isinstance(e, Metrics)]
+
+
+def probe(tokenizer: Any) -> dict[str, torch.Tensor]:
+    texts = ["reverse abc", "### Instruction:\nreverse fed\n\n### Response:\n"]
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+_RUNS: dict[str, tuple[RunResult, list[Event]]] = {}
+
+
+@pytest.fixture
+def thirty_steps(request: pytest.FixtureRequest, make_spec: Spec) -> Callable[[str], tuple[RunResult, list[Event]]]:
+    """`thirty_steps(case)`: a 30-step LoRA run of that case, trained once per module."""
+
+    def get(case: str) -> tuple[RunResult, list[Event]]:
+        if case not in _RUNS:
+            model, data = (request.getfixturevalue(name) for name in CASES[case])
+            _RUNS[case] = start(make_spec(model, data, "lora", max_steps=30, learning_rate=LR))
+        return _RUNS[case]
+
+    return get
+
+
+# --- learning, saving, merging ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_loss_falls_over_thirty_steps(case: str, thirty_steps: Callable[..., Any]) -> None:
+    result, events = thirty_steps(case)
+    assert result.status == "completed", result.error
+    values = losses(events)
+    assert len(values) == 30 and [e.step for e in events if isinstance(e, Metrics)] == list(range(1, 31))
+    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+    # About ln(vocabulary size) = 4.85 at the start; the few characters of the answers come first.
+    assert 4.5 < first < 5.2
+    assert last < first - 0.3, f"loss {first:.3f} → {last:.3f}"  # measured: 0.36 to 0.46 lower
+
+
+@pytest.mark.parametrize("case", ["llama-alpaca", "gpt2-alpaca"])
+def test_saved_adapter_reloads_with_identical_logits(
+    case: str, thirty_steps: Callable[..., Any], tmp_path: Path
+) -> None:
+    from peft import PeftModel
+
+    from engine.export import export_run
+    from engine.trained import load_base, load_trained
+
+    result, _ = thirty_steps(case)
+    exported = export_run(result.run_dir, "adapter", tmp_path / "adapter")
+    assert (exported.path / "adapter_model.safetensors").is_file()
+    assert (exported.path / "adapter_config.json").is_file() and (exported.path / "README.md").is_file()
+    tuned = load_trained(result.run_dir)
+    base, tokenizer, _ = load_base(tuned.spec)
+    inputs = probe(tokenizer)
+    before = logits(base, inputs)
+    reloaded = PeftModel.from_pretrained(base, str(exported.path)).eval()
+    after, want = logits(reloaded, inputs), logits(tuned.model, inputs)
+    assert torch.equal(after, want)
+    assert (after - before).abs().max() > 1e-3, "the adapter changes the model's answers"
+
+
+@pytest.mark.parametrize("case", ["llama-alpaca", "gpt2-alpaca"])
+def test_merged_logits_equal_adapter_logits(case: str, thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.export import export_run
+    from engine.trained import load_base
+
+    result, _ = thirty_steps(case)
+    merged_dir = export_run(result.run_dir, "merged", tmp_path / "merged").path
+    adapter_dir = export_run(result.run_dir, "adapter", tmp_path / "adapter").path
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    inputs = probe(AutoTokenizer.from_pretrained(str(merged_dir)))
+    base, _, _ = load_base(run_spec_of(result.run_dir))
+    adapter = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    assert (logits(merged, inputs) - logits(adapter, inputs)).abs().max() < 1e-4
+
+
+def run_spec_of(run_dir: Path) -> Any:
+    from engine.trained import run_spec
+
+    return run_spec(run_dir)
+
+
+# --- stopping and resuming -------------------------------------------------------------------------
+
+
+def stop_after(step: int, stop: threading.Event, events: list[Event]) -> Callable[[Event], None]:
+    """An emit callback that records events and asks the run to stop once `step` is reported."""
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, Metrics) and event.step >= step:
+            stop.set()
+
+    return emit
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_stop_mid_run_cancels_with_a_checkpoint(model: str, request: pytest.FixtureRequest, make_spec: Spec) -> None:
+    model_dir, data = (request.getfixturevalue(name) for name in MODELS[model])
+    stop, events = threading.Event(), []
+    result = run(make_spec(model_dir, data, "lora", max_steps=2000), stop_after(5, stop, events), stop)
+    assert result.status == "cancelled" and result.step == 5 and result.error is None
+    finished = [e for e in events if isinstance(e, Finished)]
+    assert [(f.status, f.step) for f in finished] == [("cancelled", 5)]
+    checkpoints = [e for e in events if isinstance(e, Checkpoint)]
+    assert [c.step for c in checkpoints] == [5]
+    saved = Path(checkpoints[0].path)
+    assert saved == result.run_dir / "checkpoints" / "step-0000005"
+    assert json.loads((saved / "state.json").read_text())["step"] == 5
+    assert (saved / "trainable.safetensors").is_file()
+    assert not (result.run_dir / "run.lock").exists()
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_resume_ends_where_an_uninterrupted_run_ends(
+    model: str, request: pytest.FixtureRequest, make_spec: Spec
+) -> None:
+    model_dir, data = (request.getfixturevalue(name) for name in MODELS[model])
+    settings = {"max_steps": 12, "learning_rate": LR, "seed": 3}
+    straight, straight_events = start(make_spec(model_dir, data, "lora", **settings))
+    assert straight.status == "completed", straight.error
+
+    stop, first_events = threading.Event(), []
+    cancelled = run(make_spec(model_dir, data, "lora", **settings), stop_after(5, stop, first_events), stop)
+    assert cancelled.status == "cancelled" and cancelled.step == 5
+    resumed, resumed_events = start(None, resume_dir=cancelled.run_dir)
+    assert resumed.status == "completed", resumed.error
+    assert resumed.run_dir == cancelled.run_dir and resumed.step == 12
+
+    started = next(e for e in resumed_events if isinstance(e, Started))
+    assert started.resumed_from_step == 5
+    assert [e.step for e in resumed_events if isinstance(e, Metrics)] == list(range(6, 13))
+    assert losses(first_events)[:5] == pytest.approx(losses(straight_events)[:5], abs=1e-6)
+    assert losses(resumed_events)[-1] == pytest.approx(losses(straight_events)[-1], abs=1e-3)
+    # One log holds both parts: two starts, one cancelled and one completed finish.
+    logged = read_events(cancelled.run_dir / "events.jsonl")
+    assert [e.status for e in logged if isinstance(e, Finished)] == ["cancelled", "completed"]
+
+
+# --- the event log ---------------------------------------------------------------------------------
+
+CONTRACT_FIELDS = {
+    "started": {"run_dir", "model", "method", "trainable_params", "total_params", "total_steps", "device"},
+    "metrics": {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "memory_bytes"},
+    "eval": {"step", "eval_loss", "exact_match"},
+    "log": {"level", "message"},
+    "checkpoint": {"step", "path"},
+    "export": {"kind", "path", "bytes", "verified_max_diff"},
+    "finished": {"status", "step", "error", "train_seconds", "tokens_trained"},
+}
+
+
+def test_events_log_holds_the_contract_fields(thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
+    from engine.export import export_run
+
+    result, emitted = thirty_steps("llama-alpaca")
+    export_run(result.run_dir, "adapter", tmp_path / "adapter")
+    lines = (result.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert all(isinstance(r["type"], str) and isinstance(r["time"], float) for r in rows)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_type.setdefault(row["type"], []).append(row)
+    for kind, fields in CONTRACT_FIELDS.items():
+        assert kind in by_type, f"no {kind} event"
+        for row in by_type[kind]:
+            assert fields <= set(row), f"{kind} lacks {fields - set(row)}"
+            assert all(not isinstance(v, (dict, list)) for v in row.values()), "events are flat"
+
+    # What the callback got is what the log holds, in the same order (the export came later).
+    assert [e.to_dict() for e in emitted] == [r for r in rows if r["type"] != "export"]
+    order = [r["type"] for r in rows if r["type"] in ("started", "metrics", "checkpoint", "finished")]
+    assert order[0] == "started" and order[-1] == "finished" and order.index("checkpoint") > order.index("metrics")
+    started, finished = by_type["started"][0], by_type["finished"][0]
+    assert started["method"] == "lora" and started["total_steps"] == 30 and started["run_dir"] == str(result.run_dir)
+    assert 0 < started["trainable_params"] < started["total_params"]
+    assert finished["status"] == "completed" and finished["step"] == 30 and finished["error"] is None
+    metrics = by_type["metrics"]
+    assert finished["tokens_trained"] == metrics[-1]["tokens_seen"] > 0
+    assert all(m["memory_bytes"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
+    rates = [m["lr"] for m in metrics]  # two warm-up steps (5% of 30), then cosine down to 0
+    assert rates[:2] == pytest.approx([LR / 2, LR]) and rates[-1] == 0.0
+    assert rates[1:] == sorted(rates[1:], reverse=True)
+    assert Path(by_type["checkpoint"][-1]["path"]).is_dir()
+    assert 0 <= by_type["eval"][-1]["exact_match"] <= 1 and by_type["eval"][-1]["eval_loss"] > 0
+    export = by_type["export"][0]
+    assert export["kind"] == "adapter" and export["bytes"] > 0 and export["verified_max_diff"] < 1e-4
+
+
+def test_a_truncated_last_line_is_tolerated(thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
+    from engine.runs import summarize_run
+
+    result, _ = thirty_steps("gpt2-alpaca")
+    copy = tmp_path / "killed-run"
+    shutil.copytree(result.run_dir, copy)
+    log = copy / "events.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    end = next(i for i, line in enumerate(lines) if '"type": "finished"' in line)
+    # As a killed process leaves it: everything up to the finished event, which is half written.
+    log.write_text("".join(lines[:end]) + lines[end][:40], encoding="utf-8")
+
+    events = read_events(log)
+    assert len(events) == end and not any(isinstance(e, Finished) for e in events)
+    summary = summarize_run(copy)
+    last = [e for e in events if isinstance(e, Metrics)][-1]
+    assert summary.status == "interrupted" and summary.error is None
+    assert summary.steps == last.step == 30 and summary.final_loss == last.loss
+    assert summary.method == "lora" and summary.trainable_params and summary.trainable_params > 0
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_missing_data_file_fails_the_run_naming_the_path(tiny_llama: Path, make_spec: Spec, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "train.jsonl"
+    result, events = start(make_spec(tiny_llama, missing, "lora"))
+    assert result.status == "failed" and result.step == 0
+    assert "data file not found" in result.error and str(missing) in result.error
+    assert [e.error for e in events if isinstance(e, Finished)] == [result.error]
+
+
+def test_malformed_jsonl_line_is_named(tiny_llama: Path, make_spec: Spec, tmp_path: Path) -> None:
+    rows = [json.dumps({"instruction": f"reverse a{i}", "output": f"{i}a"}) for i in range(10)]
+    rows[6] = '{"instruction": "reverse ab", "output": '  # line 7: cut off mid-object
+    data = tmp_path / "broken.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result, _ = start(make_spec(tiny_llama, data, "lora"))
+    assert result.status == "failed"
+    assert "line 7 is not valid JSON" in result.error and f"{data}:7" in result.error
+
+
+def test_missing_column_lists_the_columns_found(tiny_gpt2: Path, make_spec: Spec, tmp_path: Path) -> None:
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps({"instruction": "reverse ab", "answer_text": "ba"}) + "\n" for _ in range(8)))
+    result, _ = start(make_spec(tiny_gpt2, data, "lora", data={"format": "alpaca"}))
+    assert result.status == "failed"
+    assert "needs a 'output' column" in result.error
+    assert "the columns found are instruction, answer_text" in result.error
+
+
+def test_zero_rank_is_refused_naming_the_field(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
+    with pytest.raises(UserError) as refused:
+        make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "r": 0})
+    assert refused.value.message.startswith("spec: method.r:")
+    assert "greater than or equal to 1" in refused.value.message and "got 0" in refused.value.message

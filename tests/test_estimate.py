@@ -1,0 +1,187 @@
+"""The cost estimate (engine.estimate) against real models built with the same method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+)
+
+from engine.errors import UserError
+from engine.estimate import (
+    MEMORY_PARTS,
+    estimate,
+    estimate_table,
+    format_table,
+    safetensors_bytes,
+)
+from engine.methods import METHODS, MethodContext
+from engine.methods.base import trainable_count
+from engine.model_info import describe_model
+from engine.spec import TrainingSpec
+
+CONFIGS = {
+    "llama": (lambda: LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=256, max_position_embeddings=128), "causal_lm"),
+    "gpt2": (lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128,
+                                bos_token_id=0, eos_token_id=0), "causal_lm"),
+    "bert": (lambda: BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                vocab_size=256, max_position_embeddings=128), "classification"),
+}
+CASES = [(model, method) for model in CONFIGS for method in METHODS]
+TRAINING = TrainingSpec(max_steps=10)
+
+
+def build_real(model: str) -> torch.nn.Module:
+    make, task = CONFIGS[model]
+    torch.manual_seed(0)
+    if task == "classification":
+        config = make()
+        config.num_labels = 2
+        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
+
+
+def one_step(model: torch.nn.Module, spec, task: str) -> torch.optim.Optimizer:
+    """A real forward, backward and optimizer step, as the training loop does it."""
+    ids = torch.randint(3, 256, (2, 8), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1]) if task == "classification" else ids
+    model.train()
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    out.loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = spec.build_optimizer(model, 1e-3, 0.0) or torch.optim.AdamW(trainable, lr=1e-3)
+    optimizer.step()
+    return optimizer
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.parametrize(("model_name", "method_name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_estimate_matches_the_real_model(model_name: str, method_name: str, tmp_path: Path) -> None:
+    make, task = CONFIGS[model_name]
+    cls = METHODS[method_name]
+    row = estimate(make(), cls(), TRAINING, task=task, device="cpu")
+
+    real = build_real(model_name)
+    info = describe_model(real)
+    spec = cls().fill_defaults(info)
+    try:
+        spec.check(info, TRAINING)
+        applied = spec.apply(real, MethodContext(info=info, training=TRAINING, total_steps=10))
+        if trainable_count(applied) == 0:
+            raise UserError("nothing to train")
+        optimizer = one_step(applied, spec, task)
+    except (UserError, ValueError) as e:  # the method cannot work here: the estimate must say so
+        assert "error" in row, f"the real model failed ({e}) but the estimate did not"
+        assert "memory_bytes" not in row
+        return
+    assert "error" not in row, row["error"]
+
+    params = list(applied.parameters())
+    assert row["trainable_params"] == trainable_count(applied)
+    assert row["total_params"] == sum(p.numel() for p in params)
+    memory = row["memory_bytes"]
+    assert memory["weights"] == tensor_bytes(params) + tensor_bytes(applied.buffers())
+    assert memory["gradients"] == tensor_bytes(p.grad for p in params if p.requires_grad)
+    states = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    assert memory["optimizer"] == tensor_bytes(states)
+    assert memory["total"] == sum(memory[k] for k in MEMORY_PARTS)
+    assert memory["activations"] > 0
+
+    spec.save_adapter(applied, str(tmp_path))
+    written = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
+    assert row["adapter_bytes"] == written
+
+
+def test_lora_on_llama_3_1_8b_is_exact() -> None:
+    rows = estimate_table("llama-3.1-8b", "lora", ["method.r=8", "method.target_modules=[q_proj,v_proj]"])
+    assert rows[0]["trainable_params"] == 3_407_872
+    assert rows[0]["total_params"] == 8_030_261_248 + 3_407_872
+    assert rows[0]["adapter_bytes"] > 3_407_872 * 4  # float32 tensors plus the header
+
+
+def test_unsupported_pairs_get_an_error() -> None:
+    rows = {r["method"]: r for r in estimate_table("llama-3.1-8b", "bitfit,lora", [])}
+    assert "bias" in rows["bitfit"]["error"]
+    assert "trainable_params" not in rows["bitfit"]
+    assert "error" not in rows["lora"]
+    bert = {r["method"]: r for r in estimate_table("bert-base", "llama_adapter,mam,lora", [])}
+    assert "error" in bert["llama_adapter"] and "error" in bert["mam"]
+    assert "error" not in bert["lora"]
+
+
+def test_overrides_apply_to_the_methods_that_have_the_field() -> None:
+    rows = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,ia3", ["method.r=16"])}
+    assert rows["lora"]["trainable_params"] == 2 * 460_800
+    base = {r["method"]: r for r in estimate_table("smollm2-135m", "ia3", [])}
+    assert rows["ia3"]["trainable_params"] == base["ia3"]["trainable_params"]
+
+
+def test_training_and_data_overrides_change_memory() -> None:
+    small = estimate_table("smollm2-135m", "lora", ["training.batch_size=1", "data.max_length=128"])[0]
+    big = estimate_table("smollm2-135m", "lora", ["training.batch_size=8", "data.max_length=128"])[0]
+    assert big["memory_bytes"]["activations"] > 3 * small["memory_bytes"]["activations"]
+    assert big["memory_bytes"]["weights"] == small["memory_bytes"]["weights"]
+    assert small["assumptions"]["batch_size"] == 1 and small["assumptions"]["seq_len"] == 128
+
+
+def test_unknown_keys_are_named() -> None:
+    with pytest.raises(UserError, match=r"method\.rank"):
+        estimate_table("smollm2-135m", "lora", ["method.rank=8"])
+    with pytest.raises(UserError, match=r"training\.batchsize"):
+        estimate_table("smollm2-135m", "lora", ["training.batchsize=8"])
+    with pytest.raises(UserError, match="unknown method"):
+        estimate_table("smollm2-135m", "lorra", [])
+
+
+def test_a_value_one_method_rejects_is_that_rows_error() -> None:
+    rows = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,vera", ["method.r=2048"])}
+    assert "method.r" in rows["lora"]["error"]  # LoRA allows at most 1024
+    assert "error" not in rows["vera"]
+
+
+def test_quantized_base_and_checkpointing() -> None:
+    plain = estimate_table("llama-3.2-1b", "lora,full", ["model.device=cuda"])
+    nf4 = {r["method"]: r for r in estimate_table("llama-3.2-1b", "lora,full", ["model.quantization=4bit"])}
+    assert nf4["lora"]["memory_bytes"]["weights"] < 0.6 * plain[0]["memory_bytes"]["weights"]
+    assert "4bit" in nf4["full"]["error"]
+    ckpt = estimate_table("llama-3.2-1b", "lora,prefix_tuning", ["training.gradient_checkpointing=true"])
+    assert ckpt[0]["memory_bytes"]["activations"] < 0.5 * estimate_table("llama-3.2-1b", "lora", [])[0][
+        "memory_bytes"]["activations"]
+    assert "checkpointing" in ckpt[1]["error"]
+
+
+def test_cached_model_is_left_untouched() -> None:
+    first = estimate_table("smollm2-135m", "bitfit,last_layers,lora,full", [])
+    again = estimate_table("smollm2-135m", "lora,full,last_layers", [])
+    by_name = {r["method"]: r for r in first}
+    for row in again:
+        assert row == by_name[row["method"]]
+
+
+def test_safetensors_size_is_exact(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"b.weight": torch.zeros(3, 5), "a": torch.zeros(1000, dtype=torch.bfloat16), "s": torch.zeros(())}
+    for metadata in (None, {"format": "pt"}):
+        save_file(tensors, str(tmp_path / "x.safetensors"), metadata=metadata)
+        assert safetensors_bytes(tensors, metadata) == (tmp_path / "x.safetensors").stat().st_size
+
+
+def test_format_table_and_json() -> None:
+    rows = estimate_table("smollm2-135m", "lora,bitfit", [])
+    text = format_table(rows)
+    assert "lora" in text and "460,800" in text and "bitfit" in text and "not available" in text
+    json.dumps(rows)  # the CLI's --json output
+    assert set(MEMORY_PARTS) <= set(rows[0]["memory_bytes"])
