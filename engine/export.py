@@ -45,7 +45,7 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
             emit(Stage(stage="exporting", detail=text))
 
     stage("loading the trained model")
-    trained = load_trained(run_dir)
+    trained = load_trained(run_dir, dequantize=kind == "merged")
     if kind == "merged" and not trained.spec.method.mergeable:
         raise UserError(
             f"{trained.spec.method.title} cannot be merged into the base weights",
@@ -165,8 +165,9 @@ def _probe_inputs(trained: TrainedModel) -> dict[str, torch.Tensor]:
 def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch
 
+    device = next(model.parameters()).device  # a quantised base lives on the GPU
     with torch.no_grad():
-        return model(**inputs).logits.float()
+        return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
 def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:

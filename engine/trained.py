@@ -55,12 +55,17 @@ def load_base(spec: RunSpec) -> tuple[torch.nn.Module, Any, str]:
     return model, tokenizer, task
 
 
-def load_trained(run_dir: Path, checkpoint: Path | None = None) -> TrainedModel:
-    """The base model with the run's method applied and its latest (or given) checkpoint loaded."""
+def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: bool = False) -> TrainedModel:
+    """The base model with the run's method applied and its latest (or given) checkpoint loaded.
+
+    `dequantize` loads a 4-/8-bit base in full precision instead, so a QLoRA adapter merges into
+    real weights rather than into a re-quantised copy."""
     from engine.methods import MethodContext
     from engine.model_info import describe_model
 
     spec = run_spec(run_dir)
+    if dequantize and spec.model.quantization != "none":
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "none"})})
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise UserError(
