@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return EXIT_CANCELLED
+    except BrokenPipeError:  # `adapter-studio methods | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except Exception as e:
         if args.debug:
             raise

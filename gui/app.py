@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QThreadPool, QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 
@@ -44,6 +46,10 @@ def create_app() -> QApplication:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("AdapterStudio")
     app.setApplicationName("Adapter Studio")
+    app.setDesktopFileName("adapter-studio")
+    icon = Path(__file__).resolve().parent.parent / "resources" / "icons" / "adapter-studio.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
     # Workers wait on disk and the GIL more than on cores; with the default (one per core) a
     # training run and a model load would leave no thread for a data preview.
     QThreadPool.globalInstance().setMaxThreadCount(16)

