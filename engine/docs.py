@@ -31,14 +31,15 @@ def trainable_counts(model: str) -> dict[str, str]:
 def methods_table() -> str:
     smol = trainable_counts("smollm2-135m")
     lines = [
-        "| method (`method.name`) | family | what it trains | mergeable | trainable on SmolLM2-135M | default lr |",
-        "|---|---|---|---|---|---|",
+        "| method (`method.name`) | family | what it trains | mergeable | trainable on SmolLM2-135M | default lr "
+        "| models |",
+        "|---|---|---|---|---|---|---|",
     ]
     for cls in METHOD_CLASSES:
         name = cls.model_fields["name"].default
         lines.append(
             f"| {cls.title} (`{name}`) | {cls.family} | {cls.description} | {'yes' if cls.mergeable else 'no'} "
-            f"| {smol.get(name, 'n/a')} | {cls.default_lr:g} |"
+            f"| {smol.get(name, 'n/a')} | {cls.default_lr:g} | {cls.supported_models} |"
         )
     return "\n".join(lines)
 
