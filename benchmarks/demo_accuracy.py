@@ -217,7 +217,7 @@ def main() -> None:
     order: list[int] = []
     tokens = padded = 0
     peft_model.train()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(1, args.max_steps + 1):
         if len(order) < args.batch_size:
             fresh = list(range(len(data)))
@@ -241,7 +241,7 @@ def main() -> None:
                   f"{el:6.1f}s {tokens / el:6.0f} tok/s", flush=True)  # fmt: skip
         if not math.isfinite(loss.item()):
             raise SystemExit("loss is not finite")
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
     t0 = time.perf_counter()
     tuned_acc, answers = exact_match(
@@ -255,7 +255,8 @@ def main() -> None:
     print(f"base exact match:  {base_acc:.1%}")
     print(f"tuned exact match: {tuned_acc:.1%}")
     print(f"training: {train_s:.1f}s, {args.max_steps} steps ({epochs:.2f} epochs), "
-          f"{tokens / train_s:.0f} tokens/s ({padded / train_s:.0f} incl. padding)")  # fmt: skip
+          f"{tokens / train_s:.0f} tokens/s ({padded / train_s:.0f} incl. padding); "
+          f"{train_cpu:.1f} CPU-s on {torch.get_num_threads()} threads")  # fmt: skip
     print(f"hyperparameters: LoRA r={args.rank} alpha={args.alpha} dropout={args.dropout} "
           f"targets={args.targets} ({trainable:,} trainable); AdamW lr={args.lr} wd=0, cosine, "
           f"warmup={args.warmup_steps}; batch={args.batch_size}; max_length={args.max_length}; "

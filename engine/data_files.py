@@ -1,62 +1,119 @@
-"""Reading data files into rows, with errors that name the file, line and what to do."""
+"""Reading data files into rows, chunk by chunk, with errors that name the file, line and what to do.
+
+JSONL, CSV/TSV, Parquet and saved `datasets` folders are streamed, so a file larger than memory
+can be read; JSON and TXT files are read whole (their structure needs the whole text).
+"""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+CHUNK_ROWS = 2048
+csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal for training data
+
+
+@dataclass
+class RowChunk:
+    """Consecutive rows of one file and where each starts (a line number in text files, else a row)."""
+
+    path: str
+    rows: list[dict[str, Any]]
+    numbers: list[int]
+    unit: str  # "line" or "row"
+    first_of_file: bool
+    done_bytes: int  # of all files together, for progress
+    total_bytes: int
+
+
+def locate(path: str, unit: str, number: int) -> str:
+    """`data.jsonl:7` for a line, `data.parquet, row 7` for a row."""
+    return f"{path}:{number}" if unit == "line" else f"{path}, row {number}"
+
+
+def _bad_utf8(path: Path) -> UserError:
+    """The first line that is not UTF-8, found by a second, byte-level read of the file."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(
+                    f"not UTF-8 text (byte {e.start + 1} of line {number} is {raw[e.start : e.start + 1]!r})",
+                    where=f"{path}:{number}",
+                    fix="save the file as UTF-8 (most editors offer this under 'Save as' / 'Encoding')",
+                )
+    return UserError("not UTF-8 text", where=str(path), fix="save the file as UTF-8")
+
+
+def _empty(path: Path) -> UserError:
+    return UserError("the file is empty", where=str(path), fix="pick a file with data rows, or add rows to it")
+
+
+def _no_rows(path: Path) -> UserError:
+    return UserError("the file has no data rows", where=str(path), fix="add rows (below the header, for CSV)")
+
+
+def _check_not_blank(path: Path) -> None:
+    with path.open("rb") as f:
+        while block := f.read(1 << 16):
+            if block.strip():
+                return
+    raise _empty(path)
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise UserError("the file is empty", where=str(path), fix="pick a file with data rows")
+    _check_not_blank(path)
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"not UTF-8 text (byte {e.start} on line {line})",
-            where=f"{path}:{line}",
-            fix="save the file as UTF-8 (most editors offer this under 'Save as' / 'Encoding')",
-        ) from None
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _bad_utf8(path) from None
 
 
-def _read_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(
-                f"line {number} is not valid JSON ({e.msg} at column {e.colno})",
-                where=f"{path}:{number}",
-                fix="fix or remove that line; each line must be one JSON object",
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(
-                f"line {number} is a JSON {type(row).__name__}, not an object",
-                where=f"{path}:{number}",
-                fix='each line must be an object such as {"instruction": ..., "output": ...}',
-            )
-        rows.append(row)
-    return rows
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
+    """(line number, row, bytes read so far) for each non-blank line."""
+    done = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            done += len(raw)
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise _bad_utf8(path) from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"line {number} is not valid JSON ({e.msg} at column {e.colno})",
+                    where=f"{path}:{number}",
+                    fix="fix or remove that line; each line must be one JSON object",
+                ) from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"line {number} is a JSON {type(row).__name__}, not an object",
+                    where=f"{path}:{number}",
+                    fix='each line must be an object such as {"instruction": ..., "output": ...}',
+                )
+            yield number, row, done
 
 
-def _read_json(path: Path, text: str) -> list[dict[str, Any]]:
+def _json_rows(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a JSON file, or None when it is really JSON Lines."""
+    text = _read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # a .json file that is really JSON Lines
-            return _read_jsonl(path, text)
+        if e.msg == "Extra data":
+            return None
         raise UserError(
             f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
             where=f"{path}:{e.lineno}",
@@ -66,89 +123,180 @@ def _read_json(path: Path, text: str) -> list[dict[str, Any]]:
         # {"train": [...]} or {"data": [...]}: take the first list of objects.
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if lists else [data]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise UserError(
-            "expected a list of objects", where=str(path), fix='use [{"instruction": ..., "output": ...}, ...]'
-        )
+    if not isinstance(data, list):
+        raise UserError("expected a list of objects", where=str(path), fix='use [{"instruction": ..., "output": ...}]')
+    for number, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise UserError(
+                f"item {number} is a JSON {type(row).__name__}, not an object",
+                where=f"{path}, row {number}",
+                fix='every item must be an object such as {"instruction": ..., "output": ...}',
+            )
     return data
 
 
-def _read_csv(path: Path, text: str, delimiter: str) -> list[dict[str, Any]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    try:
-        header = next(reader)
-        rows = []
-        for record in reader:
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], int]]:
+    _check_not_blank(path)
+    done = 0
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        header: list[str] | None = None
+        while True:
+            line = reader.line_num + 1  # where the next record starts
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                unclosed = "end of data" in str(e)
+                what = (
+                    f"a quoted field that starts on line {line} is never closed"
+                    if unclosed
+                    else f"broken CSV on line {line} ({e})"
+                )
+                raise UserError(
+                    what, where=f"{path}:{line}", fix='close the quote, or write a quote inside a field as ""'
+                ) from None
+            except UnicodeDecodeError:
+                raise _bad_utf8(path) from None
+            if header is None:
+                header = record
+                continue
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) != len(header):
                 raise UserError(
-                    f"row has {len(record)} fields but the header has {len(header)}",
-                    where=f"{path}:{reader.line_num}",
-                    fix="check quotes and delimiters on that line",
+                    f"line {line} has {len(record)} fields but the header has {len(header)} ({', '.join(header)})",
+                    where=f"{path}:{line}",
+                    fix="check the quotes and delimiters on that line (a field with a comma needs quotes)",
                 )
-            rows.append(dict(zip(header, record, strict=True)))
-    except csv.Error as e:
-        raise UserError(
-            f"broken CSV ({e})", where=f"{path}:{reader.line_num}", fix="close the quote or escape it as \"\""
-        ) from None
-    return rows
+            done += sum(len(c) for c in record) + len(record)
+            yield line, dict(zip(header, record, strict=True)), done
 
 
-def _read_txt(path: Path, text: str) -> list[dict[str, Any]]:
+def _txt_rows(path: Path) -> list[dict[str, Any]]:
     # Blank lines separate documents; a file without them is one document per line.
+    text = _read_text(path).replace("\r\n", "\n")
     parts = [p.strip() for p in text.split("\n\n")] if "\n\n" in text else text.splitlines()
     return [{"text": p} for p in parts if p.strip()]
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _parquet_batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises many types for a damaged file
-        raise UserError(f"cannot read Parquet file ({e})", where=str(path), fix="re-export the file") from None
+        source = pq.ParquetFile(path)
+        for batch in source.iter_batches(batch_size=size):
+            yield batch.to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's errors for a damaged or non-Parquet file
+        raise UserError(f"cannot read the Parquet file ({e})", where=str(path), fix="re-export the file") from None
 
 
-def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
+def _saved_dataset_batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise UserError(f"cannot open the saved data set ({e})", where=str(path), fix="save it again") from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-    return loaded.to_list()
+    for batch in loaded.iter(batch_size=size):
+        keys = list(batch)
+        yield [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def data_files(paths: str | list[str]) -> list[Path]:
+    """The files (and saved data set folders) that data.path names, in reading order."""
+    out: list[Path] = []
+    for text in [paths] if isinstance(paths, str) else paths:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise UserError(f"data file not found: {path}", where="data.path", fix="check the path")
+        if path.is_dir() and not is_saved_dataset(path):
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+            if not files:
+                raise UserError(f"no data files in {path}", where="data.path", fix=f"use one of {', '.join(SUFFIXES)}")
+            out += files
+            continue
+        if path.is_file() and path.suffix.lower() not in SUFFIXES:
+            raise UserError(f"unsupported file type '{path.suffix}'", where=str(path), fix=f"use {', '.join(SUFFIXES)}")
+        out.append(path)
+    return out
+
+
+def _file_rows(path: Path, size: int) -> Iterator[tuple[list[int], list[dict[str, Any]], str, int]]:
+    """(numbers, rows, unit, bytes done in this file) per chunk of one file."""
+    suffix = path.suffix.lower()
+    if is_saved_dataset(path) or suffix == ".parquet":
+        batches = _saved_dataset_batches(path, size) if path.is_dir() else _parquet_batches(path, size)
+        total = path.stat().st_size
+        first = 1
+        for rows in batches:
+            yield list(range(first, first + len(rows))), rows, "row", total
+            first += len(rows)
+        return
+    if suffix in (".json", ".txt"):
+        rows = _txt_rows(path) if suffix == ".txt" else _json_rows(path)
+        if rows is not None:
+            total = path.stat().st_size
+            for i in range(0, len(rows), size):
+                part = rows[i : i + size]
+                yield list(range(i + 1, i + 1 + len(part))), part, "row", total * (i + len(part)) // len(rows)
+            return
+    if suffix in (".csv", ".tsv"):
+        stream = _csv_rows(path, "," if suffix == ".csv" else "\t")
+    else:
+        _check_not_blank(path)
+        stream = _jsonl_rows(path)
+    numbers: list[int] = []
+    rows = []
+    done = 0
+    for number, row, done in stream:
+        numbers.append(number)
+        rows.append(row)
+        if len(rows) == size:
+            yield numbers, rows, "line", done
+            numbers, rows = [], []
+    if rows:
+        yield numbers, rows, "line", done
+
+
+def iter_chunks(
+    paths: str | list[str], size: int = CHUNK_ROWS, progress: Callable[[float], None] | None = None
+) -> Iterator[RowChunk]:
+    """The rows of every file data.path names, `size` at a time; every file must have rows."""
+    files = data_files(paths)
+    sizes = [_bytes(f) for f in files]
+    total = sum(sizes) or 1
+    before = 0
+    for path, file_bytes in zip(files, sizes, strict=True):
+        first = True
+        for numbers, rows, unit, done in _file_rows(path, size):
+            if progress is not None:
+                progress(min(1.0, (before + done) / total))
+            yield RowChunk(str(path), rows, numbers, unit, first, before + done, total)
+            first = False
+        if first:
+            raise _no_rows(path)
+        before += file_bytes
+
+
+def _bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def read_rows(path_text: str) -> list[dict[str, Any]]:
     """All rows of one data file or `datasets.save_to_disk` folder."""
-    path = Path(path_text).expanduser()
-    if not path.exists():
-        raise UserError(f"data file not found: {path}", where="data.path", fix="check the path")
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            return _read_saved_dataset(path)
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
-        if not files:
-            raise UserError(f"no data files in {path}", where="data.path", fix=f"use one of {', '.join(SUFFIXES)}")
-        return [row for f in files for row in read_rows(str(f))]
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    if suffix not in SUFFIXES:
-        raise UserError(f"unsupported file type '{suffix}'", where=str(path), fix=f"use {', '.join(SUFFIXES)}")
-    text = _read_text(path)
-    readers = {
-        ".jsonl": lambda: _read_jsonl(path, text),
-        ".json": lambda: _read_json(path, text),
-        ".csv": lambda: _read_csv(path, text, ","),
-        ".tsv": lambda: _read_csv(path, text, "\t"),
-        ".txt": lambda: _read_txt(path, text),
-    }
-    rows = readers[suffix]()
-    if not rows:
-        raise UserError("the file has no data rows", where=str(path), fix="add rows below the header")
-    return rows
+    return [row for chunk in iter_chunks(path_text) for row in chunk.rows]
 
 
 def read_all(paths: str | list[str]) -> list[dict[str, Any]]:
-    return [row for p in ([paths] if isinstance(paths, str) else paths) for row in read_rows(p)]
+    """All rows of every file data.path names, in order."""
+    return [row for chunk in iter_chunks(paths) for row in chunk.rows]

@@ -1,17 +1,33 @@
-"""What the Data page shows before training: rows, the detected shape, and the exact training text
-of a row with the tokens that carry loss marked."""
+"""What the Data page shows before training: rows, the detected shape, the exact training text of a
+row with the tokens that carry loss marked, and the token lengths against max_length."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.data_files import read_all
-from engine.data_prep import ChatRenderer, _render_pairs, tokenize_rendered
-from engine.data_shapes import Example, detect_format, resolve_columns, to_examples
+import numpy as np
+
+from engine.data_prep import (
+    CHAT_FORMATS,
+    ChatRenderer,
+    Progress,
+    TokenizedSet,
+    _render_pairs,
+    batch_tokens,
+    check_some_left,
+    pack_bounds,
+    prepare_data,
+    survey_data,
+    tokenize_rendered,
+)
+from engine.data_shapes import Example, mapping_for_labels
+from engine.errors import UserError
 
 if TYPE_CHECKING:
     from engine.spec import DataSpec
+
+DEFAULT_BATCH_SIZE = 4
 
 
 @dataclass
@@ -23,17 +39,38 @@ class DataPreview:
     examples: list[Example]
     total_rows: int
     dropped: list[str] = field(default_factory=list)
+    usable: int = 0
 
 
 def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
-    """Read and check the data the way training will (errors are the same UserErrors)."""
-    rows = read_all(spec.path)
-    where = spec.path if isinstance(spec.path, str) else spec.path[0]
-    columns = list(dict.fromkeys(k for row in rows[:100] for k in row))
-    fmt = spec.format or detect_format(columns, spec.columns)
-    mapping = resolve_columns(fmt, columns, spec.columns, where)
-    examples, dropped = to_examples(rows, fmt, mapping, where)
-    return DataPreview(fmt, columns, mapping, rows[:max_rows], examples[:max_rows], len(rows), dropped)
+    """Read and check the data the way training will (errors are the same UserErrors).
+
+    Every row is read and checked, a chunk at a time; the first `max_rows` are kept for the table.
+    A separate evaluation file is checked too (its columns, and for classification its labels).
+    """
+    survey = survey_data(spec, spec.path, limit=spec.max_rows, keep=max_rows)
+    check_some_left(survey, spec.path)
+    if spec.eval_path:
+        held = survey_data(spec, spec.eval_path, survey.format)
+        if survey.format == "classification":
+            known = set(mapping_for_labels(label for label, _ in survey.labels).values())
+            for label, where in held.labels:
+                if str(label) not in known:
+                    raise UserError(
+                        f"label '{label}' is not one of the training labels ({', '.join(sorted(known))})",
+                        where=where,
+                        fix="fix the label, or add training rows that have it",
+                    )
+    return DataPreview(
+        survey.format,
+        survey.file_columns,
+        survey.columns,
+        survey.first_rows,
+        survey.first_examples,
+        survey.rows,
+        survey.dropped,
+        survey.count,
+    )
 
 
 def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) -> list[tuple[str, bool]]:
@@ -41,7 +78,7 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
     max_length = spec.max_length or 512
     if fmt == "prompt_completion":
         rendered, special = _render_pairs([example], tokenizer), True
-    elif fmt in ("alpaca", "messages", "sharegpt"):
+    elif fmt in CHAT_FORMATS:
         renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template)
         rendered, special = [renderer.render(example)], not renderer.use_chat_template
     else:
@@ -53,3 +90,67 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
         return [(rendered[0].text, False)]
     t = tokens[0]
     return [(tokenizer.decode([i]), label != -100) for i, label in zip(t.input_ids, t.labels, strict=True)]
+
+
+def length_stats(
+    spec: DataSpec,
+    tokenizer: Any,
+    batch_size: int | None = None,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Token lengths of the training rows against max_length, and what packing would save.
+
+    Prepares the data exactly as training will (so the result is cached for the run). Returns
+    `lengths` (tokens per training row before truncation), `max_length`, `truncated` (rows longer
+    than it), `rows` (rows read), `examples` (training rows), `train_examples` (those left after the
+    max_length check), `eval_examples` (held-out rows), `dropped`
+    (notes: where and why), `total_tokens` (tokens trained per epoch), `padded_tokens` and
+    `packed_tokens` (tokens computed per epoch with batch padding to the longest row, and with
+    packing), and the padding shares of both.
+    """
+    from engine.defaults import DEFAULT_MAX_LENGTH
+
+    max_length = spec.max_length or DEFAULT_MAX_LENGTH
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    data = prepare_data(spec.model_copy(update={"packing": False}), tokenizer, None, max_length, seed,
+                        progress=progress)  # fmt: skip
+    lengths = np.asarray(data.full_lengths, np.int64)
+    items = (
+        data.train.lengths
+        if isinstance(data.train, TokenizedSet)
+        else np.asarray([len(t.input_ids) for t in data.train])
+    )
+    if data.format == "text":  # trained as max_length blocks; "padded" is one document per row
+        padded_lengths, packed_lengths = np.minimum(lengths, max_length), items
+    else:
+        packing_applies = data.format != "classification"
+        padded_lengths = items
+        packed_lengths = _packed(items, max_length) if packing_applies else items
+    padded = batch_tokens(padded_lengths, batch_size, seed)
+    packed = batch_tokens(packed_lengths, batch_size, seed)
+    return {
+        "format": data.format,
+        "lengths": lengths.tolist(),
+        "max_length": max_length,
+        "truncated": data.truncated if data.format != "text" else int((lengths > max_length).sum()),
+        "rows": data.rows_read,
+        "examples": len(lengths),
+        "train_examples": len(data.train) if data.format != "text" else len(lengths),
+        "eval_examples": len(data.eval),
+        "dropped": list(data.dropped),
+        "total_tokens": int(items.sum()),
+        "padded_tokens": padded,
+        "packed_tokens": packed,
+        "padding_share_padded": 1 - int(padded_lengths.sum()) / padded if padded else 0.0,
+        "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
+        "packing_applies": data.format not in ("classification", "text"),
+        "from_cache": data.from_cache,
+    }
+
+
+def _packed(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    bounds = pack_bounds(lengths, max_length)
+    sums = np.concatenate([[0], np.cumsum(lengths)])
+    return sums[bounds[1:]] - sums[bounds[:-1]] if len(bounds) > 1 else np.zeros(0, np.int64)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.data_files import locate
 from engine.errors import UserError
 
 # Role → the column names a role is found under when `data.columns` does not say.
@@ -33,21 +36,34 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "alpaca": ("input", "system"),
     "classification": ("text_pair",),
 }
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "model": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "model": "assistant",
+}
 
 
 @dataclass
 class Example:
     """One row in the common form: a conversation, a prompt/completion pair, plain text or a label."""
 
-    row: int  # 1-based row number in its file, for messages
+    row: int  # 1-based line (text files) or row number in its file, for messages
     messages: list[dict[str, str]] = field(default_factory=list)
     prompt: str = ""
     completion: str = ""
     text: str = ""
     text_pair: str | None = None
     label: Any = None
+    path: str = ""  # the file the row came from
+    unit: str = "row"  # whether `row` counts lines or rows
+
+    @property
+    def where(self) -> str:
+        """`data.jsonl:7` or `data.parquet, row 7`: where a person finds this row."""
+        return locate(self.path, self.unit, self.row) if self.path else f"row {self.row}"
 
 
 def roles_of(fmt: str) -> tuple[str, ...]:
@@ -61,7 +77,7 @@ def _find(columns: list[str], role: str, mapping: dict[str, str]) -> str | None:
     return next((lower[a] for a in ROLE_ALIASES[role] if a in lower), None)
 
 
-def detect_format(columns: list[str], mapping: dict[str, str] | None = None) -> str:
+def detect_format(columns: list[str], mapping: dict[str, str] | None = None, where: str = "data.columns") -> str:
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
     for fmt in ("messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
@@ -71,8 +87,8 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None) -> 
             return fmt
     raise UserError(
         f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'})",
-        where="data.columns",
-        fix="map the columns (e.g. instruction → question, output → answer) or set data.format",
+        where=where,
+        fix="set data.format, and map the columns in data.columns (e.g. instruction: question, output: answer)",
     )
 
 
@@ -99,98 +115,170 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
     return resolved
 
 
-def _text(row: dict[str, Any], column: str, role: str, where: str, number: int) -> str:
-    value = row.get(column)
+def _text(value: Any, column: str, where: str) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    if not isinstance(value, str):
-        raise UserError(
-            f"row {number}, field '{column}' ({role}) is a {type(value).__name__}, expected text",
-            where=f"{where}, row {number}",
-            fix=f"make '{column}' a string in every row",
-        )
-    return value
+    raise UserError(
+        f"field '{column}' is a {_kind(value)}, expected text",
+        where=where,
+        fix=f"make '{column}' a string in every row (or map another column in data.columns)",
+    )
 
 
-def _turns(value: Any, column: str, where: str, number: int, sharegpt: bool) -> list[dict[str, str]]:
+def _kind(value: Any) -> str:
+    return {list: "list", dict: "JSON object", bool: "true/false value"}.get(type(value), type(value).__name__)
+
+
+def _label(value: Any, column: str, where: str) -> str | int | None:
+    """A class name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise UserError(
+        f"field '{column}' is a {_kind(value)}, expected a class name or id",
+        where=where,
+        fix="use one label per row, such as positive or 0",
+    )
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _content(value: Any, where: str, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    # Multi-part content ([{"type": "text", "text": ...}]): the text parts, in order.
+    if isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    raise UserError(
+        f"turn {index} has {_kind(value)} content, expected text",
+        where=where,
+        fix="make every turn's content a string",
+    )
+
+
+def _turns(value: Any, column: str, where: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise UserError(
-            f"row {number}, field '{column}' must be a non-empty list of turns",
-            where=f"{where}, row {number}",
+            f"field '{column}' must be a non-empty list of turns, got {_kind(value)}",
+            where=where,
             fix='use [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
         )
     turns = []
-    for turn in value:
-        key_role, key_text = ("from", "value") if sharegpt else ("role", "content")
-        if not isinstance(turn, dict) or key_role not in turn or key_text not in turn:
+    for index, turn in enumerate(value, start=1):
+        # Either style in either column: {"role", "content"} or ShareGPT's {"from", "value"}.
+        keys = ("from", "value") if isinstance(turn, dict) and "from" in turn else ("role", "content")
+        if not isinstance(turn, dict) or keys[0] not in turn or keys[1] not in turn:
             raise UserError(
-                f"row {number}, field '{column}': each turn needs '{key_role}' and '{key_text}'",
-                where=f"{where}, row {number}",
-                fix=f"check the turns of row {number}",
+                f"turn {index} of '{column}' needs 'role' and 'content' (or 'from' and 'value')",
+                where=where,
+                fix=f"check turn {index} of that row",
             )
-        role = SHAREGPT_ROLES.get(str(turn[key_role]).lower(), str(turn[key_role])) if sharegpt else turn[key_role]
-        turns.append({"role": role, "content": str(turn[key_text])})
+        raw_role = str(turn[keys[0]])
+        role = SHAREGPT_ROLES.get(raw_role.lower(), raw_role)
+        if role not in CHAT_ROLES:
+            raise UserError(
+                f"turn {index} has role '{raw_role}'",
+                where=where,
+                fix=f"use one of {', '.join(CHAT_ROLES)} (ShareGPT: human, gpt, system)",
+            )
+        turns.append({"role": role, "content": _content(turn[keys[1]], where, index)})
     return turns
 
 
 def to_examples(
-    rows: list[dict[str, Any]], fmt: str, columns: dict[str, str], where: str
+    rows: list[dict[str, Any]],
+    fmt: str,
+    columns: dict[str, str],
+    where: str,
+    numbers: list[int] | None = None,
+    unit: str = "row",
 ) -> tuple[list[Example], list[str]]:
-    """Rows → Examples, plus one note per dropped row (e.g. an empty output)."""
+    """Rows → Examples, plus one note per dropped row (e.g. an empty output) that says where and why.
+
+    `where` is the file; `numbers` its line (unit "line") or row numbers, counted from 1 by default.
+    """
     out: list[Example] = []
     dropped: list[str] = []
-    for number, row in enumerate(rows, start=1):
-        def text(role: str, row: dict[str, Any] = row, number: int = number) -> str:
-            return _text(row, columns[role], role, where, number) if role in columns else ""
+    numbers = numbers if numbers is not None else list(range(1, len(rows) + 1))
+    for number, row in zip(numbers, rows, strict=True):
+        here = locate(where, unit, number)
 
+        def text(role: str, row: dict[str, Any] = row, here: str = here) -> str:
+            return _text(row.get(columns[role]), columns[role], here) if role in columns else ""
+
+        example = Example(row=number, path=where, unit=unit)
         if fmt == "alpaca":
-            instruction, extra, output = text("instruction"), text("input"), text("output")
+            instruction, extra, output, system = text("instruction"), text("input"), text("output"), text("system")
             if not output.strip():
-                dropped.append(f"row {number}: empty '{columns['output']}'")
+                dropped.append(f"{here}: empty '{columns['output']}' (nothing to learn)")
+                continue
+            if not (instruction.strip() or extra.strip()):
+                dropped.append(f"{here}: empty '{columns['instruction']}'")
                 continue
             user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-            messages = [{"role": "system", "content": text("system")}] if text("system").strip() else []
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-            out.append(Example(row=number, messages=messages, prompt=instruction, text=extra))
+            example.messages = [{"role": "system", "content": system}] if system.strip() else []
+            example.messages += [
+                {"role": "user", "content": user, "instruction": instruction, "input": extra},
+                {"role": "assistant", "content": output},
+            ]
+            example.prompt, example.text = instruction, extra
         elif fmt in ("messages", "sharegpt"):
-            key = "messages" if fmt == "messages" else "conversations"
-            turns = _turns(row.get(columns[key]), columns[key], where, number, fmt == "sharegpt")
-            if not any(t["role"] == "assistant" and t["content"].strip() for t in turns):
-                dropped.append(f"row {number}: no assistant answer")
+            key = columns["messages" if fmt == "messages" else "conversations"]
+            example.messages = _turns(row.get(key), key, here)
+            if not any(t["role"] == "assistant" and t["content"].strip() for t in example.messages):
+                dropped.append(f"{here}: no assistant answer (nothing to learn)")
                 continue
-            out.append(Example(row=number, messages=turns))
         elif fmt == "prompt_completion":
-            completion = text("completion")
-            if not completion.strip():
-                dropped.append(f"row {number}: empty '{columns['completion']}'")
+            example.prompt, example.completion = text("prompt"), text("completion")
+            if not example.completion.strip():
+                dropped.append(f"{here}: empty '{columns['completion']}' (nothing to learn)")
                 continue
-            out.append(Example(row=number, prompt=text("prompt"), completion=completion))
         elif fmt == "text":
-            body = text("text")
-            if not body.strip():
-                dropped.append(f"row {number}: empty '{columns['text']}'")
+            example.text = text("text")
+            if not example.text.strip():
+                dropped.append(f"{here}: empty '{columns['text']}'")
                 continue
-            out.append(Example(row=number, text=body))
         elif fmt == "classification":
-            label = row.get(columns["label"])
-            if label is None or (isinstance(label, str) and not label.strip()):
-                dropped.append(f"row {number}: no label")
+            label = _label(row.get(columns["label"]), columns["label"], here)
+            if label is None:
+                dropped.append(f"{here}: no label in '{columns['label']}'")
                 continue
-            pair = text("text_pair") if "text_pair" in columns else None
-            out.append(Example(row=number, text=text("text"), text_pair=pair, label=label))
+            example.label = label
+            example.text = text("text")
+            example.text_pair = text("text_pair") if "text_pair" in columns else None
+            if not example.text.strip():
+                dropped.append(f"{here}: empty '{columns['text']}'")
+                continue
+        out.append(example)
     return out, dropped
 
 
 def label_mapping(examples: list[Example]) -> dict[int, str]:
     """Integers 0..K-1 are taken as given; any other labels map to ids in sorted order."""
-    labels = {e.label for e in examples}
-    ints = {int(v) for v in labels if _is_int(v)}
-    if len(ints) == len(labels) and ints == set(range(len(ints))):
-        return {i: str(i) for i in range(len(ints))}
-    names = sorted(str(v) for v in labels)
-    return dict(enumerate(names))
+    return mapping_for_labels(e.label for e in examples)
+
+
+def mapping_for_labels(values: Iterable[Any]) -> dict[int, str]:
+    """id → label name for a set of labels (see `label_mapping`); numbers sort as numbers."""
+    labels = {str(v) for v in values}
+    if all(_is_int(v) for v in labels):
+        ints = sorted({int(v) for v in labels})
+        if ints == list(range(len(ints))):
+            return {i: str(i) for i in ints}
+        return {i: str(v) for i, v in enumerate(ints)}
+    return dict(enumerate(sorted(labels)))
 
 
 def _is_int(value: Any) -> bool:

@@ -58,7 +58,7 @@ def test_lists_every_run_with_its_status(page: RunsPage) -> None:
         "10 / 10", "1.5000", "1.5000", "0:12",
     )  # fmt: skip
     assert rows["crashed"]["Steps"] == "3 / 10"
-    assert page.title == "6 · Runs"
+    assert page.title == "Runs"
 
 
 def test_selecting_two_runs_overlays_their_curves(page: RunsPage) -> None:

@@ -1,11 +1,20 @@
-"""Step 2: pick the data, see its shape, map its columns, and see exactly what trains."""
+"""Step 2: pick the data, see its shape, map its columns, and see exactly what trains.
+
+Everything slow (reading, checking, tokenising, counting lengths) runs off the main thread through
+`run_in_background`; the results come back as plain values from the engine.
+"""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -14,12 +23,14 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTextEdit,
+    QVBoxLayout,
+    QWidget,
 )
-from PySide6.QtCore import Qt
 
 from engine.data_shapes import REQUIRED, roles_of
 from engine.spec import DataSpec
@@ -28,11 +39,16 @@ from gui.worker import run_in_background
 
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
+STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
+FALLBACK_MAX_LENGTH = 512
 
 
 class DataPage(Page):
     title = "Data"
-    hint = "JSON, JSONL, CSV, TSV, Parquet or TXT. The shape is detected from the columns; map them if needed."
+    hint = (
+        "JSON, JSONL, CSV, TSV, Parquet, TXT or a saved data set folder (several: separate with commas). "
+        "The shape is detected from the columns; map them if needed."
+    )
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         super().__init__(state)
@@ -46,6 +62,7 @@ class DataPage(Page):
         row.addWidget(browse)
         self.layout_.addLayout(row)
 
+        fields = DataSpec.model_fields
         options = QFormLayout()
         self.format = QComboBox()
         self.format.setObjectName("dataFormat")
@@ -59,17 +76,42 @@ class DataPage(Page):
         self.eval_split.setRange(0.0, 0.9)
         self.eval_split.setSingleStep(0.05)
         self.eval_split.setValue(0.1)
-        self.eval_split.setToolTip(DataSpec.model_fields["eval_split"].description)
-        self.eval_split.valueChanged.connect(lambda _v: self.commit())
+        self.eval_split.setToolTip(fields["eval_split"].description)
+        self.eval_split.valueChanged.connect(lambda _v: self._changed())
         options.addRow("Held out", self.eval_split)
         self.eval_path = QLineEdit()
+        self.eval_path.setObjectName("evalPath")
         self.eval_path.setPlaceholderText("optional separate evaluation file (replaces the held-out share)")
-        self.eval_path.editingFinished.connect(self.commit)
+        self.eval_path.editingFinished.connect(self._eval_path_changed)
         options.addRow("Eval file", self.eval_path)
         self.system_prompt = QLineEdit()
+        self.system_prompt.setObjectName("systemPrompt")
         self.system_prompt.setPlaceholderText("optional; the model's chat template is used by default")
-        self.system_prompt.editingFinished.connect(self.commit)
+        self.system_prompt.setToolTip(fields["system_prompt"].description)
+        self.system_prompt.editingFinished.connect(self._changed)
         options.addRow("System prompt", self.system_prompt)
+        self.template = QLineEdit()
+        self.template.setObjectName("promptTemplate")
+        self.template.setPlaceholderText(r"optional, e.g. Question: {instruction}\n{input}\nAnswer: ")
+        self.template.setToolTip(fields["template"].description + r" Write \n for a line break.")
+        self.template.editingFinished.connect(self._changed)
+        options.addRow("Prompt template", self.template)
+        length_row = QHBoxLayout()
+        self.max_length = QSpinBox()
+        self.max_length.setObjectName("maxLength")
+        self.max_length.setRange(0, 131072)
+        self.max_length.setSingleStep(64)
+        self.max_length.setSpecialValueText("auto")
+        self.max_length.setToolTip(fields["max_length"].description + " auto: the model's limit, at most 512.")
+        self.max_length.valueChanged.connect(lambda _v: self._changed())
+        self.packing = QCheckBox("Pack short rows together")
+        self.packing.setObjectName("packing")
+        self.packing.setToolTip(fields["packing"].description)
+        self.packing.toggled.connect(lambda _v: self._changed())
+        length_row.addWidget(self.max_length)
+        length_row.addWidget(self.packing)
+        length_row.addStretch(1)
+        options.addRow("Max length", length_row)
         self.layout_.addLayout(options)
 
         self.summary = QLabel("")
@@ -81,19 +123,60 @@ class DataPage(Page):
         self.table.setObjectName("dataTable")
         self.table.itemSelectionChanged.connect(self.show_rendered)
         split.addWidget(self.table)
+        split.addWidget(self._build_lengths())
         self.rendered = QTextEdit()
         self.rendered.setObjectName("renderedText")
         self.rendered.setReadOnly(True)
         split.addWidget(self.rendered)
         self.layout_.addWidget(split, 1)
+
         self.combos: dict[str, QComboBox] = {}
         self.preview: Any = None
         self.tokenizer: Any = None
+        self.stats: dict[str, Any] | None = None
+        self.auto_max_length = FALLBACK_MAX_LENGTH
+        self._stats_tokenizer: Any = None  # a copy: the stats thread must not share the page's
         self._tokenizer_for: str | None = None
-        self._workers: list[Any] = []
+        self._pending: set[object] = set()
         self._published: DataSpec | None = None
+        self._stats_generation = 0
+        self._stats_done = 0
+        self._stats_running = False
+        self._last_error = ""
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setSingleShot(True)
+        self._stats_timer.setInterval(STATS_DELAY_MS)
+        self._stats_timer.timeout.connect(self._compute_stats)
         state.data_changed.connect(self._from_state)
         state.model_changed.connect(self._load_tokenizer)
+
+    def _build_lengths(self) -> QWidget:
+        box = QWidget()
+        layout = QHBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.histogram = pg.PlotWidget()
+        self.histogram.setObjectName("lengthHistogram")
+        self.histogram.setBackground("w")
+        self.histogram.setLabel("bottom", "tokens per row")
+        self.histogram.setLabel("left", "rows")
+        self.histogram.setMinimumHeight(150)
+        self.histogram_bars = pg.BarGraphItem(x=[], height=[], width=1)
+        self.histogram.addItem(self.histogram_bars)
+        self.max_length_line = pg.InfiniteLine(
+            pos=FALLBACK_MAX_LENGTH, angle=90, pen=pg.mkPen("#c0392b", width=2),
+            label="max length", labelOpts={"position": 0.9, "color": "#c0392b"},
+        )  # fmt: skip
+        self.histogram.addItem(self.max_length_line)
+        layout.addWidget(self.histogram, 3)
+        side = QVBoxLayout()
+        self.length_stats = QLabel("Token lengths appear once a model is chosen and the data is read.")
+        self.length_stats.setObjectName("lengthStats")
+        self.length_stats.setWordWrap(True)
+        self.length_stats.setTextFormat(Qt.TextFormat.RichText)
+        side.addWidget(self.length_stats)
+        side.addStretch(1)
+        layout.addLayout(side, 2)
+        return box
 
     # --- choosing -------------------------------------------------------------------------------
     def browse(self) -> None:
@@ -108,13 +191,19 @@ class DataPage(Page):
         data = self.state.data
         if data is None or data is self._published:
             return  # our own update coming back
+        widgets = (self.eval_split, self.max_length, self.packing)
+        for widget in widgets:
+            widget.blockSignals(True)
         self.path.setText(data.path if isinstance(data.path, str) else ",".join(data.path))
         self.format.setCurrentText(data.format or AUTO)
-        self.eval_split.blockSignals(True)
         self.eval_split.setValue(data.eval_split)
-        self.eval_split.blockSignals(False)
         self.eval_path.setText(data.eval_path or "")
         self.system_prompt.setText(data.system_prompt or "")
+        self.template.setText((data.template or "").replace("\n", "\\n"))
+        self.max_length.setValue(data.max_length or 0)
+        self.packing.setChecked(data.packing)
+        for widget in widgets:
+            widget.blockSignals(False)
         self._load(data)
 
     def _paths(self) -> str | list[str]:
@@ -127,6 +216,7 @@ class DataPage(Page):
     def _current_spec(self, keep_mapping: bool = True) -> DataSpec:
         base = self.state.data or DataSpec(path=self._paths())
         fmt = None if self.format.currentText() == AUTO else self.format.currentText()
+        template = self.template.text().replace("\\n", "\n")
         return base.model_copy(
             update={
                 "path": self._paths(),
@@ -135,6 +225,9 @@ class DataPage(Page):
                 "eval_split": self.eval_split.value(),
                 "eval_path": self.eval_path.text().strip() or None,
                 "system_prompt": self.system_prompt.text().strip() or None,
+                "template": template if template.strip() else None,
+                "max_length": max(self.max_length.value(), 8) if self.max_length.value() else None,
+                "packing": self.packing.isChecked(),
             }
         )
 
@@ -147,6 +240,16 @@ class DataPage(Page):
         if self.preview is not None:
             self._publish(self._current_spec())
 
+    def _changed(self) -> None:
+        """A setting that changes the tokens (not the rows) changed: publish it, count again."""
+        self.commit()
+        self.show_rendered()
+        self._schedule_stats()
+
+    def _eval_path_changed(self) -> None:
+        if self.preview is not None:
+            self.reload()  # the evaluation file is read and checked like the training file
+
     def _publish(self, data: DataSpec) -> None:
         self._published = data
         self.state.set_data(data)
@@ -155,13 +258,36 @@ class DataPage(Page):
         from engine.data_preview import preview_data
 
         self.summary.setText("Reading…")
-        self._workers.append(
-            run_in_background(
-                preview_data, spec, on_result=lambda p, s=spec: self._show(p, s), on_error=self._failed
-            )
-        )
+        self._background(preview_data, spec, on_result=lambda p, s=spec: self._show(p, s), on_error=self._failed)
+
+    def _background(
+        self, func: Any, *args: Any, on_result: Callable[[Any], None], on_error: Callable[[BaseException], None]
+    ) -> None:
+        """`run_in_background`, counted in `busy` until its result or error has been handled."""
+        token = object()
+        self._pending.add(token)
+
+        def finish(handler: Callable[[Any], None], value: Any) -> None:
+            self._pending.discard(token)
+            handler(value)
+
+        run_in_background(func, *args, on_result=lambda r: finish(on_result, r), on_error=lambda e: finish(on_error, e))
+
+    @property
+    def busy(self) -> bool:
+        """Whether something is still being read, loaded or counted in the background."""
+        return bool(self._pending)
 
     def _failed(self, error: BaseException) -> None:
+        # Nothing of the previous data stays on show: it is not what would train.
+        self.preview = None
+        self.stats = None
+        self.table.clear()
+        self.table.setRowCount(0)
+        self.table.setColumnCount(0)
+        self.rendered.clear()
+        self.histogram_bars.setOpts(x=[], height=[], width=1)
+        self.length_stats.setText("")
         self.summary.setText(f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>")
         self.error(error)
 
@@ -179,14 +305,15 @@ class DataPage(Page):
                 value = row.get(column)
                 self.table.setItem(r, c, QTableWidgetItem(str(value)[:200] if value is not None else ""))
         detected = "detected" if spec.format is None else "chosen"
-        dropped = f"; {len(preview.dropped)} dropped ({preview.dropped[0]}…)" if preview.dropped else ""
         self.summary.setText(
-            f"<b>{preview.total_rows}</b> rows, format <b>{preview.format}</b> ({detected}), "
-            f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}{dropped}"
+            f"<b>{preview.total_rows:,}</b> rows, format <b>{preview.format}</b> ({detected}), "
+            f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
+            f"{_dropped_text(preview.dropped, preview.total_rows)}"
         )
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
         if self.table.rowCount():
             self.table.selectRow(0)
+        self._schedule_stats()
 
     def _build_mapping(self, preview: Any) -> None:
         while self.mapping_row.count():
@@ -201,6 +328,7 @@ class DataPage(Page):
             combo.setCurrentText(preview.mapping.get(role, NO_COLUMN))
             combo.setToolTip(f"Which column holds the {role}")
             combo.activated.connect(lambda _i: self.reload())
+            self.combos[role] = combo
             self.mapping_row.addWidget(QLabel(f"{role}:"))
             self.mapping_row.addWidget(combo)
 
@@ -210,18 +338,23 @@ class DataPage(Page):
             return
         self._tokenizer_for = model.source
 
-        def load(source: str) -> Any:
-            from engine.models import load_tokenizer, resolve_source
+        def load(source: str) -> tuple[Any, Any, int]:
+            import copy
 
-            return load_tokenizer(resolve_source(source))
+            from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+            from engine.models import load_config, load_tokenizer, resolve_source
 
-        self._workers.append(
-            run_in_background(load, model.source, on_result=self._tokenizer_ready, on_error=lambda e: None)
-        )
+            resolved = resolve_source(source)
+            tokenizer = load_tokenizer(resolved)
+            limit = min(DEFAULT_MAX_LENGTH, model_max_length(load_config(resolved)))
+            return tokenizer, copy.deepcopy(tokenizer), limit
 
-    def _tokenizer_ready(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+        self._background(load, model.source, on_result=self._tokenizer_ready, on_error=lambda e: None)
+
+    def _tokenizer_ready(self, loaded: tuple[Any, Any, int]) -> None:
+        self.tokenizer, self._stats_tokenizer, self.auto_max_length = loaded
         self.show_rendered()
+        self._schedule_stats()
 
     def show_rendered(self) -> None:
         if self.preview is None:
@@ -237,15 +370,137 @@ class DataPage(Page):
         from engine.data_preview import render_tokens
 
         try:
-            pieces = render_tokens(self._current_spec(), examples[index], self.preview.format, self.tokenizer)
+            spec = self._current_spec()
+            spec = spec.model_copy(update={"max_length": spec.max_length or self.auto_max_length})
+            pieces = render_tokens(spec, examples[index], self.preview.format, self.tokenizer)
         except Exception as e:  # a preview must never take the window down
-            self.rendered.setPlainText(f"cannot render this row: {e}")
+            self.rendered.setPlainText(f"cannot render this row: {getattr(e, 'message', e)}")
             return
         body = "".join(
             f"<span style='background:#c8f7c5'>{html.escape(t)}</span>" if loss else
             f"<span style='color:#777'>{html.escape(t)}</span>"
             for t, loss in pieces
-        )
+        )  # fmt: skip
         legend = ("<p><span style='background:#c8f7c5'>green: tokens the model learns (carry loss)</span> · "
-                  "<span style='color:#777'>gray: prompt tokens (masked)</span></p>")
+                  "<span style='color:#777'>gray: prompt tokens (masked)</span></p>")  # fmt: skip
         self.rendered.setHtml(legend + f"<pre style='white-space:pre-wrap'>{body}</pre>")
+
+    # --- token lengths --------------------------------------------------------------------------
+    @property
+    def stats_busy(self) -> bool:
+        """Whether token lengths are being counted (or about to be)."""
+        return self._stats_timer.isActive() or self._stats_generation != self._stats_done
+
+    def _schedule_stats(self) -> None:
+        if self.preview is None or self._stats_tokenizer is None:
+            return
+        self._stats_generation += 1
+        self._stats_timer.start()
+
+    def _compute_stats(self) -> None:
+        from engine.data_preview import length_stats
+
+        if self.preview is None or self._stats_tokenizer is None:
+            self._stats_done = self._stats_generation  # nothing to count
+            return
+        spec = self._current_spec()
+        spec = spec.model_copy(update={"max_length": spec.max_length or self.auto_max_length})
+        generation = self._stats_generation
+        batch_size = self.state.training.batch_size if self.state.training else None
+        if self._stats_running:
+            return  # one count at a time (they share a tokenizer); the newer one starts after it
+        self._stats_running = True
+        self.length_stats.setText("Counting tokens…")
+        self._background(
+            length_stats,
+            spec,
+            self._stats_tokenizer,
+            batch_size,
+            on_result=lambda s, g=generation: self._stats_ready(s, g),
+            on_error=lambda e, g=generation: self._stats_failed(e, g),
+        )
+
+    def _stale(self, generation: int) -> bool:
+        """After a count: whether settings changed meanwhile (then count again, and drop this one)."""
+        self._stats_running = False
+        if generation != self._stats_generation:
+            self._stats_timer.start()
+            return True
+        self._stats_done = generation
+        return False
+
+    def _stats_ready(self, stats: dict[str, Any], generation: int) -> None:
+        if self._stale(generation):
+            return
+        self.stats = stats
+        self._last_error = ""
+        self._draw_histogram(stats)
+        self.length_stats.setText(describe_stats(stats, self.packing.isChecked()))
+        self.length_stats.setToolTip("\n".join(stats["dropped"][:50]))
+
+    def _stats_failed(self, error: BaseException, generation: int) -> None:
+        if self._stale(generation):
+            return
+        self.stats = None
+        message = getattr(error, "message", str(error))
+        self.length_stats.setText(f"<span style='color:#c00'>{html.escape(message)}</span>")
+        if message != self._last_error:  # one dialog per problem, not one per spin-box step
+            self._last_error = message
+            self.error(error)
+
+    def _draw_histogram(self, stats: dict[str, Any]) -> None:
+        lengths = np.asarray(stats["lengths"], np.int64)
+        max_length = stats["max_length"]
+        self.max_length_line.setValue(max_length)
+        self.max_length_line.label.setFormat(f"max length {max_length}")
+        if not len(lengths):
+            self.histogram_bars.setOpts(x=[], height=[], width=1)
+            return
+        top = max(int(lengths.max()), max_length) + 1
+        bins = np.linspace(0, top, min(40, top) + 1)
+        counts, edges = np.histogram(lengths, bins=bins)
+        centers = (edges[:-1] + edges[1:]) / 2
+        brushes = [pg.mkBrush("#e67e22" if c > max_length else "#3498db") for c in centers]
+        self.histogram_bars.setOpts(x=centers, height=counts, width=(edges[1] - edges[0]) * 0.9, brushes=brushes)
+        self.histogram.setXRange(0, top * 1.02)
+
+
+def _dropped_text(dropped: list[str], total: int) -> str:
+    if not dropped:
+        return ""
+    first = html.escape(dropped[0])
+    more = f" and {len(dropped) - 1:,} more" if len(dropped) > 1 else ""
+    return f"; <span style='color:#b9770e'><b>{len(dropped):,}</b> of {total:,} dropped ({first}{more})</span>"
+
+
+def describe_stats(stats: dict[str, Any], packing: bool) -> str:
+    """The lengths panel's text: rows, tokens, what is dropped or truncated, and what packing saves."""
+    lengths = stats["lengths"]
+    longest = max(lengths) if lengths else 0
+    dropped = stats["dropped"]
+    lines = [
+        f"<b>{stats['rows']:,}</b> rows read · <b>{stats['train_examples']:,}</b> train · "
+        f"<b>{stats['eval_examples']:,}</b> held out",
+        f"<b>{stats['total_tokens']:,}</b> tokens per epoch · longest row {longest:,} tokens",
+    ]
+    if dropped:
+        reasons = "<br>".join(html.escape(d) for d in dropped[:3])
+        more = f"<br>… and {len(dropped) - 3:,} more" if len(dropped) > 3 else ""
+        lines.append(f"<span style='color:#b9770e'><b>{len(dropped):,}</b> rows dropped:<br>{reasons}{more}</span>")
+    if stats["truncated"]:
+        lines.append(
+            f"<span style='color:#b9770e'><b>{stats['truncated']:,}</b> rows are longer than max length "
+            f"{stats['max_length']:,} and will be truncated</span>"
+        )
+    else:
+        lines.append(f"no row is longer than max length {stats['max_length']:,}")
+    padded, packed = stats["padding_share_padded"], stats["padding_share_packed"]
+    if stats["packing_applies"]:
+        used = "packing is on" if packing else "packing is off"
+        lines.append(
+            f"padding: {padded:.0%} of computed tokens with batch padding to the longest row, "
+            f"{packed:.0%} packed — packing saves {max(padded - packed, 0):.0%} ({used})"
+        )
+    else:
+        lines.append(f"padding: {padded:.0%} of computed tokens")
+    return "<br>".join(lines)

@@ -1,0 +1,491 @@
+"""Bring your own data: every file type and shape, the loss mask, the cache, and every bad input.
+
+The same questions and answers written as alpaca JSONL, JSON, CSV, TSV, Parquet, a saved data set,
+messages, ShareGPT, mapped columns, several files and a folder must give the same tokens. Each bad
+input must give a UserError that names the file, line and field — from the engine, the command line
+(see also tests/test_data_page.py for the window) — and never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.data_prep import IGNORE, ChatRenderer, prepare_data
+from engine.data_preview import length_stats, preview_data, render_tokens
+from engine.data_shapes import Example, detect_format
+from engine.errors import UserError
+from engine.spec import DataSpec
+
+QA = [(f"reverse {w}", w[::-1]) for w in ("abc", "dcba", "ef", "fedcb", "aab", "cafe", "bead", "fade", "dab", "ace")]
+CSV_QUOTED = [('say "hi", then stop', "hi, stop"), ("two\nlines", "ok")]  # quotes, commas, newlines
+PAIRS = QA + CSV_QUOTED
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test prepares into a cache folder of its own (never the person's ~/.cache)."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("ADAPTER_STUDIO_DATA_CACHE", str(folder))
+    return folder
+
+
+def tokenizer_of(model: Path) -> Any:
+    from engine.models import load_tokenizer, resolve_source
+
+    return load_tokenizer(resolve_source(str(model)))
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows as the file type the suffix names."""
+    suffix = path.suffix
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif suffix == ".json":
+        path.write_text(json.dumps({"train": rows}, indent=1), encoding="utf-8")
+    elif suffix in (".csv", ".tsv"):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="," if suffix == ".csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif suffix == ".saved":
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def alpaca_rows(pairs: list[tuple[str, str]] = PAIRS) -> list[dict[str, Any]]:
+    return [{"instruction": q, "input": "", "output": a} for q, a in pairs]
+
+
+SOURCES: dict[str, Callable[[Path], tuple[str | list[str], dict[str, Any]]]] = {
+    "alpaca jsonl": lambda d: (str(write_rows(d / "a.jsonl", alpaca_rows())), {}),
+    "alpaca json": lambda d: (str(write_rows(d / "a.json", alpaca_rows())), {}),
+    "alpaca csv": lambda d: (str(write_rows(d / "a.csv", alpaca_rows())), {}),
+    "alpaca tsv": lambda d: (str(write_rows(d / "a.tsv", alpaca_rows())), {}),
+    "alpaca parquet": lambda d: (str(write_rows(d / "a.parquet", alpaca_rows())), {}),
+    "save_to_disk folder": lambda d: (str(write_rows(d / "a.saved", alpaca_rows())), {}),
+    "messages": lambda d: (str(write_rows(d / "m.jsonl", [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS
+    ])), {}),
+    "sharegpt": lambda d: (str(write_rows(d / "s.jsonl", [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in PAIRS
+    ])), {}),
+    "mapped columns csv": lambda d: (str(write_rows(d / "qa.csv", [
+        {"id": i, "question": q, "reply": a} for i, (q, a) in enumerate(PAIRS)
+    ])), {"format": "alpaca", "columns": {"instruction": "question", "output": "reply"}}),
+    "two files": lambda d: ([str(write_rows(d / "x.jsonl", alpaca_rows(PAIRS[:5]))),
+                             str(write_rows(d / "y.csv", alpaca_rows(PAIRS[5:])))], {}),
+    "folder of files": lambda d: (str(_folder(d)), {}),
+}  # fmt: skip
+
+
+def _folder(d: Path) -> Path:
+    (d / "parts").mkdir()
+    write_rows(d / "parts" / "1.jsonl", alpaca_rows(PAIRS[:7]))
+    write_rows(d / "parts" / "2.parquet", alpaca_rows(PAIRS[7:]))
+    return d / "parts"
+
+
+def tokens_of(data: Any) -> list[tuple[list[int], list[int]]]:
+    return [(t.input_ids, t.labels) for t in data.train]
+
+
+@pytest.mark.parametrize("model_name", ["llama", "qwen2", "gpt2"])
+def test_every_file_type_and_shape_gives_the_same_tokens(tmp_path, tiny_models, model_name) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = tokenizer_of(tiny_models[model_name])
+    results = {}
+    for name, make in SOURCES.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        path, extra = make(folder)
+        data = prepare_data(DataSpec(path=path, eval_split=0, **extra), tokenizer, None, 128, 0)
+        assert data.rows == len(PAIRS), name
+        results[name] = tokens_of(data)
+    reference = results["alpaca jsonl"]
+    assert len(reference) == len(PAIRS)
+    for name, tokens in results.items():
+        assert tokens == reference, f"{name} differs from alpaca jsonl"
+
+
+@pytest.mark.parametrize(
+    ("model_name", "prompt", "end"),
+    [
+        ("llama", "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"),
+        ("qwen2", "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"),
+        ("gpt2", "### Instruction:\n{q}\n\n### Response:\n", "<|endoftext|>"),
+    ],
+)
+def test_loss_is_on_the_answer_and_end_of_turn_only(tmp_path, tiny_models, model_name, prompt, end) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = tokenizer_of(tiny_models[model_name])
+    path = write_rows(tmp_path / "a.jsonl", alpaca_rows())
+    data = prepare_data(DataSpec(path=str(path), eval_split=0), tokenizer, None, 128, 0)
+    for (q, a), t in zip(PAIRS, data.train, strict=True):
+        learned = [i for i, label in zip(t.input_ids, t.labels, strict=True) if label != IGNORE]
+        masked = [i for i, label in zip(t.input_ids, t.labels, strict=True) if label == IGNORE]
+        assert [label for label in t.labels if label != IGNORE] == learned  # labels are the ids themselves
+        assert tokenizer.decode(learned) == a + end
+        assert tokenizer.decode(masked) == prompt.format(q=q)
+        # The same ids as tokenising the whole text at once.
+        assert t.input_ids == tokenizer(prompt.format(q=q) + a + end, add_special_tokens=False)["input_ids"]
+
+
+def test_system_prompt_and_template_take_effect(tmp_path, tiny_llama, tiny_gpt2) -> None:  # type: ignore[no-untyped-def]
+    llama, gpt2 = tokenizer_of(tiny_llama), tokenizer_of(tiny_gpt2)
+    example = Example(row=1, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    text = ChatRenderer(llama, "Be brief.").render(example).text
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>")
+    own = Example(row=1, messages=[{"role": "system", "content": "Mine."}, *example.messages])
+    assert ChatRenderer(llama, "Be brief.").render(own).text.count("system") == 1  # the row's own one wins
+
+    template = "Q: {instruction} [{input}]\nA: "
+    path = write_rows(tmp_path / "a.jsonl", [{"instruction": "reverse ab", "input": "x\n\ny", "output": "ba"}] * 2)
+    for tokenizer in (llama, gpt2):  # a template replaces even a chat template
+        spec = DataSpec(path=str(path), template=template, system_prompt="S.", eval_split=0)
+        data = prepare_data(spec, tokenizer, None, 128, 0)
+        eos = tokenizer.eos_token
+        assert tokenizer.decode(data.train[0].input_ids) == f"S.\n\nQ: reverse ab [x\n\ny]\nA: ba{eos}"
+        pieces = render_tokens(spec, preview_data(spec).examples[0], "alpaca", tokenizer)
+        assert "".join(t for t, loss in pieces if loss) == f"ba{eos}"
+    with pytest.raises(UserError, match=r"data.template.*\{instruction\}"):
+        prepare_data(DataSpec(path=str(path), template="Q: {question}"), gpt2, None, 128, 0)
+
+
+def test_prompt_completion_text_and_classification(tmp_path, tiny_llama, tiny_bert_cls) -> None:  # type: ignore[no-untyped-def]
+    llama = tokenizer_of(tiny_llama)
+    pc = write_rows(tmp_path / "pc.jsonl", [{"prompt": f"{q} = ", "completion": a} for q, a in QA])
+    data = prepare_data(DataSpec(path=str(pc), eval_split=0), llama, None, 128, 0)
+    assert data.format == "prompt_completion"
+    for (q, a), t in zip(QA, data.train, strict=True):
+        loss = [label != IGNORE for label in t.labels]
+        assert llama.decode([i for i, learn in zip(t.input_ids, loss, strict=True) if learn]) == a + "<|im_end|>"
+        assert llama.decode([i for i, learn in zip(t.input_ids, loss, strict=True) if not learn]) == f"{q} = "
+    data = prepare_data(DataSpec(path=str(pc), eval_split=0.2), llama, None, 128, 0)
+    assert (len(data.train), len(data.eval)) == (8, 2)
+    assert {p for p, _ in data.eval_prompts} <= {f"{q} = " for q, _ in QA} and len(data.eval_prompts) == 2
+
+    docs = tmp_path / "book.txt"
+    docs.write_text("first document here.\n\nsecond one, a bit longer than the first.\n\nthird.\n")
+    data = prepare_data(DataSpec(path=str(docs), eval_split=0), llama, None, 16, 0)
+    stream = "first document here.<|im_end|>second one, a bit longer than the first.<|im_end|>third.<|im_end|>"
+    assert data.format == "text"
+    assert "".join(llama.decode(t.input_ids) for t in data.train) == stream
+    assert all(len(t.input_ids) <= 16 and t.labels == t.input_ids for t in data.train)
+
+    bert = tokenizer_of(tiny_bert_cls)
+    rows = [{"sentence1": f"s{i}", "sentence2": f"t{i}", "label": ["neg", "pos", "mid"][i % 3]} for i in range(9)]
+    data = prepare_data(DataSpec(path=str(write_rows(tmp_path / "c.csv", rows)), eval_split=0), bert, None, 32, 0)
+    assert data.format == "classification" and data.id2label == {0: "mid", 1: "neg", 2: "pos"}
+    assert [t.labels for t in data.train[:3]] == [[1], [2], [0]]
+    assert bert.decode(data.train[0].input_ids) == "[CLS]s0[SEP]t0[SEP]"  # the text pair is used
+    ids = [{"text": f"x{i}", "label": i % 2} for i in range(4)]
+    data = prepare_data(DataSpec(path=str(write_rows(tmp_path / "i.jsonl", ids)), eval_split=0), bert, None, 32, 0)
+    assert data.id2label == {0: "0", 1: "1"} and [t.labels[0] for t in data.train] == [0, 1, 0, 1]
+
+
+def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = tokenizer_of(tiny_llama)
+    many = [(f"reverse {i}", str(i)[::-1]) for i in range(40)]
+    path = write_rows(tmp_path / "a.jsonl", alpaca_rows(many))
+    data = prepare_data(DataSpec(path=str(path), eval_split=0.25), tokenizer, None, 128, 3)
+    assert (len(data.train), len(data.eval), len(data.eval_prompts)) == (30, 10, 10)
+    assert {t.row for t in data.train}.isdisjoint(t.row for t in data.eval)
+    again = prepare_data(DataSpec(path=str(path), eval_split=0.25), tokenizer, None, 128, 3)
+    assert [t.row for t in again.eval] == [t.row for t in data.eval]  # the seed fixes the split
+
+    held = write_rows(tmp_path / "held.csv", alpaca_rows(QA[:3]))
+    data = prepare_data(DataSpec(path=str(path), eval_path=str(held), eval_split=0.25), tokenizer, None, 128, 3)
+    assert (len(data.train), len(data.eval)) == (40, 3)
+    assert data.eval_prompts[0] == ("<|im_start|>user\nreverse abc<|im_end|>\n<|im_start|>assistant\n", "cba")
+
+
+def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import engine.data_prep as data_prep
+
+    tokenizer = tokenizer_of(tiny_llama)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+    )
+    assert not ChatRenderer(tokenizer).fast  # a filter on the content: every row goes through the template
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% set c = m['content'] %}<|im_start|>{{ m['role'] }}\n"
+        "{% if c.startswith('!') %}LOUD {% endif %}{{ c }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    assert not ChatRenderer(tokenizer).fast  # `set`, then a method: the same
+    # Were such a template missed, the sampled check against the template catches the difference on a
+    # checked row and the data is rendered again, row by row.
+    monkeypatch.setattr(data_prep, "_content_used_verbatim", lambda source: True)
+    assert ChatRenderer(tokenizer).fast
+    monkeypatch.setattr(data_prep, "_VERIFY_EVERY", 5)
+    answers = ["ab", "cd", "ef", "gh", "!shout", "ij"]
+    path = write_rows(tmp_path / "a.jsonl", alpaca_rows([(f"q{i}", a) for i, a in enumerate(answers)]))
+    data = prepare_data(DataSpec(path=str(path), eval_split=0), tokenizer, None, 128, 0)
+    for i, (a, t) in enumerate(zip(answers, data.train, strict=True)):
+        messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": a}]
+        assert tokenizer.decode(t.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "LOUD" in tokenizer.decode(data.train[4].input_ids)
+
+
+def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tiny_llama, make_spec) -> None:  # type: ignore[no-untyped-def]
+    from engine.events import read_events
+    from engine.train import run
+
+    many = [(f"reverse {w}", w[::-1]) for w in ("abc", "bca", "cab", "dd", "eef", "fa", "bead", "cafe")] * 5
+    rows = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in many]
+    train = write_rows(tmp_path / "chat.parquet", rows)
+    held = write_rows(tmp_path / "held.jsonl", rows[:4])
+    data = {"packing": True, "eval_path": str(held), "max_length": 200}
+    spec = make_spec(tiny_llama, train, data=data, max_steps=3, eval_samples=2)
+    packed = len(prepare_data(spec.data, tokenizer_of(tiny_llama), None, 200, 0).train)
+    assert packed < len(rows) // 2  # about three conversations per 200-token row
+    result = run(spec)
+    assert result.status == "completed", result.error
+    events = read_events(result.run_dir / "events.jsonl")
+    evals = [e for e in events if e.type == "eval"]
+    assert evals and evals[-1].exact_match is not None
+    log = " ".join(getattr(e, "message", "") for e in events)
+    assert f"{packed} training and 4 held-out examples (sharegpt format" in log
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        (["instruction", "input", "output"], "alpaca"),
+        (["question", "answer"], "alpaca"),
+        (["messages"], "messages"),
+        (["conversations", "id"], "sharegpt"),
+        (["prompt", "completion"], "prompt_completion"),
+        (["text"], "text"),
+        (["sentence", "label"], "classification"),
+        (["sentence1", "sentence2", "label"], "classification"),
+    ],
+)
+def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> None:
+    assert detect_format(columns) == expected
+
+
+def test_dropped_rows_are_reported_with_where_and_why(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    rows = alpaca_rows(QA[:4])
+    rows[1]["output"] = "   "
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    data = prepare_data(DataSpec(path=str(path), eval_split=0), tokenizer_of(tiny_llama), None, 128, 0)
+    assert len(data.train) == 3
+    assert data.dropped == [f"{path}:2: empty 'output' (nothing to learn)"]
+    assert preview_data(DataSpec(path=str(path))).dropped == data.dropped
+
+
+def test_cache_reopens_instantly_and_notices_changes(tmp_path, tiny_llama, tiny_qwen2, private_cache) -> None:  # type: ignore[no-untyped-def]
+    llama = tokenizer_of(tiny_llama)
+    path = write_rows(tmp_path / "a.jsonl", alpaca_rows())
+    spec = DataSpec(path=str(path), eval_split=0.2)
+    cold = prepare_data(spec, llama, None, 128, 0)
+    warm = prepare_data(spec, llama, None, 128, 0)
+    assert (cold.from_cache, warm.from_cache) == (False, True)
+    assert tokens_of(warm) == tokens_of(cold) and warm.eval_prompts == cold.eval_prompts
+    entry = next(private_cache.iterdir())
+    (entry / "train" / "lengths.npy").unlink()  # a damaged entry is prepared again
+    repaired = prepare_data(spec, llama, None, 128, 0)
+    assert not repaired.from_cache and tokens_of(repaired) == tokens_of(cold)
+    assert [p.name for p in private_cache.iterdir()] == [entry.name]
+    shorter = prepare_data(spec, llama, None, 30, 0)  # truncation is a view: nothing is tokenised again
+    assert shorter.from_cache and all(len(t.input_ids) <= 30 for t in shorter.train)
+    assert not prepare_data(spec, tokenizer_of(tiny_qwen2), None, 128, 0).from_cache  # another tokenizer
+    write_rows(path, alpaca_rows(PAIRS[:-1]))  # the file changed
+    changed = prepare_data(spec, llama, None, 128, 0)
+    assert not changed.from_cache and changed.rows == len(PAIRS) - 1
+    off = prepare_data(spec, llama, None, 128, 0, use_cache=False)
+    assert not off.from_cache and tokens_of(off) == tokens_of(changed)
+
+
+def test_big_files_stream_in_chunks_with_the_same_result(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import engine.data_prep as data_prep
+
+    tokenizer = tokenizer_of(tiny_llama)
+    many = [(f"reverse {i}", str(i)[::-1]) for i in range(5000)]  # more rows than one chunk (2048)
+    path = write_rows(tmp_path / "big.jsonl", alpaca_rows(many))
+    held = prepare_data(DataSpec(path=str(path)), tokenizer, None, 64, 0, use_cache=False)
+    monkeypatch.setattr(data_prep, "HOLD_BYTES", 0)  # read the file a second time instead of keeping it
+    seen: list[tuple[str, float]] = []
+    streamed = prepare_data(DataSpec(path=str(path)), tokenizer, None, 64, 0, use_cache=False,
+                            progress=lambda stage, f: seen.append((stage, f)))  # fmt: skip
+    assert tokens_of(streamed) == tokens_of(held) and len(held.train) == 4500
+    assert [t.input_ids for t in streamed.eval] == [t.input_ids for t in held.eval]
+    assert {s for s, _ in seen} == {"reading", "tokenising"} and max(f for _, f in seen) == 1.0
+
+
+def test_packing_fills_rows_up_to_max_length(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = tokenizer_of(tiny_llama)
+    path = write_rows(tmp_path / "a.jsonl", alpaca_rows([(f"reverse {i}", str(i)[::-1]) for i in range(60)]))
+    plain = prepare_data(DataSpec(path=str(path), eval_split=0), tokenizer, None, 200, 0)
+    packed = prepare_data(DataSpec(path=str(path), eval_split=0, packing=True), tokenizer, None, 200, 0)
+    assert packed.from_cache  # packing is a view too
+    lengths = [len(t.input_ids) for t in packed.train]
+    assert max(lengths) <= 200 and len(packed.train) == -(-sum(len(t.input_ids) for t in plain.train) // 200)
+    assert [i for t in packed.train for i in t.input_ids] == [i for t in plain.train for i in t.input_ids]
+    assert [x for t in packed.train for x in t.labels] == [x for t in plain.train for x in t.labels]
+
+
+def test_length_stats_counts_rows_tokens_truncation_and_padding(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = tokenizer_of(tiny_llama)
+    pairs = [("reverse " + "a" * n, "b" * n) for n in (1, 2, 3, 4, 20, 40)]
+    rows = [*alpaca_rows(pairs), {"instruction": "empty", "input": "", "output": ""}]
+    path = write_rows(tmp_path / "a.jsonl", rows)
+    overhead = len(tokenizer("<|im_start|>user\nreverse <|im_end|>\n<|im_start|>assistant\n<|im_end|>\n")["input_ids"])
+    expected = [overhead + 2 * n for n in (1, 2, 3, 4, 20, 40)]
+    assert overhead == 29 and expected == [31, 33, 35, 37, 69, 109]
+    stats = length_stats(DataSpec(path=str(path), eval_split=0, max_length=60), tokenizer, 2)
+    assert stats["lengths"] == expected and stats["max_length"] == 60
+    assert stats["truncated"] == 1  # the 69-token row; the 109-token one has no answer left within 60
+    assert (stats["rows"], stats["examples"], stats["train_examples"], stats["eval_examples"]) == (7, 6, 5, 0)
+    assert stats["dropped"] == [
+        f"{path}:7: empty 'output' (nothing to learn)",
+        f"{path}:6: longer than max_length 60 before its answer starts",
+    ]
+    assert stats["total_tokens"] == 31 + 33 + 35 + 37 + 60
+    # Batches of 2 sorted by length: (31, 33) (35, 37) (60) → 2*33 + 2*37 + 60 = 200 computed tokens;
+    # packed into 60-token rows: (31) (33) (35) (37) (60) would not fit pairs, so packing saves nothing here.
+    assert stats["padded_tokens"] == 200 and stats["padding_share_padded"] == pytest.approx(1 - 196 / 200)
+    stats = length_stats(DataSpec(path=str(path), eval_split=0, max_length=80), tokenizer, 2)
+    assert stats["truncated"] == 1 and stats["total_tokens"] == 31 + 33 + 35 + 37 + 69 + 80
+    assert stats["packed_tokens"] < stats["padded_tokens"]  # (31 33) (35 37) fit in 80
+    assert 0 <= stats["padding_share_packed"] < stats["padding_share_padded"] < 1
+
+
+# --- bad input: the engine, the command line, and (tests/test_data_page.py) the window ------------
+
+
+@dataclass
+class BadInput:
+    """A broken data set: the files to write, the data settings, and words the error must contain."""
+
+    files: dict[str, bytes]
+    expected: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
+    classification: bool = False
+
+    def write(self, folder: Path) -> dict[str, Any]:
+        """Write the files; the data section of a spec (paths made absolute)."""
+        for name, content in self.files.items():
+            (folder / name).write_bytes(content)
+        data = {"path": str(folder / next(iter(self.files))), "max_length": 64, **self.data}
+        if "eval_path" in data:
+            data["eval_path"] = str(folder / data["eval_path"])
+        return data
+
+    def words(self, folder: Path) -> list[str]:
+        return [w.format(dir=folder) for w in self.expected]
+
+
+LONG = "".join(json.dumps({"instruction": "please " * 20 + str(i), "output": "ok"}) + "\n" for i in range(3))
+BAD_INPUTS = {
+    "empty file": BadInput({"empty.jsonl": b""}, ["{dir}/empty.jsonl", "the file is empty", "add rows"]),
+    "not utf-8": BadInput(
+        {"latin.csv": "instruction,output\nabc,ok\ncafé,oui\n".encode("latin-1")},
+        ["{dir}/latin.csv:3", "not UTF-8", "save the file as UTF-8"],
+    ),
+    "malformed jsonl line": BadInput(
+        {"bad.jsonl": b'{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n{oops\n'},
+        ["{dir}/bad.jsonl:4", "line 4 is not valid JSON", "fix or remove that line"],
+    ),
+    "csv broken quote": BadInput(
+        {"quote.csv": b'instruction,output\nhello,world\n"unclosed,answer\nmore,rows\n'},
+        ["{dir}/quote.csv:3", "quoted field that starts on line 3 is never closed", "close the quote"],
+    ),
+    "required column missing": BadInput(
+        {"cols.jsonl": b'{"question": "a", "reply": "b"}\n'},
+        ["{dir}/cols.jsonl", "needs a 'output' column", "columns found are question, reply", "data.columns"],
+        {"format": "alpaca", "columns": {"instruction": "question"}},
+    ),
+    "wrong type in a field": BadInput(
+        {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},
+        ["{dir}/types.jsonl:2", "field 'output' is a list, expected text", "make 'output' a string"],
+    ),
+    "every output empty": BadInput(
+        {"blank.csv": b"instruction,output\na,\nb,  \n"},
+        ["{dir}/blank.csv", "all 2 rows were dropped", "blank.csv:2: empty 'output'", "fill in the empty fields"],
+    ),
+    "label not in the label set": BadInput(
+        {
+            "train.csv": b"text,label\ngood,positive\nbad,negative\nnice,positive\n",
+            "eval.csv": b"text,label\nfine,positive\nmeh,neutral\n",
+        },
+        ["{dir}/eval.csv:3", "label 'neutral' is not one of the training labels (negative, positive)", "fix the label"],
+        {"eval_path": "eval.csv"},
+        classification=True,
+    ),
+    "every row longer than max length": BadInput(
+        {"long.jsonl": LONG.encode()},
+        ["{dir}/long.jsonl", "every row is longer than max_length 16", "raise data.max_length to at least"],
+        {"max_length": 16},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_a_clear_user_error(case: str, tmp_path: Path, tiny_llama: Path, tiny_bert_cls: Path) -> None:
+    bad = BAD_INPUTS[case]
+    spec = DataSpec(**bad.write(tmp_path))
+    tokenizer = tokenizer_of(tiny_bert_cls if bad.classification else tiny_llama)
+    with pytest.raises(UserError) as caught:
+        prepare_data(spec, tokenizer, None, spec.max_length or 64, 0)
+    for word in bad.words(tmp_path):
+        assert word in caught.value.message, caught.value.message
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_bert_cls: Path) -> dict[str, Any]:
+    """`adapter-studio train spec.yaml` on every bad input, all started at once."""
+    import yaml
+
+    started = {}
+    for case, bad in BAD_INPUTS.items():
+        folder = tmp_path_factory.mktemp("cli")
+        spec = {
+            "model": {"source": str(tiny_bert_cls if bad.classification else tiny_llama)},
+            "data": bad.write(folder),
+            "training": {"max_steps": 1, "batch_size": 2, "eval_samples": 0, "precision": "float32"},
+            "output_dir": str(folder / "runs"),
+        }
+        (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+        env = {**os.environ, "ADAPTER_STUDIO_DATA_CACHE": str(folder / "cache")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "train", str(folder / "spec.yaml")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        started[case] = (folder, process)
+    results = {}
+    for case, (folder, process) in started.items():
+        out, err = process.communicate(timeout=300)
+        results[case] = (folder, process.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_through_the_command_line(case: str, cli_runs: dict[str, Any]) -> None:
+    folder, _, out, err = cli_runs[case]
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors, err
+    for word in BAD_INPUTS[case].words(folder):
+        assert word in errors[-1], errors[-1]
+
+
+def test_command_line_exit_code_is_not_zero(cli_runs: dict[str, Any]) -> None:
+    codes = {case: subprocess_code for case, (_, subprocess_code, _, _) in cli_runs.items()}
+    assert all(code not in (0, None) for code in codes.values()), codes

@@ -1,0 +1,134 @@
+"""The Data page, offscreen: token-length histogram, max length and packing, and every bad input as a
+dialog (never a traceback) after which the window still works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import QThreadPool
+from PySide6.QtWidgets import QApplication, QMessageBox
+from test_data import BAD_INPUTS, alpaca_rows, write_rows
+
+from engine.data_preview import length_stats
+from engine.spec import DataSpec
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from gui.main_window import MainWindow
+    from gui.state import StudioState
+
+    monkeypatch.setenv("ADAPTER_STUDIO_DATA_CACHE", str(tmp_path / "cache"))
+    w = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
+    w.show()
+    w.go_to("data")
+    yield w
+    # Not qtbot.addWidget: it deletes the window before this runs. No thread outlives the window:
+    # let every page's background work (the cost table chains debounced requests) end and deliver.
+    qtbot.waitUntil(lambda: not w.pages["data"].busy and not w.pages["data"].stats_busy, timeout=60_000)
+    pool = QThreadPool.globalInstance()
+    for _ in range(30):
+        qtbot.wait(300)
+        if pool.activeThreadCount() == 0:
+            break
+        pool.waitForDone(60_000)
+    for dialog in error_dialogs():
+        dialog.close()
+    w.close()
+    w.deleteLater()
+    qtbot.wait(10)
+
+
+def error_dialogs() -> list[QMessageBox]:
+    return [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+
+
+def choose_model(window: Any, qtbot: Any, model: Path) -> Any:
+    window.pages["model"].choose(str(model))
+    page = window.pages["data"]
+    qtbot.waitUntil(lambda: page._stats_tokenizer is not None, timeout=60_000)
+    return page
+
+
+def open_data(page: Any, qtbot: Any, path: Path | str) -> None:
+    page.path.setText(str(path))
+    page.reload(keep_mapping=False)
+
+
+def wait_for_stats(page: Any, qtbot: Any) -> dict[str, Any]:
+    qtbot.waitUntil(lambda: page.stats is not None and not page.stats_busy, timeout=60_000)
+    return page.stats
+
+
+def test_histogram_max_length_line_counts_and_packing(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    page = choose_model(window, qtbot, tiny_llama)
+    page.eval_split.setValue(0.0)
+    page.max_length.setValue(60)
+    pairs = [("reverse " + "a" * n, "b" * n) for n in (1, 2, 3, 4, 20, 40)]
+    path = write_rows(tmp_path / "a.jsonl", [*alpaca_rows(pairs), {"instruction": "x", "output": ""}])
+    open_data(page, qtbot, path)
+    stats = wait_for_stats(page, qtbot)
+    assert "<b>7</b> rows" in page.summary.text() and "<b>1</b> of 7 dropped" in page.summary.text()
+    assert stats["lengths"] == [31, 33, 35, 37, 69, 109]  # as the engine counts them (tests/test_data.py)
+    assert sum(page.histogram_bars.opts["height"]) == 6
+    assert page.max_length_line.value() == 60
+    text = page.length_stats.text()
+    assert "<b>1</b> rows are longer than max length 60" in text
+    assert "<b>2</b> rows dropped" in text and "longer than max_length 60 before its answer" in text
+    assert "<b>7</b> rows read · <b>5</b> train · <b>0</b> held out" in text
+    assert f"<b>{31 + 33 + 35 + 37 + 60}</b> tokens per epoch" in text
+    assert "packing is off" in text
+
+    page.max_length.setValue(80)  # a new count, from the cache: the line moves, nothing is dropped for length
+    qtbot.waitUntil(lambda: page.stats is not None and page.stats["max_length"] == 80, timeout=60_000)
+    assert page.max_length_line.value() == 80 and page.stats["from_cache"]
+    assert page.stats["truncated"] == 1 and len(page.stats["dropped"]) == 1
+    spec = DataSpec(path=str(path), eval_split=0, max_length=80)
+    assert page.stats["packed_tokens"] == length_stats(spec, page.tokenizer, 4)["packed_tokens"]
+    page.packing.setChecked(True)
+    qtbot.waitUntil(lambda: "packing is on" in page.length_stats.text(), timeout=60_000)
+    assert window.state.data.packing and window.state.data.max_length == 80
+    share = f"{page.stats['padding_share_padded']:.0%} of computed tokens with batch padding"
+    assert share in page.length_stats.text()
+    assert not error_dialogs()
+
+
+WINDOW_WORDS = {  # the page maps no columns by itself, so the first missing role is the instruction
+    "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply", "data.columns"],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_path, case, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    bad = BAD_INPUTS[case]
+    data = bad.write(tmp_path)
+    page = window.pages["data"]
+    if case == "every row longer than max length":  # found when tokenising: the page needs the tokenizer
+        choose_model(window, qtbot, tiny_llama)
+        page.max_length.setValue(data["max_length"])
+    page.eval_path.setText(data.get("eval_path", ""))
+    page.format.setCurrentText(data.get("format", "(detect)"))
+    open_data(page, qtbot, data["path"])
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
+    texts = " ".join(d.text() + (d.detailedText() or "") for d in error_dialogs())
+    for word in WINDOW_WORDS.get(case, bad.expected):
+        assert word.format(dir=tmp_path) in texts, texts
+    assert "Traceback" not in texts
+    for dialog in error_dialogs():
+        dialog.close()
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(5)))
+    page.eval_path.setText("")
+    page.format.setCurrentText("(detect)")
+    page.max_length.setValue(0)
+    open_data(page, qtbot, good)
+    qtbot.waitUntil(lambda: page.preview is not None and page.preview.total_rows == 5, timeout=60_000)
+    assert page.preview.format == "alpaca" and page.table.rowCount() == 5
+    assert window.state.data.path == str(good)
+    assert not error_dialogs()
