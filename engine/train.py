@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import checkpoints as ckpt
-from engine.data_prep import collate, epoch_batches, load_examples, prepare_data
+from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
 from engine.devices import describe_device, memory_stats, pick_device, pick_precision
 from engine.errors import UserError
 from engine.evaluation import evaluate
-from engine.fast_loss import causal_lm_parts, labelled_loss
 from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
+from engine.fast_loss import causal_lm_parts, labelled_loss
 from engine.runs import RunLock, new_run_dir
 from engine.spec import RunSpec, load_spec_file
 
@@ -45,7 +45,8 @@ class NonFiniteLoss(Exception):
 def _task_for(spec: RunSpec) -> str:
     if spec.model.task != "auto":
         return spec.model.task
-    fmt, _, _, _ = load_examples(spec.data, spec.data.path)
+    # The shape is known from the first chunk: no need to read a large file whole for it.
+    fmt = spec.data.format or next(iter(example_chunks(spec.data, spec.data.path))).format
     return "classification" if fmt == "classification" else "causal_lm"
 
 
