@@ -1,0 +1,69 @@
+"""Exports are all or nothing: a failure while writing leaves no folder behind and says why."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.export import export_run
+from engine.train import run
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llama, alpaca_jsonl, make_spec) -> Path:  # type: ignore[no-untyped-def]
+    result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=3, save_every=3))
+    assert result.status == "completed"
+    return result.run_dir
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+        (OSError(errno.ENOSPC, "No space left on device"), "disk is full"),
+        (OSError(errno.EROFS, "Read-only file system"), "permission denied"),
+    ],
+    ids=["read-only folder", "disk full", "read-only file system"],
+)
+@pytest.mark.parametrize("kind", ["adapter", "merged"])
+def test_a_failed_write_leaves_nothing_and_says_why(trained_run, tmp_path, monkeypatch, kind, error, words):  # type: ignore[no-untyped-def]
+    import engine.export as export
+
+    def fail_midway(*args, **kwargs):  # type: ignore[no-untyped-def]
+        (args[-1] if isinstance(args[-1], Path) else Path(str(args[-1]))).joinpath("half-written").write_text("x")
+        raise error
+
+    target = "_write_adapter" if kind == "adapter" else "model_card"
+    if kind == "adapter":
+        monkeypatch.setattr(export, target, lambda trained, folder: fail_midway(folder))
+    else:
+        monkeypatch.setattr(export, target, lambda trained, kind, run_dir: (_ for _ in ()).throw(error))
+    out = tmp_path / "target" / "export"
+    with pytest.raises(UserError, match=words):
+        export_run(trained_run, kind, out)
+    assert not out.exists()
+    assert [p.name for p in (tmp_path / "target").iterdir()] == []  # no partial folder beside it either
+
+
+def test_an_existing_target_is_never_overwritten(trained_run, tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists"):
+        export_run(trained_run, "adapter", out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-untyped-def]
+    import yaml
+
+    result = export_run(trained_run, "adapter", tmp_path / "card")
+    text = (result.path / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    studio = meta["adapter_studio"]
+    assert meta["base_model"] and studio["method"]["name"] == "lora" and studio["trainable_params"] > 0
+    assert studio["final_train_loss"] is not None and "peft" in studio["versions"]
+    assert result.verified_max_diff is not None and result.verified_max_diff < 1e-4
