@@ -106,14 +106,21 @@ def _print_event(event: Any, quiet: bool) -> None:
     if quiet and not isinstance(event, Finished):
         return
     if isinstance(event, Started):
-        print(f"run {event.run_dir}: {event.method} on {event.model}, {event.trainable_params:,} trainable "
-              f"of {event.total_params:,}, {event.total_steps} steps, {event.device}, {event.precision}")
+        print(
+            f"run {event.run_dir}: {event.method} on {event.model}, {event.trainable_params:,} trainable "
+            f"of {event.total_params:,}, {event.total_steps} steps, {event.device}, {event.precision}"
+        )
     elif isinstance(event, Metrics):
-        print(f"step {event.step} loss {event.loss:.4f} lr {event.lr:.2e} grad {event.grad_norm:.3f} "
-              f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB")
+        print(
+            f"step {event.step} loss {event.loss:.4f} lr {event.lr:.2e} grad {event.grad_norm:.3f} "
+            f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB"
+        )
     elif isinstance(event, Eval):
-        extra = "".join(f" {k} {v:.3f}" for k, v in (("accuracy", event.accuracy), ("exact_match", event.exact_match))
-                        if v is not None)
+        extra = "".join(
+            f" {k} {v:.3f}"
+            for k, v in (("accuracy", event.accuracy), ("exact_match", event.exact_match))
+            if v is not None
+        )
         print(f"eval step {event.step} eval_loss {event.eval_loss:.4f}{extra}")
     elif isinstance(event, Checkpoint):
         print(f"checkpoint {event.path}")
@@ -165,7 +172,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         _print_event(event, False)
 
     result = export_run(Path(args.run_dir), "merged" if args.merged else "adapter", Path(args.out), emit=show)
-    diff = f", verified (max logit difference {result.verified_max_diff:.2e})" if result.verified_max_diff is not None else ""
+    diff = (
+        f", verified (max logit difference {result.verified_max_diff:.2e})"
+        if result.verified_max_diff is not None
+        else ""
+    )
     print(f"exported {result.kind} to {result.path} ({result.bytes / 2**20:.1f} MiB){diff}")
     return 0
 

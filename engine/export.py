@@ -96,7 +96,9 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
 def _check_writable(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True) if not folder.exists() else None
     if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to")
+        raise UserError(
+            f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to"
+        )
 
 
 def _os_reason(error: OSError, out: Path) -> str:
@@ -205,14 +207,17 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
             },
         },
     }
-    how = (
-        "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
-        "base = AutoModelForCausalLM.from_pretrained(<base model>)\nmodel = PeftModel.from_pretrained(base, <this folder>)\n```"
-        if kind == "adapter" and spec.method.adapter_format == "peft"
-        else "```python\nfrom engine.export import load_adapter\nmodel = load_adapter(base_model, <this folder>)\n```"
-        if kind == "adapter"
-        else "```python\nfrom transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(<this folder>)\n```"
-    )
+    if kind == "merged":
+        how = "from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained(<this folder>)"
+    elif spec.method.adapter_format == "peft":
+        how = (
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+            "base = AutoModelForCausalLM.from_pretrained(<base model>)\n"
+            "model = PeftModel.from_pretrained(base, <this folder>)"
+        )
+    else:
+        how = "from engine.export import load_adapter\nmodel = load_adapter(base_model, <this folder>)"
+    how = f"```python\n{how}\n```"
     return (
         f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n"
         f"# {spec.method.title} fine-tune of {spec.model.source}\n\n"

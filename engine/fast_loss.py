@@ -37,7 +37,7 @@ def causal_lm_parts(model: torch.nn.Module) -> tuple[Any, Any] | None:
 
 def labelled_loss(parts: tuple[Any, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled positions, projecting only those positions."""
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     decoder, head = parts
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

@@ -20,13 +20,24 @@ from engine.spec import RunSpec
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
-def launch_command(spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp") -> tuple[list[str], dict[str, str]]:
+def launch_command(
+    spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp"
+) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` command line and environment for an N-process run."""
     import torch
 
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(devices),
-           "--num_machines", "1", "--main_process_port", str(_free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(devices),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     if strategy == "fsdp":
         cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD"]
     elif strategy == "deepspeed":
@@ -67,8 +78,9 @@ def start_multi(spec: RunSpec, devices: int, strategy: str = "ddp") -> tuple[sub
     run_dir, spec_file = prepare_multi_run(spec)
     cmd, env = launch_command(spec_file, run_dir, devices, strategy)
     # Its own process group, so one signal reaches the launcher and every worker.
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     return proc, run_dir
 
 

@@ -59,7 +59,11 @@ def _embedded_path(name: str) -> ModelSource:
 
 
 def shipped_config_names() -> list[str]:
-    return sorted(p.name for p in MODEL_CONFIGS.iterdir() if (p / "config.json").exists()) if MODEL_CONFIGS.exists() else []
+    return (
+        sorted(p.name for p in MODEL_CONFIGS.iterdir() if (p / "config.json").exists())
+        if MODEL_CONFIGS.exists()
+        else []
+    )
 
 
 def resolve_source(source: str) -> ModelSource:
@@ -136,9 +140,7 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
             return config
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(
-            f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})"
-        ) from None
+        raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})") from None
 
 
 def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False) -> Any:
@@ -158,7 +160,11 @@ def default_task(config: Any) -> str:
     decoder = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or getattr(config, "is_decoder", False)
     if decoder:
         return "causal_lm"
-    return "classification" if config.model_type in ("bert", "roberta", "distilbert", "deberta-v2", "electra") else "causal_lm"
+    return (
+        "classification"
+        if config.model_type in ("bert", "roberta", "distilbert", "deberta-v2", "electra")
+        else "causal_lm"
+    )
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,9 @@ def _quantization_config(kind: str) -> Any:
         ) from None
     if kind == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
         )
     return BitsAndBytesConfig(load_in_8bit=True)

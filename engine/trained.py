@@ -69,7 +69,9 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise UserError(
-            "this run has no checkpoint yet", where=str(run_dir), fix="train it (or resume it) until a checkpoint is saved"
+            "this run has no checkpoint yet",
+            where=str(run_dir),
+            fix="train it (or resume it) until a checkpoint is saved",
         )
     model, tokenizer, task = load_base(spec)
     info = describe_model(model)

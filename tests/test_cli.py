@@ -33,7 +33,10 @@ def test_version_and_help_do_not_import_torch() -> None:
     code = "import sys; from engine.cli import main; main(['--version'])"
     out = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, env=ENV)
     assert "adapter-studio" in out.stdout
-    probe = "import sys\nfrom engine import cli\ntry:\n cli.main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    probe = (
+        "import sys\nfrom engine import cli\ntry:\n cli.main(['--help'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
     assert out.stdout.strip().endswith("False")
 
@@ -111,15 +114,21 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(tmp_path, tiny_llama,
         runs = tmp_path / f"runs-{sig.name}"
         spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, runs, max_steps=100000, save_every=100000)
         # start_new_session: like a background job of a script, which ignores SIGINT by default.
-        proc = subprocess.Popen([*CLI, "train", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=ENV, start_new_session=True)
+        proc = subprocess.Popen(
+            [*CLI, "train", str(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            start_new_session=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             line = proc.stdout.readline()  # type: ignore[union-attr]
             if line.startswith("step 3 "):
                 break
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130, err
         run_dir = next(runs.iterdir())
         assert list((run_dir / "checkpoints").glob("step-*"))
@@ -133,15 +142,37 @@ def test_methods_json_lists_the_whole_library() -> None:
     out = cli("methods", "--json")
     rows = json.loads(out.stdout)
     names = {r["name"] for r in rows}
-    assert {"lora", "dora", "rslora", "loraplus", "adalora", "adapter_h", "adapter_p", "parallel_adapter",
-            "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "llama_adapter", "ia3", "bitfit",
-            "last_layers", "full", "loha", "lokr", "vera", "oft", "mam"} <= names
+    assert {
+        "lora",
+        "dora",
+        "rslora",
+        "loraplus",
+        "adalora",
+        "adapter_h",
+        "adapter_p",
+        "parallel_adapter",
+        "prompt_tuning",
+        "p_tuning",
+        "prefix_tuning",
+        "p_tuning_v2",
+        "llama_adapter",
+        "ia3",
+        "bitfit",
+        "last_layers",
+        "full",
+        "loha",
+        "lokr",
+        "vera",
+        "oft",
+        "mam",
+    } <= names
     assert all({"name", "family", "mergeable", "description"} <= set(r) for r in rows)
 
 
 def test_self_test_prints_seconds_to_first_paint() -> None:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "--self-test"], capture_output=True, text=True,
-                         env=ENV, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--self-test"], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     seconds = float(out.stdout.strip().splitlines()[-1])
     assert 0 < seconds < 60
@@ -150,8 +181,19 @@ def test_self_test_prints_seconds_to_first_paint() -> None:
 @pytest.mark.slow
 def test_real_smollm2_trains_end_to_end_through_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     demo = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
-    out = cli("train", str(demo), "--set", "training.max_steps=3", "--set", f"output_dir={tmp_path}",
-              "--set", "training.eval_samples=2", "--set", "training.save_every=3", timeout=900)
+    out = cli(
+        "train",
+        str(demo),
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        "training.eval_samples=2",
+        "--set",
+        "training.save_every=3",
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr
     assert "SmolLM2" in out.stdout or "smollm2" in out.stdout
     assert "finished completed at step 3" in out.stdout

@@ -148,7 +148,7 @@ def load_selective_adapter(base: torch.nn.Module, folder: Any) -> torch.nn.Modul
     from safetensors.torch import load_file
 
     tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-    missing, unexpected = base.load_state_dict(tensors, strict=False)
+    _missing, unexpected = base.load_state_dict(tensors, strict=False)
     if unexpected:
         raise UserError(f"the adapter has tensors this model lacks: {unexpected[:3]}", where=str(folder))
     return base

@@ -43,7 +43,10 @@ class ModelPage(Page):
             row.addWidget(button)
         self.layout_.addLayout(row)
         quick = QHBoxLayout()
-        for label, source in (("Embedded SmolLM2-135M-Instruct", EMBEDDED_SMOLLM2), ("Embedded MiniLM (classifier)", EMBEDDED_MINILM)):
+        for label, source in (
+            ("Embedded SmolLM2-135M-Instruct", EMBEDDED_SMOLLM2),
+            ("Embedded MiniLM (classifier)", EMBEDDED_MINILM),
+        ):
             button = QPushButton(label)
             button.clicked.connect(lambda _=False, s=source: self.choose(s))
             quick.addWidget(button)

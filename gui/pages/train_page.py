@@ -72,7 +72,9 @@ class TrainPage(Page):
         self.layout_.addWidget(self.progress)
         grid = QGridLayout()
         self.stats: dict[str, QLabel] = {}
-        for i, key in enumerate(("epoch", "elapsed", "ETA", "tokens seen", "tokens/s", "memory", "device", "trainable")):
+        for i, key in enumerate(
+            ("epoch", "elapsed", "ETA", "tokens seen", "tokens/s", "memory", "device", "trainable")
+        ):
             label = QLabel("—")
             label.setObjectName(f"stat_{key.replace(' ', '_').replace('/', '_per_')}")
             grid.addWidget(QLabel(f"<span style='color:gray'>{key}</span>"), 0 + 2 * (i // 4), i % 4)
@@ -112,8 +114,12 @@ class TrainPage(Page):
         self.grad_plot = LivePlot("Gradient norm", "norm")
         self.speed_plot = LivePlot("Throughput", "tokens/s")
         self.quality_plot = LivePlot("Held-out quality", "share")
-        for plot, name in ((self.lr_plot, "Learning rate"), (self.grad_plot, "Gradient norm"),
-                           (self.speed_plot, "Tokens/s"), (self.quality_plot, "Accuracy / exact match")):
+        for plot, name in (
+            (self.lr_plot, "Learning rate"),
+            (self.grad_plot, "Gradient norm"),
+            (self.speed_plot, "Tokens/s"),
+            (self.quality_plot, "Accuracy / exact match"),
+        ):
             self.more.addTab(plot, name)
         plots.addWidget(self.more)
         split.addWidget(plots)
@@ -136,8 +142,14 @@ class TrainPage(Page):
 
     @property
     def plots(self) -> dict[str, LivePlot]:
-        return {"loss": self.loss_plot, "memory": self.memory_plot, "learning_rate": self.lr_plot,
-                "grad_norm": self.grad_plot, "tokens_per_s": self.speed_plot, "quality": self.quality_plot}
+        return {
+            "loss": self.loss_plot,
+            "memory": self.memory_plot,
+            "learning_rate": self.lr_plot,
+            "grad_norm": self.grad_plot,
+            "tokens_per_s": self.speed_plot,
+            "quality": self.quality_plot,
+        }
 
     # --- actions --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -289,8 +301,9 @@ class TrainPage(Page):
             if value is not None:
                 self.quality_plot.ensure(name, symbol="o")
                 self.quality_plot.add(name, x, value)
-        extra = "".join(f", {k} {v:.1%}" for k, v in (("accuracy", e.accuracy), ("exact match", e.exact_match))
-                        if v is not None)
+        extra = "".join(
+            f", {k} {v:.1%}" for k, v in (("accuracy", e.accuracy), ("exact match", e.exact_match)) if v is not None
+        )
         self.log.appendPlainText(f"eval at step {e.step}: loss {e.eval_loss:.4f}{extra}")
 
     def _update_stats(self, m: Metrics) -> None:
