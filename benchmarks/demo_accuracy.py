@@ -11,6 +11,10 @@ demo data set itself, independently of the product's training engine:
 4. score the tuned model the same way and print both scores, time and throughput.
 
 Usage: ``python benchmarks/demo_accuracy.py [--max-steps 150] [--batch-size 8] ...``
+
+``OMP_WAIT_POLICY`` defaults to PASSIVE here: on a 2-core machine shared with other
+processes, OpenMP's default spin-waiting made a 2-thread step ~7x slower (18 s against
+2.4 s at a load average of 4). Set ``OMP_WAIT_POLICY=ACTIVE`` to compare.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
 from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +84,7 @@ def read_jsonl(path: Path) -> list[dict[str, str]]:
 def prompt_ids(tok: Any, row: dict[str, str]) -> list[int]:
     """Token ids of the chat-templated user turn plus the assistant generation prompt."""
     content = row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "")
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -183,7 +188,8 @@ def main() -> None:
     t0 = time.perf_counter()
     tok, model = load_model(gguf)
     print(f"loaded {gguf.name} in {time.perf_counter() - t0:.1f}s; {len(train_rows)} train, "
-          f"{len(eval_rows)} eval; bf16={bf16}; threads={torch.get_num_threads()}")  # fmt: skip
+          f"{len(eval_rows)} eval; bf16={bf16}; threads={torch.get_num_threads()}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
 
     def report(name: str, acc: float, answers: list[str], seconds: float) -> None:
         print(f"{name} exact match: {acc:.1%} ({round(acc * len(eval_rows))}/{len(eval_rows)}) "
@@ -194,9 +200,7 @@ def main() -> None:
     base_acc = float("nan")
     if not args.skip_base:
         t0 = time.perf_counter()
-        base_acc, answers = exact_match(
-            model, tok, eval_rows, args.eval_batch_size, args.max_new_tokens, bf16
-        )
+        base_acc, answers = exact_match(model, tok, eval_rows, args.eval_batch_size, args.max_new_tokens, bf16)
         report("base", base_acc, answers, time.perf_counter() - t0)
 
     config = LoraConfig(
@@ -244,9 +248,7 @@ def main() -> None:
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
     t0 = time.perf_counter()
-    tuned_acc, answers = exact_match(
-        peft_model, tok, eval_rows, args.eval_batch_size, args.max_new_tokens, bf16
-    )
+    tuned_acc, answers = exact_match(peft_model, tok, eval_rows, args.eval_batch_size, args.max_new_tokens, bf16)
     report("tuned", tuned_acc, answers, time.perf_counter() - t0)
 
     epochs = args.max_steps * args.batch_size / len(data)
