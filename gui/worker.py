@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QTimer, Signal
 from superqt.utils import create_worker
 
@@ -154,6 +155,19 @@ def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _while_alive(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Drop a result whose receiving widget was closed while the work ran."""
+    owner = getattr(handler, "__self__", None)
+    if not isinstance(owner, QObject):
+        return handler
+
+    def call(value: Any) -> None:
+        if shiboken6.isValid(owner):
+            handler(value)
+
+    return call
+
+
 def run_in_background(
     func: Callable[..., Any],
     *args: Any,
@@ -165,7 +179,7 @@ def run_in_background(
     worker = create_worker(
         _with_imports(func),
         *args,
-        _connect={"returned": on_result, "errored": on_error},
+        _connect={"returned": _while_alive(on_result), "errored": _while_alive(on_error)},
         _start_thread=False,
         **kwargs,
     )

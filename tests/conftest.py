@@ -243,3 +243,19 @@ def make_spec(tmp_path_factory: pytest.TempPathFactory) -> SpecFactory:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_llama: Path, tiny_gpt2: Path, tiny_qwen2: Path, tiny_bert_cls: Path) -> dict[str, Path]:
     return {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2, "bert": tiny_bert_cls}
+
+
+@pytest.fixture
+def window(qtbot: Any, tmp_path: Path) -> Any:
+    """The real main window (offscreen) with its runs folder in a temporary directory; a run still
+    going at the end of the test is stopped and waited for, so no thread outlives it."""
+    from gui.main_window import MainWindow
+    from gui.state import StudioState
+
+    window = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
+    qtbot.addWidget(window)
+    window.show()
+    yield window
+    if window.train_page.controller.running:
+        window.train_page.controller.stop()
+        qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=60_000)

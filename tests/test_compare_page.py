@@ -12,17 +12,6 @@ from engine.methods import METHODS
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):  # type: ignore[no-untyped-def]
-    from gui.main_window import MainWindow
-    from gui.state import StudioState
-
-    w = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
-    qtbot.addWidget(w)
-    w.show()
-    return w
-
-
 def lora_row(page):  # type: ignore[no-untyped-def]
     return next(r for r in page.rows if r["method"] == "lora")
 

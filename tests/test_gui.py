@@ -14,20 +14,6 @@ from engine.spec import TrainingSpec
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):  # type: ignore[no-untyped-def]
-    from gui.main_window import MainWindow
-    from gui.state import StudioState
-
-    w = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    if w.train_page.controller.running:
-        w.train_page.controller.stop()
-        qtbot.waitUntil(lambda: not w.train_page.controller.running, timeout=60_000)
-
-
 def error_dialogs() -> list[QMessageBox]:
     return [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
 

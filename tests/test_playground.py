@@ -25,19 +25,8 @@ def train_run(make_spec: Any, model: Path, data: Path, method: str | dict[str, A
     return result.run_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    """Two intra-op threads on a busy 2-core machine spin against each other (30 steps: 15 s vs 0.7 s)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def runs(one_torch_thread: None, tiny_llama: Path, tiny_bert_cls: Path, alpaca_jsonl: Path, classification_csv: Path,
+def runs(tiny_llama: Path, tiny_bert_cls: Path, alpaca_jsonl: Path, classification_csv: Path,
          make_spec: Any) -> dict[str, Path]:  # fmt: skip
     """One short run per way the base answers are obtained (adapter switched off, or a second copy)."""
     return {

@@ -23,19 +23,8 @@ pytestmark = pytest.mark.gui
 LOAD_MS = 30_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    """Two intra-op threads on a busy 2-core machine spin against each other: one is many times faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def lora_run(one_torch_thread: None, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> Path:
+def lora_run(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> Path:
     """A short LoRA run: 10 steps move the tiny model enough that its greedy answers change."""
     result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", learning_rate=1e-2, max_steps=10, eval_samples=0))
     assert result.status == "completed", result.error
@@ -43,7 +32,7 @@ def lora_run(one_torch_thread: None, tiny_llama: Path, alpaca_jsonl: Path, make_
 
 
 @pytest.fixture(scope="module")
-def classifier_run(one_torch_thread: None, tiny_bert_cls: Path, classification_csv: Path, make_spec: Any) -> Path:
+def classifier_run(tiny_bert_cls: Path, classification_csv: Path, make_spec: Any) -> Path:
     result = run(make_spec(tiny_bert_cls, classification_csv, "lora", learning_rate=1e-2, max_steps=5,
                            eval_samples=0))  # fmt: skip
     assert result.status == "completed", result.error

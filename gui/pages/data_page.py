@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+import shiboken6
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -268,6 +269,8 @@ class DataPage(Page):
         self._pending.add(token)
 
         def finish(handler: Callable[[Any], None], value: Any) -> None:
+            if not shiboken6.isValid(self):
+                return  # the page was closed while the work ran: nothing left to show it on
             self._pending.discard(token)
             handler(value)
 
