@@ -161,6 +161,7 @@ class TrainingSession:
     def _setup(self) -> None:
         import torch
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         from engine.defaults import resolve_spec
@@ -205,6 +206,9 @@ class TrainingSession:
             self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
 
         t = spec.training
+        # accelerate keeps its settings in a process-wide singleton; the window trains many runs in
+        # one process, each with its own precision. The distributed state (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
             cpu=device == "cpu",

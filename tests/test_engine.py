@@ -290,3 +290,12 @@ def test_zero_rank_is_refused_naming_the_field(tiny_llama: Path, make_spec: Spec
         make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "r": 0})
     assert refused.value.message.startswith("spec: method.r:")
     assert "greater than or equal to 1" in refused.value.message and "got 0" in refused.value.message
+
+
+def test_runs_with_different_precisions_follow_each_other_in_one_process(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path
+) -> None:
+    # The window trains many runs in one process; accelerate's settings singleton must not stick.
+    for precision in ("float32", "bf16", "float32"):
+        result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, precision=precision))
+        assert result.status == "completed", result.error
