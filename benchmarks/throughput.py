@@ -21,6 +21,7 @@ the median speed is reported (the machine may be shared).
 
     .venv/bin/python benchmarks/throughput.py --steps 8 --data demo        # quick look
     .venv/bin/python benchmarks/throughput.py                              # full: 30 steps, both sets
+    .venv/bin/python benchmarks/throughput.py --threads 1 --seeds 0,1      # steadier on a busy 2-core machine
     .venv/bin/python benchmarks/throughput.py --device cuda                # on a GPU (bf16, peak memory)
     .venv/bin/python benchmarks/throughput.py --profile                    # where an engine step's time goes
 
