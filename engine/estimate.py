@@ -56,6 +56,11 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
   log-softmax over the vocabulary V (causal LM). With gradient checkpointing each block keeps only its
   input (h in the residual dtype), plus one block's activations while it is recomputed. Soft prompts
   add their virtual tokens to every row; prefix methods lengthen keys and values.
+Caching: applying a method (peft's injection) is the slow part, ~50–100 ms per method on this CPU, and
+what it fixes — counts, adapter bytes, weights, which blocks the gradient reaches, per-block method
+bytes — does not depend on batch, length, precision, optimizer or checkpointing; it is cached per
+(config, task, dtype, method settings, quantisation, device), so those edits are answered by arithmetic
+in about a millisecond a method (`cached_estimate` answers only from the cache).
 Measured (benchmarks/memory_check.py, gpu_check.py): saved activations within about ±10% of autograd's
 on tiny Llama/GPT-2/BERT models; the whole step within 0.90–1.03 of torch.cuda.max_memory_allocated
 for 20 methods on SmolLM2-135M (H200, batch 4 × 512).
@@ -69,7 +74,7 @@ import gc
 import json
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
@@ -272,37 +277,100 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
     except Exception as e:  # an architecture transformers cannot build
         raise UserError(f"cannot build this model's structure: {type(e).__name__}: {e}", where="model") from None
     info = base.info
-    training = training_spec
     try:
         method = method_spec.fill_defaults(info)
-        method.check(info, training)
+        method.check(info, training_spec)
     except UserError as e:
         return {**row, "error": e.message}
-    # Selective methods only switch requires_grad: they run on the cached model and switch it back.
-    in_place = cls.adapter_format == "selective"
+    steps = training_spec.max_steps or 1000
+    key = (_config_key(config), task, num_labels, str(dtype), method.model_dump_json(), quantization, device,
+           steps if cls.uses_total_steps else 0)
+    applied = _APPLIED.get(key)
+    if applied is None:
+        applied = _apply(base, method, training_spec, steps=steps, device=device, quantization=quantization,
+                         task=task)
+        if len(_APPLIED) >= _APPLIED_SIZE:
+            _APPLIED.pop(next(iter(_APPLIED)))
+        _APPLIED[key] = applied
+    if applied.error:
+        return {**row, "error": applied.error}
+    return _costs(row, applied, base, method, training_spec, config=config, task=task, dtype=dtype, device=device,
+                  device_memory=device_memory, seq_len=seq_len, quantization=quantization)
+
+
+def cached_estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, **kwargs: Any
+                    ) -> dict[str, Any] | None:
+    """`estimate` when the method's structure on this model is already cached, else None (no waiting).
+
+    Batch size, sequence length, precision, optimizer and checkpointing only change the arithmetic, so a
+    cached structure answers in about a millisecond; the window shows these at once while the rest runs."""
+    from engine.models import trains_in_base_dtype
+
+    cls = type(method_spec)
+    device, quantization = kwargs.get("device", "cuda"), kwargs.get("quantization", "none")
+    task, num_labels = kwargs["task"], kwargs.get("num_labels", 2)
+    dtype = _weight_dtype(kwargs.get("weight_dtype", "auto"), device, trains_in_base_dtype(method_spec), quantization)
+    base = _CACHE.get((_config_key(config), task, num_labels, str(dtype)))
+    if base is None:
+        return None
+    try:
+        method = method_spec.fill_defaults(base.info)
+        method.check(base.info, training_spec)
+    except UserError:
+        return estimate(config, method_spec, training_spec, **kwargs)  # refused before applying: no wait
+    steps = training_spec.max_steps or 1000
+    key = (_config_key(config), task, num_labels, str(dtype), method.model_dump_json(), quantization, device,
+           steps if cls.uses_total_steps else 0)
+    if key not in _APPLIED:
+        return None
+    return estimate(config, method_spec, training_spec, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What applying a method to the meta model fixes, whatever the batch, length, precision and optimizer:
+    computing it (peft's injection) is the slow part, so it is cached; the memory arithmetic is not."""
+
+    error: str | None = None
+    trainable_params: int = 0
+    total_params: int = 0
+    adapter_bytes: int = 0
+    weights_bytes: int = 0
+    trainable_sizes: tuple[tuple[int, int], ...] = ()  # (elements, bytes per element) per trainable tensor
+    # `_method_bytes` of every block, for a 2-byte (bf16/fp16) and a 4-byte (float32) compute dtype
+    per_block: dict[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)
+    first_flowing: int = 0  # lowest block the gradient reaches
+    head_trains: bool = False
+    head_fp32_elements: int = 0  # an output head kept in float32 (autocast copies it each step)
+
+
+_APPLIED: dict[tuple[Any, ...], _Applied] = {}
+_APPLIED_SIZE = 512
+
+
+def _apply(base: _Base, method: MethodSpec, training: TrainingSpec, *, steps: int, device: str, quantization: str,
+           task: str) -> _Applied:
+    """Apply the method to a copy of the meta model (in place, switched back, for selective methods)."""
+    in_place = type(method).adapter_format == "selective"
     model = base.model if in_place else clone_meta(base.model)
     flags = [(p, p.requires_grad) for p in model.parameters()] if in_place else []
     try:
-        return _estimate_applied(row, base, model, method, training, config=config, task=task, dtype=dtype,
-                                 device=device, device_memory=device_memory, quantization=quantization,
-                                 seq_len=seq_len)
+        return _apply_to(base, model, method, training, steps=steps, device=device, quantization=quantization,
+                         task=task)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
 
 
-def _estimate_applied(row: dict[str, Any], base: _Base, model: Any, method: MethodSpec, training: TrainingSpec, *,
-                      config: Any, task: str, dtype: Any, device: str, device_memory: int | None,
-                      quantization: str, seq_len: int | None) -> dict[str, Any]:
+def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpec, *, steps: int, device: str,
+              quantization: str, task: str) -> _Applied:
     import torch
 
-    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
     from engine.methods import MethodContext
 
     cls = type(method)
     info = base.info
     base_names = {id(p): n for n, p in model.named_parameters()} if quantization != "none" else {}
-    steps = training.max_steps or 1000
     try:
         # New tensors go straight to meta: no real allocation and initialisation on the CPU (and peft's
         # later move to meta would re-wrap AdaLoRA's frozen `ranknum` as trainable, which a real model
@@ -310,53 +378,75 @@ def _estimate_applied(row: dict[str, Any], base: _Base, model: Any, method: Meth
         with torch.device("meta"):
             adapted = method.apply(model, MethodContext(info=info, training=training, total_steps=steps))
     except UserError as e:
-        return {**row, "error": e.message}
+        return _Applied(error=e.message)
     except Exception as e:
-        return {**row, "error": f"{cls.title} cannot be applied to this {info.model_type} model: "
-                                f"{type(e).__name__}: {_first_line(e)}"}
+        return _Applied(error=f"{cls.title} cannot be applied to this {info.model_type} model: "
+                              f"{type(e).__name__}: {_first_line(e)}")
     problem = _prefix_problem(adapted, cls.title)
     if problem:
-        return {**row, "error": problem}
+        return _Applied(error=problem)
     params = list(adapted.parameters())  # unique: shared (tied) parameters appear once
     trainable = [p for p in params if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
-    n_total = sum(p.numel() for p in params)
     if n_trainable == 0:
-        return {**row, "error": f"{cls.title} leaves nothing to train on this {info.model_type} model"}
+        return _Applied(error=f"{cls.title} leaves nothing to train on this {info.model_type} model")
     quantized = {id(p) for p in params if base_names.get(id(p)) in base.quantizable}
     if any(id(p) in quantized for p in trainable):
-        return {**row, "error": f"{cls.title} trains base weights, which cannot train while quantised to "
-                                f"{quantization} — set model.quantization to none, or pick LoRA (QLoRA)"}
+        return _Applied(error=f"{cls.title} trains base weights, which cannot train while quantised to "
+                              f"{quantization} — set model.quantization to none, or pick LoRA (QLoRA)")
+    weights = 0
+    for p in params:
+        weights += _quantized_bytes(p, quantization) if id(p) in quantized else p.numel() * p.element_size()
+    weights += sum(b.numel() * b.element_size() for b in adapted.buffers())
+    ids = {id(p) for p in trainable}
+    mask_bytes = 1 if device == "cuda" else 4
+    output = _inner(adapted).get_output_embeddings() if task == "causal_lm" else None
+    head = getattr(output, "weight", None)
+    fp32_head = head is not None and head.dtype.is_floating_point and head.element_size() == 4
+    blocks = _blocks(adapted, info)
+    return _Applied(
+        trainable_params=n_trainable,
+        total_params=sum(p.numel() for p in params),
+        adapter_bytes=adapter_bytes(method, adapted),
+        weights_bytes=weights,
+        trainable_sizes=tuple((p.numel(), p.element_size()) for p in trainable),
+        per_block={c: tuple(_method_bytes(b, c, ids, mask_bytes) for b in blocks) for c in (2, 4)},
+        first_flowing=_first_flowing_block(adapted, info, len(blocks), ids),
+        head_trains=head is not None and head.requires_grad,
+        head_fp32_elements=head.numel() if fp32_head else 0,
+    )
+
+
+def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSpec, training: TrainingSpec, *,
+           config: Any, task: str, dtype: Any, device: str, device_memory: int | None, seq_len: int | None,
+           quantization: str) -> dict[str, Any]:
+    import torch
+
+    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
 
     batch = training.batch_size or method.default_batch_size
     if seq_len is None:
         seq_len = min(DEFAULT_MAX_LENGTH, model_max_length(config))
     precision = _precision(training.precision, device, dtype)
     compute = 2 if precision in ("bf16", "fp16") or dtype in (torch.bfloat16, torch.float16) else 4
-
-    weights = 0
-    for p in params:
-        weights += _quantized_bytes(p, quantization) if id(p) in quantized else p.numel() * p.element_size()
-    weights += sum(b.numel() * b.element_size() for b in adapted.buffers())
-    gradients = sum(p.numel() * p.element_size() for p in trainable)
-    optimizer = _optimizer_bytes(training.optimizer, trainable)
-    act = _activations(adapted, base.shape, info, method, {id(p) for p in trainable}, batch=batch,
-                       seq_len=seq_len, compute=compute, residual=4 if dtype == torch.float32 else 2,
-                       device=device, checkpointing=training.gradient_checkpointing, task=task)
+    act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
+                       residual=4 if dtype == torch.float32 else 2, device=device,
+                       checkpointing=training.gradient_checkpointing, task=task)
     memory = {
-        "weights": weights,
-        "gradients": gradients,
-        "optimizer": optimizer,
+        "weights": applied.weights_bytes,
+        "gradients": sum(n * size for n, size in applied.trainable_sizes),
+        "optimizer": _optimizer_bytes(training.optimizer, applied.trainable_sizes),
         "activations": act["saved"],
         "temporary": act["temporary"],
         "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
     }
     memory["total"] = sum(memory[k] for k in MEMORY_PARTS)
+    n_total = applied.total_params
     row.update(
-        trainable_params=n_trainable,
+        trainable_params=applied.trainable_params,
         total_params=n_total,
-        trainable_share=n_trainable / n_total if n_total else 0.0,
-        adapter_bytes=adapter_bytes(method, adapted),
+        trainable_share=applied.trainable_params / n_total if n_total else 0.0,
+        adapter_bytes=applied.adapter_bytes,
         memory_bytes=memory,
         assumptions={
             "device": device, "weight_dtype": str(dtype).removeprefix("torch."), "quantization": quantization,
@@ -433,10 +523,10 @@ def _quantized_bytes(p: torch.Tensor, quantization: str) -> int:
     return n * p.element_size()
 
 
-def _optimizer_bytes(kind: str, trainable: list[torch.Tensor]) -> int:
+def _optimizer_bytes(kind: str, trainable: tuple[tuple[int, int], ...]) -> int:
+    """Optimizer state bytes for trainable tensors given as (elements, bytes per element)."""
     total = 0
-    for p in trainable:
-        n, size = p.numel(), p.element_size()
+    for n, size in trainable:
         if kind == "sgd":
             total += n * size
         elif kind == "adamw_8bit":
@@ -562,9 +652,8 @@ def _virtual_tokens(method: MethodSpec) -> tuple[int, int]:
     return 0, 0
 
 
-def _activations(model: Any, shape: _Shape, info: ModelInfo, method: MethodSpec, trainable: set[int], *,
-                 batch: int, seq_len: int, compute: int, residual: int, device: str, checkpointing: bool,
-                 task: str) -> dict[str, int]:
+def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch: int, seq_len: int, compute: int,
+                 residual: int, device: str, checkpointing: bool, task: str) -> dict[str, int]:
     extra_tokens, extra_kv = _virtual_tokens(method)
     s = seq_len + extra_tokens
     s_kv = s + extra_kv
@@ -572,9 +661,7 @@ def _activations(model: Any, shape: _Shape, info: ModelInfo, method: MethodSpec,
     c = compute
     h, q = shape.hidden, shape.q_dim
     cuda = device == "cuda"
-    blocks = _blocks(model, info)
-    # (bytes per token, bytes per step, float32 linear weights) for each block
-    per_block = [_method_bytes(b, c, trainable, mask_bytes=1 if cuda else 4) for b in blocks]
+    per_block = applied.per_block[c]  # (bytes per token, bytes per step, float32 linear weights) per block
 
     flow = shape.norms * (4 * h + 4)
     math_path = shape.attention_dropout > 0 and not cuda and not shape.eager
@@ -592,10 +679,10 @@ def _activations(model: Any, shape: _Shape, info: ModelInfo, method: MethodSpec,
     # Under autocast, float32 weights are cast to bf16 for every matmul and the copies are kept too.
     copies = 2 if c == 2 else 0
 
-    first = _first_flowing_block(model, info, len(blocks), trainable)
+    first = applied.first_flowing
     if checkpointing:
         first = 0  # enable_input_require_grads: every block keeps its input
-    flowing = range(first, len(blocks))
+    flowing = range(first, len(per_block))
     per_token = 0.0
     per_step = 0.0
     if checkpointing and flowing:
@@ -608,18 +695,15 @@ def _activations(model: Any, shape: _Shape, info: ModelInfo, method: MethodSpec,
         for i in flowing:
             per_token += flow + per_block[i][0]
             per_step += per_block[i][1] + mask_per_block + copies * per_block[i][2]
-    output = _inner(model).get_output_embeddings() if task == "causal_lm" else None
-    head = getattr(output, "weight", None)
     temporary = 0.0
     if task == "causal_lm":
         per_token += 4 * h + 4 * shape.vocab  # final norm; float32 log-softmax over the vocabulary
-        if head is not None and head.requires_grad:
+        if applied.head_trains:
             per_token += h * c
         temporary = tokens * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
     else:
         per_token += 4 * h
-    if head is not None and head.dtype.is_floating_point and head.element_size() == 4:
-        per_step += copies * head.numel()
+    per_step += copies * applied.head_fp32_elements
     saved = tokens * per_token + per_step
     return {"saved": int(saved), "temporary": int(temporary)}
 
@@ -766,12 +850,14 @@ def _load_model_config(model: str) -> tuple[Any, str]:
 _CONFIGS: dict[str, Any] = {}
 
 
-def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None) -> list[dict[str, Any]]:
+def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None, *,
+                   cached_only: bool = False) -> list[dict[str, Any]]:
     """Rows for `adapter-studio params`: every chosen method's cost on `model`.
 
     `overrides` are `--set` items: `training.*`, `data.max_length`, `model.*` apply to every row;
     `method.<field>` applies to each method that has that field (a field no chosen method has is an
-    error naming it). A value a method rejects gives that row an `error`.
+    error naming it). A value a method rejects gives that row an `error`. With `cached_only`, a method
+    whose structure is not cached yet gets a `pending` row instead of being computed.
     """
 
     from engine.methods import METHODS
@@ -802,7 +888,7 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     collecting = gc.isenabled()
     gc.disable()  # copying module trees makes many objects; collections in the loop cost more than they free
     try:
-        _rows(rows, classes, method_fields, config, spec, task, device, memory)
+        _rows(rows, classes, method_fields, config, spec, task, device, memory, cached_only=cached_only)
     finally:
         if collecting:
             gc.enable()
@@ -810,7 +896,7 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
 
 
 def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[str, Any], config: Any, spec: Any,
-          task: str, device: str, memory: int | None) -> None:
+          task: str, device: str, memory: int | None, *, cached_only: bool = False) -> None:
     from pydantic import ValidationError
 
     for cls in classes:
@@ -824,9 +910,21 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
             rows.append({"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                          "error": f"method.{field}: {first['msg'].lower()}"})
             continue
-        rows.append(estimate(config, method, spec.training, task=task, device_memory=memory,
-                             weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
-                             seq_len=spec.data.max_length, device=device))
+        how = cached_estimate if cached_only else estimate
+        row = how(config, method, spec.training, task=task, device_memory=memory, weight_dtype=spec.model.dtype,
+                  quantization=spec.model.quantization, seq_len=spec.data.max_length, device=device)
+        rows.append(row or {"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
+                            "pending": True})
+
+
+def clear_caches(*, keep_models: bool = False) -> None:
+    """Forget applied methods and, unless `keep_models`, configs and meta models (benchmarks measure
+    the cold path with this)."""
+    with _LOCK:
+        _APPLIED.clear()
+        if not keep_models:
+            _CACHE.clear()
+            _CONFIGS.clear()
 
 
 def _device(choice: str, quantization: str) -> str:

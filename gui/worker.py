@@ -6,6 +6,7 @@ so a burst of events never floods the event loop and no torch call happens on th
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections.abc import Callable
@@ -146,6 +147,16 @@ class TrainingController(QObject):
 
 
 def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(func):  # stays a generator, so superqt can deliver what it yields
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            from engine.imports import ensure_heavy_imports
+
+            ensure_heavy_imports()
+            return (yield from func(*args, **kwargs))
+
+        return generate
+
     def call(*args: Any, **kwargs: Any) -> Any:
         from engine.imports import ensure_heavy_imports
 
@@ -173,13 +184,18 @@ def run_in_background(
     *args: Any,
     on_result: Callable[[Any], None],
     on_error: Callable[[BaseException], None],
+    on_yield: Callable[[Any], None] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Run a slow call (model summary, export, tokenising) on a worker thread."""
+    """Run a slow call (model summary, export, tokenising) on a worker thread. A generator function
+    reports each value it yields to `on_yield`; `worker.quit()` stops it at its next yield."""
+    connect = {"returned": _while_alive(on_result), "errored": _while_alive(on_error)}
+    if on_yield is not None:
+        connect["yielded"] = _while_alive(on_yield)
     worker = create_worker(
         _with_imports(func),
         *args,
-        _connect={"returned": _while_alive(on_result), "errored": _while_alive(on_error)},
+        _connect=connect,
         _start_thread=False,
         **kwargs,
     )

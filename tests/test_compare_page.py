@@ -20,7 +20,8 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     page = window.pages["compare"]
     window.pages["model"].choose(str(tiny_llama))
     window.go_to("compare")
-    qtbot.waitUntil(lambda: len(page.rows) == len(METHODS), timeout=120_000)
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    assert len(page.rows) == len(METHODS)
     row = lora_row(page)
     assert row["trainable_params"] > 0 and row["memory_bytes"]["total"] > row["memory_bytes"]["weights"]
     assert page.table.rowCount() == len(METHODS)
@@ -55,3 +56,29 @@ def test_start_warns_when_the_estimate_does_not_fit(window, qtbot, tiny_llama, a
     window.train_page.start()
     assert asked and "smaller batch size" in asked[0] and "gradient checkpointing" in asked[0]
     assert not window.train_page.controller.running
+
+
+def test_an_edit_shows_the_chosen_method_first_then_the_rest(tiny_llama):  # type: ignore[no-untyped-def]
+    from engine.methods import LoRA
+    from gui.pages.compare_page import estimate_rows
+
+    source = str(tiny_llama)
+    *_, settled = [rows for rows in estimate_rows(source, [], LoRA()) if rows]
+    assert not any(r.get("pending") for r in settled)
+    before = {r["method"]: r for r in settled}
+
+    # Batch size only changes the arithmetic: everything is answered at once, nothing left pending.
+    answers = [rows for rows in estimate_rows(source, ["training.batch_size=16"], LoRA()) if rows]
+    assert len(answers) == 1
+    bigger = {r["method"]: r for r in answers[0]}
+    assert bigger["ia3"]["memory_bytes"]["activations"] > before["ia3"]["memory_bytes"]["activations"]
+
+    # A new rank (one no other test uses, so nothing is cached): LoRA, the chosen method, is exact in the
+    # first answer; the other rank methods follow.
+    first, *_, last = [rows for rows in estimate_rows(source, ["method.r=24"], LoRA(r=24)) if rows]
+    first_rows = {r["method"]: r for r in first}
+    assert first_rows["lora"]["trainable_params"] == 3 * before["lora"]["trainable_params"]
+    assert first_rows["dora"].get("pending") and not first_rows["ia3"].get("pending")
+    last_rows = {r["method"]: r for r in last}
+    assert not any(r.get("pending") for r in last)
+    assert last_rows["dora"]["trainable_params"] > before["dora"]["trainable_params"]

@@ -54,6 +54,7 @@ class MethodSpec(BaseModel):
     supports_classification: ClassVar[bool] = True
     supports_gradient_checkpointing: ClassVar[bool] = True
     adapter_format: ClassVar[str] = "peft"
+    uses_total_steps: ClassVar[bool] = False  # `apply` reads MethodContext.total_steps (a schedule in the method)
 
     @model_validator(mode="before")
     @classmethod

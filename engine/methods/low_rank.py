@@ -121,6 +121,7 @@ class AdaLoRA(LowRankFields):
 
     name: Literal["adalora"] = "adalora"
     title = "AdaLoRA"
+    uses_total_steps = True
     description = "Starts every update at init_r and moves rank budget to the layers that matter most."
 
     init_r: int = Field(12, ge=1, le=1024, description="Starting rank of every update.")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -30,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import qdebounced
 
-from engine.methods import METHOD_CLASSES
+from engine.methods import METHOD_CLASSES, METHODS
 from gui.pages.base import Page
 from gui.pages.model_page import human_bytes, human_count
 from gui.worker import run_in_background
@@ -40,6 +43,7 @@ PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 HIGHLIGHT = "#f2b134"
 SHORT_COUNTS = {0: "1", 2: "100", 4: "10K", 6: "1M", 8: "100M", 10: "10B", 12: "1T"}
 COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable")
+FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
 TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision")
 
 
@@ -62,24 +66,45 @@ def cost_overrides(state: Any) -> list[str]:
     return items
 
 
-def estimate_rows(source: str, overrides: list[str], current: Any) -> list[dict[str, Any]]:
-    """Every method with the shared settings, and the chosen method exactly as configured."""
+def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[list[dict[str, Any]], None, list]:
+    """Every method with the shared settings, and the chosen method exactly as configured.
+
+    Yields at once what is known without applying a method again (the chosen method, and every method
+    whose structure is cached: batch, length, precision and optimizer edits only change arithmetic),
+    with `pending` rows for the rest; then fills those in one by one (yielding an empty list between
+    them, where a newer request can stop this one) and yields the complete table."""
     from engine.estimate import estimate_table
 
-    rows = estimate_table(source, "all", overrides)
-    exact = estimate_table(
-        source,
-        current.name,
-        [
-            *overrides,
-            *[
-                f"method.{k}={','.join(v) if isinstance(v, list) else v}"
-                for k, v in current.model_dump().items()
-                if k != "name" and isinstance(v, list) and v
-            ],
+    exact_overrides = [
+        *overrides,
+        *[
+            f"method.{k}={','.join(v) if isinstance(v, list) else v}"
+            for k, v in current.model_dump().items()
+            if k != "name" and isinstance(v, list) and v
         ],
-    )
-    return [exact[0] if row["method"] == current.name else row for row in rows]
+    ]
+    exact = estimate_table(source, current.name, exact_overrides)[0]
+    rows = [exact if r["method"] == current.name else r
+            for r in estimate_table(source, "all", overrides, cached_only=True)]
+    yield list(rows)  # a copy: the list is filled in further while the window reads this one
+    pending = [i for i, r in enumerate(rows) if r.get("pending")]
+    if not pending:
+        return rows
+    # Let the window draw the first answer before taking the interpreter lock for the rest.
+    time.sleep(FIRST_DRAW_S)
+    for i in pending:
+        yield []  # a pause where a newer request can stop this one
+        name = rows[i]["method"]
+        fields = METHODS[name].model_fields
+        own = [o for o in overrides if not o.startswith("method.") or o[7:].split("=", 1)[0] in fields]
+        rows[i] = estimate_table(source, name, own)[0]
+    yield rows
+    return rows
+
+
+def has_numbers(row: dict[str, Any]) -> bool:
+    """A row with an estimate (not refused, not still being computed)."""
+    return "error" not in row and "memory_bytes" in row
 
 
 class MethodAxis(pg.AxisItem):
@@ -95,7 +120,10 @@ class MethodAxis(pg.AxisItem):
 
 
 class CostChart(QWidget):
-    """Three bar charts sharing the method axis: trainable parameters (log), adapter size, memory."""
+    """Three bar charts sharing the method axis: trainable parameters (log), adapter size, memory.
+
+    The plot items are made once and updated in place: clearing and re-adding them cost ~100 ms a
+    redraw, a good part of the 200 ms an edit may take to show."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,66 +139,87 @@ class CostChart(QWidget):
         for plot in (self.size, self.memory):
             plot.setYLink(self.params)
             plot.getAxis("left").setStyle(showValues=False)
-        self.memory.addLegend(offset=(-5, -5))
         self.params.getAxis("bottom").setLabel("parameters")
         self.plotted_rows: list[dict[str, Any]] = []
 
+        def bar(plot: pg.PlotItem, **opts: Any) -> pg.BarGraphItem:
+            item = pg.BarGraphItem(x0=[], y=[], height=0.7, width=[], **opts)
+            plot.addItem(item)
+            return item
+
+        self.param_bars = bar(self.params)
+        self.size_bars = bar(self.size)
+        self.labels: list[pg.TextItem] = []
+        legend = self.memory.addLegend(offset=(-5, -5))
+        self.part_bars = [
+            bar(self.memory, brush=color, name=part) for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True)
+        ]
+        assert legend is not None
+        self.marker = bar(self.memory, brush=None, pen=pg.mkPen(HIGHLIGHT, width=3))
+        self.marker.setOpts(height=0.85)
+        self.device_line = pg.InfiniteLine(
+            0, angle=90, pen=pg.mkPen("#c00", width=2, style=Qt.PenStyle.DashLine), label="",
+            labelOpts={"position": 0.95},
+        )
+        self.device_line.setVisible(False)
+        self.memory.addItem(self.device_line)
+
+    def _label(self, i: int) -> pg.TextItem:
+        while len(self.labels) <= i:
+            label = pg.TextItem("", anchor=(0, 0.5))
+            self.params.addItem(label)
+            self.labels.append(label)
+        return self.labels[i]
+
     def show_rows(self, rows: list[dict[str, Any]], current: str, device_memory: int | None) -> None:
         self.plotted_rows = rows
-        for plot in (self.params, self.size, self.memory):
-            plot.clear()
-        if self.memory.legend is not None:
-            self.memory.legend.clear()
         names = [r.get("title", r["method"]) + (" ◀" if r["method"] == current else "") for r in rows]
         self.axis.set_names(names)
         ys = list(range(len(rows)))
-        ok = [r for r in rows if "error" not in r]
         brushes = [pg.mkBrush(HIGHLIGHT if r["method"] == current else "#6a8caf") for r in rows]
+        zeros = [0.0] * len(rows)
 
-        def bars(plot: pg.PlotItem, values: list[float], brush: list[Any], x0: list[float] | None = None) -> None:
-            item = pg.BarGraphItem(x0=x0 or [0] * len(values), y=ys, height=0.7, width=values, brushes=brush)
-            plot.addItem(item)
-
-        logs = [math.log10(max(r.get("trainable_params", 0), 1)) if "error" not in r else 0 for r in rows]
-        bars(self.params, logs, brushes)
+        logs = [math.log10(max(r.get("trainable_params", 0), 1)) if has_numbers(r) else 0 for r in rows]
+        self.param_bars.setOpts(x0=zeros, y=ys, width=logs, brushes=brushes)
         top = max(logs, default=1)
         self.params.getAxis("bottom").setTicks(
             [[(k, SHORT_COUNTS.get(k, f"1e{k}")) for k in range(0, int(top) + 2, 2)]]
         )
         self.params.setXRange(0, top + 2.5, padding=0)  # room for the labels right of the bars
-        for y, r, v in zip(ys, rows, logs, strict=True):
-            text = (
-                r.get("error", "")[:40]
-                if "error" in r
-                else (f"{human_count(r['trainable_params'])} ({100 * r['trainable_share']:.3g}%)")
-            )
-            color = "#c00" if "error" in r else pg.getConfigOption("foreground")
-            label = pg.TextItem(text, anchor=(0, 0.5), color=color)
-            label.setPos(v, y)
-            self.params.addItem(label)
-        bars(self.size, [r.get("adapter_bytes", 0) / 2**20 for r in rows], brushes)
+        foreground = pg.getConfigOption("foreground")
+        for i, (r, v) in enumerate(zip(rows, logs, strict=True)):
+            if "error" in r:
+                text, color = r["error"][:40], "#c00"
+            elif not has_numbers(r):
+                text, color = "estimating…", "#888"
+            else:
+                text = f"{human_count(r['trainable_params'])} ({100 * r['trainable_share']:.3g}%)"
+                color = "#888" if r.get("stale") else foreground
+            label = self._label(i)
+            label.setText(text, color=color)
+            label.setPos(v, i)
+            label.setVisible(True)
+        for label in self.labels[len(rows):]:
+            label.setVisible(False)
+        self.size_bars.setOpts(
+            x0=zeros, y=ys, width=[r.get("adapter_bytes", 0) / 2**20 if has_numbers(r) else 0 for r in rows],
+            brushes=brushes,
+        )
 
-        left = [0.0] * len(rows)
-        for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True):
-            values = [r["memory_bytes"].get(part, 0) / 2**30 if "error" not in r else 0 for r in rows]
-            item = pg.BarGraphItem(x0=list(left), y=ys, height=0.7, width=values, brush=color, name=part)
-            self.memory.addItem(item)
+        left = list(zeros)
+        for part, item in zip(MEMORY_PARTS, self.part_bars, strict=True):
+            values = [r["memory_bytes"].get(part, 0) / 2**30 if has_numbers(r) else 0 for r in rows]
+            item.setOpts(x0=list(left), y=ys, width=values)
             left = [a + b for a, b in zip(left, values, strict=True)]
-        if current in [r["method"] for r in ok]:
-            i = [r["method"] for r in rows].index(current)
-            marker = pg.BarGraphItem(
-                x0=[0], y=[i], height=0.85, width=[left[i]], brush=None, pen=pg.mkPen(HIGHLIGHT, width=3)
-            )
-            self.memory.addItem(marker)
+        chosen = [i for i, r in enumerate(rows) if r["method"] == current and has_numbers(r)]
+        if chosen:
+            self.marker.setOpts(x0=[0], y=[chosen[0]], width=[left[chosen[0]]])
+        else:
+            self.marker.setOpts(x0=[], y=[], width=[])
+        self.device_line.setVisible(bool(device_memory))
         if device_memory:
-            line = pg.InfiniteLine(
-                device_memory / 2**30,
-                angle=90,
-                pen=pg.mkPen("#c00", width=2, style=Qt.PenStyle.DashLine),
-                label=f"device {human_bytes(device_memory)}",
-                labelOpts={"position": 0.95},
-            )
-            self.memory.addItem(line)
+            self.device_line.setValue(device_memory / 2**30)
+            self.device_line.label.setFormat(f"device {human_bytes(device_memory)}")
 
 
 class ComparePage(Page):
@@ -239,26 +288,30 @@ class ComparePage(Page):
         if not self.rows:
             self.request()
 
-    @qdebounced(timeout=120)
+    @qdebounced(timeout=30)  # coalesces a burst of edits (typing "128"); the chart should follow within 200 ms
     def request(self) -> None:
-        """Recompute off the main thread; a newer request makes older answers stale."""
+        """Recompute off the main thread; a newer request stops older ones and makes their answers stale."""
         if self.state.model is None:
             return
+        for worker in self._workers.values():
+            worker.quit()  # stops at its next method
         self._request += 1
         number = self._request
         self.status.setText("Estimating…")
         source = self.state.model.source
         overrides = cost_overrides(self.state)
         method = self.state.method
-        # Held until its answer arrives: a collected worker cannot deliver its signal.
-        self._workers[number] = run_in_background(
+        worker = run_in_background(
             estimate_rows,
             source,
             overrides,
             method,
-            on_result=lambda rows, n=number: self._show(rows, n),
+            on_yield=lambda rows, n=number: self._show(rows, n),
+            on_result=lambda _r: None,
             on_error=lambda e, n=number: self._failed(e, n),
         )
+        self._workers[number] = worker
+        worker.finished.connect(lambda n=number: self._workers.pop(n, None))  # also after quit()
 
     def _failed(self, error: BaseException, number: int) -> None:
         self._workers.pop(number, None)
@@ -266,18 +319,27 @@ class ComparePage(Page):
             self.status.setText(f"<span style='color:#c00'>Cannot estimate: {getattr(error, 'message', error)}</span>")
 
     def _show(self, rows: list[dict[str, Any]], number: int) -> None:
-        self._workers.pop(number, None)
-        if number != self._request:
-            return  # an older request finished after a newer one started
+        if not rows or number != self._request:
+            return  # a pause between methods, or an older request's answer
+        updating = sum(1 for r in rows if r.get("pending"))
+        previous = {r["method"]: r for r in self.rows if not r.get("pending")}
+        # Until a method is recomputed, its last answer stays on the chart rather than a gap.
+        rows = [{**previous[r["method"]], "stale": True} if r.get("pending") and r["method"] in previous else r
+                for r in rows]
         self.rows = rows
         self.device_memory = next((r["device_memory_bytes"] for r in rows if r.get("device_memory_bytes")), None)
         current = next((r for r in rows if r["method"] == self.state.method.name), None)
         self.state.last_estimate = current
         self.redraw()
         where = f"against {human_bytes(self.device_memory)} of device memory" if self.device_memory else ""
+        progress = f" Updating {updating} more…" if updating else ""
         self.status.setText(
-            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
+            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted.{progress}"
         )
+
+    def complete(self) -> bool:
+        """Every method's answer is in and current."""
+        return bool(self.rows) and not any(r.get("pending") or r.get("stale") for r in self.rows)
 
     def visible_rows(self) -> list[dict[str, Any]]:
         chosen = {
@@ -290,18 +352,25 @@ class ComparePage(Page):
     def redraw(self) -> None:
         rows = self.visible_rows()
         self.chart.show_rows(rows, self.state.method.name, self.device_memory)
+        self.table.setUpdatesEnabled(False)  # one repaint for the whole table, not one per cell
         self.table.setRowCount(len(rows))
+        highlight, plain = pg.mkBrush(HIGHLIGHT), QBrush()
         for i, r in enumerate(rows):
+            background = highlight if r["method"] == self.state.method.name else plain
             for j, value in enumerate(self._cells(r)):
-                item = QTableWidgetItem(value)
-                if r["method"] == self.state.method.name:
-                    item.setBackground(pg.mkColor(HIGHLIGHT))
-                self.table.setItem(i, j, item)
+                item = self.table.item(i, j)
+                if item is None:
+                    item = QTableWidgetItem()
+                    self.table.setItem(i, j, item)
+                item.setText(value)
+                item.setBackground(background)
         self.table.resizeColumnsToContents()
+        self.table.setUpdatesEnabled(True)
 
     def _cells(self, r: dict[str, Any]) -> list[str]:
-        if "error" in r:
-            return [r.get("title", r["method"]), r.get("family", ""), "—", "—", "—", "—", r["error"], ""]
+        if not has_numbers(r):
+            note = r.get("error", "estimating…")
+            return [r.get("title", r["method"]), r.get("family", ""), "—", "—", "—", "—", note, ""]
         total = r["memory_bytes"]["total"]
         fits = "—" if not self.device_memory else ("yes" if total <= self.device_memory else "NO")
         return [
