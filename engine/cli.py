@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--dir", default="runs", help="the runs folder")
     runs.add_argument("--json", action="store_true")
 
+    sweep = sub.add_parser("sweep", help="train several methods one after another and compare them")
+    sweep.add_argument("spec", nargs="?", help="spec file (YAML): model, data and the shared training budget")
+    sweep.add_argument("--methods", help="comma list of method names (see `adapter-studio methods`)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--name", help="sweep name (default: sweep-<date>-<time>)")
+    sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
+    sweep.add_argument("--json", action="store_true", help="print the result rows as JSON")
+
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
     walk.add_argument("spec")
     walk.add_argument("--out", required=True)
@@ -220,6 +228,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from engine.spec import load_spec_file
+    from engine.sweep import format_rows, load_sweep, plan_sweep, run_sweep, sweep_rows
+
+    if args.resume:
+        plan = load_sweep(args.resume)
+    else:
+        if not args.spec or not args.methods:
+            raise UserError("give a spec file and --methods, or --continue SWEEP_DIR", where="sweep",
+                            fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning")
+        spec = load_spec_file(args.spec, args.overrides)
+        plan = plan_sweep(spec, [m.strip() for m in args.methods.split(",") if m.strip()], args.name)
+    print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
+    for entry in plan.entries:
+        if entry.refused:
+            print(f"  {entry.method}: not run — {entry.refused}")
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    run_sweep(plan, lambda e: _print_event(e, True), stop)
+    rows = sweep_rows(plan)
+    print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+    print(f"table: {plan.folder / 'sweep.csv'}")
+    if stop.is_set():
+        return EXIT_CANCELLED
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
 def cmd_walkthrough(args: argparse.Namespace) -> int:
     from gui.walkthrough import walkthrough
 
@@ -232,6 +267,7 @@ COMMANDS = {
     "methods": cmd_methods,
     "params": cmd_params,
     "runs": cmd_runs,
+    "sweep": cmd_sweep,
     "walkthrough": cmd_walkthrough,
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
@@ -74,6 +75,9 @@ class MainWindow(QMainWindow):
         self.device_label.setObjectName("statusDevice")
         self.statusBar().addPermanentWidget(self.device_label)
         self.train_page.controller.events.connect(self._show_device)
+        sweep = self.runs_page.sweep
+        self.train_page.controller.done.connect(sweep.run_finished)
+        self.train_page.controller.failed.connect(sweep.run_failed_to_start)
         self.steps.setCurrentRow(0)
         settings = QSettings()
         geometry = settings.value("window/geometry")
@@ -89,7 +93,7 @@ class MainWindow(QMainWindow):
             ("method", MethodPage(self.state)),
             ("compare", ComparePage(self.state)),
             ("train", TrainPage(self.state)),
-            ("runs", RunsPage(self.state, on_resume=self._resume_run)),
+            ("runs", RunsPage(self.state, on_resume=self._resume_run, start_run=self._start_sweep_run)),
             ("try", TryPage(self.state)),
             ("export", ExportPage(self.state)),
         ]
@@ -97,6 +101,13 @@ class MainWindow(QMainWindow):
     @property
     def train_page(self) -> TrainPage:
         return self.pages["train"]  # type: ignore[return-value]
+
+    @property
+    def runs_page(self) -> RunsPage:
+        return self.pages["runs"]  # type: ignore[return-value]
+
+    def _start_sweep_run(self, spec: Any) -> None:
+        self.train_page.run_spec(spec)
 
     def _show_page(self, row: int) -> None:
         self.stack.setCurrentIndex(row)

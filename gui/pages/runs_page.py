@@ -39,6 +39,7 @@ from gui.pages.base import Page
 from gui.pages.train_page import format_seconds
 from gui.plots import PALETTE, LivePlot
 from gui.state import StudioState
+from gui.sweep_panel import SweepPanel
 
 COLUMNS = ("Name", "Status", "Model", "Method", "Trainable", "Steps", "Final loss", "Final eval loss",
            "Best eval loss", "Duration", "Date")  # fmt: skip
@@ -75,12 +76,18 @@ class RunsPage(Page):
     title = "Runs"
     hint = (
         "Every run in the runs folder. Select several to overlay their curves, two to compare their "
-        "specs; resume a stopped run, or clone its spec to start a new one."
+        "specs; resume a stopped run, or clone its spec to start a new one. Method sweep trains several "
+        "methods on the same budget and charts quality against cost."
     )
 
     spec_cloned = Signal(Path)  # the run whose spec was loaded into the state
 
-    def __init__(self, state: StudioState, on_resume: Callable[[Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        state: StudioState,
+        on_resume: Callable[[Path], None] | None = None,
+        start_run: Callable[[Any], None] | None = None,
+    ) -> None:
         super().__init__(state)
         self.on_resume = on_resume
         self.runs: list[RunSummary] = []
@@ -174,6 +181,10 @@ class RunsPage(Page):
         self.tabs.setObjectName("runsTabs")
         self.tabs.addTab(plots, "Curves")
         self.tabs.addTab(compare, "Compare specs")
+        self.sweep = SweepPanel(state, start_run or (lambda _spec: None))
+        self.sweep.setObjectName("sweepPanel")
+        self.sweep.sweep_finished.connect(lambda _plan: self.refresh())
+        self.tabs.addTab(self.sweep, "Method sweep")
 
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
@@ -214,6 +225,7 @@ class RunsPage(Page):
         self.table.resizeColumnsToContents()
         self.table.blockSignals(False)
         self.select_runs([p for p in keep if any(r.path == p for r in self.runs)])
+        self.sweep.refresh_list()
 
     def _row_items(self, run: RunSummary) -> list[QTableWidgetItem]:
         name = SortableItem(run.name)

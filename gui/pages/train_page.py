@@ -162,6 +162,12 @@ class TrainPage(Page):
             return
         if not self.confirm_memory():
             return
+        self.run_spec(spec)
+
+    def run_spec(self, spec: Any) -> None:
+        """Start a run of exactly this spec, shown live here (a sweep's runs come through this too)."""
+        if self.controller.running:
+            return
         self._reset()
         self.set_state("loading model")
         self.controller.start(spec)

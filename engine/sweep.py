@@ -1,0 +1,240 @@
+"""Method sweep: several methods trained one after another on the same model, data, budget and seed,
+then one table of quality against cost (the comparison the LLM-Adapters paper makes, on your data).
+
+Every method runs as a normal run (its own folder in the runs folder, in the history like any other)
+named `<sweep>-<method>`; the sweep itself is `<runs>/sweeps/<sweep>/sweep.json` (the plan and each
+method's run folder) with `sweep.csv` beside it, rewritten after every run. What is shared: the spec's
+model, data and training settings (steps, batch size, sequence length, seed, evaluation). What is the
+method's own: its hyperparameters (defaults fitted to the model) and, unless the spec fixes one, its
+recommended learning rate — a soft prompt needs a far higher one than LoRA, and one shared rate would
+rank the methods by how well it suits each.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+from engine.events import Emit, Eval, Finished, Metrics, Started, iter_events
+from engine.spec import RunSpec
+
+SWEEPS = "sweeps"
+PLAN_FILE = "sweep.json"
+CSV_FILE = "sweep.csv"
+DEFAULT_BATCH = 4
+COLUMNS = ("method", "status", "trainable_params", "trainable_share", "adapter_bytes", "peak_memory_bytes",
+           "train_seconds", "tokens_per_s", "final_loss", "final_eval_loss", "best_eval_loss", "accuracy",
+           "exact_match", "run_dir", "error")  # fmt: skip
+QUALITY = ("final_eval_loss", "best_eval_loss", "accuracy", "exact_match", "final_loss")
+COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "train_seconds")
+
+
+@dataclass
+class SweepEntry:
+    method: str
+    run_dir: str | None = None  # set when the run starts
+    refused: str | None = None  # why this method cannot work on this model (not run)
+    trainable_params: int | None = None  # from the estimate (exact), before training
+    trainable_share: float | None = None
+    adapter_bytes: int | None = None  # what an adapter export writes
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    folder: Path
+    spec: dict[str, Any]  # the shared spec (method of the first entry)
+    entries: list[SweepEntry] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+
+    def spec_for(self, entry: SweepEntry) -> RunSpec:
+        """The run spec of one method: the shared spec with this method's defaults and run name."""
+        from engine.methods import METHODS
+
+        data = json.loads(json.dumps(self.spec))
+        data["method"] = METHODS[entry.method]().model_dump(mode="json")
+        data["name"] = f"{self.name}-{entry.method}"
+        return RunSpec.model_validate(data)
+
+    def save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        payload = {"name": self.name, "created": self.created, "spec": self.spec,
+                   "entries": [asdict(e) for e in self.entries]}
+        tmp = self.folder / f".{PLAN_FILE}.tmp"
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        tmp.replace(self.folder / PLAN_FILE)
+        rows = sweep_rows(self)
+        (self.folder / CSV_FILE).write_text(rows_to_csv(rows), encoding="utf-8")
+
+
+def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> SweepPlan:
+    """Check each method against the model (refusals are kept with their reason) and write the plan."""
+    from engine.estimate import estimate_table
+    from engine.methods import METHODS
+
+    if not methods:
+        raise UserError("a sweep needs at least one method", where="methods", fix="e.g. lora,ia3,prompt_tuning")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method {', '.join(unknown)}", where="methods",
+                        fix=f"pick from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UserError("a method is listed twice", where="methods")
+    shared = spec.model_copy(deep=True)
+    training = shared.training
+    updates: dict[str, Any] = {"batch_size": training.batch_size or DEFAULT_BATCH, "devices": 1}
+    shared = shared.model_copy(update={"training": training.model_copy(update=updates)})
+    name = name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(shared.output_dir).expanduser() / SWEEPS / name
+    if (folder / PLAN_FILE).exists():
+        raise UserError(f"a sweep named {name} exists already", where=str(folder), fix="pick another name")
+    overrides = [f"training.batch_size={updates['batch_size']}", f"model.dtype={shared.model.dtype}",
+                 f"model.quantization={shared.model.quantization}"]
+    if shared.data.max_length:
+        overrides.append(f"data.max_length={shared.data.max_length}")
+    estimates = {r["method"]: r for r in estimate_table(shared.model.source, ",".join(methods), overrides)}
+    plan = SweepPlan(name=name, folder=folder, spec=shared.model_dump(mode="json"))
+    for method in methods:
+        row = estimates.get(method, {})
+        plan.entries.append(SweepEntry(
+            method=method, refused=row.get("error"), trainable_params=row.get("trainable_params"),
+            trainable_share=row.get("trainable_share"), adapter_bytes=row.get("adapter_bytes"),
+        ))
+    plan.save()
+    return plan
+
+
+def load_sweep(folder: str | Path) -> SweepPlan:
+    path = Path(folder) / PLAN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return SweepPlan(name=data["name"], folder=Path(folder), spec=data["spec"], created=data.get("created", 0),
+                         entries=[SweepEntry(**e) for e in data["entries"]])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the sweep: {e}", where=str(path)) from None
+
+
+def list_sweeps(output_dir: str | Path) -> list[SweepPlan]:
+    """Every sweep under the runs folder, newest first (unreadable ones are skipped)."""
+    root = Path(output_dir).expanduser() / SWEEPS
+    plans = []
+    for folder in sorted(root.glob(f"*/{PLAN_FILE}")) if root.exists() else []:
+        try:
+            plans.append(load_sweep(folder.parent))
+        except UserError:
+            continue
+    return sorted(plans, key=lambda p: p.created, reverse=True)
+
+
+def sweep_rows(plan: SweepPlan) -> list[dict[str, Any]]:
+    """One row per method: what it cost and how well it did, read from its run folder's events."""
+    return [_row(plan, entry) for entry in plan.entries]
+
+
+def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(method=entry.method, trainable_params=entry.trainable_params,
+               trainable_share=entry.trainable_share, adapter_bytes=entry.adapter_bytes, run_dir=entry.run_dir)
+    if entry.refused:
+        return {**row, "status": "refused", "error": entry.refused}
+    if not entry.run_dir or not Path(entry.run_dir, "events.jsonl").exists():
+        return {**row, "status": "pending"}
+    from engine.runs import summarize_run
+
+    summary = summarize_run(Path(entry.run_dir))
+    peak, speeds, evals = 0, [], []
+    train_seconds = None
+    for event in iter_events(Path(entry.run_dir) / "events.jsonl"):
+        if isinstance(event, Metrics):
+            peak = max(peak, event.memory_peak_bytes or event.memory_bytes)
+            speeds.append(event.tokens_per_s)
+        elif isinstance(event, Eval):
+            evals.append(event)
+        elif isinstance(event, Finished):
+            train_seconds = event.train_seconds
+        elif isinstance(event, Started):
+            row["trainable_params"] = event.trainable_params
+            row["trainable_share"] = event.trainable_params / event.total_params if event.total_params else None
+    speeds = sorted(speeds[2:] or speeds)  # the first steps include warm-up
+    last_with = {k: next((getattr(e, k) for e in reversed(evals) if getattr(e, k) is not None), None)
+                 for k in ("accuracy", "exact_match")}
+    return {
+        **row,
+        "status": summary.status,
+        "peak_memory_bytes": peak or None,
+        "train_seconds": train_seconds if train_seconds is not None else summary.duration_s,
+        "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+        "final_loss": summary.final_loss,
+        "final_eval_loss": summary.final_eval_loss,
+        "best_eval_loss": summary.best_eval_loss,
+        **last_with,
+        "error": summary.error,
+    }
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    return out.getvalue()
+
+
+def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.Event | None = None) -> SweepPlan:
+    """Train every method of the plan that has not run yet, one after another (headless).
+
+    A stop ends the current run with its checkpoint (status cancelled) and leaves the rest pending;
+    running the same plan again continues with them."""
+    from engine.train import run
+
+    stop_event = stop_event or threading.Event()
+    for entry in plan.entries:
+        if entry.refused or entry.run_dir or stop_event.is_set():
+            continue
+        spec = plan.spec_for(entry)
+        started: list[str] = []
+
+        def report(event: Any, entry: SweepEntry = entry, started: list[str] = started) -> None:
+            if isinstance(event, Started) and not started:
+                started.append(event.run_dir)
+                entry.run_dir = event.run_dir
+                plan.save()
+            if emit is not None:
+                emit(event)
+
+        result = run(spec, report, stop_event)
+        entry.run_dir = str(result.run_dir)
+        plan.save()
+    return plan
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The sweep as an aligned text table (the CLI's output)."""
+    from engine.estimate import human_bytes, human_count
+
+    def num(value: Any, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = f"{'method':<17} {'status':<10} {'trainable':>10} {'adapter':>10} {'peak mem':>10} {'time':>8} " \
+             f"{'eval loss':>9} {'acc/EM':>7}"
+    lines = [header]
+    for r in rows:
+        quality = r["accuracy"] if r["accuracy"] is not None else r["exact_match"]
+        lines.append(
+            f"{r['method']:<17} {r['status']:<10} "
+            f"{human_count(r['trainable_params']) if r['trainable_params'] else '-':>10} "
+            f"{human_bytes(r['adapter_bytes']) if r['adapter_bytes'] else '-':>10} "
+            f"{human_bytes(r['peak_memory_bytes']) if r['peak_memory_bytes'] else '-':>10} "
+            f"{num(r['train_seconds'], '.0f') + ' s' if r['train_seconds'] is not None else '-':>8} "
+            f"{num(r['final_eval_loss'], '.4f'):>9} {num(quality, '.3f'):>7}"
+            + (f"  ({r['error']})" if r["error"] else "")
+        )
+    return "\n".join(lines)

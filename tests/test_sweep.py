@@ -1,0 +1,104 @@
+"""Method sweep: several methods on one budget, headless (engine, CLI) and from the Runs page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from test_cli import cli, write_spec
+
+from engine.errors import UserError
+from engine.events import Started
+from engine.sweep import list_sweeps, load_sweep, plan_sweep, run_sweep, sweep_rows
+
+
+def test_sweep_trains_each_method_and_tabulates_quality_against_cost(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    spec = make_spec(tiny_llama, alpaca_jsonl, max_steps=4, eval_every=4)
+    plan = plan_sweep(spec, ["lora", "ia3", "bitfit"], name="s1")
+    assert [e.method for e in plan.entries] == ["lora", "ia3", "bitfit"]
+    assert plan.entries[2].refused and "bias" in plan.entries[2].refused  # tiny Llama has no biases
+    started: list[Started] = []
+    run_sweep(plan, lambda e: started.append(e) if isinstance(e, Started) else None)
+    assert [e.method for e in started] == ["lora", "ia3"]
+    rows = {r["method"]: r for r in sweep_rows(load_sweep(plan.folder))}
+    for name in ("lora", "ia3"):
+        row = rows[name]
+        assert row["status"] == "completed"
+        assert row["trainable_params"] == next(e.trainable_params for e in started if e.method == name)
+        assert row["adapter_bytes"] > 0 and row["peak_memory_bytes"] > 0 and row["train_seconds"] > 0
+        assert row["final_eval_loss"] is not None and Path(row["run_dir"]).name == f"s1-{name}"
+    assert rows["lora"]["trainable_params"] > rows["ia3"]["trainable_params"]
+    assert rows["bitfit"]["status"] == "refused"
+    # Same budget and seed for all; each method's own learning rate (spec left it automatic).
+    specs = [plan.spec_for(e) for e in plan.entries[:2]]
+    assert {(s.training.max_steps, s.training.batch_size, s.training.seed) for s in specs} == {(4, 4, 0)}
+    assert [s.training.learning_rate for s in specs] == [None, None]
+    table = list(csv.DictReader(io.StringIO((plan.folder / "sweep.csv").read_text())))
+    assert [r["method"] for r in table] == ["lora", "ia3", "bitfit"] and table[0]["status"] == "completed"
+    assert [p.name for p in list_sweeps(spec.output_dir)] == ["s1"]
+
+
+def test_a_stopped_sweep_continues_with_the_methods_left(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    spec = make_spec(tiny_llama, alpaca_jsonl, max_steps=3)
+    plan = plan_sweep(spec, ["lora", "ia3"], name="s2")
+    stop = threading.Event()
+    stop.set()  # stopped before it began: nothing runs, both stay pending
+    run_sweep(plan, None, stop)
+    assert [r["status"] for r in sweep_rows(plan)] == ["pending", "pending"]
+    run_sweep(load_sweep(plan.folder))
+    assert [r["status"] for r in sweep_rows(load_sweep(plan.folder))] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [([], "at least one method"), (["lora", "loraa"], "unknown method loraa"), (["ia3", "ia3"], "twice")],
+)
+def test_bad_method_lists_are_refused(make_spec, tiny_llama, alpaca_jsonl, methods, expected):  # type: ignore[no-untyped-def]
+    with pytest.raises(UserError, match=expected):
+        plan_sweep(make_spec(tiny_llama, alpaca_jsonl), methods)
+
+
+def test_cli_sweep_prints_the_table_and_writes_the_csv(tmp_path, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=3)
+    done = cli("sweep", str(spec), "--methods", "lora,prompt_tuning", "--name", "cli", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout[done.stdout.index("["): done.stdout.rindex("]") + 1])
+    assert [(r["method"], r["status"]) for r in rows] == [("lora", "completed"), ("prompt_tuning", "completed")]
+    assert (tmp_path / "runs" / "sweeps" / "cli" / "sweep.csv").exists()
+    missing = cli("sweep", str(spec))
+    assert missing.returncode == 2 and "--methods" in missing.stderr
+
+
+@pytest.mark.gui
+def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path):  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import Qt
+    from test_gui import choose
+
+    from engine.spec import TrainingSpec
+
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    window.state.training = TrainingSpec(max_steps=3, batch_size=4, save_every=100, eval_samples=0,
+                                         precision="float32", eval_every=3)
+    panel = window.runs_page.sweep
+    panel.set_ticked(["lora", "ia3", "bitfit"])
+    window.go_to("runs")
+    finished = []
+    panel.sweep_finished.connect(finished.append)
+    qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(finished), timeout=240_000)
+    assert [(r["method"], r["status"]) for r in panel.rows] == [
+        ("lora", "completed"), ("ia3", "completed"), ("bitfit", "refused"),
+    ]  # fmt: skip
+    assert panel.table.rowCount() == 3 and panel.table.item(0, 1).text() == "completed"
+    assert len(panel.scatter.getPlotItem().listDataItems()) == 2  # one point per trained method
+    panel.x_axis.setCurrentIndex(panel.x_axis.findData("adapter_bytes"))
+    assert len(panel.scatter.getPlotItem().listDataItems()) == 2
+    out = tmp_path / "sweep.csv"
+    panel.save_csv(str(out))
+    assert out.read_text().splitlines()[0].startswith("method,status,trainable_params")
+    names = {window.runs_page.table.item(r, 0).text() for r in range(window.runs_page.table.rowCount())}
+    assert {n.rsplit("-", 1)[-1] for n in names} >= {"lora", "ia3"}  # the sweep's runs are in the history
