@@ -120,6 +120,9 @@ class TrainingSpec(SpecSection):
         description="Stop when eval loss has not improved for this many evaluations.",
     )
     log_every: int = Field(1, ge=1, json_schema_extra=ADVANCED, description="Report metrics every N steps.")
+    tensorboard: bool = Field(
+        False, json_schema_extra=ADVANCED, description="Also write TensorBoard event files in the run folder."
+    )
     devices: int = Field(
         1,
         ge=1,

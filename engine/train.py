@@ -97,9 +97,17 @@ def run(
     if main_process:
         lock.acquire()
 
+    board = None
+    if main_process and spec.training.tensorboard:
+        from engine.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(folder)
+
     def report(event: Event) -> None:
         if log is not None:
             log.write(event)
+            if board is not None:
+                board.write(event)
             if emit is not None:
                 emit(event)
 
@@ -107,6 +115,8 @@ def run(
     try:
         return session.execute()
     finally:
+        if board is not None:
+            board.close()
         if log is not None:
             log.close()
             lock.release()

@@ -204,3 +204,19 @@ def test_spec_diff_treats_a_missing_field_as_unset(tmp_path: Path) -> None:
         run.mkdir()
         (run / "spec.yaml").write_text(text)
     assert spec_diff(a, b) == [("method.name", "x", "y"), ("method.k", None, [1, 2])]
+
+
+def test_tensorboard_logging_writes_standard_event_files(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from engine.train import run
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, max_steps=4, eval_every=2, tensorboard=True)
+    result = run(spec)
+    assert result.status == "completed"
+    board = EventAccumulator(str(result.run_dir / "tensorboard"))
+    board.Reload()
+    tags = board.Tags()["scalars"]
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "memory/allocated_mib"} <= set(tags)
+    assert [e.step for e in board.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in board.Scalars("eval/loss")] == [2, 4]
