@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -44,7 +45,7 @@ def median_tokens_per_s(events: list) -> float:  # type: ignore[type-arg]
 
 
 def run_in_window(app, spec) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
-    from PySide6.QtCore import QTimer
+    from PySide6.QtCore import QEventLoop, QTimer
 
     from gui.worker import TrainingController
 
@@ -53,22 +54,48 @@ def run_in_window(app, spec) -> tuple[float, list[float]]:  # type: ignore[no-un
     controller.events.connect(events.extend)
     gaps: list[float] = []
     last = [time.perf_counter()]
+    # What the training thread was doing when the window stalled: its events, stamped as they are made.
+    stamped: list[tuple[float, Any]] = []
+    put = controller.pump.put
+    controller.pump.put = lambda event: (stamped.append((time.perf_counter(), event)), put(event))  # type: ignore[method-assign]
 
     def tick() -> None:
         now = time.perf_counter()
-        gaps.append((now - last[0]) * 1000 - 10)
+        gap = (now - last[0]) * 1000 - 10
+        gaps.append(gap)
+        if gap > STALL_MS:
+            before = [e for t, e in stamped if t <= last[0]]
+            doing = next((_describe(e) for e in reversed(before)), "starting")
+            STALLS.append((gap, doing))
         last[0] = now
 
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
     timer.start()
+    # Qt's own event loop, as in the app: it waits with the interpreter lock released, where a
+    # processEvents() spin would hold it and slow the training thread down.
+    loop = QEventLoop()
+    controller.done.connect(loop.quit)
+    controller.failed.connect(loop.quit)
     controller.start(spec)
-    while controller.running:
-        app.processEvents()
-        time.sleep(0.001)
+    if controller.running:
+        loop.exec()
     timer.stop()
     return median_tokens_per_s(events), gaps[20:]  # the first ticks include start-up work
+
+
+STALL_MS = 100.0
+STALLS: list[tuple[float, str]] = []
+
+
+def _describe(event: Any) -> str:
+    kind = type(event).__name__
+    if kind == "Stage":
+        return f"stage {event.stage}"
+    if kind == "Metrics":
+        return f"training (after step {event.step})"
+    return kind.lower()
 
 
 def run_headless(spec) -> float:  # type: ignore[no-untyped-def]
@@ -99,6 +126,8 @@ def main() -> None:
     p99 = all_gaps[int(0.99 * (len(all_gaps) - 1))] if all_gaps else 0.0
     worst = max(all_gaps, default=0.0)
     print(f"timer stalls over {len(all_gaps)} ticks: p99 {p99:.1f} ms (goal < 50), max {worst:.1f} ms (goal < 200)")
+    for gap, doing in sorted(STALLS, reverse=True)[:5]:
+        print(f"  stall {gap:6.0f} ms while the run was at: {doing}")
     window, headless = statistics.median(window_speeds), statistics.median(headless_speeds)
     print(f"tokens/s window {window_speeds} headless {headless_speeds}")
     print(f"median tokens/s: window {window:.0f}, headless {headless:.0f}")

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="train several methods one after another and compare them")
     sweep.add_argument("spec", nargs="?", help="spec file (YAML): model, data and the shared training budget")
-    sweep.add_argument("--methods", help="comma list of method names (see `adapter-studio methods`)")
+    sweep.add_argument("--methods", help="all, or a comma list of method names (see `adapter-studio methods`)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--name", help="sweep name (default: sweep-<date>-<time>)")
     sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
@@ -238,8 +238,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.spec or not args.methods:
             raise UserError("give a spec file and --methods, or --continue SWEEP_DIR", where="sweep",
                             fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning")
+        from engine.methods import METHODS
+
         spec = load_spec_file(args.spec, args.overrides)
-        plan = plan_sweep(spec, [m.strip() for m in args.methods.split(",") if m.strip()], args.name)
+        names = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")]
+        plan = plan_sweep(spec, [m for m in names if m], args.name)
     print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
     for entry in plan.entries:
         if entry.refused:

@@ -110,14 +110,19 @@ def _clear_gguf_quantization(model: Any) -> None:
 
 
 def _gguf_config_cache(source: ModelSource) -> Path:
-    import hashlib
-    import os
+    from engine.gguf_cache import cache_root, gguf_key
 
-    file = Path(source.path) / str(source.gguf_file)
-    stat = file.stat()
-    key = hashlib.sha1(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adapter-studio" / "gguf-configs"
-    return root / f"{key}.json"
+    return cache_root() / "gguf-configs" / f"{gguf_key(source)}.json"
+
+
+def _converted(source: ModelSource) -> ModelSource:
+    """A GGUF source already converted to a folder loads from that folder (engine.gguf_cache)."""
+    if source.kind != "gguf":
+        return source
+    from engine.gguf_cache import converted_folder
+
+    folder = converted_folder(source)
+    return ModelSource("folder", str(folder), None, source.display_name) if folder else source
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
@@ -214,6 +219,7 @@ def summarize_model(source_text: str) -> ModelSummary:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    source = _converted(source)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
@@ -254,7 +260,8 @@ def load_model(
     """Load weights and tokenizer for training; returns (model, tokenizer, source)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    source = resolve_source(spec.source)
+    original = resolve_source(spec.source)
+    source = _converted(original)
     if not source.has_weights:
         raise UserError(
             f"'{spec.source}' is an architecture description without weights",
@@ -285,9 +292,13 @@ def load_model(
     if source.gguf_file:
         _clear_gguf_quantization(model)
     tokenizer = load_tokenizer(source, spec.trust_remote_code)
+    if source.gguf_file and task == "causal_lm" and spec.quantization == "none":
+        from engine.gguf_cache import keep_conversion
+
+        keep_conversion(source, model, tokenizer)
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, source
+    return model, tokenizer, original
 
 
 def _quantization_config(kind: str) -> Any:

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import string
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the window tests run headless
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The app's caches (GGUF conversions, configs, prepared data) go to a folder of this test session, not
+# into the person's ~/.cache; CLI subprocesses inherit it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-cache-")
 
 import pytest
 import torch

@@ -1,0 +1,84 @@
+"""GGUF files converted once into a Hugging Face folder (config, safetensors weights, tokenizer) and
+reused: reading a GGUF means parsing its whole header three times and dequantising every tensor in
+Python (8–20 s for the 94 MB SmolLM2 file here, in long stretches that hold the interpreter lock and
+freeze the window's plots), where the converted folder loads in about a second through mmap.
+
+The folder lives under `$XDG_CACHE_HOME/adapter-studio/gguf-models/<key>` (key: the file's path, size
+and modification time) and holds exactly what the GGUF load produced (float32 weights, the converted
+tokenizer with its chat template), so a run from it is the same run. Files whose float32 weights would
+exceed `MAX_CACHED_BYTES` are not kept (a dequantised 7B model is ~28 GB): they load from the GGUF
+each time. The `KEEP` most recently used conversions are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.models import ModelSource
+
+MAX_CACHED_BYTES = 3 * 2**30
+KEEP = 4  # conversions kept; the least recently used beyond that are removed
+DONE = ".complete"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adapter-studio"
+
+
+def gguf_key(source: ModelSource) -> str:
+    file = Path(source.path) / str(source.gguf_file)
+    stat = file.stat()
+    return hashlib.sha1(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def converted_folder(source: ModelSource) -> Path | None:
+    """The converted folder of this GGUF file, if one was written before."""
+    folder = cache_root() / "gguf-models" / gguf_key(source)
+    if not (folder / DONE).exists():
+        return None
+    with contextlib.suppress(OSError):
+        (folder / DONE).touch()  # recently used: pruned last
+    return folder
+
+
+def keep_conversion(source: ModelSource, model: Any, tokenizer: Any) -> Path | None:
+    """Save a model just loaded from the GGUF (float32, unquantised) with its tokenizer for later loads.
+
+    Best effort: a full or read-only disk, or a model too large to keep, just means the next load
+    reads the GGUF again. Written to a temporary folder and renamed, so concurrent processes (several
+    devices start at once) never see half a folder."""
+    import torch
+
+    params = sum(p.numel() for p in model.parameters())
+    if params * 4 > MAX_CACHED_BYTES or any(p.dtype != torch.float32 for p in model.parameters()):
+        return None
+    final = cache_root() / "gguf-models" / gguf_key(source)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / DONE).write_text(f"{Path(source.path) / str(source.gguf_file)}\n")
+        if (final / DONE).exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        _prune(final.parent)
+        return final
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+
+
+def _prune(root: Path) -> None:
+    done = sorted(root.glob(f"*/{DONE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for marker in done[KEEP:]:
+        shutil.rmtree(marker.parent, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""A GGUF model is converted once into a folder and later loads come from it, with the same result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.gguf_cache import converted_folder
+from engine.models import EMBEDDED_SMOLLM2, load_model, resolve_source
+from engine.spec import ModelSpec
+
+pytestmark = pytest.mark.slow
+
+
+def test_second_load_comes_from_the_conversion_and_is_identical(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source = resolve_source(EMBEDDED_SMOLLM2)
+    assert converted_folder(source) is None
+    messages = [{"role": "user", "content": "Convert 3 March 2021 to ISO 8601."}]
+
+    def answer() -> tuple[list[int], torch.Tensor, str]:
+        model, tokenizer, loaded_from = load_model(ModelSpec(source=EMBEDDED_SMOLLM2), "causal_lm")
+        assert loaded_from.kind == "gguf"  # callers still see the person's source
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        with torch.no_grad():
+            return ids[0].tolist(), model(ids).logits, tokenizer.pad_token
+
+    first = answer()
+    folder = converted_folder(source)
+    assert folder is not None and (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    second = answer()
+    assert first[0] == second[0] and first[2] == second[2]
+    assert torch.equal(first[1], second[1])
