@@ -126,6 +126,9 @@ def main() -> None:
     p99 = all_gaps[int(0.99 * (len(all_gaps) - 1))] if all_gaps else 0.0
     worst = max(all_gaps, default=0.0)
     print(f"timer stalls over {len(all_gaps)} ticks: p99 {p99:.1f} ms (goal < 50), max {worst:.1f} ms (goal < 200)")
+    training = [g for g, doing in STALLS if doing.startswith("training")]
+    print(f"  stalls over {STALL_MS:.0f} ms: {len(STALLS)}, of which {len(training)} after the first training step "
+          f"(worst {max(training, default=0):.0f} ms); the others while the model loads")
     for gap, doing in sorted(STALLS, reverse=True)[:5]:
         print(f"  stall {gap:6.0f} ms while the run was at: {doing}")
     window, headless = statistics.median(window_speeds), statistics.median(headless_speeds)
