@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
@@ -702,11 +703,13 @@ class _Store:
 
 def cache_root() -> Path | None:
     """Where prepared data is cached: ADAPTER_STUDIO_DATA_CACHE (a folder, or 0 for none), else
-    ~/.cache/adapter-studio/data."""
+    $XDG_CACHE_HOME/adapter-studio/data (~/.cache/adapter-studio/data)."""
+    from engine.app_cache import app_cache_dir
+
     setting = os.environ.get("ADAPTER_STUDIO_DATA_CACHE", "")
     if setting.lower() in ("0", "off", "none", "false"):
         return None
-    return Path(setting).expanduser() if setting else Path.home() / ".cache" / "adapter-studio" / "data"
+    return Path(setting).expanduser() if setting else app_cache_dir() / "data"
 
 
 def _file_stamp(path: Path) -> list[Any]:
@@ -932,7 +935,9 @@ def _build_store(
     progress: Progress | None,
 ) -> dict[str, Any]:
     """Pass two: tokenise every example into train/ and eval/ under a temporary name, then rename."""
-    temporary = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{random.randrange(1 << 30)}")
+    # Unique per writer: the window's preview and a run may prepare the same data at once, and the
+    # global `random` is reseeded by every run (two writers drew the same number and collided).
+    temporary = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     id_dtype = "uint16" if len(tokenizer) <= 1 << 16 else "uint32"
     for fast in (True, False):
         try:
@@ -1121,11 +1126,14 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return batches
 
 
-def collate(items: Iterable[Tokenized], pad_id: int, classification: bool) -> dict[str, Any]:
+def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multiple: int = 1) -> dict[str, Any]:
+    """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels
+    chosen for a shape be reused; see engine.train.PAD_MULTIPLE)."""
     import torch
 
     items = list(items)
     width = max(len(t.input_ids) for t in items)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE, dtype=torch.long)

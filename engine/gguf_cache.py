@@ -28,7 +28,9 @@ DONE = ".complete"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "adapter-studio"
+    from engine.app_cache import app_cache_dir
+
+    return app_cache_dir()
 
 
 def gguf_key(source: ModelSource) -> str:

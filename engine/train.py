@@ -29,6 +29,9 @@ from engine.spec import RunSpec, load_spec_file
 if TYPE_CHECKING:
     import torch
 
+# Batch widths rounded up to these multiples (by device type). 1: the longest row, no extra padding.
+PAD_MULTIPLE: dict[str, int] = {}
+
 
 @dataclass
 class RunResult:
@@ -404,7 +407,8 @@ class TrainingSession:
         if world > 1:
             indices = indices[rank::world] or indices[:1]
         items = [self.data.train[i] for i in indices]
-        batch = collate(items, self.pad_id, self.task == "classification")
+        multiple = PAD_MULTIPLE.get(self.accelerator.device.type, 1)
+        batch = collate(items, self.pad_id, self.task == "classification", multiple)
         # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
         tokens = sum(len(x.input_ids) for x in items)
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}, tokens

@@ -1,0 +1,66 @@
+"""Which CPU training options pay off: batch widths rounded to a multiple, and a bf16 frozen base.
+
+Trains the demo (embedded SmolLM2, LoRA, the demo's batch and length) for a few steps with each
+variant, alternating the variants over several rounds (this machine is shared and noisy), and prints
+per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
+shows whether a variant changes what is learned. Variants:
+    baseline     widths = the longest row, base weights float32 (bf16 autocast)
+    pad16        widths rounded up to a multiple of 16
+    bf16-base    frozen base weights loaded in bf16 (adapters stay float32)
+    both
+
+    .venv/bin/python benchmarks/cpu_speed_options.py [--steps 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
+VARIANTS = {"baseline": (1, "auto"), "pad16": (16, "auto"), "bf16-base": (1, "bfloat16"), "both": (16, "bfloat16")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import engine.train as train
+    from engine.events import Metrics
+    from engine.spec import load_spec_file
+
+    runs = tempfile.mkdtemp()
+    speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for name, (multiple, dtype) in VARIANTS.items():
+            train.PAD_MULTIPLE["cpu"] = multiple
+            spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
+                                         "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",
+                                         f"model.dtype={dtype}"])
+            events: list = []  # type: ignore[type-arg]
+            result = train.run(spec, events.append)
+            metrics = [e for e in events if isinstance(e, Metrics)]
+            assert result.status == "completed", result.error
+            speeds[name] += [m.tokens_per_s for m in metrics[3:]]  # after warm-up
+            losses[name].append(statistics.mean(m.loss for m in metrics))
+            print(f"  {name:<10} median {statistics.median(m.tokens_per_s for m in metrics[3:]):6.0f} tok/s  "
+                  f"mean loss {losses[name][-1]:.4f}", flush=True)
+    base = statistics.median(speeds["baseline"])
+    print()
+    for name in VARIANTS:
+        median = statistics.median(speeds[name])
+        print(f"{name:<10} {median:6.0f} tok/s  {median / base:5.2f}× baseline  mean loss "
+              f"{statistics.mean(losses[name]):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
