@@ -15,9 +15,10 @@ real (peft and our own injectors work on meta tensors), and everything is counte
   not the encoder; VeRA saves its projections (`save_projection=True`). The small JSON config
   written beside it is not counted.
 - `memory_bytes`: what one training step holds at its peak, by part:
-    weights     every parameter and buffer in the dtype it is loaded in (float32 on CPU; bf16 on a GPU
-                for a frozen base, float32 when the method trains the base's own weights or modules injected
-                beside them (selective and bottleneck methods); peft adapters float32). With
+    weights     every parameter and buffer in the dtype it is loaded in (bf16 for a frozen base on a GPU
+                and on a CPU computing in bf16, float32 on other CPUs; float32 when the method trains
+                the base's own weights or modules injected beside them (selective and bottleneck
+                methods); peft adapters float32). With
                 `quantization` the linear layers inside the transformer blocks are 4-bit NF4 with
                 double quantisation (0.5 byte/param + 1 byte per 64-block absmax + 4 bytes per 16384)
                 or LLM.int8 (1 byte/param + a float32 scale per output row); the rest stays unquantised.
@@ -154,7 +155,10 @@ def _meta_base(config: Any, task: str, num_labels: int, dtype: torch.dtype) -> _
         _CACHE[float_key] = _Base(model, info, frozenset(_quantizable_weights(model, info)),
                                   _shape(model, config, info))
     base = _CACHE[float_key]
-    model = clone_meta(base.model).to(dtype) if next(base.model.parameters()).dtype != dtype else base.model
+    model = base.model
+    if next(model.parameters()).dtype != dtype:
+        model = build_meta_model(config, task, num_labels=num_labels, dtype=dtype)
+        model.eval()
     entry = _Base(model, base.info, base.quantizable, base.shape)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
@@ -271,7 +275,8 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
                            "mergeable": cls.mergeable}
     from engine.models import trains_in_base_dtype
 
-    dtype = _weight_dtype(weight_dtype, device, trains_in_base_dtype(method_spec), quantization)
+    dtype = _weight_dtype(weight_dtype, device, trains_in_base_dtype(method_spec), quantization,
+                          training_spec.precision)
     try:
         base = _meta_base(config, task, num_labels, dtype)
     except Exception as e:  # an architecture transformers cannot build
@@ -309,7 +314,8 @@ def cached_estimate(config: Any, method_spec: MethodSpec, training_spec: Trainin
     cls = type(method_spec)
     device, quantization = kwargs.get("device", "cuda"), kwargs.get("quantization", "none")
     task, num_labels = kwargs["task"], kwargs.get("num_labels", 2)
-    dtype = _weight_dtype(kwargs.get("weight_dtype", "auto"), device, trains_in_base_dtype(method_spec), quantization)
+    dtype = _weight_dtype(kwargs.get("weight_dtype", "auto"), device, trains_in_base_dtype(method_spec), quantization,
+                          training_spec.precision)
     base = _CACHE.get((_config_key(config), task, num_labels, str(dtype)))
     if base is None:
         return None
@@ -488,15 +494,21 @@ def _first_line(error: Exception) -> str:
     return text[0][:300] if text else ""
 
 
-def _weight_dtype(choice: str, device: str, base_trains: bool, quantization: str) -> torch.dtype:
-    """As `engine.models.weights_dtype`: bf16 frozen bases on a GPU, float32 otherwise."""
+def _weight_dtype(choice: str, device: str, base_trains: bool, quantization: str, precision: str = "auto"
+                  ) -> torch.dtype:
+    """As `engine.models.weights_dtype`: bf16 frozen bases on a GPU and on a CPU computing in bf16,
+    float32 otherwise."""
     import torch
+
+    from engine.devices import pick_precision
 
     if choice != "auto":
         return getattr(torch, choice)
     if device == "cuda" and (not base_trains or quantization != "none"):
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             return torch.float16
+        return torch.bfloat16
+    if device == "cpu" and not base_trains and pick_precision(precision, "cpu") == "bf16":
         return torch.bfloat16
     return torch.float32
 

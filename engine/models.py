@@ -148,16 +148,21 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
         raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})") from None
 
 
-def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False) -> Any:
-    """The model's structure without weights (meta device): for counts, targets and estimates."""
+def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False,
+                     dtype: Any = None) -> Any:
+    """The model's structure without weights (meta device): for counts, targets and estimates.
+    With `dtype`, built as loading in that dtype builds it (buffers such as rotary frequencies stay
+    float32)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    extra = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"):
         if task == "classification":
             config.num_labels = num_labels
-            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code,
+                                                                  **extra)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **extra)
 
 
 def default_task(config: Any) -> str:
@@ -239,14 +244,18 @@ def trains_in_base_dtype(method: Any) -> bool:
     return method.adapter_format in ("selective", "bottleneck")
 
 
-def weights_dtype(spec: ModelSpec, device: str, base_trains: bool) -> Any:
-    """Frozen bases load in bf16/fp16 on GPUs (half the memory); trained weights stay float32."""
+def weights_dtype(spec: ModelSpec, device: str, base_trains: bool, precision: str = "float32") -> Any:
+    """Frozen bases load in bf16/fp16 on GPUs (half the memory), and in bf16 on CPUs that compute in
+    bf16 (autocast would otherwise cast every weight for every matmul: 1.15× tokens/s on the demo here,
+    same loss — benchmarks/cpu_speed_options.py); trained weights stay float32."""
     import torch
 
     if spec.dtype != "auto":
         return getattr(torch, spec.dtype)
     if device == "cuda" and not base_trains:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu" and not base_trains and precision == "bf16":
+        return torch.bfloat16
     return torch.float32
 
 

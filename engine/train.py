@@ -192,7 +192,7 @@ class TrainingSession:
         model, tokenizer, source = load_model(
             spec.model,
             task,
-            dtype=weights_dtype(spec.model, device, trains_in_base_dtype(spec.method)),
+            dtype=weights_dtype(spec.model, device, trains_in_base_dtype(spec.method), precision),
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")

@@ -24,7 +24,7 @@ from engine.estimate import (
     safetensors_bytes,
 )
 from engine.methods import METHODS, MethodContext
-from engine.methods.base import trainable_count
+from engine.methods.base import MethodSpec, trainable_count
 from engine.model_info import describe_model
 from engine.spec import TrainingSpec
 
@@ -40,14 +40,24 @@ CASES = [(model, method) for model in CONFIGS for method in METHODS]
 TRAINING = TrainingSpec(max_steps=10)
 
 
-def build_real(model: str) -> torch.nn.Module:
+def build_real(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     make, task = CONFIGS[model]
     torch.manual_seed(0)
     if task == "classification":
         config = make()
         config.num_labels = 2
-        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    return AutoModelForCausalLM.from_config(make(), dtype=torch.float32)
+        return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(make(), dtype=dtype)
+
+
+def training_dtype(method: MethodSpec) -> torch.dtype:
+    """The dtype a CPU run loads its base in (bf16 for a frozen base where the CPU computes in bf16)."""
+    from engine.devices import pick_precision
+    from engine.models import trains_in_base_dtype, weights_dtype
+    from engine.spec import ModelSpec
+
+    precision = pick_precision(TRAINING.precision, "cpu")
+    return weights_dtype(ModelSpec(source="-"), "cpu", trains_in_base_dtype(method), precision)
 
 
 def one_step(model: torch.nn.Module, spec, task: str) -> torch.optim.Optimizer:
@@ -73,7 +83,7 @@ def test_estimate_matches_the_real_model(model_name: str, method_name: str, tmp_
     cls = METHODS[method_name]
     row = estimate(make(), cls(), TRAINING, task=task, device="cpu")
 
-    real = build_real(model_name)
+    real = build_real(model_name, training_dtype(cls()))
     info = describe_model(real)
     spec = cls().fill_defaults(info)
     try:

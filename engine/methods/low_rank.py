@@ -157,5 +157,15 @@ class AdaLoRA(LowRankFields):
             total_step=total,
         )
 
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        adapted = super().apply(model, ctx)
+        # `ranknum` is a constant (the rank the scaling divides by). peft makes it a trainable
+        # Parameter again when it casts adapters of a bf16/fp16 base to float32, and AdamW would then
+        # change the scaling: keep it frozen whatever the base's dtype.
+        for name, param in adapted.named_parameters():
+            if name.endswith("ranknum.default"):
+                param.requires_grad_(False)
+        return adapted
+
     def on_step(self, model: torch.nn.Module, step: int) -> None:
         model.base_model.update_and_allocate(step)  # type: ignore[union-attr,operator]
