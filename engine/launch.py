@@ -4,6 +4,7 @@ DeepSpeed ZeRO with a generated accelerate config), and followed through its eve
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -44,17 +45,31 @@ def launch_command(
         cmd += ["--use_deepspeed", "--zero_stage", "2"]
     else:
         cmd += ["--multi_gpu"]
+    check_devices(devices, strategy)
     if not torch.cuda.is_available():
         # Several CPU processes with the gloo backend (`--cpu` would silently start only one).
         env["ACCELERATE_USE_CPU"] = "1"
-    elif torch.cuda.device_count() < devices:
+    cmd += ["-m", "engine.cli", "train", str(spec_file), "--devices", "1", "--run-dir", str(run_dir)]
+    return cmd, env
+
+
+def check_devices(devices: int, strategy: str) -> None:
+    """Refuse, with what to change, a multi-device setup this machine cannot run."""
+    import torch
+
+    if strategy != "ddp" and not torch.cuda.is_available():
+        title = {"fsdp": "FSDP", "deepspeed": "DeepSpeed ZeRO"}.get(strategy, strategy)
+        raise UserError(f"{title} shards the model across CUDA GPUs; this machine has none",
+                        where="training.distributed", fix="use ddp (CPU processes), or train on GPUs")
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise UserError("DeepSpeed is not installed", where="training.distributed",
+                        fix="pip install deepspeed, or use ddp or fsdp")
+    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
         raise UserError(
             f"{devices} devices asked for, {torch.cuda.device_count()} GPUs present",
             where="training.devices",
             fix=f"set training.devices to at most {torch.cuda.device_count()}",
         )
-    cmd += ["-m", "engine.cli", "train", str(spec_file), "--devices", "1", "--run-dir", str(run_dir)]
-    return cmd, env
 
 
 def _free_port() -> int:
@@ -73,10 +88,12 @@ def prepare_multi_run(spec: RunSpec) -> tuple[Path, Path]:
     return run_dir, spec_file
 
 
-def start_multi(spec: RunSpec, devices: int, strategy: str = "ddp") -> tuple[subprocess.Popen[str], Path]:
-    """Start the processes; the caller follows `run_dir/events.jsonl` and may `stop_multi`."""
+def start_multi(spec: RunSpec, devices: int) -> tuple[subprocess.Popen[str], Path]:
+    """Start the processes (`training.distributed` says how they share the work); the caller follows
+    `run_dir/events.jsonl` and may `stop_multi`."""
+    check_devices(devices, spec.training.distributed)  # before a run folder is made
     run_dir, spec_file = prepare_multi_run(spec)
-    cmd, env = launch_command(spec_file, run_dir, devices, strategy)
+    cmd, env = launch_command(spec_file, run_dir, devices, spec.training.distributed)
     # Its own process group, so one signal reaches the launcher and every worker.
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -130,6 +130,12 @@ class TrainingSpec(SpecSection):
         json_schema_extra=ADVANCED,
         description="Processes to train with (several GPUs through accelerate).",
     )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        json_schema_extra=ADVANCED,
+        description="How several devices share the work: DDP (a full copy each), FSDP or DeepSpeed ZeRO-2 "
+        "(sharded; CUDA GPUs only).",
+    )
 
 
 MethodUnion = Annotated[Union[tuple(METHOD_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007

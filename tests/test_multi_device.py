@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 CLI = [sys.executable, "-m", "engine.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -78,3 +80,17 @@ def test_stop_reaches_every_process(tmp_path, tiny_llama, alpaca_jsonl) -> None:
     last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert last["type"] == "finished" and last["status"] == "cancelled"
     assert list((run_dir / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [("fsdp", "FSDP shards"), ("deepspeed", "DeepSpeed ZeRO shards")])
+def test_sharded_strategies_are_refused_without_cuda(strategy, expected, monkeypatch):  # type: ignore[no-untyped-def]
+    import torch
+
+    from engine.errors import UserError
+    from engine.launch import check_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=expected) as info:
+        check_devices(2, strategy)
+    assert info.value.where == "training.distributed" and "ddp" in (info.value.fix or "")
+    check_devices(2, "ddp")  # CPU processes with gloo are fine
