@@ -35,7 +35,9 @@ class StudioState(QObject):
         self.last_estimate: dict[str, Any] | None = None  # the chosen method's cost row (Compare page)
 
     def set_model(self, source: str) -> None:
-        self.model = ModelSpec(source=source)
+        # A new model keeps the loading choices (device, dtype, quantisation) made for the last one.
+        kept = self.model.model_dump(exclude={"source"}) if self.model is not None else {}
+        self.model = ModelSpec(source=source, **kept)
         self.model_summary = None
         self.model_info = None
         self.model_changed.emit()

@@ -148,3 +148,19 @@ def test_stop_keeps_a_checkpoint_and_resume_finishes(window, qtbot, tiny_llama, 
     checkpoints = list((train.run_dir / "checkpoints").glob("step-*"))
     assert checkpoints
     assert train.resume_button.isEnabled()
+
+
+def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    page = window.pages["model"]
+    page.choose(str(tiny_llama))
+    qtbot.waitUntil(lambda: "Checking" not in page.quantization_note.text(), timeout=60_000)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert not page.loading_form.widgets["quantization"].isEnabled()
+        assert "CUDA GPU" in page.quantization_note.text()
+    page.loading_form.widgets["dtype"].setCurrentText("bfloat16")
+    assert window.state.model.dtype == "bfloat16" and window.state.model.source == str(tiny_llama)
+    page.choose(str(tiny_llama) + "/")  # another model keeps the loading choices
+    assert window.state.model.dtype == "bfloat16"
+    assert page.loading_form.widgets["dtype"].currentText() == "bfloat16"

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton
+import importlib.util
+
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+)
 
 from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2
+from engine.spec import ModelSpec
 from gui.dialogs import last_folder, remember_folder
+from gui.form_builder import SpecForm
 from gui.pages.base import Page
 from gui.worker import run_in_background
+
+
+def quantization_missing() -> str:
+    """What this machine lacks for a 4-bit/8-bit base ("" when it has it)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "a CUDA GPU (this machine has none)"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "the bitsandbytes package (pip install bitsandbytes)"
+    return ""
 
 
 def human_bytes(n: int) -> str:
@@ -61,6 +85,18 @@ class ModelPage(Page):
         self.status = QLabel("")
         self.status.setObjectName("modelStatus")
         self.layout_.addWidget(self.status)
+        loading = QGroupBox("Loading")
+        box = QVBoxLayout(loading)
+        self.loading_form = SpecForm(ModelSpec, ModelSpec(source="-"), exclude=("source",))
+        self.loading_form.setObjectName("modelLoadingForm")
+        self.loading_form.changed.connect(self._loading_edited)
+        box.addWidget(self.loading_form)
+        self.quantization_note = QLabel("")
+        self.quantization_note.setObjectName("quantizationNote")
+        self.quantization_note.setWordWrap(True)
+        box.addWidget(self.quantization_note)
+        self.layout_.addWidget(loading)
+        self._offer_quantization()
         self.layout_.addStretch()
         state.model_changed.connect(self.refresh)
         self._worker = None
@@ -82,11 +118,36 @@ class ModelPage(Page):
         if source:
             self.state.set_model(source)
 
+    def _offer_quantization(self) -> None:
+        """4-bit/8-bit bases only where they can work; otherwise say why (checked off the main thread:
+        it imports torch)."""
+        self.loading_form.widgets["quantization"].setEnabled(False)
+        self.quantization_note.setText("Checking whether this machine can load 4-bit/8-bit bases…")
+        self._quant_worker = run_in_background(
+            quantization_missing, on_result=self._show_quantization, on_error=lambda _e: None
+        )
+
+    def _show_quantization(self, missing: str) -> None:
+        widget = self.loading_form.widgets["quantization"]
+        widget.setEnabled(not missing)
+        self.quantization_note.setText(
+            f"4-bit and 8-bit bases (QLoRA) need {missing}; this base loads unquantised." if missing else
+            "4-bit NF4 or 8-bit bases (QLoRA) cut the base's memory about 4× / 2×; adapters stay float32."
+        )
+
+    def _loading_edited(self, values: dict) -> None:  # type: ignore[type-arg]
+        if self.state.model is None:
+            self.status.setText("Pick a model first; these settings apply to it.")
+            return
+        self.state.model = self.state.model.model_copy(update=values)
+        self.state.spec_edited.emit()
+
     def refresh(self) -> None:
         if self.state.model is None:
             return
         source = self.state.model.source
         self.source.setText(source)
+        self.loading_form.set_values(self.state.model)
         self.status.setText("Reading the model's configuration…")
         for label in self.fields.values():
             label.setText("…")
