@@ -74,9 +74,17 @@ def main(self_test: bool = False, demo: bool = True) -> int:
         probe = FirstPaint()
         window.installEventFilter(probe)
         window.show()
-        return app.exec()
+        return _exec(app)
     window.show()
     if demo:
         QTimer.singleShot(0, window.load_demo)
     QTimer.singleShot(300, window.welcome_if_first_run)
-    return app.exec()
+    return _exec(app)
+
+
+def _exec(app: QApplication) -> int:
+    code = app.exec()
+    # Background work still running (a model summary, a capability check) finishes before the window's
+    # objects go away; otherwise its result signal fires into a deleted object and Qt prints an error.
+    QThreadPool.globalInstance().waitForDone(10_000)
+    return code
