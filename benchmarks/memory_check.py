@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from engine.defaults import CPU_EAGER_MAX_WIDTH
 from engine.errors import UserError
 from engine.estimate import estimate
 from engine.methods import METHODS, MethodContext
@@ -94,6 +95,9 @@ def check(name: str, config: object, task: str, methods: list[str], batch: int, 
         if "error" in row:
             continue
         model = model_loader() if model_loader else build_real(config, task)
+        sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+        if task == "causal_lm" and sdpa and seq <= CPU_EAGER_MAX_WIDTH:
+            model.config._attn_implementation = "eager"  # what a CPU training run uses for batches this short
         info = describe_model(model)
         spec = cls().fill_defaults(info)
         try:

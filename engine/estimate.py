@@ -78,6 +78,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.defaults import CPU_EAGER_MAX_WIDTH
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class _Shape:
     hidden_dropouts: int
     attention_dropout: float
     eager: bool
+    sdpa: bool
 
 
 @dataclass
@@ -635,6 +637,7 @@ def _shape(model: Any, config: Any, info: ModelInfo) -> _Shape:
         mlp_factor=3 if gated else (4 if act in MULTI_OP_ACTIVATIONS else 1),
         hidden_dropouts=hidden_dropouts, attention_dropout=attn_dropout,
         eager=getattr(model.config, "_attn_implementation", None) == "eager",
+        sdpa=getattr(model.config, "_attn_implementation", None) == "sdpa",
     )
 
 
@@ -676,13 +679,15 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
     per_block = applied.per_block[c]  # (bytes per token, bytes per step, float32 linear weights) per block
 
     flow = shape.norms * (4 * h + 4)
-    math_path = shape.attention_dropout > 0 and not cuda and not shape.eager
-    materialised = shape.eager or math_path
+    # A CPU run switches SDPA to eager attention for short batches (engine.defaults.CPU_EAGER_MAX_WIDTH).
+    eager = shape.eager or (not cuda and task == "causal_lm" and shape.sdpa and s <= CPU_EAGER_MAX_WIDTH)
+    math_path = shape.attention_dropout > 0 and not cuda and not eager
+    materialised = eager or math_path
     if math_path:  # SDPA with dropout on a CPU: the math fallback, in float32 even under autocast
         flow += 3 * q * 4 * s_kv / s + shape.heads * s_kv * 12  # q, k, v; probabilities, mask, dropped
     else:  # fused SDPA keeps q, k, v, its output and a logsumexp; eager attention its probabilities too
         flow += (2 * q + 2 * q * s_kv / s) * c + 4 * shape.heads
-        if shape.eager:
+        if eager:
             flow += shape.heads * s_kv * (2 * c + (0 if shape.attention_dropout <= 0 else 1 if cuda else c))
     flow += shape.mlp_factor * shape.intermediate * c
     flow += shape.hidden_dropouts * h * (1 if cuda else c)  # dropout masks: bool on CUDA, the input's dtype on CPU

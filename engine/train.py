@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import checkpoints as ckpt
 from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
+from engine.defaults import CPU_EAGER_MAX_WIDTH
 from engine.devices import describe_device, memory_stats, pick_device, pick_precision
 from engine.errors import UserError
 from engine.evaluation import evaluate
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 # Batch widths rounded up to these multiples (by device type). 1: the longest row, no extra padding.
 PAD_MULTIPLE: dict[str, int] = {}
-# On a CPU, eager attention beats the fused SDPA kernel for short batches (SmolLM2 forward + backward,
-# batch 4, bf16: width 120 0.47 s vs 0.61 s, 256 about equal, 512 slower — measured here), so the
-# attention kernel follows each batch's width there. 0 turns this off.
-CPU_EAGER_MAX_WIDTH = 192
 
 
 @dataclass
@@ -268,7 +265,8 @@ class TrainingSession:
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
-        switchable = device == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
+        switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
+                      and getattr(config, "_attn_implementation", None) == "sdpa")
         self.attention_config = config if switchable and CPU_EAGER_MAX_WIDTH else None
         if self.resume:
             self._restore()
