@@ -54,6 +54,9 @@ class MainWindow(QMainWindow):
     def __init__(self, state: StudioState | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Adapter Studio")
+        from gui.app import collect_garbage_on_gui_thread
+
+        collect_garbage_on_gui_thread()
         self.state = state or StudioState(runs_dir=str(QSettings().value("paths/runs_dir", "runs")))
         self.steps = QListWidget()
         self.steps.setObjectName("steps")

@@ -263,3 +263,9 @@ def window(qtbot: Any, tmp_path: Path) -> Any:
     if window.train_page.controller.running:
         window.train_page.controller.stop()
         qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=60_000)
+    from PySide6.QtCore import QThreadPool
+
+    from gui.app import restore_automatic_garbage_collection
+
+    QThreadPool.globalInstance().waitForDone(60_000)  # background work ends before the window goes
+    restore_automatic_garbage_collection()
