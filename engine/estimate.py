@@ -61,7 +61,7 @@ Caching: applying a method (peft's injection) is the slow part, ~50–100 ms per
 what it fixes — counts, adapter bytes, weights, which blocks the gradient reaches, per-block method
 bytes — does not depend on batch, length, precision, optimizer or checkpointing; it is cached per
 (config, task, dtype, method settings, quantisation, device), so those edits are answered by arithmetic
-in about a millisecond a method (`cached_estimate` answers only from the cache).
+in about a millisecond a method (`estimate(..., cached_only=True)` answers only from the cache).
 Measured (benchmarks/memory_check.py, gpu_check.py): saved activations within about ±10% of autograd's
 on tiny Llama/GPT-2/BERT models; the whole step within 0.90–1.03 of torch.cuda.max_memory_allocated
 for 20 methods on SmolLM2-135M (H200, batch 4 × 512).
@@ -256,22 +256,26 @@ def estimate(
     seq_len: int | None = None,
     device: str = "cuda",
     num_labels: int = 2,
-) -> dict[str, Any]:
+    cached_only: bool = False,
+) -> dict[str, Any] | None:
     """One method's cost on one model: counts, adapter size and the memory of a training step.
 
     `seq_len` defaults to the run default (512, or less when the model is shorter); the batch size is
     `training_spec.batch_size` or the method's default. `device` is "cuda" or "cpu": it decides the
     auto dtypes and the overhead. A method that cannot work on this model gets `error` instead of numbers.
+    With `cached_only`, None instead of applying a method whose structure is not cached yet (batch size,
+    length, precision, optimizer and checkpointing only change the arithmetic, so the window can show
+    those edits at once while the rest is computed).
     """
     with _LOCK:
         return _estimate(config, method_spec, training_spec, task=task, device_memory=device_memory,
                          weight_dtype=weight_dtype, quantization=quantization, seq_len=seq_len, device=device,
-                         num_labels=num_labels)
+                         num_labels=num_labels, cached_only=cached_only)
 
 
 def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, *, task: str,
               device_memory: int | None, weight_dtype: str, quantization: str, seq_len: int | None, device: str,
-              num_labels: int) -> dict[str, Any]:
+              num_labels: int, cached_only: bool) -> dict[str, Any] | None:
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
@@ -279,6 +283,8 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
 
     dtype = _weight_dtype(weight_dtype, device, trains_in_base_dtype(method_spec), quantization,
                           training_spec.precision)
+    if cached_only and (_config_key(config), task, num_labels, str(dtype)) not in _CACHE:
+        return None
     try:
         base = _meta_base(config, task, num_labels, dtype)
     except Exception as e:  # an architecture transformers cannot build
@@ -293,6 +299,8 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
     key = (_config_key(config), task, num_labels, str(dtype), method.model_dump_json(), quantization, device,
            steps if cls.uses_total_steps else 0)
     applied = _APPLIED.get(key)
+    if applied is None and cached_only:
+        return None
     if applied is None:
         applied = _apply(base, method, training_spec, steps=steps, device=device, quantization=quantization,
                          task=task)
@@ -303,35 +311,6 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
         return {**row, "error": applied.error}
     return _costs(row, applied, base, method, training_spec, config=config, task=task, dtype=dtype, device=device,
                   device_memory=device_memory, seq_len=seq_len, quantization=quantization)
-
-
-def cached_estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, **kwargs: Any
-                    ) -> dict[str, Any] | None:
-    """`estimate` when the method's structure on this model is already cached, else None (no waiting).
-
-    Batch size, sequence length, precision, optimizer and checkpointing only change the arithmetic, so a
-    cached structure answers in about a millisecond; the window shows these at once while the rest runs."""
-    from engine.models import trains_in_base_dtype
-
-    cls = type(method_spec)
-    device, quantization = kwargs.get("device", "cuda"), kwargs.get("quantization", "none")
-    task, num_labels = kwargs["task"], kwargs.get("num_labels", 2)
-    dtype = _weight_dtype(kwargs.get("weight_dtype", "auto"), device, trains_in_base_dtype(method_spec), quantization,
-                          training_spec.precision)
-    base = _CACHE.get((_config_key(config), task, num_labels, str(dtype)))
-    if base is None:
-        return None
-    try:
-        method = method_spec.fill_defaults(base.info)
-        method.check(base.info, training_spec)
-    except UserError:
-        return estimate(config, method_spec, training_spec, **kwargs)  # refused before applying: no wait
-    steps = training_spec.max_steps or 1000
-    key = (_config_key(config), task, num_labels, str(dtype), method.model_dump_json(), quantization, device,
-           steps if cls.uses_total_steps else 0)
-    if key not in _APPLIED:
-        return None
-    return estimate(config, method_spec, training_spec, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -927,9 +906,9 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
             rows.append({"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                          "error": f"method.{field}: {first['msg'].lower()}"})
             continue
-        how = cached_estimate if cached_only else estimate
-        row = how(config, method, spec.training, task=task, device_memory=memory, weight_dtype=spec.model.dtype,
-                  quantization=spec.model.quantization, seq_len=spec.data.max_length, device=device)
+        row = estimate(config, method, spec.training, task=task, device_memory=memory,
+                       weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
+                       seq_len=spec.data.max_length, device=device, cached_only=cached_only)
         rows.append(row or {"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                             "pending": True})
 
