@@ -310,24 +310,33 @@ def load_model(
     return model, tokenizer, original
 
 
-def _quantization_config(kind: str) -> Any:
+def quantization_problem(kind: str = "4bit") -> UserError | None:
+    """Why a 4-bit/8-bit base cannot load on this machine (no CUDA, no bitsandbytes), or None."""
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError(
+        return UserError(
             f"{kind} quantised bases need a CUDA GPU",
             where="model.quantization",
             fix="set model.quantization to none on this machine",
         )
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError:
-        raise UserError(
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return UserError(
             "4-bit and 8-bit bases need the bitsandbytes package",
             where="model.quantization",
             fix="pip install bitsandbytes, or set model.quantization to none",
-        ) from None
+        )
+    return None
+
+
+def _quantization_config(kind: str) -> Any:
+    import torch
+
+    problem = quantization_problem(kind)
+    if problem is not None:
+        raise problem
+    from transformers import BitsAndBytesConfig
+
     if kind == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -15,7 +13,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2
+from engine.errors import UserError
+from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, quantization_problem
 from engine.spec import ModelSpec
 from gui.dialogs import last_folder, remember_folder
 from gui.form_builder import SpecForm
@@ -23,15 +22,10 @@ from gui.pages.base import Page
 from gui.worker import run_in_background
 
 
-def quantization_missing() -> str:
-    """What this machine lacks for a 4-bit/8-bit base ("" when it has it)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "a CUDA GPU (this machine has none)"
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return "the bitsandbytes package (pip install bitsandbytes)"
-    return ""
+def _raise_quantization_problem() -> None:
+    problem = quantization_problem()
+    if problem is not None:
+        raise problem
 
 
 def human_bytes(n: int) -> str:
@@ -123,16 +117,22 @@ class ModelPage(Page):
         it imports torch)."""
         self.loading_form.widgets["quantization"].setEnabled(False)
         self.quantization_note.setText("Checking whether this machine can load 4-bit/8-bit bases…")
+        # The problem arrives as the worker's error (a worker treats a returned exception as one).
         self._quant_worker = run_in_background(
-            quantization_missing, on_result=self._show_quantization, on_error=lambda _e: None
+            _raise_quantization_problem, on_result=lambda _r: self._show_quantization(None),
+            on_error=self._show_quantization,
         )
 
-    def _show_quantization(self, missing: str) -> None:
+    def _show_quantization(self, problem: BaseException | None) -> None:
+        if problem is not None and not isinstance(problem, UserError):
+            problem = UserError(f"the check failed ({type(problem).__name__}: {problem})",
+                                fix="leave model.quantization at none")
         widget = self.loading_form.widgets["quantization"]
-        widget.setEnabled(not missing)
+        widget.setEnabled(problem is None)
         self.quantization_note.setText(
-            f"4-bit and 8-bit bases (QLoRA) need {missing}; this base loads unquantised." if missing else
-            "4-bit NF4 or 8-bit bases (QLoRA) cut the base's memory about 4× / 2×; adapters stay float32."
+            f"Not on this machine: {problem.what} ({problem.fix}); this base loads unquantised."
+            if problem is not None
+            else "4-bit NF4 or 8-bit bases (QLoRA) cut the base's memory about 4× / 2×; adapters stay float32."
         )
 
     def _loading_edited(self, values: dict) -> None:  # type: ignore[type-arg]
