@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,12 @@ class RunSummary:
     duration_s: float | None
     started: float | None
     error: str | None
+    total_params: int | None = None
+    train_seconds: float | None = None  # the run's own training time (Finished), without loading
+    peak_memory_bytes: int | None = None  # largest peak (CUDA) or process memory reported by a step
+    median_tokens_per_s: float | None = None  # steps after the first two (warm-up)
+    accuracy: float | None = None  # the last evaluation that reported one
+    exact_match: float | None = None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -91,6 +98,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     finished: Finished | None = None
     last_metrics: Metrics | None = None
     evals: list[Eval] = []
+    peak, speeds = 0, []
     first_time = last_time = None
     for event in iter_events(run_dir / "events.jsonl"):
         first_time = first_time or event.time
@@ -99,6 +107,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
             started, finished = event, None
         elif isinstance(event, Metrics):
             last_metrics = event
+            peak = max(peak, event.memory_peak_bytes or event.memory_bytes)
+            speeds.append(event.tokens_per_s)
         elif isinstance(event, Eval):
             evals.append(event)
         elif isinstance(event, Finished):
@@ -126,6 +136,12 @@ def summarize_run(run_dir: Path) -> RunSummary:
         duration_s=(last_time - first_time) if first_time and last_time else None,
         started=first_time,
         error=finished.error if finished else None,
+        total_params=started.total_params if started else None,
+        train_seconds=finished.train_seconds if finished else None,
+        peak_memory_bytes=peak or None,
+        median_tokens_per_s=statistics.median(speeds[2:] or speeds) if speeds else None,
+        accuracy=next((e.accuracy for e in reversed(evals) if e.accuracy is not None), None),
+        exact_match=next((e.exact_match for e in reversed(evals) if e.exact_match is not None), None),
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.events import Emit, Eval, Finished, Metrics, Started, iter_events
+from engine.events import Emit, Started
 from engine.spec import RunSpec
 
 SWEEPS = "sweeps"
@@ -149,32 +149,20 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
     from engine.runs import summarize_run
 
     summary = summarize_run(Path(entry.run_dir))
-    peak, speeds, evals = 0, [], []
-    train_seconds = None
-    for event in iter_events(Path(entry.run_dir) / "events.jsonl"):
-        if isinstance(event, Metrics):
-            peak = max(peak, event.memory_peak_bytes or event.memory_bytes)
-            speeds.append(event.tokens_per_s)
-        elif isinstance(event, Eval):
-            evals.append(event)
-        elif isinstance(event, Finished):
-            train_seconds = event.train_seconds
-        elif isinstance(event, Started):
-            row["trainable_params"] = event.trainable_params
-            row["trainable_share"] = event.trainable_params / event.total_params if event.total_params else None
-    speeds = sorted(speeds[2:] or speeds)  # the first steps include warm-up
-    last_with = {k: next((getattr(e, k) for e in reversed(evals) if getattr(e, k) is not None), None)
-                 for k in ("accuracy", "exact_match")}
+    if summary.trainable_params is not None:  # what the run reported, over the estimate
+        row["trainable_params"] = summary.trainable_params
+        row["trainable_share"] = summary.trainable_params / summary.total_params if summary.total_params else None
     return {
         **row,
         "status": summary.status,
-        "peak_memory_bytes": peak or None,
-        "train_seconds": train_seconds if train_seconds is not None else summary.duration_s,
-        "tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+        "peak_memory_bytes": summary.peak_memory_bytes,
+        "train_seconds": summary.train_seconds if summary.train_seconds is not None else summary.duration_s,
+        "tokens_per_s": summary.median_tokens_per_s,
         "final_loss": summary.final_loss,
         "final_eval_loss": summary.final_eval_loss,
         "best_eval_loss": summary.best_eval_loss,
-        **last_with,
+        "accuracy": summary.accuracy,
+        "exact_match": summary.exact_match,
         "error": summary.error,
     }
 
