@@ -82,3 +82,13 @@ def test_an_edit_shows_the_chosen_method_first_then_the_rest(tiny_llama):  # typ
     last_rows = {r["method"]: r for r in last}
     assert not any(r.get("pending") for r in last)
     assert last_rows["dora"]["trainable_params"] > before["dora"]["trainable_params"]
+
+
+def test_the_three_charts_share_the_row_order(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    page = window.pages["compare"]
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    chart = page.chart
+    # Every plot draws row 0 (the library's first method) at the top.
+    assert all(plot.getViewBox().yInverted() for plot in (chart.params, chart.size, chart.memory))

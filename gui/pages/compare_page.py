@@ -138,6 +138,7 @@ class CostChart(QWidget):
         self.params.invertY(True)  # the library's order, top to bottom
         for plot in (self.size, self.memory):
             plot.setYLink(self.params)
+            plot.invertY(True)  # a linked range does not carry the inversion: without this, rows run reversed
             plot.getAxis("left").setStyle(showValues=False)
         self.params.getAxis("bottom").setLabel("parameters")
         self.plotted_rows: list[dict[str, Any]] = []
