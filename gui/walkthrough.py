@@ -64,6 +64,9 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
         if key == "data":
             _wait(app, lambda: getattr(data_page, "tokenizer", None) is not None, 300, "the tokenizer")
             data_page.show_rendered()
+        if key == "compare":
+            compare = window.pages["compare"]
+            _wait(app, compare.complete, 300, "every method's cost")  # not a picture of "estimating…" rows
         report["pages"].append(key)
         shoot(key)
     method_form = window.pages["method"].form
