@@ -43,6 +43,7 @@ PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 HIGHLIGHT = "#f2b134"
 SHORT_COUNTS = {0: "1", 2: "100", 4: "10K", 6: "1M", 8: "100M", 10: "10B", 12: "1T"}
 COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable")
+MAX_COLUMN_PX = 260
 FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
 TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision")
 
@@ -364,8 +365,12 @@ class ComparePage(Page):
                     item = QTableWidgetItem()
                     self.table.setItem(i, j, item)
                 item.setText(value)
+                item.setToolTip(value if len(value) > 30 else "")  # a refusal's reason, cut by the column
                 item.setBackground(background)
         self.table.resizeColumnsToContents()
+        for column in range(self.table.columnCount()):
+            # A refusal's long reason would widen its column past the window and push the others out.
+            self.table.setColumnWidth(column, min(self.table.columnWidth(column), MAX_COLUMN_PX))
         self.table.setUpdatesEnabled(True)
 
     def _cells(self, r: dict[str, Any]) -> list[str]:
