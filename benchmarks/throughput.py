@@ -146,11 +146,11 @@ def lora_config() -> Any:
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS)
 
 
-def load_base() -> Any:
+def load_base(model_source: str) -> Any:
     """The GGUF through transformers, as a person writing the recipe would, quantized marker cleared."""
     from transformers import AutoModelForCausalLM
 
-    source = resolve_source(EMBEDDED_SMOLLM2)
+    source = resolve_source(model_source)
     model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     # Dequantised to float32 but still marked as quantized: the Trainer refuses it (FACTS.md).
     model.hf_quantizer = None
@@ -308,7 +308,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     with tempfile.TemporaryDirectory() as out:
         spec = parse_spec(
             {
-                "model": {"source": EMBEDDED_SMOLLM2, "device": args.device},
+                "model": {"source": args.model, "device": args.device},
                 "data": {"path": str(train_path), "eval_split": 0.0, "max_length": args.max_length},
                 "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": TARGETS},
                 "training": {
@@ -405,7 +405,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     from engine.models import load_model
     from engine.spec import ModelSpec, TrainingSpec
 
-    model, tokenizer, _ = load_model(ModelSpec(source=EMBEDDED_SMOLLM2), "causal_lm", dtype=torch.float32)
+    model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=torch.float32)
     data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
     precision = pick_precision("auto", args.device)
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=args.device == "cpu")
@@ -484,6 +484,11 @@ def main() -> None:
         "averaged over seeds, since 30 steps see a different sample of rows per seed",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--model",
+        default=EMBEDDED_SMOLLM2,
+        help="another SmolLM2-shaped model (e.g. random weights where the GGUF cannot go)",
+    )
     parser.add_argument("--profile", action="store_true", help="only profile the engine's step on --data's first set")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -524,13 +529,13 @@ def main() -> None:
             f"(shares below use the {threads}-thread peak the training ran with)"
         )
 
-    tokenizer = load_tokenizer(resolve_source(EMBEDDED_SMOLLM2))
+    tokenizer = load_tokenizer(resolve_source(args.model))
     prepared = {
         name: prepare_data(DataSpec(path=str(tr), eval_path=str(ev)), tokenizer, "causal_lm", args.max_length, SEED)
         for name, (tr, ev) in files.items()
     }
     t0 = time.perf_counter()
-    base = load_base()
+    base = load_base(args.model)
     print(
         f"base model loaded in {time.perf_counter() - t0:.1f} s; held-out rows: "
         + ", ".join(f"{n} {len(d.eval)}" for n, d in prepared.items())

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one lease of a lent GPU machine, most important first, each with
+# its own time limit and its own log under $OUT (so a step that runs long leaves the others' results).
+#
+# The GPU machine has PyTorch but none of our other packages and no network: the packages travel as
+# wheels in .whl/ and the SmolLM2 tokenizer in .gpu/smollm2-tokenizer (both ignored by git; see
+# benchmarks/README section "GPU session"). Weights are random with SmolLM2-135M's architecture:
+# speed and memory do not depend on their values, and the 94 MB GGUF exceeds what travels.
+#
+#     bash benchmarks/gpu_session.sh            # there, through the device tool, carrying .whl and .gpu
+#
+# Budget: about 7 minutes on an H100/H200 in all.
+set -u
+OUT=${OUT:-/tmp/gpu-session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false XDG_CACHE_HOME=/tmp/xdg-cache
+SITE=/tmp/site
+WHEELS=${WHEELS:-.whl}  # WHEELS=none: use the packages PY already has (a smoke test on this machine)
+if [ -d "$WHEELS" ]; then
+    # Wheels are zip archives of what pip would copy: unpacking them is the whole install (no index).
+    mkdir -p $SITE && for w in "$WHEELS"/*.whl; do python3 -m zipfile -e "$w" $SITE; done
+fi
+export PYTHONPATH=$SITE:$PWD
+PY=${PY:-python3}
+STEPS=${STEPS:-30}
+TOK=.gpu/smollm2-tokenizer
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, say how it ended
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    echo "=== $name (limit ${limit}s)"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - t0))s"
+    tail -n 40 "$OUT/$name.log"
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    $PY - <<'EOF'
+import importlib
+for name in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "pydantic", "tokenizers"):
+    try:
+        module = importlib.import_module(name)
+        print(name, module.__version__, module.__file__)
+    except Exception as e:  # report, the steps below will say what fails with it
+        print(name, "FAILED:", type(e).__name__, e)
+import torch
+print("cuda", torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
+EOF
+} 2>&1 | tee "$OUT/env.log"
+
+$PY -c "
+import sys; sys.path.insert(0, 'benchmarks')
+from pathlib import Path
+from gpu_engine_check import build_model
+build_model('$TOK', Path('/tmp/smollm2-random'))
+" >/dev/null 2>&1 || echo "building the random SmolLM2 failed"
+
+step cuda_tests 120 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts= --timeout 110
+step engine_check 100 $PY benchmarks/gpu_engine_check.py --tokenizer $TOK --steps $STEPS
+step throughput 150 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random --steps $STEPS \
+    --json "$OUT/throughput.json"
+step engine_suite 90 $PY -m pytest -q -p no:cacheprovider -n 8 -m "not slow and not gui" --timeout 80 \
+    tests/test_engine.py tests/test_methods.py tests/test_export.py tests/test_playground.py \
+    tests/test_bottleneck.py tests/test_estimate.py tests/test_cli.py tests/test_run_history.py
+step memory_check 50 $PY benchmarks/gpu_check.py --steps 3

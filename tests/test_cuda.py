@@ -1,0 +1,119 @@
+"""What only a CUDA GPU can check: bf16 autocast, CUDA memory stats, QLoRA (4-bit / 8-bit bases
+through bitsandbytes) with its dequantising merge, 8-bit AdamW, and FSDP through accelerate launch.
+
+Skipped with the reason where there is no CUDA GPU (as in CI); `benchmarks/gpu_session.sh` runs them
+on a lent GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.events import Finished, Metrics, Started
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def train(spec: Any) -> tuple[Any, list[Any]]:
+    from engine.train import run
+
+    events: list[Any] = []
+    result = run(spec, events.append)
+    return result, events
+
+
+def needs_bitsandbytes(kind: str) -> None:
+    from engine.models import quantization_problem
+
+    problem = quantization_problem(kind)
+    if problem is not None:
+        pytest.skip(str(problem))
+
+
+def test_auto_precision_is_bf16_autocast_with_cuda_memory_stats(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", learning_rate=0.01, max_steps=30)
+    result, events = train(spec)
+    assert result.status == "completed", result.error
+    started = next(e for e in events if isinstance(e, Started))
+    assert "cpu" not in started.device.lower(), started.device
+    assert started.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    metrics = [e for e in events if isinstance(e, Metrics)]
+    assert all(m.memory_peak_bytes and m.memory_peak_bytes > 0 for m in metrics)
+    assert metrics[-1].loss < metrics[0].loss
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_qlora_trains_and_merges_into_a_dequantised_base(kind, tiny_llama, alpaca_jsonl, make_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    needs_bitsandbytes(kind)
+    from engine.export import export_run
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", learning_rate=0.01, max_steps=20)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": kind})})
+    result, events = train(spec)
+    assert result.status == "completed", result.error
+    metrics = [e for e in events if isinstance(e, Metrics)]
+    assert metrics[-1].loss < metrics[0].loss
+    adapter = export_run(result.run_dir, "adapter", tmp_path / "adapter")
+    assert (adapter.path / "adapter_config.json").exists()
+    merged = export_run(result.run_dir, "merged", tmp_path / "merged")
+    config = json.loads((merged.path / "config.json").read_text())
+    assert "quantization_config" not in config  # merged weights are plain, loadable without bitsandbytes
+    assert merged.verified_max_diff is not None
+
+
+def test_adamw_8bit_optimizer(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    needs_bitsandbytes("8bit")
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", learning_rate=0.01, optimizer="adamw_8bit")
+    result, _ = train(spec)
+    assert result.status == "completed", result.error
+
+
+def test_gradient_checkpointing_with_a_4bit_base(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    needs_bitsandbytes("4bit")
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", gradient_checkpointing=True, max_steps=5)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "4bit"})})
+    result, _ = train(spec)
+    assert result.status == "completed", result.error
+
+
+def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    """The launcher's FSDP settings on a real GPU (with one process where the machine has one GPU)."""
+    from engine.events import EventFollower
+    from engine.launch import start_multi
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", max_steps=6, save_every=3)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"distributed": "fsdp"})})
+    proc, run_dir = start_multi(spec, min(2, torch.cuda.device_count()))
+    output, _ = proc.communicate(timeout=300)
+    events = EventFollower(run_dir / "events.jsonl").poll()
+    finished = [e for e in events if isinstance(e, Finished)]
+    assert proc.returncode == 0 and finished and finished[-1].status == "completed", output[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000006"]
+
+
+def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from engine.train import run
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", max_steps=12, save_every=4)
+    stop = threading.Event()
+    seen: list[Any] = []
+
+    def emit(event: Any) -> None:
+        seen.append(event)
+        if isinstance(event, Metrics) and event.step == 6:
+            stop.set()
+
+    first = run(spec, emit, stop)
+    assert first.status == "cancelled"
+    resumed: list[Any] = []
+    second = run(spec, resumed.append, resume_dir=Path(first.run_dir))
+    assert second.status == "completed", second.error
+    started = next(e for e in resumed if isinstance(e, Started))
+    assert started.resumed_from_step >= 4
