@@ -8,6 +8,11 @@ without the CUDA-context overhead (which `max_memory_allocated` does not see) ne
 logits) next to the estimated activations + temporary. Weights are random: memory does not depend
 on their values, so the architecture comes from resources/model_configs/smollm2-135m.
 
+Then it trains bf16 LoRA and QLoRA (4-bit NF4 base) for --train-steps through the engine on the demo
+data and prints their tokens/s and peak memory (benchmarks/gpu_engine_check.py does more methods and
+the QLoRA exports). The tokenizer comes from the embedded SmolLM2, or --tokenizer DIR where the
+embedded model is not installed (weights are random either way).
+
     python benchmarks/gpu_check.py [--batch 4] [--seq 512] [--steps 3] [--methods lora,full,...]
 
 Exits with a message (status 0) where there is no CUDA. Runs in well under a minute on an H100.
@@ -18,11 +23,13 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DEFAULT_METHODS = ("lora,lora+gc,dora,rslora,adalora,ia3,prompt_tuning,p_tuning,prefix_tuning,p_tuning_v2,"
                    "llama_adapter,last_layers,full,adapter_h,parallel_adapter,loha,lokr,vera,oft,mam")
@@ -35,6 +42,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=30, help="steps of the bf16 LoRA and QLoRA runs (0: none)")
+    parser.add_argument("--tokenizer", help="a SmolLM2 tokenizer folder (default: the embedded model's)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -80,7 +89,28 @@ def main() -> int:
         print(f"\n{len(ratios)} methods: estimate / measured peak min {min(ratios):.2f}, max {max(ratios):.2f}, "
               f"mean {sum(ratios) / len(ratios):.2f}; CUDA context not counted on either side "
               f"({time.perf_counter() - t0:.0f} s)")
+    if args.train_steps:
+        train_check(args)
     return 0
+
+
+def train_check(args: argparse.Namespace) -> None:
+    """bf16 LoRA and QLoRA through the engine: tokens/s and peak memory."""
+    from gpu_engine_check import check_training
+
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        from engine.models import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
+
+        try:
+            loaded = load_tokenizer(resolve_source(EMBEDDED_SMOLLM2))
+        except Exception as e:  # the embedded package is missing: say so, the memory table stands
+            print(f"\nno training check: the embedded SmolLM2 is not installed ({e}); pass --tokenizer DIR")
+            return
+        tokenizer = tempfile.mkdtemp(prefix="smollm2-tokenizer-")
+        loaded.save_pretrained(tokenizer)
+    print(f"\nbf16 LoRA and QLoRA through the engine, {args.train_steps} steps on the demo data:")
+    check_training(tokenizer, args.train_steps, [("lora", "none"), ("lora", "4bit")])
 
 
 def measure(config: object, name: str, training: object, row: dict, args: argparse.Namespace) -> tuple[int, int]:

@@ -44,13 +44,6 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from engine.estimate import estimate
-    from engine.events import Finished, Metrics, Started
-    from engine.export import export_run
-    from engine.models import load_config, resolve_source
-    from engine.spec import parse_spec
-    from engine.train import run
-
     print(
         "torch",
         torch.__version__,
@@ -58,11 +51,26 @@ def main() -> None:
         torch.cuda.is_available(),
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
     )
+    check_training(args.tokenizer, args.steps, CASES, export=True)
+
+
+def check_training(tokenizer: str, steps: int, cases: list[tuple[str, str]], *, export: bool = False) -> None:
+    """Train each (method, quantisation) case through `engine.train.run`; print tokens/s, peak memory and
+    the estimate; with `export`, export the QLoRA run as adapter and merged weights."""
+    import torch
+
+    from engine.estimate import estimate
+    from engine.events import Finished, Metrics, Started
+    from engine.export import export_run
+    from engine.models import load_config, resolve_source
+    from engine.spec import parse_spec
+    from engine.train import run
+
     work = Path(tempfile.mkdtemp())
-    model = build_model(args.tokenizer, work / "smol")
+    model = build_model(tokenizer, work / "smol")
     config = load_config(resolve_source(str(model)))
     results = {}
-    for method, quant in CASES:
+    for method, quant in cases:
         spec = parse_spec(
             {
                 "model": {"source": str(model), "quantization": quant},
@@ -72,7 +80,7 @@ def main() -> None:
                     "max_length": 256,
                 },
                 "method": {"name": method},
-                "training": {"max_steps": args.steps, "batch_size": 8, "save_every": args.steps, "eval_samples": 4},
+                "training": {"max_steps": steps, "batch_size": 8, "save_every": steps, "eval_samples": 4},
                 "output_dir": str(work / "runs"),
             }
         )
@@ -108,11 +116,11 @@ def main() -> None:
             f"{method}/{quant}: {finished.status} {finished.error or ''} device={getattr(started, 'device', '?')} "
             f"precision={getattr(started, 'precision', '?')} trainable={getattr(started, 'trainable_params', 0):,} "
             f"loss {metrics[0].loss:.3f}->{metrics[-1].loss:.3f} tokens/s {speed:,.0f} peak {peak / 2**20:,.0f} MiB "
-            f"estimate(no overhead) {est / 2**20:,.0f} MiB ratio {est / max(peak, 1):.2f} time {seconds:.0f}s"
+            f"estimate for full 256-token rows (no CUDA context) {est / 2**20:,.0f} MiB time {seconds:.0f}s"
         )
         results[(method, quant)] = result
     qlora = results.get(("lora", "4bit"))
-    if qlora is not None and qlora.status == "completed":
+    if export and qlora is not None and qlora.status == "completed":
         for kind in ("adapter", "merged"):
             try:
                 out = export_run(qlora.run_dir, kind, work / f"qlora-{kind}")

@@ -24,9 +24,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any]
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp folder, then rename) and prune old ones."""
+    """Write a checkpoint atomically (temp folder, then rename) and prune old ones.
+
+    `tensors` replaces the model's trainable tensors (a sharded run passes them gathered); with
+    `optimizer` None the checkpoint holds no optimizer state and a resume starts AdamW afresh."""
     import torch
     from safetensors.torch import save_file
 
@@ -34,10 +43,10 @@ def save_checkpoint(
     tmp = folder / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
+    save_file(trainable_state(model) if tensors is None else tensors, str(tmp / WEIGHTS))
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -83,13 +92,14 @@ def load_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, An
     import torch
 
     state = torch.load(checkpoint / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["python_rng"])
-    return json.loads((checkpoint / "state.json").read_text())
+    return {**json.loads((checkpoint / "state.json").read_text()), "has_optimizer": state["optimizer"] is not None}
 
 
 def copy_as_best(checkpoint: Path, folder: Path) -> Path:

@@ -66,6 +66,11 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def sharded_run() -> bool:
+    """Whether this process was launched with FSDP (`accelerate launch --use_fsdp` sets the flag)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def run(
     spec: RunSpec | None,
     emit: Emit | None = None,
@@ -190,10 +195,13 @@ class TrainingSession:
         precision = pick_precision(spec.training.precision, device)
         self.stage("loading model", spec.model.source)
         t0 = time.perf_counter()
+        # FSDP flattens each wrapped block's weights into one tensor of one dtype: with float32
+        # adapters the frozen base must be float32 too (its mixed-precision policy computes in bf16).
+        base_trains = trains_in_base_dtype(spec.method) or sharded_run()
         model, tokenizer, source = load_model(
             spec.model,
             task,
-            dtype=weights_dtype(spec.model, device, trains_in_base_dtype(spec.method), precision),
+            dtype=weights_dtype(spec.model, device, base_trains, precision),
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
@@ -280,6 +288,9 @@ class TrainingSession:
             return
         ckpt.load_trainable(self.accelerator.unwrap_model(self.model), latest)
         state = ckpt.load_state(latest, self.optimizer, self.scheduler)
+        if not state["has_optimizer"]:
+            self.log("the checkpoint of a sharded (FSDP) run holds no optimizer state: AdamW starts afresh",
+                     level="warning")
         self.step = int(state["step"])
         self.tokens_trained = int(state.get("tokens_trained", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -456,21 +467,36 @@ class TrainingSession:
         return improved
 
     def _checkpoint(self) -> Path:
+        # FSDP: each process holds a shard of every tensor; gathering them is a collective step that
+        # every process takes (with one process too, so one GPU tests the path of several). Its optimizer
+        # state stays sharded and is not saved (a resume restarts AdamW).
+        sharded = sharded_run()
+        tensors = self._gathered_trainable() if sharded else None
         if not self.accelerator.is_main_process:
             return self.run_dir / "checkpoints"
         self.stage("saving")
         path = ckpt.save_checkpoint(
             self.run_dir / "checkpoints",
             self.accelerator.unwrap_model(self.model),
-            self.optimizer,
+            None if sharded else self.optimizer,
             self.scheduler,
             self.step,
             {"tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "best_eval": self.best_eval},
+            tensors,
         )
         self.last_checkpoint = path
         self.report(Checkpoint(step=self.step, path=str(path)))
         self.stage("training")
         return path
+
+    def _gathered_trainable(self) -> dict[str, Any]:
+        full = self.accelerator.get_state_dict(self.model)  # the full tensors, on the main process
+        names = [
+            n.replace("_fsdp_wrapped_module.", "")
+            for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+            if p.requires_grad
+        ]
+        return {n: full[n].contiguous().cpu() for n in names if n in full}
 
     def _save_on_failure(self) -> None:
         # Keep what was learnt since the last checkpoint, unless the failure is in the weights.

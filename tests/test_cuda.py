@@ -81,7 +81,7 @@ def test_gradient_checkpointing_with_a_4bit_base(tiny_llama, alpaca_jsonl, make_
     assert result.status == "completed", result.error
 
 
-def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The launcher's FSDP settings on a real GPU (with one process where the machine has one GPU)."""
     from engine.events import EventFollower
     from engine.launch import start_multi
@@ -94,6 +94,15 @@ def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec) -> 
     finished = [e for e in events if isinstance(e, Finished)]
     assert proc.returncode == 0 and finished and finished[-1].status == "completed", output[-3000:]
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-0000003", "step-0000006"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run_dir / "checkpoints" / "step-0000006" / "trainable.safetensors"))
+    assert any("lora_B" in n and float(t.abs().sum()) > 0 for n, t in saved.items())  # trained, full tensors
+    # The gathered checkpoint carries the plain model's names: the adapter exports and reloads.
+    from engine.export import export_run
+
+    exported = export_run(run_dir, "adapter", tmp_path / "adapter")
+    assert exported.verified_max_diff is not None and exported.verified_max_diff < 1e-3
 
 
 def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
