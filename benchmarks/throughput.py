@@ -210,6 +210,8 @@ def run_trainer(side: str, base: Any, tokenizer: Any, data: PreparedData, args: 
 
     best = side == "best"
     bf16 = best and (args.device == "cuda" or _cpu_bf16())
+    # The engine turns cuDNN attention off for the process (engine.devices); the recipe gets torch's default.
+    torch.backends.cuda.enable_cudnn_sdp(True)
     set_seed(args.seed)
     model = get_peft_model(copy.deepcopy(base), lora_config())
     rows = [

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 from engine import checkpoints as ckpt
 from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
 from engine.defaults import CPU_EAGER_MAX_WIDTH
-from engine.devices import describe_device, memory_stats, pick_device, pick_precision
+from engine.devices import (
+    avoid_per_shape_attention_plans,
+    describe_device,
+    memory_stats,
+    pick_device,
+    pick_precision,
+)
 from engine.errors import UserError
 from engine.evaluation import evaluate
 from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
@@ -193,6 +199,8 @@ class TrainingSession:
         task = _task_for(spec)
         device = pick_device(spec.model.device)
         precision = pick_precision(spec.training.precision, device)
+        if device == "cuda":
+            avoid_per_shape_attention_plans()
         self.stage("loading model", spec.model.source)
         t0 = time.perf_counter()
         # FSDP flattens each wrapped block's weights into one tensor of one dtype: with float32
