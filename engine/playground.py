@@ -61,13 +61,15 @@ class Playground:
     @classmethod
     def open(cls, run_dir: str | Path, checkpoint: Path | None = None, device: str = "auto") -> Playground:
         """Load the run's tuned model (latest or given checkpoint), its base, and its held-out rows."""
-        from engine.devices import pick_device
+        from engine.devices import avoid_per_shape_attention_plans, pick_device
         from engine.trained import load_base, load_trained
 
         run_dir = Path(run_dir)
         tuned = load_trained(run_dir, checkpoint)
         base = None if shares_base_weights(tuned) else load_base(tuned.spec)[0].eval()
         device = pick_device(device)
+        if device == "cuda":
+            avoid_per_shape_attention_plans()  # the attention's shape changes with every generated token
         tuned.model.to(device)
         if base is not None:
             base.to(device)
