@@ -93,3 +93,61 @@ def test_built_app_self_test_and_methods() -> None:
     assert {"lora", "dora", "prompt_tuning"} <= names
     version = subprocess.run([str(APP), "--version"], capture_output=True, text=True, timeout=60, env=ENV)
     assert version.stdout.startswith("adapter-studio ")
+
+
+def _entry() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("entry", PACKAGING / "entry.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["-m", "accelerate.commands.launch", "--num_processes", "2"],
+         ("accelerate.commands.launch", ["--num_processes", "2"], False)),
+        (["-u", "-m", "engine.cli", "train", "s.yaml"], ("engine.cli", ["train", "s.yaml"], True)),
+        (["train", "s.yaml"], None),
+        (["--demo"], None),
+        (["-m"], None),
+    ],
+)  # fmt: skip
+def test_entry_tells_module_command_lines_from_app_commands(argv: list[str], expected: object) -> None:
+    assert _entry().module_command(argv) == expected  # type: ignore[attr-defined]
+
+
+def test_entry_runs_a_module_as_python_does() -> None:
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(PACKAGING / "entry.py"), "-u", "-m", "engine.cli", "--version"],
+        capture_output=True, text=True, timeout=120, env=ENV,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.startswith("adapter-studio "), out.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not APP.exists(), reason="no built app: run `make package` (packaging/build.sh) first")
+def test_built_app_trains_with_two_processes(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
+    """The app is its own Python: `--devices 2` goes through accelerate launch and torch's launcher."""
+    import json
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"model: {{source: {tiny_llama}}}\ndata: {{path: {alpaca_jsonl}, max_length: 64, eval_split: 0}}\n"
+        "method: {name: lora}\ntraining: {max_steps: 4, batch_size: 2, save_every: 4, eval_samples: 0, "
+        f"precision: float32}}\noutput_dir: {tmp_path / 'runs'}\n"
+    )
+    out = subprocess.run(
+        [str(APP), "train", str(spec), "--devices", "2"],
+        capture_output=True, text=True, timeout=600, env={**ENV, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events].count("started") == 1
+    assert events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
+    assert (run_dir / "checkpoints" / "step-0000004").is_dir()
