@@ -1,13 +1,14 @@
-"""Which CPU training options pay off: batch widths rounded to a multiple, and a bf16 frozen base.
+"""Which CPU training options pay off, each against the engine as it is (bf16 autocast on this CPU).
 
 Trains the demo (embedded SmolLM2, LoRA, the demo's batch and length) for a few steps with each
 variant, alternating the variants over several rounds (this machine is shared and noisy), and prints
 per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
 shows whether a variant changes what is learned. Variants:
-    baseline     widths = the longest row, base weights float32 (bf16 autocast)
-    pad16        widths rounded up to a multiple of 16
-    bf16-base    frozen base weights loaded in bf16 (adapters stay float32)
-    both
+    baseline        the engine's choices: widths = the longest row, frozen base in bf16, LoRA inputs
+                    kept in bf16
+    pad16           widths rounded up to a multiple of 16
+    float32-base    frozen base weights loaded in float32 (as before the bf16 base)
+    lora-input-cast LoRA layers cast their input to float32 first (peft's default)
 
     .venv/bin/python benchmarks/cpu_speed_options.py [--steps 20] [--rounds 2]
 """
@@ -23,14 +24,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
-VARIANTS = {"baseline": (1, "auto"), "pad16": (16, "auto"), "bf16-base": (1, "bfloat16"), "both": (16, "bfloat16")}
+# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype)
+VARIANTS = {
+    "baseline": (1, "auto", True),
+    "pad16": (16, "auto", True),
+    "float32-base": (1, "float32", True),
+    "lora-input-cast": (1, "auto", False),
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list; baseline is always run")
     args = parser.parse_args()
+    chosen = {"baseline", *args.variants.split(",")}
     warnings.filterwarnings("ignore")
     import engine.train as train
     from engine.events import Metrics
@@ -40,8 +49,9 @@ def main() -> int:
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for name, (multiple, dtype) in VARIANTS.items():
+        for name, (multiple, dtype, lora_in_autocast) in ((n, v) for n, v in VARIANTS.items() if n in chosen):
             train.PAD_MULTIPLE["cpu"] = multiple
+            train.LORA_INPUTS_IN_AUTOCAST_DTYPE = lora_in_autocast
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",
                                          f"model.dtype={dtype}"])
@@ -55,7 +65,7 @@ def main() -> int:
                   f"mean loss {losses[name][-1]:.4f}", flush=True)
     base = statistics.median(speeds["baseline"])
     print()
-    for name in VARIANTS:
+    for name in (n for n in VARIANTS if n in chosen):
         median = statistics.median(speeds[name])
         print(f"{name:<10} {median:6.0f} tok/s  {median / base:5.2f}× baseline  mean loss "
               f"{statistics.mean(losses[name]):.4f}")

@@ -30,6 +30,7 @@ from engine.errors import UserError
 from engine.evaluation import evaluate
 from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
 from engine.fast_loss import causal_lm_parts, labelled_loss
+from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
 from engine.runs import RunLock, new_run_dir
 from engine.spec import RunSpec, load_spec_file
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 # Batch widths rounded up to these multiples (by device type). 1: the longest row, no extra padding.
 PAD_MULTIPLE: dict[str, int] = {}
+# LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
+# benchmarks/cpu_speed_options.py switches it to measure both ways.
+LORA_INPUTS_IN_AUTOCAST_DTYPE = True
 
 
 @dataclass
@@ -251,6 +255,8 @@ class TrainingSession:
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
         model = spec.method.apply(model, ctx)
+        if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
+            compute_lora_inputs_in_autocast_dtype(model)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):

@@ -299,3 +299,22 @@ def test_runs_with_different_precisions_follow_each_other_in_one_process(
     for precision in ("float32", "bf16", "float32"):
         result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, precision=precision))
         assert result.status == "completed", result.error
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "loraplus", "adalora"])
+def test_lora_inputs_kept_in_the_autocast_dtype_learn_the_same(
+    method: str, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """peft's input cast to float32 only adds copies under bf16 autocast: same curve without it."""
+    import engine.train as train
+
+    curves = {}
+    for keep in (False, True):
+        monkeypatch.setattr(train, "LORA_INPUTS_IN_AUTOCAST_DTYPE", keep)
+        events: list[Event] = []
+        spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=8, precision="bf16", learning_rate=0.01,
+                         eval_samples=0)  # fmt: skip
+        result = run(spec, events.append)
+        assert result.status == "completed", result.error
+        curves[keep] = [e.loss for e in events if isinstance(e, Metrics)]
+    assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
