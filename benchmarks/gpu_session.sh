@@ -3,13 +3,17 @@
 # its own time limit and its own log under $OUT (so a step that runs long leaves the others' results).
 #
 # The GPU machine has PyTorch but none of our other packages and no network: the packages travel as
-# wheels in .whl/ and the SmolLM2 tokenizer in .gpu/smollm2-tokenizer (both ignored by git; see
-# benchmarks/README section "GPU session"). Weights are random with SmolLM2-135M's architecture:
-# speed and memory do not depend on their values, and the 94 MB GGUF exceeds what travels.
+# wheels in .whl/ and the SmolLM2 tokenizer in .gpu/smollm2-tokenizer (both git-ignored; made by
+# benchmarks/gpu_prepare.sh). Weights are random with SmolLM2-135M's architecture: speed and memory
+# do not depend on their values, and the 94 MB GGUF exceeds what travels.
 #
-#     bash benchmarks/gpu_session.sh            # there, through the device tool, carrying .whl and .gpu
+#     bash benchmarks/gpu_session.sh                       # there, carrying .whl and .gpu
+#     ONLY="cuda_tests throughput" bash benchmarks/gpu_session.sh
 #
-# Budget: about 7 minutes on an H100/H200 in all.
+# Steps: cuda_tests (tests/test_cuda.py), engine_check (six methods, QLoRA exports), throughput (engine
+# against the Trainer recipe), engine_suite (the engine's tests with CUDA as the automatic device),
+# profile, throughput_b16, memory_check (estimate against measured peak, then bf16 LoRA and QLoRA).
+# The default five took 5.3 minutes on an H200.
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"

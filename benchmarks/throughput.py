@@ -51,7 +51,7 @@ import torch
 
 from engine.data_prep import IGNORE, PreparedData, collate, epoch_batches, prepare_data
 from engine.models import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
-from engine.spec import DataSpec, parse_spec
+from engine.spec import DataSpec, apply_overrides, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "resources" / "demo"
@@ -274,7 +274,8 @@ def run_trainer(side: str, base: Any, tokenizer: Any, data: PreparedData, args: 
     if args.device == "cuda":
         torch.cuda.empty_cache()
     note = f"{'bf16' if bf16 else 'float32'}, {'length-grouped' if grouped else 'random'} batches"
-    return {"tokens_per_s": speed, "padding": padding, "trained": state, "peak": peak, "note": note}
+    tokens = sum(real for real, _ in batches[: args.steps])
+    return {"tokens_per_s": speed, "padding": padding, "trained": state, "peak": peak, "note": note, "tokens": tokens}
 
 
 def _cpu_bf16() -> bool:
@@ -308,28 +309,28 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
             info["error"] = event.error
 
     with tempfile.TemporaryDirectory() as out:
-        spec = parse_spec(
-            {
-                "model": {"source": args.model, "device": args.device},
-                "data": {"path": str(train_path), "eval_split": 0.0, "max_length": args.max_length},
-                "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": TARGETS},
-                "training": {
-                    "max_steps": args.steps,
-                    "batch_size": args.batch,
-                    "learning_rate": 2e-4,
-                    "scheduler": "linear",
-                    "warmup_ratio": 0.0,
-                    "weight_decay": 0.0,
-                    "max_grad_norm": 1.0,
-                    "seed": args.seed,
-                    "save_every": args.steps + 1,
-                    "eval_samples": 0,
-                    "log_every": 1,
-                },
-                "output_dir": out,
-                "name": "throughput",
-            }
-        )
+        fields = {
+            "model": {"source": args.model, "device": args.device},
+            "data": {"path": str(train_path), "eval_split": 0.0, "max_length": args.max_length},
+            "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": TARGETS},
+            "training": {
+                "max_steps": args.steps,
+                "batch_size": args.batch,
+                "learning_rate": 2e-4,
+                "scheduler": "linear",
+                "warmup_ratio": 0.0,
+                "weight_decay": 0.0,
+                "max_grad_norm": 1.0,
+                "seed": args.seed,
+                "save_every": args.steps + 1,
+                "eval_samples": 0,
+                "log_every": 1,
+            },
+            "output_dir": out,
+            "name": "throughput",
+        }
+        apply_overrides(fields, args.engine_set)
+        spec = parse_spec(fields)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         # accelerate keeps one process-wide state: a float32 Trainer run before would make the engine's
@@ -366,6 +367,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
         "padding": padding,
         "trained": state,
         "peak": peak,
+        "tokens": sum(real),
         "note": f"{info.get('precision')}, length-grouped batches, labelled-only head" + (f"; {note}" if note else ""),
     }
 
@@ -491,6 +493,9 @@ def main() -> None:
         default=EMBEDDED_SMOLLM2,
         help="another SmolLM2-shaped model (e.g. random weights where the GGUF cannot go)",
     )
+    parser.add_argument(
+        "--engine-set", action="append", default=[], metavar="KEY=VALUE", help="a spec override for the engine side"
+    )
     parser.add_argument("--profile", action="store_true", help="only profile the engine's step on --data's first set")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -565,7 +570,7 @@ def main() -> None:
                     r.eval_losses.append(evaluator(out["trained"], prepared[name], tokenizer.pad_token_id))
                 print(
                     f"  [{k + 1}/{len(runs)} seed {seed}] {name:<8} {side:<8} {out['tokens_per_s']:7.0f} tok/s  "
-                    f"padding {100 * out['padding']:4.1f}%  eval {r.eval_losses[-1]:.4f}  "
+                    f"padding {100 * out['padding']:4.1f}%  {out['tokens']:6d} tokens  eval {r.eval_losses[-1]:.4f}  "
                     f"({time.perf_counter() - t0:.0f} s{peak_text(out['peak'])})",
                     flush=True,
                 )
