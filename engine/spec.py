@@ -94,6 +94,12 @@ class TrainingSpec(SpecSection):
     gradient_checkpointing: bool = Field(
         False, json_schema_extra=ADVANCED, description="Recompute activations to save memory (slower)."
     )
+    compile: bool = Field(
+        False,
+        json_schema_extra=ADVANCED,
+        description="Compile the training step with torch.compile: minutes of compiling first, then faster "
+        "steps (1.34× on the demo on a 2-core CPU); for long runs. Needs a C++ compiler on a CPU.",
+    )
     seed: int = Field(
         0, ge=0, json_schema_extra=ADVANCED, description="Random seed for data order, dropout and initialisation."
     )

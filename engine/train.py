@@ -286,6 +286,10 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
+        self.train_forward = model
+        if t.compile:
+            self.log("compiling the training step (torch.compile): the first steps take minutes")
+            self.fast_parts, self.train_forward = _compiled(self.fast_parts, model, device)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
@@ -353,7 +357,7 @@ class TrainingSession:
                 batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
                 self._pick_attention(batch["input_ids"].shape[1])
                 with self.accelerator.autocast():
-                    full_loss = labelled_loss(self.fast_parts, batch) if self.fast_parts else model(**batch).loss
+                    full_loss = self._loss(batch)
                 self.accelerator.backward(full_loss / t.gradient_accumulation)
                 losses.append(full_loss.detach())
                 window_tokens += real_tokens
@@ -408,6 +412,11 @@ class TrainingSession:
                     self._checkpoint()
                 return "completed"
         return "completed"
+
+    def _loss(self, batch: dict[str, Any]) -> Any:
+        if self.fast_parts:
+            return labelled_loss(self.fast_parts, batch)
+        return self.train_forward(**batch).loss
 
     def _should_stop(self) -> bool:
         """Every process must stop at the same step, or the others wait forever in an all-reduce."""
@@ -521,6 +530,26 @@ class TrainingSession:
             return
         if latest is not None:
             self.log(f"the last good checkpoint is kept: {latest}")
+
+
+def _compiled(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> tuple[tuple[Any, Any] | None, Any]:
+    """torch.compile for the training forward only: evaluation and generation stay eager (each of
+    their shapes would cost another compile). Refuses, saying why, where inductor cannot build."""
+    import importlib.util
+    import shutil
+
+    import torch
+
+    if device == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        raise UserError("torch.compile needs a C++ compiler on a CPU, and none was found",
+                        where="training.compile", fix="install g++ (e.g. apt-get install g++), or turn compile off")
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        raise UserError("torch.compile needs the triton package on a GPU", where="training.compile",
+                        fix="pip install triton, or turn compile off")
+    if fast_parts is not None:
+        decoder, head = fast_parts
+        return (torch.compile(decoder, dynamic=True), head), model
+    return None, torch.compile(model, dynamic=True)
 
 
 def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -> Any:

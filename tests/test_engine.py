@@ -318,3 +318,28 @@ def test_lora_inputs_kept_in_the_autocast_dtype_learn_the_same(
         assert result.status == "completed", result.error
         curves[keep] = [e.loss for e in events if isinstance(e, Metrics)]
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
+
+
+@pytest.mark.slow  # inductor compiles for ~30 s even for the tiny model
+def test_compiled_training_step_follows_the_eager_curve(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
+    curves = {}
+    for compiled in (False, True):
+        events: list[Event] = []
+        spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6, learning_rate=0.01, compile=compiled)
+        result = run(spec, events.append)
+        assert result.status == "completed", result.error
+        curves[compiled] = [e.loss for e in events if isinstance(e, Metrics)]
+    assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 1e-3, curves
+
+
+def test_compile_without_a_compiler_is_refused_with_the_fix(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    events: list[Event] = []
+    result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, compile=True), events.append)
+    assert result.status == "failed"
+    assert "C++ compiler" in (result.error or "") and "training.compile" in (result.error or "")
