@@ -71,8 +71,8 @@ wanted engine_check && step engine_check 100 $PY benchmarks/gpu_engine_check.py 
 wanted throughput && step throughput 150 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random \
     --steps $STEPS --json "$OUT/throughput.json"
 # The engine's tests with CUDA as the automatic device (-v names each result as it comes).
-wanted engine_suite && step engine_suite 160 $PY -m pytest -v -p no:cacheprovider -n 8 -m "not slow and not gui" \
-    --timeout 80 tests/test_engine.py tests/test_methods.py tests/test_export.py tests/test_playground.py \
+wanted engine_suite && step engine_suite 170 $PY -m pytest -v -p no:cacheprovider -n 8 -m "not slow and not gui" \
+    --timeout 150 tests/test_engine.py tests/test_methods.py tests/test_export.py tests/test_playground.py \
     tests/test_bottleneck.py tests/test_estimate.py tests/test_cli.py tests/test_run_history.py
 wanted profile && step profile 60 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random --profile \
     --data demo
