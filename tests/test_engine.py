@@ -343,3 +343,50 @@ def test_compile_without_a_compiler_is_refused_with_the_fix(
     result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, compile=True), events.append)
     assert result.status == "failed"
     assert "C++ compiler" in (result.error or "") and "training.compile" in (result.error or "")
+
+
+def test_a_run_takes_the_textbook_steps(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same init and batches: the engine's trained tensors equal a hand-written loop's (model loss,
+    backward, clipping, AdamW, linear schedule). The speed paths must not change the arithmetic."""
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+    from transformers import get_scheduler
+
+    import engine.train as train
+    from engine import checkpoints
+    from engine.data_prep import collate, epoch_batches, prepare_data
+    from engine.methods import MethodContext
+    from engine.model_info import describe_model
+    from engine.models import load_model
+    from engine.spec import load_spec_file
+
+    monkeypatch.setattr(train, "CPU_EAGER_MAX_WIDTH", 0)  # the reference uses the model's own attention
+    spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, max_steps=5, save_every=5,
+                     learning_rate=0.01, scheduler="linear", warmup_ratio=0.0, data={"eval_split": 0.0})  # fmt: skip
+    result = run(spec)
+    assert result.status == "completed", result.error
+    latest = checkpoints.latest_checkpoint(result.run_dir / "checkpoints")
+    trained = load_file(str(latest / checkpoints.WEIGHTS))
+
+    saved = load_spec_file(result.run_dir / "spec.yaml")
+    set_seed(saved.training.seed)
+    model, tokenizer, _ = load_model(saved.model, "causal_lm", dtype=torch.float32)
+    info = describe_model(model)
+    data = prepare_data(saved.data, tokenizer, "causal_lm", saved.data.max_length, saved.training.seed)
+    model = saved.method.apply(model, MethodContext(info=info, training=saved.training, total_steps=5))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.01, weight_decay=saved.training.weight_decay)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=5)
+    batches = epoch_batches([len(x.input_ids) for x in data.train], 4, saved.training.seed, 0)
+    model.train()
+    for step in range(5):
+        model(**collate([data.train[i] for i in batches[step]], tokenizer.pad_token_id, False)).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, saved.training.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    reference = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert trained.keys() == reference.keys()
+    assert max(float((trained[n] - reference[n]).abs().max()) for n in trained) < 1e-5
