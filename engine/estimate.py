@@ -281,8 +281,9 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
                            "mergeable": cls.mergeable}
     from engine.models import trains_in_base_dtype
 
-    dtype = _weight_dtype(weight_dtype, device, trains_in_base_dtype(method_spec), quantization,
-                          training_spec.precision)
+    # FSDP flattens adapters and frozen weights into one dtype: the engine loads the base in float32 then.
+    base_trains = trains_in_base_dtype(method_spec) or _fsdp_world(training_spec, device) > 1
+    dtype = _weight_dtype(weight_dtype, device, base_trains, quantization, training_spec.precision)
     if cached_only and (_config_key(config), task, num_labels, str(dtype)) not in _CACHE:
         return None
     try:
@@ -427,6 +428,7 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         "temporary": act["temporary"],
         "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
     }
+    processes = _per_process(memory, applied, base, training, device)
     memory["total"] = sum(memory[k] for k in MEMORY_PARTS)
     n_total = applied.total_params
     row.update(
@@ -439,12 +441,40 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
             "device": device, "weight_dtype": str(dtype).removeprefix("torch."), "quantization": quantization,
             "precision": precision, "batch_size": batch, "seq_len": seq_len, "optimizer": training.optimizer,
             "gradient_checkpointing": training.gradient_checkpointing, "task": task,
+            "devices": training.devices, "distributed": training.distributed,
         },
     )
     if device_memory:
         row["device_memory_bytes"] = int(device_memory)
-        row["fits"] = memory["total"] <= device_memory
+        # Several CPU processes share one machine's memory; GPUs each have their own.
+        row["fits"] = memory["total"] * processes <= device_memory
     return row
+
+
+def _fsdp_world(training: TrainingSpec, device: str) -> int:
+    """How many GPUs an FSDP run shards over (1: not sharded; one device trains in-process)."""
+    return training.devices if device == "cuda" and training.distributed == "fsdp" else 1
+
+
+def _per_process(memory: dict[str, int], applied: _Applied, base: _Base, training: TrainingSpec, device: str) -> int:
+    """Turn one process's memory into one device's for a run on `training.devices` devices (in place);
+    returns how many processes share the machine's memory (CPU processes do, GPUs do not)."""
+    n = training.devices
+    if n <= 1:
+        return 1
+    if device != "cuda" or training.distributed == "ddp":
+        # DDP keeps a full copy per device and all-reduces gradients through buckets of their size.
+        memory["temporary"] += memory["gradients"]
+        return n if device != "cuda" else 1
+    # ZeRO-2 shards gradients and optimizer state; FSDP also the weights, and gathers one block's
+    # weights (in the compute dtype, the next one prefetched) at a time.
+    for part in ("gradients", "optimizer") + (("weights",) if training.distributed == "fsdp" else ()):
+        memory[part] = math.ceil(memory[part] / n)
+    if training.distributed == "fsdp":
+        layers = max(1, base.info.num_layers)
+        block = max(0, applied.total_params - base.shape.vocab * base.shape.hidden) / layers
+        memory["temporary"] += int(2 * 2 * block)
+    return 1
 
 
 def _prefix_problem(model: Any, title: str) -> str | None:

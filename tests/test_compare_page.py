@@ -43,6 +43,12 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     page.save_png(str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").stat().st_size > 1000
 
+    # Two processes: the memory shown is each one's, and the page says so.
+    window.state.training = window.state.training.model_copy(update={"devices": 2})
+    window.state.spec_edited.emit()
+    qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"]["devices"] == 2, timeout=60_000)
+    assert "per process: 2 processes" in page.status.text()
+
 
 def test_start_warns_when_the_estimate_does_not_fit(window, qtbot, tiny_llama, alpaca_jsonl, monkeypatch):  # type: ignore[no-untyped-def]
     from engine.spec import DataSpec

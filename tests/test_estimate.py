@@ -172,6 +172,35 @@ def test_quantized_base_and_checkpointing() -> None:
     assert "checkpointing" in ckpt[1]["error"]
 
 
+def _memory(method: str, *overrides: str) -> dict[str, int]:
+    return estimate_table("llama-3.2-1b", method, ["model.device=cuda", *overrides])[0]["memory_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sharded"),
+    [("ddp", ()), ("deepspeed", ("gradients", "optimizer")), ("fsdp", ("gradients", "optimizer", "weights"))],
+)
+def test_several_gpus_change_each_ones_memory_by_strategy(strategy: str, sharded: tuple[str, ...]) -> None:
+    one = _memory("full")  # full fine-tuning: a float32 base, so only the sharding differs under FSDP
+    four = _memory("full", "training.devices=4", f"training.distributed={strategy}")
+    for part in ("weights", "gradients", "optimizer"):
+        expected = one[part] / 4 if part in sharded else one[part]
+        assert four[part] == pytest.approx(expected, abs=1), part
+    assert four["activations"] == one["activations"]  # the batch size is per device
+    if strategy != "deepspeed":
+        assert four["temporary"] > one["temporary"]  # DDP's gradient buckets, FSDP's gathered block
+
+
+def test_fsdp_keeps_a_lora_base_in_float32_and_cpu_processes_share_the_machine() -> None:
+    bf16 = _memory("lora")
+    fsdp = _memory("lora", "training.devices=2", "training.distributed=fsdp")
+    assert fsdp["weights"] == pytest.approx(bf16["weights"], rel=0.01)  # twice the bytes, half on each GPU
+    cpu = {d: estimate_table("smollm2-135m", "lora", ["model.device=cpu", f"training.devices={d}"])[0]
+           for d in (1, 2)}  # fmt: skip
+    assert cpu[2]["memory_bytes"]["weights"] == cpu[1]["memory_bytes"]["weights"]
+    assert cpu[2]["assumptions"]["devices"] == 2
+
+
 def test_cached_model_is_left_untouched() -> None:
     first = estimate_table("smollm2-135m", "bitfit,last_layers,lora,full", [])
     again = estimate_table("smollm2-135m", "lora,full,last_layers", [])

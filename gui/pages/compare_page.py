@@ -45,7 +45,7 @@ SHORT_COUNTS = {0: "1", 2: "100", 4: "10K", 6: "1M", 8: "100M", 10: "10B", 12: "
 COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable")
 MAX_COLUMN_PX = 260
 FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
-TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision")
+TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision", "devices", "distributed")
 
 
 def cost_overrides(state: Any) -> list[str]:
@@ -335,8 +335,11 @@ class ComparePage(Page):
         self.redraw()
         where = f"against {human_bytes(self.device_memory)} of device memory" if self.device_memory else ""
         progress = f" Updating {updating} more…" if updating else ""
+        t = self.state.training
+        devices = f" Memory is per process: {t.devices} processes ({t.distributed})." if t.devices > 1 else ""
         self.status.setText(
-            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted.{progress}"
+            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
+            f"{devices}{progress}"
         )
 
     def complete(self) -> bool:
@@ -378,7 +381,7 @@ class ComparePage(Page):
             note = r.get("error", "estimating…")
             return [r.get("title", r["method"]), r.get("family", ""), "—", "—", "—", "—", note, ""]
         total = r["memory_bytes"]["total"]
-        fits = "—" if not self.device_memory else ("yes" if total <= self.device_memory else "NO")
+        fits = "—" if "fits" not in r else ("yes" if r["fits"] else "NO")  # the engine's (CPU processes share RAM)
         return [
             r.get("title", r["method"]),
             r.get("family", ""),
