@@ -48,6 +48,8 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     window.state.spec_edited.emit()
     qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"]["devices"] == 2, timeout=60_000)
     assert "per process: 2 processes" in page.status.text()
+    if page.device_memory:  # CPU processes share the machine's memory: each bar against its half
+        assert "shared by 2" in page.status.text()
 
 
 def test_start_warns_when_the_estimate_does_not_fit(window, qtbot, tiny_llama, alpaca_jsonl, monkeypatch):  # type: ignore[no-untyped-def]
