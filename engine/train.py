@@ -339,7 +339,11 @@ class TrainingSession:
             f"training {self.trainable_params:,} of {self.total_params:,} parameters "
             f"({100 * self.trainable_params / self.total_params:.3f}%) on {self.device_name}, {self.precision}"
         )
-        self.stage("training")
+        if t.compile:  # its first minutes go to compiling: say so rather than seem stuck at step 0
+            self.stage("compiling", "torch.compile builds the training step; minutes")
+        else:
+            self.stage("training")
+        compiling = t.compile
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
         method = self.spec.method
         unwrapped = self.accelerator.unwrap_model(model)
@@ -370,6 +374,9 @@ class TrainingSession:
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.train_seconds += time.perf_counter() - step_start
+            if compiling:
+                compiling = False
+                self.stage("training")
 
             if self.step % t.log_every == 0 or self.step == self.total_steps:
                 loss_value, window_tokens = self._gather(torch.stack(losses).mean(), window_tokens)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from engine.events import Checkpoint, Event, Finished, Metrics, Started, read_events
+from engine.events import Checkpoint, Event, Finished, Metrics, Stage, Started, read_events
 from engine.train import RunResult, run
 
 LR = 2e-2  # LoRA on a random 64-wide model: 100× its default rate to move in a few dozen steps
@@ -329,6 +329,8 @@ def test_compiled_training_step_follows_the_eager_curve(tiny_llama: Path, make_s
         result = run(spec, events.append)
         assert result.status == "completed", result.error
         curves[compiled] = [e.loss for e in events if isinstance(e, Metrics)]
+        stages = [e.stage for e in events if isinstance(e, Stage)]
+        assert ("compiling" in stages) == compiled and stages[stages.index("saving") - 1] == "training"
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 1e-3, curves
 
 
