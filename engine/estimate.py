@@ -279,11 +279,12 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
-    from engine.models import trains_in_base_dtype
+    from engine.devices import pick_precision
+    from engine.models import trains_in_base_dtype, weights_dtype
 
     # FSDP flattens adapters and frozen weights into one dtype: the engine loads the base in float32 then.
     base_trains = trains_in_base_dtype(method_spec) or _fsdp_world(training_spec, device) > 1
-    dtype = _weight_dtype(weight_dtype, device, base_trains, quantization, training_spec.precision)
+    dtype = weights_dtype(weight_dtype, device, base_trains, pick_precision(training_spec.precision, device))
     if cached_only and (_config_key(config), task, num_labels, str(dtype)) not in _CACHE:
         return None
     try:
@@ -503,25 +504,6 @@ def _prefix_problem(model: Any, title: str) -> str | None:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else ""
-
-
-def _weight_dtype(choice: str, device: str, base_trains: bool, quantization: str, precision: str = "auto"
-                  ) -> torch.dtype:
-    """As `engine.models.weights_dtype`: bf16 frozen bases on a GPU and on a CPU computing in bf16,
-    float32 otherwise."""
-    import torch
-
-    from engine.devices import pick_precision
-
-    if choice != "auto":
-        return getattr(torch, choice)
-    if device == "cuda" and (not base_trains or quantization != "none"):
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if device == "cpu" and not base_trains and pick_precision(precision, "cpu") == "bf16":
-        return torch.bfloat16
-    return torch.float32
 
 
 def _precision(choice: str, device: str, dtype: torch.dtype) -> str:

@@ -244,16 +244,20 @@ def trains_in_base_dtype(method: Any) -> bool:
     return method.adapter_format in ("selective", "bottleneck")
 
 
-def weights_dtype(spec: ModelSpec, device: str, base_trains: bool, precision: str = "float32") -> Any:
-    """Frozen bases load in bf16/fp16 on GPUs (half the memory), and in bf16 on CPUs that compute in
+def weights_dtype(choice: str, device: str, base_trains: bool, precision: str = "float32") -> Any:
+    """The dtype a run loads its base in, for `model.dtype` = `choice` ("auto" or a torch dtype name).
+
+    Frozen bases load in bf16/fp16 on GPUs (half the memory), and in bf16 on CPUs that compute in
     bf16 (autocast would otherwise cast every weight for every matmul: 1.15× tokens/s on the demo here,
-    same loss — benchmarks/cpu_speed_options.py); trained weights stay float32."""
+    same loss — benchmarks/cpu_speed_options.py); trained weights stay float32. The estimate asks the
+    same for a GPU this machine may not have (bf16 then, as on any recent GPU)."""
     import torch
 
-    if spec.dtype != "auto":
-        return getattr(torch, spec.dtype)
+    if choice != "auto":
+        return getattr(torch, choice)
     if device == "cuda" and not base_trains:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        fp16_only = torch.cuda.is_available() and not torch.cuda.is_bf16_supported()
+        return torch.float16 if fp16_only else torch.bfloat16
     if device == "cpu" and not base_trains and precision == "bf16":
         return torch.bfloat16
     return torch.float32

@@ -213,7 +213,7 @@ class TrainingSession:
         model, tokenizer, source = load_model(
             spec.model,
             task,
-            dtype=weights_dtype(spec.model, device, base_trains, precision),
+            dtype=weights_dtype(spec.model.dtype, device, base_trains, precision),
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")

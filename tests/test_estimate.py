@@ -54,10 +54,9 @@ def training_dtype(method: MethodSpec) -> torch.dtype:
     """The dtype a CPU run loads its base in (bf16 for a frozen base where the CPU computes in bf16)."""
     from engine.devices import pick_precision
     from engine.models import trains_in_base_dtype, weights_dtype
-    from engine.spec import ModelSpec
 
     precision = pick_precision(TRAINING.precision, "cpu")
-    return weights_dtype(ModelSpec(source="-"), "cpu", trains_in_base_dtype(method), precision)
+    return weights_dtype("auto", "cpu", trains_in_base_dtype(method), precision)
 
 
 def one_step(model: torch.nn.Module, spec, task: str) -> torch.optim.Optimizer:
