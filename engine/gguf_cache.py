@@ -27,21 +27,21 @@ KEEP = 4  # conversions kept; the least recently used beyond that are removed
 DONE = ".complete"
 
 
-def cache_root() -> Path:
-    from engine.app_cache import app_cache_dir
-
-    return app_cache_dir()
-
-
 def gguf_key(source: ModelSource) -> str:
     file = Path(source.path) / str(source.gguf_file)
     stat = file.stat()
     return hashlib.sha1(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+def _folder(source: ModelSource) -> Path:
+    from engine.app_cache import app_cache_dir
+
+    return app_cache_dir() / "gguf-models" / gguf_key(source)
+
+
 def converted_folder(source: ModelSource) -> Path | None:
     """The converted folder of this GGUF file, if one was written before."""
-    folder = cache_root() / "gguf-models" / gguf_key(source)
+    folder = _folder(source)
     if not (folder / DONE).exists():
         return None
     with contextlib.suppress(OSError):
@@ -60,7 +60,7 @@ def keep_conversion(source: ModelSource, model: Any, tokenizer: Any) -> Path | N
     params = sum(p.numel() for p in model.parameters())
     if params * 4 > MAX_CACHED_BYTES or any(p.dtype != torch.float32 for p in model.parameters()):
         return None
-    final = cache_root() / "gguf-models" / gguf_key(source)
+    final = _folder(source)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed")
 def launch_command(
     spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp"
 ) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and environment for an N-process run."""
+    """The `accelerate launch` command line and environment for an N-process run (`check_devices` first)."""
     import torch
 
     env = dict(os.environ)
@@ -45,7 +45,6 @@ def launch_command(
         cmd += ["--use_deepspeed", "--zero_stage", "2"]
     else:
         cmd += ["--multi_gpu"]
-    check_devices(devices, strategy)
     if not torch.cuda.is_available():
         # Several CPU processes with the gloo backend (`--cpu` would silently start only one).
         env["ACCELERATE_USE_CPU"] = "1"

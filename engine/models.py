@@ -110,9 +110,10 @@ def _clear_gguf_quantization(model: Any) -> None:
 
 
 def _gguf_config_cache(source: ModelSource) -> Path:
-    from engine.gguf_cache import cache_root, gguf_key
+    from engine.app_cache import app_cache_dir
+    from engine.gguf_cache import gguf_key
 
-    return cache_root() / "gguf-configs" / f"{gguf_key(source)}.json"
+    return app_cache_dir() / "gguf-configs" / f"{gguf_key(source)}.json"
 
 
 def _converted(source: ModelSource) -> ModelSource:
