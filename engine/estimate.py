@@ -446,9 +446,12 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         },
     )
     if device_memory:
-        row["device_memory_bytes"] = int(device_memory)
-        # Several CPU processes share one machine's memory; GPUs each have their own.
-        row["fits"] = memory["total"] * processes <= device_memory
+        # Several CPU processes share one machine's memory (each is judged against its share); GPUs
+        # each have their own.
+        row["device_memory_bytes"] = int(device_memory) // processes
+        row["fits"] = memory["total"] <= row["device_memory_bytes"]
+        if processes > 1:
+            row["memory_shared_by"] = processes
     return row
 
 

@@ -329,19 +329,18 @@ class ComparePage(Page):
         rows = [{**previous[r["method"]], "stale": True} if r.get("pending") and r["method"] in previous else r
                 for r in rows]
         self.rows = rows
-        memory = next((r["device_memory_bytes"] for r in rows if r.get("device_memory_bytes")), None)
+        # Each process's memory: its share where several CPU processes share one machine (the engine's).
+        self.device_memory = next((r["device_memory_bytes"] for r in rows if r.get("device_memory_bytes")), None)
+        shared_by = next((r["memory_shared_by"] for r in rows if r.get("memory_shared_by")), None)
         current = next((r for r in rows if r["method"] == self.state.method.name), None)
         self.state.last_estimate = current
-        t = self.state.training
-        on_cpu = next((r["assumptions"]["device"] == "cpu" for r in rows if "assumptions" in r), False)
-        # Processes on one CPU share its memory: each one's bar is drawn against its share.
-        shared = on_cpu and t.devices > 1 and memory is not None
-        self.device_memory = memory // t.devices if shared else memory
         self.redraw()
         where = f"against {human_bytes(self.device_memory)} of device memory" if self.device_memory else ""
-        if shared:
-            where = f"against {human_bytes(self.device_memory)} each ({human_bytes(memory)} shared by {t.devices})"
+        if shared_by and self.device_memory:
+            whole = human_bytes(self.device_memory * shared_by)
+            where = f"against {human_bytes(self.device_memory)} each ({whole} shared by {shared_by})"
         progress = f" Updating {updating} more…" if updating else ""
+        t = self.state.training
         devices = f" Memory is per process: {t.devices} processes ({t.distributed})." if t.devices > 1 else ""
         self.status.setText(
             f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
