@@ -402,22 +402,27 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     """The engine's step, taken apart: forward, backward, clip+optimizer, batching; then top ops."""
     from accelerate import Accelerator
 
+    from engine.defaults import CPU_EAGER_MAX_WIDTH
     from engine.devices import pick_precision
     from engine.fast_loss import causal_lm_parts, labelled_loss
     from engine.methods import METHODS, MethodContext
+    from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
     from engine.model_info import describe_model
-    from engine.models import load_model
+    from engine.models import load_model, weights_dtype
     from engine.spec import ModelSpec, TrainingSpec
 
-    model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=torch.float32)
-    data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
     precision = pick_precision("auto", args.device)
+    dtype = weights_dtype("auto", args.device, False, precision)  # the engine's choice for a frozen base
+    model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=dtype)
+    data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=args.device == "cpu")
     method = METHODS["lora"](r=8, alpha=16, dropout=0.05, target_modules=TARGETS)
     info = describe_model(model)
     model = method.apply(
         model, MethodContext(info=info, training=TrainingSpec(), total_steps=args.steps, tokenizer=tokenizer)
     )
+    if precision in ("bf16", "fp16"):
+        compute_lora_inputs_in_autocast_dtype(model)  # as engine.train does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, foreach=True)
     model, opt = acc.prepare(model, opt)
@@ -432,6 +437,9 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
         t0 = time.perf_counter()
         items = [data.train[j] for j in batches[i % len(batches)]]
         batch = {k: v.to(acc.device) for k, v in collate(items, tokenizer.pad_token_id, False).items()}
+        if args.device == "cpu":  # the engine's per-batch attention choice (engine.train._pick_attention)
+            width = batch["input_ids"].shape[1]
+            model.config._attn_implementation = "eager" if width <= CPU_EAGER_MAX_WIDTH else "sdpa"
         t1 = time.perf_counter()
         with acc.autocast():
             loss = labelled_loss(parts, batch)
