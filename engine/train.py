@@ -7,6 +7,7 @@ Every outcome ends with a `finished` event; nothing a person can cause escapes a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -217,6 +218,9 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        # A training forward has no use for a key/value cache; building one also makes every compiled
+        # block depend on its own layer's cache state (a recompile per block). Generation asks for it.
+        model.config.use_cache = False
         info = describe_model(model)
         spec = resolve_spec(spec, info, model.config, task)
         spec.method.check(info, spec.training)
@@ -286,10 +290,9 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
-        self.train_forward = model
         if t.compile:
-            self.log("compiling the training step (torch.compile): the first steps take minutes")
-            self.fast_parts, self.train_forward = _compiled(self.fast_parts, model, device)
+            what = _compile_training_forward(self.fast_parts, model, device)
+            self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
@@ -423,7 +426,7 @@ class TrainingSession:
     def _loss(self, batch: dict[str, Any]) -> Any:
         if self.fast_parts:
             return labelled_loss(self.fast_parts, batch)
-        return self.train_forward(**batch).loss
+        return self.model(**batch).loss
 
     def _should_stop(self) -> bool:
         """Every process must stop at the same step, or the others wait forever in an all-reduce."""
@@ -475,18 +478,23 @@ class TrainingSession:
         return self._epoch_cache[1]
 
     def _evaluate(self) -> bool:
+        import torch
+
         self.stage("evaluating")
-        result = evaluate(
-            self.accelerator.unwrap_model(self.model),
-            self.tokenizer,
-            self.data,
-            self.task,
-            batch_size=self.spec.training.batch_size or 4,
-            pad_id=self.pad_id,
-            samples=self.spec.training.eval_samples,
-            autocast=self.accelerator.autocast,
-            device=self.accelerator.device,
-        )
+        # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
+        eager = torch.compiler.set_stance("force_eager") if self.spec.training.compile else contextlib.nullcontext()
+        with eager:
+            result = evaluate(
+                self.accelerator.unwrap_model(self.model),
+                self.tokenizer,
+                self.data,
+                self.task,
+                batch_size=self.spec.training.batch_size or 4,
+                pad_id=self.pad_id,
+                samples=self.spec.training.eval_samples,
+                autocast=self.accelerator.autocast,
+                device=self.accelerator.device,
+            )
         from engine.events import Eval
 
         self.report(Eval(step=self.step, **result))
@@ -539,13 +547,16 @@ class TrainingSession:
             self.log(f"the last good checkpoint is kept: {latest}")
 
 
-def _compiled(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> tuple[tuple[Any, Any] | None, Any]:
-    """torch.compile for the training forward only: evaluation and generation stay eager (each of
-    their shapes would cost another compile). Refuses, saying why, where inductor cannot build."""
+def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> str:
+    """Regional torch.compile, in place: each transformer block is compiled, and since the blocks
+    share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about a minute
+    instead of four for the whole decoder, at most of its speed; benchmarks/throughput.py). Evaluation
+    runs eagerly (TrainingSession._evaluate). Refuses, saying why, where inductor cannot build.
+    Returns what was compiled, for the log."""
     import importlib.util
     import shutil
 
-    import torch
+    from engine.model_info import find_layers_path
 
     if device == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
         raise UserError("torch.compile needs a C++ compiler on a CPU, and none was found",
@@ -553,10 +564,23 @@ def _compiled(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> tu
     if device == "cuda" and importlib.util.find_spec("triton") is None:
         raise UserError("torch.compile needs the triton package on a GPU", where="training.compile",
                         fix="pip install triton, or turn compile off")
-    if fast_parts is not None:
-        decoder, head = fast_parts
-        return (torch.compile(decoder, dynamic=True), head), model
-    return None, torch.compile(model, dynamic=True)
+    import torch
+
+    # Compiled code is cached per Python function: the runs before this one in the same process (the
+    # window trains many) would otherwise use up dynamo's recompile limit and leave this one eager.
+    torch.compiler.reset()
+    root = fast_parts[0] if fast_parts is not None else model
+    path = find_layers_path(root)
+    # A prefix (prefix tuning, P-Tuning v2, MAM) reaches every block as its layer's key/value cache,
+    # and each block's compiled code would be specialised to its own layer: compile the whole model.
+    prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in getattr(model, "peft_config", {}).values())
+    if prefix or not path:
+        model.compile(dynamic=True)
+        return "the whole model"
+    blocks = root.get_submodule(path)
+    for block in blocks:
+        block.compile(dynamic=True)
+    return f"one block, shared by all {len(blocks)}"
 
 
 def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -> Any:
