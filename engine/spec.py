@@ -97,8 +97,8 @@ class TrainingSpec(SpecSection):
     compile: bool = Field(
         False,
         json_schema_extra=ADVANCED,
-        description="Compile the training step with torch.compile: minutes of compiling first, then faster "
-        "steps (1.34× on the demo on a 2-core CPU); for long runs. Needs a C++ compiler on a CPU.",
+        description="Compile the training step with torch.compile: about a minute of compiling first, then "
+        "faster steps (1.5× on the demo on a 2-core CPU); for long runs. Needs a C++ compiler on a CPU.",
     )
     seed: int = Field(
         0, ge=0, json_schema_extra=ADVANCED, description="Random seed for data order, dropout and initialisation."

@@ -343,7 +343,7 @@ class TrainingSession:
             f"({100 * self.trainable_params / self.total_params:.3f}%) on {self.device_name}, {self.precision}"
         )
         if t.compile:  # its first minutes go to compiling: say so rather than seem stuck at step 0
-            self.stage("compiling", "torch.compile builds the training step; minutes")
+            self.stage("compiling", "torch.compile builds the training step; about a minute")
         else:
             self.stage("training")
         compiling = t.compile
