@@ -57,6 +57,17 @@ def test_two_processes_follow_the_one_process_curve(tmp_path, tiny_llama, alpaca
     assert events.count("started") == 1 and events.count("finished") == 1  # one log, by the main process
 
 
+@pytest.mark.slow  # each process compiles (inductor shares its cache between them)
+def test_two_processes_compile_their_blocks(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    spec = spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "runs", batch_size=2, compile=True)
+    out = subprocess.run(
+        [*CLI, "train", str(spec), "--devices", "2"], env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert len(losses(next((tmp_path / "runs").iterdir()))) == 8
+    assert "recompile_limit" not in out.stderr  # DDP's wrapper must not make every block its own compile
+
+
 def test_stop_reaches_every_process(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     spec = spec_file(
         tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=100_000, save_every=100_000, batch_size=2
