@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import UserError
 from engine.methods import METHOD_CLASSES, METHODS, MethodSpec
@@ -94,12 +94,19 @@ class TrainingSpec(SpecSection):
     gradient_checkpointing: bool = Field(
         False, json_schema_extra=ADVANCED, description="Recompute activations to save memory (slower)."
     )
-    compile: bool = Field(
-        False,
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
         json_schema_extra=ADVANCED,
-        description="Compile the training step with torch.compile: about a minute of compiling first, then "
-        "faster steps (1.5× on the demo on a 2-core CPU); for long runs. Needs a C++ compiler on a CPU.",
+        description="Compile the training step with torch.compile: about a minute of compiling, then faster "
+        "steps (1.5× on the demo on a 2-core CPU). auto: on a CPU, once a run still has more than 10 minutes "
+        "to go (judged after its first 10 steps); on: from the start (a C++ compiler on a CPU, triton on a GPU).",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, value: Any) -> Any:
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     seed: int = Field(
         0, ge=0, json_schema_extra=ADVANCED, description="Random seed for data order, dropout and initialisation."
     )

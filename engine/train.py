@@ -43,6 +43,12 @@ PAD_MULTIPLE: dict[str, int] = {}
 # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
 # benchmarks/cpu_speed_options.py switches it to measure both ways.
 LORA_INPUTS_IN_AUTOCAST_DTYPE = True
+# training.compile = auto: a CPU run judges its speed over its first steps and compiles when what is
+# left would take longer than this. Compiling costs about a minute and makes the steps about 1.5×
+# faster (SmolLM2, benchmarks/throughput.py), so it pays for itself after 3 minutes; 10 leaves room
+# for bigger models' longer compiles. GPUs are left to `on` until measured there.
+AUTO_COMPILE_AFTER_STEPS = 10
+AUTO_COMPILE_MIN_LEFT_S = 600.0
 
 
 @dataclass
@@ -155,6 +161,8 @@ class TrainingSession:
         self.tokens_trained = 0
         self.train_seconds = 0.0
         self.last_checkpoint: Path | None = None
+        # training.compile = auto: still to decide / decided to compile / gave up (compiled code runs eagerly).
+        self.auto_compile = self.auto_compiled = self.eager_stance = False
 
     def log(self, message: str, level: str = "info") -> None:
         self.report(Log(level=level, message=message))
@@ -173,6 +181,11 @@ class TrainingSession:
         except Exception as e:  # the run must end with a message, whatever broke
             error = _explain_failure(e)
             self.log(traceback.format_exc(), level="debug")
+        finally:
+            if self.eager_stance:
+                import torch
+
+                torch.compiler.set_stance("default")
         if error:
             self.log(error, level="error")
             self._save_on_failure()
@@ -290,9 +303,11 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
-        if t.compile:
+        if t.compile == "on":
             what = _compile_training_forward(self.fast_parts, model, device)
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
+        # auto: one process only, where a failed compile can fall back without the others waiting on it.
+        self.auto_compile = t.compile == "auto" and device == "cpu" and single and compile_unavailable(device) is None
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
@@ -342,11 +357,12 @@ class TrainingSession:
             f"training {self.trainable_params:,} of {self.total_params:,} parameters "
             f"({100 * self.trainable_params / self.total_params:.3f}%) on {self.device_name}, {self.precision}"
         )
-        if t.compile:  # its first minutes go to compiling: say so rather than seem stuck at step 0
+        compiling = t.compile == "on"
+        if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
             self.stage("compiling", "torch.compile builds the training step; about a minute")
         else:
             self.stage("training")
-        compiling = t.compile
+        start_step, start_seconds = self.step, self.train_seconds
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
         method = self.spec.method
         unwrapped = self.accelerator.unwrap_model(model)
@@ -359,15 +375,14 @@ class TrainingSession:
                 self._checkpoint()
                 return "cancelled"
             step_start = time.perf_counter()
-            losses = []
-            for micro in range(t.gradient_accumulation):
-                batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
-                self._pick_attention(batch["input_ids"].shape[1])
-                with self.accelerator.autocast():
-                    full_loss = self._loss(batch)
-                self.accelerator.backward(full_loss / t.gradient_accumulation)
-                losses.append(full_loss.detach())
-                window_tokens += real_tokens
+            try:
+                losses, tokens = self._accumulate_gradients()
+            except Exception as error:
+                if not (compiling and self.auto_compiled):
+                    raise
+                self._give_up_compiling(error)  # the same step again, uncompiled
+                losses, tokens = self._accumulate_gradients()
+            window_tokens += tokens
             grad_norm = (
                 self.accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
             )
@@ -421,7 +436,52 @@ class TrainingSession:
                 if saved is None:
                     self._checkpoint()
                 return "completed"
+            if self.auto_compile and self.step - start_step >= AUTO_COMPILE_AFTER_STEPS:
+                compiling = self._compile_if_worth_it(start_step, start_seconds)
         return "completed"
+
+    def _accumulate_gradients(self) -> tuple[list[Any], int]:
+        """Forward and backward over the step's micro-batches: (their losses, real tokens)."""
+        t = self.spec.training
+        losses, tokens = [], 0
+        for micro in range(t.gradient_accumulation):
+            batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
+            self._pick_attention(batch["input_ids"].shape[1])
+            with self.accelerator.autocast():
+                full_loss = self._loss(batch)
+            self.accelerator.backward(full_loss / t.gradient_accumulation)
+            losses.append(full_loss.detach())
+            tokens += real_tokens
+        return losses, tokens
+
+    def _compile_if_worth_it(self, start_step: int, start_seconds: float) -> bool:
+        """training.compile = auto: compile when the rest of the run, at the speed measured since it
+        started, would take longer than AUTO_COMPILE_MIN_LEFT_S. Decided once."""
+        self.auto_compile = False
+        per_step = (self.train_seconds - start_seconds) / (self.step - start_step)
+        left = (self.total_steps - self.step) * per_step
+        if left <= AUTO_COMPILE_MIN_LEFT_S:
+            return False
+        what = _compile_training_forward(self.fast_parts, self.model, self.device)
+        self.auto_compiled = True
+        self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
+                 f"(torch.compile of {what}; training.compile: auto)")
+        self.stage("compiling", "torch.compile builds the training step; about a minute")
+        return True
+
+    def _give_up_compiling(self, error: Exception) -> None:
+        """An automatic compile that fails must not cost the run: go on uncompiled."""
+        import torch
+
+        root: BaseException = error
+        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+            root = inner  # dynamo wraps the compiler's own error (BackendCompilerFailed.inner_exception)
+        first_line = (str(root).strip().splitlines() or [""])[0][:300]
+        self.log(f"compiling failed ({type(root).__name__}: {first_line}); training goes on uncompiled",
+                 level="warning")
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.compiler.set_stance("force_eager")  # process-wide: undone when the run ends (_train)
+        self.eager_stance = True
 
     def _loss(self, batch: dict[str, Any]) -> Any:
         if self.fast_parts:
@@ -482,7 +542,8 @@ class TrainingSession:
 
         self.stage("evaluating")
         # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
-        eager = torch.compiler.set_stance("force_eager") if self.spec.training.compile else contextlib.nullcontext()
+        compiled = self.spec.training.compile == "on" or self.auto_compiled
+        eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
         with eager:
             result = evaluate(
                 self.accelerator.unwrap_model(self.model),
@@ -547,23 +608,31 @@ class TrainingSession:
             self.log(f"the last good checkpoint is kept: {latest}")
 
 
+def compile_unavailable(device: str) -> UserError | None:
+    """Why inductor cannot build here (no C++ compiler on a CPU, no triton on a GPU), or None."""
+    import importlib.util
+    import shutil
+
+    if device == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        return UserError("torch.compile needs a C++ compiler on a CPU, and none was found",
+                         where="training.compile", fix="install g++ (e.g. apt-get install g++), or turn compile off")
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        return UserError("torch.compile needs the triton package on a GPU", where="training.compile",
+                         fix="pip install triton, or turn compile off")
+    return None
+
+
 def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> str:
     """Regional torch.compile, in place: each transformer block is compiled, and since the blocks
     share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about a minute
     instead of four for the whole decoder, at most of its speed; benchmarks/throughput.py). Evaluation
     runs eagerly (TrainingSession._evaluate). Refuses, saying why, where inductor cannot build.
     Returns what was compiled, for the log."""
-    import importlib.util
-    import shutil
-
     from engine.model_info import find_layers_path
 
-    if device == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
-        raise UserError("torch.compile needs a C++ compiler on a CPU, and none was found",
-                        where="training.compile", fix="install g++ (e.g. apt-get install g++), or turn compile off")
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        raise UserError("torch.compile needs the triton package on a GPU", where="training.compile",
-                        fix="pip install triton, or turn compile off")
+    missing = compile_unavailable(device)
+    if missing is not None:
+        raise missing
     import torch
 
     # Compiled code is cached per Python function: the runs before this one in the same process (the

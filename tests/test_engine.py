@@ -336,7 +336,8 @@ def test_compiled_training_step_follows_the_eager_curve(
     curves = {}
     for compile in (False, True):
         events: list[Event] = []
-        spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01, compile=compile)
+        spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01,
+                         compile="on" if compile else "off")  # fmt: skip
         with caplog.at_level(logging.WARNING):
             result = run(spec, events.append)
         assert result.status == "completed", result.error
@@ -360,6 +361,77 @@ def test_compile_without_a_compiler_is_refused_with_the_fix(
     result = run(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, compile=True), events.append)
     assert result.status == "failed"
     assert "C++ compiler" in (result.error or "") and "training.compile" in (result.error or "")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, "on"), (False, "off"), ("auto", "auto"), ("on", "on")])
+def test_compile_takes_auto_on_off_and_the_old_booleans(value: object, expected: str) -> None:
+    from engine.spec import TrainingSpec
+
+    assert TrainingSpec(compile=value).compile == expected
+    assert TrainingSpec().compile == "auto"
+
+
+def _curve_and_stages(spec: Any) -> tuple[list[float], list[str], list[Event]]:
+    events: list[Event] = []
+    result = run(spec, events.append)
+    assert result.status == "completed", result.error
+    stages = [e.stage for e in events if isinstance(e, Stage)]
+    return [e.loss for e in events if isinstance(e, Metrics)], stages, events
+
+
+def test_auto_compile_leaves_a_short_run_alone(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
+    _, stages, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=14, compile="auto"))
+    assert "compiling" not in stages
+
+
+def test_a_failed_auto_compile_goes_on_uncompiled(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run long enough to compile, whose compiler breaks: a warning, and the same curve as without."""
+    import engine.train as train
+
+    def broken_backend(graph: Any, inputs: Any) -> Any:
+        raise RuntimeError("no kernels today")
+
+    def compile_with_a_broken_backend(fast_parts: Any, model: Any, device: str) -> str:
+        for block in fast_parts[0].layers:
+            block.compile(backend=broken_backend)
+        return "every block, with a broken backend"
+
+    monkeypatch.setattr(train, "AUTO_COMPILE_AFTER_STEPS", 2)
+    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_LEFT_S", 0.0)
+    monkeypatch.setattr(train, "_compile_training_forward", compile_with_a_broken_backend)
+    eager, _, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=5, compile="off"))
+    curve, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=5))
+    assert "compiling" in stages and stages[stages.index("compiling") + 1] == "training"
+    warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warning"]
+    assert any("compiling failed" in w and "no kernels today" in w for w in warnings), warnings
+    assert max(abs(a - b) for a, b in zip(eager, curve, strict=True)) < 1e-5, (eager, curve)
+    compiled: list[int] = []  # the process compiles again afterwards (its stance is back to default)
+
+    def counting_backend(graph: Any, inputs: Any) -> Any:
+        compiled.append(1)
+        return graph.forward
+
+    torch.compile(lambda x: x * 3 + 1, backend=counting_backend)(torch.ones(2))
+    assert compiled
+
+
+@pytest.mark.slow  # inductor compiles for ~20 s
+def test_auto_compile_compiles_a_long_run_midway(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.train as train
+
+    monkeypatch.setattr(train, "AUTO_COMPILE_AFTER_STEPS", 2)
+    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_LEFT_S", 0.0)
+    eager, _, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6, compile="off",
+                                              learning_rate=0.01))  # fmt: skip
+    curve, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6,
+                                                        learning_rate=0.01))  # fmt: skip
+    assert stages.count("compiling") == 1
+    assert any("training.compile: auto" in e.message for e in events if isinstance(e, Log))
+    assert max(abs(a - b) for a, b in zip(eager, curve, strict=True)) < 5e-3, (eager, curve)
 
 
 def test_a_run_takes_the_textbook_steps(
