@@ -44,9 +44,9 @@ PAD_MULTIPLE: dict[str, int] = {}
 # benchmarks/cpu_speed_options.py switches it to measure both ways.
 LORA_INPUTS_IN_AUTOCAST_DTYPE = True
 # training.compile = auto: a CPU run judges its speed over its first steps and compiles when what is
-# left would take longer than this. Compiling costs about a minute and makes the steps about 1.5×
-# faster (SmolLM2, benchmarks/throughput.py), so it pays for itself after 3 minutes; 10 leaves room
-# for bigger models' longer compiles. GPUs are left to `on` until measured there.
+# left would take longer than this. Compiling costs about a minute and makes the steps 1.2-1.5×
+# faster (the demo at batch 8 and 4 on this CPU), so it pays for itself after 3-5 minutes; 10 leave
+# room for bigger models' longer compiles. GPUs are left to `on` until measured there.
 AUTO_COMPILE_AFTER_STEPS = 10
 AUTO_COMPILE_MIN_LEFT_S = 600.0
 
