@@ -131,18 +131,23 @@ def test_entry_runs_a_module_as_python_does() -> None:
     assert out.returncode == 0 and out.stdout.startswith("adapter-studio "), out.stderr[-2000:]
 
 
+def _tiny_spec(tmp_path: Path, model: Path, data: Path, steps: int, compile: str = "off") -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"model: {{source: {model}}}\ndata: {{path: {data}, max_length: 64, eval_split: 0}}\n"
+        f"method: {{name: lora}}\ntraining: {{max_steps: {steps}, batch_size: 2, save_every: {steps}, "
+        f"eval_samples: 0, precision: float32, compile: {compile}}}\noutput_dir: {tmp_path / 'runs'}\n"
+    )
+    return spec
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not APP.exists(), reason="no built app: run `make package` (packaging/build.sh) first")
 def test_built_app_trains_with_two_processes(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
     """The app is its own Python: `--devices 2` goes through accelerate launch and torch's launcher."""
     import json
 
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"model: {{source: {tiny_llama}}}\ndata: {{path: {alpaca_jsonl}, max_length: 64, eval_split: 0}}\n"
-        "method: {name: lora}\ntraining: {max_steps: 4, batch_size: 2, save_every: 4, eval_samples: 0, "
-        f"precision: float32}}\noutput_dir: {tmp_path / 'runs'}\n"
-    )
+    spec = _tiny_spec(tmp_path, tiny_llama, alpaca_jsonl, steps=4)
     out = subprocess.run(
         [str(APP), "train", str(spec), "--devices", "2"],
         capture_output=True, text=True, timeout=600, env={**ENV, "OMP_NUM_THREADS": "1"},
@@ -160,11 +165,6 @@ def test_built_app_trains_with_two_processes(tmp_path: Path, tiny_llama: Path, a
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs g++")
 def test_built_app_compiles_the_training_step(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
     """Inductor builds C++ against the torch and Python headers the bundle carries."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"model: {{source: {tiny_llama}}}\ndata: {{path: {alpaca_jsonl}, max_length: 64, eval_split: 0}}\n"
-        "method: {name: lora}\ntraining: {max_steps: 3, batch_size: 2, save_every: 3, eval_samples: 0, "
-        f"precision: float32, compile: true}}\noutput_dir: {tmp_path / 'runs'}\n"
-    )
+    spec = _tiny_spec(tmp_path, tiny_llama, alpaca_jsonl, steps=3, compile="on")
     out = subprocess.run([str(APP), "train", str(spec)], capture_output=True, text=True, timeout=600, env=ENV)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
