@@ -12,7 +12,8 @@
 #
 # Steps: cuda_tests (tests/test_cuda.py), engine_check (six methods, QLoRA exports), throughput (engine
 # against the Trainer recipe), engine_suite (the engine's tests with CUDA as the automatic device),
-# profile, throughput_b16, memory_check (estimate against measured peak, then bf16 LoRA and QLoRA).
+# profile, throughput_compiled (the engine with training.compile=on), throughput_b16, memory_check
+# (estimate against measured peak, then bf16 LoRA and QLoRA).
 # The default six take about 6 minutes on an H200 (the profile shows where a CUDA step's host time goes).
 set -u
 OUT=${OUT:-/tmp/gpu-session}
@@ -76,6 +77,10 @@ wanted engine_suite && step engine_suite 170 $PY -m pytest -v -p no:cacheprovide
     tests/test_bottleneck.py tests/test_estimate.py tests/test_cli.py tests/test_run_history.py
 wanted profile && step profile 60 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random --profile \
     --data demo
+# training.compile=on (regional: one block compiled for all) on the engine side; auto compiles CPUs only.
+wanted throughput_compiled && step throughput_compiled 200 $PY benchmarks/throughput.py --device cuda \
+    --model /tmp/smollm2-random --steps $STEPS --sides engine --engine-set training.compile=on \
+    --json "$OUT/throughput_compiled.json"
 wanted throughput_b16 && step throughput_b16 100 $PY benchmarks/throughput.py --device cuda \
     --model /tmp/smollm2-random --steps 20 --batch 16 --json "$OUT/throughput_b16.json"
 wanted memory_check && step memory_check 90 $PY benchmarks/gpu_check.py --steps 3 --tokenizer $TOK --train-steps $STEPS
