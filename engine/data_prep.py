@@ -740,17 +740,22 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: str | None, seed: int) -> s
 
 
 def _prune_cache(root: Path, keep: Path) -> None:
-    """Drop the least recently used entries beyond CACHE_BYTES, and leftovers of interrupted writes."""
+    """Drop the least recently used entries beyond CACHE_BYTES, and leftovers of interrupted writes.
+    Other processes (the ranks of a multi-device run, the window's preview) write and rename entries
+    meanwhile: one that vanishes while it is looked at is theirs, and is skipped."""
     entries = []
     for entry in root.iterdir():
-        if ".tmp-" in entry.name:
-            if time.time() - entry.stat().st_mtime > 86_400:
-                shutil.rmtree(entry, ignore_errors=True)
+        try:
+            if ".tmp-" in entry.name:
+                if time.time() - entry.stat().st_mtime > 86_400:
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            meta = entry / "meta.json"
+            if meta.exists():
+                size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                entries.append((meta.stat().st_mtime, size, entry))
+        except FileNotFoundError:
             continue
-        meta = entry / "meta.json"
-        if meta.exists():
-            size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
-            entries.append((meta.stat().st_mtime, size, entry))
     total = sum(size for _, size, _ in entries)
     for _, size, entry in sorted(entries):
         if total <= CACHE_BYTES:

@@ -313,6 +313,23 @@ def test_cache_reopens_instantly_and_notices_changes(tmp_path, tiny_llama, tiny_
     assert not off.from_cache and tokens_of(off) == tokens_of(changed)
 
 
+def test_cache_pruning_skips_entries_another_process_renames_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two ranks preparing new data at once: one renames its temporary folder while the other
+    prunes the cache (seen as FileNotFoundError in every two-process run on data not yet cached)."""
+    from engine.data_prep import _prune_cache
+
+    kept = tmp_path / "kept"
+    (kept / "train").mkdir(parents=True)
+    (kept / "meta.json").write_text("{}")
+
+    class Racing:  # lists entries that are gone by the time they are looked at
+        def iterdir(self):  # type: ignore[no-untyped-def]
+            return [tmp_path / "abc.tmp-1-x", tmp_path / "gone", kept]
+
+    _prune_cache(Racing(), kept)  # type: ignore[arg-type]
+    assert kept.is_dir()
+
+
 def test_big_files_stream_in_chunks_with_the_same_result(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import engine.data_prep as data_prep
 

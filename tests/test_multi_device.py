@@ -42,7 +42,10 @@ def losses(run_dir: Path) -> list[float]:
 def test_two_processes_follow_the_one_process_curve(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     one = spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "one")
     assert subprocess.run([*CLI, "train", str(one)], env=ENV, capture_output=True, timeout=300).returncode == 0
-    two = spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "two", batch_size=2)
+    # A copy no process has prepared yet: both ranks tokenise it at once into the shared data cache.
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_bytes(alpaca_jsonl.read_bytes())
+    two = spec_file(tmp_path, tiny_llama, fresh, tmp_path / "two", batch_size=2)
     out = subprocess.run(
         [*CLI, "train", str(two), "--devices", "2"], env=ENV, capture_output=True, text=True, timeout=300
     )
