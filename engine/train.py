@@ -480,7 +480,7 @@ class TrainingSession:
         self.log(f"compiling failed ({type(root).__name__}: {first_line}); training goes on uncompiled",
                  level="warning")
         self.optimizer.zero_grad(set_to_none=True)
-        torch.compiler.set_stance("force_eager")  # process-wide: undone when the run ends (_train)
+        torch.compiler.set_stance("force_eager")  # process-wide: undone when the run ends (execute)
         self.eager_stance = True
 
     def _loss(self, batch: dict[str, Any]) -> Any:
@@ -642,7 +642,8 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     path = find_layers_path(root)
     # A prefix (prefix tuning, P-Tuning v2, MAM) reaches every block as its layer's key/value cache,
     # and each block's compiled code would be specialised to its own layer: compile the whole model.
-    prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in getattr(model, "peft_config", {}).values())
+    configs = getattr(getattr(model, "module", model), "peft_config", {})  # DDP wraps the peft model
+    prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in configs.values())
     if prefix or not path:
         model.compile(dynamic=True)
         return "the whole model"
