@@ -402,7 +402,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     """The engine's step, taken apart: forward, backward, clip+optimizer, batching; then top ops."""
     from accelerate import Accelerator
 
-    from engine.defaults import CPU_EAGER_MAX_WIDTH
+    from engine.defaults import cpu_attention
     from engine.devices import pick_precision
     from engine.fast_loss import causal_lm_parts, labelled_loss
     from engine.methods import METHODS, MethodContext
@@ -438,8 +438,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
         items = [data.train[j] for j in batches[i % len(batches)]]
         batch = {k: v.to(acc.device) for k, v in collate(items, tokenizer.pad_token_id, False).items()}
         if args.device == "cpu":  # the engine's per-batch attention choice (engine.train._pick_attention)
-            width = batch["input_ids"].shape[1]
-            model.config._attn_implementation = "eager" if width <= CPU_EAGER_MAX_WIDTH else "sdpa"
+            model.config._attn_implementation = cpu_attention(batch["input_ids"].shape[1])
         t1 = time.perf_counter()
         with acc.autocast():
             loss = labelled_loss(parts, batch)

@@ -15,6 +15,11 @@ DEFAULT_MAX_LENGTH = 512
 CPU_EAGER_MAX_WIDTH = 192
 
 
+def cpu_attention(width: int) -> str:
+    """The attention kernel a CPU training step of this batch width uses (see CPU_EAGER_MAX_WIDTH)."""
+    return "eager" if width <= CPU_EAGER_MAX_WIDTH else "sdpa"
+
+
 def model_max_length(config: Any) -> int:
     for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(config, key, None)

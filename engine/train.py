@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import checkpoints as ckpt
 from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
-from engine.defaults import CPU_EAGER_MAX_WIDTH
+from engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
 from engine.devices import (
     avoid_per_shape_attention_plans,
     describe_device,
@@ -511,7 +511,7 @@ class TrainingSession:
         """Eager attention for short batches on a CPU, SDPA otherwise (see CPU_EAGER_MAX_WIDTH); the
         attention layers and the mask builder read the choice from the config at every forward."""
         if self.attention_config is not None:
-            self.attention_config._attn_implementation = "eager" if width <= CPU_EAGER_MAX_WIDTH else "sdpa"
+            self.attention_config._attn_implementation = cpu_attention(width)
 
     def _batch(self, micro_index: int) -> tuple[dict[str, Any], int]:
         """The micro-batch at a global position: a pure function of (seed, position), so resuming
