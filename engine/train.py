@@ -49,6 +49,7 @@ LORA_INPUTS_IN_AUTOCAST_DTYPE = True
 # room for bigger models' longer compiles. GPUs are left to `on` until measured there.
 AUTO_COMPILE_AFTER_STEPS = 10
 AUTO_COMPILE_MIN_LEFT_S = 600.0
+COMPILING = "torch.compile builds the training step; about a minute"  # the stage's detail
 
 
 @dataclass
@@ -359,7 +360,7 @@ class TrainingSession:
         )
         compiling = t.compile == "on"
         if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
-            self.stage("compiling", "torch.compile builds the training step; about a minute")
+            self.stage("compiling", COMPILING)
         else:
             self.stage("training")
         start_step, start_seconds = self.step, self.train_seconds
@@ -466,7 +467,7 @@ class TrainingSession:
         self.auto_compiled = True
         self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
                  f"(torch.compile of {what}; training.compile: auto)")
-        self.stage("compiling", "torch.compile builds the training step; about a minute")
+        self.stage("compiling", COMPILING)
         return True
 
     def _give_up_compiling(self, error: Exception) -> None:
@@ -625,7 +626,7 @@ def compile_unavailable(device: str) -> UserError | None:
 def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> str:
     """Regional torch.compile, in place: each transformer block is compiled, and since the blocks
     share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about a minute
-    instead of four for the whole decoder, at most of its speed; benchmarks/throughput.py). Evaluation
+    instead of four for the whole decoder, at 92% of its speed; benchmarks/throughput.py). Evaluation
     runs eagerly (TrainingSession._evaluate). Refuses, saying why, where inductor cannot build.
     Returns what was compiled, for the log."""
     from engine.model_info import find_layers_path
