@@ -109,9 +109,11 @@ class Result:
     note: str = ""
 
 
-def throughput(step_end: dict[int, float], step_tokens: list[tuple[int, int]], steps: int) -> tuple[float, float]:
-    """(real tokens/s, padding share) over steps 3..N; step_tokens[i] = (real, padded) of step i+1."""
-    first = min(2, steps - 1)
+def throughput(
+    step_end: dict[int, float], step_tokens: list[tuple[int, int]], steps: int, first: int = 2
+) -> tuple[float, float]:
+    """(real tokens/s, padding share) over steps first+1..N; step_tokens[i] = (real, padded) of step i+1."""
+    first = min(first, steps - 1)
     real = sum(r for r, _ in step_tokens[first:steps])
     padded = sum(p for _, p in step_tokens[first:steps])
     seconds = step_end[steps] - step_end[first]
@@ -360,10 +362,13 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
         step_tokens = [(r, r) for r, _ in step_tokens]
         note = "padding not recounted"
     speed, padding = throughput(step_end, step_tokens, args.steps)
+    # The second half alone: a compiled run's speed once the compiles for new batch widths are behind it.
+    later, _ = throughput(step_end, step_tokens, args.steps, first=args.steps // 2)
     if note:
         padding = math.nan
     return {
         "tokens_per_s": speed,
+        "second_half_tokens_per_s": later,
         "padding": padding,
         "trained": state,
         "peak": peak,
@@ -403,7 +408,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     from accelerate import Accelerator
 
     from engine.defaults import cpu_attention
-    from engine.devices import pick_precision
+    from engine.devices import avoid_per_shape_attention_plans, pick_precision
     from engine.fast_loss import causal_lm_parts, labelled_loss
     from engine.methods import METHODS, MethodContext
     from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
@@ -412,6 +417,8 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     from engine.spec import ModelSpec, TrainingSpec
 
     precision = pick_precision("auto", args.device)
+    if args.device == "cuda":
+        avoid_per_shape_attention_plans()  # as engine.train does
     dtype = weights_dtype("auto", args.device, False, precision)  # the engine's choice for a frozen base
     model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=dtype)
     data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
@@ -578,7 +585,9 @@ def main() -> None:
                 print(
                     f"  [{k + 1}/{len(runs)} seed {seed}] {name:<8} {side:<8} {out['tokens_per_s']:7.0f} tok/s  "
                     f"padding {100 * out['padding']:4.1f}%  {out['tokens']:6d} tokens  eval {r.eval_losses[-1]:.4f}  "
-                    f"({time.perf_counter() - t0:.0f} s{peak_text(out['peak'])})",
+                    f"({time.perf_counter() - t0:.0f} s{peak_text(out['peak'])}"
+                    + (f", second half {out['second_half_tokens_per_s']:.0f} tok/s" if side == "engine" else "")
+                    + ")",
                     flush=True,
                 )
                 gc.collect()
