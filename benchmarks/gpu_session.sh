@@ -77,7 +77,7 @@ wanted engine_suite && step engine_suite 170 $PY -m pytest -v -p no:cacheprovide
     tests/test_bottleneck.py tests/test_estimate.py tests/test_cli.py tests/test_run_history.py
 wanted profile && step profile 60 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random --profile \
     --data demo
-# training.compile=on (regional: one block compiled for all) on the engine side; auto compiles CPUs only.
+# training.compile=on (regional: one block compiled for all) on the engine side; read its second-half tokens/s.
 wanted throughput_compiled && step throughput_compiled 200 $PY benchmarks/throughput.py --device cuda \
     --model /tmp/smollm2-random --steps $STEPS --sides engine --engine-set training.compile=on \
     --json "$OUT/throughput_compiled.json"

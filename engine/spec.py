@@ -98,8 +98,9 @@ class TrainingSpec(SpecSection):
         "auto",
         json_schema_extra=ADVANCED,
         description="Compile the training step with torch.compile: about a minute of compiling, then faster "
-        "steps (1.2–1.5× on the demo on a 2-core CPU). auto: on a CPU, once a run still has more than 10 minutes "
-        "to go (judged after its first 10 steps); on: from the start (a C++ compiler on a CPU, triton on a GPU).",
+        "steps (1.2–1.5× on the demo on a 2-core CPU, 1.3× on one GPU). auto: in a one-process run that still has "
+        "more than 10 minutes to go (judged after its first 10 steps); on: from the start (a C++ compiler on a "
+        "CPU, triton on a GPU).",
     )
 
     @field_validator("compile", mode="before")

@@ -43,10 +43,11 @@ PAD_MULTIPLE: dict[str, int] = {}
 # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
 # benchmarks/cpu_speed_options.py switches it to measure both ways.
 LORA_INPUTS_IN_AUTOCAST_DTYPE = True
-# training.compile = auto: a CPU run judges its speed over its first steps and compiles when what is
-# left would take longer than this. Compiling costs about a minute and makes the steps 1.2-1.5×
-# faster (the demo at batch 8 and 4 on this CPU), so it pays for itself after 3-5 minutes; 10 leave
-# room for bigger models' longer compiles. GPUs are left to `on` until measured there.
+# training.compile = auto: a one-process run judges its speed over its first steps and compiles when
+# what is left would take longer than this. Compiling costs about a minute and makes the steps 1.2-1.5×
+# faster (the demo at batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its eager steps
+# bound by kernel launches), so it pays for itself after 3-5 minutes; 10 leave room for bigger
+# models' longer compiles.
 AUTO_COMPILE_AFTER_STEPS = 10
 AUTO_COMPILE_MIN_LEFT_S = 600.0
 COMPILING = "torch.compile builds the training step; about a minute"  # the stage's detail
@@ -304,11 +305,14 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
+        self.pad_multiple = PAD_MULTIPLE.get(self.accelerator.device.type, 1)
         if t.compile == "on":
-            what = _compile_training_forward(self.fast_parts, model, device)
+            what = self._compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
-        # auto: one process only, where a failed compile can fall back without the others waiting on it.
-        self.auto_compile = t.compile == "auto" and device == "cpu" and single and compile_unavailable(device) is None
+        # auto: one process only, where a failed compile can fall back without the others waiting on it;
+        # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype).
+        self.auto_compile = (t.compile == "auto" and single and device in ("cpu", "cuda")
+                             and compile_unavailable(device) is None)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
@@ -463,12 +467,19 @@ class TrainingSession:
         left = (self.total_steps - self.step) * per_step
         if left <= AUTO_COMPILE_MIN_LEFT_S:
             return False
-        what = _compile_training_forward(self.fast_parts, self.model, self.device)
+        what = self._compile()
         self.auto_compiled = True
         self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
                  f"(torch.compile of {what}; training.compile: auto)")
         self.stage("compiling", COMPILING)
         return True
+
+    def _compile(self) -> str:
+        what = _compile_training_forward(self.fast_parts, self.model, self.device)
+        if self.device == "cuda":
+            # Inductor specialises CUDA kernels on whether the width is a multiple of 8: one variant.
+            self.pad_multiple = math.lcm(self.pad_multiple, 8)
+        return what
 
     def _give_up_compiling(self, error: Exception) -> None:
         """An automatic compile that fails must not cost the run: go on uncompiled."""
@@ -524,8 +535,7 @@ class TrainingSession:
         if world > 1:
             indices = indices[rank::world] or indices[:1]
         items = [self.data.train[i] for i in indices]
-        multiple = PAD_MULTIPLE.get(self.accelerator.device.type, 1)
-        batch = collate(items, self.pad_id, self.task == "classification", multiple)
+        batch = collate(items, self.pad_id, self.task == "classification", self.pad_multiple)
         # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
         tokens = sum(len(x.input_ids) for x in items)
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}, tokens
@@ -649,9 +659,29 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
         model.compile(dynamic=True)
         return "the whole model"
     blocks = root.get_submodule(path)
-    for block in blocks:
-        block.compile(dynamic=True)
-    return f"one block, shared by all {len(blocks)}"
+    # Dynamo guards on whether a block's input carries a gradient. With the embeddings frozen, the
+    # first block that trains is the only one whose input carries none while it does backward; it
+    # would be a second compiled variant of the shared code (and, with the mask and width variants
+    # on a GPU, reach dynamo's limit of 8). It runs eagerly instead: 1/N of the blocks.
+    boundary = _first_trainable_block(blocks, root)
+    for i, block in enumerate(blocks):
+        if i != boundary:
+            block.compile(dynamic=True)
+    if boundary is None:
+        return f"one block, shared by all {len(blocks)}"
+    return (f"one block, shared by {len(blocks) - 1} of {len(blocks)}; block {boundary}, the first that trains, "
+            "runs eagerly")
+
+
+def _first_trainable_block(blocks: Any, root: Any) -> int | None:
+    """The block whose input carries no gradient and whose parameters train (None: no such block)."""
+    embeddings = root.get_input_embeddings() if hasattr(root, "get_input_embeddings") else None
+    if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
+        return None  # the embeddings train: every block's input carries a gradient
+    for i, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return i
+    return None
 
 
 def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -> Any:

@@ -325,19 +325,22 @@ def test_lora_inputs_kept_in_the_autocast_dtype_learn_the_same(
 @pytest.mark.parametrize(
     ("method", "compiled"),
     [
-        ("lora", "one block, shared by all"),  # the labelled-only loss path
-        ("adalora", "one block, shared by all"),  # the model's own forward
+        ("lora", "block 0, the first that trains, runs eagerly"),  # the labelled-only loss path
+        ("adalora", "block 0, the first that trains, runs eagerly"),  # the model's own forward
         ("prefix_tuning", "the whole model"),  # the prefix reaches each block as its own cache
     ],
 )
 def test_compiled_training_step_follows_the_eager_curve(
     method: str, compiled: str, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from torch._dynamo.utils import counters
+
     curves = {}
     for compile in (False, True):
         events: list[Event] = []
         spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01,
                          compile="on" if compile else "off")  # fmt: skip
+        counters.clear()
         with caplog.at_level(logging.WARNING):
             result = run(spec, events.append)
         assert result.status == "completed", result.error
@@ -347,6 +350,8 @@ def test_compiled_training_step_follows_the_eager_curve(
     assert any(compiled in e.message for e in events if isinstance(e, Log))
     # Runs before this one in the process must not have used up dynamo's recompile limit (eager fallback).
     assert "recompile_limit" not in caplog.text
+    if method != "prefix_tuning":  # the blocks share one compiled graph: no variant for block 0's input
+        assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 5e-3, curves
 
 
@@ -415,6 +420,35 @@ def test_a_failed_auto_compile_goes_on_uncompiled(
 
     torch.compile(lambda x: x * 3 + 1, backend=counting_backend)(torch.ones(2))
     assert compiled
+
+
+@pytest.mark.parametrize(
+    ("method", "first"),
+    [
+        ({"name": "lora"}, 0),  # frozen embeddings: block 0 is the only one whose input has no gradient
+        ({"name": "full"}, None),  # the embeddings train: every block's input carries a gradient
+        ({"name": "last_layers", "num_layers": 2}, 2),
+        ({"name": "llama_adapter", "adapter_layers": 1}, 3),
+        ({"name": "prompt_tuning"}, None),  # no block trains
+    ],
+    ids=["lora", "full", "last_layers", "llama_adapter", "prompt_tuning"],
+)
+def test_regional_compile_leaves_the_first_block_that_trains_eager(method: dict[str, Any], first: int | None) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.methods import METHODS, MethodContext
+    from engine.model_info import describe_model, find_layers_path
+    from engine.spec import TrainingSpec
+    from engine.train import _first_trainable_block
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    fields = dict(method)
+    model = METHODS[fields.pop("name")](**fields).apply(
+        model, MethodContext(info=describe_model(model), training=TrainingSpec(), total_steps=1)
+    )
+    assert _first_trainable_block(model.get_submodule(find_layers_path(model)), model) == first
 
 
 @pytest.mark.slow  # inductor compiles for ~20 s
