@@ -5,12 +5,13 @@ variant, alternating the variants over several rounds (this machine is shared an
 per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
 shows whether a variant changes what is learned. Variants:
     baseline        the engine's choices: widths = the longest row, frozen base in bf16, LoRA inputs
-                    kept in bf16
+                    kept in bf16, fused AdamW
     pad16           widths rounded up to a multiple of 16
     float32-base    frozen base weights loaded in float32 (as before the bf16 base)
     lora-input-cast LoRA layers cast their input to float32 first (peft's default)
+    adamw-foreach   AdamW's foreach implementation (one launch per group of tensors) instead of fused
 
-    .venv/bin/python benchmarks/cpu_speed_options.py [--steps 20] [--rounds 2]
+    .venv/bin/python benchmarks/cpu_speed_options.py [--steps 20] [--rounds 2] [--set "method={name: full}"]
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
-# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype)
+# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype, AdamW keyword)
 VARIANTS = {
-    "baseline": (1, "auto", True),
-    "pad16": (16, "auto", True),
-    "float32-base": (1, "float32", True),
-    "lora-input-cast": (1, "auto", False),
+    "baseline": (1, "auto", True, "fused"),
+    "pad16": (16, "auto", True, "fused"),
+    "float32-base": (1, "float32", True, "fused"),
+    "lora-input-cast": (1, "auto", False, "fused"),
+    "adamw-foreach": (1, "auto", True, "foreach"),
 }
 
 
@@ -38,6 +40,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list; baseline is always run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec override for every variant (e.g. 'method={name: full}')")
     args = parser.parse_args()
     chosen = {"baseline", *args.variants.split(",")}
     warnings.filterwarnings("ignore")
@@ -49,12 +53,13 @@ def main() -> int:
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for name, (multiple, dtype, lora_in_autocast) in ((n, v) for n, v in VARIANTS.items() if n in chosen):
+        for name, (multiple, dtype, lora_in_autocast, adamw) in ((n, v) for n, v in VARIANTS.items() if n in chosen):
             train.PAD_MULTIPLE["cpu"] = multiple
             train.LORA_INPUTS_IN_AUTOCAST_DTYPE = lora_in_autocast
+            train.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",
-                                         f"model.dtype={dtype}"])
+                                         f"model.dtype={dtype}", *args.set])
             events: list = []  # type: ignore[type-arg]
             result = train.run(spec, events.append)
             metrics = [e for e in events if isinstance(e, Metrics)]

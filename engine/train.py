@@ -21,6 +21,7 @@ from engine import checkpoints as ckpt
 from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
 from engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
 from engine.devices import (
+    adamw_implementation,
     avoid_per_shape_attention_plans,
     describe_device,
     memory_stats,
@@ -678,6 +679,8 @@ def _first_trainable_block(blocks: Any, root: Any) -> int | None:
     embeddings = root.get_input_embeddings() if hasattr(root, "get_input_embeddings") else None
     if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
         return None  # the embeddings train: every block's input carries a gradient
+    if embeddings._forward_hooks:  # e.g. enable_input_require_grads (gradient checkpointing) makes it carry one
+        return None
     for i, block in enumerate(blocks):
         if any(p.requires_grad for p in block.parameters()):
             return i
@@ -699,8 +702,7 @@ def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -
                 fix="pip install bitsandbytes (CUDA only), or use adamw",
             ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
-    # foreach: one kernel launch per group of tensors instead of per tensor.
-    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, foreach=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, **adamw_implementation(params))
 
 
 def _explain_failure(error: Exception) -> str:

@@ -107,12 +107,15 @@ class LoRAPlus(LowRankFields):
         import torch
         from peft.optimizers import create_loraplus_optimizer
 
+        from engine.devices import adamw_implementation
+
         return create_loraplus_optimizer(
             model=model,
             optimizer_cls=torch.optim.AdamW,
             lr=lr,
             loraplus_lr_ratio=self.loraplus_lr_ratio,
             weight_decay=weight_decay,
+            **adamw_implementation([p for p in model.parameters() if p.requires_grad]),
         )
 
 
