@@ -311,9 +311,10 @@ class TrainingSession:
             what = self._compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
         # auto: one process only, where a failed compile can fall back without the others waiting on it;
-        # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype).
+        # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype), and
+        # not over a bitsandbytes base, whose kernels dynamo does not see into (not measured).
         self.auto_compile = (t.compile == "auto" and single and device in ("cpu", "cuda")
-                             and compile_unavailable(device) is None)
+                             and spec.model.quantization == "none" and compile_unavailable(device) is None)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
@@ -676,6 +677,7 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
 
 def _first_trainable_block(blocks: Any, root: Any) -> int | None:
     """The block whose input carries no gradient and whose parameters train (None: no such block)."""
+    root = getattr(root, "module", root)  # DDP wraps the model
     embeddings = root.get_input_embeddings() if hasattr(root, "get_input_embeddings") else None
     if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
         return None  # the embeddings train: every block's input carries a gradient

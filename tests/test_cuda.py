@@ -1,5 +1,6 @@
 """What only a CUDA GPU can check: bf16 autocast, CUDA memory stats, QLoRA (4-bit / 8-bit bases
-through bitsandbytes) with its dequantising merge, 8-bit AdamW, and FSDP through accelerate launch.
+through bitsandbytes) with its dequantising merge, 8-bit AdamW, FSDP through accelerate launch, and
+the compiled training step on a GPU.
 
 Skipped with the reason where there is no CUDA GPU (as in CI); `benchmarks/gpu_session.sh` runs them
 on a lent GPU machine.
@@ -127,3 +128,32 @@ def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec)
     assert second.status == "completed", second.error
     started = next(e for e in resumed if isinstance(e, Started))
     assert started.resumed_from_step >= 4
+
+
+def test_compiled_step_on_cuda_follows_the_eager_curve(tiny_llama, alpaca_jsonl, make_spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """training.compile on a GPU: triton kernels, widths padded to a multiple of 8 (one kernel variant)."""
+    from torch._dynamo.utils import counters
+
+    import engine.train as train_module
+
+    widths: list[int] = []
+    collate = train_module.collate
+
+    def recording_collate(*args: Any) -> Any:
+        batch = collate(*args)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(train_module, "collate", recording_collate)
+    curves = {}
+    for compile in ("off", "on"):
+        widths.clear()
+        counters.clear()
+        spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, precision="auto",
+                         learning_rate=0.01, max_steps=8, eval_samples=0, compile=compile)  # fmt: skip
+        result, events = train(spec)
+        assert result.status == "completed", result.error
+        curves[compile] = [e.loss for e in events if isinstance(e, Metrics)]
+    assert widths and all(w % 8 == 0 for w in widths), widths
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # with and without a padding mask
+    assert max(abs(a - b) for a, b in zip(curves["off"], curves["on"], strict=True)) < 2e-2, curves
