@@ -67,7 +67,7 @@ build_model('$TOK', Path('/tmp/smollm2-random'))
 ONLY=${ONLY:-"cuda_tests engine_check throughput profile engine_suite memory_check"}
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 
-wanted cuda_tests && step cuda_tests 90 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts= --timeout 80
+wanted cuda_tests && step cuda_tests 150 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts= --timeout 140
 wanted engine_check && step engine_check 100 $PY benchmarks/gpu_engine_check.py --tokenizer $TOK --steps $STEPS
 wanted throughput && step throughput 150 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random \
     --steps $STEPS --json "$OUT/throughput.json"
