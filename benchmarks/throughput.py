@@ -408,7 +408,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     from accelerate import Accelerator
 
     from engine.defaults import cpu_attention
-    from engine.devices import avoid_per_shape_attention_plans, pick_precision
+    from engine.devices import adamw_implementation, avoid_per_shape_attention_plans, pick_precision
     from engine.fast_loss import causal_lm_parts, labelled_loss
     from engine.methods import METHODS, MethodContext
     from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
@@ -421,6 +421,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
         avoid_per_shape_attention_plans()  # as engine.train does
     dtype = weights_dtype("auto", args.device, False, precision)  # the engine's choice for a frozen base
     model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=dtype)
+    model.config.use_cache = False  # as engine.train does: no key/value cache in a training forward
     data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=args.device == "cpu")
     method = METHODS["lora"](r=8, alpha=16, dropout=0.05, target_modules=TARGETS)
@@ -431,9 +432,13 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     if precision in ("bf16", "fp16"):
         compute_lora_inputs_in_autocast_dtype(model)  # as engine.train does
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, foreach=True)
+    opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.train does
     model, opt = acc.prepare(model, opt)
     parts = causal_lm_parts(model)
+    if "training.compile=on" in args.engine_set:  # the regional compile engine.train does (warm-up compiles)
+        from engine.train import _compile_training_forward
+
+        print(f"compiled: {_compile_training_forward(parts, model, args.device)}")
     lengths = [len(t.input_ids) for t in data.train]
     batches = epoch_batches(lengths, args.batch, SEED, 0)
     times: dict[str, list[float]] = {"batch": [], "forward": [], "backward": [], "optimizer": []}
@@ -510,7 +515,11 @@ def main() -> None:
     parser.add_argument(
         "--engine-set", action="append", default=[], metavar="KEY=VALUE", help="a spec override for the engine side"
     )
-    parser.add_argument("--profile", action="store_true", help="only profile the engine's step on --data's first set")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile the engine's step on --data's first set (compiled with --engine-set training.compile=on)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--threads", type=int, help="CPU threads for torch (default: its own choice); 1 is steadier on a busy machine"
