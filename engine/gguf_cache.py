@@ -81,6 +81,11 @@ def keep_conversion(source: ModelSource, model: Any, tokenizer: Any) -> Path | N
 
 
 def _prune(root: Path) -> None:
-    done = sorted(root.glob(f"*/{DONE}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for marker in done[KEEP:]:
+    """Keep the KEEP most recently used conversions. Another process may remove one while this looks
+    (it prunes too): that one is skipped, rather than failing the conversion just written."""
+    done = []
+    for marker in root.glob(f"*/{DONE}"):
+        with contextlib.suppress(FileNotFoundError):
+            done.append((marker.stat().st_mtime, marker))
+    for _, marker in sorted(done, reverse=True)[KEEP:]:
         shutil.rmtree(marker.parent, ignore_errors=True)

@@ -32,3 +32,19 @@ def test_second_load_comes_from_the_conversion_and_is_identical(tmp_path, monkey
     second = answer()
     assert first[0] == second[0] and first[2] == second[2]
     assert torch.equal(first[1], second[1])
+
+
+def test_pruning_skips_conversions_another_process_removes_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two processes converting at once: a marker listed by one can be gone when it is looked at."""
+    from engine import gguf_cache
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / gguf_cache.DONE).write_text("")
+
+    class Racing:  # lists a marker that is gone by the time it is looked at
+        def glob(self, pattern: str):  # type: ignore[no-untyped-def]
+            return [tmp_path / "gone" / gguf_cache.DONE, kept / gguf_cache.DONE]
+
+    gguf_cache._prune(Racing())  # type: ignore[arg-type]
+    assert kept.is_dir()
