@@ -164,8 +164,8 @@ class TrainingSession:
         self.tokens_trained = 0
         self.train_seconds = 0.0
         self.last_checkpoint: Path | None = None
-        # training.compile = auto: still to decide / decided to compile / gave up (compiled code runs eagerly).
-        self.auto_compile = self.auto_compiled = self.eager_stance = False
+        # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly).
+        self.auto_compile = self.compiled = self.eager_stance = False
 
     def log(self, message: str, level: str = "info") -> None:
         self.report(Log(level=level, message=message))
@@ -385,7 +385,7 @@ class TrainingSession:
             try:
                 losses, tokens = self._accumulate_gradients()
             except Exception as error:
-                if not (compiling and self.auto_compiled):
+                if not (compiling and t.compile == "auto"):
                     raise
                 self._give_up_compiling(error)  # the same step again, uncompiled
                 losses, tokens = self._accumulate_gradients()
@@ -470,7 +470,6 @@ class TrainingSession:
         if left <= AUTO_COMPILE_MIN_LEFT_S:
             return False
         what = self._compile()
-        self.auto_compiled = True
         self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
                  f"(torch.compile of {what}; training.compile: auto)")
         self.stage("compiling", COMPILING)
@@ -478,6 +477,7 @@ class TrainingSession:
 
     def _compile(self) -> str:
         what = _compile_training_forward(self.fast_parts, self.model, self.device)
+        self.compiled = True
         if self.device == "cuda":
             # Inductor specialises CUDA kernels on whether the width is a multiple of 8: one variant.
             self.pad_multiple = math.lcm(self.pad_multiple, 8)
@@ -555,8 +555,7 @@ class TrainingSession:
 
         self.stage("evaluating")
         # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
-        compiled = self.spec.training.compile == "on" or self.auto_compiled
-        eager = torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with eager:
             result = evaluate(
                 self.accelerator.unwrap_model(self.model),
