@@ -45,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
     chosen = {"baseline", *args.variants.split(",")}
     warnings.filterwarnings("ignore")
+    import engine.devices as devices
     import engine.train as train
     from engine.events import Metrics
     from engine.spec import load_spec_file
@@ -56,7 +57,7 @@ def main() -> int:
         for name, (multiple, dtype, lora_in_autocast, adamw) in ((n, v) for n, v in VARIANTS.items() if n in chosen):
             train.PAD_MULTIPLE["cpu"] = multiple
             train.LORA_INPUTS_IN_AUTOCAST_DTYPE = lora_in_autocast
-            train.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
+            devices.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",
                                          f"model.dtype={dtype}", *args.set])

@@ -21,7 +21,6 @@ from engine import checkpoints as ckpt
 from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
 from engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
 from engine.devices import (
-    adamw_implementation,
     avoid_per_shape_attention_plans,
     describe_device,
     memory_stats,
@@ -703,7 +702,9 @@ def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -
                 fix="pip install bitsandbytes (CUDA only), or use adamw",
             ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, **adamw_implementation(params))
+    from engine import devices  # looked up per call: LoRA+'s optimizer asks the same function
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, **devices.adamw_implementation(params))
 
 
 def _explain_failure(error: Exception) -> str:

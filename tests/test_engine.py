@@ -307,7 +307,6 @@ def test_fused_adamw_learns_as_foreach_does(
     method: str, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine's AdamW is fused where PyTorch has it (CPU, CUDA): the same curve as foreach."""
-    import engine.train as train
     from engine.devices import adamw_implementation
 
     assert adamw_implementation([torch.nn.Parameter(torch.ones(2))]) == {"fused": True}
@@ -319,14 +318,11 @@ def test_fused_adamw_learns_as_foreach_does(
             calls.append(kind)
             return {kind: True}
 
-        monkeypatch.setattr(train, "adamw_implementation", chosen)
-        monkeypatch.setattr("engine.devices.adamw_implementation", chosen)  # LoRA+ builds its own
-        events: list[Event] = []
-        result = run(make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01, eval_samples=0),
-                     events.append)  # fmt: skip
-        assert result.status == "completed", result.error
+        monkeypatch.setattr("engine.devices.adamw_implementation", chosen)  # the engine's and LoRA+'s optimizer
+        curves[kind], _, _ = _curve_and_stages(
+            make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01, eval_samples=0)
+        )
         assert calls[-1:] == [kind], "the optimizer was built without asking for its implementation"
-        curves[kind] = [e.loss for e in events if isinstance(e, Metrics)]
     assert max(abs(a - b) for a, b in zip(curves["foreach"], curves["fused"], strict=True)) < 1e-4, curves
 
 
