@@ -292,7 +292,7 @@ def _cpu_bf16() -> bool:
 def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    from engine import checkpoints
+    from engine import checkpoints, train
     from engine.events import Finished, Metrics, Started
     from engine.train import run
 
@@ -352,12 +352,16 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     real = [seen[s] - seen.get(s - 1, 0) for s in range(1, args.steps + 1)]
     lengths = [len(t.input_ids) for t in data.train]
     per_epoch = math.ceil(len(lengths) / args.batch)
+    multiple = train.PAD_MULTIPLE.get(args.device, 1)  # the engine's width rounding (engine.train._compile)
+    if args.device == "cuda" and "training.compile=on" in args.engine_set:
+        multiple = math.lcm(multiple, 8)
     step_tokens = []
     for step in range(args.steps):
         epoch, within = divmod(step, per_epoch)
         batches = epoch_batches(lengths, args.batch, args.seed, epoch)
         sizes = [lengths[i] for i in batches[within % len(batches)]]
-        step_tokens.append((real[step], max(sizes) * len(sizes) if sum(sizes) == real[step] else 0))
+        width = -(-max(sizes) // multiple) * multiple
+        step_tokens.append((real[step], width * len(sizes) if sum(sizes) == real[step] else 0))
     if not all(p for _, p in step_tokens):  # the engine batches some other way now: padding unknown
         step_tokens = [(r, r) for r, _ in step_tokens]
         note = "padding not recounted"
@@ -446,6 +450,8 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
 
     def step(i: int, record: bool) -> None:
         nonlocal real
+        if args.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # as engine.train does
         t0 = time.perf_counter()
         items = [data.train[j] for j in batches[i % len(batches)]]
         batch = {k: v.to(acc.device) for k, v in collate(items, tokenizer.pad_token_id, False).items()}
@@ -516,6 +522,16 @@ def main() -> None:
         "--engine-set", action="append", default=[], metavar="KEY=VALUE", help="a spec override for the engine side"
     )
     parser.add_argument(
+        "--compile-mode",
+        help="inductor's mode for the engine's compiled blocks (e.g. reduce-overhead: CUDA graphs); with "
+        "--engine-set training.compile=on",
+    )
+    parser.add_argument(
+        "--pad-multiple",
+        type=int,
+        help="the engine rounds batch widths up to this multiple (e.g. --max-length: one shape for CUDA graphs)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="only profile the engine's step on --data's first set (compiled with --engine-set training.compile=on)",
@@ -531,6 +547,14 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile_mode:
+        import engine.train
+
+        engine.train.COMPILE_MODE = args.compile_mode
+    if args.pad_multiple:
+        import engine.train
+
+        engine.train.PAD_MULTIPLE[args.device] = args.pad_multiple
     sets, sides = args.data.split(","), args.sides.split(",")
     import transformers
 

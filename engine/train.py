@@ -51,6 +51,10 @@ LORA_INPUTS_IN_AUTOCAST_DTYPE = True
 AUTO_COMPILE_AFTER_STEPS = 10
 AUTO_COMPILE_MIN_LEFT_S = 600.0
 COMPILING = "torch.compile builds the training step; about a minute"  # the stage's detail
+# Inductor's mode for the compiled blocks. None is its default; benchmarks/throughput.py --compile-mode
+# tries others on a GPU ("reduce-overhead": CUDA graphs, for steps bound by the host's kernel launches;
+# on an H100 with torch 2.11 it crashed in the first compiled backward, see benchmarks/gpu_session.sh).
+COMPILE_MODE: str | None = None
 
 
 @dataclass
@@ -451,6 +455,10 @@ class TrainingSession:
         t = self.spec.training
         losses, tokens = [], 0
         for micro in range(t.gradient_accumulation):
+            if self.compiled and COMPILE_MODE == "reduce-overhead":
+                import torch
+
+                torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are done with
             batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
             self._pick_attention(batch["input_ids"].shape[1])
             with self.accelerator.autocast():
@@ -656,7 +664,7 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     configs = getattr(getattr(model, "module", model), "peft_config", {})  # DDP wraps the peft model
     prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in configs.values())
     if prefix or not path:
-        model.compile(dynamic=True)
+        model.compile(dynamic=True, mode=COMPILE_MODE)
         return "the whole model"
     blocks = root.get_submodule(path)
     # Dynamo guards on whether a block's input carries a gradient. With the embeddings frozen, the
@@ -666,7 +674,7 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     boundary = _first_trainable_block(blocks, root)
     for i, block in enumerate(blocks):
         if i != boundary:
-            block.compile(dynamic=True)
+            block.compile(dynamic=True, mode=COMPILE_MODE)
     if boundary is None:
         return f"one block, shared by all {len(blocks)}"
     return (f"one block, shared by {len(blocks) - 1} of {len(blocks)}; block {boundary}, the first that trains, "
