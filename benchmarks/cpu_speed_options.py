@@ -5,11 +5,12 @@ variant, alternating the variants over several rounds (this machine is shared an
 per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
 shows whether a variant changes what is learned. Variants:
     baseline        the engine's choices: widths = the longest row, frozen base in bf16, LoRA inputs
-                    kept in bf16, fused AdamW
+                    kept in bf16, fused AdamW, LoRA dropout masks from 16-bit lanes (engine.bits_dropout)
     pad16           widths rounded up to a multiple of 16
     float32-base    frozen base weights loaded in float32 (as before the bf16 base)
     lora-input-cast LoRA layers cast their input to float32 first (peft's default)
     adamw-foreach   AdamW's foreach implementation (one launch per group of tensors) instead of fused
+    torch-dropout   torch's own dropout on LoRA's input (a float drawn per element)
 
     .venv/bin/python benchmarks/cpu_speed_options.py [--steps 20] [--rounds 2] [--set "method={name: full}"]
 """
@@ -25,13 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
-# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype, AdamW keyword)
+# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype, AdamW keyword, bits dropout)
 VARIANTS = {
-    "baseline": (1, "auto", True, "fused"),
-    "pad16": (16, "auto", True, "fused"),
-    "float32-base": (1, "float32", True, "fused"),
-    "lora-input-cast": (1, "auto", False, "fused"),
-    "adamw-foreach": (1, "auto", True, "foreach"),
+    "baseline": (1, "auto", True, "fused", True),
+    "pad16": (16, "auto", True, "fused", True),
+    "float32-base": (1, "float32", True, "fused", True),
+    "lora-input-cast": (1, "auto", False, "fused", True),
+    "adamw-foreach": (1, "auto", True, "foreach", True),
+    "torch-dropout": (1, "auto", True, "fused", False),
 }
 
 
@@ -54,9 +56,12 @@ def main() -> int:
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for name, (multiple, dtype, lora_in_autocast, adamw) in ((n, v) for n, v in VARIANTS.items() if n in chosen):
+        for name, (multiple, dtype, lora_in_autocast, adamw, bits_dropout) in (
+            (n, v) for n, v in VARIANTS.items() if n in chosen
+        ):
             train.PAD_MULTIPLE["cpu"] = multiple
             train.LORA_INPUTS_IN_AUTOCAST_DTYPE = lora_in_autocast
+            train.BITS_DROPOUT_ON_CPU = bits_dropout
             devices.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",

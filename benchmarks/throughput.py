@@ -435,6 +435,10 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     )
     if precision in ("bf16", "fp16"):
         compute_lora_inputs_in_autocast_dtype(model)  # as engine.train does
+    if args.device == "cpu":
+        from engine.bits_dropout import use_bits_dropout_for_lora
+
+        use_bits_dropout_for_lora(model)  # as engine.train does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.train does
     model, opt = acc.prepare(model, opt)

@@ -43,6 +43,9 @@ PAD_MULTIPLE: dict[str, int] = {}
 # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
 # benchmarks/cpu_speed_options.py switches it to measure both ways.
 LORA_INPUTS_IN_AUTOCAST_DTYPE = True
+# On a CPU, LoRA's input dropout draws its mask 16 bits per element (engine.bits_dropout: 1.8× faster
+# than torch's float per element); benchmarks/cpu_speed_options.py switches it to measure both ways.
+BITS_DROPOUT_ON_CPU = True
 # training.compile = auto: a one-process run judges its speed over its first steps and compiles when
 # what is left would take longer than this. Compiling costs about a minute and makes the steps 1.2-1.5×
 # faster (the demo at batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its eager steps
@@ -280,6 +283,10 @@ class TrainingSession:
         model = spec.method.apply(model, ctx)
         if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
             compute_lora_inputs_in_autocast_dtype(model)
+        if device == "cpu" and BITS_DROPOUT_ON_CPU:
+            from engine.bits_dropout import use_bits_dropout_for_lora  # imports torch: not at the GUI's start
+
+            use_bits_dropout_for_lora(model)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):

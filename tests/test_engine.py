@@ -326,23 +326,33 @@ def test_fused_adamw_learns_as_foreach_does(
     assert max(abs(a - b) for a, b in zip(curves["foreach"], curves["fused"], strict=True)) < 1e-4, curves
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "loraplus", "adalora"])
-def test_lora_inputs_kept_in_the_autocast_dtype_learn_the_same(
-    method: str, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """peft's input cast to float32 only adds copies under bf16 autocast: same curve without it."""
+# The engine's CPU speed switches (engine.train), each against its way round: (switch, method, the
+# curves must differ, which shows the switch took effect where it changes the random numbers drawn).
+SPEED_SWITCHES = [
+    *(("LORA_INPUTS_IN_AUTOCAST_DTYPE", m, False) for m in ("lora", "dora", "rslora", "loraplus", "adalora")),
+    *(("BITS_DROPOUT_ON_CPU", m, True) for m in ("lora", "adalora")),  # other dropout masks
+]
+
+
+@pytest.mark.parametrize(("switch", "method", "differ"), SPEED_SWITCHES)
+def test_cpu_speed_switches_learn_the_same(
+    switch: str, method: str, differ: bool, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """peft's input cast to float32 only adds copies under bf16 autocast; LoRA's dropout masks from
+    16-bit lanes (engine.bits_dropout) drop as often as torch's: the same learning either way."""
     import engine.train as train
 
     curves = {}
-    for keep in (False, True):
-        monkeypatch.setattr(train, "LORA_INPUTS_IN_AUTOCAST_DTYPE", keep)
-        events: list[Event] = []
-        spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=8, precision="bf16", learning_rate=0.01,
-                         eval_samples=0)  # fmt: skip
-        result = run(spec, events.append)
-        assert result.status == "completed", result.error
-        curves[keep] = [e.loss for e in events if isinstance(e, Metrics)]
+    for on in (False, True):
+        monkeypatch.setattr(train, switch, on)
+        spec = make_spec(tiny_llama, alpaca_jsonl, {"name": method, "dropout": 0.1}, max_steps=8, precision="bf16",
+                         learning_rate=0.01, eval_samples=0)  # fmt: skip
+        curves[on], _, _ = _curve_and_stages(spec)
+    assert curves[True][-1] < curves[True][0] - 0.1, curves  # it learns
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
+    if differ:
+        assert curves[True] != curves[False], f"the same curve: {switch} changed nothing"
 
 
 @pytest.mark.slow  # inductor compiles for ~20 s even for the tiny model
