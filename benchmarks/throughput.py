@@ -23,6 +23,8 @@ the median speed is reported (the machine may be shared).
     .venv/bin/python benchmarks/throughput.py                              # full: 30 steps, both sets
     .venv/bin/python benchmarks/throughput.py --threads 1 --seeds 0,1      # steadier on a busy 2-core machine
     .venv/bin/python benchmarks/throughput.py --device cuda                # on a GPU (bf16, peak memory)
+    .venv/bin/python benchmarks/throughput.py --device cuda --sides engine --engine-set training.compile=on \
+        --compile-mode reduce-overhead [--pad-multiple 256]                 # CUDA graphs (see gpu_session.sh)
     .venv/bin/python benchmarks/throughput.py --profile                    # where an engine step's time goes
 
 The last line is `speedup R`: engine against the best-configured recipe, the geometric mean over

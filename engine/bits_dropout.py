@@ -3,7 +3,8 @@
 torch's dropout draws a float per element on a CPU (`bernoulli_`): for LoRA's 60 input masks a
 step of the demo (SmolLM2, q and v) that was 8% of an eager step on this project's CPU, ~770 µs for
 a 290 × 576 bf16 activation. A 64-bit draw split in four 16-bit lanes costs ~130 µs for the same
-mask; dropout with its matmul, forward and backward, runs 1.8× faster eagerly and 1.3× compiled.
+mask; dropout with its matmul, forward and backward, runs 1.8× faster. Compiled code keeps torch's
+dropout (dynamo cannot trace the in-place `random_`, and inductor's own 64-bit draws are slower).
 The drop probability is rounded to a multiple of 1/65536 (0.05 → 0.050003); the kept values are
 scaled by the exact 1 / (1 - rounded p), so the expected activation is unchanged.
 """
@@ -31,6 +32,8 @@ class BitsDropout(torch.nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
+        if torch.compiler.is_compiling():  # inductor draws its own numbers; random_ would break the graph
+            return super().forward(x)
         n = x.numel()
         # random_(-2**63, None) draws all 64 bits; the default range [0, 2**63) leaves the top lane >= 0
         draws = torch.empty(-(-n // 4), dtype=torch.int64, device=x.device).random_(-(2**63), None)

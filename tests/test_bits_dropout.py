@@ -74,3 +74,11 @@ def test_lora_layers_get_it_where_they_drop_out(tiny_llama: Path, method: str, d
     assert use_bits_dropout_for_lora(model) == swapped
     kinds = {type(d) for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()}
     assert kinds == ({BitsDropout} if swapped else {torch.nn.Identity})
+
+
+def test_compiled_code_traces_it_in_one_graph() -> None:
+    """Dynamo cannot trace the in-place draw: compiled, it is torch's dropout (no graph break)."""
+    dropout = BitsDropout(0.5)
+    traced = torch.compile(dropout, fullgraph=True, backend="eager")  # fullgraph: a break raises
+    out = traced(torch.ones(1000, 100))
+    assert abs((out == 0).float().mean().item() - 0.5) < 0.01

@@ -369,10 +369,12 @@ def test_compiled_training_step_follows_the_eager_curve(
 ) -> None:
     from torch._dynamo.utils import counters
 
+    # No dropout: compiled code draws its masks from inductor's random numbers, a different path.
+    fields = {"name": method} if method == "prefix_tuning" else {"name": method, "dropout": 0.0}
     curves = {}
     for compile in (False, True):
         events: list[Event] = []
-        spec = make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01,
+        spec = make_spec(tiny_llama, alpaca_jsonl, fields, max_steps=6, learning_rate=0.01,
                          compile="on" if compile else "off")  # fmt: skip
         counters.clear()
         with caplog.at_level(logging.WARNING):
@@ -386,7 +388,7 @@ def test_compiled_training_step_follows_the_eager_curve(
     assert "recompile_limit" not in caplog.text
     if method != "prefix_tuning":  # the blocks share one compiled graph: no variant for block 0's input
         assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 5e-3, curves
+    assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 1e-4, curves  # float32
 
 
 def test_compile_without_a_compiler_is_refused_with_the_fix(
