@@ -553,13 +553,10 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile_mode:
-        import engine.train
+    import engine.train
 
-        engine.train.COMPILE_MODE = args.compile_mode
+    engine.train.COMPILE_MODE = args.compile_mode
     if args.pad_multiple:
-        import engine.train
-
         engine.train.PAD_MULTIPLE[args.device] = args.pad_multiple
     sets, sides = args.data.split(","), args.sides.split(",")
     import transformers
