@@ -533,6 +533,11 @@ def main() -> None:
         "--engine-set training.compile=on",
     )
     parser.add_argument(
+        "--no-cudagraph-trees",
+        action="store_true",
+        help="with --compile-mode reduce-overhead: inductor's plain CUDA graphs instead of its graph trees",
+    )
+    parser.add_argument(
         "--pad-multiple",
         type=int,
         help="the engine rounds batch widths up to this multiple (e.g. --max-length: one shape for CUDA graphs)",
@@ -556,6 +561,10 @@ def main() -> None:
     import engine.train
 
     engine.train.COMPILE_MODE = args.compile_mode
+    if args.no_cudagraph_trees:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.triton.cudagraph_trees = False
     if args.pad_multiple:
         engine.train.PAD_MULTIPLE[args.device] = args.pad_multiple
     sets, sides = args.data.split(","), args.sides.split(",")
