@@ -354,9 +354,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     real = [seen[s] - seen.get(s - 1, 0) for s in range(1, args.steps + 1)]
     lengths = [len(t.input_ids) for t in data.train]
     per_epoch = math.ceil(len(lengths) / args.batch)
-    multiple = train.PAD_MULTIPLE.get(args.device, 1)  # the engine's width rounding (engine.train._compile)
-    if args.device == "cuda" and "training.compile=on" in args.engine_set:
-        multiple = math.lcm(multiple, 8)
+    multiple = train.pad_multiple(args.device, compiled="training.compile=on" in args.engine_set)
     step_tokens = []
     for step in range(args.steps):
         epoch, within = divmod(step, per_epoch)
@@ -417,10 +415,10 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     from engine.devices import adamw_implementation, avoid_per_shape_attention_plans, pick_precision
     from engine.fast_loss import causal_lm_parts, labelled_loss
     from engine.methods import METHODS, MethodContext
-    from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
     from engine.model_info import describe_model
     from engine.models import load_model, weights_dtype
     from engine.spec import ModelSpec, TrainingSpec
+    from engine.train import speed_up_lora_layers
 
     precision = pick_precision("auto", args.device)
     if args.device == "cuda":
@@ -435,12 +433,7 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     model = method.apply(
         model, MethodContext(info=info, training=TrainingSpec(), total_steps=args.steps, tokenizer=tokenizer)
     )
-    if precision in ("bf16", "fp16"):
-        compute_lora_inputs_in_autocast_dtype(model)  # as engine.train does
-    if args.device == "cpu":
-        from engine.bits_dropout import use_bits_dropout_for_lora
-
-        use_bits_dropout_for_lora(model)  # as engine.train does
+    speed_up_lora_layers(model, args.device, precision)  # as engine.train does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.train does
     model, opt = acc.prepare(model, opt)

@@ -281,12 +281,7 @@ class TrainingSession:
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
         model = spec.method.apply(model, ctx)
-        if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
-            compute_lora_inputs_in_autocast_dtype(model)
-        if device == "cpu" and BITS_DROPOUT_ON_CPU:
-            from engine.bits_dropout import use_bits_dropout_for_lora  # imports torch: not at the GUI's start
-
-            use_bits_dropout_for_lora(model)
+        speed_up_lora_layers(model, device, precision)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -316,7 +311,7 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
-        self.pad_multiple = PAD_MULTIPLE.get(self.accelerator.device.type, 1)
+        self.pad_multiple = pad_multiple(device, compiled=False)
         if t.compile == "on":
             what = self._compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
@@ -492,9 +487,7 @@ class TrainingSession:
     def _compile(self) -> str:
         what = _compile_training_forward(self.fast_parts, self.model, self.device)
         self.compiled = True
-        if self.device == "cuda":
-            # Inductor specialises CUDA kernels on whether the width is a multiple of 8: one variant.
-            self.pad_multiple = math.lcm(self.pad_multiple, 8)
+        self.pad_multiple = pad_multiple(self.device, compiled=True)
         return what
 
     def _give_up_compiling(self, error: Exception) -> None:
@@ -646,6 +639,24 @@ def compile_unavailable(device: str) -> UserError | None:
         return UserError("torch.compile needs the triton package on a GPU", where="training.compile",
                          fix="pip install triton, or turn compile off")
     return None
+
+
+def speed_up_lora_layers(model: Any, device: str, precision: str) -> None:
+    """The engine's changes to peft's LoRA layers for speed (benchmarks/throughput.py --profile makes them
+    too): inputs kept in the autocast dtype, and on a CPU dropout masks from 16-bit lanes."""
+    if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
+        compute_lora_inputs_in_autocast_dtype(model)
+    if device == "cpu" and BITS_DROPOUT_ON_CPU:
+        from engine.bits_dropout import use_bits_dropout_for_lora  # imports torch: not at the GUI's start
+
+        use_bits_dropout_for_lora(model)
+
+
+def pad_multiple(device: str, compiled: bool) -> int:
+    """The multiple batch widths are rounded up to on this device type (PAD_MULTIPLE); compiled CUDA
+    code pads to 8 too, since inductor specialises its kernels on whether the width is a multiple of 8."""
+    multiple = PAD_MULTIPLE.get(device, 1)
+    return math.lcm(multiple, 8) if compiled and device == "cuda" else multiple
 
 
 def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> str:

@@ -420,6 +420,20 @@ def _curve_and_stages(spec: Any) -> tuple[list[float], list[str], list[Event]]:
     return [e.loss for e in events if isinstance(e, Metrics)], stages, events
 
 
+def test_gradient_checkpointing_recomputes_the_same_dropout_masks(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path
+) -> None:
+    """Checkpointing re-runs each block's forward in backward; torch restores the CPU generator for
+    it, so the recomputed masks (engine.bits_dropout's) are the forward's and the curve is the one
+    without checkpointing."""
+    curves = {}
+    for checkpointing in (False, True):
+        spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.3}, max_steps=6, learning_rate=0.01,
+                         eval_samples=0, gradient_checkpointing=checkpointing)  # fmt: skip
+        curves[checkpointing], _, _ = _curve_and_stages(spec)
+    assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 1e-5, curves
+
+
 def test_auto_compile_leaves_a_short_run_alone(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
     _, stages, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=14, compile="auto"))
     assert "compiling" not in stages
