@@ -295,7 +295,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     from safetensors.torch import load_file
 
     from engine import checkpoints, train
-    from engine.events import Finished, Metrics, Started
+    from engine.events import Finished, Log, Metrics, Started
     from engine.train import run
 
     step_end: dict[int, float] = {}
@@ -311,6 +311,8 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
             info["precision"] = event.precision
         elif isinstance(event, Finished) and event.error:
             info["error"] = event.error
+        elif isinstance(event, Log) and event.level == "debug":  # the traceback of a failed run
+            info["debug"] = event.message
 
     with tempfile.TemporaryDirectory() as out:
         fields = {
@@ -344,6 +346,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
         AcceleratorState._reset_state()
         result = run(spec, emit)
         if result.status != "completed":
+            print(info.get("debug", ""), file=sys.stderr)  # where it broke (a lent GPU's run folder is gone after)
             raise RuntimeError(f"engine run failed: {info.get('error') or result.error}")
         peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else 0
         latest = checkpoints.latest_checkpoint(result.run_dir / "checkpoints")
