@@ -86,7 +86,11 @@ wanted throughput_compiled && step throughput_compiled 200 $PY benchmarks/throug
 # default compile, CUDA graphs (reduce-overhead) over widths padded to 8, and over one width (256).
 # H100, torch 2.11: eager 2,525, compiled 3,286 (1.30×); both CUDA-graph runs died of a segmentation
 # fault in the first compiled block's backward (inductor's generated call; cf. pytorch/pytorch#192748), so
-# the engine does not use them. Next to try: modes_cudagraphs_plain (inductor's CUDA graphs without trees).
+# the engine does not use them. Stop 17 (H100, torch 2.11): eager 2,119, compiled 3,287 (1.55×);
+# modes_cudagraphs_plain (no trees) fails at once, `assert dst.data_ptr() == src.data_ptr()` in compile_fx:
+# plain CUDA graphs record one block's parameters as fixed inputs, and the shared code gets 29 blocks'.
+# modes_whole_cudagraphs (the whole decoder as one graph, trees) had not finished compiling and training
+# 60 steps after 225 s: no result; give it the full default limit next time.
 DEMO="$PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random --steps 60 --sides engine --data demo"
 wanted modes_cudagraphs && step modes_cudagraphs 150 $DEMO --engine-set training.compile=on --compile-mode reduce-overhead
 wanted modes_compiled && step modes_compiled 100 $DEMO --engine-set training.compile=on
@@ -95,6 +99,9 @@ wanted modes_cudagraphs_static && step modes_cudagraphs_static 100 $DEMO --engin
 wanted modes_eager && step modes_eager 50 $DEMO
 wanted modes_cudagraphs_plain && step modes_cudagraphs_plain 150 $DEMO --engine-set training.compile=on \
     --compile-mode reduce-overhead --no-cudagraph-trees
+# The whole decoder compiled as one graph, with CUDA graph trees: parameters at fixed addresses per recording.
+wanted modes_whole_cudagraphs && step modes_whole_cudagraphs ${WHOLE_LIMIT:-300} $DEMO --engine-set training.compile=on \
+    --compile-mode reduce-overhead --compile-whole
 wanted throughput_b16 && step throughput_b16 100 $PY benchmarks/throughput.py --device cuda \
     --model /tmp/smollm2-random --steps 20 --batch 16 --json "$OUT/throughput_b16.json"
 wanted memory_check && step memory_check 90 $PY benchmarks/gpu_check.py --steps 3 --tokenizer $TOK --train-steps $STEPS

@@ -534,6 +534,11 @@ def main() -> None:
         help="with --compile-mode reduce-overhead: inductor's plain CUDA graphs instead of its graph trees",
     )
     parser.add_argument(
+        "--compile-whole",
+        action="store_true",
+        help="with --engine-set training.compile=on: compile the whole decoder, not one block shared by all",
+    )
+    parser.add_argument(
         "--pad-multiple",
         type=int,
         help="the engine rounds batch widths up to this multiple (e.g. --max-length: one shape for CUDA graphs)",
@@ -557,6 +562,7 @@ def main() -> None:
     import engine.train
 
     engine.train.COMPILE_MODE = args.compile_mode
+    engine.train.COMPILE_WHOLE = args.compile_whole
     if args.no_cudagraph_trees:
         from torch._inductor import config as inductor_config
 

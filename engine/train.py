@@ -56,8 +56,12 @@ AUTO_COMPILE_MIN_LEFT_S = 600.0
 COMPILING = "torch.compile builds the training step; about a minute"  # the stage's detail
 # Inductor's mode for the compiled blocks. None is its default; benchmarks/throughput.py --compile-mode
 # tries others on a GPU ("reduce-overhead": CUDA graphs, for steps bound by the host's kernel launches;
-# on an H100 with torch 2.11 it crashed in the first compiled backward, see benchmarks/gpu_session.sh).
+# on an H100 with torch 2.11 the graph trees crashed in the first compiled backward and the plain graphs
+# refuse blocks that share code: benchmarks/gpu_session.sh).
 COMPILE_MODE: str | None = None
+# Compile the whole decoder instead of one block shared by all (benchmarks/throughput.py --compile-whole):
+# inductor's plain CUDA graphs need that, since they record one block's parameters at fixed addresses.
+COMPILE_WHOLE = False
 
 
 @dataclass
@@ -681,8 +685,8 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     # and each block's compiled code would be specialised to its own layer: compile the whole model.
     configs = getattr(getattr(model, "module", model), "peft_config", {})  # DDP wraps the peft model
     prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in configs.values())
-    if prefix or not path:
-        model.compile(dynamic=True, mode=COMPILE_MODE)
+    if prefix or not path or COMPILE_WHOLE:
+        (root if COMPILE_WHOLE else model).compile(dynamic=True, mode=COMPILE_MODE)
         return "the whole model"
     blocks = root.get_submodule(path)
     # Dynamo guards on whether a block's input carries a gradient. With the embeddings frozen, the
