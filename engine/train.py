@@ -686,7 +686,7 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     configs = getattr(getattr(model, "module", model), "peft_config", {})  # DDP wraps the peft model
     prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in configs.values())
     if prefix or not path or COMPILE_WHOLE:
-        (root if COMPILE_WHOLE else model).compile(dynamic=True, mode=COMPILE_MODE)
+        root.compile(dynamic=True, mode=COMPILE_MODE)  # what the training forward calls
         return "the whole model"
     blocks = root.get_submodule(path)
     # Dynamo guards on whether a block's input carries a gradient. With the embeddings frozen, the
