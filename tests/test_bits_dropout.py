@@ -107,8 +107,8 @@ def test_lora_salts_differ_within_a_block_and_repeat_across_blocks(tiny_llama: P
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
     use_bits_dropout_for_lora(model)
-    salts = {n.split(".")[-1]: set() for n, m in model.named_modules() if hasattr(m, "lora_dropout")}
+    salts: dict[str, set[int]] = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_dropout"):
-            salts[name.split(".")[-1]].add(module.lora_dropout["default"].salt)
+            salts.setdefault(name.split(".")[-1], set()).add(module.lora_dropout["default"].salt)
     assert salts == {"q_proj": {0}, "v_proj": {1}}
