@@ -27,7 +27,7 @@ test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check engine gui tests benchmarks
+	$(VENV)/bin/ruff check engine gui tests benchmarks packaging
 
 screenshots: install
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/adapter-studio walkthrough resources/demo/walkthrough.yaml --out docs/screenshots

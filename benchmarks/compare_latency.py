@@ -61,10 +61,10 @@ def main() -> int:
 
     import tempfile
 
-    from engine.spec import DataSpec
-    from gui.app import create_app
-    from gui.main_window import MainWindow
-    from gui.state import StudioState
+    from adapter_studio.engine.spec import DataSpec
+    from adapter_studio.gui.app import create_app
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.state import StudioState
 
     app = create_app()
     window = MainWindow(StudioState(runs_dir=tempfile.mkdtemp()))

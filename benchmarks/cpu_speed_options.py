@@ -5,7 +5,7 @@ variant, alternating the variants over several rounds (this machine is shared an
 per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
 shows whether a variant changes what is learned. Variants:
     baseline        the engine's choices: widths = the longest row, frozen base in bf16, LoRA inputs
-                    kept in bf16, fused AdamW, LoRA dropout masks from 16-bit lanes (engine.bits_dropout)
+                    kept in bf16, fused AdamW, LoRA dropout masks from 16-bit lanes (engine.training.bits_dropout)
     pad16           widths rounded up to a multiple of 16
     float32-base    frozen base weights loaded in float32 (as before the bf16 base)
     lora-input-cast LoRA layers cast their input to float32 first (peft's default)
@@ -47,10 +47,10 @@ def main() -> int:
     args = parser.parse_args()
     chosen = {"baseline", *args.variants.split(",")}
     warnings.filterwarnings("ignore")
-    import engine.devices as devices
-    import engine.train as train
-    from engine.events import Metrics
-    from engine.spec import load_spec_file
+    import adapter_studio.engine.training.devices as devices
+    import adapter_studio.engine.training.session as train
+    from adapter_studio.engine.events import Metrics
+    from adapter_studio.engine.spec import load_spec_file
 
     runs = tempfile.mkdtemp()
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}

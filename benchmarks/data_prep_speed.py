@@ -68,7 +68,7 @@ def write_jsonl(path: Path, rows: int | None = None, target_bytes: int | None = 
 
 
 def load_smollm2_tokenizer() -> Any:
-    from engine.models import load_tokenizer, resolve_source
+    from adapter_studio.engine.models.loading import load_tokenizer, resolve_source
 
     return load_tokenizer(resolve_source("embedded:smollm2-135m-instruct"))
 
@@ -83,8 +83,8 @@ def current_rss() -> int:
 
 
 def speed(rows: int, folder: Path) -> None:
-    from engine.data_prep import prepare_data
-    from engine.spec import DataSpec
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.spec import DataSpec
 
     data_file = folder / "alpaca-100k.jsonl"
     t0 = time.perf_counter()
@@ -109,8 +109,8 @@ def speed(rows: int, folder: Path) -> None:
 
 def stream_child(data_file: Path) -> None:
     """Runs in a fresh process: prepare one big file, report progress and the peak memory."""
-    from engine.data_prep import prepare_data
-    from engine.spec import DataSpec
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.spec import DataSpec
 
     tokenizer = load_smollm2_tokenizer()
     base, base_now = peak_rss(), current_rss()

@@ -53,11 +53,11 @@ def main() -> int:
         print("no CUDA device here: this check compares the estimate with torch.cuda.max_memory_allocated, "
               "so it needs a GPU (nothing was measured)")
         return 0
-    from engine.errors import UserError
-    from engine.estimate import estimate
-    from engine.methods import METHODS
-    from engine.models import load_config, resolve_source
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.estimate.costs import estimate
+    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.models.loading import load_config, resolve_source
+    from adapter_studio.engine.spec import TrainingSpec
 
     config = load_config(resolve_source(args.model))
     print(f"{torch.cuda.get_device_name(0)}; {args.model}; batch {args.batch} × {args.seq} tokens; "
@@ -100,7 +100,7 @@ def train_check(args: argparse.Namespace) -> None:
 
     tokenizer = args.tokenizer
     if tokenizer is None:
-        from engine.models import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
+        from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
 
         try:
             loaded = load_tokenizer(resolve_source(EMBEDDED_SMOLLM2))
@@ -116,10 +116,9 @@ def train_check(args: argparse.Namespace) -> None:
 def measure(config: object, name: str, training: object, row: dict, args: argparse.Namespace) -> tuple[int, int]:
     """Peak allocated bytes over a few real training steps, and what one forward pass adds."""
     import torch
+    from adapter_studio.engine.methods import METHODS, MethodContext
+    from adapter_studio.engine.models.info import describe_model
     from transformers import AutoModelForCausalLM
-
-    from engine.methods import METHODS, MethodContext
-    from engine.model_info import describe_model
 
     gc.collect()
     torch.cuda.empty_cache()

@@ -55,16 +55,15 @@ def main() -> None:
 
 
 def check_training(tokenizer: str, steps: int, cases: list[tuple[str, str]], *, export: bool = False) -> None:
-    """Train each (method, quantisation) case through `engine.train.run`; print tokens/s, peak memory and
+    """Train each (method, quantisation) case through `engine.training.session.run`; print tokens/s, peak memory and
     the estimate; with `export`, export the QLoRA run as adapter and merged weights."""
     import torch
-
-    from engine.estimate import estimate
-    from engine.events import Finished, Metrics, Started
-    from engine.export import export_run
-    from engine.models import load_config, resolve_source
-    from engine.spec import parse_spec
-    from engine.train import run
+    from adapter_studio.engine.estimate.costs import estimate
+    from adapter_studio.engine.events import Finished, Metrics, Started
+    from adapter_studio.engine.export.run_export import export_run
+    from adapter_studio.engine.models.loading import load_config, resolve_source
+    from adapter_studio.engine.spec import parse_spec
+    from adapter_studio.engine.training.session import run
 
     work = Path(tempfile.mkdtemp())
     model = build_model(tokenizer, work / "smol")

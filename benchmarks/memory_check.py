@@ -3,7 +3,7 @@
 For each method, a real model gets the method applied and runs one forward pass inside
 `torch.autograd.graph.saved_tensors_hooks`; every tensor autograd saves is recorded once per storage
 (views and re-saves of the same tensor count once; parameters are weights, not activations). The sum
-is compared with `engine.estimate.estimate(...)["memory_bytes"]["activations"]` for the same batch,
+is compared with `adapter_studio.engine.estimate.costs.estimate(...)["memory_bytes"]["activations"]` for the same batch,
 sequence length and precision.
 
     .venv/bin/python benchmarks/memory_check.py                  # tiny Llama / GPT-2 / BERT, every method
@@ -24,13 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-
-from engine.defaults import CPU_EAGER_MAX_WIDTH
-from engine.errors import UserError
-from engine.estimate import estimate
-from engine.methods import METHODS, MethodContext
-from engine.model_info import describe_model
-from engine.spec import TrainingSpec
+from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.estimate.costs import estimate
+from adapter_studio.engine.methods import METHODS, MethodContext
+from adapter_studio.engine.models.info import describe_model
+from adapter_studio.engine.spec import TrainingSpec
 
 
 def tiny_configs() -> dict[str, tuple[object, str]]:
@@ -129,7 +128,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
     if args.precision == "auto":
-        from engine.devices import pick_precision
+        from adapter_studio.engine.training.devices import pick_precision
 
         precisions = [pick_precision("auto", "cpu")]
     else:
@@ -140,8 +139,8 @@ def main() -> int:
         for name, (config, task) in tiny_configs().items():
             ratios += check(name, config, task, methods, args.batch, args.seq, precision)
     if args.smollm2:
-        from engine.models import EMBEDDED_SMOLLM2, load_config, load_model, resolve_source
-        from engine.spec import ModelSpec
+        from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_config, load_model, resolve_source
+        from adapter_studio.engine.spec import ModelSpec
 
         config = load_config(resolve_source(EMBEDDED_SMOLLM2))
         cached: dict[str, torch.nn.Module] = {}

@@ -2,7 +2,7 @@
 
 1. A 10 ms QTimer on the main thread records the gaps between its ticks while a run trains from
    the window: prints the 99th percentile stall and the largest one (goals: < 50 ms and < 200 ms).
-2. The same spec trained headless (`engine.train.run`) and from the window (TrainingController),
+2. The same spec trained headless (`engine.training.session.run`) and from the window (TrainingController),
    alternated several times: prints the median tokens/s of each and their ratio (goal >= 0.95).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/responsiveness.py [--model embedded:smollm2-135m-instruct]
@@ -24,7 +24,7 @@ DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 
 
 def make_spec(model: str, steps: int, runs: Path):  # type: ignore[no-untyped-def]
-    from engine.spec import parse_spec
+    from adapter_studio.engine.spec import parse_spec
 
     return parse_spec(
         {
@@ -38,16 +38,15 @@ def make_spec(model: str, steps: int, runs: Path):  # type: ignore[no-untyped-de
 
 
 def median_tokens_per_s(events: list) -> float:  # type: ignore[type-arg]
-    from engine.events import Metrics
+    from adapter_studio.engine.events import Metrics
 
     speeds = [e.tokens_per_s for e in events if isinstance(e, Metrics)][2:]  # skip warm-up steps
     return statistics.median(speeds) if speeds else 0.0
 
 
 def run_in_window(app, spec) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    from adapter_studio.gui.worker import TrainingController
     from PySide6.QtCore import QEventLoop, QTimer
-
-    from gui.worker import TrainingController
 
     controller = TrainingController()
     events: list = []  # type: ignore[type-arg]
@@ -99,7 +98,7 @@ def _describe(event: Any) -> str:
 
 
 def run_headless(spec) -> float:  # type: ignore[no-untyped-def]
-    from engine.train import run
+    from adapter_studio.engine.training.session import run
 
     events: list = []  # type: ignore[type-arg]
     run(spec, events.append)
@@ -112,7 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from gui.app import create_app
+    from adapter_studio.gui.app import create_app
 
     app = create_app()
     runs = Path(tempfile.mkdtemp())

@@ -26,7 +26,7 @@ BUDGET_S = 1.5
 ENV = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1"}
 VERSION_PROBE = """
 import sys
-from engine.cli import main
+from adapter_studio.cli import main
 try:
     main(["--version"])
 except SystemExit:

@@ -1,7 +1,7 @@
 """Training throughput: our engine against the hand-written transformers `Trainer` + peft recipe.
 
 Same model (embedded SmolLM2-135M-Instruct), same tokens and labels (both sides take them from
-`engine.data_prep.prepare_data`), same method (LoRA r=8, alpha 16, dropout 0.05 on q_proj,v_proj),
+`adapter_studio.engine.data.prepare.prepare_data`), same method (LoRA r=8, alpha 16, dropout 0.05 on q_proj,v_proj),
 same optimisation (AdamW lr 2e-4, linear decay, no warm-up, no weight decay, clipping at 1.0 — the
 Trainer's defaults, given to the engine too), same maximum length and number of steps. Three sides:
 
@@ -9,7 +9,7 @@ Trainer's defaults, given to the engine too), same maximum length and number of 
               float32 (the Trainer's default on this machine); evaluation and saving off.
     best      the same recipe set up well for the device: bf16=True where the device runs bf16 fast
               (AMX / AVX512-BF16 CPUs, CUDA) and length-grouped batches (group_by_length).
-    engine    `engine.train.run` with a spec (eval off, no checkpoint until the end, same seed).
+    engine    `engine.training.session.run` with a spec (eval off, no checkpoint until the end, same seed).
 
 on two data sets: the demo's date normalisation (short rows of similar length) and a generated
 instruction set whose answer lengths have a long tail (benchmarks/longtail_data.py). For each side:
@@ -50,10 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-
-from engine.data_prep import IGNORE, PreparedData, collate, epoch_batches, prepare_data
-from engine.models import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
-from engine.spec import DataSpec, apply_overrides, parse_spec
+from adapter_studio.engine.data.prepare import IGNORE, PreparedData, collate, epoch_batches, prepare_data
+from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
+from adapter_studio.engine.spec import DataSpec, apply_overrides, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "resources" / "demo"
@@ -214,7 +213,7 @@ def run_trainer(side: str, base: Any, tokenizer: Any, data: PreparedData, args: 
 
     best = side == "best"
     bf16 = best and (args.device == "cuda" or _cpu_bf16())
-    # The engine turns cuDNN attention off for the process (engine.devices); the recipe gets torch's default.
+    # The engine turns cuDNN attention off for the process (engine.training.devices); the recipe gets torch's default.
     torch.backends.cuda.enable_cudnn_sdp(True)
     set_seed(args.seed)
     model = get_peft_model(copy.deepcopy(base), lora_config())
@@ -283,7 +282,7 @@ def run_trainer(side: str, base: Any, tokenizer: Any, data: PreparedData, args: 
 
 
 def _cpu_bf16() -> bool:
-    from engine.devices import cpu_has_fast_bf16
+    from adapter_studio.engine.training.devices import cpu_has_fast_bf16
 
     return cpu_has_fast_bf16()
 
@@ -292,11 +291,11 @@ def _cpu_bf16() -> bool:
 
 
 def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -> dict[str, Any]:
+    from adapter_studio.engine.events import Finished, Log, Metrics, Started
+    from adapter_studio.engine.training import checkpoints
+    from adapter_studio.engine.training import session as train
+    from adapter_studio.engine.training.session import run
     from safetensors.torch import load_file
-
-    from engine import checkpoints, train
-    from engine.events import Finished, Log, Metrics, Started
-    from engine.train import run
 
     step_end: dict[int, float] = {}
     seen: dict[int, int] = {}
@@ -413,22 +412,25 @@ def matmul_peak(device: str) -> tuple[float, float]:
 def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     """The engine's step, taken apart: forward, backward, clip+optimizer, batching; then top ops."""
     from accelerate import Accelerator
-
-    from engine.defaults import cpu_attention
-    from engine.devices import adamw_implementation, avoid_per_shape_attention_plans, pick_precision
-    from engine.fast_loss import causal_lm_parts, labelled_loss
-    from engine.methods import METHODS, MethodContext
-    from engine.model_info import describe_model
-    from engine.models import load_model, weights_dtype
-    from engine.spec import ModelSpec, TrainingSpec
-    from engine.train import speed_up_lora_layers
+    from adapter_studio.engine.defaults import cpu_attention
+    from adapter_studio.engine.methods import METHODS, MethodContext
+    from adapter_studio.engine.models.info import describe_model
+    from adapter_studio.engine.models.loading import load_model, weights_dtype
+    from adapter_studio.engine.spec import ModelSpec, TrainingSpec
+    from adapter_studio.engine.training.devices import (
+        adamw_implementation,
+        avoid_per_shape_attention_plans,
+        pick_precision,
+    )
+    from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
+    from adapter_studio.engine.training.session import speed_up_lora_layers
 
     precision = pick_precision("auto", args.device)
     if args.device == "cuda":
-        avoid_per_shape_attention_plans()  # as engine.train does
+        avoid_per_shape_attention_plans()  # as adapter_studio.engine.training.session does
     dtype = weights_dtype("auto", args.device, False, precision)  # the engine's choice for a frozen base
     model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=dtype)
-    model.config.use_cache = False  # as engine.train does: no key/value cache in a training forward
+    model.config.use_cache = False  # as engine.training.session does: no key/value cache in a training forward
     data = prepare_data(DataSpec(path=str(train_path), eval_split=0.0), tokenizer, "causal_lm", args.max_length, SEED)
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=args.device == "cpu")
     method = METHODS["lora"](r=8, alpha=16, dropout=0.05, target_modules=TARGETS)
@@ -436,13 +438,13 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     model = method.apply(
         model, MethodContext(info=info, training=TrainingSpec(), total_steps=args.steps, tokenizer=tokenizer)
     )
-    speed_up_lora_layers(model, args.device, precision)  # as engine.train does
+    speed_up_lora_layers(model, args.device, precision)  # as adapter_studio.engine.training.session does
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.train does
+    opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.training.session does
     model, opt = acc.prepare(model, opt)
     parts = causal_lm_parts(model)
-    if "training.compile=on" in args.engine_set:  # the regional compile engine.train does (warm-up compiles)
-        from engine.train import _compile_training_forward
+    if "training.compile=on" in args.engine_set:  # the regional compile engine.training.session does (warm-up compiles)
+        from adapter_studio.engine.training.session import _compile_training_forward
 
         print(f"compiled: {_compile_training_forward(parts, model, args.device)}")
     lengths = [len(t.input_ids) for t in data.train]
@@ -453,11 +455,11 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     def step(i: int, record: bool) -> None:
         nonlocal real
         if args.compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()  # as engine.train does
+            torch.compiler.cudagraph_mark_step_begin()  # as adapter_studio.engine.training.session does
         t0 = time.perf_counter()
         items = [data.train[j] for j in batches[i % len(batches)]]
         batch = {k: v.to(acc.device) for k, v in collate(items, tokenizer.pad_token_id, False).items()}
-        if args.device == "cpu":  # the engine's per-batch attention choice (engine.train._pick_attention)
+        if args.device == "cpu":  # the engine's per-batch attention choice (engine.training.session._pick_attention)
             model.config._attn_implementation = cpu_attention(batch["input_ids"].shape[1])
         t1 = time.perf_counter()
         with acc.autocast():
@@ -559,16 +561,16 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    import engine.train
+    import adapter_studio.engine.training.session
 
-    engine.train.COMPILE_MODE = args.compile_mode
-    engine.train.COMPILE_WHOLE = args.compile_whole
+    adapter_studio.engine.training.session.COMPILE_MODE = args.compile_mode
+    adapter_studio.engine.training.session.COMPILE_WHOLE = args.compile_whole
     if args.no_cudagraph_trees:
         from torch._inductor import config as inductor_config
 
         inductor_config.triton.cudagraph_trees = False
     if args.pad_multiple:
-        engine.train.PAD_MULTIPLE[args.device] = args.pad_multiple
+        adapter_studio.engine.training.session.PAD_MULTIPLE[args.device] = args.pad_multiple
     sets, sides = args.data.split(","), args.sides.split(",")
     import transformers
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 if TYPE_CHECKING:
-    from engine.train import run as run
+    from adapter_studio.engine.training.session import run as run
 
 
 def __getattr__(name: str) -> Any:
-    # `engine.run` without paying for torch at `import engine`.
+    # `adapter_studio.engine.run` without paying for torch at `import adapter_studio.engine`.
     if name == "run":
-        from engine.train import run
+        from adapter_studio.engine.training.session import run
 
         return run
     raise AttributeError(name)

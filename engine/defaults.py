@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.model_info import ModelInfo
-    from engine.spec import RunSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import RunSpec
 
 DEFAULT_MAX_LENGTH = 512
 # On a CPU, eager attention beats the fused SDPA kernel for short batches of a decoder (SmolLM2 forward +
 # backward, batch 4, bf16: width 120 0.47 s vs 0.61 s, 256 about equal, 512 slower — measured here), so
-# training picks the attention kernel by each batch's width there (engine.train); the estimate follows.
+# training picks the attention kernel by each batch's width there (engine.training.session); the estimate follows.
 CPU_EAGER_MAX_WIDTH = 192
 
 

@@ -1,6 +1,6 @@
 """Generated documentation: the README's methods table comes from the method declarations.
 
-`python -m engine.docs` rewrites the block between the README's markers; the trainable-parameter
+`python -m adapter_studio.engine.docs` rewrites the block between the README's markers; the trainable-parameter
 column is counted on SmolLM2-135M (and MiniLM for classification) built on the meta device.
 """
 
@@ -10,14 +10,14 @@ import re
 import sys
 from pathlib import Path
 
-from engine.methods import METHOD_CLASSES
+from adapter_studio.engine.methods import METHOD_CLASSES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
 def trainable_counts(model: str) -> dict[str, str]:
-    from engine.estimate import estimate_table
+    from adapter_studio.engine.estimate.costs import estimate_table
 
     counts = {}
     for row in estimate_table(model, "all", []):

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from engine.events import Eval, Metrics, Started, iter_events
+from adapter_studio.engine.events import Eval, Metrics, Started, iter_events
 
 Curve = tuple[list[float], list[float]]
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from engine.events import Eval, Finished, Metrics, Started, iter_events
+from adapter_studio.engine.events import Eval, Finished, Metrics, Started, iter_events
 
 LOCK = "run.lock"
 
@@ -55,7 +54,7 @@ class RunLock:
         if self.path.exists():
             pid = read_lock_pid(self.path)
             if pid != os.getpid() and _pid_alive(pid):
-                from engine.errors import UserError
+                from adapter_studio.engine.errors import UserError
 
                 raise UserError(
                     f"this run is still being trained by process {pid}",

@@ -2,7 +2,7 @@
 
 Everything but `model.source` and `data.path` has a default; defaults that depend on the model
 (target modules, batch size, learning rate, maximum length) are `None` here and filled by
-`engine.defaults.resolve_spec` once the model's structure is known, so the saved `spec.yaml` of a
+`adapter_studio.engine.defaults.resolve_spec` once the model's structure is known, so the saved `spec.yaml` of a
 run holds every value it used.
 """
 
@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from engine.errors import UserError
-from engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 
 ADVANCED = {"advanced": True}  # shown in the form's collapsible "Advanced" section
 DataFormat = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification"]
@@ -294,7 +293,7 @@ def _line_of(text: str, path: list[str]) -> int | None:
 
 def method_from_dict(data: dict[str, Any]) -> MethodSpec:
     """Validate a method alone (the window's form uses this as values are typed)."""
-    from engine.methods import method_class
+    from adapter_studio.engine.methods import method_class
 
     try:
         return method_class(data.get("name", "lora")).model_validate(data)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
+from adapter_studio.resources import FOLDER as RESOURCES
 from PySide6.QtCore import QEvent, QObject, QThreadPool, QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
@@ -81,13 +81,13 @@ def create_app() -> QApplication:
     app.setOrganizationName("AdapterStudio")
     app.setApplicationName("Adapter Studio")
     app.setDesktopFileName("adapter-studio")
-    icon = Path(__file__).resolve().parent.parent / "resources" / "icons" / "adapter-studio.svg"
+    icon = RESOURCES / "icons" / "adapter-studio.svg"
     if icon.exists():
         app.setWindowIcon(QIcon(str(icon)))
     # Workers wait on disk and the GIL more than on cores; with the default (one per core) a
     # training run and a model load would leave no thread for a data preview.
     QThreadPool.globalInstance().setMaxThreadCount(16)
-    from gui.theme import apply_theme
+    from adapter_studio.gui.theme import apply_theme
 
     apply_theme(app)  # type: ignore[arg-type]
     return app  # type: ignore[return-value]
@@ -95,8 +95,8 @@ def create_app() -> QApplication:
 
 def main(self_test: bool = False, demo: bool = True) -> int:
     app = create_app()
-    from gui.dialogs import install_excepthook
-    from gui.main_window import MainWindow
+    from adapter_studio.gui.dialogs import install_excepthook
+    from adapter_studio.gui.main_window import MainWindow
 
     window = MainWindow()
     install_excepthook(lambda: window)

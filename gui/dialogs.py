@@ -6,9 +6,8 @@ import sys
 import traceback
 from types import TracebackType
 
+from adapter_studio.engine.errors import UserError
 from PySide6.QtWidgets import QMessageBox, QWidget
-
-from engine.errors import UserError
 
 
 def show_error(parent: QWidget | None, error: BaseException | str, title: str = "Something needs fixing") -> None:

@@ -7,6 +7,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.compare_page import ComparePage
+from adapter_studio.gui.pages.data_page import DataPage
+from adapter_studio.gui.pages.export_page import ExportPage
+from adapter_studio.gui.pages.method_page import MethodPage
+from adapter_studio.gui.pages.model_page import ModelPage
+from adapter_studio.gui.pages.runs_page import RunsPage
+from adapter_studio.gui.pages.train_page import TrainPage
+from adapter_studio.gui.pages.try_page import TryPage
+from adapter_studio.gui.state import StudioState
+from adapter_studio.gui.theme import THEMES
+from adapter_studio.resources import FOLDER
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -21,22 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.errors import UserError
-from engine.spec import load_spec_file
-from gui.dialogs import show_error
-from gui.pages.base import Page
-from gui.pages.compare_page import ComparePage
-from gui.pages.data_page import DataPage
-from gui.pages.export_page import ExportPage
-from gui.pages.method_page import MethodPage
-from gui.pages.model_page import ModelPage
-from gui.pages.runs_page import RunsPage
-from gui.pages.train_page import TrainPage
-from gui.pages.try_page import TryPage
-from gui.state import StudioState
-from gui.theme import THEMES
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+RESOURCES = FOLDER
 DEMO_SPEC = RESOURCES / "demo" / "demo.yaml"
 
 
@@ -54,7 +54,7 @@ class MainWindow(QMainWindow):
     def __init__(self, state: StudioState | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Adapter Studio")
-        from gui.app import collect_garbage_on_gui_thread
+        from adapter_studio.gui.app import collect_garbage_on_gui_thread
 
         collect_garbage_on_gui_thread()
         self.state = state or StudioState(runs_dir=str(QSettings().value("paths/runs_dir", "runs")))
@@ -174,14 +174,14 @@ class MainWindow(QMainWindow):
 
     # --- everyday comfort ---------------------------------------------------------------------------
     def _show_device(self, events: list[object]) -> None:
-        from engine.events import Started
+        from adapter_studio.engine.events import Started
 
         for event in events:
             if isinstance(event, Started):
                 self.device_label.setText(f"device: {event.device}, {event.precision} · {library_versions()}")
 
     def set_theme(self, choice: str) -> None:
-        from gui.theme import apply_theme
+        from adapter_studio.gui.theme import apply_theme
 
         apply_theme(QApplication.instance(), choice)  # type: ignore[arg-type]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.methods import METHODS, MethodSpec
+from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from PySide6.QtCore import QObject, Signal
-
-from engine.methods import METHODS, MethodSpec
-from engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 
 
 class StudioState(QObject):
@@ -29,8 +28,8 @@ class StudioState(QObject):
         self.method: MethodSpec = METHODS["lora"]()
         self.training = TrainingSpec()
         self.runs_dir = runs_dir
-        self.model_summary: Any = None  # engine.models.ModelSummary once read
-        self.model_info: Any = None  # engine.model_info.ModelInfo once read
+        self.model_summary: Any = None  # adapter_studio.engine.models.loading.ModelSummary once read
+        self.model_info: Any = None  # adapter_studio.engine.models.info.ModelInfo once read
         self.current_run: Path | None = None
         self.last_estimate: dict[str, Any] | None = None  # the chosen method's cost row (Compare page)
 
@@ -80,7 +79,7 @@ class StudioState(QObject):
 
     def build_spec(self) -> RunSpec:
         if self.model is None or self.data is None:
-            from engine.errors import UserError
+            from adapter_studio.engine.errors import UserError
 
             raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
         return RunSpec(

@@ -1,6 +1,6 @@
 """The method sweep on the Runs page: tick methods, train them one after another through the Train
 page (so each is watched live like any run), then one table and one scatter chart of quality against
-cost. The engine side (plan, rows, CSV) is `engine.sweep`; this module only drives and draws it."""
+cost. The engine side (plan, rows, CSV) is `engine.training.sweep`; this module only drives and draws it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.methods import METHOD_CLASSES
+from adapter_studio.engine.training.sweep import (
+    COSTS,
+    QUALITY,
+    SweepPlan,
+    list_sweeps,
+    load_sweep,
+    plan_sweep,
+    rows_to_csv,
+    sweep_rows,
+)
+from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.pages.model_page import human_bytes, human_count
+from adapter_studio.gui.plots import PALETTE
+from adapter_studio.gui.state import StudioState
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -26,14 +42,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from engine.methods import METHOD_CLASSES
-from engine.sweep import COSTS, QUALITY, SweepPlan, list_sweeps, load_sweep, plan_sweep, rows_to_csv, sweep_rows
-from gui.dialogs import show_error
-from gui.pages.model_page import human_bytes, human_count
-from gui.plots import PALETTE
-from gui.state import StudioState
-from gui.worker import run_in_background
 
 DEFAULT_TICKED = ("lora", "dora", "ia3", "prompt_tuning", "adapter_p", "last_layers")
 LABELS = {

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
+from adapter_studio.engine.errors import UserError
 
 TRAIN_TIMEOUT_S = 3600
 
@@ -35,8 +35,8 @@ def _settle(app: Any, seconds: float = 0.3) -> None:
 def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -> int:
     if "DISPLAY" not in os.environ and "WAYLAND_DISPLAY" not in os.environ:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from gui.app import create_app
-    from gui.main_window import MainWindow
+    from adapter_studio.gui.app import create_app
+    from adapter_studio.gui.main_window import MainWindow
 
     out.mkdir(parents=True, exist_ok=True)
     app = create_app()
@@ -89,7 +89,7 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     window.go_to("export")
     report["pages"].append("export")
     if train.last_status == "completed":
-        from engine.trained import run_spec
+        from adapter_studio.engine.inference.trained import run_spec
 
         kinds = ["adapter"] + (["merged"] if run_spec(state.current_run).method.mergeable else [])
         for kind in kinds:

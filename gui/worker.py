@@ -67,7 +67,7 @@ class TrainingController(QObject):
         return self.worker is not None
 
     def start(self, spec: Any = None, resume_dir: Path | None = None) -> None:
-        from engine.train import run  # deferred: torch loads when the first run starts
+        from adapter_studio.engine.training.session import run  # deferred: torch loads when the first run starts
 
         if spec is not None and spec.training.devices > 1 and resume_dir is None:
             self._start_processes(spec)
@@ -87,14 +87,14 @@ class TrainingController(QObject):
     def stop(self) -> None:
         self.stop_event.set()
         if self.process is not None:
-            from engine.launch import stop_multi
+            from adapter_studio.engine.training.launch import stop_multi
 
             stop_multi(self.process)
 
     # --- several devices: an `accelerate launch` job followed through its events.jsonl ----------
     def _start_processes(self, spec: Any) -> None:
-        from engine.events import EventFollower
-        from engine.launch import start_multi
+        from adapter_studio.engine.events import EventFollower
+        from adapter_studio.engine.training.launch import start_multi
 
         self.process, run_dir = start_multi(spec, spec.training.devices)
         self.follower = EventFollower(run_dir / "events.jsonl")
@@ -105,8 +105,8 @@ class TrainingController(QObject):
         self.poll_timer.start()
 
     def _poll_processes(self) -> None:
-        from engine.events import Finished
-        from engine.train import RunResult
+        from adapter_studio.engine.events import Finished
+        from adapter_studio.engine.training.session import RunResult
 
         events = self.follower.poll()
         if events:
@@ -150,7 +150,7 @@ def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isgeneratorfunction(func):  # stays a generator, so superqt can deliver what it yields
 
         def generate(*args: Any, **kwargs: Any) -> Any:
-            from engine.imports import ensure_heavy_imports
+            from adapter_studio.engine.imports import ensure_heavy_imports
 
             ensure_heavy_imports()
             return (yield from func(*args, **kwargs))
@@ -158,7 +158,7 @@ def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
         return generate
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        from engine.imports import ensure_heavy_imports
+        from adapter_studio.engine.imports import ensure_heavy_imports
 
         ensure_heavy_imports()
         return func(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 In the frozen app, `sys.executable` is the app itself, and it is also the Python that a multi-device
 run starts: engine/launch.py runs `APP -m accelerate.commands.launch ...`, and torch's launcher runs
-each worker as `APP -u -m engine.cli train ...`. Such command lines run the module, as `python` would.
+each worker as `APP -u -m adapter_studio.cli train ...`. Such command lines run the module, as `python` would.
 """
 
 from __future__ import annotations
@@ -42,6 +42,6 @@ if __name__ == "__main__":
     if command is not None:
         run_module(*command)
         sys.exit(0)
-    from engine.cli import main
+    from adapter_studio.cli import main
 
     sys.exit(main())

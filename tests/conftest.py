@@ -225,7 +225,7 @@ def make_spec(tmp_path_factory: pytest.TempPathFactory) -> SpecFactory:
     data fields; everything else goes to `training`. Defaults: 20 steps, batch 4, max_length 64,
     eval on 5% of the rows with 2 generated answers, float32 (the same numbers on every CPU).
     """
-    from engine.spec import parse_spec
+    from adapter_studio.engine.spec import parse_spec
 
     def make(
         model_dir: Path | str, data_path: Path | str, method: str | dict[str, Any] = "lora",
@@ -253,8 +253,8 @@ def tiny_models(tiny_llama: Path, tiny_gpt2: Path, tiny_qwen2: Path, tiny_bert_c
 def window(qtbot: Any, tmp_path: Path) -> Any:
     """The real main window (offscreen) with its runs folder in a temporary directory; a run still
     going at the end of the test is stopped and waited for, so no thread outlives it."""
-    from gui.main_window import MainWindow
-    from gui.state import StudioState
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.state import StudioState
 
     window = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
     qtbot.addWidget(window)
@@ -263,9 +263,8 @@ def window(qtbot: Any, tmp_path: Path) -> Any:
     if window.train_page.controller.running:
         window.train_page.controller.stop()
         qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=60_000)
+    from adapter_studio.gui.app import restore_automatic_garbage_collection
     from PySide6.QtCore import QThreadPool
-
-    from gui.app import restore_automatic_garbage_collection
 
     QThreadPool.globalInstance().waitForDone(60_000)  # background work ends before the window goes
     restore_automatic_garbage_collection()

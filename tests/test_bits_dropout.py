@@ -1,4 +1,4 @@
-"""BitsDropout: torch's dropout with its mask drawn 16 bits per element (engine.bits_dropout)."""
+"""BitsDropout: torch's dropout with its mask drawn 16 bits per element (engine.training.bits_dropout)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-
-from engine.bits_dropout import BitsDropout, use_bits_dropout_for_lora
+from adapter_studio.engine.training.bits_dropout import BitsDropout, use_bits_dropout_for_lora
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.base import MethodContext, trainable_count
+from adapter_studio.engine.methods.bottleneck import (
+    CONFIG,
+    WEIGHTS,
+    AdapterH,
+    AdapterP,
+    MAMAdapter,
+    ParallelAdapter,
+    adapter_parameters,
+    bottleneck_param_count,
+    load_bottleneck_adapter,
+)
+from adapter_studio.engine.models.info import describe_model
+from adapter_studio.engine.spec import TrainingSpec
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -16,22 +31,6 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
-
-from engine.errors import UserError
-from engine.methods.base import MethodContext, trainable_count
-from engine.methods.bottleneck import (
-    CONFIG,
-    WEIGHTS,
-    AdapterH,
-    AdapterP,
-    MAMAdapter,
-    ParallelAdapter,
-    adapter_parameters,
-    bottleneck_param_count,
-    load_bottleneck_adapter,
-)
-from engine.model_info import describe_model
-from engine.spec import TrainingSpec
 
 DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
            "num_key_value_heads": 2, "vocab_size": 256}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "engine.cli"]
+CLI = [sys.executable, "-m", "adapter_studio.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen"}
 
 
@@ -30,11 +30,11 @@ def write_spec(path: Path, model: Path, data: Path, runs: Path, **training: obje
 
 
 def test_version_and_help_do_not_import_torch() -> None:
-    code = "import sys; from engine.cli import main; main(['--version'])"
+    code = "import sys; from adapter_studio.cli import main; main(['--version'])"
     out = subprocess.run([sys.executable, "-c", code + "\n"], capture_output=True, text=True, env=ENV)
     assert "adapter-studio" in out.stdout
     probe = (
-        "import sys\nfrom engine import cli\ntry:\n cli.main(['--help'])\nexcept SystemExit: pass\n"
+        "import sys\nfrom adapter_studio import cli\ntry:\n cli.main(['--help'])\nexcept SystemExit: pass\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV)
@@ -171,7 +171,7 @@ def test_methods_json_lists_the_whole_library() -> None:
 
 def test_self_test_prints_seconds_to_first_paint() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--self-test"], capture_output=True, text=True, env=ENV, timeout=120
+        [*CLI, "--self-test"], capture_output=True, text=True, env=ENV, timeout=120
     )
     assert out.returncode == 0, out.stderr
     seconds = float(out.stdout.strip().splitlines()[-1])

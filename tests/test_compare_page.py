@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 
 import pytest
+from adapter_studio.engine.methods import METHODS
 from PySide6.QtCore import Qt
-
-from engine.methods import METHODS
 
 pytestmark = pytest.mark.gui
 
@@ -53,7 +52,7 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
 
 
 def test_start_warns_when_the_estimate_does_not_fit(window, qtbot, tiny_llama, alpaca_jsonl, monkeypatch):  # type: ignore[no-untyped-def]
-    from engine.spec import DataSpec
+    from adapter_studio.engine.spec import DataSpec
 
     window.state.set_model(str(tiny_llama))
     window.state.data = DataSpec(path=str(alpaca_jsonl))
@@ -67,8 +66,8 @@ def test_start_warns_when_the_estimate_does_not_fit(window, qtbot, tiny_llama, a
 
 
 def test_an_edit_shows_the_chosen_method_first_then_the_rest(tiny_llama):  # type: ignore[no-untyped-def]
-    from engine.methods import LoRA
-    from gui.pages.compare_page import estimate_rows
+    from adapter_studio.engine.methods import LoRA
+    from adapter_studio.gui.pages.compare_page import estimate_rows
 
     source = str(tiny_llama)
     *_, settled = [rows for rows in estimate_rows(source, [], LoRA()) if rows]

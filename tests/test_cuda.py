@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-
-from engine.events import Finished, Metrics, Started
+from adapter_studio.engine.events import Finished, Metrics, Started
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def train(spec: Any) -> tuple[Any, list[Any]]:
-    from engine.train import run
+    from adapter_studio.engine.training.session import run
 
     events: list[Any] = []
     result = run(spec, events.append)
@@ -29,7 +28,7 @@ def train(spec: Any) -> tuple[Any, list[Any]]:
 
 
 def needs_bitsandbytes(kind: str) -> None:
-    from engine.models import quantization_problem
+    from adapter_studio.engine.models.loading import quantization_problem
 
     problem = quantization_problem(kind)
     if problem is not None:
@@ -52,7 +51,7 @@ def test_auto_precision_is_bf16_autocast_with_cuda_memory_stats(tiny_llama, alpa
 @pytest.mark.parametrize("kind", ["4bit", "8bit"])
 def test_qlora_trains_and_merges_into_a_dequantised_base(kind, tiny_llama, alpaca_jsonl, make_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
     needs_bitsandbytes(kind)
-    from engine.export import export_run
+    from adapter_studio.engine.export.run_export import export_run
 
     spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", learning_rate=0.01, max_steps=20)
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": kind})})
@@ -85,8 +84,8 @@ def test_gradient_checkpointing_with_a_4bit_base(tiny_llama, alpaca_jsonl, make_
 
 def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The launcher's FSDP settings on a real GPU (with one process where the machine has one GPU)."""
-    from engine.events import EventFollower
-    from engine.launch import start_multi
+    from adapter_studio.engine.events import EventFollower
+    from adapter_studio.engine.training.launch import start_multi
 
     spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", max_steps=6, save_every=3)
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"distributed": "fsdp"})})
@@ -101,7 +100,7 @@ def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec, tmp
     saved = load_file(str(run_dir / "checkpoints" / "step-0000006" / "trainable.safetensors"))
     assert any("lora_B" in n and float(t.abs().sum()) > 0 for n, t in saved.items())  # trained, full tensors
     # The gathered checkpoint carries the plain model's names: the adapter exports and reloads.
-    from engine.export import export_run
+    from adapter_studio.engine.export.run_export import export_run
 
     exported = export_run(run_dir, "adapter", tmp_path / "adapter")
     assert exported.verified_max_diff is not None and exported.verified_max_diff < 1e-3
@@ -110,7 +109,7 @@ def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec, tmp
 def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    from engine.train import run
+    from adapter_studio.engine.training.session import run
 
     spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", max_steps=12, save_every=4)
     stop = threading.Event()
@@ -132,9 +131,8 @@ def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec)
 
 def test_compiled_step_on_cuda_follows_the_eager_curve(tiny_llama, alpaca_jsonl, make_spec, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """training.compile on a GPU: triton kernels, widths padded to a multiple of 8 (one kernel variant)."""
+    import adapter_studio.engine.training.session as train_module
     from torch._dynamo.utils import counters
-
-    import engine.train as train_module
 
     widths: list[int] = []
     collate = train_module.collate

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from engine.data_prep import IGNORE, ChatRenderer, prepare_data
-from engine.data_preview import length_stats, preview_data, render_tokens
-from engine.data_shapes import Example, detect_format
-from engine.errors import UserError
-from engine.spec import DataSpec
+from adapter_studio.engine.data.prepare import IGNORE, ChatRenderer, prepare_data
+from adapter_studio.engine.data.preview import length_stats, preview_data, render_tokens
+from adapter_studio.engine.data.shapes import Example, detect_format
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import DataSpec
 
 QA = [(f"reverse {w}", w[::-1]) for w in ("abc", "dcba", "ef", "fedcb", "aab", "cafe", "bead", "fade", "dab", "ace")]
 CSV_QUOTED = [('say "hi", then stop', "hi, stop"), ("two\nlines", "ok")]  # quotes, commas, newlines
@@ -40,7 +39,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 
 def tokenizer_of(model: Path) -> Any:
-    from engine.models import load_tokenizer, resolve_source
+    from adapter_studio.engine.models.loading import load_tokenizer, resolve_source
 
     return load_tokenizer(resolve_source(str(model)))
 
@@ -215,7 +214,7 @@ def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # ty
 
 
 def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import engine.data_prep as data_prep
+    import adapter_studio.engine.data.prepare as data_prep
 
     tokenizer = tokenizer_of(tiny_llama)
     tokenizer.chat_template = (
@@ -243,8 +242,8 @@ def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tin
 
 
 def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tiny_llama, make_spec) -> None:  # type: ignore[no-untyped-def]
-    from engine.events import read_events
-    from engine.train import run
+    from adapter_studio.engine.events import read_events
+    from adapter_studio.engine.training.session import run
 
     many = [(f"reverse {w}", w[::-1]) for w in ("abc", "bca", "cab", "dd", "eef", "fa", "bead", "cafe")] * 5
     rows = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in many]
@@ -316,7 +315,7 @@ def test_cache_reopens_instantly_and_notices_changes(tmp_path, tiny_llama, tiny_
 def test_cache_pruning_skips_entries_another_process_renames_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two ranks preparing new data at once: one renames its temporary folder while the other
     prunes the cache (seen as FileNotFoundError in every two-process run on data not yet cached)."""
-    from engine.data_prep import _prune_cache
+    from adapter_studio.engine.data.prepare import _prune_cache
 
     kept = tmp_path / "kept"
     (kept / "train").mkdir(parents=True)
@@ -331,7 +330,7 @@ def test_cache_pruning_skips_entries_another_process_renames_meanwhile(tmp_path)
 
 
 def test_big_files_stream_in_chunks_with_the_same_result(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import engine.data_prep as data_prep
+    import adapter_studio.engine.data.prepare as data_prep
 
     tokenizer = tokenizer_of(tiny_llama)
     many = [(f"reverse {i}", str(i)[::-1]) for i in range(5000)]  # more rows than one chunk (2048)
@@ -482,7 +481,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_be
         (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
         env = {**os.environ, "ADAPTER_STUDIO_DATA_CACHE": str(folder / "cache")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "train", str(folder / "spec.yaml")],
+            [sys.executable, "-m", "adapter_studio.cli", "train", str(folder / "spec.yaml")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         started[case] = (folder, process)

@@ -8,20 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from adapter_studio.engine.data.preview import length_stats
+from adapter_studio.engine.spec import DataSpec
 from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QApplication, QMessageBox
 from test_data import BAD_INPUTS, alpaca_rows, write_rows
-
-from engine.data_preview import length_stats
-from engine.spec import DataSpec
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
 def window(qtbot, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from gui.main_window import MainWindow
-    from gui.state import StudioState
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.state import StudioState
 
     monkeypatch.setenv("ADAPTER_STUDIO_DATA_CACHE", str(tmp_path / "cache"))
     w = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))

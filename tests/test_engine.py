@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-
-from engine.errors import UserError
-from engine.events import Checkpoint, Event, Finished, Log, Metrics, Stage, Started, read_events
-from engine.train import RunResult, run
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Checkpoint, Event, Finished, Log, Metrics, Stage, Started, read_events
+from adapter_studio.engine.training.session import RunResult, run
 
 LR = 2e-2  # LoRA on a random 64-wide model: 100× its default rate to move in a few dozen steps
 CASES = {  # name → (model fixture, data fixture)
@@ -84,10 +83,9 @@ def test_loss_falls_over_thirty_steps(case: str, thirty_steps: Callable[..., Any
 def test_saved_adapter_reloads_with_identical_logits(
     case: str, thirty_steps: Callable[..., Any], tmp_path: Path
 ) -> None:
+    from adapter_studio.engine.export.run_export import export_run
+    from adapter_studio.engine.inference.trained import load_base, load_trained
     from peft import PeftModel
-
-    from engine.export import export_run
-    from engine.trained import load_base, load_trained
 
     result, _ = thirty_steps(case)
     exported = export_run(result.run_dir, "adapter", tmp_path / "adapter")
@@ -105,11 +103,10 @@ def test_saved_adapter_reloads_with_identical_logits(
 
 @pytest.mark.parametrize("case", ["llama-alpaca", "gpt2-alpaca"])
 def test_merged_logits_equal_adapter_logits(case: str, thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
+    from adapter_studio.engine.export.run_export import export_run
+    from adapter_studio.engine.inference.trained import load_base
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from engine.export import export_run
-    from engine.trained import load_base
 
     result, _ = thirty_steps(case)
     merged_dir = export_run(result.run_dir, "merged", tmp_path / "merged").path
@@ -123,7 +120,7 @@ def test_merged_logits_equal_adapter_logits(case: str, thirty_steps: Callable[..
 
 
 def run_spec_of(run_dir: Path) -> Any:
-    from engine.trained import run_spec
+    from adapter_studio.engine.inference.trained import run_spec
 
     return run_spec(run_dir)
 
@@ -199,7 +196,7 @@ CONTRACT_FIELDS = {
 
 
 def test_events_log_holds_the_contract_fields(thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
-    from engine.export import export_run
+    from adapter_studio.engine.export.run_export import export_run
 
     result, emitted = thirty_steps("llama-alpaca")
     export_run(result.run_dir, "adapter", tmp_path / "adapter")
@@ -236,7 +233,7 @@ def test_events_log_holds_the_contract_fields(thirty_steps: Callable[..., Any], 
 
 
 def test_a_truncated_last_line_is_tolerated(thirty_steps: Callable[..., Any], tmp_path: Path) -> None:
-    from engine.runs import summarize_run
+    from adapter_studio.engine.runs import summarize_run
 
     result, _ = thirty_steps("gpt2-alpaca")
     copy = tmp_path / "killed-run"
@@ -307,7 +304,7 @@ def test_fused_adamw_learns_as_foreach_does(
     method: str, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine's AdamW is fused where PyTorch has it (CPU, CUDA): the same curve as foreach."""
-    from engine.devices import adamw_implementation
+    from adapter_studio.engine.training.devices import adamw_implementation
 
     assert adamw_implementation([torch.nn.Parameter(torch.ones(2))]) == {"fused": True}
     assert adamw_implementation([torch.nn.Parameter(torch.ones(2, device="meta"))]) == {"foreach": True}
@@ -318,7 +315,8 @@ def test_fused_adamw_learns_as_foreach_does(
             calls.append(kind)
             return {kind: True}
 
-        monkeypatch.setattr("engine.devices.adamw_implementation", chosen)  # the engine's and LoRA+'s optimizer
+        # the engine's and LoRA+'s optimizer both ask this one function
+        monkeypatch.setattr("adapter_studio.engine.training.devices.adamw_implementation", chosen)
         curves[kind], _, _ = _curve_and_stages(
             make_spec(tiny_llama, alpaca_jsonl, method, max_steps=6, learning_rate=0.01, eval_samples=0)
         )
@@ -326,7 +324,7 @@ def test_fused_adamw_learns_as_foreach_does(
     assert max(abs(a - b) for a, b in zip(curves["foreach"], curves["fused"], strict=True)) < 1e-4, curves
 
 
-# The engine's CPU speed switches (engine.train), each against its way round: (switch, method, the
+# The engine's CPU speed switches (engine.training.session), each against its way round: (switch, method, the
 # curves must differ, which shows the switch took effect where it changes the random numbers drawn).
 SPEED_SWITCHES = [
     *(("LORA_INPUTS_IN_AUTOCAST_DTYPE", m, False) for m in ("lora", "dora", "rslora", "loraplus", "adalora")),
@@ -340,8 +338,8 @@ def test_cpu_speed_switches_learn_the_same(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """peft's input cast to float32 only adds copies under bf16 autocast; LoRA's dropout masks from
-    16-bit lanes (engine.bits_dropout) drop as often as torch's: the same learning either way."""
-    import engine.train as train
+    16-bit lanes (engine.training.bits_dropout) drop as often as torch's: the same learning either way."""
+    import adapter_studio.engine.training.session as train
 
     curves = {}
     for on in (False, True):
@@ -369,7 +367,7 @@ def test_compiled_training_step_follows_the_eager_curve(
 ) -> None:
     from torch._dynamo.utils import counters
 
-    # With dropout: on a CPU LoRA's masks come from engine.bits_dropout's op, which compiled code calls
+    # With dropout: on a CPU LoRA's masks come from engine.training.bits_dropout's op, which compiled code calls
     # as eager code does, in the same order: the same masks, the same curve.
     fields = {"name": method} if method == "prefix_tuning" else {"name": method, "dropout": 0.3}
     curves = {}
@@ -407,7 +405,7 @@ def test_compile_without_a_compiler_is_refused_with_the_fix(
 
 @pytest.mark.parametrize(("value", "expected"), [(True, "on"), (False, "off"), ("auto", "auto"), ("on", "on")])
 def test_compile_takes_auto_on_off_and_the_old_booleans(value: object, expected: str) -> None:
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.spec import TrainingSpec
 
     assert TrainingSpec(compile=value).compile == expected
     assert TrainingSpec().compile == "auto"
@@ -425,7 +423,7 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(
     tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path
 ) -> None:
     """Checkpointing re-runs each block's forward in backward; torch restores the CPU generator for
-    it, so the recomputed masks (engine.bits_dropout's) are the forward's and the curve is the one
+    it, so the recomputed masks (engine.training.bits_dropout's) are the forward's and the curve is the one
     without checkpointing."""
     curves = {}
     for checkpointing in (False, True):
@@ -444,7 +442,7 @@ def test_a_failed_auto_compile_goes_on_uncompiled(
     tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run long enough to compile, whose compiler breaks: a warning, and the same curve as without."""
-    import engine.train as train
+    import adapter_studio.engine.training.session as train
 
     def broken_backend(graph: Any, inputs: Any) -> Any:
         raise RuntimeError("no kernels today")
@@ -485,12 +483,11 @@ def test_a_failed_auto_compile_goes_on_uncompiled(
     ids=["lora", "full", "last_layers", "llama_adapter", "prompt_tuning"],
 )
 def test_regional_compile_leaves_the_first_block_that_trains_eager(method: dict[str, Any], first: int | None) -> None:
+    from adapter_studio.engine.methods import METHODS, MethodContext
+    from adapter_studio.engine.models.info import describe_model, find_layers_path
+    from adapter_studio.engine.spec import TrainingSpec
+    from adapter_studio.engine.training.session import _first_trainable_block
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from engine.methods import METHODS, MethodContext
-    from engine.model_info import describe_model, find_layers_path
-    from engine.spec import TrainingSpec
-    from engine.train import _first_trainable_block
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
@@ -506,7 +503,7 @@ def test_regional_compile_leaves_the_first_block_that_trains_eager(method: dict[
 def test_auto_compile_compiles_a_long_run_midway(
     tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.train as train
+    import adapter_studio.engine.training.session as train
 
     monkeypatch.setattr(train, "AUTO_COMPILE_AFTER_STEPS", 2)
     monkeypatch.setattr(train, "AUTO_COMPILE_MIN_LEFT_S", 0.0)
@@ -524,17 +521,16 @@ def test_a_run_takes_the_textbook_steps(
 ) -> None:
     """Same init and batches: the engine's trained tensors equal a hand-written loop's (model loss,
     backward, clipping, AdamW, linear schedule). The speed paths must not change the arithmetic."""
+    import adapter_studio.engine.training.session as train
     from accelerate.utils import set_seed
+    from adapter_studio.engine.data.prepare import collate, epoch_batches, prepare_data
+    from adapter_studio.engine.methods import MethodContext
+    from adapter_studio.engine.models.info import describe_model
+    from adapter_studio.engine.models.loading import load_model
+    from adapter_studio.engine.spec import load_spec_file
+    from adapter_studio.engine.training import checkpoints
     from safetensors.torch import load_file
     from transformers import get_scheduler
-
-    import engine.train as train
-    from engine import checkpoints
-    from engine.data_prep import collate, epoch_batches, prepare_data
-    from engine.methods import MethodContext
-    from engine.model_info import describe_model
-    from engine.models import load_model
-    from engine.spec import load_spec_file
 
     monkeypatch.setattr(train, "CPU_EAGER_MAX_WIDTH", 0)  # the reference uses the model's own attention
     spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, max_steps=5, save_every=5,

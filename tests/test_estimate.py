@@ -1,4 +1,4 @@
-"""The cost estimate (engine.estimate) against real models built with the same method."""
+"""The cost estimate (adapter_studio.engine.estimate.costs) against real models built with the same method."""
 
 from __future__ import annotations
 
@@ -7,6 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.estimate.costs import (
+    MEMORY_PARTS,
+    estimate,
+    estimate_table,
+    format_table,
+    safetensors_bytes,
+)
+from adapter_studio.engine.methods import METHODS, MethodContext
+from adapter_studio.engine.methods.base import MethodSpec, trainable_count
+from adapter_studio.engine.models.info import describe_model
+from adapter_studio.engine.spec import TrainingSpec
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -14,19 +26,6 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
 )
-
-from engine.errors import UserError
-from engine.estimate import (
-    MEMORY_PARTS,
-    estimate,
-    estimate_table,
-    format_table,
-    safetensors_bytes,
-)
-from engine.methods import METHODS, MethodContext
-from engine.methods.base import MethodSpec, trainable_count
-from engine.model_info import describe_model
-from engine.spec import TrainingSpec
 
 CONFIGS = {
     "llama": (lambda: LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -52,8 +51,8 @@ def build_real(model: str, dtype: torch.dtype = torch.float32) -> torch.nn.Modul
 
 def training_dtype(method: MethodSpec) -> torch.dtype:
     """The dtype a CPU run loads its base in (bf16 for a frozen base where the CPU computes in bf16)."""
-    from engine.devices import pick_precision
-    from engine.models import trains_in_base_dtype, weights_dtype
+    from adapter_studio.engine.models.loading import trains_in_base_dtype, weights_dtype
+    from adapter_studio.engine.training.devices import pick_precision
 
     precision = pick_precision(TRAINING.precision, "cpu")
     return weights_dtype("auto", "cpu", trains_in_base_dtype(method), precision)

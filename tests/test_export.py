@@ -6,10 +6,9 @@ import errno
 from pathlib import Path
 
 import pytest
-
-from engine.errors import UserError
-from engine.export import export_run
-from engine.train import run
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.export.run_export import export_run
+from adapter_studio.engine.training.session import run
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def trained_run(tiny_llama, alpaca_jsonl, make_spec) -> Path:  # type: ignore[no
 )
 @pytest.mark.parametrize("kind", ["adapter", "merged"])
 def test_a_failed_write_leaves_nothing_and_says_why(trained_run, tmp_path, monkeypatch, kind, error, words):  # type: ignore[no-untyped-def]
-    import engine.export as export
+    import adapter_studio.engine.export.run_export as export
 
     def fail_midway(*args, **kwargs):  # type: ignore[no-untyped-def]
         (args[-1] if isinstance(args[-1], Path) else Path(str(args[-1]))).joinpath("half-written").write_text("x")

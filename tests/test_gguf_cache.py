@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.gguf_cache import converted_folder
-from engine.models import EMBEDDED_SMOLLM2, load_model, resolve_source
-from engine.spec import ModelSpec
+from adapter_studio.engine.models.gguf_cache import converted_folder
+from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_model, resolve_source
+from adapter_studio.engine.spec import ModelSpec
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def test_second_load_comes_from_the_conversion_and_is_identical(tmp_path, monkey
 
 def test_pruning_skips_conversions_another_process_removes_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two processes converting at once: a marker listed by one can be gone when it is looked at."""
-    from engine import gguf_cache
+    from adapter_studio.engine.models import gguf_cache
 
     kept = tmp_path / "kept"
     kept.mkdir()

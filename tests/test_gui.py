@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapter_studio.engine.spec import TrainingSpec
 from PySide6.QtWidgets import QApplication, QMessageBox
-
-from engine.spec import TrainingSpec
 
 pytestmark = pytest.mark.gui
 
@@ -107,14 +106,14 @@ def test_bad_data_gives_a_dialog_not_a_crash(window, qtbot, tmp_path, content, e
 def test_spec_file_with_r_zero_is_refused_with_the_line(window, qtbot, tmp_path, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"model:\n  source: {tiny_llama}\ndata:\n  path: {alpaca_jsonl}\nmethod:\n  name: lora\n  r: 0\n")
-    from engine.errors import UserError
+    from adapter_studio.engine.errors import UserError
 
     with pytest.raises(UserError, match=r"spec.yaml:7.*method.r"):
         window.apply_spec_file(spec)
 
 
 def test_method_picker_walks_every_method_and_starts_a_run(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
-    from engine.methods import METHODS
+    from adapter_studio.engine.methods import METHODS
 
     choose(window, qtbot, tiny_llama, alpaca_jsonl)
     page = window.pages["method"]

@@ -1,6 +1,6 @@
 """Every registered method on every kind of model, through the real engine: train, count, export, reload.
 
-One table: each (method, model) pair either trains — 20 steps of `engine.train.run` lower the loss,
+One table: each (method, model) pair either trains — 20 steps of `engine.training.session.run` lower the loss,
 only the method's own parameters train (as many as `Started.trainable_params` says), the adapter
 export reloads onto a fresh base with identical logits, and mergeable methods' merged export loads
 with plain transformers — or it is refused before training with a message that says why.
@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 import torch
-
-from engine.errors import UserError
-from engine.events import Event, Finished, Metrics, Started
-from engine.methods import METHODS
-from engine.train import run
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Event, Finished, Metrics, Started
+from adapter_studio.engine.methods import METHODS
+from adapter_studio.engine.training.session import run
 
 MODELS = ("llama", "gpt2", "bert")
 DATA = {"llama": "alpaca_jsonl", "gpt2": "alpaca_jsonl", "bert": "classification_csv"}
@@ -173,7 +172,7 @@ def test_training_lowers_the_loss(method: str, model: str, trained: Callable[...
 
 @pytest.mark.parametrize(("method", "model"), SUPPORTED, ids=ids(SUPPORTED))
 def test_only_the_methods_parameters_train(method: str, model: str, trained: Callable[..., TrainedRun]) -> None:
-    from engine.trained import load_trained
+    from adapter_studio.engine.inference.trained import load_trained
 
     result = trained(method, model)
     rebuilt = load_trained(result.run_dir).model
@@ -194,8 +193,8 @@ def test_only_the_methods_parameters_train(method: str, model: str, trained: Cal
 def test_adapter_export_reloads_onto_a_fresh_base(
     method: str, model: str, trained: Callable[..., TrainedRun], tmp_path: Path
 ) -> None:
-    from engine.export import export_run, load_adapter
-    from engine.trained import load_base, load_trained
+    from adapter_studio.engine.export.run_export import export_run, load_adapter
+    from adapter_studio.engine.inference.trained import load_base, load_trained
 
     result = trained(method, model)
     exported = export_run(result.run_dir, "adapter", tmp_path / "adapter")
@@ -223,10 +222,9 @@ def test_adapter_export_reloads_onto_a_fresh_base(
 def test_merged_export_loads_with_transformers(
     method: str, model: str, trained: Callable[..., TrainedRun], tmp_path: Path
 ) -> None:
+    from adapter_studio.engine.export.run_export import export_run
+    from adapter_studio.engine.inference.trained import load_trained
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from engine.export import export_run
-    from engine.trained import load_trained
 
     result = trained(method, model)
     exported = export_run(result.run_dir, "merged", tmp_path / "merged")
@@ -242,7 +240,7 @@ def test_merged_export_loads_with_transformers(
 
 @pytest.mark.parametrize(("method", "model"), NOT_MERGEABLE, ids=ids(NOT_MERGEABLE))
 def test_merged_export_is_refused(method: str, model: str, trained: Callable[..., TrainedRun], tmp_path: Path) -> None:
-    from engine.export import export_run
+    from adapter_studio.engine.export.run_export import export_run
 
     result = trained(method, model)
     with pytest.raises(UserError, match="cannot be merged") as refused:
@@ -262,8 +260,8 @@ def test_generation_with_the_cache_matches_greedy_decoding_without(
     positions count its padding and near-tied answers may differ from the unpadded ones."""
     from contextlib import nullcontext
 
-    from engine.evaluation import generate_answers
-    from engine.trained import load_trained
+    from adapter_studio.engine.inference.trained import load_trained
+    from adapter_studio.engine.training.evaluation import generate_answers
 
     tuned = load_trained(trained(method, model).run_dir)
     tokenizer, prompts, new = tuned.tokenizer, ["reverse abc", "reverse ffedcba please"], 12

@@ -13,10 +13,9 @@ import math
 from pathlib import Path
 
 import pytest
+from adapter_studio.engine.methods import METHODS
+from adapter_studio.engine.training.sweep import load_sweep, sweep_rows
 from test_cli import cli
-
-from engine.methods import METHODS
-from engine.sweep import load_sweep, sweep_rows
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +58,8 @@ def test_every_method_trains_on_the_real_model_through_the_cli(model, tmp_path, 
 @pytest.mark.gui
 @pytest.mark.parametrize("model", [SMOLLM2, MINILM])
 def test_every_method_trains_on_the_real_model_from_the_window(window, qtbot, model, classification_csv) -> None:  # type: ignore[no-untyped-def]
+    from adapter_studio.engine.spec import DataSpec, TrainingSpec
     from PySide6.QtCore import Qt
-
-    from engine.spec import DataSpec, TrainingSpec
 
     window.state.set_model(model)
     window.state.set_data(DataSpec(path=str(DEMO if model == SMOLLM2 else classification_csv), max_length=64,

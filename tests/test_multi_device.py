@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "engine.cli"]
+CLI = [sys.executable, "-m", "adapter_studio.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -99,9 +99,8 @@ def test_stop_reaches_every_process(tmp_path, tiny_llama, alpaca_jsonl) -> None:
 @pytest.mark.parametrize(("strategy", "expected"), [("fsdp", "FSDP shards"), ("deepspeed", "DeepSpeed ZeRO shards")])
 def test_sharded_strategies_are_refused_without_cuda(strategy, expected, monkeypatch):  # type: ignore[no-untyped-def]
     import torch
-
-    from engine.errors import UserError
-    from engine.launch import check_devices
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.training.launch import check_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=expected) as info:

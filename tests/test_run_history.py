@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from engine.events import Checkpoint, Eval, EventLog, Finished, Log, Metrics, Started
-from engine.run_compare import curves, flatten, spec_diff
-from engine.runs import LOCK, list_runs, summarize_run
-from engine.spec import parse_spec
+from adapter_studio.engine.events import Checkpoint, Eval, EventLog, Finished, Log, Metrics, Started
+from adapter_studio.engine.run_compare import curves, flatten, spec_diff
+from adapter_studio.engine.runs import LOCK, list_runs, summarize_run
+from adapter_studio.engine.spec import parse_spec
 
 T0 = 1_700_000_000.0  # event times are fixed so durations and ordering are exact
 OOM = "CUDA out of memory while training step 3 — lower training.batch_size"
@@ -207,9 +206,8 @@ def test_spec_diff_treats_a_missing_field_as_unset(tmp_path: Path) -> None:
 
 
 def test_tensorboard_logging_writes_standard_event_files(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    from adapter_studio.engine.training.session import run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from engine.train import run
 
     spec = make_spec(tiny_llama, alpaca_jsonl, max_steps=4, eval_every=2, tensorboard=True)
     result = run(spec)

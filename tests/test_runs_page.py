@@ -9,11 +9,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from adapter_studio.engine.events import Finished, Started
+from adapter_studio.gui.pages.runs_page import COLUMNS, RunsPage
+from adapter_studio.gui.state import StudioState
 from test_run_history import OOM, fabricate_history, write_events, write_spec
-
-from engine.events import Finished, Started
-from gui.pages.runs_page import COLUMNS, RunsPage
-from gui.state import StudioState
 
 pytestmark = pytest.mark.gui
 

@@ -9,11 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Started
+from adapter_studio.engine.training.sweep import list_sweeps, load_sweep, plan_sweep, run_sweep, sweep_rows
 from test_cli import cli, write_spec
-
-from engine.errors import UserError
-from engine.events import Started
-from engine.sweep import list_sweeps, load_sweep, plan_sweep, run_sweep, sweep_rows
 
 
 def test_sweep_trains_each_method_and_tabulates_quality_against_cost(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
@@ -75,10 +74,9 @@ def test_cli_sweep_prints_the_table_and_writes_the_csv(tmp_path, tiny_llama, alp
 
 @pytest.mark.gui
 def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path):  # type: ignore[no-untyped-def]
+    from adapter_studio.engine.spec import TrainingSpec
     from PySide6.QtCore import Qt
     from test_gui import choose
-
-    from engine.spec import TrainingSpec
 
     choose(window, qtbot, tiny_llama, alpaca_jsonl)
     window.state.training = TrainingSpec(max_steps=3, batch_size=4, save_every=100, eval_samples=0,

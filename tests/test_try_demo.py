@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from engine.spec import load_spec_file
-from engine.train import run
-from gui.pages.try_page import TryPage
-from gui.state import StudioState
+from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.engine.training.session import run
+from adapter_studio.gui.pages.try_page import TryPage
+from adapter_studio.gui.state import StudioState
 
 pytestmark = [pytest.mark.slow, pytest.mark.gui]
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"

@@ -12,12 +12,11 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from adapter_studio.engine.inference.playground import Playground
+from adapter_studio.engine.training.session import run
+from adapter_studio.gui.pages.try_page import TryPage
+from adapter_studio.gui.state import StudioState
 from PySide6.QtCore import QTimer
-
-from engine.playground import Playground
-from engine.train import run
-from gui.pages.try_page import TryPage
-from gui.state import StudioState
 
 pytestmark = pytest.mark.gui
 LOAD_MS = 30_000

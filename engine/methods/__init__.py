@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from engine.errors import UserError
-from engine.methods.additive import IA3, LlamaAdapter
-from engine.methods.base import MethodContext, MethodSpec
-from engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
-from engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
-from engine.methods.selective import BitFit, FullFineTuning, LastLayers
-from engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
-from engine.methods.structured import OFT, LoHa, LoKr, VeRA
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.additive import IA3, LlamaAdapter
+from adapter_studio.engine.methods.base import MethodContext, MethodSpec
+from adapter_studio.engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
+from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
+from adapter_studio.engine.methods.selective import BitFit, FullFineTuning, LastLayers
+from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
+from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
 
 # Picker order: the families people reach for first come first.
 METHOD_CLASSES: tuple[type[MethodSpec], ...] = (

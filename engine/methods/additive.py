@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.base import MethodContext
+from adapter_studio.engine.methods.peft_base import PeftMethod, peft_task_type
 from pydantic import Field
 
-from engine.errors import UserError
-from engine.methods.base import MethodContext
-from engine.methods.peft_base import PeftMethod, peft_task_type
-
 if TYPE_CHECKING:
-    from engine.model_info import ModelInfo
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import TrainingSpec
 
 LLAMA_ADAPTER_MODELS = ("llama", "mistral", "gpt2")
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from adapter_studio.engine.errors import UserError
 from pydantic import BaseModel, ConfigDict, model_validator
-
-from engine.errors import UserError
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import TrainingSpec
 
 
 @dataclass

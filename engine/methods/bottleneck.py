@@ -24,17 +24,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
+from adapter_studio.engine.methods.peft_base import keep_generation_cache, peft_task_type
+from adapter_studio.engine.methods.selective import unfreeze_head
 from pydantic import Field
-
-from engine.errors import UserError
-from engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
-from engine.methods.peft_base import keep_generation_cache, peft_task_type
-from engine.methods.selective import unfreeze_head
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
+    from adapter_studio.engine.models.info import ModelInfo
 
 WEIGHTS = "bottleneck_adapter.safetensors"
 CONFIG = "bottleneck_config.json"
@@ -203,9 +201,8 @@ class BottleneckMethod(MethodSpec):
         return params
 
     def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
+        from adapter_studio.engine.models.info import find_layers_path
         from safetensors.torch import save_file
-
-        from engine.model_info import find_layers_path
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -329,9 +326,8 @@ def bottleneck_param_count(info: ModelInfo, spec: BottleneckMethod, kv_dim: int 
 def load_bottleneck_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
     """Re-inject the saved adapters into a fresh base model and load their weights (frozen)."""
     import torch
+    from adapter_studio.engine.models.info import describe_model
     from safetensors.torch import load_file
-
-    from engine.model_info import describe_model
 
     folder = Path(adapter_dir)
     if not (folder / CONFIG).is_file():

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapter_studio.engine.methods.base import MethodContext, advanced
+from adapter_studio.engine.methods.peft_base import PeftMethod, peft_task_type
 from pydantic import Field
-
-from engine.methods.base import MethodContext, advanced
-from engine.methods.peft_base import PeftMethod, peft_task_type
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
+    from adapter_studio.engine.models.info import ModelInfo
 
 TARGETS_DESCRIPTION = (
     "Layers that get an update, by their names in the model (q_proj, v_proj on Llama; c_attn on GPT-2; "
@@ -105,9 +103,8 @@ class LoRAPlus(LowRankFields):
 
     def build_optimizer(self, model: torch.nn.Module, lr: float, weight_decay: float) -> Any:
         import torch
+        from adapter_studio.engine.training.devices import adamw_implementation
         from peft.optimizers import create_loraplus_optimizer
-
-        from engine.devices import adamw_implementation
 
         return create_loraplus_optimizer(
             model=model,

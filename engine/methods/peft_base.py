@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from engine.methods.base import MethodContext, MethodSpec
+from adapter_studio.engine.methods.base import MethodContext, MethodSpec
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
+    from adapter_studio.engine.models.info import ModelInfo
 
 
 def peft_task_type(info: ModelInfo) -> Any:
@@ -57,7 +56,7 @@ def compute_lora_inputs_in_autocast_dtype(model: Any) -> int:
     and autocast casts it back to bf16 for the matmul: two copies of the activation per adapted layer,
     forward and backward (dtype casts were 13% of a CPU step). The matmuls run in the autocast dtype
     either way. This is peft's own switch (`peft.helpers.disable_input_dtype_casting`); every forward
-    pass of the training model then must run under autocast, as engine.train's do.
+    pass of the training model then must run under autocast, as adapter_studio.engine.training.session's do.
     """
     from peft.tuners.lora import LoraLayer
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.base import MethodContext, MethodSpec, freeze_all
 from pydantic import Field
-
-from engine.errors import UserError
-from engine.methods.base import MethodContext, MethodSpec, freeze_all
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import TrainingSpec
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from adapter_studio.engine.methods.base import MethodContext, advanced
+from adapter_studio.engine.methods.peft_base import PeftMethod, keep_generation_cache, peft_task_type
 from pydantic import Field
-
-from engine.methods.base import MethodContext, advanced
-from engine.methods.peft_base import PeftMethod, keep_generation_cache, peft_task_type
 
 
 class SoftPrompt(PeftMethod):

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods.base import MethodContext
+from adapter_studio.engine.methods.low_rank import TARGETS_DESCRIPTION
+from adapter_studio.engine.methods.peft_base import PeftMethod, peft_task_type
 from pydantic import Field
 
-from engine.errors import UserError
-from engine.methods.base import MethodContext
-from engine.methods.low_rank import TARGETS_DESCRIPTION
-from engine.methods.peft_base import PeftMethod, peft_task_type
-
 if TYPE_CHECKING:
-    from engine.model_info import ModelInfo
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import TrainingSpec
 
 
 class StructuredUpdate(PeftMethod):

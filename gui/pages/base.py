@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.state import StudioState
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
-
-from gui.dialogs import show_error
-from gui.state import StudioState
 
 
 class Page(QWidget):

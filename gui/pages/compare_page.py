@@ -1,7 +1,7 @@
 """Compare methods before training: trainable parameters, adapter size and the memory of a step,
 side by side for the chosen model, with the device's memory marked so "fits" is seen at a glance.
 
-Estimates come from `engine.estimate` (meta-device models, no weights) on a worker thread; edits
+Estimates come from `adapter_studio.engine.estimate.costs` (meta-device models, no weights) on a worker thread; edits
 are debounced and only the newest request's answer is shown."""
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.model_page import human_bytes, human_count
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
@@ -32,11 +36,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 from superqt.utils import qdebounced
-
-from engine.methods import METHOD_CLASSES, METHODS
-from gui.pages.base import Page
-from gui.pages.model_page import human_bytes, human_count
-from gui.worker import run_in_background
 
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "temporary", "overhead")
 PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
@@ -74,7 +73,7 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
     whose structure is cached: batch, length, precision and optimizer edits only change arithmetic),
     with `pending` rows for the rest; then fills those in one by one (yielding an empty list between
     them, where a newer request can stop this one) and yields the complete table."""
-    from engine.estimate import estimate_table
+    from adapter_studio.engine.estimate.costs import estimate_table
 
     exact_overrides = [
         *overrides,

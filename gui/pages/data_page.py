@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
+from adapter_studio.engine.data.shapes import REQUIRED, roles_of
+from adapter_studio.engine.spec import DataSpec
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -32,11 +36,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from engine.data_shapes import REQUIRED, roles_of
-from engine.spec import DataSpec
-from gui.pages.base import Page
-from gui.worker import run_in_background
 
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
@@ -256,7 +255,7 @@ class DataPage(Page):
         self.state.set_data(data)
 
     def _load(self, spec: DataSpec) -> None:
-        from engine.data_preview import preview_data
+        from adapter_studio.engine.data.preview import preview_data
 
         self.summary.setText("Reading…")
         self._background(preview_data, spec, on_result=lambda p, s=spec: self._show(p, s), on_error=self._failed)
@@ -344,8 +343,8 @@ class DataPage(Page):
         def load(source: str) -> tuple[Any, Any, int]:
             import copy
 
-            from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
-            from engine.models import load_config, load_tokenizer, resolve_source
+            from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+            from adapter_studio.engine.models.loading import load_config, load_tokenizer, resolve_source
 
             resolved = resolve_source(source)
             tokenizer = load_tokenizer(resolved)
@@ -370,7 +369,7 @@ class DataPage(Page):
         if self.tokenizer is None:
             self.rendered.setPlainText("(the exact training text appears once the model's tokenizer is loaded)")
             return
-        from engine.data_preview import render_tokens
+        from adapter_studio.engine.data.preview import render_tokens
 
         try:
             spec = self._current_spec()
@@ -401,7 +400,7 @@ class DataPage(Page):
         self._stats_timer.start()
 
     def _compute_stats(self) -> None:
-        from engine.data_preview import length_stats
+        from adapter_studio.engine.data.preview import length_stats
 
         if self.preview is None or self._stats_tokenizer is None:
             self._stats_done = self._stats_generation  # nothing to count

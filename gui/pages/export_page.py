@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.model_page import human_bytes
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTextBrowser
-
-from gui.pages.base import Page
-from gui.pages.model_page import human_bytes
-from gui.worker import run_in_background
 
 
 class ExportPage(Page):
@@ -58,7 +57,7 @@ class ExportPage(Page):
             return
         self.run_label.setText(f"Run: <b>{run.name}</b> <span style='color:gray'>({run})</span>")
         try:
-            from engine.trained import run_spec
+            from adapter_studio.engine.inference.trained import run_spec
 
             method = run_spec(run).method
         except Exception as e:
@@ -83,7 +82,7 @@ class ExportPage(Page):
             self.export(kind, Path(folder) / f"{run.name}-{kind}")
 
     def export(self, kind: str, target: Path) -> None:
-        from engine.export import export_run
+        from adapter_studio.engine.export.run_export import export_run
 
         run = self.state.current_run
         if run is None or self._worker is not None:

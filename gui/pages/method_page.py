@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
+from adapter_studio.engine.spec import TrainingSpec
+from adapter_studio.gui.form_builder import SpecForm
+from adapter_studio.gui.pages.base import Page
 from pydantic import ValidationError
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -18,11 +22,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from engine.methods import METHOD_CLASSES, METHODS
-from engine.spec import TrainingSpec
-from gui.form_builder import SpecForm
-from gui.pages.base import Page
 
 
 def target_presets(info: Any) -> dict[str, list[str]]:

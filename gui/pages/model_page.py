@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.loading import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, quantization_problem
+from adapter_studio.engine.spec import ModelSpec
+from adapter_studio.gui.dialogs import last_folder, remember_folder
+from adapter_studio.gui.form_builder import SpecForm
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -12,14 +19,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QVBoxLayout,
 )
-
-from engine.errors import UserError
-from engine.models import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, quantization_problem
-from engine.spec import ModelSpec
-from gui.dialogs import last_folder, remember_folder
-from gui.form_builder import SpecForm
-from gui.pages.base import Page
-from gui.worker import run_in_background
 
 
 def _raise_quantization_problem() -> None:
@@ -151,7 +150,7 @@ class ModelPage(Page):
         self.status.setText("Reading the model's configuration…")
         for label in self.fields.values():
             label.setText("…")
-        from engine.models import summarize_model
+        from adapter_studio.engine.models.loading import summarize_model
 
         self._worker = run_in_background(summarize_model, source, on_result=self._show, on_error=self._failed)
 

@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.run_compare import curves, spec_diff
+from adapter_studio.engine.runs import RunSummary, list_runs
+from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.train_page import format_seconds
+from adapter_studio.gui.plots import PALETTE, LivePlot
+from adapter_studio.gui.state import StudioState
+from adapter_studio.gui.sweep_panel import SweepPanel
 from PySide6.QtCore import QItemSelection, QItemSelectionModel, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
@@ -30,16 +39,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from engine.errors import UserError
-from engine.run_compare import curves, spec_diff
-from engine.runs import RunSummary, list_runs
-from engine.spec import load_spec_file
-from gui.pages.base import Page
-from gui.pages.train_page import format_seconds
-from gui.plots import PALETTE, LivePlot
-from gui.state import StudioState
-from gui.sweep_panel import SweepPanel
 
 COLUMNS = ("Name", "Status", "Model", "Method", "Trainable", "Steps", "Final loss", "Final eval loss",
            "Best eval loss", "Duration", "Date")  # fmt: skip

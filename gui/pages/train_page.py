@@ -6,6 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.plots import LivePlot, ema
+from adapter_studio.gui.worker import TrainingController
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
@@ -19,11 +23,6 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTabWidget,
 )
-
-from engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
-from gui.pages.base import Page
-from gui.plots import LivePlot, ema
-from gui.worker import TrainingController
 
 STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "failed": "#c00"}
 
@@ -178,7 +177,7 @@ class TrainPage(Page):
         row = self.state.last_estimate
         if not row or row.get("method") != self.state.method.name or row.get("fits") is not False:
             return True
-        from gui.pages.model_page import human_bytes
+        from adapter_studio.gui.pages.model_page import human_bytes
 
         need, have = row["memory_bytes"]["total"], row.get("device_memory_bytes", 0)
         return self.ask_start_anyway(
@@ -206,7 +205,7 @@ class TrainPage(Page):
 
     def _replay_history(self, run_dir: Path) -> None:
         """Show the curve so far, so a resumed run continues where it left off."""
-        from engine.events import read_events
+        from adapter_studio.engine.events import read_events
 
         seen = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, (Metrics, Eval))]
         self.on_events(seen)

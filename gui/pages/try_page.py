@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
@@ -27,9 +29,6 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
-from gui.pages.base import Page
-from gui.worker import run_in_background
-
 HELD_OUT_SHOWN = 50
 PANES = ("base", "tuned")
 RANDOM_HEAD_NOTE = (
@@ -47,7 +46,7 @@ class TryPage(Page):
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         super().__init__(state)
-        self.playground: Any = None  # engine.playground.Playground once loaded
+        self.playground: Any = None  # adapter_studio.engine.inference.playground.Playground once loaded
         self.held_out: list[Any] = []  # its HeldOutExamples, in list order
         self._loaded_run: Path | None = None
         self._loading_run: Path | None = None
@@ -192,7 +191,7 @@ class TryPage(Page):
 
     def load_current_run(self) -> None:
         """Load the current run's models in the background, unless they are loaded or loading."""
-        from engine.playground import Playground
+        from adapter_studio.engine.inference.playground import Playground
 
         run = self.state.current_run
         if run is None or run == self._loaded_run or self._loader is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
+from adapter_studio.engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 CHUNK_ROWS = 2048

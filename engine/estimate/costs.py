@@ -78,15 +78,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.defaults import CPU_EAGER_MAX_WIDTH
-from engine.errors import UserError
+from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
+from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.methods.base import MethodSpec
-    from engine.model_info import ModelInfo
-    from engine.spec import TrainingSpec
+    from adapter_studio.engine.methods.base import MethodSpec
+    from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.spec import TrainingSpec
 
 MiB = 2**20
 CUDA_CONTEXT_BYTES = 500 * MiB  # CUDA context + cuBLAS/cuDNN handles, outside torch's allocator stats
@@ -143,8 +142,8 @@ def _config_key(config: Any) -> str:
 
 def _meta_base(config: Any, task: str, num_labels: int, dtype: torch.dtype) -> _Base:
     """The meta model for (config, task, dtype), cached: building one takes tens of milliseconds."""
-    from engine.model_info import describe_model
-    from engine.models import build_meta_model
+    from adapter_studio.engine.models.info import describe_model
+    from adapter_studio.engine.models.loading import build_meta_model
 
     key = (_config_key(config), task, num_labels, str(dtype))
     if key in _CACHE:
@@ -230,7 +229,7 @@ def clone_meta(model: Any) -> Any:
 
 
 def _linear_like(module: Any) -> bool:
-    from engine.model_info import _linear_types
+    from adapter_studio.engine.models.info import _linear_types
 
     return isinstance(module, _linear_types())
 
@@ -279,8 +278,8 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
-    from engine.devices import pick_precision
-    from engine.models import trains_in_base_dtype, weights_dtype
+    from adapter_studio.engine.models.loading import trains_in_base_dtype, weights_dtype
+    from adapter_studio.engine.training.devices import pick_precision
 
     # FSDP flattens adapters and frozen weights into one dtype: the engine loads the base in float32 then.
     base_trains = trains_in_base_dtype(method_spec) or _fsdp_world(training_spec, device) > 1
@@ -354,8 +353,7 @@ def _apply(base: _Base, method: MethodSpec, training: TrainingSpec, *, steps: in
 def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpec, *, steps: int, device: str,
               quantization: str, task: str) -> _Applied:
     import torch
-
-    from engine.methods import MethodContext
+    from adapter_studio.engine.methods import MethodContext
 
     cls = type(method)
     info = base.info
@@ -410,8 +408,7 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
            config: Any, task: str, dtype: Any, device: str, device_memory: int | None, seq_len: int | None,
            quantization: str) -> dict[str, Any]:
     import torch
-
-    from engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+    from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
 
     batch = training.batch_size or method.default_batch_size
     if seq_len is None:
@@ -511,8 +508,7 @@ def _first_line(error: Exception) -> str:
 
 def _precision(choice: str, device: str, dtype: torch.dtype) -> str:
     import torch
-
-    from engine.devices import pick_precision
+    from adapter_studio.engine.training.devices import pick_precision
 
     if choice != "auto":
         return choice
@@ -523,7 +519,7 @@ def _precision(choice: str, device: str, dtype: torch.dtype) -> str:
 
 def _quantized_bytes(p: torch.Tensor, quantization: str) -> int:
     n = p.numel()
-    if quantization == "4bit":  # NF4, double quantisation (as engine.models sets it up)
+    if quantization == "4bit":  # NF4, double quantisation (as adapter_studio.engine.models.loading sets it up)
         blocks = math.ceil(n / NF4_BLOCK)
         return math.ceil(n / 2) + blocks + 4 * math.ceil(blocks / NF4_NESTED_BLOCK)
     if quantization == "8bit":  # LLM.int8: int8 weights + one float32 scale per output row
@@ -640,7 +636,7 @@ def _is_attention_dropout(name: str) -> bool:
 
 
 def _blocks(model: Any, info: ModelInfo) -> list[Any]:
-    from engine.model_info import find_layers_path
+    from adapter_studio.engine.models.info import find_layers_path
 
     inner = _inner(model)
     path = info.layers_path or find_layers_path(inner)
@@ -673,7 +669,7 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
     per_block = applied.per_block[c]  # (bytes per token, bytes per step, float32 linear weights) per block
 
     flow = shape.norms * (4 * h + 4)
-    # A CPU run switches SDPA to eager attention for short batches (engine.defaults.CPU_EAGER_MAX_WIDTH).
+    # A CPU run switches SDPA to eager attention for short batches (adapter_studio.engine.defaults.CPU_EAGER_MAX_WIDTH).
     eager = shape.eager or (not cuda and task == "causal_lm" and shape.sdpa and s <= CPU_EAGER_MAX_WIDTH)
     math_path = shape.attention_dropout > 0 and not cuda and not eager
     materialised = eager or math_path
@@ -834,7 +830,7 @@ def _peft_layer_bytes(m: Any, c: int, mask_bytes: int) -> tuple[float, float]:
 
 
 def _selected_methods(methods: str) -> list[str]:
-    from engine.methods import METHODS, method_class
+    from adapter_studio.engine.methods import METHODS, method_class
 
     text = (methods or "all").strip()
     if text == "all":
@@ -846,7 +842,7 @@ def _selected_methods(methods: str) -> list[str]:
 
 
 def _load_model_config(model: str) -> tuple[Any, str]:
-    from engine.models import load_config, resolve_source
+    from adapter_studio.engine.models.loading import load_config, resolve_source
 
     source = resolve_source(model)
     if source.kind == "hub":
@@ -871,9 +867,9 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     whose structure is not cached yet gets a `pending` row instead of being computed.
     """
 
-    from engine.methods import METHODS
-    from engine.models import default_task
-    from engine.spec import apply_overrides, parse_spec
+    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.models.loading import default_task
+    from adapter_studio.engine.spec import apply_overrides, parse_spec
 
     names = _selected_methods(methods)
     data: dict[str, Any] = {"model": {"source": model}, "data": {"path": "-"}, "training": {}, "method": {}}
@@ -939,7 +935,7 @@ def clear_caches(*, keep_models: bool = False) -> None:
 
 
 def _device(choice: str, quantization: str) -> str:
-    from engine.devices import pick_device
+    from adapter_studio.engine.training.devices import pick_device
 
     if choice != "auto":
         return "cuda" if choice == "cuda" else "cpu"
@@ -951,8 +947,7 @@ def _device(choice: str, quantization: str) -> str:
 
 def _device_memory(device: str) -> int | None:
     import torch
-
-    from engine.devices import device_memory_bytes
+    from adapter_studio.engine.training.devices import device_memory_bytes
 
     if device == "cuda" and not torch.cuda.is_available():
         return None

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from engine.data_prep import PreparedData, collate
+from adapter_studio.engine.data.prepare import PreparedData, collate
 
 if TYPE_CHECKING:
     import torch

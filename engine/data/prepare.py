@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-
-from engine.data_files import RowChunk, data_files, iter_chunks, locate
-from engine.data_shapes import Example, detect_format, mapping_for_labels, resolve_columns, to_examples
-from engine.errors import UserError
+from adapter_studio.engine.data.files import RowChunk, data_files, iter_chunks, locate
+from adapter_studio.engine.data.shapes import Example, detect_format, mapping_for_labels, resolve_columns, to_examples
+from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
-    from engine.spec import DataSpec
+    from adapter_studio.engine.spec import DataSpec
 
 IGNORE = -100
 PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -704,7 +703,7 @@ class _Store:
 def cache_root() -> Path | None:
     """Where prepared data is cached: ADAPTER_STUDIO_DATA_CACHE (a folder, or 0 for none), else
     $XDG_CACHE_HOME/adapter-studio/data (~/.cache/adapter-studio/data)."""
-    from engine.app_cache import app_cache_dir
+    from adapter_studio.engine.app_cache import app_cache_dir
 
     setting = os.environ.get("ADAPTER_STUDIO_DATA_CACHE", "")
     if setting.lower() in ("0", "off", "none", "false"):
@@ -1133,7 +1132,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multiple: int = 1) -> dict[str, Any]:
     """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels
-    chosen for a shape be reused; see engine.train.PAD_MULTIPLE)."""
+    chosen for a shape be reused; see adapter_studio.engine.training.session.PAD_MULTIPLE)."""
     import torch
 
     items = list(items)

@@ -19,14 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from engine.data_prep import ChatRenderer, load_examples, split_examples
-from engine.errors import UserError
+from adapter_studio.engine.data.prepare import ChatRenderer, load_examples, split_examples
+from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.data_shapes import Example
-    from engine.trained import TrainedModel
+    from adapter_studio.engine.data.shapes import Example
+    from adapter_studio.engine.inference.trained import TrainedModel
 
 Which = Literal["base", "tuned"]
 CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
@@ -61,8 +60,8 @@ class Playground:
     @classmethod
     def open(cls, run_dir: str | Path, checkpoint: Path | None = None, device: str = "auto") -> Playground:
         """Load the run's tuned model (latest or given checkpoint), its base, and its held-out rows."""
-        from engine.devices import avoid_per_shape_attention_plans, pick_device
-        from engine.trained import load_base, load_trained
+        from adapter_studio.engine.inference.trained import load_base, load_trained
+        from adapter_studio.engine.training.devices import avoid_per_shape_attention_plans, pick_device
 
         run_dir = Path(run_dir)
         tuned = load_trained(run_dir, checkpoint)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.models import ModelSource
+    from adapter_studio.engine.models.loading import ModelSource
 
 MAX_CACHED_BYTES = 3 * 2**30
 KEEP = 4  # conversions kept; the least recently used beyond that are removed
@@ -34,7 +34,7 @@ def gguf_key(source: ModelSource) -> str:
 
 
 def _folder(source: ModelSource) -> Path:
-    from engine.app_cache import app_cache_dir
+    from adapter_studio.engine.app_cache import app_cache_dir
 
     return app_cache_dir() / "gguf-models" / gguf_key(source)
 

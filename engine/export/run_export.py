@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import UserError
-from engine.events import Emit, EventLog, Export, Stage
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Emit, EventLog, Export, Stage
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.trained import TrainedModel
+    from adapter_studio.engine.inference.trained import TrainedModel
 
 STUDIO_CONFIG = "adapter_studio.json"
 VERIFY_TOLERANCE = 1e-4
@@ -33,7 +32,7 @@ class ExportResult:
 
 def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) -> ExportResult:
     """Export a run's latest checkpoint as `adapter` or `merged` into `out` (which must not exist)."""
-    from engine.trained import load_trained
+    from adapter_studio.engine.inference.trained import load_trained
 
     out = out.expanduser().resolve()
     if out.exists():
@@ -129,25 +128,23 @@ def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
         config = json.loads(studio.read_text(encoding="utf-8"))
         fmt = config["format"].split("/", 1)[1]
         if fmt == "selective":
-            from engine.methods.selective import load_selective_adapter
+            from adapter_studio.engine.methods.selective import load_selective_adapter
 
             return load_selective_adapter(base, folder)
         if fmt == "bottleneck":
-            from engine.methods.bottleneck import load_bottleneck_adapter
+            from adapter_studio.engine.methods.bottleneck import load_bottleneck_adapter
 
             return load_bottleneck_adapter(base, folder)
         raise UserError(f"unknown adapter format {fmt}", where=str(studio))
+    from adapter_studio.engine.methods.peft_base import keep_generation_cache
     from peft import PeftModel
-
-    from engine.methods.peft_base import keep_generation_cache
 
     return keep_generation_cache(PeftModel.from_pretrained(base, str(folder)))
 
 
 def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:
     import torch
-
-    from engine.trained import load_base
+    from adapter_studio.engine.inference.trained import load_base
 
     if kind == "merged":
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -178,9 +175,8 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     import torch
     import transformers
     import yaml
-
-    from engine import __version__
-    from engine.runs import summarize_run
+    from adapter_studio import __version__
+    from adapter_studio.engine.runs import summarize_run
 
     summary = summarize_run(run_dir)
     spec = trained.spec
@@ -216,7 +212,10 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
     else:
-        how = "from engine.export import load_adapter\nmodel = load_adapter(base_model, <this folder>)"
+        how = (
+            "from adapter_studio.engine.export.run_export import load_adapter\n"
+            "model = load_adapter(base_model, <this folder>)"
+        )
     how = f"```python\n{how}\n```"
     return (
         f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n"

@@ -17,23 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import checkpoints as ckpt
-from engine.data_prep import collate, epoch_batches, example_chunks, load_examples, prepare_data
-from engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
-from engine.devices import (
+from adapter_studio.engine.data.prepare import collate, epoch_batches, example_chunks, load_examples, prepare_data
+from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
+from adapter_studio.engine.runs import RunLock, new_run_dir
+from adapter_studio.engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.training import checkpoints as ckpt
+from adapter_studio.engine.training.devices import (
     avoid_per_shape_attention_plans,
     describe_device,
     memory_stats,
     pick_device,
     pick_precision,
 )
-from engine.errors import UserError
-from engine.evaluation import evaluate
-from engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
-from engine.fast_loss import causal_lm_parts, labelled_loss
-from engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
-from engine.runs import RunLock, new_run_dir
-from engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.training.evaluation import evaluate
+from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,7 @@ PAD_MULTIPLE: dict[str, int] = {}
 # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
 # benchmarks/cpu_speed_options.py switches it to measure both ways.
 LORA_INPUTS_IN_AUTOCAST_DTYPE = True
-# On a CPU, LoRA's input dropout draws its mask 16 bits per element (engine.bits_dropout: 1.8× faster
+# On a CPU, LoRA's input dropout draws its mask 16 bits per element (engine.training.bits_dropout: 1.8× faster
 # than torch's float per element); benchmarks/cpu_speed_options.py switches it to measure both ways.
 BITS_DROPOUT_ON_CPU = True
 # training.compile = auto: a one-process run judges its speed over its first steps and compiles when
@@ -85,7 +85,7 @@ def _task_for(spec: RunSpec) -> str:
 
 
 def _id2label(spec: RunSpec) -> dict[int, str] | None:
-    from engine.data_shapes import label_mapping
+    from adapter_studio.engine.data.shapes import label_mapping
 
     _, _, examples, _ = load_examples(spec.data, spec.data.path)
     return label_mapping(examples) if examples else None
@@ -138,7 +138,7 @@ def run(
 
     board = None
     if main_process and spec.training.tensorboard:
-        from engine.tensorboard_log import TensorBoardLog
+        from adapter_studio.engine.training.tensorboard_log import TensorBoardLog
 
         board = TensorBoardLog(folder)
 
@@ -219,11 +219,10 @@ class TrainingSession:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-
-        from engine.defaults import resolve_spec
-        from engine.methods import MethodContext
-        from engine.model_info import describe_model
-        from engine.models import load_model, trains_in_base_dtype, weights_dtype
+        from adapter_studio.engine.defaults import resolve_spec
+        from adapter_studio.engine.methods import MethodContext
+        from adapter_studio.engine.models.info import describe_model
+        from adapter_studio.engine.models.loading import load_model, trains_in_base_dtype, weights_dtype
 
         spec = self.spec
         set_seed(spec.training.seed)
@@ -253,7 +252,7 @@ class TrainingSession:
         if process_rank() == 0:
             spec.save(self.run_dir / "spec.yaml")
         self.spec = spec
-        from engine.methods.selective import notes_for
+        from adapter_studio.engine.methods.selective import notes_for
 
         for note in notes_for(spec.method, info):
             self.log(note)
@@ -579,7 +578,7 @@ class TrainingSession:
                 autocast=self.accelerator.autocast,
                 device=self.accelerator.device,
             )
-        from engine.events import Eval
+        from adapter_studio.engine.events import Eval
 
         self.report(Eval(step=self.step, **result))
         self.stage("training")
@@ -651,7 +650,9 @@ def speed_up_lora_layers(model: Any, device: str, precision: str) -> None:
     if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
         compute_lora_inputs_in_autocast_dtype(model)
     if device == "cpu" and BITS_DROPOUT_ON_CPU:
-        from engine.bits_dropout import use_bits_dropout_for_lora  # imports torch: not at the GUI's start
+        from adapter_studio.engine.training.bits_dropout import (
+            use_bits_dropout_for_lora,  # imports torch: not at the GUI's start
+        )
 
         use_bits_dropout_for_lora(model)
 
@@ -669,7 +670,7 @@ def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, de
     instead of four for the whole decoder, at 92% of its speed; benchmarks/throughput.py). Evaluation
     runs eagerly (TrainingSession._evaluate). Refuses, saying why, where inductor cannot build.
     Returns what was compiled, for the log."""
-    from engine.model_info import find_layers_path
+    from adapter_studio.engine.models.info import find_layers_path
 
     missing = compile_unavailable(device)
     if missing is not None:
@@ -732,7 +733,7 @@ def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -
                 fix="pip install bitsandbytes (CUDA only), or use adamw",
             ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
-    from engine import devices  # looked up per call: LoRA+'s optimizer asks the same function
+    from adapter_studio.engine.training import devices  # looked up per call: LoRA+'s optimizer asks the same function
 
     return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, **devices.adamw_implementation(params))
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import UserError
+from adapter_studio.engine.errors import UserError
+from adapter_studio.resources import FOLDER
 
 if TYPE_CHECKING:
     import torch
+    from adapter_studio.engine.spec import ModelSpec
 
-    from engine.spec import ModelSpec
-
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+RESOURCES = FOLDER
 MODEL_CONFIGS = RESOURCES / "model_configs"
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
@@ -110,17 +110,17 @@ def _clear_gguf_quantization(model: Any) -> None:
 
 
 def _gguf_config_cache(source: ModelSource) -> Path:
-    from engine.app_cache import app_cache_dir
-    from engine.gguf_cache import gguf_key
+    from adapter_studio.engine.app_cache import app_cache_dir
+    from adapter_studio.engine.models.gguf_cache import gguf_key
 
     return app_cache_dir() / "gguf-configs" / f"{gguf_key(source)}.json"
 
 
 def _converted(source: ModelSource) -> ModelSource:
-    """A GGUF source already converted to a folder loads from that folder (engine.gguf_cache)."""
+    """A GGUF source already converted to a folder loads from that folder (adapter_studio.engine.models.gguf_cache)."""
     if source.kind != "gguf":
         return source
-    from engine.gguf_cache import converted_folder
+    from adapter_studio.engine.models.gguf_cache import converted_folder
 
     folder = converted_folder(source)
     return ModelSource("folder", str(folder), None, source.display_name) if folder else source
@@ -190,7 +190,7 @@ class ModelSummary:
     file_bytes: int
     num_layers: int
     hidden_size: int
-    info: Any = None  # engine.model_info.ModelInfo of the meta model (layer names for targets)
+    info: Any = None  # adapter_studio.engine.models.info.ModelInfo of the meta model (layer names for targets)
 
 
 def folder_bytes(path: Path) -> int:
@@ -201,7 +201,7 @@ def folder_bytes(path: Path) -> int:
 
 def summarize_model(source_text: str) -> ModelSummary:
     """Name, architecture and size of a model without loading its weights."""
-    from engine.model_info import describe_model
+    from adapter_studio.engine.models.info import describe_model
 
     source = resolve_source(source_text)
     config = load_config(source)
@@ -307,7 +307,7 @@ def load_model(
         _clear_gguf_quantization(model)
     tokenizer = load_tokenizer(source, spec.trust_remote_code)
     if source.gguf_file and task == "causal_lm" and spec.quantization == "none":
-        from engine.gguf_cache import keep_conversion
+        from adapter_studio.engine.models.gguf_cache import keep_conversion
 
         keep_conversion(source, model, tokenizer)
     if task == "classification" and model.config.pad_token_id is None:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.data_files import locate
-from engine.errors import UserError
+from adapter_studio.engine.data.files import locate
+from adapter_studio.engine.errors import UserError
 
 # Role → the column names a role is found under when `data.columns` does not say.
 ROLE_ALIASES: dict[str, tuple[str, ...]] = {

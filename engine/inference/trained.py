@@ -6,15 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import checkpoints as ckpt
-from engine.errors import UserError
-from engine.events import Started, iter_events
-from engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Started, iter_events
+from adapter_studio.engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.training import checkpoints as ckpt
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.model_info import ModelInfo
+    from adapter_studio.engine.models.info import ModelInfo
 
 
 @dataclass
@@ -41,10 +40,9 @@ def total_steps_of(run_dir: Path) -> int:
 def load_base(spec: RunSpec) -> tuple[torch.nn.Module, Any, str]:
     """The run's base model and tokenizer in float32 on the CPU, as export and comparison need."""
     import torch
-
-    from engine.data_prep import load_examples
-    from engine.data_shapes import label_mapping
-    from engine.models import load_model
+    from adapter_studio.engine.data.prepare import load_examples
+    from adapter_studio.engine.data.shapes import label_mapping
+    from adapter_studio.engine.models.loading import load_model
 
     task = spec.model.task if spec.model.task != "auto" else "causal_lm"
     id2label = None
@@ -60,8 +58,8 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
 
     `dequantize` loads a 4-/8-bit base in full precision instead, so a QLoRA adapter merges into
     real weights rather than into a re-quantised copy."""
-    from engine.methods import MethodContext
-    from engine.model_info import describe_model
+    from adapter_studio.engine.methods import MethodContext
+    from adapter_studio.engine.models.info import describe_model
 
     spec = run_spec(run_dir)
     if dequantize and spec.model.quantization != "none":

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.events import Eval, Event, Finished, Metrics
+from adapter_studio.engine.events import Eval, Event, Finished, Metrics
 
 FOLDER = "tensorboard"
 

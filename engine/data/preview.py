@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from engine.data_prep import (
+from adapter_studio.engine.data.prepare import (
     CHAT_FORMATS,
     ChatRenderer,
     Progress,
@@ -21,11 +20,11 @@ from engine.data_prep import (
     survey_data,
     tokenize_rendered,
 )
-from engine.data_shapes import Example, mapping_for_labels
-from engine.errors import UserError
+from adapter_studio.engine.data.shapes import Example, mapping_for_labels
+from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
-    from engine.spec import DataSpec
+    from adapter_studio.engine.spec import DataSpec
 
 DEFAULT_BATCH_SIZE = 4
 
@@ -110,7 +109,7 @@ def length_stats(
     `packed_tokens` (tokens computed per epoch with batch padding to the longest row, and with
     packing), and the padding shares of both.
     """
-    from engine.defaults import DEFAULT_MAX_LENGTH
+    from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH
 
     max_length = spec.max_length or DEFAULT_MAX_LENGTH
     batch_size = batch_size or DEFAULT_BATCH_SIZE

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
-from engine.events import Emit, Started
-from engine.spec import RunSpec
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Emit, Started
+from adapter_studio.engine.spec import RunSpec
 
 SWEEPS = "sweeps"
 PLAN_FILE = "sweep.json"
@@ -56,7 +56,7 @@ class SweepPlan:
 
     def spec_for(self, entry: SweepEntry) -> RunSpec:
         """The run spec of one method: the shared spec with this method's defaults and run name."""
-        from engine.methods import METHODS
+        from adapter_studio.engine.methods import METHODS
 
         data = json.loads(json.dumps(self.spec))
         data["method"] = METHODS[entry.method]().model_dump(mode="json")
@@ -76,8 +76,8 @@ class SweepPlan:
 
 def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> SweepPlan:
     """Check each method against the model (refusals are kept with their reason) and write the plan."""
-    from engine.estimate import estimate_table
-    from engine.methods import METHODS
+    from adapter_studio.engine.estimate.costs import estimate_table
+    from adapter_studio.engine.methods import METHODS
 
     if not methods:
         raise UserError("a sweep needs at least one method", where="methods", fix="e.g. lora,ia3,prompt_tuning")
@@ -146,7 +146,7 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
         return {**row, "status": "refused", "error": entry.refused}
     if not entry.run_dir or not Path(entry.run_dir, "events.jsonl").exists():
         return {**row, "status": "pending"}
-    from engine.runs import summarize_run
+    from adapter_studio.engine.runs import summarize_run
 
     summary = summarize_run(Path(entry.run_dir))
     if summary.trainable_params is not None:  # what the run reported, over the estimate
@@ -181,7 +181,7 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
     A stop ends the current run with its checkpoint (status cancelled) and leaves the rest pending;
     running the same plan again continues with them."""
-    from engine.train import run
+    from adapter_studio.engine.training.session import run
 
     stop_event = stop_event or threading.Event()
     for entry in plan.entries:
@@ -206,7 +206,7 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The sweep as an aligned text table (the CLI's output)."""
-    from engine.estimate import human_bytes, human_count
+    from adapter_studio.engine.estimate.costs import human_bytes, human_count
 
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)

@@ -13,8 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine import __version__
-from engine.errors import UserError
+from adapter_studio import __version__
+from adapter_studio.engine.errors import UserError
 
 EXIT_CANCELLED = 130
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
-            from gui.app import main as gui_main
+            from adapter_studio.gui.app import main as gui_main
 
             return gui_main(self_test=args.self_test)
         handler = COMMANDS[args.command]
@@ -109,7 +109,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 
 def _print_event(event: Any, quiet: bool) -> None:
-    from engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+    from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
 
     if quiet and not isinstance(event, Finished):
         return
@@ -143,7 +143,7 @@ def _print_event(event: Any, quiet: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.spec import load_spec_file
+    from adapter_studio.engine.spec import load_spec_file
 
     if not args.spec and not args.resume:
         raise UserError("give a spec file, or --resume RUN_DIR", where="train")
@@ -157,12 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = load_spec_file(args.spec, args.overrides)
     devices = devices or spec.training.devices
     if devices and devices > 1:
-        from engine.launch import launch_multi
+        from adapter_studio.engine.training.launch import launch_multi
 
         return launch_multi(args, devices)
     stop = threading.Event()
     _install_stop_handlers(stop)
-    from engine.train import run
+    from adapter_studio.engine.training.session import run
 
     result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume, run_dir=args.run_dir)
     if result.status == "completed":
@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export import export_run
+    from adapter_studio.engine.export.run_export import export_run
 
     def show(event: Any) -> None:
         _print_event(event, False)
@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from engine.methods import METHOD_CLASSES
+    from adapter_studio.engine.methods import METHOD_CLASSES
 
     rows = [cls.summary() for cls in METHOD_CLASSES]
     if args.json:
@@ -204,7 +204,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from engine.estimate import estimate_table, format_table
+    from adapter_studio.engine.estimate.costs import estimate_table, format_table
 
     rows = estimate_table(args.model, args.methods, args.overrides)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
@@ -214,7 +214,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from engine.runs import list_runs
+    from adapter_studio.engine.runs import list_runs
 
     runs = list_runs(args.dir)
     if args.json:
@@ -229,8 +229,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from engine.spec import load_spec_file
-    from engine.sweep import format_rows, load_sweep, plan_sweep, run_sweep, sweep_rows
+    from adapter_studio.engine.spec import load_spec_file
+    from adapter_studio.engine.training.sweep import format_rows, load_sweep, plan_sweep, run_sweep, sweep_rows
 
     if args.resume:
         plan = load_sweep(args.resume)
@@ -238,7 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.spec or not args.methods:
             raise UserError("give a spec file and --methods, or --continue SWEEP_DIR", where="sweep",
                             fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning")
-        from engine.methods import METHODS
+        from adapter_studio.engine.methods import METHODS
 
         spec = load_spec_file(args.spec, args.overrides)
         names = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")]
@@ -259,7 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_walkthrough(args: argparse.Namespace) -> int:
-    from gui.walkthrough import walkthrough
+    from adapter_studio.gui.walkthrough import walkthrough
 
     return walkthrough(args.spec, Path(args.out), args.overrides)
 

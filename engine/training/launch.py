@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
-from engine.events import EventFollower, Finished
-from engine.runs import new_run_dir
-from engine.spec import RunSpec
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import EventFollower, Finished
+from adapter_studio.engine.runs import new_run_dir
+from adapter_studio.engine.spec import RunSpec
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
@@ -48,7 +48,7 @@ def launch_command(
     if not torch.cuda.is_available():
         # Several CPU processes with the gloo backend (`--cpu` would silently start only one).
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd += ["-m", "engine.cli", "train", str(spec_file), "--devices", "1", "--run-dir", str(run_dir)]
+    cmd += ["-m", "adapter_studio.cli", "train", str(spec_file), "--devices", "1", "--run-dir", str(run_dir)]
     return cmd, env
 
 
@@ -108,7 +108,7 @@ def stop_multi(proc: subprocess.Popen[Any]) -> None:
 
 def launch_multi(args: argparse.Namespace, devices: int) -> int:
     """CLI: `adapter-studio train SPEC --devices N`; prints the main process's progress lines."""
-    from engine.spec import load_spec_file
+    from adapter_studio.engine.spec import load_spec_file
 
     if args.resume:
         raise UserError("resuming a multi-device run is done with --devices 1 or from the window", where="--resume")
