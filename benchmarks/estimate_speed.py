@@ -34,7 +34,7 @@ def main() -> int:
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    from adapter_studio.engine.estimate.costs import clear_caches, estimate_table
+    from adapter_studio.engine.estimate.table import clear_caches, estimate_table
 
     print(f"imports: {time.perf_counter() - t0:.2f} s (not counted)")
     timings = []

@@ -17,7 +17,7 @@ BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
 def trainable_counts(model: str) -> dict[str, str]:
-    from adapter_studio.engine.estimate.costs import estimate_table
+    from adapter_studio.engine.estimate.table import estimate_table
 
     counts = {}
     for row in estimate_table(model, "all", []):

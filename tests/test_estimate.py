@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.estimate.costs import (
-    MEMORY_PARTS,
-    estimate,
-    estimate_table,
-    format_table,
-    safetensors_bytes,
-)
+from adapter_studio.engine.estimate.costs import estimate
+from adapter_studio.engine.estimate.memory import MEMORY_PARTS
+from adapter_studio.engine.estimate.sizes import safetensors_bytes
+from adapter_studio.engine.estimate.table import estimate_table, format_table
 from adapter_studio.engine.methods import METHODS, MethodContext
 from adapter_studio.engine.methods.base import MethodSpec, trainable_count
 from adapter_studio.engine.models.info import describe_model

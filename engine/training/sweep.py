@@ -76,7 +76,7 @@ class SweepPlan:
 
 def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> SweepPlan:
     """Check each method against the model (refusals are kept with their reason) and write the plan."""
-    from adapter_studio.engine.estimate.costs import estimate_table
+    from adapter_studio.engine.estimate.table import estimate_table
     from adapter_studio.engine.methods import METHODS
 
     if not methods:
@@ -206,7 +206,7 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The sweep as an aligned text table (the CLI's output)."""
-    from adapter_studio.engine.estimate.costs import human_bytes, human_count
+    from adapter_studio.engine.estimate.table import human_bytes, human_count
 
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)

@@ -73,7 +73,7 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
     whose structure is cached: batch, length, precision and optimizer edits only change arithmetic),
     with `pending` rows for the rest; then fills those in one by one (yielding an empty list between
     them, where a newer request can stop this one) and yields the complete table."""
-    from adapter_studio.engine.estimate.costs import estimate_table
+    from adapter_studio.engine.estimate.table import estimate_table
 
     exact_overrides = [
         *overrides,
