@@ -48,9 +48,10 @@ def main() -> int:
     chosen = {"baseline", *args.variants.split(",")}
     warnings.filterwarnings("ignore")
     import adapter_studio.engine.training.devices as devices
-    import adapter_studio.engine.training.session as train
     from adapter_studio.engine.events import Metrics
     from adapter_studio.engine.spec import load_spec_file
+    from adapter_studio.engine.training.run import run
+    from adapter_studio.engine.training.speed import SpeedOptions
 
     runs = tempfile.mkdtemp()
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -59,15 +60,14 @@ def main() -> int:
         for name, (multiple, dtype, lora_in_autocast, adamw, bits_dropout) in (
             (n, v) for n, v in VARIANTS.items() if n in chosen
         ):
-            train.PAD_MULTIPLE["cpu"] = multiple
-            train.LORA_INPUTS_IN_AUTOCAST_DTYPE = lora_in_autocast
-            train.BITS_DROPOUT_ON_CPU = bits_dropout
+            speed = SpeedOptions(pad_multiple={"cpu": multiple}, lora_inputs_in_autocast_dtype=lora_in_autocast,
+                                 bits_dropout_on_cpu=bits_dropout)
             devices.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",
                                          f"model.dtype={dtype}", *args.set])
             events: list = []  # type: ignore[type-arg]
-            result = train.run(spec, events.append)
+            result = run(spec, events.append, speed=speed)
             metrics = [e for e in events if isinstance(e, Metrics)]
             assert result.status == "completed", result.error
             speeds[name] += [m.tokens_per_s for m in metrics[3:]]  # after warm-up

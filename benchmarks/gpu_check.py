@@ -2,7 +2,7 @@
 
 For each method: build SmolLM2-135M on the GPU in the dtype the estimate assumes (bf16 base, float32
 for full fine-tuning), apply the method as a run does, and train a few steps the way
-engine/train.py does (bf16 autocast, backward, gradient clipping, AdamW step). Prints the estimate
+engine/training/session.py does (bf16 autocast, backward, gradient clipping, AdamW step). Prints the estimate
 without the CUDA-context overhead (which `max_memory_allocated` does not see) next to the measured
 `torch.cuda.max_memory_allocated()`, and the memory a forward pass adds (saved activations and
 logits) next to the estimated activations + temporary. Weights are random: memory does not depend
@@ -155,7 +155,7 @@ def measure(config: object, name: str, training: object, row: dict, args: argpar
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
-        spec.on_step(model, step)  # before zero_grad, as engine/train.py: AdaLoRA reads the gradients
+        spec.on_step(model, step)  # before zero_grad, as engine/training/session.py: AdaLoRA reads the gradients
         optimizer.zero_grad(set_to_none=True)
         del out
     torch.cuda.synchronize()

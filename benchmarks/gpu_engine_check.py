@@ -55,7 +55,7 @@ def main() -> None:
 
 
 def check_training(tokenizer: str, steps: int, cases: list[tuple[str, str]], *, export: bool = False) -> None:
-    """Train each (method, quantisation) case through `engine.training.session.run`; print tokens/s, peak memory and
+    """Train each (method, quantisation) case through `engine.training.run.run`; print tokens/s, peak memory and
     the estimate; with `export`, export the QLoRA run as adapter and merged weights."""
     import torch
     from adapter_studio.engine.estimate.costs import estimate
@@ -63,7 +63,7 @@ def check_training(tokenizer: str, steps: int, cases: list[tuple[str, str]], *, 
     from adapter_studio.engine.export.run_export import export_run
     from adapter_studio.engine.models.loading import load_config, resolve_source
     from adapter_studio.engine.spec import parse_spec
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     work = Path(tempfile.mkdtemp())
     model = build_model(tokenizer, work / "smol")

@@ -2,7 +2,7 @@
 
 1. A 10 ms QTimer on the main thread records the gaps between its ticks while a run trains from
    the window: prints the 99th percentile stall and the largest one (goals: < 50 ms and < 200 ms).
-2. The same spec trained headless (`engine.training.session.run`) and from the window (TrainingController),
+2. The same spec trained headless (`engine.training.run.run`) and from the window (TrainingController),
    alternated several times: prints the median tokens/s of each and their ratio (goal >= 0.95).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python benchmarks/responsiveness.py [--model embedded:smollm2-135m-instruct]
@@ -98,7 +98,7 @@ def _describe(event: Any) -> str:
 
 
 def run_headless(spec) -> float:  # type: ignore[no-untyped-def]
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     events: list = []  # type: ignore[type-arg]
     run(spec, events.append)

@@ -9,7 +9,7 @@ Trainer's defaults, given to the engine too), same maximum length and number of 
               float32 (the Trainer's default on this machine); evaluation and saving off.
     best      the same recipe set up well for the device: bf16=True where the device runs bf16 fast
               (AMX / AVX512-BF16 CPUs, CUDA) and length-grouped batches (group_by_length).
-    engine    `engine.training.session.run` with a spec (eval off, no checkpoint until the end, same seed).
+    engine    `engine.training.run.run` with a spec (eval off, no checkpoint until the end, same seed).
 
 on two data sets: the demo's date normalisation (short rows of similar length) and a generated
 instruction set whose answer lengths have a long tail (benchmarks/longtail_data.py). For each side:
@@ -290,11 +290,18 @@ def _cpu_bf16() -> bool:
 # --- our engine -----------------------------------------------------------------------------------
 
 
+def speed_options(args: argparse.Namespace) -> Any:
+    """The engine's SpeedOptions with this run's --compile-mode, --compile-whole and --pad-multiple."""
+    from adapter_studio.engine.training.speed import SpeedOptions
+
+    pad = {args.device: args.pad_multiple} if args.pad_multiple else {}
+    return SpeedOptions(compile_mode=args.compile_mode, compile_whole=args.compile_whole, pad_multiple=pad)
+
+
 def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -> dict[str, Any]:
     from adapter_studio.engine.events import Finished, Log, Metrics, Started
     from adapter_studio.engine.training import checkpoints
-    from adapter_studio.engine.training import session as train
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
     from safetensors.torch import load_file
 
     step_end: dict[int, float] = {}
@@ -343,7 +350,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state()
-        result = run(spec, emit)
+        result = run(spec, emit, speed=speed_options(args))
         if result.status != "completed":
             print(info.get("debug", ""), file=sys.stderr)  # where it broke (a lent GPU's run folder is gone after)
             raise RuntimeError(f"engine run failed: {info.get('error') or result.error}")
@@ -356,7 +363,7 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     real = [seen[s] - seen.get(s - 1, 0) for s in range(1, args.steps + 1)]
     lengths = [len(t.input_ids) for t in data.train]
     per_epoch = math.ceil(len(lengths) / args.batch)
-    multiple = train.pad_multiple(args.device, compiled="training.compile=on" in args.engine_set)
+    multiple = speed_options(args).padding(args.device, compiled="training.compile=on" in args.engine_set)
     step_tokens = []
     for step in range(args.steps):
         epoch, within = divmod(step, per_epoch)
@@ -412,7 +419,6 @@ def matmul_peak(device: str) -> tuple[float, float]:
 def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     """The engine's step, taken apart: forward, backward, clip+optimizer, batching; then top ops."""
     from accelerate import Accelerator
-    from adapter_studio.engine.defaults import cpu_attention
     from adapter_studio.engine.methods import METHODS, MethodContext
     from adapter_studio.engine.models.info import describe_model
     from adapter_studio.engine.models.loading import load_model, weights_dtype
@@ -423,11 +429,12 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
         pick_precision,
     )
     from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
-    from adapter_studio.engine.training.session import speed_up_lora_layers
+
+    speed = speed_options(args)
 
     precision = pick_precision("auto", args.device)
     if args.device == "cuda":
-        avoid_per_shape_attention_plans()  # as adapter_studio.engine.training.session does
+        avoid_per_shape_attention_plans()  # as the engine's session does
     dtype = weights_dtype("auto", args.device, False, precision)  # the engine's choice for a frozen base
     model, tokenizer, _ = load_model(ModelSpec(source=args.model), "causal_lm", dtype=dtype)
     model.config.use_cache = False  # as engine.training.session does: no key/value cache in a training forward
@@ -438,15 +445,15 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     model = method.apply(
         model, MethodContext(info=info, training=TrainingSpec(), total_steps=args.steps, tokenizer=tokenizer)
     )
-    speed_up_lora_layers(model, args.device, precision)  # as adapter_studio.engine.training.session does
+    speed.speed_up_lora_layers(model, args.device, precision)  # as the engine's session does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, **adamw_implementation(params))  # as engine.training.session does
     model, opt = acc.prepare(model, opt)
     parts = causal_lm_parts(model)
     if "training.compile=on" in args.engine_set:  # the regional compile engine.training.session does (warm-up compiles)
-        from adapter_studio.engine.training.session import _compile_training_forward
+        from adapter_studio.engine.training.compiled_step import compile_training_forward
 
-        print(f"compiled: {_compile_training_forward(parts, model, args.device)}")
+        print(f"compiled: {compile_training_forward(parts, model, args.device, speed)}")
     lengths = [len(t.input_ids) for t in data.train]
     batches = epoch_batches(lengths, args.batch, SEED, 0)
     times: dict[str, list[float]] = {"batch": [], "forward": [], "backward": [], "optimizer": []}
@@ -455,12 +462,12 @@ def profile_engine(args: argparse.Namespace, train_path: Path) -> None:
     def step(i: int, record: bool) -> None:
         nonlocal real
         if args.compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()  # as adapter_studio.engine.training.session does
+            torch.compiler.cudagraph_mark_step_begin()  # as the engine's session does
         t0 = time.perf_counter()
         items = [data.train[j] for j in batches[i % len(batches)]]
         batch = {k: v.to(acc.device) for k, v in collate(items, tokenizer.pad_token_id, False).items()}
         if args.device == "cpu":  # the engine's per-batch attention choice (engine.training.session._pick_attention)
-            model.config._attn_implementation = cpu_attention(batch["input_ids"].shape[1])
+            model.config._attn_implementation = speed.attention_for(batch["input_ids"].shape[1])
         t1 = time.perf_counter()
         with acc.autocast():
             loss = labelled_loss(parts, batch)
@@ -561,16 +568,10 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device here")
     if args.threads:
         torch.set_num_threads(args.threads)
-    import adapter_studio.engine.training.session
-
-    adapter_studio.engine.training.session.COMPILE_MODE = args.compile_mode
-    adapter_studio.engine.training.session.COMPILE_WHOLE = args.compile_whole
     if args.no_cudagraph_trees:
         from torch._inductor import config as inductor_config
 
         inductor_config.triton.cudagraph_trees = False
-    if args.pad_multiple:
-        adapter_studio.engine.training.session.PAD_MULTIPLE[args.device] = args.pad_multiple
     sets, sides = args.data.split(","), args.sides.split(",")
     import transformers
 

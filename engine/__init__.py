@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapter_studio.engine.training.session import run as run
+    from adapter_studio.engine.training.run import run as run
 
 
 def __getattr__(name: str) -> Any:
     # `adapter_studio.engine.run` without paying for torch at `import adapter_studio.engine`.
     if name == "run":
-        from adapter_studio.engine.training.session import run
+        from adapter_studio.engine.training.run import run
 
         return run
     raise AttributeError(name)

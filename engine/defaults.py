@@ -11,13 +11,9 @@ if TYPE_CHECKING:
 DEFAULT_MAX_LENGTH = 512
 # On a CPU, eager attention beats the fused SDPA kernel for short batches of a decoder (SmolLM2 forward +
 # backward, batch 4, bf16: width 120 0.47 s vs 0.61 s, 256 about equal, 512 slower — measured here), so
-# training picks the attention kernel by each batch's width there (engine.training.session); the estimate follows.
+# training picks the attention kernel by each batch's width there (training.speed.SpeedOptions); the
+# estimate follows.
 CPU_EAGER_MAX_WIDTH = 192
-
-
-def cpu_attention(width: int) -> str:
-    """The attention kernel a CPU training step of this batch width uses (see CPU_EAGER_MAX_WIDTH)."""
-    return "eager" if width <= CPU_EAGER_MAX_WIDTH else "sdpa"
 
 
 def model_max_length(config: Any) -> int:

@@ -67,7 +67,7 @@ class TrainingController(QObject):
         return self.worker is not None
 
     def start(self, spec: Any = None, resume_dir: Path | None = None) -> None:
-        from adapter_studio.engine.training.session import run  # deferred: torch loads when the first run starts
+        from adapter_studio.engine.training.run import run  # deferred: torch loads when the first run starts
 
         if spec is not None and spec.training.devices > 1 and resume_dir is None:
             self._start_processes(spec)
@@ -106,7 +106,7 @@ class TrainingController(QObject):
 
     def _poll_processes(self) -> None:
         from adapter_studio.engine.events import Finished
-        from adapter_studio.engine.training.session import RunResult
+        from adapter_studio.engine.training.run import RunResult
 
         events = self.follower.poll()
         if events:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def train(spec: Any) -> tuple[Any, list[Any]]:
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     events: list[Any] = []
     result = run(spec, events.append)
@@ -109,7 +109,7 @@ def test_fsdp_through_accelerate_launch(tiny_llama, alpaca_jsonl, make_spec, tmp
 def test_resume_on_cuda_continues_the_curve(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     spec = make_spec(tiny_llama, alpaca_jsonl, "lora", precision="auto", max_steps=12, save_every=4)
     stop = threading.Event()

@@ -243,7 +243,7 @@ def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tin
 
 def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tiny_llama, make_spec) -> None:  # type: ignore[no-untyped-def]
     from adapter_studio.engine.events import read_events
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     many = [(f"reverse {w}", w[::-1]) for w in ("abc", "bca", "cab", "dd", "eef", "fa", "bead", "cafe")] * 5
     rows = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in many]

@@ -15,7 +15,8 @@ import pytest
 import torch
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Event, Finished, Log, Metrics, Stage, Started, read_events
-from adapter_studio.engine.training.session import RunResult, run
+from adapter_studio.engine.training.run import RunResult, run
+from adapter_studio.engine.training.speed import SpeedOptions
 
 LR = 2e-2  # LoRA on a random 64-wide model: 100× its default rate to move in a few dozen steps
 CASES = {  # name → (model fixture, data fixture)
@@ -324,29 +325,25 @@ def test_fused_adamw_learns_as_foreach_does(
     assert max(abs(a - b) for a, b in zip(curves["foreach"], curves["fused"], strict=True)) < 1e-4, curves
 
 
-# The engine's CPU speed switches (engine.training.session), each against its way round: (switch, method, the
+# The engine's CPU speed switches (SpeedOptions), each against its way round: (switch, method, the
 # curves must differ, which shows the switch took effect where it changes the random numbers drawn).
 SPEED_SWITCHES = [
-    *(("LORA_INPUTS_IN_AUTOCAST_DTYPE", m, False) for m in ("lora", "dora", "rslora", "loraplus", "adalora")),
-    *(("BITS_DROPOUT_ON_CPU", m, True) for m in ("lora", "adalora")),  # other dropout masks
+    *(("lora_inputs_in_autocast_dtype", m, False) for m in ("lora", "dora", "rslora", "loraplus", "adalora")),
+    *(("bits_dropout_on_cpu", m, True) for m in ("lora", "adalora")),  # other dropout masks
 ]
 
 
 @pytest.mark.parametrize(("switch", "method", "differ"), SPEED_SWITCHES)
 def test_cpu_speed_switches_learn_the_same(
-    switch: str, method: str, differ: bool, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    switch: str, method: str, differ: bool, tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path
 ) -> None:  # fmt: skip
     """peft's input cast to float32 only adds copies under bf16 autocast; LoRA's dropout masks from
     16-bit lanes (engine.training.bits_dropout) drop as often as torch's: the same learning either way."""
-    import adapter_studio.engine.training.session as train
-
     curves = {}
     for on in (False, True):
-        monkeypatch.setattr(train, switch, on)
         spec = make_spec(tiny_llama, alpaca_jsonl, {"name": method, "dropout": 0.1}, max_steps=8, precision="bf16",
                          learning_rate=0.01, eval_samples=0)  # fmt: skip
-        curves[on], _, _ = _curve_and_stages(spec)
+        curves[on], _, _ = _curve_and_stages(spec, SpeedOptions(**{switch: on}))
     assert curves[True][-1] < curves[True][0] - 0.1, curves  # it learns
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
     if differ:
@@ -411,9 +408,13 @@ def test_compile_takes_auto_on_off_and_the_old_booleans(value: object, expected:
     assert TrainingSpec().compile == "auto"
 
 
-def _curve_and_stages(spec: Any) -> tuple[list[float], list[str], list[Event]]:
+# training.compile = auto decides after two steps, whatever is left.
+COMPILE_SOON = SpeedOptions(auto_compile_after_steps=2, auto_compile_min_left_s=0.0)
+
+
+def _curve_and_stages(spec: Any, speed: SpeedOptions | None = None) -> tuple[list[float], list[str], list[Event]]:
     events: list[Event] = []
-    result = run(spec, events.append)
+    result = run(spec, events.append, speed=speed)
     assert result.status == "completed", result.error
     stages = [e.stage for e in events if isinstance(e, Stage)]
     return [e.loss for e in events if isinstance(e, Metrics)], stages, events
@@ -442,21 +443,19 @@ def test_a_failed_auto_compile_goes_on_uncompiled(
     tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run long enough to compile, whose compiler breaks: a warning, and the same curve as without."""
-    import adapter_studio.engine.training.session as train
+    from adapter_studio.engine.training import compiled_step
 
     def broken_backend(graph: Any, inputs: Any) -> Any:
         raise RuntimeError("no kernels today")
 
-    def compile_with_a_broken_backend(fast_parts: Any, model: Any, device: str) -> str:
+    def compile_with_a_broken_backend(fast_parts: Any, model: Any, device: str, speed: SpeedOptions) -> str:
         for block in fast_parts[0].layers:
             block.compile(backend=broken_backend)
         return "every block, with a broken backend"
 
-    monkeypatch.setattr(train, "AUTO_COMPILE_AFTER_STEPS", 2)
-    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_LEFT_S", 0.0)
-    monkeypatch.setattr(train, "_compile_training_forward", compile_with_a_broken_backend)
+    monkeypatch.setattr(compiled_step, "compile_training_forward", compile_with_a_broken_backend)
     eager, _, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=5, compile="off"))
-    curve, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=5))
+    curve, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=5), COMPILE_SOON)
     assert "compiling" in stages and stages[stages.index("compiling") + 1] == "training"
     warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warning"]
     assert any("compiling failed" in w and "no kernels today" in w for w in warnings), warnings
@@ -486,7 +485,7 @@ def test_regional_compile_leaves_the_first_block_that_trains_eager(method: dict[
     from adapter_studio.engine.methods import METHODS, MethodContext
     from adapter_studio.engine.models.info import describe_model, find_layers_path
     from adapter_studio.engine.spec import TrainingSpec
-    from adapter_studio.engine.training.session import _first_trainable_block
+    from adapter_studio.engine.training.compiled_step import first_trainable_block
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -496,32 +495,23 @@ def test_regional_compile_leaves_the_first_block_that_trains_eager(method: dict[
     model = METHODS[fields.pop("name")](**fields).apply(
         model, MethodContext(info=describe_model(model), training=TrainingSpec(), total_steps=1)
     )
-    assert _first_trainable_block(model.get_submodule(find_layers_path(model)), model) == first
+    assert first_trainable_block(model.get_submodule(find_layers_path(model)), model) == first
 
 
 @pytest.mark.slow  # inductor compiles for ~20 s
-def test_auto_compile_compiles_a_long_run_midway(
-    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import adapter_studio.engine.training.session as train
-
-    monkeypatch.setattr(train, "AUTO_COMPILE_AFTER_STEPS", 2)
-    monkeypatch.setattr(train, "AUTO_COMPILE_MIN_LEFT_S", 0.0)
+def test_auto_compile_compiles_a_long_run_midway(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
     eager, _, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6, compile="off",
                                               learning_rate=0.01))  # fmt: skip
     curve, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6,
-                                                        learning_rate=0.01))  # fmt: skip
+                                                        learning_rate=0.01), COMPILE_SOON)  # fmt: skip
     assert stages.count("compiling") == 1
     assert any("training.compile: auto" in e.message for e in events if isinstance(e, Log))
     assert max(abs(a - b) for a, b in zip(eager, curve, strict=True)) < 5e-3, (eager, curve)
 
 
-def test_a_run_takes_the_textbook_steps(
-    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_run_takes_the_textbook_steps(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
     """Same init and batches: the engine's trained tensors equal a hand-written loop's (model loss,
     backward, clipping, AdamW, linear schedule). The speed paths must not change the arithmetic."""
-    import adapter_studio.engine.training.session as train
     from accelerate.utils import set_seed
     from adapter_studio.engine.data.prepare import collate, epoch_batches, prepare_data
     from adapter_studio.engine.methods import MethodContext
@@ -532,10 +522,9 @@ def test_a_run_takes_the_textbook_steps(
     from safetensors.torch import load_file
     from transformers import get_scheduler
 
-    monkeypatch.setattr(train, "CPU_EAGER_MAX_WIDTH", 0)  # the reference uses the model's own attention
     spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, max_steps=5, save_every=5,
                      learning_rate=0.01, scheduler="linear", warmup_ratio=0.0, data={"eval_split": 0.0})  # fmt: skip
-    result = run(spec)
+    result = run(spec, speed=SpeedOptions(cpu_eager_attention_max_width=0))  # the reference: the model's attention
     assert result.status == "completed", result.error
     latest = checkpoints.latest_checkpoint(result.run_dir / "checkpoints")
     trained = load_file(str(latest / checkpoints.WEIGHTS))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.export.run_export import export_run
-from adapter_studio.engine.training.session import run
+from adapter_studio.engine.training.run import run
 
 
 @pytest.fixture(scope="module")

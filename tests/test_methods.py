@@ -1,6 +1,6 @@
 """Every registered method on every kind of model, through the real engine: train, count, export, reload.
 
-One table: each (method, model) pair either trains — 20 steps of `engine.training.session.run` lower the loss,
+One table: each (method, model) pair either trains — 20 steps of `engine.training.run.run` lower the loss,
 only the method's own parameters train (as many as `Started.trainable_params` says), the adapter
 export reloads onto a fresh base with identical logits, and mergeable methods' merged export loads
 with plain transformers — or it is refused before training with a message that says why.
@@ -20,7 +20,7 @@ import torch
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Event, Finished, Metrics, Started
 from adapter_studio.engine.methods import METHODS
-from adapter_studio.engine.training.session import run
+from adapter_studio.engine.training.run import run
 
 MODELS = ("llama", "gpt2", "bert")
 DATA = {"llama": "alpaca_jsonl", "gpt2": "alpaca_jsonl", "bert": "classification_csv"}

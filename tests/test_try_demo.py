@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from adapter_studio.engine.spec import load_spec_file
-from adapter_studio.engine.training.session import run
+from adapter_studio.engine.training.run import run
 from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
 

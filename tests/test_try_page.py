@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from adapter_studio.engine.inference.playground import Playground
-from adapter_studio.engine.training.session import run
+from adapter_studio.engine.training.run import run
 from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
 from PySide6.QtCore import QTimer

@@ -1132,7 +1132,7 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multiple: int = 1) -> dict[str, Any]:
     """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels
-    chosen for a shape be reused; see adapter_studio.engine.training.session.PAD_MULTIPLE)."""
+    chosen for a shape be reused; see SpeedOptions.pad_multiple in engine.training.speed)."""
     import torch
 
     items = list(items)

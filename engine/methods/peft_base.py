@@ -56,7 +56,7 @@ def compute_lora_inputs_in_autocast_dtype(model: Any) -> int:
     and autocast casts it back to bf16 for the matmul: two copies of the activation per adapted layer,
     forward and backward (dtype casts were 13% of a CPU step). The matmuls run in the autocast dtype
     either way. This is peft's own switch (`peft.helpers.disable_input_dtype_casting`); every forward
-    pass of the training model then must run under autocast, as adapter_studio.engine.training.session's do.
+    pass of the training model then must run under autocast, as the training session's do.
     """
     from peft.tuners.lora import LoraLayer
 

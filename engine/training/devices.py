@@ -109,3 +109,13 @@ def device_memory_bytes(device: str) -> int:
     import psutil
 
     return int(psutil.virtual_memory().total)
+
+
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def sharded_run() -> bool:
+    """Whether this process was launched with FSDP (`accelerate launch --use_fsdp` sets the flag)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")

@@ -1,79 +1,45 @@
-"""The training recipe: `run(spec, emit, stop_event)` reads top to bottom as what happens in a run.
+"""The training session: one run's state while it trains, and the recipe `execute` reads top to bottom.
 
-1. make (or reopen) the run folder, 2. load model and data, 3. fill defaults and check the method,
-4. apply the method, 5. loop: forward, backward, step, report, evaluate, checkpoint, 6. finish.
-Every outcome ends with a `finished` event; nothing a person can cause escapes as a traceback.
+1. load model and data, 2. fill defaults and check the method, 3. apply the method, 4. loop: forward,
+backward, step, report, evaluate, checkpoint, 5. finish. Every outcome ends with a `finished` event;
+nothing a person can cause escapes as a traceback. (The run folder, its lock and its event log are
+training.run's.) Longer than 400 lines because it is that one recipe: its parts (optimizers,
+compiled step, checkpoints, evaluation, speed options) live in their own modules.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.prepare import collate, epoch_batches, example_chunks, load_examples, prepare_data
-from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH, cpu_attention
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Checkpoint, Emit, Event, EventLog, Finished, Log, Metrics, Stage, Started
-from adapter_studio.engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
-from adapter_studio.engine.runs import RunLock, new_run_dir
-from adapter_studio.engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training import checkpoints as ckpt
+from adapter_studio.engine.training import compiled_step
 from adapter_studio.engine.training.devices import (
     avoid_per_shape_attention_plans,
     describe_device,
     memory_stats,
     pick_device,
     pick_precision,
+    process_rank,
+    sharded_run,
 )
 from adapter_studio.engine.training.evaluation import evaluate
+from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failure
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
+from adapter_studio.engine.training.optimizers import build_optimizer, build_scheduler
+from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
     import torch
-
-# Batch widths rounded up to these multiples (by device type). 1: the longest row, no extra padding.
-PAD_MULTIPLE: dict[str, int] = {}
-# LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
-# benchmarks/cpu_speed_options.py switches it to measure both ways.
-LORA_INPUTS_IN_AUTOCAST_DTYPE = True
-# On a CPU, LoRA's input dropout draws its mask 16 bits per element (engine.training.bits_dropout: 1.8× faster
-# than torch's float per element); benchmarks/cpu_speed_options.py switches it to measure both ways.
-BITS_DROPOUT_ON_CPU = True
-# training.compile = auto: a one-process run judges its speed over its first steps and compiles when
-# what is left would take longer than this. Compiling costs about a minute and makes the steps 1.2-1.5×
-# faster (the demo at batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its eager steps
-# bound by kernel launches), so it pays for itself after 3-5 minutes; 10 leave room for bigger
-# models' longer compiles.
-AUTO_COMPILE_AFTER_STEPS = 10
-AUTO_COMPILE_MIN_LEFT_S = 600.0
-COMPILING = "torch.compile builds the training step; about a minute"  # the stage's detail
-# Inductor's mode for the compiled blocks. None is its default; benchmarks/throughput.py --compile-mode
-# tries others on a GPU ("reduce-overhead": CUDA graphs, for steps bound by the host's kernel launches;
-# on an H100 with torch 2.11 the graph trees crashed in the first compiled backward and the plain graphs
-# refuse blocks that share code: benchmarks/gpu_session.sh).
-COMPILE_MODE: str | None = None
-# Compile the whole decoder instead of one block shared by all (benchmarks/throughput.py --compile-whole):
-# inductor's plain CUDA graphs need that, since they record one block's parameters at fixed addresses.
-COMPILE_WHOLE = False
-
-
-@dataclass
-class RunResult:
-    status: str
-    run_dir: Path
-    step: int
-    error: str | None
-
-
-class NonFiniteLoss(Exception):
-    pass
 
 
 def _task_for(spec: RunSpec) -> str:
@@ -91,81 +57,14 @@ def _id2label(spec: RunSpec) -> dict[int, str] | None:
     return label_mapping(examples) if examples else None
 
 
-def process_rank() -> int:
-    """This process's rank under `accelerate launch` / torchrun (0 when alone)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def sharded_run() -> bool:
-    """Whether this process was launched with FSDP (`accelerate launch --use_fsdp` sets the flag)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-
-
-def run(
-    spec: RunSpec | None,
-    emit: Emit | None = None,
-    stop_event: threading.Event | None = None,
-    *,
-    resume_dir: str | Path | None = None,
-    run_dir: str | Path | None = None,
-) -> RunResult:
-    """Train as the spec says; report through `emit` and the run folder's `events.jsonl`.
-
-    With `resume_dir`, continue that run from its last checkpoint (same folder, same log), with its
-    saved spec or, when given, `spec` (for example with more steps). `run_dir` names a folder made
-    beforehand (by the multi-device launcher, so every process writes to the same run).
-    Under several processes only rank 0 reports, saves and holds the lock.
-    """
-    stop_event = stop_event or threading.Event()
-    if resume_dir is not None:
-        folder = Path(resume_dir)
-        if not (folder / "spec.yaml").exists():
-            raise UserError(f"{folder} is not a run folder (no spec.yaml)", where="--resume")
-        # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
-        spec = spec or load_spec_file(folder / "spec.yaml")
-    elif spec is None:
-        raise UserError("nothing to run: give a spec or a run folder to resume")
-    elif run_dir is not None:
-        folder = Path(run_dir)
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    else:
-        folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
-    main_process = process_rank() == 0
-    lock = RunLock(folder)
-    log = EventLog(folder / "events.jsonl") if main_process else None
-    if main_process:
-        lock.acquire()
-
-    board = None
-    if main_process and spec.training.tensorboard:
-        from adapter_studio.engine.training.tensorboard_log import TensorBoardLog
-
-        board = TensorBoardLog(folder)
-
-    def report(event: Event) -> None:
-        if log is not None:
-            log.write(event)
-            if board is not None:
-                board.write(event)
-            if emit is not None:
-                emit(event)
-
-    session = TrainingSession(spec, folder, report, stop_event, resume=resume_dir is not None)
-    try:
-        return session.execute()
-    finally:
-        if board is not None:
-            board.close()
-        if log is not None:
-            log.close()
-            lock.release()
-
-
 class TrainingSession:
     """One run's state while it trains; `execute` is the recipe."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, report: Emit, stop: threading.Event, resume: bool) -> None:
+    def __init__(
+        self, spec: RunSpec, run_dir: Path, report: Emit, stop: threading.Event, resume: bool, speed: SpeedOptions
+    ) -> None:
         self.spec = spec
+        self.speed = speed
         self.run_dir = run_dir
         self.report = report
         self.stop = stop
@@ -183,7 +82,8 @@ class TrainingSession:
     def stage(self, stage: str, detail: str = "") -> None:
         self.report(Stage(stage=stage, detail=detail))
 
-    def execute(self) -> RunResult:
+    def execute(self) -> tuple[str, str | None]:
+        """Train; (status, error message or None)."""
         status, error = "failed", None
         try:
             status = self._train()
@@ -192,7 +92,7 @@ class TrainingSession:
         except NonFiniteLoss as e:
             error = str(e)
         except Exception as e:  # the run must end with a message, whatever broke
-            error = _explain_failure(e)
+            error = explain_failure(e)
             self.log(traceback.format_exc(), level="debug")
         finally:
             if self.eager_stance:
@@ -211,7 +111,7 @@ class TrainingSession:
                 tokens_trained=self.tokens_trained,
             )
         )
-        return RunResult(status if error is None else "failed", self.run_dir, self.step, error)
+        return (status if error is None else "failed"), error
 
     # --- setting up ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -284,7 +184,7 @@ class TrainingSession:
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
         model = spec.method.apply(model, ctx)
-        speed_up_lora_layers(model, device, precision)
+        self.speed.speed_up_lora_layers(model, device, precision)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
@@ -293,15 +193,10 @@ class TrainingSession:
         if not trainable:
             raise UserError(f"{spec.method.title} left nothing to train on this model", where="method")
         lr = t.learning_rate or spec.method.default_lr
-        optimizer = spec.method.build_optimizer(model, lr, t.weight_decay) or _optimizer(t.optimizer, trainable, lr, t)
-        from transformers import get_scheduler
-
-        scheduler = get_scheduler(
-            t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
-            optimizer,
-            num_warmup_steps=math.ceil(t.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
+        optimizer = spec.method.build_optimizer(model, lr, t.weight_decay) or build_optimizer(
+            t.optimizer, trainable, lr, t
         )
+        scheduler = build_scheduler(optimizer, t, self.total_steps)
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.tokenizer, self.data, self.task, self.precision = tokenizer, data, task, precision
@@ -314,7 +209,7 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
-        self.pad_multiple = pad_multiple(device, compiled=False)
+        self.pad_multiple = self.speed.padding(device, compiled=False)
         if t.compile == "on":
             what = self._compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
@@ -322,11 +217,12 @@ class TrainingSession:
         # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype), and
         # not over a bitsandbytes base, whose kernels dynamo does not see into (not measured).
         self.auto_compile = (t.compile == "auto" and single and device in ("cpu", "cuda")
-                             and spec.model.quantization == "none" and compile_unavailable(device) is None)
+                             and spec.model.quantization == "none"
+                             and compiled_step.compile_unavailable(device) is None)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
-        self.attention_config = config if switchable and CPU_EAGER_MAX_WIDTH else None
+        self.attention_config = config if switchable and self.speed.cpu_eager_attention_max_width else None
         if self.resume:
             self._restore()
         if device == "cuda":
@@ -374,7 +270,7 @@ class TrainingSession:
         )
         compiling = t.compile == "on"
         if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
-            self.stage("compiling", COMPILING)
+            self.stage("compiling", compiled_step.COMPILING)
         else:
             self.stage("training")
         start_step, start_seconds = self.step, self.train_seconds
@@ -451,7 +347,7 @@ class TrainingSession:
                 if saved is None:
                     self._checkpoint()
                 return "completed"
-            if self.auto_compile and self.step - start_step >= AUTO_COMPILE_AFTER_STEPS:
+            if self.auto_compile and self.step - start_step >= self.speed.auto_compile_after_steps:
                 compiling = self._compile_if_worth_it(start_step, start_seconds)
         return "completed"
 
@@ -460,7 +356,7 @@ class TrainingSession:
         t = self.spec.training
         losses, tokens = [], 0
         for micro in range(t.gradient_accumulation):
-            if self.compiled and COMPILE_MODE == "reduce-overhead":
+            if self.compiled and self.speed.compile_mode == "reduce-overhead":
                 import torch
 
                 torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are done with
@@ -475,22 +371,22 @@ class TrainingSession:
 
     def _compile_if_worth_it(self, start_step: int, start_seconds: float) -> bool:
         """training.compile = auto: compile when the rest of the run, at the speed measured since it
-        started, would take longer than AUTO_COMPILE_MIN_LEFT_S. Decided once."""
+        started, would take longer than speed.auto_compile_min_left_s. Decided once."""
         self.auto_compile = False
         per_step = (self.train_seconds - start_seconds) / (self.step - start_step)
         left = (self.total_steps - self.step) * per_step
-        if left <= AUTO_COMPILE_MIN_LEFT_S:
+        if left <= self.speed.auto_compile_min_left_s:
             return False
         what = self._compile()
         self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
                  f"(torch.compile of {what}; training.compile: auto)")
-        self.stage("compiling", COMPILING)
+        self.stage("compiling", compiled_step.COMPILING)
         return True
 
     def _compile(self) -> str:
-        what = _compile_training_forward(self.fast_parts, self.model, self.device)
+        what = compiled_step.compile_training_forward(self.fast_parts, self.model, self.device, self.speed)
         self.compiled = True
-        self.pad_multiple = pad_multiple(self.device, compiled=True)
+        self.pad_multiple = self.speed.padding(self.device, compiled=True)
         return what
 
     def _give_up_compiling(self, error: Exception) -> None:
@@ -532,10 +428,10 @@ class TrainingSession:
         return float(total[0]) / self.accelerator.num_processes, int(total[1])
 
     def _pick_attention(self, width: int) -> None:
-        """Eager attention for short batches on a CPU, SDPA otherwise (see CPU_EAGER_MAX_WIDTH); the
-        attention layers and the mask builder read the choice from the config at every forward."""
+        """Eager attention for short batches on a CPU, SDPA otherwise (SpeedOptions); the attention
+        layers and the mask builder read the choice from the config at every forward."""
         if self.attention_config is not None:
-            self.attention_config._attn_implementation = cpu_attention(width)
+            self.attention_config._attn_implementation = self.speed.attention_for(width)
 
     def _batch(self, micro_index: int) -> tuple[dict[str, Any], int]:
         """The micro-batch at a global position: a pure function of (seed, position), so resuming
@@ -628,122 +524,3 @@ class TrainingSession:
             return
         if latest is not None:
             self.log(f"the last good checkpoint is kept: {latest}")
-
-
-def compile_unavailable(device: str) -> UserError | None:
-    """Why inductor cannot build here (no C++ compiler on a CPU, no triton on a GPU), or None."""
-    import importlib.util
-    import shutil
-
-    if device == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
-        return UserError("torch.compile needs a C++ compiler on a CPU, and none was found",
-                         where="training.compile", fix="install g++ (e.g. apt-get install g++), or turn compile off")
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        return UserError("torch.compile needs the triton package on a GPU", where="training.compile",
-                         fix="pip install triton, or turn compile off")
-    return None
-
-
-def speed_up_lora_layers(model: Any, device: str, precision: str) -> None:
-    """The engine's changes to peft's LoRA layers for speed (benchmarks/throughput.py --profile makes them
-    too): inputs kept in the autocast dtype, and on a CPU dropout masks from 16-bit lanes."""
-    if precision in ("bf16", "fp16") and LORA_INPUTS_IN_AUTOCAST_DTYPE:
-        compute_lora_inputs_in_autocast_dtype(model)
-    if device == "cpu" and BITS_DROPOUT_ON_CPU:
-        from adapter_studio.engine.training.bits_dropout import (
-            use_bits_dropout_for_lora,  # imports torch: not at the GUI's start
-        )
-
-        use_bits_dropout_for_lora(model)
-
-
-def pad_multiple(device: str, compiled: bool) -> int:
-    """The multiple batch widths are rounded up to on this device type (PAD_MULTIPLE); compiled CUDA
-    code pads to 8 too, since inductor specialises its kernels on whether the width is a multiple of 8."""
-    multiple = PAD_MULTIPLE.get(device, 1)
-    return math.lcm(multiple, 8) if compiled and device == "cuda" else multiple
-
-
-def _compile_training_forward(fast_parts: tuple[Any, Any] | None, model: Any, device: str) -> str:
-    """Regional torch.compile, in place: each transformer block is compiled, and since the blocks
-    share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about a minute
-    instead of four for the whole decoder, at 92% of its speed; benchmarks/throughput.py). Evaluation
-    runs eagerly (TrainingSession._evaluate). Refuses, saying why, where inductor cannot build.
-    Returns what was compiled, for the log."""
-    from adapter_studio.engine.models.info import find_layers_path
-
-    missing = compile_unavailable(device)
-    if missing is not None:
-        raise missing
-    import torch
-
-    # Compiled code is cached per Python function: the runs before this one in the same process (the
-    # window trains many) would otherwise use up dynamo's recompile limit and leave this one eager.
-    torch.compiler.reset()
-    root = fast_parts[0] if fast_parts is not None else model
-    path = find_layers_path(root)
-    # A prefix (prefix tuning, P-Tuning v2, MAM) reaches every block as its layer's key/value cache,
-    # and each block's compiled code would be specialised to its own layer: compile the whole model.
-    configs = getattr(getattr(model, "module", model), "peft_config", {})  # DDP wraps the peft model
-    prefix = any(str(c.peft_type).endswith("PREFIX_TUNING") for c in configs.values())
-    if prefix or not path or COMPILE_WHOLE:
-        root.compile(dynamic=True, mode=COMPILE_MODE)  # what the training forward calls
-        return "the whole model"
-    blocks = root.get_submodule(path)
-    # Dynamo guards on whether a block's input carries a gradient. With the embeddings frozen, the
-    # first block that trains is the only one whose input carries none while it does backward; it
-    # would be a second compiled variant of the shared code (and, with the mask and width variants
-    # on a GPU, reach dynamo's limit of 8). It runs eagerly instead: 1/N of the blocks.
-    boundary = _first_trainable_block(blocks, root)
-    for i, block in enumerate(blocks):
-        if i != boundary:
-            block.compile(dynamic=True, mode=COMPILE_MODE)
-    if boundary is None:
-        return f"one block, shared by all {len(blocks)}"
-    return (f"one block, shared by {len(blocks) - 1} of {len(blocks)}; block {boundary}, the first that trains, "
-            "runs eagerly")
-
-
-def _first_trainable_block(blocks: Any, root: Any) -> int | None:
-    """The block whose input carries no gradient and whose parameters train (None: no such block)."""
-    root = getattr(root, "module", root)  # DDP wraps the model
-    embeddings = root.get_input_embeddings() if hasattr(root, "get_input_embeddings") else None
-    if embeddings is None or any(p.requires_grad for p in embeddings.parameters()):
-        return None  # the embeddings train: every block's input carries a gradient
-    if embeddings._forward_hooks:  # e.g. enable_input_require_grads (gradient checkpointing) makes it carry one
-        return None
-    for i, block in enumerate(blocks):
-        if any(p.requires_grad for p in block.parameters()):
-            return i
-    return None
-
-
-def _optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: Any) -> Any:
-    import torch
-
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=t.weight_decay)
-    if kind == "adamw_8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError(
-                "8-bit AdamW needs the bitsandbytes package",
-                where="training.optimizer",
-                fix="pip install bitsandbytes (CUDA only), or use adamw",
-            ) from None
-        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
-    from adapter_studio.engine.training import devices  # looked up per call: LoRA+'s optimizer asks the same function
-
-    return torch.optim.AdamW(params, lr=lr, weight_decay=t.weight_decay, **devices.adamw_implementation(params))
-
-
-def _explain_failure(error: Exception) -> str:
-    import torch
-
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
-        return (
-            "out of memory — try a smaller batch size (training.batch_size), gradient checkpointing "
-            "(training.gradient_checkpointing), shorter sequences (data.max_length) or a lighter method"
-        )
-    return f"training failed: {type(error).__name__}: {error}"

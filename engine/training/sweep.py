@@ -181,7 +181,7 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
     A stop ends the current run with its checkpoint (status cancelled) and leaves the rest pending;
     running the same plan again continues with them."""
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     stop_event = stop_event or threading.Event()
     for entry in plan.entries:

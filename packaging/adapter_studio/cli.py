@@ -162,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_multi(args, devices)
     stop = threading.Event()
     _install_stop_handlers(stop)
-    from adapter_studio.engine.training.session import run
+    from adapter_studio.engine.training.run import run
 
     result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume, run_dir=args.run_dir)
     if result.status == "completed":

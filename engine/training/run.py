@@ -1,0 +1,90 @@
+"""`run(spec, emit, stop_event)`: one training run from its spec to its `finished` event.
+
+Makes (or reopens) the run folder, holds its lock, writes its event log (and TensorBoard's, when asked),
+and hands the training itself to a TrainingSession.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Emit, Event, EventLog
+from adapter_studio.engine.runs import RunLock, new_run_dir
+from adapter_studio.engine.spec import RunSpec, load_spec_file
+from adapter_studio.engine.training.devices import process_rank
+from adapter_studio.engine.training.session import TrainingSession
+from adapter_studio.engine.training.speed import SpeedOptions
+
+
+@dataclass
+class RunResult:
+    status: str
+    run_dir: Path
+    step: int
+    error: str | None
+
+
+def run(
+    spec: RunSpec | None,
+    emit: Emit | None = None,
+    stop_event: threading.Event | None = None,
+    *,
+    resume_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    speed: SpeedOptions | None = None,
+) -> RunResult:
+    """Train as the spec says; report through `emit` and the run folder's `events.jsonl`.
+
+    With `resume_dir`, continue that run from its last checkpoint (same folder, same log), with its
+    saved spec or, when given, `spec` (for example with more steps). `run_dir` names a folder made
+    beforehand (by the multi-device launcher, so every process writes to the same run).
+    Under several processes only rank 0 reports, saves and holds the lock. `speed` changes how fast it
+    runs, not what it learns (SpeedOptions; benchmarks and tests pass their own).
+    """
+    stop_event = stop_event or threading.Event()
+    if resume_dir is not None:
+        folder = Path(resume_dir)
+        if not (folder / "spec.yaml").exists():
+            raise UserError(f"{folder} is not a run folder (no spec.yaml)", where="--resume")
+        # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
+        spec = spec or load_spec_file(folder / "spec.yaml")
+    elif spec is None:
+        raise UserError("nothing to run: give a spec or a run folder to resume")
+    elif run_dir is not None:
+        folder = Path(run_dir)
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    else:
+        folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
+    main_process = process_rank() == 0
+    lock = RunLock(folder)
+    log = EventLog(folder / "events.jsonl") if main_process else None
+    if main_process:
+        lock.acquire()
+
+    board = None
+    if main_process and spec.training.tensorboard:
+        from adapter_studio.engine.training.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(folder)
+
+    def report(event: Event) -> None:
+        if log is not None:
+            log.write(event)
+            if board is not None:
+                board.write(event)
+            if emit is not None:
+                emit(event)
+
+    session = TrainingSession(spec, folder, report, stop_event, resume_dir is not None, speed or SpeedOptions())
+    try:
+        status, error = session.execute()
+        return RunResult(status, folder, session.step, error)
+    finally:
+        if board is not None:
+            board.close()
+        if log is not None:
+            log.close()
+            lock.release()

@@ -1,0 +1,68 @@
+"""SpeedOptions: the switches that make a run fast without changing what it learns, as data.
+
+The session receives one `SpeedOptions`; the defaults here are what was measured best (the numbers are
+beside each field). Benchmarks pass other values to measure both ways of a switch, and tests pass them
+to pin a path, instead of patching module globals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
+from adapter_studio.engine.methods.peft_base import compute_lora_inputs_in_autocast_dtype
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    # Batch widths rounded up to these multiples, by device type ("cpu", "cuda"). 1: the longest row.
+    pad_multiple: Mapping[str, int] = field(default_factory=dict)
+    # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
+    # benchmarks/cpu_speed_options.py measures both ways.
+    lora_inputs_in_autocast_dtype: bool = True
+    # On a CPU, LoRA's input dropout draws its mask 16 bits per element (training.bits_dropout: 1.8×
+    # faster than torch's float per element); benchmarks/cpu_speed_options.py measures both ways.
+    bits_dropout_on_cpu: bool = True
+    # On a CPU, batches up to this width use eager attention instead of SDPA (engine.defaults); 0: never.
+    cpu_eager_attention_max_width: int = CPU_EAGER_MAX_WIDTH
+    # training.compile = auto: a one-process run judges its speed over its first steps and compiles when
+    # what is left would take longer than this. Compiling costs about a minute and makes the steps
+    # 1.2-1.5× faster (the demo at batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its
+    # eager steps bound by kernel launches), so it pays for itself after 3-5 minutes; 10 leave room for
+    # bigger models' longer compiles.
+    auto_compile_after_steps: int = 10
+    auto_compile_min_left_s: float = 600.0
+    # Inductor's mode for the compiled blocks. None is its default; benchmarks/throughput.py --compile-mode
+    # tries others on a GPU ("reduce-overhead": CUDA graphs, for steps bound by the host's kernel launches;
+    # on an H100 with torch 2.11 the graph trees crashed in the first compiled backward and the plain
+    # graphs refuse blocks that share code: benchmarks/gpu_session.sh).
+    compile_mode: str | None = None
+    # Compile the whole decoder instead of one block shared by all (benchmarks/throughput.py
+    # --compile-whole): inductor's plain CUDA graphs need that, since they record one block's parameters
+    # at fixed addresses.
+    compile_whole: bool = False
+
+    def padding(self, device: str, compiled: bool) -> int:
+        """The multiple batch widths are rounded up to on this device type; compiled CUDA code pads to 8
+        too, since inductor specialises its kernels on whether the width is a multiple of 8."""
+        multiple = self.pad_multiple.get(device, 1)
+        return math.lcm(multiple, 8) if compiled and device == "cuda" else multiple
+
+    def speed_up_lora_layers(self, model: Any, device: str, precision: str) -> None:
+        """The engine's changes to peft's LoRA layers for speed (benchmarks/throughput.py --profile makes
+        them too): inputs kept in the autocast dtype, and on a CPU dropout masks from 16-bit lanes."""
+        if precision in ("bf16", "fp16") and self.lora_inputs_in_autocast_dtype:
+            compute_lora_inputs_in_autocast_dtype(model)
+        if device == "cpu" and self.bits_dropout_on_cpu:
+            from adapter_studio.engine.training.bits_dropout import (
+                use_bits_dropout_for_lora,  # imports torch: not at the GUI's start
+            )
+
+            use_bits_dropout_for_lora(model)
+
+    def attention_for(self, width: int) -> str:
+        """The attention kernel a CPU training step of this batch width uses."""
+        return "eager" if width <= self.cpu_eager_attention_max_width else "sdpa"
