@@ -1,6 +1,6 @@
-"""Generated documentation: the README's methods table comes from the method declarations.
+"""Generated documentation: the user guide's methods table comes from the method declarations.
 
-`python -m adapter_studio.engine.docs` rewrites the block between the README's markers; the trainable-parameter
+`python -m adapter_studio.engine.docs --write` rewrites the block between docs/user-guide.md's markers; the trainable-parameter
 column is counted on SmolLM2-135M (and MiniLM for classification) built on the meta device.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adapter_studio.engine.methods import METHOD_CLASSES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "user-guide.md"  # in a checkout
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
@@ -44,11 +44,11 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
-def update_readme() -> None:
-    text = README.read_text(encoding="utf-8")
+def update_guide() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
     block = f"{BEGIN}\n{methods_table()}\n{END}"
-    README.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S), encoding="utf-8")
+    GUIDE.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    update_readme() if "--write" in sys.argv else print(methods_table())
+    update_guide() if "--write" in sys.argv else print(methods_table())

@@ -10,6 +10,7 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.compare_page import ComparePage
 from adapter_studio.gui.pages.data_page import DataPage
@@ -54,8 +55,6 @@ class MainWindow(QMainWindow):
     def __init__(self, state: StudioState | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Adapter Studio")
-        from adapter_studio.gui.app import collect_garbage_on_gui_thread
-
         collect_garbage_on_gui_thread()
         self.state = state or StudioState(runs_dir=str(QSettings().value("paths/runs_dir", "runs")))
         self.steps = QListWidget()

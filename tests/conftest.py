@@ -263,7 +263,7 @@ def window(qtbot: Any, tmp_path: Path) -> Any:
     if window.train_page.controller.running:
         window.train_page.controller.stop()
         qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=60_000)
-    from adapter_studio.gui.app import restore_automatic_garbage_collection
+    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
     from PySide6.QtCore import QThreadPool
 
     QThreadPool.globalInstance().waitForDone(60_000)  # background work ends before the window goes
