@@ -1,7 +1,8 @@
 """Generated documentation: the user guide's methods table comes from the method declarations.
 
-`python -m adapter_studio.engine.docs --write` rewrites the block between docs/user-guide.md's markers; the trainable-parameter
-column is counted on SmolLM2-135M (and MiniLM for classification) built on the meta device.
+`python -m adapter_studio.engine.docs --write` rewrites the block between docs/user-guide.md's markers;
+the trainable-parameter column is counted on SmolLM2-135M (and MiniLM for classification) built on the
+meta device.
 """
 
 from __future__ import annotations

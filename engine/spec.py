@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
+from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -173,7 +174,7 @@ class RunSpec(SpecSection):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     def save(self, path: Path) -> None:
-        path.write_text(self.to_yaml(), encoding="utf-8")
+        durable.write_text(path, self.to_yaml())
 
 
 # --- reading, overriding and explaining -------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, EventLog, Export, Stage
 
@@ -74,7 +75,9 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
                 where=str(out),
                 fix="report this as a bug; nothing was written",
             )
-        tmp.rename(out)
+        durable.fsync_tree(tmp)
+        tmp.rename(out)  # never replaces: the target must not exist
+        durable.fsync_path(out.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(_os_reason(e, out), where=str(out), fix="pick another folder or free some space") from None

@@ -2,20 +2,36 @@
 
 Only trainable parameters are saved (by name), so a checkpoint of a LoRA run is megabytes and the
 same code serves every method: the model is rebuilt from the spec and the tensors loaded back.
+
+Nothing in a checkpoint is a pickle: run folders are shared, and loading a pickle runs whatever code it
+names. Tensors (weights, optimizer moments, RNG states) are safetensors; everything else (step counts,
+the optimizer's parameter groups, the scheduler's counters, Python's RNG) is JSON in `state.json`,
+which also records each file's size and SHA-256 so that a resume can tell a complete checkpoint from
+one a crash cut short. Checkpoints of older versions (`state.pt`) load only through torch's
+weights-only unpickler, which refuses code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine import durable
+from adapter_studio.engine.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+RNG = "rng.safetensors"
+STATE = "state.json"
+LEGACY_STATE = "state.pt"
+FORMAT = 2
 KEEP_LAST = 2
 
 
@@ -32,7 +48,7 @@ def save_checkpoint(
     extra: dict[str, Any],
     tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp folder, then rename) and prune old ones.
+    """Write a checkpoint atomically and durably (temp folder, flushed, renamed) and prune old ones.
 
     `tensors` replaces the model's trainable tensors (a sharded run passes them gathered); with
     `optimizer` None the checkpoint holds no optimizer state and a resume starts AdamW afresh."""
@@ -44,19 +60,25 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(trainable_state(model) if tensors is None else tensors, str(tmp / WEIGHTS))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(),
-        },
-        tmp / "state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    optimizer_json = None
+    if optimizer is not None:
+        optimizer_tensors, optimizer_json = _split_state(optimizer.state_dict())
+        save_file(optimizer_tensors, str(tmp / OPTIMIZER))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / RNG))
+    state = {
+        "format": FORMAT,
+        "step": step,
+        **extra,
+        "optimizer": optimizer_json,
+        "scheduler": scheduler.state_dict(),
+        "python_rng": _python_rng_to_json(random.getstate()),
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())},
+    }
+    (tmp / STATE).write_text(json.dumps(state, indent=1, default=_json_value))  # last: marks it complete
+    durable.replace_folder(tmp, final)
     for old in list_checkpoints(folder)[:-KEEP_LAST]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -65,12 +87,42 @@ def save_checkpoint(
 def list_checkpoints(folder: Path) -> list[Path]:
     if not folder.exists():
         return []
-    return sorted(p for p in folder.glob("step-*") if (p / "state.json").exists())
+    return sorted(p for p in folder.glob("step-*") if (p / STATE).exists())
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
     found = list_checkpoints(folder)
     return found[-1] if found else None
+
+
+def problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (a file missing, cut short or changed), or None."""
+    try:
+        state = json.loads((checkpoint / STATE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{STATE} unreadable ({e})"
+    if "files" not in state:  # an older version's checkpoint: no record to check against
+        return None if (checkpoint / WEIGHTS).exists() else f"{WEIGHTS} missing"
+    for name, record in state["files"].items():
+        path = checkpoint / name
+        if not path.exists():
+            return f"{name} missing"
+        if path.stat().st_size != record["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {record['bytes']} were written"
+        if _sha256(path) != record["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def newest_sound_checkpoint(folder: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and a line for each newer one skipped (which, and why)."""
+    skipped = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        reason = problem(checkpoint)
+        if reason is None:
+            return checkpoint, skipped
+        skipped.append(f"{checkpoint.name}: {reason}")
+    return None, skipped
 
 
 def load_trainable(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -89,9 +141,99 @@ def load_trainable(model: torch.nn.Module, checkpoint: Path) -> None:
 
 
 def load_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG states; returns state.json's fields and `has_optimizer`."""
+    import torch
+    from safetensors.torch import load_file
+
+    info = json.loads((checkpoint / STATE).read_text())
+    if info.get("format", 1) < FORMAT:
+        return {**info, **_load_legacy_state(checkpoint, optimizer, scheduler)}
+    if info["optimizer"] is not None:
+        optimizer.load_state_dict(_join_state(load_file(str(checkpoint / OPTIMIZER)), info["optimizer"]))
+    scheduler.load_state_dict(info["scheduler"])
+    rng = load_file(str(checkpoint / RNG))
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(_python_rng_from_json(info["python_rng"]))
+    return {**info, "has_optimizer": info["optimizer"] is not None}
+
+
+def copy_as_best(checkpoint: Path, folder: Path) -> Path:
+    """Keep a copy of `checkpoint` as `folder/best` (one process writes it: the main one)."""
+    best = folder / "best"
+    tmp = folder / ".tmp-best"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp)
+    durable.replace_folder(tmp, best)
+    return best
+
+
+def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state_dict as (tensors by `index.key`, the rest as JSON); `_join_state` undoes it."""
     import torch
 
-    state = torch.load(checkpoint / "state.pt", weights_only=False)
+    tensors, per_param = {}, {}
+    for index, values in state["state"].items():
+        plain = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain[key] = value
+        per_param[str(index)] = {"tensors": [k for k, v in values.items() if isinstance(v, torch.Tensor)],
+                                 "values": plain}
+    return tensors, {"state": per_param, "param_groups": state["param_groups"]}
+
+
+def _join_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    state = {
+        int(index): {**entry["values"], **{key: tensors[f"{index}.{key}"] for key in entry["tensors"]}}
+        for index, entry in saved["state"].items()
+    }
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _json_value(value: Any) -> Any:
+    """A value json cannot write by itself: a one-element tensor (e.g. a learning rate kept as one)."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+        return value.item()
+    raise TypeError(f"a checkpoint cannot hold a {type(value).__name__} outside safetensors")
+
+
+def _python_rng_to_json(state: tuple[Any, ...]) -> list[Any]:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng_from_json(saved: list[Any]) -> tuple[Any, ...]:
+    return saved[0], tuple(saved[1]), saved[2]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_legacy_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """An older version's `state.pt`, read with the weights-only unpickler (tensors, numbers, containers)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(checkpoint / LEGACY_STATE, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        raise UserError(
+            f"{checkpoint / LEGACY_STATE} holds more than tensors and numbers (it would run code to load), so it "
+            f"is not opened ({str(e).splitlines()[0][:160]})",
+            where=str(checkpoint),
+            fix="resume only run folders you made yourself, or start a new run from the same spec",
+        ) from None
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -99,14 +241,4 @@ def load_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, An
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     random.setstate(state["python_rng"])
-    return {**json.loads((checkpoint / "state.json").read_text()), "has_optimizer": state["optimizer"] is not None}
-
-
-def copy_as_best(checkpoint: Path, folder: Path) -> Path:
-    best = folder / "best"
-    tmp = folder / ".tmp-best"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp)
-    shutil.rmtree(best, ignore_errors=True)
-    tmp.rename(best)
-    return best
+    return {"has_optimizer": state["optimizer"] is not None}

@@ -229,7 +229,9 @@ class TrainingSession:
             torch.cuda.reset_peak_memory_stats()
 
     def _restore(self) -> None:
-        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        latest, skipped = ckpt.newest_sound_checkpoint(self.run_dir / "checkpoints")
+        for line in skipped:  # cut short by a crash or changed since: the one before it is whole
+            self.log(f"skipped checkpoint {line}", level="warning")
         if latest is None:
             self.log("no checkpoint to resume from: starting from step 0", level="warning")
             return
@@ -332,19 +334,19 @@ class TrainingSession:
                 window_tokens, window_start = 0, time.perf_counter()
 
             at_end = self.step == self.total_steps
-            saved = None
             # Save before evaluating: a failure in evaluation must not cost the training behind it.
-            if self.step % t.save_every == 0 or at_end:
-                saved = self._checkpoint()
+            # Every process takes part (a sharded run gathers its tensors); only the main one gets a path.
+            checkpointed = self.step % t.save_every == 0 or at_end
+            saved = self._checkpoint() if checkpointed else None
             if (self.step % eval_every == 0 or at_end) and self.data.eval:
                 improved = self._evaluate()
                 stale_evals = 0 if improved else stale_evals + 1
-                if improved and saved is not None:
+                if improved and saved is not None:  # only the main process saved (and copies)
                     ckpt.copy_as_best(saved, self.run_dir / "checkpoints")
                 model.train()
             if t.early_stopping_patience and stale_evals >= t.early_stopping_patience:
                 self.log(f"eval loss has not improved for {stale_evals} evaluations: stopping early")
-                if saved is None:
+                if not checkpointed:
                     self._checkpoint()
                 return "completed"
             if self.auto_compile and self.step - start_step >= self.speed.auto_compile_after_steps:
@@ -483,14 +485,15 @@ class TrainingSession:
             self.best_eval = result["eval_loss"]
         return improved
 
-    def _checkpoint(self) -> Path:
+    def _checkpoint(self) -> Path | None:
+        """Save a checkpoint; its path on the main process, None on the others (they write nothing)."""
         # FSDP: each process holds a shard of every tensor; gathering them is a collective step that
         # every process takes (with one process too, so one GPU tests the path of several). Its optimizer
         # state stays sharded and is not saved (a resume restarts AdamW).
         sharded = sharded_run()
         tensors = self._gathered_trainable() if sharded else None
         if not self.accelerator.is_main_process:
-            return self.run_dir / "checkpoints"
+            return None
         self.stage("saving")
         path = ckpt.save_checkpoint(
             self.run_dir / "checkpoints",

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, Started
 from adapter_studio.engine.spec import RunSpec
@@ -67,11 +68,8 @@ class SweepPlan:
         self.folder.mkdir(parents=True, exist_ok=True)
         payload = {"name": self.name, "created": self.created, "spec": self.spec,
                    "entries": [asdict(e) for e in self.entries]}
-        tmp = self.folder / f".{PLAN_FILE}.tmp"
-        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        tmp.replace(self.folder / PLAN_FILE)
-        rows = sweep_rows(self)
-        (self.folder / CSV_FILE).write_text(rows_to_csv(rows), encoding="utf-8")
+        durable.write_text(self.folder / PLAN_FILE, json.dumps(payload, indent=1))
+        durable.write_text(self.folder / CSV_FILE, rows_to_csv(sweep_rows(self)))
 
 
 def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> SweepPlan:

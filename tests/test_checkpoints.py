@@ -1,0 +1,105 @@
+"""Run folders are safe to open and survive crashes: no pickle is ever loaded from them, every file of
+a checkpoint is recorded with its size and checksum, and a resume skips a checkpoint a crash cut short."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from adapter_studio.engine.events import Event, Log, Metrics, Started
+from adapter_studio.engine.training import checkpoints
+from adapter_studio.engine.training.run import RunResult, run
+
+SETTINGS = {"max_steps": 12, "learning_rate": 2e-2, "seed": 3, "save_every": 4, "eval_samples": 0}
+
+
+def _run(spec: Any, **kwargs: Any) -> tuple[RunResult, list[Event]]:
+    events: list[Event] = []
+    return run(spec, events.append, **kwargs), events
+
+
+def _stopped_at(step: int, spec: Any) -> RunResult:
+    stop = threading.Event()
+
+    def emit(event: Event) -> None:
+        if isinstance(event, Metrics) and event.step >= step:
+            stop.set()
+
+    return run(spec, emit, stop)
+
+
+def test_a_checkpoint_holds_no_pickle_and_records_every_file(tiny_llama: Path, alpaca_jsonl: Path,
+                                                             make_spec: Any) -> None:  # fmt: skip
+    result, _ = _run(make_spec(tiny_llama, alpaca_jsonl, "lora", **SETTINGS))
+    assert result.status == "completed", result.error
+    for folder in checkpoints.list_checkpoints(result.run_dir / "checkpoints"):
+        names = {p.name for p in folder.iterdir()}
+        assert names == {checkpoints.WEIGHTS, checkpoints.OPTIMIZER, checkpoints.RNG, checkpoints.STATE}, names
+        state = json.loads((folder / checkpoints.STATE).read_text())
+        assert set(state["files"]) == names - {checkpoints.STATE}
+        assert all(len(r["sha256"]) == 64 and r["bytes"] > 0 for r in state["files"].values())
+        assert checkpoints.problem(folder) is None
+    assert not list(result.run_dir.rglob("*.pt")) and not list(result.run_dir.rglob("*.bin"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate weights", "flip a byte of the optimizer", "delete the RNG file", "empty state.json"],
+)
+def test_resume_skips_a_damaged_checkpoint_and_says_which(damage: str, tiny_llama: Path, alpaca_jsonl: Path,
+                                                          make_spec: Any) -> None:  # fmt: skip
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", **SETTINGS)
+    first = _stopped_at(9, spec)  # checkpoints at steps 4 and 8, and 9 at the stop
+    assert first.status == "cancelled" and first.step == 9
+    newest = checkpoints.latest_checkpoint(first.run_dir / "checkpoints")
+    assert newest is not None and newest.name == "step-0000009"
+    target = {"truncate weights": checkpoints.WEIGHTS, "flip a byte of the optimizer": checkpoints.OPTIMIZER,
+              "delete the RNG file": checkpoints.RNG, "empty state.json": checkpoints.STATE}[damage]  # fmt: skip
+    path = newest / target
+    if damage.startswith("truncate"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage.startswith("flip"):
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage.startswith("delete"):
+        path.unlink()
+    else:
+        path.write_text("")
+    resumed, events = _run(None, resume_dir=first.run_dir)
+    assert resumed.status == "completed", resumed.error
+    started = next(e for e in events if isinstance(e, Started))
+    warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warning"]
+    assert started.resumed_from_step == 8, warnings
+    assert any("skipped checkpoint step-0000009" in w for w in warnings), warnings
+
+
+class _Payload:
+    """A pickle that would run code when loaded (it calls print)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this must never run",))
+
+
+def test_a_run_folder_carrying_a_malicious_pickle_is_refused(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    first = _stopped_at(5, make_spec(tiny_llama, alpaca_jsonl, "lora", **SETTINGS))
+    newest = checkpoints.latest_checkpoint(first.run_dir / "checkpoints")
+    assert newest is not None
+    # Made to look like an older version's checkpoint: state.pt, no format or file record.
+    state = json.loads((newest / checkpoints.STATE).read_text())
+    (newest / checkpoints.STATE).write_text(json.dumps({"step": state["step"]}))
+    for name in (checkpoints.OPTIMIZER, checkpoints.RNG):
+        (newest / name).unlink()
+    torch.save({"optimizer": _Payload(), "scheduler": {}}, newest / checkpoints.LEGACY_STATE,
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)  # fmt: skip
+    resumed, _ = _run(None, resume_dir=first.run_dir)
+    assert resumed.status == "failed"
+    assert "state.pt holds more than tensors and numbers" in (resumed.error or ""), resumed.error
+    assert "resume only run folders you made yourself" in (resumed.error or "")
+    assert "this must never run" not in capsys.readouterr().out
