@@ -50,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from adapter_studio.engine.data.prepare import IGNORE, PreparedData, collate, epoch_batches, prepare_data
+from adapter_studio.engine.data.batches import collate, epoch_batches
+from adapter_studio.engine.data.prepare import PreparedData, prepare_data
+from adapter_studio.engine.data.tokenising import IGNORE
 from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
 from adapter_studio.engine.spec import DataSpec, apply_overrides, parse_spec
 

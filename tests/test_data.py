@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_studio.engine.data.prepare import IGNORE, ChatRenderer, prepare_data
+from adapter_studio.engine.data.prepare import prepare_data
 from adapter_studio.engine.data.preview import length_stats, preview_data, render_tokens
+from adapter_studio.engine.data.rendering import ChatRenderer
 from adapter_studio.engine.data.shapes import Example, detect_format
+from adapter_studio.engine.data.tokenising import IGNORE
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
 
@@ -214,7 +216,7 @@ def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # ty
 
 
 def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import adapter_studio.engine.data.prepare as data_prep
+    import adapter_studio.engine.data.rendering as data_prep
 
     tokenizer = tokenizer_of(tiny_llama)
     tokenizer.chat_template = (
@@ -315,7 +317,7 @@ def test_cache_reopens_instantly_and_notices_changes(tmp_path, tiny_llama, tiny_
 def test_cache_pruning_skips_entries_another_process_renames_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two ranks preparing new data at once: one renames its temporary folder while the other
     prunes the cache (seen as FileNotFoundError in every two-process run on data not yet cached)."""
-    from adapter_studio.engine.data.prepare import _prune_cache
+    from adapter_studio.engine.data.cache import _prune_cache
 
     kept = tmp_path / "kept"
     (kept / "train").mkdir(parents=True)
@@ -330,7 +332,7 @@ def test_cache_pruning_skips_entries_another_process_renames_meanwhile(tmp_path)
 
 
 def test_big_files_stream_in_chunks_with_the_same_result(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import adapter_studio.engine.data.prepare as data_prep
+    import adapter_studio.engine.data.examples as data_prep
 
     tokenizer = tokenizer_of(tiny_llama)
     many = [(f"reverse {i}", str(i)[::-1]) for i in range(5000)]  # more rows than one chunk (2048)

@@ -513,7 +513,8 @@ def test_a_run_takes_the_textbook_steps(tiny_llama: Path, make_spec: Spec, alpac
     """Same init and batches: the engine's trained tensors equal a hand-written loop's (model loss,
     backward, clipping, AdamW, linear schedule). The speed paths must not change the arithmetic."""
     from accelerate.utils import set_seed
-    from adapter_studio.engine.data.prepare import collate, epoch_batches, prepare_data
+    from adapter_studio.engine.data.batches import collate, epoch_batches
+    from adapter_studio.engine.data.prepare import prepare_data
     from adapter_studio.engine.methods import MethodContext
     from adapter_studio.engine.models.info import describe_model
     from adapter_studio.engine.models.loading import load_model

@@ -7,20 +7,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from adapter_studio.engine.data.prepare import (
-    CHAT_FORMATS,
-    ChatRenderer,
-    Progress,
-    TokenizedSet,
-    _render_pairs,
-    batch_tokens,
-    check_some_left,
-    pack_bounds,
-    prepare_data,
-    survey_data,
-    tokenize_rendered,
-)
+from adapter_studio.engine.data.batches import batch_tokens, pack_bounds
+from adapter_studio.engine.data.examples import check_some_left, survey_data
+from adapter_studio.engine.data.prepare import Progress, prepare_data
+from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
+from adapter_studio.engine.data.tokenising import TokenizedSet, tokenize_rendered
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:

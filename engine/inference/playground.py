@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from adapter_studio.engine.data.prepare import ChatRenderer, load_examples, split_examples
+from adapter_studio.engine.data.examples import load_examples, split_examples
+from adapter_studio.engine.data.rendering import ChatRenderer
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ def total_steps_of(run_dir: Path) -> int:
 def load_base(spec: RunSpec) -> tuple[torch.nn.Module, Any, str]:
     """The run's base model and tokenizer in float32 on the CPU, as export and comparison need."""
     import torch
-    from adapter_studio.engine.data.prepare import load_examples
+    from adapter_studio.engine.data.examples import load_examples
     from adapter_studio.engine.data.shapes import label_mapping
     from adapter_studio.engine.models.loading import load_model
 

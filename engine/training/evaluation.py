@@ -6,7 +6,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine.data.prepare import PreparedData, collate
+from adapter_studio.engine.data.batches import collate
+from adapter_studio.engine.data.prepare import PreparedData
 
 if TYPE_CHECKING:
     import torch

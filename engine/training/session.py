@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine.data.prepare import collate, epoch_batches, example_chunks, load_examples, prepare_data
+from adapter_studio.engine.data.batches import collate, epoch_batches
+from adapter_studio.engine.data.examples import example_chunks, load_examples
+from adapter_studio.engine.data.prepare import prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
 from adapter_studio.engine.spec import RunSpec

@@ -1,0 +1,138 @@
+"""The examples of the data files, read and checked a chunk at a time (`example_chunks`), the first
+pass over them that counts them and notes what was dropped and why (`survey_data`, which keeps the
+examples of small files so they are read once), and the seeded held-out split.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from adapter_studio.engine.data.files import RowChunk, iter_chunks
+from adapter_studio.engine.data.shapes import Example, detect_format, resolve_columns, to_examples
+from adapter_studio.engine.errors import UserError
+
+if TYPE_CHECKING:
+    from adapter_studio.engine.spec import DataSpec
+
+HOLD_BYTES = 64 * 2**20  # data files up to this size are read once; larger ones stream twice
+
+
+@dataclass
+class ExampleChunk:
+    format: str
+    mapping: dict[str, str]
+    examples: list[Example]
+    dropped: list[str]
+    rows: RowChunk
+
+
+def example_chunks(
+    spec: DataSpec, path: str | list[str], fmt: str | None = None, progress: Callable[[float], None] | None = None
+) -> Iterator[ExampleChunk]:
+    """The examples of data.path (or another path with the same settings), a chunk at a time."""
+    fmt = fmt or spec.format
+    mapping: dict[str, str] = {}
+    for chunk in iter_chunks(path, progress=progress):
+        if chunk.first_of_file:
+            columns = list(dict.fromkeys(k for row in chunk.rows[:100] for k in row))
+            fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
+            mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
+        assert fmt is not None
+        examples, dropped = to_examples(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
+        yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
+
+
+@dataclass
+class Survey:
+    """What a first pass over the data found: its shape, how many examples, what was dropped and why."""
+
+    format: str
+    columns: dict[str, str]
+    count: int
+    rows: int
+    dropped: list[str]
+    labels: list[tuple[Any, str]]  # classification: (label, where) of every example
+    first_rows: list[dict[str, Any]]
+    first_examples: list[Example]
+    file_columns: list[str]
+    held: list[tuple[str, str, list[Example]]] | None = None  # (file, unit, examples) of a small data set
+
+
+def survey_data(
+    spec: DataSpec,
+    path: str | list[str],
+    fmt: str | None = None,
+    limit: int | None = None,
+    keep: int = 0,
+    progress: Callable[[float], None] | None = None,
+) -> Survey:
+    """Read and check every row (the same UserErrors as training), keeping counts and notes, and the
+    examples themselves when the files are small (so tokenising need not read them again)."""
+    survey = Survey(fmt or "", {}, 0, 0, [], [], [], [], [])
+    for part in example_chunks(spec, path, fmt, progress):
+        if not survey.format or not survey.columns:
+            survey.format, survey.columns = part.format, part.mapping
+            survey.file_columns = list(dict.fromkeys(k for row in part.rows.rows[:100] for k in row))
+            survey.held = [] if part.rows.total_bytes <= HOLD_BYTES else None
+        examples = part.examples if limit is None else part.examples[: limit - survey.count]
+        if survey.held is not None:
+            survey.held.append((part.rows.path, part.rows.unit, examples))
+        survey.count += len(examples)
+        survey.rows += len(part.rows.rows)
+        survey.dropped += part.dropped
+        if part.format == "classification":
+            survey.labels += [(e.label, e.where) for e in examples]
+        if len(survey.first_rows) < keep:
+            survey.first_rows += part.rows.rows[: keep - len(survey.first_rows)]
+            survey.first_examples += examples[: keep - len(survey.first_examples)]
+        if limit is not None and survey.count >= limit:
+            break
+    return survey
+
+
+def load_examples(spec: DataSpec, path: str | list[str]) -> tuple[str, dict[str, str], list[Example], list[str]]:
+    """Every example of `path` in memory: (format, role → column, examples, notes on dropped rows)."""
+    fmt, mapping, examples, dropped = spec.format or "", {}, [], []
+    for part in example_chunks(spec, path):
+        if not mapping:
+            fmt, mapping = part.format, part.mapping
+        examples += part.examples
+        dropped += part.dropped
+    return fmt, mapping, examples, dropped
+
+
+def held_out_mask(count: int, share: float, seed: int) -> np.ndarray:
+    """Which of `count` examples are held out: a seeded shuffle, at least one each side."""
+    mask = np.zeros(count, bool)
+    if share <= 0 or count < 2:
+        return mask
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(count * share)), count - 1)
+    mask[order[:n_eval]] = True
+    return mask
+
+
+def split_examples(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    held = held_out_mask(len(examples), share, seed).tolist()
+    train = [e for e, h in zip(examples, held, strict=True) if not h]
+    return train, [e for e, h in zip(examples, held, strict=True) if h]
+
+
+def check_some_left(survey: Survey, path: str | list[str]) -> None:
+    if survey.count:
+        return
+    reasons = "; ".join(survey.dropped[:3]) + ("; …" if len(survey.dropped) > 3 else "")
+    raise UserError(
+        f"all {survey.rows} rows were dropped, so nothing is left to train on ({reasons})",
+        where=_where(path),
+        fix="fill in the empty fields, or map the right columns in data.columns",
+    )
+
+
+def _where(path: str | list[str]) -> str:
+    return path if isinstance(path, str) else path[0]
