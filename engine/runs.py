@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Eval, Finished, Metrics, Started, iter_events
 
 LOCK = "run.lock"
@@ -20,7 +21,14 @@ def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
     path, n = root / base, 2
     while path.exists():
         path, n = root / f"{base}-{n}", n + 1
-    (path / "checkpoints").mkdir(parents=True)
+    try:
+        (path / "checkpoints").mkdir(parents=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot make the run folder {path}: {e.strerror or e}",
+            where="output_dir",
+            fix="pick a runs folder you can write to (output_dir, or --set output_dir=DIR)",
+        ) from None
     return path
 
 
@@ -54,8 +62,6 @@ class RunLock:
         if self.path.exists():
             pid = read_lock_pid(self.path)
             if pid != os.getpid() and _pid_alive(pid):
-                from adapter_studio.engine.errors import UserError
-
                 raise UserError(
                     f"this run is still being trained by process {pid}",
                     where=str(self.path.parent),

@@ -33,6 +33,12 @@ class ModelSpec(SpecSection):
     trust_remote_code: bool = Field(
         False, description="Run Python code that ships with the model. Only for models you trust."
     )
+    allow_pickle_weights: bool = Field(
+        False,
+        json_schema_extra=ADVANCED,
+        description="Load weights saved as pickles (.bin, .pt), which can run code when loaded. Off: safetensors "
+        "only. Only for models you trust.",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="Where to train: auto picks the GPU when there is one."
     )
@@ -185,7 +191,17 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunS
     path = Path(path)
     if not path.exists():
         raise UserError(f"spec file not found: {path}", fix="check the path")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+            where=f"{path}:{line}",
+            fix="save the spec file as UTF-8",
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read the spec file: {e.strerror or e}", where=str(path)) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

@@ -93,8 +93,17 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
         ([], '{"question": "a", "reply": "b"}\n', "columns found are question, reply"),
         (["--set", "method.r=0"], '{"instruction": "a", "output": "b"}\n', "method.r"),
         (["--set", "method.rr=4"], '{"instruction": "a", "output": "b"}\n', "did you mean r"),
+        (["--set", "output_dir=/proc/nope"], '{"instruction": "a", "output": "b"}\n',
+         "output_dir: cannot make the run folder /proc/nope"),
+        (["--set", "data.columns={instruction: prompt}"], '{"instruction": "a", "output": "b"}\n',
+         "data.columns maps instruction to 'prompt', which this file does not have"),
+        (["--set", "method.target_modules=[nope_proj]"], '{"instruction": "a", "output": "b"}\n',
+         "method.target_modules: this model has no layer named nope_proj — pick from its linear layers: q_proj"),
+        (["--set", "model.source=someorg/not-here"], '{"instruction": "a", "output": "b"}\n',
+         "'someorg/not-here' is not in this machine's Hugging Face cache"),
     ],
-    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key"],
+    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder",
+         "mapped column missing", "unknown target module", "hub id not cached"],
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, expected) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data.jsonl"
@@ -107,6 +116,34 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, e
     assert out.returncode != 0
     assert expected in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_spec_that_is_not_utf8_names_the_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"model: {source: x}\n# caf\xe9\n")
+    out = cli("train", str(spec))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"{spec}:2: not UTF-8 text (byte 0xe9" in out.stderr, out.stderr
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """A model folder whose weights are only a pickle (.bin) loads only with model.allow_pickle_weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_llama, folder)
+    for weights in folder.glob("*.safetensors"):
+        torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
+        weights.unlink()
+    spec = write_spec(tmp_path / "spec.yaml", folder, alpaca_jsonl, tmp_path / "runs", max_steps=1)
+    refused = cli("train", str(spec))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "has its weights only as pickles" in refused.stderr and "allow_pickle_weights" in refused.stderr
+    allowed = cli("train", str(spec), "--set", "model.allow_pickle_weights=true")
+    assert allowed.returncode == 0, allowed.stderr
 
 
 def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -106,6 +106,13 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
         column = _find(columns, role, mapping)
         if column is not None and column in columns:
             resolved[role] = column
+        elif role in REQUIRED[fmt] and role in mapping:  # mapped to a column the file does not have
+            raise UserError(
+                f"data.columns maps {role} to '{mapping[role]}', which this file does not have; "
+                f"its columns are {', '.join(columns)}",
+                where=where,
+                fix=f"map {role} to one of those columns",
+            )
         elif role in REQUIRED[fmt]:
             raise UserError(
                 f"the {fmt} format needs a '{role}' column; the columns found are {', '.join(columns)}",

@@ -100,6 +100,15 @@ class MethodSpec(BaseModel):
                 where="training.gradient_checkpointing",
                 fix="turn gradient checkpointing off, or pick LoRA",
             )
+        targets = getattr(self, "target_modules", None)
+        # peft matches a target by the end of a module's name and fails only deep inside, with the names
+        # it looked for: say here which layer names this model has.
+        if isinstance(targets, list) and targets and info.linear_names and not set(targets) & set(info.linear_names):
+            raise UserError(
+                f"this model has no layer named {', '.join(targets)}",
+                where="method.target_modules",
+                fix=f"pick from its linear layers: {', '.join(info.linear_names)}",
+            )
 
     # --- training ------------------------------------------------------------------------------
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:

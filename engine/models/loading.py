@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.weight_files import check_in_hub_cache, check_safetensors
 from adapter_studio.resources import FOLDER
 
 if TYPE_CHECKING:
@@ -283,6 +284,12 @@ def load_model(
             fix="it can be used to compare costs; to train, pick a model folder, .gguf file or hub id",
         )
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if source.kind == "hub":
+        check_in_hub_cache(source.path)
+        kwargs["local_files_only"] = True  # nothing downloads while training
+    if source.kind in ("folder", "hub") and not spec.allow_pickle_weights:
+        check_safetensors(source)
+        kwargs["use_safetensors"] = True
     if dtype is not None:
         kwargs["dtype"] = dtype
     if source.gguf_file:

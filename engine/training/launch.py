@@ -52,6 +52,9 @@ def launch_command(
     return cmd, env
 
 
+LAUNCHER_LOG = "launcher.log"
+
+
 def check_devices(devices: int, strategy: str) -> None:
     """Refuse, with what to change, a multi-device setup this machine cannot run."""
     import torch
@@ -123,10 +126,30 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    for line in proc.stdout:  # type: ignore[union-attr]
-        print(line, end="", flush=True)
+    # Progress lines are shown as they come; once a process prints a traceback (torch's launcher then adds
+    # its ChildFailedError report), the rest goes only to launcher.log and one error line ends the run.
+    failing: list[str] = []
+    with (run_dir / LAUNCHER_LOG).open("w", encoding="utf-8") as log:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            log.write(line)
+            if failing or line.startswith("Traceback (most recent call last)"):
+                failing.append(line.rstrip())
+            else:
+                print(line, end="", flush=True)
     proc.wait()
     time.sleep(0.1)
     finished = [e for e in EventFollower(run_dir / "events.jsonl").poll() if isinstance(e, Finished)]
     status = finished[-1].status if finished else "failed"
+    if status == "failed":
+        reason = finished[-1].error if finished and finished[-1].error else _last_exception(failing)
+        print(f"error: {reason} (every process's output: {run_dir / LAUNCHER_LOG})", file=sys.stderr, flush=True)
     return {"completed": 0, "cancelled": 130}.get(status, 1)
+
+
+def _last_exception(lines: list[str]) -> str:
+    """The `Type: message` line of the first traceback, or a plain account when there is none."""
+    for line in lines[1:]:
+        if line and not line.startswith((" ", "Traceback")) and ":" in line:
+            return f"a training process failed: {line.strip()[:300]}"
+    return "a training process ended without finishing the run"
+

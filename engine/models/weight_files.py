@@ -1,0 +1,50 @@
+"""Which weight files a model may be loaded from: a hub id only from this machine's cache, and
+safetensors only unless the person allowed pickles (which can run code when loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapter_studio.engine.errors import UserError
+
+if TYPE_CHECKING:
+    from adapter_studio.engine.models.loading import ModelSource
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_in_hub_cache(repo_id: str) -> None:
+    """A hub id names a model already in this machine's Hugging Face cache; say so when it is not."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    if not isinstance(found, str):
+        raise UserError(
+            f"'{repo_id}' is not in this machine's Hugging Face cache, and nothing is downloaded while training",
+            where="model.source",
+            fix=f"download it once (`hf download {repo_id}`, on a machine with internet) or give a model folder",
+        )
+
+
+def check_safetensors(source: ModelSource) -> None:
+    """Refuse a model whose weights exist only as pickles, which can run code when loaded."""
+    if source.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        names = ("model.safetensors", "model.safetensors.index.json")
+        if any(isinstance(try_to_load_from_cache(source.path, n), str) for n in names):
+            return
+        folder = None
+    else:
+        folder = Path(source.path)
+        if any(folder.glob("*.safetensors")):
+            return
+        if not any(p for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)):
+            return  # no weights at all: transformers says so
+    raise UserError(
+        f"{folder or source.path} has its weights only as pickles (.bin/.pt), which can run code when loaded",
+        where="model.source",
+        fix="use a copy saved as safetensors, or tick 'allow pickle weights' (model.allow_pickle_weights: true) "
+        "for a model you trust",
+    )
