@@ -9,7 +9,9 @@ so after any crash a path holds either its old content or its complete new conte
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,3 +69,17 @@ def write_text(path: Path, text: str) -> None:
             os.unlink(name)
         raise
     fsync_path(path.parent)
+
+
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", getattr(errno, "EDQUOT", 122): "the disk quota is used up",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def os_error_code(error: BaseException) -> int | None:
+    """The errno behind a failed write: an OSError's own, or the `(os error N)` that safetensors' Rust
+    writer puts in its SafetensorError (a full disk there is not an OSError)."""
+    if isinstance(error, OSError):
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found and type(error).__name__ == "SafetensorError" else None

@@ -131,6 +131,8 @@ class EventLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8")
+        if _ends_mid_line(path):  # a line cut short by a crash: the next event starts a line of its own
+            self._file.write("\n")
 
     def write(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
@@ -138,6 +140,14 @@ class EventLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def iter_events(path: Path) -> Iterator[Event]:

@@ -78,8 +78,10 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         durable.fsync_tree(tmp)
         tmp.rename(out)  # never replaces: the target must not exist
         durable.fsync_path(out.parent)
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if durable.os_error_code(e) is None:  # safetensors reports a full disk as SafetensorError (os error 28)
+            raise
         raise UserError(_os_reason(e, out), where=str(out), fix="pick another folder or free some space") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,12 +105,13 @@ def _check_writable(folder: Path) -> None:
         )
 
 
-def _os_reason(error: OSError, out: Path) -> str:
-    if error.errno == errno.ENOSPC:
+def _os_reason(error: Exception, out: Path) -> str:
+    code = durable.os_error_code(error)
+    if code == errno.ENOSPC:
         return f"the disk is full while writing {out}; nothing was left behind"
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write to {out.parent}: permission denied; nothing was left behind"
-    return f"writing {out} failed ({error.strerror or error}); nothing was left behind"
+    return f"writing {out} failed ({getattr(error, 'strerror', None) or error}); nothing was left behind"
 
 
 def _write_adapter(trained: TrainedModel, folder: Path) -> None:

@@ -51,13 +51,49 @@ def save_checkpoint(
     """Write a checkpoint atomically and durably (temp folder, flushed, renamed) and prune old ones.
 
     `tensors` replaces the model's trainable tensors (a sharded run passes them gathered); with
-    `optimizer` None the checkpoint holds no optimizer state and a resume starts AdamW afresh."""
-    import torch
-    from safetensors.torch import save_file
-
+    `optimizer` None the checkpoint holds no optimizer state and a resume starts AdamW afresh. A full,
+    read-only or forbidden disk is a UserError that says where and how to go on; nothing is left behind."""
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, model, optimizer, scheduler, step, extra, tensors)
+        durable.replace_folder(tmp, final)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # never a half-written checkpoint beside the good ones
+        raise _disk_error(e, f"the checkpoint of step {step}", folder) from None
+    for old in list_checkpoints(folder)[:-KEEP_LAST]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _disk_error(error: Exception, what: str, folder: Path) -> Exception:
+    """A write that failed for want of space or permission as a UserError saying where and what to do;
+    any other error as it is."""
+    code = durable.os_error_code(error)
+    if code not in durable.DISK_ERRORS:
+        return error
+    kept = latest_checkpoint(folder)
+    return UserError(
+        f"{durable.DISK_ERRORS[code]}: could not write {what} in {folder}",
+        where="checkpoints",
+        fix=("free space on that disk (or make it writable), then resume: adapter-studio train --resume "
+             f"{folder.parent}" + (f" continues from {kept.name}, which is intact" if kept else "")),
+    )
+
+
+def _write(
+    tmp: Path,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None,
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
     tmp.mkdir(parents=True)
     save_file(trainable_state(model) if tensors is None else tensors, str(tmp / WEIGHTS))
     optimizer_json = None
@@ -78,10 +114,6 @@ def save_checkpoint(
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())},
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1, default=_json_value))  # last: marks it complete
-    durable.replace_folder(tmp, final)
-    for old in list_checkpoints(folder)[:-KEEP_LAST]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -165,8 +197,12 @@ def copy_as_best(checkpoint: Path, folder: Path) -> Path:
     best = folder / "best"
     tmp = folder / ".tmp-best"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp)
-    durable.replace_folder(tmp, best)
+    try:
+        shutil.copytree(checkpoint, tmp)
+        durable.replace_folder(tmp, best)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_error(e, "the best checkpoint", folder) from None
     return best
 
 

@@ -60,9 +60,19 @@ def run(
         folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
     main_process = process_rank() == 0
     lock = RunLock(folder)
-    log = EventLog(folder / "events.jsonl") if main_process else None
+    log = None
     if main_process:
-        lock.acquire()
+        lock.acquire()  # before anything is written: a run another process trains is left as it is
+        try:
+            log = EventLog(folder / "events.jsonl")
+            if not (folder / "spec.yaml").exists():  # as given until the session saves it resolved, so that
+                spec.save(folder / "spec.yaml")  # a run killed while its model loads can still be resumed
+        except OSError as e:
+            if log is not None:
+                log.close()
+            lock.release()
+            raise UserError(f"cannot write to the run folder {folder}: {e.strerror or e}", where="output_dir",
+                            fix="pick a runs folder you can write to, or free space on its disk") from None
 
     board = None
     if main_process and spec.training.tensorboard:

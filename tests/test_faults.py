@@ -1,0 +1,339 @@
+"""The fault matrix (issue 20): each fault ends in a clear message, leaves the run folder consistent and
+loses no completed work.
+
+| fault | how it is made here |
+|---|---|
+| kill -9 at random moments, and inside a checkpoint write | `adapter-studio train` as a subprocess, SIGKILL |
+| disk full / read-only / forbidden while saving or exporting | the write raises as the real one does |
+| the runs folder read-only | chmod, or (as root, whom chmod does not stop) a read-only tmpfs |
+| the data file changed or deleted before a resume | the file is rewritten or removed |
+| two runs on one runs folder at once; a resume of a live run | two processes; the engine's lock |
+| several processes on one run | `--devices 2` with every process's writes audited |
+| out of memory mid-run | the loss raises torch.OutOfMemoryError at a step |
+| a fuzzed spec file | hypothesis: only UserError, naming the field |
+
+The expensive variants (20 kill moments, three multi-process runs) are marked slow; each kind has a fast
+representative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Event, Log
+from adapter_studio.engine.training import checkpoints
+from adapter_studio.engine.training.run import RunResult, run
+
+CLI = [sys.executable, "-m", "adapter_studio.cli"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "QT_QPA_PLATFORM": "offscreen", "OMP_NUM_THREADS": "1"}
+STEPS, SAVE_EVERY = 30, 5
+TRAINING = {"max_steps": STEPS, "batch_size": 4, "save_every": SAVE_EVERY, "eval_samples": 0,
+            "precision": "float32", "learning_rate": 1e-2, "seed": 3, "compile": "off"}  # fmt: skip
+LEFTOVERS = (".tmp-", ".old-", ".partial-")
+
+
+def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env or ENV)
+
+
+def spec_dict(model: Path, data: Path, runs: Path, **training: Any) -> dict[str, Any]:
+    return {"model": {"source": str(model)}, "data": {"path": str(data), "max_length": 64, "eval_split": 0},
+            "method": {"name": "lora"}, "training": {**TRAINING, **training}, "output_dir": str(runs)}  # fmt: skip
+
+
+def write_spec(path: Path, model: Path, data: Path, runs: Path, **training: Any) -> Path:
+    path.write_text(json.dumps(spec_dict(model, data, runs, **training)))  # JSON is YAML
+    return path
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """The loss of each step; where a resume trained a step again, its later value."""
+    return {e["step"]: e["loss"] for e in events(run_dir) if e["type"] == "metrics"}
+
+
+def only_run(runs: Path) -> Path:
+    (found,) = [p for p in runs.iterdir() if p.is_dir()]
+    return found
+
+
+def assert_consistent(run_dir: Path, status: str = "completed") -> None:
+    """Whole files only: no temporary or half-replaced folder, every checkpoint verifies, every line of
+    the log is JSON and it ends with one `finished` of `status`, and no lock is left."""
+    stray = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.name.startswith(LEFTOVERS)]
+    assert not stray, stray
+    for checkpoint in [*checkpoints.list_checkpoints(run_dir / "checkpoints"), run_dir / "checkpoints" / "best"]:
+        if checkpoint.exists():
+            assert checkpoints.problem(checkpoint) is None, checkpoint
+    log = events(run_dir)  # raises on a line that is not JSON
+    assert log[-1]["type"] == "finished" and log[-1]["status"] == status, log[-1]
+    assert not (run_dir / "run.lock").exists()
+
+
+def assert_same_curve(run_dir: Path, reference: dict[int, float]) -> None:
+    got = losses_by_step(run_dir)
+    assert sorted(got) == sorted(reference), sorted(set(reference) ^ set(got))
+    worst = max(abs(got[s] - reference[s]) for s in reference)
+    assert worst < 1e-3, (worst, got, reference)
+
+
+def in_process(spec: Any, **kwargs: Any) -> tuple[RunResult, list[Event]]:
+    seen: list[Event] = []
+    return run(spec, seen.append, **kwargs), seen
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama: Path, alpaca_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """The loss curve of the spec below trained without a break (in this process: the same engine)."""
+    from adapter_studio.engine.spec import parse_spec
+
+    runs = tmp_path_factory.mktemp("reference")
+    result, _ = in_process(parse_spec(spec_dict(tiny_llama, alpaca_jsonl, runs)))
+    assert result.status == "completed", result.error
+    return losses_by_step(result.run_dir)
+
+
+# --- 1. kill -9 ------------------------------------------------------------------------------------
+
+# Runs the CLI with a fault at an exact point of the checkpoint of step FAULT_STEP, in the test's process
+# only (the engine has no fault hooks): `mid-file` writes half of the optimizer file and dies; `before-rename`
+# dies with the checkpoint complete in its temporary folder, before it is renamed into place.
+FAULTY_CLI = textwrap.dedent("""
+    import os, signal, sys
+    import safetensors.torch as st
+    from adapter_studio.engine import durable
+    where, step = os.environ.pop("FAULT_WHERE"), int(os.environ.pop("FAULT_STEP"))
+    name = f"step-{step:07d}"
+    real_save, real_replace = st.save_file, durable.replace_folder
+    def save_file(tensors, filename, metadata=None):
+        if where == "mid-file" and name in filename and filename.endswith("optimizer.safetensors"):
+            data = st.save(tensors, metadata=metadata)
+            with open(filename, "wb") as f:
+                f.write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(tensors, filename, metadata)
+    def replace_folder(tmp, final):
+        if where == "before-rename" and final.name == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(tmp, final)
+    st.save_file, durable.replace_folder = save_file, replace_folder
+    from adapter_studio.cli import main
+    sys.exit(main())
+""")
+
+
+def kill(target: Path, runs: Path, moment: tuple[Any, ...]) -> None:
+    """Start `adapter-studio train SPEC` (or `--resume RUN_DIR`) and SIGKILL it at `moment`.
+
+    Moments: ("loading", delay) after the run starts loading its model; ("step", k, delay) after step k
+    is printed (a checkpoint is written right after every SAVE_EVERY-th); ("fault", where, k) inside
+    the checkpoint of step k (FAULTY_CLI)."""
+    args = ["train", "--resume", str(target)] if target.is_dir() else ["train", str(target)]
+    out_path = runs.parent / f"{runs.name}.out"
+    with out_path.open("w") as out:
+        if moment[0] == "fault":
+            env = {**ENV, "FAULT_WHERE": moment[1], "FAULT_STEP": str(moment[2])}
+            command = [sys.executable, "-c", FAULTY_CLI, *args]
+        else:
+            env, command = ENV, [*CLI, *args]
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)  # fmt: skip
+        try:
+            if moment[0] != "fault":
+                marker = "[loading model]" if moment[0] == "loading" else f"step {moment[1]} "
+                deadline = time.time() + 120
+                while time.time() < deadline and proc.poll() is None:
+                    if any(line.startswith(marker) for line in out_path.read_text().splitlines()):
+                        break
+                    time.sleep(0.002)
+                time.sleep(moment[-1])
+                proc.kill()
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, out_path.read_text()[-2000:])
+
+
+def resume_to_the_end(run_dir: Path, reference: dict[int, float]) -> None:
+    resumed = cli("train", "--resume", str(run_dir))
+    left = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert resumed.returncode == 0, (left, resumed.stderr[-2000:])
+    assert "Traceback" not in resumed.stderr
+    assert_consistent(run_dir)
+    assert_same_curve(run_dir, reference)
+
+
+def test_kill_9_between_steps_then_inside_a_checkpoint_of_the_resume(
+    tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path, reference: dict[int, float]
+) -> None:
+    """Two kills of one run: after step 7 is printed, then (resumed) halfway through writing the optimizer
+    file of step 15's checkpoint. The second resume finishes with the unbroken run's curve."""
+    runs = tmp_path / "runs"
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, runs)
+    kill(spec, runs, ("step", 7, 0.0))
+    run_dir = only_run(runs)
+    kill(run_dir, runs, ("fault", "mid-file", 15))
+    assert (run_dir / "checkpoints" / ".tmp-step-0000015").is_dir()  # what the second kill cut short
+    resume_to_the_end(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_kill_9_at_twenty_moments(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path,
+                                  reference: dict[int, float]) -> None:  # fmt: skip
+    rng = random.Random(20)
+    moments: list[tuple[Any, ...]] = [("fault", "mid-file", 15), ("fault", "before-rename", 20),
+                                      ("fault", "before-rename", STEPS), ("loading", 0.0)]  # fmt: skip
+    moments += [("loading", round(rng.uniform(0.0, 1.5), 3)) for _ in range(3)]
+    moments += [("step", rng.randint(1, STEPS), round(rng.uniform(0.0, 0.03), 4)) for _ in range(13)]
+    assert len(moments) == 20
+    for i, moment in enumerate(moments):
+        runs = tmp_path / f"runs-{i}"
+        kill(write_spec(tmp_path / f"spec-{i}.yaml", tiny_llama, alpaca_jsonl, runs), runs, moment)
+        resume_to_the_end(only_run(runs), reference)
+
+
+def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_event(tmp_path: Path) -> None:
+    from adapter_studio.engine.events import EventLog, read_events
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type": "log", "time": 1, "level": "info", "message": "whole"}\n{"type": "metr')
+    log = EventLog(path)
+    log.write(Log(level="info", message="after the crash"))
+    log.close()
+    assert [e.message for e in read_events(path) if isinstance(e, Log)] == ["whole", "after the crash"]
+
+
+# --- 2. disk full, read-only, forbidden while writing -------------------------------------------------
+
+
+def safetensors_error(code: int) -> Exception:
+    """What safetensors' writer raises when the disk refuses (it is not an OSError)."""
+    from safetensors import SafetensorError
+
+    return SafetensorError(f"Error while serializing: I/O error: {os.strerror(code)} (os error {code})")
+
+
+@pytest.mark.parametrize(
+    ("code", "raised_by", "said"),
+    [(errno.ENOSPC, "safetensors", "the disk is full"), (errno.ENOSPC, "os", "the disk is full"),
+     (errno.EROFS, "os", "read-only")],
+    ids=["disk full in safetensors", "disk full in state.json", "read-only"],
+)  # fmt: skip
+def test_a_checkpoint_the_disk_refuses_fails_the_run_and_keeps_the_last(
+    code: int, raised_by: str, said: str, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import safetensors.torch
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=12, save_every=4, seed=3, eval_samples=0)
+    real_save, real_write = safetensors.torch.save_file, Path.write_text
+
+    def save_file(tensors: Any, filename: str, metadata: Any = None) -> None:
+        if "step-0000008" in filename and raised_by == "safetensors":
+            Path(filename).write_bytes(b"half")
+            raise safetensors_error(code)
+        real_save(tensors, filename, metadata)
+
+    def write_text(self: Path, *args: Any, **kwargs: Any) -> int:
+        if "step-0000008" in str(self) and raised_by == "os":
+            real_write(self, "{")
+            raise OSError(code, os.strerror(code), str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    result, seen = in_process(spec)
+    assert result.status == "failed" and result.step == 8
+    folder = result.run_dir / "checkpoints"
+    assert said in result.error and str(folder) in result.error, result.error
+    assert "--resume" in result.error and "step-0000004, which is intact" in result.error, result.error
+    assert [p.name for p in checkpoints.list_checkpoints(folder)] == ["step-0000004"]
+    assert_consistent(result.run_dir, "failed")
+    monkeypatch.undo()
+    resumed, seen = in_process(None, resume_dir=result.run_dir)
+    assert resumed.status == "completed" and resumed.step == 12, resumed.error
+    assert any(isinstance(e, Log) and "resumed from step-0000004" in e.message for e in seen)
+    assert_consistent(result.run_dir)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llama: Path, alpaca_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from adapter_studio.engine.spec import parse_spec
+
+    runs = tmp_path_factory.mktemp("trained")
+    result, _ = in_process(parse_spec(spec_dict(tiny_llama, alpaca_jsonl, runs, max_steps=2)))
+    assert result.status == "completed", result.error
+    return result.run_dir
+
+
+@pytest.mark.parametrize("kind", ["adapter", "merged"])
+def test_an_export_onto_a_full_disk_refuses_in_one_line_and_leaves_nothing(
+    kind: str, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import peft.peft_model
+    import safetensors.torch
+    import transformers.modeling_utils
+    from adapter_studio.engine.export.run_export import export_run
+
+    def full(tensors: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        Path(filename).write_bytes(b"half")
+        raise safetensors_error(errno.ENOSPC)
+
+    for module in (safetensors.torch, peft.peft_model, transformers.modeling_utils):  # each imported it by name
+        name = "save_file" if module is safetensors.torch else "safe_save_file"
+        monkeypatch.setattr(module, name, full)
+    target = tmp_path / "out" / "export"
+    with pytest.raises(UserError) as info:
+        export_run(trained_run, kind, target)
+    message = info.value.message
+    assert "\n" not in message and "the disk is full" in message and str(target) in message, message
+    assert list((tmp_path / "out").iterdir()) == []  # no target, no partial folder
+
+
+def can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A small RAM file system at `folder` (root only; skips where mounting is not allowed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.skipif(not can_mount(), reason="a real full disk needs a tmpfs, which only root can mount")
+def test_an_export_onto_a_really_full_disk_refuses_and_leaves_nothing(trained_run: Path, tmp_path: Path) -> None:
+    from adapter_studio.engine.export.run_export import export_run
+
+    with tmpfs(tmp_path / "small", "16k") as small:
+        with pytest.raises(UserError) as info:
+            export_run(trained_run, "adapter", small / "adapter")
+        assert "\n" not in info.value.message and "the disk is full" in info.value.message, info.value.message
+        assert list(small.iterdir()) == []
