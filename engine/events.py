@@ -80,6 +80,20 @@ class Log(Event):
 
 
 @dataclass(frozen=True)
+class LrFinder(Event):
+    """The learning-rate finder's range test (training.learning_rate: auto): the loss at each rate it
+    tried, smoothed (`losses`) and as measured (`raw_losses`), the rate it picked and why."""
+
+    type: ClassVar[str] = "lr_finder"
+    rates: list[float]
+    losses: list[float]
+    chosen: float
+    reason: str
+    raw_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Checkpoint(Event):
     type: ClassVar[str] = "checkpoint"
     step: int
@@ -106,7 +120,7 @@ class Finished(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Started, Stage, Metrics, Eval, Log, Checkpoint, Export, Finished)
+    cls.type: cls for cls in (Started, Stage, Metrics, Eval, Log, LrFinder, Checkpoint, Export, Finished)
 }
 
 Emit = Callable[[Event], None]

@@ -9,6 +9,7 @@ run holds every value it used.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -80,7 +81,12 @@ class TrainingSpec(SpecSection):
     gradient_accumulation: int = Field(
         1, ge=1, le=1024, json_schema_extra=ADVANCED, description="Micro-batches summed before each step."
     )
-    learning_rate: float | None = Field(None, gt=0, le=10.0, description="Peak learning rate (method default).")
+    learning_rate: Annotated[float, Field(gt=0, le=10.0)] | Literal["auto"] | None = Field(
+        None,
+        json_schema_extra={"choice_labels": {"auto": "find automatically"}},
+        description="Peak learning rate (empty: the method's default; auto: found by a short range test on your "
+        "own data before training, and saved with the run).",
+    )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, json_schema_extra=ADVANCED, description="AdamW weight decay.")
     scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", json_schema_extra=ADVANCED, description="Learning-rate schedule."
@@ -246,8 +252,12 @@ def parse_spec(data: dict[str, Any], origin: str = "spec", text: str | None = No
         raise _explain(e, data, origin, text) from None
 
 
+_UNION_MEMBER = re.compile(r"(constrained-)?(float|int|str|bool)|literal\[.*\]|(list|dict)\[.*\]")
+
+
 def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
-    parts = [str(p) for p in loc]
+    # A union field puts the member that failed in the location (learning_rate.constrained-float): drop it.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.fullmatch(p))]
     # A discriminated union puts the tag in the location: method.<tag>.field → method.field.
     if len(parts) >= 2 and parts[0] == "method" and parts[1] in METHODS:
         parts = [parts[0], *parts[2:]]
@@ -286,7 +296,10 @@ def _explain(error: ValidationError, data: dict[str, Any], origin: str, text: st
         fix = f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
         return UserError(f"unknown method '{bad}'", where=f"{where} (method.name)", fix=fix)
     got = first.get("input")
-    return UserError(f"{dotted}: {first['msg'].lower()} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
+    # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
+    wanted = [e["msg"].lower() for e in error.errors() if _field_path(e["loc"], data) == path]
+    what = " or ".join(dict.fromkeys(wanted))
+    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
 
 
 def _line_of(text: str, path: list[str]) -> int | None:

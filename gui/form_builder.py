@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -32,10 +32,10 @@ AUTO = "auto"
 INT_MAX = 2**31 - 1
 
 
-def _bounds(info: FieldInfo) -> tuple[float | None, float | None, bool, bool]:
+def _bounds(metadata: list[Any]) -> tuple[float | None, float | None, bool, bool]:
     low = high = None
     low_open = high_open = False
-    for m in info.metadata:
+    for m in metadata:
         if isinstance(m, annotated_types.Ge):
             low = m.ge
         elif isinstance(m, annotated_types.Gt):
@@ -54,6 +54,27 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
         if len(args) == 1 and len(get_args(annotation)) == 2:
             return args[0], True
     return annotation, False
+
+
+def _number_or_words(annotation: Any) -> tuple[type | None, list[Any], list[str]]:
+    """`Annotated[float, Field(gt=0)] | Literal["auto"] | None` → (float, its constraints, ["auto"]);
+    (None, [], []) for any other annotation."""
+    if get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None, [], []
+    numbers, metadata, words = [], [], []
+    for arg in get_args(annotation):
+        if arg is type(None):
+            continue
+        if get_origin(arg) is Literal and all(isinstance(a, str) for a in get_args(arg)):
+            words += get_args(arg)
+            continue
+        base, *extra = get_args(arg) if get_origin(arg) is Annotated else (arg,)
+        if base not in (int, float):
+            return None, [], []
+        numbers.append(base)
+        for item in extra:
+            metadata += item.metadata if isinstance(item, FieldInfo) else [item]
+    return (numbers[0], metadata, words) if len(numbers) == 1 and words else (None, [], [])
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -120,6 +141,52 @@ class TargetsEditor(QWidget):
         return ticked or None
 
 
+class NumberOrWord(QWidget):
+    """A number field that also takes words (learning_rate: a rate, or "auto"): the number's spin box
+    with a check box per word beside it; a ticked word disables the spin box and is the value."""
+
+    changed = Signal()
+
+    def __init__(self, spin: QWidget, getter: typing.Callable[[], Any], setter: typing.Callable[[Any], None],
+                 labels: dict[str, str]) -> None:
+        super().__init__()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.spin, self._number, self._set_number = spin, getter, setter
+        layout.addWidget(spin, 1)
+        self.words: dict[str, QCheckBox] = {}
+        for word, label in labels.items():
+            box = QCheckBox(label)
+            box.setObjectName(f"word_{word}")
+            box.toggled.connect(lambda on, w=word: self._ticked(w, on))
+            layout.addWidget(box)
+            self.words[word] = box
+        spin.valueChanged.connect(lambda _v: self.changed.emit())  # type: ignore[attr-defined]
+
+    def _ticked(self, word: str, on: bool) -> None:
+        for other, box in self.words.items():  # one word at a time
+            if on and other != word:
+                box.blockSignals(True)
+                box.setChecked(False)
+                box.blockSignals(False)
+        self.spin.setEnabled(self.value() not in self.words)
+        self.changed.emit()
+
+    def value(self) -> Any:
+        return next((word for word, box in self.words.items() if box.isChecked()), None) or self._number()
+
+    def set_value(self, value: Any) -> None:
+        for child in (self.spin, *self.words.values()):
+            child.blockSignals(True)
+        for word, box in self.words.items():
+            box.setChecked(value == word)
+        if value not in self.words:
+            self._set_number(value)
+        self.spin.setEnabled(value not in self.words)
+        for child in (self.spin, *self.words.values()):
+            child.blockSignals(False)
+
+
 class SpecForm(QWidget):
     """A form for one pydantic model class. `changed` fires with the new values as they are edited;
     spin boxes refuse values outside the declared bounds as they are typed."""
@@ -177,7 +244,16 @@ class SpecForm(QWidget):
         self, name: str, info: FieldInfo, module_names: list[str], presets: dict[str, list[str]]
     ) -> QWidget | None:
         annotation, optional = _unwrap_optional(info.annotation)
-        low, high, low_open, high_open = _bounds(info)
+        low, high, low_open, high_open = _bounds(info.metadata)
+        number, metadata, words = _number_or_words(info.annotation)
+        if number is float:  # empty means the default here: "auto" is one of the words
+            spin, getter, setter = self._float_spin(name, info, metadata, type(None) in get_args(info.annotation),
+                                                    "default")
+            labels = _extra(info).get("choice_labels", {})
+            both = NumberOrWord(spin, getter, setter, {w: labels.get(w, w) for w in words})
+            both.changed.connect(self._emit)
+            self.getters[name], self.setters[name] = both.value, both.set_value
+            return both
         if _extra(info).get("widget") == "targets":
             editor = TargetsEditor(module_names, presets)
             editor.changed.connect(self._emit)
@@ -210,21 +286,7 @@ class SpecForm(QWidget):
             spin.valueChanged.connect(self._emit)
             return spin
         if annotation is float:
-            spin = QDoubleSpinBox()
-            small = info.default is None or (isinstance(info.default, float) and 0 < info.default < 0.01)
-            spin.setDecimals(6 if small or "learning" in name else 3)
-            spin.setSingleStep(1e-4 if small or "learning" in name else 0.05)
-            step = 10 ** -spin.decimals()
-            lo = float(low if low is not None else 0.0) + (step if low_open else 0.0)
-            hi = float(high if high is not None else 1e9) - (step if high_open else 0.0)
-            if optional:
-                spin.setRange(lo - step, hi)
-                spin.setSpecialValueText(AUTO)
-                self.getters[name] = lambda s=spin, m=lo - step: None if s.value() <= m else s.value()
-                self.setters[name] = lambda v, s=spin, m=lo - step: s.setValue(m if v is None else float(v))
-            else:
-                spin.setRange(lo, hi)
-                self.getters[name], self.setters[name] = spin.value, lambda v, s=spin: s.setValue(float(v))
+            spin, self.getters[name], self.setters[name] = self._float_spin(name, info, info.metadata, optional, AUTO)
             spin.valueChanged.connect(self._emit)
             return spin
         if annotation is str:
@@ -238,6 +300,30 @@ class SpecForm(QWidget):
             self.setters[name] = lambda v, e=edit: e.setText("" if v is None else str(v))
             return edit
         return None  # dicts and unions (paths, column maps) have pages of their own
+
+    def _float_spin(
+        self, name: str, info: FieldInfo, metadata: list[Any], optional: bool, none_text: str
+    ) -> tuple[QDoubleSpinBox, typing.Callable[[], Any], typing.Callable[[Any], None]]:
+        """A spin box for a float within its declared bounds, with its getter and setter; an optional
+        one shows None as `none_text` at its minimum."""
+        low, high, low_open, high_open = _bounds(metadata)
+        spin = QDoubleSpinBox()
+        small = info.default is None or (isinstance(info.default, float) and 0 < info.default < 0.01)
+        spin.setDecimals(6 if small or "learning" in name else 3)
+        spin.setSingleStep(1e-4 if small or "learning" in name else 0.05)
+        step = 10 ** -spin.decimals()
+        lo = float(low if low is not None else 0.0) + (step if low_open else 0.0)
+        hi = float(high if high is not None else 1e9) - (step if high_open else 0.0)
+        if not optional:
+            spin.setRange(lo, hi)
+            return spin, spin.value, lambda v, s=spin: s.setValue(float(v))
+        spin.setRange(lo - step, hi)
+        spin.setSpecialValueText(none_text)
+        return (
+            spin,
+            lambda s=spin, m=lo - step: None if s.value() <= m else s.value(),
+            lambda v, s=spin, m=lo - step: s.setValue(m if v is None else float(v)),
+        )
 
     def values(self) -> dict[str, Any]:
         return {name: getter() for name, getter in self.getters.items()}

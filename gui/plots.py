@@ -76,3 +76,36 @@ class LivePlot(pg.PlotWidget):
 def ema(previous: float | None, value: float, weight: float) -> float:
     """Exponential moving average used for the smoothed loss (weight 0 = raw)."""
     return value if previous is None else weight * previous + (1 - weight) * value
+
+
+class RangeTestPlot(LivePlot):
+    """The learning-rate finder's range test: loss against rate on a log axis (each step as a point, the
+    smoothed curve as a line), the rate it picked as a vertical line."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Learning-rate finder", "loss", parent)
+        self.setLabel("bottom", "learning rate")
+        self.setLogMode(x=True, y=False)
+        self.getAxis("bottom").enableAutoSIPrefix(False)  # rates read as 1e-4, not "0.1 (x0.001)"
+        # Items other than curves are placed in view coordinates: log10 of the rate on this axis.
+        self.chosen_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#d62728", width=2))
+        self.chosen_line.setVisible(False)
+        self.addItem(self.chosen_line)
+        self.chosen: float | None = None
+
+    def show_test(self, rates: list[float], raw: list[float], smoothed: list[float], chosen: float) -> None:
+        self.clear_data()
+        self.ensure("loss at each step", symbol="o")
+        self.ensure("smoothed")
+        for rate, loss, line in zip(rates, raw or smoothed, smoothed, strict=False):
+            self.add("loss at each step", rate, loss)
+            self.add("smoothed", rate, line)
+        self.refresh()
+        self.chosen = chosen
+        self.chosen_line.setPos(float(np.log10(chosen)))
+        self.chosen_line.setVisible(True)
+
+    def clear_data(self) -> None:
+        super().clear_data()
+        self.chosen = None
+        self.chosen_line.setVisible(False)

@@ -37,6 +37,7 @@ from adapter_studio.engine.training.devices import (
 from adapter_studio.engine.training.evaluation import evaluate
 from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failure
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
+from adapter_studio.engine.training.lr_finder import AUTO, find_learning_rate, keep_found_rate
 from adapter_studio.engine.training.optimizers import build_optimizer, build_scheduler
 from adapter_studio.engine.training.speed import SpeedOptions
 
@@ -150,6 +151,8 @@ class TrainingSession:
         model.config.use_cache = False
         info = describe_model(model)
         spec = resolve_spec(spec, info, model.config, task)
+        if self.resume:  # an `auto` run trains on with the rate its range test picked
+            spec = keep_found_rate(spec, self.run_dir)
         spec.method.check(info, spec.training)
         if process_rank() == 0:
             spec.save(self.run_dir / "spec.yaml")
@@ -194,7 +197,7 @@ class TrainingSession:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise UserError(f"{spec.method.title} left nothing to train on this model", where="method")
-        lr = t.learning_rate or spec.method.default_lr
+        lr = spec.method.default_lr if t.learning_rate in (None, AUTO) else t.learning_rate  # auto: remade later
         optimizer = spec.method.build_optimizer(model, lr, t.weight_decay) or build_optimizer(
             t.optimizer, trainable, lr, t
         )
@@ -272,6 +275,8 @@ class TrainingSession:
             f"training {self.trainable_params:,} of {self.total_params:,} parameters "
             f"({100 * self.trainable_params / self.total_params:.3f}%) on {self.device_name}, {self.precision}"
         )
+        if t.learning_rate == AUTO:  # the range test; then training exactly as if given the rate it picked
+            t = find_learning_rate(self)
         compiling = t.compile == "on"
         if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
             self.stage("compiling", compiled_step.COMPILING)

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFinder, Metrics, Stage, Started
 from adapter_studio.gui.pages.base import Page
-from adapter_studio.gui.plots import LivePlot, ema
+from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.worker import TrainingController
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -22,8 +22,11 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
+FINDER_HINT = "With the learning rate set to auto, a short range test finds it before training; its curve shows here."
 STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "failed": "#c00"}
 
 
@@ -120,6 +123,18 @@ class TrainPage(Page):
             (self.quality_plot, "Accuracy / exact match"),
         ):
             self.more.addTab(plot, name)
+        # The range test of `learning_rate: auto`: its curve, and the rate picked with the reason.
+        self.finder_tab = QWidget()
+        finder_layout = QVBoxLayout(self.finder_tab)
+        finder_layout.setContentsMargins(0, 0, 0, 0)
+        self.finder_plot = RangeTestPlot()
+        self.finder_plot.setObjectName("lrFinderPlot")
+        self.finder_label = QLabel(FINDER_HINT)
+        self.finder_label.setObjectName("lrFinderReason")
+        self.finder_label.setWordWrap(True)
+        finder_layout.addWidget(self.finder_plot, 1)
+        finder_layout.addWidget(self.finder_label)
+        self.more.addTab(self.finder_tab, "Learning-rate finder")
         plots.addWidget(self.more)
         split.addWidget(plots)
         self.log = QPlainTextEdit()
@@ -207,7 +222,7 @@ class TrainPage(Page):
         """Show the curve so far, so a resumed run continues where it left off."""
         from adapter_studio.engine.events import read_events
 
-        seen = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, (Metrics, Eval))]
+        seen = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, (Metrics, Eval, LrFinder))]
         self.on_events(seen)
 
     def stop(self) -> None:
@@ -226,6 +241,8 @@ class TrainPage(Page):
         self.run_dir = None
         for plot in self.plots.values():
             plot.clear_data()
+        self.finder_plot.clear_data()
+        self.finder_label.setText(FINDER_HINT)
         self.log.clear()
         self.progress.setValue(0)
 
@@ -264,6 +281,10 @@ class TrainPage(Page):
         elif isinstance(event, Log) and event.level != "debug":
             prefix = "" if event.level == "info" else f"{event.level.upper()}: "
             self.log.appendPlainText(prefix + event.message)
+        elif isinstance(event, LrFinder):
+            self.finder_plot.show_test(event.rates, event.raw_losses, event.losses, event.chosen)
+            self.finder_label.setText(f"<b>learning rate {event.chosen:.2g}</b>: {event.reason}")
+            self.more.setCurrentWidget(self.finder_tab)
         elif isinstance(event, Checkpoint):
             self.log.appendPlainText(f"checkpoint at step {event.step}: {event.path}")
         elif isinstance(event, Finished):
