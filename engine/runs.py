@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -12,6 +13,11 @@ import yaml
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Eval, Finished, Metrics, Started, iter_events
 
+try:
+    import fcntl
+except ImportError:  # Windows: a run lock is its pid alone
+    fcntl = None  # type: ignore[assignment]
+
 LOCK = "run.lock"
 
 
@@ -19,10 +25,15 @@ def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
     root = Path(output_dir).expanduser()
     base = name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = root / base, 2
-    while path.exists():
-        path, n = root / f"{base}-{n}", n + 1
     try:
-        (path / "checkpoints").mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                path.mkdir()  # claims the name: two runs started in the same second get two folders
+                break
+            except FileExistsError:
+                path, n = root / f"{base}-{n}", n + 1
+        (path / "checkpoints").mkdir()
     except OSError as e:
         raise UserError(
             f"cannot make the run folder {path}: {e.strerror or e}",
@@ -53,24 +64,59 @@ def read_lock_pid(path: Path) -> int:
 
 
 class RunLock:
-    """`run.lock` holds the pid while a run is alive; a stale lock marks a run as interrupted."""
+    """`run.lock` holds the pid while a run is alive; a stale lock marks a run as interrupted.
+
+    Where the system has `flock`, the file is also locked for as long as the run holds it, so that two
+    processes resuming one run at the same moment cannot both take it (the lock ends with its process,
+    even a killed one); elsewhere the pid alone decides."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
+        self._fd: int | None = None
 
     def acquire(self) -> None:
-        if self.path.exists():
-            pid = read_lock_pid(self.path)
-            if pid != os.getpid() and _pid_alive(pid):
-                raise UserError(
-                    f"this run is still being trained by process {pid}",
-                    where=str(self.path.parent),
-                    fix="stop that process first",
-                )
-        self.path.write_text(str(os.getpid()))
+        try:
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                if fcntl is None:
+                    break
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    self._refuse(read_lock_pid(self.path))
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+                os.close(fd)  # the holder released (and removed) it meanwhile: lock the new one
+            if fcntl is None:
+                pid = read_lock_pid(self.path)
+                if pid != os.getpid() and _pid_alive(pid):
+                    os.close(fd)
+                    self._refuse(pid)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            raise UserError(
+                f"cannot write to the run folder {self.path.parent}: {e.strerror or e}",
+                where="run folder",
+                fix="make the runs folder writable again (or copy the run folder somewhere writable and resume "
+                "the copy)",
+            ) from None
+        self._fd = fd
+
+    def _refuse(self, pid: int) -> None:
+        raise UserError(
+            f"this run is still being trained by process {pid}",
+            where=str(self.path.parent),
+            fix="stop that process first, or wait for it to finish",
+        )
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder made read-only meanwhile: the pid is dead soon anyway
+            self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass

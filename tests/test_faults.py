@@ -337,3 +337,129 @@ def test_an_export_onto_a_really_full_disk_refuses_and_leaves_nothing(trained_ru
             export_run(trained_run, "adapter", small / "adapter")
         assert "\n" not in info.value.message and "the disk is full" in info.value.message, info.value.message
         assert list(small.iterdir()) == []
+
+
+# --- 3. the runs folder read-only ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def read_only_runs(folder: Path) -> Iterator[tuple[Path, Any]]:
+    """A runs folder, and a function that makes it read-only: chmod, or as root (whom chmod does not
+    stop) a tmpfs remounted read-only."""
+    if os.geteuid() != 0:
+        folder.mkdir()
+        try:
+            yield folder, lambda: folder.chmod(0o500) or [p.chmod(0o500) for p in folder.rglob("*") if p.is_dir()]
+        finally:
+            for p in [folder, *folder.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o700)
+        return
+    if not can_mount():
+        pytest.skip("root ignores directory permissions and cannot mount a read-only file system here")
+    with tmpfs(folder, "64m") as mounted:
+        def lock() -> None:
+            out = subprocess.run(["mount", "-o", "remount,ro", str(mounted)], capture_output=True, text=True)
+            if out.returncode != 0:
+                pytest.skip(f"cannot remount read-only: {out.stderr.strip()}")
+
+        yield mounted, lock
+
+
+def test_a_read_only_runs_folder_is_refused_in_one_line(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
+    with read_only_runs(tmp_path / "runs") as (runs, make_read_only):
+        spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, runs, max_steps=2)
+        from adapter_studio.engine.spec import load_spec_file
+
+        first, _ = in_process(load_spec_file(spec))
+        assert first.status == "completed", first.error
+        run_dir = first.run_dir
+        before = {p: p.stat().st_size for p in run_dir.rglob("*")}
+        make_read_only()
+        again = cli("train", str(spec))
+        assert again.returncode == 2 and "Traceback" not in again.stderr
+        assert again.stderr.startswith("error: output_dir: cannot make the run folder"), again.stderr
+        resumed = cli("train", "--resume", str(run_dir), "--set", "training.max_steps=4")
+        assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+        assert resumed.stderr.count("\n") == 1 and f"cannot write to the run folder {run_dir}" in resumed.stderr, \
+            resumed.stderr
+        assert {p: p.stat().st_size for p in run_dir.rglob("*")} == before
+
+
+# --- 5. two runs at once ------------------------------------------------------------------------------
+
+
+def test_two_runs_started_together_get_folders_of_their_own(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path,
+                                                            reference: dict[int, float]) -> None:  # fmt: skip
+    """A CLI run and an engine run in this process (what the window's worker calls), on one runs folder and
+    under one name, at once: two folders, each with its own whole log and the same curve."""
+    runs = tmp_path / "runs"
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, runs)
+    from adapter_studio.engine.spec import load_spec_file
+
+    proc = subprocess.Popen([*CLI, "train", str(spec), "--set", "name=same"], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    first_lines = []
+    while not (first_lines and first_lines[-1].startswith("[loading model]")) and proc.poll() is None:
+        first_lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+    result, _ = in_process(load_spec_file(spec, ["name=same"]))  # while the other loads and trains
+    output, _ = proc.communicate(timeout=300)
+    output = "".join(first_lines) + output
+    assert proc.returncode == 0 and result.status == "completed", (output[-2000:], result.error)
+    folders = sorted(p.name for p in runs.iterdir())
+    assert folders == ["same", "same-2"], folders
+    for folder in folders:
+        assert_consistent(runs / folder)
+        assert_same_curve(runs / folder, reference)
+        started = [e for e in events(runs / folder) if e["type"] == "started"]
+        assert [e["run_dir"] for e in started] == [str(runs / folder)]
+
+
+def test_two_runs_claiming_one_name_in_the_same_instant_get_two_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race itself, made certain: the other run makes the folder between the look and the claim."""
+    from adapter_studio.engine.runs import new_run_dir
+
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    first, second = new_run_dir(str(tmp_path), "same", "lora"), new_run_dir(str(tmp_path), "same", "lora")
+    assert (first.name, second.name) == ("same", "same-2")
+
+
+def test_a_resume_of_a_run_another_process_trains_is_refused(tmp_path: Path, tiny_llama: Path,
+                                                             alpaca_jsonl: Path) -> None:  # fmt: skip
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=100_000,
+                      save_every=100_000)  # fmt: skip
+    proc = subprocess.Popen([*CLI, "train", str(spec)], env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not proc.stdout.readline().startswith("step 2 "):  # type: ignore[union-attr]
+            pass
+        run_dir = only_run(tmp_path / "runs")
+        refused = cli("train", "--resume", str(run_dir))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert refused.stderr == (f"error: {run_dir}: this run is still being trained by process {proc.pid} — stop "
+                                  "that process first, or wait for it to finish\n"), refused.stderr
+        assert proc.poll() is None and (run_dir / "run.lock").read_text() == str(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert_consistent(run_dir, "cancelled")
+    assert [e["type"] for e in events(run_dir)].count("started") == 1  # the refused resume wrote nothing
+
+
+def test_only_one_of_two_simultaneous_resumes_takes_the_run(tmp_path: Path) -> None:
+    from adapter_studio.engine.runs import RunLock
+
+    (tmp_path / "run.lock").write_text("999999999")  # a killed run's stale lock
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    if os.name == "posix":  # the file lock, not only the pid, decides
+        with pytest.raises(UserError, match="still being trained"):
+            second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+    assert not (tmp_path / "run.lock").exists()
