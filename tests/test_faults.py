@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 
 import pytest
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Event, Log
+from adapter_studio.engine.events import Event, Log, Metrics
 from adapter_studio.engine.training import checkpoints
 from adapter_studio.engine.training.run import RunResult, run
 
@@ -384,6 +385,47 @@ def test_a_read_only_runs_folder_is_refused_in_one_line(tmp_path: Path, tiny_lla
         assert resumed.stderr.count("\n") == 1 and f"cannot write to the run folder {run_dir}" in resumed.stderr, \
             resumed.stderr
         assert {p: p.stat().st_size for p in run_dir.rglob("*")} == before
+
+
+# --- 4. the data file changed or deleted ----------------------------------------------------------------
+
+
+def test_a_resume_on_changed_data_says_so_and_on_deleted_data_names_the_file(
+    tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(alpaca_jsonl.read_bytes())
+    stop = threading.Event()
+    spec = make_spec(tiny_llama, data, "lora", max_steps=12, save_every=4, eval_samples=0)
+    first = run(spec, lambda e: stop.set() if isinstance(e, Metrics) and e.step >= 6 else None, stop)
+    assert first.status == "cancelled" and first.step == 6
+
+    data.write_text("".join(data.read_text().splitlines(keepends=True)[:150]))  # a quarter of the rows gone
+    resumed, seen = in_process(None, resume_dir=first.run_dir)
+    assert resumed.status == "completed", resumed.error
+    warnings = [e.message for e in seen if isinstance(e, Log) and e.level == "warning"]
+    assert any(f"data.path: {data} changed since step-0000006" in w for w in warnings), warnings
+
+    data.unlink()
+    gone, _ = in_process(None, resume_dir=first.run_dir)
+    assert gone.status == "failed" and gone.error == f"data.path: data file not found: {data} — check the path"
+    assert_consistent(first.run_dir, "failed")
+    last = events(first.run_dir)[-1]
+    assert last["step"] == 12  # the run stands where its last checkpoint is, not at 0
+    assert checkpoints.latest_checkpoint(first.run_dir / "checkpoints").name == "step-0000012"  # type: ignore[union-attr]
+
+
+def test_a_new_run_on_changed_data_reads_it_again(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path,
+                                                   make_spec: Any) -> None:  # fmt: skip
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(alpaca_jsonl.read_bytes())
+    counts = []
+    for rows in (200, 120):
+        data.write_text("".join(alpaca_jsonl.read_text().splitlines(keepends=True)[:rows]))
+        result, seen = in_process(make_spec(tiny_llama, data, "lora", max_steps=1, eval_samples=0))
+        assert result.status == "completed", result.error
+        counts.append(next(e.message for e in seen if isinstance(e, Log) and "training and" in e.message))
+    assert counts[0].startswith("190 training") and counts[1].startswith("114 training"), counts
 
 
 # --- 5. two runs at once ------------------------------------------------------------------------------

@@ -97,6 +97,13 @@ def _file_stamp(path: Path) -> list[Any]:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
+def data_stamps(spec: DataSpec) -> dict[str, list[int]]:
+    """Each data file's [size, modification time in ns] by path: what a checkpoint records of the data
+    it was trained on, so that a resume can tell when a file changed since."""
+    paths = data_files(spec.path) + (data_files(spec.eval_path) if spec.eval_path else [])
+    return {name: [size, mtime] for stamp in map(_file_stamp, paths) for name, size, mtime in stamp}
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes its output."""
     backend = _backend(tokenizer)

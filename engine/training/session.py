@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate, epoch_batches
+from adapter_studio.engine.data.cache import data_stamps
 from adapter_studio.engine.data.examples import example_chunks, load_examples
 from adapter_studio.engine.data.prepare import prepare_data
 from adapter_studio.engine.errors import UserError
@@ -72,7 +73,8 @@ class TrainingSession:
         self.report = report
         self.stop = stop
         self.resume = resume
-        self.step = 0
+        latest = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
+        self.step = int(latest.name.split("-")[1]) if latest else 0  # where a resume that fails early stands
         self.tokens_trained = 0
         self.train_seconds = 0.0
         self.last_checkpoint: Path | None = None
@@ -163,6 +165,7 @@ class TrainingSession:
             self.log(note)
 
         self.stage("tokenising")
+        self.data_stamps = data_stamps(spec.data)  # recorded in each checkpoint; a resume compares
         data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
         self.log(
             f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format, "
@@ -239,6 +242,7 @@ class TrainingSession:
             self.log(f"skipped checkpoint {line}", level="warning")
         if latest is None:
             self.log("no checkpoint to resume from: starting from step 0", level="warning")
+            self.step = 0
             return
         ckpt.load_trainable(self.accelerator.unwrap_model(self.model), latest)
         state = ckpt.load_state(latest, self.optimizer, self.scheduler)
@@ -250,6 +254,11 @@ class TrainingSession:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.best_eval = state.get("best_eval")
         self.log(f"resumed from {latest.name} (step {self.step})")
+        saved = state.get("data_files") or {}
+        for path, stamp in self.data_stamps.items():
+            if saved and saved.get(path) != stamp:  # the batches from here on differ from the first run's
+                self.log(f"data.path: {path} {'changed' if path in saved else 'is new'} since {latest.name} was "
+                         "saved: the resumed steps train on its content as it is now", level="warning")
 
     # --- the loop --------------------------------------------------------------------------------
     def _train(self) -> str:
@@ -508,7 +517,8 @@ class TrainingSession:
             None if sharded else self.optimizer,
             self.scheduler,
             self.step,
-            {"tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "best_eval": self.best_eval},
+            {"tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "best_eval": self.best_eval,
+             "data_files": self.data_stamps},
             tensors,
         )
         self.last_checkpoint = path
