@@ -505,3 +505,110 @@ def test_only_one_of_two_simultaneous_resumes_takes_the_run(tmp_path: Path) -> N
     second.acquire()
     second.release()
     assert not (tmp_path / "run.lock").exists()
+
+
+# --- 6. several processes ----------------------------------------------------------------------------
+
+# Every process of a multi-device run records what it writes in the run folder (the audit hook sees
+# Python's opens for writing, folder making, renames and deletions; safetensors' writer is Rust, but its
+# files sit in the folders the hook sees made and renamed).
+AUDIT = textwrap.dedent("""
+    import os, sys
+    _log, _root = os.environ["FAULTS_AUDIT_LOG"], os.environ["FAULTS_AUDIT_ROOT"]
+    def _audit(event, args):
+        if event == "open" and args[0] is not None and (
+                (isinstance(args[1], str) and any(c in args[1] for c in "wax+"))
+                or (args[1] is None and isinstance(args[2], int) and args[2] & (os.O_WRONLY | os.O_RDWR))):
+            paths = [args[0]]
+        elif event in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree"):
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+        else:
+            return
+        for path in paths:
+            path = os.fsdecode(os.fspath(path)) if not isinstance(path, int) else ""
+            if event == "os.mkdir" and os.path.exists(path):
+                continue  # making a folder that is there (exist_ok) changes nothing
+            if path.startswith(_root):
+                fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.write(fd, f"{os.getpid()} {event} {path}\\n".encode())
+                os.close(fd)
+    sys.addaudithook(_audit)
+""")
+
+
+def multi_process_run(tmp_path: Path, model: Path, data: Path) -> tuple[Path, dict[str, set[str]]]:
+    runs = (tmp_path / "runs").resolve()
+    runs.mkdir()
+    spec = write_spec(tmp_path / "spec.yaml", model, data, runs, max_steps=8, save_every=3, batch_size=2)
+    spec_text = json.loads(spec.read_text())
+    spec_text["data"]["eval_split"] = 0.1  # evaluation on, so the best checkpoint is copied too
+    spec_text["training"]["eval_every"] = 4
+    spec.write_text(json.dumps(spec_text))
+    hook = tmp_path / "audit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT)
+    log = tmp_path / "audit.log"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(hook), ENV.get("PYTHONPATH", "")]),
+           "FAULTS_AUDIT_LOG": str(log), "FAULTS_AUDIT_ROOT": str(runs)}  # fmt: skip
+    out = cli("train", str(spec), "--devices", "2", env=env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    writers: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, _event, path = line.split(" ", 2)
+        writers.setdefault(path, set()).add(pid)
+    return only_run(runs), writers
+
+
+def check_multi_process_run(run_dir: Path, writers: dict[str, set[str]]) -> None:
+    shared = {path: pids for path, pids in writers.items() if len(pids) > 1 and path != str(run_dir.parent)}
+    assert not shared, shared  # every file and folder is written by one process
+    launcher = writers[str(run_dir / "launcher.log")]  # it also makes the folder and writes launch-spec.yaml
+    trainers = set().union(*(pids for path, pids in writers.items() if path.startswith(str(run_dir)))) - launcher
+    assert len(trainers) == 1, writers  # of the training processes, the main one alone writes
+    assert_consistent(run_dir)
+    types = [e["type"] for e in events(run_dir)]
+    assert types.count("started") == 1 and types.count("finished") == 1, types
+    assert (run_dir / "checkpoints" / "best").is_dir() and "eval" in types
+
+
+def test_a_two_process_run_writes_each_file_from_one_process(tmp_path: Path, tiny_llama: Path,
+                                                             alpaca_jsonl: Path) -> None:  # fmt: skip
+    check_multi_process_run(*multi_process_run(tmp_path, tiny_llama, alpaca_jsonl))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", [1, 2, 3])
+def test_two_process_runs_again_and_again(repeat: int, tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path) -> None:
+    check_multi_process_run(*multi_process_run(tmp_path, tiny_llama, alpaca_jsonl))
+
+
+# --- 7. out of memory ---------------------------------------------------------------------------------
+
+
+def test_out_of_memory_mid_run_names_the_settings_and_resume_goes_on(
+    tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from adapter_studio.engine.training.session import TrainingSession
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=12, save_every=4, seed=3, eval_samples=0)
+    real_loss = TrainingSession._loss
+
+    def loss(self: TrainingSession, batch: Any) -> Any:
+        if self.step == 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(TrainingSession, "_loss", loss)
+    result, seen = in_process(spec)
+    assert result.status == "failed" and result.step == 6
+    for setting in ("training.batch_size", "training.gradient_checkpointing", "data.max_length"):
+        assert setting in result.error, result.error
+    assert any(isinstance(e, Log) and "the last good checkpoint is kept" in e.message and "step-0000004" in e.message
+               for e in seen)  # fmt: skip
+    assert_consistent(result.run_dir, "failed")
+    monkeypatch.undo()
+    resumed, seen = in_process(None, resume_dir=result.run_dir)
+    assert resumed.status == "completed" and resumed.step == 12, resumed.error
+    assert any(isinstance(e, Log) and "resumed from step-0000004" in e.message for e in seen)
+    assert_consistent(result.run_dir)
