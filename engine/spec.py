@@ -213,7 +213,8 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunS
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"not valid YAML ({getattr(e, 'problem', e)})", where=where, fix="fix the syntax") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever the reader said
+        raise UserError(f"not valid YAML ({problem})", where=where, fix="fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError("a spec file must be a mapping with model, data, method, training", where=str(path))
     base = path.parent
@@ -287,7 +288,7 @@ def _explain(error: ValidationError, data: dict[str, Any], origin: str, text: st
         near = difflib.get_close_matches(path[-1], _valid_keys(path, data), n=3, cutoff=0.5)
         valid = _valid_keys(path, data)
         fix = f"did you mean {', '.join(near)}?" if near else f"valid keys here: {', '.join(valid)}"
-        return UserError(f"unknown key '{dotted}'", where=where, fix=fix)
+        return UserError(f"unknown key {dotted!r}", where=where, fix=fix)  # repr: a key may hold a line break
     if first["type"] == "missing":
         return UserError(f"'{dotted}' is required", where=where, fix=f"add {dotted} to the spec")
     if first["type"] == "union_tag_invalid":

@@ -612,3 +612,92 @@ def test_out_of_memory_mid_run_names_the_settings_and_resume_goes_on(
     assert resumed.status == "completed" and resumed.step == 12, resumed.error
     assert any(isinstance(e, Log) and "resumed from step-0000004" in e.message for e in seen)
     assert_consistent(result.run_dir)
+
+
+# --- 8. a fuzzed spec file ----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(derandomize=True, max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+SECTIONS = {
+    "model": ["source", "trust_remote_code", "task", "dtype", "quantization", "device", "allow_pickle_weights"],
+    "data": ["path", "format", "columns", "eval_split", "max_length", "eval_path", "max_rows", "template"],
+    "method": ["name", "r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "layers"],
+    "training": ["max_steps", "epochs", "batch_size", "learning_rate", "seed", "save_every", "precision",
+                 "gradient_accumulation", "log_every", "eval_every", "compile", "devices", "scheduler"],
+}
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["lora", "auto", "ia3", "1e-3", "-1", "∞", "ünïcödé/päth.jsonl", ""]),
+)
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                      max_leaves=6)  # fmt: skip
+keys = st.one_of(*(st.tuples(st.just(s), st.sampled_from(k)) for s, k in SECTIONS.items()),
+                 st.tuples(st.sampled_from([*SECTIONS, "output_dir", "name"]), st.text(min_size=1, max_size=8)),
+                 st.tuples(st.text(min_size=1, max_size=8), st.text(max_size=8)))  # fmt: skip
+
+
+def _base() -> dict[str, Any]:
+    return {"model": {"source": "some/model"}, "data": {"path": "data.jsonl"}, "method": {"name": "lora"},
+            "training": {"max_steps": 10}}  # fmt: skip
+
+
+@FUZZ
+@given(changes=st.lists(st.tuples(keys, values), min_size=1, max_size=3))
+def test_a_fuzzed_spec_fails_only_with_a_message_naming_the_field(changes: list[tuple[tuple[str, str], Any]]) -> None:
+    from adapter_studio.engine.spec import parse_spec
+
+    data = _base()
+    for (section, key), value in changes:
+        if isinstance(data.get(section), dict) and key:
+            data[section][key] = value
+        else:
+            data[section] = value
+    try:
+        parse_spec(data)
+    except UserError as e:
+        named = {str(part) for (section, key), _ in changes for part in (section, key) if str(part)}
+        assert any(part in e.message or repr(part)[1:-1] in e.message for part in named), (e.message, changes)
+        assert "\n" not in e.message, e.message
+
+
+yaml_text = st.one_of(
+    st.text(max_size=80),
+    st.lists(st.tuples(st.sampled_from(["model", "data", "method", "training", "output_dir", "ünï", "- x", "?"]),
+                       st.text(max_size=20)), max_size=5).map(lambda rows: "\n".join(f"{k}: {v}" for k, v in rows)),
+    st.sampled_from(["model: {source: !!python/object:os.system ls}", "data: [1, 2", "? [a, b]\n: c", "a: &x [*x]",
+                     "model: {source: x}\ndata: {path: ../ünïcödé/dätä.jsonl}\ntraining: {max_steps: 1e999}",
+                     "\ufeffmodel: {source: x}", "--- a\n--- b", "model:\n\tsource: x"]),
+)  # fmt: skip
+
+
+@FUZZ
+@given(text=yaml_text)
+def test_a_fuzzed_spec_file_fails_only_with_a_user_error(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from adapter_studio.engine.spec import load_spec_file
+
+    path = tmp_path_factory.mktemp("fuzz", numbered=True) / "späc.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_spec_file(path, [])
+    except UserError as e:
+        assert "\n" not in e.message and str(path) in e.message, e.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["model: {source: x}\ndata: {path: ünïcödé.jsonl}\ntraining: {max_steps: -3}\n",
+     "model: [1, 2]\n", "training: {batch_size: 1e400}\nmodel: {source: x}\ndata: {path: x}\n",
+     "method: {name: {nested: true}}\nmodel: {source: x}\ndata: {path: x}\n", "model: {source: x}\n\tdata: 1\n"],
+    ids=["negative steps, unicode path", "model a list", "infinite batch", "method name a mapping", "tab"],
+)  # fmt: skip
+def test_fuzzed_specs_on_the_command_line_get_one_line(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "späc.yaml"
+    path.write_text(text, encoding="utf-8")
+    out = cli("train", str(path))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, \
+        out.stderr
