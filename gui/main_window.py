@@ -80,6 +80,8 @@ class MainWindow(QMainWindow):
         sweep = self.runs_page.sweep
         self.train_page.controller.done.connect(sweep.run_finished)
         self.train_page.controller.failed.connect(sweep.run_failed_to_start)
+        sweep.start_job = self.train_page.run_job  # the automatic search runs its trials through the Train page
+        self.train_page.controller.events.connect(sweep.job_events)
         self.steps.setCurrentRow(0)
         settings = QSettings()
         geometry = settings.value("window/geometry")

@@ -1,19 +1,30 @@
 """The method sweep on the Runs page: tick methods, train them one after another through the Train
 page (so each is watched live like any run), then one table and one scatter chart of quality against
-cost. The engine side (plan, rows, CSV) is `engine.training.sweep`; this module only drives and draws it."""
+cost. The engine side (plan, rows, CSV) is `engine.training.sweep`; this module only drives and draws it.
+
+The Auto button starts the automatic search (`engine.search`) on a budget: its trials run through the
+Train page too, and land in the same table and scatter, with the winner highlighted."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.events import Finished, Started
 from adapter_studio.engine.methods import METHOD_CLASSES
+from adapter_studio.engine.search.auto import run_auto_search
+from adapter_studio.engine.search.budget import BUDGET_FORMS, format_seconds, parse_budget
+from adapter_studio.engine.search.results import SearchResult
 from adapter_studio.engine.training.sweep import (
     COSTS,
+    PLAN_FILE,
     QUALITY,
+    SWEEPS,
     SweepPlan,
     list_sweeps,
     load_sweep,
@@ -27,12 +38,14 @@ from adapter_studio.gui.plots import PALETTE
 from adapter_studio.gui.state import StudioState
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -50,11 +63,14 @@ LABELS = {
     "final_eval_loss": "final eval loss", "best_eval_loss": "best eval loss", "accuracy": "accuracy",
     "exact_match": "exact match", "final_loss": "final training loss",
 }  # fmt: skip
-TABLE = (("method", "Method"), ("status", "Status"), ("trainable_params", "Trainable"),
+TABLE = (("method", "Method"), ("status", "Status"), ("trial", "Trial"), ("learning_rate", "Learning rate"),
+         ("batch_size", "Batch"), ("trainable_params", "Trainable"),
          ("adapter_bytes", "Adapter"), ("peak_memory_bytes", "Peak memory"), ("train_seconds", "Time"),
          ("tokens_per_s", "Tokens/s"), ("final_eval_loss", "Eval loss"), ("best_eval_loss", "Best eval"),
-         ("accuracy", "Accuracy"), ("exact_match", "Exact match"), ("error", "Note"))  # fmt: skip
+         ("accuracy", "Accuracy"), ("exact_match", "Exact match"), ("error", "Note"),
+         ("targets", "Targets"))  # fmt: skip
 LOG_AXES = ("trainable_params", "adapter_bytes")
+WINNER = QColor("#d8f0d8")
 
 
 def cell_text(key: str, value: Any) -> str:
@@ -68,9 +84,22 @@ def cell_text(key: str, value: Any) -> str:
         return f"{value:.0f} s"
     if key == "tokens_per_s":
         return f"{value:.0f}"
+    if key == "learning_rate" and isinstance(value, float):
+        return f"{value:.1e}"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _summary(plan: SweepPlan, rows: list[dict[str, Any]]) -> str:
+    if plan.kind != "auto":
+        ran = sum(1 for r in rows if r["status"] not in ("pending", "refused"))
+        return f"Sweep {plan.name}: {ran} of {len(rows)} methods trained."
+    trials = [r for r in rows if r.get("trial") != "winner"]
+    counts = {s: sum(1 for r in trials if r["status"] == s) for s in ("completed", "pruned", "stopped", "failed")}
+    how = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    best = "the best run is highlighted" if plan.best_run_dir else "no winner"
+    return f"Automatic search {plan.name}: {len(trials)} trials ({how}); {best}."
 
 
 class SweepPanel(QWidget):
@@ -78,6 +107,9 @@ class SweepPanel(QWidget):
     `run_finished` must be connected to the Train page's RunResult signal."""
 
     sweep_finished = Signal(object)  # the SweepPlan, when its last method has run (or it was stopped)
+    # Set by the main window: starts a job on the Train page (TrainPage.run_job); False when busy.
+    start_job: Callable[[Callable[..., Any], str], bool] | None = None
+    max_trials: int | None = None  # tests keep the search short
 
     def __init__(self, state: StudioState, start_run: Callable[[Any], None]) -> None:
         super().__init__()
@@ -86,6 +118,7 @@ class SweepPanel(QWidget):
         self.plan: SweepPlan | None = None  # shown
         self.running: SweepPlan | None = None  # being run
         self.rows: list[dict[str, Any]] = []
+        self.auto_folder: Path | None = None  # the automatic search being run
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -113,6 +146,21 @@ class SweepPanel(QWidget):
         self.continue_button.clicked.connect(self.continue_shown)
         left_layout.addWidget(self.start_button)
         left_layout.addWidget(self.continue_button)
+        left_layout.addWidget(QLabel("Or let it search: methods, learning rates and\nbatch sizes on short trials, "
+                                     "the losers\nstopped early, the winner trained fully."))
+        auto_row = QHBoxLayout()
+        auto_row.addWidget(QLabel("budget"))
+        self.budget = QLineEdit("20m")
+        self.budget.setObjectName("autoBudget")
+        self.budget.setToolTip(f"Wall-clock time for the whole search and the winner's training: {BUDGET_FORMS}")
+        auto_row.addWidget(self.budget, 1)
+        self.auto_button = QPushButton("Auto")
+        self.auto_button.setObjectName("startAuto")
+        self.auto_button.setToolTip("Automatic search on the held-out split; the steps or epochs on the Method page "
+                                    "are the winner's training length (shortened when the budget is tight).")
+        self.auto_button.clicked.connect(self.start_auto)
+        auto_row.addWidget(self.auto_button)
+        left_layout.addLayout(auto_row)
 
         right = QWidget()
         column = QVBoxLayout(right)
@@ -184,7 +232,7 @@ class SweepPanel(QWidget):
             item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
 
     def start(self) -> None:
-        if self.running is not None:
+        if self.running is not None or self.auto_folder is not None:
             return
         try:
             spec = self.state.build_spec()
@@ -236,6 +284,9 @@ class SweepPanel(QWidget):
 
     def run_finished(self, result: Any) -> None:
         """The Train page's run ended; record it and go on (a stop by the person ends the sweep)."""
+        if isinstance(result, SearchResult):
+            self._auto_done(result)
+            return
         plan = self.running
         if plan is None or not hasattr(result, "run_dir"):
             return
@@ -247,6 +298,12 @@ class SweepPanel(QWidget):
         self._next()
 
     def run_failed_to_start(self, error: BaseException) -> None:
+        if self.auto_folder is not None:
+            self.auto_folder = None
+            self._enable(True)
+            self.status.setText(f"The automatic search stopped: {getattr(error, 'message', error)}")
+            self.refresh_list()
+            return
         if self.running is not None:
             self._done(f"stopped: {getattr(error, 'message', error)}")
 
@@ -260,6 +317,64 @@ class SweepPanel(QWidget):
             self.status.setText(f"Sweep {plan.name} {how}. Table: {plan.folder / 'sweep.csv'}")
             self.sweep_finished.emit(plan)
 
+    # --- the automatic search --------------------------------------------------------------------
+    def start_auto(self) -> None:
+        if self.running is not None or self.auto_folder is not None:
+            return
+        try:
+            budget = parse_budget(self.budget.text())
+        except UserError as e:  # said beside the field, in the window's words (the engine's say --budget)
+            self.status.setText(f"Budget: {e.what} — {e.fix}.")
+            self.budget.setFocus()
+            return
+        try:
+            spec = self.state.build_spec()
+        except UserError as e:
+            show_error(self, e)
+            return
+        name = f"auto-{time.strftime('%Y%m%d-%H%M%S')}"
+        max_trials = self.max_trials
+
+        def job(emit: Any, stop: Any) -> SearchResult:
+            extra = {"max_trials": max_trials} if max_trials else {}
+            return run_auto_search(spec, budget, emit, stop, name=name, **extra)
+
+        self.auto_folder = Path(spec.output_dir).expanduser() / SWEEPS / name
+        if self.start_job is None or not self.start_job(job, "searching"):
+            self.auto_folder = None
+            self.status.setText("A run is going: wait for it, or stop it, before an automatic search.")
+            return
+        self._enable(False)
+        self.status.setText(f"Automatic search {name} for {format_seconds(budget)}: each trial shows on the Train "
+                            "page; the table fills in as they end.")
+
+    def job_events(self, events: list[Any]) -> None:
+        """The search's trials start and end: show its table as it grows."""
+        folder = self.auto_folder
+        if folder is None or not any(isinstance(e, (Started, Finished)) for e in events):
+            return
+        if (folder / PLAN_FILE).exists():
+            self.show_plan(load_sweep(folder))
+
+    def _auto_done(self, result: SearchResult) -> None:
+        self.auto_folder = None
+        self._enable(True)
+        self.refresh_list(select=result.folder)
+        plan = load_sweep(result.folder)
+        self.show_plan(plan)
+        counts = {s: sum(1 for t in result.trials if t.status == s) for s in ("completed", "pruned", "stopped")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        how = {"completed": "finished", "cancelled": "was stopped", "failed": "failed"}[result.status]
+        winner = f"winner: trial {result.best_trial}, best run {result.run_dir} (highlighted)" if result.run_dir else \
+            f"no winner ({result.error})"
+        self.sweep_finished.emit(plan)  # first: the Runs page refreshes this panel, which rewrites the status
+        self.status.setText(f"Automatic search {result.folder.name} {how} in {format_seconds(result.seconds)}: "
+                            f"{len(result.trials)} trials ({summary}); {winner}.")
+
+    def _enable(self, on: bool) -> None:
+        for button in (self.start_button, self.continue_button, self.auto_button):
+            button.setEnabled(on)
+
     # --- showing ---------------------------------------------------------------------------------
     def refresh_list(self, select: Path | None = None) -> None:
         plans = list_sweeps(self.state.runs_dir)
@@ -267,17 +382,18 @@ class SweepPanel(QWidget):
         self.sweeps.blockSignals(True)
         self.sweeps.clear()
         for plan in plans:
-            self.sweeps.addItem(f"{plan.name} ({len(plan.entries)} methods)", str(plan.folder))
+            what = "trials" if plan.kind == "auto" else "methods"
+            self.sweeps.addItem(f"{plan.name} ({len(plan.entries)} {what})", str(plan.folder))
         index = next((i for i, p in enumerate(plans) if current and p.folder == current), 0)
         self.sweeps.setCurrentIndex(index if plans else -1)
         self.sweeps.blockSignals(False)
-        if plans and self.running is None:
+        if plans and self.running is None and self.auto_folder is None:
             self.show_plan(plans[index])
-        self.continue_button.setEnabled(bool(plans) and self.running is None)
+        self.continue_button.setEnabled(bool(plans) and self.running is None and self.auto_folder is None)
 
     def _picked(self, index: int) -> None:
         folder = self.sweeps.itemData(index)
-        if folder and self.running is None:
+        if folder and self.running is None and self.auto_folder is None:
             self.show_plan(load_sweep(folder))
 
     def show_plan(self, plan: SweepPlan) -> None:
@@ -285,12 +401,19 @@ class SweepPanel(QWidget):
         self.rows = sweep_rows(plan)
         self.table.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
+            best = bool(plan.best_run_dir) and row["run_dir"] == plan.best_run_dir
             for j, (key, _) in enumerate(TABLE):
-                self.table.setItem(i, j, QTableWidgetItem(cell_text(key, row.get(key))))
+                value = row.get(key) if key != "error" else row.get("error") or row.get("note")
+                item = QTableWidgetItem(cell_text(key, value))
+                if best:  # the automatic search's winner
+                    font = QFont(item.font())
+                    font.setBold(True)
+                    item.setFont(font)
+                    item.setBackground(QBrush(WINNER))
+                self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
-        if self.running is None:
-            ran = sum(1 for r in self.rows if r["status"] not in ("pending", "refused"))
-            self.status.setText(f"Sweep {plan.name}: {ran} of {len(self.rows)} methods trained.")
+        if self.running is None and self.auto_folder is None:
+            self.status.setText(_summary(plan, self.rows))
         self.draw_scatter()
 
     def draw_scatter(self) -> None:
@@ -303,12 +426,15 @@ class SweepPanel(QWidget):
         plot.setLabel("left", LABELS[y_key])
         points = [(r, r.get(x_key), r.get(y_key)) for r in self.rows]
         points = [(r, x, y) for r, x, y in points if x is not None and y is not None and (x > 0 or not log_x)]
+        best = self.plan.best_run_dir if self.plan else None
         for i, (row, x, y) in enumerate(points):
             color = PALETTE[i % len(PALETTE)]
+            name = f"{row['method']} ({row['trial']})" if row.get("trial") else row["method"]
+            winner = bool(best) and row["run_dir"] == best
             # PlotDataItem, not ScatterPlotItem: only the former follows the plot's log mode.
-            plot.plot([x], [y], pen=None, symbol="o", symbolSize=11, symbolBrush=color, symbolPen="k",
-                      name=row["method"])
-            label = pg.TextItem(row["method"], anchor=(0, 1), color=color)
+            plot.plot([x], [y], pen=None, symbol="star" if winner else "o", symbolSize=18 if winner else 11,
+                      symbolBrush=color, symbolPen="k", name=name)
+            label = pg.TextItem(name, anchor=(0, 1), color=color)
             label.setPos(math.log10(x) if log_x else x, y)  # TextItem positions are in the log view's units
             plot.addItem(label)
         if not points:

@@ -84,6 +84,18 @@ class TrainingController(QObject):
             _connect={"returned": self._returned, "errored": self._errored},
         )
 
+    def start_job(self, job: Callable[[Any, threading.Event], Any]) -> None:
+        """Run another engine job that reports run events as a run does (the automatic search, whose
+        trials are runs): `job(emit, stop_event)`. Its result comes through `done` like a RunResult."""
+        self.stop_event = threading.Event()
+        self.pump.timer.start()
+        self.worker = create_worker(
+            _with_imports(job),
+            self.pump.put,
+            self.stop_event,
+            _connect={"returned": self._returned, "errored": self._errored},
+        )
+
     def stop(self) -> None:
         self.stop_event.set()
         if self.process is not None:

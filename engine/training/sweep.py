@@ -8,6 +8,10 @@ model, data and training settings (steps, batch size, sequence length, seed, eva
 method's own: its hyperparameters (defaults fitted to the model) and, unless the spec fixes one, its
 recommended learning rate — a soft prompt needs a far higher one than LoRA, and one shared rate would
 rank the methods by how well it suits each.
+
+The automatic search (engine.search) writes its trials as a sweep of kind `auto`: one entry per trial
+(several may share a method), labelled, with its outcome (pruned, stopped) and the final run of the winner.
+Every row carries the learning rate, batch size and target layers its run used, read from its spec.yaml.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, Started
@@ -32,7 +37,7 @@ CSV_FILE = "sweep.csv"
 DEFAULT_BATCH = 4
 COLUMNS = ("method", "status", "trainable_params", "trainable_share", "adapter_bytes", "peak_memory_bytes",
            "train_seconds", "tokens_per_s", "final_loss", "final_eval_loss", "best_eval_loss", "accuracy",
-           "exact_match", "run_dir", "error")  # fmt: skip
+           "exact_match", "run_dir", "error", "trial", "learning_rate", "batch_size", "targets", "note")  # fmt: skip
 QUALITY = ("final_eval_loss", "best_eval_loss", "accuracy", "exact_match", "final_loss")
 COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "train_seconds")
 
@@ -45,6 +50,9 @@ class SweepEntry:
     trainable_params: int | None = None  # from the estimate (exact), before training
     trainable_share: float | None = None
     adapter_bytes: int | None = None  # what an adapter export writes
+    label: str | None = None  # the automatic search's name for it ("trial 3", "winner")
+    outcome: str | None = None  # overrides the run's status in the table (an automatic search's "pruned")
+    note: str | None = None
 
 
 @dataclass
@@ -54,6 +62,8 @@ class SweepPlan:
     spec: dict[str, Any]  # the shared spec (method of the first entry)
     entries: list[SweepEntry] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    kind: str = "methods"  # or "auto": written by the automatic search
+    best_run_dir: str | None = None  # the automatic search's winner, trained fully
 
     def spec_for(self, entry: SweepEntry) -> RunSpec:
         """The run spec of one method: the shared spec with this method's defaults and run name."""
@@ -66,8 +76,8 @@ class SweepPlan:
 
     def save(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        payload = {"name": self.name, "created": self.created, "spec": self.spec,
-                   "entries": [asdict(e) for e in self.entries]}
+        payload = {"name": self.name, "created": self.created, "spec": self.spec, "kind": self.kind,
+                   "best_run_dir": self.best_run_dir, "entries": [asdict(e) for e in self.entries]}
         durable.write_text(self.folder / PLAN_FILE, json.dumps(payload, indent=1))
         durable.write_text(self.folder / CSV_FILE, rows_to_csv(sweep_rows(self)))
 
@@ -114,7 +124,8 @@ def load_sweep(folder: str | Path) -> SweepPlan:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return SweepPlan(name=data["name"], folder=Path(folder), spec=data["spec"], created=data.get("created", 0),
-                         entries=[SweepEntry(**e) for e in data["entries"]])
+                         entries=[SweepEntry(**e) for e in data["entries"]], kind=data.get("kind", "methods"),
+                         best_run_dir=data.get("best_run_dir"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the sweep: {e}", where=str(path)) from None
 
@@ -139,7 +150,8 @@ def sweep_rows(plan: SweepPlan) -> list[dict[str, Any]]:
 def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(method=entry.method, trainable_params=entry.trainable_params,
-               trainable_share=entry.trainable_share, adapter_bytes=entry.adapter_bytes, run_dir=entry.run_dir)
+               trainable_share=entry.trainable_share, adapter_bytes=entry.adapter_bytes, run_dir=entry.run_dir,
+               trial=entry.label, note=entry.note)
     if entry.refused:
         return {**row, "status": "refused", "error": entry.refused}
     if not entry.run_dir or not Path(entry.run_dir, "events.jsonl").exists():
@@ -147,12 +159,13 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
     from adapter_studio.engine.runs import summarize_run
 
     summary = summarize_run(Path(entry.run_dir))
+    row.update(_settings(Path(entry.run_dir)))
     if summary.trainable_params is not None:  # what the run reported, over the estimate
         row["trainable_params"] = summary.trainable_params
         row["trainable_share"] = summary.trainable_params / summary.total_params if summary.total_params else None
     return {
         **row,
-        "status": summary.status,
+        "status": entry.outcome if entry.outcome and summary.status != "running" else summary.status,
         "peak_memory_bytes": summary.peak_memory_bytes,
         "train_seconds": summary.train_seconds if summary.train_seconds is not None else summary.duration_s,
         "tokens_per_s": summary.median_tokens_per_s,
@@ -163,6 +176,18 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
         "exact_match": summary.exact_match,
         "error": summary.error,
     }
+
+
+def _settings(run_dir: Path) -> dict[str, Any]:
+    """The learning rate, batch size and target layers a run used (its spec.yaml holds the filled values)."""
+    try:
+        data = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    training, method = data.get("training") or {}, data.get("method") or {}
+    targets = method.get("target_modules")
+    return {"learning_rate": training.get("learning_rate"), "batch_size": training.get("batch_size"),
+            "targets": ",".join(targets) if isinstance(targets, list) else None}
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
@@ -203,24 +228,35 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The sweep as an aligned text table (the CLI's output)."""
+    """The sweep as an aligned text table (the CLI's output); an automatic search's rows add their trial,
+    learning rate and batch size."""
     from adapter_studio.engine.estimate.table import human_bytes, human_count
 
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    header = f"{'method':<17} {'status':<10} {'trainable':>10} {'adapter':>10} {'peak mem':>10} {'time':>8} " \
+    def name(r: dict[str, Any]) -> str:
+        return f"{r['method']} ({r['trial']})" if r.get("trial") else r["method"]
+
+    def settings(r: dict[str, Any]) -> str:
+        if not r.get("trial") or r.get("learning_rate") is None:
+            return ""
+        return f"  lr {r['learning_rate']:.1e}, batch {r['batch_size']}"
+
+    width = max([17, *(len(name(r)) for r in rows)])
+    header = f"{'method':<{width}} {'status':<10} {'trainable':>10} {'adapter':>10} {'peak mem':>10} {'time':>8} " \
              f"{'eval loss':>9} {'acc/EM':>7}"
     lines = [header]
     for r in rows:
         quality = r["accuracy"] if r["accuracy"] is not None else r["exact_match"]
+        note = r["error"] or r.get("note")
         lines.append(
-            f"{r['method']:<17} {r['status']:<10} "
+            f"{name(r):<{width}} {r['status']:<10} "
             f"{human_count(r['trainable_params']) if r['trainable_params'] else '-':>10} "
             f"{human_bytes(r['adapter_bytes']) if r['adapter_bytes'] else '-':>10} "
             f"{human_bytes(r['peak_memory_bytes']) if r['peak_memory_bytes'] else '-':>10} "
             f"{num(r['train_seconds'], '.0f') + ' s' if r['train_seconds'] is not None else '-':>8} "
             f"{num(r['final_eval_loss'], '.4f'):>9} {num(quality, '.3f'):>7}"
-            + (f"  ({r['error']})" if r["error"] else "")
+            + settings(r) + (f"  ({note})" if note else "")
         )
     return "\n".join(lines)

@@ -187,6 +187,17 @@ class TrainPage(Page):
         self.controller.start(spec)
         self._running(True)
 
+    def run_job(self, job: Any, state: str) -> bool:
+        """Start a job whose runs are shown live here one after another (the automatic search:
+        `job(emit, stop_event)`); False when a run is going already."""
+        if self.controller.running:
+            return False
+        self._reset()
+        self.set_state(state)
+        self.controller.start_job(job)
+        self._running(True)
+        return True
+
     def confirm_memory(self) -> bool:
         """Warn before a start that the estimate says will not fit; the person decides."""
         row = self.state.last_estimate
@@ -258,6 +269,10 @@ class TrainPage(Page):
 
     def apply(self, event: Any) -> None:
         if isinstance(event, Started):
+            if self.run_dir is not None and Path(event.run_dir) != self.run_dir:  # a job's next run: fresh curves
+                self.metrics, self.evals, self._smoothed = [], [], None
+                for plot in self.plots.values():
+                    plot.clear_data()
             self.run_dir = Path(event.run_dir)
             self.state.set_current_run(self.run_dir)
             self.total_steps = event.total_steps

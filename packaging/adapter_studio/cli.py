@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
     sweep.add_argument("--json", action="store_true", help="print the result rows as JSON")
 
+    auto = sub.add_parser("auto", help="search methods and settings on a time budget, then train the winner")
+    auto.add_argument("spec", help="spec file (YAML): model, data, and the winner's training length")
+    auto.add_argument("--budget", required=True, help="wall-clock time for it all: 90s, 20m, 1h or 1h30m")
+    auto.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    auto.add_argument("--name", help="search name (default: auto-<date>-<time>)")
+    auto.add_argument("--max-trials", type=int, help="try at most this many settings (default: as many as fit)")
+    auto.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
     walk.add_argument("spec")
     walk.add_argument("--out", required=True)
@@ -258,6 +266,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
+def cmd_auto(args: argparse.Namespace) -> int:
+    from adapter_studio.engine.search.budget import parse_budget
+    from adapter_studio.engine.spec import load_spec_file
+
+    budget = parse_budget(args.budget)
+    if args.max_trials is not None and args.max_trials < 1:
+        raise UserError(f"--max-trials must be at least 1 (got {args.max_trials})", where="--max-trials")
+    spec = load_spec_file(args.spec, args.overrides)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    from adapter_studio.engine.events import Eval
+    from adapter_studio.engine.search.auto import MAX_TRIALS, run_auto_search
+    from adapter_studio.engine.search.results import SearchLog
+    from adapter_studio.engine.training.sweep import format_rows, load_sweep, sweep_rows
+
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout is the JSON alone
+
+    def show(event: Any) -> None:
+        if isinstance(event, SearchLog):
+            print(f"{event.level}: {event.message}" if event.level != "info" else event.message, file=out, flush=True)
+        elif isinstance(event, Eval):
+            print(f"  eval at step {event.step}: eval_loss {event.eval_loss:.4f}"
+                  + (f" accuracy {event.accuracy:.3f}" if event.accuracy is not None else ""), file=out, flush=True)
+
+    result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials or MAX_TRIALS)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(format_rows(sweep_rows(load_sweep(result.folder))))
+        print(f"table: {result.folder / 'sweep.csv'}\nbest run: {result.run_dir or '-'}")
+    if result.status == "cancelled":
+        return EXIT_CANCELLED
+    if result.status == "failed":
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_walkthrough(args: argparse.Namespace) -> int:
     from adapter_studio.gui.walkthrough import walkthrough
 
@@ -271,6 +317,7 @@ COMMANDS = {
     "params": cmd_params,
     "runs": cmd_runs,
     "sweep": cmd_sweep,
+    "auto": cmd_auto,
     "walkthrough": cmd_walkthrough,
 }
 

@@ -1,0 +1,45 @@
+"""The data facts a search is planned with: the task, the rows that train, the rows held out (by the
+spec, and in the trials, which evaluate on at most EVAL_ROWS of them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import RunSpec
+
+# Held-out rows a trial evaluates on, at most: enough to rank trials, few enough to evaluate at every rung.
+EVAL_ROWS = {"classification": 512, "causal_lm": 128}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    task: str
+    train_rows: int
+    eval_rows: int
+    trial_eval_rows: int
+    trial_eval_split: float | None  # None: the trials use the spec's own held-out rows
+
+
+def describe_data(spec: RunSpec) -> DataFacts:
+    """The task, and how many rows train and are held out (by the spec, and in the trials)."""
+    from adapter_studio.engine.data.prepare import survey_data
+
+    data = spec.data
+    survey = survey_data(data, data.path, limit=data.max_rows)
+    task = spec.model.task if spec.model.task != "auto" else (
+        "classification" if survey.format == "classification" else "causal_lm")  # fmt: skip
+    if data.eval_path:
+        held = survey_data(data, data.eval_path, survey.format).count
+        return DataFacts(task, survey.count, held, held, None)
+    if data.eval_split <= 0 or survey.count < 2:
+        raise UserError(
+            "the automatic search compares trials on held-out rows, and this data holds none out",
+            where="data.eval_split",
+            fix="set data.eval_split to 0.1, or give data.eval_path",
+        )
+    held = min(max(1, round(survey.count * data.eval_split)), survey.count - 1)
+    cap = EVAL_ROWS[task]
+    if held <= cap:
+        return DataFacts(task, survey.count - held, held, held, None)
+    return DataFacts(task, survey.count - held, held, cap, cap / survey.count)
