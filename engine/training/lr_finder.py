@@ -2,14 +2,13 @@
 that picks the peak learning rate.
 
 Leslie Smith's range test, as fastai's `lr_find` and torch-lr-finder run it: after the method is applied
-and before training, a few dozen steps with the run's own optimizer on the run's first batches, while the
-rate grows exponentially from 1e-6 to 1; the test stops early once a running average of the loss passes 4×
-its best.
-The rate picked is where the smoothed loss falls fastest against log(rate) ("steepest descent"), kept
-within 20× of the method's default either way. Then the trainable weights and the random number
-generators are put back, and the run's optimizer and schedule are made again from the picked rate, so
-the training that follows is the one a run given that rate does. The rate is saved in the run's
-spec.yaml, so a resume or a re-run uses it without a second test.
+and before training, a few dozen steps with an optimizer of the run's own kind on its first batches,
+while the rate grows exponentially from 1e-6 to 1; the test stops early once a running average of the
+loss passes 4× its best. The rate picked is where the smoothed loss falls fastest against log(rate)
+("steepest descent"), kept within 20× of the method's default either way. Then the trainable weights
+and the random number generators are put back, and the run's optimizer and schedule are made again
+from the picked rate, so the training that follows is the one a run given that rate does. The rate is
+saved in the run's spec.yaml, so a resume or a re-run uses it without a second test.
 """
 
 from __future__ import annotations
