@@ -468,8 +468,13 @@ def test_two_runs_claiming_one_name_in_the_same_instant_get_two_folders(
     assert (first.name, second.name) == ("same", "same-2")
 
 
-def test_a_resume_of_a_run_another_process_trains_is_refused(tmp_path: Path, tiny_llama: Path,
-                                                             alpaca_jsonl: Path) -> None:  # fmt: skip
+@pytest.mark.gui
+def test_a_resume_of_a_run_another_process_trains_is_refused(window: Any, qtbot: Any, tmp_path: Path,
+                                                             tiny_llama: Path, alpaca_jsonl: Path) -> None:  # fmt: skip
+    """From the command line and from the window, while a terminal's run trains: one line (a dialog
+    without a traceback) naming the process, and the run left as it is."""
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
     spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=100_000,
                       save_every=100_000)  # fmt: skip
     proc = subprocess.Popen([*CLI, "train", str(spec)], env=ENV, text=True, stdout=subprocess.PIPE,
@@ -483,13 +488,21 @@ def test_a_resume_of_a_run_another_process_trains_is_refused(tmp_path: Path, tin
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         assert refused.stderr == (f"error: {run_dir}: this run is still being trained by process {proc.pid} — stop "
                                   "that process first, or wait for it to finish\n"), refused.stderr
+        train = window.train_page
+        train.resume(run_dir)
+        qtbot.waitUntil(lambda: not train.controller.running and train.last_status == "failed", timeout=60_000)
+        assert f"this run is still being trained by process {proc.pid}" in (train.last_error or "")
+        dialogs = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+        assert any(f"process {proc.pid}" in d.text() for d in dialogs) and not any(d.detailedText() for d in dialogs)
+        for dialog in dialogs:
+            dialog.close()
         assert proc.poll() is None and (run_dir / "run.lock").read_text() == str(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert_consistent(run_dir, "cancelled")
-    assert [e["type"] for e in events(run_dir)].count("started") == 1  # the refused resume wrote nothing
+    assert [e["type"] for e in events(run_dir)].count("started") == 1  # the refused resumes wrote nothing
 
 
 def test_only_one_of_two_simultaneous_resumes_takes_the_run(tmp_path: Path) -> None:
