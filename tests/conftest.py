@@ -15,6 +15,8 @@ import os
 import random
 import string
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -249,22 +251,193 @@ def tiny_models(tiny_llama: Path, tiny_gpt2: Path, tiny_qwen2: Path, tiny_bert_c
     return {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen2": tiny_qwen2, "bert": tiny_bert_cls}
 
 
+# --- what a test may not leave behind ------------------------------------------------------------------
+
+THREAD_GRACE_S = 10.0  # a thread told to stop may take a moment to return
+
+
+def _process_state() -> dict[str, Any]:
+    """Settings of the whole process (or of the main thread) that one test could leave for the next."""
+    import gc
+    import sys
+
+    import torch._dynamo.eval_frame
+
+    state: dict[str, Any] = {
+        "torch default dtype": torch.get_default_dtype(),
+        "cpu autocast": (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")),
+        "grad mode": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "torch.compiler stance": torch._dynamo.eval_frame._stance.stance,
+        "torch threads": torch.get_num_threads(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "automatic garbage collection": gc.isenabled(),
+        "working directory": os.getcwd(),
+        "environment": dict(os.environ),
+    }
+    if "transformers.initialization" in sys.modules:  # patched while transformers builds a model
+        from transformers import initialization, modeling_utils
+
+        patched = [(sys.modules[m], f) for m in initialization.TORCH_MODULES_TO_PATCH if m in sys.modules
+                   for f in initialization.TORCH_INIT_FUNCTIONS if hasattr(sys.modules[m], f)]  # fmt: skip
+        state["torch.nn.init functions"] = {f"{m.__name__}.{f}": getattr(m, f) for m, f in patched}
+        model = modeling_utils.PreTrainedModel
+        state["PreTrainedModel hooks"] = {"tie_weights": model.tie_weights, "init_weights": model.init_weights}
+    return state
+
+
+def _restore(name: str, value: Any) -> None:
+    import gc
+    import sys
+
+    if name == "torch default dtype":
+        torch.set_default_dtype(value)
+    elif name == "cpu autocast":
+        torch.set_autocast_enabled("cpu", value[0])
+        torch.set_autocast_dtype("cpu", value[1])
+    elif name == "grad mode":
+        torch.set_grad_enabled(value)
+    elif name == "torch.compiler stance":
+        torch.compiler.set_stance(value)
+    elif name == "torch threads":
+        torch.set_num_threads(value)
+    elif name == "deterministic algorithms":
+        torch.use_deterministic_algorithms(value)
+    elif name == "automatic garbage collection":
+        gc.enable() if value else gc.disable()
+    elif name == "working directory":
+        os.chdir(value)
+    elif name == "environment":
+        os.environ.clear()
+        os.environ.update(value)
+    elif name == "torch.nn.init functions":
+        for dotted, func in value.items():
+            module, _, attr = dotted.rpartition(".")
+            setattr(sys.modules[module], attr, func)
+    elif name == "PreTrainedModel hooks":
+        from transformers import modeling_utils
+
+        for attr, func in value.items():
+            setattr(modeling_utils.PreTrainedModel, attr, func)
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    found = []
+    for name, was in before.items():
+        now = after.get(name, was)
+        if name == "environment":
+            keys = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k) and k not in TOOL_VARIABLES)
+            if keys:
+                found.append(f"environment variables {keys}")
+        elif now != was:
+            found.append(f"{name}: {was!r} -> {now!r}")
+    return found
+
+
+def _background_work(threads_before: set[threading.Thread]) -> list[str]:
+    """Threads this test started that still run (after a grace period for ones told to stop)."""
+    import sys
+
+    found = []
+    if "PySide6.QtCore" in sys.modules:
+        from PySide6.QtCore import QCoreApplication, QThreadPool
+
+        pool = QThreadPool.globalInstance()
+        if QCoreApplication.instance() is not None and not pool.waitForDone(int(THREAD_GRACE_S * 1000)):
+            found.append(f"{pool.activeThreadCount()} QThreadPool worker(s) still running")
+    deadline = time.monotonic() + THREAD_GRACE_S
+    for thread in set(threading.enumerate()) - threads_before:
+        if not _library_thread(thread):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                found.append(f"thread {thread.name!r} still running")
+    return found
+
+
+def _library_thread(thread: threading.Thread) -> bool:
+    """Threads libraries keep for the life of the process once started (not work a test left running).
+    A QThreadPool's threads show here as dummy threads once they ran Python: the pool is checked itself."""
+    return isinstance(thread, threading._DummyThread) or thread.name.startswith(LIBRARY_THREADS)
+
+
+LIBRARY_THREADS = ("tqdm_monitor",)  # tqdm's, started with the first progress bar
+TOOL_VARIABLES = {"PYTEST_CURRENT_TEST", "QT_API"}  # pytest's own, and pytest-qt's with the first window
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    """After everything else in a test's teardown, pytest-qt included (its last `processEvents` can fire a
+    timer a window left running): no worker may have started for the next test to run beside."""
+    import sys
+
+    result = yield
+    if "PySide6.QtCore" in sys.modules:
+        from PySide6.QtCore import QCoreApplication, QThreadPool
+
+        pool = QThreadPool.globalInstance()
+        if QCoreApplication.instance() is not None and pool.activeThreadCount():
+            pool.waitForDone(60_000)
+            raise AssertionError(f"{item.nodeid} started background work as it ended (a timer it left running)")
+    return result
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_process_as_it_found_it() -> Any:
+    """Fail a test that leaves a thread running or process-wide state changed (in the spirit of napari's
+    dangling-thread check): the next test would run in it, and pass or fail by the order they run in.
+    Autouse fixtures are set up first, so this check runs after every other fixture's teardown. What
+    changed is restored, so one leak does not fail the tests after it too."""
+    threads_before = set(threading.enumerate())
+    before = _process_state()
+    yield
+    problems = _background_work(threads_before)
+    after = _process_state()
+    problems += _changes(before, after)
+    for name, value in before.items():
+        if after.get(name, value) != value:
+            _restore(name, value)
+    if problems:
+        pytest.fail("the test left behind: " + "; ".join(problems), pytrace=False)
+
+
+def wind_down(widget: Any, qtbot: Any) -> None:
+    """Let a window (or page) finish its background work before it goes, and start none after.
+
+    Its debounced requests are QTimers that fire when events are next processed, which pytest-qt does
+    after every fixture's teardown and in the next test's setup: a timer left running started the cost
+    table's estimate (a bf16 meta model, on a worker thread) during the next test (issue 20). So: stop
+    the run, then until nothing is left, stop every timer of the widget, wait for the thread pool and
+    deliver the results (a result can start a timer again)."""
+    from PySide6.QtCore import QThreadPool, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    controller = getattr(getattr(widget, "train_page", None), "controller", None)
+    if controller is not None and controller.running:
+        controller.stop()
+        qtbot.waitUntil(lambda: not controller.running, timeout=60_000)
+    pool = QThreadPool.globalInstance()
+    for _ in range(100):
+        for timer in widget.findChildren(QTimer):
+            timer.stop()
+        assert pool.waitForDone(60_000), "background work still running after a minute"
+        QApplication.processEvents()
+        if pool.activeThreadCount() == 0 and not any(t.isActive() for t in widget.findChildren(QTimer)):
+            return
+    raise AssertionError("the window kept starting background work")
+
+
 @pytest.fixture
 def window(qtbot: Any, tmp_path: Path) -> Any:
-    """The real main window (offscreen) with its runs folder in a temporary directory; a run still
-    going at the end of the test is stopped and waited for, so no thread outlives it."""
+    """The real main window (offscreen) with its runs folder in a temporary directory. Before pytest-qt
+    closes it, a run still going is stopped and its background work ends (wind_down): no thread
+    outlives the test, and none starts after it."""
     from adapter_studio.gui.main_window import MainWindow
     from adapter_studio.gui.state import StudioState
 
     window = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
-    qtbot.addWidget(window)
+    qtbot.addWidget(window, before_close_func=lambda w: wind_down(w, qtbot))
     window.show()
     yield window
-    if window.train_page.controller.running:
-        window.train_page.controller.stop()
-        qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=60_000)
     from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
-    from PySide6.QtCore import QThreadPool
 
-    QThreadPool.globalInstance().waitForDone(60_000)  # background work ends before the window goes
     restore_automatic_garbage_collection()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from adapter_studio.engine.data.preview import length_stats
 from adapter_studio.engine.spec import DataSpec
-from PySide6.QtCore import QThreadPool
+from conftest import wind_down
 from PySide6.QtWidgets import QApplication, QMessageBox
 from test_data import BAD_INPUTS, alpaca_rows, write_rows
 
@@ -27,20 +27,18 @@ def window(qtbot, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     w.show()
     w.go_to("data")
     yield w
-    # Not qtbot.addWidget: it deletes the window before this runs. No thread outlives the window:
-    # let every page's background work (the cost table chains debounced requests) end and deliver.
+    # Not qtbot.addWidget: it deletes the window before this runs. No thread outlives the window, and
+    # none starts after it: the data page's own work ends, then every page's (conftest.wind_down).
     qtbot.waitUntil(lambda: not w.pages["data"].busy and not w.pages["data"].stats_busy, timeout=60_000)
-    pool = QThreadPool.globalInstance()
-    for _ in range(30):
-        qtbot.wait(300)
-        if pool.activeThreadCount() == 0:
-            break
-        pool.waitForDone(60_000)
+    wind_down(w, qtbot)
     for dialog in error_dialogs():
         dialog.close()
     w.close()
     w.deleteLater()
     qtbot.wait(10)
+    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
+
+    restore_automatic_garbage_collection()  # the window turned Python's own collector off
 
 
 def error_dialogs() -> list[QMessageBox]:

@@ -157,6 +157,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
               quantization: str, task: str) -> _Applied:
     import torch
     from adapter_studio.engine.methods import MethodContext
+    from adapter_studio.engine.models.construction import model_construction
 
     cls = type(method)
     info = base.info
@@ -165,7 +166,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         # New tensors go straight to meta: no real allocation and initialisation on the CPU (and peft's
         # later move to meta would re-wrap AdaLoRA's frozen `ranknum` as trainable, which a real model
         # does not do).
-        with torch.device("meta"):
+        with torch.device("meta"), model_construction():
             adapted = method.apply(model, MethodContext(info=info, training=training, total_steps=steps))
     except UserError as e:
         return _Applied(error=e.message)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, EventLog, Export, Stage
+from adapter_studio.engine.models.construction import model_construction
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +146,8 @@ def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
     from adapter_studio.engine.methods.peft_base import keep_generation_cache
     from peft import PeftModel
 
-    return keep_generation_cache(PeftModel.from_pretrained(base, str(folder)))
+    with model_construction():  # peft makes its modules in the process's default dtype
+        return keep_generation_cache(PeftModel.from_pretrained(base, str(folder)))
 
 
 def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:
@@ -156,7 +158,8 @@ def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         auto = AutoModelForSequenceClassification if spec.model.task == "classification" else AutoModelForCausalLM
-        return auto.from_pretrained(str(folder), dtype=torch.float32).eval()
+        with model_construction():  # transformers switches process-wide settings while it builds
+            return auto.from_pretrained(str(folder), dtype=torch.float32).eval()
     base, _, _ = load_base(spec)
     return load_adapter(base, folder).eval()
 

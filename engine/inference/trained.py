@@ -59,6 +59,7 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     `dequantize` loads a 4-/8-bit base in full precision instead, so a QLoRA adapter merges into
     real weights rather than into a re-quantised copy."""
     from adapter_studio.engine.methods import MethodContext
+    from adapter_studio.engine.models.construction import model_construction
     from adapter_studio.engine.models.info import describe_model
 
     spec = run_spec(run_dir)
@@ -74,7 +75,8 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     model, tokenizer, task = load_base(spec)
     info = describe_model(model)
     ctx = MethodContext(info=info, training=spec.training, total_steps=total_steps_of(run_dir), tokenizer=tokenizer)
-    model = spec.method.apply(model, ctx)
+    with model_construction():  # peft makes its modules in the process's default dtype
+        model = spec.method.apply(model, ctx)
     ckpt.load_trainable(model, checkpoint)
     model.eval()
     return TrainedModel(model, tokenizer, spec, info, checkpoint, task)

@@ -28,6 +28,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
 from adapter_studio.engine.methods.peft_base import keep_generation_cache, peft_task_type
 from adapter_studio.engine.methods.selective import unfreeze_head
+from adapter_studio.engine.models.construction import model_construction
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ def load_bottleneck_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> 
     if saved.get("peft_prefix"):
         from peft import PeftModel
 
-        model = keep_generation_cache(PeftModel.from_pretrained(model, str(folder)))
+        with model_construction():  # peft makes its modules in the process's default dtype
+            model = keep_generation_cache(PeftModel.from_pretrained(model, str(folder)))
         freeze_all(model)  # peft leaves the loaded prefix trainable even in inference mode
     return model

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.construction import model_construction
 from adapter_studio.engine.models.weight_files import check_in_hub_cache, check_safetensors
 from adapter_studio.resources import FOLDER
 
@@ -159,7 +160,7 @@ def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_c
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     extra = {"dtype": dtype} if dtype is not None else {}
-    with torch.device("meta"):
+    with torch.device("meta"), model_construction():  # transformers switches the process's default dtype
         if task == "classification":
             config.num_labels = num_labels
             return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code,
@@ -296,18 +297,16 @@ def load_model(
         kwargs["gguf_file"] = source.gguf_file
     if spec.quantization != "none":
         kwargs["quantization_config"] = _quantization_config(spec.quantization)
+    labels = id2label or {0: "0", 1: "1"}
     try:
-        if task == "classification":
-            labels = id2label or {0: "0", 1: "1"}
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source.path,
-                num_labels=len(labels),
-                id2label={int(k): v for k, v in labels.items()},
-                label2id={v: int(k) for k, v in labels.items()},
-                **kwargs,
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        with model_construction():  # one build at a time: transformers switches process-wide settings
+            if task == "classification":
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source.path, num_labels=len(labels), id2label={int(k): v for k, v in labels.items()},
+                    label2id={v: int(k) for k, v in labels.items()}, **kwargs,
+                )  # fmt: skip
+            else:
+                model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the model: {e}", where=f"model.source ({source.path})") from None
     if source.gguf_file:

@@ -126,6 +126,7 @@ class TrainingSession:
         from accelerate.utils import set_seed
         from adapter_studio.engine.defaults import resolve_spec
         from adapter_studio.engine.methods import MethodContext
+        from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
         from adapter_studio.engine.models.loading import load_model, trains_in_base_dtype, weights_dtype
 
@@ -191,7 +192,8 @@ class TrainingSession:
         self.micro_per_epoch = max(1, micro_per_epoch)
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
-        model = spec.method.apply(model, ctx)
+        with model_construction():  # peft makes its modules in the process's default dtype
+            model = spec.method.apply(model, ctx)
         self.speed.speed_up_lora_layers(model, device, precision)
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
