@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from adapter_studio.engine.inference.playground import Playground
 from adapter_studio.engine.training.run import run
 from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QAbstractEventDispatcher, QThread
 
 pytestmark = pytest.mark.gui
 LOAD_MS = 30_000
@@ -91,31 +90,54 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
 
 
+STOP_AFTER = 60  # characters (one token each with the test tokenizer) before Stop: the sample of tokens
+
+
 def test_stop_ends_generation_and_the_window_stays_responsive(page: TryPage, qtbot: Any, lora_run: Path) -> None:
+    """Tokens are made off the GUI thread: between one token reaching its pane and the next, the GUI
+    thread's event loop ran out of work and waited for more (its dispatcher's `aboutToBlock`). That is
+    counted per token, not against a clock, so it holds on a slow or busy machine (a wall-clock timer
+    ticked only twice in one busy run, issue 20). Generating on the GUI thread delivers every token
+    inside the Generate click, with no wait between any two. Stop ends the answer after its current token."""
     open_run(page, qtbot, lora_run)
     full = "".join(page.playground.stream("base", "reverse abc", max_new_tokens=200))
     assert len(full) > 150  # not stopped, the base rambles on to (nearly) the 200-token limit
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
-    timer.start()
+    waits = [0]  # times the GUI thread went idle so far
 
-    page.prompt.setPlainText("reverse abc")
-    page.max_new_tokens.setValue(200)
-    page.generate_button.click()
-    qtbot.waitUntil(lambda: len(page.panes["base"].toPlainText()) >= 5, timeout=LOAD_MS)
-    page.stop_button.click()
-    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
-    timer.stop()
+    def went_idle() -> None:
+        waits[0] += 1
 
-    stopped = page.panes["base"].toPlainText()
-    assert 5 <= len(stopped) < len(full)
+    pane = page.panes["base"]
+    arrivals: list[int] = []  # the GUI thread's idle count as each token reaches the pane
+
+    def arrived() -> None:
+        if pane.toPlainText():  # not the pane's clearing
+            arrivals.append(waits[0])
+
+    dispatcher = QAbstractEventDispatcher.instance(QThread.currentThread())
+    dispatcher.aboutToBlock.connect(went_idle)
+    pane.textChanged.connect(arrived)
+    try:
+        page.prompt.setPlainText("reverse abc")
+        page.max_new_tokens.setValue(200)
+        page.generate_button.click()
+        qtbot.waitUntil(lambda: len(pane.toPlainText()) >= STOP_AFTER, timeout=LOAD_MS)
+        page.stop_button.click()
+        qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
+    finally:
+        dispatcher.aboutToBlock.disconnect(went_idle)
+        pane.textChanged.disconnect(arrived)
+
+    # Measured here: the GUI thread waited between 93-98% of the pairs of tokens, idle or under load.
+    pairs = list(itertools.pairwise(arrivals))
+    waited = sum(1 for before, after in pairs if after > before)
+    assert len(pairs) >= 10, arrivals
+    assert waited >= len(pairs) / 2, f"the GUI thread waited for work between only {waited} of {len(pairs)} tokens"
+
+    stopped = pane.toPlainText()
+    assert STOP_AFTER <= len(stopped) < len(full)
     assert full.startswith(stopped)
     assert page.status.text() == "Stopped."
-    # The main thread kept running its timers while tokens streamed in.
-    assert len(ticks) >= 3
-    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.5
 
 
 def test_changing_the_run_reloads(page: TryPage, qtbot: Any, lora_run: Path, classifier_run: Path) -> None:
