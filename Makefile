@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast install lint screenshots benchmarks package clean
+.PHONY: run test test-fast test-random install lint screenshots benchmarks package clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,11 @@ test: install
 
 test-fast: install
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow"
+
+# The tests shuffled (pytest-randomly; `make test` keeps file order): no test may depend on what another
+# left behind. SEED=N repeats the order whose seed the header printed; ARGS='-m "not slow"' for the fast ones only.
+test-random: install
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -p no:cacheprovider -p randomly $(if $(SEED),--randomly-seed=$(SEED)) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check engine gui tests benchmarks packaging
