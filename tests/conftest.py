@@ -357,11 +357,33 @@ def _background_work(threads_before: set[threading.Thread]) -> list[str]:
 def _library_thread(thread: threading.Thread) -> bool:
     """Threads libraries keep for the life of the process once started (not work a test left running).
     A QThreadPool's threads show here as dummy threads once they ran Python: the pool is checked itself."""
-    return isinstance(thread, threading._DummyThread) or thread.name.startswith(LIBRARY_THREADS)
+    return (
+        isinstance(thread, threading._DummyThread)
+        or thread.name.startswith(LIBRARY_THREADS)
+        or thread in _inductor_compile_threads()
+    )
+
+
+def _inductor_compile_threads() -> set[threading.Thread]:
+    """The threads of inductor's compile pool: made by the first compile that needs them (lru_cache'd
+    `AsyncCompile.pool`) and kept for the process, whichever test happens to compile first."""
+    import sys
+
+    if "torch._inductor.async_compile" not in sys.modules:
+        return set()
+    pool = sys.modules["torch._inductor.async_compile"].AsyncCompile.pool
+    if not pool.cache_info().currsize:
+        return set()
+    return set(pool()._threads)
 
 
 LIBRARY_THREADS = ("tqdm_monitor",)  # tqdm's, started with the first progress bar
-TOOL_VARIABLES = {"PYTEST_CURRENT_TEST", "QT_API"}  # pytest's own, and pytest-qt's with the first window
+TOOL_VARIABLES = {
+    "PYTEST_CURRENT_TEST",  # pytest's own
+    "QT_API",  # pytest-qt's, with the first window
+    # inductor's: set when it loads its first compiled kernel library, to a pointer fixed for the process
+    "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+}
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
