@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QSizeF, Qt
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import QWidget
 
+LEGEND_SPACING_PX = 10  # between a legend's sample line and its name, and between entries
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -28,16 +33,104 @@ class Series:
         return self.x[: self.n], self.y[: self.n]
 
 
+def tick_labels(values: list[float], spacing: float) -> list[str]:
+    """Tick labels as the numbers themselves: fixed point (0.15, 2300, 0.0005) where that is short,
+    else one shared exponent (1.5e-5), never a multiplier moved into the axis title."""
+    biggest = max((abs(v) for v in values), default=0.0)
+    if not (spacing > 0 and math.isfinite(spacing)):
+        return [f"{v:g}" for v in values]
+    if biggest == 0 or 1e-4 <= biggest < 1e6:
+        places = _places(spacing)
+        return ["0" if v == 0 else f"{v:.{places}f}" for v in values]
+    exponent = math.floor(math.log10(biggest))
+    places = _places(spacing / 10**exponent)
+    return ["0" if v == 0 else f"{v / 10**exponent:.{places}f}e{exponent}" for v in values]
+
+
+def _places(spacing: float) -> int:
+    """Decimals that write every multiple of `spacing` exactly (0.25 needs two, 0.2 one)."""
+    places = 0
+    while places < 12 and abs(spacing * 10**places - round(spacing * 10**places)) > 1e-6 * spacing * 10**places:
+        places += 1
+    return places
+
+
+def log_tick_label(value: float) -> str:
+    """One tick of a log axis: 0.01, 0.3, 20 as they are; 1e-05 and beyond as 1e-5."""
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+class ReadableAxis(pg.AxisItem):
+    """An axis whose ticks read as plain numbers. pyqtgraph's automatic SI prefix turned a loss of 0.6
+    into "600" under "loss (x0.001)" (issue 26)."""
+
+    def __init__(self, orientation: str) -> None:
+        super().__init__(orientation)
+        self.enableAutoSIPrefix(False)
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        if self.logMode:
+            return self.logTickStrings(values, scale, spacing)
+        return tick_labels([v * scale for v in values], spacing * scale)
+
+    def logTickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        return [log_tick_label(10**v * scale) for v in values]
+
+
+class LegendBelow(pg.LegendItem):
+    """A legend that sits in the plot's layout under the x axis, entries side by side: inside the view
+    box it covered the curves (issue 26). `fit` wraps the entries into as many rows as a width needs."""
+
+    def __init__(self) -> None:
+        super().__init__(frame=False, colCount=8, horSpacing=LEGEND_SPACING_PX)
+        self.layout.setContentsMargins(0, 2, 0, 2)
+
+    def hoverEvent(self, ev: object) -> None:
+        pass  # no dragging: pyqtgraph's drag anchors a legend to a spot inside its parent, over the curves
+
+    def mouseDragEvent(self, ev: object) -> None:
+        pass
+
+    def _column_widths(self, columns: int) -> list[float]:
+        # Each entry at its own size (a label's minimum is its text): the layout would stretch the names.
+        widths = [sample.boundingRect().width() + label.minimumWidth() + 2 * LEGEND_SPACING_PX
+                  for sample, label in self.items]  # fmt: skip
+        return [max(widths[c::columns]) for c in range(min(columns, len(widths)))]
+
+    def updateSize(self) -> None:
+        # pyqtgraph sizes a floating legend with setGeometry; in a layout it needs a fixed size hint.
+        columns = max(1, self.columnCount)
+        rows = [self.items[i : i + columns] for i in range(0, len(self.items), columns)]
+        height = sum(max(max(s.boundingRect().height(), label.minimumHeight()) for s, label in row) for row in rows)
+        size = QSizeF(sum(self._column_widths(columns)), height + 4 if rows else 0)
+        self.setMinimumSize(size)
+        self.setMaximumSize(size)
+        self.updateGeometry()
+
+    def fit(self, width: float) -> None:
+        """As many entries a row as fit in `width` pixels."""
+        if not self.items:
+            return
+        columns = next((n for n in range(len(self.items), 1, -1) if sum(self._column_widths(n)) <= width), 1)
+        if columns != self.columnCount:
+            self.setColumnCount(columns)
+
+
 class LivePlot(pg.PlotWidget):
     """A plot of named series; call `add` for new points and `refresh` to redraw (throttled by the caller)."""
 
     def __init__(self, title: str, y_label: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent=parent)
+        super().__init__(parent=parent, axisItems={"left": ReadableAxis("left"), "bottom": ReadableAxis("bottom")})
         self.setTitle(title)
         self.setLabel("left", y_label)
         self.setLabel("bottom", "step")
         self.showGrid(x=True, y=True, alpha=0.25)
-        self.addLegend(offset=(-10, 10))
+        self.legend = LegendBelow()
+        self.plotItem.layout.addItem(self.legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
+        self.plotItem.legend = self.legend  # curves plotted with a name get an entry in it
         # Draw only what is visible, downsampled to the pixel width: redraws stay fast at 100k points.
         self.setClipToView(True)
         self.setDownsampling(auto=True, mode="peak")
@@ -52,6 +145,21 @@ class LivePlot(pg.PlotWidget):
         kwargs = {"symbol": symbol, "symbolBrush": color, "symbolSize": 7} if symbol else {}
         self.series[name] = Series()
         self.curves[name] = self.plot([], [], name=name, pen=pen, **kwargs)
+        self.fit_legend()
+
+    def fit_legend(self) -> None:
+        """Lay the legend's entries out in as many rows as the width under the curves needs."""
+        view = self.plotItem.getViewBox().width()
+        self.legend.fit(view if view > 0 else 0.8 * self.width())
+
+    def set_log_y(self, on: bool) -> None:
+        """A log y axis (a loss that falls 60× reads on it); non-positive points are left out there."""
+        self.plotItem.setLogMode(y=on)  # x as it is
+
+    def resizeEvent(self, event: QResizeEvent | None) -> None:
+        super().resizeEvent(event)
+        if "legend" in self.__dict__:  # pyqtgraph's constructor resizes before there is one
+            self.fit_legend()
 
     def add(self, name: str, x: float, y: float) -> None:
         self.ensure(name)

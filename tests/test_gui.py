@@ -163,3 +163,48 @@ def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(win
     page.choose(str(tiny_llama) + "/")  # another model keeps the loading choices
     assert window.state.model.dtype == "bfloat16"
     assert page.loading_form.widgets["dtype"].currentText() == "bfloat16"
+
+
+def plotted_ticks(plot) -> list[str]:  # type: ignore[no-untyped-def]
+    """The tick labels of a plot's y axis as pyqtgraph draws them."""
+    axis = plot.getAxis("left")
+    low, high = axis.range
+    ticks = axis.tickValues(low, high, axis.height())
+    return [text for spacing, values in ticks for text in axis.tickStrings(values, axis.autoSIPrefixScale, spacing)]
+
+
+def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbot):  # type: ignore[no-untyped-def]
+    """Issue 26: a loss from 0.6 to 0.01 read "600" under "loss (x0.001)", a learning rate of 0.001 read "1.0"
+    under "lr (x0.001)", and the Memory plot's legend sat on its curve."""
+    from adapter_studio.engine.events import Metrics
+
+    train = window.train_page
+    window.go_to("train")
+    losses = [0.6 * (0.01 / 0.6) ** (i / 39) for i in range(40)]  # falls 60× over 40 steps
+    train.on_events([Metrics(step=i + 1, epoch=i / 40, loss=loss, lr=1e-3 * (1 - i / 40), grad_norm=1.0,
+                             tokens_per_s=400.0, tokens_seen=500 * i, memory_bytes=(1600 + 10 * i) * 2**20)
+                     for i, loss in enumerate(losses)])  # fmt: skip
+    qtbot.waitUntil(lambda: train.loss_plot.getAxis("left").range[1] > 0.5, timeout=10_000)
+    window.train_page.more.setCurrentWidget(train.lr_plot)
+    qtbot.waitUntil(lambda: 0 < train.lr_plot.getAxis("left").range[1] < 0.01, timeout=10_000)
+
+    for plot, label, top in ((train.loss_plot, "loss", 0.6), (train.lr_plot, "lr", 1e-3)):
+        axis = plot.getAxis("left")
+        assert "x0.001" not in axis.labelString() and label in axis.labelString()
+        values = [float(t) for t in plotted_ticks(plot)]
+        assert values and max(values) <= top * 1.2 and max(values) >= top * 0.5, (label, values)
+
+    # The log-scale option: the loss's ticks then run over decades, 0.01 … 0.1 … (not 10^-2 or 600).
+    train.log_loss.setChecked(True)
+    assert train.loss_plot.getAxis("left").logMode
+    qtbot.waitUntil(lambda: train.loss_plot.getAxis("left").range[0] < -1.5, timeout=10_000)
+    decades = [float(t) for t in plotted_ticks(train.loss_plot)]
+    assert 0.01 in decades and 0.1 in decades, decades
+    train.log_loss.setChecked(False)
+    assert not train.loss_plot.getAxis("left").logMode
+
+    # Every legend sits outside the area where the curves are drawn.
+    for plot in (train.loss_plot, train.memory_plot):
+        legend, view = plot.legend, plot.getViewBox()
+        assert legend.items and legend.isVisible()
+        assert not legend.sceneBoundingRect().intersects(view.sceneBoundingRect()), plot.objectName()

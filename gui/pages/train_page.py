@@ -12,6 +12,7 @@ from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.worker import TrainingController
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QGridLayout,
@@ -100,6 +101,10 @@ class TrainPage(Page):
         self.x_axis.addItems(["step", "elapsed seconds"])
         self.x_axis.currentTextChanged.connect(self.replot)
         controls.addWidget(self.x_axis)
+        self.log_loss = QCheckBox("log scale")
+        self.log_loss.setObjectName("logLoss")
+        self.log_loss.setToolTip("Loss on a log axis: a loss that falls from 0.6 to 0.01 stays readable at the end")
+        controls.addWidget(self.log_loss)
         controls.addStretch()
         self.layout_.addLayout(controls)
 
@@ -107,6 +112,7 @@ class TrainPage(Page):
         plots = QSplitter(Qt.Orientation.Horizontal)
         self.loss_plot = LivePlot("Loss", "loss")
         self.loss_plot.setObjectName("lossPlot")
+        self.log_loss.toggled.connect(self.loss_plot.set_log_y)
         self.memory_plot = LivePlot("Memory", "MiB")
         self.memory_plot.setObjectName("memoryPlot")
         plots.addWidget(self.loss_plot)
