@@ -20,11 +20,12 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+QUANTIZED = ("4bit", "8bit")
 
-def _raise_quantization_problem() -> None:
-    problem = quantization_problem()
-    if problem is not None:
-        raise problem
+
+def _quantization_problems() -> dict[str, UserError | None]:
+    """Why each quantised base cannot load here (None: it can)."""
+    return {kind: quantization_problem(kind) for kind in QUANTIZED}
 
 
 def human_bytes(n: int) -> str:
@@ -89,6 +90,7 @@ class ModelPage(Page):
         self.quantization_note.setWordWrap(True)
         box.addWidget(self.quantization_note)
         self.layout_.addWidget(loading)
+        self.quantization_problems: dict[str, UserError | None] | None = None  # None: not checked yet
         self._offer_quantization()
         self.layout_.addStretch()
         state.model_changed.connect(self.refresh)
@@ -112,29 +114,48 @@ class ModelPage(Page):
             self.state.set_model(source)
 
     def _offer_quantization(self) -> None:
-        """4-bit/8-bit bases only where they can work; otherwise say why (checked off the main thread:
-        it imports torch)."""
-        self.loading_form.widgets["quantization"].setEnabled(False)
-        self.quantization_note.setText("Checking whether this machine can load 4-bit/8-bit bases…")
-        # The problem arrives as the worker's error (a worker treats a returned exception as one).
+        """Check off the main thread (it imports torch) whether 4-bit/8-bit bases can load here."""
         self._quant_worker = run_in_background(
-            _raise_quantization_problem, on_result=lambda _r: self._show_quantization(None),
-            on_error=self._show_quantization,
+            _quantization_problems, on_result=self._quantization_checked, on_error=self._quantization_check_failed
         )
+        self._show_quantization_note()
 
-    def _show_quantization(self, problem: BaseException | None) -> None:
-        if problem is not None and not isinstance(problem, UserError):
-            problem = UserError(f"the check failed ({type(problem).__name__}: {problem})",
-                                fix="leave model.quantization at none")
+    def _quantization_check_failed(self, error: BaseException) -> None:
+        problem = UserError(f"the check failed ({type(error).__name__}: {error})", fix="choose none")
+        self._quantization_checked(dict.fromkeys(QUANTIZED, problem))
+
+    def _quantization_checked(self, problems: dict[str, UserError | None]) -> None:
+        self.quantization_problems = problems
         widget = self.loading_form.widgets["quantization"]
-        widget.setEnabled(problem is None)
-        self.quantization_note.setText(
-            f"Not on this machine: {problem.what} ({problem.fix}); this base loads unquantised."
-            if problem is not None
-            else "4-bit NF4 or 8-bit bases (QLoRA) cut the base's memory about 4× / 2×; adapters stay float32."
-        )
+        unavailable = problems["4bit"] or problems["8bit"]
+        description = ModelSpec.model_fields["quantization"].description or ""
+        widget.setToolTip(description + (f" Not on this machine: {unavailable.what}." if unavailable else ""))
+        self._show_quantization_note()
+
+    def _show_quantization_note(self) -> None:
+        """Say something only when a quantised base is chosen: a note under "none" read as if the setting
+        were wrong (issue 26). The choice stays open on any machine, so a spec asking for 4-bit can be set
+        back to none here."""
+        chosen = self.loading_form.values()["quantization"]
+        self.quantization_note.setVisible(chosen in QUANTIZED)
+        if chosen not in QUANTIZED:
+            self.quantization_note.clear()
+        elif self.quantization_problems is None:
+            self.quantization_note.setText(f"Checking whether this machine can load a {chosen} base…")
+        elif (problem := self.quantization_problems[chosen]) is not None:
+            self.quantization_note.setText(
+                f"<span style='color:#c00'>Not on this machine: {problem.what}.</span> "
+                "A run would stop at the start: choose none to train here."
+            )
+        else:
+            shrink = "4×" if chosen == "4bit" else "2×"
+            self.quantization_note.setText(
+                f"A {chosen} base (QLoRA) takes about {shrink} less memory for the base's weights; the adapter "
+                "trains in float32."
+            )
 
     def _loading_edited(self, values: dict) -> None:  # type: ignore[type-arg]
+        self._show_quantization_note()
         if self.state.model is None:
             self.status.setText("Pick a model first; these settings apply to it.")
             return
@@ -147,6 +168,7 @@ class ModelPage(Page):
         source = self.state.model.source
         self.source.setText(source)
         self.loading_form.set_values(self.state.model)
+        self._show_quantization_note()  # set_values is silent
         self.status.setText("Reading the model's configuration…")
         for label in self.fields.values():
             label.setText("…")
