@@ -13,8 +13,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from adapter_studio.engine.inference.playground import Playground
 from adapter_studio.engine.training.run import run
-from adapter_studio.gui.pages.try_page import TryPage
+from adapter_studio.gui.pages.try_page import TryPage, example_labels
 from adapter_studio.gui.state import StudioState
+from conftest import reversal_pairs, write_jsonl
 from PySide6.QtCore import QAbstractEventDispatcher, QThread
 
 pytestmark = pytest.mark.gui
@@ -88,6 +89,37 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     assert base and tuned and base != tuned
     assert page.status.text() == "Done."
     assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
+
+
+def test_held_out_list_leads_with_what_differs(
+    page: TryPage, qtbot: Any, tiny_llama: Path, make_spec: Any, tmp_path: Path
+) -> None:
+    """Issue 26: cut to its first characters, every demo row read the same instruction ("Convert the date to
+    ISO 8601 (YYYY-MM…") and the input, the part that differs, was cut off. Each row now starts with it."""
+    instructions = ["Write the letters of the word below in reverse order, last letter first.",
+                    "Reverse the following word and answer with the reversed word only."]  # fmt: skip
+    rows = [{"instruction": instructions[i % 2], "input": question.removeprefix("reverse "), "output": answer}
+            for i, (question, answer) in enumerate(reversal_pairs(80, seed=3))]  # fmt: skip
+    data = write_jsonl(tmp_path / "instructed.jsonl", rows)
+    result = run(make_spec(tiny_llama, data, "lora", max_steps=1, eval_samples=0,
+                           data={"eval_split": 0.25, "max_length": 160}))  # fmt: skip
+    assert result.status == "completed", result.error
+    open_run(page, qtbot, result.run_dir)
+
+    assert page.examples.count() == len(page.held_out) == 20
+    for row, (_, message, expected) in enumerate(page.held_out):
+        instruction, word = message.split("\n\n")
+        item = page.examples.item(row)
+        assert item.text() == f"{word} — {instruction}"
+        assert item.toolTip() == f"{message}\n\nExpected: {expected}"  # the whole row, untouched
+
+
+def test_example_labels_drop_an_opening_every_row_shares() -> None:
+    labels = example_labels(["Translate to French: the cat sleeps", "Translate to French: a dog barks", "Hi"])
+    assert labels == ["Translate to French: the cat sleeps", "Translate to French: a dog barks", "Hi"]  # not all
+    labels = example_labels(["Translate to French: the cat sleeps", "Translate to French: a dog barks"])
+    assert labels == ["…the cat sleeps", "…a dog barks"]
+    assert example_labels(["word " * 40], width=20) == ["word word word word…"]
 
 
 STOP_AFTER = 60  # characters (one token each with the test tokenizer) before Stop: the sample of tokens

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,47 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 HELD_OUT_SHOWN = 50
+LABEL_CHARS = 90  # of a held-out row in the list; the whole message is its tooltip
+SHARED_OPENING_CHARS = 12  # a common opening at least this long is left out of single-paragraph rows
 PANES = ("base", "tuned")
 RANDOM_HEAD_NOTE = (
     "The base model's classifier head is untrained (randomly initialised), so its probabilities are "
     "chance: they are shown only for reference."
 )
+
+
+def example_labels(messages: list[str], width: int = LABEL_CHARS) -> list[str]:
+    """One line per held-out message that starts with what tells it from the others.
+
+    Cut to its first characters, every demo row read "Convert the date to ISO 8601 (YYYY-MM…": the input,
+    the part that differs, was cut off (issue 26). So a row's paragraphs are reordered: those no other row
+    has first (later ones before earlier ones: an alpaca input follows its instruction), those it shares
+    after. A row of one paragraph loses the opening every row shares ("…" marks it)."""
+    rows = [[" ".join(p.split()) for p in re.split(r"\n+", m) if p.strip()] for m in messages]
+    counts = Counter(p for paragraphs in rows for p in set(paragraphs))
+    opening = _shared_opening([" ".join(m.split()) for m in messages])
+    labels = []
+    for message, paragraphs in zip(messages, rows, strict=True):
+        if len(paragraphs) > 1:
+            order = sorted(range(len(paragraphs)), key=lambda i: (counts[paragraphs[i]] > 1, -i))
+            text = " — ".join(paragraphs[i] for i in order)
+        else:
+            flat = " ".join(message.split())
+            text = "…" + flat[len(opening) :] if opening and len(flat) > len(opening) else flat
+        labels.append(text if len(text) <= width else text[: width - 1].rstrip() + "…")
+    return labels
+
+
+def _shared_opening(texts: list[str]) -> str:
+    """The words every text starts with (through the last space they share), if long enough to matter."""
+    if len(texts) < 2:
+        return ""
+    common = texts[0]
+    for text in texts[1:]:
+        while not text.startswith(common):
+            common = common[:-1]
+    common = common[: common.rfind(" ") + 1]
+    return common if len(common) >= SHARED_OPENING_CHARS else ""
 
 
 class TryPage(Page):
@@ -64,6 +102,7 @@ class TryPage(Page):
         split.addWidget(self._held_out_panel())
         split.addWidget(self._prompt_panel())
         split.setStretchFactor(1, 3)
+        split.setSizes([380, 1000])  # room for a held-out row's input and the start of its instruction
         self.layout_.addWidget(split, 1)
 
         state.run_changed.connect(self._run_changed)
@@ -213,8 +252,11 @@ class TryPage(Page):
         self.examples.clear()
         self.expected.clear()
         self.held_out = playground.held_out_examples(HELD_OUT_SHOWN)
-        for _, message, _ in self.held_out:
-            self.examples.addItem(" ".join(message.split())[:120])
+        for label, (_, message, expected) in zip(
+            example_labels([m for _, m, _ in self.held_out]), self.held_out, strict=True
+        ):
+            self.examples.addItem(label)
+            self.examples.item(self.examples.count() - 1).setToolTip(f"{message}\n\nExpected: {expected}")
         method = playground.spec.method
         source = ("the same weights with the adapter switched off" if playground.shares_weights
                   else "a second, untouched copy of the base model")  # fmt: skip
