@@ -20,6 +20,7 @@ class StudioState(QObject):
     training_changed = Signal()
     spec_edited = Signal()  # a hyperparameter was edited in a form
     run_changed = Signal()  # the run folder that Train/Try/Export act on
+    data_measured = Signal()  # the Data page counted the tokens of its rows (`measured_lengths`)
 
     def __init__(self, runs_dir: str = "runs") -> None:
         super().__init__()
@@ -32,11 +33,13 @@ class StudioState(QObject):
         self.model_info: Any = None  # adapter_studio.engine.models.info.ModelInfo once read
         self.current_run: Path | None = None
         self.last_estimate: dict[str, Any] | None = None  # the chosen method's cost row (Compare page)
+        self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
 
     def set_model(self, source: str) -> None:
         # A new model keeps the loading choices (device, dtype, quantisation) made for the last one.
         kept = self.model.model_dump(exclude={"source"}) if self.model is not None else {}
         self.model = ModelSpec(source=source, **kept)
+        self._lengths = None  # counted with the last model's tokenizer
         self.model_summary = None
         self.model_info = None
         self.model_changed.emit()
@@ -45,6 +48,21 @@ class StudioState(QObject):
         self.model_summary = summary
         self.model_info = summary.info
         self.model_described.emit()
+
+    def set_data_lengths(self, data: DataSpec, stats: dict[str, Any] | None) -> None:
+        """The Data page's token counts (`engine.data.preview.length_stats`) of `data`, or None."""
+        self._lengths = (data, stats) if stats is not None else None
+        self.data_measured.emit()
+
+    def measured_lengths(self) -> dict[str, Any] | None:
+        """The token counts of the current data and model, once the Data page has them."""
+        if self._lengths is None or self.data is None:
+            return None
+        # The page counts with the format it shows ("detect"), the state holds the one detected; a new
+        # mapping or format reads the rows again and counts again.
+        same = {"format", "columns"}
+        counted, current = self._lengths[0].model_dump(exclude=same), self.data.model_dump(exclude=same)
+        return self._lengths[1] if counted == current else None
 
     def set_data(self, data: DataSpec) -> None:
         self.data = data
@@ -68,6 +86,7 @@ class StudioState(QObject):
         self.method = spec.method
         self.training = spec.training
         self.runs_dir = spec.output_dir
+        self._lengths = None
         self.model_summary = None
         self.model_info = None
         for signal in (self.model_changed, self.data_changed, self.method_changed, self.training_changed):

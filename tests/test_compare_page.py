@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 
 import pytest
 from adapter_studio.engine.methods import METHODS
@@ -99,3 +100,68 @@ def test_the_three_charts_share_the_row_order(window, qtbot, tiny_llama):  # typ
     chart = page.chart
     # Every plot draws row 0 (the library's first method) at the top.
     assert all(plot.getViewBox().yInverted() for plot in (chart.params, chart.size, chart.memory))
+
+
+def test_refusals_are_listed_under_the_chart_not_across_it(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    """Issue 26: BitFit's reason was printed in red across the bars; the parts' legend covered the memory bars."""
+    page = window.pages["compare"]
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    reason = next(r for r in page.rows if r["method"] == "bitfit")["error"]
+    drawn = page.chart.visible_texts()
+    assert "not available" in drawn and not any(reason[:20] in text for text in drawn)
+    full = next(text for r, text in zip(page.visible_rows(), drawn, strict=True) if r["method"] == "full")
+    assert full.endswith("(100%)")  # it read "(1e+02%)"
+    assert f"<b>BitFit</b>: {html.escape(reason)}" in page.notes.text()
+    # Nothing drawn in the chart runs past the edge of its plot, or over another plot's bars.
+    view = page.chart.params.getViewBox()
+
+    def overflowing() -> list[str]:
+        right = view.sceneBoundingRect().right() + 1
+        return [t.toPlainText() for t in page.chart.labels if t.isVisible() and t.sceneBoundingRect().right() > right]
+
+    qtbot.waitUntil(lambda: not overflowing(), timeout=5_000)  # once drawn at the window's size
+    legend = page.chart.legend
+    assert len(legend.items) == 6
+    assert not legend.sceneBoundingRect().intersects(page.chart.memory.getViewBox().sceneBoundingRect())
+
+    bitfit = next(i for i in range(page.ticks.count()) if page.ticks.item(i).text() == "BitFit")
+    page.ticks.item(bitfit).setCheckState(Qt.CheckState.Unchecked)  # the notes follow the ticked methods
+    assert "BitFit" not in page.notes.text() and "not available" not in page.chart.visible_texts()
+
+
+def test_memory_is_estimated_at_the_datas_longest_row(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    """Issue 26: every row at the full length made 6.4 GiB for a demo run that peaked at 2.3 GiB. Batches are
+    padded to their longest row, so once the Data page has counted the tokens the peak step is estimated."""
+    page, data_page = window.pages["compare"], window.pages["data"]
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    worst = lora_row(page)
+    assert "worst case" in page.notes.text() and f"× {worst['assumptions']['seq_len']} tokens" in page.notes.text()
+
+    data_page.path.setText(str(alpaca_jsonl))
+    data_page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: data_page.stats is not None and not data_page.stats_busy, timeout=60_000)
+    longest = max(data_page.stats["lengths"])
+    assert longest < worst["assumptions"]["seq_len"]
+    qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"]["seq_len"] == longest, timeout=60_000)
+    measured = lora_row(page)
+    assert measured["memory_bytes"]["activations"] < worst["memory_bytes"]["activations"] / 2
+    assert measured["memory_bytes"]["weights"] == worst["memory_bytes"]["weights"]
+    assert f"× {longest} tokens: the data's longest row" in page.notes.text()
+
+    data_page.packing.setChecked(True)  # packed rows fill max length: the full length is the real one
+    full = data_page.stats["max_length"]
+    # (Until the rows are counted again the page falls back to the worst case, also the full length.)
+    qtbot.waitUntil(lambda: page.complete() and "packed rows fill max length" in page.notes.text(), timeout=60_000)
+    assert lora_row(page)["assumptions"]["seq_len"] == full
+
+
+def test_chart_labels_write_numbers_out() -> None:
+    from adapter_studio.gui.pages.compare_page import short_count, three_digits
+
+    assert [three_digits(x) for x in (100.0, 0.341, 5.3, 0.0086, 1234.0)] == ["100", "0.341", "5.3", "0.0086", "1234"]
+    assert [short_count(n) for n in (950, 460_800, 999_700, 134_515_008, 7_000_000_000)] == [
+        "950", "461K", "1M", "135M", "7B"]  # fmt: skip

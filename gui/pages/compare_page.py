@@ -7,6 +7,7 @@ are debounced and only the newest request's answer is shown."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 import time
@@ -17,10 +18,11 @@ from typing import Any
 import pyqtgraph as pg
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
 from adapter_studio.gui.pages.base import Page
-from adapter_studio.gui.pages.model_page import human_bytes, human_count
+from adapter_studio.gui.pages.model_page import human_bytes
+from adapter_studio.gui.plots import LegendBelow
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -29,6 +31,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -45,6 +48,25 @@ COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory t
 MAX_COLUMN_PX = 260
 FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
 TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision", "devices", "distributed")
+ROW_PX = 13  # height of one method's row in the chart: the names stay apart (at 10 px a row they overlapped)
+CHART_FRAME_PX = 125  # titles, the x axes and the legend around the rows
+LABEL_GAP_PX = 6  # between a parameter bar and its label
+TICK_PX = 42  # room for one tick label of the parameter axis ("100M")
+
+
+def step_length(state: Any) -> tuple[int, str] | None:
+    """Tokens per row in the longest training step, from the Data page's counts, with what it is; None
+    until the data is measured. Batches are padded to their longest row, so the step holding the longest
+    row is the peak: estimating every row at max length read 6.4 GiB for a demo run that peaked at
+    2.3 GiB (issue 26)."""
+    stats = state.measured_lengths()
+    if not stats or not stats["lengths"]:
+        return None
+    limit = stats["max_length"]
+    if stats["format"] == "text" or (state.data.packing and stats["packing_applies"]):
+        return limit, f"packed rows fill max length {limit}"
+    longest = min(max(stats["lengths"]), limit)
+    return longest, "the data's longest row"
 
 
 def cost_overrides(state: Any) -> list[str]:
@@ -54,7 +76,10 @@ def cost_overrides(state: Any) -> list[str]:
         for key in TRAINING_KEYS
         if getattr(state.training, key) is not None
     ]
-    if state.data is not None and state.data.max_length:
+    measured = step_length(state)
+    if measured is not None:  # the estimate's sequence length is data.max_length
+        items.append(f"data.max_length={max(measured[0], 8)}")
+    elif state.data is not None and state.data.max_length:
         items.append(f"data.max_length={state.data.max_length}")
     if state.model is not None:
         items += [f"model.quantization={state.model.quantization}", f"model.dtype={state.model.dtype}"]
@@ -102,6 +127,19 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
     return rows
 
 
+def three_digits(x: float) -> str:
+    """A number to three significant digits, written out: 100, not 1e+02 (Full fine-tuning read "1e+02%")."""
+    return f"{x:.3g}" if abs(x) < 999.5 else f"{x:.0f}"
+
+
+def short_count(n: int) -> str:
+    """A count in three digits: 461K, 135M (the chart's labels; the table has every digit)."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= 0.9995 * size:  # 999,700 is 1M, not 1e+03K
+            return f"{three_digits(n / size)}{unit}"
+    return str(n)
+
+
 def has_numbers(row: dict[str, Any]) -> bool:
     """A row with an estimate (not refused, not still being computed)."""
     return "error" not in row and "memory_bytes" in row
@@ -132,15 +170,20 @@ class CostChart(QWidget):
         self.view = pg.GraphicsLayoutWidget()
         layout.addWidget(self.view)
         self.axis = MethodAxis()
-        self.params = self.view.addPlot(title="Trainable parameters (log scale)", axisItems={"left": self.axis})
-        self.size = self.view.addPlot(title="Adapter file size (MiB)")
-        self.memory = self.view.addPlot(title="Memory of one training step (GiB)")
+        # Short titles: at 1280 px the three side by side ran out of room and cut the memory plot off.
+        self.params = self.view.addPlot(title="Trainable parameters", axisItems={"left": self.axis})
+        self.size = self.view.addPlot(title="Adapter size (MiB)")
+        self.memory = self.view.addPlot(title="Memory of a step (GiB)")
+        for column, stretch in enumerate((3, 1, 2)):  # the first holds the method names too
+            self.view.ci.layout.setColumnStretchFactor(column, stretch)
         self.params.invertY(True)  # the library's order, top to bottom
         for plot in (self.size, self.memory):
             plot.setYLink(self.params)
             plot.invertY(True)  # a linked range does not carry the inversion: without this, rows run reversed
             plot.getAxis("left").setStyle(showValues=False)
-        self.params.getAxis("bottom").setLabel("parameters")
+        self.params.getAxis("bottom").setLabel("parameters (log scale)")
+        self._bar_ends: list[float] = []
+        self.params.getViewBox().sigResized.connect(self.fit_labels)
         self.plotted_rows: list[dict[str, Any]] = []
 
         def bar(plot: pg.PlotItem, **opts: Any) -> pg.BarGraphItem:
@@ -151,16 +194,19 @@ class CostChart(QWidget):
         self.param_bars = bar(self.params)
         self.size_bars = bar(self.size)
         self.labels: list[pg.TextItem] = []
-        legend = self.memory.addLegend(offset=(-5, -5))
+        # The parts' legend goes under the whole chart: inside the memory plot it covered the bars and the
+        # device line's label.
+        self.legend = LegendBelow()
+        self.view.addItem(self.legend, row=1, col=0, colspan=3)
+        self.memory.legend = self.legend
         self.part_bars = [
             bar(self.memory, brush=color, name=part) for part, color in zip(MEMORY_PARTS, PART_COLORS, strict=True)
         ]
-        assert legend is not None
         self.marker = bar(self.memory, brush=None, pen=pg.mkPen(HIGHLIGHT, width=3))
         self.marker.setOpts(height=0.85)
         self.device_line = pg.InfiniteLine(
             0, angle=90, pen=pg.mkPen("#c00", width=2, style=Qt.PenStyle.DashLine), label="",
-            labelOpts={"position": 0.95},
+            labelOpts={"position": 0.95, "color": "#c00"},  # pyqtgraph's default label colour hardly showed
         )
         self.device_line.setVisible(False)
         self.memory.addItem(self.device_line)
@@ -182,19 +228,14 @@ class CostChart(QWidget):
 
         logs = [math.log10(max(r.get("trainable_params", 0), 1)) if has_numbers(r) else 0 for r in rows]
         self.param_bars.setOpts(x0=zeros, y=ys, width=logs, brushes=brushes)
-        top = max(logs, default=1)
-        self.params.getAxis("bottom").setTicks(
-            [[(k, SHORT_COUNTS.get(k, f"1e{k}")) for k in range(0, int(top) + 2, 2)]]
-        )
-        self.params.setXRange(0, top + 2.5, padding=0)  # room for the labels right of the bars
         foreground = pg.getConfigOption("foreground")
         for i, (r, v) in enumerate(zip(rows, logs, strict=True)):
-            if "error" in r:
-                text, color = r["error"][:40], "#c00"
+            if "error" in r:  # the reason is listed under the chart: across the bars it hid them
+                text, color = "not available", "#888"
             elif not has_numbers(r):
                 text, color = "estimating…", "#888"
             else:
-                text = f"{human_count(r['trainable_params'])} ({100 * r['trainable_share']:.3g}%)"
+                text = f"{short_count(r['trainable_params'])} ({three_digits(100 * r['trainable_share'])}%)"
                 color = "#888" if r.get("stale") else foreground
             label = self._label(i)
             label.setText(text, color=color)
@@ -202,6 +243,8 @@ class CostChart(QWidget):
             label.setVisible(True)
         for label in self.labels[len(rows):]:
             label.setVisible(False)
+        self._bar_ends = logs
+        self.fit_labels()
         self.size_bars.setOpts(
             x0=zeros, y=ys, width=[r.get("adapter_bytes", 0) / 2**20 if has_numbers(r) else 0 for r in rows],
             brushes=brushes,
@@ -221,6 +264,30 @@ class CostChart(QWidget):
         if device_memory:
             self.device_line.setValue(device_memory / 2**30)
             self.device_line.label.setFormat(f"device {human_bytes(device_memory)}")
+        self.setMinimumHeight(len(rows) * ROW_PX + CHART_FRAME_PX)
+
+    def fit_labels(self) -> None:
+        """Widen the parameter axis until every label fits right of its bar. Labels keep their size in
+        pixels while the plot's width changes, so a fixed margin cut them off in a narrow window."""
+        ends = self._bar_ends
+        view_px = self.params.getViewBox().width()
+        needed = max(ends, default=1) + 0.5
+        if view_px > 0:
+            for end, label in zip(ends, self.labels, strict=False):
+                # The text's own size in pixels (the item's rect follows the view's scale only once drawn).
+                share = (label.textItem.boundingRect().width() + LABEL_GAP_PX) / view_px
+                needed = max(needed, end / max(1 - share, 0.4))  # bars keep at least 40% of the width
+        self.params.setXRange(0, needed, padding=0)
+        # A tick every 2 decades, or every 4 or 6 where they would run into each other.
+        decade_px = view_px / needed if view_px > 0 else 40
+        step = next((s for s in (2, 4, 6) if s * decade_px >= TICK_PX), 6)
+        self.params.getAxis("bottom").setTicks(
+            [[(k, SHORT_COUNTS.get(k, f"1e{k}")) for k in range(0, int(max(ends, default=1)) + 2, step)]]
+        )
+
+    def visible_texts(self) -> list[str]:
+        """The texts drawn inside the plots (the labels beside the parameter bars)."""
+        return [label.toPlainText() for label in self.labels if label.isVisible()]
 
 
 class ComparePage(Page):
@@ -253,11 +320,27 @@ class ComparePage(Page):
         column.addWidget(self.status)
         self.chart = CostChart()
         self.chart.setObjectName("costChart")
-        column.addWidget(self.chart, 3)
+        # What the memory bars assume, and why a method is missing from the bars (kept off the chart).
+        self.notes = QLabel("")
+        self.notes.setObjectName("compareNotes")
+        self.notes.setWordWrap(True)
+        self.notes.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        chart_box = QWidget()
+        chart_column = QVBoxLayout(chart_box)
+        chart_column.setContentsMargins(0, 0, 0, 0)
+        chart_column.addWidget(self.chart, 1)
+        chart_column.addWidget(self.notes)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("costTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        column.addWidget(self.table, 2)
+        self.table.setMinimumHeight(90)
+        below = QSplitter(Qt.Orientation.Vertical)  # the chart keeps the room its rows need; the table the rest
+        below.addWidget(chart_box)
+        below.addWidget(self.table)
+        below.setStretchFactor(0, 3)
+        below.setStretchFactor(1, 2)
+        below.setChildrenCollapsible(False)
+        column.addWidget(below, 1)
         buttons = QHBoxLayout()
         for text, slot in (
             ("Copy table", self.copy_table),
@@ -282,6 +365,7 @@ class ComparePage(Page):
             state.training_changed,
             state.spec_edited,
             state.data_changed,
+            state.data_measured,
         ):
             signal.connect(self.request)
 
@@ -346,6 +430,31 @@ class ComparePage(Page):
             f"{devices}{progress}"
         )
 
+    def notes_text(self, rows: list[dict[str, Any]]) -> str:
+        """Under the chart: what one step's memory assumes, and each method that cannot run here and why."""
+        lines = []
+        assumed = next((r["assumptions"] for r in rows if "assumptions" in r), None)
+        if assumed is not None:
+            measured = step_length(self.state)
+            batch, tokens = assumed["batch_size"], assumed["seq_len"]
+            if measured is not None:
+                lines.append(
+                    f"Memory: the peak step, {batch} rows × {tokens} tokens: {measured[1]} (each batch is "
+                    "padded to its longest row)."
+                )
+            else:
+                lines.append(
+                    f"Memory: worst case, {batch} rows × {tokens} tokens (every row at the full length). "
+                    "Once the Data page has counted the tokens, the data's longest row is used."
+                )
+        refused = [r for r in rows if "error" in r]
+        if refused:
+            reasons = "<br>".join(
+                f"<b>{html.escape(r.get('title', r['method']))}</b>: {html.escape(r['error'])}" for r in refused
+            )
+            lines.append(f"Not available on this model: {reasons}")
+        return "<br>".join(lines)
+
     def complete(self) -> bool:
         """Every method's answer is in and current."""
         return bool(self.rows) and not any(r.get("pending") or r.get("stale") for r in self.rows)
@@ -361,11 +470,14 @@ class ComparePage(Page):
     def redraw(self) -> None:
         rows = self.visible_rows()
         self.chart.show_rows(rows, self.state.method.name, self.device_memory)
+        self.notes.setText(self.notes_text(rows))
         self.table.setUpdatesEnabled(False)  # one repaint for the whole table, not one per cell
         self.table.setRowCount(len(rows))
         highlight, plain = pg.mkBrush(HIGHLIGHT), QBrush()
+        on_highlight = QBrush(QColor("#111"))  # the dark theme's light text vanished on the orange
         for i, r in enumerate(rows):
-            background = highlight if r["method"] == self.state.method.name else plain
+            chosen = r["method"] == self.state.method.name
+            background = highlight if chosen else plain
             for j, value in enumerate(self._cells(r)):
                 item = self.table.item(i, j)
                 if item is None:
@@ -374,6 +486,7 @@ class ComparePage(Page):
                 item.setText(value)
                 item.setToolTip(value if len(value) > 30 else "")  # a refusal's reason, cut by the column
                 item.setBackground(background)
+                item.setData(Qt.ItemDataRole.ForegroundRole, on_highlight if chosen else None)  # None: the theme's
         self.table.resizeColumnsToContents()
         for column in range(self.table.columnCount()):
             # A refusal's long reason would widen its column past the window and push the others out.

@@ -405,8 +405,8 @@ class DataPage(Page):
         if self.preview is None or self._stats_tokenizer is None:
             self._stats_done = self._stats_generation  # nothing to count
             return
-        spec = self._current_spec()
-        spec = spec.model_copy(update={"max_length": spec.max_length or self.auto_max_length})
+        published = self._current_spec()
+        spec = published.model_copy(update={"max_length": published.max_length or self.auto_max_length})
         generation = self._stats_generation
         batch_size = self.state.training.batch_size if self.state.training else None
         if self._stats_running:
@@ -418,8 +418,8 @@ class DataPage(Page):
             spec,
             self._stats_tokenizer,
             batch_size,
-            on_result=lambda s, g=generation: self._stats_ready(s, g),
-            on_error=lambda e, g=generation: self._stats_failed(e, g),
+            on_result=lambda s, g=generation, d=published: self._stats_ready(s, g, d),
+            on_error=lambda e, g=generation, d=published: self._stats_failed(e, g, d),
         )
 
     def _stale(self, generation: int) -> bool:
@@ -431,19 +431,21 @@ class DataPage(Page):
         self._stats_done = generation
         return False
 
-    def _stats_ready(self, stats: dict[str, Any], generation: int) -> None:
+    def _stats_ready(self, stats: dict[str, Any], generation: int, data: DataSpec) -> None:
         if self._stale(generation):
             return
         self.stats = stats
+        self.state.set_data_lengths(data, stats)  # the Compare page sizes its memory estimate with them
         self._last_error = ""
         self._draw_histogram(stats)
         self.length_stats.setText(describe_stats(stats, self.packing.isChecked()))
         self.length_stats.setToolTip("\n".join(stats["dropped"][:50]))
 
-    def _stats_failed(self, error: BaseException, generation: int) -> None:
+    def _stats_failed(self, error: BaseException, generation: int, data: DataSpec) -> None:
         if self._stale(generation):
             return
         self.stats = None
+        self.state.set_data_lengths(data, None)
         message = getattr(error, "message", str(error))
         self.length_stats.setText(f"<span style='color:#c00'>{html.escape(message)}</span>")
         if message != self._last_error:  # one dialog per problem, not one per spin-box step
