@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
+MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
 
@@ -121,6 +122,10 @@ class DataPage(Page):
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget()
         self.table.setObjectName("dataTable")
+        # One line a row, full text in the tooltip: wrapped into 100-px columns, a row took two lines that
+        # both ended in "…" and the table showed two rows (issue 26).
+        self.table.setWordWrap(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.itemSelectionChanged.connect(self.show_rendered)
         split.addWidget(self.table)
         split.addWidget(self._build_lengths())
@@ -128,6 +133,7 @@ class DataPage(Page):
         self.rendered.setObjectName("renderedText")
         self.rendered.setReadOnly(True)
         split.addWidget(self.rendered)
+        split.setSizes([200, 220, 160])  # the rows, their lengths, one row's training text (in proportion)
         self.layout_.addWidget(split, 1)
 
         self.combos: dict[str, QComboBox] = {}
@@ -156,7 +162,6 @@ class DataPage(Page):
         layout.setContentsMargins(0, 0, 0, 0)
         self.histogram = pg.PlotWidget()
         self.histogram.setObjectName("lengthHistogram")
-        self.histogram.setBackground("w")
         self.histogram.setLabel("bottom", "tokens per row")
         self.histogram.setLabel("left", "rows")
         self.histogram.setMinimumHeight(150)
@@ -305,7 +310,13 @@ class DataPage(Page):
         for r, row in enumerate(preview.rows[:50]):
             for c, column in enumerate(columns):
                 value = row.get(column)
-                self.table.setItem(r, c, QTableWidgetItem(str(value)[:200] if value is not None else ""))
+                text = str(value) if value is not None else ""
+                item = QTableWidgetItem(" ".join(text[:200].split()))
+                item.setToolTip(text[:2000] if len(text) > 40 or "\n" in text else "")
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        for c in range(self.table.columnCount()):
+            self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
         detected = "detected" if spec.format is None else "chosen"
         self.summary.setText(
             f"<b>{preview.total_rows:,}</b> rows, format <b>{preview.format}</b> ({detected}), "
@@ -378,13 +389,14 @@ class DataPage(Page):
         except Exception as e:  # a preview must never take the window down
             self.rendered.setPlainText(f"cannot render this row: {getattr(e, 'message', e)}")
             return
+        # Dark text on the green: in the dark theme the default text is light and vanished on it.
         body = "".join(
-            f"<span style='background:#c8f7c5'>{html.escape(t)}</span>" if loss else
-            f"<span style='color:#777'>{html.escape(t)}</span>"
+            f"<span style='background:#c8f7c5; color:#111'>{html.escape(t)}</span>" if loss else
+            f"<span style='color:#888'>{html.escape(t)}</span>"
             for t, loss in pieces
         )  # fmt: skip
-        legend = ("<p><span style='background:#c8f7c5'>green: tokens the model learns (carry loss)</span> · "
-                  "<span style='color:#777'>gray: prompt tokens (masked)</span></p>")  # fmt: skip
+        legend = ("<p><span style='background:#c8f7c5; color:#111'>green: tokens the model learns (carry loss)</span>"
+                  " · <span style='color:#888'>gray: prompt tokens (masked)</span></p>")  # fmt: skip
         self.rendered.setHtml(legend + f"<pre style='white-space:pre-wrap'>{body}</pre>")
 
     # --- token lengths --------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class ExportPage(Page):
         self.layout_.addWidget(self.status)
         self.results = QTextBrowser()
         self.results.setObjectName("exportResults")
+        self.results.setPlaceholderText(  # an empty box read as if something had failed to show
+            "Each export of this run is listed here: where it went, its size, its files, and how closely "
+            "the reloaded copy matches the trained model."
+        )
         self.layout_.addWidget(self.results, 1)
         self.exports: dict[str, str] = {}
         self._worker: Any = None
