@@ -1,6 +1,6 @@
 """`adapter-studio walkthrough SPEC --out DIR`: drive the real window offscreen through every page
-with a spec — choose, train, export both ways — saving a screenshot per page and a report of what
-it saw. The README's pictures come from it, and tests use it as an end-to-end check."""
+with a spec — choose, train, look at the run, try it, export both ways — saving a screenshot per page
+and a report of what it saw. The README's pictures come from it, and tests use it as an end-to-end check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 
 TRAIN_TIMEOUT_S = 3600
+TRY_EXAMPLE = 1  # the held-out example the Try picture answers
+TRY_NEW_TOKENS = 48  # enough for the tuned answer (a date) and a look at how the base one goes
 
 
 def _wait(app: Any, condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -57,15 +59,17 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     _wait(app, lambda: state.model_summary is not None, 300, "the model summary")
     data_page = window.pages["data"]
     _wait(app, lambda: getattr(data_page, "preview", None) is not None, 300, "the data preview")
-    for key in window.pages:
-        if key in ("train", "export"):
-            continue
+    # The pages that need no run first; Runs and Try are shown after training, with the run to show.
+    for key in ("model", "data", "method", "compare"):
         window.go_to(key)
         if key == "data":
             _wait(app, lambda: getattr(data_page, "tokenizer", None) is not None, 300, "the tokenizer")
             data_page.show_rendered()
         if key == "compare":
             compare = window.pages["compare"]
+            # The memory estimate follows the data's token counts: wait for them, then for the estimate.
+            _wait(app, lambda: not data_page.stats_busy, 300, "the data's token counts")
+            _settle(app)
             _wait(app, compare.complete, 300, "every method's cost")  # not a picture of "estimating…" rows
         report["pages"].append(key)
         shoot(key)
@@ -84,6 +88,18 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     shoot("train_finished")
     report["status"] = train.last_status
     report["plot_points"] = {name: plot.total_points() for name, plot in train.plots.items()}
+
+    runs = window.pages["runs"]
+    window.go_to("runs")
+    report["pages"].append("runs")
+    if state.current_run is not None:
+        runs.refresh()
+        runs.select_runs([state.current_run])  # its curves, not empty axes
+    shoot("runs")
+    if train.last_status == "completed":
+        report["try"] = _try_run(app, window)
+        report["pages"].append("try")
+        shoot("try")
 
     export = window.pages["export"]
     window.go_to("export")
@@ -112,3 +128,22 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     print(json.dumps({k: report[k] for k in ("status", "plot_points", "exports")}, indent=1))
     window.close()
     return 0 if report["status"] == "completed" and report["exports"] else 1
+
+
+def _try_run(app: Any, window: Any) -> dict[str, str]:
+    """On the Try page: load the run just trained, pick a held-out example and let both models answer."""
+    page = window.pages["try"]
+    window.go_to("try")
+    _wait(app, lambda: page.playground is not None or "Cannot load" in page.status.text(), 600, "the run to load")
+    if page.playground is None or not page.examples.count():
+        return {"status": page.status.text()}
+    page.examples.setCurrentRow(min(TRY_EXAMPLE, page.examples.count() - 1))
+    page.max_new_tokens.setValue(TRY_NEW_TOKENS)
+    page.generate()
+    _wait(app, lambda: not page.busy, 900, "the answers")
+    return {
+        "status": page.status.text(),  # "Done.": both answers finished
+        "prompt": page.prompt.toPlainText(),
+        "expected": page.expected.toPlainText(),
+        **{which: pane.toPlainText() for which, pane in page.panes.items()},
+    }

@@ -217,3 +217,52 @@ def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbo
         legend, view = plot.legend, plot.getViewBox()
         assert legend.items and legend.isVisible()
         assert not legend.sceneBoundingRect().intersects(view.sceneBoundingRect()), plot.objectName()
+
+
+def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, tiny_llama, monkeypatch):  # type: ignore[no-untyped-def]
+    """Issue 26: the walk-through took the Try picture before any run existed (an empty page in the README).
+    Now Runs and Try come after training: the run selected, a held-out example answered by both models."""
+    import pyqtgraph as pg
+    import yaml
+    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.walkthrough import walkthrough
+    from conftest import reversal_pairs, wind_down, write_jsonl
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what create_app sets for a real start
+    rows = [{"instruction": "Write the word below backwards.", "input": q.removeprefix("reverse "), "output": a}
+            for q, a in reversal_pairs(60, seed=4)]  # fmt: skip
+    spec = {
+        "model": {"source": str(tiny_llama)},
+        "data": {"path": str(write_jsonl(tmp_path / "words.jsonl", rows)), "eval_split": 0.2, "max_length": 96},
+        "method": {"name": "lora"},
+        "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01, "save_every": 4, "eval_samples": 0,
+                     "precision": "float32"},
+        "output_dir": str(tmp_path / "runs"),
+    }  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    app = QApplication.instance()
+    # The walk-through themes the application (create_app); later tests get it back as it was.
+    theme = (app.style().name(), app.palette(), {k: pg.getConfigOption(k) for k in ("background", "foreground")})
+    try:
+        code = walkthrough(str(tmp_path / "spec.yaml"), tmp_path / "shots")
+    finally:
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, MainWindow):
+                wind_down(widget, qtbot)
+                widget.deleteLater()
+        app.setStyle(theme[0])
+        app.setPalette(theme[1])
+        pg.setConfigOptions(**theme[2])
+        restore_automatic_garbage_collection()  # as the window fixture does
+
+    report = json.loads((tmp_path / "shots" / "report.json").read_text())
+    assert code == 0 and report["status"] == "completed"
+    shots = [Path(path).name for path in report["screenshots"]]
+    assert shots.index("train_finished.png") < shots.index("runs.png") < shots.index("try.png")
+    answers = report["try"]
+    assert answers["prompt"].endswith(answers["expected"][::-1])  # a held-out row: "…\n\nabc", expected "cba"
+    # Both answers finished before the picture. The base model's is text; the tuned one's may be empty (a
+    # tiny model trained 4 steps can stop at once): what it says is the Try page tests' business.
+    assert answers["status"] == "Done." and answers["base"] and "tuned" in answers
+    assert (tmp_path / "shots" / "try.png").stat().st_size > 10_000
