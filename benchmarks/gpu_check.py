@@ -116,6 +116,7 @@ def train_check(args: argparse.Namespace) -> None:
 def measure(config: object, name: str, training: object, row: dict, args: argparse.Namespace) -> tuple[int, int]:
     """Peak allocated bytes over a few real training steps, and what one forward pass adds."""
     import torch
+    from adapter_studio.engine.defaults import fill_method
     from adapter_studio.engine.methods import METHODS, MethodContext
     from adapter_studio.engine.models.info import describe_model
     from transformers import AutoModelForCausalLM
@@ -127,7 +128,7 @@ def measure(config: object, name: str, training: object, row: dict, args: argpar
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     info = describe_model(model)
-    spec = METHODS[name]().fill_defaults(info)
+    spec = fill_method(METHODS[name](), info)  # as a run fills it (engine.defaults)
     spec.check(info, training)
     model = spec.apply(model, MethodContext(info=info, training=training, total_steps=args.steps))
     if training.gradient_checkpointing:

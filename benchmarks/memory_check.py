@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
+from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH, fill_method
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.estimate.costs import estimate
 from adapter_studio.engine.methods import METHODS, MethodContext
@@ -98,7 +98,7 @@ def check(name: str, config: object, task: str, methods: list[str], batch: int, 
         if task == "causal_lm" and sdpa and seq <= CPU_EAGER_MAX_WIDTH:
             model.config._attn_implementation = "eager"  # what a CPU training run uses for batches this short
         info = describe_model(model)
-        spec = cls().fill_defaults(info)
+        spec = fill_method(cls(), info)  # as a run fills it (engine.defaults)
         try:
             spec.check(info, training)
             model = spec.apply(model, MethodContext(info=info, training=training, total_steps=100))

@@ -11,9 +11,11 @@ import re
 import sys
 from pathlib import Path
 
+from adapter_studio.engine.defaults import rate_for_size
 from adapter_studio.engine.methods import METHOD_CLASSES
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "user-guide.md"  # in a checkout
+SMOLLM2_PARAMS = 134_515_008  # SmolLM2-135M: its rates by engine.defaults (batch 4)
 BEGIN, END = "<!-- methods-table:begin -->", "<!-- methods-table:end -->"
 
 
@@ -32,7 +34,7 @@ def trainable_counts(model: str) -> dict[str, str]:
 def methods_table() -> str:
     smol = trainable_counts("smollm2-135m")
     lines = [
-        "| method (`method.name`) | family | what it trains | mergeable | trainable on SmolLM2-135M | default lr "
+        "| method (`method.name`) | family | what it trains | mergeable | trainable on SmolLM2-135M | default lr there "
         "| models |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -40,7 +42,8 @@ def methods_table() -> str:
         name = cls.model_fields["name"].default
         lines.append(
             f"| {cls.title} (`{name}`) | {cls.family} | {cls.description} | {'yes' if cls.mergeable else 'no'} "
-            f"| {smol.get(name, 'n/a')} | {cls.default_lr:g} | {cls.supported_models} |"
+            f"| {smol.get(name, 'n/a')} | {rate_for_size(cls(), SMOLLM2_PARAMS, 'causal_lm').value:g} "
+            f"| {cls.supported_models} |"
         )
     return "\n".join(lines)
 

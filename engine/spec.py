@@ -76,7 +76,12 @@ class DataSpec(SpecSection):
 
 class TrainingSpec(SpecSection):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the training data.")
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Passes over the training data (empty: from its size, one to three passes).",
+    )
     batch_size: int | None = Field(None, ge=1, le=4096, description="Examples per step on each device.")
     gradient_accumulation: int = Field(
         1, ge=1, le=1024, json_schema_extra=ADVANCED, description="Micro-batches summed before each step."
@@ -93,6 +98,14 @@ class TrainingSpec(SpecSection):
     )
     warmup_ratio: float = Field(
         0.05, ge=0.0, le=0.5, json_schema_extra=ADVANCED, description="Share of steps spent warming up."
+    )
+    min_lr_ratio: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        json_schema_extra=ADVANCED,
+        description="Where a cosine or linear schedule ends, as a share of the peak rate: a short run keeps "
+        "learning to its last step instead of decaying to zero.",
     )
     max_grad_norm: float = Field(
         1.0, ge=0.0, le=1000.0, json_schema_extra=ADVANCED, description="Gradient clipping (0: off)."

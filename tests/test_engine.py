@@ -15,6 +15,7 @@ import pytest
 import torch
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Event, Finished, Log, Metrics, Stage, Started, read_events
+from adapter_studio.engine.spec import TrainingSpec
 from adapter_studio.engine.training.run import RunResult, run
 from adapter_studio.engine.training.speed import SpeedOptions
 
@@ -224,8 +225,9 @@ def test_events_log_holds_the_contract_fields(thirty_steps: Callable[..., Any], 
     metrics = by_type["metrics"]
     assert finished["tokens_trained"] == metrics[-1]["tokens_seen"] > 0
     assert all(m["memory_bytes"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
-    rates = [m["lr"] for m in metrics]  # two warm-up steps (5% of 30), then cosine down to 0
-    assert rates[:2] == pytest.approx([LR / 2, LR]) and rates[-1] == 0.0
+    rates = [m["lr"] for m in metrics]  # the rate after each step: two warm-up steps (5% of 30), then cosine
+    floor = LR * TrainingSpec().min_lr_ratio  # down to its floor
+    assert rates[:2] == pytest.approx([LR * 2 / 3, LR]) and rates[-1] == pytest.approx(floor)
     assert rates[1:] == sorted(rates[1:], reverse=True)
     assert Path(by_type["checkpoint"][-1]["path"]).is_dir()
     assert 0 <= by_type["eval"][-1]["exact_match"] <= 1 and by_type["eval"][-1]["eval_loss"] > 0
@@ -524,8 +526,11 @@ def test_a_run_takes_the_textbook_steps(tiny_llama: Path, make_spec: Spec, alpac
     from safetensors.torch import load_file
     from transformers import get_scheduler
 
-    spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, max_steps=5, save_every=5,
-                     learning_rate=0.01, scheduler="linear", warmup_ratio=0.0, data={"eval_split": 0.0})  # fmt: skip
+    # q,v as the tolerance below was set for (fp32 rounding grows with every adapted layer: 1.6e-5 on all)
+    lora = {"name": "lora", "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    spec = make_spec(tiny_llama, alpaca_jsonl, lora, max_steps=5, save_every=5,
+                     learning_rate=0.01, scheduler="linear", warmup_ratio=0.0, min_lr_ratio=0.0,
+                     data={"eval_split": 0.0})  # fmt: skip
     result = run(spec, speed=SpeedOptions(cpu_eager_attention_max_width=0))  # the reference: the model's attention
     assert result.status == "completed", result.error
     latest = checkpoints.latest_checkpoint(result.run_dir / "checkpoints")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapter_studio.engine.defaults import fill_method
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.estimate.costs import estimate
 from adapter_studio.engine.estimate.memory import MEMORY_PARTS
@@ -80,7 +81,7 @@ def test_estimate_matches_the_real_model(model_name: str, method_name: str, tmp_
 
     real = build_real(model_name, training_dtype(cls()))
     info = describe_model(real)
-    spec = cls().fill_defaults(info)
+    spec = fill_method(cls(), info)  # as a run fills it (engine.defaults)
     try:
         spec.check(info, TRAINING)
         applied = spec.apply(real, MethodContext(info=info, training=TRAINING, total_steps=10))
@@ -128,7 +129,7 @@ def test_unsupported_pairs_get_an_error() -> None:
 
 def test_overrides_apply_to_the_methods_that_have_the_field() -> None:
     rows = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,ia3", ["method.r=16"])}
-    assert rows["lora"]["trainable_params"] == 2 * 460_800
+    assert rows["lora"]["trainable_params"] == 2 * 2_442_240  # r 8 on every linear layer of the blocks: 2,442,240
     base = {r["method"]: r for r in estimate_table("smollm2-135m", "ia3", [])}
     assert rows["ia3"]["trainable_params"] == base["ia3"]["trainable_params"]
 
@@ -216,6 +217,6 @@ def test_safetensors_size_is_exact(tmp_path: Path) -> None:
 def test_format_table_and_json() -> None:
     rows = estimate_table("smollm2-135m", "lora,bitfit", [])
     text = format_table(rows)
-    assert "lora" in text and "460,800" in text and "bitfit" in text and "not available" in text
+    assert "lora" in text and "2,442,240" in text and "bitfit" in text and "not available" in text
     json.dumps(rows)  # the CLI's --json output
     assert set(MEMORY_PARTS) <= set(rows[0]["memory_bytes"])

@@ -29,7 +29,9 @@ def spec_file(tmp: Path, model: Path, data: Path, runs: Path, **training: object
     path = tmp / "spec.yaml"
     path.write_text(
         f"model: {{source: {model}}}\ndata: {{path: {data}, max_length: 64, eval_split: 0}}\n"
-        f"method: {{name: lora}}\ntraining: {json.dumps(train)}\noutput_dir: {runs}\n"
+        # q,v: at lr 0.01 the rounding of a mean of two means grows fastest with every adapted layer (all
+        # linear ones: 0.08 apart by step 6; q,v: within 0.05 over the 8 steps)
+        f"method: {{name: lora, target_modules: [q_proj, v_proj]}}\ntraining: {json.dumps(train)}\noutput_dir: {runs}\n"
     )
     return path
 

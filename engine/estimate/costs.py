@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.defaults import fill_method
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.estimate.memory import (
     CPU_PROCESS_BYTES,
@@ -113,7 +114,7 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
         raise UserError(f"cannot build this model's structure: {type(e).__name__}: {e}", where="model") from None
     info = base.info
     try:
-        method = method_spec.fill_defaults(info)
+        method = fill_method(method_spec, info)
         method.check(info, training_spec)
     except UserError as e:
         return {**row, "error": e.message}
@@ -212,9 +213,9 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
            config: Any, task: str, dtype: Any, device: str, device_memory: int | None, seq_len: int | None,
            quantization: str) -> dict[str, Any]:
     import torch
-    from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+    from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, batch_size, model_max_length
 
-    batch = training.batch_size or method.default_batch_size
+    batch = training.batch_size or batch_size(method, task).value
     if seq_len is None:
         seq_len = min(DEFAULT_MAX_LENGTH, model_max_length(config))
     precision = _precision(training.precision, device, dtype)

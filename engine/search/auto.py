@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapter_studio.engine import durable
+from adapter_studio.engine import defaults, durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, Eval, Event, Started
 from adapter_studio.engine.search.budget import (
@@ -128,7 +128,8 @@ class AutoSearch:
         t = self.spec.training
         if t.max_steps:
             return t.max_steps * (t.batch_size or DEFAULT_BATCH) * t.gradient_accumulation
-        return max(1, math.ceil(t.epochs * self.facts.train_rows))
+        passes = t.epochs if t.epochs is not None else defaults.epochs(self.facts.train_rows).value
+        return max(1, math.ceil(passes * self.facts.train_rows))
 
     def _probe(self) -> bool:
         """Measure a few steps and an evaluation, then size the rungs; False when stopped meanwhile."""

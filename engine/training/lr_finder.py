@@ -5,7 +5,9 @@ Leslie Smith's range test, as fastai's `lr_find` and torch-lr-finder run it: aft
 and before training, a few dozen steps with an optimizer of the run's own kind on its first batches,
 while the rate grows exponentially from 1e-6 to 1; the test stops early once a running average of the
 loss passes 4× its best. The rate picked is where the smoothed loss falls fastest against log(rate)
-("steepest descent"), kept within 20× of the method's default either way. Then the trainable weights
+("steepest descent") — or, when that lies within a decade of the lowest loss (a rate at the edge of
+diverging), midway on the log scale between it and a tenth of the lowest loss's rate (fastai's advice:
+pick between the two) — kept within 20× of the default rate (engine.defaults) either way. Then the trainable weights
 and the random number generators are put back, and the run's optimizer and schedule are made again
 from the picked rate, so the training that follows is the one a run given that rate does. The rate is
 saved in the run's spec.yaml, so a resume or a re-run uses it without a second test.
@@ -38,7 +40,7 @@ MIN_STEPS, MAX_STEPS = 30, 60
 DIVERGED = 4.0  # stop once the running average of the loss is 4× its best (fastai's rule)
 RUNNING = 0.7  # weight of that running average (an EMA: steps are 0.1–0.2 decades apart, so not fastai's 0.98)
 SMOOTHING_WIDTH = 5  # steps in the smoothing the pick reads (about half a decade)
-BAND = 20.0  # the pick stays within 20× of the method's default either way (its family's usual range)
+BAND = 20.0  # the pick stays within 20× of the default rate either way (its family's usual range)
 MIN_FALL = 0.02  # a smoothed fall under 2% of the starting loss is no signal
 PROGRESS_EVERY = 10  # steps between progress reports (a step of a real model takes a second or more)
 
@@ -87,7 +89,7 @@ def pick_rate(rates: list[float], losses: list[float], default_lr: float) -> Pic
     n = len(losses)
     smoothed = smooth(losses) if n else []
     low, high = default_lr / BAND, min(default_lr * BAND, END_RATE)
-    default = f"the method's default {default_lr:.2g} is used"
+    default = f"the default rate {default_lr:.2g} is used"
     if n < 5:
         return Pick(default_lr, f"the loss diverged within {n} steps of the range test: {default}", smoothed)
     curve = np.asarray(smoothed)
@@ -103,13 +105,21 @@ def pick_rate(rates: list[float], losses: list[float], default_lr: float) -> Pic
             smoothed,
         )
     slope = np.gradient(curve[: lowest + 1], np.log10(rates[: lowest + 1]))
-    steepest = int(np.argmin(slope))
-    rate = float(f"{rates[steepest]:.2g}")  # two figures: the test's rates are 0.1–0.2 decades apart
-    minimum = f"1/10 of the minimum at {_short(rates[lowest])} would be {_short(rates[lowest] / 10)}"
-    reason = f"steepest fall of the smoothed loss at {_short(rate)}; {minimum}"
+    steepest = rates[int(np.argmin(slope))]
+    tenth = rates[lowest] / 10
+    if steepest <= tenth:
+        rate = steepest
+        reason = f"steepest fall of the smoothed loss at {_short(steepest)} (lowest loss at {_short(rates[lowest])})"
+    else:
+        # A fall that is steepest right before the loss turns up is a rate at the edge of diverging: MiniLM on
+        # AG News trained at that steepest rate (4.6e-3, also the minimum's) fell back to chance (issue 21).
+        rate = math.sqrt(steepest * tenth)
+        reason = (f"between the steepest fall of the smoothed loss at {_short(steepest)} and a tenth of the rate "
+                  f"of its lowest point ({_short(rates[lowest])}), midway on the log scale")  # fmt: skip
+    rate = float(f"{rate:.2g}")  # two figures: the test's rates are 0.1–0.2 decades apart
     if not low <= rate <= high:
         clipped = float(f"{min(max(rate, low), high):.2g}")
-        reason += f"; kept within {BAND:g}× of the method's default {default_lr:.2g}: {_short(clipped)}"
+        reason += f"; kept within {BAND:g}× of the default rate {default_lr:.2g}: {_short(clipped)}"
         rate = clipped
     return Pick(rate, reason, smoothed)
 
@@ -136,7 +146,7 @@ def find_learning_rate(session: TrainingSession) -> TrainingSpec:
     """Run the range test for this session, then make its optimizer and schedule for the rate picked;
     the run's spec (and spec.yaml) carries that rate from here on. Returns the new training settings."""
     spec = session.spec
-    default_lr = spec.method.default_lr
+    default_lr = session.default_lr  # engine.defaults' rate for this method, model, task and batch
     if session.accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
         rate = default_lr
         session.log(f"the learning-rate finder does not run in a sharded (FSDP/DeepSpeed) run: the method's "
@@ -149,7 +159,7 @@ def find_learning_rate(session: TrainingSession) -> TrainingSpec:
         losses, stopped = _range_test(session, rates)
         seconds = time.perf_counter() - started
         if stopped:  # the run ends at step 0; its checkpoint and spec.yaml agree on the default
-            pick = Pick(default_lr, f"stopped during the range test: the method's default {default_lr:.2g}",
+            pick = Pick(default_lr, f"stopped during the range test: the default rate {default_lr:.2g}",
                         smooth(losses))
         else:
             pick = pick_rate(rates[: len(losses)], losses, default_lr)

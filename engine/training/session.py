@@ -35,6 +35,7 @@ from adapter_studio.engine.training.devices import (
     process_rank,
     sharded_run,
 )
+from adapter_studio.engine.training.divergence import DivergenceWatch, guessing_loss
 from adapter_studio.engine.training.evaluation import evaluate
 from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failure
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
@@ -118,13 +119,20 @@ class TrainingSession:
         )
         return (status if error is None else "failed"), error
 
+    def _guessing_loss(self) -> float | None:
+        """A classifier's loss when it only guesses the label frequencies (where a collapse ends)."""
+        if self.task != "classification":
+            return None
+        labels = getattr(self.data.train, "labels", None)
+        return guessing_loss(labels.tolist() if labels is not None else [x.labels[0] for x in self.data.train])
+
     # --- setting up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         import torch
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-        from adapter_studio.engine.defaults import resolve_spec
+        from adapter_studio.engine.defaults import default_rate, explain, resolve, resolve_epochs
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
@@ -153,12 +161,11 @@ class TrainingSession:
         # block depend on its own layer's cache state (a recompile per block). Generation asks for it.
         model.config.use_cache = False
         info = describe_model(model)
-        spec = resolve_spec(spec, info, model.config, task)
+        resolved = resolve(spec, info, task, model.config)
+        spec, reasons = resolved.spec, resolved.reasons
         if self.resume:  # an `auto` run trains on with the rate its range test picked
             spec = keep_found_rate(spec, self.run_dir)
         spec.method.check(info, spec.training)
-        if process_rank() == 0:
-            spec.save(self.run_dir / "spec.yaml")
         self.spec = spec
         from adapter_studio.engine.methods.selective import notes_for
 
@@ -176,6 +183,14 @@ class TrainingSession:
             self.log(f"dropped {note}", level="warning")
         if data.truncated:
             self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
+        with_epochs = resolve_epochs(spec, len(data.train))
+        spec, reasons = with_epochs.spec, {**reasons, **with_epochs.reasons}
+        for line in explain(spec, reasons):  # the values the person left to the app, and why
+            self.log(line)
+        if process_rank() == 0:
+            spec.save(self.run_dir / "spec.yaml")
+        self.spec = spec
+        self.default_lr = default_rate(spec, info, task)  # where an `auto` run's range test centres
 
         t = spec.training
         # accelerate keeps its settings in a process-wide singleton; the window trains many runs in
@@ -202,7 +217,7 @@ class TrainingSession:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise UserError(f"{spec.method.title} left nothing to train on this model", where="method")
-        lr = spec.method.default_lr if t.learning_rate in (None, AUTO) else t.learning_rate  # auto: remade later
+        lr = self.default_lr if t.learning_rate in (None, AUTO) else t.learning_rate  # auto: remade later
         optimizer = spec.method.build_optimizer(model, lr, t.weight_decay) or build_optimizer(
             t.optimizer, trainable, lr, t
         )
@@ -299,6 +314,7 @@ class TrainingSession:
         unwrapped = self.accelerator.unwrap_model(model)
         eval_every = t.eval_every or t.save_every
         stale_evals = 0
+        watch = DivergenceWatch(self._guessing_loss())
         window_tokens, window_start = 0, time.perf_counter()
         model.train()
         while self.step < self.total_steps:
@@ -333,6 +349,13 @@ class TrainingSession:
                     raise NonFiniteLoss(
                         f"the loss became {loss_value} at step {self.step} — lower the learning rate "
                         f"(now {t.learning_rate:g}), keep gradient clipping on, or check the data for empty rows"
+                    )
+                diverged = watch.add(loss_value)
+                if diverged:
+                    raise NonFiniteLoss(
+                        f"stopped at step {self.step}: {diverged} — the run diverged; lower the learning rate "
+                        f"(now {t.learning_rate:g}) or raise the batch size (now {t.batch_size}); the checkpoints "
+                        "before this step are kept"
                     )
                 elapsed = time.perf_counter() - window_start
                 self.tokens_trained += window_tokens

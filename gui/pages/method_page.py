@@ -4,8 +4,10 @@ Both forms are generated from the declarations (engine.methods, engine.spec.Trai
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
+from adapter_studio.engine.defaults import choose, explain, rate_for_size
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
 from adapter_studio.engine.spec import TrainingSpec
 from adapter_studio.gui.form_builder import SpecForm
@@ -78,6 +80,11 @@ class MethodPage(Page):
         self.training_form.setObjectName("trainingForm")
         self.training_form.changed.connect(self._training_edited)
         training_layout.addWidget(self.training_form)
+        self.chosen = QLabel()  # the values left empty above, as the engine will fill them, and why
+        self.chosen.setObjectName("chosenDefaults")
+        self.chosen.setWordWrap(True)
+        self.chosen.setTextFormat(Qt.TextFormat.RichText)
+        training_layout.addWidget(self.chosen)
         right.addWidget(training_box)
         right.addStretch()
         holder = QWidget()
@@ -92,7 +99,10 @@ class MethodPage(Page):
         state.method_changed.connect(self._from_state)
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
         state.model_described.connect(self._rebuild_form)
+        for signal in (state.model_described, state.method_changed, state.training_changed, state.spec_edited):
+            signal.connect(self._explain_defaults)
         self._from_state()
+        self._explain_defaults()
 
     def select(self, name: str) -> None:
         for i in range(self.list.count()):
@@ -129,12 +139,15 @@ class MethodPage(Page):
                 cls().check(info, self.state.training)
             except Exception as e:  # UserError: this model cannot use the method
                 note = f"<p style='color:#c00'><b>Not for this model:</b> {getattr(e, 'message', e)}</p>"
+        rate = f"{cls.default_lr:g} (the method's usual rate)"
+        if info is not None:
+            rate = f"{rate_for_size(cls(), info.total_params, info.task).value:g} on this model, by its size"
         self.details.setText(
             f"<h3>{cls.title}</h3><p>{cls.description}</p>"
             f"<table><tr><td>Family</td><td>{cls.family}</td></tr>"
             f"<tr><td>Mergeable</td><td>{merge}</td></tr>"
             f"<tr><td>Typical trainable share</td><td>{cls.typical_share}</td></tr>"
-            f"<tr><td>Default learning rate</td><td>{cls.default_lr:g}</td></tr>"
+            f"<tr><td>Learning rate</td><td>{rate}</td></tr>"
             f"<tr><td>Models</td><td>{cls.supported_models}</td></tr></table>{note}"
         )
 
@@ -172,3 +185,18 @@ class MethodPage(Page):
         except ValidationError as e:
             first = e.errors()[0]
             self.validation.setText(f"training.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+
+    def _explain_defaults(self) -> None:
+        """Why each empty field will have the value it gets (engine.defaults: the same for CLI runs)."""
+        info = self.state.model_info
+        if info is None:
+            self.chosen.setText("<i>Empty fields are chosen to fit the model once one is picked.</i>")
+            return
+        chosen = choose(self.state.method, self.state.training, info, info.task)
+        rows = [f"<li><b>{html.escape(line.split(' = ', 1)[0].split('.')[-1].replace('_', ' '))}</b> = "
+                f"{html.escape(line.split(' = ', 1)[1])}</li>" for line in explain(chosen, chosen.reasons)]  # fmt: skip
+        if self.state.training.epochs is None and self.state.training.max_steps is None:
+            rows.append("<li><b>epochs</b>: from the number of training rows when the run starts (one to three "
+                        "passes: small data needs several)</li>")  # fmt: skip
+        self.chosen.setText(f"<p><b>Chosen for you</b> (why this value):</p><ul>{''.join(rows)}</ul>" if rows
+                            else "<i>Every setting above is your own.</i>")  # fmt: skip
