@@ -94,14 +94,14 @@ class Playground:
             return self.renderer.prompt([{"role": "user", "content": message}])
         return message
 
-    def _adds_special_tokens(self) -> bool:
+    def adds_special_tokens(self) -> bool:
         # The same choice data_prep makes when it tokenises the training rows.
         if self.data_format in CHAT_FORMATS:
             return not self.renderer.use_chat_template
         return self.data_format == "prompt_completion"
 
     @contextmanager
-    def _using(self, which: Which) -> Iterator[torch.nn.Module]:
+    def using(self, which: Which) -> Iterator[torch.nn.Module]:
         """The model that answers as `which`, held exclusively while in use."""
         if which not in ("base", "tuned"):
             raise ValueError(f"which must be 'base' or 'tuned', not {which!r}")
@@ -114,7 +114,7 @@ class Playground:
                 with self.tuned.model.disable_adapter():  # type: ignore[operator]
                     yield self.tuned.model
 
-    def _stop_token_ids(self) -> list[int]:
+    def stop_token_ids(self) -> list[int]:
         configured = getattr(self.tuned.model.generation_config, "eos_token_id", None)
         ids = configured if isinstance(configured, list) else [configured]
         ids = [*ids, self.tokenizer.eos_token_id]
@@ -151,7 +151,7 @@ class Playground:
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
         enc = self.tokenizer(self.prompt_text(prompt_text), return_tensors="pt",
-                             add_special_tokens=self._adds_special_tokens()).to(self.device)  # fmt: skip
+                             add_special_tokens=self.adds_special_tokens()).to(self.device)  # fmt: skip
         streamer = _token_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p}
@@ -159,12 +159,12 @@ class Playground:
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
         pad_id = self.tokenizer.pad_token_id
-        stop_ids = self._stop_token_ids()
+        stop_ids = self.stop_token_ids()
         errors: list[BaseException] = []
 
         def generate() -> None:
             try:
-                with self._using(which) as model, torch.no_grad():
+                with self.using(which) as model, torch.no_grad():
                     if stop_event.is_set() or closed.is_set():
                         streamer.end()
                         return
@@ -236,7 +236,7 @@ class Playground:
         id2label = self.tuned.model.config.id2label
         result: dict[str, dict[str, float]] = {}
         for which in ("base", "tuned"):
-            with self._using(which) as model, torch.no_grad():  # type: ignore[arg-type]
+            with self.using(which) as model, torch.no_grad():  # type: ignore[arg-type]
                 probs = model(**enc).logits.float().softmax(-1)[0].tolist()
             result[which] = {str(id2label.get(i, i)): p for i, p in enumerate(probs)}
         return result

@@ -1,0 +1,127 @@
+"""Scores of generated answers and predicted labels, computed by the libraries people check against.
+
+Free text: exact match and token F1 on normalised text (SQuAD's definitions, with numbers kept whole),
+ROUGE-L (`rouge-score`), chrF and BLEU (`sacrebleu`). Classes: accuracy and macro-F1 (scikit-learn).
+Every score is a fraction from 0 to 1 (chrF and BLEU are sacrebleu's 0-100 divided by 100), so one
+chart holds them all.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+from adapter_studio.engine.errors import UserError
+
+TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "chrf", "bleu")
+CLASS_METRICS = ("accuracy", "macro_f1")
+METRIC_TITLES = {
+    "exact_match": "exact match",
+    "token_f1": "token F1",
+    "rouge_l": "ROUGE-L",
+    "chrf": "chrF",
+    "bleu": "BLEU",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+}
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+# Punctuation goes, except inside a number (2005-08-15, 3.5) and a minus sign before one (-7).
+_PUNCTUATION = re.compile(rf"(?!(?<=\d)[.\-/:](?=\d))(?!-(?=\d))[{re.escape(string.punctuation)}]")
+
+
+def normalise(text: str) -> str:
+    """Lower case, no punctuation (numbers kept whole: thousands separators go, decimal points stay),
+    no articles, single spaces: the text that exact match and token F1 compare."""
+    text = _THOUSANDS.sub("", text.lower())
+    text = _PUNCTUATION.sub(" ", text)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def compile_extraction(pattern: str | None) -> re.Pattern[str] | None:
+    """The answer-extraction rule as a compiled expression; a broken one is a UserError."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"the answer-extraction expression {pattern!r} does not compile ({e})", where="--extract",
+                        fix=r"write a Python regular expression, e.g. '####\s*(-?[\d.,]+)'") from None  # fmt: skip
+
+
+def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: bool = False) -> str:
+    """The part of `text` that is the answer: the rule's first group (or whole match) at its first match.
+
+    Without a rule the text itself. With one that does not match, "" (an answer that cannot be found is
+    wrong), or the text itself when `keep_unmatched` (for expected answers that hold only the answer)."""
+    text = text.strip()
+    if rule is None:
+        return text
+    found = rule.search(text)
+    if found is None:
+        return text if keep_unmatched else ""
+    value = found.group(1) if rule.groups else found.group(0)
+    return (value or "").strip()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalise(prediction) == normalise(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1: harmonic mean of token precision and recall over normalised words."""
+    predicted, expected = normalise(prediction).split(), normalise(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure per answer (rouge-score's default tokeniser, no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2), as a fraction."""
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(list(predictions), [list(references)]).score / 100
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu's defaults: 13a tokenisation, 4-grams, exponential smoothing), as a fraction."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Every free-text metric over the answers (extracted already where a rule applies)."""
+    n = max(len(predictions), 1)
+    return {
+        "exact_match": sum(map(exact_match, predictions, references)) / n,
+        "token_f1": sum(map(token_f1, predictions, references)) / n,
+        "rouge_l": rouge_l(predictions, references),
+        "chrf": chrf(predictions, references),
+        "bleu": bleu(predictions, references),
+    }
+
+
+def class_metrics(predicted: Sequence[int], expected: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
+    """Accuracy and macro-F1 over every label of the task (a label never predicted counts as F1 0)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(expected, predicted)),
+        "macro_f1": float(f1_score(expected, predicted, labels=list(labels), average="macro", zero_division=0)),
+    }

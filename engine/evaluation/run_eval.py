@@ -1,0 +1,303 @@
+"""`evaluate_run`: a run's base, tuned model and a no-training baseline on the same rows, scored with
+the metrics that fit the data, per-example rows sorted by how much the score changed, the forgetting
+check, and the report in the run folder.
+
+Generation (free text): the baseline is the base model with k training rows before each prompt as
+worked examples (in-context). Classification: base head vs tuned, and a logistic regression on the
+base encoder's frozen mean-pooled features (an encoder cannot take examples in its input).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.evaluation import cases as case_lib
+from adapter_studio.engine.evaluation import metrics as m
+from adapter_studio.engine.evaluation.forgetting import Forgetting, check_forgetting, forgetting_steps
+from adapter_studio.engine.evaluation.generation import (
+    EvaluationStopped,
+    autocast_for,
+    batch_size_for,
+    context_limit,
+    generate_greedy,
+    pooled_features,
+    predict_labels,
+)
+
+if TYPE_CHECKING:
+    from adapter_studio.engine.inference.playground import Playground
+
+Progress = Callable[[str, int, int], None]  # (stage, rows done over all stages, rows in all)
+FEATURE_ROWS = 1000  # training rows the feature baseline learns from
+MAX_NEW_TOKENS = 256
+
+__all__ = ["EvalSettings", "EvaluationResult", "EvaluationStopped", "evaluate_run", "regressions"]
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how; every field has the default the command line and the page use."""
+
+    data: str | None = None  # a data file instead of the run's held-out rows
+    checkpoint: str = "best"  # best | last | step-N
+    in_context: int = 4  # training rows shown to the in-context baseline
+    extract: str | None = None  # regular expression whose first group (or match) is the answer
+    limit: int | None = 500  # rows at most
+    batch_size: int = 16
+    max_new_tokens: int | None = None  # default: the longest expected answer + 8 tokens (at most 256)
+    forgetting: bool = True
+
+
+@dataclass
+class EvaluationResult:
+    run_dir: Path
+    checkpoint: str
+    task: str
+    data: str
+    settings: EvalSettings
+    precision: str
+    metrics: dict[str, dict[str, float]]
+    baselines: dict[str, str]  # what each column of `metrics` is, in words
+    rows: list[dict[str, Any]]
+    forgetting: Forgetting | None
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The command line's `--json` object (docs/contract.md): rows, metrics, forgetting, report, and more."""
+        return {
+            "run_dir": str(self.run_dir), "checkpoint": self.checkpoint, "task": self.task, "data": self.data,
+            "precision": self.precision, "metrics": self.metrics, "baselines": self.baselines,
+            "forgetting": None if self.forgetting is None else self.forgetting.ratio,
+            "forgetting_detail": None if self.forgetting is None else self.forgetting.to_json(),
+            "report": None if self.report is None else str(self.report),
+            "rows": self.rows, "notes": self.notes, "seconds": self.seconds, "settings": asdict(self.settings),
+        }  # fmt: skip
+
+
+def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the base model got right and the tuned model got wrong."""
+    return [r for r in rows if r["regression"]]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    settings: EvalSettings | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    *,
+    write_report: bool = True,
+) -> EvaluationResult:
+    """Evaluate a run (see the module's docstring). Raises UserError for input a person can fix and
+    EvaluationStopped when `stop` is set before the end."""
+    from adapter_studio.engine.evaluation.report import write_evaluation
+    from adapter_studio.engine.inference.playground import Playground
+    from adapter_studio.engine.training.devices import pick_precision
+
+    settings = settings or EvalSettings()
+    run_dir = Path(run_dir)
+    if settings.in_context < 0:
+        raise UserError(f"the in-context baseline needs 0 or more examples, not {settings.in_context}", where="--k")
+    rule = m.compile_extraction(settings.extract)
+    from adapter_studio.engine.inference.trained import run_spec
+
+    run_spec(run_dir)  # a folder that is no run says so before anything loads
+    if settings.data is not None and not Path(settings.data).exists():
+        raise UserError(f"no such file or folder: {settings.data}", where="--data", fix="give the path of a data file")
+    checkpoint = case_lib.resolve_checkpoint(run_dir, settings.checkpoint)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    report = progress or (lambda stage, done, total: None)
+    report("loading", 0, 1)
+    playground = Playground.open(run_dir, checkpoint)
+    seconds["loading"] = time.perf_counter() - clock
+    fmt, rows = case_lib.read_rows(playground, settings.data, settings.limit)
+    precision = pick_precision(playground.spec.training.precision, playground.device)
+    with autocast_for(precision, playground.device):
+        if playground.task == "classification":
+            scored = _classification(playground, rows, settings, report, stop, seconds)
+        else:
+            scored = _generation(playground, fmt, rows, settings, rule, report, stop, seconds)
+    result = EvaluationResult(
+        run_dir=run_dir, checkpoint=checkpoint.name, task=playground.task, precision=precision,
+        data=settings.data or "held-out rows of the run", settings=settings, **scored, seconds=seconds,
+    )  # fmt: skip
+    seconds["total"] = time.perf_counter() - clock
+    if write_report:
+        result.report = write_evaluation(result)
+    return result
+
+
+class _Counter:
+    """Rows done over every stage, handed to `progress` as each batch ends."""
+
+    def __init__(self, report: Progress, total: int) -> None:
+        self.report, self.total, self.done, self.stage = report, total, 0, ""
+
+    def at(self, stage: str) -> Callable[[int], None]:
+        self.stage = stage
+        self.report(stage, self.done, self.total)
+        return self.tick
+
+    def tick(self, n: int) -> None:
+        self.done += n
+        self.report(self.stage, self.done, self.total)
+
+
+def _timed(seconds: dict[str, float], stage: str, start: float) -> None:
+    seconds[stage] = time.perf_counter() - start
+
+
+def _generation(
+    playground: Playground, fmt: str, rows: list[Any], settings: EvalSettings, rule: Any, report: Progress,
+    stop: threading.Event | None, seconds: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    tokenizer = playground.tokenizer
+    cases = case_lib.generation_cases(playground, fmt, rows)
+    if not cases:
+        raise UserError("none of the rows ends in an answer to compare with",
+                        where=settings.data or "held-out rows",
+                        fix="give rows with an expected answer (an assistant turn, a completion or an output)")
+    # The same choice data preparation makes when it tokenises the training rows.
+    chat = fmt in case_lib.CHAT_FORMATS
+    special = (not playground.renderer.use_chat_template) if chat else fmt == "prompt_completion"
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    longest = max(len(tokenizer(c.expected, add_special_tokens=False)["input_ids"]) for c in cases)
+    max_new = settings.max_new_tokens or min(MAX_NEW_TOKENS, longest + 8)
+    limit = context_limit(playground.tuned.model)
+    room = (limit - max_new) if limit else 10**9
+    notes: list[str] = []
+    prompts = [encode(c.prompt) for c in cases]
+    cut = sum(len(p) > room for p in prompts)
+    if cut:
+        notes.append(f"{cut} prompts were longer than the model's {limit} positions allow: their start was cut")
+    prompts = [p[-room:] if len(p) > room else p for p in prompts]
+    shots = case_lib.training_rows(playground.spec, settings.in_context) if settings.in_context else []
+    columns = ["base", "tuned"] + (["in_context"] if settings.in_context else [])
+    in_context: list[list[int]] = []
+    if shots:
+        used = []
+        for c in cases:
+            text, k = case_lib.fit_in_context(lambda s, c=c: case_lib.in_context_prompt(playground, fmt, c, s),
+                                              shots, lambda t: len(encode(t)), room)  # fmt: skip
+            in_context.append(encode(text)[-room:])
+            used.append(k)
+        if min(used) < len(shots):
+            fewer = sum(k < len(shots) for k in used)
+            notes.append(f"the in-context prompt of {fewer} rows held fewer than "
+                         f"{len(shots)} examples (down to {min(used)}) to fit the model's {limit} positions")
+    stop_ids = playground.stop_token_ids()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    counter = _Counter(report, len(cases) * len(columns) + (forgetting_steps() if settings.forgetting else 0))
+    answers: dict[str, list[str]] = {}
+    for column in columns:
+        start = time.perf_counter()
+        which = "tuned" if column == "tuned" else "base"
+        with playground.using(which) as model:  # type: ignore[arg-type]
+            ids = generate_greedy(
+                model, in_context if column == "in_context" else prompts, pad_id=pad_id, stop_ids=stop_ids,
+                max_new_tokens=max_new, batch_size=batch_size_for(model, settings.batch_size),
+                device=playground.device, tick=counter.at(column), stop=stop,
+            )  # fmt: skip
+        answers[column] = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
+        _timed(seconds, column, start)
+    forgetting = None
+    if settings.forgetting:
+        start = time.perf_counter()
+        forgetting = check_forgetting(playground, counter.at("forgetting"), stop)
+        _timed(seconds, "forgetting", start)
+    references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
+    extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
+    metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
+    metrics.setdefault("in_context", {})
+    table = []
+    for i, c in enumerate(cases):
+        exact = {k: m.exact_match(extracted[k][i], references[i]) for k in columns}
+        score = {k: m.token_f1(extracted[k][i], references[i]) for k in columns}
+        table.append({
+            "index": c.index, "where": c.where, "input": c.shown, "expected": references[i],
+            "answers": {k: answers[k][i] for k in columns},
+            **({"extracted": {k: extracted[k][i] for k in columns}} if rule is not None else {}),
+            "exact": exact, "scores": score, "change": score["tuned"] - score["base"],
+            "differs": extracted["tuned"][i] != extracted["base"][i],
+            "regression": exact["base"] == 1.0 and exact["tuned"] == 0.0,
+        })  # fmt: skip
+    baselines = {
+        "base": "the base model, no training",
+        "tuned": f"the tuned model ({playground.tuned.checkpoint.name})",
+        "in_context": (f"the base model with {len(shots)} training rows before each prompt as examples"
+                       if shots else "off (--k 0)"),
+    }  # fmt: skip
+    return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": forgetting,
+            "notes": notes}  # fmt: skip
+
+
+def _classification(
+    playground: Playground, rows: list[Any], settings: EvalSettings, report: Progress,
+    stop: threading.Event | None, seconds: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    id2label = {int(k): str(v) for k, v in playground.tuned.model.config.id2label.items()}
+    label_ids = {v: k for k, v in id2label.items()}
+    cases = case_lib.classification_cases(rows, label_ids)
+    texts = [(c.example.text, c.example.text_pair) for c in cases if c.example is not None]
+    expected = [label_ids[c.expected] for c in cases]
+    train = case_lib.training_rows(playground.spec, FEATURE_ROWS)
+    train = [e for e in train if str(e.label) in label_ids]
+    counter = _Counter(report, 3 * len(cases) + len(train))
+    shared = {"tokenizer": playground.tokenizer, "max_length": playground.spec.data.max_length or 512,
+              "batch_size": settings.batch_size, "device": playground.device, "stop": stop}  # fmt: skip
+    predicted: dict[str, list[int]] = {}
+    for which in ("base", "tuned"):
+        start = time.perf_counter()
+        with playground.using(which) as model:  # type: ignore[arg-type]
+            predicted[which] = predict_labels(model, texts=texts, tick=counter.at(which), **shared)
+        _timed(seconds, which, start)
+    notes = ["the base model's classification head is untrained (random): its scores are chance, for reference"]
+    start = time.perf_counter()
+    train_labels = [label_ids[str(e.label)] for e in train]
+    if len(set(train_labels)) >= 2:
+        from sklearn.linear_model import LogisticRegression
+
+        with playground.using("base") as model:
+            features = pooled_features(model, texts=[(e.text, e.text_pair) for e in train],
+                                       tick=counter.at("features"), **shared)  # fmt: skip
+            held = pooled_features(model, texts=texts, tick=counter.at("features"), **shared)
+        classifier = LogisticRegression(max_iter=2000).fit(features, train_labels)
+        predicted["features"] = [int(p) for p in classifier.predict(held)]
+    else:
+        notes.append("no feature baseline: the training rows hold fewer than two labels")
+    _timed(seconds, "features", start)
+    metrics = {k: m.class_metrics(v, expected, sorted(id2label)) for k, v in predicted.items()}
+    table = []
+    for i, c in enumerate(cases):
+        scores = {k: float(v[i] == expected[i]) for k, v in predicted.items()}
+        table.append({
+            "index": c.index, "where": c.where, "input": c.shown, "expected": c.expected,
+            "answers": {k: id2label[v[i]] for k, v in predicted.items()}, "exact": scores, "scores": scores,
+            "change": scores["tuned"] - scores["base"], "differs": predicted["tuned"][i] != predicted["base"][i],
+            "regression": scores["base"] == 1.0 and scores["tuned"] == 0.0,
+        })  # fmt: skip
+    baselines = {
+        "base": "the base encoder with its new, untrained head",
+        "tuned": f"the tuned model ({playground.tuned.checkpoint.name})",
+        "in_context": "not applicable: an encoder classifier takes no examples in its input",
+        "features": f"logistic regression on the base encoder's mean-pooled features of {len(train)} training rows",
+    }
+    metrics = {"base": metrics["base"], "tuned": metrics["tuned"], "in_context": {},
+               **({"features": metrics["features"]} if "features" in metrics else {})}  # fmt: skip
+    return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": None, "notes": notes}
+
+
+def _sorted(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Largest change first (either way), then the data's order."""
+    return sorted(table, key=lambda r: (-abs(r["change"]), r["index"]))
