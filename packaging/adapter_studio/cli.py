@@ -73,6 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("--max-trials", type=int, help="try at most this many settings (default: as many as fit)")
     auto.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
 
+    ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
+    ev.add_argument("run_dir", help="the run folder")
+    ev.add_argument("--data", help="a data file to evaluate on (default: the run's held-out rows)")
+    ev.add_argument("--checkpoint", default="best",
+                    help="best (default; the last when the run kept none), last or step-N")
+    ev.add_argument("--k", type=int, default=4, help="training rows in the in-context baseline's prompt (0: off)")
+    ev.add_argument("--extract", metavar="REGEX",
+                    help=r"the answer is this expression's first group, e.g. '####\s*(-?[\d.,]+)'")
+    ev.add_argument("--limit", type=int, default=500, help="evaluate at most this many rows (default 500)")
+    ev.add_argument("--batch-size", type=int, default=16, help="rows generated at once")
+    ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8)")
+    ev.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    ev.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
     walk.add_argument("spec")
     walk.add_argument("--out", required=True)
@@ -304,6 +319,61 @@ def cmd_auto(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    for name in ("limit", "batch_size", "max_new_tokens", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be at least 1 (got {value})", where=flag)
+    if not (Path(args.run_dir) / "spec.yaml").exists():
+        raise UserError(f"{args.run_dir} is not a run folder (no spec.yaml)", where="eval",
+                        fix="give a folder under your runs folder (see adapter-studio runs)")  # fmt: skip
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # a CPU shared with other work answers faster with fewer threads
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    from adapter_studio.engine.evaluation.report import metrics_table
+    from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
+
+    settings = EvalSettings(
+        data=args.data, checkpoint=args.checkpoint, in_context=args.k, extract=args.extract, limit=args.limit,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, forgetting=not args.no_forgetting,
+    )  # fmt: skip
+    out = sys.stderr if args.json else sys.stdout
+    shown = {"stage": "", "percent": -10}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if stage != shown["stage"] or percent >= shown["percent"] + 10 or done == total:
+            print(f"[{stage}] {done}/{total} rows", file=out, flush=True)
+            shown.update(stage=stage, percent=percent)
+
+    try:
+        result = evaluate_run(args.run_dir, settings, progress, stop)
+    except EvaluationStopped:
+        print("evaluation stopped: nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+        return 0
+    print("\n".join(metrics_table(result.metrics)))
+    if result.forgetting is not None:
+        f = result.forgetting
+        print(f"forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} -> {f.loss_tuned:.3f} "
+              f"(ratio {f.ratio:.3f})")  # fmt: skip
+    worse = regressions(result.rows)
+    changed = sum(r["change"] != 0 for r in result.rows)
+    print(f"{len(result.rows)} rows, {changed} changed, {len(worse)} regressions (base right, tuned wrong)")
+    for r in worse[:5]:
+        print(f"  {r['where']}: expected {r['expected']!r}, tuned {r['answers']['tuned']!r}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"report: {result.report}")
+    return 0
+
+
 def cmd_walkthrough(args: argparse.Namespace) -> int:
     from adapter_studio.gui.walkthrough import walkthrough
 
@@ -319,6 +389,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "auto": cmd_auto,
     "walkthrough": cmd_walkthrough,
+    "eval": cmd_eval,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,355 @@
+"""Evaluating a run (issue 22): metrics checked against their libraries, the answer-extraction rule,
+checkpoints, batched generation against one-at-a-time answers, the forgetting check, the report files,
+classification with its feature baseline, and `adapter-studio eval` (JSON and one-line errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rouge_score.rouge_scorer  # noqa: F401  (imported here: scikit-learn, through nltk too, sets
+import sklearn.metrics  # noqa: F401  KMP_* environment variables on first import, once per process)
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.evaluation import metrics as m
+from adapter_studio.engine.evaluation.cases import resolve_checkpoint
+from adapter_studio.engine.evaluation.forgetting import general_set
+from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
+from adapter_studio.engine.training.run import run
+
+EXTRACT = r"####\s*(-?[\d.,]+)"
+
+# --- metrics, each against its library and a value worked out by hand ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("The Answer is 1,000.", "answer is 1000"),
+        ("2005-08-15", "2005-08-15"),
+        ("  -7 apples!", "-7 apples"),
+        ("3.5, then 4", "3.5 then 4"),
+        ("A cat: the dog", "cat dog"),
+        ("well-known", "well known"),
+    ],
+)
+def test_normalise(text: str, normalised: str) -> None:
+    assert m.normalise(text) == normalised
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "em", "f1"),
+    [
+        ("2005-08-15", "2005-08-15", 1.0, 1.0),
+        ("Paris.", "paris", 1.0, 1.0),
+        ("2005-08-16", "2005-08-15", 0.0, 0.0),
+        ("the big red dog", "a red dog", 0.0, 0.8),  # tokens big red dog vs red dog: P 2/3, R 1
+        ("red dog runs fast", "red cat runs", 0.0, 4 / 7),  # common 2: P 1/2, R 2/3
+        ("", "", 1.0, 1.0),
+        ("", "dog", 0.0, 0.0),
+    ],
+)
+def test_exact_match_and_token_f1(prediction: str, reference: str, em: float, f1: float) -> None:
+    assert m.exact_match(prediction, reference) == em
+    assert m.token_f1(prediction, reference) == pytest.approx(f1)
+
+
+ROUGE_CASES = [
+    (["a b c d"], ["a c d"], 2 * 1 * 0.75 / 1.75),  # LCS 3: precision 3/4, recall 1
+    (["the cat sat on the mat"], ["the cat sat on the mat"], 1.0),
+    (["one two"], ["three four"], 0.0),
+    (["x y z", "p q"], ["x z", "p q"], (0.8 + 1.0) / 2),
+]
+
+
+@pytest.mark.parametrize(("predictions", "references", "expected"), ROUGE_CASES)
+def test_rouge_l_is_rouge_scores(predictions: list[str], references: list[str], expected: float) -> None:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    library = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+    assert m.rouge_l(predictions, references) == pytest.approx(sum(library) / len(library))
+    assert m.rouge_l(predictions, references) == pytest.approx(expected)
+
+
+SACRE_CASES = [
+    (["2005-08-15", "1999-01-02"], ["2005-08-15", "1999-01-02"]),
+    (["The cat sat on the mat."], ["The cat is on the mat."]),
+    (["completely different"], ["nothing alike here"]),
+    (["a b c d e f", "hello world"], ["a b c d e g", "hello there world"]),
+]
+
+
+@pytest.mark.parametrize(("predictions", "references"), SACRE_CASES)
+def test_chrf_and_bleu_are_sacrebleus(predictions: list[str], references: list[str]) -> None:
+    import sacrebleu
+
+    assert m.chrf(predictions, references) == pytest.approx(
+        sacrebleu.corpus_chrf(predictions, [references]).score / 100)
+    assert m.bleu(predictions, references) == pytest.approx(
+        sacrebleu.corpus_bleu(predictions, [references]).score / 100)
+
+
+def test_chrf_and_bleu_ends() -> None:
+    same = ["2005-08-15 is a date", "hello there world"]
+    assert m.chrf(same, same) == pytest.approx(1.0)
+    assert m.bleu(same, same) == pytest.approx(1.0)
+    assert m.chrf(["xyz"], ["abc"]) == 0.0
+    assert m.bleu(["xyz"], ["abc"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("predicted", "expected", "labels", "accuracy", "macro_f1"),
+    [
+        ([0, 0, 1, 1], [0, 1, 1, 1], [0, 1], 0.75, (2 / 3 + 0.8) / 2),
+        ([1, 1, 1, 1], [0, 1, 0, 1], [0, 1], 0.5, (0 + 2 / 3) / 2),  # class 0 never predicted: F1 0
+        ([0, 1, 2], [0, 1, 2], [0, 1, 2, 3], 1.0, 3 / 4),  # a label absent from both counts as 0
+        ([2, 2, 0], [0, 1, 2], [0, 1, 2], 0.0, 0.0),
+    ],
+)
+def test_class_metrics_are_sklearns(predicted: list[int], expected: list[int], labels: list[int], accuracy: float,
+                                    macro_f1: float) -> None:  # fmt: skip
+    from sklearn.metrics import accuracy_score, f1_score
+
+    got = m.class_metrics(predicted, expected, labels)
+    assert got["accuracy"] == pytest.approx(accuracy_score(expected, predicted)) == pytest.approx(accuracy)
+    library = f1_score(expected, predicted, labels=labels, average="macro", zero_division=0)
+    assert got["macro_f1"] == pytest.approx(library) == pytest.approx(macro_f1)
+
+
+# --- the answer-extraction rule ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "keep", "answer"),
+    [
+        (EXTRACT, "3 + 4 is 7.\n#### 7", False, "7"),
+        (EXTRACT, "#### -3.5 and then #### 9", False, "-3.5"),  # the first match
+        (EXTRACT, "#### 1,200", False, "1,200"),
+        (EXTRACT, "I think it is 7", False, ""),  # no answer found: wrong, whatever the text says
+        (EXTRACT, "7", True, "7"),  # an expected answer that is only the answer stays as it is
+        (r"\d{4}-\d{2}-\d{2}", "The date is 2005-08-15.", False, "2005-08-15"),  # no group: the whole match
+        (r"answer: (\w+)?", "answer: ", False, ""),  # an optional group that took nothing
+        (None, "  as is  ", False, "as is"),
+    ],
+)
+def test_extract_answer(pattern: str | None, text: str, keep: bool, answer: str) -> None:
+    assert m.extract_answer(text, m.compile_extraction(pattern), keep_unmatched=keep) == answer
+
+
+def test_extraction_scores_numbers_as_numbers() -> None:
+    rule = m.compile_extraction(EXTRACT)
+    got = [m.extract_answer(t, rule) for t in ("so #### 1,200", "#### 1200", "#### 12.00")]
+    assert [m.exact_match(g, "1200") for g in got] == [1.0, 1.0, 0.0]
+
+
+def test_a_broken_extraction_rule_says_where_and_what() -> None:
+    with pytest.raises(UserError) as caught:
+        m.compile_extraction("####(")
+    assert caught.value.where == "--extract" and "does not compile" in caught.value.message
+
+
+# --- runs of tiny models ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama: Path, tiny_bert_cls: Path, alpaca_jsonl: Path, classification_csv: Path,
+         make_spec: Any) -> dict[str, Path]:  # fmt: skip
+    """A LoRA run of the reversal task (checkpoints at 15 and 30) and a LoRA classifier."""
+    out = {}
+    for name, model, data, lr in (("lora", tiny_llama, alpaca_jsonl, 1e-2),
+                                  ("classifier", tiny_bert_cls, classification_csv, 1e-2)):  # fmt: skip
+        spec = make_spec(model, data, "lora", learning_rate=lr, max_steps=30, save_every=15, eval_samples=0,
+                         data={"eval_split": 0.1})  # fmt: skip
+        result = run(spec)
+        assert result.status == "completed", result.error
+        out[name] = result.run_dir
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(runs: dict[str, Path]) -> Any:
+    return evaluate_run(runs["lora"], EvalSettings(checkpoint="last", batch_size=4))
+
+
+def test_checkpoints_by_name(runs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = runs["lora"]
+    folder = run_dir / "checkpoints"
+    assert resolve_checkpoint(run_dir, "last") == folder / "step-0000030"
+    assert resolve_checkpoint(run_dir, "step-15") == resolve_checkpoint(run_dir, "15") == folder / "step-0000015"
+    assert resolve_checkpoint(run_dir, "best") == folder / "best"
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    shutil.rmtree(copy / "checkpoints" / "best")
+    assert resolve_checkpoint(copy, "best") == copy / "checkpoints" / "step-0000030"  # kept no best: the last
+    for choice, words in (("step-7", "no checkpoint at step 7"), ("newest", "unknown checkpoint")):
+        with pytest.raises(UserError) as caught:
+            resolve_checkpoint(run_dir, choice)
+        assert words in caught.value.message and "step-0000015" in caught.value.message
+
+
+def test_metrics_are_those_of_the_rows(evaluated: Any) -> None:
+    """Every score in the table is the library's score of the answers listed per row."""
+    rows = sorted(evaluated.rows, key=lambda r: r["index"])
+    assert len(rows) == 20  # 10% of 200 held out
+    references = [r["expected"] for r in rows]
+    assert set(evaluated.metrics) == {"base", "tuned", "in_context"}
+    for column in ("base", "tuned", "in_context"):
+        answers = [r["answers"][column] for r in rows]
+        assert evaluated.metrics[column] == pytest.approx(m.text_metrics(answers, references))
+        exact = [m.exact_match(a, e) for a, e in zip(answers, references, strict=True)]
+        assert [r["exact"][column] for r in rows] == exact
+
+
+def test_rows_sorted_by_change_and_regressions_filtered(evaluated: Any) -> None:
+    changes = [abs(r["change"]) for r in evaluated.rows]
+    assert changes == sorted(changes, reverse=True)
+    for r in evaluated.rows:
+        assert r["change"] == pytest.approx(r["scores"]["tuned"] - r["scores"]["base"])
+    assert regressions(evaluated.rows) == [r for r in evaluated.rows
+                                           if r["exact"]["base"] == 1.0 and r["exact"]["tuned"] == 0.0]  # fmt: skip
+    fake = [{"regression": False}, {"regression": True}]
+    assert regressions(fake) == [fake[1]]
+
+
+def test_batched_answers_equal_answers_one_at_a_time(runs: dict[str, Path], evaluated: Any) -> None:
+    """Left padding and the KV cache change no answer: each equals the Try page's greedy answer alone."""
+    from adapter_studio.engine.inference.playground import Playground
+
+    pg = Playground.open(runs["lora"], runs["lora"] / "checkpoints" / "step-0000030", device="cpu")
+    rows = sorted(evaluated.rows, key=lambda r: r["index"])[:6]
+    longest = max(len(pg.tokenizer(r["expected"])["input_ids"]) for r in evaluated.rows) + 8
+    for r in rows:
+        for which in ("base", "tuned"):
+            alone = "".join(pg.stream(which, r["input"], max_new_tokens=longest)).strip()
+            assert r["answers"][which] == alone, (which, r["input"])
+
+
+def test_forgetting_is_the_ratio_of_answer_losses(runs: dict[str, Path], evaluated: Any) -> None:
+    """The base loss equals transformers' own loss over each pair's answer tokens, weighted by tokens."""
+    import torch
+    from adapter_studio.engine.data.shapes import Example
+    from adapter_studio.engine.data.tokenising import tokenize_rendered
+    from adapter_studio.engine.inference.playground import Playground
+
+    f = evaluated.forgetting
+    assert f.pairs == len(general_set()) >= 30
+    assert f.ratio == pytest.approx(f.loss_tuned / f.loss_base)
+    pg = Playground.open(runs["lora"], runs["lora"] / "checkpoints" / "step-0000030", device="cpu")
+    total = count = 0.0
+    with pg.using("base") as model, torch.no_grad():
+        for q, a in general_set():
+            rendered = pg.renderer.render(Example(row=1, messages=[{"role": "user", "content": q},
+                                                                   {"role": "assistant", "content": a}]))
+            (item,), _, _ = tokenize_rendered([rendered], pg.tokenizer, 512, False)
+            n = sum(label != -100 for label in item.labels[1:])
+            loss = model(input_ids=torch.tensor([item.input_ids]), labels=torch.tensor([item.labels])).loss
+            total, count = total + float(loss) * n, count + n
+    assert f.loss_base == pytest.approx(total / count, rel=1e-4)
+    assert [a["instruction"] for a in f.answers] == [q for q, _ in general_set()[:3]]
+
+
+def test_report_files(evaluated: Any) -> None:
+    report = evaluated.report
+    assert report.name == "report.md" and report.parent.parent.name == "evaluations"
+    text = report.read_text()
+    for words in ("| metric | base | in-context | tuned |", "| exact match |", "| ROUGE-L |", "## Forgetting",
+                  "![scores](chart.svg)", "checkpoint: `step-0000030`", "## Settings"):
+        assert words in text, words
+    assert f"| BLEU | {evaluated.metrics['base']['bleu']:.3f} |" in text
+    assert (report.parent / "chart.svg").read_text().startswith("<svg")
+    saved = json.loads((report.parent / "results.json").read_text())
+    assert saved["metrics"] == evaluated.metrics and saved["report"] == str(report)
+    assert saved["forgetting"] == pytest.approx(evaluated.forgetting.ratio)
+
+
+def test_extraction_applies_to_answers_and_expected(runs: dict[str, Path]) -> None:
+    result = evaluate_run(runs["lora"], EvalSettings(checkpoint="last", extract=r"^(\w)", in_context=0,
+                                                     forgetting=False), write_report=False)  # fmt: skip
+    assert set(result.metrics) == {"base", "tuned", "in_context"} and result.metrics["in_context"] == {}
+    assert result.report is None and result.forgetting is None
+    for r in result.rows:
+        assert len(r["expected"]) == 1  # the first letter of the reversed word
+        for column in ("base", "tuned"):
+            first = r["answers"][column][:1]
+            assert r["extracted"][column] == (first if first.isalnum() or first == "_" else "")
+
+
+def test_another_data_file_in_another_shape(runs: dict[str, Path], messages_jsonl: Path,
+                                            classification_csv: Path) -> None:  # fmt: skip
+    result = evaluate_run(runs["lora"], EvalSettings(data=str(messages_jsonl), limit=5, in_context=2,
+                                                     forgetting=False), write_report=False)  # fmt: skip
+    assert len(result.rows) == 5 and result.data == str(messages_jsonl)
+    with pytest.raises(UserError) as caught:
+        evaluate_run(runs["lora"], EvalSettings(data=str(classification_csv)), write_report=False)
+    assert "classification rows" in caught.value.message and caught.value.where == "--data"
+
+
+def test_stop_before_the_end_writes_nothing(runs: dict[str, Path]) -> None:
+    stop = threading.Event()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "tuned":
+            stop.set()
+
+    before = set((runs["lora"] / "evaluations").glob("*"))
+    with pytest.raises(EvaluationStopped):
+        evaluate_run(runs["lora"], EvalSettings(checkpoint="last"), progress, stop)
+    assert set((runs["lora"] / "evaluations").glob("*")) == before
+
+
+def test_classification_base_head_features_and_tuned(runs: dict[str, Path]) -> None:
+    result = evaluate_run(runs["classifier"], EvalSettings(checkpoint="last"), write_report=False)
+    assert set(result.metrics) == {"base", "tuned", "in_context", "features"}
+    assert result.metrics["in_context"] == {} and result.forgetting is None
+    assert result.metrics["tuned"]["accuracy"] >= 0.9  # three keywords of the class: learnt in 30 steps
+    rows = sorted(result.rows, key=lambda r: r["index"])
+    expected = [r["expected"] for r in rows]
+    for column in ("base", "tuned", "features"):
+        predicted = [r["answers"][column] for r in rows]
+        labels = sorted(set(expected))
+        ids = {label: i for i, label in enumerate(labels)}
+        assert result.metrics[column] == pytest.approx(
+            m.class_metrics([ids[p] for p in predicted], [ids[e] for e in expected], range(len(labels))))
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "adapter_studio.cli", "eval"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_cli_json(runs: dict[str, Path]) -> None:
+    out = subprocess.run([*CLI, str(runs["lora"]), "--checkpoint", "step-15", "--json", "--limit", "6"],
+                         capture_output=True, text=True, env=ENV, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["metrics"]) == {"base", "tuned", "in_context"}
+    assert set(result["metrics"]["tuned"]) == set(m.TEXT_METRICS)
+    assert len(result["rows"]) == 6 and result["checkpoint"] == "step-0000015"
+    assert isinstance(result["forgetting"], float) and Path(result["report"]).exists()
+    assert "[base]" in out.stderr  # progress goes to stderr, so stdout is the JSON alone
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["{tmp}"], "is not a run folder"),
+        (["{lora}", "--checkpoint", "step-999"], "no checkpoint at step 999"),
+        (["{lora}", "--extract", "(unclosed"], "--extract"),
+        (["{lora}", "--data", "{tmp}/missing.jsonl"], "no such file"),
+        (["{lora}", "--limit", "0"], "--limit must be at least 1"),
+    ],
+)
+def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, args: list[str], words: str) -> None:
+    args = [a.format(tmp=tmp_path, lora=runs["lora"]) for a in args]
+    out = subprocess.run([*CLI, *args], capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr
