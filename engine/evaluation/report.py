@@ -122,7 +122,7 @@ def markdown(result: EvaluationResult) -> str:
     if changed:
         lines += ["| row | input | expected | " + " | ".join(COLUMN_TITLES[c] for c in columns) + " | change |",
                   "|---|---|---|" + "---|" * len(columns) + "---:|"]  # fmt: skip
-        lines += [f"| {_cell(r['where'], 40)} | {_cell(r['input'], 60)} | {_cell(r['expected'], 40)} | "
+        lines += [f"| {_cell(Path(r['where']).name, 40)} | {_cell(r['input'], 60)} | {_cell(r['expected'], 40)} | "
                   + " | ".join(_cell(r["answers"][c], 40) for c in columns) + f" | {r['change']:+.2f} |"
                   for r in changed]  # fmt: skip
     else:
