@@ -14,6 +14,7 @@ from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.compare_page import ComparePage
 from adapter_studio.gui.pages.data_page import DataPage
+from adapter_studio.gui.pages.evaluate_page import EvaluatePage
 from adapter_studio.gui.pages.export_page import ExportPage
 from adapter_studio.gui.pages.method_page import MethodPage
 from adapter_studio.gui.pages.model_page import ModelPage
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
             ("train", TrainPage(self.state)),
             ("runs", RunsPage(self.state, on_resume=self._resume_run, start_run=self._start_sweep_run)),
             ("try", TryPage(self.state)),
+            ("evaluate", EvaluatePage(self.state)),
             ("export", ExportPage(self.state)),
         ]
 
@@ -288,8 +290,9 @@ class MainWindow(QMainWindow):
             controller.stop()
             while controller.running:  # wait for the checkpoint; no thread outlives the window
                 QApplication.processEvents()
-        try_page = self.pages["try"]
-        if try_page.busy:  # type: ignore[attr-defined]
-            try_page.stop()  # type: ignore[attr-defined]
+        for key in ("try", "evaluate"):
+            page = self.pages[key]
+            if page.busy:  # type: ignore[attr-defined]
+                page.stop()  # type: ignore[attr-defined]
         QSettings().setValue("window/geometry", self.saveGeometry())
         event.accept()

@@ -100,6 +100,9 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
         report["try"] = _try_run(app, window)
         report["pages"].append("try")
         shoot("try")
+        report["evaluate"] = _evaluate_run(app, window)
+        report["pages"].append("evaluate")
+        shoot("evaluate")
 
     export = window.pages["export"]
     window.go_to("export")
@@ -128,6 +131,19 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     print(json.dumps({k: report[k] for k in ("status", "plot_points", "exports")}, indent=1))
     window.close()
     return 0 if report["status"] == "completed" and report["exports"] else 1
+
+
+def _evaluate_run(app: Any, window: Any) -> dict[str, Any]:
+    """On the Evaluate page: score the run just trained (held-out rows, in-context baseline, forgetting)."""
+    page = window.pages["evaluate"]
+    window.go_to("evaluate")
+    page.evaluate()
+    _wait(app, lambda: not page.busy, 1800, "the evaluation")
+    result = page.result
+    if result is None:
+        return {"status": page.status.text()}
+    return {"status": page.status.text(), "metrics": result.metrics, "report": str(result.report),
+            "forgetting": None if result.forgetting is None else result.forgetting.ratio}  # fmt: skip
 
 
 def _try_run(app: Any, window: Any) -> dict[str, str]:

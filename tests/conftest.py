@@ -383,6 +383,9 @@ TOOL_VARIABLES = {
     "QT_API",  # pytest-qt's, with the first window
     # inductor's: set when it loads its first compiled kernel library, to a pointer fixed for the process
     "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",
+    # scikit-learn's (imported by the evaluation, also through rouge-score's nltk): set on its first import
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
 }
 
 

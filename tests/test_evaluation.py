@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import rouge_score.rouge_scorer  # noqa: F401  (imported here: scikit-learn, through nltk too, sets
-import sklearn.metrics  # noqa: F401  KMP_* environment variables on first import, once per process)
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import metrics as m
 from adapter_studio.engine.evaluation.cases import resolve_checkpoint

@@ -1,0 +1,336 @@
+"""Step 8: evaluate the trained run — base, tuned and a no-training baseline scored on the same rows,
+forgetting on general instructions, the rows that changed, and the report kept in the run folder."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.worker import run_in_background
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+COLUMNS = ("base", "in_context", "features", "tuned")
+COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
+COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
+EXAMPLE_HEADERS = ("Row", "Input", "Expected")
+
+
+class _Progress(QObject):
+    """Carries the engine's progress calls from the worker thread to the page (a queued signal)."""
+
+    changed = Signal(str, int, int)
+
+
+class EvaluatePage(Page):
+    title = "Evaluate"
+    hint = (
+        "Is the tuned model better at your task than the base model, and than the base model shown a few "
+        "training rows as examples? What did tuning cost on general instructions? Each evaluation is saved "
+        "as a report in the run folder."
+    )
+
+    def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(state)
+        self.result: Any = None  # the last EvaluationResult
+        self.worker: Any = None
+        self._stop = threading.Event()
+        self._progress = _Progress(self)
+        self._progress.changed.connect(self._show_progress)
+
+        self.status = QLabel("No run yet: train one on the Train page, or pick one on the Runs page.")
+        self.status.setObjectName("evaluateStatus")
+        self.status.setWordWrap(True)
+        self.layout_.addWidget(self.status)
+        self.layout_.addLayout(self._settings())
+        buttons = QHBoxLayout()
+        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button.setObjectName("evaluateButton")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("stopEvaluationButton")
+        self.stop_button.clicked.connect(self.stop)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("evaluationProgress")
+        self.progress.setFormat("%p%")
+        self.open_report = QPushButton("Open report")
+        self.open_report.setObjectName("openReportButton")
+        self.open_report.clicked.connect(self._open_report)
+        for widget in (self.evaluate_button, self.stop_button):
+            buttons.addWidget(widget)
+        buttons.addWidget(self.progress, 1)
+        buttons.addWidget(self.open_report)
+        self.layout_.addLayout(buttons)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self._scores_panel())
+        split.addWidget(self._examples_panel())
+        self.layout_.addWidget(split, 1)
+        state.run_changed.connect(self._run_changed)
+        self._run_changed()
+
+    # --- building ---------------------------------------------------------------------------------
+
+    def _settings(self) -> QFormLayout:
+        form = QFormLayout()
+        data = QHBoxLayout()
+        self.data_path = QLineEdit()
+        self.data_path.setObjectName("evaluationData")
+        self.data_path.setPlaceholderText("the run's held-out rows")
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(self._choose_data)
+        data.addWidget(self.data_path, 1)
+        data.addWidget(browse)
+        form.addRow("Data", data)
+        self.checkpoint = QComboBox()
+        self.checkpoint.setObjectName("evaluationCheckpoint")
+        self.checkpoint.setToolTip("best: the checkpoint with the lowest eval loss (the last when the run kept none).")
+        form.addRow("Checkpoint", self.checkpoint)
+        self.shots = QSpinBox()
+        self.shots.setObjectName("inContextExamples")
+        self.shots.setRange(0, 32)
+        self.shots.setValue(4)
+        self.shots.setToolTip("Training rows shown to the base model as worked examples (0: no in-context baseline).")
+        form.addRow("In-context examples", self.shots)
+        self.extract = QLineEdit()
+        self.extract.setObjectName("answerExtraction")
+        self.extract.setPlaceholderText(r"optional, e.g. ####\s*(-?[\d.,]+) — the first group is the answer")
+        form.addRow("Answer extraction", self.extract)
+        self.limit = QSpinBox()
+        self.limit.setObjectName("evaluationLimit")
+        self.limit.setRange(1, 100_000)
+        self.limit.setValue(500)
+        form.addRow("At most rows", self.limit)
+        self.forgetting_box = QCheckBox("Check forgetting on general instructions")
+        self.forgetting_box.setObjectName("checkForgetting")
+        self.forgetting_box.setChecked(True)
+        form.addRow("", self.forgetting_box)
+        return form
+
+    def _scores_panel(self) -> QWidget:
+        panel = QWidget()
+        layout = QHBoxLayout(panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        left = QVBoxLayout()
+        self.scores = QTableWidget(0, 0)
+        self.scores.setObjectName("scoreTable")
+        self.scores.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        left.addWidget(self.scores, 1)
+        self.forgetting = QLabel("")
+        self.forgetting.setObjectName("forgettingLabel")
+        self.forgetting.setWordWrap(True)
+        left.addWidget(self.forgetting)
+        layout.addLayout(left, 1)
+        self.chart = pg.PlotWidget()
+        self.chart.setObjectName("scoreChart")
+        self.chart.setBackground("w")
+        self.chart.setYRange(0, 1)
+        self.chart.setMouseEnabled(False, False)
+        self.chart.addLegend(offset=(10, 5))
+        layout.addWidget(self.chart, 1)
+        return panel
+
+    def _examples_panel(self) -> QWidget:
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        self.examples_title = QLabel("<b>Rows whose score changed</b>")
+        top.addWidget(self.examples_title, 1)
+        self.regressions_only = QCheckBox("Regressions only (base right, tuned wrong)")
+        self.regressions_only.setObjectName("regressionsOnly")
+        self.regressions_only.toggled.connect(self._fill_examples)
+        top.addWidget(self.regressions_only)
+        layout.addLayout(top)
+        self.examples = QTableWidget(0, len(EXAMPLE_HEADERS))
+        self.examples.setObjectName("exampleTable")
+        self.examples.setHorizontalHeaderLabels(list(EXAMPLE_HEADERS))
+        self.examples.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.examples.setWordWrap(False)
+        layout.addWidget(self.examples, 1)
+        return panel
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def _run_changed(self) -> None:
+        run = self.state.current_run
+        chosen = self.checkpoint.currentText()  # kept when the run's list still has it
+        self.checkpoint.clear()
+        if run is None:
+            self.status.setText("No run yet: train one on the Train page, or pick one on the Runs page.")
+        else:
+            folder = Path(run) / "checkpoints"
+            steps = sorted(p.name for p in folder.glob("step-*")) if folder.exists() else []
+            self.checkpoint.addItems(["best", "last", *reversed(steps)])
+            self.checkpoint.setCurrentText(chosen)
+            self.status.setText(f"Run <b>{Path(run).name}</b>: press Evaluate to score it.")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        self.evaluate_button.setEnabled(self.state.current_run is not None and not self.busy)
+        self.stop_button.setEnabled(self.busy)
+        self.open_report.setEnabled(self.result is not None and self.result.report is not None)
+
+    def _choose_data(self) -> None:
+        kinds = "Data (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All files (*)"
+        path, _ = QFileDialog.getOpenFileName(self, "Data to evaluate on", "", kinds)
+        if path:
+            self.data_path.setText(path)
+
+    def settings(self) -> Any:
+        from adapter_studio.engine.evaluation.run_eval import EvalSettings
+
+        return EvalSettings(
+            data=self.data_path.text().strip() or None, checkpoint=self.checkpoint.currentText() or "best",
+            in_context=self.shots.value(), extract=self.extract.text().strip() or None, limit=self.limit.value(),
+            forgetting=self.forgetting_box.isChecked(),
+        )  # fmt: skip
+
+    def evaluate(self) -> None:
+        """Start scoring the current run on a worker thread; progress and Stop work while it runs."""
+        from adapter_studio.engine.evaluation.run_eval import evaluate_run
+
+        run = self.state.current_run
+        if run is None or self.busy:
+            return
+        self._stop = threading.Event()
+        self.progress.setValue(0)
+        self.status.setText(f"Evaluating <b>{Path(run).name}</b>: loading the models…")
+        self.worker = run_in_background(evaluate_run, Path(run), self.settings(), self._progress.changed.emit,
+                                        self._stop, on_result=self._done, on_error=self._failed)  # fmt: skip
+        self._update_buttons()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _show_progress(self, stage: str, done: int, total: int) -> None:
+        if not self.busy:
+            return
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+        names = {"loading": "loading the models", "base": "the base model answers",
+                 "tuned": "the tuned model answers", "in_context": "the in-context baseline answers",
+                 "features": "the feature baseline learns", "forgetting": "checking forgetting"}  # fmt: skip
+        self.status.setText(f"Evaluating: {names.get(stage, stage)} ({done}/{total})")
+
+    def _done(self, result: Any) -> None:
+        self.worker = None
+        self.result = result
+        self.progress.setValue(self.progress.maximum())
+        self.status.setText(f"Run <b>{result.run_dir.name}</b>, checkpoint {result.checkpoint}: "
+                            f"{len(result.rows)} rows. Report: {result.report}")  # fmt: skip
+        self._fill_scores()
+        self._fill_examples()
+        self._update_buttons()
+
+    def _failed(self, error: BaseException) -> None:
+        from adapter_studio.engine.evaluation.run_eval import EvaluationStopped
+
+        self.worker = None
+        self.progress.setValue(0)
+        self._update_buttons()
+        if isinstance(error, EvaluationStopped):
+            self.status.setText("Evaluation stopped: nothing was saved.")
+            return
+        self.status.setText("Evaluation failed.")
+        self.error(error)
+
+    def _open_report(self) -> None:
+        if self.result is not None and self.result.report is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.result.report)))
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def columns(self) -> list[str]:
+        """The models with scores, in the table's order."""
+        return [c for c in COLUMNS if self.result is not None and self.result.metrics.get(c)]
+
+    def _fill_scores(self) -> None:
+        from adapter_studio.engine.evaluation.metrics import METRIC_TITLES
+
+        columns = self.columns()
+        names = list(self.result.metrics["tuned"])
+        self.scores.setRowCount(len(names))
+        self.scores.setColumnCount(len(columns))
+        self.scores.setHorizontalHeaderLabels([COLUMN_TITLES[c] for c in columns])
+        self.scores.setVerticalHeaderLabels([METRIC_TITLES.get(n, n) for n in names])
+        for i, name in enumerate(names):
+            for j, column in enumerate(columns):
+                item = QTableWidgetItem(f"{self.result.metrics[column][name]:.3f}")
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.scores.setItem(i, j, item)
+        self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.chart.clear()
+        width = 0.8 / max(len(columns), 1)
+        for j, column in enumerate(columns):
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(names))]
+            heights = [self.result.metrics[column][n] for n in names]
+            self.chart.addItem(pg.BarGraphItem(x=xs, height=heights, width=width * 0.9, brush=COLOURS[column],
+                                               name=COLUMN_TITLES[column]))  # fmt: skip
+        self.chart.getAxis("bottom").setTicks([[(i, METRIC_TITLES.get(n, n)) for i, n in enumerate(names)]])
+        self.chart.setXRange(-0.6, len(names) - 0.4)
+        self.chart.setYRange(0, 1.05)
+        f = self.result.forgetting
+        self.forgetting.setText(
+            "Forgetting: not measured (classification run, or switched off)." if f is None else
+            f"Forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} → {f.loss_tuned:.3f}, "
+            f"<b>ratio {f.ratio:.3f}</b> (1.0: nothing forgotten; above 1: general answers became less likely)."
+        )  # fmt: skip
+
+    def shown_rows(self) -> list[dict[str, Any]]:
+        """The rows in the per-example table: changed ones, or the regressions only, largest change first."""
+        if self.result is None:
+            return []
+        if self.regressions_only.isChecked():
+            return [r for r in self.result.rows if r["regression"]]
+        return [r for r in self.result.rows if r["change"] != 0 or r["differs"]]
+
+    def _fill_examples(self) -> None:
+        rows = self.shown_rows()
+        every = self.result.rows if self.result is not None else []
+        answered = [c for c in COLUMNS if every and c in every[0]["answers"]]
+        headers = [*EXAMPLE_HEADERS, *(COLUMN_TITLES[c] for c in answered), "Change"]
+        self.examples.setColumnCount(len(headers))
+        self.examples.setHorizontalHeaderLabels(headers)
+        header = self.examples.horizontalHeader()
+        for j in range(len(headers)):
+            fixed = j == 0 or j == len(headers) - 1
+            header.setSectionResizeMode(j, QHeaderView.ResizeMode.ResizeToContents if fixed
+                                        else QHeaderView.ResizeMode.Stretch)  # fmt: skip
+        self.examples.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            cells = (Path(r["where"]).name, r["input"], r["expected"], *(r["answers"][c] for c in answered),
+                     f"{r['change']:+.2f}")  # fmt: skip
+            for j, text in enumerate(cells):
+                item = QTableWidgetItem(" ".join(str(text).split()))
+                item.setToolTip(str(text))
+                self.examples.setItem(i, j, item)
+        total = len(self.result.rows) if self.result is not None else 0
+        regressions = sum(r["regression"] for r in self.result.rows) if self.result is not None else 0
+        self.examples_title.setText(f"<b>Rows whose answer changed</b> ({len(rows)} shown of {total}; "
+                                    f"{regressions} regressions)")  # fmt: skip

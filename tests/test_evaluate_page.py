@@ -1,0 +1,114 @@
+"""The Evaluate page offscreen: a real evaluation on a worker thread, progress, the score table and bar
+chart, forgetting, the per-example table and its regressions filter, Stop, and errors shown, not raised."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pyqtgraph as pg
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.training.run import run
+from adapter_studio.gui.pages.evaluate_page import EvaluatePage
+from adapter_studio.gui.state import StudioState
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> Path:
+    lora = {"name": "lora", "target_modules": ["q_proj", "v_proj"]}
+    result = run(make_spec(tiny_llama, alpaca_jsonl, lora, learning_rate=1e-2, max_steps=10, save_every=5,
+                           eval_samples=0))  # fmt: skip
+    assert result.status == "completed", result.error
+    return result.run_dir
+
+
+@pytest.fixture
+def page(qtbot: Any) -> EvaluatePage:
+    page = EvaluatePage(StudioState())
+    qtbot.addWidget(page)
+    page.errors = []  # type: ignore[attr-defined]
+    page.error = page.errors.append  # type: ignore[method-assign]
+    page.show()
+    yield page
+    page.stop()
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)  # no evaluation outlives its test
+
+
+def start(page: EvaluatePage, run_dir: Path, *, limit: int = 8, shots: int = 2) -> None:
+    page.state.set_current_run(run_dir)
+    page.limit.setValue(limit)
+    page.shots.setValue(shots)
+    page.evaluate_button.click()
+
+
+def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
+    assert not page.evaluate_button.isEnabled()  # no run yet
+    page.state.set_current_run(lora_run)
+    checkpoints = [page.checkpoint.itemText(i) for i in range(page.checkpoint.count())]
+    assert checkpoints == ["best", "last", "step-0000010", "step-0000005"]
+    page.checkpoint.setCurrentText("step-0000010")
+    seen: list[int] = []
+    page.progress.valueChanged.connect(seen.append)
+    start(page, lora_run)
+    assert page.busy and page.stop_button.isEnabled() and not page.evaluate_button.isEnabled()
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    assert page.errors == []  # type: ignore[attr-defined]
+    result = page.result
+    assert result.checkpoint == "step-0000010" and len(result.rows) == 8
+    assert len(set(seen)) > 3 and page.progress.value() == page.progress.maximum()  # it moved, and ended full
+    # the table: one row per metric, one column per model, the numbers of the result
+    assert page.columns() == ["base", "in_context", "tuned"]
+    assert page.scores.rowCount() == 5 and page.scores.columnCount() == 3
+    assert [page.scores.horizontalHeaderItem(j).text() for j in range(3)] == ["Base", "In-context", "Tuned"]
+    assert page.scores.item(0, 2).text() == f"{result.metrics['tuned']['exact_match']:.3f}"
+    assert page.scores.item(4, 0).text() == f"{result.metrics['base']['bleu']:.3f}"
+    bars = [i for i in page.chart.getPlotItem().items if isinstance(i, pg.BarGraphItem)]
+    assert len(bars) == 3 and [list(b.opts["height"]) for b in bars][2] == list(result.metrics["tuned"].values())
+    assert f"ratio {result.forgetting.ratio:.3f}" in page.forgetting.text()
+    # the per-example table, and the regressions filter
+    shown = page.shown_rows()
+    assert page.examples.rowCount() == len(shown) == sum(r["change"] != 0 or r["differs"] for r in result.rows)
+    headers = [page.examples.horizontalHeaderItem(j).text() for j in range(page.examples.columnCount())]
+    assert headers == ["Row", "Input", "Expected", "Base", "In-context", "Tuned", "Change"]
+    if shown:
+        assert page.examples.item(0, 5).toolTip() == shown[0]["answers"]["tuned"]
+        assert page.examples.item(0, 6).text() == f"{shown[0]['change']:+.2f}"
+    page.regressions_only.setChecked(True)
+    assert page.examples.rowCount() == sum(r["regression"] for r in result.rows)
+    assert page.open_report.isEnabled() and result.report.exists()
+    assert str(result.report) in page.status.text()
+
+
+def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
+    page._progress.changed.connect(lambda stage, done, total: page.stop() if stage == "base" else None)
+    before = set((lora_run / "evaluations").glob("*"))
+    start(page, lora_run, limit=40)
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    assert page.errors == [] and page.result is None  # type: ignore[attr-defined]
+    assert "stopped" in page.status.text()
+    assert set((lora_run / "evaluations").glob("*")) == before
+    assert page.evaluate_button.isEnabled() and not page.stop_button.isEnabled()
+
+
+def test_a_mistake_is_shown_not_raised(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
+    page.extract.setText("####(")
+    start(page, lora_run)
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    (error,) = page.errors  # type: ignore[attr-defined]
+    assert isinstance(error, UserError) and error.where == "--extract"
+    assert "failed" in page.status.text()
+
+
+def test_the_window_lists_the_page(window: Any) -> None:
+    titles = [window.steps.item(i).text() for i in range(window.steps.count())]
+    assert "8 · Evaluate" in titles and titles[-1] == "9 · Export"
+    window.go_to("evaluate")
+    assert window.stack.currentWidget() is window.pages["evaluate"]
