@@ -228,7 +228,7 @@ class MainWindow(QMainWindow):
         QMessageBox.information(
             self,
             "Keyboard shortcuts",
-            "Ctrl+1 … Ctrl+8: go to a step\nCtrl+Return: start training\nCtrl+.: stop\n"
+            "Ctrl+1 … Ctrl+9: go to a step\nCtrl+Return: start training\nCtrl+.: stop\n"
             "Ctrl+Shift+Return: resume\nCtrl+O / Ctrl+S: open / save a spec\nCtrl+Shift+C: copy as command line\n"
             "Ctrl+D: load the demo",
         )
