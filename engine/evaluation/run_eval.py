@@ -183,7 +183,7 @@ def _generation(
         notes.append(f"{cut} prompts were longer than the model's {limit} positions allow: their start was cut")
     prompts = [p[-room:] if len(p) > room else p for p in prompts]
     shots = case_lib.training_rows(playground.spec, settings.in_context) if settings.in_context else []
-    columns = ["base", "tuned"] + (["in_context"] if settings.in_context else [])
+    columns = ["base", "tuned"] + (["in_context"] if shots else [])
     in_context: list[list[int]] = []
     if shots:
         used = []
@@ -236,7 +236,7 @@ def _generation(
         "base": "the base model, no training",
         "tuned": f"the tuned model ({playground.tuned.checkpoint.name})",
         "in_context": (f"the base model with {len(shots)} training rows before each prompt as examples"
-                       if shots else "off (--k 0)"),
+                       if shots else "off (--k 0, or no training rows to show)"),
     }  # fmt: skip
     return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": forgetting,
             "notes": notes}  # fmt: skip
