@@ -16,7 +16,7 @@ import pytest
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import metrics as m
 from adapter_studio.engine.evaluation.cases import resolve_checkpoint
-from adapter_studio.engine.evaluation.forgetting import general_set
+from adapter_studio.engine.evaluation.forgetting import answer_text_only, general_set
 from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
 from adapter_studio.engine.training.run import run
 
@@ -230,7 +230,8 @@ def test_batched_answers_equal_answers_one_at_a_time(runs: dict[str, Path], eval
 
 
 def test_forgetting_is_the_ratio_of_answer_losses(runs: dict[str, Path], evaluated: Any) -> None:
-    """The base loss equals transformers' own loss over each pair's answer tokens, weighted by tokens."""
+    """The base loss equals transformers' own loss over the tokens of each pair's answer text (the end of
+    turn left out), weighted by tokens."""
     import torch
     from adapter_studio.engine.data.shapes import Example
     from adapter_studio.engine.data.tokenising import tokenize_rendered
@@ -246,6 +247,8 @@ def test_forgetting_is_the_ratio_of_answer_losses(runs: dict[str, Path], evaluat
             rendered = pg.renderer.render(Example(row=1, messages=[{"role": "user", "content": q},
                                                                    {"role": "assistant", "content": a}]))
             (item,), _, _ = tokenize_rendered([rendered], pg.tokenizer, 512, False)
+            item = answer_text_only(item, set(pg.tokenizer.all_special_ids))
+            assert pg.tokenizer.decode([t for t in item.labels if t != -100]) == a  # the answer, nothing else
             n = sum(label != -100 for label in item.labels[1:])
             loss = model(input_ids=torch.tensor([item.input_ids]), labels=torch.tensor([item.labels])).loss
             total, count = total + float(loss) * n, count + n
@@ -351,3 +354,17 @@ def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, args: li
     assert out.returncode == 2 and out.stdout == ""
     lines = [line for line in out.stderr.splitlines() if not line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "kept"),
+    [
+        ([-100, -100, 5, 6, 2, 7], [-100, -100, 5, 6, -100, -100]),  # the end of turn (2) and what follows go
+        ([-100, 5, 6], [-100, 5, 6]),  # no end of turn: all of it
+        ([2, -100, 5], [-100, -100, -100]),  # a special label ends the answer wherever it is
+    ],
+)
+def test_forgetting_scores_the_answer_text_only(labels: list[int], kept: list[int]) -> None:
+    from adapter_studio.engine.data.tokenising import Tokenized
+
+    assert answer_text_only(Tokenized(list(range(len(labels))), labels, 1), {0, 1, 2}).labels == kept

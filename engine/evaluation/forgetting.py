@@ -1,8 +1,11 @@
 """The forgetting check: how likely the base and the tuned model find the answers of a small general
 instruction set shipped with the app (resources/general), and a few of their greedy answers to it.
 
-The loss is the mean cross-entropy per answer token, the prompt rendered the way the run renders
-conversations; `ratio` = tuned / base, so 1.0 means nothing measurable was forgotten.
+The loss is the mean cross-entropy per token of the answers' text, the prompt rendered the way the run
+renders conversations; `ratio` = tuned / base, so 1.0 means nothing measurable was forgotten. The
+end-of-turn token after each answer is left out: a model tuned to short answers makes it far more likely
+after any short answer, which on the demo turned a 8 % rise of the loss on the answers' text into a 6 %
+fall, while the tuned model's own general answers got worse.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate
 from adapter_studio.engine.data.shapes import Example
-from adapter_studio.engine.data.tokenising import IGNORE, tokenize_rendered
+from adapter_studio.engine.data.tokenising import IGNORE, Tokenized, tokenize_rendered
 from adapter_studio.engine.evaluation.generation import Tick, batch_size_for, batches, generate_greedy
 from adapter_studio.resources import FOLDER
 
@@ -51,6 +54,15 @@ def forgetting_steps() -> int:
     return 2 * len(general_set()) + 2 * ANSWERS_SHOWN
 
 
+def answer_text_only(item: Tokenized, special_ids: set[int]) -> Tokenized:
+    """The item with loss only on the answer's text: from its first special token (end of turn) on, none."""
+    labels, ended = [], False
+    for label in item.labels:
+        ended = ended or (label != IGNORE and label in special_ids)
+        labels.append(IGNORE if ended else label)
+    return Tokenized(item.input_ids, labels, item.row)
+
+
 def _mean_answer_loss(model: torch.nn.Module, items: list[Any], pad_id: int, device: str, tick: Tick,
                       stop: threading.Event | None) -> float:  # fmt: skip
     import torch
@@ -81,6 +93,7 @@ def check_forgetting(playground: Playground, tick: Tick, stop: threading.Event |
     ]  # fmt: skip
     special = not renderer.use_chat_template
     items, _, _ = tokenize_rendered(rendered, tokenizer, MAX_LENGTH, special)
+    items = [answer_text_only(item, set(tokenizer.all_special_ids)) for item in items]
     stop_ids = playground.stop_token_ids()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     losses = {}
