@@ -17,10 +17,13 @@ import yaml
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
+from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ADVANCED = {"advanced": True}  # shown in the form's collapsible "Advanced" section
-DataFormat = Literal["alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification"]
+DataFormat = Literal[
+    "alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification", "preference"
+]
 
 
 class SpecSection(BaseModel):
@@ -178,12 +181,20 @@ class TrainingSpec(SpecSection):
 
 
 MethodUnion = Annotated[Union[tuple(METHOD_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+ObjectiveUnion = Annotated[Union[tuple(OBJECTIVE_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
+# Tagged sections: the spec key, its registry, the tag a section without `name` gets.
+TAGGED = {"method": (METHODS, "lora"), "objective": (OBJECTIVES, "sft")}
 
 
 class RunSpec(SpecSection):
     model: ModelSpec
     data: DataSpec
     method: MethodUnion = Field(default_factory=lambda: METHODS["lora"]())
+    objective: ObjectiveUnion = Field(
+        default_factory=lambda: OBJECTIVES["sft"](),
+        description="What training optimises: sft (the answers in the data) or a preference objective "
+        "(dpo, ipo, simpo, orpo) on pairs of chosen and rejected answers.",
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     output_dir: str = Field("runs", description="Folder that holds the run folders.")
     name: str | None = Field(None, description="Run folder name (empty: method and time).")
@@ -191,8 +202,9 @@ class RunSpec(SpecSection):
     @model_validator(mode="before")
     @classmethod
     def _method_defaults_to_lora(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("method"), dict) and "name" not in data["method"]:
-            data = {**data, "method": {"name": "lora", **data["method"]}}
+        for key, (_, default) in TAGGED.items():
+            if isinstance(data, dict) and isinstance(data.get(key), dict) and "name" not in data[key]:
+                data = {**data, key: {"name": default, **data[key]}}
         return data
 
     def to_yaml(self) -> str:
@@ -273,7 +285,7 @@ def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     # A union field puts the member that failed in the location (learning_rate.constrained-float): drop it.
     parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.fullmatch(p))]
     # A discriminated union puts the tag in the location: method.<tag>.field → method.field.
-    if len(parts) >= 2 and parts[0] == "method" and parts[1] in METHODS:
+    if len(parts) >= 2 and parts[0] in TAGGED and parts[1] in TAGGED[parts[0]][0]:
         parts = [parts[0], *parts[2:]]
     return parts
 
@@ -281,9 +293,10 @@ def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
 def _valid_keys(path: list[str], data: dict[str, Any]) -> list[str]:
     model: type[BaseModel] | None = RunSpec
     for part in path[:-1]:
-        if model is RunSpec and part == "method":
-            name = data.get("method", {}).get("name", "lora") if isinstance(data.get("method"), dict) else "lora"
-            model = METHODS.get(name)
+        if model is RunSpec and part in TAGGED:
+            registry, default = TAGGED[part]
+            name = data.get(part, {}).get("name", default) if isinstance(data.get(part), dict) else default
+            model = registry.get(name)
             continue
         field = model.model_fields.get(part) if model else None
         annotation = getattr(field, "annotation", None)
@@ -305,10 +318,12 @@ def _explain(error: ValidationError, data: dict[str, Any], origin: str, text: st
     if first["type"] == "missing":
         return UserError(f"'{dotted}' is required", where=where, fix=f"add {dotted} to the spec")
     if first["type"] == "union_tag_invalid":
-        bad = data.get("method", {}).get("name")
-        near = difflib.get_close_matches(str(bad), METHODS, n=3)
-        fix = f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
-        return UserError(f"unknown method '{bad}'", where=f"{where} (method.name)", fix=fix)
+        section = str(first["loc"][0])
+        registry = TAGGED[section][0]
+        bad = data.get(section, {}).get("name")
+        near = difflib.get_close_matches(str(bad), registry, n=3)
+        fix = f"did you mean {', '.join(near)}?" if near else f"known {section}s: {', '.join(registry)}"
+        return UserError(f"unknown {section} '{bad}'", where=f"{where} ({section}.name)", fix=fix)
     got = first.get("input")
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
     wanted = [e["msg"].lower() for e in error.errors() if _field_path(e["loc"], data) == path]
@@ -345,3 +360,17 @@ def method_from_dict(data: dict[str, Any]) -> MethodSpec:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise UserError(f"method.{field}: {first['msg'].lower()}", where="method", fix="change the value") from None
+
+
+def objective_from_dict(data: dict[str, Any]) -> ObjectiveSpec:
+    """Validate an objective alone (the window's form)."""
+    from adapter_studio.engine.objectives import objective_class
+
+    try:
+        return objective_class(data.get("name", "sft")).model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(
+            f"objective.{field}: {first['msg'].lower()}", where="objective", fix="change the value"
+        ) from None
