@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from adapter_studio.engine.data.files import RowChunk, iter_chunks
+from adapter_studio.engine.data.preference import pair_examples
 from adapter_studio.engine.data.shapes import Example, detect_format, resolve_columns, to_examples
 from adapter_studio.engine.errors import UserError
 
@@ -42,7 +43,8 @@ def example_chunks(
             fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
             mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
         assert fmt is not None
-        examples, dropped = to_examples(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
+        read = pair_examples if fmt == "preference" else to_examples
+        examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
 
 

@@ -37,6 +37,7 @@ from adapter_studio.engine.data.examples import (
     held_out_mask,
     survey_data,
 )
+from adapter_studio.engine.data.preference import render_pairs
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, Rendered, TemplateMismatch, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
 from adapter_studio.engine.data.tokenising import (
@@ -259,7 +260,8 @@ def _tokenise_all(
     fast: bool,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if fmt in CHAT_FORMATS else None
+    chat = fmt in CHAT_FORMATS or fmt == "preference"
+    renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if chat else None
     label2id = {v: k for k, v in (id2label or {}).items()}
     writers = {False: _StoreWriter(folder / "train", id_dtype), True: _StoreWriter(folder / "eval", id_dtype)}
     files: list[tuple[str, str]] = []
@@ -289,6 +291,11 @@ def _tokenise_all(
                     enc, full = _encode_classification(chosen, tokenizer, max_length)
                     writer.add(enc, rows, file_index, full)
                     writer.labels += [label2id[str(e.label)] for e in chosen]
+                elif fmt == "preference":  # each pair as two sides, chosen then rejected, on one row number
+                    assert renderer is not None
+                    rendered = render_pairs(chosen, renderer)
+                    writer.add(_encode_rendered(rendered, tokenizer, not renderer.use_chat_template),
+                               [r for r in rows for _ in (0, 1)], file_index)  # fmt: skip
                 elif fmt == "text":
                     writer.add(_encode_documents([e.text for e in chosen], tokenizer), rows, file_index)
                 else:

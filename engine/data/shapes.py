@@ -23,6 +23,8 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "text": ("text", "sentence", "sentence1", "content", "document"),
     "text_pair": ("text_pair", "sentence2"),
     "label": ("label", "labels", "class", "category"),
+    "chosen": ("chosen",),
+    "rejected": ("rejected",),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
@@ -31,10 +33,12 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "classification": ("text", "label"),
+    "preference": ("chosen", "rejected"),
 }
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "alpaca": ("input", "system"),
     "classification": ("text_pair",),
+    "preference": ("prompt", "system"),
 }
 SHAREGPT_ROLES = {
     "human": "user",
@@ -57,6 +61,8 @@ class Example:
     text: str = ""
     text_pair: str | None = None
     label: Any = None
+    chosen: str = ""  # preference pairs: `messages` is the prompt, these the two answers
+    rejected: str = ""
     path: str = ""  # the file the row came from
     unit: str = "row"  # whether `row` counts lines or rows
 
@@ -80,7 +86,7 @@ def _find(columns: list[str], role: str, mapping: dict[str, str]) -> str | None:
 def detect_format(columns: list[str], mapping: dict[str, str] | None = None, where: str = "data.columns") -> str:
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
-    for fmt in ("messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
+    for fmt in ("preference", "messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
         if all(_find(columns, role, mapping) for role in REQUIRED[fmt]):
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue

@@ -1,0 +1,237 @@
+"""Preference pairs: rows with a chosen and a rejected answer to the same prompt, as training sees them.
+
+Three shapes are read (format `preference`, detected when a file has `chosen` and `rejected` columns):
+- `prompt` / `chosen` / `rejected` as text (the prompt is one user turn, the answers assistant turns);
+- the same with message lists (a prompt conversation; answers as assistant turns, or one string each);
+- whole dialogues, no prompt column: `chosen` / `rejected` as message lists, or as Anthropic HH
+  transcripts ("\\n\\nHuman: … \\n\\nAssistant: …"), split where the two diverge: the shared turns are
+  the prompt, the last assistant turn of each is its answer.
+Each side is rendered with the chat template as prompt + answer, with the loss (here: the answer's
+log-probability) on the final answer's tokens only; the two sides are stored one after the other
+(chosen, rejected) in the token store, and `PairSet` gives them back as pairs. `collate_pairs` makes
+a batch of 2·B rows, the B chosen answers first, then the B rejected ones (TRL's order).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import numpy as np
+from adapter_studio.engine.data.files import locate
+from adapter_studio.engine.data.rendering import Rendered
+from adapter_studio.engine.data.shapes import Example, _turns
+from adapter_studio.engine.data.tokenising import IGNORE, TokenizedSet
+from adapter_studio.engine.errors import UserError
+
+_TRANSCRIPT = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_SPEAKERS = {"Human": "user", "Assistant": "assistant"}
+
+
+@dataclass
+class PairRows:
+    """One row's pair: the prompt turns and the two answers."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", dict: "JSON object", bool: "true/false value"}.get(type(value), type(value).__name__)
+
+
+def is_transcript(text: str) -> bool:
+    return bool(re.search(r"(^|\n\n)Human:", text)) and bool(re.search(r"\n\nAssistant:", text))
+
+
+def transcript_turns(text: str, column: str, where: str) -> list[dict[str, str]]:
+    """An HH transcript as turns; the text before the first speaker must be empty."""
+    parts = _TRANSCRIPT.split(text)
+    if parts[0].strip():
+        raise UserError(
+            f"field '{column}' has text before its first 'Human:' turn",
+            where=where,
+            fix="start each dialogue with '\\n\\nHuman: '",
+        )
+    return [{"role": _SPEAKERS[s], "content": c.strip()} for s, c in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        if default_role == "dialogue":
+            if not is_transcript(value):
+                raise UserError(
+                    f"field '{column}' is plain text, and there is no prompt column to answer",
+                    where=where,
+                    fix="add a 'prompt' column, or give whole dialogues (message lists, or '\\n\\nHuman: … "
+                    "\\n\\nAssistant: …' transcripts)",
+                )
+            return transcript_turns(value, column, where)
+        return [{"role": default_role, "content": value}]
+    if value is None:
+        raise UserError(f"field '{column}' is missing or empty", where=where, fix=f"give every row a '{column}'")
+    if isinstance(value, list):
+        return _turns(value, column, where)
+    raise UserError(
+        f"field '{column}' is a {_kind(value)}, expected text or a list of messages",
+        where=where,
+        fix=f"make '{column}' a string or a list of {{role, content}} messages in every row",
+    )
+
+
+def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> PairRows | str:
+    """The row's pair, or a note saying why it carries nothing to learn (the row is dropped);
+    a field of the wrong kind raises UserError naming the file, line and field."""
+    c_col, r_col = columns["chosen"], columns["rejected"]
+    has_prompt = "prompt" in columns and row.get(columns["prompt"]) not in (None, "", [])
+    if has_prompt:
+        prompt = _as_turns(row.get(columns["prompt"]), columns["prompt"], where, "user")
+        chosen = _as_turns(row.get(c_col), c_col, where, "assistant")
+        rejected = _as_turns(row.get(r_col), r_col, where, "assistant")
+    else:
+        chosen = _as_turns(row.get(c_col), c_col, where, "dialogue")
+        rejected = _as_turns(row.get(r_col), r_col, where, "dialogue")
+        prompt = []
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt = prompt + chosen[:shared]
+    chosen_rest, rejected_rest = chosen[shared:], rejected[shared:]
+    for rest, column in ((chosen_rest, c_col), (rejected_rest, r_col)):
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            if len(rest) != 1:
+                return (f"{where}: '{c_col}' and '{r_col}' differ before their last answer (a pair shares "
+                        "everything but one final assistant turn)")
+            return f"{where}: '{column}' does not end with an assistant answer"
+        if not rest[0]["content"].strip():
+            return f"{where}: empty answer in '{column}' (nothing to compare)"
+    if not any(t["role"] == "user" for t in prompt):
+        return f"{where}: no prompt (no user turn before the answers)"
+    if chosen_rest[0]["content"] == rejected_rest[0]["content"]:
+        return f"{where}: '{c_col}' and '{r_col}' are the same answer (nothing to prefer)"
+    system = row.get(columns["system"]) if "system" in columns else None
+    if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
+    return PairRows(prompt, chosen_rest[0]["content"], rejected_rest[0]["content"])
+
+
+def pair_examples(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    columns: dict[str, str],
+    where: str,
+    numbers: list[int] | None = None,
+    unit: str = "row",
+) -> tuple[list[Example], list[str]]:
+    """Rows → Examples (`messages` the prompt, `chosen` and `rejected` the answers), plus a note per
+    dropped row; the same call as shapes.to_examples."""
+    out: list[Example] = []
+    dropped: list[str] = []
+    for number, row in zip(numbers or range(1, len(rows) + 1), rows, strict=True):
+        pair = pair_from_row(row, columns, locate(where, unit, number))
+        if isinstance(pair, str):
+            dropped.append(pair)
+            continue
+        out.append(Example(row=number, messages=pair.prompt, chosen=pair.chosen, rejected=pair.rejected,
+                           path=where, unit=unit))  # fmt: skip
+    return out, dropped
+
+
+def render_pairs(examples: Iterable[Example], renderer: Any) -> list[Rendered]:
+    """Each example as two rendered texts, chosen then rejected; the loss span is the final answer's."""
+    out = []
+    for e in examples:
+        for answer in (e.chosen, e.rejected):
+            messages = [*e.messages, {"role": "assistant", "content": answer}]
+            r = renderer.render(Example(row=e.row, messages=messages))
+            out.append(Rendered(r.text, r.spans[-1:], r.row))
+    return out
+
+
+@dataclass
+class PairItem:
+    """A pair as one item: the chosen ids then the rejected ids (`split` is where the rejected start)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    row: int
+    split: int
+
+    @property
+    def sides(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+        s = self.split
+        return (self.input_ids[:s], self.labels[:s]), (self.input_ids[s:], self.labels[s:])
+
+
+class PairSet(Sequence[PairItem]):
+    """Pairs over a set of tokenised sides stored chosen, rejected, chosen, rejected, …"""
+
+    def __init__(self, sides: Any) -> None:
+        self.sides = sides
+
+    def __len__(self) -> int:
+        return len(self.sides) // 2
+
+    @overload
+    def __getitem__(self, index: int) -> PairItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PairItem]: ...
+    def __getitem__(self, index: int | slice) -> PairItem | list[PairItem]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        chosen, rejected = self.sides[2 * index], self.sides[2 * index + 1]
+        return PairItem(chosen.input_ids + rejected.input_ids, chosen.labels + rejected.labels, chosen.row,
+                        len(chosen.input_ids))  # fmt: skip
+
+    @property
+    def lengths(self) -> np.ndarray:
+        both = self.sides.lengths
+        return both[0::2] + both[1::2]
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def pair_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tuple[PairSet, int, list[str]]:
+    """The stored sides, truncated to max_length, as pairs; a pair goes when either side has no answer
+    token left (its answer starts past max_length)."""
+    first = store.first_loss.reshape(-1, 2)
+    ok = (first >= 0) & (first < max_length)
+    keep_pair = ok.all(axis=1)
+    keep = np.repeat(keep_pair, 2)
+    rows, file_ids = store.rows[0::2], store.files[0::2]
+    dropped = [
+        f"{locate(str(files[f][0]), str(files[f][1]), int(r))}: longer than max_length {max_length} before an answer"
+        for f, r in zip(file_ids[~keep_pair].tolist(), rows[~keep_pair].tolist(), strict=True)
+    ]
+    starts = store.offsets[:-1][keep]
+    lengths = np.minimum(store.lengths[keep], max_length)
+    truncated = int((store.lengths[keep] > max_length).sum())
+    sides = TokenizedSet(store.ids, store.loss, starts, starts + lengths, store.rows[keep])
+    return PairSet(sides), truncated, dropped
+
+
+def collate_pairs(items: Sequence[PairItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """2·B padded rows: the chosen sides, then the rejected sides; labels are -100 outside the answers."""
+    import torch
+
+    sides = [p.sides[0] for p in items] + [p.sides[1] for p in items]
+    width = max(len(ids) for ids, _ in sides)
+    width = -(-width // multiple) * multiple
+    ids = torch.full((len(sides), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sides), width), dtype=torch.long)
+    labels = torch.full((len(sides), width), IGNORE, dtype=torch.long)
+    for i, (side_ids, side_labels) in enumerate(sides):
+        n = len(side_ids)
+        ids[i, :n] = torch.tensor(side_ids)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(side_labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
