@@ -13,14 +13,20 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+PREFERENCE_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "preference_accuracy")
+
 
 @dataclass(frozen=True)
 class Event:
     type: ClassVar[str] = "event"
     time: float = field(default_factory=time.time, kw_only=True)
 
+    # Fields written only when set: an event of a run that has none reads as it did before they existed.
+    optional: ClassVar[tuple[str, ...]] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **asdict(self)}
+        data = asdict(self)
+        return {"type": self.type, **{k: v for k, v in data.items() if v is not None or k not in self.optional}}
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,13 @@ class Metrics(Event):
     memory_reserved_bytes: int | None = None
     memory_peak_bytes: int | None = None
     elapsed_s: float = 0.0
+    # Preference objectives (dpo, ipo, simpo, orpo): batch means of the pairs' rewards, the margin
+    # (chosen − rejected) and the share of pairs whose chosen reward is the higher.
+    rewards_chosen: float | None = None
+    rewards_rejected: float | None = None
+    reward_margin: float | None = None
+    preference_accuracy: float | None = None
+    optional: ClassVar[tuple[str, ...]] = PREFERENCE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,11 @@ class Eval(Event):
     eval_loss: float
     accuracy: float | None = None
     exact_match: float | None = None
+    rewards_chosen: float | None = None  # preference objectives: the same as Metrics', on held-out pairs
+    rewards_rejected: float | None = None
+    reward_margin: float | None = None
+    preference_accuracy: float | None = None
+    optional: ClassVar[tuple[str, ...]] = PREFERENCE_FIELDS
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ from adapter_studio.engine.data.examples import example_chunks, load_examples
 from adapter_studio.engine.data.prepare import prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.methods.peft_base import PeftMethod
+from adapter_studio.engine.objectives.logps import frozen_reference
+from adapter_studio.engine.objectives.training import evaluate_pairs, pair_step, summarise
 from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training import checkpoints as ckpt
 from adapter_studio.engine.training import compiled_step
@@ -81,6 +84,7 @@ class TrainingSession:
         self.last_checkpoint: Path | None = None
         # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly).
         self.auto_compile = self.compiled = self.eager_stance = False
+        self.pairwise, self.reference, self.pair_stats = False, None, []  # preference objectives (_setup)
 
     def log(self, message: str, level: str = "info") -> None:
         self.report(Log(level=level, message=message))
@@ -175,6 +179,7 @@ class TrainingSession:
         self.stage("tokenising")
         self.data_stamps = data_stamps(spec.data)  # recorded in each checkpoint; a resume compares
         data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
+        spec.objective.check_data(data.format)  # preference data needs a preference objective, and back
         self.log(
             f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format, "
             f"{data.train_tokens:,} tokens){f'; {len(data.dropped)} rows dropped' if data.dropped else ''}"
@@ -207,6 +212,14 @@ class TrainingSession:
         self.micro_per_epoch = max(1, micro_per_epoch)
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
+        self.pairwise, self.reference = spec.objective.pairwise, None
+        if spec.objective.needs_reference and not isinstance(spec.method, PeftMethod):
+            # The method changes the base's own weights: the reference is a frozen copy (a second model).
+            copy = frozen_reference(model).to(self.accelerator.device)
+            self.reference = (copy, causal_lm_parts(copy) if self.accelerator.num_processes == 1 else None)
+            self.log(f"{spec.objective.title} compares with the model before training: {spec.method.title} changes "
+                     "the base weights, so a frozen copy of the model is kept as the reference (twice the memory "
+                     "of the weights; LoRA-family methods switch their adapter off instead)", level="warning")
         with model_construction():  # peft makes its modules in the process's default dtype
             model = spec.method.apply(model, ctx)
         self.speed.speed_up_lora_layers(model, device, precision)
@@ -235,13 +248,16 @@ class TrainingSession:
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
         self.pad_multiple = self.speed.padding(device, compiled=False)
-        if t.compile == "on":
+        if t.compile == "on" and self.pairwise:
+            self.log("training.compile: on is not used with preference objectives yet; training uncompiled",
+                     level="warning")
+        elif t.compile == "on":
             what = self._compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
         # auto: one process only, where a failed compile can fall back without the others waiting on it;
         # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype), and
         # not over a bitsandbytes base, whose kernels dynamo does not see into (not measured).
-        self.auto_compile = (t.compile == "auto" and single and device in ("cpu", "cuda")
+        self.auto_compile = (t.compile == "auto" and single and not self.pairwise and device in ("cpu", "cuda")
                              and spec.model.quantization == "none"
                              and compiled_step.compile_unavailable(device) is None)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
@@ -370,6 +386,7 @@ class TrainingSession:
                         tokens_seen=self.tokens_trained,
                         elapsed_s=round(self.train_seconds, 3),
                         **memory_stats(self.device),
+                        **(summarise(self.pair_stats) if self.pairwise and self.pair_stats else {}),
                     )
                 )
                 window_tokens, window_start = 0, time.perf_counter()
@@ -398,6 +415,7 @@ class TrainingSession:
         """Forward and backward over the step's micro-batches: (their losses, real tokens)."""
         t = self.spec.training
         losses, tokens = [], 0
+        self.pair_stats: list[Any] = []  # a preference objective's rewards of this step's pairs
         for micro in range(t.gradient_accumulation):
             if self.compiled and self.speed.compile_mode == "reduce-overhead":
                 import torch
@@ -447,6 +465,10 @@ class TrainingSession:
         self.eager_stance = True
 
     def _loss(self, batch: dict[str, Any]) -> Any:
+        if self.pairwise:
+            loss, stats = pair_step(self.spec.objective, self.model, self.fast_parts, batch, self.reference)
+            self.pair_stats.append(stats)
+            return loss
         if self.fast_parts:
             return labelled_loss(self.fast_parts, batch)
         return self.model(**batch).loss
@@ -506,7 +528,7 @@ class TrainingSession:
         # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with eager:
-            result = evaluate(
+            result = self._evaluate_pairs() if self.pairwise else evaluate(
                 self.accelerator.unwrap_model(self.model),
                 self.tokenizer,
                 self.data,
@@ -525,6 +547,19 @@ class TrainingSession:
         if improved:
             self.best_eval = result["eval_loss"]
         return improved
+
+    def _evaluate_pairs(self) -> dict[str, Any]:
+        return evaluate_pairs(
+            self.spec.objective,
+            self.model,
+            self.fast_parts,
+            self.data.eval,
+            batch_size=self.spec.training.batch_size or 4,
+            pad_id=self.pad_id,
+            autocast=self.accelerator.autocast,
+            device=self.accelerator.device,
+            reference=self.reference,
+        )
 
     def _checkpoint(self) -> Path | None:
         """Save a checkpoint; its path on the main process, None on the others (they write nothing)."""

@@ -133,6 +133,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def _print_event(event: Any, quiet: bool) -> None:
     from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
+    from adapter_studio.engine.objectives.training import progress_text as _preference
 
     if quiet and not isinstance(event, Finished):
         return
@@ -144,7 +145,7 @@ def _print_event(event: Any, quiet: bool) -> None:
     elif isinstance(event, Metrics):
         print(
             f"step {event.step} loss {event.loss:.4f} lr {event.lr:.2e} grad {event.grad_norm:.3f} "
-            f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB"
+            f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB{_preference(event)}"
         )
     elif isinstance(event, Eval):
         extra = "".join(
@@ -152,7 +153,7 @@ def _print_event(event: Any, quiet: bool) -> None:
             for k, v in (("accuracy", event.accuracy), ("exact_match", event.exact_match))
             if v is not None
         )
-        print(f"eval step {event.step} eval_loss {event.eval_loss:.4f}{extra}")
+        print(f"eval step {event.step} eval_loss {event.eval_loss:.4f}{extra}{_preference(event)}")
     elif isinstance(event, Checkpoint):
         print(f"checkpoint {event.path}")
     elif isinstance(event, Stage):

@@ -1,0 +1,265 @@
+"""Preference tuning end to end: preference files read in each shape (and refused with file, line and
+field when bad), rendered with the loss on the answers only, and DPO, IPO, SimPO and ORPO runs on the
+tiny models through `run(...)` and the command line, with their reward metrics and held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from adapter_studio.engine.errors import UserError
+
+from tests.conftest import reversal_pairs, write_jsonl
+
+HH = Path("/work/shared/data/hh_harmless_test.jsonl.gz")
+if not HH.exists():
+    HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl.gz"
+
+
+def preference_rows(count: int, seed: int = 3) -> list[dict[str, Any]]:
+    """The reversal task as pairs: the reversed word is chosen, the word as it is rejected."""
+    return [{"prompt": q, "chosen": a, "rejected": a[::-1] + a[0]} for q, a in reversal_pairs(count, seed)]
+
+
+@pytest.fixture(scope="module")
+def pairs_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("pref") / "pairs.jsonl", preference_rows(160))
+
+
+def read(path: Path, **data: Any) -> tuple[str, list[Any], list[str]]:
+    from adapter_studio.engine.data.examples import load_examples
+    from adapter_studio.engine.spec import DataSpec
+
+    fmt, _, examples, dropped = load_examples(DataSpec(path=str(path), **data), str(path))
+    return fmt, examples, dropped
+
+
+# --- reading the shapes -------------------------------------------------------------------------
+
+
+def test_prompt_chosen_rejected_text_is_detected(pairs_jsonl: Path) -> None:
+    fmt, examples, dropped = read(pairs_jsonl)
+    assert fmt == "preference" and len(examples) == 160 and not dropped
+    first = examples[0]
+    assert first.messages == [{"role": "user", "content": preference_rows(1)[0]["prompt"]}]
+    assert first.chosen == preference_rows(1)[0]["chosen"]
+
+
+def test_message_lists_and_whole_dialogues_split_where_they_diverge(tmp_path: Path) -> None:
+    user = {"role": "user", "content": "hi"}
+    rows = [
+        {"prompt": [{"role": "system", "content": "Be kind."}, user],
+         "chosen": [{"role": "assistant", "content": "hello"}], "rejected": [{"role": "assistant", "content": "go"}]},
+        {"chosen": [user, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more"},
+                    {"role": "assistant", "content": "yes"}],
+         "rejected": [user, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more"},
+                      {"role": "assistant", "content": "no"}]},
+    ]  # fmt: skip
+    fmt, examples, dropped = read(write_jsonl(tmp_path / "m.jsonl", rows))
+    assert fmt == "preference" and not dropped
+    assert [m["role"] for m in examples[0].messages] == ["system", "user"]
+    assert [m["content"] for m in examples[1].messages] == ["hi", "a", "more"]
+    assert (examples[1].chosen, examples[1].rejected) == ("yes", "no")
+
+
+def test_anthropic_hh_transcripts_are_split_into_turns() -> None:
+    if not HH.exists():
+        pytest.skip("the HH file is not on this machine")
+    with gzip.open(HH, "rt", encoding="utf-8") as f:
+        row = json.loads(f.readline())
+    from adapter_studio.engine.data.preference import pair_from_row
+
+    pair = pair_from_row(row, {"chosen": "chosen", "rejected": "rejected"}, "hh.jsonl:1")
+    assert not isinstance(pair, str)
+    assert pair.prompt[0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
+    assert [t["role"] for t in pair.prompt] == ["user", "assistant", "user", "assistant", "user"]
+    assert pair.chosen.startswith("No, sorry!") and pair.chosen != pair.rejected
+
+
+def test_the_whole_hh_file_reads_with_few_dropped_rows(tmp_path: Path) -> None:
+    if not HH.exists():
+        pytest.skip("the HH file is not on this machine")
+    path = tmp_path / "hh.jsonl"  # the app reads .jsonl, not .jsonl.gz
+    path.write_bytes(gzip.decompress(HH.read_bytes()))
+    fmt, examples, dropped = read(path)
+    assert fmt == "preference"
+    assert len(examples) + len(dropped) == 2312 and len(examples) > 2200, dropped[:5]
+
+
+BAD = [
+    # (rows, message fragment: a UserError; dropped: a note)
+    ([{"prompt": "q", "chosen": 5, "rejected": "b"}], "field 'chosen' is a int, expected text or a list"),
+    ([{"prompt": "q", "chosen": {"a": 1}, "rejected": "b"}], "field 'chosen' is a JSON object"),
+    ([{"prompt": "q", "chosen": "a", "rejected": None}], "field 'rejected' is missing or empty"),
+    ([{"chosen": "just text", "rejected": "other"}], "field 'chosen' is plain text, and there is no prompt column"),
+    ([{"prompt": "q", "chosen": [{"role": "bot", "content": "a"}], "rejected": "b"}], "turn 1 has role 'bot'"),
+    ([{"prompt": "q", "chosen": [{"text": "a"}], "rejected": "b"}], "turn 1 of 'chosen' needs 'role' and 'content'"),
+    ([{"chosen": "Intro\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}],
+     "has text before its first 'Human:' turn"),
+    ([{"prompt": "q", "rejected": "b"}], "needs a 'chosen' column"),
+]
+DROPPED = [
+    ({"prompt": "q", "chosen": "", "rejected": "b"}, "empty answer in 'chosen'"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, "are the same answer"),
+    ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: bye\n\nAssistant: b"},
+     "differ before their last answer"),
+    ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+     "'chosen' does not end with an assistant answer"),
+]
+
+
+@pytest.mark.parametrize(("rows", "message"), BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_preference_files_name_file_line_and_field(rows: list[Any], message: str, tmp_path: Path) -> None:
+    good = preference_rows(2)
+    if "chosen" not in rows[0]:
+        good = [{"prompt": "q", "rejected": "b"}] * 2  # the column is missing from the whole file
+    path = write_jsonl(tmp_path / "bad.jsonl", [*good, *rows])
+    with pytest.raises(UserError) as error:
+        read(path, format="preference")
+    assert message in error.value.message
+    if "column" not in message:
+        assert error.value.where == f"{path}:3"
+
+
+@pytest.mark.parametrize(("row", "note"), DROPPED, ids=[n[:30] for _, n in DROPPED])
+def test_rows_with_nothing_to_prefer_are_dropped_with_a_note(row: dict[str, Any], note: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "some.jsonl", [*preference_rows(2), row])
+    _, examples, dropped = read(path)
+    assert len(examples) == 2 and len(dropped) == 1
+    assert dropped[0].startswith(f"{path}:3: ") and note in dropped[0]
+
+
+# --- rendering and batches ----------------------------------------------------------------------
+
+
+def test_pairs_render_with_the_chat_template_and_loss_on_the_answer_only(tiny_llama: Path, pairs_jsonl: Path) -> None:
+    from adapter_studio.engine.data.batches import collate
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.spec import DataSpec
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    data = prepare_data(DataSpec(path=str(pairs_jsonl), eval_split=0.1), tokenizer, None, 64, 0, use_cache=False)
+    assert data.format == "preference" and len(data.train) == 144 and len(data.eval) == 16
+    pair = data.train[0]
+    row = preference_rows(160)[pair.row - 1]
+    (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = pair.sides
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                              {"role": "assistant", "content": row["chosen"]}], tokenize=False)
+    assert tokenizer.decode(chosen_ids) == expected
+    assert tokenizer.decode([t for t in chosen_labels if t != -100]) == row["chosen"] + "<|im_end|>\n"
+    assert tokenizer.decode([t for t in rejected_labels if t != -100]) == row["rejected"] + "<|im_end|>\n"
+    batch = collate(data.train[:3], tokenizer.pad_token_id or 0, False)
+    assert batch["input_ids"].shape[0] == 6  # three chosen rows, then three rejected rows
+    assert batch["input_ids"][3, : len(rejected_ids)].tolist() == rejected_ids
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def start(spec: Any) -> tuple[Any, list[Any]]:
+    from adapter_studio.engine.training.run import run
+
+    events: list[Any] = []
+    result = run(spec, emit=events.append)
+    return result, events
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tiny_llama: Path, make_spec: Any, pairs_jsonl: Path) -> tuple[Any, list[Any]]:
+    spec = make_spec(tiny_llama, pairs_jsonl, data={"eval_split": 0.2}, max_steps=30, eval_every=15,
+                     learning_rate=5e-3).model_copy(update={"objective": _objective("dpo")})  # fmt: skip
+    return start(spec)
+
+
+def _objective(name: str, **fields: Any) -> Any:
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    return OBJECTIVES[name](**fields)
+
+
+def test_dpo_run_reports_rewards_and_learns_the_preference(dpo_run: tuple[Any, list[Any]]) -> None:
+    result, events = dpo_run
+    assert result.status == "completed", result.error
+    metrics = [e for e in events if e.type == "metrics"]
+    evals = [e for e in events if e.type == "eval"]
+    assert len(metrics) == 30 and len(evals) == 2
+    for m in metrics:
+        assert m.rewards_chosen is not None and m.preference_accuracy is not None
+        assert m.reward_margin == pytest.approx(m.rewards_chosen - m.rewards_rejected, abs=1e-5)
+    assert abs(metrics[0].loss - 0.6931) < 0.01  # the policy starts as the reference: loss ln 2, rewards 0
+    assert abs(metrics[0].rewards_chosen) < 1e-4 and abs(metrics[0].reward_margin) < 1e-4
+    assert evals[-1].preference_accuracy >= 0.9 and evals[-1].reward_margin > 0
+    assert evals[-1].eval_loss < evals[0].eval_loss < 0.6931  # below ln 2: the held-out pairs are ranked
+    assert evals[-1].reward_margin > evals[0].reward_margin
+    spec_text = (Path(result.run_dir) / "spec.yaml").read_text()
+    assert "objective:\n  name: dpo\n  beta: 0.1\n  label_smoothing: 0.0" in spec_text
+    logged = [json.loads(line) for line in (Path(result.run_dir) / "events.jsonl").read_text().splitlines()]
+    assert "preference_accuracy" in next(e for e in logged if e["type"] == "eval")
+
+
+@pytest.mark.parametrize(("name", "fields"), [("ipo", {"beta": 1.0}), ("simpo", {}), ("orpo", {})])
+def test_each_pairwise_objective_trains(
+    name: str, fields: dict[str, Any], tiny_llama: Path, make_spec: Any, pairs_jsonl: Path
+) -> None:
+    spec = make_spec(tiny_llama, pairs_jsonl, max_steps=20, learning_rate=5e-3,
+                     data={"eval_split": 0.1}).model_copy(update={"objective": _objective(name, **fields)})  # fmt: skip
+    result, events = start(spec)
+    assert result.status == "completed", result.error
+    metrics = [e for e in events if e.type == "metrics"]
+    margins = [m.reward_margin for m in metrics]
+    assert sum(margins[-5:]) / 5 > sum(margins[:5]) / 5, margins
+    assert sum(m.loss for m in metrics[-5:]) < sum(m.loss for m in metrics[:5])
+    assert next(e for e in events if e.type == "eval").preference_accuracy is not None
+
+
+def test_full_fine_tuning_dpo_keeps_a_frozen_copy_as_reference(
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path
+) -> None:
+    spec = make_spec(tiny_llama, pairs_jsonl, "full", max_steps=4, learning_rate=1e-4).model_copy(
+        update={"objective": _objective("dpo")}
+    )
+    result, events = start(spec)
+    assert result.status == "completed", result.error
+    assert any("frozen copy" in e.message for e in events if e.type == "log")
+    first = next(e for e in events if e.type == "metrics")
+    assert abs(first.loss - 0.6931) < 0.01
+
+
+def test_mismatched_objective_and_data_are_refused(
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path, alpaca_jsonl: Path
+) -> None:
+    spec = make_spec(tiny_llama, alpaca_jsonl).model_copy(update={"objective": _objective("dpo")})
+    result, _ = start(spec)
+    assert result.status == "failed" and "DPO trains on preference pairs" in result.error
+    result, _ = start(make_spec(tiny_llama, pairs_jsonl))
+    assert result.status == "failed" and "needs a preference objective" in result.error
+    result, _ = start(make_spec(tiny_llama, pairs_jsonl).model_copy(update={"objective": _objective("kto")}))
+    assert result.status == "failed" and "KTO objective is not built yet" in result.error
+
+
+def test_dpo_through_the_command_line(tiny_llama: Path, pairs_jsonl: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "dpo.yaml"
+    spec.write_text(
+        f"model: {{source: {tiny_llama}}}\n"
+        f"data: {{path: {pairs_jsonl}, max_length: 64, eval_split: 0.1}}\n"
+        "method: {name: lora}\nobjective: {name: dpo, beta: 0.2}\n"
+        "training: {max_steps: 3, batch_size: 4, precision: float32, learning_rate: 0.005}\n"
+        f"output_dir: {tmp_path / 'runs'}\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run([sys.executable, "-m", "adapter_studio.cli", "train", str(spec)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3 and all(" margin " in line and " pref_acc " in line for line in steps), out.stdout
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert "beta: 0.2" in (run_dir / "spec.yaml").read_text()
+    logged = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert all("rewards_chosen" in e for e in logged if e["type"] == "metrics")
