@@ -263,3 +263,21 @@ def test_dpo_through_the_command_line(tiny_llama: Path, pairs_jsonl: Path, tmp_p
     assert "beta: 0.2" in (run_dir / "spec.yaml").read_text()
     logged = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert all("rewards_chosen" in e for e in logged if e["type"] == "metrics")
+
+
+def test_the_preview_shows_both_sides_with_the_answers_marked(tiny_llama: Path, pairs_jsonl: Path) -> None:
+    from adapter_studio.engine.data.preview import length_stats, render_tokens
+    from adapter_studio.engine.spec import DataSpec
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    spec = DataSpec(path=str(pairs_jsonl), max_length=64)
+    fmt, examples, _ = read(pairs_jsonl)
+    tokens = render_tokens(spec, examples[0], fmt, tokenizer)
+    text = "".join(t for t, _ in tokens)
+    assert text.index("── chosen ──") < text.index("── rejected ──")
+    marked = "".join(t if loss else "\0" for t, loss in tokens).split("\0")
+    answers = [m for m in marked if m]
+    assert answers == [examples[0].chosen + "<|im_end|>\n", examples[0].rejected + "<|im_end|>\n"]
+    stats = length_stats(spec, tokenizer, 4)
+    assert stats["format"] == "preference" and stats["examples"] == 144 and not stats["packing_applies"]

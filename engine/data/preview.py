@@ -67,6 +67,21 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
 def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) -> list[tuple[str, bool]]:
     """The example as the model sees it: (token text, carries loss) pairs in order."""
     max_length = spec.max_length or 512
+    if fmt == "preference":  # both sides, chosen then rejected, each with its answer's tokens marked
+        from adapter_studio.engine.data.preference import render_pairs
+
+        renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template)
+        sides = render_pairs([example], renderer)
+        out: list[tuple[str, bool]] = []
+        for mark, side in zip(("── chosen ──\n", "\n── rejected ──\n"), sides, strict=True):
+            tokens, _, _ = tokenize_rendered([side], tokenizer, max_length, not renderer.use_chat_template)
+            out.append((mark, False))
+            if not tokens:  # the answer starts past max_length: the text as it is, nothing marked
+                out.append((side.text, False))
+                continue
+            out += [(tokenizer.decode([i]), label != -100) for i, label in zip(tokens[0].input_ids,
+                                                                                tokens[0].labels, strict=True)]
+        return out
     if fmt == "prompt_completion":
         rendered, special = _render_pairs([example], tokenizer), True
     elif fmt in CHAT_FORMATS:
@@ -108,6 +123,8 @@ def length_stats(
     data = prepare_data(spec.model_copy(update={"packing": False}), tokenizer, None, max_length, seed,
                         progress=progress)  # fmt: skip
     lengths = np.asarray(data.full_lengths, np.int64)
+    if data.format == "preference":  # stored as chosen, rejected, …: a pair's tokens are both sides'
+        lengths = lengths[0::2] + lengths[1::2]
     items = (
         data.train.lengths
         if isinstance(data.train, TokenizedSet)
@@ -116,7 +133,7 @@ def length_stats(
     if data.format == "text":  # trained as max_length blocks; "padded" is one document per row
         padded_lengths, packed_lengths = np.minimum(lengths, max_length), items
     else:
-        packing_applies = data.format != "classification"
+        packing_applies = data.format not in ("classification", "preference")
         padded_lengths = items
         packed_lengths = _packed(items, max_length) if packing_applies else items
     padded = batch_tokens(padded_lengths, batch_size, seed)
@@ -136,7 +153,7 @@ def length_stats(
         "packed_tokens": packed,
         "padding_share_padded": 1 - int(padded_lengths.sum()) / padded if padded else 0.0,
         "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
-        "packing_applies": data.format not in ("classification", "text"),
+        "packing_applies": data.format not in ("classification", "text", "preference"),
         "from_cache": data.from_cache,
     }
 
