@@ -80,6 +80,8 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     assert headers == ["Row", "Input", "Expected", "Base", "In-context", "Tuned", "Change"]
     if shown:
         assert page.examples.item(0, 5).toolTip() == shown[0]["answers"]["tuned"]
+        assert page.examples.item(0, 1).toolTip() == shown[0]["input"]  # the whole input; the cell leads with
+        assert shown[0]["input"].split("reverse ")[-1] in page.examples.item(0, 1).text()  # what differs
         assert page.examples.item(0, 6).text() == f"{shown[0]['change']:+.2f}"
     page.regressions_only.setChecked(True)
     assert page.examples.rowCount() == sum(r["regression"] for r in result.rows)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.try_page import example_labels
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
@@ -323,11 +324,12 @@ class EvaluatePage(Page):
             header.setSectionResizeMode(j, QHeaderView.ResizeMode.ResizeToContents if fixed
                                         else QHeaderView.ResizeMode.Stretch)  # fmt: skip
         self.examples.setRowCount(len(rows))
+        inputs = example_labels([r["input"] for r in rows])  # what tells the rows apart comes first
         for i, r in enumerate(rows):
             cells = (Path(r["where"]).name, r["input"], r["expected"], *(r["answers"][c] for c in answered),
                      f"{r['change']:+.2f}")  # fmt: skip
             for j, text in enumerate(cells):
-                item = QTableWidgetItem(" ".join(str(text).split()))
+                item = QTableWidgetItem(inputs[i] if j == 1 else " ".join(str(text).split()))
                 item.setToolTip(str(text))
                 self.examples.setItem(i, j, item)
         total = len(self.result.rows) if self.result is not None else 0
