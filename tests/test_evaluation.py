@@ -368,3 +368,42 @@ def test_forgetting_scores_the_answer_text_only(labels: list[int], kept: list[in
     from adapter_studio.engine.data.tokenising import Tokenized
 
     assert answer_text_only(Tokenized(list(range(len(labels))), labels, 1), {0, 1, 2}).labels == kept
+
+
+@pytest.mark.parametrize(
+    ("room", "kept"),
+    [(1000, 3), (25, 2), (15, 1), (5, 0)],  # prompt length: 5 + 10 per example
+)
+def test_in_context_examples_dropped_until_they_fit(room: int, kept: int) -> None:
+    from adapter_studio.engine.evaluation.cases import fit_in_context
+
+    prompt, used = fit_in_context(lambda shots: "q" * 5 + "x" * 10 * len(shots), ["a", "b", "c"], len, room)
+    assert used == kept and len(prompt) == 5 + 10 * kept
+
+
+def test_in_context_prompt_puts_worked_examples_before_the_question(runs: dict[str, Path]) -> None:
+    """Chat data: the examples are earlier turns of the conversation, rendered with the chat template."""
+    from adapter_studio.engine.evaluation import cases
+    from adapter_studio.engine.inference.playground import Playground
+
+    pg = Playground.open(runs["lora"], runs["lora"] / "checkpoints" / "step-0000030", device="cpu")
+    fmt, rows = cases.read_rows(pg, None, 3)
+    case = cases.generation_cases(pg, fmt, rows)[0]
+    shots = cases.training_rows(pg.spec, 2)
+    prompt = cases.in_context_prompt(pg, fmt, case, shots)
+    turns = [m["content"] for s in shots for m in s.messages] + [case.shown]
+    assert prompt == pg.renderer.prompt([{"role": r, "content": t} for r, t in
+                                         zip(["user", "assistant"] * 2 + ["user"], turns, strict=True)])  # fmt: skip
+    assert prompt.endswith(f"<|im_start|>user\n{case.shown}<|im_end|>\n<|im_start|>assistant\n")  # question last
+    held = {r.row for r in rows}
+    assert not {s.row for s in shots} & held  # examples come from the training rows, never the held-out ones
+
+
+def test_a_model_with_few_positions_gets_fewer_examples(tiny_gpt2: Path, alpaca_jsonl: Path, make_spec: Any) -> None:
+    """GPT-2's learned positions end at 256: 40 examples do not fit, so each prompt keeps as many as fit."""
+    result = run(make_spec(tiny_gpt2, alpaca_jsonl, "lora", learning_rate=1e-2, max_steps=2, eval_samples=0))
+    assert result.status == "completed", result.error
+    evaluated = evaluate_run(result.run_dir, EvalSettings(in_context=40, limit=4, forgetting=False,
+                                                          max_new_tokens=8), write_report=False)  # fmt: skip
+    assert len(evaluated.rows) == 4 and evaluated.metrics["in_context"]
+    assert any("held fewer than 40 examples" in n and "256 positions" in n for n in evaluated.notes)
