@@ -407,3 +407,23 @@ def test_a_model_with_few_positions_gets_fewer_examples(tiny_gpt2: Path, alpaca_
                                                           max_new_tokens=8), write_report=False)  # fmt: skip
     assert len(evaluated.rows) == 4 and evaluated.metrics["in_context"]
     assert any("held fewer than 40 examples" in n and "256 positions" in n for n in evaluated.notes)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [{"name": "prompt_tuning", "num_virtual_tokens": 4}, {"name": "prefix_tuning", "num_virtual_tokens": 4},
+     "adapter_h", "last_layers"],
+    ids=["prompt_tuning", "prefix_tuning", "adapter_h", "last_layers"],
+)  # fmt: skip
+def test_every_kind_of_method_evaluates(method: Any, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any,
+                                        evaluated: Any) -> None:  # fmt: skip
+    """Soft prompts (one row at a time, virtual tokens before the text), injected adapters and changed base
+    weights (a second, untouched base): the base model's answers and forgetting loss are the LoRA run's."""
+    result = run(make_spec(tiny_llama, alpaca_jsonl, method, learning_rate=3e-2, max_steps=3, eval_samples=0,
+                           data={"eval_split": 0.1}))  # fmt: skip
+    assert result.status == "completed", result.error
+    other = evaluate_run(result.run_dir, EvalSettings(limit=5, in_context=0), write_report=False)
+    lora_base = {r["index"]: r["answers"]["base"] for r in evaluated.rows}
+    assert {r["index"]: r["answers"]["base"] for r in other.rows} == {i: lora_base[i] for i in range(5)}
+    assert other.forgetting.loss_base == pytest.approx(evaluated.forgetting.loss_base, rel=1e-5)
+    assert other.forgetting.loss_tuned > 0 and len(other.forgetting.answers) == 3
