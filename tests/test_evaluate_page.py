@@ -92,9 +92,11 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
     page._progress.changed.connect(lambda stage, done, total: page.stop() if stage == "base" else None)
     before = set((lora_run / "evaluations").glob("*"))
+    page.state.set_current_run(lora_run)
+    shown = page.result and page.result.report  # the last saved evaluation, if a test before saved one
     start(page, lora_run, limit=40)
     qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
-    assert page.errors == [] and page.result is None  # type: ignore[attr-defined]
+    assert page.errors == [] and (page.result and page.result.report) == shown  # type: ignore[attr-defined]
     assert "stopped" in page.status.text()
     assert set((lora_run / "evaluations").glob("*")) == before
     assert page.evaluate_button.isEnabled() and not page.stop_button.isEnabled()
@@ -114,3 +116,22 @@ def test_the_window_lists_the_page(window: Any) -> None:
     assert "8 · Evaluate" in titles and titles[-1] == "9 · Export"
     window.go_to("evaluate")
     assert window.stack.currentWidget() is window.pages["evaluate"]
+
+
+def test_shows_the_last_saved_evaluation(page: EvaluatePage, lora_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from adapter_studio.engine.evaluation.run_eval import EvalSettings, evaluate_run
+
+    saved = evaluate_run(lora_run, EvalSettings(limit=3, in_context=0, forgetting=False))
+    page.state.set_current_run(lora_run)  # no evaluation runs: the saved one is read back
+    assert not page.busy and page.result is not None
+    assert page.result.metrics == saved.metrics and page.result.rows == saved.rows
+    assert page.result.report == saved.report and page.columns() == ["base", "tuned"]
+    assert page.scores.columnCount() == 2
+    assert page.scores.item(0, 1).text() == f"{saved.metrics['tuned']['exact_match']:.3f}"
+    assert "last evaluation" in page.status.text() and page.open_report.isEnabled()
+    fresh = shutil.copytree(lora_run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+    page.state.set_current_run(fresh)  # a run never evaluated: nothing shown
+    assert page.result is None and page.scores.rowCount() == 0 and page.examples.rowCount() == 0
+    assert not page.open_report.isEnabled()

@@ -427,3 +427,18 @@ def test_every_kind_of_method_evaluates(method: Any, tiny_llama: Path, alpaca_js
     assert {r["index"]: r["answers"]["base"] for r in other.rows} == {i: lora_base[i] for i in range(5)}
     assert other.forgetting.loss_base == pytest.approx(evaluated.forgetting.loss_base, rel=1e-5)
     assert other.forgetting.loss_tuned > 0 and len(other.forgetting.answers) == 3
+
+
+def test_the_latest_saved_evaluation_reads_back(evaluated: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from adapter_studio.engine.evaluation.run_eval import latest_evaluation
+
+    assert latest_evaluation(tmp_path) is None
+    good = shutil.copytree(evaluated.report.parent, tmp_path / "evaluations" / "20000101-000000")
+    broken = tmp_path / "evaluations" / "20990101-000000"
+    broken.mkdir()
+    (broken / "results.json").write_text("{")  # newer, but cut short: skipped
+    back = latest_evaluation(tmp_path)
+    assert back.report == good / "report.md"
+    assert back.to_json() | {"report": None} == evaluated.to_json() | {"report": None}

@@ -37,7 +37,7 @@ Progress = Callable[[str, int, int], None]  # (stage, rows done over all stages,
 FEATURE_ROWS = 1000  # training rows the feature baseline learns from
 MAX_NEW_TOKENS = 256
 
-__all__ = ["EvalSettings", "EvaluationResult", "EvaluationStopped", "evaluate_run", "regressions"]
+__all__ = ["EvalSettings", "EvaluationResult", "EvaluationStopped", "evaluate_run", "latest_evaluation", "regressions"]
 
 
 @dataclass
@@ -80,6 +80,25 @@ class EvaluationResult:
             "report": None if self.report is None else str(self.report),
             "rows": self.rows, "notes": self.notes, "seconds": self.seconds, "settings": asdict(self.settings),
         }  # fmt: skip
+
+
+def latest_evaluation(run_dir: str | Path) -> EvaluationResult | None:
+    """The run's newest saved evaluation (its results.json), or None when it has none that reads."""
+    import json
+
+    for results in sorted(Path(run_dir).glob("evaluations/*/results.json"), reverse=True):
+        try:
+            data = json.loads(results.read_text(encoding="utf-8"))
+            detail = data["forgetting_detail"]
+            return EvaluationResult(
+                run_dir=Path(data["run_dir"]), checkpoint=data["checkpoint"], task=data["task"], data=data["data"],
+                settings=EvalSettings(**data["settings"]), precision=data["precision"], metrics=data["metrics"],
+                baselines=data["baselines"], rows=data["rows"], forgetting=Forgetting(**detail) if detail else None,
+                notes=data["notes"], seconds=data["seconds"], report=results.parent / "report.md",
+            )  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # cut short or from another version: the one before it, if any
+    return None
 
 
 def regressions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -190,7 +190,26 @@ class EvaluatePage(Page):
             self.checkpoint.addItems(["best", "last", *reversed(steps)])
             self.checkpoint.setCurrentText(chosen)
             self.status.setText(f"Run <b>{Path(run).name}</b>: press Evaluate to score it.")
+        if not self.busy:
+            self._show_saved(run)
         self._update_buttons()
+
+    def _show_saved(self, run: Path | None) -> None:
+        """The run's newest saved evaluation, or empty results when it has none (a small JSON file: fast)."""
+        from adapter_studio.engine.evaluation.run_eval import latest_evaluation
+
+        self.result = latest_evaluation(run) if run is not None else None
+        if self.result is None:
+            self.scores.setRowCount(0)
+            self.chart.clear()
+            self.forgetting.setText("")
+            self._fill_examples()
+            return
+        self._fill_scores()
+        self._fill_examples()
+        self.status.setText(f"Run <b>{Path(run).name}</b>: its last evaluation ({self.result.report.parent.name}, "
+                            f"checkpoint {self.result.checkpoint}, {len(self.result.rows)} rows). Press Evaluate to "
+                            "score it again.")  # fmt: skip
 
     def _update_buttons(self) -> None:
         self.evaluate_button.setEnabled(self.state.current_run is not None and not self.busy)
