@@ -95,6 +95,9 @@ def test_no_import_cycles() -> None:
                                           "adapter_studio.engine.training.run")),
         ("adapter_studio.engine.inference", ("adapter_studio.engine.training.session",
                                              "adapter_studio.engine.training.run", "adapter_studio.engine.export")),
+        ("adapter_studio.engine.evaluation", ("adapter_studio.engine.training.session",
+                                              "adapter_studio.engine.training.run", "adapter_studio.engine.export",
+                                              "adapter_studio.engine.search")),
     ],
 )  # fmt: skip
 def test_layers(importer: str, forbidden: tuple[str, ...]) -> None:

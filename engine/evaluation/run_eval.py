@@ -118,6 +118,7 @@ def evaluate_run(
     EvaluationStopped when `stop` is set before the end."""
     from adapter_studio.engine.evaluation.report import write_evaluation
     from adapter_studio.engine.inference.playground import Playground
+    from adapter_studio.engine.inference.trained import run_spec
     from adapter_studio.engine.training.devices import pick_precision
 
     settings = settings or EvalSettings()
@@ -125,25 +126,23 @@ def evaluate_run(
     if settings.in_context < 0:
         raise UserError(f"the in-context baseline needs 0 or more examples, not {settings.in_context}", where="--k")
     rule = m.compile_extraction(settings.extract)
-    from adapter_studio.engine.inference.trained import run_spec
-
     run_spec(run_dir)  # a folder that is no run says so before anything loads
     if settings.data is not None and not Path(settings.data).exists():
         raise UserError(f"no such file or folder: {settings.data}", where="--data", fix="give the path of a data file")
     checkpoint = case_lib.resolve_checkpoint(run_dir, settings.checkpoint)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
-    report = progress or (lambda stage, done, total: None)
-    report("loading", 0, 1)
+    tell = progress or (lambda stage, done, total: None)
+    tell("loading", 0, 1)
     playground = Playground.open(run_dir, checkpoint)
     seconds["loading"] = time.perf_counter() - clock
     fmt, rows = case_lib.read_rows(playground, settings.data, settings.limit)
     precision = pick_precision(playground.spec.training.precision, playground.device)
     with autocast_for(precision, playground.device):
         if playground.task == "classification":
-            scored = _classification(playground, rows, settings, report, stop, seconds)
+            scored = _classification(playground, rows, settings, tell, stop, seconds)
         else:
-            scored = _generation(playground, fmt, rows, settings, rule, report, stop, seconds)
+            scored = _generation(playground, fmt, rows, settings, rule, tell, stop, seconds)
     result = EvaluationResult(
         run_dir=run_dir, checkpoint=checkpoint.name, task=playground.task, precision=precision,
         data=settings.data or "held-out rows of the run", settings=settings, **scored, seconds=seconds,
