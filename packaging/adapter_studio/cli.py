@@ -322,18 +322,14 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    # Before torch loads (as the window does): OpenMP threads that spin while they wait lose the CPU to
-    # other work on a shared machine. The demo's evaluation took 964 s spinning, 132 s passive, on a
-    # 2-core CPU running three other jobs (the answers were the same).
+    # Before torch loads, as the window does: OpenMP threads spinning while they wait lose the CPU to other
+    # work. The demo's evaluation took 964 s spinning, 132 s passive, on a 2-core CPU running three other jobs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     for name in ("limit", "batch_size", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} must be at least 1 (got {value})", where=flag)
-    if not (Path(args.run_dir) / "spec.yaml").exists():
-        raise UserError(f"{args.run_dir} is not a run folder (no spec.yaml)", where="eval",
-                        fix="give a folder under your runs folder (see adapter-studio runs)")  # fmt: skip
     if args.threads:
         import torch
 
