@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ADVANCED = {"advanced": True}  # shown in the form's collapsible "Advanced" section
 DataFormat = Literal[
-    "alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification", "preference"
+    "alpaca", "messages", "sharegpt", "prompt_completion", "text", "classification", "preference", "kto"
 ]
 
 

@@ -1,13 +1,14 @@
 """The preference objectives against TRL 1.16, the reference implementation, on the same batch and weights.
 
-Each test runs TRL's own trainer code (DPOTrainer._compute_loss for DPO and IPO, CPOTrainer's SimPO and
-ORPOTrainer's batch losses from trl.experimental) on a tiny Llama with a LoRA adapter whose B matrices are
-random (so the policy differs from the reference, the base with the adapter off), and compares the loss,
-and the gradient of every LoRA weight, with the app's (engine.objectives) within 1e-5 in float32.
-The trainers are made without their __init__ (no data sets, no Trainer machinery) and given the few
-settings their loss code reads. ORPO's supervised term differs on purpose: TRL's takes the chosen
-sequence's prompt tokens too, the paper's and the app's only the answer's; the odds-ratio term and its
-gradient are compared exactly, and the supervised term against the model's own answer-only loss.
+Each test runs TRL's own trainer code (DPOTrainer._compute_loss for DPO and IPO, KTOTrainer._compute_loss
+for KTO with its mismatched KL rows, CPOTrainer's SimPO and ORPOTrainer's batch losses from
+trl.experimental) on a tiny Llama with a LoRA adapter whose B matrices are random (so the policy
+differs from the reference, the base with the adapter off), and compares the loss, and the gradient
+of every LoRA weight, with the app's (engine.objectives) within 1e-5 in float32. The trainers are
+made without their __init__ (no data sets, no Trainer machinery) and given the few settings their
+loss code reads. ORPO's supervised term differs on purpose: TRL's takes the chosen sequence's prompt
+tokens too, the paper's and the app's only the answer's; the odds-ratio term and its gradient are
+compared exactly, and the supervised term against the model's own answer-only loss.
 """
 
 from __future__ import annotations
@@ -88,14 +89,20 @@ def assert_same(ours_loss: torch.Tensor, trl_loss: torch.Tensor, model: Any) -> 
         assert torch.allclose(mine[name], theirs[name], atol=TOL, rtol=1e-4), name
 
 
-def trl_dpo(setup: dict[str, Any], loss_type: str, beta: float) -> torch.Tensor:
-    from trl import DPOTrainer
+def fused(model: Any) -> Any:
+    """The model with TRL's fused LM head (`model(..., fused_lm_head=True)`), as its trainers patch it, once."""
     from trl.trainer.utils import add_fused_lm_head
 
-    model = setup["model"]
     if not getattr(model.get_base_model(), "_as_fused", False):
         add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
         model.get_base_model()._as_fused = True
+    return model
+
+
+def trl_dpo(setup: dict[str, Any], loss_type: str, beta: float) -> torch.Tensor:
+    from trl import DPOTrainer
+
+    model = fused(setup["model"])
     trainer = DPOTrainer.__new__(DPOTrainer)
     trainer.__dict__.update(
         model=model, ref_model=None, accelerator=_Accelerator(),
@@ -208,3 +215,45 @@ def test_summed_answer_logps_equal_trls(setup: dict[str, Any]) -> None:
         slow, _ = row_logps(model, None, batch)
     assert torch.allclose(fast, expected, atol=TOL) and torch.allclose(slow, expected, atol=TOL)
     assert counts.tolist() == (batch["labels"][:, 1:] != -100).sum(1).float().tolist()
+
+
+@pytest.mark.parametrize(("beta", "weights"), [(0.1, (1.0, 1.0)), (0.5, (1.33, 0.8))])
+def test_kto_equals_trl(setup: dict[str, Any], tiny_llama: Path, tmp_path: Path, beta: float,
+                        weights: tuple[float, float]) -> None:  # fmt: skip
+    from adapter_studio.engine.data.batches import collate
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.objectives import OBJECTIVES
+    from adapter_studio.engine.spec import DataSpec
+    from transformers import AutoTokenizer
+    from trl import KTOTrainer
+
+    from tests.test_preference import kto_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    path = write_jsonl(tmp_path / "kto.jsonl", kto_rows(12, seed=6))
+    data = prepare_data(DataSpec(path=str(path), eval_split=0.0), tokenizer, None, 64, 0, use_cache=False)
+    batch = collate(data.train[:5], setup["pad"], False)  # 3 desirable, 2 undesirable
+    assert batch["desirable"].tolist() == [True, False, True, False, True]
+    ours_setup = {**setup, "batch": batch}
+    objective = OBJECTIVES["kto"](beta=beta, desirable_weight=weights[0], undesirable_weight=weights[1])
+    loss, logps = ours(objective, ours_setup)
+    assert float((logps.chosen - logps.ref_chosen).abs().max()) > 1e-2
+    model = fused(setup["model"])
+    trainer = KTOTrainer.__new__(KTOTrainer)
+    trainer.__dict__.update(
+        model=model, ref_model=None, accelerator=_Accelerator(),
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None), aux_loss_enabled=False,
+        precompute_ref_logps=False, calculate_KL=True, loss_type="kto", beta=beta,
+        desirable_weight=weights[0], undesirable_weight=weights[1],
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+    )  # fmt: skip
+    n = batch["input_ids"].shape[0] // 2
+    completion = (batch["labels"] != -100).long()
+    inputs = {
+        "input_ids": batch["input_ids"][:n], "attention_mask": batch["attention_mask"][:n],
+        "completion_mask": completion[:n], "KL_input_ids": batch["input_ids"][n:],
+        "KL_attention_mask": batch["attention_mask"][n:], "KL_completion_mask": completion[n:],
+        "label": batch["desirable"],
+    }  # fmt: skip
+    trl_loss = trainer._compute_loss(model, inputs, return_outputs=False)
+    assert_same(loss, trl_loss, model)

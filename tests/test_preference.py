@@ -241,7 +241,7 @@ def test_mismatched_objective_and_data_are_refused(
     result, _ = start(make_spec(tiny_llama, pairs_jsonl))
     assert result.status == "failed" and "needs a preference objective" in result.error
     result, _ = start(make_spec(tiny_llama, pairs_jsonl).model_copy(update={"objective": _objective("kto")}))
-    assert result.status == "failed" and "KTO objective is not built yet" in result.error
+    assert result.status == "failed" and "KTO trains on answers marked desirable or not" in result.error
 
 
 def test_dpo_through_the_command_line(tiny_llama: Path, pairs_jsonl: Path, tmp_path: Path) -> None:
@@ -281,3 +281,83 @@ def test_the_preview_shows_both_sides_with_the_answers_marked(tiny_llama: Path, 
     assert answers == [examples[0].chosen + "<|im_end|>\n", examples[0].rejected + "<|im_end|>\n"]
     stats = length_stats(spec, tokenizer, 4)
     assert stats["format"] == "preference" and stats["examples"] == 144 and not stats["packing_applies"]
+
+
+# --- KTO: single answers marked desirable or not -------------------------------------------------
+
+
+def kto_rows(count: int, seed: int = 4) -> list[dict[str, Any]]:
+    """The reversal task: the reversed word is desirable, the word rotated by one letter is not (the same
+    length, so that batches, which group rows of similar length, hold both kinds)."""
+    rows = []
+    for i, (q, a) in enumerate(reversal_pairs(count, seed)):
+        good = i % 2 == 0
+        rows.append({"prompt": q, "completion": a if good else a[1:] + a[0], "label": good})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def kto_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("kto") / "kto.jsonl", kto_rows(160))
+
+
+def test_kto_rows_are_detected_and_labels_read(kto_jsonl: Path, tmp_path: Path) -> None:
+    fmt, examples, dropped = read(kto_jsonl)
+    assert fmt == "kto" and len(examples) == 160 and not dropped
+    assert [e.label for e in examples[:2]] == [True, False]
+    rows = [{"prompt": "q", "completion": "a", "label": v} for v in (1, 0, "yes", "undesirable", 1.0)]
+    _, examples, _ = read(write_jsonl(tmp_path / "labels.jsonl", rows))
+    assert [e.label for e in examples] == [True, False, True, False, True]
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"prompt": "q", "completion": "a", "label": "maybe"}, "field 'label' is 'maybe' (str), expected true or false"),
+    ({"prompt": "q", "completion": "a", "label": 2}, "field 'label' is 2 (int), expected true or false"),
+    ({"prompt": "q", "completion": {"x": 1}, "label": True}, "field 'completion' is a JSON object"),
+])  # fmt: skip
+def test_bad_kto_rows_name_file_line_and_field(row: dict[str, Any], message: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [*kto_rows(2), row])
+    with pytest.raises(UserError) as error:
+        read(path)
+    assert message in error.value.message and error.value.where == f"{path}:3"
+
+
+def test_the_kto_preview_marks_the_completion(tiny_llama: Path, kto_jsonl: Path) -> None:
+    from adapter_studio.engine.data.preview import render_tokens
+    from adapter_studio.engine.spec import DataSpec
+    from transformers import AutoTokenizer
+
+    fmt, examples, _ = read(kto_jsonl)
+    tokens = render_tokens(DataSpec(path=str(kto_jsonl)), examples[1], fmt, AutoTokenizer.from_pretrained(tiny_llama))
+    assert tokens[0] == ("── undesirable ──\n", False)
+    assert "".join(t for t, loss in tokens if loss) == examples[1].chosen + "<|im_end|>\n"
+
+
+def test_kto_batches_add_mismatched_rows_for_the_kl_estimate(tiny_llama: Path, kto_jsonl: Path) -> None:
+    from adapter_studio.engine.data.batches import collate
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.spec import DataSpec
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    data = prepare_data(DataSpec(path=str(kto_jsonl), eval_split=0.1), tokenizer, None, 64, 0, use_cache=False)
+    assert data.format == "kto" and len(data.train) == 144
+    items = data.train[:3]
+    batch = collate(items, tokenizer.pad_token_id or 0, False)
+    assert batch["input_ids"].shape[0] == 6 and batch["desirable"].tolist() == [i.desirable for i in items]
+    kl = batch["input_ids"][3][batch["attention_mask"][3] == 1].tolist()  # prompt 0 + completion of item 2
+    assert kl == items[0].input_ids[: items[0].split()] + items[2].input_ids[items[2].split():]
+
+
+def test_kto_run_learns_which_answers_are_desirable(tiny_llama: Path, make_spec: Any, kto_jsonl: Path) -> None:
+    spec = make_spec(tiny_llama, kto_jsonl, max_steps=30, learning_rate=5e-3, eval_every=10,
+                     data={"eval_split": 0.2})  # fmt: skip
+    spec = spec.model_copy(update={"objective": _objective("kto", beta=1.0)})
+    result, events = start(spec)
+    assert result.status == "completed", result.error
+    metrics = [e for e in events if e.type == "metrics"]
+    assert abs(metrics[0].loss - 0.5) < 1e-3  # 1 − σ(0) at the start, the policy being the reference
+    assert any(m.reward_margin is not None for m in metrics)  # batches with both kinds report a margin
+    evals = [e for e in events if e.type == "eval"]
+    assert len(evals) == 3 and all(e.preference_accuracy is None for e in evals)  # no pairs: no accuracy
+    assert evals[-1].eval_loss < evals[0].eval_loss

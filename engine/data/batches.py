@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from adapter_studio.engine.data.cache import _Store
 from adapter_studio.engine.data.files import locate
+from adapter_studio.engine.data.kto import KtoItem, collate_kto, kto_view
 from adapter_studio.engine.data.preference import PairItem, collate_pairs, pair_view
 from adapter_studio.engine.data.tokenising import IGNORE, Tokenized, TokenizedSet
 
@@ -37,6 +38,8 @@ def _view(
     starts = store.offsets[:-1]
     if fmt == "preference":  # pairs of sides, never packed
         return pair_view(store, max_length, files)  # type: ignore[return-value]
+    if fmt == "kto":  # completions with their desirable flags, never packed
+        return kto_view(store, max_length, files)  # type: ignore[return-value]
     if fmt == "classification":
         truncated = int((store.full > max_length).sum())
         return TokenizedSet(store.ids, None, starts, store.offsets[1:], store.rows, labels=store.labels), truncated, []
@@ -95,6 +98,8 @@ def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multi
     items = list(items)
     if items and isinstance(items[0], PairItem):
         return collate_pairs(items, pad_id, multiple)  # type: ignore[arg-type]
+    if items and isinstance(items[0], KtoItem):
+        return collate_kto(items, pad_id, multiple)  # type: ignore[arg-type]
     width = max(len(t.input_ids) for t in items)
     width = -(-width // multiple) * multiple
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from adapter_studio.engine.data.files import RowChunk, iter_chunks
+from adapter_studio.engine.data.kto import kto_examples
 from adapter_studio.engine.data.preference import pair_examples
 from adapter_studio.engine.data.shapes import Example, detect_format, resolve_columns, to_examples
 from adapter_studio.engine.errors import UserError
@@ -43,7 +44,7 @@ def example_chunks(
             fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
             mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
         assert fmt is not None
-        read = pair_examples if fmt == "preference" else to_examples
+        read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
 

@@ -37,6 +37,7 @@ from adapter_studio.engine.data.examples import (
     held_out_mask,
     survey_data,
 )
+from adapter_studio.engine.data.kto import render_completions
 from adapter_studio.engine.data.preference import render_pairs
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, Rendered, TemplateMismatch, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
@@ -260,7 +261,7 @@ def _tokenise_all(
     fast: bool,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    chat = fmt in CHAT_FORMATS or fmt == "preference"
+    chat = fmt in CHAT_FORMATS or fmt in ("preference", "kto")
     renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if chat else None
     label2id = {v: k for k, v in (id2label or {}).items()}
     writers = {False: _StoreWriter(folder / "train", id_dtype), True: _StoreWriter(folder / "eval", id_dtype)}
@@ -296,6 +297,11 @@ def _tokenise_all(
                     rendered = render_pairs(chosen, renderer)
                     writer.add(_encode_rendered(rendered, tokenizer, not renderer.use_chat_template),
                                [r for r in rows for _ in (0, 1)], file_index)  # fmt: skip
+                elif fmt == "kto":  # prompt + completion, with the desirable flag as the item's label
+                    assert renderer is not None
+                    rendered = render_completions(chosen, renderer)
+                    writer.add(_encode_rendered(rendered, tokenizer, not renderer.use_chat_template), rows, file_index)
+                    writer.labels += [int(e.label) for e in chosen]
                 elif fmt == "text":
                     writer.add(_encode_documents([e.text for e in chosen], tokenizer), rows, file_index)
                 else:

@@ -82,6 +82,17 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
             out += [(tokenizer.decode([i]), label != -100) for i, label in zip(tokens[0].input_ids,
                                                                                 tokens[0].labels, strict=True)]
         return out
+    if fmt == "kto":
+        from adapter_studio.engine.data.kto import render_completions
+
+        renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template)
+        mark = [("── desirable ──\n" if example.label else "── undesirable ──\n", False)]
+        rendered, special = render_completions([example], renderer), not renderer.use_chat_template
+        tokens, _, _ = tokenize_rendered(rendered, tokenizer, max_length, special)
+        if not tokens:
+            return [*mark, (rendered[0].text, False)]
+        return mark + [(tokenizer.decode([i]), label != -100) for i, label in zip(tokens[0].input_ids,
+                                                                                   tokens[0].labels, strict=True)]
     if fmt == "prompt_completion":
         rendered, special = _render_pairs([example], tokenizer), True
     elif fmt in CHAT_FORMATS:
@@ -133,7 +144,7 @@ def length_stats(
     if data.format == "text":  # trained as max_length blocks; "padded" is one document per row
         padded_lengths, packed_lengths = np.minimum(lengths, max_length), items
     else:
-        packing_applies = data.format not in ("classification", "preference")
+        packing_applies = data.format not in ("classification", "preference", "kto")
         padded_lengths = items
         packed_lengths = _packed(items, max_length) if packing_applies else items
     padded = batch_tokens(padded_lengths, batch_size, seed)
@@ -153,7 +164,7 @@ def length_stats(
         "packed_tokens": packed,
         "padding_share_padded": 1 - int(padded_lengths.sum()) / padded if padded else 0.0,
         "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
-        "packing_applies": data.format not in ("classification", "text", "preference"),
+        "packing_applies": data.format not in ("classification", "text", "preference", "kto"),
         "from_cache": data.from_cache,
     }
 

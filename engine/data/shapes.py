@@ -34,6 +34,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "classification": ("text", "label"),
     "preference": ("chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
 }
 OPTIONAL: dict[str, tuple[str, ...]] = {
     "alpaca": ("input", "system"),
@@ -86,7 +87,7 @@ def _find(columns: list[str], role: str, mapping: dict[str, str]) -> str | None:
 def detect_format(columns: list[str], mapping: dict[str, str] | None = None, where: str = "data.columns") -> str:
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
-    for fmt in ("preference", "messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
+    for fmt in ("preference", "kto", "messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
         if all(_find(columns, role, mapping) for role in REQUIRED[fmt]):
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue

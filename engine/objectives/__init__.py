@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.objectives.base import KTO, SFT, ObjectiveSpec, PairLogps, PairLoss
-from adapter_studio.engine.objectives.pairwise import DPO, IPO, ORPO, SimPO
+from adapter_studio.engine.objectives.base import SFT, ObjectiveSpec, PairLogps, PairLoss
+from adapter_studio.engine.objectives.pairwise import DPO, IPO, KTO, ORPO, SimPO
 
 # Picker order: supervised first, then DPO and its relatives.
 OBJECTIVE_CLASSES: tuple[type[ObjectiveSpec], ...] = (SFT, DPO, IPO, SimPO, ORPO, KTO)

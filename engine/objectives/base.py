@@ -3,7 +3,8 @@
 An objective is a pydantic model with a `name: Literal[...]` tag, like a method: its fields (with
 description, bounds, defaults) are the spec's `objective` section, the CLI's `--set objective.beta=…`
 and the window's form. `sft` is today's behaviour (next-token loss on the answer, or the
-classifier's loss); the pairwise objectives train on preference pairs (`engine.objectives.pairwise`).
+classifier's loss); the preference objectives (`engine.objectives.pairwise`) train on preference
+pairs, or KTO on single answers marked desirable or not.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from adapter_studio.engine.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     import torch
 
-PREFERENCE_FORMATS = ("preference",)
+PREFERENCE_FORMATS = ("preference", "kto")
 
 
 @dataclass
@@ -31,6 +32,9 @@ class PairLogps:
     ref_chosen: torch.Tensor | None = None  # the reference's, summed; None for reference-free objectives
     ref_rejected: torch.Tensor | None = None
     chosen_nll: torch.Tensor | None = None  # mean next-token loss over the chosen answers' tokens (ORPO)
+    # KTO: `chosen` holds the rows' own completions, `rejected` the mismatched rows' (its KL estimate),
+    # and this which rows are desirable.
+    desirable: torch.Tensor | None = None
 
 
 @dataclass
@@ -51,7 +55,8 @@ class ObjectiveSpec(BaseModel):
 
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    pairwise: ClassVar[bool] = False  # trains on preference pairs
+    pairwise: ClassVar[bool] = False  # a preference objective (pairs, or KTO's marked completions)
+    paired: ClassVar[bool] = True  # its rewards come in pairs (preference accuracy is defined)
     needs_reference: ClassVar[bool] = False  # compares with the model before training
     data_formats: ClassVar[tuple[str, ...]] = ()  # formats it trains on; empty: every non-preference one
 
@@ -68,20 +73,22 @@ class ObjectiveSpec(BaseModel):
 
     def check_data(self, fmt: str) -> None:
         """Raise UserError when this objective cannot train on data of this format."""
-        preference = fmt in PREFERENCE_FORMATS
-        if self.pairwise and not preference:
+        if self.pairwise and fmt not in self.data_formats:
+            wanted = {
+                "preference": ("preference pairs", "prompt, chosen and rejected columns (data.format: preference)"),
+                "kto": ("answers marked desirable or not", "prompt, completion and label columns (data.format: kto)"),
+            }[self.data_formats[0]]
             raise UserError(
-                f"{self.title} trains on preference pairs, but the data is in the {fmt} format",
+                f"{self.title} trains on {wanted[0]}, but the data is in the {fmt} format",
                 where="objective.name",
-                fix="use a file with prompt, chosen and rejected columns (data.format: preference), "
-                "or set objective.name: sft",
+                fix=f"use a file with {wanted[1]}, or set objective.name: sft",
             )
-        if not self.pairwise and preference:
-            raise UserError(
-                "preference data (chosen and rejected answers) needs a preference objective",
-                where="objective.name",
-                fix="set objective.name to dpo, ipo, simpo or orpo",
-            )
+        if not self.pairwise and fmt in PREFERENCE_FORMATS:
+            what, names = ("preference data (chosen and rejected answers)", "dpo, ipo, simpo or orpo")
+            if fmt == "kto":
+                what, names = "KTO data (answers marked desirable or not)", "kto"
+            raise UserError(f"{what} needs a preference objective", where="objective.name",
+                            fix=f"set objective.name to {names}")  # fmt: skip
 
     def pair_loss(self, logps: PairLogps) -> PairLoss:
         raise NotImplementedError
@@ -94,21 +101,3 @@ class SFT(ObjectiveSpec):
         "Learn to write the answers in the data (next-token loss on the answer tokens); a classifier "
         "learns its labels. Today's training."
     )
-
-
-class KTO(ObjectiveSpec):
-    """Declared so that a spec naming it gets a clear refusal, not an 'unknown objective'."""
-
-    name: Literal["kto"] = "kto"
-    title: ClassVar[str] = "KTO (not built yet)"
-    description: ClassVar[str] = "Kahneman-Tversky optimisation on single answers marked desirable or not."
-    beta: float = Field(0.1, gt=0, le=10.0, description="How far the tuned model may move from the reference.")
-    desirable_weight: float = Field(1.0, gt=0, le=100.0, description="Weight of the desirable answers' loss.")
-    undesirable_weight: float = Field(1.0, gt=0, le=100.0, description="Weight of the undesirable answers' loss.")
-
-    def check_data(self, fmt: str) -> None:
-        raise UserError(
-            "the KTO objective is not built yet",
-            where="objective.name",
-            fix="use dpo, ipo, simpo or orpo on preference pairs (prompt, chosen, rejected)",
-        )

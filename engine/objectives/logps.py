@@ -80,6 +80,7 @@ def pair_logps(
             else:
                 ref, _ = row_logps(reference[0], reference[1], batch)
         out.ref_chosen, out.ref_rejected = ref[:n], ref[n:]
+    out.desirable = batch.get("desirable")  # KTO's flags (its batches carry them)
     if objective.name == "orpo":  # the supervised part: mean next-token loss over the chosen answers' tokens
         out.chosen_nll = -sums[:n].sum() / counts[:n].sum().clamp(min=1)
     return out

@@ -1,10 +1,12 @@
-"""The pairwise preference objectives: DPO, IPO, SimPO and ORPO, each with the loss of its paper as
-TRL 1.16 computes it (tests/test_objectives.py compares them on the same batch, to 1e-5 in float32).
+"""The preference objectives: DPO, IPO, SimPO, ORPO (on pairs) and KTO (on marked answers), each with
+the loss of its paper as TRL 1.16 computes it (tests/test_objectives.py compares them on the same
+batch, to 1e-5 in float32).
 
 Every loss reads per-pair answer log-probabilities (`PairLogps`, summed over the answer tokens; the
 length-normalised objectives divide by the answer's token count) and returns the batch's mean loss
 with each pair's rewards, which the metrics report (margin: chosen − rejected; accuracy: the share
-of pairs whose chosen reward is the higher).
+of pairs whose chosen reward is the higher). KTO's rewards are of desirable and undesirable answers,
+not pairs: it reports no accuracy.
 """
 
 from __future__ import annotations
@@ -115,3 +117,35 @@ class ORPO(PairwiseObjective):
         log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
         loss = logps.chosen_nll - self.beta * F.logsigmoid(log_odds).mean()
         return PairLoss(loss, self.beta * chosen.detach(), self.beta * rejected.detach())
+
+
+class KTO(PairwiseObjective):
+    name: Literal["kto"] = "kto"
+    title: ClassVar[str] = "KTO"
+    description: ClassVar[str] = (
+        "Kahneman-Tversky optimisation (Ethayarajh et al. 2024): single answers marked desirable or not, no pairs "
+        "needed; each is pushed above or below a reference point, the batch's estimate of the KL divergence "
+        "from the model before training (the base with the adapter switched off)."
+    )
+    needs_reference: ClassVar[bool] = True
+    paired: ClassVar[bool] = False
+    data_formats: ClassVar[tuple[str, ...]] = ("kto",)
+    beta: float = Field(0.1, gt=0, le=10.0, description=BETA)
+    desirable_weight: float = Field(
+        1.0, gt=0, le=100.0, description="Weight of the desirable answers' loss (raise it when they are fewer)."
+    )
+    undesirable_weight: float = Field(1.0, gt=0, le=100.0, description="Weight of the undesirable answers' loss.")
+
+    def pair_loss(self, logps: PairLogps) -> PairLoss:
+        import torch
+
+        assert logps.ref_chosen is not None and logps.ref_rejected is not None and logps.desirable is not None
+        ratio = logps.chosen - logps.ref_chosen
+        # The reference point: the mismatched rows' log-ratio, a batch estimate of KL(policy ‖ reference).
+        kl = (logps.rejected - logps.ref_rejected).mean().detach().clamp(min=0)
+        good, bad = ratio[logps.desirable], ratio[~logps.desirable]
+        losses = torch.cat([
+            self.desirable_weight * (1 - torch.sigmoid(self.beta * (good - kl))),
+            self.undesirable_weight * (1 - torch.sigmoid(self.beta * (kl - bad))),
+        ])  # fmt: skip
+        return PairLoss(losses.nanmean(), self.beta * good.detach(), self.beta * bad.detach())

@@ -15,25 +15,26 @@ Reference = tuple[Any, tuple[Any, Any] | None] | None
 
 def pair_step(
     objective: ObjectiveSpec, model: Any, parts: tuple[Any, Any] | None, batch: dict[str, Any], reference: Reference
-) -> tuple[Any, Any]:
-    """(the batch's loss, its detached per-pair statistics: rows of rewards chosen, rejected)."""
-    import torch
-
+) -> tuple[Any, tuple[Any, Any]]:
+    """(the batch's loss, its detached rewards: (of the chosen or desirable answers, of the others))."""
     result = objective.pair_loss(pair_logps(objective, model, parts, batch, reference))
-    return result.loss, torch.stack([result.rewards_chosen, result.rewards_rejected]).float()
+    return result.loss, (result.rewards_chosen.float(), result.rewards_rejected.float())
 
 
-def summarise(stats: Sequence[Any]) -> dict[str, float]:
-    """Means over the pairs of a list of `pair_step` statistics (one host sync)."""
+def summarise(stats: Sequence[tuple[Any, Any]], paired: bool = True) -> dict[str, float | None]:
+    """Means of a list of `pair_step` rewards (one host sync); accuracy only where rewards come in pairs."""
     import torch
 
-    both = torch.cat(list(stats), dim=1).cpu()
-    chosen, rejected = both[0], both[1]
+    chosen = torch.cat([c for c, _ in stats]).cpu()
+    rejected = torch.cat([r for _, r in stats]).cpu()
+    mean_chosen = float(chosen.mean()) if len(chosen) else None
+    mean_rejected = float(rejected.mean()) if len(rejected) else None
+    both = mean_chosen is not None and mean_rejected is not None
     return {
-        "rewards_chosen": float(chosen.mean()),
-        "rewards_rejected": float(rejected.mean()),
-        "reward_margin": float((chosen - rejected).mean()),
-        "preference_accuracy": float((chosen > rejected).float().mean()),
+        "rewards_chosen": mean_chosen,
+        "rewards_rejected": mean_rejected,
+        "reward_margin": mean_chosen - mean_rejected if both else None,  # type: ignore[operator]
+        "preference_accuracy": float((chosen > rejected).float().mean()) if paired and len(chosen) else None,
     }
 
 
@@ -48,23 +49,23 @@ def evaluate_pairs(
     autocast: Callable[[], AbstractContextManager[Any]],
     device: Any,
     reference: Reference = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The objective's loss (weighted by pairs) and the reward statistics over the held-out pairs."""
     import torch
-    from adapter_studio.engine.data.preference import collate_pairs
+    from adapter_studio.engine.data.batches import collate
 
     model.eval()
     total, count, stats = 0.0, 0, []
     with torch.no_grad():
         for i in range(0, len(pairs), batch_size):
             items = pairs[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in collate_pairs(items, pad_id).items()}
+            batch = {k: v.to(device) for k, v in collate(items, pad_id, False).items()}
             with autocast():
                 loss, stat = pair_step(objective, model, parts, batch, reference)
             total += float(loss) * len(items)
             count += len(items)
             stats.append(stat)
-    return {"eval_loss": total / max(count, 1), **summarise(stats)}
+    return {"eval_loss": total / max(count, 1), **summarise(stats, objective.paired)}
 
 
 def progress_text(event: Any) -> str:

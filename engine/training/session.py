@@ -386,7 +386,7 @@ class TrainingSession:
                         tokens_seen=self.tokens_trained,
                         elapsed_s=round(self.train_seconds, 3),
                         **memory_stats(self.device),
-                        **(summarise(self.pair_stats) if self.pairwise and self.pair_stats else {}),
+                        **(summarise(self.pair_stats, self.spec.objective.paired) if self.pair_stats else {}),
                     )
                 )
                 window_tokens, window_start = 0, time.perf_counter()
