@@ -361,3 +361,31 @@ def test_kto_run_learns_which_answers_are_desirable(tiny_llama: Path, make_spec:
     evals = [e for e in events if e.type == "eval"]
     assert len(evals) == 3 and all(e.preference_accuracy is None for e in evals)  # no pairs: no accuracy
     assert evals[-1].eval_loss < evals[0].eval_loss
+
+
+def test_dpo_with_the_rate_finder_accumulation_and_a_resume(
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path
+) -> None:
+    """learning_rate: auto tests rates on preference steps; a stopped DPO run resumes where it was."""
+    import threading
+
+    from adapter_studio.engine.training.run import run
+
+    spec = make_spec(tiny_llama, pairs_jsonl, max_steps=8, learning_rate="auto", gradient_accumulation=2,
+                     save_every=4).model_copy(update={"objective": _objective("dpo")})  # fmt: skip
+    stop, events = threading.Event(), []
+
+    def emit(event: Any) -> None:
+        events.append(event)
+        if event.type == "metrics" and event.step == 4:
+            stop.set()
+
+    first = run(spec, emit=emit, stop_event=stop)
+    assert first.status == "cancelled", first.error
+    assert any(e.type == "lr_finder" for e in events)
+    again: list[Any] = []
+    resumed = run(None, emit=again.append, resume_dir=first.run_dir)
+    assert resumed.status == "completed", resumed.error
+    steps = [e.step for e in again if e.type == "metrics"]
+    assert steps[0] == 5 and steps[-1] == 8
+    assert all(e.reward_margin is not None for e in again if e.type == "metrics")
