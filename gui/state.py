@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.methods import METHODS, MethodSpec
+from adapter_studio.engine.objectives import OBJECTIVES, ObjectiveSpec
 from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from PySide6.QtCore import QObject, Signal
 
@@ -17,6 +18,7 @@ class StudioState(QObject):
     model_described = Signal()  # the model's summary and layer names are known
     data_changed = Signal()
     method_changed = Signal()
+    objective_changed = Signal()
     training_changed = Signal()
     spec_edited = Signal()  # a hyperparameter was edited in a form
     run_changed = Signal()  # the run folder that Train/Try/Export act on
@@ -27,6 +29,7 @@ class StudioState(QObject):
         self.model: ModelSpec | None = None
         self.data: DataSpec | None = None
         self.method: MethodSpec = METHODS["lora"]()
+        self.objective: ObjectiveSpec = OBJECTIVES["sft"]()  # what training optimises (issue 24)
         self.training = TrainingSpec()
         self.runs_dir = runs_dir
         self.model_summary: Any = None  # adapter_studio.engine.models.loading.ModelSummary once read
@@ -72,6 +75,10 @@ class StudioState(QObject):
         self.method = method
         self.method_changed.emit()
 
+    def set_objective(self, objective: ObjectiveSpec) -> None:
+        self.objective = objective
+        self.objective_changed.emit()
+
     def set_training(self, training: TrainingSpec) -> None:
         self.training = training
         self.training_changed.emit()
@@ -84,12 +91,14 @@ class StudioState(QObject):
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method
+        self.objective = spec.objective
         self.training = spec.training
         self.runs_dir = spec.output_dir
         self._lengths = None
         self.model_summary = None
         self.model_info = None
-        for signal in (self.model_changed, self.data_changed, self.method_changed, self.training_changed):
+        for signal in (self.model_changed, self.data_changed, self.method_changed, self.objective_changed,
+                       self.training_changed):  # fmt: skip
             signal.emit()
 
     def missing(self) -> list[str]:
@@ -102,5 +111,6 @@ class StudioState(QObject):
 
             raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
         return RunSpec(
-            model=self.model, data=self.data, method=self.method, training=self.training, output_dir=self.runs_dir
+            model=self.model, data=self.data, method=self.method, objective=self.objective, training=self.training,
+            output_dir=self.runs_dir,
         )

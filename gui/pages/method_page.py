@@ -1,6 +1,7 @@
-"""Step 3: pick a method from the library and set its hyperparameters and the training budget.
+"""Step 3: pick a method from the library, the objective it trains for, their hyperparameters and the
+training budget.
 
-Both forms are generated from the declarations (engine.methods, engine.spec.TrainingSpec)."""
+The forms are generated from the declarations (engine.methods, engine.objectives, engine.spec.TrainingSpec)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 
 from adapter_studio.engine.defaults import choose, explain, rate_for_size
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
+from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import TrainingSpec
 from adapter_studio.gui.form_builder import SpecForm
 from adapter_studio.gui.pages.base import Page
 from pydantic import ValidationError
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
+    QComboBox,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -70,6 +73,7 @@ class MethodPage(Page):
         self.method_box = QGroupBox("Method settings")
         self.method_box_layout = QVBoxLayout(self.method_box)
         right.addWidget(self.method_box)
+        right.addWidget(self._objective_box())
         self.validation = QLabel("")
         self.validation.setObjectName("methodValidation")
         self.validation.setStyleSheet("color: #c00")
@@ -97,6 +101,7 @@ class MethodPage(Page):
         self.layout_.addLayout(body, 1)
         self.form: SpecForm | None = None
         state.method_changed.connect(self._from_state)
+        state.objective_changed.connect(self._objective_from_state)
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
         state.model_described.connect(self._rebuild_form)
         for signal in (state.model_described, state.method_changed, state.training_changed, state.spec_edited):
@@ -128,6 +133,68 @@ class MethodPage(Page):
         if not name or name == self.state.method.name:
             return
         self.state.set_method(METHODS[name]())
+
+    # --- the objective: supervised, or a preference objective, beside the method -----------------
+    def _objective_box(self) -> QGroupBox:
+        box = QGroupBox("Objective")
+        layout = QVBoxLayout(box)
+        self.objective_picker = QComboBox()
+        self.objective_picker.setObjectName("objectivePicker")
+        for cls in OBJECTIVE_CLASSES:
+            self.objective_picker.addItem(cls.title, cls.model_fields["name"].default)
+            self.objective_picker.setItemData(self.objective_picker.count() - 1, cls.description,
+                                              Qt.ItemDataRole.ToolTipRole)  # fmt: skip
+        self.objective_picker.currentIndexChanged.connect(self._objective_picked)
+        layout.addWidget(self.objective_picker)
+        self.objective_details = QLabel()
+        self.objective_details.setObjectName("objectiveDetails")
+        self.objective_details.setWordWrap(True)
+        layout.addWidget(self.objective_details)
+        self.objective_form_layout = QVBoxLayout()
+        layout.addLayout(self.objective_form_layout)
+        self.objective_form: SpecForm | None = None
+        self._objective_from_state()
+        return box
+
+    def select_objective(self, name: str) -> None:
+        self.objective_picker.setCurrentIndex(self.objective_picker.findData(name))
+
+    def _objective_picked(self, index: int) -> None:
+        name = self.objective_picker.itemData(index)
+        if name and name != self.state.objective.name:
+            self.state.set_objective(OBJECTIVES[name]())
+
+    def _objective_from_state(self) -> None:
+        objective = self.state.objective
+        self.objective_picker.blockSignals(True)
+        self.objective_picker.setCurrentIndex(self.objective_picker.findData(objective.name))
+        self.objective_picker.blockSignals(False)
+        data = {"preference": "pairs of chosen and rejected answers (data format preference)",
+                "kto": "answers marked desirable or not (data format kto)"}  # fmt: skip
+        cls = type(objective)
+        needs = f" Trains on {data[cls.data_formats[0]]}." if cls.data_formats else ""
+        self.objective_details.setText(f"{cls.description}{needs}")
+        if self.objective_form is not None and self.objective_form.model_cls is cls:
+            self.objective_form.set_values(objective)
+            return
+        if self.objective_form is not None:
+            self.objective_form.setParent(None)
+            self.objective_form.deleteLater()
+        self.objective_form = SpecForm(cls, objective)
+        self.objective_form.setObjectName("objectiveForm")
+        self.objective_form.changed.connect(self._objective_edited)
+        self.objective_form_layout.addWidget(self.objective_form)
+
+    def _objective_edited(self, values: dict[str, Any]) -> None:
+        try:
+            objective = type(self.state.objective).model_validate({"name": self.state.objective.name, **values})
+        except ValidationError as e:
+            first = e.errors()[0]
+            self.validation.setText(f"objective.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            return
+        self.validation.setText("")
+        self.state.objective = objective  # the form already shows these values: no rebuild
+        self.state.spec_edited.emit()
 
     def _describe(self) -> None:
         cls = type(self.state.method)
