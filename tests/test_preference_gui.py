@@ -1,5 +1,6 @@
 """The window's objective picker (issue 24): beside the method, a generated form per objective, and a
-DPO run started from the window on preference pairs, whose metrics carry the reward fields."""
+DPO run started from the window on preference pairs, whose metrics carry the reward fields and whose
+rewards and preference accuracy are plotted."""
 
 from __future__ import annotations
 
@@ -46,3 +47,7 @@ def test_objective_picker_forms_and_a_dpo_run_from_the_window(
     metrics = window.train_page.metrics
     assert metrics[-1].step == 4 and all(m.reward_margin is not None for m in metrics)
     assert "beta: 0.25" in (window.train_page.run_dir / "spec.yaml").read_text()
+    window.train_page.replot_incremental()
+    rewards = window.train_page.plots["rewards"].point_counts()
+    assert rewards["chosen"] == rewards["rejected"] == rewards["margin"] == 4
+    assert window.train_page.plots["quality"].point_counts()["preference accuracy (batch)"] == 4

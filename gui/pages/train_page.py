@@ -122,11 +122,14 @@ class TrainPage(Page):
         self.grad_plot = LivePlot("Gradient norm", "norm")
         self.speed_plot = LivePlot("Throughput", "tokens/s")
         self.quality_plot = LivePlot("Held-out quality", "share")
+        self.rewards_plot = LivePlot("Preference rewards", "reward")  # preference objectives (issue 24)
+        self.rewards_plot.setObjectName("rewardsPlot")
         for plot, name in (
             (self.lr_plot, "Learning rate"),
             (self.grad_plot, "Gradient norm"),
             (self.speed_plot, "Tokens/s"),
             (self.quality_plot, "Accuracy / exact match"),
+            (self.rewards_plot, "Rewards"),
         ):
             self.more.addTab(plot, name)
         # The range test of `learning_rate: auto`: its curve, and the rate picked with the reason.
@@ -169,6 +172,7 @@ class TrainPage(Page):
             "grad_norm": self.grad_plot,
             "tokens_per_s": self.speed_plot,
             "quality": self.quality_plot,
+            "rewards": self.rewards_plot,
         }
 
     # --- actions --------------------------------------------------------------------------------
@@ -339,18 +343,29 @@ class TrainPage(Page):
         self.lr_plot.add("lr", x, m.lr)
         self.grad_plot.add("grad norm", x, m.grad_norm)
         self.speed_plot.add("tokens/s", x, m.tokens_per_s)
+        for name, value in (("chosen", m.rewards_chosen), ("rejected", m.rewards_rejected),
+                            ("margin", m.reward_margin)):  # fmt: skip
+            if value is not None:
+                self.rewards_plot.add(name, x, value)
+        if m.preference_accuracy is not None:
+            self.quality_plot.add("preference accuracy (batch)", x, m.preference_accuracy)
 
     def _add_eval(self, e: Eval) -> None:
         x = self._x(e)
         self.loss_plot.ensure("eval loss", symbol="o")
         self.loss_plot.add("eval loss", x, e.eval_loss)
-        for name, value in (("accuracy", e.accuracy), ("exact match", e.exact_match)):
+        shares = (("accuracy", e.accuracy), ("exact match", e.exact_match),
+                  ("preference accuracy", e.preference_accuracy))  # fmt: skip
+        for name, value in shares:
             if value is not None:
                 self.quality_plot.ensure(name, symbol="o")
                 self.quality_plot.add(name, x, value)
-        extra = "".join(
-            f", {k} {v:.1%}" for k, v in (("accuracy", e.accuracy), ("exact match", e.exact_match)) if v is not None
-        )
+        if e.reward_margin is not None:
+            self.rewards_plot.ensure("held-out margin", symbol="o")
+            self.rewards_plot.add("held-out margin", x, e.reward_margin)
+        extra = "".join(f", {k} {v:.1%}" for k, v in shares if v is not None)
+        if e.reward_margin is not None:
+            extra += f", reward margin {e.reward_margin:.3f}"
         self.log.appendPlainText(f"eval at step {e.step}: loss {e.eval_loss:.4f}{extra}")
 
     def _update_stats(self, m: Metrics) -> None:
