@@ -1,0 +1,122 @@
+"""DPO against supervised training on the same pairs (issue 24's goals), through the engine's own run().
+
+Data: Anthropic HH harmless pairs (/work/shared/data/hh_harmless_test.jsonl.gz, MIT), read by the
+app's `preference` format (dialogues split where chosen and rejected diverge). The first `--held-out`
+usable pairs are the evaluation file, the next `--pairs` the training file.
+
+Runs, same model, method (LoRA r8/alpha16 on q,v), batch, max_length and seed:
+  dpo  objective dpo (beta 0.1) on the pairs, `--epochs` passes; evaluated on the held-out pairs at
+       the end: preference accuracy (the share of pairs whose chosen answer gains more log-probability
+       over the base than the rejected one) and reward margin.
+  sft  objective sft on the same rows as conversations, each pair's two sides as two rows, batch 2×:
+       the same tokens per step, so tokens/s compare the steps (DPO's reference forward included).
+Reported: DPO's held-out preference accuracy, tokens/s of each (median over the steps after the
+first three), the ratio sft/dpo (the goal: at most 1.3), and the peak of `memory_bytes` of each
+(process RSS on a CPU, CUDA allocated on a GPU; the goal: dpo at most 1.15× sft).
+The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dpo/sft>`.
+
+Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
+       [--held-out 300] [--epochs 1] [--max-steps N] [--batch 4] [--max-length 512] [--lr 5e-4] [--out DIR]
+The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
+`--pairs`/`--held-out` make a quick check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl.gz"
+
+
+def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Path]:
+    """(train pairs, held-out pairs, the train pairs as 2 conversations each) as JSONL files."""
+    from adapter_studio.engine.data.preference import pair_examples
+
+    with gzip.open(HH, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    examples, _ = pair_examples(rows, "preference", {"chosen": "chosen", "rejected": "rejected"}, str(HH))
+    if len(examples) < pairs + held_out:
+        sys.exit(f"only {len(examples)} usable pairs in {HH}")
+    used = {e.row for e in examples}
+    kept = [r for i, r in enumerate(rows, start=1) if i in used]
+    evals, train = kept[:held_out], kept[held_out : held_out + pairs]
+    conversations = [{"messages": [*e.messages, {"role": "assistant", "content": answer}]}
+                     for e in examples[held_out : held_out + pairs] for answer in (e.chosen, e.rejected)]  # fmt: skip
+    out = []
+    for name, data in (("train.jsonl", train), ("eval.jsonl", evals), ("sft.jsonl", conversations)):
+        path = folder / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+        out.append(path)
+    return out[0], out[1], out[2]
+
+
+def train(spec: dict[str, Any]) -> tuple[Any, list[Any]]:
+    from adapter_studio.engine.spec import parse_spec
+    from adapter_studio.engine.training.run import run
+
+    events: list[Any] = []
+    result = run(parse_spec(spec), emit=events.append)
+    if result.status != "completed":
+        sys.exit(f"{spec.get('objective', {}).get('name', 'sft')} run failed: {result.error}")
+    return result, events
+
+
+def summary(events: list[Any]) -> dict[str, float]:
+    metrics = [e for e in events if e.type == "metrics"]
+    steady = metrics[3:] or metrics
+    return {"tokens_per_s": statistics.median(m.tokens_per_s for m in steady),
+            "peak_memory_mib": max(m.memory_peak_bytes or m.memory_bytes for m in metrics) / 2**20,
+            "steps": metrics[-1].step}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--held-out", type=int, default=300)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--out", default=None, help="folder for the data and run folders (default: temporary)")
+    args = parser.parse_args()
+    folder = Path(args.out or tempfile.mkdtemp(prefix="preference-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    train_file, eval_file, sft_file = split_pairs(args.pairs, args.held_out, folder)
+    common = {
+        "model": {"source": args.model},
+        "method": {"name": "lora", "r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "output_dir": str(folder / "runs"),
+    }
+    budget = {"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}
+    training = {**budget, "learning_rate": args.lr, "save_every": 100_000, "eval_samples": 0, "compile": "off"}
+    dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
+                             "data": {"path": str(train_file), "eval_path": str(eval_file),
+                                      "max_length": args.max_length},
+                             "training": {**training, "batch_size": args.batch,
+                                          "eval_every": 100_000}})  # fmt: skip
+    sft, sft_events = train({**common,
+                             "data": {"path": str(sft_file), "eval_split": 0.0, "max_length": args.max_length},
+                             "training": {**training, "batch_size": 2 * args.batch}})  # fmt: skip
+    final = [e for e in dpo_events if e.type == "eval"][-1]
+    d, s = summary(dpo_events), summary(sft_events)
+    print(f"dpo: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s, peak memory {d['peak_memory_mib']:.0f} MiB; "
+          f"held-out ({args.held_out} pairs): preference accuracy {final.preference_accuracy:.3f}, reward margin "
+          f"{final.reward_margin:.3f}, loss {final.eval_loss:.4f}")
+    print(f"sft: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s, peak memory {s['peak_memory_mib']:.0f} MiB")
+    print(f"runs: {dpo.run_dir} {sft.run_dir}")
+    print(f"preference_accuracy {final.preference_accuracy:.3f} "
+          f"speed_ratio {s['tokens_per_s'] / d['tokens_per_s']:.2f} "
+          f"memory_ratio {d['peak_memory_mib'] / s['peak_memory_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
