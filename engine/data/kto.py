@@ -17,7 +17,7 @@ from typing import Any, overload
 
 import numpy as np
 from adapter_studio.engine.data.files import locate
-from adapter_studio.engine.data.preference import _as_turns, _kind
+from adapter_studio.engine.data.preference import _as_turns, _kind, pad_rows
 from adapter_studio.engine.data.rendering import Rendered
 from adapter_studio.engine.data.shapes import Example
 from adapter_studio.engine.data.tokenising import IGNORE, TokenizedSet
@@ -147,15 +147,5 @@ def collate_kto(items: Sequence[KtoItem], pad_id: int, multiple: int = 1) -> dic
         j, c = (i - 1) % len(items), cuts[i]
         other, oc = items[j], cuts[j]
         rows.append((t.input_ids[:c] + other.input_ids[oc:], [IGNORE] * c + other.labels[oc:]))
-    width = max(len(ids) for ids, _ in rows)
-    width = -(-width // multiple) * multiple
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for i, (row_ids, row_labels) in enumerate(rows):
-        n = len(row_ids)
-        ids[i, :n] = torch.tensor(row_ids)
-        mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(row_labels)
     desirable = torch.tensor([t.desirable for t in items], dtype=torch.bool)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "desirable": desirable}
+    return {**pad_rows(rows, pad_id, multiple), "desirable": desirable}

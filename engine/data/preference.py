@@ -221,17 +221,22 @@ def pair_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tupl
 
 def collate_pairs(items: Sequence[PairItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
     """2·B padded rows: the chosen sides, then the rejected sides; labels are -100 outside the answers."""
+
+    return pad_rows([p.sides[0] for p in items] + [p.sides[1] for p in items], pad_id, multiple)
+
+
+def pad_rows(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """(ids, labels) rows padded to the longest, rounded up to `multiple`; labels IGNORE in the padding."""
     import torch
 
-    sides = [p.sides[0] for p in items] + [p.sides[1] for p in items]
-    width = max(len(ids) for ids, _ in sides)
+    width = max(len(ids) for ids, _ in rows)
     width = -(-width // multiple) * multiple
-    ids = torch.full((len(sides), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sides), width), dtype=torch.long)
-    labels = torch.full((len(sides), width), IGNORE, dtype=torch.long)
-    for i, (side_ids, side_labels) in enumerate(sides):
-        n = len(side_ids)
-        ids[i, :n] = torch.tensor(side_ids)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(rows):
+        n = len(row_ids)
+        ids[i, :n] = torch.tensor(row_ids)
         mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(side_labels)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
