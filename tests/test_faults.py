@@ -199,6 +199,7 @@ def test_kill_9_between_steps_then_inside_a_checkpoint_of_the_resume(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # `make test-all`: the fast suite kills at three moments (test_kill_9_between_steps_...)
 def test_kill_9_at_twenty_moments(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path,
                                   reference: dict[int, float]) -> None:  # fmt: skip
     rng = random.Random(20)

@@ -17,7 +17,7 @@ from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.training.sweep import load_sweep, sweep_rows
 from test_cli import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # `make test-all`; CI keeps test_cli's real-model run
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "train.jsonl"
 SMOLLM2 = "embedded:smollm2-135m-instruct"
