@@ -15,6 +15,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.training import checkpoints as ckpt
 
 if TYPE_CHECKING:
+    from adapter_studio.engine.data.rendering import ChatRenderer
     from adapter_studio.engine.data.shapes import Example
     from adapter_studio.engine.inference.playground import Playground
     from adapter_studio.engine.spec import RunSpec
@@ -92,7 +93,7 @@ def training_rows(spec: RunSpec, count: int, seed: int = 0) -> list[Example]:
     return random.Random(seed).sample(train, min(count, len(train)))
 
 
-def generation_cases(playground: Playground, fmt: str, rows: list[Example]) -> list[Case]:
+def generation_cases(renderer: ChatRenderer, fmt: str, rows: list[Example]) -> list[Case]:
     """A case per row that has an answer to compare with; the prompt is rendered as the run trained."""
     cases = []
     for i, e in enumerate(rows):
@@ -102,7 +103,7 @@ def generation_cases(playground: Playground, fmt: str, rows: list[Example]) -> l
             users = [m["content"] for m in e.messages[:-1] if m["role"] == "user"]
             if not users:
                 continue
-            prompt = playground.renderer.prompt(e.messages[:-1])
+            prompt = renderer.prompt(e.messages[:-1])
             cases.append(Case(i, e.where, users[-1], e.messages[-1]["content"].strip(), prompt, e))
         elif fmt == "prompt_completion":
             cases.append(Case(i, e.where, e.prompt, e.completion.strip(), e.prompt, e))

@@ -178,7 +178,7 @@ def _generation(
     stop: threading.Event | None, seconds: dict[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     tokenizer = playground.tokenizer
-    cases = case_lib.generation_cases(playground, fmt, rows)
+    cases = case_lib.generation_cases(playground.renderer, fmt, rows)
     if not cases:
         raise UserError("none of the rows ends in an answer to compare with",
                         where=settings.data or "held-out rows",

@@ -95,10 +95,7 @@ class Playground:
         return message
 
     def adds_special_tokens(self) -> bool:
-        # The same choice data_prep makes when it tokenises the training rows.
-        if self.data_format in CHAT_FORMATS:
-            return not self.renderer.use_chat_template
-        return self.data_format == "prompt_completion"
+        return adds_special_tokens(self.data_format, self.renderer)
 
     @contextmanager
     def using(self, which: Which) -> Iterator[torch.nn.Module]:
@@ -268,6 +265,14 @@ def _token_streamer_class() -> type:
             self.print_len = len(text)
 
     return TokenStreamer
+
+
+def adds_special_tokens(data_format: str, renderer: ChatRenderer) -> bool:
+    """Whether a prompt is tokenised with the tokenizer's own BOS/EOS: the choice data preparation made
+    for the training rows (a chat template writes its special tokens itself)."""
+    if data_format in CHAT_FORMATS:
+        return not renderer.use_chat_template
+    return data_format == "prompt_completion"
 
 
 def shares_base_weights(tuned: TrainedModel) -> bool:

@@ -38,11 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="only the final line")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the multi-device launcher
 
-    export = sub.add_parser("export", help="export a run's adapter or merged model")
+    export = sub.add_parser("export", help="export a run's adapter, merged model or GGUF")
     export.add_argument("run_dir")
     kind = export.add_mutually_exclusive_group(required=True)
     kind.add_argument("--adapter", action="store_true", help="adapter only (loadable by peft)")
     kind.add_argument("--merged", action="store_true", help="full model with the adapter merged in")
+    kind.add_argument(
+        "--gguf",
+        metavar="TYPE",
+        help="GGUF for llama.cpp / Ollama: f16, bf16, q8_0, q4_k_m, q5_k_m, "
+        "q6_k (merged), or lora (the adapter in llama.cpp's format); checked after writing",
+    )
     export.add_argument("--out", required=True, help="target folder (must not exist)")
 
     methods = sub.add_parser("methods", help="list the method library")
@@ -77,11 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
     ev.add_argument("run_dir", help="the run folder")
     ev.add_argument("--data", help="a data file to evaluate on (default: the run's held-out rows)")
-    ev.add_argument("--checkpoint", default="best",
-                    help="best (default; the last when the run kept none), last or step-N")
+    ev.add_argument(
+        "--checkpoint", default="best", help="best (default; the last when the run kept none), last or step-N"
+    )
     ev.add_argument("--k", type=int, default=4, help="training rows in the in-context baseline's prompt (0: off)")
-    ev.add_argument("--extract", metavar="REGEX",
-                    help=r"the answer is this expression's first group, e.g. '####\s*(-?[\d.,]+)'")
+    ev.add_argument(
+        "--extract", metavar="REGEX", help=r"the answer is this expression's first group, e.g. '####\s*(-?[\d.,]+)'"
+    )
     ev.add_argument("--limit", type=int, default=500, help="evaluate at most this many rows (default 500)")
     ev.add_argument("--batch-size", type=int, default=16, help="rows generated at once")
     ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8)")
@@ -204,6 +212,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     def show(event: Any) -> None:
         _print_event(event, False)
 
+    if args.gguf:
+        return _export_gguf(args, show)
     result = export_run(Path(args.run_dir), "merged" if args.merged else "adapter", Path(args.out), emit=show)
     diff = (
         f", verified (max logit difference {result.verified_max_diff:.2e})"
@@ -211,6 +221,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"exported {result.kind} to {result.path} ({result.bytes / 2**20:.1f} MiB){diff}")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace, show: Any) -> int:
+    from adapter_studio.engine.export.run_gguf import export_gguf
+
+    result = export_gguf(Path(args.run_dir), args.gguf, Path(args.out), emit=show)
+    print(f"exported {result.file} ({result.file.stat().st_size / 2**20:.1f} MiB)")
+    print(result.verification.table())
+    if result.ollama_command:
+        print(f"Ollama: {result.ollama_command}")
     return 0
 
 
@@ -261,8 +282,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = load_sweep(args.resume)
     else:
         if not args.spec or not args.methods:
-            raise UserError("give a spec file and --methods, or --continue SWEEP_DIR", where="sweep",
-                            fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning")
+            raise UserError(
+                "give a spec file and --methods, or --continue SWEEP_DIR",
+                where="sweep",
+                fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning",
+            )
         from adapter_studio.engine.methods import METHODS
 
         spec = load_spec_file(args.spec, args.overrides)
@@ -304,8 +328,12 @@ def cmd_auto(args: argparse.Namespace) -> int:
         if isinstance(event, SearchLog):
             print(f"{event.level}: {event.message}" if event.level != "info" else event.message, file=out, flush=True)
         elif isinstance(event, Eval):
-            print(f"  eval at step {event.step}: eval_loss {event.eval_loss:.4f}"
-                  + (f" accuracy {event.accuracy:.3f}" if event.accuracy is not None else ""), file=out, flush=True)
+            print(
+                f"  eval at step {event.step}: eval_loss {event.eval_loss:.4f}"
+                + (f" accuracy {event.accuracy:.3f}" if event.accuracy is not None else ""),
+                file=out,
+                flush=True,
+            )
 
     result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials or MAX_TRIALS)
     if args.json:
