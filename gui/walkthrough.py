@@ -121,6 +121,7 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
             _wait(app, lambda: not export.busy, 1800, f"the {kind} export")
             if kind in export.exports:
                 report["exports"][kind] = export.exports[kind]
+        _gguf_export(app, export, state.current_run, out, report)
     shoot("export")
     for key in window.pages:
         if key not in report["pages"]:
@@ -131,6 +132,24 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
     print(json.dumps({k: report[k] for k in ("status", "plot_points", "exports")}, indent=1))
     window.close()
     return 0 if report["status"] == "completed" and report["exports"] else 1
+
+
+def _gguf_export(app: Any, export: Any, run_dir: Path, out: Path, report: dict[str, Any]) -> None:
+    """q8_0 GGUF with its llama.cpp / transformers checks, where the run's model can be written as GGUF."""
+    import shutil
+
+    from adapter_studio.engine.export.run_gguf import gguf_refusal
+
+    reason = gguf_refusal(run_dir, "q8_0")
+    if reason:
+        report["gguf_refused"] = reason
+        return
+    target = out / "exports" / "gguf-q8_0"
+    shutil.rmtree(target, ignore_errors=True)
+    export.export_gguf("q8_0", target)
+    _wait(app, lambda: not export.busy, 1800, "the GGUF export")
+    if "gguf-q8_0" in export.exports:
+        report["exports"]["gguf-q8_0"] = export.exports["gguf-q8_0"]
 
 
 def _evaluate_run(app: Any, window: Any) -> dict[str, Any]:

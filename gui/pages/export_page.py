@@ -1,20 +1,44 @@
-"""Step 5: export the trained run in one click — adapter only, or merged into the base weights."""
+"""Step 5: export the trained run in one click — adapter only, merged into the base weights, or as
+GGUF for llama.cpp, Ollama and LM Studio (read back and compared with the trained model)."""
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import Any
 
+import shiboken6
+from adapter_studio.engine.events import Stage
+from adapter_studio.engine.export import llama_cpp
+from adapter_studio.engine.export.gguf_writer import BY_LLAMA_CPP
+from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.model_page import human_bytes
 from adapter_studio.gui.worker import run_in_background
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTextBrowser
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTextBrowser
+
+GGUF_DEFAULT = "q8_0"
+GGUF_LABELS = {"lora": "lora (adapter for llama.cpp)"}
+GGUF_NOTE = (
+    "GGUF files run in llama.cpp, Ollama and LM Studio. Every GGUF is read back and its answers to the "
+    "run's held-out prompts are compared with the trained model's."
+)
+
+
+class _Stages(QObject):
+    """Carries the export's stage texts from the worker thread to the page (a queued signal)."""
+
+    changed = Signal(str)
 
 
 class ExportPage(Page):
     title = "Export"
-    hint = ("Exports are written beside the target and renamed into place, then reloaded from disk and "
-            "compared with the trained model. Nothing half-written is ever left behind.")
+    hint = (
+        "Exports are written beside the target and renamed into place, then reloaded from disk and "
+        "compared with the trained model. Nothing half-written is ever left behind."
+    )
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         super().__init__(state)
@@ -35,10 +59,27 @@ class ExportPage(Page):
         self.merged_button.clicked.connect(lambda: self.ask_and_export("merged"))
         buttons.addWidget(self.adapter_button)
         buttons.addWidget(self.merged_button)
+        buttons.addSpacing(16)
+        buttons.addWidget(QLabel("GGUF:"))
+        self.gguf_type = self._gguf_types()
+        buttons.addWidget(self.gguf_type)
+        self.gguf_button = QPushButton("Export GGUF…")
+        self.gguf_button.setObjectName("exportGguf")
+        self.gguf_button.clicked.connect(self.ask_and_export_gguf)
+        buttons.addWidget(self.gguf_button)
         buttons.addStretch()
         self.layout_.addLayout(buttons)
+        note = QLabel(GGUF_NOTE)
+        note.setObjectName("ggufNote")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: gray")
+        self.layout_.addWidget(note)
+        self._stages = _Stages(self)
+        self._stages.changed.connect(self._show_stage)
+        self._gguf_target: Path | None = None
         self.status = QLabel("")
         self.status.setObjectName("exportStatus")
+        self.status.setWordWrap(True)  # a refusal's message can be long
         self.layout_.addWidget(self.status)
         self.results = QTextBrowser()
         self.results.setObjectName("exportResults")
@@ -57,6 +98,7 @@ class ExportPage(Page):
         enabled = run is not None and self._worker is None
         self.adapter_button.setEnabled(enabled)
         self.merged_button.setEnabled(enabled)
+        self.gguf_button.setEnabled(enabled)
         if run is None:
             return
         self.run_label.setText(f"Run: <b>{run.name}</b> <span style='color:gray'>({run})</span>")
@@ -94,9 +136,82 @@ class ExportPage(Page):
         self.status.setText(f"Exporting {kind} to {target}… (loading, writing, then verifying)")
         self.adapter_button.setEnabled(False)
         self.merged_button.setEnabled(False)
-        self._worker = run_in_background(
-            export_run, run, kind, target, on_result=self._done, on_error=self._failed
+        self._worker = run_in_background(export_run, run, kind, target, on_result=self._done, on_error=self._failed)
+
+    def _gguf_types(self) -> QComboBox:
+        box = QComboBox()
+        box.setObjectName("ggufType")
+        box.setToolTip(
+            "f16 / bf16: full precision; q8_0: 8-bit, nearly lossless (the default); q4_k_m, q5_k_m, q6_k: "
+            "smaller K-quants made by llama.cpp; lora: the adapter alone, for llama.cpp's --lora"
         )
+        have_llama_cpp = llama_cpp.installed()
+        for quant in GGUF_CHOICES:
+            box.addItem(GGUF_LABELS.get(quant, quant), quant)
+            if quant in BY_LLAMA_CPP and not have_llama_cpp:
+                index = box.count() - 1
+                box.model().item(index).setEnabled(False)  # type: ignore[attr-defined]
+                hint = f"{quant} is made by llama.cpp's quantizer. {llama_cpp.INSTALL_HINT}"
+                box.setItemData(index, hint, Qt.ItemDataRole.ToolTipRole)
+        box.setCurrentIndex(box.findData(GGUF_DEFAULT))
+        return box
+
+    def ask_and_export_gguf(self) -> None:
+        run = self.state.current_run
+        if run is None:
+            return
+        quant = self.gguf_type.currentData()
+        folder = QFileDialog.getExistingDirectory(self, f"Where to put the GGUF ({quant}) export")
+        if folder:
+            self.export_gguf(quant, Path(folder) / f"{run.name}-gguf-{quant}")
+
+    def export_gguf(self, quant: str, target: Path) -> None:
+        run = self.state.current_run
+        if run is None or self._worker is not None:
+            return
+        self._gguf_target = target
+        self.status.setText(f"Exporting GGUF ({esc(quant)}) to {esc(target)}…")
+        for button in (self.adapter_button, self.merged_button, self.gguf_button):
+            button.setEnabled(False)
+        self._worker = run_in_background(
+            export_gguf, run, quant, target, emit=self._emit_stage, on_result=self._gguf_done, on_error=self._failed
+        )
+
+    def _emit_stage(self, event: Any) -> None:
+        """Called by the engine on the worker thread: pass stage texts on to the main thread."""
+        if isinstance(event, Stage) and shiboken6.isValid(self._stages):
+            self._stages.changed.emit(event.detail or event.stage)
+
+    def _show_stage(self, text: str) -> None:
+        if self._worker is not None and self._gguf_target is not None:
+            self.status.setText(f"Exporting GGUF to {esc(self._gguf_target)}… <i>{esc(text)}</i>")
+
+    def _gguf_done(self, result: Any) -> None:
+        self._worker = None
+        self._gguf_target = None
+        self.exports[f"gguf-{result.quant}"] = str(result.file)
+        file = Path(result.file)
+        size = file.stat().st_size if file.is_file() else result.bytes
+        folder = Path(result.folder)
+        files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        v = result.verification
+        self.status.setText(
+            f"<b style='color:#2a7'>written and read back</b> — GGUF {esc(result.quant)}, "
+            f"{v.prompts} held-out prompts compared with the trained model (see the table below)"
+        )
+        text = (
+            f"<p><b>gguf {esc(result.quant)}</b>: {esc(file)} — {human_bytes(size)}"
+            f"<br><span style='color:gray'>{esc(', '.join(files))}</span></p>"
+            f"{markdown_table_html(v.table())}"
+        )
+        if v.max_logit_diff is not None:
+            text += f"<p>max logit difference (transformers' GGUF reader): {v.max_logit_diff:.2e}</p>"
+        if v.tokens_agree is not None:
+            text += f"<p>llama.cpp tokenises {v.tokens_agree} / {v.prompts} prompts as transformers does</p>"
+        if result.ollama_command:
+            text += f"<p>Run it in Ollama:</p><pre>{esc(result.ollama_command)}</pre>"
+        self.results.append(text)
+        self.refresh()
 
     def _done(self, result: Any) -> None:
         self._worker = None
@@ -115,10 +230,29 @@ class ExportPage(Page):
 
     def _failed(self, error: BaseException) -> None:
         self._worker = None
-        self.status.setText(f"<b style='color:#c00'>Export failed</b>: {getattr(error, 'message', error)}")
+        self._gguf_target = None
+        message = esc(getattr(error, "message", error))
+        self.status.setText(f"<b style='color:#c00'>Export failed</b>: {message}")
         self.refresh()
         self.error(error)
 
     @property
     def busy(self) -> bool:
         return self._worker is not None
+
+
+def esc(value: object) -> str:
+    """Plain text for a rich-text label or the results box (a path or message may hold `<` or `&`)."""
+    return html.escape(str(value), quote=False)
+
+
+def markdown_table_html(table: str) -> str:
+    """A markdown table (`| a | b |` rows, the second a `|---|` rule) as an HTML table, cells escaped."""
+    rows = [line.strip().strip("|").split("|") for line in table.strip().splitlines() if line.strip()]
+    rows = [r for r in rows if not all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in r)]
+    if not rows:
+        return ""
+    cells = [[esc(c.strip()) for c in row] for row in rows]
+    head = "".join(f"<th align='left'>{c}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+    return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
