@@ -9,6 +9,7 @@ input must give a UserError that names the file, line and field — from the eng
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -47,7 +48,12 @@ def tokenizer_of(model: Path) -> Any:
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Rows as the file type the suffix names."""
+    """Rows as the file type the suffix names (gzipped for a further `.gz`)."""
+    if path.suffix == ".gz":
+        inner = write_rows(path.with_suffix(""), rows)
+        path.write_bytes(gzip.compress(inner.read_bytes()))
+        inner.unlink()
+        return path
     suffix = path.suffix
     if suffix == ".jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -80,6 +86,9 @@ SOURCES: dict[str, Callable[[Path], tuple[str | list[str], dict[str, Any]]]] = {
     "alpaca csv": lambda d: (str(write_rows(d / "a.csv", alpaca_rows())), {}),
     "alpaca tsv": lambda d: (str(write_rows(d / "a.tsv", alpaca_rows())), {}),
     "alpaca parquet": lambda d: (str(write_rows(d / "a.parquet", alpaca_rows())), {}),
+    "alpaca jsonl.gz": lambda d: (str(write_rows(d / "a.jsonl.gz", alpaca_rows())), {}),
+    "alpaca json.gz": lambda d: (str(write_rows(d / "a.json.gz", alpaca_rows())), {}),
+    "alpaca csv.gz": lambda d: (str(write_rows(d / "a.csv.gz", alpaca_rows())), {}),
     "save_to_disk folder": lambda d: (str(write_rows(d / "a.saved", alpaca_rows())), {}),
     "messages": lambda d: (str(write_rows(d / "m.jsonl", [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS
@@ -420,6 +429,13 @@ BAD_INPUTS = {
     "malformed jsonl line": BadInput(
         {"bad.jsonl": b'{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": "d"}\n{oops\n'},
         ["{dir}/bad.jsonl:4", "line 4 is not valid JSON", "fix or remove that line"],
+    ),
+    "malformed line in a gzipped file": BadInput(
+        {"bad.jsonl.gz": gzip.compress(b'{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n{oops\n')},
+        ["{dir}/bad.jsonl.gz:3", "line 3 is not valid JSON", "fix or remove that line"],
+    ),
+    "gzipped parquet": BadInput(
+        {"a.parquet.gz": gzip.compress(b"PAR1")}, ["{dir}/a.parquet.gz", "unsupported file type '.parquet.gz'"]
     ),
     "csv broken quote": BadInput(
         {"quote.csv": b'instruction,output\nhello,world\n"unclosed,answer\nmore,rows\n'},

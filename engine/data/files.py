@@ -7,15 +7,17 @@ can be read; JSON and TXT files are read whole (their structure needs the whole 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from adapter_studio.engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+GZIP = ".gz"  # any of the text formats gzip-compressed: data.jsonl.gz, reviews.csv.gz, ...
 CHUNK_ROWS = 2048
 csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal for training data
 
@@ -61,8 +63,29 @@ def _no_rows(path: Path) -> UserError:
     return UserError("the file has no data rows", where=str(path), fix="add rows (below the header, for CSV)")
 
 
+def file_format(path: Path) -> str:
+    """The format a data file is read as: its suffix, or the one before `.gz` for a compressed file."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix == GZIP else suffix
+
+
+def _open(path: Path, text: bool = False) -> IO[Any]:
+    """The file, decompressed on the fly when it is gzipped."""
+    if path.suffix.lower() == GZIP:
+        if text:
+            return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rb")
+    return path.open("r", encoding="utf-8-sig", newline="") if text else path.open("rb")
+
+
+def _compressed_done(f: Any, done: int) -> int:
+    """Bytes of the file on disk read so far: progress is measured against the file's size on disk."""
+    raw = getattr(getattr(f, "buffer", f), "fileobj", None)  # a GzipFile (or the text wrapper around one)
+    return raw.tell() if raw is not None else done
+
+
 def _check_not_blank(path: Path) -> None:
-    with path.open("rb") as f:
+    with _open(path) as f:
         while block := f.read(1 << 16):
             if block.strip():
                 return
@@ -72,7 +95,8 @@ def _check_not_blank(path: Path) -> None:
 def _read_text(path: Path) -> str:
     _check_not_blank(path)
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        with _open(path) as f:
+            return f.read().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _bad_utf8(path) from None
 
@@ -80,7 +104,7 @@ def _read_text(path: Path) -> str:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
     """(line number, row, bytes read so far) for each non-blank line."""
     done = 0
-    with path.open("rb") as f:
+    with _open(path) as f:
         for number, raw in enumerate(f, start=1):
             done += len(raw)
             if not raw.strip():
@@ -103,7 +127,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
                     where=f"{path}:{number}",
                     fix='each line must be an object such as {"instruction": ..., "output": ...}',
                 )
-            yield number, row, done
+            yield number, row, _compressed_done(f, done)
 
 
 def _json_rows(path: Path) -> list[dict[str, Any]] | None:
@@ -138,7 +162,7 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], int]]:
     _check_not_blank(path)
     done = 0
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
+    with _open(path, text=True) as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
         header: list[str] | None = None
         while True:
@@ -171,7 +195,7 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any],
                     fix="check the quotes and delimiters on that line (a field with a comma needs quotes)",
                 )
             done += sum(len(c) for c in record) + len(record)
-            yield line, dict(zip(header, record, strict=True)), done
+            yield line, dict(zip(header, record, strict=True)), _compressed_done(f, done)
 
 
 def _txt_rows(path: Path) -> list[dict[str, Any]]:
@@ -218,20 +242,28 @@ def data_files(paths: str | list[str]) -> list[Path]:
         if not path.exists():
             raise UserError(f"data file not found: {path}", where="data.path", fix="check the path")
         if path.is_dir() and not is_saved_dataset(path):
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+            files = sorted(p for p in path.iterdir() if file_format(p) in SUFFIXES and not _gzipped_parquet(p))
             if not files:
                 raise UserError(f"no data files in {path}", where="data.path", fix=f"use one of {', '.join(SUFFIXES)}")
             out += files
             continue
-        if path.is_file() and path.suffix.lower() not in SUFFIXES:
-            raise UserError(f"unsupported file type '{path.suffix}'", where=str(path), fix=f"use {', '.join(SUFFIXES)}")
+        if path.is_file() and (file_format(path) not in SUFFIXES or _gzipped_parquet(path)):
+            raise UserError(
+                f"unsupported file type '{''.join(path.suffixes[-2:]) or path.name}'",
+                where=str(path),
+                fix=f"use {', '.join(SUFFIXES)}, or a text format gzipped (.jsonl.gz, .csv.gz)",
+            )
         out.append(path)
     return out
 
 
+def _gzipped_parquet(path: Path) -> bool:
+    return path.suffix.lower() == GZIP and file_format(path) == ".parquet"  # parquet compresses itself
+
+
 def _file_rows(path: Path, size: int) -> Iterator[tuple[list[int], list[dict[str, Any]], str, int]]:
     """(numbers, rows, unit, bytes done in this file) per chunk of one file."""
-    suffix = path.suffix.lower()
+    suffix = file_format(path)
     if is_saved_dataset(path) or suffix == ".parquet":
         batches = _saved_dataset_batches(path, size) if path.is_dir() else _parquet_batches(path, size)
         total = path.stat().st_size

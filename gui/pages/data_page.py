@@ -186,7 +186,7 @@ class DataPage(Page):
     # --- choosing -------------------------------------------------------------------------------
     def browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Dataset", filter="Data (*.json *.jsonl *.csv *.tsv *.parquet *.txt);;All files (*)"
+            self, "Dataset", filter="Data (*.json *.jsonl *.csv *.tsv *.parquet *.txt *.gz);;All files (*)"
         )
         if path:
             self.path.setText(path)
