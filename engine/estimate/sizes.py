@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int64": "I64",
                       "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+# The order safetensors lays equal-width tensors out in (checked: F32 before I32, BF16 before F16).
+SAFETENSORS_ORDER = ["I64", "F64", "F32", "I32", "BF16", "F16", "I8", "U8", "BOOL"]
 NF4_BLOCK, NF4_NESTED_BLOCK = 64, 256
 BNB_8BIT_MIN_SIZE, BNB_8BIT_BLOCK = 4096, 256
 
@@ -56,9 +58,14 @@ def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str] | None =
     """Exact size of the file `safetensors.torch.save_file(tensors, metadata=...)` writes.
 
     8-byte length, a JSON header padded with spaces to a multiple of 8, then the data, laid out by
-    dtype (widest first) then name — the order decides the offsets and so the header's length.
+    dtype (widest first, then safetensors' own order among equal widths) then name — the order decides
+    the offsets and so the header's length.
     """
-    items = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
+    def rank(t: Any) -> tuple[int, int]:  # safetensors orders by dtype (its enum), not just width
+        dtype = SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")
+        return -t.element_size(), SAFETENSORS_ORDER.index(dtype) if dtype in SAFETENSORS_ORDER else 0
+
+    items = sorted(tensors.items(), key=lambda kv: (*rank(kv[1]), kv[0]))
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, t in items:
