@@ -7,6 +7,17 @@ from adapter_studio.engine.methods.additive import IA3, LlamaAdapter
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec
 from adapter_studio.engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
 from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
+from adapter_studio.engine.methods.more_peft import (
+    C3A,
+    HRA,
+    DeLoRA,
+    FourierFT,
+    LNTuning,
+    MiSS,
+    RandLoRA,
+    SHiRA,
+    VBLoRA,
+)
 from adapter_studio.engine.methods.selective import BitFit, FullFineTuning, LastLayers
 from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
 from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
@@ -19,6 +30,8 @@ METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     LlamaAdapter, IA3,
     BitFit, LastLayers, FullFineTuning,
     LoHa, LoKr, VeRA, OFT,
+    HRA, FourierFT, C3A, VBLoRA, RandLoRA, MiSS, DeLoRA,
+    SHiRA, LNTuning,
     MAMAdapter,
 )  # fmt: skip
 

@@ -43,6 +43,7 @@ class MethodSpec(BaseModel):
 
     title: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    target_kind: ClassVar[str] = "linear"  # what `target_modules` names: linear layers, or "norms"
     description: ClassVar[str] = ""
     mergeable: ClassVar[bool] = False
     typical_share: ClassVar[str] = ""
@@ -103,11 +104,12 @@ class MethodSpec(BaseModel):
         targets = getattr(self, "target_modules", None)
         # peft matches a target by the end of a module's name and fails only deep inside, with the names
         # it looked for: say here which layer names this model has.
-        if isinstance(targets, list) and targets and info.linear_names and not set(targets) & set(info.linear_names):
+        names, kind = (info.norm_names, "norm") if self.target_kind == "norms" else (info.linear_names, "linear")
+        if isinstance(targets, list) and targets and names and not set(targets) & set(names):
             raise UserError(
                 f"this model has no layer named {', '.join(targets)}",
                 where="method.target_modules",
-                fix=f"pick from its linear layers: {', '.join(info.linear_names)}",
+                fix=f"pick from its {kind} layers: {', '.join(names)}",
             )
 
     # --- training ------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ class ModelInfo:
     tied_embeddings: bool = False
     num_labels: int | None = None
     layers_path: str = ""  # dotted path of the ModuleList holding the transformer blocks
+    norm_names: list[str] = field(default_factory=list)  # distinct leaf names of the blocks' norm layers
+    linear_widths: list[int] = field(default_factory=list)  # distinct input/output widths of the blocks' linears
 
     @property
     def all_linear_targets(self) -> list[str]:
@@ -74,8 +76,14 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
     leaf_names: list[str] = []
     head_names: list[str] = []
     conv1d_names: list[str] = []
+    norm_names: list[str] = []
+    widths: set[int] = set()
     has_bias = any(n.endswith(".bias") for n, _ in model.named_parameters())
     for name, module in model.named_modules():
+        if type(module).__name__.endswith(("LayerNorm", "RMSNorm")) and name.startswith(layers_path + "."):
+            leaf = name.split(".")[-1]
+            if leaf not in norm_names:
+                norm_names.append(leaf)
         if isinstance(module, linear_types):
             leaf = name.split(".")[-1]
             in_blocks = name.startswith(layers_path + ".")
@@ -85,6 +93,9 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
                 continue
             if leaf not in leaf_names:
                 leaf_names.append(leaf)
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dim() == 2:  # quantised layers keep packed weights: skip them
+                widths.update(int(d) for d in weight.shape)
             if type(module).__name__ == "Conv1D" and leaf not in conv1d_names:
                 conv1d_names.append(leaf)
     attention = [n for n in leaf_names if n in ATTENTION_NAMES]
@@ -120,6 +131,8 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         num_labels=getattr(config, "num_labels", None) if task == "classification" else None,
         layers_path=layers_path,
+        norm_names=norm_names,
+        linear_widths=sorted(widths),
     )
 
 

@@ -223,10 +223,12 @@ class MethodPage(Page):
             self.form.setParent(None)
             self.form.deleteLater()
         info = self.state.model_info
-        names = info.all_linear_targets if info is not None else []
+        norms = type(self.state.method).target_kind == "norms"
+        names = [] if info is None else info.norm_names if norms else info.all_linear_targets
         self.form = SpecForm(
-            type(self.state.method), self.state.method, module_names=names, presets=target_presets(info)
-        )
+            type(self.state.method), self.state.method, module_names=names,
+            presets={} if norms else target_presets(info),
+        )  # fmt: skip
         self.form.setObjectName("methodForm")
         self.form.changed.connect(self._method_edited)
         self.method_box_layout.addWidget(self.form)
