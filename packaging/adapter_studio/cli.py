@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -16,8 +14,8 @@ from typing import Any
 
 from adapter_studio import __version__
 from adapter_studio.engine.errors import UserError
-
-EXIT_CANCELLED = 130
+from adapter_studio.eval_command import cmd_eval
+from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,18 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
-    # A background process of a script ignores SIGINT unless it installs its own handler.
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop waiting for the checkpoint
-            raise KeyboardInterrupt
-        print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint…", file=sys.stderr, flush=True)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _print_event(event: Any, quiet: bool) -> None:
     from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, Metrics, Stage, Started
     from adapter_studio.engine.objectives.training import progress_text as _preference
@@ -194,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         return launch_multi(args, devices)
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     from adapter_studio.engine.training.run import run
 
     result = run(spec, lambda e: _print_event(e, args.quiet), stop, resume_dir=args.resume, run_dir=args.run_dir)
@@ -297,7 +283,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if entry.refused:
             print(f"  {entry.method}: not run — {entry.refused}")
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     run_sweep(plan, lambda e: _print_event(e, True), stop)
     rows = sweep_rows(plan)
     print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
@@ -316,7 +302,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         raise UserError(f"--max-trials must be at least 1 (got {args.max_trials})", where="--max-trials")
     spec = load_spec_file(args.spec, args.overrides)
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     from adapter_studio.engine.events import Eval
     from adapter_studio.engine.search.auto import MAX_TRIALS, run_auto_search
     from adapter_studio.engine.search.results import SearchLog
@@ -346,61 +332,6 @@ def cmd_auto(args: argparse.Namespace) -> int:
     if result.status == "failed":
         print(f"error: {result.error}", file=sys.stderr)
         return 1
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    # Before torch loads, as the window does: OpenMP threads spinning while they wait lose the CPU to other
-    # work. The demo's evaluation took 964 s spinning, 132 s passive, on a 2-core CPU running three other jobs.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    for name in ("limit", "batch_size", "max_new_tokens", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be at least 1 (got {value})", where=flag)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)  # a CPU shared with other work answers faster with fewer threads
-    stop = threading.Event()
-    _install_stop_handlers(stop)
-    from adapter_studio.engine.evaluation.report import metrics_table
-    from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
-
-    settings = EvalSettings(
-        data=args.data, checkpoint=args.checkpoint, in_context=args.k, extract=args.extract, limit=args.limit,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, forgetting=not args.no_forgetting,
-    )  # fmt: skip
-    out = sys.stderr if args.json else sys.stdout
-    shown = {"stage": "", "percent": -10}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if stage != shown["stage"] or percent >= shown["percent"] + 10 or done == total:
-            print(f"[{stage}] {done}/{total} rows", file=out, flush=True)
-            shown.update(stage=stage, percent=percent)
-
-    try:
-        result = evaluate_run(args.run_dir, settings, progress, stop)
-    except EvaluationStopped:
-        print("evaluation stopped: nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-        return 0
-    print("\n".join(metrics_table(result.metrics)))
-    if result.forgetting is not None:
-        f = result.forgetting
-        print(f"forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} -> {f.loss_tuned:.3f} "
-              f"(ratio {f.ratio:.3f})")  # fmt: skip
-    worse = regressions(result.rows)
-    changed = sum(r["change"] != 0 for r in result.rows)
-    print(f"{len(result.rows)} rows, {changed} changed, {len(worse)} regressions (base right, tuned wrong)")
-    for r in worse[:5]:
-        print(f"  {r['where']}: expected {r['expected']!r}, tuned {r['answers']['tuned']!r}")
-    for note in result.notes:
-        print(f"note: {note}")
-    print(f"report: {result.report}")
     return 0
 
 
