@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from adapter_studio.engine.events import Stage
+from adapter_studio.engine.export.gguf_checks import GgufVerification, Reader
 from adapter_studio.engine.export.llama_cpp import INSTALL_HINT
-from adapter_studio.engine.export.run_gguf import GgufExportResult, GgufVerification, Reader
+from adapter_studio.engine.export.run_gguf import GgufExportResult
 from adapter_studio.engine.training.run import run
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox

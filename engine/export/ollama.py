@@ -35,14 +35,14 @@ def go_template(render: Any) -> str:
     return f"{{{{ if .System }}}}{_fill(with_system)}{{{{ else }}}}{_fill(without)}{{{{ end }}}}{{{{ .Response }}}}"
 
 
-def modelfile(gguf_name: str, template: str, stops: list[str], system: str | None,
-              parameters: dict[str, float | int]) -> str:  # fmt: skip
-    lines = ["# Made by Adapter Studio. Register it with: ollama create <name> -f Modelfile",
-             f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']  # fmt: skip
+def modelfile(source: str, template: str, stops: list[str], parameters: dict[str, float | int],
+              adapter: str | None = None) -> str:  # fmt: skip
+    """`source`: the GGUF for Ollama's FROM (`./file.gguf` beside it, or a base's path with `adapter`)."""
+    lines = ["# Made by Adapter Studio. Register it with: ollama create <name> -f Modelfile", f"FROM {source}"]
+    lines += [f"ADAPTER {adapter}"] if adapter else []
+    lines.append(f'TEMPLATE """{template}"""')
     lines += [f'PARAMETER stop "{s}"' for s in stops if s]
     lines += [f"PARAMETER {k} {v}" for k, v in parameters.items()]
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,6 @@ GGUF for llama.cpp, Ollama and LM Studio (read back and compared with the traine
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +201,7 @@ class ExportPage(Page):
         text = (
             f"<p><b>gguf {esc(result.quant)}</b>: {esc(file)} — {human_bytes(size)}"
             f"<br><span style='color:gray'>{esc(', '.join(files))}</span></p>"
-            f"{markdown_table_html(v.table())}"
+            f"{table_html(v.rows())}"
         )
         if v.max_logit_diff is not None:
             text += f"<p>max logit difference (transformers' GGUF reader): {v.max_logit_diff:.2e}</p>"
@@ -246,13 +245,10 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=False)
 
 
-def markdown_table_html(table: str) -> str:
-    """A markdown table (`| a | b |` rows, the second a `|---|` rule) as an HTML table, cells escaped."""
-    rows = [line.strip().strip("|").split("|") for line in table.strip().splitlines() if line.strip()]
-    rows = [r for r in rows if not all(re.fullmatch(r"\s*:?-+:?\s*", c) for c in r)]
+def table_html(rows: list[list[str]]) -> str:
+    """A header row and body rows as an HTML table, cells escaped."""
     if not rows:
         return ""
-    cells = [[esc(c.strip()) for c in row] for row in rows]
-    head = "".join(f"<th align='left'>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+    head = "".join(f"<th align='left'>{esc(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
     return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
