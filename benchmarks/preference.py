@@ -9,14 +9,17 @@ Runs, same model, method (LoRA r8/alpha16 on q,v), batch, max_length and seed:
        the end: preference accuracy (the share of pairs whose chosen answer gains more log-probability
        over the base than the rejected one) and reward margin.
   sft  objective sft on the same rows as conversations, each pair's two sides as two rows, batch 2×:
-       the same tokens per step, so tokens/s compare the steps (DPO's reference forward included).
+       the same tokens per step, so tokens/s compare the steps (DPO's reference forward included);
+       `--sft-steps` steps (default 100): it measures speed and memory only, a whole epoch would add
+       nothing but time.
 Reported: DPO's held-out preference accuracy, tokens/s of each (median over the steps after the
 first three), the ratio sft/dpo (the goal: at most 1.3), and the peak of `memory_bytes` of each
 (process RSS on a CPU, CUDA allocated on a GPU; the goal: dpo at most 1.15× sft).
 The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dpo/sft>`.
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
-       [--held-out 300] [--epochs 1] [--max-steps N] [--batch 4] [--max-length 512] [--lr 5e-4] [--out DIR]
+       [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--max-length 512]
+       [--lr 5e-4] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check.
 """
@@ -83,6 +86,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=300)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -105,7 +109,8 @@ def main() -> None:
                                           "eval_every": 100_000}})  # fmt: skip
     sft, sft_events = train({**common,
                              "data": {"path": str(sft_file), "eval_split": 0.0, "max_length": args.max_length},
-                             "training": {**training, "batch_size": 2 * args.batch}})  # fmt: skip
+                             "training": {**training, "max_steps": args.max_steps or args.sft_steps,
+                                          "batch_size": 2 * args.batch}})  # fmt: skip
     final = [e for e in dpo_events if e.type == "eval"][-1]
     d, s = summary(dpo_events), summary(sft_events)
     print(f"dpo: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s, peak memory {d['peak_memory_mib']:.0f} MiB; "

@@ -54,6 +54,7 @@ def setup(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     data = prepare_data(DataSpec(path=str(path), eval_split=0.0), tokenizer, None, 64, 0, use_cache=False)
     batch = collate(data.train[:4], tokenizer.pad_token_id or 0, False)
+    assert "prefix_ids" in batch  # so the comparisons below take the shared-prompt path (test_shared_prompts)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     base.config.use_cache = False

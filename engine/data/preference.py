@@ -9,7 +9,9 @@ Three shapes are read (format `preference`, detected when a file has `chosen` an
 Each side is rendered with the chat template as prompt + answer, with the loss (here: the answer's
 log-probability) on the final answer's tokens only; the two sides are stored one after the other
 (chosen, rejected) in the token store, and `PairSet` gives them back as pairs. `collate_pairs` makes
-a batch of 2·B rows, the B chosen answers first, then the B rejected ones (TRL's order).
+a batch of 2·B rows, the B chosen answers first, then the B rejected ones (TRL's order), and the same
+pairs laid out as one shared prompt and two answers each (`shared_prefix_rows`), which lets a
+decoder read each prompt once for both answers (engine.objectives.logps).
 """
 
 from __future__ import annotations
@@ -220,9 +222,50 @@ def pair_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tupl
 
 
 def collate_pairs(items: Sequence[PairItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
-    """2·B padded rows: the chosen sides, then the rejected sides; labels are -100 outside the answers."""
+    """2·B padded rows: the chosen sides, then the rejected sides; labels are -100 outside the answers.
+    With them, where every pair has a shared prompt, its `shared_prefix_rows` layout (`prefix_*`, `suffix_*`)."""
+    rows = pad_rows([p.sides[0] for p in items] + [p.sides[1] for p in items], pad_id, multiple)
+    return {**rows, **shared_prefix_rows(items, pad_id, multiple)}
 
-    return pad_rows([p.sides[0] for p in items] + [p.sides[1] for p in items], pad_id, multiple)
+
+def shared_length(chosen: tuple[list[int], list[int]], rejected: tuple[list[int], list[int]]) -> int:
+    """How many leading tokens the two sides share before either has a labelled one."""
+    (c_ids, c_labels), (r_ids, r_labels) = chosen, rejected
+    limit = min(len(c_ids), len(r_ids))
+    for labels in (c_labels, r_labels):
+        limit = min(limit, next((i for i, x in enumerate(labels) if x != IGNORE), len(labels)))
+    k = 0
+    while k < limit and c_ids[k] == r_ids[k]:
+        k += 1
+    return k
+
+
+def shared_prefix_rows(items: Sequence[PairItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """The pairs as B prompts and 2·B answers: `prefix_ids`/`prefix_mask` (B rows, padded on the left so
+    every prompt ends at the last column), `suffix_ids`/`suffix_mask`/`suffix_labels` (2·B rows, chosen
+    and rejected of each pair next to each other, padded on the right). Each suffix's first token is
+    predicted by its prompt's last position. Empty when a pair shares no token (nothing to share)."""
+    import torch
+
+    shared = [shared_length(*p.sides) for p in items]
+    if not items or min(shared) < 1:
+        return {}
+    width = -(-max(shared) // multiple) * multiple
+    answers = -(-max(len(ids) - k for p, k in zip(items, shared, strict=True) for ids, _ in p.sides) // multiple)
+    whole = -(-max(len(ids) for p in items for ids, _ in p.sides) // multiple)
+    if len(items) * width + 2 * len(items) * answers * multiple >= 0.9 * 2 * len(items) * whole * multiple:
+        return {}  # padded to the longest prompt and the longest answer, the split would not save work
+    prefix_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(items), width), dtype=torch.long)
+    suffixes = []
+    for i, (pair, k) in enumerate(zip(items, shared, strict=True)):
+        ids = pair.sides[0][0]
+        prefix_ids[i, width - k :] = torch.tensor(ids[:k])
+        prefix_mask[i, width - k :] = 1
+        suffixes += [(side_ids[k:], side_labels[k:]) for side_ids, side_labels in pair.sides]
+    suffix = pad_rows(suffixes, pad_id, multiple)
+    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "suffix_ids": suffix["input_ids"],
+            "suffix_mask": suffix["attention_mask"], "suffix_labels": suffix["labels"]}  # fmt: skip
 
 
 def pad_rows(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, multiple: int = 1) -> dict[str, Any]:

@@ -2,9 +2,14 @@
 
 The policy's summed answer log-probabilities come from one forward over the 2·B rows (chosen rows,
 then rejected ones); with a decoder and head that allow it (training.fast_loss), only the answer
-positions are projected onto the vocabulary. The reference is the same model with its adapter
-switched off (peft's `disable_adapter()`, no second copy in memory), or, for methods that change the
-base weights themselves, a frozen copy made before the method was applied (`frozen_reference`).
+positions are projected onto the vocabulary, and each prompt is read once for both of its answers
+(`shared_row_logps`: the prompt's keys and values are computed once, copied for the two answers, and
+the answers are read after them; gradients flow through both). On the HH pairs, whose prompts are
+about three times their answers, that is 240 positions per pair instead of 390 (batches whose padding
+would eat the saving are read whole: engine.data.preference.shared_prefix_rows). The reference is the
+same model with its adapter switched off (peft's `disable_adapter()`, no second copy in memory), or,
+for methods that change the base weights themselves, a frozen copy made before the method was applied
+(`frozen_reference`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ if TYPE_CHECKING:
 
 def row_logps(model: Any, parts: tuple[Any, Any] | None, batch: dict[str, Any]) -> tuple[Any, Any]:
     """(summed log-probability of each row's labelled tokens, their count), both float32, shape rows."""
-    import torch
-
+    if parts is not None and can_share_prompts(parts, batch):
+        return shared_row_logps(parts, batch)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     targets = labels[:, 1:]
     keep = targets != -100
@@ -31,10 +36,68 @@ def row_logps(model: Any, parts: tuple[Any, Any] | None, batch: dict[str, Any]) 
     else:
         logits = model(input_ids=ids, attention_mask=mask).logits
         logits = logits[:, -ids.shape[1] :][:, :-1][keep]  # prompt-learning methods put virtual tokens first
+    return _labelled_logps(logits, targets)
+
+
+def can_share_prompts(parts: tuple[Any, Any] | None, batch: dict[str, Any]) -> bool:
+    """Whether the batch may be read as shared prompts: a decoder we call directly, a batch that carries
+    the layout, and no gradient checkpointing while training (it turns the key/value cache off)."""
+    import torch
+
+    if parts is None or "prefix_ids" not in batch:
+        return False
+    decoder = parts[0]
+    name = next((n for n in ("is_activation_checkpointing", "is_gradient_checkpointing") if hasattr(type(decoder), n)),
+                None)  # fmt: skip  # the newer name first: the older one warns
+    return not (torch.is_grad_enabled() and name is not None and getattr(decoder, name))
+
+
+def shared_row_logps(parts: tuple[Any, Any], batch: dict[str, Any]) -> tuple[Any, Any]:
+    """`row_logps` of the 2·B rows (chosen first, then rejected), reading each pair's prompt once."""
+    import torch
+
+    decoder, head = parts
+    prefix_mask, suffix_mask = batch["prefix_mask"], batch["suffix_mask"]
+    lengths = prefix_mask.sum(dim=1)
+    prompt = decoder(input_ids=batch["prefix_ids"], attention_mask=prefix_mask,
+                     position_ids=(prefix_mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True)  # fmt: skip
+    # transformers renames past_key_values to `cache` (5.2x keeps both, 5.40 only the new name).
+    cache = prompt.cache if hasattr(prompt, "cache") else prompt.past_key_values
+    cache.batch_repeat_interleave(2)  # each prompt's keys and values, for its chosen and its rejected answer
+    width = batch["suffix_ids"].shape[1]
+    positions = lengths.repeat_interleave(2).unsqueeze(1) + torch.arange(width, device=lengths.device)
+    answers = decoder(
+        input_ids=batch["suffix_ids"],
+        attention_mask=torch.cat([prefix_mask.repeat_interleave(2, dim=0), suffix_mask], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{_cache_argument(decoder): cache},
+    ).last_hidden_state
+    # The prompt's last position predicts each answer's first token; the answer's own positions the rest.
+    first = prompt.last_hidden_state[:, -1:].repeat_interleave(2, dim=0)
+    states = torch.cat([first, answers[:, :-1]], dim=1)
+    targets = batch["suffix_labels"]
+    sums, counts = _labelled_logps(head(states[targets != -100]), targets)
+    order = torch.arange(sums.shape[0], device=sums.device).view(-1, 2).t().reshape(-1)  # chosen rows, then rejected
+    return sums[order], counts[order]
+
+
+def _cache_argument(decoder: Any) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _labelled_logps(logits: Any, targets: Any) -> tuple[Any, Any]:
+    """Per row, the summed log-probability of the labelled `targets` (logits: of those positions only), and
+    their count."""
+    import torch
+
+    keep = targets != -100
     logits = logits.float()
     picked = logits.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     rows = keep.nonzero()[:, 0]
-    sums = torch.zeros(ids.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    sums = torch.zeros(targets.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
     return sums, keep.sum(dim=1).to(picked.dtype)
 
 
