@@ -116,6 +116,23 @@ def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
     return reference
 
 
+def reference_logps(
+    model: Any, parts: tuple[Any, Any] | None, batch: dict[str, Any], reference: tuple[Any, Any | None] | None
+) -> Any:
+    """The reference's summed answer log-probabilities of the batch's rows: `model` with its adapter off,
+    or the frozen copy `reference` = (model, its decoder and head)."""
+    import torch
+
+    with torch.no_grad():
+        if reference is not None:
+            return row_logps(reference[0], reference[1], batch)[0]
+        inner = getattr(model, "module", model)  # a DDP-wrapped model's own
+        if not is_adapter_model(inner):
+            raise ValueError("a reference needs an adapter to switch off, or a frozen copy")
+        with inner.disable_adapter():
+            return row_logps(model, parts, batch)[0]
+
+
 def pair_logps(
     objective: ObjectiveSpec,
     model: Any,
@@ -127,21 +144,12 @@ def pair_logps(
 
     `reference` is (frozen model, its decoder and head) for a copy; None uses `model` with its adapter off.
     """
-    import torch
-
     sums, counts = row_logps(model, parts, batch)
     n = sums.shape[0] // 2
     out = PairLogps(sums[:n], sums[n:], counts[:n], counts[n:])
     if objective.needs_reference:
-        with torch.no_grad():
-            if reference is None:
-                inner = getattr(model, "module", model)  # a DDP-wrapped model's own
-                if not is_adapter_model(inner):
-                    raise ValueError("a reference needs an adapter to switch off, or a frozen copy")
-                with inner.disable_adapter():
-                    ref, _ = row_logps(model, parts, batch)
-            else:
-                ref, _ = row_logps(reference[0], reference[1], batch)
+        # `ref_logps`: computed once before training (objective.precompute_reference), in the rows' order.
+        ref = batch["ref_logps"] if "ref_logps" in batch else reference_logps(model, parts, batch, reference)
         out.ref_chosen, out.ref_rejected = ref[:n], ref[n:]
     out.desirable = batch.get("desirable")  # KTO's flags (its batches carry them)
     if objective.name == "orpo":  # the supervised part: mean next-token loss over the chosen answers' tokens

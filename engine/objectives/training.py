@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from adapter_studio.engine.objectives.base import ObjectiveSpec
-from adapter_studio.engine.objectives.logps import pair_logps
+from adapter_studio.engine.objectives.logps import pair_logps, reference_logps
 
 Reference = tuple[Any, tuple[Any, Any] | None] | None
 
@@ -38,6 +38,44 @@ def summarise(stats: Sequence[tuple[Any, Any]], paired: bool = True) -> dict[str
     }
 
 
+def reference_table(
+    model: Any,
+    parts: tuple[Any, Any] | None,
+    pairs: Sequence[Any],
+    *,
+    batch_size: int,
+    pad_id: int,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    device: Any,
+    reference: Reference = None,
+) -> Any:
+    """Every pair's reference answer log-probabilities, shape (pairs, 2): chosen, rejected (float32, on
+    `device`), in one pass without gradients, for objective.precompute_reference."""
+    import torch
+    from adapter_studio.engine.data.batches import collate
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    for i in range(0, len(pairs), batch_size):
+        items = [pairs[j] for j in range(i, min(i + batch_size, len(pairs)))]
+        batch = {k: v.to(device) for k, v in collate(items, pad_id, False).items()}
+        with autocast():
+            ref = reference_logps(model, parts, batch, reference).float()
+        rows.append(torch.stack([ref[: len(items)], ref[len(items) :]], dim=1))
+    model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros((0, 2), device=device)
+
+
+def with_reference(batch: dict[str, Any], table: Any, indices: Sequence[int]) -> dict[str, Any]:
+    """The batch with its pairs' precomputed reference log-probabilities, in its rows' order (chosen, then
+    rejected)."""
+    import torch
+
+    picked = table[torch.as_tensor(list(indices), device=table.device)]
+    return {**batch, "ref_logps": torch.cat([picked[:, 0], picked[:, 1]])}
+
+
 def evaluate_pairs(
     objective: ObjectiveSpec,
     model: Any,
@@ -49,8 +87,10 @@ def evaluate_pairs(
     autocast: Callable[[], AbstractContextManager[Any]],
     device: Any,
     reference: Reference = None,
+    table: Any = None,
 ) -> dict[str, float | None]:
-    """The objective's loss (weighted by pairs) and the reward statistics over the held-out pairs."""
+    """The objective's loss (weighted by pairs) and the reward statistics over the held-out pairs;
+    `table`: their precomputed reference log-probabilities (`reference_table`), if any."""
     import torch
     from adapter_studio.engine.data.batches import collate
 
@@ -60,6 +100,8 @@ def evaluate_pairs(
         for i in range(0, len(pairs), batch_size):
             items = pairs[i : i + batch_size]
             batch = {k: v.to(device) for k, v in collate(items, pad_id, False).items()}
+            if table is not None:
+                batch = with_reference(batch, table, range(i, i + len(items)))
             with autocast():
                 loss, stat = pair_step(objective, model, parts, batch, reference)
             total += float(loss) * len(items)

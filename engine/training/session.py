@@ -25,7 +25,13 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
 from adapter_studio.engine.methods.peft_base import PeftMethod
 from adapter_studio.engine.objectives.logps import frozen_reference
-from adapter_studio.engine.objectives.training import evaluate_pairs, pair_step, summarise
+from adapter_studio.engine.objectives.training import (
+    evaluate_pairs,
+    pair_step,
+    reference_table,
+    summarise,
+    with_reference,
+)
 from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training import checkpoints as ckpt
 from adapter_studio.engine.training import compiled_step
@@ -85,6 +91,7 @@ class TrainingSession:
         # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly).
         self.auto_compile = self.compiled = self.eager_stance = False
         self.pairwise, self.reference, self.pair_stats = False, None, []  # preference objectives (_setup)
+        self.reference_tables: tuple[Any, Any] | None = None  # (training, held-out) precomputed reference
 
     def log(self, message: str, level: str = "info") -> None:
         self.report(Log(level=level, message=message))
@@ -264,10 +271,28 @@ class TrainingSession:
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
         self.attention_config = config if switchable and self.speed.cpu_eager_attention_max_width else None
+        if getattr(spec.objective, "precompute_reference", False):
+            self._precompute_reference()
         if self.resume:
             self._restore()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+
+    def _precompute_reference(self) -> None:
+        """objective.precompute_reference: every pair's reference log-probabilities once, before training."""
+        started = time.perf_counter()
+        self.stage("reference", f"{len(self.data.train) + len(self.data.eval):,} pairs")
+        tables = tuple(
+            reference_table(self.model, self.fast_parts, pairs, batch_size=2 * (self.spec.training.batch_size or 4),
+                            pad_id=self.pad_id, autocast=self.accelerator.autocast, device=self.accelerator.device,
+                            reference=self.reference)
+            for pairs in (self.data.train, self.data.eval)
+        )  # fmt: skip
+        self.reference_tables = (tables[0], tables[1])
+        kept = "" if self.reference is None else "; the frozen copy of the model is let go"
+        self.reference = None
+        self.log(f"reference log-probabilities of {len(self.data.train) + len(self.data.eval):,} pairs computed in "
+                 f"{time.perf_counter() - started:.0f} s (objective.precompute_reference){kept}")
 
     def _restore(self) -> None:
         latest, skipped = ckpt.newest_sound_checkpoint(self.run_dir / "checkpoints")
@@ -511,7 +536,10 @@ class TrainingSession:
         batch = collate(items, self.pad_id, self.task == "classification", self.pad_multiple)
         # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
         tokens = sum(len(x.input_ids) for x in items)
-        return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}, tokens
+        batch = {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+        if self.reference_tables is not None:
+            batch = with_reference(batch, self.reference_tables[0], indices)
+        return batch, tokens
 
     _epoch_cache: tuple[int, list[list[int]]] | None = None
 
@@ -559,6 +587,7 @@ class TrainingSession:
             autocast=self.accelerator.autocast,
             device=self.accelerator.device,
             reference=self.reference,
+            table=None if self.reference_tables is None else self.reference_tables[1],
         )
 
     def _checkpoint(self) -> Path | None:
