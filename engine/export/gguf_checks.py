@@ -123,7 +123,7 @@ class Checks:
 
     def verify(self, merged: torch.nn.Module, file: Path, stage: Any) -> GgufVerification:
         import torch
-        from adapter_studio.engine.export.run_export import _logits, _probe_inputs
+        from adapter_studio.engine.export.run_export import logits_of, probe_inputs
         from adapter_studio.engine.models.construction import model_construction
         from transformers import AutoModelForCausalLM
 
@@ -134,8 +134,8 @@ class Checks:
         with model_construction():
             reread = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
                                                           dtype=torch.float32).eval()  # fmt: skip
-        probe = _probe_inputs(self.trained)
-        v.max_logit_diff = float((_logits(reread, probe) - _logits(merged, probe)).abs().max())
+        probe = probe_inputs(self.trained)
+        v.max_logit_diff = float((logits_of(reread, probe) - logits_of(merged, probe)).abs().max())
         answers, ended = self._greedy(reread)
         v.readers.append(Reader("transformers (GGUF reader)", _same(answers, expected), sum(ended),
                                 self._perplexity(reread)))  # fmt: skip

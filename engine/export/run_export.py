@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,15 +38,8 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
     """Export a run's latest checkpoint as `adapter` or `merged` into `out` (which must not exist)."""
     from adapter_studio.engine.inference.trained import load_trained
 
-    out = out.expanduser().resolve()
-    if out.exists():
-        raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
-    _check_writable(out.parent)
-
-    def stage(text: str) -> None:
-        if emit:
-            emit(Stage(stage="exporting", detail=text))
-
+    out = new_export_folder(out)
+    stage = stage_reporter(emit)
     stage("loading the trained model")
     trained = load_trained(run_dir, dequantize=kind == "merged")
     if kind == "merged" and not trained.spec.method.mergeable:
@@ -53,12 +48,9 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
             where="export",
             fix="export the adapter only (--adapter)",
         )
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        probe = _probe_inputs(trained)
-        reference = _logits(trained.model, probe)
+    with written_in_place(out) as tmp:
+        probe = probe_inputs(trained)
+        reference = logits_of(trained.model, probe)
         stage(f"writing the {kind} export")
         if kind == "adapter":
             _write_adapter(trained, tmp)
@@ -69,13 +61,55 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         (tmp / "README.md").write_text(model_card(trained, kind, run_dir), encoding="utf-8")
         stage("verifying: reloading from disk")
         reloaded = load_export(tmp, kind, trained.spec)
-        diff = float((_logits(reloaded, probe) - reference).abs().max())
+        diff = float((logits_of(reloaded, probe) - reference).abs().max())
         if not diff < VERIFY_TOLERANCE:
             raise UserError(
                 f"the written {kind} export does not reproduce the model (max logit difference {diff:.2e})",
                 where=str(out),
                 fix="report this as a bug; nothing was written",
             )
+    size = folder_bytes(out)
+    log_export(run_dir, Export(kind=kind, path=str(out), bytes=size, verified_max_diff=diff), emit)
+    return ExportResult(kind, out, size, diff)
+
+
+# --- what every export does: a new folder, written beside it and renamed into place, logged ----------
+
+
+def new_export_folder(out: Path) -> Path:
+    """`out` resolved, refused if it exists (exports never overwrite) or its folder is not writable."""
+    out = out.expanduser().resolve()
+    if out.exists():
+        raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
+    folder = out.parent
+    folder.mkdir(parents=True, exist_ok=True) if not folder.exists() else None
+    if not os.access(folder, os.W_OK):
+        raise UserError(
+            f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to"
+        )
+    return out
+
+
+def stage_reporter(emit: Emit | None) -> Callable[[str], None]:
+    """A function reporting an `exporting` stage with its detail (nothing without `emit`)."""
+
+    def stage(text: str) -> None:
+        if emit:
+            emit(Stage(stage="exporting", detail=text))
+
+    return stage
+
+
+@contextmanager
+def written_in_place(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to write the export into. When the block ends without an error it is
+    synced and renamed to `out` (never replacing anything); on any error it is removed, so a failed or
+    cancelled export leaves nothing behind, and an OS error (full disk, permissions) becomes a UserError."""
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         durable.fsync_tree(tmp)
         tmp.rename(out)  # never replaces: the target must not exist
         durable.fsync_path(out.parent)
@@ -87,23 +121,19 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    result = ExportResult(kind, out, size, diff)
-    event = Export(kind=kind, path=str(out), bytes=size, verified_max_diff=diff)
+
+
+def log_export(run_dir: Path, event: Export, emit: Emit | None) -> None:
+    """The `export` event, in the run's events.jsonl and to `emit`."""
     log = EventLog(run_dir / "events.jsonl")
     log.write(event)
     log.close()
     if emit:
         emit(event)
-    return result
 
 
-def _check_writable(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True) if not folder.exists() else None
-    if not os.access(folder, os.W_OK):
-        raise UserError(
-            f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to"
-        )
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _os_reason(error: Exception, out: Path) -> str:
@@ -164,13 +194,13 @@ def load_export(folder: Path, kind: str, spec: Any) -> torch.nn.Module:
     return load_adapter(base, folder).eval()
 
 
-def _probe_inputs(trained: TrainedModel) -> dict[str, torch.Tensor]:
+def probe_inputs(trained: TrainedModel) -> dict[str, torch.Tensor]:
     texts = ["Rewrite the date March 3, 2021 in ISO format.", "The quick brown fox jumps over the lazy dog."]
     enc = trained.tokenizer(texts, return_tensors="pt", padding=True)
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     import torch
 
     device = next(model.parameters()).device  # a quantised base lives on the GPU

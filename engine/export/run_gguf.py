@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Emit, EventLog, Export, Stage
+from adapter_studio.engine.events import Emit, Export
 from adapter_studio.engine.export import gguf_writer, llama_cpp, ollama
 from adapter_studio.engine.export.gguf_checks import Checks, GgufVerification
-from adapter_studio.engine.export.run_export import _check_writable, _os_reason, model_card
+from adapter_studio.engine.export.run_export import (
+    folder_bytes,
+    log_export,
+    model_card,
+    new_export_folder,
+    stage_reporter,
+    written_in_place,
+)
 
 if TYPE_CHECKING:
     from adapter_studio.engine.inference.trained import TrainedModel
@@ -50,50 +54,24 @@ def export_gguf(run_dir: Path, quant: str, out: Path, emit: Emit | None = None,
     quant = quant.lower()
     if quant not in GGUF_CHOICES:
         raise UserError(f"unknown GGUF type {quant!r}", where="--gguf", fix=f"pick one of: {', '.join(GGUF_CHOICES)}")
-    out = out.expanduser().resolve()
-    if out.exists():
-        raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
-    _check_writable(out.parent)
+    out = new_export_folder(out)
     if quant in gguf_writer.BY_LLAMA_CPP and not llama_cpp.available():
         raise UserError(f"{quant} is made by llama.cpp's quantizer. {llama_cpp.INSTALL_HINT}", where="--gguf",
                         fix="install it, or pick f16, bf16 or q8_0, which need nothing else")  # fmt: skip
-
-    def stage(text: str) -> None:
-        if emit:
-            emit(Stage(stage="exporting", detail=text))
-
     reason = gguf_refusal(run_dir, quant)
     if reason:
         raise UserError(reason, where="GGUF export", fix="export the adapter or merged safetensors instead")
+    stage = stage_reporter(emit)
     stage("loading the trained model")
     trained = load_trained(run_dir, dequantize=True)
     name = ollama_name(run_dir.name)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with written_in_place(out) as tmp:
         written, verification, command = _write_and_check(trained, run_dir, quant, name, tmp, prompts, stage)
-        durable.fsync_tree(tmp)
-        tmp.rename(out)  # never replaces: the target must not exist
-        durable.fsync_path(out.parent)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if durable.os_error_code(e) is None:
-            raise
-        raise UserError(_os_reason(e, out), where=str(out), fix="pick another folder or free some space") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     file = out / written.name
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    event = Export(kind=f"gguf-{quant}", path=str(file), bytes=file.stat().st_size,
-                   verified_max_diff=verification.max_logit_diff)  # fmt: skip
-    log = EventLog(run_dir / "events.jsonl")
-    log.write(event)
-    log.close()
-    if emit:
-        emit(event)
-    return GgufExportResult(out, file, quant, size, verification, command and command.replace(str(tmp), str(out)))
+    log_export(run_dir, Export(kind=f"gguf-{quant}", path=str(file), bytes=file.stat().st_size,
+                               verified_max_diff=verification.max_logit_diff), emit)  # fmt: skip
+    return GgufExportResult(out, file, quant, folder_bytes(out), verification,
+                            command and command.replace(str(tmp), str(out)))  # fmt: skip
 
 
 def gguf_refusal(run_dir: Path, quant: str = "q8_0") -> str | None:
