@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby, Pfeiffer, Parallel, MAM) on tiny random models."""
+"""Bottleneck adapters (Houlsby, Pfeiffer, Parallel, MAM, Compacter, Compacter++) on tiny random models."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from adapter_studio.engine.methods.bottleneck import (
     bottleneck_param_count,
     load_bottleneck_adapter,
 )
+from adapter_studio.engine.methods.compacter import Compacter, CompacterPlusPlus
 from adapter_studio.engine.models.info import describe_model
 from adapter_studio.engine.spec import TrainingSpec
 from transformers import (
@@ -43,7 +44,7 @@ MODELS = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=256,
         num_labels=3)),
 }
-METHODS = [AdapterH, AdapterP, ParallelAdapter, MAMAdapter]
+METHODS = [AdapterH, AdapterP, ParallelAdapter, MAMAdapter, Compacter, CompacterPlusPlus]
 CASES = [(m, cls) for m in MODELS for cls in METHODS if not (m == "bert" and cls is MAMAdapter)]
 IDS = [f"{m}-{cls.__name__}" for m, cls in CASES]
 
@@ -185,3 +186,28 @@ def test_loading_onto_another_model_type_is_refused(tmp_path):
     AdapterP().save_adapter(model, str(tmp_path))
     with pytest.raises(UserError):
         load_bottleneck_adapter(build("gpt2"), tmp_path)
+
+
+def test_compacter_shares_its_rules_and_saves_them_once(tmp_path):
+    from safetensors.torch import load_file
+
+    _, model, info = adapted("llama", Compacter)
+    rules = {id(m.rule) for m in model.modules() if hasattr(m, "rule")}
+    assert len(rules) == 1  # one n×n×n rule tensor for every projection of every adapter
+    names = [n for n in adapter_parameters(model) if n.endswith(".rule")]
+    assert names == ["model.layers.0.self_attn.o_proj.adapter.down.rule"]
+    Compacter().save_adapter(model, str(tmp_path))
+    assert [n for n in load_file(str(tmp_path / WEIGHTS)) if n.endswith(".rule")] == names
+    # 2 layers × 2 adapters × (2·1·(64 + 4) + 4 + 64) + 4³
+    assert trainable_count(model) == 4 * (2 * (64 + 4) + 4 + 64) + 64 == bottleneck_param_count(info, Compacter())
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"phm_dim": 3}, ("phm_dim 3 must divide the hidden size 64", "pick phm_dim 2 or 4")),
+    ({"reduction_factor": 32}, ("bottleneck width 2", "pick phm_dim 2")),
+])  # fmt: skip
+def test_compacter_refuses_a_rule_size_that_does_not_divide(fields, words):
+    model = build("llama")
+    with pytest.raises(UserError) as e:
+        Compacter(**fields).check(describe_model(model), TrainingSpec())
+    assert all(w in str(e.value) for w in words), str(e.value)

@@ -45,6 +45,8 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "adapter_h": _any(".adapter.down.", ".adapter.up."),
     "adapter_p": _any(".adapter.down.", ".adapter.up."),
     "parallel_adapter": _any(".adapter.down.", ".adapter.up."),
+    "compacter": _any(".adapter.down.", ".adapter.up."),  # their s, t, bias and the shared rule
+    "compacter_pp": _any(".adapter.down.", ".adapter.up."),
     "prompt_tuning": _any("prompt_encoder.default.embedding."),
     "p_tuning": _any("prompt_encoder.default."),
     "prefix_tuning": _any("prompt_encoder.default."),

@@ -128,11 +128,13 @@ def _find(block: torch.nn.Module, candidates: tuple[str, ...]) -> str | None:
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Every injected adapter's parameters, named relative to the transformers model."""
     wrapper = _modules().AdapterWrapper
-    found = {}
+    found, seen = {}, set()
     for name, module in _inner(model).named_modules():
         if isinstance(module, wrapper):
             for pname, p in module.adapter.named_parameters():
-                found[f"{name}.adapter.{pname}"] = p
+                if id(p) not in seen:  # a tensor the adapters share (Compacter's rules) under its first name
+                    seen.add(id(p))
+                    found[f"{name}.adapter.{pname}"] = p
     return found
 
 
@@ -156,6 +158,11 @@ class BottleneckMethod(MethodSpec):
     def _scaling(self) -> float:
         return 1.0
 
+    def new_adapter(self, hidden: int, size: int, like: torch.Tensor, shared: dict[str, Any]) -> torch.nn.Module:
+        """One adapter module, in `like`'s dtype and device; `shared` holds what the adapters of one model
+        share (empty at the first; Compacter keeps its rules there)."""
+        return _modules().Bottleneck(hidden, size, self.non_linearity, like)
+
     def inject(self, model: torch.nn.Module, info: ModelInfo) -> list[str]:
         """Wrap the chosen submodules of every block; return the wrapped paths."""
         mods = _modules()
@@ -167,7 +174,8 @@ class BottleneckMethod(MethodSpec):
                             where="method.name", fix="pick LoRA for this model")
         size = bottleneck_size(info.hidden_size, self.reduction_factor)
         candidates = {"attention": ATTENTION_OUTPUT, "ffn": FFN_OUTPUT, "parallel_ffn": FFN_PARALLEL}
-        injected = []
+        injected: list[str] = []
+        shared: dict[str, Any] = {}
         for i, block in enumerate(blocks):  # type: ignore[arg-type]
             for position in self.positions:
                 path = _find(block, candidates[position])
@@ -176,7 +184,7 @@ class BottleneckMethod(MethodSpec):
                                     f"{info.model_type} block", where="method.name", fix="pick LoRA for this model")
                 base = block.get_submodule(path)
                 like = next(base.parameters())  # adapter dtype and device follow the base weights
-                adapter = mods.Bottleneck(info.hidden_size, size, self.non_linearity, like)
+                adapter = self.new_adapter(info.hidden_size, size, like, shared)
                 if position == "parallel_ffn" and path == "output":
                     wrapper = mods.ParallelBeforeNorm(base, adapter, self._scaling())
                 elif position == "parallel_ffn":
@@ -310,12 +318,29 @@ class MAMAdapter(ParallelAdapter):
 BOTTLENECK_CLASSES: tuple[type[BottleneckMethod], ...] = (AdapterH, AdapterP, ParallelAdapter, MAMAdapter)
 
 
+def bottleneck_class(name: str) -> type[BottleneckMethod]:
+    """The bottleneck method class named `name`: those declared here and their subclasses elsewhere (the
+    package's __init__, which Python runs before this module, imports them all)."""
+    found, todo = {}, [BottleneckMethod]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found[sub.model_fields["name"].default] = sub
+            todo.append(sub)
+    cls = found.get(name)
+    if cls is None:
+        raise UserError(f"'{name}' is not a bottleneck adapter this version knows", where="adapter",
+                        fix="load it with the version of Adapter Studio that trained it")  # fmt: skip
+    return cls
+
+
 def bottleneck_param_count(info: ModelInfo, spec: BottleneckMethod, kv_dim: int | None = None) -> int:
     """Trainable parameters the method adds, without a classifier head.
 
     Each adapter has 2·h·b weights and b + h biases. MAM adds the prefix: virtual tokens × layers ×
     2 (keys and values) × kv_dim, where kv_dim is num_key_value_heads × head_dim (hidden size if None).
     """
+    if hasattr(spec, "added_parameters"):  # its own formula (Compacter)
+        return int(spec.added_parameters(info))
     h = info.hidden_size
     b = bottleneck_size(h, spec.reduction_factor)
     count = info.num_layers * len(spec.positions) * (2 * h * b + b + h)
@@ -334,8 +359,7 @@ def load_bottleneck_adapter(model: torch.nn.Module, adapter_dir: str | Path) -> 
     if not (folder / CONFIG).is_file():
         raise UserError(f"{folder} holds no {CONFIG}", where="adapter", fix="pick a bottleneck adapter folder")
     saved = json.loads((folder / CONFIG).read_text())
-    classes = {cls.model_fields["name"].default: cls for cls in BOTTLENECK_CLASSES}
-    spec = classes[saved["method"]["name"]].model_validate(saved["method"])
+    spec = bottleneck_class(saved["method"]["name"]).model_validate(saved["method"])
     info = describe_model(model)
     if (info.model_type, info.hidden_size) != (saved["model_type"], saved["hidden_size"]):
         raise UserError(
