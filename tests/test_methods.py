@@ -42,6 +42,7 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "rslora": _any(".lora_A.", ".lora_B."),
     "loraplus": _any(".lora_A.", ".lora_B."),
     "adalora": _any(".lora_A.", ".lora_B.", ".lora_E."),
+    "dylora": _any(".lora_A.", ".lora_B."),
     "adapter_h": _any(".adapter.down.", ".adapter.up."),
     "adapter_p": _any(".adapter.down.", ".adapter.up."),
     "parallel_adapter": _any(".adapter.down.", ".adapter.up."),

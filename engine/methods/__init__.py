@@ -7,7 +7,7 @@ from adapter_studio.engine.methods.additive import IA3, LlamaAdapter
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec
 from adapter_studio.engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
 from adapter_studio.engine.methods.compacter import Compacter, CompacterPlusPlus
-from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, LoRA, LoRAPlus, RsLoRA
+from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, DyLoRA, LoRA, LoRAPlus, RsLoRA
 from adapter_studio.engine.methods.more_peft import (
     C3A,
     HRA,
@@ -25,7 +25,7 @@ from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
 
 # Picker order: the families people reach for first come first.
 METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
-    LoRA, DoRA, RsLoRA, LoRAPlus, AdaLoRA,
+    LoRA, DoRA, RsLoRA, LoRAPlus, AdaLoRA, DyLoRA,
     AdapterH, AdapterP, ParallelAdapter, Compacter, CompacterPlusPlus,
     PromptTuning, PTuning, PrefixTuning, PTuningV2,
     LlamaAdapter, IA3,

@@ -169,3 +169,104 @@ class AdaLoRA(LowRankFields):
 
     def on_step(self, model: torch.nn.Module, step: int) -> None:
         model.base_model.update_and_allocate(step)  # type: ignore[union-attr,operator]
+
+
+class DyLoRA(LowRankFields):
+    """DyLoRA (Valipour et al., 2023): LoRA trained at a random rank b ≤ r each step, so it works at any rank.
+
+    Each training step draws b uniformly from 1..r and uses only the first b components of every update
+    (the rest masked to zero), scaled alpha/b; evaluation, Try and exports use `export_rank` components
+    (scaled alpha/export_rank, all r when 0). An exported adapter is a plain LoRA adapter of rank
+    `export_rank`: peft loads it, and it merges like LoRA. The mask is a tensor changed in place, so a
+    compiled step is not recompiled when b changes.
+    """
+
+    name: Literal["dylora"] = "dylora"
+    title = "DyLoRA"
+    description = (
+        "LoRA trained at a random rank up to r at every step (its first components carry the most), so one "
+        "adapter works at every rank: pick how many to keep when exporting."
+    )
+
+    export_rank: int = Field(
+        0, ge=0, le=1024, description="Components kept for evaluation and export (0: all r); any value up to r "
+        "works without retraining."
+    )  # fmt: skip
+
+    def check(self, info: ModelInfo, training: Any) -> None:
+        super().check(info, training)
+        if self.export_rank > self.r:
+            from adapter_studio.engine.errors import UserError
+
+            raise UserError(f"DyLoRA's export_rank {self.export_rank} is above its rank r {self.r}",
+                            where="method.export_rank", fix=f"pick 1 to {self.r}, or 0 for all of them")  # fmt: skip
+
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        import torch
+
+        model = super().apply(model, ctx)
+        like = next(p for p in model.parameters() if p.requires_grad)
+        keep = self.export_rank or self.r
+        masks = {"train": torch.ones(self.r, device=like.device), "eval": _rank_mask(self.r, keep, like.device)}
+
+        def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            mask = masks["train" if module.training else "eval"]
+            return output * mask.to(output.dtype)
+
+        handles = [layer.lora_A["default"].register_forward_hook(hook) for layer in _lora_layers(model)]
+        seed = int(getattr(ctx.training, "seed", 0) or 0)
+        model._dylora = {"masks": masks, "seed": seed, "handles": handles}  # type: ignore[assignment]
+        return model
+
+    def on_step(self, model: torch.nn.Module, step: int) -> None:
+        """The rank of the next step: b from 1..r, the same for a given seed and step (resumes repeat it)."""
+        import random
+
+        import torch
+
+        state = getattr(model, "_dylora", None)
+        if state is None:
+            return
+        b = random.Random(state["seed"] * 1_000_003 + step).randint(1, self.r)
+        with torch.no_grad():
+            state["masks"]["train"].copy_(_rank_mask(self.r, b, state["masks"]["train"].device))
+
+    def _truncate(self, model: torch.nn.Module) -> None:
+        """Keep `export_rank` components in every layer, as a plain LoRA adapter of that rank."""
+        import torch
+
+        keep = self.export_rank or self.r
+        if keep == self.r or getattr(model, "_dylora", None) is None:
+            return
+        with torch.no_grad():
+            for layer in _lora_layers(model):
+                a, b = layer.lora_A["default"], layer.lora_B["default"]
+                a.weight = torch.nn.Parameter(a.weight[:keep].clone(), requires_grad=False)
+                b.weight = torch.nn.Parameter(b.weight[:, :keep].clone(), requires_grad=False)
+                a.out_features = b.in_features = keep
+                layer.r["default"] = keep
+                layer.scaling["default"] = self.alpha / keep  # what the eval mask gave: alpha/r · r/keep
+        model.peft_config["default"].r = keep  # type: ignore[index,union-attr]
+        for handle in model._dylora["handles"]:  # type: ignore[index]
+            handle.remove()  # the layers are now plain rank-`keep` LoRA
+
+    def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
+        self._truncate(model)
+        super().save_adapter(model, out_dir)
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        self._truncate(model)
+        return super().merge(model)
+
+
+def _rank_mask(r: int, keep: int, device: Any) -> Any:
+    """Ones on the first `keep` of r components, scaled r/keep so the update is scaled alpha/keep."""
+    import torch
+
+    mask = torch.zeros(r, device=device)
+    mask[:keep] = r / keep
+    return mask
+
+
+def _lora_layers(model: torch.nn.Module) -> list[Any]:
+    return [m for m in model.modules() if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})]
