@@ -71,6 +71,7 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "shira": _any(".shira_weight."),
     "ln_tuning": _any(".ln_tuning_layers."),
     "mam": _any(".adapter.down.", ".adapter.up.", "prompt_encoder.default.embedding."),
+    "mixture_lora": _any(".router.", ".lora_A", ".lora_B"),
 }
 
 # Pairs refused before training, with words the message must contain.

@@ -33,7 +33,8 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
     dropout      h per active hidden dropout: its mask (1 byte on CUDA, the input's dtype on a CPU)
     method       inputs of trainable linear layers (shared inputs once, e.g. q/k/v), LoRA's dropout mask
                  and rank-r intermediate, DoRA's base and LoRA outputs, IA3's scaled tensor, VeRA's
-                 rank-r and output vectors, bottleneck inputs, LLaMA-Adapter's query and scores
+                 rank-r and output vectors, bottleneck inputs, LLaMA-Adapter's query and scores, a
+                 mixture of LoRA experts' input, rank-r intermediates of every expert and gates
   and per step, not per token: the padding mask as an additive float mask in every fused SDPA call
   (batch·s·s·c per block); under autocast a bf16 copy of every float32 linear weight in those blocks
   and of the output head (a CPU run keeps its base in float32; full fine-tuning on a GPU too); LoHa
@@ -192,12 +193,17 @@ def _method_bytes(block: Any, c: int, trainable: set[int], mask_bytes: int) -> t
             fp32_weights += weight.numel()
         if isinstance(m, BaseTunerLayer):
             skip += (name + ".",)
-            fp32_weights += sum(x.weight.numel() for x in m.modules()
-                                if _linear_like(x) and x.weight.element_size() == 4)
+            fp32_weights += _fp32_linear_numel(m)
             if any(id(p) in trainable for p in m.parameters()):
                 t, st = _peft_layer_bytes(m, c, mask_bytes)
                 per_token += t
                 per_step += st
+            continue
+        if kind == "MixtureLoRALinear":  # its input, x·Aₑ for every expert, the gates (engine.methods.mixture)
+            skip += (name + ".",)
+            fp32_weights += _fp32_linear_numel(m)
+            experts, r, in_f = m.lora_A.shape
+            per_token += (in_f + experts * r + experts) * c
             continue
         if kind == "AdaptedAttention":  # LLaMA-Adapter: the query again, scores over the adapter tokens
             heads = int(getattr(m.model.config, "num_attention_heads", 1))
@@ -215,6 +221,11 @@ def _method_bytes(block: Any, c: int, trainable: set[int], mask_bytes: int) -> t
         elif "norm" in kind.lower():
             per_token += weight.shape[-1] * 4  # the normalised input, float32
     return per_token, per_step, fp32_weights
+
+
+def _fp32_linear_numel(module: Any) -> int:
+    """Weights of the float32 linear layers inside `module` (autocast keeps a 16-bit copy of each)."""
+    return sum(x.weight.numel() for x in module.modules() if _linear_like(x) and x.weight.element_size() == 4)
 
 
 def _peft_layer_bytes(m: Any, c: int, mask_bytes: int) -> tuple[float, float]:

@@ -172,6 +172,11 @@ def load_adapter(base: torch.nn.Module, folder: Path) -> torch.nn.Module:
             from adapter_studio.engine.methods.bottleneck import load_bottleneck_adapter
 
             return load_bottleneck_adapter(base, folder)
+        if fmt == "injected":  # modules injected beside the base layers, named by the method
+            from adapter_studio.engine.methods import method_class
+
+            method = method_class(config["method"]["name"]).model_validate(config["method"])
+            return method.load_adapter(base, folder)  # type: ignore[attr-defined]
         raise UserError(f"unknown adapter format {fmt}", where=str(studio))
     from adapter_studio.engine.methods.peft_base import keep_generation_cache
     from peft import PeftModel

@@ -8,6 +8,7 @@ from adapter_studio.engine.methods.base import MethodContext, MethodSpec
 from adapter_studio.engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
 from adapter_studio.engine.methods.compacter import Compacter, CompacterPlusPlus
 from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, DyLoRA, LoRA, LoRAPlus, RsLoRA
+from adapter_studio.engine.methods.mixture import MixtureOfLoRA
 from adapter_studio.engine.methods.more_peft import (
     C3A,
     HRA,
@@ -34,6 +35,7 @@ METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     HRA, FourierFT, C3A, VBLoRA, RandLoRA, MiSS, DeLoRA,
     SHiRA, LNTuning,
     MAMAdapter,
+    MixtureOfLoRA,
 )  # fmt: skip
 
 METHODS: dict[str, type[MethodSpec]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}
