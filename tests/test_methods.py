@@ -72,6 +72,7 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "ln_tuning": _any(".ln_tuning_layers."),
     "mam": _any(".adapter.down.", ".adapter.up.", "prompt_encoder.default.embedding."),
     "mixture_lora": _any(".router.", ".lora_A", ".lora_B"),
+    "side_tuning": _any("side_network."),
 }
 
 # Pairs refused before training, with words the message must contain.
@@ -87,12 +88,14 @@ UNSUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("p_tuning_v2", "bert"): ("P-Tuning v2", "classification"),
     ("llama_adapter", "bert"): ("LLaMA-Adapter", "classification"),
     ("mam", "bert"): ("MAM adapter", "classification"),
+    ("side_tuning", "bert"): ("Ladder side-tuning", "classification"),
 }
 # Settings a method refuses on a model it otherwise supports: (method, model, training) → words.
 REFUSED_SETTINGS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
     ("prefix_tuning", "llama", {"gradient_checkpointing": True}, ("Prefix Tuning", "gradient checkpointing")),
     ("p_tuning_v2", "gpt2", {"gradient_checkpointing": True}, ("P-Tuning v2", "gradient checkpointing")),
     ("mam", "llama", {"gradient_checkpointing": True}, ("MAM adapter", "gradient checkpointing")),
+    ("side_tuning", "llama", {"gradient_checkpointing": True}, ("Ladder side-tuning", "gradient checkpointing")),
 ]
 # Prompt Tuning and P-Tuning act only through a few input embeddings, which a random 2-layer model
 # barely attends to: in 20 steps they lower the loss by 1–2.5%, every other method by 3% or more.

@@ -206,7 +206,19 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         first_flowing=_first_flowing_block(adapted, info, len(blocks), ids),
         head_trains=head is not None and head.requires_grad,
         head_fp32_elements=head.numel() if fp32_head else 0,
+        side_per_token={c: _side_network_bytes(_inner(adapted), c) for c in (2, 4)},
     )
+
+
+def _side_network_bytes(model: Any, c: int) -> float:
+    """Bytes per token a ladder side network (engine.methods.side_tuning) saves: per block its rung's input
+    (the backbone's hidden state), the rung output, LayerNorm input (float32) and the MLP's intermediates;
+    then the up projection's input. 0 without one."""
+    side = getattr(model, "side_network", None)
+    if side is None:
+        return 0.0
+    w, h = side.up.in_features, side.up.out_features
+    return len(side.blocks) * (h * c + 6 * w * c + 8 * w) + w * c
 
 
 def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSpec, training: TrainingSpec, *,

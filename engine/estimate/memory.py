@@ -34,7 +34,9 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
     method       inputs of trainable linear layers (shared inputs once, e.g. q/k/v), LoRA's dropout mask
                  and rank-r intermediate, DoRA's base and LoRA outputs, IA3's scaled tensor, VeRA's
                  rank-r and output vectors, bottleneck inputs, LLaMA-Adapter's query and scores, a
-                 mixture of LoRA experts' input, rank-r intermediates of every expert and gates
+                 mixture of LoRA experts' input, rank-r intermediates of every expert and gates;
+                 ladder side-tuning saves nothing in the blocks, its side network per block the
+                 block's output (the rung's input), the rung and the side MLP's intermediates
   and per step, not per token: the padding mask as an additive float mask in every fused SDPA call
   (batch·s·s·c per block); under autocast a bf16 copy of every float32 linear weight in those blocks
   and of the output head (a CPU run keeps its base in float32; full fine-tuning on a GPU too); LoHa
@@ -128,6 +130,7 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
         for i in flowing:
             per_token += flow + per_block[i][0]
             per_step += per_block[i][1] + mask_per_block + copies * per_block[i][2]
+    per_token += applied.side_per_token.get(c, 0.0)  # a side network beside the blocks (side-tuning)
     temporary = 0.0
     if task == "causal_lm":
         per_token += 4 * h + 4 * shape.vocab  # final norm; float32 log-softmax over the vocabulary
@@ -173,7 +176,7 @@ def _after_blocks(name: str, info: ModelInfo) -> bool:
     base = info.layers_path.rsplit(".", 1)[0] + "." if "." in info.layers_path else ""
     rest = name[len(base):] if name.startswith(base) else name
     return rest.split(".")[0] in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "pooler") or \
-        name.startswith(("bert.pooler.", "pooler."))
+        name.startswith(("bert.pooler.", "pooler.", "side_network."))  # a side network joins after the blocks
 
 
 def _method_bytes(block: Any, c: int, trainable: set[int], mask_bytes: int) -> tuple[float, float, int]:

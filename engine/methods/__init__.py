@@ -21,6 +21,7 @@ from adapter_studio.engine.methods.more_peft import (
     VBLoRA,
 )
 from adapter_studio.engine.methods.selective import BitFit, FullFineTuning, LastLayers
+from adapter_studio.engine.methods.side_tuning import SideTuning
 from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
 from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
 
@@ -35,7 +36,7 @@ METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     HRA, FourierFT, C3A, VBLoRA, RandLoRA, MiSS, DeLoRA,
     SHiRA, LNTuning,
     MAMAdapter,
-    MixtureOfLoRA,
+    MixtureOfLoRA, SideTuning,
 )  # fmt: skip
 
 METHODS: dict[str, type[MethodSpec]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}

@@ -7,22 +7,20 @@ at zero, so the model is the base model until the first step. Gates depend on th
 update cannot be folded into W: the method is not mergeable, and the base model answers from a second
 copy on the Try page (as for bottleneck adapters).
 
-Saved as `adapter_model.safetensors` (every trained tensor, named relative to the transformers model)
-with the method's fields in the export's `adapter_studio.json`; loading injects the same modules into
-a fresh base and fills them (`load_injected_adapter`).
+Saved and loaded as an "injected" adapter (engine.methods.injected).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
+from adapter_studio.engine.methods.base import MethodContext, advanced, freeze_all
+from adapter_studio.engine.methods.injected import InjectedMethod
 from adapter_studio.engine.methods.low_rank import TARGETS_DESCRIPTION
-from adapter_studio.engine.methods.selective import ADAPTER_WEIGHTS, unfreeze_head
+from adapter_studio.engine.methods.selective import unfreeze_head
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -82,7 +80,7 @@ def _widths(module: torch.nn.Module) -> tuple[int, int] | None:
     return None
 
 
-class MixtureOfLoRA(MethodSpec):
+class MixtureOfLoRA(InjectedMethod):
     """Several LoRA experts per layer under a learned top-k router."""
 
     name: Literal["mixture_lora"] = "mixture_lora"
@@ -95,7 +93,6 @@ class MixtureOfLoRA(MethodSpec):
     mergeable = False  # the gates depend on the input
     typical_share = "≈ 0.5–2%"
     default_lr = 1e-3
-    adapter_format = "injected"
 
     experts: int = Field(4, ge=2, le=64, description="LoRA experts beside each chosen layer.")
     top_k: int = Field(2, ge=0, le=64, description="Experts each token uses, by the router's gates (0: all of "
@@ -146,26 +143,3 @@ class MixtureOfLoRA(MethodSpec):
                         p.requires_grad_(True)
         unfreeze_head(model, ctx.info)
         return model
-
-    def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
-        from safetensors.torch import save_file
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(out / ADAPTER_WEIGHTS))
-
-    def load_adapter(self, base: torch.nn.Module, folder: Path) -> torch.nn.Module:
-        """Inject the modules into a fresh base model and fill them from an exported adapter (frozen)."""
-        from adapter_studio.engine.models.info import describe_model
-        from safetensors.torch import load_file
-
-        self.inject(base, describe_model(base))
-        tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-        missing, unexpected = base.load_state_dict(tensors, strict=False)
-        ours = [n for n in missing if ".router." in n or n.endswith((".lora_A", ".lora_B"))]
-        if unexpected or ours:
-            raise UserError(f"the adapter does not fit this model: unknown {unexpected[:3]}, missing {ours[:3]}",
-                            where=str(folder), fix="load it onto the base model it was trained on")  # fmt: skip
-        freeze_all(base)
-        return base
