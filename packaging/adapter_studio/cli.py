@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio import __version__
+from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.eval_command import cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
@@ -94,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ev.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
     ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+
+    add_combine_parser(sub)
 
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
     walk.add_argument("spec")
@@ -351,6 +354,7 @@ COMMANDS = {
     "auto": cmd_auto,
     "walkthrough": cmd_walkthrough,
     "eval": cmd_eval,
+    "combine": cmd_combine,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""Combining finished LoRA runs into one (adapter composition): peft's `add_weighted_adapter` merges their
+updates — `linear` (a weighted sum, same rank), `cat` (ranks side by side: the exact weighted sum),
+`svd` (the weighted sum re-factored at a rank), `ties` / `dare_linear` / `dare_ties` (Yadav et al. 2023;
+Yu et al. 2024: the sparsified, sign-resolved sums for merging task vectors, at `density`).
+
+The result is a run folder like any other — `spec.yaml` (the first run's, with the combined adapter's
+LoRA settings), `events.jsonl` (started, a log line naming the inputs, finished) and one checkpoint — so
+the Runs, Try, Evaluate and Export pages and `adapter-studio export` take it as they take a trained run.
+Inputs must share the base model and task, and be LoRA-family runs peft can combine (LoRA, rsLoRA, LoRA+,
+DyLoRA at its export rank; not DoRA's magnitudes or AdaLoRA's SVD form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from adapter_studio.engine.errors import UserError
+
+if TYPE_CHECKING:
+    from adapter_studio.engine.events import Emit
+
+COMBINABLE = ("lora", "rslora", "loraplus", "dylora")
+HOW = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties")
+SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties")
+
+
+@dataclass
+class Combined:
+    run_dir: Path
+    how: str
+    rank: int
+    trainable_params: int
+
+
+def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: str = "linear", *,
+                 density: float = 0.5, output_dir: Path | None = None, name: str | None = None,
+                 emit: Emit | None = None) -> Combined:  # fmt: skip
+    """Combine the runs' LoRA adapters into a new run folder (in `output_dir`, by default the first run's)."""
+    import tempfile
+
+    import torch
+    from adapter_studio.engine.events import EventLog, Finished, Log, Started
+    from adapter_studio.engine.inference.trained import load_base, load_trained
+    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.runs import new_run_dir
+    from adapter_studio.engine.training import checkpoints as ckpt
+    from peft import PeftModel
+
+    specs = _check(run_dirs, weights, how, density)
+    weights = weights or [1.0 / len(run_dirs)] * len(run_dirs)
+    with tempfile.TemporaryDirectory(prefix="combine-") as scratch:
+        for i, run_dir in enumerate(run_dirs):  # each run's adapter as peft writes it (DyLoRA: its export rank)
+            trained = load_trained(run_dir)
+            trained.spec.method.save_adapter(trained.model, str(Path(scratch) / f"a{i}"))
+            del trained
+        base, _, _ = load_base(specs[0])
+        model = PeftModel.from_pretrained(base, str(Path(scratch) / "a0"), adapter_name="a0")
+        for i in range(1, len(run_dirs)):
+            model.load_adapter(str(Path(scratch) / f"a{i}"), adapter_name=f"a{i}")
+    names = [f"a{i}" for i in range(len(run_dirs))]
+    kwargs: dict[str, Any] = {"density": density} if how.startswith(("ties", "dare")) else {}
+    with torch.no_grad():
+        model.add_weighted_adapter(names, list(weights), "combined", combination_type=how, **kwargs)
+    config = model.peft_config["combined"]
+    fields = {"name": "rslora" if config.use_rslora else "lora", "r": config.r, "alpha": config.lora_alpha,
+              "dropout": config.lora_dropout, "target_modules": sorted(config.target_modules)}  # fmt: skip
+    method = METHODS[fields["name"]](**{k: v for k, v in fields.items() if k != "name"})
+    spec = specs[0].model_copy(update={"method": method})
+    folder = Path(output_dir or Path(run_dirs[0]).parent)
+    run_dir = new_run_dir(str(folder), name, f"combined-{how}")
+    spec.save(run_dir / "spec.yaml")
+    tensors = {_as_default(n): p.detach().contiguous().cpu() for n, p in model.named_parameters()
+               if ".combined." in n}  # fmt: skip
+    ckpt.save_checkpoint(run_dir / "checkpoints", model, None, SimpleNamespace(state_dict=dict), 0,
+                         {"combined_from": [str(r) for r in run_dirs]}, tensors=tensors)  # fmt: skip
+    total = sum(p.numel() for n, p in model.base_model.model.named_parameters() if ".lora_" not in n)
+    trainable = sum(t.numel() for t in tensors.values())
+    log = EventLog(run_dir / "events.jsonl")
+    events = [
+        Started(run_dir=str(run_dir), model=spec.model.source, method=method.name, trainable_params=trainable,
+                total_params=total, total_steps=0, device="cpu"),
+        Log(level="info", message=f"combined ({how}, weights {', '.join(f'{w:g}' for w in weights)}"
+            f"{f', density {density:g}' if kwargs else ''}) from {', '.join(Path(r).name for r in run_dirs)}"),
+        Finished(status="completed", step=0, error=None, train_seconds=0.0, tokens_trained=0),
+    ]  # fmt: skip
+    for event in events:
+        log.write(event)
+        if emit:
+            emit(event)
+    log.close()
+    return Combined(run_dir, how, int(config.r), trainable)
+
+
+def _as_default(name: str) -> str:
+    """A combined tensor's name as a trained run's checkpoint holds it (adapter "default")."""
+    return name.replace(".combined.", ".default.").replace(".combined", ".default")
+
+
+def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density: float) -> list[Any]:
+    from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.training.checkpoints import latest_checkpoint
+
+    if len(run_dirs) < 2:
+        raise UserError("combining needs at least two runs", where="runs", fix="pick two or more finished runs")
+    if how not in HOW:
+        raise UserError(f"unknown combination {how!r}", where="--how", fix=f"pick one of: {', '.join(HOW)}")
+    if weights is not None and len(weights) != len(run_dirs):
+        raise UserError(f"{len(weights)} weights for {len(run_dirs)} runs", where="--weights",
+                        fix="give one weight per run, in the same order")  # fmt: skip
+    if not 0 < density <= 1:
+        raise UserError(f"density {density} is outside (0, 1]", where="--density", fix="pick e.g. 0.5")
+    specs = [run_spec(Path(r)) for r in run_dirs]
+    for run_dir, spec in zip(run_dirs, specs, strict=True):
+        if spec.method.name not in COMBINABLE:
+            raise UserError(f"{Path(run_dir).name} is a {spec.method.title} run; only LoRA-family runs combine",
+                            where=str(run_dir), fix=f"pick runs of {', '.join(COMBINABLE)}")  # fmt: skip
+        if latest_checkpoint(Path(run_dir) / "checkpoints") is None:
+            raise UserError(f"{Path(run_dir).name} has no checkpoint yet", where=str(run_dir),
+                            fix="let it train, or pick a finished run")  # fmt: skip
+        if spec.model.source != specs[0].model.source:
+            raise UserError(f"{Path(run_dir).name} was trained on {spec.model.source}, not {specs[0].model.source}",
+                            where=str(run_dir), fix="combine runs of the same base model")  # fmt: skip
+    ranks = {_rank(s.method) for s in specs}
+    if how in SAME_RANK and len(ranks) > 1:
+        raise UserError(f"'{how}' needs runs of one rank; these have ranks {', '.join(map(str, sorted(ranks)))}",
+                        where="--how", fix="use 'cat' or 'svd', which combine different ranks")  # fmt: skip
+    return specs
+
+
+def _rank(method: Any) -> int:
+    return int(getattr(method, "export_rank", 0) or method.r)

@@ -1,0 +1,47 @@
+"""`adapter-studio combine RUN RUN … [--how linear] [--weights W,W,…]`: finished LoRA runs combined into a
+new run folder (engine.combine_runs), which `export`, `eval` and the window take like a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from adapter_studio.engine.errors import UserError
+
+
+def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from adapter_studio.engine.combine_runs import HOW
+
+    combine = sub.add_parser("combine", help="combine finished LoRA runs into a new run (weighted merge)")
+    combine.add_argument("run_dirs", nargs="+", help="two or more run folders")
+    combine.add_argument("--how", default="linear", choices=HOW,
+                         help="linear (default; one rank), cat (the exact weighted sum), svd, ties, dare_linear, "
+                              "dare_ties")  # fmt: skip
+    combine.add_argument("--weights", help="one weight per run, comma-separated (default: equal, summing to 1)")
+    combine.add_argument("--density", type=float, default=0.5, help="share of each update kept by ties / dare")
+    combine.add_argument("--out", help="runs folder for the result (default: the first run's)")
+    combine.add_argument("--name", help="the new run folder's name (default: combined-HOW-DATE-TIME)")
+    combine.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adapter_studio.engine.combine_runs import combine_runs
+
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise UserError(f"--weights {args.weights!r} is not a comma-separated list of numbers",
+                            where="--weights", fix="e.g. --weights 0.7,0.3") from None  # fmt: skip
+    result = combine_runs([Path(r) for r in args.run_dirs], weights, args.how, density=args.density,
+                          output_dir=Path(args.out) if args.out else None, name=args.name)  # fmt: skip
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), "how": result.how, "rank": result.rank,
+                          "trainable_params": result.trainable_params}))  # fmt: skip
+    else:
+        print(f"combined run {result.run_dir}: {result.how}, rank {result.rank}, "
+              f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export {result.run_dir}")
+    return 0

@@ -1,0 +1,104 @@
+"""Combining finished LoRA runs (engine.combine_runs): the result is a run folder the app loads, exports
+and merges like a trained run; `cat` gives exactly the weighted sum of the runs' updates; runs that
+cannot be combined are refused with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> list[Path]:
+    from adapter_studio.engine.training.run import run
+
+    runs = []
+    for seed, method in ((1, {"name": "lora", "r": 4}), (2, {"name": "lora", "r": 4}), (3, {"name": "lora", "r": 8})):
+        spec = make_spec(tiny_llama, alpaca_jsonl, {**method, "target_modules": ["q_proj", "v_proj"]}, max_steps=6,
+                         learning_rate=3e-2, seed=seed)  # fmt: skip
+        result = run(spec, emit=lambda e: None)
+        assert result.status == "completed", result.error
+        runs.append(Path(result.run_dir))
+    return runs
+
+
+def q_weight(run_dir: Path) -> torch.Tensor:
+    from adapter_studio.engine.inference.trained import load_trained
+
+    trained = load_trained(run_dir)
+    merged = trained.spec.method.merge(trained.model)
+    return merged.model.layers[0].self_attn.q_proj.weight.detach().clone()
+
+
+def test_cat_is_the_weighted_sum_of_the_updates_and_loads_like_a_run(lora_runs: list[Path], tiny_llama: Path,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.events import iter_events
+    from adapter_studio.engine.export.run_export import export_run
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).model.layers[0].self_attn.q_proj.weight.detach()
+    runs = lora_runs[:2]
+    combined = combine_runs(runs, [0.7, 0.3], "cat", output_dir=tmp_path)
+    assert combined.rank == 8 and (combined.run_dir / "spec.yaml").exists()
+    expected = base + sum(w * (q_weight(r) - base) for w, r in zip((0.7, 0.3), runs, strict=True))
+    assert torch.allclose(q_weight(combined.run_dir), expected, atol=1e-5)
+    events = list(iter_events(combined.run_dir / "events.jsonl"))
+    assert [e.type for e in events] == ["started", "log", "finished"] and events[-1].status == "completed"
+    assert runs[0].name in events[1].message and "cat" in events[1].message
+    out = export_run(combined.run_dir, "adapter", tmp_path / "export")  # reloaded and compared inside
+    assert json.loads((out.path / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.parametrize("how", ["linear", "svd", "ties", "dare_linear"])
+def test_each_combination_makes_a_loadable_run(how: str, lora_runs: list[Path], tmp_path: Path) -> None:
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.inference.trained import load_trained
+
+    combined = combine_runs(lora_runs[:2], None, how, output_dir=tmp_path)
+    trained = load_trained(combined.run_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.isfinite(trained.model(input_ids=ids).logits).all()
+    assert combined.trainable_params == sum(p.numel() for n, p in trained.model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize(("pick", "how", "weights", "words"), [
+    ([0], "linear", None, "at least two runs"),
+    ([0, 2], "linear", None, "'linear' needs runs of one rank; these have ranks 4, 8"),
+    ([0, 1], "linear", [1.0], "1 weights for 2 runs"),
+    ([0, 1], "mean", None, "unknown combination 'mean'"),
+])  # fmt: skip
+def test_runs_that_cannot_combine_are_refused(pick: list[int], how: str, weights: list[float] | None, words: str,
+                                              lora_runs: list[Path]) -> None:  # fmt: skip
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.errors import UserError
+
+    with pytest.raises(UserError, match=words):
+        combine_runs([lora_runs[i] for i in pick], weights, how)
+
+
+def test_a_dora_run_is_refused(lora_runs: list[Path], tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> None:
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.training.run import run
+
+    result = run(make_spec(tiny_llama, alpaca_jsonl, "dora", max_steps=2), emit=lambda e: None)
+    with pytest.raises(UserError, match="is a DoRA run; only LoRA-family runs combine"):
+        combine_runs([lora_runs[0], Path(result.run_dir)])
+
+
+def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path) -> None:
+    from tests.test_cli import cli
+
+    out = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--how", "cat", "--weights", "0.5,0.5",
+              "--out", str(tmp_path), "--name", "both", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["run_dir"] == str(tmp_path / "both") and result["rank"] == 8
+    bad = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--weights", "half,half")
+    assert bad.returncode == 2 and "--weights 'half,half' is not a comma-separated list" in bad.stderr
