@@ -5,6 +5,7 @@ cannot be combined are refused with the reason."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ import torch
 
 
 @pytest.fixture(scope="module")
-def lora_runs(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any) -> list[Path]:
+def lora_runs(tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any, tmp_path_factory: pytest.TempPathFactory
+              ) -> list[Path]:  # fmt: skip
     from adapter_studio.engine.training.run import run
 
-    runs = []
+    folder, runs = tmp_path_factory.mktemp("lora-runs"), []  # one runs folder, as the Runs page shows it
     for seed, method in ((1, {"name": "lora", "r": 4}), (2, {"name": "lora", "r": 4}), (3, {"name": "lora", "r": 8})):
         spec = make_spec(tiny_llama, alpaca_jsonl, {**method, "target_modules": ["q_proj", "v_proj"]}, max_steps=6,
-                         learning_rate=3e-2, seed=seed)  # fmt: skip
+                         learning_rate=3e-2, seed=seed).model_copy(update={"output_dir": str(folder)})  # fmt: skip
         result = run(spec, emit=lambda e: None)
         assert result.status == "completed", result.error
         runs.append(Path(result.run_dir))
@@ -102,3 +104,31 @@ def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path)
     assert result["run_dir"] == str(tmp_path / "both") and result["rank"] == 8
     bad = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--weights", "half,half")
     assert bad.returncode == 2 and "--weights 'half,half' is not a comma-separated list" in bad.stderr
+
+
+@pytest.mark.gui
+def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from adapter_studio.gui.combine_dialog import CombineChoice, CombineDialog
+    from adapter_studio.gui.pages.runs_page import RunsPage
+    from adapter_studio.gui.state import StudioState
+
+    dialog = CombineDialog(["a", "b"])
+    qtbot.addWidget(dialog)
+    assert dialog.choice() == CombineChoice("linear", [0.5, 0.5], 0.5, None) and not dialog.density.isEnabled()
+    dialog.how.setCurrentIndex(dialog.how.findData("ties"))
+    assert dialog.density.isEnabled()
+
+    page = RunsPage(StudioState(runs_dir=str(lora_runs[0].parent)))
+    qtbot.addWidget(page)
+    page.error = lambda e: pytest.fail(f"error dialog: {e}")  # type: ignore[method-assign]
+    page.select_runs([lora_runs[0]])
+    assert not page.buttons["combine"].isEnabled()  # one run: nothing to combine
+    page.select_runs(lora_runs[:2])
+    assert page.buttons["combine"].isEnabled(), [(r.name, r.status) for r in page.selected_runs()]
+    page.ask_combine = lambda names: CombineChoice("cat", [0.5, 0.5], 0.5, "from-window")  # type: ignore[method-assign]
+    page.buttons["combine"].click()
+    qtbot.waitUntil(lambda: not page.combining, timeout=120_000)
+    assert "Combined into from-window: cat, rank 8" in page.status.text()
+    assert [r.name for r in page.selected_runs()] == ["from-window"]
+    assert (lora_runs[0].parent / "from-window" / "spec.yaml").exists()

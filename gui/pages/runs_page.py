@@ -90,6 +90,7 @@ class RunsPage(Page):
         super().__init__(state)
         self.on_resume = on_resume
         self.runs: list[RunSummary] = []
+        self.combining = False
 
         folder_row = QHBoxLayout()
         folder_row.addWidget(QLabel("Runs folder"))
@@ -129,6 +130,7 @@ class RunsPage(Page):
             ("clone", "Clone spec", self.clone_spec, "Load this run's settings to start a new run from them"),
             ("use", "Use for Try/Export", self.use_run, "Make this the run that Try and Export work on"),
             ("compare", "Compare two runs", self.show_comparison, "Show the spec fields that differ"),
+            ("combine", "Combine…", self.combine, "Combine finished LoRA runs into a new run (weighted merge)"),
         ):
             button = QPushButton(text)
             button.setObjectName(f"run_{key}")
@@ -291,6 +293,8 @@ class RunsPage(Page):
         self.buttons["delete"].setEnabled(bool(selected) and all(r.status != "running" for r in selected))
         self.buttons["rename"].setEnabled(one and focus is not None and focus.status != "running")
         self.buttons["compare"].setEnabled(len(selected) == 2)
+        self.buttons["combine"].setEnabled(len(selected) >= 2 and not self.combining
+                                           and all(r.status == "completed" for r in selected))  # fmt: skip
         self.show_details(focus)
         self.plot_runs(selected)
         self.fill_diff(selected)
@@ -439,6 +443,43 @@ class RunsPage(Page):
             self.state.set_current_run(replacement)  # run_changed refreshes the table
         else:
             self.refresh()
+
+    def combine(self) -> None:
+        """Combine the selected finished LoRA runs into a new run, on a worker thread."""
+        from adapter_studio.engine.combine_runs import combine_runs
+        from adapter_studio.gui.worker import run_in_background
+
+        runs = self.selected_runs()
+        choice = self.ask_combine([r.name for r in runs])
+        if choice is None:
+            return
+        self.combining = True
+        self.on_selection_changed()
+        self.status.setText(f"Combining {len(runs)} runs ({choice.how})…")
+
+        def done(result: Any) -> None:
+            self.combining = False
+            self.refresh()
+            self.select_runs([result.run_dir])
+            self.status.setText(f"Combined into {result.run_dir.name}: {result.how}, rank {result.rank}, "
+                                f"{result.trainable_params:,} adapter parameters. Export it like any run.")
+
+        def failed(error: BaseException) -> None:
+            self.combining = False
+            self.on_selection_changed()
+            self.status.setText(f"Could not combine: {getattr(error, 'message', error)}")
+            self.error(error)
+
+        self.combine_worker = run_in_background(
+            combine_runs, [r.path for r in runs], choice.weights, choice.how, density=choice.density,
+            output_dir=self.state.runs_dir, name=choice.name, on_result=done, on_error=failed,
+        )  # fmt: skip
+
+    def ask_combine(self, names: list[str]) -> Any:
+        from adapter_studio.gui.combine_dialog import CombineDialog
+
+        dialog = CombineDialog(names, self)
+        return dialog.choice() if dialog.exec() == CombineDialog.DialogCode.Accepted else None
 
     def open_folder(self) -> None:
         run = self._single("open")

@@ -1,0 +1,84 @@
+"""The Runs page's "Combine…" dialog: how to combine the selected LoRA runs (engine.combine_runs), a weight
+per run, the density of the TIES / DARE merges, and the new run's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapter_studio.engine.combine_runs import HOW
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+EXPLAIN = {
+    "linear": "weighted sum of the A and of the B matrices (runs of one rank)",
+    "cat": "ranks side by side: exactly the weighted sum of the runs' updates",
+    "svd": "the weighted sum of the updates, re-factored at the largest rank",
+    "ties": "TIES merging: the largest updates kept (density), sign conflicts resolved (one rank)",
+    "dare_linear": "DARE: updates randomly dropped to the density and rescaled, then summed (one rank)",
+    "dare_ties": "DARE's dropping, then TIES's sign resolution (one rank)",
+}
+
+
+@dataclass
+class CombineChoice:
+    how: str
+    weights: list[float]
+    density: float
+    name: str | None
+
+
+class CombineDialog(QDialog):
+    def __init__(self, run_names: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Combine runs")
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel(f"Combine {len(run_names)} LoRA runs into a new run, exported like any other."))
+        form = QFormLayout()
+        self.how = QComboBox()
+        self.how.setObjectName("combineHow")
+        for how in HOW:
+            self.how.addItem(f"{how} — {EXPLAIN[how]}", how)
+        self.how.currentIndexChanged.connect(self._how_changed)
+        form.addRow("Combination", self.how)
+        self.weights: list[QDoubleSpinBox] = []
+        for name in run_names:
+            spin = QDoubleSpinBox()
+            spin.setRange(-10.0, 10.0)
+            spin.setDecimals(3)
+            spin.setSingleStep(0.1)
+            spin.setValue(round(1.0 / len(run_names), 3))
+            spin.setObjectName(f"combineWeight{len(self.weights)}")
+            form.addRow(f"Weight of {name}", spin)
+            self.weights.append(spin)
+        self.density = QDoubleSpinBox()
+        self.density.setObjectName("combineDensity")
+        self.density.setRange(0.01, 1.0)
+        self.density.setSingleStep(0.05)
+        self.density.setValue(0.5)
+        form.addRow("Density (TIES / DARE)", self.density)
+        self.name = QLineEdit()
+        self.name.setObjectName("combineName")
+        self.name.setPlaceholderText("combined-<how>-<date>")
+        form.addRow("New run's name", self.name)
+        layout.addLayout(form)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self._how_changed()
+
+    def _how_changed(self) -> None:
+        self.density.setEnabled(str(self.how.currentData()).startswith(("ties", "dare")))
+
+    def choice(self) -> CombineChoice:
+        return CombineChoice(str(self.how.currentData()), [s.value() for s in self.weights], self.density.value(),
+                             self.name.text().strip() or None)  # fmt: skip
