@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-all test-fast test-random install lint screenshots benchmarks package clean
+.PHONY: run test test-all test-fast test-random install lint screenshots screenshots-dpo benchmarks package clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: install
 
 screenshots: install
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/adapter-studio walkthrough resources/demo/walkthrough.yaml --out docs/screenshots
+
+# The same walk-through with a DPO run on the demo's dates as preference pairs (its Rewards plots).
+screenshots-dpo: install
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/adapter-studio walkthrough resources/demo/walkthrough_dpo.yaml --out docs/screenshots/dpo
 
 package: install
 	bash packaging/build.sh

@@ -23,8 +23,17 @@ Splits
     Training and held-out examples use disjoint calendar dates, so no held-out
     input (nor even its date in another style) appears in training.
 
+Preference pairs
+    The same examples as pairs for preference tuning (DPO and friends):
+    ``preference_train.jsonl`` and ``preference_eval.jsonl`` with ``prompt``
+    (the user turn the alpaca rows make), ``chosen`` (the ISO date) and
+    ``rejected``: one of the small model's typical misses, in turn — month
+    and day swapped, the date wrapped in a sentence, or another numeric
+    format.
+
 Run ``python resources/demo/make_demo_data.py`` to rewrite ``train.jsonl`` and
-``eval.jsonl`` next to this file (alpaca format: instruction, input, output).
+``eval.jsonl`` next to this file (alpaca format: instruction, input, output),
+and the two preference files.
 """
 
 from __future__ import annotations
@@ -145,6 +154,27 @@ def generate(n_train: int, n_eval: int, seed: int) -> tuple[list[dict[str, str]]
     return train_rows, eval_rows
 
 
+def rejected_answer(d: dt.date, i: int) -> str:
+    """A plausible wrong answer for date ``d``, the ``i``-th kind of miss in turn."""
+    kind = i % 3
+    if kind == 0:  # month and day swapped (the year moved when they cannot be)
+        swapped = d.day <= 12 and d.day != d.month
+        return f"{d.year}-{d.day:02d}-{d.month:02d}" if swapped else f"{d.year + 1}-{d.month:02d}-{d.day:02d}"
+    if kind == 1:
+        return f"The date in ISO 8601 format is {d.isoformat()}."
+    return f"{d.day:02d}/{d.month:02d}/{d.year}"
+
+
+def preference_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The alpaca rows as preference pairs: the ISO date chosen, a typical miss rejected."""
+    pairs = []
+    for i, row in enumerate(rows):
+        d = dt.date.fromisoformat(row["output"])
+        prompt = f"{row['instruction']}\n\n{row['input']}"  # the user turn the alpaca format renders
+        pairs.append({"prompt": prompt, "chosen": row["output"], "rejected": rejected_answer(d, i)})
+    return pairs
+
+
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     """Write ``rows`` as JSON Lines (UTF-8, one object per line)."""
     with path.open("w", encoding="utf-8") as f:
@@ -165,7 +195,10 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(args.out_dir / "train.jsonl", train_rows)
     write_jsonl(args.out_dir / "eval.jsonl", eval_rows)
-    print(f"wrote {len(train_rows)} train and {len(eval_rows)} eval examples to {args.out_dir}")
+    write_jsonl(args.out_dir / "preference_train.jsonl", preference_rows(train_rows))
+    write_jsonl(args.out_dir / "preference_eval.jsonl", preference_rows(eval_rows))
+    print(f"wrote {len(train_rows)} train and {len(eval_rows)} eval examples (and as preference pairs) to "
+          f"{args.out_dir}")
 
 
 if __name__ == "__main__":
