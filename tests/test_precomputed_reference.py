@@ -27,15 +27,14 @@ def test_the_table_equals_the_reference_of_each_batch(tiny_llama: Path, tmp_path
 
     from adapter_studio.engine.data.batches import collate
     from adapter_studio.engine.objectives.logps import reference_logps
-    from adapter_studio.engine.objectives.training import reference_table, with_reference
+    from adapter_studio.engine.objectives.training import PairPass, reference_table, with_reference
     from adapter_studio.engine.training.fast_loss import causal_lm_parts
 
     items, pad = pairs(tiny_llama, tmp_path, count=7)
     model = adapted(tiny_llama, "sdpa")
     model.train()
     parts = causal_lm_parts(model)
-    table = reference_table(model, parts, items, batch_size=batch_size, pad_id=pad, autocast=nullcontext,
-                            device=torch.device("cpu"))  # fmt: skip
+    table = reference_table(PairPass(model, parts, batch_size, pad, nullcontext, torch.device("cpu")), items)
     assert table.shape == (7, 2) and model.training  # the model's mode is given back
     indices = [5, 1, 2]
     batch = collate([items[i] for i in indices], pad, False)

@@ -3,8 +3,9 @@ report, and evaluation on the held-out pairs (loss, rewards, margin, preference 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from adapter_studio.engine.objectives.base import ObjectiveSpec
@@ -38,33 +39,42 @@ def summarise(stats: Sequence[tuple[Any, Any]], paired: bool = True) -> dict[str
     }
 
 
-def reference_table(
-    model: Any,
-    parts: tuple[Any, Any] | None,
-    pairs: Sequence[Any],
-    *,
-    batch_size: int,
-    pad_id: int,
-    autocast: Callable[[], AbstractContextManager[Any]],
-    device: Any,
-    reference: Reference = None,
-) -> Any:
-    """Every pair's reference answer log-probabilities, shape (pairs, 2): chosen, rejected (float32, on
-    `device`), in one pass without gradients, for objective.precompute_reference."""
-    import torch
-    from adapter_studio.engine.data.batches import collate
+@dataclass
+class PairPass:
+    """How a pass over a set of pairs without gradients runs: the model (with its decoder and head when the
+    loss may skip unlabelled positions), batch size, padding id, autocast, device, and the reference."""
 
-    was_training = model.training
-    model.eval()
+    model: Any
+    parts: tuple[Any, Any] | None
+    batch_size: int
+    pad_id: int
+    autocast: Callable[[], AbstractContextManager[Any]]
+    device: Any
+    reference: Reference = None
+
+    def batches(self, pairs: Sequence[Any]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(first index, pairs, batch on the device) for each batch of `pairs`, in order."""
+        from adapter_studio.engine.data.batches import collate
+
+        for i in range(0, len(pairs), self.batch_size):
+            items = [pairs[j] for j in range(i, min(i + self.batch_size, len(pairs)))]
+            yield i, len(items), {k: v.to(self.device) for k, v in collate(items, self.pad_id, False).items()}
+
+
+def reference_table(run: PairPass, pairs: Sequence[Any]) -> Any:
+    """Every pair's reference answer log-probabilities, shape (pairs, 2): chosen, rejected (float32, on the
+    device), in one pass without gradients, for objective.precompute_reference."""
+    import torch
+
+    was_training = run.model.training
+    run.model.eval()
     rows = []
-    for i in range(0, len(pairs), batch_size):
-        items = [pairs[j] for j in range(i, min(i + batch_size, len(pairs)))]
-        batch = {k: v.to(device) for k, v in collate(items, pad_id, False).items()}
-        with autocast():
-            ref = reference_logps(model, parts, batch, reference).float()
-        rows.append(torch.stack([ref[: len(items)], ref[len(items) :]], dim=1))
-    model.train(was_training)
-    return torch.cat(rows) if rows else torch.zeros((0, 2), device=device)
+    for _, n, batch in run.batches(pairs):
+        with run.autocast():
+            ref = reference_logps(run.model, run.parts, batch, run.reference).float()
+        rows.append(torch.stack([ref[:n], ref[n:]], dim=1))
+    run.model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros((0, 2), device=run.device)
 
 
 def with_reference(batch: dict[str, Any], table: Any, indices: Sequence[int]) -> dict[str, Any]:
@@ -76,36 +86,22 @@ def with_reference(batch: dict[str, Any], table: Any, indices: Sequence[int]) ->
     return {**batch, "ref_logps": torch.cat([picked[:, 0], picked[:, 1]])}
 
 
-def evaluate_pairs(
-    objective: ObjectiveSpec,
-    model: Any,
-    parts: tuple[Any, Any] | None,
-    pairs: Sequence[Any],
-    *,
-    batch_size: int,
-    pad_id: int,
-    autocast: Callable[[], AbstractContextManager[Any]],
-    device: Any,
-    reference: Reference = None,
-    table: Any = None,
-) -> dict[str, float | None]:
+def evaluate_pairs(objective: ObjectiveSpec, run: PairPass, pairs: Sequence[Any], table: Any = None
+                   ) -> dict[str, float | None]:  # fmt: skip
     """The objective's loss (weighted by pairs) and the reward statistics over the held-out pairs;
     `table`: their precomputed reference log-probabilities (`reference_table`), if any."""
     import torch
-    from adapter_studio.engine.data.batches import collate
 
-    model.eval()
+    run.model.eval()
     total, count, stats = 0.0, 0, []
     with torch.no_grad():
-        for i in range(0, len(pairs), batch_size):
-            items = pairs[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in collate(items, pad_id, False).items()}
+        for i, n, batch in run.batches(pairs):
             if table is not None:
-                batch = with_reference(batch, table, range(i, i + len(items)))
-            with autocast():
-                loss, stat = pair_step(objective, model, parts, batch, reference)
-            total += float(loss) * len(items)
-            count += len(items)
+                batch = with_reference(batch, table, range(i, i + n))
+            with run.autocast():
+                loss, stat = pair_step(objective, run.model, run.parts, batch, run.reference)
+            total += float(loss) * n
+            count += n
             stats.append(stat)
     return {"eval_loss": total / max(count, 1), **summarise(stats, objective.paired)}
 

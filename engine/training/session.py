@@ -26,6 +26,7 @@ from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metric
 from adapter_studio.engine.methods.peft_base import PeftMethod
 from adapter_studio.engine.objectives.logps import frozen_reference
 from adapter_studio.engine.objectives.training import (
+    PairPass,
     evaluate_pairs,
     pair_step,
     reference_table,
@@ -282,13 +283,8 @@ class TrainingSession:
         """objective.precompute_reference: every pair's reference log-probabilities once, before training."""
         started = time.perf_counter()
         self.stage("reference", f"{len(self.data.train) + len(self.data.eval):,} pairs")
-        tables = tuple(
-            reference_table(self.model, self.fast_parts, pairs, batch_size=2 * (self.spec.training.batch_size or 4),
-                            pad_id=self.pad_id, autocast=self.accelerator.autocast, device=self.accelerator.device,
-                            reference=self.reference)
-            for pairs in (self.data.train, self.data.eval)
-        )  # fmt: skip
-        self.reference_tables = (tables[0], tables[1])
+        run = self._pair_pass(batch_size=2 * (self.spec.training.batch_size or 4))
+        self.reference_tables = (reference_table(run, self.data.train), reference_table(run, self.data.eval))
         kept = "" if self.reference is None else "; the frozen copy of the model is let go"
         self.reference = None
         self.log(f"reference log-probabilities of {len(self.data.train) + len(self.data.eval):,} pairs computed in "
@@ -577,18 +573,12 @@ class TrainingSession:
         return improved
 
     def _evaluate_pairs(self) -> dict[str, Any]:
-        return evaluate_pairs(
-            self.spec.objective,
-            self.model,
-            self.fast_parts,
-            self.data.eval,
-            batch_size=self.spec.training.batch_size or 4,
-            pad_id=self.pad_id,
-            autocast=self.accelerator.autocast,
-            device=self.accelerator.device,
-            reference=self.reference,
-            table=None if self.reference_tables is None else self.reference_tables[1],
-        )
+        table = None if self.reference_tables is None else self.reference_tables[1]
+        return evaluate_pairs(self.spec.objective, self._pair_pass(), self.data.eval, table)
+
+    def _pair_pass(self, batch_size: int | None = None) -> PairPass:
+        return PairPass(self.model, self.fast_parts, batch_size or self.spec.training.batch_size or 4, self.pad_id,
+                        self.accelerator.autocast, self.accelerator.device, self.reference)  # fmt: skip
 
     def _checkpoint(self) -> Path | None:
         """Save a checkpoint; its path on the main process, None on the others (they write nothing)."""
