@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
 from adapter_studio.engine.estimate.meta_models import _Applied, _Base, _inner, _linear_like, _Shape
+from adapter_studio.engine.models.info import FINAL_NORM_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -175,7 +176,7 @@ def _first_flowing_block(model: Any, info: ModelInfo, count: int, trainable: set
 def _after_blocks(name: str, info: ModelInfo) -> bool:
     base = info.layers_path.rsplit(".", 1)[0] + "." if "." in info.layers_path else ""
     rest = name[len(base):] if name.startswith(base) else name
-    return rest.split(".")[0] in ("norm", "ln_f", "final_layernorm", "final_layer_norm", "pooler") or \
+    return rest.split(".")[0] in (*FINAL_NORM_NAMES, "pooler") or \
         name.startswith(("bert.pooler.", "pooler.", "side_network."))  # a side network joins after the blocks
 
 

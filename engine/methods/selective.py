@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec, freeze_all
+from adapter_studio.engine.models.info import FINAL_NORM_NAMES
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class LastLayers(SelectiveMethod):
         prefixes = [f"{info.layers_path}.{i}." for i in range(len(blocks) - count, len(blocks))]  # type: ignore[arg-type]
         base_prefix = info.layers_path.rsplit(".", 1)[0] + "." if "." in info.layers_path else ""
         # The final norm sits beside the blocks (model.norm, transformer.ln_f).
-        prefixes += [base_prefix + n + "." for n in ("norm", "ln_f", "final_layernorm", "final_layer_norm")]
+        prefixes += [base_prefix + n + "." for n in FINAL_NORM_NAMES]
         if self.train_head and not info.tied_embeddings:
             prefixes += ["lm_head.", "embed_out."]
         prefixes += ["classifier.", "score.", "bert.pooler."]

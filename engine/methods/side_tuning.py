@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import torch
     from adapter_studio.engine.models.info import ModelInfo
 
-FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
 
 @functools.cache
@@ -78,7 +77,9 @@ def _final_norm(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
     decoder = get_decoder() if callable(get_decoder) else None
     if decoder is None or decoder is model:
         return None
-    for name in FINAL_NORMS:
+    from adapter_studio.engine.models.info import FINAL_NORM_NAMES
+
+    for name in FINAL_NORM_NAMES:
         norm = getattr(decoder, name, None)
         if isinstance(norm, torch.nn.Module):
             return name, norm

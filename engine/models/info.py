@@ -20,6 +20,8 @@ MLP_NAMES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "c_fc", "fc1",
 QUERY_VALUE = {"q_proj": "v_proj", "query": "value", "c_attn": "c_attn", "query_key_value": "query_key_value",
                "qkv_proj": "qkv_proj", "Wqkv": "Wqkv"}
 HEAD_NAMES = ("lm_head", "classifier", "score", "embed_out", "output")
+# Names of the norm after the last block (Llama/Qwen2/Mistral, GPT-2, Phi/Falcon, OPT-style).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 
 
 @dataclass
