@@ -3,11 +3,16 @@ page (so each is watched live like any run), then one table and one scatter char
 cost. The engine side (plan, rows, CSV) is `engine.training.sweep`; this module only drives and draws it.
 
 The Auto button starts the automatic search (`engine.search`) on a budget: its trials run through the
-Train page too, and land in the same table and scatter, with the winner highlighted."""
+Train page too, and land in the same table and scatter, with the winner highlighted.
+
+The quality picked above the table also ranks it (best first, its value in the last column); for an
+evaluation's metric (exact match, ROUGE-L, macro-F1, forgetting…), "Evaluate runs" evaluates the runs that
+have no evaluation on their held-out rows yet (engine.evaluation.ranking)."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +20,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.evaluation.ranking import METRICS, evaluate_for_ranking, rank
 from adapter_studio.engine.events import Finished, Started
 from adapter_studio.engine.methods import METHOD_CLASSES
 from adapter_studio.engine.search.auto import run_auto_search
@@ -60,8 +66,7 @@ DEFAULT_TICKED = ("lora", "dora", "ia3", "prompt_tuning", "adapter_p", "last_lay
 LABELS = {
     "trainable_params": "trainable parameters", "adapter_bytes": "adapter size (bytes)",
     "peak_memory_bytes": "peak memory (bytes)", "train_seconds": "training time (s)",
-    "final_eval_loss": "final eval loss", "best_eval_loss": "best eval loss", "accuracy": "accuracy",
-    "exact_match": "exact match", "final_loss": "final training loss",
+    **{m.name: m.title for m in METRICS.values()},
 }  # fmt: skip
 TABLE = (("method", "Method"), ("status", "Status"), ("trial", "Trial"), ("learning_rate", "Learning rate"),
          ("batch_size", "Batch"), ("trainable_params", "Trainable"),
@@ -184,6 +189,13 @@ class SweepPanel(QWidget):
         for key in COSTS:
             self.x_axis.addItem(LABELS[key], key)
         top.addWidget(self.x_axis)
+        self.evaluate_button = QPushButton("Evaluate runs")
+        self.evaluate_button.setObjectName("evaluateSweep")
+        self.evaluate_button.setToolTip("Evaluate the tuned model of each finished run that has no evaluation on its "
+                                        "held-out rows yet, to rank the runs by the quality picked")  # fmt: skip
+        self.evaluate_button.clicked.connect(self.evaluate_runs)
+        top.addWidget(self.evaluate_button)
+        self._evaluating: threading.Event | None = None  # set to stop the evaluations under way
         save = QPushButton("Save CSV…")
         save.setObjectName("saveSweepCsv")
         save.clicked.connect(lambda: self.save_csv())
@@ -194,9 +206,8 @@ class SweepPanel(QWidget):
         self.status.setWordWrap(True)
         column.addWidget(self.status)
         split = QSplitter(Qt.Orientation.Horizontal)
-        self.table = QTableWidget(0, len(TABLE))
+        self.table = QTableWidget(0, len(TABLE) + 1)  # the last column: the quality the table is ranked by
         self.table.setObjectName("sweepTable")
-        self.table.setHorizontalHeaderLabels([title for _, title in TABLE])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         split.addWidget(self.table)
@@ -206,8 +217,8 @@ class SweepPanel(QWidget):
         split.addWidget(self.scatter)
         split.setSizes([520, 380])
         column.addWidget(split, 1)
-        for combo in (self.x_axis, self.y_axis):
-            combo.currentIndexChanged.connect(self.draw_scatter)
+        self.x_axis.currentIndexChanged.connect(self.draw_scatter)
+        self.y_axis.currentIndexChanged.connect(self._rank_changed)
 
         layout = QHBoxLayout(self)
         outer = QSplitter(Qt.Orientation.Horizontal)
@@ -396,13 +407,24 @@ class SweepPanel(QWidget):
         if folder and self.running is None and self.auto_folder is None:
             self.show_plan(load_sweep(folder))
 
+    def _rank_changed(self) -> None:
+        if self.plan is not None:
+            self.show_plan(self.plan)
+        self._enable_evaluate()
+
+    def _enable_evaluate(self) -> None:
+        evaluated = METRICS[self.y_axis.currentData()].evaluated
+        self.evaluate_button.setEnabled(self._evaluating is not None or (evaluated and self.plan is not None))
+
     def show_plan(self, plan: SweepPlan) -> None:
         self.plan = plan
-        self.rows = sweep_rows(plan)
+        ranked_by = self.y_axis.currentData()
+        self.rows = rank(sweep_rows(plan), ranked_by)
+        self.table.setHorizontalHeaderLabels([title for _, title in TABLE] + [f"▼ {LABELS[ranked_by]}"])
         self.table.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
             best = bool(plan.best_run_dir) and row["run_dir"] == plan.best_run_dir
-            for j, (key, _) in enumerate(TABLE):
+            for j, (key, _) in enumerate([*TABLE, (ranked_by, "")]):
                 value = row.get(key) if key != "error" else row.get("error") or row.get("note")
                 item = QTableWidgetItem(cell_text(key, value))
                 if best:  # the automatic search's winner
@@ -412,9 +434,51 @@ class SweepPanel(QWidget):
                     item.setBackground(QBrush(WINNER))
                 self.table.setItem(i, j, item)
         self.table.resizeColumnsToContents()
-        if self.running is None and self.auto_folder is None:
+        if self.running is None and self.auto_folder is None and self._evaluating is None:
             self.status.setText(_summary(plan, self.rows))
+        self._enable_evaluate()
         self.draw_scatter()
+
+    # --- evaluating the runs to rank them --------------------------------------------------------
+    def evaluate_runs(self) -> None:
+        """Evaluate the shown sweep's finished runs for the picked quality; pressed again, stop."""
+        if self._evaluating is not None:
+            self._evaluating.set()
+            self.evaluate_button.setEnabled(False)
+            return
+        if self.plan is None:
+            return
+        plan, key, stop = self.plan, self.y_axis.currentData(), threading.Event()
+        self._evaluating = stop
+        self.evaluate_button.setText("Stop evaluating")
+        self.status.setText(f"Evaluating the runs of {plan.name} to rank them by {LABELS[key]}…")
+
+        def job() -> Any:
+            for entry in plan.entries:
+                if entry.run_dir and not stop.is_set():
+                    yield f"Evaluating {Path(entry.run_dir).name} to rank by {LABELS[key]}…"
+                    evaluate_for_ranking([entry.run_dir], key, None, stop)
+            plan.save()  # the table file gets the scores
+            return plan
+
+        self._evaluator = run_in_background(job, on_result=self._evaluated, on_error=self._evaluation_failed,
+                                            on_yield=self.status.setText)  # fmt: skip
+
+    def _evaluation_ended(self) -> None:
+        self._evaluating = None
+        self.evaluate_button.setText("Evaluate runs")
+
+    def _evaluated(self, plan: SweepPlan) -> None:
+        stopped = self._evaluating is not None and self._evaluating.is_set()
+        self._evaluation_ended()
+        self.show_plan(load_sweep(plan.folder))
+        if stopped:
+            self.status.setText("Evaluation stopped: the runs evaluated so far are ranked.")
+
+    def _evaluation_failed(self, error: BaseException) -> None:
+        self._evaluation_ended()
+        self._enable_evaluate()
+        show_error(self, error)
 
     def draw_scatter(self) -> None:
         x_key, y_key = self.x_axis.currentData(), self.y_axis.currentData()
@@ -438,9 +502,10 @@ class SweepPanel(QWidget):
             label.setPos(math.log10(x) if log_x else x, y)  # TextItem positions are in the log view's units
             plot.addItem(label)
         if not points:
-            plot.setTitle(f"no {LABELS[y_key]} yet: it comes from the runs' evaluations", size="9pt")
+            where = "press Evaluate runs" if METRICS[y_key].evaluated else "it comes from the runs' evaluations"
+            plot.setTitle(f"no {LABELS[y_key]} yet: {where}", size="9pt")
         else:
-            better = "higher" if y_key in ("accuracy", "exact_match") else "lower"
+            better = "higher" if METRICS[y_key].higher_is_better else "lower"
             plot.setTitle(f"{LABELS[y_key]}: {better} is better", size="9pt")
         plot.enableAutoRange()
 

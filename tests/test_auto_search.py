@@ -198,7 +198,9 @@ def test_auto_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl) -> Non
     plan = finished[0]
     assert plan.kind == "auto" and plan.best_run_dir
     statuses = [r["status"] for r in panel.rows]
-    assert {"completed", "pruned"} & set(statuses) and panel.rows[-1]["trial"] == "winner"
+    assert {"completed", "pruned"} & set(statuses) and [r["trial"] for r in panel.rows].count("winner") == 1
+    losses = [r["final_eval_loss"] for r in panel.rows if r["final_eval_loss"] is not None]
+    assert losses == sorted(losses)  # ranked by the quality picked (final eval loss), the winner among them
     assert panel.table.rowCount() == len(panel.rows) >= 3
     winner_row = next(i for i, r in enumerate(panel.rows) if r["run_dir"] == plan.best_run_dir)
     assert panel.table.item(winner_row, 0).font().bold()  # the winner stands out

@@ -88,10 +88,16 @@ def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_p
     panel.sweep_finished.connect(finished.append)
     qtbot.mouseClick(panel.start_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: bool(finished), timeout=240_000)
-    assert [(r["method"], r["status"]) for r in panel.rows] == [
+    # Ranked by the quality picked (final eval loss, lower first); the refused method has none: last.
+    assert {(r["method"], r["status"]) for r in panel.rows} == {
         ("lora", "completed"), ("ia3", "completed"), ("bitfit", "refused"),
-    ]  # fmt: skip
+    }  # fmt: skip
+    losses = [r["final_eval_loss"] for r in panel.rows]
+    assert losses[:2] == sorted(losses[:2]) and panel.rows[2]["method"] == "bitfit"
     assert panel.table.rowCount() == 3 and panel.table.item(0, 1).text() == "completed"
+    last = panel.table.columnCount() - 1
+    assert panel.table.horizontalHeaderItem(last).text() == "▼ final held-out loss"
+    assert panel.table.item(0, last).text() == f"{losses[0]:.4f}"
     assert len(panel.scatter.getPlotItem().listDataItems()) == 2  # one point per trained method
     panel.x_axis.setCurrentIndex(panel.x_axis.findData("adapter_bytes"))
     assert len(panel.scatter.getPlotItem().listDataItems()) == 2
@@ -100,3 +106,15 @@ def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_p
     assert out.read_text().splitlines()[0].startswith("method,status,trainable_params")
     names = {window.runs_page.table.item(r, 0).text() for r in range(window.runs_page.table.rowCount())}
     assert {n.rsplit("-", 1)[-1] for n in names} >= {"lora", "ia3"}  # the sweep's runs are in the history
+    # Ranking by an evaluation's metric: the runs are evaluated on their held-out rows first.
+    assert not panel.evaluate_button.isEnabled()  # training's own metric: nothing to evaluate
+    panel.y_axis.setCurrentIndex(panel.y_axis.findData("tuned_token_f1"))
+    assert panel.evaluate_button.isEnabled()
+    assert "press Evaluate runs" in panel.scatter.getPlotItem().titleLabel.text
+    qtbot.mouseClick(panel.evaluate_button, Qt.MouseButton.LeftButton)
+    assert panel.evaluate_button.text() == "Stop evaluating"
+    qtbot.waitUntil(lambda: panel.evaluate_button.text() == "Evaluate runs", timeout=240_000)
+    scores = [r["tuned_token_f1"] for r in panel.rows[:2]]
+    assert None not in scores and scores == sorted(scores, reverse=True)
+    assert panel.table.item(0, last).text() == f"{scores[0]:.4f}"
+    assert len(panel.scatter.getPlotItem().listDataItems()) == 2

@@ -10,6 +10,10 @@
    steps or epochs when they fit the time left and for what fits otherwise; evaluating and saving
    together, so the engine keeps its best checkpoint (`checkpoints/best`) by held-out loss.
 
+With `rank_by` (a metric of engine.evaluation.ranking: exact match, ROUGE-L, macro-F1, …), the winner is
+the best trial that ran to the end by that metric instead: those trials are evaluated on their held-out
+rows (tuned against base) before the winner's full run; pruning still compares held-out losses.
+
 The held-out metric is `eval_loss` for every task: on a held-out split of a few hundred rows it ranks
 trials more steadily than accuracy (which moves in steps of one row), and it is what the engine's best
 checkpoint is chosen by. Accuracy is recorded beside it. Trials evaluate on at most EVAL_ROWS held-out
@@ -40,6 +44,7 @@ from adapter_studio.engine.search.budget import (
 from adapter_studio.engine.search.data_facts import describe_data
 from adapter_studio.engine.search.results import MARKER, METRIC, SearchLog, SearchResult, TrialRecord
 from adapter_studio.engine.search.space import CHOICES, SearchSpace, Settings, space_for, spec_with
+from adapter_studio.engine.search.winner import choose_winner
 from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training.sweep import DEFAULT_BATCH, PLAN_FILE, SWEEPS, SweepEntry, SweepPlan
 
@@ -57,8 +62,11 @@ class AutoSearch:
     """One search's state while it runs; `execute` is the recipe (module docstring)."""
 
     def __init__(self, spec: RunSpec, budget_s: float, emit: Emit | None, stop: threading.Event, *, name: str | None,
-                 space: SearchSpace | None, rungs: Rungs | None, max_trials: int) -> None:
+                 space: SearchSpace | None, rungs: Rungs | None, max_trials: int, rank_by: str | None = None) -> None:
+        from adapter_studio.engine.evaluation.ranking import metric
+
         self.spec, self.budget_s, self.emit, self.stop = spec, budget_s, emit, stop
+        self.rank_by = metric(rank_by) if rank_by else None  # an unknown name fails before anything runs
         self.start = time.monotonic()
         self.deadline = self.start + budget_s
         self.search_deadline = self.start + SEARCH_SHARE * budget_s
@@ -284,13 +292,7 @@ class AutoSearch:
                  level="warning" if record.status == "failed" else "info")
 
     def _winner(self) -> TrialRecord | None:
-        """The best held-out loss among the trials that ran to the end; without any, among those that got
-        furthest (a search stopped early still names its best guess)."""
-        scored = [r for r in self.trials if r.metric is not None]
-        pool = [r for r in scored if r.status == "completed"] or [
-            r for r in scored if r.examples == max((s.examples for s in scored), default=0)
-        ]
-        return min(pool, key=lambda r: r.metric or math.inf) if pool else None
+        return choose_winner(self.trials, self.rank_by, self.say, self.stop)
 
     def _train_final(self, settings: Settings, step_s: float, timing: RunTiming, why: str) -> Path | None:
         """Train `settings` from the start for the spec's length, or what fits the time left (`step_s` per
@@ -372,18 +374,18 @@ class AutoSearch:
         self.say(f"search {status} in {format_seconds(seconds)}: {len(self.trials)} trials, {chosen}; "
                  f"best run {best_dir or '-'}")
         return SearchResult(status, best_dir, error, self.plan.folder, self.trials, winner.number if winner else None,
-                            metrics, seconds, getattr(self, "info", None))
+                            metrics, seconds, getattr(self, "info", None), self.rank_by.name if self.rank_by else None)
 
 
 def run_auto_search(spec: RunSpec, budget_s: float, emit: Emit | None = None, stop_event: threading.Event | None = None,
                     *, name: str | None = None, space: SearchSpace | None = None, rungs: Rungs | None = None,
-                    max_trials: int = MAX_TRIALS) -> SearchResult:
+                    max_trials: int = MAX_TRIALS, rank_by: str | None = None) -> SearchResult:
     """Search methods and settings for `budget_s` seconds of wall-clock time, then train the winner fully.
 
     `emit` receives every event of every run, plus SearchLog lines about the search itself; `stop_event`
     ends the search cleanly (the current run is cancelled with its checkpoint, the result lists what
     finished). `space` and `rungs` replace the defaults (tests pass tiny rungs; without `rungs` a probe
-    run sizes them to the budget)."""
+    run sizes them to the budget). `rank_by` picks the winner by another metric (module docstring)."""
     search = AutoSearch(spec, budget_s, emit, stop_event or threading.Event(), name=name, space=space, rungs=rungs,
-                        max_trials=max_trials)
+                        max_trials=max_trials, rank_by=rank_by)
     return search.execute()

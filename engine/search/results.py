@@ -29,11 +29,12 @@ class TrialRecord:
     accuracy: float | None = None  # at its last evaluation (classification)
     examples: int = 0  # training examples it had seen at its last evaluation
     error: str | None = None
+    score: float | None = None  # by the search's `rank_by` metric, when it ranks by one and the trial finished
 
     def to_json(self, info: Any = None) -> dict[str, Any]:
         return {"number": self.number, "settings": self.settings.to_json(info), "metric": self.metric,
                 "status": self.status, "accuracy": self.accuracy, "examples": self.examples,
-                "run_dir": self.run_dir, "error": self.error}  # fmt: skip
+                "run_dir": self.run_dir, "error": self.error, "score": self.score}  # fmt: skip
 
 
 @dataclass
@@ -49,9 +50,11 @@ class SearchResult:
     best_metrics: dict[str, float | None] = field(default_factory=dict)  # the best run's best evaluation
     seconds: float = 0.0
     info: Any = None  # the model's ModelInfo (target layer names for the JSON)
+    rank_by: str | None = None  # the metric the winner was chosen by, when not METRIC
 
     def to_json(self) -> dict[str, Any]:
         return {"trials": [t.to_json(self.info) for t in self.trials],
                 "best_run_dir": str(self.run_dir) if self.run_dir else None, "best_trial": self.best_trial,
-                "metric_name": METRIC, "best_metrics": self.best_metrics, "status": self.status,
-                "error": self.error, "sweep_dir": str(self.folder), "seconds": round(self.seconds, 1)}  # fmt: skip
+                "metric_name": METRIC, "rank_by": self.rank_by or METRIC, "best_metrics": self.best_metrics,
+                "status": self.status, "error": self.error, "sweep_dir": str(self.folder),
+                "seconds": round(self.seconds, 1)}  # fmt: skip

@@ -11,7 +11,9 @@ rank the methods by how well it suits each.
 
 The automatic search (engine.search) writes its trials as a sweep of kind `auto`: one entry per trial
 (several may share a method), labelled, with its outcome (pruned, stopped) and the final run of the winner.
-Every row carries the learning rate, batch size and target layers its run used, read from its spec.yaml.
+Every row carries the learning rate, batch size and target layers its run used, read from its spec.yaml,
+and the tuned model's scores from the run's newest evaluation, if any (engine.evaluation.ranking: the
+table can be ranked by any of them, and `evaluate_sweep` evaluates the runs a ranking needs).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import yaml
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.evaluation.ranking import EVALUATION_COLUMNS, EVALUATION_METRICS, evaluation_columns
 from adapter_studio.engine.events import Emit, Started
 from adapter_studio.engine.spec import RunSpec
 
@@ -37,8 +40,10 @@ CSV_FILE = "sweep.csv"
 DEFAULT_BATCH = 4
 COLUMNS = ("method", "status", "trainable_params", "trainable_share", "adapter_bytes", "peak_memory_bytes",
            "train_seconds", "tokens_per_s", "final_loss", "final_eval_loss", "best_eval_loss", "accuracy",
-           "exact_match", "run_dir", "error", "trial", "learning_rate", "batch_size", "targets", "note")  # fmt: skip
-QUALITY = ("final_eval_loss", "best_eval_loss", "accuracy", "exact_match", "final_loss")
+           "exact_match", "run_dir", "error", "trial", "learning_rate", "batch_size", "targets", "note",
+           *EVALUATION_COLUMNS)  # fmt: skip
+QUALITY = ("final_eval_loss", "best_eval_loss", "accuracy", "exact_match", "final_loss",
+           *(m.name for m in EVALUATION_METRICS))  # fmt: skip  # every one a ranking metric
 COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "train_seconds")
 
 
@@ -160,6 +165,7 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
 
     summary = summarize_run(Path(entry.run_dir))
     row.update(_settings(Path(entry.run_dir)))
+    row.update(evaluation_columns(entry.run_dir))
     if summary.trainable_params is not None:  # what the run reported, over the estimate
         row["trainable_params"] = summary.trainable_params
         row["trainable_share"] = summary.trainable_params / summary.total_params if summary.total_params else None
@@ -227,10 +233,25 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
     return plan
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
+def evaluate_sweep(plan: SweepPlan, rank_by: str, say: Any = None, stop: threading.Event | None = None) -> None:
+    """Evaluate the sweep's completed runs that ranking by `rank_by` needs (engine.evaluation.ranking), and
+    rewrite its table with their scores."""
+    from adapter_studio.engine.evaluation.ranking import evaluate_for_ranking
+
+    evaluate_for_ranking([e.run_dir for e in plan.entries if e.run_dir], rank_by, say, stop)
+    plan.save()
+
+
+def format_rows(rows: list[dict[str, Any]], rank_by: str | None = None) -> str:
     """The sweep as an aligned text table (the CLI's output); an automatic search's rows add their trial,
-    learning rate and batch size."""
+    learning rate and batch size. With `rank_by` (a metric of engine.evaluation.ranking), best first, with
+    that metric's column after the others."""
     from adapter_studio.engine.estimate.table import human_bytes, human_count
+    from adapter_studio.engine.evaluation.ranking import metric, rank
+
+    ranked = metric(rank_by) if rank_by else None
+    if ranked is not None:
+        rows = rank(rows, ranked.name)
 
     def num(value: Any, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
@@ -245,7 +266,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
     width = max([17, *(len(name(r)) for r in rows)])
     header = f"{'method':<{width}} {'status':<10} {'trainable':>10} {'adapter':>10} {'peak mem':>10} {'time':>8} " \
-             f"{'eval loss':>9} {'acc/EM':>7}"
+             f"{'eval loss':>9} {'acc/EM':>7}" + (f"  {ranked.title}" if ranked else "")
     lines = [header]
     for r in rows:
         quality = r["accuracy"] if r["accuracy"] is not None else r["exact_match"]
@@ -257,6 +278,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{human_bytes(r['peak_memory_bytes']) if r['peak_memory_bytes'] else '-':>10} "
             f"{num(r['train_seconds'], '.0f') + ' s' if r['train_seconds'] is not None else '-':>8} "
             f"{num(r['final_eval_loss'], '.4f'):>9} {num(quality, '.3f'):>7}"
+            + (f"  {num(r.get(ranked.name), '.4f')}" if ranked else "")
             + settings(r) + (f"  ({note})" if note else "")
         )
     return "\n".join(lines)

@@ -18,6 +18,10 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.eval_command import cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
+RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, accuracy, exact_match (from training) or an "
+             "evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that have "
+             "no evaluation are evaluated first)")  # fmt: skip
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -70,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="sweep name (default: sweep-<date>-<time>)")
     sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
     sweep.add_argument("--json", action="store_true", help="print the result rows as JSON")
+    sweep.add_argument("--rank-by", metavar="METRIC", help=RANK_HELP)
 
     auto = sub.add_parser("auto", help="search methods and settings on a time budget, then train the winner")
     auto.add_argument("spec", help="spec file (YAML): model, data, and the winner's training length")
@@ -78,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("--name", help="search name (default: auto-<date>-<time>)")
     auto.add_argument("--max-trials", type=int, help="try at most this many settings (default: as many as fit)")
     auto.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+    auto.add_argument("--rank-by", metavar="METRIC", help=RANK_HELP + "; pruning still compares held-out losses")
 
     ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
     ev.add_argument("run_dir", help="the run folder")
@@ -264,8 +270,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from adapter_studio.engine.evaluation.ranking import metric, rank
     from adapter_studio.engine.spec import load_spec_file
-    from adapter_studio.engine.training.sweep import format_rows, load_sweep, plan_sweep, run_sweep, sweep_rows
+    from adapter_studio.engine.training.sweep import (
+        evaluate_sweep,
+        format_rows,
+        load_sweep,
+        plan_sweep,
+        run_sweep,
+        sweep_rows,
+    )
 
     if args.resume:
         plan = load_sweep(args.resume)
@@ -281,6 +295,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec = load_spec_file(args.spec, args.overrides)
         names = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")]
         plan = plan_sweep(spec, [m for m in names if m], args.name)
+    if args.rank_by:
+        metric(args.rank_by)  # an unknown name fails before anything trains
     print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
     for entry in plan.entries:
         if entry.refused:
@@ -288,8 +304,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     run_sweep(plan, lambda e: _print_event(e, True), stop)
+    if args.rank_by and metric(args.rank_by).evaluated and not stop.is_set():
+        evaluate_sweep(plan, args.rank_by, lambda message: print(message, flush=True), stop)
     rows = sweep_rows(plan)
-    print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+    if args.rank_by:
+        rows = rank(rows, metric(args.rank_by).name)
+    print(json.dumps(rows, indent=1) if args.json else format_rows(rows, args.rank_by))
     print(f"table: {plan.folder / 'sweep.csv'}")
     if stop.is_set():
         return EXIT_CANCELLED
@@ -324,11 +344,12 @@ def cmd_auto(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials or MAX_TRIALS)
+    result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials or MAX_TRIALS,
+                             rank_by=args.rank_by)  # fmt: skip
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
-        print(format_rows(sweep_rows(load_sweep(result.folder))))
+        print(format_rows(sweep_rows(load_sweep(result.folder)), args.rank_by))
         print(f"table: {result.folder / 'sweep.csv'}\nbest run: {result.run_dir or '-'}")
     if result.status == "cancelled":
         return EXIT_CANCELLED
