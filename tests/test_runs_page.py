@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from adapter_studio.engine.events import Finished, Started
 from adapter_studio.gui.pages.runs_page import COLUMNS, RunsPage
 from adapter_studio.gui.state import StudioState
+from PySide6.QtCore import Qt
 from test_run_history import OOM, fabricate_history, write_events, write_spec
 
 pytestmark = pytest.mark.gui
@@ -184,3 +186,106 @@ def test_refreshes_on_run_changed_and_follows_the_folder_picker(page: RunsPage, 
     assert list(table(page)) == ["only"]
     assert table(page)["only"]["Status"] == "interrupted"  # a spec and no events: it never finished
     assert page.state.runs_dir == str(other)
+
+
+def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1.25, rows: int = 3) -> Path:
+    """A saved evaluation of `run_dir` as evaluate_run writes it, with scores chosen here (no model runs)."""
+    from adapter_studio.engine.evaluation.forgetting import Forgetting
+    from adapter_studio.engine.evaluation.report import write_evaluation
+    from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationResult
+
+    row = {"index": 0, "where": "reverse.jsonl:1", "input": "abc", "expected": "cba", "answers": {"base": "abc",
+           "tuned": "cba"}, "exact": {"base": 0.0, "tuned": 1.0}, "scores": {"base": 0.0, "tuned": 1.0},
+           "change": 1.0, "differs": True, "regression": False}  # fmt: skip
+    result = EvaluationResult(
+        run_dir=run_dir, checkpoint="step-10", task="generation", data="held-out rows of the run",
+        settings=EvalSettings(), precision="float32",
+        metrics={"base": {"exact_match": 0.25, "token_f1": 0.5}, "tuned": {"exact_match": tuned, "token_f1": 0.75},
+                 "in_context": {"exact_match": 0.4, "token_f1": 0.6}},
+        baselines={"base": "the base model"}, rows=[{**row, "index": i} for i in range(rows)],
+        forgetting=None if forgetting is None else Forgetting(loss_base=2.0, loss_tuned=2.0 * forgetting,
+                                                              ratio=forgetting, pairs=20),
+    )  # fmt: skip
+    return write_evaluation(result)
+
+
+def evaluated_cell(page: RunsPage, name: str) -> Any:
+    row = next(r for r in range(page.table.rowCount()) if page.table.item(r, 0).text() == name)
+    return page.table.item(row, COLUMNS.index("Evaluated"))
+
+
+def test_the_latest_evaluation_shows_in_the_table_and_the_details(
+    page: RunsPage, history: dict[str, Path], monkeypatch: Any
+) -> None:
+    save_evaluation(history["stopped"], 0.5, forgetting=None)
+    first = save_evaluation(history["done"], 0.55)
+    report = save_evaluation(history["done"], 0.95, rows=7)  # the newest of two
+    assert report != first and report.is_file()
+    page.refresh()
+    cell = evaluated_cell(page, "done")
+    assert (cell.text(), cell.key) == ("exact match 0.950", pytest.approx(0.95))
+    assert "base model 0.250" in cell.toolTip()
+    assert evaluated_cell(page, "stopped").text() == "exact match 0.500"
+    assert (evaluated_cell(page, "broken").text(), evaluated_cell(page, "broken").key) == ("", "")
+
+    page.table.sortByColumn(COLUMNS.index("Evaluated"), Qt.SortOrder.DescendingOrder)
+    assert [page.table.item(r, 0).text() for r in range(3)] == ["done", "stopped", "resumed"]  # then unevaluated
+
+    page.select_runs(["done"])
+    text = page.evaluation.text.toPlainText()
+    for shown in ("newest of 2 evaluations", "checkpoint step-10", "7 rows of held-out rows of the run",
+                  "forgetting ratio 1.250", "exact match", "token F1", "base", "in-context", "tuned"):  # fmt: skip
+        assert shown in text, shown
+    assert "0.950" in text and "0.550" not in text  # the newest evaluation, not the first
+    assert text.index("base") < text.index("in-context") < text.index("tuned")
+    assert page.evaluation.open_button.isEnabled()
+    opened: list[Path] = []
+    monkeypatch.setattr(page, "open_path", opened.append)
+    page.evaluation.open_button.click()
+    assert opened == [report]
+
+    page.select_runs(["stopped"])
+    assert "forgetting not checked" in page.evaluation.text.toPlainText()
+    assert "evaluations" not in page.evaluation.text.toPlainText()  # only one: no count
+
+
+def test_a_run_without_evaluation_shows_none(page: RunsPage, monkeypatch: Any) -> None:
+    assert not page.evaluation.open_button.isEnabled()  # nothing selected
+    page.select_runs(["broken"])
+    assert "No evaluation yet" in page.evaluation.text.toPlainText()
+    assert not page.evaluation.open_button.isEnabled()
+    monkeypatch.setattr(page, "open_path", lambda path: pytest.fail("nothing to open"))
+    page.evaluation.open_report()
+
+
+def test_a_corrupt_results_file_is_skipped(page: RunsPage, history: dict[str, Path]) -> None:
+    good = save_evaluation(history["done"], 0.8)
+    cut = history["done"] / "evaluations" / "29990101-000000" / "results.json"  # newer than any real one
+    cut.parent.mkdir()
+    cut.write_text('{"metrics": {"tuned": ', encoding="utf-8")
+    only_cut = history["broken"] / "evaluations" / "20250101-000000" / "results.json"
+    only_cut.parent.mkdir(parents=True)
+    only_cut.write_text("not json", encoding="utf-8")
+    page.refresh()
+    assert evaluated_cell(page, "done").text() == "exact match 0.800"
+    assert evaluated_cell(page, "broken").text() == ""
+    page.select_runs(["done"])
+    assert "0.800" in page.evaluation.text.toPlainText() and page.evaluation.summary.report == good
+    page.select_runs(["broken"])
+    assert not page.evaluation.open_button.isEnabled()
+
+
+def test_refresh_reads_each_evaluation_once(page: RunsPage, history: dict[str, Path], monkeypatch: Any) -> None:
+    from adapter_studio.engine.evaluation import run_eval
+
+    save_evaluation(history["done"], 0.5)
+    read: list[Path] = []
+    real = run_eval.latest_evaluation
+    monkeypatch.setattr(run_eval, "latest_evaluation", lambda run_dir: read.append(run_dir) or real(run_dir))
+    page.refresh()
+    page.refresh()
+    page.select_runs(["done"])
+    assert read == [history["done"]]  # runs without an evaluations folder are never read; unchanged ones once
+    save_evaluation(history["done"], 0.6)
+    page.refresh()
+    assert read == [history["done"]] * 2 and evaluated_cell(page, "done").text() == "exact match 0.600"

@@ -14,6 +14,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.run_compare import curves, spec_diff
 from adapter_studio.engine.runs import RunSummary, list_runs
 from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.gui.evaluation_summary import EvaluationPanel, EvaluationSummaries, EvaluationSummary
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.plots import PALETTE, LivePlot
@@ -41,7 +42,7 @@ from PySide6.QtWidgets import (
 )
 
 COLUMNS = ("Name", "Status", "Model", "Method", "Trainable", "Steps", "Final loss", "Final eval loss",
-           "Best eval loss", "Duration", "Date")  # fmt: skip
+           "Best eval loss", "Evaluated", "Duration", "Date")  # fmt: skip
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RESUMABLE = ("cancelled", "failed", "interrupted")
 MIB = 2**20
@@ -91,6 +92,7 @@ class RunsPage(Page):
         self.on_resume = on_resume
         self.runs: list[RunSummary] = []
         self.combining = False
+        self.evaluations = EvaluationSummaries()
 
         folder_row = QHBoxLayout()
         folder_row.addWidget(QLabel("Runs folder"))
@@ -142,7 +144,14 @@ class RunsPage(Page):
 
         self.details = QTextBrowser()
         self.details.setObjectName("runDetails")
-        self.details.setMaximumHeight(110)
+        self.evaluation = EvaluationPanel(lambda path: self.open_path(path))  # late-bound: tests stub open_path
+        self.evaluation.setObjectName("runEvaluationPanel")
+        details = QWidget()
+        details.setMaximumHeight(150)
+        details_row = QHBoxLayout(details)
+        details_row.setContentsMargins(0, 0, 0, 0)
+        details_row.addWidget(self.details, 3)
+        details_row.addWidget(self.evaluation, 2)
         self.status = QLabel("")
         self.status.setObjectName("runsStatus")
         self.status.setWordWrap(True)
@@ -152,7 +161,7 @@ class RunsPage(Page):
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.table, 1)
         top_layout.addLayout(actions)
-        top_layout.addWidget(self.details)
+        top_layout.addWidget(details)
         top_layout.addWidget(self.status)
 
         self.loss_plot = LivePlot("Training loss", "loss")
@@ -242,6 +251,7 @@ class RunsPage(Page):
         steps = f"{run.steps} / {run.total_steps}" if run.total_steps else str(run.steps)
         date = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)) if run.started else "—"
         duration = format_seconds(run.duration_s) if run.duration_s is not None else "—"
+        evaluated = _evaluated_item(self.evaluations.of(run.path))
         return [
             name, status, model, SortableItem(run.method),
             SortableItem(f"{trainable:,}" if trainable is not None else "—", trainable),
@@ -249,6 +259,7 @@ class RunsPage(Page):
             SortableItem(*_loss(run.final_loss)),
             SortableItem(*_loss(run.final_eval_loss)),
             SortableItem(*_loss(run.best_eval_loss)),
+            evaluated,
             SortableItem(duration, run.duration_s),
             SortableItem(date, run.started),
         ]  # fmt: skip
@@ -300,6 +311,7 @@ class RunsPage(Page):
         self.fill_diff(selected)
 
     def show_details(self, run: RunSummary | None) -> None:
+        self.evaluation.show_summary(None if run is None else self.evaluations.of(run.path), selected=run is not None)
         if run is None:
             self.details.setHtml("<span style='color:gray'>Select a run to see its details.</span>")
             return
@@ -461,8 +473,10 @@ class RunsPage(Page):
             self.combining = False
             self.refresh()
             self.select_runs([result.run_dir])
-            self.status.setText(f"Combined into {result.run_dir.name}: {result.how}, rank {result.rank}, "
-                                f"{result.trainable_params:,} adapter parameters. Export it like any run.")
+            self.status.setText(
+                f"Combined into {result.run_dir.name}: {result.how}, rank {result.rank}, "
+                f"{result.trainable_params:,} adapter parameters. Export it like any run."
+            )
 
         def failed(error: BaseException) -> None:
             self.combining = False
@@ -484,7 +498,7 @@ class RunsPage(Page):
     def open_folder(self) -> None:
         run = self._single("open")
         if run is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(run.path)))
+            self.open_path(run.path)
 
     def clone_spec(self) -> None:
         run = self._single("clone")
@@ -516,6 +530,10 @@ class RunsPage(Page):
             self.state.runs_dir = folder
             self.refresh()
 
+    def open_path(self, path: Path) -> None:
+        """Show a folder in the file manager, or open a file (a report) in its usual application."""
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
     def ask_folder(self) -> str | None:
         folder = QFileDialog.getExistingDirectory(self, "Runs folder", str(self.state.runs_dir))
         return folder or None
@@ -535,6 +553,17 @@ class RunsPage(Page):
             QMessageBox.StandardButton.No,
         )
         return answer == QMessageBox.StandardButton.Yes
+
+
+def _evaluated_item(summary: EvaluationSummary | None) -> SortableItem:
+    """The tuned model's headline score of the latest evaluation; empty (sorted first) without one."""
+    headline = summary.headline if summary is not None else None
+    if summary is None or headline is None:
+        return SortableItem("")
+    item = SortableItem(*headline)
+    base = summary.first_score("base")
+    item.setToolTip(f"Tuned model, evaluated {summary.when}" + (f"; base model {base:.3f}" if base is not None else ""))
+    return item
 
 
 def _clear_plot(plot: LivePlot) -> None:
