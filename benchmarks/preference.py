@@ -89,7 +89,12 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default: the app's own choice for the run")
+    parser.add_argument(
+        "--targets",
+        default=None,
+        help="LoRA layers, comma-separated (default: the app's own choice, every linear layer)",
+    )
     parser.add_argument("--out", default=None, help="folder for the data and run folders (default: temporary)")
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="preference-bench-"))
@@ -97,11 +102,17 @@ def main() -> None:
     train_file, eval_file, sft_file = split_pairs(args.pairs, args.held_out, folder)
     common = {
         "model": {"source": args.model},
-        "method": {"name": "lora", "r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "method": {
+            "name": "lora",
+            "r": 8,
+            "alpha": 16,
+            **({"target_modules": args.targets.split(",")} if args.targets else {}),
+        },
         "output_dir": str(folder / "runs"),
     }
     budget = {"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}
-    training = {**budget, "learning_rate": args.lr, "save_every": 100_000, "eval_samples": 0, "compile": "off"}
+    rate = {"learning_rate": args.lr} if args.lr else {}
+    training = {**budget, **rate, "save_every": 100_000, "eval_samples": 0, "compile": "off"}
     dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
@@ -113,14 +124,18 @@ def main() -> None:
                                           "batch_size": 2 * args.batch}})  # fmt: skip
     final = [e for e in dpo_events if e.type == "eval"][-1]
     d, s = summary(dpo_events), summary(sft_events)
-    print(f"dpo: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s, peak memory {d['peak_memory_mib']:.0f} MiB; "
-          f"held-out ({args.held_out} pairs): preference accuracy {final.preference_accuracy:.3f}, reward margin "
-          f"{final.reward_margin:.3f}, loss {final.eval_loss:.4f}")
+    print(
+        f"dpo: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s, peak memory {d['peak_memory_mib']:.0f} MiB; "
+        f"held-out ({args.held_out} pairs): preference accuracy {final.preference_accuracy:.3f}, reward margin "
+        f"{final.reward_margin:.3f}, loss {final.eval_loss:.4f}"
+    )
     print(f"sft: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s, peak memory {s['peak_memory_mib']:.0f} MiB")
     print(f"runs: {dpo.run_dir} {sft.run_dir}")
-    print(f"preference_accuracy {final.preference_accuracy:.3f} "
-          f"speed_ratio {s['tokens_per_s'] / d['tokens_per_s']:.2f} "
-          f"memory_ratio {d['peak_memory_mib'] / s['peak_memory_mib']:.2f}")
+    print(
+        f"preference_accuracy {final.preference_accuracy:.3f} "
+        f"speed_ratio {s['tokens_per_s'] / d['tokens_per_s']:.2f} "
+        f"memory_ratio {d['peak_memory_mib'] / s['peak_memory_mib']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ The numbers come from runs measured on the embedded models (benchmarks/quality.p
     80.5 %, 2e-3 81.4 %; all linear layers instead of q,v 81.9 % at 1e-3;
   - LoRA on MiniLM-L6, AG News topics: lr 2e-3 at batch 16 0.913, at batch 32 0.900 held-out accuracy;
     the old default (2e-4, batch 4) 0.855; lr 2e-3 at batch 4 collapsed to chance (issue 21).
+  - DPO on SmolLM2-135M, HH harmless pairs (benchmarks/preference.py): see PREFERENCE_RATE_FACTOR.
 Larger models take lower rates (QLoRA's 2e-4 for 7-13B is the usual anchor); the rates between are a
 log-linear step per size band, not measured here.
 """
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapter_studio.engine.methods.base import MethodSpec
     from adapter_studio.engine.models.info import ModelInfo
+    from adapter_studio.engine.objectives import ObjectiveSpec
     from adapter_studio.engine.spec import RunSpec, TrainingSpec
 
 DEFAULT_MAX_LENGTH = 512
@@ -36,6 +38,9 @@ LOW_RANK_RATES = ((300e6, 2e-3), (1.5e9, 1e-3), (4e9, 5e-4), (15e9, 2e-4), (math
 # Full fine-tuning: every weight moves, so rates are far lower; a fresh classifier head learns at this too.
 FULL_RATES = {"classification": 5e-5, "causal_lm": 2e-5}
 FULL_LARGE_FACTOR = 0.5  # above 1.5B parameters
+# Preference objectives push log-probability ratios, not the answers' likelihood: the usual practice is a
+# rate several times below supervised training's (DPO's LoRA recipes use 5e-5 where SFT uses 2e-4 on 7B).
+PREFERENCE_RATE_FACTOR = 0.25
 # Passes over the data when neither epochs nor steps are given: small data needs several passes to be
 # learnt, more than three mostly memorises it.
 EPOCH_EXAMPLES = 3000  # aim to see about this many examples
@@ -87,14 +92,25 @@ def rate_for_size(method: MethodSpec, params: int, task: str) -> Choice:
     return Choice(method.default_lr, f"{method.title}'s usual rate")
 
 
-def learning_rate(method: MethodSpec, info: ModelInfo, task: str, batch: int) -> Choice:
+def learning_rate(
+    method: MethodSpec, info: ModelInfo, task: str, batch: int, objective: ObjectiveSpec | None = None
+) -> Choice:
     """The reference rate, lowered (by √ of the batch ratio) when the batch is smaller than the one it is
     safe with: a rate that needs a larger batch never goes with a small one. Never raised."""
-    return rate_for(method, info.total_params, task, batch)
+    return rate_for(method, info.total_params, task, batch, objective)
 
 
-def rate_for(method: MethodSpec, params: int, task: str, batch: int) -> Choice:
-    ref = rate_for_size(method, params, task)
+def for_objective(choice: Choice, objective: ObjectiveSpec | None) -> Choice:
+    """A supervised rate lowered for a preference objective."""
+    if objective is None or not objective.pairwise:
+        return choice
+    rate = float(f"{choice.value * PREFERENCE_RATE_FACTOR:.2g}")
+    return Choice(rate, f"{choice.reason}; {PREFERENCE_RATE_FACTOR:g}× for {objective.title}, which moves "
+                  "preferences rather than learning answers")  # fmt: skip
+
+
+def rate_for(method: MethodSpec, params: int, task: str, batch: int, objective: ObjectiveSpec | None = None) -> Choice:
+    ref = for_objective(rate_for_size(method, params, task), objective)
     ref_batch = batch_size(method, task).value
     if batch >= ref_batch:
         return ref
@@ -142,7 +158,9 @@ class Resolved:
     reasons: dict[str, str]  # dotted field → why it has its value (only fields the person left empty)
 
 
-def choose(method: MethodSpec, training: TrainingSpec, info: ModelInfo, task: str) -> Chosen:
+def choose(
+    method: MethodSpec, training: TrainingSpec, info: ModelInfo, task: str, objective: ObjectiveSpec | None = None
+) -> Chosen:
     """The method and training settings with every model-dependent `None` filled, and why (the window
     shows this before a run; `resolve` uses it for the run)."""
     reasons: dict[str, str] = {}
@@ -153,7 +171,7 @@ def choose(method: MethodSpec, training: TrainingSpec, info: ModelInfo, task: st
         batch, reasons["training.batch_size"] = choice.value, choice.reason
     rate = training.learning_rate
     if rate is None:
-        choice = learning_rate(method, info, task, batch)
+        choice = learning_rate(method, info, task, batch, objective)
         rate, reasons["training.learning_rate"] = choice.value, choice.reason
     return Chosen(method, training.model_copy(update={"batch_size": batch, "learning_rate": rate}), reasons)
 
@@ -161,7 +179,7 @@ def choose(method: MethodSpec, training: TrainingSpec, info: ModelInfo, task: st
 def resolve(spec: RunSpec, info: ModelInfo, task: str, config: Any = None) -> Resolved:
     """A copy of the spec with every model-dependent `None` replaced by a value that fits, and why.
     `training.epochs` waits for the data (`resolve_epochs`); `learning_rate: auto` stays for the finder."""
-    chosen = choose(spec.method, spec.training, info, task)
+    chosen = choose(spec.method, spec.training, info, task, spec.objective)
     max_length = spec.data.max_length or min(DEFAULT_MAX_LENGTH, model_max_length(config))
     data = spec.data.model_copy(update={"max_length": max_length})
     model = spec.model.model_copy(update={"task": task})
@@ -185,7 +203,8 @@ def resolve_epochs(spec: RunSpec, rows: int) -> Resolved:
 
 def default_rate(spec: RunSpec, info: ModelInfo, task: str) -> float:
     """The rate an `auto` run centres its range test on and falls back to."""
-    return learning_rate(spec.method, info, task, spec.training.batch_size or batch_size(spec.method, task).value).value
+    batch = spec.training.batch_size or batch_size(spec.method, task).value
+    return learning_rate(spec.method, info, task, batch, spec.objective).value
 
 
 def explain(spec: RunSpec | Chosen, reasons: dict[str, str]) -> list[str]:

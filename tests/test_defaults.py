@@ -51,6 +51,27 @@ def test_batch_and_rate_fit_method_model_size_and_task(method: str, params: floa
     assert all(reason and "\n" not in reason for reason in resolved.reasons.values())
 
 
+@pytest.mark.parametrize(
+    ("objective", "method", "params", "rate"),
+    [
+        ("sft", "lora", 135e6, 2e-3),
+        ("dpo", "lora", 135e6, 5e-4),  # a quarter of the supervised rate
+        ("ipo", "dora", 1.1e9, 2.5e-4),
+        ("kto", "lora", 8e9, 5e-5),  # the usual LoRA DPO rate on 7-8B
+        ("simpo", "full", 135e6, 5e-6),
+        ("orpo", "prompt_tuning", 135e6, METHODS["prompt_tuning"].default_lr / 4),
+    ],
+)
+def test_preference_objectives_take_a_lower_rate(objective: str, method: str, params: float, rate: float) -> None:
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    given = spec(method).model_copy(update={"objective": OBJECTIVES[objective]()})
+    resolved = defaults.resolve(given, info(params), "causal_lm")
+    assert resolved.spec.training.learning_rate == pytest.approx(rate)
+    assert (OBJECTIVES[objective].title in resolved.reasons["training.learning_rate"]) == (objective != "sft")
+    assert defaults.default_rate(given, info(params), "causal_lm") == pytest.approx(rate)
+
+
 @pytest.mark.parametrize(("batch", "rate"), [(4, 1e-3), (8, 1.4e-3), (16, 2e-3), (64, 2e-3)])
 def test_a_rate_safe_only_with_a_larger_batch_is_lowered_for_a_small_one(batch: int, rate: float) -> None:
     """LoRA at 2e-3 learnt AG News at batch 16 (0.913) and collapsed at batch 4 (issue 21): the rate

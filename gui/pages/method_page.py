@@ -104,7 +104,13 @@ class MethodPage(Page):
         state.objective_changed.connect(self._objective_from_state)
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
         state.model_described.connect(self._rebuild_form)
-        for signal in (state.model_described, state.method_changed, state.training_changed, state.spec_edited):
+        for signal in (
+            state.model_described,
+            state.method_changed,
+            state.objective_changed,
+            state.training_changed,
+            state.spec_edited,
+        ):
             signal.connect(self._explain_defaults)
         self._from_state()
         self._explain_defaults()
@@ -261,7 +267,7 @@ class MethodPage(Page):
         if info is None:
             self.chosen.setText("<i>Empty fields are chosen to fit the model once one is picked.</i>")
             return
-        chosen = choose(self.state.method, self.state.training, info, info.task)
+        chosen = choose(self.state.method, self.state.training, info, info.task, self.state.objective)
         rows = [f"<li><b>{html.escape(line.split(' = ', 1)[0].split('.')[-1].replace('_', ' '))}</b> = "
                 f"{html.escape(line.split(' = ', 1)[1])}</li>" for line in explain(chosen, chosen.reasons)]  # fmt: skip
         if self.state.training.epochs is None and self.state.training.max_steps is None:
