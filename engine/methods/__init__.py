@@ -20,6 +20,19 @@ from adapter_studio.engine.methods.more_peft import (
     SHiRA,
     VBLoRA,
 )
+from adapter_studio.engine.methods.recent_peft import (
+    BEFT,
+    DEFT,
+    PSOFT,
+    GLoRA,
+    GraLoRA,
+    HiRA,
+    PEANuT,
+    PVeRA,
+    RoAd,
+    SuperTuning,
+    WaveFT,
+)
 from adapter_studio.engine.methods.selective import BitFit, FullFineTuning, LastLayers
 from adapter_studio.engine.methods.side_tuning import SideTuning
 from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
@@ -31,10 +44,11 @@ METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     AdapterH, AdapterP, ParallelAdapter, Compacter, CompacterPlusPlus,
     PromptTuning, PTuning, PrefixTuning, PTuningV2,
     LlamaAdapter, IA3,
-    BitFit, LastLayers, FullFineTuning,
+    BitFit, BEFT, LastLayers, FullFineTuning,
     LoHa, LoKr, VeRA, OFT,
     HRA, FourierFT, C3A, VBLoRA, RandLoRA, MiSS, DeLoRA,
-    SHiRA, LNTuning,
+    GraLoRA, HiRA, GLoRA, DEFT, PEANuT, RoAd, PSOFT, WaveFT, PVeRA,
+    SHiRA, LNTuning, SuperTuning,
     MAMAdapter,
     MixtureOfLoRA, SideTuning,
 )  # fmt: skip
