@@ -20,7 +20,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.evaluation.ranking import METRICS, evaluate_for_ranking, rank
+from adapter_studio.engine.evaluation.ranking import METRICS, baseline_rows, evaluate_for_ranking, rank
 from adapter_studio.engine.events import Finished, Started
 from adapter_studio.engine.methods import METHOD_CLASSES
 from adapter_studio.engine.search.auto import run_auto_search
@@ -98,8 +98,11 @@ def cell_text(key: str, value: Any) -> str:
 
 def _summary(plan: SweepPlan, rows: list[dict[str, Any]]) -> str:
     if plan.kind != "auto":
-        ran = sum(1 for r in rows if r["status"] not in ("pending", "refused"))
-        return f"Sweep {plan.name}: {ran} of {len(rows)} methods trained."
+        methods = [r for r in rows if r["status"] != "baseline"]
+        ran = sum(1 for r in methods if r["status"] not in ("pending", "refused"))
+        baselines = len(rows) - len(methods)
+        also = f"; {baselines} approaches without training beside them (dashed lines)" if baselines else ""
+        return f"Sweep {plan.name}: {ran} of {len(methods)} methods trained{also}."
     trials = [r for r in rows if r.get("trial") != "winner"]
     counts = {s: sum(1 for r in trials if r["status"] == s) for s in ("completed", "pruned", "stopped", "failed")}
     how = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -454,10 +457,12 @@ class SweepPanel(QWidget):
         self.status.setText(f"Evaluating the runs of {plan.name} to rank them by {LABELS[key]}…")
 
         def job() -> Any:
-            for entry in plan.entries:
-                if entry.run_dir and not stop.is_set():
-                    yield f"Evaluating {Path(entry.run_dir).name} to rank by {LABELS[key]}…"
-                    evaluate_for_ranking([entry.run_dir], key, None, stop)
+            runs = [e.run_dir for e in plan.entries if e.run_dir]
+            for run_dir in runs:
+                if not stop.is_set():
+                    yield f"Evaluating {Path(run_dir).name} to rank by {LABELS[key]}…"
+                    # The no-training baselines are scored once, with the first run evaluated.
+                    evaluate_for_ranking([run_dir], key, None, stop, baselines=not baseline_rows(runs))
             plan.save()  # the table file gets the scores
             return plan
 
@@ -488,7 +493,12 @@ class SweepPanel(QWidget):
         plot.setLogMode(x=log_x, y=False)
         plot.setLabel("bottom", LABELS[x_key])
         plot.setLabel("left", LABELS[y_key])
-        points = [(r, r.get(x_key), r.get(y_key)) for r in self.rows]
+        for row in self.rows:  # no training, no cost to place it at: a level to beat
+            if row["status"] == "baseline" and row.get(y_key) is not None:
+                line = pg.InfiniteLine(pos=row[y_key], angle=0, pen=pg.mkPen("#888", style=Qt.PenStyle.DashLine),
+                                       label=row["method"], labelOpts={"position": 0.05, "color": "#555"})  # fmt: skip
+                plot.addItem(line)
+        points = [(r, r.get(x_key), r.get(y_key)) for r in self.rows if r["status"] != "baseline"]
         points = [(r, x, y) for r, x, y in points if x is not None and y is not None and (x > 0 or not log_x)]
         best = self.plan.best_run_dir if self.plan else None
         for i, (row, x, y) in enumerate(points):

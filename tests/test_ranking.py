@@ -77,20 +77,28 @@ def test_a_sweep_evaluates_its_runs_and_ranks_by_their_scores(make_spec, tiny_ll
     evaluate_sweep(plan, "token_f1", said.append)
     assert [m.split(" to rank")[0] for m in said] == ["evaluating ranked-lora", "evaluating ranked-ia3"]
     rows = sweep_rows(load_sweep(plan.folder))
-    for row in rows:
+    runs = [r for r in rows if r["status"] != "baseline"]
+    in_context = []
+    for row in runs:
         assert 0 <= row["tuned_token_f1"] <= 1 and 0 <= row["tuned_rouge_l"] <= 1
         assert row["forgetting"] is None  # not asked for: the check is skipped
         assert Path(row["report"]).name == "report.md" and Path(row["report"]).exists()
         evaluation = json.loads(Path(row["report"]).with_name("results.json").read_text())
-        assert evaluation["metrics"]["in_context"] == {}  # the same for every run: left out
-    assert not any(ranking.needs_evaluation(r["run_dir"], "token_f1") for r in rows)
+        in_context.append(bool(evaluation["metrics"]["in_context"]))
+    assert in_context == [True, False]  # the same for every run: scored once, with the first
+    # The approaches that train nothing, from that evaluation, beside the methods.
+    baselines = [r for r in rows if r["status"] == "baseline"]
+    assert [b["method"] for b in baselines] == ["base model (no training)", "in-context (no training)"]
+    assert all(b["trainable_params"] == 0 and 0 <= b["tuned_token_f1"] <= 1 for b in baselines)
+    assert "4 training rows before each prompt" in baselines[1]["note"]
+    assert not any(ranking.needs_evaluation(r["run_dir"], "token_f1") for r in runs)
     said.clear()
     evaluate_sweep(plan, "tuned_exact_match", said.append)  # already evaluated on these rows: nothing to do
     assert said == []
     text = format_rows(rows, "token_f1")
     assert text.splitlines()[0].endswith("token F1 (evaluation)")
     best = ranking.rank(rows, "token_f1")[0]["method"]
-    assert text.splitlines()[1].startswith(best)
+    assert text.splitlines()[1].startswith(best) and len(text.splitlines()) == 1 + len(rows)
     assert "tuned_token_f1" in (plan.folder / "sweep.csv").read_text().splitlines()[0]
 
 

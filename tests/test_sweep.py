@@ -74,6 +74,7 @@ def test_cli_sweep_prints_the_table_and_writes_the_csv(tmp_path, tiny_llama, alp
 
 @pytest.mark.gui
 def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path):  # type: ignore[no-untyped-def]
+    import pyqtgraph as pg
     from adapter_studio.engine.spec import TrainingSpec
     from PySide6.QtCore import Qt
     from test_gui import choose
@@ -114,7 +115,12 @@ def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_p
     qtbot.mouseClick(panel.evaluate_button, Qt.MouseButton.LeftButton)
     assert panel.evaluate_button.text() == "Stop evaluating"
     qtbot.waitUntil(lambda: panel.evaluate_button.text() == "Evaluate runs", timeout=240_000)
-    scores = [r["tuned_token_f1"] for r in panel.rows[:2]]
+    scores = [r["tuned_token_f1"] for r in panel.rows if r["status"] != "refused"]
     assert None not in scores and scores == sorted(scores, reverse=True)
     assert panel.table.item(0, last).text() == f"{scores[0]:.4f}"
+    # The methods as points; the base model and the in-context baseline (no training) as dashed levels.
     assert len(panel.scatter.getPlotItem().listDataItems()) == 2
+    baselines = sorted(r["method"] for r in panel.rows if r["status"] == "baseline")
+    assert baselines == ["base model (no training)", "in-context (no training)"]
+    lines = [i for i in panel.scatter.getPlotItem().items if isinstance(i, pg.InfiniteLine) and i.angle == 0]
+    assert len(lines) == 2 and "without training" in panel.status.text()

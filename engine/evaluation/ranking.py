@@ -6,6 +6,11 @@ winner read the same catalogue, so a metric means the same thing everywhere.
 An evaluation metric needs the run evaluated (engine.evaluation.run_eval); `evaluate_for_ranking` does
 that for the runs that have no usable evaluation yet — on the run's own held-out rows and best checkpoint,
 so every run of a sweep is scored on the same rows.
+
+The approaches that train nothing rank beside them (`baseline_rows`): the base model, the in-context
+baseline (k training rows in the prompt) for generation and the feature-based one (logistic regression on
+frozen features) for classification, read from an evaluation of one of the runs (the base model and the
+training rows are the same for every run of a sweep, so one evaluation scores them for all).
 """
 
 from __future__ import annotations
@@ -92,16 +97,49 @@ def needs_evaluation(run_dir: str | Path, name: str) -> bool:
     return evaluation_columns(run_dir).get(m.name) is None
 
 
+BASELINES = {  # evaluation column -> the sweep row's method
+    "base": "base model (no training)",
+    "in_context": "in-context (no training)",
+    "features": "feature-based (no training)",
+}
+IN_CONTEXT_K = 4  # training rows in the in-context baseline's prompt (the Evaluate page's default)
+
+
+def baseline_rows(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per no-training approach, from the first of the runs whose newest evaluation on its held-out
+    rows scored the in-context or feature-based baseline; none when no run has one."""
+    from adapter_studio.engine.evaluation.run_eval import latest_evaluation
+
+    for run_dir in run_dirs:
+        if not Path(run_dir, "evaluations").is_dir():
+            continue
+        result = latest_evaluation(run_dir)
+        if result is None or result.data != HELD_OUT or not (result.metrics.get("in_context") or
+                                                              result.metrics.get("features")):  # fmt: skip
+            continue
+        return [
+            {"method": method, "status": "baseline", "trainable_params": 0, "trainable_share": 0.0,
+             "adapter_bytes": 0, "train_seconds": 0.0, "note": result.baselines.get(column),
+             "report": str(result.report) if result.report else None,
+             **{f"tuned_{k}": v for k, v in result.metrics[column].items()}}
+            for column, method in BASELINES.items() if result.metrics.get(column)
+        ]  # fmt: skip
+    return []
+
+
 def evaluate_for_ranking(
     run_dirs: list[str | Path],
     name: str,
     say: Any = None,
     stop: threading.Event | None = None,
     limit: int | None = None,
+    *,
+    baselines: bool = False,
 ) -> list[Path]:
     """Evaluate the completed runs that need it for ranking by `name` (tuned against base; the in-context
-    baseline is skipped — the same for every run, it does not change a ranking), one after another.
-    Returns the runs evaluated. `say(message)` hears about each; a failed evaluation is said and skipped."""
+    baseline is the same for every run, so it is scored once: in the first evaluation, and only with
+    `baselines` when no run has it yet), one after another. Returns the runs evaluated. `say(message)`
+    hears about each; a failed evaluation is said and skipped."""
     from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run
     from adapter_studio.engine.runs import summarize_run
 
@@ -114,7 +152,8 @@ def evaluate_for_ranking(
         if summarize_run(run_dir).status != "completed" or not needs_evaluation(run_dir, m.name):
             continue
         tell(f"evaluating {run_dir.name} to rank by {m.title}")
-        settings = EvalSettings(in_context=0, forgetting=m.name == "forgetting", **({"limit": limit} if limit else {}))
+        k = IN_CONTEXT_K if baselines and not baseline_rows(run_dirs) else 0
+        settings = EvalSettings(in_context=k, forgetting=m.name == "forgetting", **({"limit": limit} if limit else {}))
         try:
             evaluate_run(run_dir, settings, stop=stop)
         except EvaluationStopped:

@@ -148,8 +148,13 @@ def list_sweeps(output_dir: str | Path) -> list[SweepPlan]:
 
 
 def sweep_rows(plan: SweepPlan) -> list[dict[str, Any]]:
-    """One row per method: what it cost and how well it did, read from its run folder's events."""
-    return [_row(plan, entry) for entry in plan.entries]
+    """One row per method: what it cost and how well it did, read from its run folder's events; then the
+    approaches that train nothing (status `baseline`), once an evaluation of a run has scored them."""
+    from adapter_studio.engine.evaluation.ranking import baseline_rows
+
+    rows = [_row(plan, entry) for entry in plan.entries]
+    baselines = baseline_rows([e.run_dir for e in plan.entries if e.run_dir])
+    return rows + [{**{c: None for c in COLUMNS}, **b} for b in baselines]
 
 
 def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
@@ -234,11 +239,11 @@ def run_sweep(plan: SweepPlan, emit: Emit | None = None, stop_event: threading.E
 
 
 def evaluate_sweep(plan: SweepPlan, rank_by: str, say: Any = None, stop: threading.Event | None = None) -> None:
-    """Evaluate the sweep's completed runs that ranking by `rank_by` needs (engine.evaluation.ranking), and
-    rewrite its table with their scores."""
+    """Evaluate the sweep's completed runs that ranking by `rank_by` needs (engine.evaluation.ranking) and
+    the no-training baselines once, and rewrite its table with their scores."""
     from adapter_studio.engine.evaluation.ranking import evaluate_for_ranking
 
-    evaluate_for_ranking([e.run_dir for e in plan.entries if e.run_dir], rank_by, say, stop)
+    evaluate_for_ranking([e.run_dir for e in plan.entries if e.run_dir], rank_by, say, stop, baselines=True)
     plan.save()
 
 
