@@ -258,3 +258,22 @@ def test_kto_equals_trl(setup: dict[str, Any], tiny_llama: Path, tmp_path: Path,
     }  # fmt: skip
     trl_loss = trainer._compute_loss(model, inputs, return_outputs=False)
     assert_same(loss, trl_loss, model)
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({}, ""),  # a supervised run: nothing to add
+        ({"reward_margin": 0.25, "preference_accuracy": 0.75}, " margin 0.250 pref_acc 0.750"),
+        ({"reward_margin": 0.25, "preference_accuracy": None}, " margin 0.250"),  # KTO: no pairs to rank
+    ],
+)
+def test_progress_line_of_each_objective(fields: dict[str, Any], text: str) -> None:
+    """The CLI prints this on every step and evaluation; KTO's missing accuracy once failed its runs."""
+    from adapter_studio.engine.events import Eval, Metrics
+    from adapter_studio.engine.objectives.training import progress_text
+
+    metrics = Metrics(step=1, epoch=0.1, loss=0.5, lr=1e-4, grad_norm=1.0, tokens_per_s=10.0, tokens_seen=10,
+                      memory_bytes=1, **fields)  # fmt: skip
+    assert progress_text(metrics) == text
+    assert progress_text(Eval(step=1, eval_loss=0.5, **fields)) == text

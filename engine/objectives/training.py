@@ -109,4 +109,7 @@ def evaluate_pairs(objective: ObjectiveSpec, run: PairPass, pairs: Sequence[Any]
 def progress_text(event: Any) -> str:
     """A preference run's reward margin and preference accuracy for a progress line ('' for other runs)."""
     margin = getattr(event, "reward_margin", None)
-    return "" if margin is None else f" margin {margin:.3f} pref_acc {event.preference_accuracy:.3f}"
+    if margin is None:
+        return ""
+    accuracy = getattr(event, "preference_accuracy", None)  # None for KTO: its answers come unpaired
+    return f" margin {margin:.3f}" + ("" if accuracy is None else f" pref_acc {accuracy:.3f}")
