@@ -40,7 +40,9 @@ def test_each_objective_trains_smollm2_through_the_cli(name: str, start_loss: fl
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     metrics = [e for e in events if e["type"] == "metrics"]
     assert len(metrics) == STEPS and all(math.isfinite(m["loss"]) for m in metrics)
-    assert all(m["reward_margin"] is not None for m in metrics)
+    # A KTO batch whose answers are all desirable (or all not) has no margin (the event leaves it out).
+    margins = [m.get("reward_margin") is not None for m in metrics]
+    assert any(margins) if name == "kto" else all(margins)
     if start_loss is not None:  # the policy starts as the reference
         assert abs(metrics[0]["loss"] - start_loss) < 1e-3, metrics[0]
     evals = [e for e in events if e["type"] == "eval"]

@@ -391,3 +391,20 @@ def test_dpo_with_the_rate_finder_accumulation_and_a_resume(
     steps = [e.step for e in again if e.type == "metrics"]
     assert steps[0] == 5 and steps[-1] == 8
     assert all(e.reward_margin is not None for e in again if e.type == "metrics")
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "simpo", "orpo", "kto"])
+def test_each_objective_trains_through_the_cli(name: str, tiny_llama: Path, pairs_jsonl: Path, kto_jsonl: Path,
+                                               tmp_path: Path) -> None:  # fmt: skip
+    """Every objective from the command line, its progress lines included (KTO has no pair accuracy)."""
+    from tests.test_cli import cli, write_spec
+
+    data = kto_jsonl if name == "kto" else pairs_jsonl
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, data, tmp_path / "runs", max_steps=3, eval_every=3)
+    done = cli("train", str(spec), "--set", f"objective.name={name}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finished completed at step 3" in done.stdout
+    steps = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert len(steps) == 3 and all(" margin " in line for line in steps)
+    assert all(("pref_acc" in line) == (name != "kto") for line in steps)
+    assert any(line.startswith("eval step 3") and " margin " in line for line in done.stdout.splitlines())

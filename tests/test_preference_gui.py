@@ -51,3 +51,26 @@ def test_objective_picker_forms_and_a_dpo_run_from_the_window(
     rewards = window.train_page.plots["rewards"].point_counts()
     assert rewards["chosen"] == rewards["rejected"] == rewards["margin"] == 4
     assert window.train_page.plots["quality"].point_counts()["preference accuracy (batch)"] == 4
+
+
+@pytest.mark.parametrize("name", ["ipo", "simpo", "orpo", "kto"])
+def test_every_other_objective_trains_from_the_window(name: str, window: Any, qtbot: Any, tiny_llama: Path,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    from tests.test_preference import kto_rows
+
+    rows = kto_rows(80) if name == "kto" else preference_rows(80)
+    choose(window, qtbot, tiny_llama, write_jsonl(tmp_path / "data.jsonl", rows))
+    assert window.pages["data"].preview.format == ("kto" if name == "kto" else "preference")
+    window.go_to("method")
+    window.pages["method"].select_objective(name)
+    window.state.training = TrainingSpec(max_steps=3, batch_size=4, save_every=3, eval_every=3, eval_samples=0,
+                                         precision="float32")  # fmt: skip
+    window.train_page.start()
+    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
+    assert window.train_page.last_status == "completed", window.train_page.last_error
+    metrics = window.train_page.metrics
+    # A KTO batch whose answers are all desirable (or all not) has no margin between the two kinds.
+    margins = [m.reward_margin is not None for m in metrics]
+    assert metrics[-1].step == 3 and (any(margins) if name == "kto" else all(margins))
+    assert all((m.preference_accuracy is None) == (name == "kto") for m in metrics)
+    assert f"name: {name}" in (window.train_page.run_dir / "spec.yaml").read_text()
