@@ -4,7 +4,8 @@ Data: Anthropic HH harmless pairs (/work/shared/data/hh_harmless_test.jsonl.gz, 
 app's `preference` format (dialogues split where chosen and rejected diverge). The first `--held-out`
 usable pairs are the evaluation file, the next `--pairs` the training file.
 
-Runs, same model, method (LoRA r8/alpha16 on q,v), batch, max_length and seed:
+Runs, same model, method (LoRA r8/alpha16 on the app's default layers, every linear layer of the blocks,
+unless --targets), learning rate (the app's default for the objective unless --lr), batch, max_length, seed:
   dpo  objective dpo (beta 0.1) on the pairs, `--epochs` passes; evaluated on the held-out pairs at
        the end: preference accuracy (the share of pairs whose chosen answer gains more log-probability
        over the base than the rejected one) and reward margin.
@@ -19,7 +20,7 @@ The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dp
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
        [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--max-length 512]
-       [--lr 5e-4] [--out DIR]
+       [--lr RATE] [--targets q_proj,v_proj] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check.
 """
