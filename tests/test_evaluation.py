@@ -20,6 +20,9 @@ from adapter_studio.engine.evaluation.forgetting import answer_text_only, genera
 from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
 from adapter_studio.engine.training.run import run
 
+from tests.conftest import write_jsonl
+from tests.test_preference import kto_rows, preference_rows
+
 EXTRACT = r"####\s*(-?[\d.,]+)"
 
 # --- metrics, each against its library and a value worked out by hand ---------------------------------
@@ -442,3 +445,30 @@ def test_the_latest_saved_evaluation_reads_back(evaluated: Any, tmp_path: Path) 
     back = latest_evaluation(tmp_path)
     assert back.report == good / "report.md"
     assert back.to_json() | {"report": None} == evaluated.to_json() | {"report": None}
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: Path, make_spec: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """The chosen (KTO: desirable) answer is the one to match; in-context examples are the chosen answers."""
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    rows = kto_rows(60) if objective == "kto" else preference_rows(60)
+    spec = make_spec(tiny_llama, write_jsonl(tmp_path / "pairs.jsonl", rows), max_steps=2, eval_samples=0,
+                     data={"eval_split": 0.2})  # fmt: skip
+    result = run(spec.model_copy(update={"objective": OBJECTIVES[objective]()}))
+    assert result.status == "completed", result.error
+    evaluation = evaluate_run(result.run_dir, EvalSettings(in_context=2, forgetting=False, batch_size=4),
+                              write_report=False)  # fmt: skip
+    held = case_rows(result.run_dir)
+    wanted = [e for e in held if objective != "kto" or e.label]
+    assert len(evaluation.rows) == len(wanted) > 0
+    assert sorted(r["expected"] for r in evaluation.rows) == sorted(e.chosen.strip() for e in wanted)
+    assert set(evaluation.metrics) == {"base", "tuned", "in_context"} and evaluation.metrics["in_context"]
+
+
+def case_rows(run_dir: Path) -> list[Any]:
+    """The run's held-out rows as the evaluation reads them."""
+    from adapter_studio.engine.inference.playground import Playground, held_out_rows
+
+    return held_out_rows(Playground.open(run_dir).tuned)[1]

@@ -178,6 +178,7 @@ def _generation(
     stop: threading.Event | None, seconds: dict[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     tokenizer = playground.tokenizer
+    fmt, rows = case_lib.as_conversations(fmt, rows)
     cases = case_lib.generation_cases(playground.renderer, fmt, rows)
     if not cases:
         raise UserError("none of the rows ends in an answer to compare with",
@@ -201,6 +202,7 @@ def _generation(
         notes.append(f"{cut} prompts were longer than the model's {limit} positions allow: their start was cut")
     prompts = [p[-room:] if len(p) > room else p for p in prompts]
     shots = case_lib.training_rows(playground.spec, settings.in_context) if settings.in_context else []
+    shots = [c for c in map(case_lib.as_conversation, shots) if c is not None]
     columns = ["base", "tuned"] + (["in_context"] if shots else [])
     in_context: list[list[int]] = []
     if shots:
