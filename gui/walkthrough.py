@@ -85,6 +85,8 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
           TRAIN_TIMEOUT_S, "training to reach mid-run")
     shoot("train")
     _wait(app, lambda: not train.controller.running, TRAIN_TIMEOUT_S, "training to finish")
+    if state.objective.pairwise:  # a preference run's own plots: chosen and rejected rewards, the margin
+        train.more.setCurrentWidget(train.rewards_plot)
     shoot("train_finished")
     report["status"] = train.last_status
     report["plot_points"] = {name: plot.total_points() for name, plot in train.plots.items()}

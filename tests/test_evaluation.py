@@ -465,6 +465,12 @@ def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: P
     assert len(evaluation.rows) == len(wanted) > 0
     assert sorted(r["expected"] for r in evaluation.rows) == sorted(e.chosen.strip() for e in wanted)
     assert set(evaluation.metrics) == {"base", "tuned", "in_context"} and evaluation.metrics["in_context"]
+    # The Try page offers the same prompts, the chosen answer as the expected one.
+    from adapter_studio.engine.inference.playground import Playground
+
+    offered = Playground.open(result.run_dir).held_out_examples(100)
+    assert sorted(x[2] for x in offered) == sorted(e.chosen.strip() for e in wanted)
+    assert all(x[0].strip() and x[1].strip() for x in offered)
 
 
 def case_rows(run_dir: Path) -> list[Any]:

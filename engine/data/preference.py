@@ -283,3 +283,15 @@ def pad_rows(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, multiple:
         mask[i, :n] = 1
         labels[i, : len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def as_conversation(e: Example) -> Example | None:
+    """A preference pair (or a KTO answer marked desirable) as a conversation that ends in the answer to
+    match: a preference run is judged and tried, like any other, by how it answers held-out prompts. None
+    for a KTO answer marked undesirable; rows of other shapes as they are."""
+    if not e.chosen.strip():
+        return e
+    if e.label is False:
+        return None
+    return Example(row=e.row, messages=[*e.messages, {"role": "assistant", "content": e.chosen}], path=e.path,
+                   unit=e.unit)  # fmt: skip

@@ -93,26 +93,11 @@ def training_rows(spec: RunSpec, count: int, seed: int = 0) -> list[Example]:
     return random.Random(seed).sample(train, min(count, len(train)))
 
 
-PREFERENCE_SHAPES = ("preference", "kto")
-
-
-def as_conversation(e: Example) -> Example | None:
-    """A preference pair (or a KTO answer marked desirable) as a conversation that ends in the answer to
-    match: a preference run is judged, like any other, by how it answers held-out prompts. None for a KTO
-    answer marked undesirable; rows of other shapes as they are."""
-    from adapter_studio.engine.data.shapes import Example
-
-    if not e.chosen.strip():
-        return e
-    if e.label is False:
-        return None
-    return Example(row=e.row, messages=[*e.messages, {"role": "assistant", "content": e.chosen}], path=e.path,
-                   unit=e.unit)  # fmt: skip
-
-
 def as_conversations(fmt: str, rows: list[Example]) -> tuple[str, list[Example]]:
     """`as_conversation` over rows of one shape, and the shape they then have."""
-    if fmt not in PREFERENCE_SHAPES:
+    from adapter_studio.engine.data.preference import as_conversation
+
+    if fmt not in ("preference", "kto"):
         return fmt, rows
     return "messages", [c for c in map(as_conversation, rows) if c is not None]
 

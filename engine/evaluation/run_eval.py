@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.data.preference import as_conversation
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import cases as case_lib
 from adapter_studio.engine.evaluation import metrics as m
@@ -202,7 +203,7 @@ def _generation(
         notes.append(f"{cut} prompts were longer than the model's {limit} positions allow: their start was cut")
     prompts = [p[-room:] if len(p) > room else p for p in prompts]
     shots = case_lib.training_rows(playground.spec, settings.in_context) if settings.in_context else []
-    shots = [c for c in map(case_lib.as_conversation, shots) if c is not None]
+    shots = [c for c in map(as_conversation, shots) if c is not None]
     columns = ["base", "tuned"] + (["in_context"] if shots else [])
     in_context: list[list[int]] = []
     if shots:

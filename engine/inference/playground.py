@@ -190,11 +190,14 @@ class Playground:
 
     def held_out_examples(self, n: int = 20) -> list[HeldOutExample]:
         """Up to n rows the run did not train on: (full prompt text, user message, expected answer)."""
+        from adapter_studio.engine.data.preference import as_conversation
+
         out: list[HeldOutExample] = []
-        for e in self._held_out:
+        chat = self.data_format in CHAT_FORMATS or self.data_format in ("preference", "kto")
+        for e in filter(None, map(as_conversation, self._held_out)):  # a pair: its chosen answer is expected
             if len(out) >= n:
                 break
-            if self.data_format in CHAT_FORMATS:
+            if chat:
                 if len(e.messages) < 2 or e.messages[-1]["role"] != "assistant":
                     continue
                 users = [m["content"] for m in e.messages[:-1] if m["role"] == "user"]
