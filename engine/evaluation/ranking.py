@@ -62,13 +62,20 @@ def metric(name: str) -> Metric:
 def evaluation_columns(run_dir: str | Path) -> dict[str, Any]:
     """The tuned model's scores, forgetting and the report's path from the run's newest evaluation
     (empty when it has none)."""
+    result = _newest(run_dir)
+    return {} if result is None else _columns(result)
+
+
+def _newest(run_dir: str | Path) -> Any:
+    """The run's newest evaluation that reads (run_eval.latest_evaluation), or None."""
     from adapter_studio.engine.evaluation.run_eval import latest_evaluation
 
     if not Path(run_dir, "evaluations").is_dir():  # most runs: no file to read
-        return {}
-    result = latest_evaluation(run_dir)
-    if result is None:
-        return {}
+        return None
+    return latest_evaluation(run_dir)
+
+
+def _columns(result: Any) -> dict[str, Any]:
     columns: dict[str, Any] = {f"tuned_{k}": v for k, v in result.metrics.get("tuned", {}).items()}
     columns["forgetting"] = result.forgetting.ratio if result.forgetting is not None else None
     columns["report"] = str(result.report) if result.report else None
@@ -86,15 +93,11 @@ def rank(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 def needs_evaluation(run_dir: str | Path, name: str) -> bool:
     """Whether ranking this run by the metric needs a (new) evaluation: it has none on its own held-out
     rows, or none with the metric (forgetting is optional in an evaluation)."""
-    from adapter_studio.engine.evaluation.run_eval import latest_evaluation
-
     m = metric(name)
     if not m.evaluated:
         return False
-    result = latest_evaluation(run_dir) if Path(run_dir, "evaluations").is_dir() else None
-    if result is None or result.data != HELD_OUT:
-        return True
-    return evaluation_columns(run_dir).get(m.name) is None
+    result = _newest(run_dir)
+    return result is None or result.data != HELD_OUT or _columns(result).get(m.name) is None
 
 
 BASELINES = {  # evaluation column -> the sweep row's method
@@ -108,12 +111,8 @@ IN_CONTEXT_K = 4  # training rows in the in-context baseline's prompt (the Evalu
 def baseline_rows(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One row per no-training approach, from the first of the runs whose newest evaluation on its held-out
     rows scored the in-context or feature-based baseline; none when no run has one."""
-    from adapter_studio.engine.evaluation.run_eval import latest_evaluation
-
     for run_dir in run_dirs:
-        if not Path(run_dir, "evaluations").is_dir():
-            continue
-        result = latest_evaluation(run_dir)
+        result = _newest(run_dir)
         if result is None or result.data != HELD_OUT or not (result.metrics.get("in_context") or
                                                               result.metrics.get("features")):  # fmt: skip
             continue
