@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.machines import MachinesSpec
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -177,6 +178,12 @@ class TrainingSpec(SpecSection):
         json_schema_extra=ADVANCED,
         description="How several devices share the work: DDP (a full copy each), FSDP or DeepSpeed ZeRO-2 "
         "(sharded; CUDA GPUs only).",
+    )
+    machines: MachinesSpec = Field(
+        default_factory=MachinesSpec,
+        json_schema_extra=ADVANCED,
+        description="Several machines: a count (or a host list), machine 0's address and port, and this "
+        "machine's rank. Each machine runs the same spec with its own rank.",
     )
 
 

@@ -69,7 +69,7 @@ class TrainingController(QObject):
     def start(self, spec: Any = None, resume_dir: Path | None = None) -> None:
         from adapter_studio.engine.training.run import run  # deferred: torch loads when the first run starts
 
-        if spec is not None and spec.training.devices > 1 and resume_dir is None:
+        if spec is not None and (spec.training.devices > 1 or spec.training.machines.count > 1) and resume_dir is None:
             self._start_processes(spec)
             return
         self.stop_event = threading.Event()
@@ -108,7 +108,8 @@ class TrainingController(QObject):
         from adapter_studio.engine.events import EventFollower
         from adapter_studio.engine.training.launch import start_multi
 
-        self.process, run_dir = start_multi(spec, spec.training.devices)
+        self.process, run_dir = start_multi(spec, spec.training.devices, to_log=True)
+        self.machine = spec.training.machines  # a machine other than 0 joins machine 0's run, logs nothing
         self.follower = EventFollower(run_dir / "events.jsonl")
         self.worker = self.process  # `running` while the job lives
         self.poll_timer = QTimer(self)
@@ -118,6 +119,7 @@ class TrainingController(QObject):
 
     def _poll_processes(self) -> None:
         from adapter_studio.engine.events import Finished
+        from adapter_studio.engine.training.launch import LAUNCHER_LOG
         from adapter_studio.engine.training.run import RunResult
 
         events = self.follower.poll()
@@ -130,12 +132,19 @@ class TrainingController(QObject):
             self.events.emit(events)
         finished = [e for e in self.follower.seen if isinstance(e, Finished)]
         last = finished[-1] if finished else None
-        output = self.process.stdout.read() if self.process.stdout else ""
+        output = _tail(self.follower.path.parent / LAUNCHER_LOG)
+        code = self.process.returncode
         self.poll_timer.stop()
         self.process = None
         self.worker = None
         status = last.status if last else "failed"
         error = last.error if last else f"the training processes ended without finishing: {output[-2000:]}"
+        if self.machine.rank > 0:
+            status = "completed" if code == 0 else "failed"
+            error = None if code == 0 else (
+                f"machine {self.machine.rank}'s processes ended early (exit code {code}); machine 0 "
+                f"({self.machine.main_address}) has the run folder. Their output: {output[-1500:]}"
+            )
         self.done.emit(RunResult(status, self.follower.path.parent, last.step if last else 0, error))
 
     def wait(self, timeout_ms: int = 60_000) -> None:
@@ -156,6 +165,16 @@ class TrainingController(QObject):
     def _errored(self, error: BaseException) -> None:
         self._finish()
         self.failed.emit(error)
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    """The end of the launcher's output (its processes' errors are the last thing they print)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:

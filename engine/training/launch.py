@@ -16,29 +16,27 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import EventFollower, Finished
 from adapter_studio.engine.runs import new_run_dir
-from adapter_studio.engine.spec import RunSpec
+from adapter_studio.engine.spec import MachinesSpec, RunSpec
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 def launch_command(
-    spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp"
+    spec_file: Path, run_dir: Path, devices: int, strategy: str = "ddp", machines: MachinesSpec | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The `accelerate launch` command line and environment for an N-process run (`check_devices` first)."""
+    """The `accelerate launch` command line and environment for `devices` processes on this machine, one
+    of `machines.count` (`check_devices` first)."""
     import torch
 
     env = dict(os.environ)
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        str(devices),
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        str(_free_port()),
-    ]
+    machines = machines or MachinesSpec()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(devices * machines.count)]
+    if machines.count > 1:
+        # Every machine meets machine 0 at a fixed address and port (torchrun's static rendezvous).
+        cmd += ["--num_machines", str(machines.count), "--machine_rank", str(machines.rank),
+                "--main_process_ip", machines.main_address, "--main_process_port", str(machines.main_port)]  # fmt: skip
+    else:
+        cmd += ["--num_machines", "1", "--main_process_port", str(_free_port())]
     if strategy == "fsdp":
         cmd += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD"]
     elif strategy == "deepspeed":
@@ -82,24 +80,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+WORKERS = ".machines"  # under output_dir: the folders of the machines that join another's run
+
+
 def prepare_multi_run(spec: RunSpec) -> tuple[Path, Path]:
-    """Make the run folder up front so every process writes into the same one."""
-    run_dir = new_run_dir(spec.output_dir, spec.name, spec.method.name)
+    """Make the run folder up front so every process writes into the same one. A machine other than
+    machine 0 writes no run (machine 0 does): its folder, under `output_dir/.machines/`, holds only the
+    spec it was started with and its processes' output, and stays out of the run history."""
+    machines = spec.training.machines
+    if machines.rank > 0:
+        name = f"{spec.name or spec.method.name}-machine{machines.rank}"
+        run_dir = new_run_dir(str(Path(spec.output_dir) / WORKERS), f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", "")
+    else:
+        run_dir = new_run_dir(spec.output_dir, spec.name, spec.method.name)
     spec_file = run_dir / "launch-spec.yaml"
     spec.save(spec_file)
     return run_dir, spec_file
 
 
-def start_multi(spec: RunSpec, devices: int) -> tuple[subprocess.Popen[str], Path]:
-    """Start the processes (`training.distributed` says how they share the work); the caller follows
-    `run_dir/events.jsonl` and may `stop_multi`."""
+def start_multi(spec: RunSpec, devices: int, to_log: bool = False) -> tuple[subprocess.Popen[str], Path]:
+    """Start this machine's processes (`training.distributed` says how they share the work); on machine 0
+    the caller follows `run_dir/events.jsonl` and may `stop_multi`. Their output is the caller's to read
+    (`proc.stdout`), or with `to_log` goes straight to `run_dir/launcher.log`: a caller that reads it only
+    at the end would otherwise stall the run once the pipe fills (a few hundred progress lines)."""
     check_devices(devices, spec.training.distributed)  # before a run folder is made
     run_dir, spec_file = prepare_multi_run(spec)
-    cmd, env = launch_command(spec_file, run_dir, devices, spec.training.distributed)
+    cmd, env = launch_command(spec_file, run_dir, devices, spec.training.distributed, spec.training.machines)
+    output: Any = subprocess.PIPE
+    if to_log:
+        output = (run_dir / LAUNCHER_LOG).open("w", encoding="utf-8")
     # Its own process group, so one signal reaches the launcher and every worker.
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd, env=env, start_new_session=True, text=True, stdout=output, stderr=subprocess.STDOUT
+        )
+    finally:
+        if to_log:
+            output.close()  # the launcher holds its own copy
     return proc, run_dir
 
 
@@ -137,6 +154,8 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
             else:
                 print(line, end="", flush=True)
     proc.wait()
+    if spec.training.machines.rank > 0:
+        return _worker_machine_exit(proc.returncode, spec, run_dir)
     time.sleep(0.1)
     finished = [e for e in EventFollower(run_dir / "events.jsonl").poll() if isinstance(e, Finished)]
     status = finished[-1].status if finished else "failed"
@@ -153,3 +172,16 @@ def _last_exception(lines: list[str]) -> str:
             return f"a training process failed: {line.strip()[:300]}"
     return "a training process ended without finishing the run"
 
+
+
+def _worker_machine_exit(code: int, spec: RunSpec, folder: Path) -> int:
+    """A machine other than machine 0 has no log of its own to read the outcome from: its processes' exit
+    says whether they all finished, and machine 0's run folder says how the run went."""
+    machines = spec.training.machines
+    where = f"machine 0 ({machines.main_address}) has the run folder"
+    if code == 0:
+        print(f"machine {machines.rank}: its processes ended with the run (completed or stopped); {where}", flush=True)
+        return 0
+    print(f"error: machine {machines.rank}: its processes ended early (exit code {code}); {where}, and their "
+          f"output is in {folder / LAUNCHER_LOG}", file=sys.stderr, flush=True)  # fmt: skip
+    return 1

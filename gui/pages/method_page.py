@@ -11,22 +11,26 @@ from typing import Any
 from adapter_studio.engine.defaults import choose, explain, rate_for_size
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
-from adapter_studio.engine.spec import TrainingSpec
+from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
+from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.form_builder import SpecForm
 from adapter_studio.gui.pages.base import Page
 from pydantic import ValidationError
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
+    QFileDialog,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QScrollArea,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 
 def target_presets(info: Any) -> dict[str, list[str]]:
@@ -84,6 +88,7 @@ class MethodPage(Page):
         self.training_form.setObjectName("trainingForm")
         self.training_form.changed.connect(self._training_edited)
         training_layout.addWidget(self.training_form)
+        training_layout.addWidget(self._machines_section())
         self.chosen = QLabel()  # the values left empty above, as the engine will fill them, and why
         self.chosen.setObjectName("chosenDefaults")
         self.chosen.setWordWrap(True)
@@ -103,6 +108,7 @@ class MethodPage(Page):
         state.method_changed.connect(self._from_state)
         state.objective_changed.connect(self._objective_from_state)
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
+        state.training_changed.connect(lambda: self.machines_form.set_values(self.state.training.machines))
         state.model_described.connect(self._rebuild_form)
         for signal in (
             state.model_described,
@@ -252,9 +258,59 @@ class MethodPage(Page):
         self.state.method = method
         self.state.spec_edited.emit()
 
+    def _machines_section(self) -> QCollapsible:
+        """Training on several machines: the same spec started on each with its rank, here or through the
+        Slurm / SkyPilot files written from it."""
+        section = QCollapsible("Several machines")
+        section.setObjectName("machinesSection")
+        self.machines_form = SpecForm(MachinesSpec, self.state.training.machines)
+        self.machines_form.setObjectName("machinesForm")
+        self.machines_form.changed.connect(self._machines_edited)
+        section.addWidget(self.machines_form)
+        write = QPushButton("Write Slurm and SkyPilot files…")
+        write.setObjectName("writeClusterFiles")
+        write.setToolTip("A batch script for Slurm and a task for SkyPilot that start this spec on every machine")
+        write.clicked.connect(self._write_cluster_files)
+        section.addWidget(write)
+        self.cluster_note = QLabel("")
+        self.cluster_note.setObjectName("clusterFilesNote")
+        self.cluster_note.setWordWrap(True)
+        self.cluster_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        section.addWidget(self.cluster_note)
+        return section
+
+    def _machines_edited(self, values: dict[str, Any]) -> None:
+        try:
+            machines = MachinesSpec.model_validate({**values, "hosts": self.state.training.machines.hosts})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            self.validation.setText(f"training.machines{'.' + where if where else ''}: {first['msg']}")
+            return
+        self.validation.setText("")
+        self.state.training = self.state.training.model_copy(update={"machines": machines})
+        self.state.spec_edited.emit()
+
+    def _write_cluster_files(self) -> None:
+        from pathlib import Path
+
+        from adapter_studio.engine.errors import UserError
+        from adapter_studio.engine.training.cluster_files import write_cluster_files
+
+        folder = QFileDialog.getExistingDirectory(self, "Where to write the cluster files")
+        if not folder:
+            return
+        try:
+            files = write_cluster_files(self.state.build_spec(), Path(folder))
+        except UserError as e:
+            show_error(self, e)
+            return
+        self.cluster_note.setText(f"Written to {folder}. Start with: " + "  or  ".join(files.commands()))
+
     def _training_edited(self, values: dict[str, Any]) -> None:
         try:
-            self.state.training = TrainingSpec.model_validate(values)
+            # The machines are edited in their own section; this form has no field for them.
+            self.state.training = TrainingSpec.model_validate({**values, "machines": self.state.training.machines})
             self.validation.setText("")
             self.state.spec_edited.emit()
         except ValidationError as e:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio import __version__
+from adapter_studio.cluster_command import add_cluster_parser, cmd_cluster
 from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.eval_command import cmd_eval
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
 
     add_combine_parser(sub)
+    add_cluster_parser(sub)
 
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
     walk.add_argument("spec")
@@ -184,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         spec = load_spec_file(args.spec, args.overrides)
     devices = devices or spec.training.devices
-    if devices and devices > 1:
+    # The launcher's own processes come back here with --run-dir: each trains, none launches again.
+    if args.run_dir is None and (devices > 1 or spec.training.machines.count > 1):
         from adapter_studio.engine.training.launch import launch_multi
 
         return launch_multi(args, devices)
@@ -196,7 +199,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.status == "completed":
         return 0
     if result.status == "cancelled":
-        return EXIT_CANCELLED
+        from adapter_studio.engine.training.devices import process_rank
+
+        # Stopping is machine 0's to report: a process of another rank stopped with it, as it should.
+        return EXIT_CANCELLED if args.run_dir is None or process_rank() == 0 else 0
     print(f"error: {result.error}", file=sys.stderr)
     return 1
 
@@ -376,6 +382,7 @@ COMMANDS = {
     "walkthrough": cmd_walkthrough,
     "eval": cmd_eval,
     "combine": cmd_combine,
+    "cluster": cmd_cluster,
 }
 
 if __name__ == "__main__":
