@@ -83,6 +83,22 @@ class StudioState(QObject):
         self.training = training
         self.training_changed.emit()
 
+    def apply_changes(self, changes: dict[str, Any]) -> None:
+        """Make `section.field` → value changes (the memory advice's, engine.estimate.fit) as each page
+        would, so every page shows them."""
+        by_section: dict[str, dict[str, Any]] = {}
+        for path, value in changes.items():
+            section, key = path.split(".", 1)
+            by_section.setdefault(section, {})[key] = value
+        if "model" in by_section and self.model is not None:
+            self.model = self.model.model_copy(update=by_section["model"])
+            self.model_changed.emit()
+        if "data" in by_section and self.data is not None:
+            self.set_data(self.data.model_copy(update=by_section["data"]))
+        if "training" in by_section:
+            self.set_training(self.training.model_copy(update=by_section["training"]))
+        self.spec_edited.emit()
+
     def set_current_run(self, run_dir: Path | None) -> None:
         self.current_run = run_dir
         self.run_changed.emit()

@@ -165,3 +165,63 @@ def test_chart_labels_write_numbers_out() -> None:
     assert [three_digits(x) for x in (100.0, 0.341, 5.3, 0.0086, 1234.0)] == ["100", "0.341", "5.3", "0.0086", "1234"]
     assert [short_count(n) for n in (950, 460_800, 999_700, 134_515_008, 7_000_000_000)] == [
         "950", "461K", "1M", "135M", "7B"]  # fmt: skip
+
+
+def tiny_budget(tiny_llama, monkeypatch, **training):  # type: ignore[no-untyped-def]
+    """Device memory just enough for the tiny model's LoRA step with `training`, for the Compare page's
+    estimate and the advice alike."""
+    from adapter_studio.engine.estimate import fit, table
+    from adapter_studio.engine.spec import parse_spec
+
+    spec = parse_spec({"model": {"source": str(tiny_llama)}, "data": {"path": "-"}, "training": training})
+    monkeypatch.setattr(fit, "_device_memory", lambda device: 2**50)
+    budget = fit.fit_advice(spec).needed
+    monkeypatch.setattr(fit, "_device_memory", lambda device: budget)
+    monkeypatch.setattr(table, "_device_memory", lambda device: budget)
+    return budget
+
+
+def test_compare_page_says_what_makes_the_chosen_method_fit_and_applies_it(window, qtbot, tiny_llama,  # type: ignore[no-untyped-def]
+                                                                           monkeypatch):  # fmt: skip
+    from adapter_studio.engine.spec import TrainingSpec
+
+    tiny_budget(tiny_llama, monkeypatch, batch_size=4)
+    page = window.pages["compare"]
+    window.pages["model"].choose(str(tiny_llama))
+    window.state.set_training(TrainingSpec(batch_size=16))
+    window.go_to("compare")
+    qtbot.waitUntil(lambda: "does not fit" in page.fit_note.text(), timeout=120_000)
+    note = html.unescape(page.fit_note.text())
+    assert "It fits with" in note and "batch 4 × 4 accumulated" in note, note
+    assert page.fit_apply.isVisible()
+    page.fit_apply.click()
+    assert (window.state.training.batch_size, window.state.training.gradient_accumulation) == (4, 4)
+    assert window.pages["method"].training_form.values()["batch_size"] == 4  # the Method page shows it
+    qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"]["batch_size"] == 4, timeout=60_000)
+    qtbot.waitUntil(lambda: page.fit_note.text() == "" and not page.fit_apply.isVisible(), timeout=30_000)
+
+
+@pytest.mark.parametrize("choice", ["apply", "cancel", "anyway"])
+def test_start_offers_the_change_that_fits(window, qtbot, tiny_llama, alpaca_jsonl, monkeypatch, choice):  # type: ignore[no-untyped-def]
+    from adapter_studio.engine.spec import DataSpec, TrainingSpec
+
+    budget = tiny_budget(tiny_llama, monkeypatch, batch_size=2, max_steps=2, eval_samples=0, precision="float32")
+    window.state.set_model(str(tiny_llama))
+    window.state.data = DataSpec(path=str(alpaca_jsonl))
+    window.state.set_training(TrainingSpec(batch_size=8, max_steps=2, eval_samples=0, precision="float32"))
+    window.state.last_estimate = {"method": "lora", "fits": False, "device_memory_bytes": budget,
+                                  "memory_bytes": {"total": budget * 2}}  # fmt: skip
+    asked = []
+    monkeypatch.setattr(window.train_page, "ask_fit", lambda text: asked.append(text) or choice)
+    train = window.train_page
+    train.start()
+    assert asked and "It fits with batch 2 × 4 accumulated" in asked[0], asked
+    if choice == "cancel":
+        assert not train.controller.running and window.state.training.batch_size == 8
+        return
+    qtbot.waitUntil(lambda: not train.controller.running, timeout=120_000)
+    assert train.last_status == "completed", train.last_error
+    saved = (train.run_dir / "spec.yaml").read_text()
+    expected = (2, 4) if choice == "apply" else (8, 1)
+    assert (window.state.training.batch_size, window.state.training.gradient_accumulation) == expected
+    assert f"batch_size: {expected[0]}" in saved and f"gradient_accumulation: {expected[1]}" in saved

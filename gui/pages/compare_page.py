@@ -318,6 +318,20 @@ class ComparePage(Page):
         self.status.setObjectName("compareStatus")
         self.status.setWordWrap(True)
         column.addWidget(self.status)
+        # When the chosen method's step does not fit: the change that makes it fit, and a button to make it.
+        advice_row = QHBoxLayout()
+        self.fit_note = QLabel("")
+        self.fit_note.setObjectName("fitAdvice")
+        self.fit_note.setWordWrap(True)
+        self.fit_apply = QPushButton("Apply")
+        self.fit_apply.setObjectName("applyFit")
+        self.fit_apply.clicked.connect(self.apply_fit)
+        self.fit_apply.hide()
+        advice_row.addWidget(self.fit_note, 1)
+        advice_row.addWidget(self.fit_apply)
+        column.addLayout(advice_row)
+        self.fit_changes: dict[str, Any] | None = None
+        self._advised = 0  # the request whose advice was asked for
         self.chart = CostChart()
         self.chart.setObjectName("costChart")
         # What the memory bars assume, and why a method is missing from the bars (kept off the chart).
@@ -418,6 +432,7 @@ class ComparePage(Page):
         current = next((r for r in rows if r["method"] == self.state.method.name), None)
         self.state.last_estimate = current
         self.redraw()
+        self._advise(current, number)
         where = f"against {human_bytes(self.device_memory)} of device memory" if self.device_memory else ""
         if shared_by and self.device_memory:
             whole = human_bytes(self.device_memory * shared_by)
@@ -429,6 +444,51 @@ class ComparePage(Page):
             f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
             f"{devices}{progress}"
         )
+
+    def _advise(self, current: dict[str, Any] | None, number: int) -> None:
+        """Ask, off the main thread, what makes the chosen method fit when it does not (engine.estimate.fit)."""
+        if not current or current.get("fits") is not False or current.get("stale") or current.get("pending"):
+            self._show_advice(None, number)
+            return
+        if self._advised == number:
+            return  # asked already for this request (the rows arrive in several parts)
+        self._advised = number
+        from adapter_studio.engine.estimate.fit import fit_advice
+        from adapter_studio.engine.spec import DataSpec, RunSpec
+
+        s = self.state
+        spec = RunSpec(model=s.model, data=s.data or DataSpec(path="-"), method=s.method, objective=s.objective,
+                       training=s.training)
+        measured = step_length(s)
+        run_in_background(fit_advice, spec, measured[0] if measured else None,
+                          on_result=lambda advice, n=number: self._show_advice(advice, n),
+                          on_error=lambda _e, n=number: self._show_advice(None, n))  # fmt: skip
+
+    def _show_advice(self, advice: Any, number: int) -> None:
+        if number != self._request:
+            return  # an older request's answer
+        self.fit_changes = advice.changes if advice is not None else None
+        self.fit_apply.setVisible(bool(self.fit_changes))
+        if advice is None or advice.changes == {}:
+            self.fit_note.setText("")
+            return
+        from adapter_studio.engine.estimate.fit import describe
+
+        row = self.state.last_estimate or {}
+        need = human_bytes(row.get("memory_bytes", {}).get("total", advice.needed))
+        told = (f"<span style='color:#c00'><b>{html.escape(row.get('title') or self.state.method.name)} does not "
+                f"fit</b></span>: a step needs about {need} of {human_bytes(advice.available)}.")  # fmt: skip
+        if advice.changes:
+            told += (f" It fits with <b>{html.escape(describe(advice.changes))}"
+                     f"</b>: about {human_bytes(advice.needed)}.")  # fmt: skip
+        else:
+            told += f" {html.escape(advice.text[0].upper() + advice.text[1:])}."
+        self.fit_note.setText(told)
+
+    def apply_fit(self) -> None:
+        """Make the advised change on the pages it belongs to (the estimate follows)."""
+        if self.fit_changes:
+            self.state.apply_changes(self.fit_changes)
 
     def notes_text(self, rows: list[dict[str, Any]]) -> str:
         """Under the chart: what one step's memory assumes, and each method that cannot run here and why."""

@@ -184,7 +184,8 @@ class TrainPage(Page):
         except Exception as e:
             self.error(e)
             return
-        if not self.confirm_memory():
+        spec = self.confirm_memory(spec)
+        if spec is None:
             return
         self.run_spec(spec)
 
@@ -208,19 +209,48 @@ class TrainPage(Page):
         self._running(True)
         return True
 
-    def confirm_memory(self) -> bool:
-        """Warn before a start that the estimate says will not fit; the person decides."""
+    def confirm_memory(self, spec: Any) -> Any:
+        """Before a start the estimate says will not fit: propose the change that makes it fit (the same
+        estimate asked again, engine.estimate.fit); the person decides. The spec to run, or None."""
         row = self.state.last_estimate
         if not row or row.get("method") != self.state.method.name or row.get("fits") is not False:
-            return True
+            return spec
+        from adapter_studio.engine.estimate.fit import describe, fit_advice, with_changes
+        from adapter_studio.gui.pages.compare_page import step_length
         from adapter_studio.gui.pages.model_page import human_bytes
 
         need, have = row["memory_bytes"]["total"], row.get("device_memory_bytes", 0)
-        return self.ask_start_anyway(
-            f"This run is estimated to need {human_bytes(need)}, more than the {human_bytes(have)} of this "
-            "device. To fit: a smaller batch size, gradient checkpointing, shorter sequences (data max length), "
-            "a lighter method (LoRA, IA3, prompt tuning) or a 4-bit base on a GPU.\n\nStart anyway?"
-        )
+        told = f"This run is estimated to need {human_bytes(need)}, more than the {human_bytes(have)} of this device."
+        measured = step_length(self.state)  # what the Compare page's estimate assumed
+        try:
+            advice = fit_advice(spec, measured[0] if measured else None)
+        except Exception:  # the advice is a help, never a reason not to start
+            advice = None
+        if advice is not None and advice.changes:
+            choice = self.ask_fit(
+                f"{told} It fits with {describe(advice.changes)}: about {human_bytes(advice.needed)}."
+            )
+            if choice != "apply":
+                return spec if choice == "anyway" else None
+            fitted = with_changes(spec, advice.changes)
+            self.state.apply_changes(advice.changes)
+            return fitted
+        nothing = " Nothing the app tried makes it fit." if advice is not None and advice.changes is None else ""
+        return spec if self.ask_start_anyway(
+            f"{told}{nothing} To fit: a smaller batch size, gradient checkpointing, shorter sequences (data max "
+            "length), a lighter method (LoRA, IA3, prompt tuning) or a 4-bit base on a GPU.\n\nStart anyway?"
+        ) else None
+
+    def ask_fit(self, text: str) -> str:
+        """"apply" (make the change and start), "anyway" (start as it is) or "cancel"."""
+        from PySide6.QtWidgets import QMessageBox
+
+        box = QMessageBox(QMessageBox.Icon.Question, "This may not fit in memory", text, parent=self)
+        apply = box.addButton("Apply and start", QMessageBox.ButtonRole.AcceptRole)
+        anyway = box.addButton("Start as it is", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return {apply: "apply", anyway: "anyway"}.get(box.clickedButton(), "cancel")
 
     def ask_start_anyway(self, text: str) -> bool:
         from PySide6.QtWidgets import QMessageBox
