@@ -255,20 +255,23 @@ def test_adapter_export_reloads_onto_a_fresh_base(
 def test_merged_export_loads_with_transformers(
     method: str, model: str, trained: Callable[..., TrainedRun], tmp_path: Path
 ) -> None:
-    from adapter_studio.engine.export.run_export import export_run
+    from adapter_studio.engine.export.run_export import export_run, largest_weight, merge_tolerance
     from adapter_studio.engine.inference.trained import load_trained
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     result = trained(method, model)
     exported = export_run(result.run_dir, "merged", tmp_path / "merged")
-    assert exported.verified_max_diff is not None and exported.verified_max_diff < 1e-4
 
     auto = AutoModelForSequenceClassification if model == "bert" else AutoModelForCausalLM
     merged = auto.from_pretrained(str(exported.path), dtype=torch.float32).eval()
     assert not any("lora" in n or "adapter" in n for n, _ in merged.named_parameters())
+    tuned = load_trained(result.run_dir).model
+    # Within float32's rounding of the merged weights (1e-4 unless the merge made them larger).
+    tolerance = merge_tolerance(largest_weight(tuned), largest_weight(merged))
+    assert exported.verified_max_diff is not None and exported.verified_max_diff < tolerance
     inputs = probe_inputs(AutoTokenizer.from_pretrained(str(exported.path)))
-    diff = (logits(merged, inputs) - logits(load_trained(result.run_dir).model, inputs)).abs().max()
-    assert diff < 1e-4
+    diff = (logits(merged, inputs) - logits(tuned, inputs)).abs().max()
+    assert diff < tolerance
 
 
 @pytest.mark.parametrize(("method", "model"), NOT_MERGEABLE, ids=ids(NOT_MERGEABLE))

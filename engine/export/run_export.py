@@ -52,17 +52,20 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         probe = probe_inputs(trained)
         reference = logits_of(trained.model, probe)
         stage(f"writing the {kind} export")
+        tolerance = VERIFY_TOLERANCE
         if kind == "adapter":
             _write_adapter(trained, tmp)
         else:
+            before = largest_weight(trained.model)
             merged = trained.spec.method.merge(trained.model)
+            tolerance = merge_tolerance(before, largest_weight(merged))
             merged.save_pretrained(str(tmp), max_shard_size="2GB")
         trained.tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card(trained, kind, run_dir), encoding="utf-8")
         stage("verifying: reloading from disk")
         reloaded = load_export(tmp, kind, trained.spec)
         diff = float((logits_of(reloaded, probe) - reference).abs().max())
-        if not diff < VERIFY_TOLERANCE:
+        if not diff < tolerance:
             raise UserError(
                 f"the written {kind} export does not reproduce the model (max logit difference {diff:.2e})",
                 where=str(out),
@@ -71,6 +74,19 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
     size = folder_bytes(out)
     log_export(run_dir, Export(kind=kind, path=str(out), bytes=size, verified_max_diff=diff), emit)
     return ExportResult(kind, out, size, diff)
+
+
+def largest_weight(model: torch.nn.Module) -> float:
+    """The largest absolute value of the model's floating-point parameters."""
+    return max((float(p.detach().abs().max()) for p in model.parameters() if p.is_floating_point() and p.numel()),
+               default=0.0)  # fmt: skip
+
+
+def merge_tolerance(largest_before: float, largest_merged: float) -> float:
+    """How far a merged model's logits may be from the adapter model's: float32 rounds W + ΔW relative to
+    its size, so weights that grew k-fold in the merge carry k times the rounding (RandLoRA's scale 20 on a
+    tiny model trained at a high rate: weights ×271, logits 1.0e-4 apart). A wrong merge is off by far more."""
+    return VERIFY_TOLERANCE * (max(1.0, largest_merged / largest_before) if largest_before else 1.0)
 
 
 # --- what every export does: a new folder, written beside it and renamed into place, logged ----------
