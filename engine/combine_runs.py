@@ -117,6 +117,10 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
         if spec.method.name not in COMBINABLE:
             raise UserError(f"{Path(run_dir).name} is a {spec.method.title} run; only LoRA-family runs combine",
                             where=str(run_dir), fix=f"pick runs of {', '.join(COMBINABLE)}")  # fmt: skip
+        if spec.method.changes_base:  # each run's adapter belongs to its own rewritten base
+            raise UserError(f"{Path(run_dir).name} started its LoRA from the base's own weights ({spec.method.init}), "
+                            "which rewrites them; it cannot be added to other runs' adapters", where=str(run_dir),
+                            fix="combine runs with the default LoRA start")  # fmt: skip
         if latest_checkpoint(Path(run_dir) / "checkpoints") is None:
             raise UserError(f"{Path(run_dir).name} has no checkpoint yet", where=str(run_dir),
                             fix="let it train, or pick a finished run")  # fmt: skip

@@ -358,6 +358,9 @@ def lora_refusal(method: Any) -> str | None:
     if method.adapter_format != "peft" or method.name not in ("lora", "rslora", "loraplus"):
         return (f"llama.cpp's adapter files hold plain LoRA; {method.title} is not one "
                 "(export the merged model as GGUF instead)")  # fmt: skip
+    if method.changes_base:
+        return (f"this {method.title} run started from a rewritten base ({method.init}); llama.cpp would add the "
+                "adapter to the original weights (export the merged model as GGUF instead)")  # fmt: skip
     targets = set(getattr(method, "target_modules", None) or [])
     outside = sorted(t for t in targets if t not in LORA_MODULES)
     if outside:

@@ -280,7 +280,8 @@ def adds_special_tokens(data_format: str, renderer: ChatRenderer) -> bool:
 
 def shares_base_weights(tuned: TrainedModel) -> bool:
     """True when switching the adapter off gives the base model exactly (peft methods, not MAM)."""
-    return tuned.spec.method.adapter_format == "peft" and callable(getattr(tuned.model, "disable_adapter", None))
+    return (tuned.spec.method.adapter_format == "peft" and not tuned.spec.method.changes_base
+            and callable(getattr(tuned.model, "disable_adapter", None)))  # fmt: skip
 
 
 def held_out_rows(tuned: TrainedModel) -> tuple[str, list[Example]]:

@@ -87,6 +87,13 @@ class MethodSpec(BaseModel):
         """A copy with every model-dependent default (target modules, layer counts) filled in."""
         return self
 
+    @property
+    def changes_base(self) -> bool:
+        """Whether applying the method rewrites the base weights it adapts (PiSSA, OLoRA: the base keeps a
+        residual), so that the adapter switched off is not the base model: the base for comparisons and
+        the preference reference then come from the untouched weights."""
+        return False
+
     def check(self, info: ModelInfo, training: TrainingSpec) -> None:
         """Raise UserError when this method cannot work with this model or these settings."""
         if info.task == "classification" and not self.supports_classification:

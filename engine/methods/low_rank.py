@@ -57,11 +57,37 @@ class LowRankFields(PeftMethod):
 
 
 class LoRA(LowRankFields):
-    """LoRA (Hu et al., 2021)."""
+    """LoRA (Hu et al., 2021), started as peft's default (B = 0), or from the adapted weight itself:
+    PiSSA (Meng et al., 2024: the weight's top-r singular directions, the base keeping the residual) or
+    OLoRA (Büyükakyüz, 2024: an orthonormal QR basis of the weight). Both start as the base model too."""
 
     name: Literal["lora"] = "lora"
     title = "LoRA"
     description = "Adds a trainable low-rank update BA beside chosen weight matrices; the base stays frozen."
+
+    init: Literal["default", "pissa", "olora"] = Field(
+        "default",
+        description="How the update starts. default: B = 0 and A random. pissa: from the weight's principal "
+        "singular directions (the base keeps the rest; often learns faster early). olora: from a QR "
+        "decomposition of the weight. pissa and olora rewrite the adapted base weights, so the run keeps the "
+        "untouched base for comparisons and, with a preference objective, a frozen copy as the reference.",
+        json_schema_extra=advanced(),
+    )
+
+    @property
+    def changes_base(self) -> bool:
+        return self.init != "default"
+
+    def peft_config(self, ctx: MethodContext) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights=True if self.init == "default" else self.init)
+
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        if self.changes_base and any(p.is_meta for p in model.parameters()):
+            # The estimate's meta model has no values to decompose; the shapes and counts are LoRA's.
+            return self.model_copy(update={"init": "default"}).apply(model, ctx)
+        return super().apply(model, ctx)
 
 
 class DoRA(LowRankFields):

@@ -221,7 +221,7 @@ class TrainingSession:
 
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
         self.pairwise, self.reference = spec.objective.pairwise, None
-        if spec.objective.needs_reference and not isinstance(spec.method, PeftMethod):
+        if spec.objective.needs_reference and (not isinstance(spec.method, PeftMethod) or spec.method.changes_base):
             # The method changes the base's own weights: the reference is a frozen copy (a second model).
             copy = frozen_reference(model).to(self.accelerator.device)
             self.reference = (copy, causal_lm_parts(copy) if self.accelerator.num_processes == 1 else None)
