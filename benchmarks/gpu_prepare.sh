@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare what benchmarks/gpu_session.sh needs on a GPU machine that has PyTorch but neither our
-# other packages nor a network: wheels in .whl/ (Python 3.12, x86-64) and the SmolLM2 tokenizer in
-# .gpu/smollm2-tokenizer. Both folders are git-ignored (.git/info/exclude) and travel as carried paths.
+# other packages nor a network: wheels in .whl/ (Python 3.12, x86-64), the SmolLM2 tokenizer in
+# .gpu/smollm2-tokenizer and benchmarks/scale.py's data in .gpu/data. Both folders are git-ignored (.git/info/exclude) and travel as carried paths.
 #
 #     bash benchmarks/gpu_prepare.sh            # here, with the project's .venv (needs PyPI)
 set -euo pipefail
@@ -42,4 +42,6 @@ EOF
 from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_tokenizer, resolve_source
 load_tokenizer(resolve_source(EMBEDDED_SMOLLM2)).save_pretrained('.gpu/smollm2-tokenizer')
 "
+# benchmarks/scale.py's instruction data (1.6 MB): the GPU machine has no ../shared.
+mkdir -p .gpu/data && cp ../shared/data/svamp.json ../shared/data/multiarith.json ../shared/data/hh_harmless_test.jsonl.gz .gpu/data/
 du -sh .whl .gpu

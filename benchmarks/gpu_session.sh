@@ -14,7 +14,7 @@
 # against the Trainer recipe), engine_suite (the engine's tests with CUDA as the automatic device),
 # modes_* (eager, compiled, CUDA graphs on the demo: below), profile, throughput_compiled (the engine
 # with training.compile=on), throughput_b16, memory_check (estimate against measured peak, then bf16
-# LoRA and QLoRA).
+# LoRA and QLoRA), scale_8b and scale_qlora (benchmarks/scale.py's size ladder, 8B shape; a lease of their own).
 # The default six take about 6 minutes on an H200 (the profile shows where a CUDA step's host time goes).
 set -u
 OUT=${OUT:-/tmp/gpu-session}
@@ -105,3 +105,11 @@ wanted modes_whole_cudagraphs && step modes_whole_cudagraphs ${WHOLE_LIMIT:-300}
 wanted throughput_b16 && step throughput_b16 100 $PY benchmarks/throughput.py --device cuda \
     --model /tmp/smollm2-random --steps 20 --batch 16 --json "$OUT/throughput_b16.json"
 wanted memory_check && step memory_check 90 $PY benchmarks/gpu_check.py --steps 3 --tokenizer $TOK --train-steps $STEPS
+# The size ladder (issue 27): the 8B shape's LoRA bf16 row at 4k first (its MFU is the figure), then QLoRA at 2k;
+# random weights built on the GPU machine (16 GB for 8B: a few minutes), the data from .gpu/data (copy
+# ../shared/data's SVAMP, MultiArith and HH files there before the lease). Not in the default list: a lease of
+# its own (ONLY="scale_8b scale_qlora").
+wanted scale_8b && step scale_8b 420 $PY benchmarks/scale.py --device cuda --sizes 8b --methods lora-bf16 \
+    --seq 4096 --steps 8 --data .gpu/data --work-dir /tmp/scale
+wanted scale_qlora && step scale_qlora 300 $PY benchmarks/scale.py --device cuda --sizes 8b --methods qlora-4bit \
+    --seq 2048 --steps 8 --batch 1 --data .gpu/data --work-dir /tmp/scale
