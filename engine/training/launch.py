@@ -173,7 +173,6 @@ def _last_exception(lines: list[str]) -> str:
     return "a training process ended without finishing the run"
 
 
-
 def _worker_machine_exit(code: int, spec: RunSpec, folder: Path) -> int:
     """A machine other than machine 0 has no log of its own to read the outcome from: its processes' exit
     says whether they all finished, and machine 0's run folder says how the run went."""
