@@ -103,7 +103,7 @@ def test_a_preference_run_keeps_a_frozen_copy_as_its_reference(make_spec, tiny_l
 @pytest.mark.parametrize("init", INITS)
 def test_exports_that_need_the_original_weights_are_refused(init, trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from adapter_studio.engine.combine_runs import combine_runs
-    from adapter_studio.engine.export.gguf_writer import lora_refusal
+    from adapter_studio.engine.export.run_gguf import lora_refusal
     from adapter_studio.engine.spec import load_spec_file
 
     result, _ = trained(init)

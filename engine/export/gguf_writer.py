@@ -353,21 +353,6 @@ def tokenizer_refusal(tokenizer: Any) -> str | None:
     return None
 
 
-def lora_refusal(method: Any) -> str | None:
-    """Why a run's adapter cannot be a llama.cpp LoRA file, or None."""
-    if method.adapter_format != "peft" or method.name not in ("lora", "rslora", "loraplus"):
-        return (f"llama.cpp's adapter files hold plain LoRA; {method.title} is not one "
-                "(export the merged model as GGUF instead)")  # fmt: skip
-    if method.changes_base:
-        return (f"this {method.title} run started from a rewritten base ({method.init}); llama.cpp would add the "
-                "adapter to the original weights (export the merged model as GGUF instead)")  # fmt: skip
-    targets = set(getattr(method, "target_modules", None) or [])
-    outside = sorted(t for t in targets if t not in LORA_MODULES)
-    if outside:
-        return f"llama.cpp's adapter files cover the attention and MLP projections, not {', '.join(outside)}"
-    return None
-
-
 def write_lora(peft_model: torch.nn.Module, path: Path, *, alpha: float, name: str) -> int:
     """Write a LoRA adapter in llama.cpp's adapter format (f16 A and B per projection); returns how
     many projections it holds. `alpha` is the scale numerator llama.cpp divides by the rank."""

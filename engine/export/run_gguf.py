@@ -85,7 +85,7 @@ def gguf_refusal(run_dir: Path, quant: str = "q8_0") -> str | None:
     task = spec.model.task if spec.model.task != "auto" else default_task(config)
     reason = gguf_writer.refusal(config, task)
     if reason is None and quant == "lora":
-        reason = gguf_writer.lora_refusal(spec.method)
+        reason = lora_refusal(spec.method)
     elif reason is None and not spec.method.mergeable:
         reason = f"{spec.method.title} cannot be merged into the weights a GGUF holds"
     return reason or gguf_writer.tokenizer_refusal(load_tokenizer(source, spec.model.trust_remote_code))
@@ -169,3 +169,18 @@ def _card(trained: TrainedModel, run_dir: Path, folder: Path, file: Path, quant:
         card += f"\nOllama: `ollama create {name} -f Modelfile && ollama run {name}` in this folder.\n"
     (folder / "README.md").write_text(card, encoding="utf-8")
     (folder / "verification.json").write_text(json.dumps(asdict(verification), indent=1), encoding="utf-8")
+
+
+def lora_refusal(method: Any) -> str | None:
+    """Why a run's adapter cannot be a llama.cpp LoRA file, or None."""
+    if method.adapter_format != "peft" or method.name not in ("lora", "rslora", "loraplus"):
+        return (f"llama.cpp's adapter files hold plain LoRA; {method.title} is not one "
+                "(export the merged model as GGUF instead)")  # fmt: skip
+    if method.changes_base:
+        return (f"this {method.title} run started from a rewritten base ({method.init}); llama.cpp would add the "
+                "adapter to the original weights (export the merged model as GGUF instead)")  # fmt: skip
+    targets = set(getattr(method, "target_modules", None) or [])
+    outside = sorted(t for t in targets if t not in gguf_writer.LORA_MODULES)
+    if outside:
+        return f"llama.cpp's adapter files cover the attention and MLP projections, not {', '.join(outside)}"
+    return None
