@@ -86,10 +86,9 @@ class StudioState(QObject):
     def apply_changes(self, changes: dict[str, Any]) -> None:
         """Make `section.field` → value changes (the memory advice's, engine.estimate.fit) as each page
         would, so every page shows them."""
-        by_section: dict[str, dict[str, Any]] = {}
-        for path, value in changes.items():
-            section, key = path.split(".", 1)
-            by_section.setdefault(section, {})[key] = value
+        from adapter_studio.engine.estimate.fit import by_section as group
+
+        by_section = group(changes)
         if "model" in by_section and self.model is not None:
             self.model = self.model.model_copy(update=by_section["model"])
             self.model_changed.emit()

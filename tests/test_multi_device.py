@@ -36,6 +36,14 @@ def spec_file(tmp: Path, model: Path, data: Path, runs: Path, **training: object
     return path
 
 
+def wait_for_step(proc: subprocess.Popen[str], step: int, seconds: float = 240) -> None:
+    """Read the process's progress lines until step `step` has been printed (or `seconds` have passed)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.stdout.readline().startswith(f"step {step} "):  # type: ignore[union-attr]
+            return
+
+
 def losses(run_dir: Path) -> list[float]:
     rows = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if r["type"] == "metrics"]
@@ -85,10 +93,7 @@ def test_stop_reaches_every_process(tmp_path, tiny_llama, alpaca_jsonl) -> None:
         text=True,
         start_new_session=True,
     )
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.stdout.readline().startswith("step 3 "):  # type: ignore[union-attr]
-            break
+    wait_for_step(proc, 3)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=180)
     assert proc.returncode == 130

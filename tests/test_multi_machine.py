@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from adapter_studio.engine.training.cluster_files import write_cluster_files
 from adapter_studio.engine.training.launch import launch_command
 from pydantic import ValidationError
 
-from tests.test_multi_device import CLI, ENV, losses, spec_file
+from tests.test_multi_device import CLI, ENV, losses, spec_file, wait_for_step
 
 
 def free_port() -> int:
@@ -82,10 +81,7 @@ def test_stop_on_machine_0_reaches_machine_1(tmp_path, tiny_llama, alpaca_jsonl)
     )
     port = free_port()
     main, other = machine(spec, 0, port), machine(spec, 1, port)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if main.stdout.readline().startswith("step 3 "):  # type: ignore[union-attr]
-            break
+    wait_for_step(main, 3)
     main.send_signal(signal.SIGTERM)
     main.communicate(timeout=180)
     out_other, _ = other.communicate(timeout=120)  # it stops at the same step, not when a collective times out

@@ -19,7 +19,7 @@ from typing import Any
 
 from adapter_studio.engine.estimate.costs import estimate
 from adapter_studio.engine.estimate.table import _device, _device_memory, _load_model_config
-from adapter_studio.engine.spec import RunSpec, TrainingSpec
+from adapter_studio.engine.spec import RunSpec
 
 SHORTEST = 128  # below this, most instruction rows lose their answer
 
@@ -75,12 +75,20 @@ def _quantizable(spec: RunSpec) -> bool:
     return spec.method.adapter_format == "peft" and quantization_problem("4bit") is None
 
 
+def by_section(changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{"training.batch_size": 2, …}` → `{"training": {"batch_size": 2}, …}`."""
+    sections: dict[str, dict[str, Any]] = {}
+    for path, value in changes.items():
+        section, key = path.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    return sections
+
+
 def with_changes(spec: RunSpec, changes: dict[str, Any]) -> RunSpec:
     """The spec with the advice's changes (`section.field` → value) made."""
     data = spec.model_dump()
-    for path, value in changes.items():
-        section, key = path.split(".")
-        data[section][key] = value
+    for section, fields in by_section(changes).items():
+        data[section].update(fields)
     return RunSpec.model_validate(data)
 
 
@@ -133,9 +141,7 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None) -> FitAdvice | None:
     if now["fits"]:
         return FitAdvice({}, needed, available, "fits")
     batch, seq_len = now["assumptions"]["batch_size"], now["assumptions"]["seq_len"]
-    filled = spec.model_copy(
-        update={"training": TrainingSpec.model_validate({**spec.training.model_dump(), "batch_size": batch})}
-    )
+    filled = with_changes(spec, {"training.batch_size": batch})
     for changes in _candidates(filled, batch, seq_len, device):
         shorter = changes.get("data.max_length")
         candidate = row(with_changes(filled, changes), min(shorter, seq_len) if shorter else seq_len)
