@@ -1,7 +1,8 @@
 """Combining finished LoRA runs into one (adapter composition): peft's `add_weighted_adapter` merges their
 updates — `linear` (a weighted sum, same rank), `cat` (ranks side by side: the exact weighted sum),
 `svd` (the weighted sum re-factored at a rank), `ties` / `dare_linear` / `dare_ties` (Yadav et al. 2023;
-Yu et al. 2024: the sparsified, sign-resolved sums for merging task vectors, at `density`).
+Yu et al. 2024: the sparsified, sign-resolved sums for merging task vectors, at `density`), and `lorahub`
+(a `linear` combination whose weights are found on a few examples without gradients; combine_weights.py).
 
 The result is a run folder like any other — `spec.yaml` (the first run's, with the combined adapter's
 LoRA settings), `events.jsonl` (started, a log line naming the inputs, finished) and one checkpoint — so
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
     from adapter_studio.engine.events import Emit
 
 COMBINABLE = ("lora", "rslora", "loraplus", "dylora")
-HOW = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties")
-SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties")
+HOW = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "lorahub")
+SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "lorahub")
+LORAHUB_EXAMPLES = 32  # LoraHub used 5 to 50; the held-out rows of the first run by default
+LORAHUB_TRIALS = 40  # the paper's search budget
 
 
 @dataclass
@@ -37,8 +40,11 @@ class Combined:
 
 def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: str = "linear", *,
                  density: float = 0.5, output_dir: Path | None = None, name: str | None = None,
-                 emit: Emit | None = None) -> Combined:  # fmt: skip
-    """Combine the runs' LoRA adapters into a new run folder (in `output_dir`, by default the first run's)."""
+                 emit: Emit | None = None, data: Path | None = None, examples: int = LORAHUB_EXAMPLES,
+                 trials: int = LORAHUB_TRIALS) -> Combined:  # fmt: skip
+    """Combine the runs' LoRA adapters into a new run folder (in `output_dir`, by default the first run's).
+    `lorahub` finds the weights on `examples` rows of `data` (default: the first run's held-out rows) in
+    `trials` tries; the others use `weights` (default: equal)."""
     import tempfile
 
     import torch
@@ -56,14 +62,21 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
             trained = load_trained(run_dir)
             trained.spec.method.save_adapter(trained.model, str(Path(scratch) / f"a{i}"))
             del trained
-        base, _, _ = load_base(specs[0])
+        base, tokenizer, task = load_base(specs[0])
         model = PeftModel.from_pretrained(base, str(Path(scratch) / "a0"), adapter_name="a0")
         for i in range(1, len(run_dirs)):
             model.load_adapter(str(Path(scratch) / f"a{i}"), adapter_name=f"a{i}")
     names = [f"a{i}" for i in range(len(run_dirs))]
+    found = None
+    if how == "lorahub":
+        from adapter_studio.engine.combine_weights import example_batches, find_weights
+
+        batches = example_batches(specs[0], tokenizer, task, data, examples)
+        found = find_weights(model, names, batches, trials, specs[0].training.seed)
+        weights = found.weights
     kwargs: dict[str, Any] = {"density": density} if how.startswith(("ties", "dare")) else {}
     with torch.no_grad():
-        model.add_weighted_adapter(names, list(weights), "combined", combination_type=how, **kwargs)
+        model.add_weighted_adapter(names, list(weights), "combined", combination_type=_peft_how(how), **kwargs)
     config = model.peft_config["combined"]
     fields = {"name": "rslora" if config.use_rslora else "lora", "r": config.r, "alpha": config.lora_alpha,
               "dropout": config.lora_dropout, "target_modules": sorted(config.target_modules)}  # fmt: skip
@@ -84,6 +97,7 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
                 total_params=total, total_steps=0, device="cpu"),
         Log(level="info", message=f"combined ({how}, weights {', '.join(f'{w:g}' for w in weights)}"
             f"{f', density {density:g}' if kwargs else ''}) from {', '.join(Path(r).name for r in run_dirs)}"),
+        *([Log(level="info", message=found.describe())] if found else []),
         Finished(status="completed", step=0, error=None, train_seconds=0.0, tokens_trained=0),
     ]  # fmt: skip
     for event in events:
@@ -92,6 +106,10 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
             emit(event)
     log.close()
     return Combined(run_dir, how, int(config.r), trainable)
+
+
+def _peft_how(how: str) -> str:
+    return "linear" if how == "lorahub" else how
 
 
 def _as_default(name: str) -> str:
@@ -107,6 +125,8 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
         raise UserError("combining needs at least two runs", where="runs", fix="pick two or more finished runs")
     if how not in HOW:
         raise UserError(f"unknown combination {how!r}", where="--how", fix=f"pick one of: {', '.join(HOW)}")
+    if how == "lorahub" and weights is not None:
+        raise UserError("lorahub finds the weights itself", where="--weights", fix="leave the weights out")
     if weights is not None and len(weights) != len(run_dirs):
         raise UserError(f"{len(weights)} weights for {len(run_dirs)} runs", where="--weights",
                         fix="give one weight per run, in the same order")  # fmt: skip

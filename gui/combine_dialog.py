@@ -25,13 +25,14 @@ EXPLAIN = {
     "ties": "TIES merging: the largest updates kept (density), sign conflicts resolved (one rank)",
     "dare_linear": "DARE: updates randomly dropped to the density and rescaled, then summed (one rank)",
     "dare_ties": "DARE's dropping, then TIES's sign resolution (one rank)",
+    "lorahub": "LoraHub: linear, with the weights found on the first run's held-out rows (one rank)",
 }
 
 
 @dataclass
 class CombineChoice:
     how: str
-    weights: list[float]
+    weights: list[float] | None  # None: found by the combination (lorahub)
     density: float
     name: str | None
 
@@ -77,8 +78,12 @@ class CombineDialog(QDialog):
         self._how_changed()
 
     def _how_changed(self) -> None:
-        self.density.setEnabled(str(self.how.currentData()).startswith(("ties", "dare")))
+        how = str(self.how.currentData())
+        self.density.setEnabled(how.startswith(("ties", "dare")))
+        for spin in self.weights:
+            spin.setEnabled(how != "lorahub")
 
     def choice(self) -> CombineChoice:
-        return CombineChoice(str(self.how.currentData()), [s.value() for s in self.weights], self.density.value(),
-                             self.name.text().strip() or None)  # fmt: skip
+        how = str(self.how.currentData())
+        weights = None if how == "lorahub" else [s.value() for s in self.weights]
+        return CombineChoice(how, weights, self.density.value(), self.name.text().strip() or None)

@@ -102,6 +102,10 @@ def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["run_dir"] == str(tmp_path / "both") and result["rank"] == 8
+    hub = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--how", "lorahub", "--examples", "4", "--trials", "3",
+              "--out", str(tmp_path), "--name", "hub", "--json")  # fmt: skip
+    assert hub.returncode == 0, hub.stderr
+    assert json.loads(hub.stdout)["how"] == "lorahub" and (tmp_path / "hub" / "spec.yaml").exists()
     bad = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--weights", "half,half")
     assert bad.returncode == 2 and "--weights 'half,half' is not a comma-separated list" in bad.stderr
 
@@ -118,6 +122,8 @@ def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
     assert dialog.choice() == CombineChoice("linear", [0.5, 0.5], 0.5, None) and not dialog.density.isEnabled()
     dialog.how.setCurrentIndex(dialog.how.findData("ties"))
     assert dialog.density.isEnabled()
+    dialog.how.setCurrentIndex(dialog.how.findData("lorahub"))
+    assert not dialog.weights[0].isEnabled() and dialog.choice().weights is None
 
     page = RunsPage(StudioState(runs_dir=str(lora_runs[0].parent)))
     qtbot.addWidget(page)
@@ -132,3 +138,51 @@ def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
     assert "Combined into from-window: cat, rank 8" in page.status.text()
     assert [r.name for r in page.selected_runs()] == ["from-window"]
     assert (lora_runs[0].parent / "from-window" / "spec.yaml").exists()
+
+
+
+def test_lorahub_makes_a_run_with_the_weights_it_found(lora_runs: list[Path], alpaca_jsonl: Path,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.combine_weights import BOUND
+    from adapter_studio.engine.events import iter_events
+    from adapter_studio.engine.inference.trained import load_trained
+
+    combined = combine_runs(lora_runs[:2], None, "lorahub", output_dir=tmp_path, data=alpaca_jsonl, examples=8,
+                            trials=6)  # fmt: skip
+    assert combined.how == "lorahub" and combined.rank == 4
+    log = [e.message for e in iter_events(combined.run_dir / "events.jsonl") if e.type == "log"]
+    assert len(log) == 2 and log[1].startswith("LoraHub weights") and "6 trials on 8 examples" in log[1]
+    weights = [float(w) for w in log[0].split("weights ")[1].split(")")[0].split(", ")]
+    assert len(weights) == 2 and all(-BOUND <= w <= BOUND for w in weights)
+    trained = load_trained(combined.run_dir)  # loads like a trained run
+    with torch.no_grad():
+        assert torch.isfinite(trained.model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits).all()
+
+
+def test_lorahub_search_scores_at_least_as_well_as_equal_weights(lora_runs: list[Path], alpaca_jsonl: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.combine_weights import example_batches, find_weights
+    from adapter_studio.engine.inference.trained import load_base, load_trained
+    from peft import PeftModel
+
+    for i, run_dir in enumerate(lora_runs[:2]):
+        run = load_trained(run_dir)
+        run.spec.method.save_adapter(run.model, str(tmp_path / f"a{i}"))
+    base, tokenizer, task = load_base(run.spec)
+    model = PeftModel.from_pretrained(base, str(tmp_path / "a0"), adapter_name="a0")
+    model.load_adapter(str(tmp_path / "a1"), adapter_name="a1")
+    batches = example_batches(run.spec, tokenizer, task, alpaca_jsonl, 8)
+    found = find_weights(model, ["a0", "a1"], batches, 6, seed=0)
+    assert found.score <= found.start_score and found.trials == 6 and found.examples == 8
+    assert "lorahub-trial" not in model.peft_config  # the scratch adapter is gone
+
+
+def test_lorahub_refusals(lora_runs: list[Path]) -> None:
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.errors import UserError
+
+    with pytest.raises(UserError, match="lorahub finds the weights itself"):
+        combine_runs(lora_runs[:2], [0.5, 0.5], "lorahub")
+    with pytest.raises(UserError, match="'lorahub' needs runs of one rank"):
+        combine_runs([lora_runs[0], lora_runs[2]], None, "lorahub")

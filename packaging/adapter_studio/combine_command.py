@@ -10,15 +10,18 @@ from adapter_studio.engine.errors import UserError
 
 
 def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from adapter_studio.engine.combine_runs import HOW
+    from adapter_studio.engine.combine_runs import HOW, LORAHUB_EXAMPLES, LORAHUB_TRIALS
 
     combine = sub.add_parser("combine", help="combine finished LoRA runs into a new run (weighted merge)")
     combine.add_argument("run_dirs", nargs="+", help="two or more run folders")
     combine.add_argument("--how", default="linear", choices=HOW,
                          help="linear (default; one rank), cat (the exact weighted sum), svd, ties, dare_linear, "
-                              "dare_ties")  # fmt: skip
+                              "dare_ties, lorahub (linear, weights found on a few examples)")  # fmt: skip
     combine.add_argument("--weights", help="one weight per run, comma-separated (default: equal, summing to 1)")
     combine.add_argument("--density", type=float, default=0.5, help="share of each update kept by ties / dare")
+    combine.add_argument("--data", help="lorahub: a data file of the task (default: the first run's held-out rows)")
+    combine.add_argument("--examples", type=int, default=LORAHUB_EXAMPLES, help="lorahub: rows scored per trial")
+    combine.add_argument("--trials", type=int, default=LORAHUB_TRIALS, help="lorahub: weight settings tried")
     combine.add_argument("--out", help="runs folder for the result (default: the first run's)")
     combine.add_argument("--name", help="the new run folder's name (default: combined-HOW-DATE-TIME)")
     combine.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -37,7 +40,9 @@ def cmd_combine(args: argparse.Namespace) -> int:
             raise UserError(f"--weights {args.weights!r} is not a comma-separated list of numbers",
                             where="--weights", fix="e.g. --weights 0.7,0.3") from None  # fmt: skip
     result = combine_runs([Path(r) for r in args.run_dirs], weights, args.how, density=args.density,
-                          output_dir=Path(args.out) if args.out else None, name=args.name)  # fmt: skip
+                          output_dir=Path(args.out) if args.out else None, name=args.name,
+                          data=Path(args.data) if args.data else None, examples=args.examples,
+                          trials=args.trials)  # fmt: skip
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "how": result.how, "rank": result.rank,
                           "trainable_params": result.trainable_params}))  # fmt: skip
