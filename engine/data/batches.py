@@ -114,3 +114,18 @@ def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multi
     if classification:
         return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([t.labels[0] for t in items])}
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sample_batches(items: Any, pad_id: int, classification: bool, batch_size: int, count: int,
+                   seed: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Up to `count` batches of shuffled training rows, for a method that reads data before the first step
+    (LoRA's EVA). A classifier's labels are left out: one per row, they would not mask tokens."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    batches = []
+    for start in range(0, min(len(order), count * batch_size), batch_size):
+        batch = collate([items[i] for i in order[start : start + batch_size]], pad_id, classification)
+        if classification:
+            batch.pop("labels")
+        batches.append(batch)
+    return batches

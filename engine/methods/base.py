@@ -7,6 +7,7 @@ are what the picker shows. `apply` turns a base model into a trainable one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +28,10 @@ class MethodContext:
     training: TrainingSpec
     total_steps: int
     tokenizer: Any = None
+    # Batches of training rows (of at least the given number of rows each), for methods whose start is
+    # computed from the data (LoRA's EVA); None where no data is at hand (the estimate, loading a trained
+    # run: its weights come from the checkpoint).
+    sample_batches: Callable[[int], Iterable[dict[str, Any]]] | None = None
 
 
 def advanced(**extra: Any) -> dict[str, Any]:
@@ -92,6 +97,11 @@ class MethodSpec(BaseModel):
         """Whether applying the method rewrites the base weights it adapts (PiSSA, OLoRA: the base keeps a
         residual), so that the adapter switched off is not the base model: the base for comparisons and
         the preference reference then come from the untouched weights."""
+        return False
+
+    @property
+    def reads_data(self) -> bool:
+        """Whether `apply` reads training batches (ctx.sample_batches) to start the adapter (LoRA's EVA)."""
         return False
 
     def check(self, info: ModelInfo, training: TrainingSpec) -> None:

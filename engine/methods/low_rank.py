@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, advanced
 from adapter_studio.engine.methods.peft_base import PeftMethod, peft_task_type
 from pydantic import Field
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     import torch
     from adapter_studio.engine.models.info import ModelInfo
 
+EVA_PASSES = 8  # passes over the sample batches EVA may take to settle (it cycles them until it does)
 TARGETS_DESCRIPTION = (
     "Layers that get an update, by their names in the model (q_proj, v_proj on Llama; c_attn on GPT-2; "
     "query, value on BERT). Empty means the method's usual choice for this model."
@@ -59,18 +61,22 @@ class LowRankFields(PeftMethod):
 class LoRA(LowRankFields):
     """LoRA (Hu et al., 2021), started as peft's default (B = 0), or from the adapted weight itself:
     PiSSA (Meng et al., 2024: the weight's top-r singular directions, the base keeping the residual) or
-    OLoRA (Büyükakyüz, 2024: an orthonormal QR basis of the weight). Both start as the base model too."""
+    OLoRA (Büyükakyüz, 2024: an orthonormal QR basis of the weight), or from the data: EVA (Paischer et
+    al., 2024: A from the top-r right singular vectors of each layer's inputs on training batches, B = 0;
+    ranks kept uniform, rho = 1, so counts and exports are plain LoRA's). All start as the base model."""
 
     name: Literal["lora"] = "lora"
     title = "LoRA"
     description = "Adds a trainable low-rank update BA beside chosen weight matrices; the base stays frozen."
 
-    init: Literal["default", "pissa", "olora"] = Field(
+    init: Literal["default", "pissa", "olora", "eva"] = Field(
         "default",
         description="How the update starts. default: B = 0 and A random. pissa: from the weight's principal "
         "singular directions (the base keeps the rest; often learns faster early). olora: from a QR "
         "decomposition of the weight. pissa and olora rewrite the adapted base weights, so the run keeps the "
-        "untouched base for comparisons and, with a preference objective, a frozen copy as the reference.",
+        "untouched base for comparisons and, with a preference objective, a frozen copy as the reference. "
+        "eva: A from the main directions of each layer's inputs on a few training batches (read before the "
+        "first step; the base is untouched).",
         json_schema_extra=advanced(),
     )
 
@@ -78,16 +84,51 @@ class LoRA(LowRankFields):
     def changes_base(self) -> bool:
         return self.init != "default"
 
-    def peft_config(self, ctx: MethodContext) -> Any:
-        from peft import LoraConfig
+    @property
+    def reads_data(self) -> bool:
+        return self.init == "eva"
 
+    def peft_config(self, ctx: MethodContext) -> Any:
+        from peft import EvaConfig, LoraConfig
+
+        if self.init == "eva":
+            return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights="eva", eva_config=EvaConfig(rho=1.0))
         return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights=True if self.init == "default" else self.init)
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
-        if self.changes_base and any(p.is_meta for p in model.parameters()):
-            # The estimate's meta model has no values to decompose; the shapes and counts are LoRA's.
+        meta = any(p.is_meta for p in model.parameters())
+        if (self.changes_base and meta) or (self.reads_data and (meta or ctx.sample_batches is None)):
+            # The estimate's meta model has no values to decompose, and a trained run's weights come from its
+            # checkpoint: the shapes and counts are LoRA's.
             return self.model_copy(update={"init": "default"}).apply(model, ctx)
-        return super().apply(model, ctx)
+        model = super().apply(model, ctx)
+        if self.reads_data:
+            from peft import initialize_lora_eva_weights
+
+            assert ctx.sample_batches is not None
+            batches = list(ctx.sample_batches(self.r))
+            calls = 0
+
+            def forward(model: Any, inputs: dict[str, Any]) -> Any:
+                # peft cycles the batches until every layer's directions settle: bound it.
+                nonlocal calls
+                calls += 1
+                if calls > EVA_PASSES * len(batches):
+                    raise UserError(f"EVA's start did not settle within {EVA_PASSES} passes over "
+                                    f"{len(batches)} training batches", where="method.init",
+                                    fix="pick init default (or pissa / olora)")  # fmt: skip
+                return model(**inputs)
+
+            initialize_lora_eva_weights(model, dataloader=batches, forward_fn=forward, show_progress_bar=False,
+                                        prepare_layer_inputs_fn=_eva_layer_inputs)
+        return model
+
+
+def _eva_layer_inputs(layer_input: Any, positions: torch.Tensor, layer_name: str) -> torch.Tensor:
+    """A layer's inputs at the tokens EVA reads (`positions`: row, token pairs); a layer that reads one
+    vector per row already (BERT's pooler, on the first token) gives its input as it is."""
+    x = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+    return x.contiguous() if x.dim() == 2 else x[positions.T.unbind()]
 
 
 class DoRA(LowRankFields):

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine.data.batches import collate, epoch_batches
+from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
 from adapter_studio.engine.data.examples import example_chunks, load_examples
 from adapter_studio.engine.data.prepare import prepare_data
@@ -55,6 +55,8 @@ from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
     import torch
+
+EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
 def _task_for(spec: RunSpec) -> str:
@@ -219,8 +221,16 @@ class TrainingSession:
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         self.micro_per_epoch = max(1, micro_per_epoch)
 
-        ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer)
         self.pairwise, self.reference = spec.objective.pairwise, None
+        if spec.method.reads_data and self.pairwise:
+            raise UserError(f"{spec.method.title} with init {getattr(spec.method, 'init', '')} starts from the "
+                            "training rows' activations, which preference pairs do not give", where="method.init",
+                            fix="pick init default, pissa or olora for a preference objective")  # fmt: skip
+        self.pad_id = pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer,
+                            sample_batches=lambda rows: sample_batches(
+                                data.train, pad, task == "classification", max(rows, t.batch_size or 4),
+                                EVA_BATCHES, t.seed))  # fmt: skip
         if spec.objective.needs_reference and (not isinstance(spec.method, PeftMethod) or spec.method.changes_base):
             # The method changes the base's own weights: the reference is a frozen copy (a second model).
             copy = frozen_reference(model).to(self.accelerator.device)
@@ -251,7 +261,6 @@ class TrainingSession:
         self.trainable_params = sum(p.numel() for p in trainable)
         self.total_params = sum(p.numel() for p in self.accelerator.unwrap_model(model).parameters())
         self.lengths = [len(x.input_ids) for x in data.train]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
