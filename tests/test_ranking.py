@@ -133,5 +133,9 @@ def test_auto_search_can_pick_its_winner_by_an_evaluation_metric(make_spec, tiny
     assert any(line.startswith("ranked by token F1 (evaluation): trial") for line in lines), lines
     data = result.to_json()
     assert data["rank_by"] == "tuned_token_f1" and "score" in data["trials"][0]
+    # The approaches that train nothing, scored once on the same rows, stand beside the trials.
+    baselines = {row["method"]: row for row in data["baselines"]}
+    assert {"base model (no training)", "in-context (no training)"} <= set(baselines)
+    assert all(row["tuned_token_f1"] is not None and row["trainable_params"] == 0 for row in baselines.values())
     with pytest.raises(UserError, match="unknown metric"):
         run_auto_search(spec, 600, None, name="rk2", space=SPACE, rungs=RUNGS, rank_by="nope")

@@ -32,6 +32,7 @@ from typing import Any
 
 from adapter_studio.engine import defaults, durable
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.evaluation.ranking import baseline_rows
 from adapter_studio.engine.events import Emit, Eval, Event, Started
 from adapter_studio.engine.search.budget import (
     SEARCH_SHARE,
@@ -373,8 +374,10 @@ class AutoSearch:
         chosen = f"winner trial {winner.number} ({winner.settings.describe()})" if winner else "no trial won"
         self.say(f"search {status} in {format_seconds(seconds)}: {len(self.trials)} trials, {chosen}; "
                  f"best run {best_dir or '-'}")
+        baselines = baseline_rows([t.run_dir for t in self.trials if t.run_dir])
         return SearchResult(status, best_dir, error, self.plan.folder, self.trials, winner.number if winner else None,
-                            metrics, seconds, getattr(self, "info", None), self.rank_by.name if self.rank_by else None)
+                            metrics, seconds, getattr(self, "info", None), self.rank_by.name if self.rank_by else None,
+                            baselines)
 
 
 def run_auto_search(spec: RunSpec, budget_s: float, emit: Emit | None = None, stop_event: threading.Event | None = None,

@@ -51,10 +51,11 @@ class SearchResult:
     seconds: float = 0.0
     info: Any = None  # the model's ModelInfo (target layer names for the JSON)
     rank_by: str | None = None  # the metric the winner was chosen by, when not METRIC
+    baselines: list[dict[str, Any]] = field(default_factory=list)  # the no-training rows, when evaluated
 
     def to_json(self) -> dict[str, Any]:
         return {"trials": [t.to_json(self.info) for t in self.trials],
                 "best_run_dir": str(self.run_dir) if self.run_dir else None, "best_trial": self.best_trial,
                 "metric_name": METRIC, "rank_by": self.rank_by or METRIC, "best_metrics": self.best_metrics,
                 "status": self.status, "error": self.error, "sweep_dir": str(self.folder),
-                "seconds": round(self.seconds, 1)}  # fmt: skip
+                "seconds": round(self.seconds, 1), "baselines": self.baselines}  # fmt: skip

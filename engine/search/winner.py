@@ -37,7 +37,8 @@ def _ranked(
     from adapter_studio.engine.runs import summarize_run
 
     if m.evaluated:
-        evaluate_for_ranking([str(r.run_dir) for r in finished], m.name, say, stop)
+        # The no-training baselines are scored once, on the same rows, to stand beside the trials.
+        evaluate_for_ranking([str(r.run_dir) for r in finished], m.name, say, stop, baselines=True)
     rows = []
     for record in finished:
         summary = summarize_run(Path(str(record.run_dir)))
