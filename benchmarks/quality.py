@@ -28,13 +28,15 @@ Runs compared on each task:
              hand-best = the best setting of the full grid measured here (BEST_KNOWN);
              `--grid`: lr 2e-4, 5e-4, 1e-3, 2e-3 × LoRA r16/alpha32 on (q,v | all linear layers).
   full-ft    full fine-tuning in the same loop (lr 5e-5 for MiniLM, 2e-5 for SmolLM2).
+  auto       `--auto 20m`: `adapter-studio auto` on the defaults' spec within that wall-clock budget
+             (search and the winner's full run); its best run is exported and scored like the defaults.
 
 The last line is `quality <worst ratio>`: per task, the defaults' result over the best hand LoRA
 result (accuracy ratio; ratio of loss drops for generation), the worst over tasks (1.0 = equal).
 
 Usage: .venv/bin/python benchmarks/quality.py [--tasks agnews,svamp,multiarith] [--quick] [--grid]
        [--out results.json] [--split test|dev] [--slice K] [--only defaults,hand-default,...]
-       [--app-set key=value ...] [--hand 'lr=1e-3,targets=all,...' ...] [--em N]
+       [--app-set key=value ...] [--hand 'lr=1e-3,targets=all,...' ...] [--em N] [--auto 20m]
 Research flags: `--app-set` adds `--set` overrides to the app run (its name in the table says so);
 `--hand` adds hand-loop configurations (keys: method lora|full, lr, targets qv|all, r, alpha, dropout,
 batch, sched constant|cosine|cosine10|linear, warmup, precision fp32|bf16, pooling pooler|mean,
@@ -348,9 +350,8 @@ def accuracy(
 # --- the app through its CLI ----------------------------------------------------------------------
 
 
-def run_app(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str, overrides: list[str]) -> dict:
-    """Train with the app (CLI only), export, and hand back the exported folder and timings."""
-    run_root = work / "runs"
+def write_spec(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str) -> Path:
+    """The spec a new user writes: model, data, its columns and the epochs; nothing else."""
     data_dir = work / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     if cfg["kind"] == "classification":
@@ -382,38 +383,72 @@ def run_app(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name:
             },
         }
     spec["training"] = {"epochs": cfg["epochs"]}
-    spec["output_dir"] = str(run_root)
+    spec["output_dir"] = str(work / "runs")
     spec["name"] = name
     spec_file = work / f"{name}.yaml"
     spec_file.write_text(json.dumps(spec, indent=1))  # JSON is YAML
-    cmd = [str(CLI), "train", str(spec_file)]
-    for o in overrides:
-        cmd += ["--set", o]
-    log = work / f"{name}.log"
+    return spec_file
+
+
+def run_cli(cmd: list[str], log: Path, what: str) -> float:
+    """Run one adapter-studio command with its output in `log`; its wall-clock seconds."""
     t0 = time.perf_counter()
     with log.open("w") as f:
         proc = subprocess.run(
             cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)}
         )
-    train_s = time.perf_counter() - t0
-    run_dir = run_root / name
     if proc.returncode != 0:
-        raise RuntimeError(f"adapter-studio train failed ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:])
-    kind = "--merged" if cfg["kind"] == "classification" else "--adapter"
-    out = work / f"{name}-export"
+        raise RuntimeError(f"adapter-studio {what} failed ({proc.returncode}); see {log}:\n" + log.read_text()[-2000:])
+    return time.perf_counter() - t0
+
+
+def export_run(cfg: dict[str, Any], run_dir: Path, out: Path) -> dict:
+    """Export a finished run the way it is scored: merged classifiers, adapters onto the float32 base, and
+    merged weights for full fine-tuning (it has no adapter). Its spec and training figures come along."""
+    import yaml
+
+    resolved = (run_dir / "spec.yaml").read_text()
+    full = (yaml.safe_load(resolved).get("method") or {}).get("name") == "full"
+    kind = "--merged" if cfg["kind"] == "classification" or full else "--adapter"
     proc = subprocess.run([str(CLI), "export", str(run_dir), kind, "--out", str(out)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"adapter-studio export failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     finished = next(e for e in events if e["type"] == "finished")
-    resolved = (run_dir / "spec.yaml").read_text()
     return {
         "export": out,
-        "seconds": train_s,
+        "full": full,
         "train_seconds": finished.get("train_seconds"),
         "steps": finished.get("step"),
         "spec": resolved,
     }
+
+
+def run_app(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str, overrides: list[str]) -> dict:
+    """Train with the app (CLI only), export, and hand back the exported folder and timings."""
+    spec_file = write_spec(task, cfg, train, work, name)
+    cmd = [str(CLI), "train", str(spec_file)]
+    for o in overrides:
+        cmd += ["--set", o]
+    seconds = run_cli(cmd, work / f"{name}.log", "train")
+    return {**export_run(cfg, work / "runs" / name, work / f"{name}-export"), "seconds": seconds}
+
+
+def run_auto(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str, budget: str) -> dict:
+    """`adapter-studio auto` on the same spec within `budget`, then its best run exported like the defaults'."""
+    spec_file = write_spec(task, cfg, train, work, name)
+    out_json = work / f"{name}.json"
+    cmd = [str(CLI), "auto", str(spec_file), "--budget", budget, "--name", name, "--json"]
+    t0 = time.perf_counter()
+    with out_json.open("w") as out, (work / f"{name}.log").open("w") as log:
+        proc = subprocess.run(cmd, stdout=out, stderr=log, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    seconds = time.perf_counter() - t0
+    result = json.loads(out_json.read_text() or "{}")
+    if proc.returncode != 0 or not result.get("best_run_dir"):
+        raise RuntimeError(f"adapter-studio auto failed ({proc.returncode}); see {work / (name + '.log')}")
+    best = next((t for t in result["trials"] if t["number"] == result["best_trial"]), None)
+    got = export_run(cfg, Path(result["best_run_dir"]), work / f"{name}-export")
+    return {**got, "seconds": seconds, "trials": len(result["trials"]), "winner": best and best["settings"]}
 
 
 # --- the hand loop --------------------------------------------------------------------------------
@@ -563,6 +598,8 @@ def _parse_hand(text: str) -> dict:
 def plan(task: str, args: argparse.Namespace) -> list[dict]:
     kind = TASKS[task]["kind"]
     runs: list[dict] = [{"name": "defaults", "app": []}]
+    if args.auto:
+        runs.append({"name": f"auto {args.auto}", "auto": args.auto})
     for o in args.app_set or []:
         runs.append({"name": "app " + " ".join(o.split()), "app": o.split(), "extra": True})
     runs.append({"name": "hand-default (r8 q,v lr 1e-3)", "hand": dict(HAND_DEFAULT)})
@@ -616,9 +653,13 @@ def evaluate_task(task: str, args: argparse.Namespace, work: Path) -> list[dict]
     for r in plan(task, args):
         row: dict[str, Any] = {"task": task, "run": r["name"]}
         try:
-            if "app" in r:
+            if "app" in r or "auto" in r:
                 safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", r["name"])[:80]
-                got = run_app(task, cfg, train, work / task, safe, r["app"] + (args.app_common or []))
+                if "auto" in r:
+                    got = run_auto(task, cfg, train, work / task, safe, r["auto"])
+                    row.update(trials=got["trials"], winner=got["winner"])
+                else:
+                    got = run_app(task, cfg, train, work / task, safe, r["app"] + (args.app_common or []))
                 row.update(seconds=got["seconds"], steps=got["steps"], app_train_seconds=got["train_seconds"])
                 if kind == "classification":
                     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -626,6 +667,9 @@ def evaluate_task(task: str, args: argparse.Namespace, work: Path) -> list[dict]
                     model = AutoModelForSequenceClassification.from_pretrained(got["export"], dtype=torch.float32)
                     tok = AutoTokenizer.from_pretrained(got["export"])
                     id_to_label = {int(k): int(v) for k, v in model.config.id2label.items()}
+                elif got["full"]:
+                    model, tok = load_causal(got["export"])
+                    id_to_label = None
                 else:
                     model, tok = load_causal(smollm_folder(), adapter=got["export"])
                     id_to_label = None
@@ -665,7 +709,9 @@ def _fmt(row: dict) -> str:
         f"acc {m:.4f}{seg0}" if "accuracy" in row else f"loss {row.get('answer_loss', float('nan')):.4f} drop {m:5.1f}%"
     )
     em = f" em {row['exact_match']:.3f}" if row.get("exact_match") is not None else ""
-    return f"{row['run']:<48} {what}{em}  {row.get('seconds', 0):7.1f} s"
+    w = row.get("winner")
+    won = f"  [{row['trials']} trials; {w['method']} lr {w['learning_rate']:.2e} batch {w['batch_size']}]" if w else ""
+    return f"{row['run']:<48} {what}{em}  {row.get('seconds', 0):7.1f} s{won}"
 
 
 def _save(path: str, args: argparse.Namespace, rows: list[dict]) -> None:
@@ -709,6 +755,9 @@ def main() -> None:
     )
     ap.add_argument("--hand", action="append", help="extra hand-loop run, e.g. 'lr=1e-3,targets=all,r=16,alpha=32'")
     ap.add_argument("--em", type=int, default=0, help="greedy exact match on the first N held-out rows (generation)")
+    ap.add_argument(
+        "--auto", metavar="BUDGET", help="also run `adapter-studio auto` with this budget (e.g. 20m) on the same spec"
+    )
     ap.add_argument("--workdir", help="keep run folders here (default: a temp folder, removed)")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
@@ -745,7 +794,10 @@ def main() -> None:
                 default=str,
             )
         )
-    worst = min((s["ratio"] for s in summary.values()), default=float("nan"))
+    if not summary:  # e.g. `--only auto`: nothing to take a ratio of
+        print("quality - (no defaults and hand runs to compare)")
+        return
+    worst = min(s["ratio"] for s in summary.values())
     print(f"quality {worst:.3f}")
 
 
