@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 from adapter_studio.engine.events import Metrics, Started
-from adapter_studio.engine.spec import parse_spec
+from adapter_studio.engine.export.run_gguf import lora_refusal
+from adapter_studio.engine.spec import load_spec_file, parse_spec
 from adapter_studio.engine.training.run import run
 
 from tests.conftest import write_jsonl
@@ -59,6 +60,8 @@ def test_an_eva_run_starts_as_the_base_learns_and_exports(make_spec: Any, tiny_l
     assert abs(losses(events)[0] - losses(default_events)[0]) < 1e-4 and losses(events)[-1] < losses(events)[0]
     count = [next(e for e in ev if isinstance(e, Started)).trainable_params for ev in (events, default_events)]
     assert count[0] == count[1]
+    method = load_spec_file(result.run_dir / "spec.yaml").method
+    assert not method.changes_base and lora_refusal(method) is None  # the base stays untouched: a LoRA file works
     adapter = export_run(result.run_dir, "adapter", tmp_path / "adapter")
     assert adapter.verified_max_diff is not None and adapter.verified_max_diff < 1e-4
     merged = export_run(result.run_dir, "merged", tmp_path / "merged")

@@ -82,7 +82,7 @@ class LoRA(LowRankFields):
 
     @property
     def changes_base(self) -> bool:
-        return self.init != "default"
+        return self.init in ("pissa", "olora")  # EVA sets A from the data and leaves the base alone
 
     @property
     def reads_data(self) -> bool:
