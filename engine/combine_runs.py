@@ -69,10 +69,12 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
     names = [f"a{i}" for i in range(len(run_dirs))]
     found = None
     if how == "lorahub":
-        from adapter_studio.engine.combine_weights import example_batches, find_weights
+        from adapter_studio.engine.combine_weights import examples as example_rows
+        from adapter_studio.engine.combine_weights import find_weights
 
-        batches = example_batches(specs[0], tokenizer, task, data, examples)
-        found = find_weights(model, names, batches, trials, specs[0].training.seed)
+        rows = example_rows(specs[0], tokenizer, task, data, examples)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        found = find_weights(model, names, rows, task, pad, trials, specs[0].training.seed)
         weights = found.weights
     kwargs: dict[str, Any] = {"density": density} if how.startswith(("ties", "dare")) else {}
     with torch.no_grad():

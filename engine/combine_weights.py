@@ -11,13 +11,15 @@ penalised score on those examples is never worse than the plain average's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
+    from adapter_studio.engine.data.prepare import PreparedData
     from adapter_studio.engine.spec import RunSpec
 
 BOUND = 1.5
@@ -42,9 +44,9 @@ class FoundWeights:
                 f"loss {self.start_loss:.4f} with equal weights → {self.loss:.4f}")  # fmt: skip
 
 
-def example_batches(spec: RunSpec, tokenizer: Any, task: str, data: Path | None, count: int) -> list[dict[str, Any]]:
-    """Up to `count` tokenised examples as batches: from `data` (every row) or the run's held-out rows."""
-    from adapter_studio.engine.data.batches import collate
+def examples(spec: RunSpec, tokenizer: Any, task: str, data: Path | None, count: int) -> PreparedData:
+    """Up to `count` tokenised examples, as the held-out rows of a PreparedData (what training's `evaluate`
+    scores): from `data` (every row) or the run's held-out rows."""
     from adapter_studio.engine.data.prepare import prepare_data
     from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH
 
@@ -62,30 +64,15 @@ def example_batches(spec: RunSpec, tokenizer: Any, task: str, data: Path | None,
     if not items:
         raise UserError("no examples to find the weights on", where=str(data or spec.data.path),
                         fix="give a data file of the task with a few rows")  # fmt: skip
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    classification = task == "classification"
-    return [collate(items[i : i + BATCH], pad, classification) for i in range(0, len(items), BATCH)]
+    return replace(prepared, eval=items, eval_prompts=[])
 
 
-def mean_loss(model: Any, batches: list[dict[str, Any]]) -> float:
-    """The examples' mean loss: per labelled token for text, per row for classification."""
-    import torch
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            labels = batch["labels"]
-            n = int((labels != -100).sum()) if labels.dim() > 1 else len(labels)
-            total += float(model(**batch).loss) * n
-            count += n
-    return total / max(1, count)
-
-
-def find_weights(model: Any, names: list[str], batches: list[dict[str, Any]], trials: int, seed: int) -> FoundWeights:
-    """The weights of `names` (adapters of the peft `model`) that score best on `batches`."""
+def find_weights(model: Any, names: list[str], rows: PreparedData, task: str, pad_id: int, trials: int,
+                 seed: int) -> FoundWeights:  # fmt: skip
+    """The weights of `names` (adapters of the peft `model`) that score best on `rows`' held-out rows."""
     import optuna
+    from adapter_studio.engine.training.evaluation import evaluate
 
-    model.eval()
     seen: dict[tuple[float, ...], float] = {}
 
     def drop_scratch() -> None:
@@ -97,9 +84,10 @@ def find_weights(model: Any, names: list[str], batches: list[dict[str, Any]], tr
         drop_scratch()
         model.add_weighted_adapter(names, weights, SCRATCH, combination_type="linear")
         model.set_adapter(SCRATCH)
-        loss = mean_loss(model, batches)
-        seen[tuple(weights)] = loss
-        return loss
+        scores = evaluate(model, None, rows, task, batch_size=BATCH, pad_id=pad_id, samples=0, autocast=nullcontext,
+                          device="cpu")  # fmt: skip
+        seen[tuple(weights)] = float(scores["eval_loss"] or 0.0)
+        return seen[tuple(weights)]
 
     def objective(trial: optuna.Trial) -> float:
         weights = [trial.suggest_float(f"w{i}", -BOUND, BOUND) for i in range(len(names))]
@@ -108,11 +96,9 @@ def find_weights(model: Any, names: list[str], batches: list[dict[str, Any]], tr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
     equal = [1.0 / len(names)] * len(names)
-    study.enqueue_trial({f"w{i}": w for i, w in enumerate(equal)})
+    study.enqueue_trial({f"w{i}": w for i, w in enumerate(equal)})  # trial 0
     study.optimize(objective, n_trials=max(1, trials))
     best = [float(study.best_params[f"w{i}"]) for i in range(len(names))]
     drop_scratch()
-    count = sum(len(b["input_ids"]) for b in batches)
-    penalty = [L1 * sum(abs(w) for w in ws) for ws in (best, equal)]
-    return FoundWeights(best, seen[tuple(best)], seen[tuple(equal)], seen[tuple(best)] + penalty[0],
-                        seen[tuple(equal)] + penalty[1], count, len(study.trials))
+    return FoundWeights(best, seen[tuple(best)], seen[tuple(equal)], float(study.best_value),
+                        float(study.trials[0].value or 0.0), len(rows.eval), len(study.trials))

@@ -162,7 +162,7 @@ def test_lorahub_makes_a_run_with_the_weights_it_found(lora_runs: list[Path], al
 
 def test_lorahub_search_scores_at_least_as_well_as_equal_weights(lora_runs: list[Path], alpaca_jsonl: Path,
                                                                  tmp_path: Path) -> None:  # fmt: skip
-    from adapter_studio.engine.combine_weights import example_batches, find_weights
+    from adapter_studio.engine.combine_weights import examples, find_weights
     from adapter_studio.engine.inference.trained import load_base, load_trained
     from peft import PeftModel
 
@@ -172,8 +172,8 @@ def test_lorahub_search_scores_at_least_as_well_as_equal_weights(lora_runs: list
     base, tokenizer, task = load_base(run.spec)
     model = PeftModel.from_pretrained(base, str(tmp_path / "a0"), adapter_name="a0")
     model.load_adapter(str(tmp_path / "a1"), adapter_name="a1")
-    batches = example_batches(run.spec, tokenizer, task, alpaca_jsonl, 8)
-    found = find_weights(model, ["a0", "a1"], batches, 6, seed=0)
+    rows = examples(run.spec, tokenizer, task, alpaca_jsonl, 8)
+    found = find_weights(model, ["a0", "a1"], rows, task, tokenizer.pad_token_id or 0, 6, seed=0)
     assert found.score <= found.start_score and found.trials == 6 and found.examples == 8
     assert "lorahub-trial" not in model.peft_config  # the scratch adapter is gone
 
