@@ -9,12 +9,20 @@ import json
 import threading
 from pathlib import Path
 
+import optuna
 import pytest
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Started
 from adapter_studio.engine.runs import summarize_run
 from adapter_studio.engine.search.auto import run_auto_search
-from adapter_studio.engine.search.budget import Rungs, expected_segments, parse_budget, plan_rungs, search_seconds
+from adapter_studio.engine.search.budget import (
+    Rungs,
+    bracket_shares,
+    expected_segments,
+    parse_budget,
+    plan_rungs,
+    search_seconds,
+)
 from adapter_studio.engine.search.results import MARKER, SearchLog
 from adapter_studio.engine.search.space import SearchSpace, Settings, space_for
 from adapter_studio.engine.training.sweep import load_sweep, sweep_rows
@@ -24,7 +32,27 @@ from test_cli import cli, write_spec
 # projections at the bottom of its band, which cannot keep up at the first rung.
 SPACE = SearchSpace(["lora_all_linear", "lora_attention"], (4,), None,
                     [Settings("lora_all_linear", 2e-3, 4), Settings("lora_attention", 1e-4, 4)])  # fmt: skip
-RUNGS = Rungs(first=8, factor=2, count=2)  # compare at 8 and 16 examples; a finished trial trains 32
+# Compare at 8 and 16 examples; a finished trial trains 32. One bracket (plain successive halving), so
+# which trial is judged where does not hang on Hyperband's hash of the search's name.
+RUNGS = Rungs(first=8, factor=2, count=2, hyperband=False)
+
+
+@pytest.mark.parametrize(
+    ("factor", "count", "shares", "segments"),
+    [
+        # optuna's allotment for 3 brackets of factor 3 is 9 : 5 : 3; a trial in bracket b trains to rung b
+        # unjudged. One bracket is successive halving: 1 + 2/3 + 6/9 segments a trial after the first.
+        (3, 2, [9 / 17, 5 / 17, 3 / 17], 9 + 9 / 17 * (1 + 2 / 3 + 6 / 9) + 5 / 17 * (3 + 6 / 3) + 3 / 17 * 9),
+        (2, 1, [1 / 2, 1 / 2], 2 + 1 / 2 * (1 + 1 / 2) + 1 / 2 * 2),  # 2 : 2
+    ],
+)
+def test_hyperband_brackets_and_their_cost(factor: int, count: int, shares: list[float], segments: float) -> None:
+    assert bracket_shares(factor, count) == pytest.approx(shares)
+    assert expected_segments(factor, count, 2) == pytest.approx(segments)
+    one_bracket = factor**count + 1 + count * (1 - 1 / factor)
+    assert expected_segments(factor, count, 2, hyperband=False) == pytest.approx(one_bracket)
+    pruner = Rungs(8, factor, count, hyperband=False).pruner()
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +78,7 @@ def test_rungs_fit_the_search_time_and_never_outgrow_the_final_run() -> None:
     rungs = plan_rungs(600, overhead_s=5, example_s=0.05, eval_s=4, final_examples=100_000, quantum=8)
     assert rungs is not None and (rungs.factor, rungs.count) == (3, 2) and rungs.first % 8 == 0
     cost = 8 * 5 + expected_segments(3, 2, 8) * (rungs.first * 0.05 + 4)
+    assert rungs.hyperband and isinstance(rungs.pruner(), optuna.pruners.HyperbandPruner)
     assert 0.9 * 600 < cost <= 600  # about eight trials use the time, no more
     short = plan_rungs(600, overhead_s=5, example_s=0.05, eval_s=4, final_examples=900, quantum=8)
     assert short is not None and short.full <= 900 and short.first == 96  # 900 / 9 = 100, down to a multiple of 8
@@ -116,6 +145,20 @@ def test_search_prunes_a_loser_and_trains_the_winner_fully(make_spec, tiny_llama
     assert data["best_run_dir"] == str(result.run_dir) and len(data["trials"]) == 3
     assert set(data["trials"][0]) >= {"settings", "metric", "status"}
     assert data["trials"][1]["settings"]["method"] == "lora" and data["trials"][1]["status"] == "pruned"
+
+
+def test_hyperband_judges_a_loser_early_in_one_bracket_only(make_spec, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    # The search's name fixes the brackets: "hb6" puts trials 1 and 2 in the eager bracket 0 (judged at
+    # 8 examples) and trial 3 in bracket 2, which judges only at 32, the end. Trial 3 repeats the loser.
+    loser = Settings("lora_attention", 1e-4, 4)
+    space = SearchSpace(SPACE.choices, (4,), None, [*SPACE.baselines, loser])
+    rungs = Rungs(first=8, factor=2, count=2)
+    result = run_auto_search(make_spec(tiny_llama, alpaca_jsonl, max_steps=8), 600, None, name="hb6", space=space,
+                             rungs=rungs, max_trials=3)  # fmt: skip
+    assert result.status == "completed", result.error
+    assert [(t.status, t.examples) for t in result.trials] == [("completed", 32), ("pruned", 8), ("completed", 32)]
+    assert result.trials[2].metric > result.trials[0].metric  # type: ignore[operator]  # still the loser
+    assert result.best_trial == 1
 
 
 def test_a_stop_cancels_the_current_trial_and_keeps_what_finished(make_spec, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -3,8 +3,10 @@
 1. A short probe run measures this machine: seconds per step, per evaluation and to start a run.
 2. optuna samples settings (engine.search.space) with a seeded TPE sampler; each trial is a real run
    (its own folder in the history) that evaluates on the held-out split at every rung, and optuna's
-   successive-halving pruner stops the losers there: a pruned trial is stopped through its run's stop
-   event, so it ends `cancelled` with a checkpoint, and is marked `pruned` in the search's table.
+   Hyperband pruner (successive halving in brackets that start judging at different rungs) stops the
+   losers there: a pruned trial is stopped through its run's stop event, so it ends `cancelled` with a
+   checkpoint, and is marked `pruned` in the search's table. Trials go on while the search's time lasts
+   (`max_trials` caps them only when given).
 3. When the search's share of the budget is spent (~60 %, engine.search.budget), the winner — the best
    held-out loss among the trials that ran to the end — trains again from the start, for the spec's own
    steps or epochs when they fit the time left and for what fits otherwise; evaluating and saving
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -47,12 +48,13 @@ from adapter_studio.engine.search.results import MARKER, METRIC, SearchLog, Sear
 from adapter_studio.engine.search.space import CHOICES, SearchSpace, Settings, space_for, spec_with
 from adapter_studio.engine.search.winner import choose_winner
 from adapter_studio.engine.spec import RunSpec
+from adapter_studio.engine.training.checkpoints import remove_checkpoints
 from adapter_studio.engine.training.sweep import DEFAULT_BATCH, PLAN_FILE, SWEEPS, SweepEntry, SweepPlan
 
 PROBE_STEPS = 6
 METHOD_COST = 1.3  # the probe trains LoRA on attention; the other choices cost up to about this much more
 FINAL_EVALS = 5
-MAX_TRIALS = 40
+HEDGE = "; Hyperband brackets start judging at each rung in turn"
 
 
 class TrialFailed(Exception):
@@ -63,7 +65,8 @@ class AutoSearch:
     """One search's state while it runs; `execute` is the recipe (module docstring)."""
 
     def __init__(self, spec: RunSpec, budget_s: float, emit: Emit | None, stop: threading.Event, *, name: str | None,
-                 space: SearchSpace | None, rungs: Rungs | None, max_trials: int, rank_by: str | None = None) -> None:
+                 space: SearchSpace | None, rungs: Rungs | None, max_trials: int | None,
+                 rank_by: str | None = None) -> None:
         from adapter_studio.engine.evaluation.ranking import metric
 
         self.spec, self.budget_s, self.emit, self.stop = spec, budget_s, emit, stop
@@ -178,7 +181,7 @@ class AutoSearch:
         self.say(f"probe: {timing.step_s:.2f} s a step of {settings.batch_size}, {timing.eval_s:.1f} s an "
                  f"evaluation, {timing.overhead_s:.1f} s to start a run; searching for {format_seconds(left)} "
                  f"with trials compared at {', '.join(map(str, rungs))} training examples "
-                 f"(the best 1/{self.rungs.factor} go on)")
+                 f"(the best 1/{self.rungs.factor} go on{HEDGE if self.rungs.hyperband else ''})")
         return True
 
     def _search(self) -> None:
@@ -186,12 +189,14 @@ class AutoSearch:
 
         assert self.rungs is not None and self.space is not None
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search reports trials itself
+        # Hyperband puts each trial in a bracket by a hash of the study's name and the trial's number: the
+        # search's own name keeps that the same from one run of the same search to the next.
         study = optuna.create_study(
+            study_name=self.name,
             direction="minimize",
             sampler=optuna.samplers.TPESampler(seed=self.spec.training.seed, n_startup_trials=4),
-            pruner=optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=self.rungs.first, reduction_factor=self.rungs.factor, min_early_stopping_rate=0),
-        )  # fmt: skip
+            pruner=self.rungs.pruner(),
+        )
         for settings in self.space.baselines:
             study.enqueue_trial(self.space.params_of(settings))
 
@@ -289,6 +294,8 @@ class AutoSearch:
         marker = {"search": self.name, "sweep_dir": str(self.plan.folder), **record.to_json(self.info)}
         if Path(run_dir).is_dir():
             durable.write_text(Path(run_dir) / MARKER, json.dumps(marker, indent=1))
+            if record.status == "pruned":  # never the result: its checkpoints go now, not after the search
+                remove_checkpoints(Path(run_dir))
         self.say(f"trial {record.number} {how[record.status]} at {record.examples} examples: {metric}{accuracy}",
                  level="warning" if record.status == "failed" else "info")
 
@@ -348,11 +355,8 @@ class AutoSearch:
         freed = 0
         folders = [Path(r.run_dir) for r in self.trials if r.run_dir] + list((self.plan.folder / "probe").glob("*"))
         for folder in folders:
-            if keep is not None and folder.resolve() == keep.resolve():
-                continue
-            for checkpoint in folder.glob("checkpoints/*"):
-                freed += sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
-                shutil.rmtree(checkpoint, ignore_errors=True)
+            if keep is None or folder.resolve() != keep.resolve():
+                freed += remove_checkpoints(folder)
         if freed:
             self.say(f"removed the trials' checkpoints ({freed / 2**20:,.0f} MiB); their folders and logs stay")
 
@@ -382,13 +386,14 @@ class AutoSearch:
 
 def run_auto_search(spec: RunSpec, budget_s: float, emit: Emit | None = None, stop_event: threading.Event | None = None,
                     *, name: str | None = None, space: SearchSpace | None = None, rungs: Rungs | None = None,
-                    max_trials: int = MAX_TRIALS, rank_by: str | None = None) -> SearchResult:
+                    max_trials: int | None = None, rank_by: str | None = None) -> SearchResult:
     """Search methods and settings for `budget_s` seconds of wall-clock time, then train the winner fully.
 
     `emit` receives every event of every run, plus SearchLog lines about the search itself; `stop_event`
     ends the search cleanly (the current run is cancelled with its checkpoint, the result lists what
     finished). `space` and `rungs` replace the defaults (tests pass tiny rungs; without `rungs` a probe
-    run sizes them to the budget). `rank_by` picks the winner by another metric (module docstring)."""
+    run sizes them to the budget). `max_trials` caps the trials (default: as many as the time allows).
+    `rank_by` picks the winner by another metric (module docstring)."""
     search = AutoSearch(spec, budget_s, emit, stop_event or threading.Event(), name=name, space=space, rungs=rungs,
                         max_trials=max_trials, rank_by=rank_by)
     return search.execute()

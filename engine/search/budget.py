@@ -2,8 +2,11 @@
 
 Successive halving compares trials after `first` training examples, keeps the best 1/factor of them
 for `first * factor` examples, and so on `count` times; a trial that survives every rung trains
-`first * factor**count` examples. The sizes are picked so that about eight trials fit the search's
-share of the budget, measured on this machine by a short probe run.
+`first * factor**count` examples. Hyperband hedges that bet: each trial falls in one of `count + 1`
+brackets, and bracket b compares its trials first at rung b, so a method that starts slowly but ends
+best (full fine-tuning of a classifier, say) is not always cut at the first rung. The sizes are picked
+so that about eight trials fit the search's share of the budget, measured on this machine by a short
+probe run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Eval, Event, Metrics, Stage, Started
@@ -92,11 +96,22 @@ def _mean_span(events: list[Event], stage: str, until: type[Event]) -> float:
 
 @dataclass(frozen=True)
 class Rungs:
-    """Successive halving's schedule in training examples (optuna's min_resource and reduction_factor)."""
+    """The pruner's schedule in training examples (optuna's min_resource, reduction_factor and
+    max_resource = `full`); `hyperband` False is plain successive halving (every trial in bracket 0)."""
 
     first: int
     factor: int = 3
     count: int = 2
+    hyperband: bool = True
+
+    def pruner(self) -> Any:
+        import optuna
+
+        if self.hyperband and self.count > 0:
+            return optuna.pruners.HyperbandPruner(
+                min_resource=self.first, max_resource=self.full, reduction_factor=self.factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=self.first, reduction_factor=self.factor, min_early_stopping_rate=0)
 
     @property
     def full(self) -> int:
@@ -104,10 +119,23 @@ class Rungs:
         return self.first * self.factor**self.count
 
 
-def expected_segments(factor: int, count: int, trials: int) -> float:
+def bracket_shares(factor: int, count: int) -> list[float]:
+    """The share of trials in each Hyperband bracket, as optuna allots them (most in the eager bracket 0)."""
+    brackets = count + 1
+    weights = [math.ceil(brackets * factor ** (brackets - 1 - b) / (brackets - b)) for b in range(brackets)]
+    return [w / sum(weights) for w in weights]
+
+
+def expected_segments(factor: int, count: int, trials: int, *, hyperband: bool = True) -> float:
     """Stretches of `first` examples (each followed by an evaluation) that `trials` trials train in all:
-    the first runs to the end (nothing to compare with), a later one reaches rung k with chance factor**-k."""
-    later = 1 + count * (1 - 1 / factor)
+    the first runs to the end (nothing to compare with); a later one in bracket b trains to rung b
+    unjudged, then reaches each further rung with chance 1/factor per rung."""
+
+    def after_first(b: int) -> float:
+        return factor**b + sum((factor**k - factor ** (k - 1)) * factor ** -(k - b) for k in range(b + 1, count + 1))
+
+    shares = bracket_shares(factor, count) if hyperband else [1.0] + [0.0] * count
+    later = sum(share * after_first(b) for b, share in enumerate(shares))
     return factor**count + (trials - 1) * later
 
 
@@ -120,6 +148,7 @@ def plan_rungs(
     final_examples: int,
     quantum: int,
     factor: int = 3,
+    hyperband: bool = True,
 ) -> Rungs | None:
     """The rungs that let about eight trials (fewer on a tight budget) fit `search_s` seconds; None when
     not even three trials of two steps each at the largest batch size would.
@@ -128,12 +157,12 @@ def plan_rungs(
     no trial trains more than the final run will (`final_examples`); `first` is a multiple of `quantum`
     (every batch size tried divides it, so the rungs fall on steps)."""
     for count, trials in ((2, 8), (1, 8), (1, 5), (1, 3)):
-        segment = (search_s - trials * overhead_s) / expected_segments(factor, count, trials)
+        segment = (search_s - trials * overhead_s) / expected_segments(factor, count, trials, hyperband=hyperband)
         first = (segment - eval_s) / max(example_s, 1e-9)
         first = min(first, final_examples / factor**count)
         first = math.floor(first / quantum) * quantum
         if first >= 2 * quantum:
-            return Rungs(int(first), factor, count)
+            return Rungs(int(first), factor, count, hyperband)
     return None  # not even three short trials fit: no search
 
 

@@ -122,6 +122,15 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if (p / STATE).exists())
 
 
+def remove_checkpoints(run_dir: Path) -> int:
+    """Delete a run's checkpoints (its events, spec and the rest of the folder stay); the bytes freed."""
+    freed = 0
+    for checkpoint in run_dir.glob("checkpoints/*"):
+        freed += sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file())
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return freed
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     found = list_checkpoints(folder)
     return found[-1] if found else None

@@ -333,7 +333,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     from adapter_studio.engine.events import Eval
-    from adapter_studio.engine.search.auto import MAX_TRIALS, run_auto_search
+    from adapter_studio.engine.search.auto import run_auto_search
     from adapter_studio.engine.search.results import SearchLog
     from adapter_studio.engine.training.sweep import format_rows, load_sweep, sweep_rows
 
@@ -350,7 +350,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials or MAX_TRIALS,
+    result = run_auto_search(spec, budget, show, stop, name=args.name, max_trials=args.max_trials,
                              rank_by=args.rank_by)  # fmt: skip
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
