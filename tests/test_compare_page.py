@@ -21,10 +21,13 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     window.pages["model"].choose(str(tiny_llama))
     window.go_to("compare")
     qtbot.waitUntil(page.complete, timeout=120_000)
-    assert len(page.rows) == len(METHODS)
+    # Every method, then the baseline that fits a text generator: in-context examples, nothing trained.
+    assert len(page.rows) == len(METHODS) + 1 and page.rows[-1]["method"] == "in_context"
+    assert page.rows[-1]["trainable_params"] == 0 and "4 training rows before each prompt" in page.notes.text()
+    assert "nothing trains" in page.chart.visible_texts()
     row = lora_row(page)
     assert row["trainable_params"] > 0 and row["memory_bytes"]["total"] > row["memory_bytes"]["weights"]
-    assert page.table.rowCount() == len(METHODS)
+    assert page.table.rowCount() == len(METHODS) + 1
     assert page.table.item(0, 0).text() == "LoRA"  # the chosen method, highlighted first in the library order
     bitfit = next(r for r in page.rows if r["method"] == "bitfit")
     assert "no bias" in bitfit["error"] or "has none" in bitfit["error"]
@@ -35,11 +38,12 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     qtbot.waitUntil(lambda: lora_row(page)["trainable_params"] == 2 * before, timeout=60_000)
 
     page.ticks.item(1).setCheckState(Qt.CheckState.Unchecked)
-    assert page.table.rowCount() == len(METHODS) - 1
+    assert page.table.rowCount() == len(METHODS)
     out = tmp_path / "costs.csv"
     page.save_csv(str(out))
     rows = list(csv.reader(out.open()))
-    assert rows[0][0] == "method" and len(rows) == len(METHODS)
+    assert rows[0][0] == "method" and len(rows) == len(METHODS) + 1
+    assert rows[-1][:3] == ["In-context examples (no training)", "no training (baseline)", "0"]
     page.save_png(str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").stat().st_size > 1000
 

@@ -220,3 +220,34 @@ def test_format_table_and_json() -> None:
     assert "lora" in text and "2,442,240" in text and "bitfit" in text and "not available" in text
     json.dumps(rows)  # the CLI's --json output
     assert set(MEMORY_PARTS) <= set(rows[0]["memory_bytes"])
+
+
+def test_the_in_context_baseline_costs_an_inference_pass_with_its_cache(tiny_llama: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    rows = {r["method"]: r for r in estimate_table(str(tiny_llama), "lora,in_context,features",
+                                                   ["data.max_length=16", "training.precision=float32"])}  # fmt: skip
+    row = rows["in_context"]
+    assert (row["trainable_params"], row["adapter_bytes"], row["baseline"]) == (0, 0, True)
+    memory, assumed = row["memory_bytes"], row["assumptions"]
+    assert memory["gradients"] == memory["optimizer"] == 0 and memory["total"] == sum(
+        memory[k] for k in MEMORY_PARTS)
+    assert assumed["seq_len"] == 5 * 16 and assumed["in_context_k"] == 4  # 4 rows before each prompt, and the prompt
+    # The key/value cache it counts is what the model really keeps for a prompt of that length.
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    ids = torch.zeros(assumed["batch_size"], assumed["seq_len"], dtype=torch.long)
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    kept = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert memory["activations"] == kept
+    assert memory["weights"] == sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
+    assert rows["lora"]["trainable_params"] > 0  # the methods' rows are unchanged beside it
+    assert "baseline for a classifier" in rows["features"]["error"]
+    assert "in_context (In-context examples (no training)): nothing trains" in format_table(list(rows.values()))
+
+
+def test_the_feature_baseline_learns_outside_the_model(tiny_bert_cls: Path) -> None:
+    row = estimate_table(str(tiny_bert_cls), "features", [])[0]
+    assert row["trainable_params"] == 2 * (64 + 1) and row["adapter_bytes"] == 0  # 2 labels × (hidden + bias)
+    assert row["memory_bytes"]["activations"] == 0 and "logistic regression on 64 frozen features" in row["note"]

@@ -11,6 +11,7 @@ import gc
 from typing import Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.estimate.baselines import BASELINES, baseline_row
 from adapter_studio.engine.estimate.costs import _APPLIED, estimate
 from adapter_studio.engine.estimate.meta_models import _LOCK, clear_models
 
@@ -23,7 +24,8 @@ def _selected_methods(methods: str) -> list[str]:
         return list(METHODS)
     names = [n.strip() for n in text.split(",") if n.strip()]
     for name in names:
-        method_class(name)  # unknown names raise a UserError with suggestions
+        if name not in BASELINES:
+            method_class(name)  # unknown names raise a UserError with suggestions
     return names
 
 
@@ -65,7 +67,8 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
         raise UserError("--set method needs a field, e.g. method.r=8", where="--set")
     if "name" in method_fields:
         names = _selected_methods(str(method_fields.pop("name")))
-    classes = [METHODS[n] for n in names]
+    baselines = [n for n in names if n in BASELINES]
+    classes = [METHODS[n] for n in names if n not in BASELINES]
     for key in method_fields:
         if not any(key in cls.model_fields for cls in classes):
             valid = sorted({f for cls in classes for f in cls.model_fields if f != "name"})
@@ -85,7 +88,25 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     finally:
         if collecting:
             gc.enable()
+    rows += [_baseline(name, config, spec, task, device, memory) for name in baselines]
     return rows
+
+
+def _baseline(name: str, config: Any, spec: Any, task: str, device: str, memory: int | None) -> dict[str, Any]:
+    """A no-training baseline's row, in the dtype and precision an evaluation on this device uses."""
+    from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
+    from adapter_studio.engine.estimate.meta_models import _meta_base
+    from adapter_studio.engine.evaluation.ranking import IN_CONTEXT_K
+    from adapter_studio.engine.models.loading import weights_dtype
+    from adapter_studio.engine.training.devices import pick_precision
+
+    precision = pick_precision(spec.training.precision, device)
+    dtype = weights_dtype(spec.model.dtype, device, False, precision)
+    with _LOCK:
+        base = _meta_base(config, task, 2, dtype)
+    seq_len = spec.data.max_length or min(DEFAULT_MAX_LENGTH, model_max_length(config))
+    return baseline_row(name, base, config, task=task, device=device, device_memory=memory, dtype=dtype,
+                        precision=precision, seq_len=seq_len, k=IN_CONTEXT_K)
 
 
 def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[str, Any], config: Any, spec: Any,
@@ -184,7 +205,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         out.append("  ".join(cells).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
-    first = next((r for r in rows if "assumptions" in r), None)
+    first = next((r for r in rows if "assumptions" in r and not r.get("baseline")), None)
     if first:
         a = first["assumptions"]
         quant = f", {a['quantization']} base" if a["quantization"] != "none" else ""
@@ -195,6 +216,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{human_bytes(first['memory_bytes']['overhead'])} overhead"]
         if "device_memory_bytes" in first:
             out.append(f"device memory {human_bytes(first['device_memory_bytes'])}; ! marks what does not fit")
+    for r in rows:
+        if r.get("baseline") and "assumptions" in r:
+            out += ["", f"{r['method']} ({r['title']}): nothing trains in the model; memory of an evaluation pass, "
+                        f"batch {r['assumptions']['batch_size']} — {r['note']}"]
     if errors:
         out += ["", "not available:", *errors]
     return "\n".join(out)

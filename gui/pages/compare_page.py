@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.estimate.baselines import BASELINES
+from adapter_studio.engine.estimate.baselines import TITLES as BASELINE_TITLES
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.model_page import human_bytes
@@ -111,6 +113,10 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
     exact = estimate_table(source, current.name, exact_overrides)[0]
     rows = [exact if r["method"] == current.name else r
             for r in estimate_table(source, "all", overrides, cached_only=True)]
+    # The baseline that fits the model's task (in-context examples for a text generator, frozen features
+    # for a classifier) closes the list; it has none of the methods' fields.
+    plain = [o for o in overrides if not o.startswith("method.")]
+    rows += [r for r in estimate_table(source, ",".join(BASELINES), plain) if "error" not in r]
     yield list(rows)  # a copy: the list is filled in further while the window reads this one
     pending = [i for i, r in enumerate(rows) if r.get("pending")]
     if not pending:
@@ -234,6 +240,10 @@ class CostChart(QWidget):
                 text, color = "not available", "#888"
             elif not has_numbers(r):
                 text, color = "estimating…", "#888"
+            elif r.get("baseline"):  # what it learns lives outside the model, if anything
+                learned = r["trainable_params"]
+                text = f"{short_count(learned)} outside the model" if learned else "nothing trains"
+                color = foreground
             else:
                 text = f"{short_count(r['trainable_params'])} ({three_digits(100 * r['trainable_share'])}%)"
                 color = "#888" if r.get("stale") else foreground
@@ -303,9 +313,10 @@ class ComparePage(Page):
         self.ticks = QListWidget()
         self.ticks.setObjectName("compareMethods")
         self.ticks.setMaximumWidth(220)
-        for cls in METHOD_CLASSES:
-            item = QListWidgetItem(cls.title)
-            item.setData(Qt.ItemDataRole.UserRole, cls.model_fields["name"].default)
+        names = [(cls.title, cls.model_fields["name"].default) for cls in METHOD_CLASSES]
+        for title, name in [*names, *((BASELINE_TITLES[b], b) for b in BASELINES)]:
+            item = QListWidgetItem(title)
+            item.setData(Qt.ItemDataRole.UserRole, name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked)
             self.ticks.addItem(item)
@@ -441,7 +452,8 @@ class ComparePage(Page):
         t = self.state.training
         devices = f" Memory is per process: {t.devices} processes ({t.distributed})." if t.devices > 1 else ""
         self.status.setText(
-            f"{len(rows)} methods on {self.state.model.source} {where}. The chosen method is highlighted."
+            f"{sum(not r.get('baseline') for r in rows)} methods and the no-training baseline on "
+            f"{self.state.model.source} {where}. The chosen method is highlighted."
             f"{devices}{progress}"
         )
 
@@ -507,6 +519,10 @@ class ComparePage(Page):
                     f"Memory: worst case, {batch} rows × {tokens} tokens (every row at the full length). "
                     "Once the Data page has counted the tokens, the data's longest row is used."
                 )
+        for r in rows:
+            if r.get("baseline") and has_numbers(r):
+                lines.append(f"<b>{html.escape(r['title'])}</b>: the memory of evaluating with it, batch "
+                             f"{r['assumptions']['batch_size']}, not a training step; {html.escape(r['note'])}.")
         refused = [r for r in rows if "error" in r]
         if refused:
             reasons = "<br>".join(
@@ -567,7 +583,7 @@ class ComparePage(Page):
             human_bytes(r["adapter_bytes"]),
             human_bytes(total),
             fits,
-            "yes" if r.get("mergeable") else "no",
+            "—" if r.get("baseline") else "yes" if r.get("mergeable") else "no",
         ]
 
     def table_text(self, delimiter: str) -> str:

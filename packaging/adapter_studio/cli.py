@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     params = sub.add_parser("params", help="trainable parameters, adapter size and memory per method")
     params.add_argument("--model", required=True, help="model folder, .gguf file or shipped config name")
-    params.add_argument("--methods", default="all", help="all, or a comma list of method names")
+    params.add_argument("--methods", default="all",
+                        help="all, or a comma list of method names (in_context, features: the no-training baselines)")
     params.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     params.add_argument("--json", action="store_true")
 
