@@ -41,7 +41,9 @@ LOW_RANK_RATES = ((300e6, 2e-3), (1.5e9, 1e-3), (4e9, 5e-4), (15e9, 2e-4), (math
 FULL_RATES = {"classification": 5e-5, "causal_lm": 2e-5}
 FULL_LARGE_FACTOR = 0.5  # above 1.5B parameters
 # Preference objectives push log-probability ratios, not the answers' likelihood: the usual practice is a
-# rate several times below supervised training's (DPO's LoRA recipes use 5e-5 where SFT uses 2e-4 on 7B).
+# rate far below supervised training's (the alignment handbook's Zephyr-7B QLoRA recipes: DPO 5e-6, SFT
+# 2e-4). Measured here (DPO, SmolLM2 LoRA, HH harmless, one epoch; held-out preference accuracy, ±0.03 a
+# run): 2× this factor 0.625, this factor 0.635, ½ of it 0.628 — so it stays.
 PREFERENCE_RATE_FACTOR = 0.25
 # Passes over the data when neither epochs nor steps are given: small data needs several passes to be
 # learnt, more than three mostly memorises it.
