@@ -12,12 +12,15 @@ for ignored in /.whl/ /.gpu/; do
     grep -qxF "$ignored" .git/info/exclude || echo "$ignored" >>.git/info/exclude
 done
 
-# The same versions as this checkout's environment, where it has them.
+# The same versions as this checkout's environment: transformers 5.25 needs a newer huggingface_hub
+# (≥ 2.4, with httpx2 and kernels) than the GPU image's (1.33 in 2026-11), and its import checks that.
+# The image's own torch, numpy, safetensors, tokenizers, tqdm, pyyaml, fsspec and filelock satisfy the rest.
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-wanted=(
-    "transformers==$(version transformers)" "peft==$(version peft)" "gguf==$(version gguf)"
-    "pydantic==2.13.4" "pydantic-core==2.46.4" "annotated-types" "typing-inspection" "bitsandbytes==0.50.2"
-)
+wanted=("bitsandbytes==0.50.2")
+for name in transformers peft accelerate gguf huggingface_hub httpx2 httpcore2 hf-xet kernels click typer \
+    regex packaging typing-extensions pydantic pydantic-core annotated-types typing-inspection tomlkit truststore; do
+    wanted+=("$name==$(version $name)")
+done
 rm -rf .whl && mkdir -p .whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
