@@ -6,7 +6,14 @@ export needs them.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# transformers 5 (with the `kernels` package it depends on) swaps in kernels fetched from the Hugging Face
+# Hub on CUDA (rotary embeddings for every Llama-family model); offline that fetch raises a ValueError it
+# does not catch, so loading or training fails on a workstation without network — seen on an H200,
+# 2026-12-04. The app never fetches code at run time; USE_HUB_KERNELS=YES opts back in.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 if TYPE_CHECKING:
     from adapter_studio.engine.training.run import run as run

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -556,3 +559,25 @@ def test_a_run_takes_the_textbook_steps(tiny_llama: Path, make_spec: Spec, alpac
     reference = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert trained.keys() == reference.keys()
     assert max(float((trained[n] - reference[n]).abs().max()) for n in trained) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "NO False"),  # offline-first: no kernel code fetched from the Hub at load time
+        ("YES", "YES True"),  # a person who wants the Hub's kernels says so
+    ],
+)
+def test_hub_kernels_are_off_unless_asked_for(given: str | None, expected: str) -> None:
+    # transformers 5 with `kernels` installed fetches a rotary kernel on CUDA at from_pretrained; offline
+    # that fetch raised a ValueError transformers does not catch (H200, 2026-12-04). A fresh interpreter:
+    # the setting is made when the engine is imported.
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    if given is not None:
+        env["USE_HUB_KERNELS"] = given
+    code = (
+        "import os, adapter_studio.engine; from transformers.integrations.hub_kernels import _kernels_enabled; "
+        "print(os.environ['USE_HUB_KERNELS'], _kernels_enabled())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
