@@ -17,8 +17,9 @@ done
 # The image's own torch, numpy, safetensors, tokenizers, tqdm, pyyaml, fsspec and filelock satisfy the rest.
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 wanted=("bitsandbytes==0.50.2")
-for name in transformers peft accelerate gguf huggingface_hub httpx2 httpcore2 hf-xet kernels click typer \
+for name in transformers peft accelerate gguf huggingface_hub httpx2 httpcore2 hf-xet click typer \
     regex packaging typing-extensions pydantic pydantic-core annotated-types typing-inspection tomlkit truststore; do
+    # (not `kernels`: the engine turns hub kernels off, and without the package nothing can try to fetch one)
     wanted+=("$name==$(version $name)")
 done
 rm -rf .whl && mkdir -p .whl
