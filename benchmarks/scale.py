@@ -953,7 +953,7 @@ def figure(rows: list[dict[str, Any]], cuda: bool) -> int:
         else:
             chosen = max(done, key=lambda r: (r.get("total_params") or 0, r["seq"], r["method"] == "lora-bf16"))
             which = f"{chosen['model']} {chosen['method']} at {chosen['seq']}"
-            print(f"mfu of {which}: the largest row that ran (the 8B LoRA bf16 4k row did not)")
+            print(f"mfu of {which}: the largest row that ran (no 8B LoRA bf16 4k row ran in this invocation)")
         print(f"mfu {chosen['engine']['mfu']:.4f}")
         return 0
     ratios = [
