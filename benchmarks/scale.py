@@ -643,14 +643,15 @@ def packed_stats(source: str, data: Path, seq: int) -> dict[str, float]:
     }
 
 
-def estimate_row(config: Any, fields: dict[str, Any], device: str, memory: int | None) -> dict[str, Any]:
+def estimate_row(config: Any, fields: dict[str, Any], device: str, memory: int | None,
+                 labelled_share: float | None = None) -> dict[str, Any]:
     from adapter_studio.engine.estimate.costs import estimate
     from adapter_studio.engine.spec import parse_spec
 
     spec = parse_spec(fields)
     return estimate(config, spec.method, spec.training, task="causal_lm", device_memory=memory,
                     weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
-                    seq_len=spec.data.max_length, device=device) or {}  # fmt: skip
+                    seq_len=spec.data.max_length, device=device, labelled_share=labelled_share) or {}  # fmt: skip
 
 
 def gib(n: float | None) -> str:
@@ -807,7 +808,7 @@ def measure(name: str, source: str, method: str, seq: int, lora: dict[str, Any],
     quantization = METHODS[method]
     fields = spec_fields(source, data, lora, quantization, seq, args)
     spec = parse_spec(fields)
-    est = estimate_row(config, fields, args.device, probe["memory"])
+    est = estimate_row(config, fields, args.device, probe["memory"], stats["labelled_share"])
     lora_params = int(est.get("trainable_params", 0))
     flops = flops_per_token(config, stats["effective_length"], lora_params)
     row: dict[str, Any] = {

@@ -155,6 +155,10 @@ def test_memory_is_estimated_at_the_datas_longest_row(window, qtbot, tiny_llama,
     assert measured["memory_bytes"]["activations"] < worst["memory_bytes"]["activations"] / 2
     assert measured["memory_bytes"]["weights"] == worst["memory_bytes"]["weights"]
     assert f"× {longest} tokens: the data's longest row" in page.notes.text()
+    # Only the answers' tokens go through the output layer (the engine's loss skips the prompts').
+    share = data_page.stats["labelled_share"]
+    assert 0 < share < 1 and measured["assumptions"]["labelled_share"] == share
+    assert f"only the {100 * share:.0f}% of tokens that carry a loss" in page.notes.text()
 
     data_page.packing.setChecked(True)  # packed rows fill max length: the full length is the real one
     full = data_page.stats["max_length"]

@@ -16,6 +16,7 @@ from adapter_studio.engine.estimate.table import estimate_table, format_table
 from adapter_studio.engine.methods import METHODS, MethodContext
 from adapter_studio.engine.methods.base import MethodSpec, trainable_count
 from adapter_studio.engine.models.info import describe_model
+from adapter_studio.engine.models.loading import MODEL_CONFIGS
 from adapter_studio.engine.spec import TrainingSpec
 from transformers import (
     AutoModelForCausalLM,
@@ -251,3 +252,45 @@ def test_the_feature_baseline_learns_outside_the_model(tiny_bert_cls: Path) -> N
     row = estimate_table(str(tiny_bert_cls), "features", [])[0]
     assert row["trainable_params"] == 2 * (64 + 1) and row["adapter_bytes"] == 0  # 2 labels × (hidden + bias)
     assert row["memory_bytes"]["activations"] == 0 and "logistic regression on 64 frozen features" in row["note"]
+
+
+@pytest.mark.parametrize(
+    ("method", "training", "share", "projected"),
+    [
+        ("lora", {}, None, 1.0),  # data not seen yet: every token, the upper bound
+        ("lora", {}, 0.25, 0.25),  # the engine projects only the labelled quarter (fast_loss)
+        ("prompt_tuning", {}, 0.25, 1.0),  # virtual tokens live in peft's wrapper: the model's own loss
+        ("lora", {"devices": 2}, 0.25, 1.0),  # several processes: DDP needs the whole model's forward
+    ],
+)
+def test_the_head_costs_only_the_positions_the_engine_projects(method: str, training: dict, share: float | None,
+                                                               projected: float) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(MODEL_CONFIGS / "llama-3.1-8b")
+    spec = TrainingSpec(batch_size=2, **training)
+    tokens, vocab, c = 2 * 512, config.vocab_size, 2
+    row = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512, labelled_share=share)
+    every = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512)
+    less = {part: every["memory_bytes"][part] - row["memory_bytes"][part] for part in ("temporary", "activations")}
+    skipped = tokens * (1 - projected) * vocab  # positions not projected, × the vocabulary
+    assert less["temporary"] == pytest.approx(skipped * (c + 8), abs=8)  # logits (bf16), float32 loss gradients
+    assert less["activations"] == pytest.approx(skipped * 4, abs=8)  # the float32 log-softmax
+
+
+def test_a_checkpointed_step_peaks_in_the_head_or_in_a_recompute_not_both() -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(MODEL_CONFIGS / "llama-3.1-8b")
+    lora = METHODS["lora"](target_modules=["q_proj", "v_proj"])
+    memory = {
+        share: estimate(config, lora, TrainingSpec(batch_size=1, gradient_checkpointing=True), task="causal_lm",
+                        device="cuda", seq_len=2048, labelled_share=share)["memory_bytes"]
+        for share in (1.0, 0.01)
+    }
+    # Every position projected: the head's 14 bytes × 128,256 per token outweigh one block's recompute, which
+    # is then not added; almost none projected: the recompute is the peak and no logits are alive.
+    assert memory[1.0]["temporary"] > 0
+    assert memory[0.01]["temporary"] == 0
+    inputs = 32 * 2048 * 4096 * 2  # each block's input, bf16
+    assert inputs < memory[0.01]["activations"] < inputs + 2 * 2**30

@@ -125,7 +125,8 @@ def length_stats(
     max_length check), `eval_examples` (held-out rows), `dropped`
     (notes: where and why), `total_tokens` (tokens trained per epoch), `padded_tokens` and
     `packed_tokens` (tokens computed per epoch with batch padding to the longest row, and with
-    packing), and the padding shares of both.
+    packing), the padding shares of both, and `labelled_share` (the training tokens that carry a loss;
+    None for plain text and classification).
     """
     from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH
 
@@ -149,6 +150,9 @@ def length_stats(
         packed_lengths = _packed(items, max_length) if packing_applies else items
     padded = batch_tokens(padded_lengths, batch_size, seed)
     packed = batch_tokens(packed_lengths, batch_size, seed)
+    # (Preference pairs score whole completions through their own loss: no share for them.)
+    sft = isinstance(data.train, TokenizedSet) and data.format not in ("classification", "preference", "kto")
+    labelled = data.train.labelled_tokens if sft else None
     return {
         "format": data.format,
         "lengths": lengths.tolist(),
@@ -165,6 +169,8 @@ def length_stats(
         "padding_share_padded": 1 - int(padded_lengths.sum()) / padded if padded else 0.0,
         "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
         "packing_applies": data.format not in ("classification", "text", "preference", "kto"),
+        # Tokens carrying a loss: the output head projects only those in a one-process run (fast_loss).
+        "labelled_share": labelled / int(items.sum()) if labelled is not None and items.sum() else None,
         "from_cache": data.from_cache,
     }
 

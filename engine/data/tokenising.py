@@ -84,6 +84,15 @@ class TokenizedSet(Sequence[Tokenized]):
     def tokens(self) -> int:
         return int((self.ends - self.starts).sum())
 
+    @property
+    def labelled_tokens(self) -> int | None:
+        """Tokens that carry a loss (answers); None where every token does (plain text) or none does
+        (classification labels)."""
+        if self.loss is None or self.labels is not None:
+            return None
+        sums = np.concatenate([[0], np.cumsum(self.loss, dtype=np.int64)])
+        return int((sums[self.ends] - sums[self.starts]).sum())
+
 
 @dataclass
 class _Encoded:

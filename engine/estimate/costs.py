@@ -78,6 +78,7 @@ def estimate(
     device: str = "cuda",
     num_labels: int = 2,
     cached_only: bool = False,
+    labelled_share: float | None = None,
 ) -> dict[str, Any] | None:
     """One method's cost on one model: counts, adapter size and the memory of a training step.
 
@@ -87,16 +88,19 @@ def estimate(
     With `cached_only`, None instead of applying a method whose structure is not cached yet (batch size,
     length, precision, optimizer and checkpointing only change the arithmetic, so the window can show
     those edits at once while the rest is computed).
+    `labelled_share`: the share of tokens whose next token carries a label (the data's answers), where the
+    engine's loss projects only those (one process, a plain output head); None counts every token, the
+    upper bound for data not seen yet.
     """
     with _LOCK:
         return _estimate(config, method_spec, training_spec, task=task, device_memory=device_memory,
                          weight_dtype=weight_dtype, quantization=quantization, seq_len=seq_len, device=device,
-                         num_labels=num_labels, cached_only=cached_only)
+                         num_labels=num_labels, cached_only=cached_only, labelled_share=labelled_share)
 
 
 def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, *, task: str,
               device_memory: int | None, weight_dtype: str, quantization: str, seq_len: int | None, device: str,
-              num_labels: int, cached_only: bool) -> dict[str, Any] | None:
+              num_labels: int, cached_only: bool, labelled_share: float | None = None) -> dict[str, Any] | None:
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
@@ -133,7 +137,8 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
     if applied.error:
         return {**row, "error": applied.error}
     return _costs(row, applied, base, method, training_spec, config=config, task=task, dtype=dtype, device=device,
-                  device_memory=device_memory, seq_len=seq_len, quantization=quantization)
+                  device_memory=device_memory, seq_len=seq_len, quantization=quantization,
+                  labelled_share=labelled_share)
 
 
 _APPLIED: dict[tuple[Any, ...], _Applied] = {}
@@ -159,6 +164,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
     import torch
     from adapter_studio.engine.methods import MethodContext
     from adapter_studio.engine.models.construction import model_construction
+    from adapter_studio.engine.training.fast_loss import causal_lm_parts
 
     cls = type(method)
     info = base.info
@@ -207,6 +213,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         head_trains=head is not None and head.requires_grad,
         head_fp32_elements=head.numel() if fp32_head else 0,
         side_per_token={c: _side_network_bytes(_inner(adapted), c) for c in (2, 4)},
+        projects_labelled=task == "causal_lm" and causal_lm_parts(adapted) is not None,
     )
 
 
@@ -223,7 +230,7 @@ def _side_network_bytes(model: Any, c: int) -> float:
 
 def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSpec, training: TrainingSpec, *,
            config: Any, task: str, dtype: Any, device: str, device_memory: int | None, seq_len: int | None,
-           quantization: str) -> dict[str, Any]:
+           quantization: str, labelled_share: float | None = None) -> dict[str, Any]:
     import torch
     from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, batch_size, model_max_length
 
@@ -234,7 +241,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
     compute = 2 if precision in ("bf16", "fp16") or dtype in (torch.bfloat16, torch.float16) else 4
     act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
                        residual=4 if dtype == torch.float32 else 2, device=device,
-                       checkpointing=training.gradient_checkpointing, task=task)
+                       checkpointing=training.gradient_checkpointing, task=task,
+                       projected_share=_projected_share(applied, training, labelled_share))
     memory = {
         "weights": applied.weights_bytes,
         "gradients": sum(n * size for n, size in applied.trainable_sizes),
@@ -257,6 +265,7 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
             "precision": precision, "batch_size": batch, "seq_len": seq_len, "optimizer": training.optimizer,
             "gradient_checkpointing": training.gradient_checkpointing, "task": task,
             "devices": training.devices, "distributed": training.distributed,
+            "labelled_share": labelled_share,
         },
     )
     if device_memory:
@@ -267,6 +276,16 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         if processes > 1:
             row["memory_shared_by"] = processes
     return row
+
+
+def _projected_share(applied: _Applied, training: TrainingSpec, labelled_share: float | None) -> float:
+    """The share of tokens the output head projects: the labelled ones where the engine's loss skips the
+    rest (one process: several keep the model's own forward for DDP), else every token."""
+    if labelled_share is None or not applied.projects_labelled:
+        return 1.0
+    if training.devices > 1 or training.machines.count > 1:
+        return 1.0
+    return min(1.0, max(0.0, labelled_share))
 
 
 def _prefix_problem(model: Any, title: str) -> str | None:

@@ -109,10 +109,11 @@ def describe(changes: dict[str, Any]) -> str:
     return ", ".join(words)
 
 
-def fit_advice(spec: RunSpec, seq_len: int | None = None) -> FitAdvice | None:
+def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float | None = None) -> FitAdvice | None:
     """What makes this run's step fit, by the same estimate as the Compare page; None when the device's
     memory is unknown or the method cannot be estimated on this model. `seq_len`: the tokens of the
-    longest step when the data has been measured (the window's), else `data.max_length` is assumed."""
+    longest step when the data has been measured (the window's), else `data.max_length` is assumed;
+    `labelled_share` likewise the measured share of tokens that carry a loss."""
     from adapter_studio.engine.models.loading import default_task
 
     config, _ = _load_model_config(spec.model.source)
@@ -131,6 +132,7 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None) -> FitAdvice | None:
             quantization=s.model.quantization,
             seq_len=length,
             device=device,
+            labelled_share=labelled_share,
         )
         return None if r is None or "error" in r or "fits" not in r else r
 

@@ -44,9 +44,12 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
   The gradient flows through the blocks from the first one holding a trainable parameter upward (all
   of them when something trains before the blocks, such as a soft prompt or an embedding); blocks
   below it save nothing. After the blocks: 4·h for the final norm and 4·V for the float32
-  log-softmax over the vocabulary V (causal LM). With gradient checkpointing each block keeps only its
-  input (h in the residual dtype), plus one block's activations while it is recomputed. Soft prompts
-  add their virtual tokens to every row; prefix methods lengthen keys and values.
+  log-softmax over the vocabulary V (causal LM) — on the labelled tokens only where the engine projects
+  only those and the data's labelled share is known (`labelled_share`), as the logits in `temporary`.
+  With gradient checkpointing each block keeps only its input (h in the residual dtype); the step then
+  peaks either in the head's backward (log-softmax and logit gradients alive) or while a block is
+  recomputed (its activations alive, the head's freed), whichever is larger. Soft prompts add their
+  virtual tokens to every row; prefix methods lengthen keys and values.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def _virtual_tokens(method: MethodSpec) -> tuple[int, int]:
 
 
 def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch: int, seq_len: int, compute: int,
-                 residual: int, device: str, checkpointing: bool, task: str) -> dict[str, int]:
+                 residual: int, device: str, checkpointing: bool, task: str,
+                 projected_share: float = 1.0) -> dict[str, int]:
     extra_tokens, extra_kv = _virtual_tokens(method)
     s = seq_len + extra_tokens
     s_kv = s + extra_kv
@@ -121,11 +125,11 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
     flowing = range(first, len(per_block))
     per_token = 0.0
     per_step = 0.0
+    recompute = 0.0  # checkpointed: one block's activations while it is recomputed in the backward
     if checkpointing and flowing:
         per_token += len(flowing) * h * residual
         worst = max(flowing, key=lambda i: per_block[i][0])
-        per_token += flow + per_block[worst][0]
-        per_step += mask_per_block + copies * per_block[worst][2]
+        recompute = tokens * (flow + per_block[worst][0]) + mask_per_block + copies * per_block[worst][2]
         per_step += sum(per_block[i][1] for i in flowing)
     else:
         for i in flowing:
@@ -133,15 +137,24 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
             per_step += per_block[i][1] + mask_per_block + copies * per_block[i][2]
     per_token += applied.side_per_token.get(c, 0.0)  # a side network beside the blocks (side-tuning)
     temporary = 0.0
+    projected = 0.0
     if task == "causal_lm":
-        per_token += 4 * h + 4 * shape.vocab  # final norm; float32 log-softmax over the vocabulary
+        per_token += 4 * h  # final norm
+        projected = tokens * projected_share  # positions the head projects (labelled only: fast_loss)
+        per_step += projected * 4 * shape.vocab  # float32 log-softmax over the vocabulary
         if applied.head_trains:
             per_token += h * c
-        temporary = tokens * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
+        temporary = projected * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
     else:
         per_token += 4 * h
     per_step += copies * applied.head_fp32_elements
     saved = tokens * per_token + per_step
+    if recompute:
+        # Checkpointed, the step peaks either in the head's backward (log-softmax and logit gradients alive)
+        # or later in a block's recompute (those freed by then): whichever is larger, not both.
+        log_softmax = projected * 4 * shape.vocab
+        if recompute > log_softmax + temporary:
+            saved, temporary = saved - log_softmax + recompute, 0.0
     return {"saved": int(saved), "temporary": int(temporary)}
 
 

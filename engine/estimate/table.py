@@ -46,13 +46,14 @@ _CONFIGS: dict[str, Any] = {}
 
 
 def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None, *,
-                   cached_only: bool = False) -> list[dict[str, Any]]:
+                   cached_only: bool = False, labelled_share: float | None = None) -> list[dict[str, Any]]:
     """Rows for `adapter-studio params`: every chosen method's cost on `model`.
 
     `overrides` are `--set` items: `training.*`, `data.max_length`, `model.*` apply to every row;
     `method.<field>` applies to each method that has that field (a field no chosen method has is an
     error naming it). A value a method rejects gives that row an `error`. With `cached_only`, a method
-    whose structure is not cached yet gets a `pending` row instead of being computed.
+    whose structure is not cached yet gets a `pending` row instead of being computed. `labelled_share`:
+    the data's share of tokens that carry a loss, where known (see `costs.estimate`).
     """
 
     from adapter_studio.engine.methods import METHODS
@@ -84,7 +85,8 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     collecting = gc.isenabled()
     gc.disable()  # copying module trees makes many objects; collections in the loop cost more than they free
     try:
-        _rows(rows, classes, method_fields, config, spec, task, device, memory, cached_only=cached_only)
+        _rows(rows, classes, method_fields, config, spec, task, device, memory, cached_only=cached_only,
+              labelled_share=labelled_share)
     finally:
         if collecting:
             gc.enable()
@@ -110,7 +112,8 @@ def _baseline(name: str, config: Any, spec: Any, task: str, device: str, memory:
 
 
 def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[str, Any], config: Any, spec: Any,
-          task: str, device: str, memory: int | None, *, cached_only: bool = False) -> None:
+          task: str, device: str, memory: int | None, *, cached_only: bool = False,
+          labelled_share: float | None = None) -> None:
     from pydantic import ValidationError
 
     for cls in classes:
@@ -126,7 +129,8 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
             continue
         row = estimate(config, method, spec.training, task=task, device_memory=memory,
                        weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
-                       seq_len=spec.data.max_length, device=device, cached_only=cached_only)
+                       seq_len=spec.data.max_length, device=device, cached_only=cached_only,
+                       labelled_share=labelled_share)
         rows.append(row or {"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                             "pending": True})
 

@@ -71,6 +71,13 @@ def step_length(state: Any) -> tuple[int, str] | None:
     return longest, "the data's longest row"
 
 
+def labelled_share(state: Any) -> float | None:
+    """The share of training tokens that carry a loss, from the Data page's counts; None until measured
+    (the estimate then projects every position through the output head, the upper bound)."""
+    stats = state.measured_lengths()
+    return stats.get("labelled_share") if stats else None
+
+
 def cost_overrides(state: Any) -> list[str]:
     """`--set` items that carry the window's current choices into every method's estimate."""
     items = [
@@ -93,7 +100,8 @@ def cost_overrides(state: Any) -> list[str]:
     return items
 
 
-def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[list[dict[str, Any]], None, list]:
+def estimate_rows(source: str, overrides: list[str], current: Any,
+                  share: float | None = None) -> Generator[list[dict[str, Any]], None, list]:
     """Every method with the shared settings, and the chosen method exactly as configured.
 
     Yields at once what is known without applying a method again (the chosen method, and every method
@@ -110,9 +118,9 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
             if k != "name" and isinstance(v, list) and v
         ],
     ]
-    exact = estimate_table(source, current.name, exact_overrides)[0]
+    exact = estimate_table(source, current.name, exact_overrides, labelled_share=share)[0]
     rows = [exact if r["method"] == current.name else r
-            for r in estimate_table(source, "all", overrides, cached_only=True)]
+            for r in estimate_table(source, "all", overrides, cached_only=True, labelled_share=share)]
     # The baseline that fits the model's task (in-context examples for a text generator, frozen features
     # for a classifier) closes the list; it has none of the methods' fields.
     plain = [o for o in overrides if not o.startswith("method.")]
@@ -128,7 +136,7 @@ def estimate_rows(source: str, overrides: list[str], current: Any) -> Generator[
         name = rows[i]["method"]
         fields = METHODS[name].model_fields
         own = [o for o in overrides if not o.startswith("method.") or o[7:].split("=", 1)[0] in fields]
-        rows[i] = estimate_table(source, name, own)[0]
+        rows[i] = estimate_table(source, name, own, labelled_share=share)[0]
     yield rows
     return rows
 
@@ -416,6 +424,7 @@ class ComparePage(Page):
             source,
             overrides,
             method,
+            labelled_share(self.state),
             on_yield=lambda rows, n=number: self._show(rows, n),
             on_result=lambda _r: None,
             on_error=lambda e, n=number: self._failed(e, n),
@@ -472,7 +481,7 @@ class ComparePage(Page):
         spec = RunSpec(model=s.model, data=s.data or DataSpec(path="-"), method=s.method, objective=s.objective,
                        training=s.training)
         measured = step_length(s)
-        run_in_background(fit_advice, spec, measured[0] if measured else None,
+        run_in_background(fit_advice, spec, measured[0] if measured else None, labelled_share(s),
                           on_result=lambda advice, n=number: self._show_advice(advice, n),
                           on_error=lambda _e, n=number: self._show_advice(None, n))  # fmt: skip
 
@@ -514,6 +523,10 @@ class ComparePage(Page):
                     f"Memory: the peak step, {batch} rows × {tokens} tokens: {measured[1]} (each batch is "
                     "padded to its longest row)."
                 )
+                share = assumed.get("labelled_share")
+                if share is not None:
+                    lines.append(f"The output layer scores only the {100 * share:.0f}% of tokens that carry a loss "
+                                 "(the answers), where the method lets it.")
             else:
                 lines.append(
                     f"Memory: worst case, {batch} rows × {tokens} tokens (every row at the full length). "

@@ -216,14 +216,14 @@ class TrainPage(Page):
         if not row or row.get("method") != self.state.method.name or row.get("fits") is not False:
             return spec
         from adapter_studio.engine.estimate.fit import describe, fit_advice, with_changes
-        from adapter_studio.gui.pages.compare_page import step_length
+        from adapter_studio.gui.pages.compare_page import labelled_share, step_length
         from adapter_studio.gui.pages.model_page import human_bytes
 
         need, have = row["memory_bytes"]["total"], row.get("device_memory_bytes", 0)
         told = f"This run is estimated to need {human_bytes(need)}, more than the {human_bytes(have)} of this device."
         measured = step_length(self.state)  # what the Compare page's estimate assumed
         try:
-            advice = fit_advice(spec, measured[0] if measured else None)
+            advice = fit_advice(spec, measured[0] if measured else None, labelled_share(self.state))
         except Exception:  # the advice is a help, never a reason not to start
             advice = None
         if advice is not None and advice.changes:
