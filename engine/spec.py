@@ -120,8 +120,12 @@ class TrainingSpec(SpecSection):
     precision: Literal["auto", "float32", "bf16", "fp16"] = Field(
         "auto", description="Compute precision: auto uses bf16 where the device runs it fast."
     )
-    gradient_checkpointing: bool = Field(
-        False, json_schema_extra=ADVANCED, description="Recompute activations to save memory (slower)."
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        json_schema_extra=ADVANCED,
+        description="Recompute activations in the backward pass to save memory (about a third more compute). "
+        "auto: on only where the memory estimate says a step does not fit this device without it and fits "
+        "with it; true/false are on/off.",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -132,9 +136,9 @@ class TrainingSpec(SpecSection):
         "CPU, triton on a GPU).",
     )
 
-    @field_validator("compile", mode="before")
+    @field_validator("compile", "gradient_checkpointing", mode="before")
     @classmethod
-    def _compile_from_bool(cls, value: Any) -> Any:
+    def _switch_from_bool(cls, value: Any) -> Any:
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     seed: int = Field(

@@ -581,3 +581,27 @@ def test_hub_kernels_are_off_unless_asked_for(given: str | None, expected: str) 
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    ("memory", "setting", "said"),
+    [
+        (2**50, "off", "no need to recompute"),  # fits: the faster step
+        (2**20, "on", "may run out of memory"),  # fits neither way: on, as the closest, and said so
+    ],
+)
+def test_auto_gradient_checkpointing_follows_the_estimate(
+    tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path, monkeypatch: pytest.MonkeyPatch, memory: int, setting: str,
+    said: str,
+) -> None:
+    from adapter_studio.engine.estimate import fit
+
+    monkeypatch.setattr(fit, "_device_memory", lambda device: memory)
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=2, eval_samples=0)
+    assert spec.training.gradient_checkpointing == "auto"
+    result, events = start(spec)
+    assert result.status == "completed", result.error
+    line = next(e.message for e in events if isinstance(e, Log) and "gradient_checkpointing" in e.message)
+    assert line.startswith(f"training.gradient_checkpointing = {setting}: a step of ") and said in line, line
+    saved = run_spec_of(result.run_dir)
+    assert saved.training.gradient_checkpointing == setting  # a resume keeps the decision

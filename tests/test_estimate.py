@@ -294,3 +294,29 @@ def test_a_checkpointed_step_peaks_in_the_head_or_in_a_recompute_not_both() -> N
     assert memory[0.01]["temporary"] == 0
     inputs = 32 * 2048 * 4096 * 2  # each block's input, bf16
     assert inputs < memory[0.01]["activations"] < inputs + 2 * 2**30
+
+
+@pytest.mark.parametrize(
+    ("method", "between", "chosen"),
+    [
+        ("lora", True, True),  # fits only with it: on
+        ("lora", False, False),  # fits without: off
+        ("prefix_tuning", True, False),  # cannot checkpoint: stays off and does not fit
+    ],
+)
+def test_auto_checkpointing_is_on_only_where_it_makes_the_step_fit(method: str, between: bool, chosen: bool) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(MODEL_CONFIGS / "llama-3.2-1b")
+
+    def total(setting: str, memory: int | None = None) -> dict:
+        return estimate(config, METHODS[method](), TrainingSpec(batch_size=8, gradient_checkpointing=setting),
+                        task="causal_lm", device="cuda", seq_len=1024, device_memory=memory)  # fmt: skip
+
+    plain = total("off")["memory_bytes"]["total"]
+    lighter = total("on")["memory_bytes"]["total"] if method != "prefix_tuning" else plain // 2
+    memory = (plain + lighter) // 2 if between else 2 * plain
+    row = total("auto", memory)
+    assert row["assumptions"]["gradient_checkpointing"] is chosen and row["assumptions"]["checkpointing_chosen"]
+    assert row["fits"] is (chosen or not between)
+    assert row["memory_bytes"]["total"] == (lighter if chosen else plain)

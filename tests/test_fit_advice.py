@@ -40,10 +40,10 @@ def advise(spec: RunSpec, memory: int, monkeypatch: pytest.MonkeyPatch) -> Any:
         ("cpu", {"training.batch_size": 1, "training.gradient_accumulation": 8},
          {"training.batch_size": 1, "training.gradient_accumulation": 8}),
         # ...a GPU checkpoints first and keeps the largest micro-batch that fits.
-        ("cuda", {"training.gradient_checkpointing": True}, {"training.gradient_checkpointing": True}),
-        ("cuda", {"training.gradient_checkpointing": True, "training.batch_size": 2,
+        ("cuda", {"training.gradient_checkpointing": "on"}, {"training.gradient_checkpointing": "on"}),
+        ("cuda", {"training.gradient_checkpointing": "on", "training.batch_size": 2,
                   "training.gradient_accumulation": 4},
-         {"training.gradient_checkpointing": True, "training.batch_size": 2, "training.gradient_accumulation": 4}),
+         {"training.gradient_checkpointing": "on", "training.batch_size": 2, "training.gradient_accumulation": 4}),
     ],
 )  # fmt: skip
 def test_the_cheapest_change_that_fits_is_advised(device, fits_with, expected, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -65,7 +65,7 @@ def test_a_run_that_fits_needs_no_change(monkeypatch) -> None:  # type: ignore[n
 
 def test_shorter_rows_are_the_last_resort(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     spec = spec_of()
-    lightest = {"training.batch_size": 1, "training.gradient_accumulation": 8, "training.gradient_checkpointing": True}
+    lightest = {"training.batch_size": 1, "training.gradient_accumulation": 8, "training.gradient_checkpointing": "on"}
     at_256 = need(with_changes(spec, {**lightest, "data.max_length": 256}), monkeypatch)
     assert at_256 < need(with_changes(spec, lightest), monkeypatch)
     advice = advise(spec, at_256, monkeypatch)
@@ -83,7 +83,7 @@ def test_a_4bit_base_is_offered_on_a_gpu_for_frozen_bases_only(monkeypatch) -> N
     monkeypatch.setattr(fit, "_quantizable", lambda spec: spec.method.adapter_format == "peft")
     lora = spec_of("cuda")
     candidates = list(fit._candidates(lora, 8, 512, "cuda"))
-    assert {"model.quantization": "4bit", "training.gradient_checkpointing": True} in candidates
+    assert {"model.quantization": "4bit", "training.gradient_checkpointing": "on"} in candidates
     assert not any("model.quantization" in c for c in fit._candidates(spec_of("cpu"), 8, 512, "cpu"))
     assert not any("model.quantization" in c for c in fit._candidates(spec_of("cuda", "full"), 8, 512, "cuda"))
     # Every candidate is a valid spec.

@@ -239,20 +239,33 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         seq_len = min(DEFAULT_MAX_LENGTH, model_max_length(config))
     precision = _precision(training.precision, device, dtype)
     compute = 2 if precision in ("bf16", "fp16") or dtype in (torch.bfloat16, torch.float16) else 4
-    act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
-                       residual=4 if dtype == torch.float32 else 2, device=device,
-                       checkpointing=training.gradient_checkpointing, task=task,
-                       projected_share=_projected_share(applied, training, labelled_share))
-    memory = {
-        "weights": applied.weights_bytes,
-        "gradients": sum(n * size for n, size in applied.trainable_sizes),
-        "optimizer": _optimizer_bytes(training.optimizer, applied.trainable_sizes),
-        "activations": act["saved"],
-        "temporary": act["temporary"],
-        "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
-    }
-    processes = _per_process(memory, applied, base, training, device)
-    memory["total"] = sum(memory[k] for k in MEMORY_PARTS)
+
+    def step_memory(checkpointing: bool) -> tuple[dict[str, int], int]:
+        act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
+                           residual=4 if dtype == torch.float32 else 2, device=device,
+                           checkpointing=checkpointing, task=task,
+                           projected_share=_projected_share(applied, training, labelled_share))
+        memory = {
+            "weights": applied.weights_bytes,
+            "gradients": sum(n * size for n, size in applied.trainable_sizes),
+            "optimizer": _optimizer_bytes(training.optimizer, applied.trainable_sizes),
+            "activations": act["saved"],
+            "temporary": act["temporary"],
+            "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
+        }
+        processes = _per_process(memory, applied, base, training, device)
+        memory["total"] = sum(memory[k] for k in MEMORY_PARTS)
+        return memory, processes
+
+    checkpointing = training.gradient_checkpointing == "on"
+    memory, processes = step_memory(checkpointing)
+    available = int(device_memory) // processes if device_memory else None
+    if (training.gradient_checkpointing == "auto" and available and memory["total"] > available
+            and type(method).supports_gradient_checkpointing):
+        # auto: what the run will do — checkpoint only where that is what makes the step fit.
+        rechecked, _ = step_memory(True)
+        if rechecked["total"] <= available:
+            checkpointing, memory = True, rechecked
     n_total = applied.total_params
     row.update(
         trainable_params=applied.trainable_params,
@@ -263,7 +276,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         assumptions={
             "device": device, "weight_dtype": str(dtype).removeprefix("torch."), "quantization": quantization,
             "precision": precision, "batch_size": batch, "seq_len": seq_len, "optimizer": training.optimizer,
-            "gradient_checkpointing": training.gradient_checkpointing, "task": task,
+            "gradient_checkpointing": checkpointing, "task": task,
+            "checkpointing_chosen": training.gradient_checkpointing == "auto",
             "devices": training.devices, "distributed": training.distributed,
             "labelled_share": labelled_share,
         },
@@ -271,8 +285,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
     if device_memory:
         # Several CPU processes share one machine's memory (each is judged against its share); GPUs
         # each have their own.
-        row["device_memory_bytes"] = int(device_memory) // processes
-        row["fits"] = memory["total"] <= row["device_memory_bytes"]
+        row["device_memory_bytes"] = available
+        row["fits"] = memory["total"] <= available
         if processes > 1:
             row["memory_shared_by"] = processes
     return row

@@ -44,8 +44,8 @@ def _candidates(spec: RunSpec, batch: int, seq_len: int, device: str) -> Iterato
         halvings.append(
             {"training.batch_size": b, "training.gradient_accumulation": t.gradient_accumulation * (batch // b)}
         )
-    can_checkpoint = type(spec.method).supports_gradient_checkpointing and not t.gradient_checkpointing
-    checkpointing = {"training.gradient_checkpointing": True} if can_checkpoint else {}
+    can_checkpoint = type(spec.method).supports_gradient_checkpointing and t.gradient_checkpointing != "on"
+    checkpointing = {"training.gradient_checkpointing": "on"} if can_checkpoint else {}
     # A CPU computes a small micro-batch about as fast per token, so it splits the batch before it pays a
     # third more compute for checkpointing; a GPU runs a small micro-batch far below its speed, so it
     # checkpoints first and keeps the micro-batch as large as fits.
@@ -95,7 +95,7 @@ def with_changes(spec: RunSpec, changes: dict[str, Any]) -> RunSpec:
 def describe(changes: dict[str, Any]) -> str:
     """The changes in words, e.g. "gradient checkpointing on, batch 2 × 4 accumulated"."""
     words = []
-    if changes.get("training.gradient_checkpointing"):
+    if changes.get("training.gradient_checkpointing") == "on":
         words.append("gradient checkpointing on")
     if "training.batch_size" in changes:
         words.append(
@@ -120,6 +120,10 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float 
     task = spec.model.task if spec.model.task != "auto" else default_task(config)
     device = _device(spec.model.device, spec.model.quantization)
     memory = _device_memory(device)
+    if spec.training.gradient_checkpointing == "auto":
+        # The advice is the app's choice made in full: checkpointing is one candidate among the others,
+        # in their order of cost (a CPU splits the batch first).
+        spec = with_changes(spec, {"training.gradient_checkpointing": "off"})
 
     def row(s: RunSpec, length: int | None) -> dict[str, Any] | None:
         r = estimate(
@@ -157,3 +161,47 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float 
         "nothing tried fits (checkpointing, batch 1, a 4-bit base on a GPU, "
         f"max length {SHORTEST}): pick a lighter method or a smaller model",
     )
+
+
+def resolve_checkpointing(spec: RunSpec, config: Any, task: str, device: str, seq_len: int,
+                          labelled_share: float | None) -> tuple[RunSpec, dict[str, str]]:
+    """`training.gradient_checkpointing: auto` made on or off for this run, with the reason: on only where the
+    estimate says the step does not fit this device without it and does with it (`costs._costs` decides
+    the same for the Compare page). `seq_len`: the tokens of the run's longest row."""
+    t = spec.training
+    if t.gradient_checkpointing != "auto":
+        return spec, {}
+    memory = _device_memory(device)
+    row = None
+    if memory and type(spec.method).supports_gradient_checkpointing:
+        row = estimate(config, spec.method, t, task=task, device_memory=memory, weight_dtype=spec.model.dtype,
+                       quantization=spec.model.quantization, seq_len=seq_len, device=device,
+                       labelled_share=labelled_share)  # fmt: skip
+    if row is None or "error" in row or "fits" not in row:
+        why = ("the method does not work with it" if not type(spec.method).supports_gradient_checkpointing
+               else "this device's memory or the step's size is unknown, so the faster setting is kept")
+        choice = "off"
+    else:
+        from adapter_studio.engine.estimate.table import human_bytes
+
+        def total(setting: str) -> int:
+            r = estimate(config, spec.method, t.model_copy(update={"gradient_checkpointing": setting}), task=task,
+                         device_memory=memory, weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
+                         seq_len=seq_len, device=device, labelled_share=labelled_share) or {}  # fmt: skip
+            return r.get("memory_bytes", {}).get("total", 0)
+
+        have = human_bytes(row["device_memory_bytes"])
+        step = f"a step of {seq_len}-token rows"
+        if row["assumptions"]["gradient_checkpointing"]:
+            choice, why = "on", (f"{step} needs about {human_bytes(total('off'))} without it, more than this "
+                                 f"device's {have}; about {human_bytes(row['memory_bytes']['total'])} with it "
+                                 "(about a third more compute)")
+        elif not row["fits"]:  # not even with it: it still comes closest (the Compare page says what fits)
+            choice, why = "on", (f"{step} needs about {human_bytes(row['memory_bytes']['total'])} without it and "
+                                 f"about {human_bytes(total('on'))} with it, more than this device's {have} either "
+                                 "way: this run may run out of memory")
+        else:
+            need = human_bytes(row["memory_bytes"]["total"])
+            choice, why = "off", f"{step} needs about {need} of this device's {have}: no need to recompute"
+    training = t.model_copy(update={"gradient_checkpointing": choice})
+    return spec.model_copy(update={"training": training}), {"training.gradient_checkpointing": why}

@@ -213,7 +213,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if first:
         a = first["assumptions"]
         quant = f", {a['quantization']} base" if a["quantization"] != "none" else ""
-        checkpointing = ", gradient checkpointing" if a["gradient_checkpointing"] else ""
+        checkpointing = ((", gradient checkpointing (auto: needed to fit)" if a.get("checkpointing_chosen")
+                          else ", gradient checkpointing") if a["gradient_checkpointing"] else "")
         out += ["", f"one training step: {a['seq_len']} tokens per row, {a['device']}, base weights "
                     f"{a['weight_dtype']}{quant}, compute {a['precision']}, {a['optimizer']}{checkpointing}",
                 f"memory = weights + grads + optimizer + activ (saved for backward + logits) + "

@@ -112,7 +112,7 @@ class MethodSpec(BaseModel):
                 where="method.name",
                 fix="pick LoRA, IA3 or BitFit for a classifier",
             )
-        if training.gradient_checkpointing and not self.supports_gradient_checkpointing:
+        if training.gradient_checkpointing == "on" and not self.supports_gradient_checkpointing:
             raise UserError(
                 f"{self.title} does not work with gradient checkpointing",
                 where="training.gradient_checkpointing",

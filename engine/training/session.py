@@ -141,6 +141,27 @@ class TrainingSession:
         return guessing_loss(labels.tolist() if labels is not None else [x.labels[0] for x in self.data.train])
 
     # --- setting up ------------------------------------------------------------------------------
+    def _resolve_checkpointing(self, spec: RunSpec, config: Any, task: str, device: str,
+                               data: Any) -> tuple[RunSpec, dict[str, str]]:
+        """`gradient_checkpointing: auto` decided by the memory estimate at this data's longest row."""
+        from adapter_studio.engine.estimate.fit import resolve_checkpointing
+
+        if spec.training.gradient_checkpointing != "auto":
+            return spec, {}
+        limit = spec.data.max_length or 512
+        lengths = getattr(data.train, "lengths", None)
+        longest = int(max(lengths)) if lengths is not None and len(lengths) else limit
+        labelled = getattr(data.train, "labelled_tokens", None)
+        tokens = getattr(data.train, "tokens", 0)
+        # (Preference pairs score whole completions through their own loss: every token projected.)
+        share = labelled / tokens if labelled is not None and tokens and not spec.objective.pairwise else None
+        try:
+            return resolve_checkpointing(spec, config, task, device, min(longest, limit), share)
+        except Exception as e:  # the estimate is advice: a run never fails for want of it
+            self.log(f"no memory estimate for gradient checkpointing: {type(e).__name__}: {e}", level="debug")
+            training = spec.training.model_copy(update={"gradient_checkpointing": "off"})
+            return spec.model_copy(update={"training": training}), {}
+
     def _setup(self) -> None:
         import torch
         from accelerate import Accelerator
@@ -200,6 +221,8 @@ class TrainingSession:
             self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
         with_epochs = resolve_epochs(spec, len(data.train))
         spec, reasons = with_epochs.spec, {**reasons, **with_epochs.reasons}
+        spec, checkpointing = self._resolve_checkpointing(spec, model.config, task, device, data)
+        reasons.update(checkpointing)
         for line in explain(spec, reasons):  # the values the person left to the app, and why
             self.log(line)
         if process_rank() == 0:
@@ -241,7 +264,7 @@ class TrainingSession:
         with model_construction():  # peft makes its modules in the process's default dtype
             model = spec.method.apply(model, ctx)
         self.speed.speed_up_lora_layers(model, device, precision)
-        if t.gradient_checkpointing:
+        if t.gradient_checkpointing == "on":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model, "enable_input_require_grads"):
                 model.enable_input_require_grads()
