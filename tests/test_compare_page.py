@@ -25,6 +25,9 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     assert len(page.rows) == len(METHODS) + 1 and page.rows[-1]["method"] == "in_context"
     assert page.rows[-1]["trainable_params"] == 0 and "4 training rows before each prompt" in page.notes.text()
     assert "nothing trains" in page.chart.visible_texts()
+    shown = {page.ticks.item(i).data(Qt.ItemDataRole.UserRole) for i in range(page.ticks.count())
+             if not page.ticks.item(i).isHidden()}
+    assert "in_context" in shown and "features" not in shown  # no tick without a row (a classifier's baseline)
     row = lora_row(page)
     assert row["trainable_params"] > 0 and row["memory_bytes"]["total"] > row["memory_bytes"]["weights"]
     assert page.table.rowCount() == len(METHODS) + 1

@@ -446,6 +446,12 @@ class ComparePage(Page):
         rows = [{**previous[r["method"]], "stale": True} if r.get("pending") and r["method"] in previous else r
                 for r in rows]
         self.rows = rows
+        # Only the baseline that fits the model's task has a row: the other one's tick would tick nothing.
+        present = {r["method"] for r in rows}
+        for i in range(self.ticks.count()):
+            item = self.ticks.item(i)
+            name = item.data(Qt.ItemDataRole.UserRole)
+            item.setHidden(name in BASELINES and name not in present)
         # Each process's memory: its share where several CPU processes share one machine (the engine's).
         self.device_memory = next((r["device_memory_bytes"] for r in rows if r.get("device_memory_bytes")), None)
         shared_by = next((r["memory_shared_by"] for r in rows if r.get("memory_shared_by")), None)
