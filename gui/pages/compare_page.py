@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSplitter,
     QTableWidget,
@@ -361,7 +362,14 @@ class ComparePage(Page):
         chart_box = QWidget()
         chart_column = QVBoxLayout(chart_box)
         chart_column.setContentsMargins(0, 0, 0, 0)
-        chart_column.addWidget(self.chart, 1)
+        # The chart keeps 13 px a row (47 methods: 750 px); in a shorter window it scrolls, instead of
+        # making the window taller than the screen (1,089 px at 1400 × 900) and running over the notes.
+        self.chart_scroll = QScrollArea()
+        self.chart_scroll.setWidget(self.chart)
+        self.chart_scroll.setWidgetResizable(True)
+        self.chart_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.chart_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        chart_column.addWidget(self.chart_scroll, 1)
         chart_column.addWidget(self.notes)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("costTable")
@@ -370,8 +378,8 @@ class ComparePage(Page):
         below = QSplitter(Qt.Orientation.Vertical)  # the chart keeps the room its rows need; the table the rest
         below.addWidget(chart_box)
         below.addWidget(self.table)
-        below.setStretchFactor(0, 3)
-        below.setStretchFactor(1, 2)
+        below.setStretchFactor(0, 4)  # the chart first: the table is the same numbers, for reading one
+        below.setStretchFactor(1, 1)
         below.setChildrenCollapsible(False)
         column.addWidget(below, 1)
         buttons = QHBoxLayout()
