@@ -177,21 +177,25 @@ class SweepPanel(QWidget):
         top.addWidget(QLabel("Sweep"))
         self.sweeps = QComboBox()
         self.sweeps.setObjectName("sweepChoice")
-        self.sweeps.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        # Sweep names are long: as wide as the longest made the page wider than a 1280-px screen.
+        self.sweeps.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.sweeps.setMinimumContentsLength(16)
         self.sweeps.currentIndexChanged.connect(self._picked)
         top.addWidget(self.sweeps, 1)
-        top.addWidget(QLabel("quality"))
+        axes = QHBoxLayout()  # a row of its own: on one row with the rest they set the page's width
+        axes.addWidget(QLabel("Plot quality"))
         self.y_axis = QComboBox()
         self.y_axis.setObjectName("sweepY")
         for key in QUALITY:
             self.y_axis.addItem(LABELS[key], key)
-        top.addWidget(self.y_axis)
-        top.addWidget(QLabel("against"))
+        axes.addWidget(self.y_axis)
+        axes.addWidget(QLabel("against"))
         self.x_axis = QComboBox()
         self.x_axis.setObjectName("sweepX")
         for key in COSTS:
             self.x_axis.addItem(LABELS[key], key)
-        top.addWidget(self.x_axis)
+        axes.addWidget(self.x_axis)
+        axes.addStretch()
         self.evaluate_button = QPushButton("Evaluate runs")
         self.evaluate_button.setObjectName("evaluateSweep")
         self.evaluate_button.setToolTip("Evaluate the tuned model of each finished run that has no evaluation on its "
@@ -204,6 +208,7 @@ class SweepPanel(QWidget):
         save.clicked.connect(lambda: self.save_csv())
         top.addWidget(save)
         column.addLayout(top)
+        column.addLayout(axes)
         self.status = QLabel("No sweep yet: tick methods and start one.")
         self.status.setObjectName("sweepStatus")
         self.status.setWordWrap(True)

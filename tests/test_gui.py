@@ -266,3 +266,13 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     # tiny model trained 4 steps can stop at once): what it says is the Try page tests' business.
     assert answers["status"] == "Done." and answers["base"] and "tuned" in answers
     assert (tmp_path / "shots" / "try.png").stat().st_size > 10_000
+
+
+def test_the_window_fits_a_1280_by_720_screen(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    """Every page's least size, the Compare chart's 47 rows and the sweep panel's controls included: the
+    window was once 1,378 px wide (the sweep's controls on one row) and 1,089 px high (the chart's rows)."""
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(window.pages["compare"].complete, timeout=120_000)
+    least = window.minimumSizeHint()
+    assert least.width() <= 1280 and least.height() <= 720, least
