@@ -122,7 +122,11 @@ wanted scale_8b_compiled && step scale_8b_compiled ${COMPILED_LIMIT:-170} $SCALE
     --steps 12 --sides engine --engine-set training.compile=on
 # H200, 2026-12-04 (scale_8b 111 s with the 8B build, 26 s; scale_qlora 68 s): LoRA bf16 4k engine 7,102 tokens/s
 # (23.1 % MFU), Trainer 5,298 (1.34×); QLoRA 2k checkpointed engine 4,989 tokens/s in 7.48 GiB, Trainer 3,858 in
-# 12.4 GiB (1.29×). scale_8b_compiled has not run yet.
+# 12.4 GiB (1.29×). scale_8b_compiled and scale_8b_profile have not run yet: the next lease's
+# ONLY="scale_8b_profile scale_8b_compiled" (about 5 minutes with the 8B build).
+# Where the 8B step's time goes (23 % MFU eager): torch.profiler over steps 4–5, top 30 operators by CUDA time.
+wanted scale_8b_profile && step scale_8b_profile ${PROFILE_LIMIT:-150} $SCALE --methods lora-bf16 --seq 4096 \
+    --steps 6 --sides engine --profile && cp /tmp/scale/logs/llama-3.1-8b-lora-bf16-4096-engine.log "$OUT/profile_8b.log"
 # Each side's own log (load, compile, errors), 30 lines each, in one file.
 if ls /tmp/scale/logs/*.log >/dev/null 2>&1; then
     for f in /tmp/scale/logs/*.log; do echo "--- $f"; tail -n 30 "$f"; done >"$OUT/scale_sides.log" 2>&1

@@ -68,6 +68,7 @@ over the rows where both sides ran).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import math
@@ -362,10 +363,14 @@ def child_engine(job: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     rss = RssPeak()
 
+    profiler = _profiler(cuda) if job.get("profile") else None
+
     def emit(event: Any) -> None:
         if isinstance(event, Metrics):
             ends[event.step] = time.perf_counter()  # reported after the step's loss reached the host
             seen[event.step] = event.tokens_seen
+            if profiler is not None:
+                profiler.step()
         elif isinstance(event, Started):
             info.update(precision=event.precision, trainable=event.trainable_params, total=event.total_params)
             ends[0] = time.perf_counter()
@@ -379,7 +384,12 @@ def child_engine(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         fields = json.loads(json.dumps(job["fields"]))
         fields["output_dir"] = out
-        result = run(parse_spec(fields), emit)
+        with profiler if profiler is not None else contextlib.nullcontext():
+            result = run(parse_spec(fields), emit)
+        if profiler is not None:
+            # Where a step's time goes, by operator: the figure to read before any speed work at this size.
+            key = "cuda_time_total" if cuda else "cpu_time_total"
+            print(profiler.key_averages().table(sort_by=key, row_limit=30), flush=True)
         if result.status != "completed":
             error = info.get("error") or result.error or result.status
             if info.get("debug"):
@@ -388,6 +398,16 @@ def child_engine(job: dict[str, Any]) -> dict[str, Any]:
     tokens = {s: seen[s] - seen[s - 1] for s in seen if s > 0}
     note = f"{info.get('precision')}, {info.get('trainable', 0):,} trained of {info.get('total', 0):,}"
     return measured(ends, tokens, job["warmup"], cuda, rss, note=note)
+
+
+def _profiler(cuda: bool) -> Any:
+    """torch.profiler over two steps after three (the Metrics event of each step advances it)."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities, schedule=torch.profiler.schedule(wait=2, warmup=1, active=2))
 
 
 def trainer_model(source_text: str, quantization: str, dtype: Any, grad_ckpt: bool) -> tuple[Any, Any]:
@@ -690,6 +710,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per side before it is given up")
     parser.add_argument("--threads", type=int, help="torch threads for every side (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the engine's steps 4–5 (torch.profiler) and print its top operators in the "
+                        "side's log (--work-dir keeps it)")
     args = parser.parse_args()
 
     import importlib.util
@@ -834,6 +857,7 @@ def measure(name: str, source: str, method: str, seq: int, lora: dict[str, Any],
         }
         if side == "engine":
             job["fields"] = fields
+            job["profile"] = args.profile
         else:
             job.update(
                 source=source,
