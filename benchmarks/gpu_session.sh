@@ -24,7 +24,9 @@ SITE=/tmp/site
 WHEELS=${WHEELS:-.whl}  # WHEELS=none: use the packages PY already has (a smoke test on this machine)
 if [ -d "$WHEELS" ]; then
     # Wheels are zip archives of what pip would copy: unpacking them is the whole install (no index).
-    mkdir -p $SITE && for w in "$WHEELS"/*.whl; do python3 -m zipfile -e "$w" $SITE; done
+    # A fresh folder: a machine still warm from the last call keeps the last call's packages otherwise
+    # (2026-12-04: a wheel taken out of .whl was still installed there, and the call failed the same way).
+    rm -rf $SITE && mkdir -p $SITE && for w in "$WHEELS"/*.whl; do python3 -m zipfile -e "$w" $SITE; done
 fi
 # The project's one import name as pyproject.toml's package-dir maps it (no pip there: links do the same).
 mkdir -p $SITE/adapter_studio && cp packaging/adapter_studio/*.py $SITE/adapter_studio/
