@@ -7,6 +7,7 @@ export needs them.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 # transformers 5 (with the `kernels` package it depends on) swaps in kernels fetched from the Hugging Face
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 # does not catch, so loading or training fails on a workstation without network — seen on an H200,
 # 2026-12-04. The app never fetches code at run time; USE_HUB_KERNELS=YES opts back in.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
+# peft 0.21's get_peft_model reads transformers 5's deprecated `is_gradient_checkpointing` on every LoRA-family
+# model it wraps: a FutureWarning in every run's output that is neither the person's nor ours to act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 if TYPE_CHECKING:
     from adapter_studio.engine.training.run import run as run

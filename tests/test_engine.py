@@ -605,3 +605,18 @@ def test_auto_gradient_checkpointing_follows_the_estimate(
     assert line.startswith(f"training.gradient_checkpointing = {setting}: a step of ") and said in line, line
     saved = run_spec_of(result.run_dir)
     assert saved.training.gradient_checkpointing == setting  # a resume keeps the decision
+
+
+def test_peft_s_deprecated_property_read_is_not_in_a_run_s_output(tiny_llama: Path) -> None:
+    # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` in every get_peft_model; the
+    # FutureWarning went to every run's output. A fresh interpreter with warnings shown, as the CLI has them.
+    code = (
+        "import adapter_studio.engine, sys; from adapter_studio.engine.methods import METHODS, MethodContext; "
+        "from adapter_studio.engine.models.info import describe_model; from adapter_studio.engine.spec import "
+        "TrainingSpec; from transformers import AutoModelForCausalLM; "
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); info = describe_model(m); "
+        "METHODS['lora']().apply(m, MethodContext(info=info, training=TrainingSpec(), total_steps=10))"
+    )
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code, str(tiny_llama)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert "is_gradient_checkpointing" not in out.stderr
