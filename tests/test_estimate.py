@@ -297,14 +297,16 @@ def test_a_checkpointed_step_peaks_in_the_head_or_in_a_recompute_not_both() -> N
 
 
 @pytest.mark.parametrize(
-    ("method", "between", "chosen"),
+    ("method", "memory", "chosen", "fits"),
     [
-        ("lora", True, True),  # fits only with it: on
-        ("lora", False, False),  # fits without: off
-        ("prefix_tuning", True, False),  # cannot checkpoint: stays off and does not fit
+        ("lora", "between", True, True),  # fits only with it: on
+        ("lora", "plenty", False, True),  # fits without: off
+        ("lora", "scarce", True, False),  # fits neither way: on, the closest
+        ("prefix_tuning", "between", False, False),  # cannot checkpoint: stays off and does not fit
     ],
 )
-def test_auto_checkpointing_is_on_only_where_it_makes_the_step_fit(method: str, between: bool, chosen: bool) -> None:
+def test_auto_checkpointing_is_on_only_where_the_step_does_not_fit_without(method: str, memory: str, chosen: bool,
+                                                                          fits: bool) -> None:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(MODEL_CONFIGS / "llama-3.2-1b")
@@ -315,8 +317,8 @@ def test_auto_checkpointing_is_on_only_where_it_makes_the_step_fit(method: str, 
 
     plain = total("off")["memory_bytes"]["total"]
     lighter = total("on")["memory_bytes"]["total"] if method != "prefix_tuning" else plain // 2
-    memory = (plain + lighter) // 2 if between else 2 * plain
-    row = total("auto", memory)
+    available = {"between": (plain + lighter) // 2, "plenty": 2 * plain, "scarce": lighter // 2}[memory]
+    row = total("auto", available)
     assert row["assumptions"]["gradient_checkpointing"] is chosen and row["assumptions"]["checkpointing_chosen"]
-    assert row["fits"] is (chosen or not between)
+    assert row["fits"] is fits
     assert row["memory_bytes"]["total"] == (lighter if chosen else plain)

@@ -262,9 +262,10 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
     available = int(device_memory) // processes if device_memory else None
     if (training.gradient_checkpointing == "auto" and available and memory["total"] > available
             and type(method).supports_gradient_checkpointing):
-        # auto: what the run will do — checkpoint only where that is what makes the step fit.
+        # auto: what the run will do (fit.resolve_checkpointing) — checkpoint only where the step does not
+        # fit without it; where it fits neither way, it still comes closest.
         rechecked, _ = step_memory(True)
-        if rechecked["total"] <= available:
+        if rechecked["total"] < memory["total"]:
             checkpointing, memory = True, rechecked
     n_total = applied.total_params
     row.update(

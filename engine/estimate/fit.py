@@ -192,16 +192,21 @@ def resolve_checkpointing(spec: RunSpec, config: Any, task: str, device: str, se
 
         have = human_bytes(row["device_memory_bytes"])
         step = f"a step of {seq_len}-token rows"
-        if row["assumptions"]["gradient_checkpointing"]:
+        if row["assumptions"]["gradient_checkpointing"] and row["fits"]:
             choice, why = "on", (f"{step} needs about {human_bytes(total('off'))} without it, more than this "
                                  f"device's {have}; about {human_bytes(row['memory_bytes']['total'])} with it "
                                  "(about a third more compute)")
-        elif not row["fits"]:  # not even with it: it still comes closest (the Compare page says what fits)
-            choice, why = "on", (f"{step} needs about {human_bytes(row['memory_bytes']['total'])} without it and "
-                                 f"about {human_bytes(total('on'))} with it, more than this device's {have} either "
-                                 "way: this run may run out of memory")
-        else:
+        elif row["assumptions"]["gradient_checkpointing"]:  # not even with it: it still comes closest
+            choice, why = "on", (f"{step} needs about {human_bytes(total('off'))} without it and about "
+                                 f"{human_bytes(row['memory_bytes']['total'])} with it, more than this device's "
+                                 f"{have} either way: this run may run out of memory (the Compare page says what "
+                                 "makes it fit)")
+        elif row["fits"]:
             need = human_bytes(row["memory_bytes"]["total"])
             choice, why = "off", f"{step} needs about {need} of this device's {have}: no need to recompute"
+        else:  # recomputing would save nothing here (the step's peak is elsewhere)
+            need = human_bytes(row["memory_bytes"]["total"])
+            choice, why = "off", (f"{step} needs about {need}, more than this device's {have}, and recomputing "
+                                  "would not lower it: this run may run out of memory")
     training = t.model_copy(update={"gradient_checkpointing": choice})
     return spec.model_copy(update={"training": training}), {"training.gradient_checkpointing": why}
