@@ -152,7 +152,7 @@ def length_stats(
     packed = batch_tokens(packed_lengths, batch_size, seed)
     # (Preference pairs score whole completions through their own loss: no share for them.)
     sft = isinstance(data.train, TokenizedSet) and data.format not in ("classification", "preference", "kto")
-    labelled = data.train.labelled_tokens if sft else None
+    labelled_share = data.train.labelled_share if sft else None
     return {
         "format": data.format,
         "lengths": lengths.tolist(),
@@ -170,7 +170,7 @@ def length_stats(
         "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
         "packing_applies": data.format not in ("classification", "text", "preference", "kto"),
         # Tokens carrying a loss: the output head projects only those in a one-process run (fast_loss).
-        "labelled_share": labelled / int(items.sum()) if labelled is not None and items.sum() else None,
+        "labelled_share": labelled_share,
         "from_cache": data.from_cache,
     }
 

@@ -93,6 +93,12 @@ class TokenizedSet(Sequence[Tokenized]):
         sums = np.concatenate([[0], np.cumsum(self.loss, dtype=np.int64)])
         return int((sums[self.ends] - sums[self.starts]).sum())
 
+    @property
+    def labelled_share(self) -> float | None:
+        """`labelled_tokens` over all tokens: what the output head projects where the loss skips the rest."""
+        labelled, tokens = self.labelled_tokens, self.tokens
+        return labelled / tokens if labelled is not None and tokens else None
+
 
 @dataclass
 class _Encoded:

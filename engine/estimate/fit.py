@@ -166,46 +166,41 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float 
 def resolve_checkpointing(spec: RunSpec, config: Any, task: str, device: str, seq_len: int,
                           labelled_share: float | None) -> tuple[RunSpec, dict[str, str]]:
     """`training.gradient_checkpointing: auto` made on or off for this run, with the reason: on only where the
-    estimate says the step does not fit this device without it and does with it (`costs._costs` decides
-    the same for the Compare page). `seq_len`: the tokens of the run's longest row."""
+    estimate says the step does not fit this device without it (where it fits neither way, on still comes
+    closest); `costs._costs` decides the same for the Compare page. `seq_len`: the tokens of the run's
+    longest row."""
     t = spec.training
     if t.gradient_checkpointing != "auto":
         return spec, {}
     memory = _device_memory(device)
-    row = None
-    if memory and type(spec.method).supports_gradient_checkpointing:
-        row = estimate(config, spec.method, t, task=task, device_memory=memory, weight_dtype=spec.model.dtype,
-                       quantization=spec.model.quantization, seq_len=seq_len, device=device,
-                       labelled_share=labelled_share)  # fmt: skip
-    if row is None or "error" in row or "fits" not in row:
-        why = ("the method does not work with it" if not type(spec.method).supports_gradient_checkpointing
+
+    def at(setting: str) -> dict[str, Any]:
+        return estimate(config, spec.method, t.model_copy(update={"gradient_checkpointing": setting}), task=task,
+                        device_memory=memory, weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
+                        seq_len=seq_len, device=device, labelled_share=labelled_share) or {}  # fmt: skip
+
+    supported = type(spec.method).supports_gradient_checkpointing
+    row = at("auto") if memory and supported else {}
+    if "error" in row or "fits" not in row:
+        why = ("the method does not work with it" if not supported
                else "this device's memory or the step's size is unknown, so the faster setting is kept")
         choice = "off"
     else:
         from adapter_studio.engine.estimate.table import human_bytes
 
-        def total(setting: str) -> int:
-            r = estimate(config, spec.method, t.model_copy(update={"gradient_checkpointing": setting}), task=task,
-                         device_memory=memory, weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
-                         seq_len=seq_len, device=device, labelled_share=labelled_share) or {}  # fmt: skip
-            return r.get("memory_bytes", {}).get("total", 0)
-
         have = human_bytes(row["device_memory_bytes"])
+        need = human_bytes(row["memory_bytes"]["total"])
         step = f"a step of {seq_len}-token rows"
-        if row["assumptions"]["gradient_checkpointing"] and row["fits"]:
-            choice, why = "on", (f"{step} needs about {human_bytes(total('off'))} without it, more than this "
-                                 f"device's {have}; about {human_bytes(row['memory_bytes']['total'])} with it "
-                                 "(about a third more compute)")
-        elif row["assumptions"]["gradient_checkpointing"]:  # not even with it: it still comes closest
-            choice, why = "on", (f"{step} needs about {human_bytes(total('off'))} without it and about "
-                                 f"{human_bytes(row['memory_bytes']['total'])} with it, more than this device's "
-                                 f"{have} either way: this run may run out of memory (the Compare page says what "
-                                 "makes it fit)")
+        if row["assumptions"]["gradient_checkpointing"]:
+            without = human_bytes(at("off")["memory_bytes"]["total"])
+            choice, why = "on", (f"{step} needs about {without} without it, more than this device's {have}; about "
+                                 f"{need} with it (about a third more compute)" if row["fits"] else
+                                 f"{step} needs about {without} without it and about {need} with it, more than "
+                                 f"this device's {have} either way: this run may run out of memory (the Compare "
+                                 "page says what makes it fit)")  # fmt: skip
         elif row["fits"]:
-            need = human_bytes(row["memory_bytes"]["total"])
             choice, why = "off", f"{step} needs about {need} of this device's {have}: no need to recompute"
         else:  # recomputing would save nothing here (the step's peak is elsewhere)
-            need = human_bytes(row["memory_bytes"]["total"])
             choice, why = "off", (f"{step} needs about {need}, more than this device's {have}, and recomputing "
                                   "would not lower it: this run may run out of memory")
     training = t.model_copy(update={"gradient_checkpointing": choice})

@@ -151,10 +151,8 @@ class TrainingSession:
         limit = spec.data.max_length or 512
         lengths = getattr(data.train, "lengths", None)
         longest = int(max(lengths)) if lengths is not None and len(lengths) else limit
-        labelled = getattr(data.train, "labelled_tokens", None)
-        tokens = getattr(data.train, "tokens", 0)
         # (Preference pairs score whole completions through their own loss: every token projected.)
-        share = labelled / tokens if labelled is not None and tokens and not spec.objective.pairwise else None
+        share = None if spec.objective.pairwise else getattr(data.train, "labelled_share", None)
         try:
             return resolve_checkpointing(spec, config, task, device, min(longest, limit), share)
         except Exception as e:  # the estimate is advice: a run never fails for want of it

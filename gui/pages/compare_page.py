@@ -364,12 +364,12 @@ class ComparePage(Page):
         chart_column.setContentsMargins(0, 0, 0, 0)
         # The chart keeps 13 px a row (47 methods: 750 px); in a shorter window it scrolls, instead of
         # making the window taller than the screen (1,089 px at 1400 × 900) and running over the notes.
-        self.chart_scroll = QScrollArea()
-        self.chart_scroll.setWidget(self.chart)
-        self.chart_scroll.setWidgetResizable(True)
-        self.chart_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.chart_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        chart_column.addWidget(self.chart_scroll, 1)
+        chart_scroll = QScrollArea()
+        chart_scroll.setWidget(self.chart)
+        chart_scroll.setWidgetResizable(True)
+        chart_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        chart_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        chart_column.addWidget(chart_scroll, 1)
         chart_column.addWidget(self.notes)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("costTable")
