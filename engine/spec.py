@@ -124,8 +124,8 @@ class TrainingSpec(SpecSection):
         "auto",
         json_schema_extra=ADVANCED,
         description="Recompute activations in the backward pass to save memory (about a third more compute). "
-        "auto: on only where the memory estimate says a step does not fit this device without it and fits "
-        "with it; true/false are on/off.",
+        "auto: on only where the memory estimate says a step does not fit this device without it; "
+        "true/false are on/off.",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
