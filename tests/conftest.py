@@ -9,10 +9,12 @@ vocabulary at about 110 and the models at a few hundred thousand parameters.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
 import random
+import shutil
 import string
 import tempfile
 import threading
@@ -26,10 +28,14 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the window tests run he
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The app's caches (GGUF conversions, configs, prepared data) go to a folder of this test session, not
 # into the person's ~/.cache; CLI subprocesses inherit it.
+# Removed when the test process ends: a prepared-data cache reaches half a gigabyte, and every session
+# left one behind in /tmp.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-cache-")
 
 import pytest
 import torch
+
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 # Tiny models: one thread beats two (no contention with the window thread or other workers).
 torch.set_num_threads(1)
