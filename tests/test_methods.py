@@ -100,7 +100,6 @@ UNSUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("p_tuning_v2", "bert"): ("P-Tuning v2", "classification"),
     ("llama_adapter", "bert"): ("LLaMA-Adapter", "classification"),
     ("mam", "bert"): ("MAM adapter", "classification"),
-    ("side_tuning", "bert"): ("Ladder side-tuning", "classification"),
 }
 # Settings a method refuses on a model it otherwise supports: (method, model, training) → words.
 REFUSED_SETTINGS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [

@@ -11,9 +11,10 @@ generation with the KV cache exact), which keeps the point of the method: nothin
 trains and nothing in it needs gradients, so the backbone keeps no activations for a backward pass —
 only the side network does (one hidden state per block, its rungs' input).
 
-Hooks carry it: each block's output feeds its rung, the final norm's input gets the side output.
-Decoders only (Llama, Mistral, Qwen2, GPT-2 and the like): an encoder classifier has no final norm
-to join at. Saved like the mixture of LoRA experts ("injected": trained tensors + the method's fields).
+Hooks carry it: each block's output feeds its rung; a decoder's final norm gets the side output as its
+input, and an encoder, whose blocks end in their own norms (BERT and the like), gets it added to the last
+block's output, which its pooler and classifier read (the classifier, new, trains as well). Saved like the
+mixture of LoRA experts ("injected": trained tensors + the method's fields).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, freeze_all
 from adapter_studio.engine.methods.injected import InjectedMethod
+from adapter_studio.engine.methods.selective import unfreeze_head
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -94,13 +96,13 @@ class SideTuning(InjectedMethod):
     family = "side-tuning"
     description = (
         "A small side network reads every block's output through gated 'ladder' rungs and adds its result before "
-        "the final norm; no gradient goes through the backbone, so training needs far less memory."
+        "the final norm (a classifier: to the last block's output); no gradient goes through the backbone, so "
+        "training needs far less memory."
     )
     typical_share = "≈ 1–2%"
     default_lr = 1e-3
-    supports_classification = False
     supports_gradient_checkpointing = False  # nothing in the backbone keeps activations to recompute
-    supported_models = "decoders (Llama, Mistral, Qwen2, GPT-2 and the like)"
+    supported_models = "decoders (Llama, Mistral, Qwen2, GPT-2 and the like), encoder classifiers (BERT and the like)"
 
     reduction_factor: int = Field(
         8, ge=1, le=1024, description="The side network's width is the hidden size divided by this."
@@ -108,9 +110,9 @@ class SideTuning(InjectedMethod):
 
     def inject(self, model: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
         """Attach `side_network` and the hooks that feed it and read it; return the side network."""
-        found = _final_norm(model)
+        found = _final_norm(model) if info.task != "classification" else None
         blocks = model.get_submodule(info.layers_path) if info.layers_path else None
-        if found is None or blocks is None:
+        if blocks is None or (found is None and info.task != "classification"):
             raise UserError(f"{self.title}: no decoder blocks with a final norm found in this {info.model_type} model",
                             where="method.name", fix="pick LoRA for this model")  # fmt: skip
         width = max(1, info.hidden_size // self.reduction_factor)
@@ -131,9 +133,20 @@ class SideTuning(InjectedMethod):
                 return args
             return (h + side.up(state).to(h.dtype), *args[1:])
 
+        last = len(side.blocks) - 1
+        last_rung = rung(last)
+
+        def join_last(module: torch.nn.Module, inputs: Any, output: Any) -> Any:  # an encoder: no final norm
+            last_rung(module, inputs, output)
+            h, state = (output[0] if isinstance(output, tuple) else output), side.state
+            side.state = None
+            h = h + side.up(state).to(h.dtype)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+
         for index, block in enumerate(blocks):  # type: ignore[arg-type]
-            block.register_forward_hook(rung(index))
-        found[1].register_forward_pre_hook(join)
+            block.register_forward_hook(join_last if found is None and index == last else rung(index))
+        if found is not None:
+            found[1].register_forward_pre_hook(join)
         return side
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
@@ -141,4 +154,5 @@ class SideTuning(InjectedMethod):
         side = self.inject(model, ctx.info)
         for p in side.parameters():
             p.requires_grad_(True)
+        unfreeze_head(model, ctx.info)
         return model
