@@ -110,10 +110,10 @@ class SideTuning(InjectedMethod):
 
     def inject(self, model: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
         """Attach `side_network` and the hooks that feed it and read it; return the side network."""
-        found = _final_norm(model) if info.task != "classification" else None
+        found = _final_norm(model)  # None for an encoder: its blocks end in their own norms
         blocks = model.get_submodule(info.layers_path) if info.layers_path else None
-        if blocks is None or (found is None and info.task != "classification"):
-            raise UserError(f"{self.title}: no decoder blocks with a final norm found in this {info.model_type} model",
+        if blocks is None:
+            raise UserError(f"{self.title}: no blocks found in this {info.model_type} model",
                             where="method.name", fix="pick LoRA for this model")  # fmt: skip
         width = max(1, info.hidden_size // self.reduction_factor)
         side = _modules().SideNetwork(info.hidden_size, width, len(blocks), next(model.parameters()))
@@ -126,22 +126,21 @@ class SideTuning(InjectedMethod):
 
             return hook
 
-        def join(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            h, state = args[0], side.state
-            side.state = None
-            if state is None:  # a forward that did not pass through the blocks
-                return args
-            return (h + side.up(state).to(h.dtype), *args[1:])
+        def with_side(h: torch.Tensor) -> torch.Tensor:
+            state, side.state = side.state, None
+            return h if state is None else h + side.up(state).to(h.dtype)  # None: a forward that skipped the blocks
+
+        def join(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:  # the final norm's input
+            return (with_side(args[0]), *args[1:])
 
         last = len(side.blocks) - 1
         last_rung = rung(last)
 
-        def join_last(module: torch.nn.Module, inputs: Any, output: Any) -> Any:  # an encoder: no final norm
+        def join_last(module: torch.nn.Module, inputs: Any, output: Any) -> Any:  # no final norm: after the blocks
             last_rung(module, inputs, output)
-            h, state = (output[0] if isinstance(output, tuple) else output), side.state
-            side.state = None
-            h = h + side.up(state).to(h.dtype)
-            return (h, *output[1:]) if isinstance(output, tuple) else h
+            if isinstance(output, tuple):
+                return (with_side(output[0]), *output[1:])
+            return with_side(output)
 
         for index, block in enumerate(blocks):  # type: ignore[arg-type]
             block.register_forward_hook(join_last if found is None and index == last else rung(index))

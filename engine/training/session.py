@@ -144,11 +144,12 @@ class TrainingSession:
     def _resolve_checkpointing(self, spec: RunSpec, config: Any, task: str, device: str,
                                data: Any) -> tuple[RunSpec, dict[str, str]]:
         """`gradient_checkpointing: auto` decided by the memory estimate at this data's longest row."""
+        from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH
         from adapter_studio.engine.estimate.fit import resolve_checkpointing
 
         if spec.training.gradient_checkpointing != "auto":
             return spec, {}
-        limit = spec.data.max_length or 512
+        limit = spec.data.max_length or DEFAULT_MAX_LENGTH
         lengths = getattr(data.train, "lengths", None)
         longest = int(max(lengths)) if lengths is not None and len(lengths) else limit
         # (Preference pairs score whole completions through their own loss: every token projected.)
