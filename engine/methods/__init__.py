@@ -39,7 +39,7 @@ from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTunin
 from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
 
 # Picker order: the families people reach for first come first.
-METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
+_DECLARED: tuple[type[MethodSpec], ...] = (
     LoRA, DoRA, RsLoRA, LoRAPlus, AdaLoRA, DyLoRA,
     AdapterH, AdapterP, ParallelAdapter, Compacter, CompacterPlusPlus,
     PromptTuning, PTuning, PrefixTuning, PTuningV2,
@@ -52,6 +52,10 @@ METHOD_CLASSES: tuple[type[MethodSpec], ...] = (
     MAMAdapter,
     MixtureOfLoRA, SideTuning,
 )  # fmt: skip
+# Each family's methods together, families in the order they first appear: the picker, the sweep's list and
+# the Compare chart show one heading per family (interleaved, "structured updates" came three times).
+_FAMILIES = list(dict.fromkeys(cls.family for cls in _DECLARED))
+METHOD_CLASSES: tuple[type[MethodSpec], ...] = tuple(sorted(_DECLARED, key=lambda cls: _FAMILIES.index(cls.family)))
 
 METHODS: dict[str, type[MethodSpec]] = {cls.model_fields["name"].default: cls for cls in METHOD_CLASSES}
 
