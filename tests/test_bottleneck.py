@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby, Pfeiffer, Parallel, MAM, Compacter, Compacter++) on tiny random models."""
+"""Bottleneck adapters (Houlsby, Pfeiffer, Parallel, MAM, Compacter, Compacter++, UniPELT) on tiny random models."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from adapter_studio.engine.methods.bottleneck import (
     load_bottleneck_adapter,
 )
 from adapter_studio.engine.methods.compacter import Compacter, CompacterPlusPlus
+from adapter_studio.engine.methods.unipelt import UniPELT
 from adapter_studio.engine.models.info import describe_model
 from adapter_studio.engine.spec import TrainingSpec
 from transformers import (
@@ -44,8 +45,9 @@ MODELS = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=256,
         num_labels=3)),
 }
-METHODS = [AdapterH, AdapterP, ParallelAdapter, MAMAdapter, Compacter, CompacterPlusPlus]
-CASES = [(m, cls) for m in MODELS for cls in METHODS if not (m == "bert" and cls is MAMAdapter)]
+METHODS = [AdapterH, AdapterP, ParallelAdapter, MAMAdapter, Compacter, CompacterPlusPlus, UniPELT]
+WITH_PREFIX = (MAMAdapter, UniPELT)  # prefix tuning: no BERT (past_key_values), output changed from the start
+CASES = [(m, cls) for m in MODELS for cls in METHODS if not (m == "bert" and cls in WITH_PREFIX)]
 IDS = [f"{m}-{cls.__name__}" for m, cls in CASES]
 
 
@@ -93,8 +95,8 @@ def test_output_unchanged_before_training(model_name, cls):
     ids = batch(model_name)["input_ids"]
     with torch.no_grad():
         expected = ref(input_ids=ids).logits
-        if cls is MAMAdapter:
-            # The prefix changes attention from the start; the parallel adapter alone must not.
+        if cls in WITH_PREFIX:
+            # The prefix changes attention from the start; the adapters alone must not.
             with model.disable_adapter():
                 got = model(input_ids=ids).logits
         else:
@@ -129,7 +131,7 @@ def test_save_then_load_gives_identical_logits(model_name, cls, tmp_path):
     train(model, data, steps=5)
     cls().save_adapter(model, str(tmp_path))
     assert (tmp_path / WEIGHTS).exists() and (tmp_path / CONFIG).exists()
-    if cls is MAMAdapter:
+    if cls in WITH_PREFIX:
         assert (tmp_path / "adapter_config.json").exists()
 
     loaded = load_bottleneck_adapter(build(model_name), tmp_path).eval()

@@ -82,6 +82,8 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "beft": _any(".beft_bias."),
     "supertuning": _any(".supertuning_values."),
     "mam": _any(".adapter.down.", ".adapter.up.", "prompt_encoder.default.embedding."),
+    "unipelt": _any(".adapter.down.", ".adapter.up.", ".adapter.gate.", ".adapter.lora_A.", ".adapter.lora_B.",
+                    "prompt_encoder.default.embedding."),
     "mixture_lora": _any(".router.", ".lora_A", ".lora_B"),
     "side_tuning": _any("side_network."),
 }
@@ -100,12 +102,14 @@ UNSUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("p_tuning_v2", "bert"): ("P-Tuning v2", "classification"),
     ("llama_adapter", "bert"): ("LLaMA-Adapter", "classification"),
     ("mam", "bert"): ("MAM adapter", "classification"),
+    ("unipelt", "bert"): ("UniPELT", "classification"),
 }
 # Settings a method refuses on a model it otherwise supports: (method, model, training) → words.
 REFUSED_SETTINGS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
     ("prefix_tuning", "llama", {"gradient_checkpointing": True}, ("Prefix Tuning", "gradient checkpointing")),
     ("p_tuning_v2", "gpt2", {"gradient_checkpointing": True}, ("P-Tuning v2", "gradient checkpointing")),
     ("mam", "llama", {"gradient_checkpointing": True}, ("MAM adapter", "gradient checkpointing")),
+    ("unipelt", "gpt2", {"gradient_checkpointing": True}, ("UniPELT", "gradient checkpointing")),
     ("side_tuning", "llama", {"gradient_checkpointing": True}, ("Ladder side-tuning", "gradient checkpointing")),
 ]
 # Prompt Tuning and P-Tuning act only through a few input embeddings, which a random 2-layer model
@@ -119,8 +123,8 @@ PAIRS = [(m, model) for m in METHODS for model in MODELS]
 SUPPORTED = [p for p in PAIRS if p not in UNSUPPORTED]
 MERGEABLE = [p for p in SUPPORTED if METHODS[p[0]].mergeable]
 NOT_MERGEABLE = [p for p in SUPPORTED if not METHODS[p[0]].mergeable]
-PROMPT_LEARNING = [p for p in SUPPORTED if p[0] in ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "mam")
-                   and p[1] != "bert"]  # fmt: skip
+PROMPT_LEARNING = [p for p in SUPPORTED if p[0] in ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "mam",
+                                                   "unipelt") and p[1] != "bert"]  # fmt: skip
 
 
 def ids(pairs: list[tuple[str, str]]) -> list[str]:

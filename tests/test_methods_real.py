@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # `make test-all`; CI keeps 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "train.jsonl"
 SMOLLM2 = "embedded:smollm2-135m-instruct"
 MINILM = "embedded:all-minilm-l6-v2"
-REFUSED = {SMOLLM2: {"bitfit"}, MINILM: {"llama_adapter", "prefix_tuning", "p_tuning_v2", "mam"}}
+REFUSED = {SMOLLM2: {"bitfit"}, MINILM: {"llama_adapter", "prefix_tuning", "p_tuning_v2", "mam", "unipelt"}}
 TRAINING = {"max_steps": 2, "batch_size": 2, "save_every": 1000, "eval_samples": 0, "log_every": 1}
 
 

@@ -84,7 +84,7 @@ def _virtual_tokens(method: MethodSpec) -> tuple[int, int]:
     n = int(getattr(method, "num_virtual_tokens", 0) or 0)
     if method.name in ("prompt_tuning", "p_tuning"):
         return n, 0
-    if method.name in ("prefix_tuning", "p_tuning_v2", "mam"):
+    if method.name in ("prefix_tuning", "p_tuning_v2", "mam", "unipelt"):
         return 0, n
     return 0, 0
 

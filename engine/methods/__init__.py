@@ -37,6 +37,7 @@ from adapter_studio.engine.methods.selective import BitFit, FullFineTuning, Last
 from adapter_studio.engine.methods.side_tuning import SideTuning
 from adapter_studio.engine.methods.soft_prompts import PrefixTuning, PromptTuning, PTuning, PTuningV2
 from adapter_studio.engine.methods.structured import OFT, LoHa, LoKr, VeRA
+from adapter_studio.engine.methods.unipelt import UniPELT
 
 # Picker order: the families people reach for first come first.
 _DECLARED: tuple[type[MethodSpec], ...] = (
@@ -49,7 +50,7 @@ _DECLARED: tuple[type[MethodSpec], ...] = (
     HRA, FourierFT, C3A, VBLoRA, RandLoRA, MiSS, DeLoRA,
     GraLoRA, HiRA, GLoRA, DEFT, PEANuT, RoAd, PSOFT, WaveFT, PVeRA,
     SHiRA, LNTuning, SuperTuning,
-    MAMAdapter,
+    MAMAdapter, UniPELT,
     MixtureOfLoRA, SideTuning,
 )  # fmt: skip
 # Each family's methods together, families in the order they first appear: the picker, the sweep's list and

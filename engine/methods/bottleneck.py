@@ -232,7 +232,7 @@ class BottleneckMethod(MethodSpec):
             "bottleneck_size": bottleneck_size(hidden, self.reduction_factor),
             "layers_path": layers_path,
             "injected": [n for n, m in inner.named_modules() if isinstance(m, wrapper)],
-            "peft_prefix": isinstance(self, MAMAdapter),
+            "peft_prefix": isinstance(self, PrefixBottleneck),
         }, indent=2))
 
 
@@ -273,23 +273,19 @@ class ParallelAdapter(BottleneckMethod):
         return self.scaling
 
 
-class MAMAdapter(ParallelAdapter):
-    """He et al. (2022) "Mix-And-Match": prefix tuning on attention plus a parallel adapter on the FFN.
+class PrefixBottleneck(BottleneckMethod):
+    """Bottleneck adapters plus peft's prefix tuning (the hybrids: MAM, UniPELT).
 
-    The prefix is peft's PrefixTuning with prefix_projection=False (P-Tuning v2 style): what trains is
-    what is saved, the trainable count is exact, and no reparameterising MLP has to be thrown away.
+    The prefix is PrefixTuning with prefix_projection=False (P-Tuning v2 style): what trains is what is
+    saved, the trainable count is exact, and no reparameterising MLP has to be thrown away.
     """
 
-    name: Literal["mam"] = "mam"  # type: ignore[assignment]
-    title = "MAM adapter"
     family = "hybrid"
-    description = "Prefix tuning on every attention layer plus a parallel adapter beside every feed-forward block."
-    typical_share = "≈ 1%"
     supports_gradient_checkpointing = False  # prefix tuning does not work with it
     # The prefix rides on past_key_values, which BERT-style encoders no longer take in transformers 5.
     supports_classification = False
 
-    num_virtual_tokens: int = Field(30, ge=1, le=512, description="Trained prefix length per layer (30 in the paper).")
+    num_virtual_tokens: int = Field(30, ge=1, le=512, description="Trained prefix length per layer.")
 
     def prefix_config(self, info: ModelInfo) -> Any:
         from peft import PrefixTuningConfig
@@ -313,6 +309,17 @@ class MAMAdapter(ParallelAdapter):
     def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
         model.save_pretrained(out_dir)  # type: ignore[operator]
         super().save_adapter(model, out_dir)
+
+
+class MAMAdapter(PrefixBottleneck, ParallelAdapter):
+    """He et al. (2022) "Mix-And-Match": prefix tuning on attention plus a parallel adapter on the FFN."""
+
+    name: Literal["mam"] = "mam"  # type: ignore[assignment]
+    title = "MAM adapter"
+    description = "Prefix tuning on every attention layer plus a parallel adapter beside every feed-forward block."
+    typical_share = "≈ 1%"
+
+    num_virtual_tokens: int = Field(30, ge=1, le=512, description="Trained prefix length per layer (30 in the paper).")
 
 
 BOTTLENECK_CLASSES: tuple[type[BottleneckMethod], ...] = (AdapterH, AdapterP, ParallelAdapter, MAMAdapter)
@@ -339,12 +346,12 @@ def bottleneck_param_count(info: ModelInfo, spec: BottleneckMethod, kv_dim: int 
     Each adapter has 2·h·b weights and b + h biases. MAM adds the prefix: virtual tokens × layers ×
     2 (keys and values) × kv_dim, where kv_dim is num_key_value_heads × head_dim (hidden size if None).
     """
-    if hasattr(spec, "added_parameters"):  # its own formula (Compacter)
-        return int(spec.added_parameters(info))
+    if hasattr(spec, "added_parameters"):  # its own formula (Compacter, UniPELT)
+        return int(spec.added_parameters(info, kv_dim or info.hidden_size))
     h = info.hidden_size
     b = bottleneck_size(h, spec.reduction_factor)
     count = info.num_layers * len(spec.positions) * (2 * h * b + b + h)
-    if isinstance(spec, MAMAdapter):
+    if isinstance(spec, PrefixBottleneck):
         count += spec.num_virtual_tokens * info.num_layers * 2 * (kv_dim or h)
     return count
 

@@ -115,7 +115,7 @@ class Compacter(BottleneckMethod):
                 fix=f"pick phm_dim {' or '.join(map(str, fits))}" if fits else "change reduction_factor",
             )
 
-    def added_parameters(self, info: ModelInfo) -> int:
+    def added_parameters(self, info: ModelInfo, kv_dim: int) -> int:
         """Trainable parameters added (no classifier head): per adapter r·(h + b) + b for the down projection
         and r·(b + h) + h for the up one; the n³ shared rules once."""
         h, b, r = info.hidden_size, bottleneck_size(info.hidden_size, self.reduction_factor), self.phm_rank
