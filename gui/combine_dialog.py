@@ -1,5 +1,6 @@
-"""The Runs page's "Combine…" dialog: how to combine the selected LoRA runs (engine.combine_runs), a weight
-per run, the density of the TIES / DARE merges, and the new run's name."""
+"""The Runs page's "Combine…" dialog: how to combine the selected runs — a merge of LoRA runs
+(engine.combine_runs), with a weight per run, the density of the TIES / DARE merges and the new run's
+name, or AdapterFusion of bottleneck-adapter runs (engine.methods.fusion), which trains."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+FUSION = "fusion"  # not a merge: it loads an AdapterFusion spec to train
 EXPLAIN = {
     "linear": "weighted sum of the A and of the B matrices (runs of one rank)",
     "cat": "ranks side by side: exactly the weighted sum of the runs' updates",
@@ -26,6 +28,7 @@ EXPLAIN = {
     "dare_linear": "DARE: updates randomly dropped to the density and rescaled, then summed (one rank)",
     "dare_ties": "DARE's dropping, then TIES's sign resolution (one rank)",
     "lorahub": "LoraHub: linear, with the weights found on the first run's held-out rows (one rank)",
+    FUSION: "AdapterFusion: bottleneck-adapter runs, fused by a layer trained on the first run's data",
 }
 
 
@@ -42,11 +45,12 @@ class CombineDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Combine runs")
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel(f"Combine {len(run_names)} LoRA runs into a new run, exported like any other."))
+        layout.addWidget(QLabel(f"Combine {len(run_names)} runs into a new run, exported like any other: merge LoRA "
+                                "runs, or fuse bottleneck-adapter runs (AdapterFusion trains)."))
         form = QFormLayout()
         self.how = QComboBox()
         self.how.setObjectName("combineHow")
-        for how in HOW:
+        for how in (*HOW, FUSION):
             self.how.addItem(f"{how} — {EXPLAIN[how]}", how)
         self.how.currentIndexChanged.connect(self._how_changed)
         form.addRow("Combination", self.how)
@@ -81,9 +85,10 @@ class CombineDialog(QDialog):
         how = str(self.how.currentData())
         self.density.setEnabled(how.startswith(("ties", "dare")))
         for spin in self.weights:
-            spin.setEnabled(how != "lorahub")
+            spin.setEnabled(how not in ("lorahub", FUSION))
+        self.name.setEnabled(how != FUSION)  # a training run is named when it starts
 
     def choice(self) -> CombineChoice:
         how = str(self.how.currentData())
-        weights = None if how == "lorahub" else [s.value() for s in self.weights]
+        weights = None if how in ("lorahub", FUSION) else [s.value() for s in self.weights]
         return CombineChoice(how, weights, self.density.value(), self.name.text().strip() or None)

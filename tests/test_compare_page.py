@@ -133,8 +133,11 @@ def test_refusals_are_listed_under_the_chart_not_across_it(window, qtbot, tiny_l
     assert len(legend.items) == 6
     assert not legend.sceneBoundingRect().intersects(page.chart.memory.getViewBox().sceneBoundingRect())
 
-    bitfit = next(i for i in range(page.ticks.count()) if page.ticks.item(i).text() == "BitFit")
-    page.ticks.item(bitfit).setCheckState(Qt.CheckState.Unchecked)  # the notes follow the ticked methods
+    # The notes follow the ticked methods. AdapterFusion is refused too: no finished runs are chosen to fuse.
+    assert "<b>AdapterFusion</b>: method.runs: AdapterFusion fuses two or more" in page.notes.text()
+    for title in ("BitFit", "AdapterFusion"):
+        tick = next(i for i in range(page.ticks.count()) if page.ticks.item(i).text() == title)
+        page.ticks.item(tick).setCheckState(Qt.CheckState.Unchecked)
     assert "BitFit" not in page.notes.text() and "not available" not in page.chart.visible_texts()
 
 

@@ -86,6 +86,7 @@ TRAINS: dict[str, Callable[[str], bool]] = {
                     "prompt_encoder.default.embedding."),
     "mixture_lora": _any(".router.", ".lora_A", ".lora_B"),
     "side_tuning": _any("side_network."),
+    "adapter_fusion": _any(".fusion."),  # trained here only with finished runs to fuse: tests/test_fusion.py
 }
 
 # Pairs refused before training, with words the message must contain.
@@ -103,6 +104,7 @@ UNSUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("llama_adapter", "bert"): ("LLaMA-Adapter", "classification"),
     ("mam", "bert"): ("MAM adapter", "classification"),
     ("unipelt", "bert"): ("UniPELT", "classification"),
+    **{("adapter_fusion", m): ("AdapterFusion", "finished bottleneck-adapter runs", "none are listed") for m in MODELS},
 }
 # Settings a method refuses on a model it otherwise supports: (method, model, training) → words.
 REFUSED_SETTINGS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [

@@ -7,6 +7,7 @@ from adapter_studio.engine.methods.additive import IA3, LlamaAdapter
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec
 from adapter_studio.engine.methods.bottleneck import AdapterH, AdapterP, MAMAdapter, ParallelAdapter
 from adapter_studio.engine.methods.compacter import Compacter, CompacterPlusPlus
+from adapter_studio.engine.methods.fusion import AdapterFusion
 from adapter_studio.engine.methods.low_rank import AdaLoRA, DoRA, DyLoRA, LoRA, LoRAPlus, RsLoRA
 from adapter_studio.engine.methods.mixture import MixtureOfLoRA
 from adapter_studio.engine.methods.more_peft import (
@@ -51,7 +52,7 @@ _DECLARED: tuple[type[MethodSpec], ...] = (
     GraLoRA, HiRA, GLoRA, DEFT, PEANuT, RoAd, PSOFT, WaveFT, PVeRA,
     SHiRA, LNTuning, SuperTuning,
     MAMAdapter, UniPELT,
-    MixtureOfLoRA, SideTuning,
+    MixtureOfLoRA, SideTuning, AdapterFusion,
 )  # fmt: skip
 # Each family's methods together, families in the order they first appear: the picker, the sweep's list and
 # the Compare chart show one heading per family (interleaved, "structured updates" came three times).

@@ -555,7 +555,7 @@ class ComparePage(Page):
             reasons = "<br>".join(
                 f"<b>{html.escape(r.get('title', r['method']))}</b>: {html.escape(r['error'])}" for r in refused
             )
-            lines.append(f"Not available on this model: {reasons}")
+            lines.append(f"Not available with this model and these settings: {reasons}")
         return "<br>".join(lines)
 
     def complete(self) -> bool:

@@ -6,6 +6,7 @@ The forms are generated from the declarations (engine.methods, engine.objectives
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.defaults import choose, explain, rate_for_size
@@ -215,9 +216,12 @@ class MethodPage(Page):
         info = self.state.model_info
         if info is not None:
             try:
-                cls().check(info, self.state.training)
-            except Exception as e:  # UserError: this model cannot use the method
-                note = f"<p style='color:#c00'><b>Not for this model:</b> {getattr(e, 'message', e)}</p>"
+                self.state.method.check(info, self.state.training)
+            except Exception as e:  # UserError: this model (or these settings) cannot use the method
+                fix = f" — {e.fix}" if getattr(e, "fix", None) else ""
+                note = f"<p style='color:#c00'><b>Cannot train:</b> {getattr(e, 'message', e)}{fix}</p>"
+        runs = getattr(self.state.method, "runs", None)  # AdapterFusion: the finished runs it fuses
+        fused = f"<tr><td>Fuses</td><td>{', '.join(Path(r).name for r in runs)}</td></tr>" if runs else ""
         rate = f"{cls.default_lr:g} (the method's usual rate)"
         if info is not None:
             rate = f"{rate_for_size(cls(), info.total_params, info.task).value:g} on this model, by its size"
@@ -227,7 +231,7 @@ class MethodPage(Page):
             f"<tr><td>Mergeable</td><td>{merge}</td></tr>"
             f"<tr><td>Typical trainable share</td><td>{cls.typical_share}</td></tr>"
             f"<tr><td>Learning rate</td><td>{rate}</td></tr>"
-            f"<tr><td>Models</td><td>{cls.supported_models}</td></tr></table>{note}"
+            f"<tr><td>Models</td><td>{cls.supported_models}</td></tr>{fused}</table>{note}"
         )
 
     def _rebuild_form(self) -> None:
@@ -248,7 +252,8 @@ class MethodPage(Page):
 
     def _method_edited(self, values: dict[str, Any]) -> None:
         try:
-            method = type(self.state.method).model_validate({"name": self.state.method.name, **values})
+            # Over the current values: fields without a widget (AdapterFusion's runs) keep theirs.
+            method = type(self.state.method).model_validate({**self.state.method.model_dump(), **values})
         except ValidationError as e:
             first = e.errors()[0]
             self.validation.setText(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")

@@ -14,6 +14,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.run_compare import curves, spec_diff
 from adapter_studio.engine.runs import RunSummary, list_runs
 from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.gui.combine_dialog import FUSION
 from adapter_studio.gui.evaluation_summary import EvaluationPanel, EvaluationSummaries, EvaluationSummary
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.train_page import format_seconds
@@ -132,7 +133,8 @@ class RunsPage(Page):
             ("clone", "Clone spec", self.clone_spec, "Load this run's settings to start a new run from them"),
             ("use", "Use for Try/Export", self.use_run, "Make this the run that Try and Export work on"),
             ("compare", "Compare two runs", self.show_comparison, "Show the spec fields that differ"),
-            ("combine", "Combine…", self.combine, "Combine finished LoRA runs into a new run (weighted merge)"),
+            ("combine", "Combine…", self.combine,
+             "Combine finished runs into a new one: merge LoRA runs, or fuse bottleneck-adapter runs (AdapterFusion)"),
         ):
             button = QPushButton(text)
             button.setObjectName(f"run_{key}")
@@ -465,6 +467,9 @@ class RunsPage(Page):
         choice = self.ask_combine([r.name for r in runs])
         if choice is None:
             return
+        if choice.how == FUSION:
+            self.fuse([r.path for r in runs])
+            return
         self.combining = True
         self.on_selection_changed()
         self.status.setText(f"Combining {len(runs)} runs ({choice.how})…")
@@ -488,6 +493,21 @@ class RunsPage(Page):
             combine_runs, [r.path for r in runs], choice.weights, choice.how, density=choice.density,
             output_dir=self.state.runs_dir, name=choice.name, on_result=done, on_error=failed,
         )  # fmt: skip
+
+    def fuse(self, run_dirs: list[Path]) -> None:
+        """AdapterFusion trains: load the first run's spec with the fusion method, to start on the Train page."""
+        from adapter_studio.engine.methods.fusion import fusion_spec
+
+        try:
+            spec = fusion_spec(run_dirs)
+        except UserError as e:
+            self.error(e)
+            return
+        self.state.load_spec(spec)
+        names = ", ".join(p.name for p in run_dirs)
+        self.status.setText(f"AdapterFusion of {names} is set up with {run_dirs[0].name}'s model, data and budget: "
+                            "change what you like, then Start on the Train page.")  # fmt: skip
+        self.spec_cloned.emit(run_dirs[0])
 
     def ask_combine(self, names: list[str]) -> Any:
         from adapter_studio.gui.combine_dialog import CombineDialog

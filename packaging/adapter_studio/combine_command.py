@@ -1,5 +1,6 @@
 """`adapter-studio combine RUN RUN … [--how linear] [--weights W,W,…]`: finished LoRA runs combined into a
-new run folder (engine.combine_runs), which `export`, `eval` and the window take like a trained run."""
+new run folder (engine.combine_runs), which `export`, `eval` and the window take like a trained run;
+`--how fusion` trains AdapterFusion over finished bottleneck-adapter runs (engine.methods.fusion)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from adapter_studio.engine.errors import UserError
 def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from adapter_studio.engine.combine_runs import HOW, LORAHUB_EXAMPLES, LORAHUB_TRIALS
 
-    combine = sub.add_parser("combine", help="combine finished LoRA runs into a new run (weighted merge)")
+    combine = sub.add_parser("combine", help="combine finished runs into a new run: merge LoRA runs, or train "
+                             "AdapterFusion over bottleneck-adapter runs")  # fmt: skip
     combine.add_argument("run_dirs", nargs="+", help="two or more run folders")
-    combine.add_argument("--how", default="linear", choices=HOW,
+    combine.add_argument("--how", default="linear", choices=(*HOW, "fusion"),
                          help="linear (default; one rank), cat (the exact weighted sum), svd, ties, dare_linear, "
-                              "dare_ties, lorahub (linear, weights found on a few examples)")  # fmt: skip
+                              "dare_ties, lorahub (linear, weights found on a few examples); fusion: train "
+                              "AdapterFusion over bottleneck-adapter runs on the first run's data")  # fmt: skip
     combine.add_argument("--weights", help="one weight per run, comma-separated (default: equal, summing to 1)")
     combine.add_argument("--density", type=float, default=0.5, help="share of each update kept by ties / dare")
     combine.add_argument("--data", help="lorahub: a data file of the task (default: the first run's held-out rows)")
@@ -32,6 +35,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
     from adapter_studio.engine.combine_runs import combine_runs
 
+    if args.how == "fusion":
+        return _fuse(args)
     weights = None
     if args.weights:
         try:
@@ -50,3 +55,28 @@ def cmd_combine(args: argparse.Namespace) -> int:
         print(f"combined run {result.run_dir}: {result.how}, rank {result.rank}, "
               f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export {result.run_dir}")
     return 0
+
+
+def _fuse(args: argparse.Namespace) -> int:
+    """Train AdapterFusion over the runs, as `train` would train its spec."""
+    import sys
+    import threading
+    from pathlib import Path
+
+    from adapter_studio.cli import _print_event
+    from adapter_studio.engine.methods.fusion import fusion_spec
+    from adapter_studio.engine.training.run import run
+    from adapter_studio.stopping import install_stop_handlers
+
+    spec = fusion_spec([Path(r) for r in args.run_dirs])
+    updates = {"output_dir": args.out} if args.out else {}
+    spec = spec.model_copy(update={**updates, "name": args.name})
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    result = run(spec, (lambda e: None) if args.json else (lambda e: _print_event(e, False)), stop)
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), "how": "fusion", "status": result.status,
+                          "error": result.error}))  # fmt: skip
+    elif result.status != "completed":
+        print(f"error: {result.error}", file=sys.stderr)
+    return 0 if result.status == "completed" else 1
