@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
-from adapter_studio.engine.methods.peft_base import keep_generation_cache, peft_task_type
+from adapter_studio.engine.methods.peft_base import (
+    PREFIX_INIT_TEXT,
+    keep_generation_cache,
+    peft_task_type,
+    seed_prefix_from_text,
+)
 from adapter_studio.engine.methods.selective import unfreeze_head
 from adapter_studio.engine.models.construction import model_construction
 from pydantic import Field
@@ -286,6 +291,9 @@ class PrefixBottleneck(BottleneckMethod):
     supports_classification = False
 
     num_virtual_tokens: int = Field(30, ge=1, le=512, description="Trained prefix length per layer.")
+    init_text: str = Field(PREFIX_INIT_TEXT, description="Text whose keys and values start the prefix: the model "
+                           "starts out reading it before every input (empty: random start).",
+                           json_schema_extra=advanced())  # fmt: skip
 
     def prefix_config(self, info: ModelInfo) -> Any:
         from peft import PrefixTuningConfig
@@ -301,6 +309,7 @@ class PrefixBottleneck(BottleneckMethod):
         # Wrapping for prompt learning freezes every base parameter, the adapters included.
         for p in adapter_parameters(peft_model).values():
             p.requires_grad_(True)
+        seed_prefix_from_text(peft_model, ctx.tokenizer, self.init_text)  # the adapters add nothing yet
         return keep_generation_cache(peft_model)
 
     def saved_parameters(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

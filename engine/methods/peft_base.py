@@ -49,6 +49,42 @@ def keep_generation_cache(model: Any) -> Any:
     return model
 
 
+PREFIX_INIT_TEXT = "Answer the request precisely and briefly:"  # also Prompt Tuning's default start
+
+
+def seed_prefix_from_text(peft_model: Any, tokenizer: Any, text: str) -> bool:
+    """Start a direct prefix (peft's PrefixTuning without its MLP) as the keys and values the base model
+    computes for `text`, repeated or cut to the prefix length: the model then reads any input exactly as
+    the base model reads `text` followed by it (Li & Liang 2021 start from real words' activations too).
+    peft's own start, N(0, 1) keys and values, drowns the real ones: P-Tuning v2 began the demo at a loss
+    of 4.7 where the base model has 0.58, and was at 3.2 after 30 steps. Returns False where it kept
+    peft's start (no text or tokenizer, the meta device, a cache of another shape)."""
+    import torch
+
+    config = peft_model.active_peft_config
+    weight = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
+    if not text or tokenizer is None or weight.is_meta or getattr(config, "prefix_projection", True):
+        return False
+    n = config.num_virtual_tokens
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [0]
+    ids = (ids * (n // len(ids) + 1))[:n]
+    base = peft_model.get_base_model()
+    device = next(base.parameters()).device
+    with torch.no_grad():
+        out = base(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        layers = [(layer.keys, layer.values) for layer in getattr(cache, "layers", [])]
+        if len(layers) != config.num_layers or any(k.shape != v.shape for k, v in layers):
+            return False
+        # peft reads the weight as (tokens, layers · 2, heads, head size): layer l's keys at 2l, values at 2l + 1.
+        kv = torch.stack([torch.stack([k[0], v[0]]) for k, v in layers])  # (layers, 2, heads, tokens, head size)
+        kv = kv.flatten(0, 1).permute(2, 0, 1, 3).reshape(n, -1)
+        if kv.shape != weight.shape:
+            return False
+        weight.copy_(kv.to(weight.dtype))
+    return True
+
+
 def compute_lora_inputs_in_autocast_dtype(model: Any) -> int:
     """Under autocast, let LoRA layers take their bf16/fp16 input as it comes; returns how many.
 

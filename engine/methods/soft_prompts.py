@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from adapter_studio.engine.methods.base import MethodContext, advanced
-from adapter_studio.engine.methods.peft_base import PeftMethod, keep_generation_cache, peft_task_type
+from adapter_studio.engine.methods.peft_base import (
+    PREFIX_INIT_TEXT,
+    PeftMethod,
+    keep_generation_cache,
+    peft_task_type,
+    seed_prefix_from_text,
+)
 from pydantic import Field
 
 
@@ -34,8 +40,7 @@ class PromptTuning(SoftPrompt):
     typical_share = "< 0.01%"
 
     init_text: str = Field(
-        "Answer the request precisely and briefly:",
-        description="Text whose token embeddings start the prompt (empty: random start).",
+        PREFIX_INIT_TEXT, description="Text whose token embeddings start the prompt (empty: random start)."
     )
 
     def peft_config(self, ctx: MethodContext) -> Any:
@@ -131,7 +136,15 @@ class PTuningV2(SoftPrompt):
     supports_gradient_checkpointing = False
     supports_classification = False  # as Prefix Tuning
 
+    init_text: str = Field(PREFIX_INIT_TEXT, description="Text whose keys and values start the prefix: the model "
+                           "starts out reading it before every input (empty: random start).")  # fmt: skip
+
     def peft_config(self, ctx: MethodContext) -> Any:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(**self.common(ctx), prefix_projection=False)
+
+    def apply(self, model: Any, ctx: MethodContext) -> Any:
+        peft_model = super().apply(model, ctx)
+        seed_prefix_from_text(peft_model, ctx.tokenizer, self.init_text)
+        return peft_model
