@@ -40,6 +40,22 @@ def combine(runs: list[Path], out: Path, name: str, *extra: str) -> Path:
     return Path(json.loads(proc.stdout)["run_dir"])
 
 
+def train_runs(work: Path, name: str, overrides: list[str]) -> dict[str, Path]:
+    """One run per task with the app's defaults (and `overrides`) through the CLI; kept runs are reused."""
+    runs = {}
+    for task in TASKS:
+        cfg = q.TASKS[task]
+        train, _ = q.split(task, cfg, "test", 0)
+        runs[task] = work / task / "runs" / name
+        if (runs[task] / "checkpoints").exists():  # kept from an earlier run of this benchmark (--workdir)
+            continue
+        spec = q.write_spec(task, cfg, train, work / task, name)
+        cmd = [str(q.CLI), "train", str(spec), *(a for o in overrides for a in ("--set", o))]
+        seconds = q.run_cli(cmd, work / task / f"{name}.log", "train")
+        print(f"trained {task} ({name}): {len(train)} rows, {seconds:.0f} s", flush=True)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=32, help="SVAMP dev rows LoraHub scores its weights on")
@@ -50,16 +66,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        runs = {}
-        for task in TASKS:
-            cfg = q.TASKS[task]
-            train, _ = q.split(task, cfg, "test", 0)
-            runs[task] = work / task / "runs" / "defaults"
-            if (runs[task] / "checkpoints").exists():  # kept from an earlier run of this benchmark (--workdir)
-                continue
-            spec = q.write_spec(task, cfg, train, work / task, "defaults")
-            seconds = q.run_cli([str(q.CLI), "train", str(spec)], work / task / "train.log", "train")
-            print(f"trained {task}: {len(train)} rows, {seconds:.0f} s", flush=True)
+        runs = train_runs(work, "defaults", [])
         cfg = q.TASKS[TARGET]
         _, held = q.split(TARGET, cfg, "test", 0)
         _, dev = q.split(TARGET, cfg, "dev", 0)

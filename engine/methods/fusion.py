@@ -93,6 +93,7 @@ def _modules() -> Any:
 def fused_methods(runs: list[str]) -> list[BottleneckMethod]:
     """The runs' bottleneck methods, checked: two or more finished runs of a serial adapter, one placement."""
     from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.methods import method_class
     from adapter_studio.engine.training import checkpoints as ckpt
 
     if len(runs) < 2:
@@ -110,7 +111,7 @@ def fused_methods(runs: list[str]) -> list[BottleneckMethod]:
         if spec.method.name not in FUSABLE:
             raise UserError(f"{Path(run).name} is a {spec.method.title} run; AdapterFusion fuses serial bottleneck "
                             "adapters", where="method.runs",
-                            fix=f"pick runs of {', '.join(FUSABLE)}")  # fmt: skip
+                            fix=f"pick runs of {', '.join(method_class(n).title for n in FUSABLE)}")  # fmt: skip
         if ckpt.latest_checkpoint(Path(run) / "checkpoints") is None:
             raise UserError(f"{Path(run).name} has no checkpoint yet", where="method.runs",
                             fix="let it finish (or resume it) first")  # fmt: skip
