@@ -269,8 +269,9 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
 
 
 def test_the_window_fits_a_1280_by_720_screen(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
-    """Every page's least size, the Compare chart's 47 rows and the sweep panel's controls included: the
-    window was once 1,378 px wide (the sweep's controls on one row) and 1,089 px high (the chart's rows)."""
+    """Every page's least size, the Compare chart's rows (one per method) and the sweep panel's controls
+    included: the window was once 1,378 px wide (the sweep's controls on one row) and 1,089 px high (the
+    chart's rows)."""
     window.pages["model"].choose(str(tiny_llama))
     window.go_to("compare")
     qtbot.waitUntil(window.pages["compare"].complete, timeout=120_000)
