@@ -478,3 +478,19 @@ def case_rows(run_dir: Path) -> list[Any]:
     from adapter_studio.engine.inference.playground import Playground, held_out_rows
 
     return held_out_rows(Playground.open(run_dir).tuned)[1]
+
+
+def test_soft_prompt_models_answer_one_row_at_a_time_only_with_the_adapter_on(tiny_llama: Path) -> None:
+    """The base answers of a soft-prompt run come from the base model itself (peft hands generation over when
+    the adapter is off), which keeps position ids: batched like any model (test_every_kind_of_method_evaluates
+    checks they equal a LoRA run's base answers)."""
+    from adapter_studio.engine.evaluation.generation import batch_size_for
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert batch_size_for(plain, 16) == 16
+    prompted = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                              PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))  # fmt: skip
+    assert batch_size_for(prompted, 16) == 1
+    assert batch_size_for(prompted, 16, adapter_on=False) == 16

@@ -107,7 +107,8 @@ def check_forgetting(playground: Playground, tick: Tick, stop: threading.Event |
     for which in ("base", "tuned"):
         with playground.using(which) as model:  # type: ignore[arg-type]
             ids = generate_greedy(model, prompts, pad_id=pad_id, stop_ids=stop_ids, max_new_tokens=48,
-                                  batch_size=batch_size_for(model, ANSWERS_SHOWN), device=playground.device,
+                                  batch_size=batch_size_for(model, ANSWERS_SHOWN, adapter_on=which == "tuned"),
+                                  device=playground.device,
                                   tick=tick, stop=stop)  # fmt: skip
         answers[which] = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
     return Forgetting(

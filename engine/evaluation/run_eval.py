@@ -225,10 +225,11 @@ def _generation(
         start = time.perf_counter()
         which = "tuned" if column == "tuned" else "base"
         with playground.using(which) as model:  # type: ignore[arg-type]
+            batch_size = batch_size_for(model, settings.batch_size, adapter_on=which == "tuned")
             ids = generate_greedy(
                 model, in_context if column == "in_context" else prompts, pad_id=pad_id, stop_ids=stop_ids,
-                max_new_tokens=max_new, batch_size=batch_size_for(model, settings.batch_size),
-                device=playground.device, tick=counter.at(column), stop=stop,
+                max_new_tokens=max_new, batch_size=batch_size, device=playground.device, tick=counter.at(column),
+                stop=stop,
             )  # fmt: skip
         answers[column] = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
         _timed(seconds, column, start)
