@@ -500,8 +500,11 @@ class SweepPanel(QWidget):
         plot.setLabel("left", LABELS[y_key])
         for row in self.rows:  # no training, no cost to place it at: a level to beat
             if row["status"] == "baseline" and row.get(y_key) is not None:
+                # The label starts at the line's left end (centred there, its first half was cut off), light on
+                # the dark plot.
                 line = pg.InfiniteLine(pos=row[y_key], angle=0, pen=pg.mkPen("#888", style=Qt.PenStyle.DashLine),
-                                       label=row["method"], labelOpts={"position": 0.05, "color": "#555"})  # fmt: skip
+                                       label=row["method"], labelOpts={"position": 0.02, "color": "#bbb",
+                                                                       "anchors": [(0, 1), (0, 1)]})  # fmt: skip
                 plot.addItem(line)
         points = [(r, r.get(x_key), r.get(y_key)) for r in self.rows if r["status"] != "baseline"]
         points = [(r, x, y) for r, x, y in points if x is not None and y is not None and (x > 0 or not log_x)]
