@@ -22,6 +22,7 @@ from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
     from adapter_studio.engine.events import Emit
+    from adapter_studio.engine.spec import RunSpec
 
 COMBINABLE = ("lora", "rslora", "loraplus", "dylora")
 HOW = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "lorahub")
@@ -158,3 +159,17 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
 
 def _rank(method: Any) -> int:
     return int(getattr(method, "export_rank", 0) or method.r)
+
+
+def fusion_spec(run_dirs: list[Path]) -> RunSpec:
+    """A run spec that fuses `run_dirs` with AdapterFusion (engine.methods.fusion; it trains, unlike the merges
+    above): the first run's model, data and budget, and the fusion's own learning rate, not the adapters';
+    checked, so a reason comes before training starts."""
+    from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.methods.fusion import AdapterFusion, fused_methods
+
+    runs = [str(p) for p in run_dirs]
+    fused_methods(runs)
+    spec = run_spec(run_dirs[0])
+    training = spec.training.model_copy(update={"learning_rate": None})
+    return spec.model_copy(update={"name": None, "method": AdapterFusion(runs=runs), "training": training})

@@ -279,11 +279,8 @@ class ParallelAdapter(BottleneckMethod):
 
 
 class PrefixBottleneck(BottleneckMethod):
-    """Bottleneck adapters plus peft's prefix tuning (the hybrids: MAM, UniPELT).
-
-    The prefix is PrefixTuning with prefix_projection=False (P-Tuning v2 style): what trains is what is
-    saved, the trainable count is exact, and no reparameterising MLP has to be thrown away.
-    """
+    """Bottleneck adapters plus peft's prefix tuning without its MLP (prefix_projection=False, as P-Tuning v2),
+    the hybrids MAM and UniPELT: what trains is what is saved, and the trainable count is exact."""
 
     family = "hybrid"
     supports_gradient_checkpointing = False  # prefix tuning does not work with it
@@ -306,8 +303,7 @@ class PrefixBottleneck(BottleneckMethod):
 
         model = super().apply(model, ctx)
         peft_model = get_peft_model(model, self.prefix_config(ctx.info))
-        # Wrapping for prompt learning freezes every base parameter, the adapters included.
-        for p in adapter_parameters(peft_model).values():
+        for p in adapter_parameters(peft_model).values():  # wrapping for prompt learning froze them too
             p.requires_grad_(True)
         seed_prefix_from_text(peft_model, ctx.tokenizer, self.init_text)  # the adapters add nothing yet
         return keep_generation_cache(peft_model)

@@ -26,8 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.methods.base import freeze_all
-from adapter_studio.engine.methods.bottleneck import ATTENTION_OUTPUT, FFN_OUTPUT, _find, bottleneck_size
+from adapter_studio.engine.methods.base import MethodSpec, freeze_all
+from adapter_studio.engine.methods.bottleneck import (
+    ATTENTION_OUTPUT,
+    FFN_OUTPUT,
+    _find,
+    bottleneck_class,
+    bottleneck_size,
+)
 from adapter_studio.engine.methods.injected import InjectedMethod
 from adapter_studio.engine.methods.selective import ADAPTER_WEIGHTS, unfreeze_head
 from pydantic import Field
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
     from adapter_studio.engine.methods.base import MethodContext
     from adapter_studio.engine.methods.bottleneck import BottleneckMethod
     from adapter_studio.engine.models.info import ModelInfo
-    from adapter_studio.engine.spec import RunSpec, TrainingSpec
+    from adapter_studio.engine.spec import TrainingSpec
 
 FUSABLE = ("adapter_h", "adapter_p", "compacter", "compacter_pp")  # serial adapters, as in the paper
 FUSED_METHODS = "fused_methods.json"
@@ -90,10 +96,32 @@ def _modules() -> Any:
     return SimpleNamespace(Fusion=Fusion, FusedSerial=FusedSerial)
 
 
+def _title(name: str) -> str:
+    """A method's title by its name, found among MethodSpec's subclasses (the package's registry imports
+    this module, so it cannot be imported here)."""
+    todo: list[type[MethodSpec]] = [MethodSpec]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            field = sub.model_fields.get("name")
+            if field is not None and field.default == name:
+                return sub.title
+            todo.append(sub)
+    return name
+
+
+def _run_settings(run: Path) -> tuple[str, dict[str, Any]]:
+    """A run's base model and method fields, from its spec.yaml (read here: engine.spec imports this package)."""
+    import yaml
+
+    file = run / "spec.yaml"
+    if not file.is_file():
+        raise UserError(f"{run} is not a run folder (no spec.yaml)", where="method.runs", fix="pick run folders")
+    saved = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    return str((saved.get("model") or {}).get("source")), dict(saved.get("method") or {})
+
+
 def fused_methods(runs: list[str]) -> list[BottleneckMethod]:
     """The runs' bottleneck methods, checked: two or more finished runs of a serial adapter, one placement."""
-    from adapter_studio.engine.inference.trained import run_spec
-    from adapter_studio.engine.methods import method_class
     from adapter_studio.engine.training import checkpoints as ckpt
 
     if len(runs) < 2:
@@ -106,16 +134,17 @@ def fused_methods(runs: list[str]) -> list[BottleneckMethod]:
         )
     methods, bases = [], set()
     for run in runs:
-        spec = run_spec(Path(run))
-        bases.add(spec.model.source)
-        if spec.method.name not in FUSABLE:
-            raise UserError(f"{Path(run).name} is a {spec.method.title} run; AdapterFusion fuses serial bottleneck "
+        base, fields = _run_settings(Path(run))
+        bases.add(base)
+        name = str(fields.get("name"))
+        if name not in FUSABLE:
+            raise UserError(f"{Path(run).name} is a {_title(name)} run; AdapterFusion fuses serial bottleneck "
                             "adapters", where="method.runs",
-                            fix=f"pick runs of {', '.join(method_class(n).title for n in FUSABLE)}")  # fmt: skip
+                            fix=f"pick runs of {', '.join(_title(n) for n in FUSABLE)}")  # fmt: skip
         if ckpt.latest_checkpoint(Path(run) / "checkpoints") is None:
             raise UserError(f"{Path(run).name} has no checkpoint yet", where="method.runs",
                             fix="let it finish (or resume it) first")  # fmt: skip
-        methods.append(spec.method)
+        methods.append(bottleneck_class(name).model_validate(fields))
     if len(bases) > 1:
         raise UserError(f"the runs were trained on different base models ({', '.join(sorted(bases))})",
                         where="method.runs", fix="fuse runs of one base model")  # fmt: skip
@@ -205,7 +234,6 @@ class AdapterFusion(InjectedMethod):
 
     def save_adapter(self, model: torch.nn.Module, out_dir: str) -> None:
         """The runs' adapters, the fusion layers and a head in one file; the runs' settings beside it."""
-        from adapter_studio.engine.inference.trained import run_spec
         from safetensors.torch import save_file
 
         out = Path(out_dir)
@@ -213,17 +241,16 @@ class AdapterFusion(InjectedMethod):
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
                    if p.requires_grad or ".adapters." in n}  # fmt: skip
         save_file(tensors, str(out / ADAPTER_WEIGHTS))
-        methods = [run_spec(Path(run)).method.model_dump(mode="json") for run in self.runs]
+        methods = [m.model_dump(mode="json") for m in fused_methods(self.runs)]
         (out / FUSED_METHODS).write_text(json.dumps(methods, indent=1), encoding="utf-8")
 
     def load_adapter(self, base: torch.nn.Module, folder: Path) -> torch.nn.Module:
         """Rebuild from the export alone: the runs' settings from `fused_methods.json`, every tensor from the file."""
-        from adapter_studio.engine.methods import method_class
         from adapter_studio.engine.models.info import describe_model
         from safetensors.torch import load_file
 
         saved = json.loads((Path(folder) / FUSED_METHODS).read_text(encoding="utf-8"))
-        methods = [method_class(m["name"]).model_validate(m) for m in saved]
+        methods = [bottleneck_class(m["name"]).model_validate(m) for m in saved]
         self.inject(base, describe_model(base), methods)  # type: ignore[arg-type]
         tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
         missing, unexpected = base.load_state_dict(tensors, strict=False)
@@ -235,14 +262,3 @@ class AdapterFusion(InjectedMethod):
         freeze_all(base)
         return base
 
-
-def fusion_spec(run_dirs: list[Path]) -> RunSpec:
-    """A run spec that fuses `run_dirs`: the first run's model, data and budget, AdapterFusion as the method
-    and its own learning rate (not the adapters'); checked, so a reason comes before training starts."""
-    from adapter_studio.engine.inference.trained import run_spec
-
-    runs = [str(p) for p in run_dirs]
-    fused_methods(runs)
-    spec = run_spec(run_dirs[0])
-    training = spec.training.model_copy(update={"learning_rate": None})
-    return spec.model_copy(update={"name": None, "method": AdapterFusion(runs=runs), "training": training})

@@ -496,7 +496,7 @@ class RunsPage(Page):
 
     def fuse(self, run_dirs: list[Path]) -> None:
         """AdapterFusion trains: load the first run's spec with the fusion method, to start on the Train page."""
-        from adapter_studio.engine.methods.fusion import fusion_spec
+        from adapter_studio.engine.combine_runs import fusion_spec
 
         try:
             spec = fusion_spec(run_dirs)

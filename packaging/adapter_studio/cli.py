@@ -6,6 +6,7 @@ Parsing and `--version`/`--help` import nothing heavy; each command imports what
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import threading
@@ -382,7 +383,7 @@ COMMANDS = {
     "auto": cmd_auto,
     "walkthrough": cmd_walkthrough,
     "eval": cmd_eval,
-    "combine": cmd_combine,
+    "combine": functools.partial(cmd_combine, print_event=_print_event),  # `--how fusion` trains: show its steps
     "cluster": cmd_cluster,
 }
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 from adapter_studio.engine.errors import UserError
 
@@ -30,13 +32,14 @@ def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     combine.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def cmd_combine(args: argparse.Namespace) -> int:
+def cmd_combine(args: argparse.Namespace, print_event: Callable[[Any, bool], None] | None = None) -> int:
+    """`print_event(event, quiet)`: how a fusion run's progress is shown (the CLI's own printer)."""
     from pathlib import Path
 
     from adapter_studio.engine.combine_runs import combine_runs
 
     if args.how == "fusion":
-        return _fuse(args)
+        return _fuse(args, print_event or (lambda event, quiet: None))
     weights = None
     if args.weights:
         try:
@@ -57,14 +60,13 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse(args: argparse.Namespace) -> int:
+def _fuse(args: argparse.Namespace, print_event: Callable[[Any, bool], None]) -> int:
     """Train AdapterFusion over the runs, as `train` would train its spec."""
     import sys
     import threading
     from pathlib import Path
 
-    from adapter_studio.cli import _print_event
-    from adapter_studio.engine.methods.fusion import fusion_spec
+    from adapter_studio.engine.combine_runs import fusion_spec
     from adapter_studio.engine.training.run import run
     from adapter_studio.stopping import install_stop_handlers
 
@@ -73,7 +75,7 @@ def _fuse(args: argparse.Namespace) -> int:
     spec = spec.model_copy(update={**updates, "name": args.name})
     stop = threading.Event()
     install_stop_handlers(stop)
-    result = run(spec, (lambda e: None) if args.json else (lambda e: _print_event(e, False)), stop)
+    result = run(spec, (lambda e: None) if args.json else (lambda e: print_event(e, False)), stop)
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "how": "fusion", "status": result.status,
                           "error": result.error}))  # fmt: skip
