@@ -56,6 +56,14 @@ def train_runs(work: Path, name: str, overrides: list[str]) -> dict[str, Path]:
     return runs
 
 
+def print_losses(rows: int, results: dict[str, float]) -> None:
+    """The table of SVAMP answer losses, each with its drop against the base model's."""
+    print()
+    print(f"SVAMP answer loss on {rows} held-out rows (lower is better); drop against the base")
+    for label, loss in results.items():
+        print(f"  {label:<26} {loss:.4f}  {100 * (1 - loss / results['base']):5.1f} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=32, help="SVAMP dev rows LoraHub scores its weights on")
@@ -98,10 +106,7 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(f"SVAMP answer loss on {len(held)} held-out rows (lower is better); drop against the base")
-    for label, loss in results.items():
-        print(f"  {label:<26} {loss:.4f}  {100 * (1 - loss / results['base']):5.1f} %")
+    print_losses(len(held), results)
     took = f"  (both combinations: {hub_seconds:.0f} s)" if hub_seconds > 1 else "  (combinations kept from --workdir)"
     print(found_line + took)
     print(f"total {time.perf_counter() - t0:.0f} s")

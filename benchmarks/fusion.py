@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality as q  # the tasks, split, training through the CLI and the answer loss
-from composition import TARGET, combine, train_runs
+from composition import TARGET, combine, print_losses, train_runs
 
 
 def scored_model(run_dir: Path) -> object:
@@ -56,10 +56,7 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(f"SVAMP answer loss on {len(held)} held-out rows (lower is better); drop against the base")
-    for label, loss in results.items():
-        print(f"  {label:<26} {loss:.4f}  {100 * (1 - loss / results['base']):5.1f} %")
+    print_losses(len(held), results)
     took = f"{fusion_seconds:.0f} s" if fusion_seconds > 1 else "kept from --workdir"
     print(f"fusion training: {took}; total {time.perf_counter() - t0:.0f} s")
     print(f"fusion_vs_target {results['AdapterFusion of both'] / results['SVAMP adapter alone']:.3f}")
