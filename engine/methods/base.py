@@ -154,6 +154,19 @@ class MethodSpec(BaseModel):
         )
 
 
+def subclass_named(root: type[MethodSpec], name: str) -> type[MethodSpec] | None:
+    """The subclass of `root` (at any depth) whose `name` tag is `name`, or None. For modules the method
+    registry (engine.methods) imports, which therefore cannot import it."""
+    todo = [root]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            field = sub.model_fields.get("name")
+            if field is not None and field.default == name:
+                return sub
+            todo.append(sub)
+    return None
+
+
 def freeze_all(model: torch.nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)

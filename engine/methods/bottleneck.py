@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all
+from adapter_studio.engine.methods.base import MethodContext, MethodSpec, advanced, freeze_all, subclass_named
 from adapter_studio.engine.methods.peft_base import (
     PREFIX_INIT_TEXT,
     keep_generation_cache,
@@ -333,16 +333,11 @@ BOTTLENECK_CLASSES: tuple[type[BottleneckMethod], ...] = (AdapterH, AdapterP, Pa
 def bottleneck_class(name: str) -> type[BottleneckMethod]:
     """The bottleneck method class named `name`: those declared here and their subclasses elsewhere (the
     package's __init__, which Python runs before this module, imports them all)."""
-    found, todo = {}, [BottleneckMethod]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            found[sub.model_fields["name"].default] = sub
-            todo.append(sub)
-    cls = found.get(name)
+    cls = subclass_named(BottleneckMethod, name)
     if cls is None:
         raise UserError(f"'{name}' is not a bottleneck adapter this version knows", where="adapter",
                         fix="load it with the version of Adapter Studio that trained it")  # fmt: skip
-    return cls
+    return cls  # type: ignore[return-value]
 
 
 def bottleneck_param_count(info: ModelInfo, spec: BottleneckMethod, kv_dim: int | None = None) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.methods.base import MethodSpec, freeze_all
+from adapter_studio.engine.methods.base import MethodSpec, freeze_all, subclass_named
 from adapter_studio.engine.methods.bottleneck import (
     ATTENTION_OUTPUT,
     FFN_OUTPUT,
@@ -97,16 +97,9 @@ def _modules() -> Any:
 
 
 def _title(name: str) -> str:
-    """A method's title by its name, found among MethodSpec's subclasses (the package's registry imports
-    this module, so it cannot be imported here)."""
-    todo: list[type[MethodSpec]] = [MethodSpec]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            field = sub.model_fields.get("name")
-            if field is not None and field.default == name:
-                return sub.title
-            todo.append(sub)
-    return name
+    """A method's title by its name (the method registry imports this module, so it cannot be imported here)."""
+    cls = subclass_named(MethodSpec, name)
+    return cls.title if cls is not None else name
 
 
 def _run_settings(run: Path) -> tuple[str, dict[str, Any]]:
@@ -244,21 +237,10 @@ class AdapterFusion(InjectedMethod):
         methods = [m.model_dump(mode="json") for m in fused_methods(self.runs)]
         (out / FUSED_METHODS).write_text(json.dumps(methods, indent=1), encoding="utf-8")
 
-    def load_adapter(self, base: torch.nn.Module, folder: Path) -> torch.nn.Module:
-        """Rebuild from the export alone: the runs' settings from `fused_methods.json`, every tensor from the file."""
+    def inject_saved(self, base: torch.nn.Module, folder: Path) -> None:
+        """From the export alone: the runs' settings in `fused_methods.json`, not the run folders."""
         from adapter_studio.engine.models.info import describe_model
-        from safetensors.torch import load_file
 
         saved = json.loads((Path(folder) / FUSED_METHODS).read_text(encoding="utf-8"))
         methods = [bottleneck_class(m["name"]).model_validate(m) for m in saved]
         self.inject(base, describe_model(base), methods)  # type: ignore[arg-type]
-        tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-        missing, unexpected = base.load_state_dict(tensors, strict=False)
-        params = dict(base.named_parameters())  # a shared tensor (Compacter's rules) once, under its first name
-        added = [n for n in missing if n in params and (".adapters." in n or ".fusion." in n)]
-        if unexpected or added:
-            raise UserError(f"the adapter does not fit this model: unknown {unexpected[:3]}, missing {added[:3]}",
-                            where=str(folder), fix="load it onto the base model it was trained on")  # fmt: skip
-        freeze_all(base)
-        return base
-

@@ -32,13 +32,19 @@ class InjectedMethod(MethodSpec):
         tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(out / ADAPTER_WEIGHTS))
 
+    def inject_saved(self, base: torch.nn.Module, folder: Path) -> None:
+        """Inject the modules an export holds (by default as the method's fields say; AdapterFusion reads
+        the fused runs' settings from the export)."""
+        from adapter_studio.engine.models.info import describe_model
+
+        self.inject(base, describe_model(base))
+
     def load_adapter(self, base: torch.nn.Module, folder: Path) -> torch.nn.Module:
         """Inject the modules into a fresh base model and fill them from an exported adapter (frozen)."""
-        from adapter_studio.engine.models.info import describe_model
         from safetensors.torch import load_file
 
         before = {id(p) for p in base.parameters()}  # by identity: wrapping renames the base's own (….base_layer.…)
-        self.inject(base, describe_model(base))
+        self.inject_saved(base, folder)
         tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
         missing, unexpected = base.load_state_dict(tensors, strict=False)
         params = dict(base.named_parameters())
