@@ -64,7 +64,7 @@ def examples(spec: RunSpec, tokenizer: Any, task: str, data: Path | None, count:
     if not items:
         raise UserError("no examples to find the weights on", where=str(data or spec.data.path),
                         fix="give a data file of the task with a few rows")  # fmt: skip
-    return replace(prepared, eval=items, eval_prompts=[])
+    return replace(prepared, eval=items, eval_prompts=[], eval_prompt_tasks=[])
 
 
 def find_weights(model: Any, names: list[str], rows: PreparedData, task: str, pad_id: int, trials: int,

@@ -201,6 +201,15 @@ def messages_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", rows)
 
 
+@pytest.fixture(scope="session")
+def multitask_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 alpaca rows of two tasks, named in a `task` column: reverse a word, or repeat it twice."""
+    rows = [{"instruction": f"{'reverse' if i % 2 else 'double'} {q.split()[1]}", "input": "",
+             "output": a if i % 2 else q.split()[1] * 2, "task": "reverse" if i % 2 else "double"}
+            for i, (q, a) in enumerate(reversal_pairs(200, seed=3))]  # fmt: skip
+    return write_jsonl(tmp_path_factory.mktemp("data") / "two_tasks.jsonl", rows)
+
+
 POSITIVE = ("good", "great", "love", "happy", "nice", "fun")
 NEGATIVE = ("bad", "awful", "hate", "sad", "poor", "dull")
 
@@ -217,6 +226,16 @@ def classification_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             label = "positive" if i % 2 == 0 else "negative"
             words = rng.sample(POSITIVE if label == "positive" else NEGATIVE, 3)
             writer.writerow([" ".join(words), label])
+    return path
+
+
+@pytest.fixture(scope="session")
+def multitask_csv(tmp_path_factory: pytest.TempPathFactory, classification_csv: Path) -> Path:
+    """The 160 reviews with a `task` column: the first half "shop" reviews, the rest "film" reviews."""
+    lines = classification_csv.read_text(encoding="utf-8").splitlines()
+    rows = [lines[0] + ",task"] + [f"{line},{'shop' if i < 80 else 'film'}" for i, line in enumerate(lines[1:])]
+    path = tmp_path_factory.mktemp("data") / "two_tasks.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
 

@@ -58,12 +58,16 @@ def training_dtype(method: MethodSpec) -> torch.dtype:
 
 
 def one_step(model: torch.nn.Module, spec, task: str) -> torch.optim.Optimizer:
-    """A real forward, backward and optimizer step, as the training loop does it."""
+    """A real forward, backward and optimizer step, as the training loop does it (a model that routes by
+    task reads both rows as its first task; routing does nothing to any other model)."""
+    from adapter_studio.engine.methods.poly import routed
+
     ids = torch.randint(3, 256, (2, 8), generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1]) if task == "classification" else ids
     model.train()
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
-    out.loss.backward()
+    with routed(model, 0):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+        out.loss.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = spec.build_optimizer(model, 1e-3, 0.0) or torch.optim.AdamW(trainable, lr=1e-3)
     optimizer.step()

@@ -24,6 +24,12 @@ from adapter_studio.engine.training.run import run
 
 MODELS = ("llama", "gpt2", "bert")
 DATA = {"llama": "alpaca_jsonl", "gpt2": "alpaca_jsonl", "bert": "classification_csv"}
+# Data of two tasks named in a task column, for methods that route rows by task (tests/test_poly.py for more).
+TASK_DATA = {"llama": "multitask_jsonl", "gpt2": "multitask_jsonl", "bert": "multitask_csv"}
+
+
+def data_for(method: str, model: str) -> str:
+    return (TASK_DATA if METHODS[method].routes_by_task else DATA)[model]
 STEPS = 20
 
 
@@ -85,6 +91,7 @@ TRAINS: dict[str, Callable[[str], bool]] = {
     "unipelt": _any(".adapter.down.", ".adapter.up.", ".adapter.gate.", ".adapter.lora_A.", ".adapter.lora_B.",
                     "prompt_encoder.default.embedding."),
     "mixture_lora": _any(".router.", ".lora_A", ".lora_B"),
+    "poly": _any(".poly_lora_A.", ".poly_lora_B.", ".poly_router."),
     "side_tuning": _any("side_network."),
     "adapter_fusion": _any(".fusion."),  # trained here only with finished runs to fuse: tests/test_fusion.py
 }
@@ -95,6 +102,7 @@ UNSUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
     ("loha", "gpt2"): ("LoHa", "Conv1D", "pick LoRA"),
     ("lokr", "gpt2"): ("LoKr", "Conv1D", "pick LoRA"),
     ("oft", "gpt2"): ("OFT", "Conv1D", "pick LoRA"),
+    ("poly", "gpt2"): ("Poly", "Conv1D", "pick LoRA"),
     **{(m, "gpt2"): (title, "Conv1D", "pick LoRA")
        for m, title in (("hra", "HRA"), ("c3a", "C3A"), ("miss", "MiSS"), ("delora", "DeLoRA"),
                         ("shira", "SHiRA"), ("road", "RoAd"), ("psoft", "PSOFT"), ("glora", "GLoRA"),
@@ -169,7 +177,7 @@ def trained(request: pytest.FixtureRequest, make_spec: Callable[..., Any]) -> Ca
     def get(method: str, model: str) -> TrainedRun:
         if (method, model) not in _RUNS:
             model_dir = request.getfixturevalue(f"tiny_{'bert_cls' if model == 'bert' else model}")
-            data = request.getfixturevalue(DATA[model])
+            data = request.getfixturevalue(data_for(method, model))
             spec = make_spec(model_dir, data, method, max_steps=STEPS, learning_rate=learning_rate(method, model))
             events: list[Event] = []
             result = run(spec, events.append)
@@ -185,7 +193,11 @@ def probe_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
 
 
 def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
+    """The model's logits; a model that routes by task (Poly, trained here on two tasks) reads the rows as
+    tasks 0, 1, 0, … (a model without Poly layers is not touched by the routing)."""
+    from adapter_studio.engine.methods.poly import routed
+
+    with torch.no_grad(), routed(model, torch.arange(len(inputs["input_ids"])) % 2):
         return model(**inputs).logits.float()
 
 
@@ -343,7 +355,7 @@ def test_unsupported_setting_is_refused_with_a_reason(
     make_spec: Callable[..., Any],
 ) -> None:  # fmt: skip
     model_dir = request.getfixturevalue(f"tiny_{model}")
-    spec = make_spec(model_dir, request.getfixturevalue(DATA[model]), method, **training)
+    spec = make_spec(model_dir, request.getfixturevalue(data_for(method, model)), method, **training)
     events: list[Event] = []
     result = run(spec, events.append)
     _assert_refused(TrainedRun(result.status, result.error, result.run_dir, events), words)

@@ -4,7 +4,8 @@ Two optimizer steps each (this checks that each method trains on the real archit
 not how well: the demo and benchmarks measure quality). SmolLM2-135M-Instruct is a Llama-style decoder
 without biases, so BitFit is refused there with its reason; on MiniLM (a BERT-style encoder with a
 classification head) the methods that hand keys and values through past_key_values, and
-LLaMA-Adapter, are refused; AdapterFusion, which fuses finished runs, is refused on both without them.
+LLaMA-Adapter, are refused; AdapterFusion, which fuses finished runs, is refused on both without them, and
+Poly, which routes rows by task, on data without a task column (tests/test_poly.py trains it on SmolLM2).
 Everything else must complete."""
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "train.js
 SMOLLM2 = "embedded:smollm2-135m-instruct"
 MINILM = "embedded:all-minilm-l6-v2"
 # AdapterFusion is refused without finished runs to fuse (tests/test_fusion.py trains it).
-REFUSED = {SMOLLM2: {"bitfit", "adapter_fusion"},
-           MINILM: {"llama_adapter", "prefix_tuning", "p_tuning_v2", "mam", "unipelt", "adapter_fusion"}}
+REFUSED = {SMOLLM2: {"bitfit", "adapter_fusion", "poly"},
+           MINILM: {"llama_adapter", "prefix_tuning", "p_tuning_v2", "mam", "unipelt", "adapter_fusion", "poly"}}
 TRAINING = {"max_steps": 2, "batch_size": 2, "save_every": 1000, "eval_samples": 0, "log_every": 1}
 
 

@@ -99,7 +99,7 @@ def test_sampled_tuned_answers_use_the_tasks_letters(playgrounds: dict[str, Play
     def letter_share(which: str) -> float:
         torch.manual_seed(0)
         text = "".join("".join(answer(pg, which, m, max_new_tokens=8, temperature=1.0))
-                       for _, m, _ in pg.held_out_examples(10))  # fmt: skip
+                       for m in (e.message for e in pg.held_out_examples(10)))  # fmt: skip
         return sum(c in "abcdef" for c in text) / len(text)
 
     base, tuned = letter_share("base"), letter_share("tuned")
@@ -145,7 +145,7 @@ def test_held_out_examples_are_the_runs_eval_split(playgrounds: dict[str, Playgr
     pg = playgrounds["lora"]
     examples = pg.held_out_examples(50)
     assert len(examples) == 10  # 5% of 200 rows, split with the run's seed
-    for prompt, message, expected in examples:
+    for prompt, message, expected, _ in examples:
         word = message.removeprefix("reverse ")
         assert expected == word[::-1]
         assert prompt == f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
@@ -169,7 +169,7 @@ def test_classifier_probabilities(playgrounds: dict[str, Playground]) -> None:
     assert pg.task == "classification" and pg.base_head_is_random
     examples = pg.held_out_examples(8)
     assert examples and {e.expected for e in examples} <= {"positive", "negative"}
-    for _, text, _ in examples:
+    for _, text, _, _ in examples:
         probs = pg.classify(text)
         assert set(probs) == {"base", "tuned"}
         for which in ("base", "tuned"):

@@ -76,7 +76,7 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     pg = page.playground
     assert page.examples.count() == len(pg.held_out_examples(50)) == 10
     page.examples.setCurrentRow(2)
-    _, message, expected = pg.held_out_examples(50)[2]
+    _, message, expected, _ = pg.held_out_examples(50)[2]
     assert page.prompt.toPlainText() == message
     assert page.expected.toPlainText() == expected == message.removeprefix("reverse ")[::-1]
 
@@ -109,7 +109,7 @@ def test_held_out_list_leads_with_what_differs(
     open_run(page, qtbot, result.run_dir)
 
     assert page.examples.count() == len(page.held_out) == 20
-    for row, (_, message, expected) in enumerate(page.held_out):
+    for row, (_, message, expected, _) in enumerate(page.held_out):
         instruction, word = message.split("\n\n")
         item = page.examples.item(row)
         assert item.text() == f"{word} — {instruction}"

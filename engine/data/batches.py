@@ -42,7 +42,9 @@ def _view(
         return kto_view(store, max_length, files)  # type: ignore[return-value]
     if fmt == "classification":
         truncated = int((store.full > max_length).sum())
-        return TokenizedSet(store.ids, None, starts, store.offsets[1:], store.rows, labels=store.labels), truncated, []
+        items = TokenizedSet(store.ids, None, starts, store.offsets[1:], store.rows, labels=store.labels,
+                             tasks=store.tasks)  # fmt: skip
+        return items, truncated, []
     if fmt == "text":  # one stream of documents, cut into max_length blocks
         total = int(store.offsets[-1])
         block_starts = np.arange(0, total, max_length, dtype=np.int64)
@@ -62,7 +64,8 @@ def _view(
     kept_starts = starts[keep]
     bounds = pack_bounds(lengths, max_length) if packing else None
     rows = store.rows[keep] if bounds is None else store.rows[keep][bounds[:-1]]
-    items = TokenizedSet(store.ids, store.loss, kept_starts, kept_starts + lengths, rows, bounds)
+    tasks = store.tasks[keep] if len(store.tasks) else None
+    items = TokenizedSet(store.ids, store.loss, kept_starts, kept_starts + lengths, rows, bounds, tasks=tasks)
     return items, truncated, dropped
 
 
@@ -92,7 +95,8 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multiple: int = 1) -> dict[str, Any]:
     """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels
-    chosen for a shape be reused; see SpeedOptions.pad_multiple in engine.training.speed)."""
+    chosen for a shape be reused; see SpeedOptions.pad_multiple in engine.training.speed). Items that all
+    have a task add `task_ids` (one per row), which a method that routes by task reads (engine.methods.poly)."""
     import torch
 
     items = list(items)
@@ -111,9 +115,12 @@ def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multi
         mask[i, :n] = 1
         if not classification:
             labels[i, :n] = torch.tensor(t.labels)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if classification:
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([t.labels[0] for t in items])}
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch["labels"] = torch.tensor([t.labels[0] for t in items])
+    if items and all(t.task >= 0 for t in items):
+        batch["task_ids"] = torch.tensor([t.task for t in items])
+    return batch
 
 
 def sample_batches(items: Any, pad_id: int, classification: bool, batch_size: int, count: int,

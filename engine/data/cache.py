@@ -22,7 +22,7 @@ from adapter_studio.engine.data.tokenising import _backend, _Encoded
 if TYPE_CHECKING:
     from adapter_studio.engine.spec import DataSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each example's task (tasks.npy)
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 
@@ -36,6 +36,7 @@ class _StoreWriter:
         self.loss = (folder / "loss.bin").open("wb")
         self.arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("lengths", "full", "first_loss", "rows", "files")}
         self.labels: list[int] = []
+        self.tasks: list[int] = []  # index into the data's task names, -1 for none; empty without a task column
 
     def add(self, enc: _Encoded, rows: list[int], file_index: int, full: np.ndarray | None = None) -> None:
         if len(enc.ids) and int(enc.ids.max()) > np.iinfo(self.id_dtype).max:
@@ -54,6 +55,7 @@ class _StoreWriter:
         for name, parts in self.arrays.items():
             np.save(self.folder / f"{name}.npy", np.concatenate(parts) if parts else np.zeros(0, np.int64))
         np.save(self.folder / "labels.npy", np.asarray(self.labels, np.int64))
+        np.save(self.folder / "tasks.npy", np.asarray(self.tasks, np.int64))
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _Store:
     rows: np.ndarray
     files: np.ndarray
     labels: np.ndarray
+    tasks: np.ndarray
 
     @classmethod
     def load(cls, folder: Path, id_dtype: str, in_memory: bool) -> _Store:
@@ -76,7 +79,8 @@ class _Store:
                 return np.zeros(0, dtype)
             return np.fromfile(path, dtype) if in_memory else np.memmap(path, dtype, mode="r")
 
-        small = {n: np.load(folder / f"{n}.npy") for n in ("lengths", "full", "first_loss", "rows", "files", "labels")}
+        names = ("lengths", "full", "first_loss", "rows", "files", "labels", "tasks")
+        small = {n: np.load(folder / f"{n}.npy") for n in names}
         offsets = np.concatenate([[0], np.cumsum(small["lengths"])]).astype(np.int64)
         return cls(flat("ids.bin", np.dtype(id_dtype)), flat("loss.bin", np.uint8), offsets, **small)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -63,6 +63,7 @@ class Survey:
     first_examples: list[Example]
     file_columns: list[str]
     held: list[tuple[str, str, list[Example]]] | None = None  # (file, unit, examples) of a small data set
+    tasks: set[str] = field(default_factory=set)  # the task names of data.columns.task, if mapped
 
 
 def survey_data(
@@ -87,6 +88,7 @@ def survey_data(
         survey.count += len(examples)
         survey.rows += len(part.rows.rows)
         survey.dropped += part.dropped
+        survey.tasks.update(e.task for e in examples if e.task is not None)
         if part.format == "classification":
             survey.labels += [(e.label, e.where) for e in examples]
         if len(survey.first_rows) < keep:

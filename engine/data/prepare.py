@@ -71,6 +71,8 @@ class PreparedData:
     rows_read: int = 0  # rows in the files, dropped ones included
     full_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # train, before truncation
     from_cache: bool = False
+    eval_prompt_tasks: list[int] = field(default_factory=list)  # each eval prompt's task index (with a task column)
+    tasks: list[str] | None = None  # the task names of data.columns.task, in the order of their indices
 
     @property
     def train_tokens(self) -> int:
@@ -137,7 +139,7 @@ def prepare_data(
     data = PreparedData(
         fmt, dict(meta["columns"]), [], [], [tuple(p) for p in meta["eval_prompts"]], id2label,
         list(meta["dropped"]), rows=meta["rows"], rows_read=meta["rows_read"], full_lengths=train_store.full,
-        from_cache=found is not None,
+        from_cache=found is not None, tasks=meta["tasks"], eval_prompt_tasks=meta["eval_prompt_tasks"],
     )  # fmt: skip
     data.train, data.truncated, too_long = _view(train_store, fmt, max_length, spec.packing, files)
     data.eval, _, _ = _view(eval_store, fmt, max_length, False, files)
@@ -145,6 +147,28 @@ def prepare_data(
     if not len(data.train):
         raise _all_too_long(train_store, max_length, _where(spec.path))
     return data
+
+
+def keep_tasks(data: PreparedData, keep: bool, where: tuple[str, str]) -> None:
+    """Let batches carry each row's task id (for a method that routes by task: every row must name a
+    known task), or drop the ids (any other method: they are no model input). `where`: the files of the
+    training and the held-out rows."""
+    views = [v for v in (data.train, data.eval) if isinstance(v, TokenizedSet)]
+    if not keep:
+        for view in views:
+            view.tasks = None
+        data.eval_prompt_tasks = []
+        return
+    for view, side, file in zip(views, ("training", "held-out"), where, strict=False):
+        missing = [] if view.tasks is None else view.rows[view.tasks < 0].tolist()
+        if (view.tasks is None and len(view)) or missing:
+            rows = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+            raise UserError(
+                f"{len(missing) or len(view)} {side} rows name no task{f' (rows {rows})' if missing else ''}"
+                + (f"; the tasks are {', '.join(data.tasks)}" if data.tasks else ""),
+                where=file,
+                fix="give every row a task in the task column (held-out rows: one of the training rows' tasks)",
+            )
 
 
 def _check_task(fmt: str, task: str | None) -> None:
@@ -264,10 +288,13 @@ def _tokenise_all(
     chat = fmt in CHAT_FORMATS or fmt in ("preference", "kto")
     renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if chat else None
     label2id = {v: k for k, v in (id2label or {}).items()}
+    survey, eval_survey = surveys
+    task_names = sorted(survey.tasks)  # rows of another task in an eval file get -1 (none)
+    task2id = {name: i for i, name in enumerate(task_names)}
+    eval_prompt_tasks: list[int] = []
     writers = {False: _StoreWriter(folder / "train", id_dtype), True: _StoreWriter(folder / "eval", id_dtype)}
     files: list[tuple[str, str]] = []
     eval_prompts: list[tuple[str, str]] = []
-    survey, eval_survey = surveys
     sources = [(spec.path, survey, held, survey.count)]
     if spec.eval_path and eval_survey is not None:
         sources.append((spec.eval_path, eval_survey, None, eval_survey.count))
@@ -287,6 +314,8 @@ def _tokenise_all(
                     continue
                 writer = writers[is_eval]
                 rows = [e.row for e in chosen]
+                if task_names and fmt not in ("preference", "kto", "text"):
+                    writer.tasks += [task2id.get(e.task, -1) for e in chosen]  # type: ignore[arg-type]
                 wanted = EVAL_PROMPTS - len(eval_prompts) if is_eval else 0
                 if fmt == "classification":
                     enc, full = _encode_classification(chosen, tokenizer, max_length)
@@ -307,18 +336,21 @@ def _tokenise_all(
                 else:
                     if fmt == "prompt_completion":
                         rendered, special = _render_pairs(chosen, tokenizer), True
-                        eval_prompts += [(e.prompt, e.completion.strip()) for e in chosen[:wanted]]
+                        asked = [(e, e.prompt, e.completion.strip()) for e in chosen[:wanted]]
                     else:
                         assert renderer is not None
                         rendered, special = [renderer.render(e) for e in chosen], not renderer.use_chat_template
-                        eval_prompts += _chat_eval_prompts(chosen[:wanted], rendered)
+                        asked = _chat_eval_prompts(chosen[:wanted], rendered)
+                    eval_prompts += [(prompt, answer) for _, prompt, answer in asked]
+                    eval_prompt_tasks += [task2id.get(e.task, -1) for e, _, _ in asked]  # type: ignore[arg-type]
                     writer.add(_encode_rendered(rendered, tokenizer, special), rows, file_index)
             if index >= limit:
                 break
     for writer in writers.values():
         writer.close()
     return {"version": CACHE_VERSION, "id_dtype": id_dtype, "files": files, "eval_prompts": eval_prompts,
-            "format": fmt}  # fmt: skip
+            "format": fmt, "tasks": task_names or None,
+            "eval_prompt_tasks": eval_prompt_tasks if task_names else []}  # fmt: skip
 
 
 def _examples_again(
@@ -335,11 +367,11 @@ def _examples_again(
         yield part.rows.path, part.rows.unit, part.examples
 
 
-def _chat_eval_prompts(examples: list[Example], rendered: list[Rendered]) -> list[tuple[str, str]]:
-    """(prompt, expected answer) of held-out conversations ending in an answer, for exact match. The
-    prompt is the rendered text up to the last answer: what training saw before it."""
+def _chat_eval_prompts(examples: list[Example], rendered: list[Rendered]) -> list[tuple[Example, str, str]]:
+    """(example, prompt, expected answer) of held-out conversations ending in an answer, for exact match.
+    The prompt is the rendered text up to the last answer: what training saw before it."""
     return [
-        (r.text[: r.spans[-1][0]], e.messages[-1]["content"].strip())
+        (e, r.text[: r.spans[-1][0]], e.messages[-1]["content"].strip())
         for e, r in zip(examples, rendered, strict=False)
         if e.messages and e.messages[-1]["role"] == "assistant" and r.spans
     ]

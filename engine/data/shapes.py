@@ -25,6 +25,7 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label", "labels", "class", "category"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
+    "task": ("task",),  # which task a row belongs to: Poly routes by it, other methods ignore it
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
@@ -37,8 +38,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "kto": ("prompt", "completion", "label"),
 }
 OPTIONAL: dict[str, tuple[str, ...]] = {
-    "alpaca": ("input", "system"),
-    "classification": ("text_pair",),
+    "alpaca": ("input", "system", "task"),
+    "messages": ("task",),
+    "sharegpt": ("task",),
+    "prompt_completion": ("task",),
+    "classification": ("text_pair", "task"),
     "preference": ("prompt", "system"),
 }
 SHAREGPT_ROLES = {
@@ -66,6 +70,7 @@ class Example:
     rejected: str = ""
     path: str = ""  # the file the row came from
     unit: str = "row"  # whether `row` counts lines or rows
+    task: str | None = None  # the row's task (data.columns.task), for methods that route by it
 
     @property
     def where(self) -> str:
@@ -147,8 +152,8 @@ def _kind(value: Any) -> str:
     return {list: "list", dict: "JSON object", bool: "true/false value"}.get(type(value), type(value).__name__)
 
 
-def _label(value: Any, column: str, where: str) -> str | int | None:
-    """A class name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
+def _label(value: Any, column: str, where: str, what: str = "label", example: str = "positive or 0") -> Any:
+    """A class (or task) name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
@@ -158,9 +163,9 @@ def _label(value: Any, column: str, where: str) -> str | int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise UserError(
-        f"field '{column}' is a {_kind(value)}, expected a class name or id",
+        f"field '{column}' is a {_kind(value)}, expected a {'class' if what == 'label' else what} name or id",
         where=where,
-        fix="use one label per row, such as positive or 0",
+        fix=f"use one {what} per row, such as {example}",
     )
 
 
@@ -233,6 +238,9 @@ def to_examples(
             return _text(row.get(columns[role]), columns[role], here) if role in columns else ""
 
         example = Example(row=number, path=where, unit=unit)
+        if "task" in columns:
+            task = _label(row.get(columns["task"]), columns["task"], here, "task", "math or translate")
+            example.task = None if task is None else str(task)
         if fmt == "alpaca":
             instruction, extra, output, system = text("instruction"), text("input"), text("output"), text("system")
             if not output.strip():

@@ -23,13 +23,15 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]  # IGNORE where no loss; for classification, [label id]
     row: int
+    task: int = -1  # index of the row's task (data.columns.task); -1 for none
 
 
 class TokenizedSet(Sequence[Tokenized]):
     """Tokenised examples held as flat arrays (memory-mapped from the cache); items are built on access.
 
     An item is one or more segments `ids[start:end]` (several when packed); its labels are the ids
-    where `loss` is set, or `labels[i]` for classification, or the ids themselves for plain text.
+    where `loss` is set, or `labels[i]` for classification, or the ids themselves for plain text; its
+    task is `tasks[i]` where the data has a task column (never for packed items, which mix rows).
     """
 
     def __init__(
@@ -41,9 +43,11 @@ class TokenizedSet(Sequence[Tokenized]):
         rows: np.ndarray,
         bounds: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        tasks: np.ndarray | None = None,
     ) -> None:
         self.ids, self.loss, self.starts, self.ends = ids, loss, starts, ends
         self.rows, self.bounds, self.labels = rows, bounds, labels
+        self.tasks = tasks if tasks is not None and len(tasks) and bounds is None else None
 
     def __len__(self) -> int:
         return len(self.starts) if self.bounds is None else len(self.bounds) - 1
@@ -69,7 +73,8 @@ class TokenizedSet(Sequence[Tokenized]):
         else:
             loss = np.concatenate([self.loss[a:b] for a, b in pieces]).astype(bool)
             labels = np.where(loss, ids, IGNORE).tolist()
-        return Tokenized(ids.tolist(), labels, int(self.rows[index]))
+        task = int(self.tasks[index]) if self.tasks is not None else -1
+        return Tokenized(ids.tolist(), labels, int(self.rows[index]), task)
 
     @property
     def lengths(self) -> np.ndarray:

@@ -122,6 +122,31 @@ def generation_cases(renderer: ChatRenderer, fmt: str, rows: list[Example]) -> l
     return cases
 
 
+def case_tasks(playground: Playground, cases: list[Case]) -> list[str | None]:
+    """Each case's task, for a run that routes by task (Poly); None for every case of any other run."""
+    known = playground.tasks
+    if not known:
+        return [None] * len(cases)
+    tasks = [c.example.task if c.example is not None else None for c in cases]
+    for case, task in zip(cases, tasks, strict=True):
+        if task not in known:
+            what = "the row names no task" if task is None else f"task {task!r} is not one of the run's"
+            raise UserError(
+                f"{what} (the run routes by task: {', '.join(known)})",
+                where=case.where,
+                fix="give every row one of the run's tasks in its task column",
+            )
+    return tasks
+
+
+def by_task(tasks: list[str | None]) -> list[tuple[str | None, list[int]]]:
+    """The positions of each task, tasks in their first appearance's order."""
+    groups: dict[str | None, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(task, []).append(i)
+    return list(groups.items())
+
+
 def classification_cases(rows: list[Example], label_ids: dict[str, int]) -> list[Case]:
     """A case per labelled row; a label the run never saw is a UserError that lists the ones it knows."""
     unknown = sorted({str(e.label) for e in rows} - set(label_ids))

@@ -221,16 +221,22 @@ def _generation(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     counter = _Counter(report, len(cases) * len(columns) + (forgetting_steps() if settings.forgetting else 0))
     answers: dict[str, list[str]] = {}
+    tasks = case_lib.case_tasks(playground, cases)
     for column in columns:
         start = time.perf_counter()
         which = "tuned" if column == "tuned" else "base"
-        with playground.using(which) as model:  # type: ignore[arg-type]
-            batch_size = batch_size_for(model, settings.batch_size, adapter_on=which == "tuned")
-            ids = generate_greedy(
-                model, in_context if column == "in_context" else prompts, pad_id=pad_id, stop_ids=stop_ids,
-                max_new_tokens=max_new, batch_size=batch_size, device=playground.device, tick=counter.at(column),
-                stop=stop,
-            )  # fmt: skip
+        source = in_context if column == "in_context" else prompts
+        ids: list[list[int]] = [[] for _ in source]
+        tick = counter.at(column)
+        for task, chosen in case_lib.by_task(tasks) if which == "tuned" else [(None, list(range(len(source))))]:
+            with playground.using(which, task) as model:  # type: ignore[arg-type]
+                batch_size = batch_size_for(model, settings.batch_size, adapter_on=which == "tuned")
+                found = generate_greedy(
+                    model, [source[i] for i in chosen], pad_id=pad_id, stop_ids=stop_ids, max_new_tokens=max_new,
+                    batch_size=batch_size, device=playground.device, tick=tick, stop=stop,
+                )  # fmt: skip
+            for i, answer in zip(chosen, found, strict=True):
+                ids[i] = answer
         answers[column] = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
         _timed(seconds, column, start)
     forgetting = None
@@ -238,6 +244,9 @@ def _generation(
         start = time.perf_counter()
         forgetting = check_forgetting(playground, counter.at("forgetting"), stop)
         _timed(seconds, "forgetting", start)
+        if playground.tasks:
+            notes.append(f"the forgetting check read its general text as the task {playground.tasks[0]!r} (the "
+                         "run answers as one of its tasks)")
     references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
     extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
@@ -279,10 +288,16 @@ def _classification(
     shared = {"tokenizer": playground.tokenizer, "max_length": playground.spec.data.max_length or 512,
               "batch_size": settings.batch_size, "device": playground.device, "stop": stop}  # fmt: skip
     predicted: dict[str, list[int]] = {}
+    tasks = case_lib.case_tasks(playground, [c for c in cases if c.example is not None])
     for which in ("base", "tuned"):
         start = time.perf_counter()
-        with playground.using(which) as model:  # type: ignore[arg-type]
-            predicted[which] = predict_labels(model, texts=texts, tick=counter.at(which), **shared)
+        predicted[which] = [0] * len(texts)
+        tick = counter.at(which)
+        for task, chosen in case_lib.by_task(tasks) if which == "tuned" else [(None, list(range(len(texts))))]:
+            with playground.using(which, task) as model:  # type: ignore[arg-type]
+                found = predict_labels(model, texts=[texts[i] for i in chosen], tick=tick, **shared)
+            for i, label in zip(chosen, found, strict=True):
+                predicted[which][i] = label
         _timed(seconds, which, start)
     notes = ["the base model's classification head is untrained (random): its scores are chance, for reference"]
     start = time.perf_counter()

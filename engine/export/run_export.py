@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, EventLog, Export, Stage
+from adapter_studio.engine.methods.poly import TASKS_FILE
 from adapter_studio.engine.models.construction import model_construction
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         )
     with written_in_place(out) as tmp:
         probe = probe_inputs(trained)
-        reference = logits_of(trained.model, probe)
+        tasks = probe_tasks(trained.spec.method, len(probe["input_ids"]))
+        reference = logits_of(trained.model, probe, tasks)
         stage(f"writing the {kind} export")
         tolerance = VERIFY_TOLERANCE
         if kind == "adapter":
@@ -64,7 +66,7 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         (tmp / "README.md").write_text(model_card(trained, kind, run_dir), encoding="utf-8")
         stage("verifying: reloading from disk")
         reloaded = load_export(tmp, kind, trained.spec)
-        diff = float((logits_of(reloaded, probe) - reference).abs().max())
+        diff = float((logits_of(reloaded, probe, tasks) - reference).abs().max())
         if not diff < tolerance:
             raise UserError(
                 f"the written {kind} export does not reproduce the model (max logit difference {diff:.2e})",
@@ -221,11 +223,22 @@ def probe_inputs(trained: TrainedModel) -> dict[str, torch.Tensor]:
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def probe_tasks(method: Any, rows: int) -> torch.Tensor | None:
+    """The probe rows' task ids for a method that routes by task (its tasks in turn), else None."""
+    if not method.routes_by_task:
+        return None
     import torch
 
+    return torch.arange(rows) % max(1, len(method.tasks))
+
+
+def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+              task_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    import torch
+    from adapter_studio.engine.methods.poly import routed
+
     device = next(model.parameters()).device  # a quantised base lives on the GPU
-    with torch.no_grad():
+    with torch.no_grad(), routed(model, task_ids):
         return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
@@ -271,6 +284,10 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
             "base = AutoModelForCausalLM.from_pretrained(<base model>)\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
+        if spec.method.routes_by_task:  # peft's Poly takes each row's task id in every call
+            tasks = ", ".join(f"{i}: {name}" for i, name in enumerate(spec.method.tasks))
+            how += (f"\n# every call names each row's task ({tasks}; also in {TASKS_FILE}):\n"
+                    "model.generate(**inputs, task_ids=torch.tensor([0]))")
     else:
         how = (
             "from adapter_studio.engine.export.run_export import load_adapter\n"

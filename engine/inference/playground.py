@@ -38,6 +38,7 @@ class HeldOutExample(NamedTuple):
     prompt: str
     message: str
     expected: str
+    task: str | None = None  # the row's task, where the run routes by task (Poly)
 
 
 class Playground:
@@ -97,13 +98,24 @@ class Playground:
     def adds_special_tokens(self) -> bool:
         return adds_special_tokens(self.data_format, self.renderer)
 
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks a run that routes by task answers as (Poly); empty for every other run."""
+        return list(getattr(self.spec.method, "tasks", [])) if self.spec.method.routes_by_task else []
+
     @contextmanager
-    def using(self, which: Which) -> Iterator[torch.nn.Module]:
-        """The model that answers as `which`, held exclusively while in use."""
+    def using(self, which: Which, task: str | None = None) -> Iterator[torch.nn.Module]:
+        """The model that answers as `which`, held exclusively while in use. A run that routes by task
+        answers as `task` (None: its first task); the base model has no tasks."""
         if which not in ("base", "tuned"):
             raise ValueError(f"which must be 'base' or 'tuned', not {which!r}")
         with self._locks[which]:
-            if which == "tuned":
+            if which == "tuned" and self.tasks:
+                from adapter_studio.engine.methods.poly import routed
+
+                with routed(self.tuned.model, self.spec.method.task_index(task)):  # type: ignore[attr-defined]
+                    yield self.tuned.model
+            elif which == "tuned":
                 yield self.tuned.model
             elif self._base is not None:
                 yield self._base
@@ -125,11 +137,13 @@ class Playground:
         top_p: float = 1.0,
         max_new_tokens: int = 128,
         stop_event: threading.Event | None = None,
+        task: str | None = None,
     ) -> Iterator[str]:
         """Yield the answer of the base or tuned model to a user message as it is generated.
 
         Greedy when temperature is 0, otherwise sampled with temperature and top-p. Setting
-        `stop_event` (or closing the iterator) ends generation after the current token.
+        `stop_event` (or closing the iterator) ends generation after the current token. `task`: the
+        task a run that routes by task answers as.
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -161,7 +175,7 @@ class Playground:
 
         def generate() -> None:
             try:
-                with self.using(which) as model, torch.no_grad():
+                with self.using(which, task) as model, torch.no_grad():
                     if stop_event.is_set() or closed.is_set():
                         streamer.end()
                         return
@@ -204,12 +218,12 @@ class Playground:
                 if not users:
                     continue
                 prompt = self.renderer.prompt(e.messages[:-1])
-                out.append(HeldOutExample(prompt, users[-1], e.messages[-1]["content"].strip()))
+                out.append(HeldOutExample(prompt, users[-1], e.messages[-1]["content"].strip(), e.task))
             elif self.data_format == "prompt_completion":
-                out.append(HeldOutExample(e.prompt, e.prompt, e.completion.strip()))
+                out.append(HeldOutExample(e.prompt, e.prompt, e.completion.strip(), e.task))
             elif self.data_format == "classification":
                 shown = e.text if e.text_pair is None else f"{e.text}\n\n{e.text_pair}"
-                out.append(HeldOutExample(shown, e.text, str(e.label)))
+                out.append(HeldOutExample(shown, e.text, str(e.label), e.task))
             else:  # plain text: the first half prompts, the rest is what the data goes on to say
                 half = len(e.text) // 2
                 out.append(HeldOutExample(e.text[:half], e.text[:half], e.text[half:].strip()))
@@ -223,8 +237,9 @@ class Playground:
 
     # --- classification ---------------------------------------------------------------------------
 
-    def classify(self, text: str, text_pair: str | None = None) -> dict[str, dict[str, float]]:
-        """Label probabilities (softmax) of the base and the tuned classifier for one text."""
+    def classify(self, text: str, text_pair: str | None = None, task: str | None = None) -> dict[str, dict[str, float]]:
+        """Label probabilities (softmax) of the base and the tuned classifier for one text (`task`: the
+        task a run that routes by task answers as)."""
         import torch
 
         if self.task != "classification":
@@ -236,7 +251,7 @@ class Playground:
         id2label = self.tuned.model.config.id2label
         result: dict[str, dict[str, float]] = {}
         for which in ("base", "tuned"):
-            with self.using(which) as model, torch.no_grad():  # type: ignore[arg-type]
+            with self.using(which, task) as model, torch.no_grad():  # type: ignore[arg-type]
                 probs = model(**enc).logits.float().softmax(-1)[0].tolist()
             result[which] = {str(id2label.get(i, i)): p for i, p in enumerate(probs)}
         return result

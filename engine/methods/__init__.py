@@ -21,6 +21,7 @@ from adapter_studio.engine.methods.more_peft import (
     SHiRA,
     VBLoRA,
 )
+from adapter_studio.engine.methods.poly import PolyRouting
 from adapter_studio.engine.methods.recent_peft import (
     BEFT,
     DEFT,
@@ -52,7 +53,7 @@ _DECLARED: tuple[type[MethodSpec], ...] = (
     GraLoRA, HiRA, GLoRA, DEFT, PEANuT, RoAd, PSOFT, WaveFT, PVeRA,
     SHiRA, LNTuning, SuperTuning,
     MAMAdapter, UniPELT,
-    MixtureOfLoRA, SideTuning, AdapterFusion,
+    MixtureOfLoRA, PolyRouting, SideTuning, AdapterFusion,
 )  # fmt: skip
 # Each family's methods together, families in the order they first appear: the picker, the sweep's list and
 # the Compare chart show one heading per family (interleaved, "structured updates" came three times).

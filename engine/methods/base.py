@@ -59,6 +59,7 @@ class MethodSpec(BaseModel):
     supports_gradient_checkpointing: ClassVar[bool] = True
     adapter_format: ClassVar[str] = "peft"
     uses_total_steps: ClassVar[bool] = False  # `apply` reads MethodContext.total_steps (a schedule in the method)
+    routes_by_task: ClassVar[bool] = False  # reads each row's task (data.columns.task): engine.methods.poly
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +104,10 @@ class MethodSpec(BaseModel):
     def reads_data(self) -> bool:
         """Whether `apply` reads training batches (ctx.sample_batches) to start the adapter (LoRA's EVA)."""
         return False
+
+    def with_tasks(self, names: list[str] | None, packing: bool, where: str) -> MethodSpec:
+        """This method for data with these task names (`routes_by_task` methods record them)."""
+        return self
 
     def check(self, info: ModelInfo, training: TrainingSpec) -> None:
         """Raise UserError when this method cannot work with this model or these settings."""

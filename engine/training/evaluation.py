@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate
 from adapter_studio.engine.data.prepare import PreparedData
+from adapter_studio.engine.methods.poly import route_batch, routed
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +34,8 @@ def evaluate(
         for i in range(0, len(data.eval), batch_size):
             items = data.eval[i : i + batch_size]
             batch = {k: v.to(device) for k, v in collate(items, pad_id, task == "classification").items()}
-            with autocast():
-                out = model(**batch)
+            with autocast(), route_batch(model, batch) as inputs:
+                out = model(**inputs)
             if task == "classification":
                 weight = len(items)
                 correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
@@ -46,7 +47,8 @@ def evaluate(
     if task == "classification":
         result["accuracy"] = correct / max(len(data.eval), 1)
     elif samples and data.eval_prompts:
-        result["exact_match"] = exact_match(model, tokenizer, data.eval_prompts[:samples], autocast, device)
+        result["exact_match"] = exact_match(model, tokenizer, data.eval_prompts[:samples], autocast, device,
+                                            tasks=data.eval_prompt_tasks[:samples] or None)
     return result
 
 
@@ -57,13 +59,22 @@ def exact_match(
     autocast: Callable[[], AbstractContextManager[Any]],
     device: Any,
     batch_size: int = 16,
+    tasks: list[int] | None = None,
 ) -> float:
-    """Share of prompts whose greedy answer equals the expected one (whitespace-trimmed)."""
+    """Share of prompts whose greedy answer equals the expected one (whitespace-trimmed). `tasks`: each
+    prompt's task id, for a model that routes by task (the prompts of one task are answered together)."""
     config = getattr(model, "active_peft_config", None)
     if getattr(config, "is_prompt_learning", False):
         batch_size = 1  # peft drops position ids: a left-padded row would be answered differently
-    answers = generate_answers(model, tokenizer, [p for p, _ in pairs], autocast, device, batch_size,
-                               max_new_tokens=max(len(tokenizer(e)["input_ids"]) for _, e in pairs) + 8)
+    longest = max(len(tokenizer(e)["input_ids"]) for _, e in pairs) + 8
+    answers: list[str] = [""] * len(pairs)
+    for task in sorted(set(tasks)) if tasks else [None]:
+        chosen = [i for i in range(len(pairs)) if task is None or tasks[i] == task]  # type: ignore[index]
+        with routed(model, task):
+            found = generate_answers(model, tokenizer, [pairs[i][0] for i in chosen], autocast, device, batch_size,
+                                     max_new_tokens=longest)  # fmt: skip
+        for i, answer in zip(chosen, found, strict=True):
+            answers[i] = answer
     return sum(a.strip() == e.strip() for a, (_, e) in zip(answers, pairs, strict=True)) / len(pairs)
 
 

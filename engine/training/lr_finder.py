@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from adapter_studio.engine.events import LrFinder, Stage
+from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.training.devices import process_rank
 from adapter_studio.engine.training.optimizers import build_optimizer, build_scheduler
 
@@ -256,9 +257,10 @@ def _range_test(session: TrainingSession, rates: list[float]) -> tuple[list[floa
             for micro in range(accumulate):  # the batches the run's own first steps take
                 batch, _ = session._batch(i * accumulate + micro)
                 session._pick_attention(batch["input_ids"].shape[1])
-                with session.accelerator.autocast():
-                    loss = session._loss(batch)
-                ((scaler.scale(loss) if scaler else loss) / accumulate).backward()
+                with route_batch(session.model, batch) as inputs:
+                    with session.accelerator.autocast():
+                        loss = session._loss(inputs)
+                    ((scaler.scale(loss) if scaler else loss) / accumulate).backward()
                 total = total + loss.detach()
             if scaler:
                 scaler.unscale_(optimizer)

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
 from adapter_studio.engine.data.examples import example_chunks, load_examples
-from adapter_studio.engine.data.prepare import prepare_data
+from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
 from adapter_studio.engine.methods.peft_base import PeftMethod
+from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.objectives.logps import frozen_reference
 from adapter_studio.engine.objectives.training import (
     PairPass,
@@ -210,6 +211,11 @@ class TrainingSession:
         self.data_stamps = data_stamps(spec.data)  # recorded in each checkpoint; a resume compares
         data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
         spec.objective.check_data(data.format)  # preference data needs a preference objective, and back
+        where = spec.data.path if isinstance(spec.data.path, str) else spec.data.path[0]
+        if spec.method.routes_by_task:  # the task names go into the saved spec: the run loads without its data
+            method = spec.method.with_tasks(data.tasks, spec.data.packing, where)
+            spec = spec.model_copy(update={"method": method})
+        keep_tasks(data, spec.method.routes_by_task, (where, str(spec.data.eval_path or where)))
         self.log(
             f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format, "
             f"{data.train_tokens:,} tokens){f'; {len(data.dropped)} rows dropped' if data.dropped else ''}"
@@ -297,6 +303,7 @@ class TrainingSession:
         # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype), and
         # not over a bitsandbytes base, whose kernels dynamo does not see into (not measured).
         self.auto_compile = (t.compile == "auto" and single and not self.pairwise and device in ("cpu", "cuda")
+                             and not spec.method.routes_by_task  # its per-step hooks would recompile
                              and spec.model.quantization == "none"
                              and compiled_step.compile_unavailable(device) is None)
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
@@ -475,9 +482,10 @@ class TrainingSession:
                 torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are done with
             batch, real_tokens = self._batch(self.step * t.gradient_accumulation + micro)
             self._pick_attention(batch["input_ids"].shape[1])
-            with self.accelerator.autocast():
-                full_loss = self._loss(batch)
-            self.accelerator.backward(full_loss / t.gradient_accumulation)
+            with route_batch(self.model, batch) as inputs:  # the backward may recompute the routed forward
+                with self.accelerator.autocast():
+                    full_loss = self._loss(inputs)
+                self.accelerator.backward(full_loss / t.gradient_accumulation)
             losses.append(full_loss.detach())
             tokens += real_tokens
         return losses, tokens

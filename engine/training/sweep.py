@@ -113,15 +113,30 @@ def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> Sw
     if shared.data.max_length:
         overrides.append(f"data.max_length={shared.data.max_length}")
     estimates = {r["method"]: r for r in estimate_table(shared.model.source, ",".join(methods), overrides)}
+    no_tasks = _no_task_column(shared) if any(METHODS[m].routes_by_task for m in methods) else None
     plan = SweepPlan(name=name, folder=folder, spec=shared.model_dump(mode="json"))
     for method in methods:
         row = estimates.get(method, {})
+        refused = row.get("error") or (no_tasks if METHODS[method].routes_by_task else None)
         plan.entries.append(SweepEntry(
-            method=method, refused=row.get("error"), trainable_params=row.get("trainable_params"),
+            method=method, refused=refused, trainable_params=row.get("trainable_params"),
             trainable_share=row.get("trainable_share"), adapter_bytes=row.get("adapter_bytes"),
         ))
     plan.save()
     return plan
+
+
+def _no_task_column(spec: RunSpec) -> str | None:
+    """Why a method that routes by task (Poly) cannot train on the sweep's data, or None where it can (or
+    the data cannot be read here: the run then says why)."""
+    from adapter_studio.engine.data.examples import survey_data
+    from adapter_studio.engine.methods.poly import NO_TASKS
+
+    try:
+        survey = survey_data(spec.data, spec.data.path, limit=200)
+    except UserError:
+        return None
+    return None if survey.tasks else f"the data has no task column to route by: {NO_TASKS}"
 
 
 def load_sweep(folder: str | Path) -> SweepPlan:

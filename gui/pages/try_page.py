@@ -13,6 +13,7 @@ from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QGridLayout,
     QGroupBox,
@@ -140,6 +141,15 @@ class TryPage(Page):
         layout.addWidget(self.text_pair)
 
         controls = QHBoxLayout()
+        # A run that routes by task (Poly) answers as one of its tasks: which one, the person picks.
+        self.task_label = QLabel("Task")
+        self.task_choice = QComboBox()
+        self.task_choice.setObjectName("taskChoice")
+        self.task_choice.setToolTip("The task the tuned model answers as: the run learnt a mixture of skills per task.")
+        controls.addWidget(self.task_label)
+        controls.addWidget(self.task_choice)
+        self.task_label.setVisible(False)
+        self.task_choice.setVisible(False)
         self.temperature = self._spin(QDoubleSpinBox(), "temperature", 0.0, 2.0, 0.0, step=0.1)
         self.temperature.setToolTip("0: greedy (always the most likely token); higher: more varied answers.")
         self.top_p = self._spin(QDoubleSpinBox(), "topP", 0.05, 1.0, 0.95, step=0.05)
@@ -252,11 +262,15 @@ class TryPage(Page):
         self.examples.clear()
         self.expected.clear()
         self.held_out = playground.held_out_examples(HELD_OUT_SHOWN)
-        for label, (_, message, expected) in zip(
-            example_labels([m for _, m, _ in self.held_out]), self.held_out, strict=True
+        for label, (_, message, expected, _) in zip(
+            example_labels([e.message for e in self.held_out]), self.held_out, strict=True
         ):
             self.examples.addItem(label)
             self.examples.item(self.examples.count() - 1).setToolTip(f"{message}\n\nExpected: {expected}")
+        self.task_choice.clear()
+        self.task_choice.addItems(playground.tasks)
+        self.task_label.setVisible(bool(playground.tasks))
+        self.task_choice.setVisible(bool(playground.tasks))
         method = playground.spec.method
         source = ("the same weights with the adapter switched off" if playground.shares_weights
                   else "a second, untouched copy of the base model")  # fmt: skip
@@ -278,9 +292,11 @@ class TryPage(Page):
         """Fill the prompt with held-out example `row` and show its expected answer."""
         if self.playground is None or not 0 <= row < len(self.held_out):
             return
-        _, message, expected = self.held_out[row]
-        self.prompt.setPlainText(message)
-        self.expected.setPlainText(expected)
+        example = self.held_out[row]
+        self.prompt.setPlainText(example.message)
+        self.expected.setPlainText(example.expected)
+        if example.task is not None:
+            self.task_choice.setCurrentText(example.task)
         if self.playground.task == "classification":
             self.text_pair.setText(self.playground.held_out_pair(row) or "")
 
@@ -312,7 +328,7 @@ class TryPage(Page):
             worker = create_worker(
                 self.playground.stream, which, text,
                 temperature=self.temperature.value(), top_p=self.top_p.value(),
-                max_new_tokens=self.max_new_tokens.value(), stop_event=self._stop,
+                max_new_tokens=self.max_new_tokens.value(), stop_event=self._stop, task=self._task(),
                 _start_thread=False,
             )  # fmt: skip
             worker.yielded.connect(lambda chunk, w=which: self._append(w, chunk))
@@ -323,6 +339,11 @@ class TryPage(Page):
         self._update_buttons()
         for worker in self._streams.values():
             worker.start()
+
+    def _task(self) -> str | None:
+        """The task the tuned model answers as (a run that routes by task), else None."""
+        routes = self.playground is not None and self.playground.tasks
+        return (self.task_choice.currentText() or None) if routes else None
 
     def stop(self) -> None:
         """End both answers after their current token."""
@@ -351,7 +372,8 @@ class TryPage(Page):
         pair = self.text_pair.text().strip() or None
         self.status.setText("Classifying…")
         self._classifier = run_in_background(
-            self.playground.classify, text, pair, on_result=self._classified, on_error=self._classify_failed
+            self.playground.classify, text, pair, self._task(), on_result=self._classified,
+            on_error=self._classify_failed,
         )
         self._update_buttons()
 
