@@ -86,16 +86,17 @@ def main() -> None:
         poly, poly_s = train(work, f"poly{'-' + suffix if suffix else ''}", ["method.name=poly", *args.poly_set])
         _, tok = q.load_causal(q.smollm_folder())
         results = {"base": scores(None, tok, held), "LoRA (app defaults)": scores(lora, tok, held),
-                   f"Poly (app defaults{', ' + ', '.join(args.poly_set) if args.poly_set else ''})":
-                       scores(poly, tok, held)}  # fmt: skip
+                   f"Poly (app defaults{' + --poly-set' if args.poly_set else ''})": scores(poly, tok, held)}
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"answer loss on {len(held['svamp'])} held-out rows per task (lower is better)")
-    print(f"{'model':<48} {'SVAMP':>8} {'MultiArith':>11} {'mean':>8}")
+    if args.poly_set:
+        print(f"Poly run: {' '.join(args.poly_set)}")
+    print(f"{'model':<34} {'SVAMP':>8} {'MultiArith':>11} {'mean':>8}")
     for label, by_task in results.items():
         mean = sum(by_task.values()) / len(by_task)
-        print(f"{label:<48} {by_task['svamp']:>8.3f} {by_task['multiarith']:>11.3f} {mean:>8.3f}")
+        print(f"{label:<34} {by_task['svamp']:>8.3f} {by_task['multiarith']:>11.3f} {mean:>8.3f}")
     print(f"training: LoRA {lora_s:.0f} s, Poly {poly_s:.0f} s (0: kept from --workdir)")
     means = [sum(v.values()) / len(v) for v in results.values()]
     print(f"poly_vs_lora {means[2] / means[1]:.3f}")

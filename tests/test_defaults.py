@@ -91,7 +91,7 @@ def test_values_the_person_gave_are_kept_and_not_explained() -> None:
     assert defaults.resolve(spec(learning_rate="auto"), info(135e6), "causal_lm").spec.training.learning_rate == "auto"
 
 
-@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "loraplus", "adalora"])
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "loraplus", "adalora", "poly"])  # Poly's skills are LoRAs
 def test_lora_family_targets_every_linear_layer_of_the_blocks(method: str) -> None:
     resolved = defaults.resolve(spec(method), info(135e6), "causal_lm")
     assert resolved.spec.method.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

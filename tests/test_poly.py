@@ -219,3 +219,30 @@ def test_poly_trains_smollm2_on_two_tasks_through_the_cli(tmp_path: Path) -> Non
     exported = cli("export", str(run_dir), "--adapter", "--out", str(tmp_path / "export"), timeout=600)
     assert exported.returncode == 0, exported.stderr
     assert json.loads((tmp_path / "export" / "tasks.json").read_text()) == {"tasks": ["dates", "reverse"]}
+
+
+@pytest.mark.gui
+def test_from_the_window_the_task_column_is_mapped_and_poly_trains(window: Any, qtbot: Any, tiny_llama: Path,
+                                                                   multitask_jsonl: Path) -> None:  # fmt: skip
+    """A new user's path: the Data page finds the task column, the Method page says where Poly's tasks come
+    from, and Start trains it; the run records the tasks."""
+    from adapter_studio.engine.spec import TrainingSpec
+    from test_data_page import choose_model, open_data
+
+    page = choose_model(window, qtbot, tiny_llama)
+    open_data(page, qtbot, multitask_jsonl)
+    qtbot.waitUntil(lambda: "task" in page.combos, timeout=30_000)
+    assert page.combos["task"].currentText() == "task" and window.state.data.columns.get("task") == "task"
+    window.go_to("method")
+    method_page = window.pages["method"]
+    method_page.select("poly")
+    assert "Tasks" in method_page.details.text() and "task column" in method_page.details.text()
+    assert "Cannot train" not in method_page.details.text()
+    window.state.training = TrainingSpec(max_steps=4, batch_size=4, save_every=4, eval_samples=0, learning_rate=0.05,
+                                         precision="float32")  # fmt: skip
+    window.train_page.start()
+    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
+    assert window.train_page.last_status == "completed", window.train_page.last_error
+    from adapter_studio.engine.inference.trained import run_spec
+
+    assert run_spec(window.state.current_run).method.tasks == ["double", "reverse"]
