@@ -201,7 +201,10 @@ def test_dpo_run_reports_rewards_and_learns_the_preference(dpo_run: tuple[Any, l
     assert evals[-1].eval_loss < evals[0].eval_loss < 0.6931  # below ln 2: the held-out pairs are ranked
     assert evals[-1].reward_margin > evals[0].reward_margin
     spec_text = (Path(result.run_dir) / "spec.yaml").read_text()
-    assert "objective:\n  name: dpo\n  precompute_reference: false\n  beta: 0.1\n  label_smoothing: 0.0" in spec_text
+    assert ("objective:\n  name: dpo\n  disable_dropout: true\n  precompute_reference: false\n  beta: 0.1\n"
+            "  label_smoothing: 0.0") in spec_text  # fmt: skip
+    # As TRL's trainers: LoRA's dropout is off, so the policy's first pass is the reference's exactly.
+    assert any(e.type == "log" and "dropout turned off in" in e.message for e in events)
     logged = [json.loads(line) for line in (Path(result.run_dir) / "events.jsonl").read_text().splitlines()]
     assert "preference_accuracy" in next(e for e in logged if e["type"] == "eval")
 

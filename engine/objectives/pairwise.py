@@ -33,6 +33,13 @@ class PairwiseObjective(ObjectiveSpec):
     pairwise: ClassVar[bool] = True
     data_formats: ClassVar[tuple[str, ...]] = ("preference",)
 
+    disable_dropout: bool = Field(
+        True,
+        description="Turn dropout off in the model while training (TRL's default for preference tuning): the tuned "
+        "model's log-probabilities are then compared with the reference's, and chosen with rejected, without noise.",
+        json_schema_extra={"advanced": True},
+    )
+
 
 class ReferenceObjective(PairwiseObjective):
     """A pairwise objective that compares with the model before training."""

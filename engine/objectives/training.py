@@ -14,6 +14,17 @@ from adapter_studio.engine.objectives.logps import pair_logps, reference_logps
 Reference = tuple[Any, tuple[Any, Any] | None] | None
 
 
+def disable_dropout(model: Any) -> int:
+    """Every dropout layer of `model` (the adapter's own, such as LoRA's, included) set to drop nothing, as
+    TRL's preference trainers do by default (`disable_dropout`); how many there were."""
+    from torch import nn
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    for layer in layers:
+        layer.p = 0.0
+    return len(layers)
+
+
 def pair_step(
     objective: ObjectiveSpec, model: Any, parts: tuple[Any, Any] | None, batch: dict[str, Any], reference: Reference
 ) -> tuple[Any, tuple[Any, Any]]:

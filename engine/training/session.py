@@ -28,6 +28,7 @@ from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.objectives.logps import frozen_reference
 from adapter_studio.engine.objectives.training import (
     PairPass,
+    disable_dropout,
     evaluate_pairs,
     pair_step,
     reference_table,
@@ -268,6 +269,9 @@ class TrainingSession:
                      "of the weights; LoRA-family methods switch their adapter off instead)", level="warning")
         with model_construction():  # peft makes its modules in the process's default dtype
             model = spec.method.apply(model, ctx)
+        if getattr(spec.objective, "disable_dropout", False) and (dropped := disable_dropout(model)):
+            self.log(f"{spec.objective.title}: dropout turned off in {dropped} layers (objective.disable_dropout), so "
+                     "the log-probabilities it compares carry no random noise")  # fmt: skip
         self.speed.speed_up_lora_layers(model, device, precision)
         if t.gradient_checkpointing == "on":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
