@@ -93,6 +93,28 @@ def test_rows_without_a_task_are_named(make_spec: Callable[..., Any], tiny_llama
     assert result.status == "failed" and "1 training rows name no task (rows 7)" in (result.error or "")
 
 
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [("math", "math"), (" math ", "math"), (3, "3"), (3.0, "3"), (2.5, "2.5"), ("", None), (None, None),
+     (float("nan"), None), (True, None), (["a"], None), ({"a": 1}, None)],
+)
+def test_task_cells_are_read_as_names_or_as_none(value: Any, name: str | None) -> None:
+    from adapter_studio.engine.data.shapes import _task_name
+
+    assert _task_name(value) == name
+
+
+def test_a_task_column_of_odd_values_never_fails_another_methods_run(
+    make_spec: Callable[..., Any], tiny_llama: Path, multitask_jsonl: Path, tmp_path: Path
+) -> None:
+    """Only Poly reads the task column (found by its name): a LoRA run on data whose `task` holds lists trains."""
+    rows = [{**json.loads(line), "task": ["a", "b"]} for line in multitask_jsonl.read_text().splitlines()]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run(make_spec(tiny_llama, path, "lora", max_steps=2, eval_samples=0), lambda e: None)
+    assert result.status == "completed", result.error
+
+
 def test_poly_is_refused_on_conv1d_layers(tiny_gpt2: Path) -> None:
     from adapter_studio.engine.methods.poly import PolyRouting
     from adapter_studio.engine.models.info import describe_model

@@ -164,7 +164,8 @@ def keep_tasks(data: PreparedData, keep: bool, where: tuple[str, str]) -> None:
         if (view.tasks is None and len(view)) or missing:
             rows = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
             raise UserError(
-                f"{len(missing) or len(view)} {side} rows name no task{f' (rows {rows})' if missing else ''}"
+                f"{len(missing) or len(view)} {side} rows name no task{f' (rows {rows})' if missing else ''} (an "
+                "empty cell, or a value that is not a name)"
                 + (f"; the tasks are {', '.join(data.tasks)}" if data.tasks else ""),
                 where=file,
                 fix="give every row a task in the task column (held-out rows: one of the training rows' tasks)",

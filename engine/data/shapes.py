@@ -152,8 +152,8 @@ def _kind(value: Any) -> str:
     return {list: "list", dict: "JSON object", bool: "true/false value"}.get(type(value), type(value).__name__)
 
 
-def _label(value: Any, column: str, where: str, what: str = "label", example: str = "positive or 0") -> Any:
-    """A class (or task) name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
+def _label(value: Any, column: str, where: str) -> str | int | None:
+    """A class name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
@@ -163,10 +163,23 @@ def _label(value: Any, column: str, where: str, what: str = "label", example: st
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise UserError(
-        f"field '{column}' is a {_kind(value)}, expected a {'class' if what == 'label' else what} name or id",
+        f"field '{column}' is a {_kind(value)}, expected a class name or id",
         where=where,
-        fix=f"use one {what} per row, such as {example}",
+        fix="use one label per row, such as positive or 0",
     )
+
+
+def _task_name(value: Any) -> str | None:
+    """A row's task as text; None for an empty cell or a value that names nothing (a list, true/false): only
+    Poly reads the task column, and it names the rows without a task, so no load fails on this column."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            value = int(value)
+    return str(value).strip() or None
 
 
 CHAT_ROLES = ("system", "user", "assistant")
@@ -239,8 +252,7 @@ def to_examples(
 
         example = Example(row=number, path=where, unit=unit)
         if "task" in columns:
-            task = _label(row.get(columns["task"]), columns["task"], here, "task", "math or translate")
-            example.task = None if task is None else str(task)
+            example.task = _task_name(row.get(columns["task"]))
         if fmt == "alpaca":
             instruction, extra, output, system = text("instruction"), text("input"), text("output"), text("system")
             if not output.strip():
