@@ -44,7 +44,7 @@ class PolyRouting(StructuredUpdate):
         "data uses (rows name their task in a task column): tasks share what they have in common."
     )
     mergeable = False  # the update depends on the row's task
-    typical_share = "≈ 0.5–2%"
+    typical_share = "≈ 3–7% (several LoRAs a layer)"
     # peft scales the update by 1/r (LoRA: alpha/r), so it takes a higher rate: on every linear layer of
     # SmolLM2, SVAMP + MultiArith (benchmarks/poly_routing.py) 2e-3 0.309, 5e-3 0.274, 1e-2 0.267, 2e-2 0.313.
     default_lr = 1e-2
