@@ -268,3 +268,15 @@ def test_from_the_window_the_task_column_is_mapped_and_poly_trains(window: Any, 
     from adapter_studio.engine.inference.trained import run_spec
 
     assert run_spec(window.state.current_run).method.tasks == ["double", "reverse"]
+
+
+@pytest.mark.parametrize(("data", "refused"), [("alpaca_jsonl", True), ("multitask_jsonl", False)])
+def test_a_sweep_refuses_poly_up_front_on_data_without_tasks(
+    data: str, refused: bool, request: pytest.FixtureRequest, make_spec: Callable[..., Any], tiny_llama: Path
+) -> None:
+    from adapter_studio.engine.training.sweep import plan_sweep
+
+    plan = plan_sweep(make_spec(tiny_llama, request.getfixturevalue(data)), ["lora", "poly"])
+    lora, poly = plan.entries
+    assert lora.refused is None
+    assert bool(poly.refused) == refused and (not refused or "no task column" in (poly.refused or ""))
