@@ -139,14 +139,6 @@ def case_tasks(playground: Playground, cases: list[Case]) -> list[str | None]:
     return tasks
 
 
-def by_task(tasks: list[str | None]) -> list[tuple[str | None, list[int]]]:
-    """The positions of each task, tasks in their first appearance's order."""
-    groups: dict[str | None, list[int]] = {}
-    for i, task in enumerate(tasks):
-        groups.setdefault(task, []).append(i)
-    return list(groups.items())
-
-
 def classification_cases(rows: list[Example], label_ids: dict[str, int]) -> list[Case]:
     """A case per labelled row; a label the run never saw is a UserError that lists the ones it knows."""
     unknown = sorted({str(e.label) for e in rows} - set(label_ids))

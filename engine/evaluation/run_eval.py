@@ -30,6 +30,7 @@ from adapter_studio.engine.evaluation.generation import (
     pooled_features,
     predict_labels,
 )
+from adapter_studio.engine.methods.poly import answer_by_task
 
 if TYPE_CHECKING:
     from adapter_studio.engine.inference.playground import Playground
@@ -226,17 +227,18 @@ def _generation(
         start = time.perf_counter()
         which = "tuned" if column == "tuned" else "base"
         source = in_context if column == "in_context" else prompts
-        ids: list[list[int]] = [[] for _ in source]
         tick = counter.at(column)
-        for task, chosen in case_lib.by_task(tasks) if which == "tuned" else [(None, list(range(len(source))))]:
+
+        def generate(task: str | None, chosen: list[int], which: str = which, source: list[list[int]] = source,
+                     tick: Callable[[int], None] = tick) -> list[list[int]]:  # fmt: skip
             with playground.using(which, task) as model:  # type: ignore[arg-type]
                 batch_size = batch_size_for(model, settings.batch_size, adapter_on=which == "tuned")
-                found = generate_greedy(
+                return generate_greedy(
                     model, [source[i] for i in chosen], pad_id=pad_id, stop_ids=stop_ids, max_new_tokens=max_new,
                     batch_size=batch_size, device=playground.device, tick=tick, stop=stop,
                 )  # fmt: skip
-            for i, answer in zip(chosen, found, strict=True):
-                ids[i] = answer
+
+        ids = answer_by_task(tasks if which == "tuned" else None, len(source), generate)
         answers[column] = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
         _timed(seconds, column, start)
     forgetting = None
@@ -291,13 +293,14 @@ def _classification(
     tasks = case_lib.case_tasks(playground, [c for c in cases if c.example is not None])
     for which in ("base", "tuned"):
         start = time.perf_counter()
-        predicted[which] = [0] * len(texts)
         tick = counter.at(which)
-        for task, chosen in case_lib.by_task(tasks) if which == "tuned" else [(None, list(range(len(texts))))]:
+
+        def predict(task: str | None, chosen: list[int], which: str = which,
+                    tick: Callable[[int], None] = tick) -> list[int]:  # fmt: skip
             with playground.using(which, task) as model:  # type: ignore[arg-type]
-                found = predict_labels(model, texts=[texts[i] for i in chosen], tick=tick, **shared)
-            for i, label in zip(chosen, found, strict=True):
-                predicted[which][i] = label
+                return predict_labels(model, texts=[texts[i] for i in chosen], tick=tick, **shared)
+
+        predicted[which] = answer_by_task(tasks if which == "tuned" else None, len(texts), predict)
         _timed(seconds, which, start)
     notes = ["the base model's classification head is untrained (random): its scores are chance, for reference"]
     start = time.perf_counter()

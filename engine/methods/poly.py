@@ -14,9 +14,9 @@ keeps the engine's own loss paths (the labelled-positions loss, gradient checkpo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext, advanced
@@ -112,6 +112,24 @@ class PolyRouting(StructuredUpdate):
             raise UserError(f"unknown task '{task}'", where="task",
                             fix=f"pick one of the run's tasks: {', '.join(self.tasks)}")  # fmt: skip
         return self.tasks.index(task)
+
+
+Task = TypeVar("Task", bound=Hashable)
+Answer = TypeVar("Answer")
+
+
+def answer_by_task(tasks: list[Task] | None, count: int,
+                   answer: Callable[[Task | None, list[int]], list[Answer]]) -> list[Answer]:  # fmt: skip
+    """`answer(task, positions)` for the positions of each task in turn (tasks in their first appearance's
+    order; `tasks` None: all `count` positions at once, as task None), the answers back in position order."""
+    groups: dict[Task | None, list[int]] = {}
+    for i, task in enumerate(tasks if tasks is not None else [None] * count):
+        groups.setdefault(task, []).append(i)
+    out: list[Any] = [None] * count
+    for task, positions in groups.items():
+        for i, found in zip(positions, answer(task, positions), strict=True):
+            out[i] = found
+    return out
 
 
 def _poly_layers(model: torch.nn.Module) -> list[Any]:

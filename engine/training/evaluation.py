@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate
 from adapter_studio.engine.data.prepare import PreparedData
-from adapter_studio.engine.methods.poly import route_batch, routed
+from adapter_studio.engine.methods.poly import answer_by_task, route_batch, routed
 
 if TYPE_CHECKING:
     import torch
@@ -67,14 +67,13 @@ def exact_match(
     if getattr(config, "is_prompt_learning", False):
         batch_size = 1  # peft drops position ids: a left-padded row would be answered differently
     longest = max(len(tokenizer(e)["input_ids"]) for _, e in pairs) + 8
-    answers: list[str] = [""] * len(pairs)
-    for task in sorted(set(tasks)) if tasks else [None]:
-        chosen = [i for i in range(len(pairs)) if task is None or tasks[i] == task]  # type: ignore[index]
+
+    def answer(task: int | None, chosen: list[int]) -> list[str]:
         with routed(model, task):
-            found = generate_answers(model, tokenizer, [pairs[i][0] for i in chosen], autocast, device, batch_size,
-                                     max_new_tokens=longest)  # fmt: skip
-        for i, answer in zip(chosen, found, strict=True):
-            answers[i] = answer
+            return generate_answers(model, tokenizer, [pairs[i][0] for i in chosen], autocast, device, batch_size,
+                                    max_new_tokens=longest)  # fmt: skip
+
+    answers = answer_by_task(tasks, len(pairs), answer)
     return sum(a.strip() == e.strip() for a, (_, e) in zip(answers, pairs, strict=True)) / len(pairs)
 
 
