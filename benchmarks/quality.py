@@ -408,16 +408,22 @@ def export_run(cfg: dict[str, Any], run_dir: Path, out: Path) -> dict:
     import yaml
 
     resolved = (run_dir / "spec.yaml").read_text()
-    full = (yaml.safe_load(resolved).get("method") or {}).get("name") == "full"
+    saved = yaml.safe_load(resolved)
+    # A run on a 4-/8-bit base is scored as merged weights: LoftQ's adapter belongs to the 4-bit weights
+    # (its merge is into them, dequantised), and every quantised run is then read in float32 alike.
+    quantised = (saved.get("model") or {}).get("quantization", "none") != "none"
+    full = (saved.get("method") or {}).get("name") == "full" or quantised
     kind = "--merged" if cfg["kind"] == "classification" or full else "--adapter"
     proc = subprocess.run([str(CLI), "export", str(run_dir), kind, "--out", str(out)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"adapter-studio export failed: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
     finished = next(e for e in events if e["type"] == "finished")
+    memory = [e["memory_bytes"] for e in events if e["type"] == "metrics" and e.get("memory_bytes")]
     return {
         "export": out,
         "full": full,
+        "peak_memory_bytes": max(memory, default=None),  # the process's RSS on a CPU, allocated bytes on a GPU
         "train_seconds": finished.get("train_seconds"),
         "steps": finished.get("step"),
         "spec": resolved,
@@ -660,7 +666,8 @@ def evaluate_task(task: str, args: argparse.Namespace, work: Path) -> list[dict]
                     row.update(trials=got["trials"], winner=got["winner"])
                 else:
                     got = run_app(task, cfg, train, work / task, safe, r["app"] + (args.app_common or []))
-                row.update(seconds=got["seconds"], steps=got["steps"], app_train_seconds=got["train_seconds"])
+                row.update(seconds=got["seconds"], steps=got["steps"], app_train_seconds=got["train_seconds"],
+                           peak_memory_bytes=got["peak_memory_bytes"])
                 if kind == "classification":
                     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -711,7 +718,8 @@ def _fmt(row: dict) -> str:
     em = f" em {row['exact_match']:.3f}" if row.get("exact_match") is not None else ""
     w = row.get("winner")
     won = f"  [{row['trials']} trials; {w['method']} lr {w['learning_rate']:.2e} batch {w['batch_size']}]" if w else ""
-    return f"{row['run']:<48} {what}{em}  {row.get('seconds', 0):7.1f} s{won}"
+    peak = f"  peak {row['peak_memory_bytes'] / 2**20:,.0f} MiB" if row.get("peak_memory_bytes") else ""
+    return f"{row['run']:<48} {what}{em}  {row.get('seconds', 0):7.1f} s{peak}{won}"
 
 
 def _save(path: str, args: argparse.Namespace, rows: list[dict]) -> None:

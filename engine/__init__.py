@@ -6,6 +6,7 @@ export needs them.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,10 @@ os.environ.setdefault("USE_HUB_KERNELS", "NO")
 # peft 0.21's get_peft_model reads transformers 5's deprecated `is_gradient_checkpointing` on every LoRA-family
 # model it wraps: a FutureWarning in every run's output that is neither the person's nor ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# bitsandbytes (which peft imports whenever it is installed) looks for a faster CPU 4-bit kernel on the Hub
+# as it loads and warns when it may not fetch it (offline, or not trusted); it then uses its own kernels,
+# so the warning — in every run's output, quantised or not — says nothing a person can act on.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from adapter_studio.engine.training.run import run as run

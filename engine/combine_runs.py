@@ -144,6 +144,10 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
             raise UserError(f"{Path(run_dir).name} started its LoRA from the base's own weights ({spec.method.init}), "
                             "which rewrites them; it cannot be added to other runs' adapters", where=str(run_dir),
                             fix="combine runs with the default LoRA start")  # fmt: skip
+        if getattr(spec.method, "init", None) == "loftq":  # it holds part of its 4-bit base's quantisation error
+            raise UserError(f"{Path(run_dir).name} started its LoRA from the 4-bit base's quantisation error "
+                            "(LoftQ); added to other adapters that part would count twice", where=str(run_dir),
+                            fix="combine runs with the default LoRA start")  # fmt: skip
         if latest_checkpoint(Path(run_dir) / "checkpoints") is None:
             raise UserError(f"{Path(run_dir).name} has no checkpoint yet", where=str(run_dir),
                             fix="let it train, or pick a finished run")  # fmt: skip

@@ -54,7 +54,7 @@ class ModelSpec(SpecSection):
         "auto", description="Text generation or sequence classification: auto follows the data format."
     )
     quantization: Literal["none", "4bit", "8bit"] = Field(
-        "none", description="Load the base in 4-bit NF4 or 8-bit (QLoRA); needs CUDA and bitsandbytes."
+        "none", description="Load the base in 4-bit NF4 or 8-bit (QLoRA; bitsandbytes, on a CUDA GPU or the CPU)."
     )
 
 

@@ -66,6 +66,8 @@ def test_a_run_that_fits_needs_no_change(monkeypatch) -> None:  # type: ignore[n
 def test_shorter_rows_are_the_last_resort(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     spec = spec_of()
     lightest = {"training.batch_size": 1, "training.gradient_accumulation": 8, "training.gradient_checkpointing": "on"}
+    if fit._quantizable(spec):  # a 4-bit base comes before cutting rows (bitsandbytes: CPUs and CUDA GPUs)
+        lightest = {"model.quantization": "4bit", **lightest}
     at_256 = need(with_changes(spec, {**lightest, "data.max_length": 256}), monkeypatch)
     assert at_256 < need(with_changes(spec, lightest), monkeypatch)
     advice = advise(spec, at_256, monkeypatch)
@@ -79,13 +81,13 @@ def test_nothing_that_fits_is_said_not_invented(monkeypatch) -> None:  # type: i
     assert advice.changes is None and "nothing tried fits" in advice.text and "lighter method" in advice.text
 
 
-def test_a_4bit_base_is_offered_on_a_gpu_for_frozen_bases_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_a_4bit_base_is_offered_for_frozen_bases_only(device, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(fit, "_quantizable", lambda spec: spec.method.adapter_format == "peft")
-    lora = spec_of("cuda")
-    candidates = list(fit._candidates(lora, 8, 512, "cuda"))
+    lora = spec_of(device)
+    candidates = list(fit._candidates(lora, 8, 512, device))
     assert {"model.quantization": "4bit", "training.gradient_checkpointing": "on"} in candidates
-    assert not any("model.quantization" in c for c in fit._candidates(spec_of("cpu"), 8, 512, "cpu"))
-    assert not any("model.quantization" in c for c in fit._candidates(spec_of("cuda", "full"), 8, 512, "cuda"))
+    assert not any("model.quantization" in c for c in fit._candidates(spec_of(device, "full"), 8, 512, device))
     # Every candidate is a valid spec.
     for changes in candidates:
         with_changes(lora, changes)

@@ -5,7 +5,8 @@ again for each candidate, in the order that costs the run least.
    half the batch down to 1, and gradient checkpointing (the same training, about a third more
    compute): on a CPU the batch is split first (a small micro-batch costs it little), on a GPU
    checkpointing comes first with the largest micro-batch that fits (a small one wastes the GPU);
-2. a 4-bit base (QLoRA; CUDA only, methods that keep the base frozen): slightly different numbers;
+2. a 4-bit base (QLoRA, where bitsandbytes is installed; methods that keep the base frozen): slightly
+   different numbers;
 3. shorter sequences (the data's max length halved, down to 128): long rows are cut, so it trains on
    less of them; the last resort.
 
@@ -58,7 +59,7 @@ def _candidates(spec: RunSpec, batch: int, seq_len: int, device: str) -> Iterato
     elif device == "cuda":
         yield from halvings
     lightest = {**checkpointing, **(halvings[-1] if halvings else {})}
-    if device == "cuda" and spec.model.quantization == "none" and _quantizable(spec):
+    if spec.model.quantization == "none" and _quantizable(spec):
         for step in ({}, *halvings):
             yield {"model.quantization": "4bit", **checkpointing, **step}
         lightest = {"model.quantization": "4bit", **lightest}
@@ -72,7 +73,7 @@ def _quantizable(spec: RunSpec) -> bool:
     """A 4-bit base suits methods that leave the base frozen (peft's), where bitsandbytes is installed."""
     from adapter_studio.engine.models.loading import quantization_problem
 
-    return spec.method.adapter_format == "peft" and quantization_problem("4bit") is None
+    return spec.method.adapter_format == "peft" and quantization_problem("4bit", spec.model.device) is None
 
 
 def by_section(changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -118,7 +119,7 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float 
 
     config, _ = _load_model_config(spec.model.source)
     task = spec.model.task if spec.model.task != "auto" else default_task(config)
-    device = _device(spec.model.device, spec.model.quantization)
+    device = _device(spec.model.device)
     memory = _device_memory(device)
     if spec.training.gradient_checkpointing == "auto":
         # The advice is the app's choice made in full: checkpointing is one candidate among the others,

@@ -79,7 +79,7 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     spec = parse_spec({**data, "method": {"name": "lora"}}, origin="--set")
     config, _ = _load_model_config(spec.model.source)
     task = spec.model.task if spec.model.task != "auto" else default_task(config)
-    device = _device(spec.model.device, spec.model.quantization)
+    device = _device(spec.model.device)
     memory = _device_memory(device)
     rows = []
     collecting = gc.isenabled()
@@ -145,13 +145,11 @@ def clear_caches(*, keep_models: bool = False) -> None:
             _CONFIGS.clear()
 
 
-def _device(choice: str, quantization: str) -> str:
+def _device(choice: str) -> str:
     from adapter_studio.engine.training.devices import pick_device
 
     if choice != "auto":
         return "cuda" if choice == "cuda" else "cpu"
-    if quantization != "none":
-        return "cuda"  # quantised bases only train on CUDA
     picked = pick_device("auto")
     return "cuda" if picked == "cuda" else "cpu"
 

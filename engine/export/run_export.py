@@ -281,9 +281,12 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     elif spec.method.adapter_format == "peft":
         how = (
             "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
-            "base = AutoModelForCausalLM.from_pretrained(<base model>)\n"
+            f"base = AutoModelForCausalLM.from_pretrained(<base model>{_quantised_load(spec)})\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
+        if getattr(spec.method, "init", None) == "loftq":
+            how += ("\n# LoftQ: the adapter was started against exactly these 4-bit weights (it took in part of "
+                    "their quantisation error); on the unquantised base it is off by that part")  # fmt: skip
         if spec.method.routes_by_task:  # peft's Poly takes each row's task id in every call
             tasks = ", ".join(f"{i}: {name}" for i, name in enumerate(spec.method.tasks))
             how += (f"\n# every call names each row's task ({tasks}; also in {TASKS_FILE}):\n"
@@ -300,3 +303,14 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
         f"Trained with Adapter Studio {__version__}: {summary.steps} steps, "
         f"{summary.trainable_params or 0:,} trainable parameters. Export: {kind}.\n\n## Loading\n\n{how}\n"
     )
+
+
+def _quantised_load(spec: Any) -> str:
+    """The base's loading arguments in the card's example, for a run trained on a quantised base (the
+    engine's own bitsandbytes settings, engine.models.loading)."""
+    if spec.model.quantization == "8bit":
+        return ", quantization_config=BitsAndBytesConfig(load_in_8bit=True)"
+    if spec.model.quantization == "4bit":
+        return (", quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', "
+                "bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)")  # fmt: skip
+    return ""

@@ -179,6 +179,9 @@ def lora_refusal(method: Any) -> str | None:
     if method.changes_base:
         return (f"this {method.title} run started from a rewritten base ({method.init}); llama.cpp would add the "
                 "adapter to the original weights (export the merged model as GGUF instead)")  # fmt: skip
+    if getattr(method, "init", None) == "loftq":
+        return ("this LoftQ adapter belongs to the 4-bit weights it started from; llama.cpp would add it to the "
+                "original weights (export the merged model as GGUF instead)")  # fmt: skip
     targets = set(getattr(method, "target_modules", None) or [])
     outside = sorted(t for t in targets if t not in gguf_writer.LORA_MODULES)
     if outside:

@@ -57,13 +57,15 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     """The base model with the run's method applied and its latest (or given) checkpoint loaded.
 
     `dequantize` loads a 4-/8-bit base in full precision instead, so a QLoRA adapter merges into
-    real weights rather than into a re-quantised copy."""
+    real weights rather than into a re-quantised copy — except LoftQ's, which was started against the
+    4-bit weights (it holds part of their quantisation error): it merges into those, dequantised."""
     from adapter_studio.engine.methods import MethodContext
     from adapter_studio.engine.models.construction import model_construction
     from adapter_studio.engine.models.info import describe_model
 
     spec = run_spec(run_dir)
-    if dequantize and spec.model.quantization != "none":
+    from_quantised = dequantize and getattr(spec.method, "init", None) == "loftq"
+    if dequantize and spec.model.quantization != "none" and not from_quantised:
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "none"})})
     checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
@@ -73,6 +75,8 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
             fix="train it (or resume it) until a checkpoint is saved",
         )
     model, tokenizer, task = load_base(spec)
+    if from_quantised:
+        model = model.dequantize()  # bitsandbytes' own 4-bit → float: exactly the weights LoftQ trained on
     info = describe_model(model)
     ctx = MethodContext(info=info, training=spec.training, total_steps=total_steps_of(run_dir), tokenizer=tokenizer)
     with model_construction():  # peft makes its modules in the process's default dtype

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adapter_studio.engine.errors import UserError
@@ -32,6 +33,10 @@ class MethodContext:
     # computed from the data (LoRA's EVA); None where no data is at hand (the estimate, loading a trained
     # run: its weights come from the checkpoint).
     sample_batches: Callable[[int], Iterable[dict[str, Any]]] | None = None
+    # The folder of the base's unquantised safetensors weights, for a start computed from them under a
+    # 4-bit base (LoRA's LoftQ); None where the start does not matter (the estimate, a trained run).
+    weights_folder: Path | None = None
+    log: Callable[[str], None] | None = None  # a line for the run's log: what a computed start did
 
 
 def advanced(**extra: Any) -> dict[str, Any]:

@@ -69,14 +69,16 @@ class LoRA(LowRankFields):
     title = "LoRA"
     description = "Adds a trainable low-rank update BA beside chosen weight matrices; the base stays frozen."
 
-    init: Literal["default", "pissa", "olora", "eva"] = Field(
+    init: Literal["default", "pissa", "olora", "eva", "loftq"] = Field(
         "default",
         description="How the update starts. default: B = 0 and A random. pissa: from the weight's principal "
         "singular directions (the base keeps the rest; often learns faster early). olora: from a QR "
         "decomposition of the weight. pissa and olora rewrite the adapted base weights, so the run keeps the "
         "untouched base for comparisons and, with a preference objective, a frozen copy as the reference. "
         "eva: A from the main directions of each layer's inputs on a few training batches (read before the "
-        "first step; the base is untouched).",
+        "first step; the base is untouched). loftq: for a 4-bit base (model.quantization 4bit) — B·A starts "
+        "as the best rank-r part of the quantisation error, so training starts nearer the original weights; "
+        "the adapter then belongs to the 4-bit base.",
         json_schema_extra=advanced(),
     )
 
@@ -93,15 +95,28 @@ class LoRA(LowRankFields):
 
         if self.init == "eva":
             return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights="eva", eva_config=EvaConfig(rho=1.0))
-        return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights=True if self.init == "default" else self.init)
+        # LoftQ's start is set after peft builds the layers (engine.methods.loftq); the adapter's own
+        # config says default, so peft reloads it without recomputing anything.
+        plain = self.init in ("default", "loftq")
+        return LoraConfig(**self.lora_kwargs(ctx), init_lora_weights=True if plain else self.init)
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         meta = any(p.is_meta for p in model.parameters())
-        if (self.changes_base and meta) or (self.reads_data and (meta or ctx.sample_batches is None)):
+        computed = self.changes_base or self.reads_data or self.init == "loftq"  # a start computed from values
+        missing = (meta or (self.reads_data and ctx.sample_batches is None)
+                   or (self.init == "loftq" and ctx.weights_folder is None))  # fmt: skip
+        if computed and missing:
             # The estimate's meta model has no values to decompose, and a trained run's weights come from its
             # checkpoint: the shapes and counts are LoRA's.
             return self.model_copy(update={"init": "default"}).apply(model, ctx)
         model = super().apply(model, ctx)
+        if self.init == "loftq":
+            from adapter_studio.engine.methods.loftq import loftq_start, original_weights
+
+            assert ctx.weights_folder is not None
+            started = loftq_start(model, original_weights(ctx.weights_folder))
+            if ctx.log:
+                ctx.log(started.describe())
         if self.reads_data:
             from peft import initialize_lora_eva_weights
 

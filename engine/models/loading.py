@@ -296,7 +296,7 @@ def load_model(
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     if spec.quantization != "none":
-        kwargs["quantization_config"] = _quantization_config(spec.quantization)
+        kwargs["quantization_config"] = _quantization_config(spec.quantization, spec.device, task, dtype)
     labels = id2label or {0: "0", 1: "1"}
     try:
         with model_construction():  # one build at a time: transformers switches process-wide settings
@@ -321,15 +321,20 @@ def load_model(
     return model, tokenizer, original
 
 
-def quantization_problem(kind: str = "4bit") -> UserError | None:
-    """Why a 4-bit/8-bit base cannot load on this machine (no CUDA, no bitsandbytes), or None."""
+def quantization_problem(kind: str = "4bit", device: str = "auto") -> UserError | None:
+    """Why a 4-bit/8-bit base cannot load for `device` (model.device) here, or None.
+
+    bitsandbytes (0.49 and later) quantises on CUDA GPUs and on CPUs (its CPU backend: packed 4-bit
+    and 8-bit weights in RAM), not on Apple's MPS."""
     import torch
 
-    if not torch.cuda.is_available():
+    # where the run lands, in engine.training.devices.pick_device's order (models sit below training)
+    mps_available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "mps" or (device == "auto" and not torch.cuda.is_available() and mps_available):
         return UserError(
-            f"{kind} quantised bases need a CUDA GPU",
+            f"{kind} quantised bases train on CUDA GPUs and CPUs (bitsandbytes), not on mps",
             where="model.quantization",
-            fix="set model.quantization to none on this machine",
+            fix="set model.device to cpu, or model.quantization to none",
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         return UserError(
@@ -340,22 +345,29 @@ def quantization_problem(kind: str = "4bit") -> UserError | None:
     return None
 
 
-def _quantization_config(kind: str) -> Any:
+def _quantization_config(kind: str, device: str, task: str, dtype: Any) -> Any:
     import torch
 
-    problem = quantization_problem(kind)
+    problem = quantization_problem(kind, device)
     if problem is not None:
         raise problem
     from transformers import BitsAndBytesConfig
 
+    # A classifier's new head trains in full (peft copies it into modules_to_save): it stays unquantised, as
+    # transformers keeps a language model's output layer by itself (its own list, used when this is None).
+    skip = ["classifier", "score"] if task == "classification" else None
     if kind == "4bit":
+        # The 4-bit layers compute in the dtype the caller loads the rest in: bf16 where the run computes in
+        # it (GPUs, CPUs with bf16 units: engine.models.loading.weights_dtype), float32 elsewhere.
+        half = dtype in (torch.bfloat16, torch.float16)
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=dtype if half else torch.float32,
             bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip,
         )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -216,25 +216,39 @@ def copy_as_best(checkpoint: Path, folder: Path) -> Path:
 
 
 def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state_dict as (tensors by `index.key`, the rest as JSON); `_join_state` undoes it."""
+    """An optimizer's state_dict as (tensors by `index.key`, the rest as JSON); `_join_state` undoes it.
+
+    A value may be a dict of tensors one level down (bitsandbytes' 8-bit optimizers keep their
+    quantised moments under `__bnb_optimizer_quant_state__`): those go by `index.key.inner`."""
     import torch
 
     tensors, per_param = {}, {}
     for index, values in state["state"].items():
-        plain = {}
+        plain, names, nested = {}, [], {}
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+                names.append(key)
+            elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                for inner, tensor in value.items():
+                    tensors[f"{index}.{key}.{inner}"] = tensor.detach().contiguous().cpu()
+                nested[key] = list(value)
             else:
                 plain[key] = value
-        per_param[str(index)] = {"tensors": [k for k, v in values.items() if isinstance(v, torch.Tensor)],
-                                 "values": plain}
+        per_param[str(index)] = {"tensors": names, "nested": nested, "values": plain}
     return tensors, {"state": per_param, "param_groups": state["param_groups"]}
 
 
 def _join_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
     state = {
-        int(index): {**entry["values"], **{key: tensors[f"{index}.{key}"] for key in entry["tensors"]}}
+        int(index): {
+            **entry["values"],
+            **{key: tensors[f"{index}.{key}"] for key in entry["tensors"]},
+            **{
+                key: {inner: tensors[f"{index}.{key}.{inner}"] for inner in inners}
+                for key, inners in entry.get("nested", {}).items()
+            },
+        }
         for index, entry in saved["state"].items()
     }
     return {"state": state, "param_groups": saved["param_groups"]}

@@ -24,7 +24,7 @@ def build_optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, t: A
             raise UserError(
                 "8-bit AdamW needs the bitsandbytes package",
                 where="training.optimizer",
-                fix="pip install bitsandbytes (CUDA only), or use adamw",
+                fix="pip install bitsandbytes, or use adamw",
             ) from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=t.weight_decay)
     # looked up per call: LoRA+'s optimizer asks the same function, and tests switch it there

@@ -179,6 +179,11 @@ class TrainingSession:
         task = _task_for(spec)
         device = pick_device(spec.model.device)
         precision = pick_precision(spec.training.precision, device)
+        loftq = getattr(spec.method, "init", None) == "loftq"
+        if loftq:
+            from adapter_studio.engine.methods.loftq import refuse_where_unfit
+
+            refuse_where_unfit(spec.model.quantization, spec.objective)
         if device == "cuda":
             avoid_per_shape_attention_plans()
         self.stage("loading model", spec.model.source)
@@ -193,6 +198,10 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        if loftq:
+            from adapter_studio.engine.models.unquantised import unquantised_folder
+
+            weights_folder = unquantised_folder(spec.model, source, task)
         # A training forward has no use for a key/value cache; building one also makes every compiled
         # block depend on its own layer's cache state (a recompile per block). Generation asks for it.
         model.config.use_cache = False
@@ -259,7 +268,8 @@ class TrainingSession:
         ctx = MethodContext(info=info, training=t, total_steps=self.total_steps, tokenizer=tokenizer,
                             sample_batches=lambda rows: sample_batches(
                                 data.train, pad, task == "classification", max(rows, t.batch_size or 4),
-                                EVA_BATCHES, t.seed))  # fmt: skip
+                                EVA_BATCHES, t.seed),
+                            weights_folder=weights_folder if loftq else None, log=self.log)  # fmt: skip
         if spec.objective.needs_reference and (not isinstance(spec.method, PeftMethod) or spec.method.changes_base):
             # The method changes the base's own weights: the reference is a frozen copy (a second model).
             copy = frozen_reference(model).to(self.accelerator.device)
@@ -268,7 +278,7 @@ class TrainingSession:
                      "the base weights, so a frozen copy of the model is kept as the reference (twice the memory "
                      "of the weights; LoRA-family methods switch their adapter off instead)", level="warning")
         with model_construction():  # peft makes its modules in the process's default dtype
-            model = spec.method.apply(model, ctx)
+            model = apply_method(spec, model, ctx)
         if getattr(spec.objective, "disable_dropout", False) and (dropped := disable_dropout(model)):
             self.log(f"{spec.objective.title}: dropout turned off in {dropped} layers (objective.disable_dropout), so "
                      "the log-probabilities it compares carry no random noise")  # fmt: skip
@@ -666,3 +676,17 @@ class TrainingSession:
             return
         if latest is not None:
             self.log(f"the last good checkpoint is kept: {latest}")
+
+
+def apply_method(spec: RunSpec, model: Any, ctx: Any) -> Any:
+    """The method applied; on a 4-/8-bit base, one that trains the packed base weights themselves (full
+    fine-tuning, last layers) is refused in words rather than by torch's error about integer tensors."""
+    try:
+        return spec.method.apply(model, ctx)
+    except RuntimeError as e:
+        if spec.model.quantization != "none" and "floating point dtype can require gradients" in str(e):
+            raise UserError(f"{spec.method.title} trains base weights, which cannot train while quantised to "
+                            f"{spec.model.quantization}", where="model.quantization",
+                            fix="set model.quantization to none, or pick a method that keeps the base frozen "
+                                "(LoRA on a 4-bit base is QLoRA)") from None  # fmt: skip
+        raise
