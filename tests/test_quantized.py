@@ -212,3 +212,26 @@ def test_loftq_is_refused_before_anything_loads(quantization, objective, said, t
     assert result.status == "failed" and said in (result.error or ""), result.error
     assert "method.init" in (result.error or "")
     assert not any(getattr(e, "stage", None) == "loading model" for e in events)
+
+
+@pytest.mark.slow
+def test_qlora_with_loftq_trains_smollm2_through_the_cli(tmp_path: Path) -> None:
+    """The embedded SmolLM2 (a GGUF file) on a 4-bit base with LoftQ's start, from the command line: LoftQ
+    reads the original weights from the GGUF's float32 conversion, the log says what the start removed, and
+    the merged export verifies."""
+    from test_cli import cli
+
+    demo = Path(__file__).resolve().parent.parent / "resources" / "demo" / "train.jsonl"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({
+        "model": {"source": "embedded:smollm2-135m-instruct", "quantization": "4bit"},
+        "data": {"path": str(demo), "max_length": 96, "max_rows": 40},
+        "method": {"name": "lora", "init": "loftq"}, "output_dir": str(tmp_path / "runs"),
+        "training": {"max_steps": 3, "batch_size": 4, "eval_samples": 0, "save_every": 3},
+    }))  # fmt: skip
+    done = cli("train", str(spec), timeout=900)
+    assert done.returncode == 0 and "finished completed at step 3" in done.stdout, done.stdout[-2000:] + done.stderr
+    assert "LoftQ started 210 LoRA layers" in done.stdout, done.stdout[-3000:]  # 30 blocks × 7 projections
+    run_dir = next((tmp_path / "runs").iterdir())
+    exported = cli("export", str(run_dir), "--merged", "--out", str(tmp_path / "merged"), timeout=600)
+    assert exported.returncode == 0, exported.stderr

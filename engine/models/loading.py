@@ -278,6 +278,8 @@ def load_model(
 
     original = resolve_source(spec.source)
     source = _converted(original)
+    if source.gguf_file and spec.quantization != "none":
+        source = _converted_for_quantising(spec, task)
     if not source.has_weights:
         raise UserError(
             f"'{spec.source}' is an architecture description without weights",
@@ -319,6 +321,24 @@ def load_model(
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, original
+
+
+def _converted_for_quantising(spec: ModelSpec, task: str) -> ModelSource:
+    """transformers does not quantise a GGUF file's weights as it reads them: they are converted once to a
+    float32 folder (engine.models.gguf_cache, as an unquantised run keeps it) and quantised from there."""
+    import torch
+
+    load_model(spec.model_copy(update={"quantization": "none"}), task, dtype=torch.float32)
+    original = resolve_source(spec.source)
+    source = _converted(original)
+    if source.gguf_file:
+        raise UserError(
+            f"a {spec.quantization} base is made from a float32 copy of the GGUF file, which the app keeps only "
+            "for generation models up to 3 GiB of float32 weights",
+            where="model.quantization",
+            fix="pick the model's Hugging Face folder (safetensors) for a quantised base, or set quantization to none",
+        )
+    return source
 
 
 def quantization_problem(kind: str = "4bit", device: str = "auto") -> UserError | None:

@@ -10,13 +10,12 @@ from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
     from adapter_studio.engine.models.loading import ModelSource
-    from adapter_studio.engine.spec import ModelSpec
 
 
-def unquantised_folder(spec: ModelSpec, source: ModelSource, task: str) -> Path:
+def unquantised_folder(source: ModelSource) -> Path:
     """A model folder is its own; a hub id's is its snapshot in the local cache; a GGUF file's weights are
     themselves quantised, and its original here is the app's float32 conversion of it (gguf_cache: what
-    a run without quantisation loads), written now if it was not yet."""
+    a run without quantisation loads, and what a 4-bit base from that file is quantised from)."""
     if source.kind == "folder":
         return Path(source.path)
     if source.kind == "hub":
@@ -26,21 +25,10 @@ def unquantised_folder(spec: ModelSpec, source: ModelSource, task: str) -> Path:
         if isinstance(config, str):
             return Path(config).parent
     if source.kind == "gguf":
-        import torch
         from adapter_studio.engine.models.gguf_cache import converted_folder
-        from adapter_studio.engine.models.loading import load_model
 
-        folder = converted_folder(source)
-        if folder is None and task == "causal_lm":
-            load_model(spec.model_copy(update={"quantization": "none"}), task, dtype=torch.float32)  # keeps one
-            folder = converted_folder(source)
+        folder = converted_folder(source)  # a 4-bit base from a GGUF file is quantised from this copy
         if folder is not None:
             return folder
-        raise UserError(
-            "LoftQ needs the GGUF's weights as a float32 copy, which the app keeps only for generation models "
-            "up to 3 GiB of float32 weights",
-            where=f"model.source ({source.display_name})",
-            fix="pick the model's Hugging Face folder (safetensors) instead, or init default",
-        )
     raise UserError(f"LoftQ reads the original weights from files; {source.display_name} has none here",
                     where="model.source", fix="pick a model folder, or init default")  # fmt: skip

@@ -201,7 +201,7 @@ class TrainingSession:
         if loftq:
             from adapter_studio.engine.models.unquantised import unquantised_folder
 
-            weights_folder = unquantised_folder(spec.model, source, task)
+            weights_folder = unquantised_folder(source)
         # A training forward has no use for a key/value cache; building one also makes every compiled
         # block depend on its own layer's cache state (a recompile per block). Generation asks for it.
         model.config.use_cache = False
