@@ -235,3 +235,31 @@ def test_qlora_with_loftq_trains_smollm2_through_the_cli(tmp_path: Path) -> None
     run_dir = next((tmp_path / "runs").iterdir())
     exported = cli("export", str(run_dir), "--merged", "--out", str(tmp_path / "merged"), timeout=600)
     assert exported.returncode == 0, exported.stderr
+
+
+@pytest.mark.gui
+def test_from_the_window_a_4bit_base_trains_with_loftq(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """A new user's path: 4bit in the Model page's Loading box (it says what it saves), LoftQ in LoRA's
+    form, Start; the log says what LoftQ's start removed, and the run's spec keeps both."""
+    from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.spec import TrainingSpec
+    from test_gui import choose
+
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    model_page = window.pages["model"]
+    qtbot.waitUntil(lambda: model_page.quantization_problems is not None, timeout=60_000)
+    model_page.loading_form.widgets["quantization"].setCurrentText("4bit")
+    assert "less memory" in model_page.quantization_note.text()
+    window.go_to("method")
+    method_page = window.pages["method"]
+    method_page.select("lora")
+    method_page.form.widgets["init"].setCurrentText("loftq")
+    assert window.state.method.init == "loftq"
+    window.state.training = TrainingSpec(max_steps=4, batch_size=4, save_every=4, eval_samples=0, precision="float32")
+    window.go_to("train")
+    window.train_page.start()
+    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
+    assert window.train_page.last_status == "completed", window.train_page.last_error
+    assert "LoftQ started 14 LoRA layers" in window.train_page.log.toPlainText()
+    saved = run_spec(window.state.current_run)
+    assert saved.model.quantization == "4bit" and saved.method.init == "loftq"
