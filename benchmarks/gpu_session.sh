@@ -10,7 +10,7 @@
 #     bash benchmarks/gpu_session.sh                       # there, carrying .whl and .gpu
 #     ONLY="cuda_tests throughput" bash benchmarks/gpu_session.sh
 #
-# Steps: cuda_tests (tests/test_cuda.py), engine_check (six methods, QLoRA exports), throughput (engine
+# Steps: cuda_tests (tests/test_cuda.py and test_quantized.py), engine_check (six methods, QLoRA exports), throughput (engine
 # against the Trainer recipe), engine_suite (the engine's tests with CUDA as the automatic device),
 # modes_* (eager, compiled, CUDA graphs on the demo: below), profile, throughput_compiled (the engine
 # with training.compile=on), throughput_b16, memory_check (estimate against measured peak, then bf16
@@ -73,7 +73,7 @@ build_model('$TOK', Path('/tmp/smollm2-random'))
 ONLY=${ONLY:-"cuda_tests engine_check throughput profile engine_suite memory_check"}
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 
-wanted cuda_tests && step cuda_tests 150 $PY -m pytest tests/test_cuda.py -v -p no:cacheprovider -o addopts= --timeout 140
+wanted cuda_tests && step cuda_tests 150 $PY -m pytest tests/test_cuda.py tests/test_quantized.py -m "not slow and not gui" -v -p no:cacheprovider -o addopts= --timeout 140
 wanted engine_check && step engine_check 100 $PY benchmarks/gpu_engine_check.py --tokenizer $TOK --steps $STEPS
 wanted throughput && step throughput 150 $PY benchmarks/throughput.py --device cuda --model /tmp/smollm2-random \
     --steps $STEPS --json "$OUT/throughput.json"
