@@ -66,3 +66,19 @@ def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-
     assert meta["base_model"] and studio["method"]["name"] == "lora" and studio["trainable_params"] > 0
     assert studio["final_train_loss"] is not None and "peft" in studio["versions"]
     assert result.verified_max_diff is not None and result.verified_max_diff < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("largest_before", "largest_merged", "largest_logit", "tolerance"),
+    [
+        (1.0, 1.0, 0.0, 1e-4),  # a tiny model's logits: float32's rounding, absolute
+        (1.0, 1.0, 35.3, 3.53e-4),  # SmolLM2's logits after the app's default LoRA run: 1.5e-4 apart when merged
+        (1.0, 271.0, 0.0, 2.71e-2),  # weights that grew in the merge carry that much more rounding
+        (2.0, 1.0, 5.0, 1e-4),  # weights that shrank, small logits: never below the absolute floor
+    ],
+)
+def test_a_merge_is_verified_within_float32s_rounding(largest_before: float, largest_merged: float,
+                                                      largest_logit: float, tolerance: float) -> None:
+    from adapter_studio.engine.export.run_export import merge_tolerance
+
+    assert merge_tolerance(largest_before, largest_merged, largest_logit) == pytest.approx(tolerance)
