@@ -36,6 +36,9 @@ class StudioState(QObject):
         self.model_info: Any = None  # adapter_studio.engine.models.info.ModelInfo once read
         self.current_run: Path | None = None
         self.last_estimate: dict[str, Any] | None = None  # the chosen method's cost row (Compare page)
+        # The data's task names (its task column, as training will order them): Poly's router size on the
+        # Compare page and its Tasks on the Method page, before training records them in the run.
+        self.data_tasks: list[str] = []
         self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
 
     def set_model(self, source: str) -> None:
@@ -67,8 +70,11 @@ class StudioState(QObject):
         counted, current = self._lengths[0].model_dump(exclude=same), self.data.model_dump(exclude=same)
         return self._lengths[1] if counted == current else None
 
-    def set_data(self, data: DataSpec) -> None:
+    def set_data(self, data: DataSpec, tasks: list[str] | None = None) -> None:
+        """`tasks`: the rows' task names as read (None: the same rows, so the same tasks)."""
         self.data = data
+        if tasks is not None:
+            self.data_tasks = list(tasks)
         self.data_changed.emit()
 
     def set_method(self, method: MethodSpec) -> None:

@@ -258,8 +258,15 @@ def test_from_the_window_the_task_column_is_mapped_and_poly_trains(window: Any, 
     window.go_to("method")
     method_page = window.pages["method"]
     method_page.select("poly")
-    assert "Tasks" in method_page.details.text() and "task column" in method_page.details.text()
+    assert "double, reverse (from the data's task column)" in method_page.details.text()
     assert "Cannot train" not in method_page.details.text()
+    # The Compare page counts the router for the data's two tasks: the count the run reports.
+    from adapter_studio.engine.estimate.table import estimate_table
+    from adapter_studio.gui.pages.compare_page import cost_overrides
+
+    overrides = cost_overrides(window.state)
+    assert 'method.tasks=["double", "reverse"]' in overrides
+    compared = estimate_table(str(tiny_llama), "poly", overrides)[0]["trainable_params"]
     window.state.training = TrainingSpec(max_steps=4, batch_size=4, save_every=4, eval_samples=0, learning_rate=0.05,
                                          precision="float32")  # fmt: skip
     window.train_page.start()
@@ -268,6 +275,10 @@ def test_from_the_window_the_task_column_is_mapped_and_poly_trains(window: Any, 
     from adapter_studio.engine.inference.trained import run_spec
 
     assert run_spec(window.state.current_run).method.tasks == ["double", "reverse"]
+    from adapter_studio.engine.events import Started, read_events
+
+    started = next(e for e in read_events(window.state.current_run / "events.jsonl") if isinstance(e, Started))
+    assert compared == started.trainable_params
 
 
 @pytest.mark.parametrize(("data", "refused"), [("alpaca_jsonl", True), ("multitask_jsonl", False)])

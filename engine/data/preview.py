@@ -31,6 +31,7 @@ class DataPreview:
     total_rows: int
     dropped: list[str] = field(default_factory=list)
     usable: int = 0
+    tasks: list[str] = field(default_factory=list)  # the task column's names, in training's order (sorted)
 
 
 def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
@@ -61,6 +62,7 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
         survey.rows,
         survey.dropped,
         survey.count,
+        sorted(survey.tasks),
     )
 
 

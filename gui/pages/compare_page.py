@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import time
 from collections.abc import Generator
@@ -93,6 +94,8 @@ def cost_overrides(state: Any) -> list[str]:
         items.append(f"data.max_length={state.data.max_length}")
     if state.model is not None:
         items += [f"model.quantization={state.model.quantization}", f"model.dtype={state.model.dtype}"]
+    if state.data_tasks:  # Poly's router has a weight per task and skill: count the data's tasks
+        items.append(f"method.tasks={json.dumps(state.data_tasks)}")
     for field, value in state.method.model_dump().items():
         # Scalar settings of the chosen method (rank, reduction factor, prompt length) apply to every
         # method that has them; lists such as target modules stay each method's own default.
@@ -119,7 +122,7 @@ def estimate_rows(source: str, overrides: list[str], current: Any,
             if k != "name" and isinstance(v, list) and v
         ],
     ]
-    exact = estimate_table(source, current.name, exact_overrides, labelled_share=share)[0]
+    exact = estimate_table(source, current.name, _own(exact_overrides, current.name), labelled_share=share)[0]
     rows = [exact if r["method"] == current.name else r
             for r in estimate_table(source, "all", overrides, cached_only=True, labelled_share=share)]
     # The baseline that fits the model's task (in-context examples for a text generator, frozen features
@@ -135,11 +138,15 @@ def estimate_rows(source: str, overrides: list[str], current: Any,
     for i in pending:
         yield []  # a pause where a newer request can stop this one
         name = rows[i]["method"]
-        fields = METHODS[name].model_fields
-        own = [o for o in overrides if not o.startswith("method.") or o[7:].split("=", 1)[0] in fields]
-        rows[i] = estimate_table(source, name, own, labelled_share=share)[0]
+        rows[i] = estimate_table(source, name, _own(overrides, name), labelled_share=share)[0]
     yield rows
     return rows
+
+
+def _own(overrides: list[str], name: str) -> list[str]:
+    """The overrides that apply to one method: every non-method item, and the method fields it has."""
+    fields = METHODS[name].model_fields
+    return [o for o in overrides if not o.startswith("method.") or o[7:].split("=", 1)[0] in fields]
 
 
 def three_digits(x: float) -> str:

@@ -257,7 +257,7 @@ class DataPage(Page):
 
     def _publish(self, data: DataSpec) -> None:
         self._published = data
-        self.state.set_data(data)
+        self.state.set_data(data, self.preview.tasks if self.preview is not None else [])
 
     def _load(self, spec: DataSpec) -> None:
         from adapter_studio.engine.data.preview import preview_data

@@ -223,8 +223,13 @@ class MethodPage(Page):
         runs = getattr(self.state.method, "runs", None)  # AdapterFusion: the finished runs it fuses
         fused = f"<tr><td>Fuses</td><td>{', '.join(Path(r).name for r in runs)}</td></tr>" if runs else ""
         if cls.routes_by_task:  # Poly: the tasks come from the data, not from a form field
-            tasks = ", ".join(getattr(self.state.method, "tasks", [])) or (
-                "each row's, from the data's task column when training starts (map it on the Data page)")
+            recorded = getattr(self.state.method, "tasks", [])
+            if recorded:
+                tasks = ", ".join(recorded)
+            elif self.state.data_tasks:
+                tasks = f"{', '.join(self.state.data_tasks)} (from the data's task column)"
+            else:
+                tasks = "each row's, from the data's task column when training starts (map it on the Data page)"
             fused += f"<tr><td>Tasks</td><td>{tasks}</td></tr>"
         rate = f"{cls.default_lr:g} (the method's usual rate)"
         if info is not None:
