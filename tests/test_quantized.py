@@ -42,6 +42,28 @@ def test_qlora_trains_and_merges_into_a_dequantised_base(kind, tiny_llama, alpac
     assert merged.verified_max_diff is not None
 
 
+def test_a_4bit_run_answers_on_the_try_page_beside_its_base(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]
+    """The Try page's playground opens a QLoRA run on its 4-bit base: the adapter switched off is that base,
+    and both answer (greedy, with the KV cache through bitsandbytes' layers)."""
+    from adapter_studio.engine.inference.playground import Playground
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", learning_rate=0.01, max_steps=8)
+    result, _ = train(quantized(spec, "4bit"))
+    assert result.status == "completed", result.error
+    from adapter_studio.engine.models.loading import load_model
+    from adapter_studio.engine.spec import ModelSpec
+    from test_playground import reference_answer
+
+    playground = Playground.open(result.run_dir, device="cpu")
+    assert playground.shares_weights
+    answers = {which: "".join(playground.stream(which, "reverse abc", max_new_tokens=6))  # type: ignore[arg-type]
+               for which in ("base", "tuned")}  # fmt: skip
+    base, _, _ = load_model(ModelSpec(source=str(tiny_llama), quantization="4bit"), "causal_lm", dtype=torch.float32)
+    assert answers["base"] == reference_answer(base.eval(), playground, "reverse abc", max_new_tokens=6)
+    with playground.using("tuned") as tuned:
+        assert answers["tuned"] == reference_answer(tuned, playground, "reverse abc", max_new_tokens=6)
+
+
 def test_a_4bit_base_holds_packed_weights(tiny_llama) -> None:  # type: ignore[no-untyped-def]
     """The point of a quantised base: its frozen weights take a quarter of float32's bytes or less."""
     import bitsandbytes as bnb
