@@ -191,7 +191,9 @@ def test_a_loftq_run_merges_into_its_4bit_weights(tiny_llama, alpaca_jsonl, make
     assert any(isinstance(e, Log) and e.message.startswith("LoftQ started 14 LoRA layers") for e in events)
     adapter = export_run(result.run_dir, "adapter", tmp_path / "adapter")
     assert json.loads((adapter.path / "adapter_config.json").read_text())["init_lora_weights"] is True
-    assert "bnb_4bit_quant_type='nf4'" in (adapter.path / "README.md").read_text()  # load it onto that base
+    card = (adapter.path / "README.md").read_text()  # says to load it onto that base, and how
+    assert "import torch\n" in card and "from transformers import AutoModelForCausalLM, BitsAndBytesConfig" in card
+    assert "bnb_4bit_quant_type='nf4'" in card and "# LoftQ: the adapter was started against" in card
     merged = export_run(result.run_dir, "merged", tmp_path / "merged")
     assert merged.verified_max_diff is not None and merged.verified_max_diff < 1e-3
 

@@ -283,8 +283,10 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     if kind == "merged":
         how = "from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained(<this folder>)"
     elif spec.method.adapter_format == "peft":
+        quantised = spec.model.quantization != "none"
         how = (
-            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+            ("import torch\n" if spec.model.quantization == "4bit" else "") + "from peft import PeftModel\n"
+            f"from transformers import AutoModelForCausalLM{', BitsAndBytesConfig' if quantised else ''}\n"
             f"base = AutoModelForCausalLM.from_pretrained(<base model>{_quantised_load(spec)})\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
