@@ -34,6 +34,9 @@ def test_qlora_trains_and_merges_into_a_dequantised_base(kind, tiny_llama, alpac
     assert result.status == "completed", result.error
     metrics = [e for e in events if isinstance(e, Metrics)]
     assert metrics[-1].loss < metrics[0].loss
+    _, plain_events = train(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=1))
+    started, plain = (next(e for e in ev if isinstance(e, Started)) for ev in (events, plain_events))
+    assert (started.total_params, started.trainable_params) == (plain.total_params, plain.trainable_params)
     adapter = export_run(result.run_dir, "adapter", tmp_path / "adapter")
     assert (adapter.path / "adapter_config.json").exists()
     merged = export_run(result.run_dir, "merged", tmp_path / "merged")
@@ -77,6 +80,10 @@ def test_a_4bit_base_holds_packed_weights(tiny_llama) -> None:  # type: ignore[n
     q_proj = full.model.layers[0].self_attn.q_proj.weight
     packed_q = packed.model.layers[0].self_attn.q_proj.weight
     assert packed_q.numel() * packed_q.element_size() <= q_proj.numel() * q_proj.element_size() / 4
+    # ...yet it is the same model: its parameters are counted as they are, not as they are stored
+    from adapter_studio.engine.models.info import describe_model
+
+    assert describe_model(packed).total_params == describe_model(full).total_params
 
 
 def test_adamw_8bit_trains_and_resumes_where_it_stopped(tiny_llama, alpaca_jsonl, make_spec) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ Works on models built on the meta device too, so estimates and defaults never lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -122,7 +123,7 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
         task=task,
         num_layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
         hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=sum(parameter_count(p) for p in model.parameters()),
         linear_names=leaf_names,
         conv1d_names=conv1d_names,
         attention_targets=attention,
@@ -141,3 +142,10 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
 def _is_cls(config: object) -> bool:
     archs = getattr(config, "architectures", None) or []
     return any("SequenceClassification" in a for a in archs)
+
+
+def parameter_count(p: torch.Tensor) -> int:
+    """A weight's elements as the model has them: bitsandbytes stores a 4-bit weight two to a byte (its
+    `quant_state` keeps the real shape), so `numel()` would count half of them."""
+    state = getattr(p, "quant_state", None)
+    return int(math.prod(state.shape)) if state is not None else p.numel()

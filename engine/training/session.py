@@ -25,6 +25,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
 from adapter_studio.engine.methods.peft_base import PeftMethod
 from adapter_studio.engine.methods.poly import route_batch
+from adapter_studio.engine.models.info import parameter_count
 from adapter_studio.engine.objectives.logps import frozen_reference
 from adapter_studio.engine.objectives.training import (
     PairPass,
@@ -301,7 +302,7 @@ class TrainingSession:
         self.device_name = describe_device(device)
         self.device = device
         self.trainable_params = sum(p.numel() for p in trainable)
-        self.total_params = sum(p.numel() for p in self.accelerator.unwrap_model(model).parameters())
+        self.total_params = sum(parameter_count(p) for p in self.accelerator.unwrap_model(model).parameters())
         self.lengths = [len(x.input_ids) for x in data.train]
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
