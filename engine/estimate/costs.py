@@ -190,8 +190,10 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         return _Applied(error=f"{cls.title} leaves nothing to train on this {info.model_type} model")
     quantized = {id(p) for p in params if base_names.get(id(p)) in base.quantizable}
     if any(id(p) in quantized for p in trainable):
-        return _Applied(error=f"{cls.title} trains base weights, which cannot train while quantised to "
-                              f"{quantization} — set model.quantization to none, or pick LoRA (QLoRA)")
+        from adapter_studio.engine.models.loading import quantised_weights_refusal
+
+        refused = quantised_weights_refusal(cls.title, quantization)
+        return _Applied(error=f"{refused.what} — {refused.fix}")
     weights = 0
     for p in params:
         weights += _quantized_bytes(p, quantization) if id(p) in quantized else p.numel() * p.element_size()

@@ -148,10 +148,7 @@ def clear_caches(*, keep_models: bool = False) -> None:
 def _device(choice: str) -> str:
     from adapter_studio.engine.training.devices import pick_device
 
-    if choice != "auto":
-        return "cuda" if choice == "cuda" else "cpu"
-    picked = pick_device("auto")
-    return "cuda" if picked == "cuda" else "cpu"
+    return "cuda" if pick_device(choice) == "cuda" else "cpu"  # estimated as a CPU anywhere but CUDA
 
 
 def _device_memory(device: str) -> int | None:

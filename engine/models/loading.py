@@ -279,7 +279,7 @@ def load_model(
     original = resolve_source(spec.source)
     source = _converted(original)
     if source.gguf_file and spec.quantization != "none":
-        source = _converted_for_quantising(spec, task)
+        source = _converted_for_quantising(spec, original, task)
     if not source.has_weights:
         raise UserError(
             f"'{spec.source}' is an architecture description without weights",
@@ -323,13 +323,12 @@ def load_model(
     return model, tokenizer, original
 
 
-def _converted_for_quantising(spec: ModelSpec, task: str) -> ModelSource:
+def _converted_for_quantising(spec: ModelSpec, original: ModelSource, task: str) -> ModelSource:
     """transformers does not quantise a GGUF file's weights as it reads them: they are converted once to a
-    float32 folder (engine.models.gguf_cache, as an unquantised run keeps it) and quantised from there."""
+    float32 folder (engine.models.gguf_cache: an unquantised load keeps it) and quantised from there."""
     import torch
 
     load_model(spec.model_copy(update={"quantization": "none"}), task, dtype=torch.float32)
-    original = resolve_source(spec.source)
     source = _converted(original)
     if source.gguf_file:
         raise UserError(
@@ -363,6 +362,13 @@ def quantization_problem(kind: str = "4bit", device: str = "auto") -> UserError 
             fix="pip install bitsandbytes, or set model.quantization to none",
         )
     return None
+
+
+def quantised_weights_refusal(title: str, kind: str) -> UserError:
+    """Training a 4-/8-bit base's own packed weights (full fine-tuning, last layers): the run and estimate say it."""
+    return UserError(f"{title} trains base weights, which cannot train while quantised to {kind}",
+                     where="model.quantization", fix="set model.quantization to none, or pick a method that keeps "
+                     "the base frozen (LoRA on a 4-bit base is QLoRA)")  # fmt: skip
 
 
 def _quantization_config(kind: str, device: str, task: str, dtype: Any) -> Any:

@@ -199,10 +199,9 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
-        if loftq:
-            from adapter_studio.engine.models.unquantised import unquantised_folder
+        from adapter_studio.engine.models.unquantised import unquantised_folder
 
-            weights_folder = unquantised_folder(source)
+        weights_folder = unquantised_folder(source) if loftq else None  # LoftQ reads the original weights
         # A training forward has no use for a key/value cache; building one also makes every compiled
         # block depend on its own layer's cache state (a recompile per block). Generation asks for it.
         model.config.use_cache = False
@@ -270,7 +269,7 @@ class TrainingSession:
                             sample_batches=lambda rows: sample_batches(
                                 data.train, pad, task == "classification", max(rows, t.batch_size or 4),
                                 EVA_BATCHES, t.seed),
-                            weights_folder=weights_folder if loftq else None, log=self.log)  # fmt: skip
+                            weights_folder=weights_folder, log=self.log)  # fmt: skip
         if spec.objective.needs_reference and (not isinstance(spec.method, PeftMethod) or spec.method.changes_base):
             # The method changes the base's own weights: the reference is a frozen copy (a second model).
             copy = frozen_reference(model).to(self.accelerator.device)
@@ -686,8 +685,7 @@ def apply_method(spec: RunSpec, model: Any, ctx: Any) -> Any:
         return spec.method.apply(model, ctx)
     except RuntimeError as e:
         if spec.model.quantization != "none" and "floating point dtype can require gradients" in str(e):
-            raise UserError(f"{spec.method.title} trains base weights, which cannot train while quantised to "
-                            f"{spec.model.quantization}", where="model.quantization",
-                            fix="set model.quantization to none, or pick a method that keeps the base frozen "
-                                "(LoRA on a 4-bit base is QLoRA)") from None  # fmt: skip
+            from adapter_studio.engine.models.loading import quantised_weights_refusal
+
+            raise quantised_weights_refusal(spec.method.title, spec.model.quantization) from None
         raise
