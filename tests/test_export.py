@@ -69,16 +69,18 @@ def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-
 
 
 @pytest.mark.parametrize(
-    ("largest_before", "largest_merged", "largest_logit", "tolerance"),
+    ("before", "merged", "largest_logit", "tolerance"),
     [
-        (1.0, 1.0, 0.0, 1e-4),  # a tiny model's logits: float32's rounding, absolute
-        (1.0, 1.0, 35.3, 3.53e-4),  # SmolLM2's logits after the app's default LoRA run: 1.5e-4 apart when merged
-        (1.0, 271.0, 0.0, 2.71e-2),  # weights that grew in the merge carry that much more rounding
-        (2.0, 1.0, 5.0, 1e-4),  # weights that shrank, small logits: never below the absolute floor
+        ({"": 1.0, "q": 0.07}, {"": 1.0, "q": 0.07}, 0.0, 1e-4),  # a tiny model's logits: float32's rounding
+        ({"": 1.0, "q": 0.07}, {"": 1.0, "q": 0.07}, 35.3, 3.53e-4),  # SmolLM2 after the default LoRA run
+        ({"": 1.0, "q": 1.0}, {"": 271.0, "q": 271.0}, 0.0, 2.71e-2),  # weights that grew carry more rounding
+        ({"": 1.0, "q": 0.07}, {"": 1.0, "q": 0.49}, 0.77, 7e-4),  # q grew 7×, not the largest weight (a norm's)
+        ({"": 2.0, "q": 1.0}, {"": 1.0, "q": 0.5}, 5.0, 1e-4),  # weights that shrank: never below the floor
+        ({"": 1.0, "q": 0.07}, {"": 1.0, "model.q": 0.49}, 0.0, 1e-4),  # renamed by the merge: not compared
     ],
 )
-def test_a_merge_is_verified_within_float32s_rounding(largest_before: float, largest_merged: float,
+def test_a_merge_is_verified_within_float32s_rounding(before: dict[str, float], merged: dict[str, float],
                                                       largest_logit: float, tolerance: float) -> None:
-    from adapter_studio.engine.export.run_export import merge_tolerance
+    from adapter_studio.engine.export.run_export import merge_growth, merge_tolerance
 
-    assert merge_tolerance(largest_before, largest_merged, largest_logit) == pytest.approx(tolerance)
+    assert merge_tolerance(merge_growth(before, merged), largest_logit) == pytest.approx(tolerance)

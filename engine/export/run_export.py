@@ -59,9 +59,10 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
         if kind == "adapter":
             _write_adapter(trained, tmp)
         else:
-            before = largest_weight(trained.model)
+            before = weight_sizes(trained.model)
             merged = trained.spec.method.merge(trained.model)
-            tolerance = merge_tolerance(before, largest_weight(merged), float(reference.abs().max()))
+            growth = merge_growth(before, weight_sizes(merged))
+            tolerance = merge_tolerance(growth, float(reference.abs().max()))
             merged.save_pretrained(str(tmp), max_shard_size="2GB")
         trained.tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(model_card(trained, kind, run_dir), encoding="utf-8")
@@ -79,20 +80,36 @@ def export_run(run_dir: Path, kind: str, out: Path, emit: Emit | None = None) ->
     return ExportResult(kind, out, size, diff)
 
 
-def largest_weight(model: torch.nn.Module) -> float:
-    """The largest absolute value of the model's floating-point parameters."""
-    return max((float(p.detach().abs().max()) for p in model.parameters() if p.is_floating_point() and p.numel()),
-               default=0.0)  # fmt: skip
+def weight_sizes(model: torch.nn.Module) -> dict[str, float]:
+    """The largest absolute value of each floating-point weight matrix, by its name in the base model (peft's
+    wrapper prefix and `base_layer` left out, as the merged model names it), and of all of them ("")."""
+    sizes: dict[str, float] = {"": 0.0}
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and p.numel():
+            largest = float(p.detach().abs().max())
+            sizes[""] = max(sizes[""], largest)
+            if p.dim() >= 2:
+                key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+                sizes[key] = max(sizes.get(key, 0.0), largest)
+    return sizes
 
 
-def merge_tolerance(largest_before: float, largest_merged: float, largest_logit: float = 0.0) -> float:
+def merge_growth(before: dict[str, float], merged: dict[str, float]) -> float:
+    """How many times the merge made a weight matrix larger: the most of any matrix, or of the model's largest
+    weight (a LoRA update may outgrow its own layer's weights several times over while the largest weight, a
+    norm's, stays). At least 1."""
+    ratios = [merged[key] / size for key, size in before.items() if size > 0 and key in merged]
+    return max([1.0, *ratios])
+
+
+def merge_tolerance(growth: float, largest_logit: float = 0.0) -> float:
     """How far a merged model's logits may be from the adapter model's: float32 rounds W + ΔW relative to
-    its size, so weights that grew k-fold in the merge carry k times the rounding (RandLoRA's scale 20 on a
-    tiny model trained at a high rate: weights ×271, logits 1.0e-4 apart), and the rounding grows with the
-    logits it ends in: `MERGE_RELATIVE` of the largest (SmolLM2 after the app's default LoRA run, every
+    its size, so weights that grew k-fold in the merge (`merge_growth`) carry k times the rounding (RandLoRA's
+    scale 20 on a tiny model trained at a high rate: weights ×271, logits 1.0e-4 apart; LoRA on a tiny Llama
+    at 100× its rate: q and v ×7 while the largest weight stayed, 1.06e-4 apart), and the rounding grows with
+    the logits it ends in: `MERGE_RELATIVE` of the largest (SmolLM2 after the app's default LoRA run, every
     linear layer of 30 blocks: logits up to 35.3, merged 1.5e-4 apart). A wrong merge is off by far more."""
-    growth = max(1.0, largest_merged / largest_before) if largest_before else 1.0
-    return max(VERIFY_TOLERANCE, MERGE_RELATIVE * largest_logit) * growth
+    return max(VERIFY_TOLERANCE, MERGE_RELATIVE * largest_logit) * max(1.0, growth)
 
 
 # --- what every export does: a new folder, written beside it and renamed into place, logged ----------
