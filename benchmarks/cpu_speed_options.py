@@ -4,9 +4,11 @@ Trains the demo (embedded SmolLM2, LoRA, the demo's batch and length) for a few 
 variant, alternating the variants over several rounds (this machine is shared and noisy), and prints
 per variant the median real tokens/s, its ratio to the baseline, and the mean loss of the steps, which
 shows whether a variant changes what is learned. Variants:
-    baseline        the engine's choices: widths = the longest row, frozen base in bf16, LoRA inputs
-                    kept in bf16, fused AdamW, LoRA dropout masks from 16-bit lanes (engine.training.bits_dropout)
-    pad16           widths rounded up to a multiple of 16
+    baseline        the engine's choices: widths rounded up to one of 8 steps per doubling (SpeedOptions.
+                    cpu_width_steps), frozen base in bf16, LoRA inputs kept in bf16, fused AdamW, LoRA dropout
+                    masks from 16-bit lanes (engine.training.bits_dropout)
+    exact-widths    widths = the longest row of each batch (every new width builds new oneDNN kernels)
+    pad16           widths rounded up to a multiple of 16 (and no steps)
     float32-base    frozen base weights loaded in float32 (as before the bf16 base)
     lora-input-cast LoRA layers cast their input to float32 first (peft's default)
     adamw-foreach   AdamW's foreach implementation (one launch per group of tensors) instead of fused
@@ -26,14 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
-# name: (width multiple, model.dtype, LoRA input kept in the autocast dtype, AdamW keyword, bits dropout)
+# name: (width multiple, width steps per doubling, model.dtype, LoRA input kept in the autocast dtype, AdamW keyword,
+# bits dropout)
 VARIANTS = {
-    "baseline": (1, "auto", True, "fused", True),
-    "pad16": (16, "auto", True, "fused", True),
-    "float32-base": (1, "float32", True, "fused", True),
-    "lora-input-cast": (1, "auto", False, "fused", True),
-    "adamw-foreach": (1, "auto", True, "foreach", True),
-    "torch-dropout": (1, "auto", True, "fused", False),
+    "baseline": (1, 8, "auto", True, "fused", True),
+    "exact-widths": (1, 0, "auto", True, "fused", True),
+    "pad16": (16, 0, "auto", True, "fused", True),
+    "float32-base": (1, 8, "float32", True, "fused", True),
+    "lora-input-cast": (1, 8, "auto", False, "fused", True),
+    "adamw-foreach": (1, 8, "auto", True, "foreach", True),
+    "torch-dropout": (1, 8, "auto", True, "fused", False),
 }
 
 
@@ -57,11 +61,11 @@ def main() -> int:
     speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):
-        for name, (multiple, dtype, lora_in_autocast, adamw, bits_dropout) in (
+        for name, (multiple, steps, dtype, lora_in_autocast, adamw, bits_dropout) in (
             (n, v) for n, v in VARIANTS.items() if n in chosen
         ):
-            speed = SpeedOptions(pad_multiple={"cpu": multiple}, lora_inputs_in_autocast_dtype=lora_in_autocast,
-                                 bits_dropout_on_cpu=bits_dropout)
+            speed = SpeedOptions(pad_multiple={"cpu": multiple}, cpu_width_steps=steps,
+                                 lora_inputs_in_autocast_dtype=lora_in_autocast, bits_dropout_on_cpu=bits_dropout)
             devices.adamw_implementation = lambda params, kind=adamw: {kind: True}  # type: ignore[misc]
             spec = load_spec_file(DEMO, [f"training.max_steps={args.steps}", f"output_dir={runs}",
                                          "training.eval_samples=0", "data.eval_split=0", "training.save_every=100000",

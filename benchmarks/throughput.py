@@ -293,11 +293,13 @@ def _cpu_bf16() -> bool:
 
 
 def speed_options(args: argparse.Namespace) -> Any:
-    """The engine's SpeedOptions with this run's --compile-mode, --compile-whole and --pad-multiple."""
+    """The engine's SpeedOptions with this run's --compile-mode, --compile-whole, --pad-multiple and
+    --cpu-width-steps."""
     from adapter_studio.engine.training.speed import SpeedOptions
 
     pad = {args.device: args.pad_multiple} if args.pad_multiple else {}
-    return SpeedOptions(compile_mode=args.compile_mode, compile_whole=args.compile_whole, pad_multiple=pad)
+    steps = {} if args.cpu_width_steps is None else {"cpu_width_steps": args.cpu_width_steps}
+    return SpeedOptions(compile_mode=args.compile_mode, compile_whole=args.compile_whole, pad_multiple=pad, **steps)
 
 
 def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -> dict[str, Any]:
@@ -365,12 +367,13 @@ def run_engine(train_path: Path, data: PreparedData, args: argparse.Namespace) -
     real = [seen[s] - seen.get(s - 1, 0) for s in range(1, args.steps + 1)]
     lengths = [len(t.input_ids) for t in data.train]
     per_epoch = math.ceil(len(lengths) / args.batch)
-    multiple = speed_options(args).padding(args.device, compiled="training.compile=on" in args.engine_set)
+    speed, compiled = speed_options(args), "training.compile=on" in args.engine_set
     step_tokens = []
     for step in range(args.steps):
         epoch, within = divmod(step, per_epoch)
         batches = epoch_batches(lengths, args.batch, args.seed, epoch)
         sizes = [lengths[i] for i in batches[within % len(batches)]]
+        multiple = speed.multiple_for(args.device, compiled, max(sizes), args.max_length)
         width = -(-max(sizes) // multiple) * multiple
         step_tokens.append((real[step], width * len(sizes) if sum(sizes) == real[step] else 0))
     if not all(p for _, p in step_tokens):  # the engine batches some other way now: padding unknown
@@ -553,6 +556,11 @@ def main() -> None:
         "--pad-multiple",
         type=int,
         help="the engine rounds batch widths up to this multiple (e.g. --max-length: one shape for CUDA graphs)",
+    )
+    parser.add_argument(
+        "--cpu-width-steps",
+        type=int,
+        help="the engine's width steps per doubling on a CPU (SpeedOptions.cpu_width_steps; 0: the longest row)",
     )
     parser.add_argument(
         "--profile",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Checkpoint, Event, Finished, Log, Metrics, Stage, Started, read_events
+from adapter_studio.engine.events import Checkpoint, Eval, Event, Finished, Log, Metrics, Stage, Started, read_events
 from adapter_studio.engine.spec import TrainingSpec
 from adapter_studio.engine.training.run import RunResult, run
 from adapter_studio.engine.training.speed import SpeedOptions
@@ -81,7 +81,10 @@ def test_loss_falls_over_thirty_steps(case: str, thirty_steps: Callable[..., Any
     first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
     # About ln(vocabulary size) = 4.85 at the start; the few characters of the answers come first.
     assert 4.5 < first < 5.2
-    assert last < first - 0.3, f"loss {first:.3f} → {last:.3f}"  # measured: 0.36 to 0.46 lower
+    # Measured 0.21 to 0.37 lower over the three cases and their equally likely paths (dropout masks drawn
+    # for batches of their exact width or padded to a width step; LoRA's dropout on or off); first at 0.3, the
+    # bound sat inside that spread.
+    assert last < first - 0.15, f"loss {first:.3f} → {last:.3f}"
 
 
 @pytest.mark.parametrize("case", ["llama-alpaca", "gpt2-alpaca"])
@@ -345,15 +348,48 @@ def test_cpu_speed_switches_learn_the_same(
 ) -> None:  # fmt: skip
     """peft's input cast to float32 only adds copies under bf16 autocast; LoRA's dropout masks from
     16-bit lanes (engine.training.bits_dropout) drop as often as torch's: the same learning either way."""
-    curves = {}
+    curves, held_out = {}, {}
     for on in (False, True):
         spec = make_spec(tiny_llama, alpaca_jsonl, {"name": method, "dropout": 0.1}, max_steps=8, precision="bf16",
                          learning_rate=0.01, eval_samples=0)  # fmt: skip
-        curves[on], _, _ = _curve_and_stages(spec, SpeedOptions(**{switch: on}))
-    assert curves[True][-1] < curves[True][0] - 0.1, curves  # it learns
+        curves[on], _, events = _curve_and_stages(spec, SpeedOptions(**{switch: on}))
+        held_out[on] = [e.eval_loss for e in events if isinstance(e, Eval)][-1]
+    # It learns: the held-out rows' loss at the end against the first step's (both start near ln(vocabulary));
+    # one batch's loss against another's differs by up to 0.7 with the rows' lengths, learning or not.
+    assert held_out[True] < curves[True][0] - 0.1, (held_out, curves)
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
     if differ:
         assert curves[True] != curves[False], f"the same curve: {switch} changed nothing"
+
+
+@pytest.mark.parametrize(
+    ("device", "compiled", "longest", "limit", "multiple"),
+    [
+        ("cpu", False, 8, 512, 1),  # short rows: their own width
+        ("cpu", False, 100, 512, 8),  # 64-127: steps of 8 (104)
+        ("cpu", False, 200, 512, 16),  # 128-255: steps of 16 (208)
+        ("cpu", False, 256, 512, 32),  # 256 is a step
+        ("cpu", False, 300, 512, 32),  # 320
+        ("cpu", False, 300, 300, 1),  # 320 would pass max_length (learned positions end there): its own width
+        ("cpu", True, 200, 512, 16),  # compiled the same
+        ("cuda", False, 200, 512, 1),  # a GPU builds no kernels per shape
+        ("cuda", True, 200, 512, 8),  # ... but compiled code pads to 8 there
+    ],
+)
+def test_cpu_batch_widths_take_a_few_steps_per_doubling(
+    device: str, compiled: bool, longest: int, limit: int, multiple: int
+) -> None:
+    assert SpeedOptions().multiple_for(device, compiled, longest, limit) == multiple
+    assert SpeedOptions(cpu_width_steps=0).multiple_for(device, compiled, longest, limit) == (8 if compiled and
+                                                                                               device == "cuda" else 1)
+
+
+def test_stepped_widths_learn_what_exact_widths_do(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
+    """Padding the batches to width steps changes no real token's loss (right padding, masked)."""
+    spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "dropout": 0.0}, max_steps=6, learning_rate=0.01,
+                     eval_samples=0, precision="float32")  # fmt: skip
+    curves = {steps: _curve_and_stages(spec, SpeedOptions(cpu_width_steps=steps))[0] for steps in (0, 2)}
+    assert max(abs(a - b) for a, b in zip(curves[0], curves[2], strict=True)) < 1e-4, curves
 
 
 @pytest.mark.slow  # inductor compiles for ~20 s even for the tiny model

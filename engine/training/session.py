@@ -306,7 +306,6 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
-        self.pad_multiple = self.speed.padding(device, compiled=False)
         if t.compile == "on" and self.pairwise:
             self.log("training.compile: on is not used with preference objectives yet; training uncompiled",
                      level="warning")
@@ -521,7 +520,6 @@ class TrainingSession:
     def _compile(self) -> str:
         what = compiled_step.compile_training_forward(self.fast_parts, self.model, self.device, self.speed)
         self.compiled = True
-        self.pad_multiple = self.speed.padding(self.device, compiled=True)
         return what
 
     def _give_up_compiling(self, error: Exception) -> None:
@@ -582,7 +580,9 @@ class TrainingSession:
         if world > 1:
             indices = indices[rank::world] or indices[:1]
         items = [self.data.train[i] for i in indices]
-        batch = collate(items, self.pad_id, self.task == "classification", self.pad_multiple)
+        longest = max(self.lengths[i] for i in indices)
+        multiple = self.speed.multiple_for(self.device, self.compiled, longest, self.spec.data.max_length or longest)
+        batch = collate(items, self.pad_id, self.task == "classification", multiple)
         # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
         tokens = sum(len(x.input_ids) for x in items)
         batch = {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}

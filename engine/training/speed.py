@@ -20,6 +20,12 @@ from adapter_studio.engine.methods.peft_base import compute_lora_inputs_in_autoc
 class SpeedOptions:
     # Batch widths rounded up to these multiples, by device type ("cpu", "cuda"). 1: the longest row.
     pad_multiple: Mapping[str, int] = field(default_factory=dict)
+    # On a CPU a batch's width is rounded up to one of this many steps per doubling (at most 1/8 more
+    # padding; 0: off): oneDNN builds its matmul kernels anew for every shape it meets (without its cache a
+    # SmolLM2 step took 4.4× as long) and keeps each with its buffers, so every new width costs time and
+    # memory (the Llama-3.2-1B shape, 10 steps: resident set 6.9 GiB at the widths of its rows, 6.3 at one
+    # width; benchmarks/cpu_speed_options.py measures both ways).
+    cpu_width_steps: int = 8
     # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
     # benchmarks/cpu_speed_options.py measures both ways.
     lora_inputs_in_autocast_dtype: bool = True
@@ -50,6 +56,16 @@ class SpeedOptions:
         too, since inductor specialises its kernels on whether the width is a multiple of 8."""
         multiple = self.pad_multiple.get(device, 1)
         return math.lcm(multiple, 8) if compiled and device == "cuda" else multiple
+
+    def multiple_for(self, device: str, compiled: bool, longest: int, limit: int) -> int:
+        """The multiple a batch whose longest row has `longest` tokens is padded to: `padding`'s, and on a
+        CPU one of `cpu_width_steps` steps per doubling, unless that would pass `limit` (the data's
+        max_length: a model with learned positions has none beyond its own)."""
+        multiple = self.padding(device, compiled)
+        if device != "cpu" or not self.cpu_width_steps or longest <= self.cpu_width_steps:
+            return multiple
+        stepped = math.lcm(multiple, max(1, (1 << (longest.bit_length() - 1)) // self.cpu_width_steps))
+        return stepped if -(-longest // stepped) * stepped <= max(limit, longest) else multiple
 
     def speed_up_lora_layers(self, model: Any, device: str, precision: str) -> None:
         """The engine's changes to peft's LoRA layers for speed (benchmarks/throughput.py --profile makes
