@@ -94,9 +94,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
 
 
 def collate(items: Iterable[Tokenized], pad_id: int, classification: bool, multiple: int = 1) -> dict[str, Any]:
-    """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels
-    chosen for a shape be reused; see SpeedOptions.pad_multiple in engine.training.speed). Items that all
-    have a task add `task_ids` (one per row), which a method that routes by task reads (engine.methods.poly)."""
+    """Pad a batch to its longest item, rounded up to `multiple` (few distinct shapes let kernels chosen
+    for a shape be reused; the session asks SpeedOptions.multiple_for in engine.training.speed). Items that
+    all have a task add `task_ids` (one per row), which a method that routes by task reads (engine.methods.poly)."""
     import torch
 
     items = list(items)

@@ -22,9 +22,10 @@ class SpeedOptions:
     pad_multiple: Mapping[str, int] = field(default_factory=dict)
     # On a CPU a batch's width is rounded up to one of this many steps per doubling (at most 1/8 more
     # padding; 0: off): oneDNN builds its matmul kernels anew for every shape it meets (without its cache a
-    # SmolLM2 step took 4.4× as long) and keeps each with its buffers, so every new width costs time and
-    # memory (the Llama-3.2-1B shape, 10 steps: resident set 6.9 GiB at the widths of its rows, 6.3 at one
-    # width; benchmarks/cpu_speed_options.py measures both ways).
+    # SmolLM2 step took 4.4× as long), so every new width costs time (SmolLM2, long-tail instructions, 24
+    # steps: 633-638 tokens/s with the steps, 603-605 without; benchmarks/cpu_speed_options.py and
+    # throughput.py --cpu-width-steps measure both ways). Its cache also grows by each width's kernels (the
+    # Llama-3.2-1B shape: ~25 MB a width), but the steps were not measured to lower the resident set.
     cpu_width_steps: int = 8
     # LoRA layers keep their input in the autocast dtype (see compute_lora_inputs_in_autocast_dtype);
     # benchmarks/cpu_speed_options.py measures both ways.
