@@ -153,6 +153,11 @@ class TrainingSpec(SpecSection):
         json_schema_extra=ADVANCED,
         description="Evaluate every N steps (empty: at each checkpoint and at the end).",
     )
+    eval_on_start: bool = Field(
+        False,
+        json_schema_extra=ADVANCED,
+        description="Also evaluate before the first step: the base model's held-out loss, where the curve starts.",
+    )
     eval_samples: int = Field(
         32,
         ge=0,

@@ -391,6 +391,8 @@ class TrainingSession:
         )
         if t.learning_rate == AUTO:  # the range test; then training exactly as if given the rate it picked
             t = find_learning_rate(self)
+        if t.eval_on_start and self.step == 0 and self.data.eval:
+            self._evaluate(counts_as_best=False)  # the base model's: no checkpoint to be the best of
         compiling = t.compile == "on"
         if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
             self.stage("compiling", compiled_step.COMPILING)
@@ -598,7 +600,7 @@ class TrainingSession:
             self._epoch_cache = (epoch, epoch_batches(self.lengths, size, self.spec.training.seed, epoch))
         return self._epoch_cache[1]
 
-    def _evaluate(self) -> bool:
+    def _evaluate(self, counts_as_best: bool = True) -> bool:
         import torch
 
         self.stage("evaluating")
@@ -620,7 +622,7 @@ class TrainingSession:
 
         self.report(Eval(step=self.step, **result))
         self.stage("training")
-        improved = self.best_eval is None or result["eval_loss"] < self.best_eval
+        improved = counts_as_best and (self.best_eval is None or result["eval_loss"] < self.best_eval)
         if improved:
             self.best_eval = result["eval_loss"]
         return improved
