@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate
 from adapter_studio.engine.data.prepare import PreparedData
+from adapter_studio.engine.methods.low_rank import task_loss_only
 from adapter_studio.engine.methods.poly import answer_by_task, route_batch, routed
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def evaluate(
 
     model.eval()
     total_loss, total_weight, correct = 0.0, 0, 0
-    with torch.no_grad():
+    with torch.no_grad(), task_loss_only(model):
         for i in range(0, len(data.eval), batch_size):
             items = data.eval[i : i + batch_size]
             batch = {k: v.to(device) for k, v in collate(items, pad_id, task == "classification").items()}
