@@ -259,27 +259,34 @@ def test_the_feature_baseline_learns_outside_the_model(tiny_bert_cls: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("method", "training", "share", "projected"),
+    ("method", "training", "projected", "chunked"),
     [
-        ("lora", {}, None, 1.0),  # data not seen yet: every token, the upper bound
-        ("lora", {}, 0.25, 0.25),  # the engine projects only the labelled quarter (fast_loss)
-        ("prompt_tuning", {}, 0.25, 1.0),  # virtual tokens live in peft's wrapper: the model's own loss
-        ("lora", {"devices": 2}, 0.25, 1.0),  # several processes: DDP needs the whole model's forward
+        ("lora", {}, 0.25, True),  # the engine projects only the labelled quarter, a chunk at a time (fast_loss)
+        ("full", {}, 0.25, False),  # the head trains: its logits and their gradient over every labelled token
+        ("prompt_tuning", {}, 1.0, False),  # virtual tokens live in peft's wrapper: the model's own loss
+        ("lora", {"devices": 2}, 1.0, False),  # several processes: DDP needs the whole model's forward
     ],
 )
-def test_the_head_costs_only_the_positions_the_engine_projects(method: str, training: dict, share: float | None,
-                                                               projected: float) -> None:
+def test_the_head_costs_only_the_positions_the_engine_projects(method: str, training: dict, projected: float,
+                                                               chunked: bool) -> None:
+    from adapter_studio.engine.training.fast_loss import chunk_rows
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(MODEL_CONFIGS / "llama-3.1-8b")
     spec = TrainingSpec(batch_size=2, **training)
-    tokens, vocab, c = 2 * 512, config.vocab_size, 2
-    row = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512, labelled_share=share)
-    every = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512)
+    tokens, vocab, hidden, c = 2 * 512, config.vocab_size, config.hidden_size, 2
+    row = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512, labelled_share=0.25)
+    every = estimate(config, METHODS[method](), spec, task="causal_lm", device="cuda", seq_len=512)  # share unknown
     less = {part: every["memory_bytes"][part] - row["memory_bytes"][part] for part in ("temporary", "activations")}
-    skipped = tokens * (1 - projected) * vocab  # positions not projected, × the vocabulary
-    assert less["temporary"] == pytest.approx(skipped * (c + 8), abs=8)  # logits (bf16), float32 loss gradients
-    assert less["activations"] == pytest.approx(skipped * 4, abs=8)  # the float32 log-softmax
+    skipped = tokens * (1 - projected)  # positions not projected
+    if chunked:  # kept: the hidden states' gradient; alive: one chunk's float32 logits and log-probabilities
+        rows = chunk_rows(vocab, "cuda")
+        assert less["activations"] == pytest.approx(skipped * hidden * c, abs=8)
+        chunks = min(tokens, rows) - min(tokens * projected, rows)  # positions of the largest chunk not projected
+        assert less["temporary"] == pytest.approx(chunks * vocab * 8, abs=8)
+    else:
+        assert less["temporary"] == pytest.approx(skipped * vocab * (c + 8), abs=8)  # logits, float32 gradients
+        assert less["activations"] == pytest.approx(skipped * vocab * 4, abs=8)  # the float32 log-softmax
 
 
 def test_a_checkpointed_step_peaks_in_the_head_or_in_a_recompute_not_both() -> None:
@@ -292,8 +299,9 @@ def test_a_checkpointed_step_peaks_in_the_head_or_in_a_recompute_not_both() -> N
                         device="cuda", seq_len=2048, labelled_share=share)["memory_bytes"]
         for share in (1.0, 0.01)
     }
-    # Every position projected: the head's 14 bytes × 128,256 per token outweigh one block's recompute, which
-    # is then not added; almost none projected: the recompute is the peak and no logits are alive.
+    # Every position projected: the head's chunk (1,046 positions × 128,256 × 8 bytes of float32 logits and
+    # log-probabilities) outweighs one block's recompute, which is then not added; almost none projected: the
+    # recompute is the peak and no logits are alive.
     assert memory[1.0]["temporary"] > 0
     assert memory[0.01]["temporary"] == 0
     inputs = 32 * 2048 * 4096 * 2  # each block's input, bf16

@@ -164,7 +164,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
     import torch
     from adapter_studio.engine.methods import MethodContext
     from adapter_studio.engine.models.construction import model_construction
-    from adapter_studio.engine.training.fast_loss import causal_lm_parts
+    from adapter_studio.engine.training.fast_loss import causal_lm_parts, chunks_head
 
     cls = type(method)
     info = base.info
@@ -216,6 +216,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         head_fp32_elements=head.numel() if fp32_head else 0,
         side_per_token={c: _side_network_bytes(_inner(adapted), c) for c in (2, 4)},
         projects_labelled=task == "causal_lm" and causal_lm_parts(adapted) is not None,
+        chunks_head=output is not None and chunks_head(output),
     )
 
 
@@ -246,7 +247,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
                            residual=4 if dtype == torch.float32 else 2, device=device,
                            checkpointing=checkpointing, task=task,
-                           projected_share=_projected_share(applied, training, labelled_share))
+                           projected_share=_projected_share(applied, training, labelled_share),
+                           chunked_head=_engine_loss(applied, training) and applied.chunks_head)
         memory = {
             "weights": applied.weights_bytes,
             "gradients": sum(n * size for n, size in applied.trainable_sizes),
@@ -298,11 +300,15 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
 def _projected_share(applied: _Applied, training: TrainingSpec, labelled_share: float | None) -> float:
     """The share of tokens the output head projects: the labelled ones where the engine's loss skips the
     rest (one process: several keep the model's own forward for DDP), else every token."""
-    if labelled_share is None or not applied.projects_labelled:
-        return 1.0
-    if training.devices > 1 or training.machines.count > 1:
+    if labelled_share is None or not _engine_loss(applied, training):
         return 1.0
     return min(1.0, max(0.0, labelled_share))
+
+
+def _engine_loss(applied: _Applied, training: TrainingSpec) -> bool:
+    """Whether the step's loss is the engine's own (fast_loss): one process only, several keep the model's
+    forward for DDP."""
+    return applied.projects_labelled and training.devices <= 1 and training.machines.count <= 1
 
 
 def _prefix_problem(model: Any, title: str) -> str | None:

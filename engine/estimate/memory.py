@@ -43,12 +43,15 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
   and LoKr their full out×in delta weight per adapted layer.
   The gradient flows through the blocks from the first one holding a trainable parameter upward (all
   of them when something trains before the blocks, such as a soft prompt or an embedding); blocks
-  below it save nothing. After the blocks: 4·h for the final norm and 4·V for the float32
-  log-softmax over the vocabulary V (causal LM) — on the labelled tokens only where the engine projects
-  only those and the data's labelled share is known (`labelled_share`), as the logits in `temporary`.
+  below it save nothing. After the blocks: 4·h for the final norm and, for a causal LM, the head over the
+  vocabulary V — on the labelled tokens only where the engine's loss projects only those and the data's
+  labelled share is known (`labelled_share`). A frozen head (fast_loss.chunks_head) keeps c·h per projected
+  token (the gradient for the hidden states), and one chunk's float32 logits and log-probabilities are
+  `temporary`; a head that trains (or the model's own loss) keeps a 4·V float32 log-softmax per token,
+  its logits and float32 gradients in `temporary`.
   With gradient checkpointing each block keeps only its input (h in the residual dtype); the step then
-  peaks either in the head's backward (log-softmax and logit gradients alive) or while a block is
-  recomputed (its activations alive, the head's freed), whichever is larger. Soft prompts add their
+  peaks either at the head (what it keeps and its temporaries alive) or while a block is recomputed (its
+  activations alive, the head's freed), whichever is larger. Soft prompts add their
   virtual tokens to every row; prefix methods lengthen keys and values.
 """
 
@@ -60,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.defaults import CPU_EAGER_MAX_WIDTH
 from adapter_studio.engine.estimate.meta_models import _Applied, _Base, _inner, _linear_like, _Shape
 from adapter_studio.engine.models.info import FINAL_NORM_NAMES
+from adapter_studio.engine.training.fast_loss import chunk_rows
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +95,7 @@ def _virtual_tokens(method: MethodSpec) -> tuple[int, int]:
 
 def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch: int, seq_len: int, compute: int,
                  residual: int, device: str, checkpointing: bool, task: str,
-                 projected_share: float = 1.0) -> dict[str, int]:
+                 projected_share: float = 1.0, chunked_head: bool = False) -> dict[str, int]:
     extra_tokens, extra_kv = _virtual_tokens(method)
     s = seq_len + extra_tokens
     s_kv = s + extra_kv
@@ -138,23 +142,29 @@ def _activations(applied: _Applied, shape: _Shape, method: MethodSpec, *, batch:
     per_token += applied.side_per_token.get(c, 0.0)  # a side network beside the blocks (side-tuning)
     temporary = 0.0
     projected = 0.0
+    head_kept = 0.0  # what the head keeps for the backward pass
     if task == "causal_lm":
         per_token += 4 * h  # final norm
         projected = tokens * projected_share  # positions the head projects (labelled only: fast_loss)
-        per_step += projected * 4 * shape.vocab  # float32 log-softmax over the vocabulary
+        if chunked_head:
+            # fast_loss projects a chunk at a time and keeps only the gradient for the hidden states; one
+            # chunk's float32 log-probabilities and the float32 logits they come from are alive at once
+            head_kept = projected * h * c
+            temporary = min(projected, chunk_rows(shape.vocab, device)) * shape.vocab * 8
+        else:
+            head_kept = projected * 4 * shape.vocab  # float32 log-softmax over the vocabulary
+            temporary = projected * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
+        per_step += head_kept
         if applied.head_trains:
             per_token += h * c
-        temporary = projected * shape.vocab * (c + 8)  # the step's logits; float32 loss gradients
     else:
         per_token += 4 * h
     per_step += copies * applied.head_fp32_elements
     saved = tokens * per_token + per_step
-    if recompute:
-        # Checkpointed, the step peaks either in the head's backward (log-softmax and logit gradients alive)
-        # or later in a block's recompute (those freed by then): whichever is larger, not both.
-        log_softmax = projected * 4 * shape.vocab
-        if recompute > log_softmax + temporary:
-            saved, temporary = saved - log_softmax + recompute, 0.0
+    # Checkpointed, the step peaks either at the head (what it keeps and its temporaries alive) or later in a
+    # block's recompute (those freed by then): whichever is larger, not both (no recompute: 0).
+    if recompute > head_kept + temporary:
+        saved, temporary = saved - head_kept + recompute, 0.0
     return {"saved": int(saved), "temporary": int(temporary)}
 
 

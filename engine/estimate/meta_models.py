@@ -239,3 +239,4 @@ class _Applied:
     head_fp32_elements: int = 0  # an output head kept in float32 (autocast copies it each step)
     side_per_token: dict[int, float] = field(default_factory=dict)  # a side network's bytes per token, by c
     projects_labelled: bool = False  # the engine's loss projects only labelled positions (fast_loss)
+    chunks_head: bool = False  # ... a chunk at a time, keeping no logits (fast_loss.chunks_head)
