@@ -206,6 +206,28 @@ def resolve_epochs(spec: RunSpec, rows: int) -> Resolved:
     return Resolved(spec.model_copy(update={"training": training}), {"training.epochs": choice.reason})
 
 
+def eval_split(rows: int) -> Choice:
+    from adapter_studio.engine.data.examples import DEFAULT_EVAL_SHARE, SMALL_DATA_ROWS, held_out_count
+
+    held = held_out_count(rows, None)
+    share = round(held / rows, 6) if rows else 0.0
+    if rows >= SMALL_DATA_ROWS:
+        return Choice(share, f"{rows:,} rows: {held:,} held out ({DEFAULT_EVAL_SHARE:.0%}) for the held-out loss, "
+                      "the best checkpoint and the Evaluate page")  # fmt: skip
+    return Choice(share, f"{rows:,} rows: {held} held out ({share:.1%}); under {SMALL_DATA_ROWS} rows fewer are "
+                  "kept back, so more of a small set trains")  # fmt: skip
+
+
+def resolve_eval_split(spec: RunSpec, rows: int) -> Resolved:
+    """The held-out share the data's size gave (`held_out_count`), when data.eval_split was left empty: the
+    saved spec then names the rows the run held out."""
+    if spec.data.eval_split is not None or spec.data.eval_path:
+        return Resolved(spec, {})
+    choice = eval_split(rows)
+    data = spec.data.model_copy(update={"eval_split": choice.value})
+    return Resolved(spec.model_copy(update={"data": data}), {"data.eval_split": choice.reason})
+
+
 def default_rate(spec: RunSpec, info: ModelInfo, task: str) -> float:
     """The rate an `auto` run centres its range test on and falls back to."""
     batch = spec.training.batch_size or batch_size(spec.method, task).value

@@ -64,7 +64,12 @@ class DataSpec(SpecSection):
     columns: dict[str, str] = Field(
         default_factory=dict, description="Role → column name, e.g. {instruction: question, output: answer}."
     )
-    eval_split: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out for evaluation (0: none).")
+    eval_split: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Share of rows held out for evaluation (0: none; empty: 10 %, less below 500 rows).",
+    )
     eval_path: str | None = Field(None, description="A separate evaluation file (replaces eval_split).")
     max_length: int | None = Field(
         None, ge=8, le=131072, description="Longest tokenised example; longer ones are truncated."

@@ -95,6 +95,24 @@ def test_histogram_max_length_line_counts_and_packing(window, qtbot, tmp_path, t
     assert not error_dialogs()
 
 
+def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    page = choose_model(window, qtbot, tiny_llama)
+    assert page.eval_split.text() == "auto"
+    pairs = [("reverse " + "a" * (i % 9 + 1), "b" * (i % 9 + 1)) for i in range(240)]
+    open_data(page, qtbot, write_rows(tmp_path / "small.jsonl", alpaca_rows(pairs)))
+    wait_for_stats(page, qtbot)
+    assert page.eval_split.text() == "auto: 12 of 240 rows"  # 10 %, shrunk for a small set (engine.data.examples)
+    assert window.state.data.eval_split is None
+    assert "<b>228</b> train · <b>12</b> held out" in page.length_stats.text()
+
+    page.eval_split.setValue(0.1)  # a share the person sets is theirs
+    qtbot.waitUntil(lambda: "<b>24</b> held out" in page.length_stats.text(), timeout=60_000)
+    assert window.state.data.eval_split == pytest.approx(0.1)
+    page.eval_split.setValue(page.eval_split.minimum())
+    assert window.state.data.eval_split is None and page.eval_split.text() == "auto: 12 of 240 rows"
+    assert not error_dialogs()
+
+
 WINDOW_WORDS = {  # the page maps no columns by itself, so the first missing role is the instruction
     "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply", "data.columns"],
 }

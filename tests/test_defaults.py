@@ -7,6 +7,7 @@ import math
 
 import pytest
 from adapter_studio.engine import defaults
+from adapter_studio.engine.data.examples import held_out_count
 from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.models.info import ModelInfo
 from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
@@ -107,6 +108,27 @@ def test_epochs_come_from_the_data_size_when_neither_epochs_nor_steps_are_given(
     assert defaults.resolve_epochs(spec(epochs=0.5), rows).spec.training.epochs == 0.5
     kept = defaults.resolve_epochs(spec(max_steps=7), rows)
     assert kept.spec.training.epochs is None and kept.reasons == {}
+
+
+@pytest.mark.parametrize(
+    ("rows", "held"),
+    [
+        (2, 1), (10, 1), (50, 5), (80, 8),  # 10 %, one row at least
+        (100, 8), (200, 8), (240, 12), (400, 32),  # under 500 rows the share shrinks with the data, to 8 rows
+        (500, 50), (2000, 200), (100_000, 10_000),  # 10 %
+    ],
+)  # fmt: skip
+def test_held_out_rows_shrink_with_small_data_when_the_share_is_left_empty(rows: int, held: int) -> None:
+    assert held_out_count(rows, None) == held
+    resolved = defaults.resolve_eval_split(spec(), rows)
+    share = resolved.spec.data.eval_split
+    assert held_out_count(rows, share) == held  # the saved share holds out the same rows again
+    assert f"{rows:,} rows: {held:,} held out" in resolved.reasons["data.eval_split"]
+    assert held_out_count(rows, 0.1) == max(1, round(rows * 0.1))  # a share the person gave is kept
+    given = spec().model_copy(update={"data": DataSpec(path="d.jsonl", eval_split=0.2)})
+    assert defaults.resolve_eval_split(given, rows).reasons == {}
+    separate = spec().model_copy(update={"data": DataSpec(path="d.jsonl", eval_path="e.jsonl")})
+    assert defaults.resolve_eval_split(separate, rows).spec.data.eval_split is None
 
 
 def test_explain_writes_one_line_per_chosen_value() -> None:

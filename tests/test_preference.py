@@ -285,7 +285,8 @@ def test_the_preview_shows_both_sides_with_the_answers_marked(tiny_llama: Path, 
     answers = [m for m in marked if m]
     assert answers == [examples[0].chosen + "<|im_end|>\n", examples[0].rejected + "<|im_end|>\n"]
     stats = length_stats(spec, tokenizer, 4)
-    assert stats["format"] == "preference" and stats["examples"] == 144 and not stats["packing_applies"]
+    # 160 pairs, 8 of them held out (data.eval_split auto: below 500 rows the share shrinks, to 8 rows)
+    assert stats["format"] == "preference" and stats["examples"] == 152 and not stats["packing_applies"]
 
 
 # --- KTO: single answers marked desirable or not -------------------------------------------------
@@ -408,6 +409,8 @@ def test_each_objective_trains_through_the_cli(name: str, tiny_llama: Path, pair
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished completed at step 3" in done.stdout
     steps = [line for line in done.stdout.splitlines() if line.startswith("step ")]
-    assert len(steps) == 3 and all(" margin " in line for line in steps)
+    # A KTO step's margin needs both kinds of answer in its batch, and batches group rows by length, not
+    # by kind: some steps have none. The held-out line (last assert) always does.
+    assert len(steps) == 3 and (any if name == "kto" else all)(" margin " in line for line in steps)
     assert all(("pref_acc" in line) == (name != "kto") for line in steps)
     assert any(line.startswith("eval step 3") and " margin " in line for line in done.stdout.splitlines())

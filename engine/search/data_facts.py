@@ -23,6 +23,7 @@ class DataFacts:
 
 def describe_data(spec: RunSpec) -> DataFacts:
     """The task, and how many rows train and are held out (by the spec, and in the trials)."""
+    from adapter_studio.engine.data.examples import held_out_count
     from adapter_studio.engine.data.prepare import survey_data
 
     data = spec.data
@@ -32,13 +33,13 @@ def describe_data(spec: RunSpec) -> DataFacts:
     if data.eval_path:
         held = survey_data(data, data.eval_path, survey.format).count
         return DataFacts(task, survey.count, held, held, None)
-    if data.eval_split <= 0 or survey.count < 2:
+    held = held_out_count(survey.count, data.eval_split)
+    if held == 0:
         raise UserError(
             "the automatic search compares trials on held-out rows, and this data holds none out",
             where="data.eval_split",
-            fix="set data.eval_split to 0.1, or give data.eval_path",
+            fix="leave data.eval_split empty or set it above 0, or give data.eval_path",
         )
-    held = min(max(1, round(survey.count * data.eval_split)), survey.count - 1)
     cap = EVAL_ROWS[task]
     if held <= cap:
         return DataFacts(task, survey.count - held, held, held, None)

@@ -169,7 +169,7 @@ class TrainingSession:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-        from adapter_studio.engine.defaults import default_rate, explain, resolve, resolve_epochs
+        from adapter_studio.engine.defaults import default_rate, explain, resolve, resolve_epochs, resolve_eval_split
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
@@ -235,7 +235,8 @@ class TrainingSession:
         if data.truncated:
             self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
         with_epochs = resolve_epochs(spec, len(data.train))
-        spec, reasons = with_epochs.spec, {**reasons, **with_epochs.reasons}
+        held_out = resolve_eval_split(with_epochs.spec, data.rows)
+        spec, reasons = held_out.spec, {**reasons, **with_epochs.reasons, **held_out.reasons}
         spec, checkpointing = self._resolve_checkpointing(spec, model.config, task, device, data)
         reasons.update(checkpointing)
         for line in explain(spec, reasons):  # the values the person left to the app, and why

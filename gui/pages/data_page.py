@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
+from adapter_studio.engine.data.examples import held_out_count
 from adapter_studio.engine.data.shapes import REQUIRED, roles_of
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.pages.base import Page
@@ -40,6 +41,8 @@ from PySide6.QtWidgets import (
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
 MAX_COLUMN_PX = 360  # a long text column leaves room for the others
+# The held-out spin box's lowest value, shown as "auto": data.eval_split left empty, for the engine's rule.
+AUTO_SPLIT = -0.05
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
 
@@ -74,9 +77,10 @@ class DataPage(Page):
         options.addRow("Columns", self.mapping_row)
         self.eval_split = QDoubleSpinBox()
         self.eval_split.setObjectName("evalSplit")
-        self.eval_split.setRange(0.0, 0.9)
+        self.eval_split.setRange(AUTO_SPLIT, 0.9)
         self.eval_split.setSingleStep(0.05)
-        self.eval_split.setValue(0.1)
+        self.eval_split.setSpecialValueText("auto")  # shown at AUTO_SPLIT, the lowest value
+        self.eval_split.setValue(AUTO_SPLIT)
         self.eval_split.setToolTip(fields["eval_split"].description)
         self.eval_split.valueChanged.connect(lambda _v: self._changed())
         options.addRow("Held out", self.eval_split)
@@ -201,7 +205,7 @@ class DataPage(Page):
             widget.blockSignals(True)
         self.path.setText(data.path if isinstance(data.path, str) else ",".join(data.path))
         self.format.setCurrentText(data.format or AUTO)
-        self.eval_split.setValue(data.eval_split)
+        self.eval_split.setValue(AUTO_SPLIT if data.eval_split is None else data.eval_split)
         self.eval_path.setText(data.eval_path or "")
         self.system_prompt.setText(data.system_prompt or "")
         self.template.setText((data.template or "").replace("\n", "\\n"))
@@ -227,7 +231,7 @@ class DataPage(Page):
                 "path": self._paths(),
                 "format": fmt,
                 "columns": self._mapping() if keep_mapping else {},
-                "eval_split": self.eval_split.value(),
+                "eval_split": None if self.eval_split.value() < 0 else self.eval_split.value(),
                 "eval_path": self.eval_path.text().strip() or None,
                 "system_prompt": self.system_prompt.text().strip() or None,
                 "template": template if template.strip() else None,
@@ -317,6 +321,8 @@ class DataPage(Page):
         self.table.resizeColumnsToContents()
         for c in range(self.table.columnCount()):
             self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
+        held = held_out_count(preview.usable, None)
+        self.eval_split.setSpecialValueText(f"auto: {held:,} of {preview.usable:,} rows")
         detected = "detected" if spec.format is None else "chosen"
         self.summary.setText(
             f"<b>{preview.total_rows:,}</b> rows, format <b>{preview.format}</b> ({detected}), "
