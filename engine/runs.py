@@ -160,7 +160,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
             last_metrics = event
             peak = max(peak, event.memory_peak_bytes or event.memory_bytes)
             speeds.append(event.tokens_per_s)
-        elif isinstance(event, Eval) and event.step > 0:  # step 0 (eval_on_start): the base model's, not the run's
+        elif isinstance(event, Eval) and event.step > 0:  # step 0 (eval_on_start): before training, not the run's
             evals.append(event)
         elif isinstance(event, Finished):
             finished = event

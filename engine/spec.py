@@ -161,7 +161,7 @@ class TrainingSpec(SpecSection):
     eval_on_start: bool = Field(
         False,
         json_schema_extra=ADVANCED,
-        description="Also evaluate before the first step: the base model's held-out loss, where the curve starts.",
+        description="Also evaluate before the first step: the held-out loss training starts from.",
     )
     eval_samples: int = Field(
         32,

@@ -76,7 +76,7 @@ def fabricate_history(root: Path) -> dict[str, Path]:
     write_spec(runs["stopped"], {"name": "lora", "r": 16}, learning_rate=1e-3)
     write_events(runs["stopped"], [
         started(runs["stopped"], t),
-        Eval(step=0, eval_loss=2.0, time=t + 0.5),  # training.eval_on_start: the base model's
+        Eval(step=0, eval_loss=2.0, time=t + 0.5),  # training.eval_on_start: before any training
         *[metrics(s, t + s, 2.5 - 0.1 * s, memory_mib=200) for s in range(1, 5)],
         Eval(step=4, eval_loss=2.2, time=t + 4.5),
         Finished(status="cancelled", step=4, error=None, train_seconds=4.0, tokens_trained=256, time=t + 5),
@@ -141,7 +141,7 @@ def test_summary_numbers(history: dict[str, Path]) -> None:
     assert done.started == T0
     assert done.error is None
 
-    stopped = summarize_run(history["stopped"])  # its step-0 evaluation is the base model's, not the run's
+    stopped = summarize_run(history["stopped"])  # its step-0 evaluation is from before training, not the run's
     assert (stopped.final_eval_loss, stopped.best_eval_loss) == (2.2, 2.2)
     assert curves(history["stopped"])["eval_loss"] == ([0.0, 4.0], [2.0, 2.2])  # the curve starts there
 

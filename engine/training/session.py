@@ -393,7 +393,7 @@ class TrainingSession:
         if t.learning_rate == AUTO:  # the range test; then training exactly as if given the rate it picked
             t = find_learning_rate(self)
         if t.eval_on_start and self.step == 0 and self.data.eval:
-            self._evaluate(counts_as_best=False)  # the base model's: no checkpoint to be the best of
+            self._evaluate(counts_as_best=False)  # before any training: no checkpoint to be the best of
         compiling = t.compile == "on"
         if compiling:  # its first minute goes to compiling: say so rather than seem stuck at step 0
             self.stage("compiling", compiled_step.COMPILING)
