@@ -353,14 +353,17 @@ def test_cpu_speed_switches_learn_the_same(
     """peft's input cast to float32 only adds copies under bf16 autocast; LoRA's dropout masks from
     16-bit lanes (engine.training.bits_dropout) drop as often as torch's: the same learning either way."""
     curves, held_out = {}, {}
+    # AdaLoRA's updates start from zero singular values and its penalty takes a share of each step: at 0.01
+    # its held-out loss moved 0.02 in 8 steps, at 0.02 0.2 (every other method here 0.1 or more at 0.01).
+    rate = 0.02 if method == "adalora" else 0.01
     for on in (False, True):
         spec = make_spec(tiny_llama, alpaca_jsonl, {"name": method, "dropout": 0.1}, max_steps=8, precision="bf16",
-                         learning_rate=0.01, eval_samples=0)  # fmt: skip
+                         learning_rate=rate, eval_samples=0, eval_on_start=True)  # fmt: skip
         curves[on], _, events = _curve_and_stages(spec, SpeedOptions(**{switch: on}))
-        held_out[on] = [e.eval_loss for e in events if isinstance(e, Eval)][-1]
-    # It learns: the held-out rows' loss at the end against the first step's (both start near ln(vocabulary));
-    # one batch's loss against another's differs by up to 0.7 with the rows' lengths, learning or not.
-    assert held_out[True] < curves[True][0] - 0.1, (held_out, curves)
+        held_out[on] = [e.eval_loss for e in events if isinstance(e, Eval)]
+    # It learns: the held-out rows' loss at the end against before the first step (one batch's loss against
+    # another's differs by up to 0.7 with the rows' lengths, learning or not).
+    assert held_out[True][-1] < held_out[True][0] - 0.1, (held_out, curves)
     assert max(abs(a - b) for a, b in zip(curves[False], curves[True], strict=True)) < 0.05, curves
     if differ:
         assert curves[True] != curves[False], f"the same curve: {switch} changed nothing"
