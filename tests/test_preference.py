@@ -355,6 +355,24 @@ def test_kto_batches_add_mismatched_rows_for_the_kl_estimate(tiny_llama: Path, k
     assert kl == items[0].input_ids[: items[0].split()] + items[2].input_ids[items[2].split():]
 
 
+@pytest.mark.parametrize(
+    ("batches", "desirable", "expected"),
+    [
+        ([[0, 1], [2, 3]], [1, 1, 0, 0], [[2, 1], [0, 3]]),  # two one-kind batches swap a row
+        ([[0, 1, 2], [3, 4, 5]], [1, 1, 1, 1, 0, 0], [[4, 1, 2], [3, 0, 5]]),  # takes from a mixed batch of 2+
+        ([[0, 1], [2, 3]], [1, 1, 1, 0], [[0, 1], [2, 3]]),  # no batch can spare an undesirable row
+        ([[0], [1, 2]], [1, 1, 1], [[0], [1, 2]]),  # one kind only, and a batch of one: nothing to mix
+        ([[0, 1], [2, 3], [4, 5]], [0, 1, 1, 1, 0, 0], [[0, 1], [4, 3], [2, 5]]),  # already mixed: left alone
+    ],
+)
+def test_kto_batches_hold_both_kinds_where_the_data_allows(batches, desirable, expected) -> None:  # type: ignore[no-untyped-def]
+    from adapter_studio.engine.data.kto import mix_kinds
+
+    mixed = mix_kinds(batches, [bool(d) for d in desirable])
+    assert mixed == expected
+    assert sorted(i for b in mixed for i in b) == sorted(i for b in batches for i in b)  # every row once
+
+
 def test_kto_run_learns_which_answers_are_desirable(tiny_llama: Path, make_spec: Any, kto_jsonl: Path) -> None:
     spec = make_spec(tiny_llama, kto_jsonl, max_steps=30, learning_rate=5e-3, eval_every=10,
                      data={"eval_split": 0.2})  # fmt: skip
@@ -363,7 +381,7 @@ def test_kto_run_learns_which_answers_are_desirable(tiny_llama: Path, make_spec:
     assert result.status == "completed", result.error
     metrics = [e for e in events if e.type == "metrics"]
     assert abs(metrics[0].loss - 0.5) < 1e-3  # 1 − σ(0) at the start, the policy being the reference
-    assert any(m.reward_margin is not None for m in metrics)  # batches with both kinds report a margin
+    assert all(m.reward_margin is not None for m in metrics)  # every batch holds both kinds (mix_kinds)
     evals = [e for e in events if e.type == "eval"]
     assert len(evals) == 3 and all(e.preference_accuracy is None for e in evals)  # no pairs: no accuracy
     assert evals[-1].eval_loss < evals[0].eval_loss
@@ -409,8 +427,7 @@ def test_each_objective_trains_through_the_cli(name: str, tiny_llama: Path, pair
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished completed at step 3" in done.stdout
     steps = [line for line in done.stdout.splitlines() if line.startswith("step ")]
-    # A KTO step's margin needs both kinds of answer in its batch, and batches group rows by length, not
-    # by kind: some steps have none. The held-out line (last assert) always does.
-    assert len(steps) == 3 and (any if name == "kto" else all)(" margin " in line for line in steps)
+    # (A KTO step's margin needs both kinds of answer in its batch: training mixes them, data.kto.mix_kinds.)
+    assert len(steps) == 3 and all(" margin " in line for line in steps)
     assert all(("pref_acc" in line) == (name != "kto") for line in steps)
     assert any(line.startswith("eval step 3") and " margin " in line for line in done.stdout.splitlines())

@@ -137,6 +137,31 @@ def kto_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tuple
     return KtoSet(items, store.labels[keep].astype(bool)), truncated, dropped
 
 
+def mix_kinds(batches: list[list[int]], desirable: Sequence[bool]) -> list[list[int]]:
+    """`batches` (lists of row indices) with rows swapped so that every batch of two or more rows holds both
+    kinds wherever the data allows: KTO's step margin (desirable rewards minus undesirable ones) needs both
+    in a batch, and length-grouped batches often hold one kind only. A batch of one kind swaps one of its
+    rows for one of the other kind from a batch holding at least two of those: both end mixed.
+    Deterministic (a resumed run sees the same batches); batch sizes and order are kept."""
+    out = [list(b) for b in batches]
+    counts = [sum(bool(desirable[i]) for i in b) for b in out]
+    for n, batch in enumerate(out):
+        good = counts[n]
+        if len(batch) < 2 or 0 < good < len(batch):
+            continue
+        wanted = good == 0  # the kind this batch lacks
+        for m, other in enumerate(out):
+            have = counts[m] if wanted else len(other) - counts[m]  # rows of the wanted kind there
+            if m == n or have < 2:  # the other batch keeps one of them, and gets one of this batch's kind
+                continue
+            give = next(i for i in other if bool(desirable[i]) == wanted)
+            other[other.index(give)], batch[0] = batch[0], give
+            delta = 1 if wanted else -1
+            counts[n], counts[m] = counts[n] + delta, counts[m] - delta
+            break
+    return out
+
+
 def collate_kto(items: Sequence[KtoItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
     """2·B padded rows (the rows, then the KL rows: prompt i with completion i−1) and `desirable` (B)."""
     import torch

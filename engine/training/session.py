@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
 from adapter_studio.engine.data.examples import example_chunks, load_examples
+from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
@@ -598,7 +599,10 @@ class TrainingSession:
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             size = (self.spec.training.batch_size or 1) * self.accelerator.num_processes
-            self._epoch_cache = (epoch, epoch_batches(self.lengths, size, self.spec.training.seed, epoch))
+            batches = epoch_batches(self.lengths, size, self.spec.training.seed, epoch)
+            if isinstance(self.data.train, KtoSet):  # KTO's step margin needs both kinds in a batch
+                batches = mix_kinds(batches, self.data.train.desirable)
+            self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
     def _evaluate(self, counts_as_best: bool = True) -> bool:
