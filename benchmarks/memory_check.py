@@ -30,6 +30,7 @@ from adapter_studio.engine.estimate.costs import estimate
 from adapter_studio.engine.methods import METHODS, MethodContext
 from adapter_studio.engine.models.info import describe_model
 from adapter_studio.engine.spec import TrainingSpec
+from adapter_studio.engine.training.speed import SpeedOptions
 
 
 def tiny_configs() -> dict[str, tuple[object, str]]:
@@ -102,6 +103,7 @@ def check(name: str, config: object, task: str, methods: list[str], batch: int, 
         try:
             spec.check(info, training)
             model = spec.apply(model, MethodContext(info=info, training=training, total_steps=100))
+            SpeedOptions().speed_up_lora_layers(model, "cpu", precision)  # as a run does (e.g. LoRA's bool masks)
             vocab = int(getattr(config, "vocab_size", 1000))
             measured = saved_bytes(model, make_batch(batch, seq, vocab, task), precision)
         except (UserError, RuntimeError, ValueError, TypeError) as e:

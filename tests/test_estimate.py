@@ -334,3 +334,51 @@ def test_auto_checkpointing_is_on_only_where_the_step_does_not_fit_without(metho
     assert row["assumptions"]["gradient_checkpointing"] is chosen and row["assumptions"]["checkpointing_chosen"]
     assert row["fits"] is fits
     assert row["memory_bytes"]["total"] == (lighter if chosen else plain)
+
+
+def test_loras_dropout_mask_is_a_byte_per_input_on_a_cpu_run() -> None:
+    """A CPU run draws LoRA's dropout masks as bools (training.bits_dropout): the estimate's difference
+    between dropout and none is a byte per input element, as the bool tensors autograd keeps in a real forward
+    (the estimate was 4 bytes, a float32 mask, and ~0.9 GiB too high for the Llama-3.2-1B shape)."""
+    from adapter_studio.engine.training.speed import SpeedOptions
+
+    lora = {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    training = TrainingSpec(batch_size=2, precision="bf16")
+    config, task = CONFIGS["llama"][0](), CONFIGS["llama"][1]
+
+    def activations(dropout: float) -> int:
+        row = estimate(config, METHODS["lora"](dropout=dropout, **lora), training, task=task, device="cpu",
+                       weight_dtype="bfloat16", seq_len=64)  # fmt: skip
+        return row["memory_bytes"]["activations"]
+
+    model = build_real("llama", torch.bfloat16)
+    info = describe_model(model)
+    spec = fill_method(METHODS["lora"](dropout=0.05, **lora), info)
+    model = spec.apply(model, MethodContext(info=info, training=training, total_steps=10))
+    SpeedOptions().speed_up_lora_layers(model, "cpu", "bf16")
+    masks: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.bool and t.dim() == 3:  # [rows, tokens, features]: not the attention mask
+            masks[t.untyped_storage().data_ptr()] = t.numel()
+        return t
+
+    ids = torch.randint(3, 256, (2, 64), generator=torch.Generator().manual_seed(1))
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    width = 6 * 64 + 128  # q, k, v, o, gate, up read 64 features; down the intermediate 128
+    first = 3 * 64  # the first block's q, k, v read the frozen embeddings: no gradient, so no mask is kept
+    assert sum(masks.values()) == 2 * 64 * (2 * width - first)  # rows × tokens × inputs of both blocks
+    assert activations(0.05) - activations(0.0) == 2 * 64 * 2 * width  # (the estimate counts those three too)
+
+
+def test_a_cpu_run_counts_the_heap_the_allocator_keeps() -> None:
+    from adapter_studio.engine.estimate.memory import CPU_HEAP_KEPT, CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES
+
+    config, task = CONFIGS["llama"][0](), CONFIGS["llama"][1]
+    memory = {device: estimate(config, METHODS["lora"](), TrainingSpec(batch_size=2), task=task, device=device,
+                               seq_len=64)["memory_bytes"] for device in ("cpu", "cuda")}  # fmt: skip
+    cpu = memory["cpu"]
+    assert cpu["overhead"] == CPU_PROCESS_BYTES + int(CPU_HEAP_KEPT * cpu["activations"])
+    assert memory["cuda"]["overhead"] == CUDA_CONTEXT_BYTES  # torch's caching allocator: counted in its context

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.defaults import fill_method
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.estimate.memory import (
+    CPU_HEAP_KEPT,
     CPU_PROCESS_BYTES,
     CUDA_CONTEXT_BYTES,
     MEMORY_PARTS,
@@ -59,6 +60,7 @@ from adapter_studio.engine.estimate.meta_models import (
     clone_meta,
 )
 from adapter_studio.engine.estimate.sizes import _optimizer_bytes, _quantized_bytes, adapter_bytes
+from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
     from adapter_studio.engine.methods.base import MethodSpec
@@ -199,7 +201,9 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         weights += _quantized_bytes(p, quantization) if id(p) in quantized else p.numel() * p.element_size()
     weights += sum(b.numel() * b.element_size() for b in adapted.buffers())
     ids = {id(p) for p in trainable}
-    mask_bytes = 1 if device == "cuda" else 4
+    # LoRA's dropout keeps a bool mask on CUDA, and on a CPU too where the engine draws it from 16-bit lanes
+    # (training.bits_dropout, on by default); torch's own CPU dropout keeps one in its input's dtype.
+    bool_masks = device == "cuda" or SpeedOptions().bits_dropout_on_cpu
     output = _inner(adapted).get_output_embeddings() if task == "causal_lm" else None
     head = getattr(output, "weight", None)
     fp32_head = head is not None and head.dtype.is_floating_point and head.element_size() == 4
@@ -210,7 +214,7 @@ def _apply_to(base: _Base, model: Any, method: MethodSpec, training: TrainingSpe
         adapter_bytes=adapter_bytes(method, adapted),
         weights_bytes=weights,
         trainable_sizes=tuple((p.numel(), p.element_size()) for p in trainable),
-        per_block={c: tuple(_method_bytes(b, c, ids, mask_bytes) for b in blocks) for c in (2, 4)},
+        per_block={c: tuple(_method_bytes(b, c, ids, 1 if bool_masks else c) for b in blocks) for c in (2, 4)},
         first_flowing=_first_flowing_block(adapted, info, len(blocks), ids),
         head_trains=head is not None and head.requires_grad,
         head_fp32_elements=head.numel() if fp32_head else 0,
@@ -255,7 +259,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
             "optimizer": _optimizer_bytes(training.optimizer, applied.trainable_sizes),
             "activations": act["saved"],
             "temporary": act["temporary"],
-            "overhead": CUDA_CONTEXT_BYTES if device == "cuda" else CPU_PROCESS_BYTES,
+            "overhead": (CUDA_CONTEXT_BYTES if device == "cuda"
+                         else CPU_PROCESS_BYTES + int(CPU_HEAP_KEPT * act["saved"])),
         }
         processes = _per_process(memory, applied, base, training, device)
         memory["total"] = sum(memory[k] for k in MEMORY_PARTS)

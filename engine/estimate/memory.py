@@ -17,8 +17,9 @@ the model's sizes (`_Shape`), for a batch, length, precision, optimizer and devi
                 for every row at full `seq_len` (real batches padded to their longest row use less).
     temporary   buffers alive at the backward peak that are not saved activations: the logits kept
                 by the step and the float32 gradients of the loss over the vocabulary.
-    overhead    the CUDA context and allocator slack on a GPU (`CUDA_CONTEXT_BYTES`), the Python
-                process with torch/transformers/peft imported on a CPU (`CPU_PROCESS_BYTES`).
+    overhead    the CUDA context and allocator slack on a GPU (`CUDA_CONTEXT_BYTES`); on a CPU the Python
+                process with torch/transformers/peft imported (`CPU_PROCESS_BYTES`) and what the C
+                allocator's heap keeps of freed activations (`CPU_HEAP_KEPT` × activations, see there).
     total       the sum of the parts above.
 
 ACTIVATIONS (bytes per token, per transformer block the gradient flows through; c = bytes of the
@@ -32,7 +33,8 @@ compute dtype: 2 under bf16/fp16 autocast, 4 in float32; q = heads × head_dim; 
                  elementwise ops), 1·i·c for a single native activation
     dropout      h per active hidden dropout: its mask (1 byte on CUDA, the input's dtype on a CPU)
     method       inputs of trainable linear layers (shared inputs once, e.g. q/k/v), LoRA's dropout mask
-                 and rank-r intermediate, DoRA's base and LoRA outputs, IA3's scaled tensor, VeRA's
+                 (bool, 1 byte: torch's on CUDA, training.bits_dropout's on a CPU) and rank-r intermediate,
+                 DoRA's base and LoRA outputs, IA3's scaled tensor, VeRA's
                  rank-r and output vectors, bottleneck inputs, LLaMA-Adapter's query and scores, a
                  mixture of LoRA experts' input, rank-r intermediates of every expert and gates;
                  ladder side-tuning saves nothing in the blocks, its side network per block the
@@ -74,6 +76,15 @@ if TYPE_CHECKING:
 MiB = 2**20
 CUDA_CONTEXT_BYTES = 500 * MiB  # CUDA context + cuBLAS/cuDNN handles, outside torch's allocator stats
 CPU_PROCESS_BYTES = 512 * MiB  # Python + torch + transformers + peft imported: ~410 MiB RSS measured, + slack
+# A CPU step's activations come from glibc's heap, which keeps what is freed and fragments as batch widths
+# change, so the resident set passes the live tensors' peak by about the activations again (LoRA on every
+# linear layer, 4 packed rows of 256 tokens, bf16; the live peak is the first step's): the Llama-3.2-1B shape
+# 6.98 GiB over 6 steps and 7.32 at step 14 (levelling off after step 10) against 5.13 live and 2.22 of
+# activations; SmolLM2-135M's shape 2.80 GiB over 12 steps and 3.05 at step 40 against 1.80 live and 0.98.
+# With this term the estimate reads 7.35 and 2.78 GiB (benchmarks/scale.py --sides engine). A fixed mmap
+# threshold (MALLOC_MMAP_THRESHOLD_=1048576) keeps the 1B shape at 5.26 GiB, at about 18 % of its speed
+# (the page faults of fresh mappings), so the engine leaves glibc's default alone.
+CPU_HEAP_KEPT = 1.0
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "temporary", "overhead")
 # Linear layers that read the same input tensor (saved once when their weights train).
 SHARED_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "query": "qkv", "key": "qkv", "value": "qkv",
@@ -266,7 +277,7 @@ def _peft_layer_bytes(m: Any, c: int, mask_bytes: int) -> tuple[float, float]:
         drop = m.lora_dropout["default"] if hasattr(m, "lora_dropout") else None
         per_token += in_f * c + r * c
         if drop is not None and getattr(drop, "p", 0) > 0:
-            per_token += in_f * mask_bytes  # the dropout mask (bool on CUDA, float32 on a CPU)
+            per_token += in_f * mask_bytes  # the dropout mask
         if hasattr(m, "lora_E"):  # AdaLoRA: x·A, then ·E
             per_token += r * c
         if getattr(m, "use_dora", {}).get("default", False):
