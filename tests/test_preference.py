@@ -373,6 +373,19 @@ def test_kto_batches_hold_both_kinds_where_the_data_allows(batches, desirable, e
     assert sorted(i for b in mixed for i in b) == sorted(i for b in batches for i in b)  # every row once
 
 
+def test_kto_batches_split_over_processes_hold_both_kinds_in_each_part() -> None:
+    from adapter_studio.engine.data.kto import mix_kinds
+
+    desirable = [True] * 4 + [False] * 4
+    # Mixed as wholes, but each of two processes takes every second row: 0,1 / 4,5 / 2,3 / 6,7, one kind each.
+    batches = [[0, 4, 1, 5], [2, 6, 3, 7]]
+    mixed = mix_kinds(batches, desirable, world=2)
+    assert sorted(i for b in mixed for i in b) == list(range(8))
+    for batch in mixed:
+        for rank in range(2):
+            assert {desirable[i] for i in batch[rank::2]} == {True, False}, (mixed, rank)
+
+
 def test_kto_run_learns_which_answers_are_desirable(tiny_llama: Path, make_spec: Any, kto_jsonl: Path) -> None:
     spec = make_spec(tiny_llama, kto_jsonl, max_steps=30, learning_rate=5e-3, eval_every=10,
                      data={"eval_split": 0.2})  # fmt: skip

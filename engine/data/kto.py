@@ -137,12 +137,22 @@ def kto_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tuple
     return KtoSet(items, store.labels[keep].astype(bool)), truncated, dropped
 
 
-def mix_kinds(batches: list[list[int]], desirable: Sequence[bool]) -> list[list[int]]:
+def mix_kinds(batches: list[list[int]], desirable: Sequence[bool], world: int = 1) -> list[list[int]]:
     """`batches` (lists of row indices) with rows swapped so that every batch of two or more rows holds both
     kinds wherever the data allows: KTO's step margin (desirable rewards minus undesirable ones) needs both
     in a batch, and length-grouped batches often hold one kind only. A batch of one kind swaps one of its
     rows for one of the other kind from a batch holding at least two of those: both end mixed.
-    Deterministic (a resumed run sees the same batches); batch sizes and order are kept."""
+    Deterministic (a resumed run sees the same batches); batch sizes and order are kept. With `world`
+    processes each takes every world-th row of a batch (the session's split), and each of those parts is mixed."""
+    if world > 1:
+        parts = mix_kinds([b[r::world] for b in batches for r in range(world)], desirable)
+        joined = []
+        for n, b in enumerate(batches):
+            whole = list(b)
+            for r in range(world):
+                whole[r::world] = parts[n * world + r]
+            joined.append(whole)
+        return joined
     out = [list(b) for b in batches]
     counts = [sum(bool(desirable[i]) for i in b) for b in out]
     for n, batch in enumerate(out):

@@ -601,7 +601,7 @@ class TrainingSession:
             size = (self.spec.training.batch_size or 1) * self.accelerator.num_processes
             batches = epoch_batches(self.lengths, size, self.spec.training.seed, epoch)
             if isinstance(self.data.train, KtoSet):  # KTO's step margin needs both kinds in a batch
-                batches = mix_kinds(batches, self.data.train.desirable)
+                batches = mix_kinds(batches, self.data.train.desirable, self.accelerator.num_processes)
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
