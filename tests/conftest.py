@@ -450,6 +450,16 @@ def leaves_the_process_as_it_found_it() -> Any:
         pytest.fail("the test left behind: " + "; ".join(problems), pytrace=False)
 
 
+@pytest.fixture
+def every_core(leaves_the_process_as_it_found_it: None) -> Any:
+    """A real model trained or loaded in this process uses every core: the one thread the tiny models get
+    (top of this file) made the in-process SmolLM2 tests take twice as long. Restored after the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def wind_down(widget: Any, qtbot: Any) -> None:
     """Let a window (or page) finish its background work before it goes, and start none after.
 

@@ -8,9 +8,11 @@ from adapter_studio.engine.models.gguf_cache import converted_folder
 from adapter_studio.engine.models.loading import EMBEDDED_SMOLLM2, load_model, resolve_source
 from adapter_studio.engine.spec import ModelSpec
 
-pytestmark = pytest.mark.slow
+from tests.conftest import CHATML, _decoder_config
+from tests.test_gguf_export import bpe_tokenizer
 
 
+@pytest.mark.slow
 def test_second_load_comes_from_the_conversion_and_is_identical(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     source = resolve_source(EMBEDDED_SMOLLM2)
@@ -31,6 +33,37 @@ def test_second_load_comes_from_the_conversion_and_is_identical(tmp_path, monkey
     second = answer()
     assert first[0] == second[0] and first[2] == second[2]
     assert torch.equal(first[1], second[1])
+
+
+def test_a_bf16_load_keeps_the_conversion_with_the_weights_a_bf16_read_gives(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A training run loads in bf16, and only float32 conversions are kept: the file is read in float32,
+    kept, and cast, so the run's next load comes from the folder, with the same weights as before."""
+    from adapter_studio.engine.export import gguf_writer
+    from adapter_studio.engine.models import loading
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = bpe_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_decoder_config(LlamaConfig, tokenizer, vocab_size=len(tokenizer)))
+    file = tmp_path / "tiny-q8_0.gguf"
+    gguf_writer.write_model(model, tokenizer, file, "q8_0", name="tiny", chat_template=CHATML)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    spec, source = ModelSpec(source=str(file)), resolve_source(str(file))
+
+    def load() -> torch.nn.Module:
+        loaded, _, loaded_from = load_model(spec, "causal_lm", dtype=torch.bfloat16)
+        assert loaded_from.kind == "gguf" and loaded.config.dtype == torch.bfloat16
+        return loaded
+
+    with monkeypatch.context() as m:
+        m.setattr(loading, "_converts_in_float32", lambda *args: False)
+        direct = load().state_dict()  # read straight in bf16, as before: nothing kept
+    assert converted_folder(source) is None
+    for load_from in ("the file, keeping its conversion", "the conversion"):
+        weights = load().state_dict()
+        assert converted_folder(source) is not None, load_from
+        assert weights.keys() == direct.keys(), load_from
+        assert all(v.dtype == torch.bfloat16 and torch.equal(v, direct[k]) for k, v in weights.items()), load_from
 
 
 def test_pruning_skips_conversions_another_process_removes_meanwhile(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from adapter_studio.engine.training.run import run
 from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
 
-pytestmark = [pytest.mark.slow, pytest.mark.gui]
+pytestmark = [pytest.mark.slow, pytest.mark.gui, pytest.mark.usefixtures("every_core")]
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo" / "demo.yaml"
 
 

@@ -274,12 +274,19 @@ def load_model(
     id2label: dict[int, str] | None = None,
 ) -> tuple[torch.nn.Module, Any, ModelSource]:
     """Load weights and tokenizer for training; returns (model, tokenizer, source)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     original = resolve_source(spec.source)
     source = _converted(original)
     if source.gguf_file and spec.quantization != "none":
         source = _converted_for_quantising(spec, original, task)
+    if source.gguf_file and _converts_in_float32(spec, task, dtype, source):
+        # Read once in float32 so the conversion is kept (only float32 is), then cast: the same weights a
+        # load in `dtype` gives, and the next load of this file comes from the folder in about a second.
+        model, tokenizer, _ = load_model(spec, task, dtype=torch.float32, id2label=id2label)
+        model.to(dtype).config.dtype = dtype
+        return model, tokenizer, original
     if not source.has_weights:
         raise UserError(
             f"'{spec.source}' is an architecture description without weights",
@@ -321,6 +328,18 @@ def load_model(
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, original
+
+
+def _converts_in_float32(spec: ModelSpec, task: str, dtype: Any, source: ModelSource) -> bool:
+    """A GGUF file that `keep_conversion` would keep, asked for in another dtype (a bf16 training run)."""
+    import torch
+    from adapter_studio.engine.models.gguf_cache import MAX_CACHED_BYTES
+
+    if task != "causal_lm" or spec.quantization != "none" or dtype in (None, torch.float32):
+        return False
+    # A GGUF file stores about 4 bits a weight or more (float32 is at most ~8× the file): a larger file is
+    # not kept, so it is read in the dtype asked for, without a float32 copy in memory on the way.
+    return (Path(source.path) / str(source.gguf_file)).stat().st_size * 8 <= MAX_CACHED_BYTES
 
 
 def _converted_for_quantising(spec: ModelSpec, original: ModelSource, task: str) -> ModelSource:
