@@ -7,7 +7,8 @@ The folder lives under `$XDG_CACHE_HOME/adapter-studio/gguf-models/<key>` (key: 
 and modification time) and holds exactly what the GGUF load produced (float32 weights, the converted
 tokenizer with its chat template), so a run from it is the same run. Files whose float32 weights would
 exceed `MAX_CACHED_BYTES` are not kept (a dequantised 7B model is ~28 GB): they load from the GGUF
-each time. The `KEEP` most recently used conversions are kept.
+each time. The `KEEP` most recently used conversions are kept. A load in another dtype (a bf16 training
+run) reads a file small enough to keep in float32 and casts (engine.models.loading), so it is kept too.
 """
 
 from __future__ import annotations
