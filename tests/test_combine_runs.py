@@ -95,18 +95,20 @@ def test_a_dora_run_is_refused(lora_runs: list[Path], tiny_llama: Path, alpaca_j
 
 
 def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path) -> None:
-    from tests.test_cli import cli
+    from tests.test_cli import clis_at_once
 
-    out = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--how", "cat", "--weights", "0.5,0.5",
-              "--out", str(tmp_path), "--name", "both", "--json")  # fmt: skip
+    runs = [str(lora_runs[0]), str(lora_runs[1])]
+    out, hub, bad = clis_at_once(
+        ["combine", *runs, "--how", "cat", "--weights", "0.5,0.5", "--out", str(tmp_path), "--name", "both", "--json"],
+        ["combine", *runs, "--how", "lorahub", "--examples", "4", "--trials", "3", "--out", str(tmp_path), "--name",
+         "hub", "--json"],
+        ["combine", *runs, "--weights", "half,half"],
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["run_dir"] == str(tmp_path / "both") and result["rank"] == 8
-    hub = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--how", "lorahub", "--examples", "4", "--trials", "3",
-              "--out", str(tmp_path), "--name", "hub", "--json")  # fmt: skip
     assert hub.returncode == 0, hub.stderr
     assert json.loads(hub.stdout)["how"] == "lorahub" and (tmp_path / "hub" / "spec.yaml").exists()
-    bad = cli("combine", str(lora_runs[0]), str(lora_runs[1]), "--weights", "half,half")
     assert bad.returncode == 2 and "--weights 'half,half' is not a comma-separated list" in bad.stderr
 
 

@@ -140,14 +140,14 @@ def test_a_run_exports_as_gguf_checked_with_a_modelfile(bpe_run: Path, tmp_path:
 
 
 def test_the_command_line_exports_gguf_and_refuses_in_one_line(bpe_run: Path, tmp_path: Path) -> None:
-    from test_cli import cli
+    from test_cli import clis_at_once
 
-    done = cli("export", str(bpe_run), "--gguf", "q8_0", "--out", str(tmp_path / "q8"))
+    done, refused = clis_at_once(["export", str(bpe_run), "--gguf", "q8_0", "--out", str(tmp_path / "q8")],
+                                 ["export", str(bpe_run), "--gguf", "q3", "--out", str(tmp_path / "q3")])  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "| transformers (GGUF reader) |" in done.stdout
     assert "Ollama: " in done.stdout and "ollama create" in done.stdout
     assert (tmp_path / "q8" / f"{ollama_name(bpe_run.name)}-q8_0.gguf").is_file()
-    refused = cli("export", str(bpe_run), "--gguf", "q3", "--out", str(tmp_path / "q3"))
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and "unknown GGUF type" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -21,7 +21,7 @@ from adapter_studio.engine.training.sweep import (
     sweep_rows,
 )
 from test_auto_search import RUNGS, SPACE
-from test_cli import cli, write_spec
+from test_cli import clis_at_once, write_spec
 
 
 @pytest.mark.parametrize(
@@ -104,13 +104,14 @@ def test_a_sweep_evaluates_its_runs_and_ranks_by_their_scores(make_spec, tiny_ll
 
 def test_cli_sweep_rank_by(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=3)
-    done = cli("sweep", str(spec), "--methods", "lora,ia3", "--name", "r", "--rank-by", "rouge_l", "--json")
+    sweep = ["sweep", str(spec), "--methods"]
+    done, bad = clis_at_once([*sweep, "lora,ia3", "--name", "r", "--rank-by", "rouge_l", "--json"],
+                             [*sweep, "lora", "--name", "r2", "--rank-by", "bleu2"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout[done.stdout.index("[") : done.stdout.rindex("]") + 1])
     scores = [r["tuned_rouge_l"] for r in rows]
     assert None not in scores and scores == sorted(scores, reverse=True)
     assert "evaluating r-lora to rank by ROUGE-L (evaluation)" in done.stdout
-    bad = cli("sweep", str(spec), "--methods", "lora", "--name", "r2", "--rank-by", "bleu2")
     assert bad.returncode == 2 and "unknown metric 'bleu2'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "runs" / "r2-lora").exists()  # refused before anything trained
 
