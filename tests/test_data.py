@@ -278,6 +278,8 @@ def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tin
     [
         (["instruction", "input", "output"], "alpaca"),
         (["question", "answer"], "alpaca"),
+        (["problem", "solution"], "alpaca"),
+        (["problem", "conditions", "question", "equation", "gold_answer"], "alpaca"),
         (["messages"], "messages"),
         (["conversations", "id"], "sharegpt"),
         (["prompt", "completion"], "prompt_completion"),
@@ -288,6 +290,14 @@ def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tin
 )
 def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> None:
     assert detect_format(columns) == expected
+
+
+def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None:
+    """SVAMP's shape: `question` is the problem's last sentence only; `problem` holds all of it."""
+    from adapter_studio.engine.data.shapes import resolve_columns
+
+    columns = ["problem", "conditions", "question", "equation", "gold_answer"]
+    assert resolve_columns("alpaca", columns, {}, "data.columns") == {"instruction": "problem", "output": "gold_answer"}
 
 
 def test_dropped_rows_are_reported_with_where_and_why(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]

@@ -12,9 +12,11 @@ from adapter_studio.engine.errors import UserError
 
 # Role → the column names a role is found under when `data.columns` does not say.
 ROLE_ALIASES: dict[str, tuple[str, ...]] = {
-    "instruction": ("instruction", "question", "query", "prompt_text"),
+    # Math word problems: `problem` is the whole text where a file has both (SVAMP, MultiArith: `question` is
+    # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections).
+    "instruction": ("instruction", "problem", "question", "query", "prompt_text"),
     "input": ("input", "context"),
-    "output": ("output", "response", "answer", "target"),
+    "output": ("output", "response", "answer", "solution", "target", "gold_answer"),
     "system": ("system",),
     "messages": ("messages",),
     "conversations": ("conversations", "conversation"),
