@@ -280,6 +280,10 @@ def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tin
         (["question", "answer"], "alpaca"),
         (["problem", "solution"], "alpaca"),
         (["problem", "conditions", "question", "equation", "gold_answer"], "alpaca"),
+        (["label", "title", "description"], "classification"),
+        (["Class Index", "Title", "Description"], "classification"),
+        (["review", "sentiment"], "classification"),
+        (["title", "content"], "text"),
         (["messages"], "messages"),
         (["conversations", "id"], "sharegpt"),
         (["prompt", "completion"], "prompt_completion"),
@@ -298,6 +302,20 @@ def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None
 
     columns = ["problem", "conditions", "question", "equation", "gold_answer"]
     assert resolve_columns("alpaca", columns, {}, "data.columns") == {"instruction": "problem", "output": "gold_answer"}
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        (["label", "title", "description"], {"text": "title", "text_pair": "description", "label": "label"}),
+        (["description", "topic"], {"text": "description", "label": "topic"}),  # not its own pair
+        (["text", "description", "label"], {"text": "text", "text_pair": "description", "label": "label"}),
+    ],
+)
+def test_news_columns_map_to_text_and_pair(columns: list[str], expected: dict[str, str]) -> None:
+    from adapter_studio.engine.data.shapes import resolve_columns
+
+    assert resolve_columns("classification", columns, {}, "data.columns") == expected
 
 
 def test_dropped_rows_are_reported_with_where_and_why(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]

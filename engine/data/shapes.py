@@ -24,10 +24,16 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "completion": ("completion",),
     "text": ("text", "sentence", "sentence1", "content", "document"),
     "text_pair": ("text_pair", "sentence2"),
-    "label": ("label", "labels", "class", "category"),
+    "label": ("label", "labels", "class", "category", "class index", "topic", "sentiment"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
     "task": ("task",),  # which task a row belongs to: Poly routes by it, other methods ignore it
+}
+# Names a role is found under in one format only, after the usual ones. News and reviews to classify: a
+# `title` with a `description` reads as the pair (AG News' own files), a `review` with its `sentiment`
+# (IMDB's); a plain-text file with a `title` column is not trained on its titles.
+FORMAT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "classification": {"text": ("title", "headline", "review", "description"), "text_pair": ("description",)},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
@@ -84,18 +90,19 @@ def roles_of(fmt: str) -> tuple[str, ...]:
     return REQUIRED[fmt] + OPTIONAL.get(fmt, ())
 
 
-def _find(columns: list[str], role: str, mapping: dict[str, str]) -> str | None:
+def _find(columns: list[str], role: str, mapping: dict[str, str], fmt: str = "") -> str | None:
     if role in mapping:
         return mapping[role]
     lower = {c.lower(): c for c in columns}
-    return next((lower[a] for a in ROLE_ALIASES[role] if a in lower), None)
+    aliases = ROLE_ALIASES[role] + FORMAT_ALIASES.get(fmt, {}).get(role, ())
+    return next((lower[a] for a in aliases if a in lower), None)
 
 
 def detect_format(columns: list[str], mapping: dict[str, str] | None = None, where: str = "data.columns") -> str:
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
     for fmt in ("preference", "kto", "messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
-        if all(_find(columns, role, mapping) for role in REQUIRED[fmt]):
+        if all(_find(columns, role, mapping, fmt) for role in REQUIRED[fmt]):
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue
             return fmt
@@ -117,7 +124,9 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
         )
     resolved: dict[str, str] = {}
     for role in roles_of(fmt):
-        column = _find(columns, role, mapping)
+        column = _find(columns, role, mapping, fmt)
+        if role not in REQUIRED[fmt] and role not in mapping and column in resolved.values():
+            continue  # found under a name a required role already took (a lone `description`)
         if column is not None and column in columns:
             resolved[role] = column
         elif role in REQUIRED[fmt] and role in mapping:  # mapped to a column the file does not have
