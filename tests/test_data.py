@@ -474,6 +474,12 @@ BAD_INPUTS = {
         ["{dir}/cols.jsonl", "needs a 'output' column", "columns found are question, reply", "data.columns"],
         {"format": "alpaca", "columns": {"instruction": "question"}},
     ),
+    "shape not told by the columns": BadInput(
+        {"posts.csv": b"body,label\nhi,1\nbye,0\n"},
+        ["{dir}/posts.csv", "cannot tell the data's shape from its columns (body, label)",
+         "data.format: classification, data.columns: {{text: body, label: label}}"],
+        classification=True,
+    ),
     "wrong type in a field": BadInput(
         {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},
         ["{dir}/types.jsonl:2", "field 'output' is a list, expected text", "make 'output' a string"],

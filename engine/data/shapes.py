@@ -106,10 +106,15 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue
             return fmt
+    label = _find(columns, "label", mapping)
+    others = [c for c in columns if c != label]
+    example = "data.format: alpaca, data.columns: {instruction: question, output: answer}"
+    if label and others:  # a label column: most likely rows to classify
+        example = f"data.format: classification, data.columns: {{text: {others[0]}, label: {label}}}"
     raise UserError(
         f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'})",
         where=where,
-        fix="set data.format, and map the columns in data.columns (e.g. instruction: question, output: answer)",
+        fix=f"name the shape and map its columns, e.g. {example}",
     )
 
 
