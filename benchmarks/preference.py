@@ -20,9 +20,10 @@ The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dp
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
        [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--max-length 512]
-       [--lr RATE] [--targets q_proj,v_proj] [--out DIR]
+       [--lr RATE] [--targets q_proj,v_proj] [--seed N] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
-`--pairs`/`--held-out` make a quick check.
+`--pairs`/`--held-out` make a quick check; `--sft-steps 0` skips the supervised side (the accuracy alone,
+e.g. of another `--seed`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main() -> None:
         default=None,
         help="LoRA layers, comma-separated (default: the app's own choice, every linear layer)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="training.seed of both runs (row order, adapter start)")
     parser.add_argument("--out", default=None, help="folder for the data and run folders (default: temporary)")
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="preference-bench-"))
@@ -113,23 +115,27 @@ def main() -> None:
     }
     budget = {"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}
     rate = {"learning_rate": args.lr} if args.lr else {}
-    training = {**budget, **rate, "save_every": 100_000, "eval_samples": 0, "compile": "off"}
+    training = {**budget, **rate, "save_every": 100_000, "eval_samples": 0, "compile": "off", "seed": args.seed}
     dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
                              "training": {**training, "batch_size": args.batch,
                                           "eval_every": 100_000}})  # fmt: skip
-    sft, sft_events = train({**common,
-                             "data": {"path": str(sft_file), "eval_split": 0.0, "max_length": args.max_length},
-                             "training": {**training, "max_steps": args.max_steps or args.sft_steps,
-                                          "batch_size": 2 * args.batch}})  # fmt: skip
     final = [e for e in dpo_events if e.type == "eval"][-1]
-    d, s = summary(dpo_events), summary(sft_events)
+    d = summary(dpo_events)
     print(
         f"dpo: {d['steps']} steps, {d['tokens_per_s']:.0f} tokens/s, peak memory {d['peak_memory_mib']:.0f} MiB; "
         f"held-out ({args.held_out} pairs): preference accuracy {final.preference_accuracy:.3f}, reward margin "
         f"{final.reward_margin:.3f}, loss {final.eval_loss:.4f}"
     )
+    if args.sft_steps == 0:  # the accuracy alone (another seed, say)
+        print(f"runs: {dpo.run_dir}\npreference_accuracy {final.preference_accuracy:.3f}")
+        return
+    sft, sft_events = train({**common,
+                             "data": {"path": str(sft_file), "eval_split": 0.0, "max_length": args.max_length},
+                             "training": {**training, "max_steps": args.max_steps or args.sft_steps,
+                                          "batch_size": 2 * args.batch}})  # fmt: skip
+    s = summary(sft_events)
     print(f"sft: {s['steps']} steps, {s['tokens_per_s']:.0f} tokens/s, peak memory {s['peak_memory_mib']:.0f} MiB")
     print(f"runs: {dpo.run_dir} {sft.run_dir}")
     print(
