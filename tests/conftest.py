@@ -460,6 +460,30 @@ def every_core(leaves_the_process_as_it_found_it: None) -> Any:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def garbage_collected_on_the_gui_thread(request: pytest.FixtureRequest, leaves_the_process_as_it_found_it: None) -> Any:
+    """A test with Qt widgets runs as the app does: Python's cycle collector only on the GUI thread.
+
+    The main window turns it on (gui.garbage_collection); a test of one page has no window, and left
+    automatic, a collection started by a worker thread's allocation freed a Qt object there and deadlocked
+    against the GUI thread: the Evaluate page's first ROUGE score imports nltk on its worker, and the whole
+    suite hung there once (2026-12-05: the worker in `_get_module_lock`, the main thread in a pytest-qt
+    wait, garbage-collecting). Set up before pytest-qt's fixtures, so it ends after their teardown has
+    closed the widgets and their work; then the collector is Python's own again."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    from adapter_studio.gui.garbage_collection import (
+        collect_garbage_on_gui_thread,
+        restore_automatic_garbage_collection,
+    )
+
+    request.getfixturevalue("qapp")  # the collector's timer needs the application
+    collect_garbage_on_gui_thread()
+    yield
+    restore_automatic_garbage_collection()
+
+
 def wind_down(widget: Any, qtbot: Any) -> None:
     """Let a window (or page) finish its background work before it goes, and start none after.
 
@@ -497,7 +521,4 @@ def window(qtbot: Any, tmp_path: Path) -> Any:
     window = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
     qtbot.addWidget(window, before_close_func=lambda w: wind_down(w, qtbot))
     window.show()
-    yield window
-    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
-
-    restore_automatic_garbage_collection()
+    yield window  # Python's own collector comes back after pytest-qt closed it (garbage_collected_on_the_gui_thread)

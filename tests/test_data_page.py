@@ -36,9 +36,6 @@ def window(qtbot, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     w.close()
     w.deleteLater()
     qtbot.wait(10)
-    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
-
-    restore_automatic_garbage_collection()  # the window turned Python's own collector off
 
 
 def error_dialogs() -> list[QMessageBox]:

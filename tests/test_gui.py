@@ -224,7 +224,6 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     Now Runs and Try come after training: the run selected, a held-out example answered by both models."""
     import pyqtgraph as pg
     import yaml
-    from adapter_studio.gui.garbage_collection import restore_automatic_garbage_collection
     from adapter_studio.gui.main_window import MainWindow
     from adapter_studio.gui.walkthrough import walkthrough
     from conftest import reversal_pairs, wind_down, write_jsonl
@@ -254,7 +253,6 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
         app.setStyle(theme[0])
         app.setPalette(theme[1])
         pg.setConfigOptions(**theme[2])
-        restore_automatic_garbage_collection()  # as the window fixture does
 
     report = json.loads((tmp_path / "shots" / "report.json").read_text())
     assert code == 0 and report["status"] == "completed"
