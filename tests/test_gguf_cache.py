@@ -56,7 +56,7 @@ def test_a_bf16_load_keeps_the_conversion_with_the_weights_a_bf16_read_gives(tmp
         return loaded
 
     with monkeypatch.context() as m:
-        m.setattr(loading, "_converts_in_float32", lambda *args: False)
+        m.setattr(loading, "converts_in_float32", lambda *args: False)
         direct = load().state_dict()  # read straight in bf16, as before: nothing kept
     assert converted_folder(source) is None
     for load_from in ("the file, keeping its conversion", "the conversion"):

@@ -14,6 +14,7 @@ run) reads a file small enough to keep in float32 and casts (engine.models.loadi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -48,6 +49,23 @@ def converted_folder(source: ModelSource) -> Path | None:
     with contextlib.suppress(OSError):
         (folder / DONE).touch()  # recently used: pruned last
     return folder
+
+
+def converted_source(source: ModelSource) -> ModelSource:
+    """A GGUF source already converted loads from its folder; any other source as it is."""
+    folder = converted_folder(source) if source.kind == "gguf" else None
+    return dataclasses.replace(source, kind="folder", path=str(folder), gguf_file=None) if folder else source
+
+
+def converts_in_float32(source: ModelSource, task: str, quantization: str, dtype: Any) -> bool:
+    """A GGUF file that `keep_conversion` would keep, asked for in another dtype (a bf16 training run)."""
+    import torch
+
+    if task != "causal_lm" or quantization != "none" or dtype in (None, torch.float32):
+        return False
+    # A GGUF file stores about 4 bits a weight or more (float32 is at most ~8× the file): a larger file is
+    # not kept, so it is read in the dtype asked for, without a float32 copy in memory on the way.
+    return (Path(source.path) / str(source.gguf_file)).stat().st_size * 8 <= MAX_CACHED_BYTES
 
 
 def keep_conversion(source: ModelSource, model: Any, tokenizer: Any) -> Path | None:

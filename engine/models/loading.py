@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.models.construction import model_construction
+from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
 from adapter_studio.engine.models.weight_files import check_in_hub_cache, check_safetensors
 from adapter_studio.resources import FOLDER
 
@@ -118,16 +119,6 @@ def _gguf_config_cache(source: ModelSource) -> Path:
     return app_cache_dir() / "gguf-configs" / f"{gguf_key(source)}.json"
 
 
-def _converted(source: ModelSource) -> ModelSource:
-    """A GGUF source already converted to a folder loads from that folder (adapter_studio.engine.models.gguf_cache)."""
-    if source.kind != "gguf":
-        return source
-    from adapter_studio.engine.models.gguf_cache import converted_folder
-
-    folder = converted_folder(source)
-    return ModelSource("folder", str(folder), None, source.display_name) if folder else source
-
-
 def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
@@ -227,7 +218,7 @@ def summarize_model(source_text: str) -> ModelSummary:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    source = _converted(source)
+    source = converted_source(source)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
@@ -278,10 +269,10 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     original = resolve_source(spec.source)
-    source = _converted(original)
+    source = converted_source(original)
     if source.gguf_file and spec.quantization != "none":
         source = _converted_for_quantising(spec, original, task)
-    if source.gguf_file and _converts_in_float32(spec, task, dtype, source):
+    if source.gguf_file and converts_in_float32(source, task, spec.quantization, dtype):
         # Read once in float32 so the conversion is kept (only float32 is), then cast: the same weights a
         # load in `dtype` gives, and the next load of this file comes from the folder in about a second.
         model, tokenizer, _ = load_model(spec, task, dtype=torch.float32, id2label=id2label)
@@ -330,25 +321,13 @@ def load_model(
     return model, tokenizer, original
 
 
-def _converts_in_float32(spec: ModelSpec, task: str, dtype: Any, source: ModelSource) -> bool:
-    """A GGUF file that `keep_conversion` would keep, asked for in another dtype (a bf16 training run)."""
-    import torch
-    from adapter_studio.engine.models.gguf_cache import MAX_CACHED_BYTES
-
-    if task != "causal_lm" or spec.quantization != "none" or dtype in (None, torch.float32):
-        return False
-    # A GGUF file stores about 4 bits a weight or more (float32 is at most ~8× the file): a larger file is
-    # not kept, so it is read in the dtype asked for, without a float32 copy in memory on the way.
-    return (Path(source.path) / str(source.gguf_file)).stat().st_size * 8 <= MAX_CACHED_BYTES
-
-
 def _converted_for_quantising(spec: ModelSpec, original: ModelSource, task: str) -> ModelSource:
     """transformers does not quantise a GGUF file's weights as it reads them: they are converted once to a
     float32 folder (engine.models.gguf_cache: an unquantised load keeps it) and quantised from there."""
     import torch
 
     load_model(spec.model_copy(update={"quantization": "none"}), task, dtype=torch.float32)
-    source = _converted(original)
+    source = converted_source(original)
     if source.gguf_file:
         raise UserError(
             f"a {spec.quantization} base is made from a float32 copy of the GGUF file, which the app keeps only "
