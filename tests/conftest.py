@@ -34,6 +34,10 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-cach
 
 import pytest
 import torch
+import transformers  # noqa: F401  see below
+
+# transformers is first imported here, on one thread: a test's own first import racing a window's worker
+# saw it half-initialised ("cannot import name BertConfig"); the app's workers take engine.imports' lock.
 
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 

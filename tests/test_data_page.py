@@ -144,3 +144,27 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     assert page.preview.format == "alpaca" and page.table.rowCount() == 5
     assert window.state.data.path == str(good)
     assert not error_dialogs()
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "model", "expected"),
+    [
+        ("news.csv", "label,title,description\n3,Stocks rise,Markets gained today.\n1,Talks fail,Leaders met.\n",
+         "tiny_bert_cls", {"format": "classification", "text": "title", "text_pair": "description", "label": "label"}),
+        ("problems.json", json.dumps([{"problem": "Ann has 3 apples and eats 1. How many are left?",
+                                       "question": "How many are left?", "equation": "( 3.0 - 1.0 )",
+                                       "gold_answer": 2.0}] * 3),
+         "tiny_llama", {"format": "alpaca", "instruction": "problem", "output": "gold_answer"}),
+    ],
+    ids=["news as published", "math problems as published"],
+)  # fmt: skip
+def test_files_as_published_are_read_without_a_mapping(tiny_llama, tiny_bert_cls, window, qtbot, tmp_path, file,  # type: ignore[no-untyped-def]
+                                                       content, model, expected) -> None:  # fmt: skip
+    """A new user opens a public file as it comes: the Data page detects its shape and fills the columns."""
+    page = choose_model(window, qtbot, {"tiny_llama": tiny_llama, "tiny_bert_cls": tiny_bert_cls}[model])
+    (tmp_path / file).write_text(content, encoding="utf-8")
+    open_data(page, qtbot, tmp_path / file)
+    qtbot.waitUntil(lambda: set(expected) - {"format"} <= set(page.combos), timeout=30_000)
+    assert f"format <b>{expected.pop('format')}</b> (detected)" in page.summary.text()
+    assert {role: page.combos[role].currentText() for role in expected} == expected
+    assert error_dialogs() == []
