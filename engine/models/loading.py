@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_c
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    config = copy.deepcopy(config)  # transformers writes dtype and labels into it; the caller's is a cache key
     extra = {"dtype": dtype} if dtype is not None else {}
     with torch.device("meta"), model_construction():  # transformers switches the process's default dtype
         if task == "classification":
