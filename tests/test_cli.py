@@ -180,8 +180,10 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(tmp_path, tiny_llama,
         assert list((run_dir / "checkpoints").glob("step-*")), sig.name
         last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
         assert last["type"] == "finished" and last["status"] == "cancelled", sig.name
-    resumed = cli("train", "--resume", str(next(runs[signal.SIGTERM].iterdir())), "--set", "training.max_steps=1")
-    assert resumed.returncode == 0, resumed.stderr
+    resumes = clis_at_once(*[["train", "--resume", str(next(folder.iterdir())), "--set", "training.max_steps=1"]
+                             for folder in runs.values()])  # fmt: skip
+    for sig, resumed in zip(runs, resumes, strict=True):
+        assert resumed.returncode == 0, (sig.name, resumed.stderr)
 
 
 def test_methods_json_lists_the_whole_library() -> None:
