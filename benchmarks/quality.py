@@ -440,11 +440,15 @@ def run_app(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name:
     return {**export_run(cfg, work / "runs" / name, work / f"{name}-export"), "seconds": seconds}
 
 
-def run_auto(task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str, budget: str) -> dict:
+def run_auto(
+    task: str, cfg: dict[str, Any], train: list[dict], work: Path, name: str, budget: str, overrides: list[str]
+) -> dict:
     """`adapter-studio auto` on the same spec within `budget`, then its best run exported like the defaults'."""
     spec_file = write_spec(task, cfg, train, work, name)
     out_json = work / f"{name}.json"
     cmd = [str(CLI), "auto", str(spec_file), "--budget", budget, "--name", name, "--json"]
+    for o in overrides:  # e.g. training.seed=1: the search's sampler and every trial follow the spec's seed
+        cmd += ["--set", o]
     t0 = time.perf_counter()
     with out_json.open("w") as out, (work / f"{name}.log").open("w") as log:
         proc = subprocess.run(cmd, stdout=out, stderr=log, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
@@ -662,12 +666,16 @@ def evaluate_task(task: str, args: argparse.Namespace, work: Path) -> list[dict]
             if "app" in r or "auto" in r:
                 safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", r["name"])[:80]
                 if "auto" in r:
-                    got = run_auto(task, cfg, train, work / task, safe, r["auto"])
+                    got = run_auto(task, cfg, train, work / task, safe, r["auto"], args.app_common or [])
                     row.update(trials=got["trials"], winner=got["winner"])
                 else:
                     got = run_app(task, cfg, train, work / task, safe, r["app"] + (args.app_common or []))
-                row.update(seconds=got["seconds"], steps=got["steps"], app_train_seconds=got["train_seconds"],
-                           peak_memory_bytes=got["peak_memory_bytes"])
+                row.update(
+                    seconds=got["seconds"],
+                    steps=got["steps"],
+                    app_train_seconds=got["train_seconds"],
+                    peak_memory_bytes=got["peak_memory_bytes"],
+                )
                 if kind == "classification":
                     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -759,7 +767,9 @@ def main() -> None:
     )
     ap.add_argument("--app-set", action="append", help="extra app run with these space-separated --set overrides")
     ap.add_argument(
-        "--app-common", action="append", help="a --set override for every app run (e.g. training.eval_samples=0)"
+        "--app-common",
+        action="append",
+        help="a --set override for every app run and the automatic search (e.g. training.seed=1)",
     )
     ap.add_argument("--hand", action="append", help="extra hand-loop run, e.g. 'lr=1e-3,targets=all,r=16,alpha=32'")
     ap.add_argument("--em", type=int, default=0, help="greedy exact match on the first N held-out rows (generation)")
