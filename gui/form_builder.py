@@ -101,12 +101,22 @@ class TargetsEditor(QWidget):
         layout.addLayout(buttons)
         self.list = QListWidget()
         self.list.setMaximumHeight(110)
+        self.hint = QLabel()
+        self.hint.setStyleSheet("color: gray")
         self.set_names(names)
         self.list.itemChanged.connect(lambda _item: self.changed.emit())
         layout.addWidget(self.list)
-        self.hint = QLabel("None ticked: the method's usual choice for this model.")
-        self.hint.setStyleSheet("color: gray")
         layout.addWidget(self.hint)
+        self.changed.connect(self._show_hint)
+
+    def _show_hint(self) -> None:
+        """What the ticks mean now: a hint that read "none ticked" beside ticked boxes misled."""
+        ticked = self.value()
+        self.hint.setText(
+            "None ticked: the method's usual choice for this model."
+            if ticked is None
+            else f"{len(ticked)} of {self.list.count()} ticked; untick all for the method's usual choice."
+        )
 
     def set_names(self, names: list[str]) -> None:
         self.list.blockSignals(True)
@@ -117,6 +127,7 @@ class TargetsEditor(QWidget):
             item.setCheckState(Qt.CheckState.Unchecked)
             self.list.addItem(item)
         self.list.blockSignals(False)
+        self._show_hint()
 
     def set_value(self, value: list[str] | None) -> None:
         wanted = set(value or [])

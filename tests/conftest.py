@@ -32,12 +32,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # left one behind in /tmp.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-cache-")
 
+import adapter_studio.engine  # noqa: F401  see below
 import pytest
 import torch
 import transformers  # noqa: F401  see below
 
 # transformers is first imported here, on one thread: a test's own first import racing a window's worker
 # saw it half-initialised ("cannot import name BertConfig"); the app's workers take engine.imports' lock.
+# The engine sets process-wide state as it is first imported (USE_HUB_KERNELS): imported here, before any
+# test, so the first test to import it is not failed for leaving that behind (seen running one file alone).
 
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 

@@ -30,3 +30,26 @@ def test_method_page_explains_each_chosen_value_and_follows_edits(window: Any, q
 
     page.select("prompt_tuning")
     assert "target modules" not in page.chosen.text() and "usual rate" in page.chosen.text()
+
+
+@pytest.mark.parametrize(
+    ("ticked", "hint"),
+    [
+        (None, "None ticked: the method's usual choice for this model."),
+        (["q_proj", "v_proj"], "2 of 4 ticked; untick all for the method's usual choice."),
+        ([], "None ticked: the method's usual choice for this model."),
+    ],
+)
+def test_the_targets_hint_says_what_the_ticks_mean_now(qtbot: Any, ticked: list[str] | None, hint: str) -> None:
+    from adapter_studio.gui.form_builder import TargetsEditor
+    from PySide6.QtCore import Qt
+
+    editor = TargetsEditor(["q_proj", "k_proj", "v_proj", "o_proj"], {"attention": ["q_proj", "v_proj"]})
+    qtbot.addWidget(editor)
+    assert editor.hint.text().startswith("None ticked")
+    editor.set_value(ticked)
+    assert editor.hint.text() == hint
+    editor.list.item(1).setCheckState(Qt.CheckState.Checked)  # a click on k_proj
+    assert editor.hint.text().startswith(f"{len(ticked or []) + 1} of 4 ticked")
+    editor.set_names(["q_proj", "v_proj"])  # another model: nothing ticked any more
+    assert editor.hint.text().startswith("None ticked")
