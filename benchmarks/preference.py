@@ -6,9 +6,9 @@ usable pairs are the evaluation file, the next `--pairs` the training file.
 
 Runs, same model, method (LoRA r8/alpha16 on the app's default layers, every linear layer of the blocks,
 unless --targets), learning rate (the app's default for the objective unless --lr), batch, max_length, seed:
-  dpo  objective dpo (beta 0.1) on the pairs, `--epochs` passes; evaluated on the held-out pairs at
-       the end: preference accuracy (the share of pairs whose chosen answer gains more log-probability
-       over the base than the rejected one) and reward margin.
+  dpo  objective dpo (beta 0.1) on the pairs, `--epochs` passes, `--accumulate` batches a step (default 1);
+       evaluated on the held-out pairs at the end: preference accuracy (the share of pairs whose chosen
+       answer gains more log-probability over the base than the rejected one) and reward margin.
   sft  objective sft on the same rows as conversations, each pair's two sides as two rows, batch 2×:
        the same tokens per step, so tokens/s compare the steps (DPO's reference forward included);
        `--sft-steps` steps (default 100): it measures speed and memory only, a whole epoch would add
@@ -19,8 +19,8 @@ first three), the ratio sft/dpo (the goal: at most 1.3), and the peak of `memory
 The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dpo/sft>`.
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
-       [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--max-length 512]
-       [--lr RATE] [--targets q_proj,v_proj] [--seed N] [--out DIR]
+       [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--accumulate N]
+       [--max-length 512] [--lr RATE] [--targets q_proj,v_proj] [--seed N] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check; `--sft-steps 0` skips the supervised side (the accuracy alone,
 e.g. of another `--seed`).
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--accumulate", type=int, default=None,
+                        help="micro-batches of --batch pairs summed per step (default: the app's own, 1)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None, help="default: the app's own choice for the run")
     parser.add_argument(
@@ -115,7 +117,9 @@ def main() -> None:
     }
     budget = {"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}
     rate = {"learning_rate": args.lr} if args.lr else {}
-    training = {**budget, **rate, "save_every": 100_000, "eval_samples": 0, "compile": "off", "seed": args.seed}
+    accumulate = {"gradient_accumulation": args.accumulate} if args.accumulate else {}
+    training = {**budget, **rate, **accumulate, "save_every": 100_000, "eval_samples": 0, "compile": "off",
+                "seed": args.seed}
     dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
