@@ -90,8 +90,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--sft-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--accumulate", type=int, default=None,
-                        help="micro-batches of --batch pairs summed per step (default: the app's own, 1)")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches of --batch pairs summed per step")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None, help="default: the app's own choice for the run")
     parser.add_argument(
@@ -117,9 +116,8 @@ def main() -> None:
     }
     budget = {"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}
     rate = {"learning_rate": args.lr} if args.lr else {}
-    accumulate = {"gradient_accumulation": args.accumulate} if args.accumulate else {}
-    training = {**budget, **rate, **accumulate, "save_every": 100_000, "eval_samples": 0, "compile": "off",
-                "seed": args.seed}
+    training = {**budget, **rate, "gradient_accumulation": args.accumulate, "save_every": 100_000,
+                "eval_samples": 0, "compile": "off", "seed": args.seed}
     dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
