@@ -6,7 +6,8 @@ usable pairs are the evaluation file, the next `--pairs` the training file.
 
 Runs, same model, method (LoRA r8/alpha16 on the app's default layers, every linear layer of the blocks,
 unless --targets), learning rate (the app's default for the objective unless --lr), batch, max_length, seed:
-  dpo  objective dpo (beta 0.1) on the pairs, `--epochs` passes, `--accumulate` batches a step (default 1);
+  dpo  objective dpo (β the app's default, 0.1, unless --beta) on the pairs, `--epochs` passes,
+       `--accumulate` batches a step (default 1);
        evaluated on the held-out pairs at the end: preference accuracy (the share of pairs whose chosen
        answer gains more log-probability over the base than the rejected one) and reward margin.
   sft  objective sft on the same rows as conversations, each pair's two sides as two rows, batch 2×:
@@ -20,7 +21,7 @@ The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dp
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
        [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--accumulate N]
-       [--max-length 512] [--lr RATE] [--targets q_proj,v_proj] [--seed N] [--out DIR]
+       [--max-length 512] [--lr RATE] [--beta B] [--targets q_proj,v_proj] [--seed N] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check; `--sft-steps 0` skips the supervised side (the accuracy alone,
 e.g. of another `--seed`).
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches of --batch pairs summed per step")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None, help="default: the app's own choice for the run")
+    parser.add_argument("--beta", type=float, default=None, help="DPO's β (default: the app's own, 0.1)")
     parser.add_argument(
         "--targets",
         default=None,
@@ -118,7 +120,8 @@ def main() -> None:
     rate = {"learning_rate": args.lr} if args.lr else {}
     training = {**budget, **rate, "gradient_accumulation": args.accumulate, "save_every": 100_000,
                 "eval_samples": 0, "compile": "off", "seed": args.seed}
-    dpo, dpo_events = train({**common, "objective": {"name": "dpo", "beta": 0.1},
+    objective = {"name": "dpo", **({"beta": args.beta} if args.beta else {})}
+    dpo, dpo_events = train({**common, "objective": objective,
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
                              "training": {**training, "batch_size": args.batch,
