@@ -21,10 +21,11 @@ The last line: `preference_accuracy <acc> speed_ratio <sft/dpo> memory_ratio <dp
 
 Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-instruct] [--pairs 2000]
        [--held-out 300] [--epochs 1] [--max-steps N] [--sft-steps 100] [--batch 4] [--accumulate N]
-       [--max-length 512] [--lr RATE] [--beta B] [--targets q_proj,v_proj] [--seed N] [--out DIR]
+       [--max-length 512] [--lr RATE] [--beta B] [--targets q_proj,v_proj] [--sft-first] [--seed N] [--out DIR]
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check; `--sft-steps 0` skips the supervised side (the accuracy alone,
-e.g. of another `--seed`).
+e.g. of another `--seed`). `--sft-first` starts DPO from a supervised epoch on the chosen answers, merged
+(the DPO paper's recipe for HH): its accuracy is then measured against that model, not the embedded base.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from typing import Any
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl.gz"
 
 
-def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Path]:
-    """(train pairs, held-out pairs, the train pairs as 2 conversations each) as JSONL files."""
+def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Path, Path]:
+    """(train pairs, held-out pairs, the train pairs as 2 conversations each, their chosen sides as
+    conversations) as JSONL files."""
     from adapter_studio.engine.data.preference import pair_examples
 
     with gzip.open(HH, "rt", encoding="utf-8") as f:
@@ -56,11 +58,13 @@ def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Pa
     conversations = [{"messages": [*e.messages, {"role": "assistant", "content": answer}]}
                      for e in examples[held_out : held_out + pairs] for answer in (e.chosen, e.rejected)]  # fmt: skip
     out = []
-    for name, data in (("train.jsonl", train), ("eval.jsonl", evals), ("sft.jsonl", conversations)):
+    files = (("train.jsonl", train), ("eval.jsonl", evals), ("sft.jsonl", conversations),
+             ("chosen.jsonl", conversations[::2]))  # fmt: skip
+    for name, data in files:
         path = folder / name
         path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
         out.append(path)
-    return out[0], out[1], out[2]
+    return out[0], out[1], out[2], out[3]
 
 
 def train(spec: dict[str, Any]) -> tuple[Any, list[Any]]:
@@ -82,6 +86,24 @@ def summary(events: list[Any]) -> dict[str, float]:
             "steps": metrics[-1].step}  # fmt: skip
 
 
+def supervised_start(common: dict[str, Any], chosen_file: Path, args: argparse.Namespace) -> Path:
+    """The DPO paper's recipe for HH: one epoch of supervised LoRA (the app's defaults) on the chosen
+    answers, merged into the base (the app's merged export), so that DPO starts from, and compares with,
+    a model that has seen this kind of dialogue."""
+    from adapter_studio.engine.export.run_export import export_run
+
+    sft, events = train({**common,
+                         "data": {"path": str(chosen_file), "eval_split": 0.0, "max_length": args.max_length},
+                         "training": {"epochs": 1, "save_every": 100_000, "eval_samples": 0, "compile": "off",
+                                      "seed": args.seed}})  # fmt: skip
+    losses = [e.loss for e in events if e.type == "metrics"]
+    first, last = statistics.mean(losses[:25]), statistics.mean(losses[-25:])
+    merged = export_run(Path(sft.run_dir), "merged", Path(common["output_dir"]) / "sft-merged")
+    print(f"sft first: {len(losses)} steps, loss {first:.3f} → {last:.3f} (first and last 25 steps); "
+          f"merged into {merged.path}")  # fmt: skip
+    return merged.path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
@@ -100,12 +122,14 @@ def main() -> None:
         default=None,
         help="LoRA layers, comma-separated (default: the app's own choice, every linear layer)",
     )
+    parser.add_argument("--sft-first", action="store_true",
+                        help="a supervised epoch on the chosen answers, merged, before DPO (the DPO paper's recipe)")
     parser.add_argument("--seed", type=int, default=0, help="training.seed of both runs (row order, adapter start)")
     parser.add_argument("--out", default=None, help="folder for the data and run folders (default: temporary)")
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="preference-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    train_file, eval_file, sft_file = split_pairs(args.pairs, args.held_out, folder)
+    train_file, eval_file, sft_file, chosen_file = split_pairs(args.pairs, args.held_out, folder)
     common = {
         "model": {"source": args.model},
         "method": {
@@ -121,6 +145,8 @@ def main() -> None:
     training = {**budget, **rate, "gradient_accumulation": args.accumulate, "save_every": 100_000,
                 "eval_samples": 0, "compile": "off", "seed": args.seed}
     objective = {"name": "dpo", **({"beta": args.beta} if args.beta else {})}
+    if args.sft_first:
+        common["model"] = {"source": str(supervised_start(common, chosen_file, args))}
     dpo, dpo_events = train({**common, "objective": objective,
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},
