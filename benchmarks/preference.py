@@ -42,8 +42,9 @@ from typing import Any
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_harmless_test.jsonl.gz"
 
 
-def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Path]:
-    """(train pairs, held-out pairs, the train pairs as 2 conversations each) as JSONL files."""
+def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Path, Path]:
+    """(train pairs, held-out pairs, the train pairs as 2 conversations each, their chosen sides as
+    conversations) as JSONL files."""
     from adapter_studio.engine.data.preference import pair_examples
 
     with gzip.open(HH, "rt", encoding="utf-8") as f:
@@ -57,11 +58,13 @@ def split_pairs(pairs: int, held_out: int, folder: Path) -> tuple[Path, Path, Pa
     conversations = [{"messages": [*e.messages, {"role": "assistant", "content": answer}]}
                      for e in examples[held_out : held_out + pairs] for answer in (e.chosen, e.rejected)]  # fmt: skip
     out = []
-    for name, data in (("train.jsonl", train), ("eval.jsonl", evals), ("sft.jsonl", conversations)):
+    files = (("train.jsonl", train), ("eval.jsonl", evals), ("sft.jsonl", conversations),
+             ("chosen.jsonl", conversations[::2]))  # fmt: skip
+    for name, data in files:
         path = folder / name
         path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
         out.append(path)
-    return out[0], out[1], out[2]
+    return out[0], out[1], out[2], out[3]
 
 
 def train(spec: dict[str, Any]) -> tuple[Any, list[Any]]:
@@ -83,14 +86,14 @@ def summary(events: list[Any]) -> dict[str, float]:
             "steps": metrics[-1].step}  # fmt: skip
 
 
-def supervised_start(common: dict[str, Any], train_file: Path, args: argparse.Namespace) -> Path:
-    """The DPO paper's recipe for HH: one epoch of supervised LoRA (the app's defaults) on the training
-    pairs, which learns each pair's chosen conversation, merged into the base (the app's merged export),
-    so that DPO starts from, and compares with, a model that has seen this kind of dialogue."""
+def supervised_start(common: dict[str, Any], chosen_file: Path, args: argparse.Namespace) -> Path:
+    """The DPO paper's recipe for HH: one epoch of supervised LoRA (the app's defaults) on the chosen
+    answers, merged into the base (the app's merged export), so that DPO starts from, and compares with,
+    a model that has seen this kind of dialogue."""
     from adapter_studio.engine.export.run_export import export_run
 
     sft, events = train({**common,
-                         "data": {"path": str(train_file), "eval_split": 0.0, "max_length": args.max_length},
+                         "data": {"path": str(chosen_file), "eval_split": 0.0, "max_length": args.max_length},
                          "training": {"epochs": 1, "save_every": 100_000, "eval_samples": 0, "compile": "off",
                                       "seed": args.seed}})  # fmt: skip
     losses = [e.loss for e in events if e.type == "metrics"]
@@ -126,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="preference-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    train_file, eval_file, sft_file = split_pairs(args.pairs, args.held_out, folder)
+    train_file, eval_file, sft_file, chosen_file = split_pairs(args.pairs, args.held_out, folder)
     common = {
         "model": {"source": args.model},
         "method": {
@@ -143,7 +146,7 @@ def main() -> None:
                 "eval_samples": 0, "compile": "off", "seed": args.seed}
     objective = {"name": "dpo", **({"beta": args.beta} if args.beta else {})}
     if args.sft_first:
-        common["model"] = {"source": str(supervised_start(common, train_file, args))}
+        common["model"] = {"source": str(supervised_start(common, chosen_file, args))}
     dpo, dpo_events = train({**common, "objective": objective,
                              "data": {"path": str(train_file), "eval_path": str(eval_file),
                                       "max_length": args.max_length},

@@ -238,50 +238,15 @@ def test_full_fine_tuning_dpo_keeps_a_frozen_copy_as_reference(
 
 
 def test_mismatched_objective_and_data_are_refused(
-    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path, alpaca_jsonl: Path, kto_jsonl: Path
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path, alpaca_jsonl: Path
 ) -> None:
     spec = make_spec(tiny_llama, alpaca_jsonl).model_copy(update={"objective": _objective("dpo")})
     result, _ = start(spec)
     assert result.status == "failed" and "DPO trains on preference pairs" in result.error
-    result, _ = start(make_spec(tiny_llama, kto_jsonl))
+    result, _ = start(make_spec(tiny_llama, pairs_jsonl))
     assert result.status == "failed" and "needs a preference objective" in result.error
     result, _ = start(make_spec(tiny_llama, pairs_jsonl).model_copy(update={"objective": _objective("kto")}))
     assert result.status == "failed" and "KTO trains on answers marked desirable or not" in result.error
-
-
-def test_supervised_training_on_pairs_learns_the_chosen_conversations(tiny_llama: Path, tmp_path: Path) -> None:
-    """SFT on a preference file (the usual stage before DPO) trains on exactly what a file of each pair's
-    chosen conversation gives, every assistant turn of an HH dialogue included; the rejected are unused."""
-    from adapter_studio.engine.data.preference import as_conversation
-    from adapter_studio.engine.data.prepare import prepare_data
-    from adapter_studio.engine.spec import DataSpec
-    from transformers import AutoTokenizer
-
-    with gzip.open(HH, "rt", encoding="utf-8") as f:
-        pairs = write_jsonl(tmp_path / "pairs.jsonl", [json.loads(next(f)) for _ in range(40)])
-    _, examples, _ = read(pairs)
-    chosen = write_jsonl(tmp_path / "chosen.jsonl", [{"messages": as_conversation(e).messages} for e in examples])
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    mine = prepare_data(DataSpec(path=str(pairs), eval_split=0.1), tokenizer, None, 256, 0, use_cache=False,
-                        chosen_only=True)  # fmt: skip
-    theirs = prepare_data(DataSpec(path=str(chosen), eval_split=0.1), tokenizer, None, 256, 0, use_cache=False)
-    assert mine.format == theirs.format == "messages"
-    assert (len(mine.train), len(mine.eval)) == (len(theirs.train), len(theirs.eval)) != (0, 0)
-    for a, b in zip([*mine.train, *mine.eval], [*theirs.train, *theirs.eval], strict=True):
-        assert (a.input_ids, a.labels) == (b.input_ids, b.labels)
-    assert mine.eval_prompts == theirs.eval_prompts
-
-    def answers(labels: list[int]) -> int:
-        return sum(1 for i, t in enumerate(labels) if t != -100 and (i == 0 or labels[i - 1] == -100))
-
-    assert max(answers(item.labels) for item in mine.train) > 1  # earlier assistant turns learnt too
-
-
-def test_a_supervised_run_on_pairs_says_what_it_learns(tiny_llama: Path, make_spec: Any, pairs_jsonl: Path) -> None:
-    result, events = start(make_spec(tiny_llama, pairs_jsonl, max_steps=4))
-    assert result.status == "completed", result.error
-    assert any("learning each pair's chosen conversation" in e.message for e in events if e.type == "log")
-    assert all(getattr(e, "preference_accuracy", None) is None for e in events if e.type == "metrics")
 
 
 def test_dpo_through_the_command_line(tiny_llama: Path, pairs_jsonl: Path, tmp_path: Path) -> None:

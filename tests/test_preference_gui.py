@@ -74,36 +74,3 @@ def test_every_other_objective_trains_from_the_window(name: str, window: Any, qt
     assert metrics[-1].step == 3 and (any(margins) if name == "kto" else all(margins))
     assert all((m.preference_accuracy is None) == (name == "kto") for m in metrics)
     assert f"name: {name}" in (window.train_page.run_dir / "spec.yaml").read_text()
-
-
-def test_a_supervised_stage_then_dpo_from_its_merged_export_in_the_window(
-    window: Any, qtbot: Any, tiny_llama: Path, tmp_path: Path
-) -> None:
-    """The DPO paper's recipe from the window: Supervised on the pairs (their chosen conversations), Export
-    merged, that folder as the model, then DPO on the same pairs, whose reference is the tuned model."""
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(80))
-    choose(window, qtbot, tiny_llama, pairs)
-    window.go_to("method")
-    assert window.state.objective.name == "sft"
-    assert "chosen conversation" in window.pages["method"].objective_details.text()
-    window.state.training = TrainingSpec(max_steps=4, batch_size=4, save_every=4, eval_samples=0,
-                                         precision="float32")  # fmt: skip
-    window.train_page.start()
-    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
-    assert window.train_page.last_status == "completed", window.train_page.last_error
-    assert all(m.preference_accuracy is None for m in window.train_page.metrics)
-    export = window.pages["export"]
-    window.go_to("export")
-    export.export("merged", tmp_path / "supervised")
-    qtbot.waitUntil(lambda: not export.busy, timeout=120_000)
-    assert "merged" in export.exports, export.status.text()
-
-    choose(window, qtbot, tmp_path / "supervised", pairs)
-    window.go_to("method")
-    window.pages["method"].select_objective("dpo")
-    window.train_page.start()
-    qtbot.waitUntil(lambda: not window.train_page.controller.running, timeout=120_000)
-    assert window.train_page.last_status == "completed", window.train_page.last_error
-    first = window.train_page.metrics[0]
-    assert abs(first.loss - 0.6931) < 0.01 and first.reward_margin is not None  # starts at the tuned model
-    assert str(tmp_path / "supervised") in (window.train_page.run_dir / "spec.yaml").read_text()

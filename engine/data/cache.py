@@ -117,9 +117,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _cache_key(spec: DataSpec, tokenizer: Any, task: str | None, seed: int, chosen_only: bool = False) -> str:
+def _cache_key(spec: DataSpec, tokenizer: Any, task: str | None, seed: int) -> str:
     material = {
-        **({"chosen_only": True} if chosen_only else {}),  # keys of other data stay as they were
         "version": CACHE_VERSION,
         "files": [_file_stamp(p) for p in data_files(spec.path)],
         "eval_files": [_file_stamp(p) for p in data_files(spec.eval_path)] if spec.eval_path else None,

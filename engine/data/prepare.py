@@ -38,7 +38,7 @@ from adapter_studio.engine.data.examples import (
     survey_data,
 )
 from adapter_studio.engine.data.kto import render_completions
-from adapter_studio.engine.data.preference import as_conversation, render_pairs
+from adapter_studio.engine.data.preference import render_pairs
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, Rendered, TemplateMismatch, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
 from adapter_studio.engine.data.tokenising import (
@@ -94,18 +94,15 @@ def prepare_data(
     *,
     progress: Progress | None = None,
     use_cache: bool = True,
-    chosen_only: bool = False,
 ) -> PreparedData:
     """Read, check, split and tokenise the data a run trains and evaluates on.
 
     `task` None follows the data (classification for classification data). `progress(stage,
     fraction)` is called as the files are read ("reading") and tokenised ("tokenising"). Data seen
     before with the same files, settings and tokenizer comes from the cache without reading a row.
-    `chosen_only` reads preference pairs as their chosen conversations (format `messages`): what a
-    supervised run on pairs learns, the usual first stage before DPO.
     """
     root = cache_root() if use_cache else None
-    key = _cache_key(spec, tokenizer, task, seed, chosen_only)
+    key = _cache_key(spec, tokenizer, task, seed)
     found = _cached(root, key, max_length) if root is not None else None
     scratch: tempfile.TemporaryDirectory[str] | None = None
     if found is not None:
@@ -119,7 +116,7 @@ def prepare_data(
         if root is None:
             scratch = tempfile.TemporaryDirectory(prefix="adapter-studio-data-")
         meta, folder = _prepare_store(spec, tokenizer, task, max_length, seed, root or Path(scratch.name), key,
-                                      progress, chosen_only)  # fmt: skip
+                                      progress)  # fmt: skip
         if scratch is None and root is not None:
             _prune_cache(root, folder)
     fmt = meta["format"]
@@ -133,8 +130,7 @@ def prepare_data(
         if found is None:
             raise
         shutil.rmtree(folder, ignore_errors=True)  # a damaged cache entry: prepare the data again
-        return prepare_data(spec, tokenizer, task, max_length, seed, progress=progress, use_cache=use_cache,
-                            chosen_only=chosen_only)  # fmt: skip
+        return prepare_data(spec, tokenizer, task, max_length, seed, progress=progress, use_cache=use_cache)
     finally:
         if scratch is not None:
             scratch.cleanup()
@@ -194,7 +190,6 @@ def _prepare_store(
     root: Path,
     key: str,
     progress: Progress | None,
-    chosen_only: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Read and check everything (pass one), then tokenise it into a new cache entry (pass two)."""
     survey = survey_data(spec, spec.path, limit=spec.max_rows, progress=_stage(progress, "reading"))
@@ -210,8 +205,7 @@ def _prepare_store(
         held_labels = [x for x, h in zip(survey.labels, held.tolist(), strict=True) if h]
         _check_labels(held_labels + (eval_survey.labels if eval_survey else []), id2label)
     folder = root / (f"{key}-{max_length}" if fmt == "classification" else key)
-    meta = _build_store(spec, tokenizer, fmt, (survey, eval_survey), held, id2label, max_length, folder, progress,
-                        chosen_only and fmt == "preference")  # fmt: skip
+    meta = _build_store(spec, tokenizer, fmt, (survey, eval_survey), held, id2label, max_length, folder, progress)
     return meta, folder
 
 
@@ -247,7 +241,6 @@ def _build_store(
     max_length: int,
     folder: Path,
     progress: Progress | None,
-    chosen_only: bool = False,
 ) -> dict[str, Any]:
     """Pass two: tokenise every example into train/ and eval/ under a temporary name, then rename."""
     # Unique per writer: the window's preview and a run may prepare the same data at once, and the
@@ -257,7 +250,7 @@ def _build_store(
     for fast in (True, False):
         try:
             meta = _tokenise_all(spec, tokenizer, fmt, surveys, held, id2label, max_length, temporary, id_dtype,
-                                 fast, progress, chosen_only)  # fmt: skip
+                                 fast, progress)  # fmt: skip
             break
         except TemplateMismatch:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -292,9 +285,7 @@ def _tokenise_all(
     id_dtype: str,
     fast: bool,
     progress: Progress | None,
-    chosen_only: bool = False,
 ) -> dict[str, Any]:
-    read_as, fmt = fmt, "messages" if chosen_only else fmt  # chosen_only: pairs read, conversations stored
     chat = fmt in CHAT_FORMATS or fmt in ("preference", "kto")
     renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if chat else None
     label2id = {v: k for k, v in (id2label or {}).items()}
@@ -311,10 +302,8 @@ def _tokenise_all(
     for path, source, mask, limit in sources:
         index = 0
         report = _stage(progress, "tokenising") if mask is not None else None
-        for file, unit, examples in _examples_again(spec, path, read_as, source, report):
+        for file, unit, examples in _examples_again(spec, path, fmt, source, report):
             examples = examples[: limit - index]
-            if chosen_only:
-                examples = [conversation for e in examples if (conversation := as_conversation(e)) is not None]
             flags = [True] * len(examples) if mask is None else mask[index : index + len(examples)].tolist()
             index += len(examples)
             if (file, unit) not in files:

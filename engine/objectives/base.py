@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     import torch
 
+PREFERENCE_FORMATS = ("preference", "kto")
 
 
 @dataclass
@@ -82,10 +83,12 @@ class ObjectiveSpec(BaseModel):
                 where="objective.name",
                 fix=f"use a file with {wanted[1]}, or set objective.name: sft",
             )
-        # (Supervised runs read preference pairs as their chosen conversations: prepare_data's chosen_only.)
-        if not self.pairwise and fmt == "kto":
-            raise UserError("KTO data (answers marked desirable or not) needs a preference objective",
-                            where="objective.name", fix="set objective.name to kto")  # fmt: skip
+        if not self.pairwise and fmt in PREFERENCE_FORMATS:
+            what, names = ("preference data (chosen and rejected answers)", "dpo, ipo, simpo or orpo")
+            if fmt == "kto":
+                what, names = "KTO data (answers marked desirable or not)", "kto"
+            raise UserError(f"{what} needs a preference objective", where="objective.name",
+                            fix=f"set objective.name to {names}")  # fmt: skip
 
     def pair_loss(self, logps: PairLogps) -> PairLoss:
         raise NotImplementedError
@@ -96,6 +99,5 @@ class SFT(ObjectiveSpec):
     title: ClassVar[str] = "Supervised"
     description: ClassVar[str] = (
         "Learn to write the answers in the data (next-token loss on the answer tokens); a classifier "
-        "learns its labels. On preference pairs it learns each pair's chosen conversation: the usual first "
-        "stage before DPO (export it merged, then train DPO from that model)."
+        "learns its labels. Today's training."
     )

@@ -63,15 +63,12 @@ if TYPE_CHECKING:
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
-def _data_format(spec: RunSpec) -> str:
-    # The shape is known from the first chunk: no need to read a large file whole for it.
-    return spec.data.format or next(iter(example_chunks(spec.data, spec.data.path))).format
-
-
 def _task_for(spec: RunSpec) -> str:
     if spec.model.task != "auto":
         return spec.model.task
-    return "classification" if _data_format(spec) == "classification" else "causal_lm"
+    # The shape is known from the first chunk: no need to read a large file whole for it.
+    fmt = spec.data.format or next(iter(example_chunks(spec.data, spec.data.path))).format
+    return "classification" if fmt == "classification" else "causal_lm"
 
 
 def _id2label(spec: RunSpec) -> dict[int, str] | None:
@@ -223,13 +220,7 @@ class TrainingSession:
 
         self.stage("tokenising")
         self.data_stamps = data_stamps(spec.data)  # recorded in each checkpoint; a resume compares
-        # A supervised run on preference pairs learns each pair's chosen conversation (the usual stage before DPO).
-        chosen_only = not spec.objective.pairwise and _data_format(spec) == "preference"
-        data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed,
-                            chosen_only=chosen_only)  # fmt: skip
-        if chosen_only:
-            self.log("supervised on preference pairs: learning each pair's chosen conversation; the rejected "
-                     "answers are not used (pick DPO or another preference objective to learn from both)")  # fmt: skip
+        data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
         spec.objective.check_data(data.format)  # preference data needs a preference objective, and back
         where = spec.data.path if isinstance(spec.data.path, str) else spec.data.path[0]
         if spec.method.routes_by_task:  # the task names go into the saved spec: the run loads without its data
