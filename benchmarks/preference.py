@@ -25,7 +25,8 @@ Usage: .venv/bin/python benchmarks/preference.py [--model embedded:smollm2-135m-
 The issue's goal run is the default (2,000 pairs, one epoch, 300 held out); `--max-steps` and smaller
 `--pairs`/`--held-out` make a quick check; `--sft-steps 0` skips the supervised side (the accuracy alone,
 e.g. of another `--seed`). `--sft-first` starts DPO from a supervised epoch on the chosen answers, merged
-(the DPO paper's recipe for HH): its accuracy is then measured against that model, not the embedded base.
+(the DPO paper's recipe for HH): its accuracy is then measured against that model, not the embedded base
+(on HH it came out below the defaults: the README's preference section).
 """
 
 from __future__ import annotations
