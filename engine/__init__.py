@@ -11,11 +11,18 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.app_cache import app_cache_dir
+
 # transformers 5 (with the `kernels` package it depends on) swaps in kernels fetched from the Hugging Face
 # Hub on CUDA (rotary embeddings for every Llama-family model); offline that fetch raises a ValueError it
 # does not catch, so loading or training fails on a workstation without network — seen on an H200,
 # 2026-12-04. The app never fetches code at run time; USE_HUB_KERNELS=YES opts back in.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
+# torch.compile's inductor caches what it builds, by default under /tmp, which a restart may empty. Kept with
+# the app's other caches, a later run of the same model and method compiles in seconds instead of half a
+# minute (engine.training.compile_cost). Set before torch is imported: importing bitsandbytes already writes
+# inductor's default here. A place the person chose wins.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(app_cache_dir() / "torch-compile"))
 # peft 0.21's get_peft_model reads transformers 5's deprecated `is_gradient_checkpointing` on every LoRA-family
 # model it wraps: a FutureWarning in every run's output that is neither the person's nor ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

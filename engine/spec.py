@@ -135,10 +135,11 @@ class TrainingSpec(SpecSection):
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         json_schema_extra=ADVANCED,
-        description="Compile the training step with torch.compile: about a minute of compiling, then faster "
-        "steps (1.2–1.5× on the demo on a 2-core CPU, 1.3× on one GPU). auto: in a one-process run that still has "
-        "more than 10 minutes to go (judged after its first 10 steps); on: from the start (a C++ compiler on a "
-        "CPU, triton on a GPU).",
+        description="Compile the training step with torch.compile: half a minute or more of compiling the first "
+        "time (seconds once cached), then faster steps (1.2–1.5× on the demo on a 2-core CPU, 1.3× on one GPU). "
+        "auto: in a one-process run whose time left, judged after its first 10 steps, pays the cost back five "
+        "times (the cost measured by the last run of the same model and method, else a minute); on: from the "
+        "start (a C++ compiler on a CPU, triton on a GPU).",
     )
 
     @field_validator("compile", "gradient_checkpointing", mode="before")

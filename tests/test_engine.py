@@ -458,7 +458,7 @@ def test_compile_takes_auto_on_off_and_the_old_booleans(value: object, expected:
 
 
 # training.compile = auto decides after two steps, whatever is left.
-COMPILE_SOON = SpeedOptions(auto_compile_after_steps=2, auto_compile_min_left_s=0.0)
+COMPILE_SOON = SpeedOptions(auto_compile_after_steps=2, auto_compile_payback=0.0)
 
 
 def _curve_and_stages(spec: Any, speed: SpeedOptions | None = None) -> tuple[list[float], list[str], list[Event]]:
@@ -484,8 +484,9 @@ def test_gradient_checkpointing_recomputes_the_same_dropout_masks(
 
 
 def test_auto_compile_leaves_a_short_run_alone(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:
-    _, stages, _ = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=14, compile="auto"))
+    _, stages, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=14, compile="auto"))
     assert "compiling" not in stages
+    assert any("not compiling the training step" in e.message for e in events if isinstance(e, Log))
 
 
 def test_a_failed_auto_compile_goes_on_uncompiled(
@@ -556,6 +557,77 @@ def test_auto_compile_compiles_a_long_run_midway(tiny_llama: Path, make_spec: Sp
     assert stages.count("compiling") == 1
     assert any("training.compile: auto" in e.message for e in events if isinstance(e, Log))
     assert max(abs(a - b) for a, b in zip(eager, curve, strict=True)) < 5e-3, (eager, curve)
+    # the next run of the same spec expects what this compile cost (inductor's cache makes it cheaper)
+    _, _, events = _curve_and_stages(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6,
+                                               learning_rate=0.01), COMPILE_SOON)  # fmt: skip
+    said = [e.message for e in events if isinstance(e, Log) and "training.compile: auto" in e.message]
+    assert said and ("as measured last time" in said[0] or "filled by an earlier run" in said[0]), said
+
+
+@pytest.mark.parametrize(
+    ("left_s", "remembered", "compiles"),
+    [
+        (301.0, None, True),  # never compiled here: a minute, paid back five times
+        (299.0, None, False),
+        (31.0, {"first_s": 24.0}, True),  # compiled once, inductor's cache filled: a quarter of that
+        (29.0, {"first_s": 24.0}, False),
+        (31.0, {"first_s": 30.0, "cached_s": 6.0}, True),  # a cached compile measured
+        (29.0, {"first_s": 30.0, "cached_s": 6.0}, False),
+        (0.0, {"first_s": 0.0, "cached_s": 0.0}, False),
+    ],
+)
+def test_auto_compile_waits_for_a_run_that_pays_its_cost_back(
+    left_s: float, remembered: dict[str, float] | None, compiles: bool
+) -> None:
+    from adapter_studio.engine.training import compile_cost
+
+    speed = SpeedOptions()
+    cost, _ = compile_cost.expected_cost(remembered, speed)
+    assert compile_cost.worth_compiling(left_s, cost, speed) is compiles
+
+
+def test_compile_costs_are_remembered_per_key_first_then_cached() -> None:
+    from adapter_studio.engine.training import compile_cost
+
+    compile_cost.remember_cost("a-key", 30.123)
+    assert compile_cost.remembered("a-key") == {"first_s": 30.12}
+    compile_cost.remember_cost("a-key", 7.0)
+    compile_cost.remember_cost("a-key", 6.0)  # the latest cached compile counts
+    compile_cost.remember_cost("another-key", -1.0)  # a compiled step faster than the next: no cost
+    assert compile_cost.remembered("a-key") == {"first_s": 30.12, "cached_s": 6.0}
+    assert compile_cost.remembered("another-key") == {"first_s": 0.0}
+    assert compile_cost.remembered("unknown") is None
+
+
+@pytest.mark.parametrize("chosen", [None, "/somewhere/of/theirs"])
+def test_inductor_keeps_its_cache_under_the_app_cache_unless_the_person_chose_a_place(
+    chosen: str | None, tmp_path: Path
+) -> None:
+    """Set as the engine is imported, before bitsandbytes (imported by peft) writes inductor's default."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.update({"TORCHINDUCTOR_CACHE_DIR": chosen} if chosen else {})
+    script = ("import adapter_studio.engine, peft\n"
+              "from torch._inductor.runtime.cache_dir_utils import cache_dir\nprint(cache_dir())")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (chosen or str(tmp_path / "adapter-studio" / "torch-compile"))
+
+
+def test_the_compile_cost_key_follows_what_the_compiled_code_depends_on(tiny_llama: Path) -> None:
+    from adapter_studio.engine.spec import method_from_dict
+    from adapter_studio.engine.training import compile_cost
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    lora = method_from_dict({"name": "lora"})
+    key = compile_cost.cost_key("cpu", config, lora, "bf16", SpeedOptions())
+    assert key == compile_cost.cost_key("cpu", AutoConfig.from_pretrained(tiny_llama), lora, "bf16", SpeedOptions())
+    others = [compile_cost.cost_key("cuda", config, lora, "bf16", SpeedOptions()),
+              compile_cost.cost_key("cpu", config, method_from_dict({"name": "lora", "r": 16}), "bf16",
+                                    SpeedOptions()),
+              compile_cost.cost_key("cpu", config, lora, "float32", SpeedOptions()),
+              compile_cost.cost_key("cpu", config, lora, "bf16", SpeedOptions(compile_whole=True))]  # fmt: skip
+    assert key not in others and len(set(others)) == len(others)
 
 
 def test_a_run_takes_the_textbook_steps(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:

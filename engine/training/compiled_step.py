@@ -9,7 +9,8 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.training.speed import SpeedOptions
 
-COMPILING = "torch.compile builds the training step; about a minute"  # the 'compiling' stage's detail
+# the 'compiling' stage's detail
+COMPILING = "torch.compile builds the training step: up to a few minutes the first time, seconds once cached"
 
 
 def compile_unavailable(device: str) -> UserError | None:
@@ -30,7 +31,7 @@ def compile_training_forward(
     fast_parts: tuple[Any, Any] | None, model: Any, device: str, speed: SpeedOptions
 ) -> str:
     """Regional torch.compile, in place: each transformer block is compiled, and since the blocks
-    share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about a minute
+    share their code, inductor builds it once for all of them (SmolLM2 on this CPU: about half a minute
     instead of four for the whole decoder, at 92% of its speed; benchmarks/throughput.py). Evaluation
     runs eagerly (the session's evaluation). Refuses, saying why, where inductor cannot build.
     Returns what was compiled, for the log."""

@@ -39,7 +39,7 @@ from adapter_studio.engine.objectives.training import (
 )
 from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training import checkpoints as ckpt
-from adapter_studio.engine.training import compiled_step
+from adapter_studio.engine.training import compile_cost, compiled_step
 from adapter_studio.engine.training.devices import (
     avoid_per_shape_attention_plans,
     describe_device,
@@ -97,6 +97,7 @@ class TrainingSession:
         self.last_checkpoint: Path | None = None
         # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly).
         self.auto_compile = self.compiled = self.eager_stance = False
+        self.compile_key = ""  # what the compiled code depends on (compile_cost.cost_key), once compiled
         self.pairwise, self.reference, self.pair_stats = False, None, []  # preference objectives (_setup)
         self.reference_tables: tuple[Any, Any] | None = None  # (training, held-out) precomputed reference
 
@@ -407,6 +408,7 @@ class TrainingSession:
         eval_every = t.eval_every or t.save_every
         stale_evals = 0
         watch = DivergenceWatch(self._guessing_loss())
+        compiled_step_seconds: float | None = None  # the first compiled step's, until the cost is measured
         window_tokens, window_start = 0, time.perf_counter()
         model.train()
         while self.step < self.total_steps:
@@ -430,10 +432,16 @@ class TrainingSession:
             method.on_step(unwrapped, self.step)  # before zero_grad: AdaLoRA scores ranks by their gradients
             optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.train_seconds += time.perf_counter() - step_start
+            step_seconds = time.perf_counter() - step_start
+            self.train_seconds += step_seconds
             if compiling:
                 compiling = False
                 self.stage("training")
+                compiled_step_seconds = step_seconds
+            elif compiled_step_seconds is not None:  # the compile cost what the first compiled step took more
+                if self.compiled and not self.eager_stance:
+                    compile_cost.remember_cost(self.compile_key, compiled_step_seconds - step_seconds)
+                compiled_step_seconds = None
 
             if self.step % t.log_every == 0 or self.step == self.total_steps:
                 loss_value, window_tokens = self._gather(torch.stack(losses).mean(), window_tokens)
@@ -509,22 +517,31 @@ class TrainingSession:
 
     def _compile_if_worth_it(self, start_step: int, start_seconds: float) -> bool:
         """training.compile = auto: compile when the rest of the run, at the speed measured since it
-        started, would take longer than speed.auto_compile_min_left_s. Decided once."""
+        started, would pay back what compiling is expected to cost (engine.training.compile_cost). Decided
+        once."""
         self.auto_compile = False
         per_step = (self.train_seconds - start_seconds) / (self.step - start_step)
         left = (self.total_steps - self.step) * per_step
-        if left <= self.speed.auto_compile_min_left_s:
+        cost, known = compile_cost.expected_cost(compile_cost.remembered(self._compile_key()), self.speed)
+        if not compile_cost.worth_compiling(left, cost, self.speed):
+            self.log(f"about {left:.0f} s to go: not compiling the training step (it would cost about {cost:.0f} s, "
+                     f"{known}; training.compile: auto)")
             return False
         what = self._compile()
-        self.log(f"about {left / 60:.0f} minutes to go: compiling the training step to make them faster "
-                 f"(torch.compile of {what}; training.compile: auto)")
+        self.log(f"about {left / 60:.1f} minutes to go: compiling the training step to make them faster "
+                 f"(torch.compile of {what}, about {cost:.0f} s, {known}; training.compile: auto)")
         self.stage("compiling", compiled_step.COMPILING)
         return True
 
     def _compile(self) -> str:
+        self.compile_key = self._compile_key()
         what = compiled_step.compile_training_forward(self.fast_parts, self.model, self.device, self.speed)
         self.compiled = True
         return what
+
+    def _compile_key(self) -> str:
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return compile_cost.cost_key(self.device, config, self.spec.method, self.precision, self.speed)
 
     def _give_up_compiling(self, error: Exception) -> None:
         """An automatic compile that fails must not cost the run: go on uncompiled."""

@@ -36,12 +36,16 @@ class SpeedOptions:
     # On a CPU, batches up to this width use eager attention instead of SDPA (engine.defaults); 0: never.
     cpu_eager_attention_max_width: int = CPU_EAGER_MAX_WIDTH
     # training.compile = auto: a one-process run judges its speed over its first steps and compiles when
-    # what is left would take longer than this. Compiling costs about a minute and makes the steps
-    # 1.2-1.5× faster (the demo at batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its
-    # eager steps bound by kernel launches), so it pays for itself after 3-5 minutes; 10 leave room for
-    # bigger models' longer compiles.
+    # what is left, at that speed, would take longer than `auto_compile_payback` times what compiling is
+    # expected to cost (engine.training.compile_cost: measured by the earlier runs of the same model, method
+    # and device, else `auto_compile_unknown_cost_s`). Compiled steps are 1.2-1.5× faster (the demo at
+    # batch 8 and 4 on this CPU; SmolLM2 at batch 4 on an H200: 1.3×, its eager steps bound by kernel
+    # launches). The demo's first compile on this 2-core CPU cost 30 s; with inductor's cache filled by it,
+    # 6 s (`auto_compile_cached_share` of the first, until a cached compile is measured).
     auto_compile_after_steps: int = 10
-    auto_compile_min_left_s: float = 600.0
+    auto_compile_payback: float = 5.0
+    auto_compile_unknown_cost_s: float = 60.0
+    auto_compile_cached_share: float = 0.25
     # Inductor's mode for the compiled blocks. None is its default; benchmarks/throughput.py --compile-mode
     # tries others on a GPU ("reduce-overhead": CUDA graphs, for steps bound by the host's kernel launches;
     # on an H100 with torch 2.11 the graph trees crashed in the first compiled backward and the plain
