@@ -439,7 +439,7 @@ class TrainingSession:
                 self.stage("training")
                 compiled_step_seconds = step_seconds
             elif compiled_step_seconds is not None:  # the compile cost what the first compiled step took more
-                if self.compiled and not self.eager_stance:
+                if self.compiled and not self.eager_stance and self.accelerator.is_main_process:
                     compile_cost.remember_cost(self.compile_key, compiled_step_seconds - step_seconds)
                 compiled_step_seconds = None
 
