@@ -597,6 +597,13 @@ def test_compile_costs_are_remembered_per_key_first_then_cached() -> None:
     assert compile_cost.remembered("a-key") == {"first_s": 30.12, "cached_s": 6.0}
     assert compile_cost.remembered("another-key") == {"first_s": 0.0}
     assert compile_cost.remembered("unknown") is None
+    # a file that is not what the engine writes (cut short, edited) is taken as nothing remembered
+    path = compile_cost.app_cache_dir() / compile_cost.COSTS_FILE
+    for text in ('{"a-key": {"first_s": 3', '["a-key"]', '{"a-key": 3.0, "b-key": {"cached_s": 1.0}}'):
+        path.write_text(text, encoding="utf-8")
+        assert compile_cost.remembered("a-key") is None and compile_cost.remembered("b-key") is None
+    compile_cost.remember_cost("a-key", 5.0)
+    assert compile_cost.remembered("a-key") == {"first_s": 5.0}
 
 
 @pytest.mark.parametrize("chosen", [None, "/somewhere/of/theirs"])

@@ -23,7 +23,7 @@ from typing import Any
 from adapter_studio.engine.app_cache import app_cache_dir
 from adapter_studio.engine.training.speed import SpeedOptions
 
-COSTS_FILE = "compile-seconds.json"  # {key: seconds}, under app_cache_dir()
+COSTS_FILE = "compile-seconds.json"  # {key: {"first_s": s, "cached_s": s}}, under app_cache_dir()
 
 
 def cost_key(device: str, model_config: Any, method: Any, precision: str, speed: SpeedOptions) -> str:
