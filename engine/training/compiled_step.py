@@ -1,12 +1,15 @@
 """The compiled training step: regional torch.compile of the decoder's blocks (or the whole model where
-a block cannot be shared), and the reasons inductor cannot build on this machine."""
+a block cannot be shared), the reasons inductor cannot build on this machine, and a session's compiling
+(StepCompiler: `on` from the start, `auto` decided by what compiling costs, the fallback when it fails)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.training import compile_cost
 from adapter_studio.engine.training.speed import SpeedOptions
 
 # the 'compiling' stage's detail
@@ -83,3 +86,72 @@ def first_trainable_block(blocks: Any, root: Any) -> int | None:
     return None
 
 
+
+
+class StepCompiler:
+    """One training session's compiling. `attach` gives it the model once the session has built it; `compile`
+    compiles (training.compile = on, or auto once `worth_it` says so); `after_step` measures what the compile
+    cost (the first compiled step's seconds less the next one's) and remembers it (compile_cost); `give_up`
+    runs compiled code eagerly after an automatic compile failed, until `restore` at the run's end."""
+
+    def __init__(self, speed: SpeedOptions, log: Callable[..., None]) -> None:
+        self.speed, self.log = speed, log
+        # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly)
+        self.auto = self.compiled = self.eager_stance = False
+        self.parts: tuple[Any, Any, str, str, bool] | None = None  # fast_parts, model, device, cost key, main
+        self.first_step_s: float | None = None  # the first compiled step's, until the next one measures the cost
+        self.awaiting_first = False
+
+    def attach(self, fast_parts: Any, model: Any, device: str, key: str, main_process: bool) -> None:
+        self.parts = (fast_parts, model, device, key, main_process)
+
+    def compile(self) -> str:
+        """Compile the attached model's training forward; what was compiled, for the log."""
+        assert self.parts is not None, "attach the model first"
+        fast_parts, model, device, _, _ = self.parts
+        what = compile_training_forward(fast_parts, model, device, self.speed)
+        self.compiled = self.awaiting_first = True
+        return what
+
+    def worth_it(self, left_s: float) -> bool:
+        """training.compile = auto, decided once: compile when `left_s`, the rest of the run at its eager
+        speed, pays back what compiling is expected to cost. Logs the decision and its reason."""
+        assert self.parts is not None, "attach the model first"
+        self.auto = False
+        cost, known = compile_cost.expected_cost(compile_cost.remembered(self.parts[3]), self.speed)
+        if not compile_cost.worth_compiling(left_s, cost, self.speed):
+            self.log(f"about {left_s:.0f} s to go: not compiling the training step (it would cost about "
+                     f"{cost:.0f} s, {known}; training.compile: auto)")  # fmt: skip
+            return False
+        what = self.compile()
+        self.log(f"about {left_s / 60:.1f} minutes to go: compiling the training step to make them faster "
+                 f"(torch.compile of {what}, about {cost:.0f} s, {known}; training.compile: auto)")  # fmt: skip
+        return True
+
+    def after_step(self, seconds: float) -> None:
+        if self.awaiting_first:
+            self.awaiting_first, self.first_step_s = False, seconds
+        elif self.first_step_s is not None:
+            assert self.parts is not None
+            if not self.eager_stance and self.parts[4]:  # the main process keeps it
+                compile_cost.remember_cost(self.parts[3], self.first_step_s - seconds)
+            self.first_step_s = None
+
+    def give_up(self, error: Exception) -> None:
+        """An automatic compile that fails must not cost the run: compiled code runs eagerly from here."""
+        import torch
+
+        root: BaseException = error
+        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+            root = inner  # dynamo wraps the compiler's own error (BackendCompilerFailed.inner_exception)
+        first_line = (str(root).strip().splitlines() or [""])[0][:300]
+        self.log(f"compiling failed ({type(root).__name__}: {first_line}); training goes on uncompiled",
+                 level="warning")
+        torch.compiler.set_stance("force_eager")  # process-wide: undone by `restore` when the run ends
+        self.eager_stance = True
+
+    def restore(self) -> None:
+        if self.eager_stance:
+            import torch
+
+            torch.compiler.set_stance("default")

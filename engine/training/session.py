@@ -40,6 +40,7 @@ from adapter_studio.engine.objectives.training import (
 from adapter_studio.engine.spec import RunSpec
 from adapter_studio.engine.training import checkpoints as ckpt
 from adapter_studio.engine.training import compile_cost, compiled_step
+from adapter_studio.engine.training.compiled_step import StepCompiler
 from adapter_studio.engine.training.devices import (
     avoid_per_shape_attention_plans,
     describe_device,
@@ -95,9 +96,7 @@ class TrainingSession:
         self.tokens_trained = 0
         self.train_seconds = 0.0
         self.last_checkpoint: Path | None = None
-        # auto compile still to decide / the training forward is compiled / gave up (compiled code runs eagerly).
-        self.auto_compile = self.compiled = self.eager_stance = False
-        self.compile_key = ""  # what the compiled code depends on (compile_cost.cost_key), once compiled
+        self.compiler = StepCompiler(speed, self.log)
         self.pairwise, self.reference, self.pair_stats = False, None, []  # preference objectives (_setup)
         self.reference_tables: tuple[Any, Any] | None = None  # (training, held-out) precomputed reference
 
@@ -120,10 +119,7 @@ class TrainingSession:
             error = explain_failure(e)
             self.log(traceback.format_exc(), level="debug")
         finally:
-            if self.eager_stance:
-                import torch
-
-                torch.compiler.set_stance("default")
+            self.compiler.restore()
         if error:
             self.log(error, level="error")
             self._save_on_failure()
@@ -309,20 +305,22 @@ class TrainingSession:
         # Project only labelled positions (one process: DDP must see the whole model's forward).
         single = self.accelerator.num_processes == 1
         self.fast_parts = causal_lm_parts(model) if task == "causal_lm" and single else None
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        key = compile_cost.cost_key(device, config, spec.method, precision, self.speed)
+        self.compiler.attach(self.fast_parts, model, device, key, self.accelerator.is_main_process)
         if t.compile == "on" and self.pairwise:
             self.log("training.compile: on is not used with preference objectives yet; training uncompiled",
                      level="warning")
         elif t.compile == "on":
-            what = self._compile()
+            what = self.compiler.compile()
             self.log(f"compiling the training step (torch.compile of {what}); the first step takes a while")
         # auto: one process only, where a failed compile can fall back without the others waiting on it;
         # CPUs and CUDA GPUs, where it was measured (inductor on Apple's MPS is still a prototype), and
         # not over a bitsandbytes base, whose kernels dynamo does not see into (not measured).
-        self.auto_compile = (t.compile == "auto" and single and not self.pairwise and device in ("cpu", "cuda")
+        self.compiler.auto = (t.compile == "auto" and single and not self.pairwise and device in ("cpu", "cuda")
                              and not spec.method.routes_by_task  # its per-step hooks would recompile
                              and spec.model.quantization == "none"
                              and compiled_step.compile_unavailable(device) is None)
-        config = getattr(self.accelerator.unwrap_model(model), "config", None)
         switchable = (device == "cpu" and task == "causal_lm"  # measured on decoders (SmolLM2) only
                       and getattr(config, "_attn_implementation", None) == "sdpa")
         self.attention_config = config if switchable and self.speed.cpu_eager_attention_max_width else None
@@ -408,7 +406,6 @@ class TrainingSession:
         eval_every = t.eval_every or t.save_every
         stale_evals = 0
         watch = DivergenceWatch(self._guessing_loss())
-        compiled_step_seconds: float | None = None  # the first compiled step's, until the cost is measured
         window_tokens, window_start = 0, time.perf_counter()
         model.train()
         while self.step < self.total_steps:
@@ -421,7 +418,8 @@ class TrainingSession:
             except Exception as error:
                 if not (compiling and t.compile == "auto"):
                     raise
-                self._give_up_compiling(error)  # the same step again, uncompiled
+                self.optimizer.zero_grad(set_to_none=True)
+                self.compiler.give_up(error)  # the same step again, uncompiled
                 losses, tokens = self._accumulate_gradients()
             window_tokens += tokens
             grad_norm = (
@@ -434,14 +432,10 @@ class TrainingSession:
             self.step += 1
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
+            self.compiler.after_step(step_seconds)
             if compiling:
                 compiling = False
                 self.stage("training")
-                compiled_step_seconds = step_seconds
-            elif compiled_step_seconds is not None:  # the compile cost what the first compiled step took more
-                if self.compiled and not self.eager_stance and self.accelerator.is_main_process:
-                    compile_cost.remember_cost(self.compile_key, compiled_step_seconds - step_seconds)
-                compiled_step_seconds = None
 
             if self.step % t.log_every == 0 or self.step == self.total_steps:
                 loss_value, window_tokens = self._gather(torch.stack(losses).mean(), window_tokens)
@@ -491,8 +485,11 @@ class TrainingSession:
                 if not checkpointed:
                     self._checkpoint()
                 return "completed"
-            if self.auto_compile and self.step - start_step >= self.speed.auto_compile_after_steps:
-                compiling = self._compile_if_worth_it(start_step, start_seconds)
+            if self.compiler.auto and self.step - start_step >= self.speed.auto_compile_after_steps:
+                per_step = (self.train_seconds - start_seconds) / (self.step - start_step)
+                compiling = self.compiler.worth_it((self.total_steps - self.step) * per_step)
+                if compiling:
+                    self.stage("compiling", compiled_step.COMPILING)
         return "completed"
 
     def _accumulate_gradients(self) -> tuple[list[Any], int]:
@@ -501,7 +498,7 @@ class TrainingSession:
         losses, tokens = [], 0
         self.pair_stats: list[Any] = []  # a preference objective's rewards of this step's pairs
         for micro in range(t.gradient_accumulation):
-            if self.compiled and self.speed.compile_mode == "reduce-overhead":
+            if self.compiler.compiled and self.speed.compile_mode == "reduce-overhead":
                 import torch
 
                 torch.compiler.cudagraph_mark_step_begin()  # the last micro-step's graph outputs are done with
@@ -514,48 +511,6 @@ class TrainingSession:
             losses.append(full_loss.detach())
             tokens += real_tokens
         return losses, tokens
-
-    def _compile_if_worth_it(self, start_step: int, start_seconds: float) -> bool:
-        """training.compile = auto: compile when the rest of the run, at the speed measured since it
-        started, would pay back what compiling is expected to cost (engine.training.compile_cost). Decided
-        once."""
-        self.auto_compile = False
-        per_step = (self.train_seconds - start_seconds) / (self.step - start_step)
-        left = (self.total_steps - self.step) * per_step
-        cost, known = compile_cost.expected_cost(compile_cost.remembered(self._compile_key()), self.speed)
-        if not compile_cost.worth_compiling(left, cost, self.speed):
-            self.log(f"about {left:.0f} s to go: not compiling the training step (it would cost about {cost:.0f} s, "
-                     f"{known}; training.compile: auto)")
-            return False
-        what = self._compile()
-        self.log(f"about {left / 60:.1f} minutes to go: compiling the training step to make them faster "
-                 f"(torch.compile of {what}, about {cost:.0f} s, {known}; training.compile: auto)")
-        self.stage("compiling", compiled_step.COMPILING)
-        return True
-
-    def _compile(self) -> str:
-        self.compile_key = self._compile_key()
-        what = compiled_step.compile_training_forward(self.fast_parts, self.model, self.device, self.speed)
-        self.compiled = True
-        return what
-
-    def _compile_key(self) -> str:
-        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        return compile_cost.cost_key(self.device, config, self.spec.method, self.precision, self.speed)
-
-    def _give_up_compiling(self, error: Exception) -> None:
-        """An automatic compile that fails must not cost the run: go on uncompiled."""
-        import torch
-
-        root: BaseException = error
-        while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
-            root = inner  # dynamo wraps the compiler's own error (BackendCompilerFailed.inner_exception)
-        first_line = (str(root).strip().splitlines() or [""])[0][:300]
-        self.log(f"compiling failed ({type(root).__name__}: {first_line}); training goes on uncompiled",
-                 level="warning")
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.compiler.set_stance("force_eager")  # process-wide: undone when the run ends (execute)
-        self.eager_stance = True
 
     def _loss(self, batch: dict[str, Any]) -> Any:
         if self.pairwise:
@@ -602,7 +557,8 @@ class TrainingSession:
             indices = indices[rank::world] or indices[:1]
         items = [self.data.train[i] for i in indices]
         longest = max(self.lengths[i] for i in indices)
-        multiple = self.speed.multiple_for(self.device, self.compiled, longest, self.spec.data.max_length or longest)
+        limit = self.spec.data.max_length or longest
+        multiple = self.speed.multiple_for(self.device, self.compiler.compiled, longest, limit)
         batch = collate(items, self.pad_id, self.task == "classification", multiple)
         # Real (non-padding) tokens counted on the host: no device sync for throughput numbers.
         tokens = sum(len(x.input_ids) for x in items)
@@ -627,7 +583,7 @@ class TrainingSession:
 
         self.stage("evaluating")
         # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
-        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        eager = torch.compiler.set_stance("force_eager") if self.compiler.compiled else contextlib.nullcontext()
         with eager:
             result = self._evaluate_pairs() if self.pairwise else evaluate(
                 self.accelerator.unwrap_model(self.model),
