@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from adapter_studio.engine.spec import TrainingSpec
+from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 pytestmark = pytest.mark.gui
@@ -229,6 +230,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     from conftest import reversal_pairs, wind_down, write_jsonl
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what create_app sets for a real start
+    monkeypatch.setenv("GOMP_SPINCOUNT", "30000")
     rows = [{"instruction": "Write the word below backwards.", "input": q.removeprefix("reverse "), "output": a}
             for q, a in reversal_pairs(60, seed=4)]  # fmt: skip
     spec = {
@@ -243,6 +245,8 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     app = QApplication.instance()
     # The walk-through themes the application (create_app); later tests get it back as it was.
     theme = (app.style().name(), app.palette(), {k: pg.getConfigOption(k) for k in ("background", "foreground")})
+    pool = QThreadPool.globalInstance()
+    threads = pool.maxThreadCount(), pool.expiryTimeout()  # create_app's too
     try:
         code = walkthrough(str(tmp_path / "spec.yaml"), tmp_path / "shots")
     finally:
@@ -253,6 +257,8 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
         app.setStyle(theme[0])
         app.setPalette(theme[1])
         pg.setConfigOptions(**theme[2])
+        pool.setMaxThreadCount(threads[0])
+        pool.setExpiryTimeout(threads[1])
 
     report = json.loads((tmp_path / "shots" / "report.json").read_text())
     assert code == 0 and report["status"] == "completed"
