@@ -38,6 +38,7 @@ import copy
 import gc
 import json
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -71,7 +72,6 @@ SIDES = ("defaults", "best", "engine")
 def demo_files(folder: Path) -> tuple[Path, Path]:
     """The demo train set, and a held-out set of 64: its 60 eval rows plus 4 on unused dates."""
     import importlib.util
-    import random
 
     spec = importlib.util.spec_from_file_location("make_demo_data", DEMO / "make_demo_data.py")
     assert spec and spec.loader
@@ -90,6 +90,20 @@ def demo_files(folder: Path) -> tuple[Path, Path]:
     path = folder / "demo-heldout.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in held[:HELD_OUT]), encoding="utf-8")
     return train, path
+
+
+def svamp_files(folder: Path) -> tuple[Path, Path]:
+    """Real instruction data: SVAMP's math word problems as `benchmarks/quality.py` trains on them (instruction =
+    problem, output = equation and number), the 600 rows after its test and dev rows; 64 of its dev rows held out."""
+    import quality
+
+    rows = quality.math_rows("svamp.json")
+    random.Random(quality.SPLIT_SEED).shuffle(rows)
+    paths = folder / "svamp-train.jsonl", folder / "svamp-heldout.jsonl"
+    for path, part in zip(paths, (rows[400:], rows[200 : 200 + HELD_OUT]), strict=True):
+        path.write_text("".join(json.dumps({"instruction": r["instruction"], "output": r["output"]}) + "\n"
+                                for r in part), encoding="utf-8")  # fmt: skip
+    return paths
 
 
 def longtail_files(folder: Path) -> tuple[Path, Path]:
@@ -519,7 +533,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--data", default="demo,longtail", help="comma list of demo, longtail")
+    parser.add_argument("--data", default="demo,longtail", help="comma list of demo, svamp, longtail")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma list of defaults, best, engine")
     parser.add_argument("--repeats", type=int, default=1, help="run every side this many times, interleaved")
     parser.add_argument(
@@ -588,7 +602,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     tmp = Path(tempfile.mkdtemp(prefix="throughput-"))
-    files = {name: demo_files(tmp) if name == "demo" else longtail_files(tmp) for name in sets}
+    makers = {"demo": demo_files, "svamp": svamp_files, "longtail": longtail_files}
+    files = {name: makers[name](tmp) for name in sets}
     if args.profile:
         profile_engine(args, files[sets[0]][0])
         return
