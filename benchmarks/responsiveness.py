@@ -53,11 +53,12 @@ def run_cli(spec, runs: Path) -> float:  # type: ignore[no-untyped-def]
     import sys
 
     from adapter_studio.engine.events import event_from_dict
+    from adapter_studio.gui.app import OPENMP_WAITING
 
     out = Path(tempfile.mkdtemp(dir=runs))
     path = out / "spec.json"
     path.write_text(spec.model_copy(update={"output_dir": str(out)}).model_dump_json(), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}  # the CLI's own
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING}  # the CLI's own, not the window's
     cli = Path(sys.executable).with_name("adapter-studio")
     subprocess.run([str(cli), "train", str(path)], env=env, check=True, capture_output=True)
     lines = next(out.glob("*/events.jsonl")).read_text().splitlines()

@@ -20,7 +20,6 @@ T0 = time.perf_counter()  # the driver adds the interpreter's start, which it ti
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 
 import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
@@ -117,8 +116,7 @@ def main() -> None:
     trainer.save_model(args.out)
     phases["saved"] = time.perf_counter() - T0
     # The loader collates a batch ahead of the step that takes it: count only the steps' batches.
-    print(json.dumps({"phases": phases, "tokens": sum(batches[: args.steps]), "bf16": best_bf16,
-                      "pid": os.getpid()}))  # fmt: skip
+    print(json.dumps({"phases": phases, "tokens": sum(batches[: args.steps]), "bf16": best_bf16}))
 
 
 if __name__ == "__main__":

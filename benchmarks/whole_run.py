@@ -117,18 +117,11 @@ def run_side(side: str, model: Path, train: Path, steps: int, work: Path, cache:
 
 def engine_phases(out: Path, start_wall: float) -> dict:
     events = [json.loads(line) for line in next(out.glob("*/events.jsonl")).read_text().splitlines()]
-    started = next(e["time"] for e in events if e["type"] == "started")
+    started = next(e for e in events if e["type"] == "started")
     metrics = [e for e in events if e["type"] == "metrics"]
     first = metrics[0]["time"] - metrics[0]["elapsed_s"]  # the clock the steps' elapsed_s counts from
-    precision = next(e["precision"] for e in events if e["type"] == "started")
-    return {"train_s": metrics[-1]["elapsed_s"], "before_s": max(started, first) - start_wall,
-            "tokens": metrics[-1]["tokens_seen"], "note": precision}  # fmt: skip
-
-
-def smollm_folder() -> Path:
-    import quality
-
-    return quality.smollm_folder()
+    return {"train_s": metrics[-1]["elapsed_s"], "before_s": max(started["time"], first) - start_wall,
+            "tokens": metrics[-1]["tokens_seen"], "note": started["precision"]}  # fmt: skip
 
 
 def main() -> None:
@@ -141,7 +134,9 @@ def main() -> None:
     args = ap.parse_args()
     sides = args.sides.split(",")
     work = Path(tempfile.mkdtemp(prefix="whole-run-"))
-    model = smollm_folder()
+    import quality
+
+    model = quality.smollm_folder()
     files = {"svamp": svamp_file, "longtail": longtail_file}
     print(f"model {model}; work {work}")
     walls: dict[tuple[str, int, str], list[float]] = {}

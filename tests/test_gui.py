@@ -225,12 +225,13 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     Now Runs and Try come after training: the run selected, a held-out example answered by both models."""
     import pyqtgraph as pg
     import yaml
+    from adapter_studio.gui.app import OPENMP_WAITING
     from adapter_studio.gui.main_window import MainWindow
     from adapter_studio.gui.walkthrough import walkthrough
     from conftest import reversal_pairs, wind_down, write_jsonl
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what create_app sets for a real start
-    monkeypatch.setenv("GOMP_SPINCOUNT", "30000")
+    for name, value in OPENMP_WAITING.items():  # what create_app sets for a real start
+        monkeypatch.setenv(name, value)
     rows = [{"instruction": "Write the word below backwards.", "input": q.removeprefix("reverse "), "output": a}
             for q, a in reversal_pairs(60, seed=4)]  # fmt: skip
     spec = {

@@ -15,9 +15,10 @@ PROBE = Path(__file__).with_name("openmp_probe.py")
 
 @pytest.fixture
 def probe(tiny_llama: Path, alpaca_jsonl: Path, tmp_path: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # what create_app chooses, not this test process's
-        env.pop(name, None)
+    from adapter_studio.gui.app import OPENMP_WAITING
+
+    env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING}  # create_app's choice, not this process's
+    env["HF_HUB_OFFLINE"] = "1"
     done = subprocess.run([sys.executable, str(PROBE), str(tiny_llama), str(alpaca_jsonl), str(tmp_path / "runs")],
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,10 +37,11 @@ def test_no_thread_keeps_an_openmp_team_after_its_work(probe: dict) -> None:
 
 def test_create_app_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Passive waiting alone made every op of a step wake its threads from sleep (training 40 % slower)."""
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    from adapter_studio.gui.app import OPENMP_WAITING, create_app
+
+    for name in OPENMP_WAITING:
         monkeypatch.setenv(name, "")  # recorded, so that what create_app sets goes again after the test
         monkeypatch.delenv(name)
-    from adapter_studio.gui.app import create_app
     from PySide6.QtCore import QThreadPool
 
     pool = QThreadPool.globalInstance()
