@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.imports import import_heavy_modules
 from adapter_studio.engine.models.construction import model_construction
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
 from adapter_studio.engine.models.weight_files import check_in_hub_cache, check_safetensors
@@ -260,13 +261,10 @@ def weights_dtype(choice: str, device: str, base_trains: bool, precision: str = 
 
 
 def load_model(
-    spec: ModelSpec,
-    task: str,
-    *,
-    dtype: Any = None,
-    id2label: dict[int, str] | None = None,
+    spec: ModelSpec, task: str, *, dtype: Any = None, id2label: dict[int, str] | None = None
 ) -> tuple[torch.nn.Module, Any, ModelSource]:
     """Load weights and tokenizer for training; returns (model, tokenizer, source)."""
+    import_heavy_modules()  # before torch: the cycle collector is paused while they import
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

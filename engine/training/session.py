@@ -163,6 +163,9 @@ class TrainingSession:
             return spec.model_copy(update={"training": training}), {}
 
     def _setup(self) -> None:
+        from adapter_studio.engine.imports import import_heavy_modules
+
+        import_heavy_modules()  # before torch: the collector is paused while they import
         import torch
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import sys
 import threading
@@ -17,6 +18,7 @@ from adapter_studio import __version__
 from adapter_studio.cluster_command import add_cluster_parser, cmd_cluster
 from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
@@ -117,11 +119,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    one_command = argv is None and args.command is not None  # this process's own command: it exits after it
     try:
         if args.command is None:
             from adapter_studio.gui.app import main as gui_main
 
             return gui_main(self_test=args.self_test)
+        if one_command:
+            freeze_imports_in_this_process()  # engine.imports: nothing of anyone else's is frozen
         handler = COMMANDS[args.command]
         return handler(args)
     except UserError as e:
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
         return 1
+    finally:
+        if one_command:  # the interpreter's last collection walks every object torch made (~1 s); the OS frees it
+            gc.freeze()
 
 
 def _print_event(event: Any, quiet: bool) -> None:
