@@ -22,6 +22,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+# How OpenMP's idle threads wait in a process that shares the CPU with a window or other work, set before torch
+# loads (libgomp reads them once): passive, after a 0.3 ms spin. Spinning for libgomp's default 3 ms took the
+# CPU the window needs to draw (18 s steps, 2.4 s passive, on a shared 2-core CPU); passive alone sleeps after
+# every op, and a step's ops come microseconds apart (the demo at 175 tokens/s instead of 294; 289 with the
+# spin). The window (gui.app.create_app) and `adapter-studio eval` set it.
+OPENMP_WAITING = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
+
 _lock = threading.Lock()
 _imported = False
 _done = False

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 
+from adapter_studio.engine.imports import OPENMP_WAITING
 from adapter_studio.resources import FOLDER as RESOURCES
 from PySide6.QtCore import QEvent, QObject, QThreadPool, QTimer
 from PySide6.QtGui import QIcon
@@ -43,15 +44,10 @@ def seconds_since_process_start() -> float:
         return time.time() - psutil.Process().create_time()
 
 
-# How OpenMP's idle threads wait in the window's process: passive, after a 0.3 ms spin (create_app says why).
-OPENMP_WAITING = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
 
 
 def create_app() -> QApplication:
-    # Set before torch loads (libgomp reads them once). OpenMP threads that spin while idle take the CPU
-    # the window needs to draw (measured: 18 s steps spinning for libgomp's default 3 ms, 2.4 s passive, on
-    # a shared 2-core CPU). Passive alone sleeps after every op, though, and a step's ops come microseconds
-    # apart: the demo trained at 175 tokens/s instead of 294. A 0.3 ms spin first keeps the speed (289).
+    # Set before torch loads: OpenMP's idle threads spin 0.3 ms, then sleep (engine.imports says why).
     for name, value in OPENMP_WAITING.items():
         os.environ.setdefault(name, value)
     app = QApplication.instance() or QApplication(sys.argv[:1])

@@ -53,3 +53,20 @@ def test_create_app_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyP
     finally:
         pool.setExpiryTimeout(kept[0])
         pool.setMaxThreadCount(kept[1])
+
+
+def test_the_eval_command_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passive alone: 32 rows in 28.9 s against 21.8 with the short spin (each generated token is many ops)."""
+    import argparse
+
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.imports import OPENMP_WAITING
+    from adapter_studio.eval_command import cmd_eval
+
+    for name in OPENMP_WAITING:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    bad = argparse.Namespace(limit=0, batch_size=None, max_new_tokens=None, threads=None)
+    with pytest.raises(UserError, match="--limit"):  # refused before anything loads, after the waiting is set
+        cmd_eval(bad)
+    assert {name: os.environ[name] for name in OPENMP_WAITING} == OPENMP_WAITING

@@ -10,13 +10,17 @@ import sys
 import threading
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.imports import OPENMP_WAITING
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    # Before torch loads, as the window does: OpenMP threads spinning while they wait lose the CPU to other
-    # work. The demo's evaluation took 964 s spinning, 132 s passive, on a 2-core CPU running three other jobs.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch loads, as the window does: OpenMP's idle threads spin 0.3 ms, then sleep. With libgomp's
+    # default 3 ms spin the demo's evaluation took 964 s, passive 132 s, on a 2-core CPU running three other
+    # jobs. Passive alone sleeps after every op of a generated token: 32 SVAMP rows on a quiet CPU took 28.9 s
+    # passive, 21.8 s with the short spin; beside three busy processes 64 s and 80 s (2026-12-06).
+    for name, value in OPENMP_WAITING.items():
+        os.environ.setdefault(name, value)
     for name in ("limit", "batch_size", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
