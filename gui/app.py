@@ -44,8 +44,6 @@ def seconds_since_process_start() -> float:
         return time.time() - psutil.Process().create_time()
 
 
-
-
 def create_app() -> QApplication:
     # Set before torch loads: OpenMP's idle threads spin 0.3 ms, then sleep (engine.imports says why).
     for name, value in OPENMP_WAITING.items():
