@@ -467,6 +467,18 @@ def every_core(leaves_the_process_as_it_found_it: None) -> Any:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def thread_pool_kept() -> Any:
+    """Qt's global thread pool as it was: create_app changes its expiry (idle workers exit at once)."""
+    from PySide6.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    kept = pool.maxThreadCount(), pool.expiryTimeout()
+    yield pool
+    pool.setMaxThreadCount(kept[0])
+    pool.setExpiryTimeout(kept[1])
+
+
 @pytest.fixture(autouse=True)
 def garbage_collected_on_the_gui_thread(request: pytest.FixtureRequest, leaves_the_process_as_it_found_it: None) -> Any:
     """A test with Qt widgets runs as the app does: Python's cycle collector only on the GUI thread.

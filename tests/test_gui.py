@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from adapter_studio.engine.spec import TrainingSpec
-from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 pytestmark = pytest.mark.gui
@@ -220,7 +219,9 @@ def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbo
         assert not legend.sceneBoundingRect().intersects(view.sceneBoundingRect()), plot.objectName()
 
 
-def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, tiny_llama, monkeypatch):  # type: ignore[no-untyped-def]
+def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no-untyped-def]
+    qtbot, tmp_path, tiny_llama, monkeypatch, thread_pool_kept
+):
     """Issue 26: the walk-through took the Try picture before any run existed (an empty page in the README).
     Now Runs and Try come after training: the run selected, a held-out example answered by both models."""
     import pyqtgraph as pg
@@ -246,8 +247,6 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
     app = QApplication.instance()
     # The walk-through themes the application (create_app); later tests get it back as it was.
     theme = (app.style().name(), app.palette(), {k: pg.getConfigOption(k) for k in ("background", "foreground")})
-    pool = QThreadPool.globalInstance()
-    threads = pool.maxThreadCount(), pool.expiryTimeout()  # create_app's too
     try:
         code = walkthrough(str(tmp_path / "spec.yaml"), tmp_path / "shots")
     finally:
@@ -257,9 +256,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(qtbot, tmp_path, ti
                 widget.deleteLater()
         app.setStyle(theme[0])
         app.setPalette(theme[1])
-        pg.setConfigOptions(**theme[2])
-        pool.setMaxThreadCount(threads[0])
-        pool.setExpiryTimeout(threads[1])
+        pg.setConfigOptions(**theme[2])  # the thread pool: thread_pool_kept
 
     report = json.loads((tmp_path / "shots" / "report.json").read_text())
     assert code == 0 and report["status"] == "completed"

@@ -35,24 +35,16 @@ def test_no_thread_keeps_an_openmp_team_after_its_work(probe: dict) -> None:
     assert probe["main: after a matmul of its own"] >= 1, probe  # and would be seen if it had
 
 
-def test_create_app_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_app_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch, thread_pool_kept) -> None:  # type: ignore[no-untyped-def]
     """Passive waiting alone made every op of a step wake its threads from sleep (training 40 % slower)."""
     from adapter_studio.gui.app import OPENMP_WAITING, create_app
 
     for name in OPENMP_WAITING:
         monkeypatch.setenv(name, "")  # recorded, so that what create_app sets goes again after the test
         monkeypatch.delenv(name)
-    from PySide6.QtCore import QThreadPool
-
-    pool = QThreadPool.globalInstance()
-    kept = pool.expiryTimeout(), pool.maxThreadCount()
-    try:
-        create_app()
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "30000"
-        assert pool.expiryTimeout() == 0
-    finally:
-        pool.setExpiryTimeout(kept[0])
-        pool.setMaxThreadCount(kept[1])
+    create_app()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "30000"
+    assert thread_pool_kept.expiryTimeout() == 0
 
 
 def test_the_eval_command_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
