@@ -53,7 +53,7 @@ def run_cli(spec, runs: Path) -> float:  # type: ignore[no-untyped-def]
     import sys
 
     from adapter_studio.engine.events import event_from_dict
-    from adapter_studio.gui.app import OPENMP_WAITING
+    from adapter_studio.engine.imports import OPENMP_WAITING
 
     out = Path(tempfile.mkdtemp(dir=runs))
     path = out / "spec.json"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -33,6 +34,12 @@ _lock = threading.Lock()
 _imported = False
 _done = False
 _freeze = False
+
+
+def wait_briefly_then_sleep() -> None:
+    """OPENMP_WAITING for this process, where the person has not set them; before torch loads."""
+    for name, value in OPENMP_WAITING.items():
+        os.environ.setdefault(name, value)
 
 
 def freeze_imports_in_this_process() -> None:

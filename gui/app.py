@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from adapter_studio.engine.imports import OPENMP_WAITING
+from adapter_studio.engine.imports import wait_briefly_then_sleep
 from adapter_studio.resources import FOLDER as RESOURCES
 from PySide6.QtCore import QEvent, QObject, QThreadPool, QTimer
 from PySide6.QtGui import QIcon
@@ -45,9 +44,7 @@ def seconds_since_process_start() -> float:
 
 
 def create_app() -> QApplication:
-    # Set before torch loads: OpenMP's idle threads spin 0.3 ms, then sleep (engine.imports says why).
-    for name, value in OPENMP_WAITING.items():
-        os.environ.setdefault(name, value)
+    wait_briefly_then_sleep()  # OpenMP's idle threads spin 0.3 ms, then sleep (engine.imports says why)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("AdapterStudio")
     app.setApplicationName("Adapter Studio")

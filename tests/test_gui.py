@@ -226,7 +226,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no
     Now Runs and Try come after training: the run selected, a held-out example answered by both models."""
     import pyqtgraph as pg
     import yaml
-    from adapter_studio.gui.app import OPENMP_WAITING
+    from adapter_studio.engine.imports import OPENMP_WAITING
     from adapter_studio.gui.main_window import MainWindow
     from adapter_studio.gui.walkthrough import walkthrough
     from conftest import reversal_pairs, wind_down, write_jsonl

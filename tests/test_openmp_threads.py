@@ -15,7 +15,7 @@ PROBE = Path(__file__).with_name("openmp_probe.py")
 
 @pytest.fixture
 def probe(tiny_llama: Path, alpaca_jsonl: Path, tmp_path: Path) -> dict:
-    from adapter_studio.gui.app import OPENMP_WAITING
+    from adapter_studio.engine.imports import OPENMP_WAITING
 
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAITING}  # create_app's choice, not this process's
     env["HF_HUB_OFFLINE"] = "1"
@@ -35,19 +35,25 @@ def test_no_thread_keeps_an_openmp_team_after_its_work(probe: dict) -> None:
     assert probe["main: after a matmul of its own"] >= 1, probe  # and would be seen if it had
 
 
-def test_create_app_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch, thread_pool_kept) -> None:  # type: ignore[no-untyped-def]
-    """Passive waiting alone made every op of a step wake its threads from sleep (training 40 % slower)."""
-    from adapter_studio.gui.app import OPENMP_WAITING, create_app
+@pytest.fixture
+def openmp_waiting_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapter_studio.engine.imports import OPENMP_WAITING
 
     for name in OPENMP_WAITING:
-        monkeypatch.setenv(name, "")  # recorded, so that what create_app sets goes again after the test
+        monkeypatch.setenv(name, "")  # recorded, so that what the test's code sets goes again after it
         monkeypatch.delenv(name)
+
+
+def test_create_app_lets_openmp_threads_spin_briefly(openmp_waiting_unset: None, thread_pool_kept) -> None:  # type: ignore[no-untyped-def]
+    """Passive waiting alone made every op of a step wake its threads from sleep (training 40 % slower)."""
+    from adapter_studio.gui.app import create_app
+
     create_app()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "30000"
     assert thread_pool_kept.expiryTimeout() == 0
 
 
-def test_the_eval_command_lets_openmp_threads_spin_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_eval_command_lets_openmp_threads_spin_briefly(openmp_waiting_unset: None) -> None:
     """Passive alone: 32 rows in 28.9 s against 21.8 with the short spin (each generated token is many ops)."""
     import argparse
 
@@ -55,9 +61,6 @@ def test_the_eval_command_lets_openmp_threads_spin_briefly(monkeypatch: pytest.M
     from adapter_studio.engine.imports import OPENMP_WAITING
     from adapter_studio.eval_command import cmd_eval
 
-    for name in OPENMP_WAITING:
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
     bad = argparse.Namespace(limit=0, batch_size=None, max_new_tokens=None, threads=None)
     with pytest.raises(UserError, match="--limit"):  # refused before anything loads, after the waiting is set
         cmd_eval(bad)

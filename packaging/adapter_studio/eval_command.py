@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.imports import OPENMP_WAITING
+from adapter_studio.engine.imports import wait_briefly_then_sleep
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 
@@ -19,8 +18,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # default 3 ms spin the demo's evaluation took 964 s, passive 132 s, on a 2-core CPU running three other
     # jobs. Passive alone sleeps after every op of a generated token: 32 SVAMP rows on a quiet CPU took 28.9 s
     # passive, 21.8 s with the short spin; beside three busy processes 64 s and 80 s (2026-12-06).
-    for name, value in OPENMP_WAITING.items():
-        os.environ.setdefault(name, value)
+    wait_briefly_then_sleep()
     for name in ("limit", "batch_size", "max_new_tokens", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
