@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -164,7 +163,7 @@ def main() -> None:
                 ratios.append(med["best"] / med["engine"])
         print(line)
     if ratios:
-        print(f"whole_run_speedup {math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}")
+        print(f"whole_run_speedup {statistics.geometric_mean(ratios):.2f}")
 
 
 if __name__ == "__main__":
