@@ -480,6 +480,11 @@ BAD_INPUTS = {
          "data.format: classification, data.columns: {{text: body, label: label}}"],
         classification=True,
     ),
+    "question found, its answer not": BadInput(
+        {"mathqa.json": b'[{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "correct": "a"}]'},
+        ["{dir}/mathqa.json", "cannot tell the data's shape from its columns (Problem, Rationale, correct)",
+         "data.format: alpaca, data.columns: {{instruction: Problem, output: Rationale}}"],
+    ),
     "wrong type in a field": BadInput(
         {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},
         ["{dir}/types.jsonl:2", "field 'output' is a list, expected text", "make 'output' a string"],

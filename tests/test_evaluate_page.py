@@ -17,6 +17,8 @@ from adapter_studio.engine.training.run import run
 from adapter_studio.gui.pages.evaluate_page import EvaluatePage
 from adapter_studio.gui.state import StudioState
 
+from tests.conftest import write_jsonl
+
 pytestmark = pytest.mark.gui
 WAIT_MS = 120_000
 
@@ -87,6 +89,18 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     assert page.examples.rowCount() == sum(r["regression"] for r in result.rows)
     assert page.open_report.isEnabled() and result.report.exists()
     assert str(result.report) in page.status.text()
+
+
+def test_a_rule_found_in_the_answers_is_noted(page: EvaluatePage, qtbot: Any, lora_run: Path, tmp_path: Path) -> None:
+    """Expected answers ending in '#### <number>' are compared by that number, and the status line says so."""
+    data = write_jsonl(tmp_path / "sums.jsonl", [{"instruction": f"{i} + 1?", "output": f"so\n#### {i + 1}"}
+                                                for i in range(4)])  # fmt: skip
+    page.data_path.setText(str(data))
+    page.forgetting_box.setChecked(False)
+    start(page, lora_run, limit=4, shots=0)
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    assert page.errors == [] and all("extracted" in r for r in page.result.rows)  # type: ignore[attr-defined]
+    assert "Note: 4 of 4 expected answers end in a final number after '####'" in page.status.text()
 
 
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:

@@ -53,6 +53,10 @@ def test_normalise(text: str, normalised: str) -> None:
         ("red dog runs fast", "red cat runs", 0.0, 4 / 7),  # common 2: P 1/2, R 2/3
         ("", "", 1.0, 1.0),
         ("", "dog", 0.0, 0.0),
+        ("18.0", "18", 1.0, 0.0),  # the same number, written two ways
+        ("-0.50", "-0.5", 1.0, 0.0),
+        ("18.5", "18", 0.0, 0.0),
+        ("nan", "nan", 1.0, 1.0),  # the same text, whatever float() makes of it
     ],
 )
 def test_exact_match_and_token_f1(prediction: str, reference: str, em: float, f1: float) -> None:
@@ -147,6 +151,24 @@ def test_extraction_scores_numbers_as_numbers() -> None:
     rule = m.compile_extraction(EXTRACT)
     got = [m.extract_answer(t, rule) for t in ("so #### 1,200", "#### 1200", "#### 12.00")]
     assert [m.exact_match(g, "1200") for g in got] == [1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("expected", "detected"),
+    [
+        (["4 + 3 = 7\n#### 7", "#### -2.5", "so #### 1,200"], True),
+        (["#### 7"] * 9 + ["7"], True),  # nine in ten carry the marker
+        (["#### 7"] * 8 + ["7", "8"], False),
+        (["2005-08-15", "7"], False),
+        (["#### seven"], False),  # the marker, but no number after it
+        ([], False),
+    ],
+)
+def test_the_final_number_rule_is_used_where_the_answers_carry_it(expected: list[str], detected: bool) -> None:
+    rule, note = m.detected_extraction(expected)
+    assert (rule is not None, note is not None) == (detected, detected)
+    if rule is not None:
+        assert rule.pattern == m.FINAL_NUMBER and "after '####'" in note
 
 
 def test_a_broken_extraction_rule_says_where_and_what() -> None:
@@ -283,6 +305,17 @@ def test_extraction_applies_to_answers_and_expected(runs: dict[str, Path]) -> No
         for column in ("base", "tuned"):
             first = r["answers"][column][:1]
             assert r["extracted"][column] == (first if first.isalnum() or first == "_" else "")
+
+
+def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Expected answers in GSM8K's form: each side's number after '####' is compared, and a note says so."""
+    rows = [{"instruction": f"{i} + 1?", "output": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(6)]
+    data = write_jsonl(tmp_path / "sums.jsonl", rows)
+    result = evaluate_run(runs["lora"], EvalSettings(data=str(data), in_context=0, forgetting=False),
+                          write_report=False)  # fmt: skip
+    assert sorted(r["expected"] for r in result.rows) == [str(i + 1) for i in range(6)]
+    assert all("extracted" in r for r in result.rows)
+    assert any("6 of 6 expected answers end in a final number" in n for n in result.notes)
 
 
 def test_another_data_file_in_another_shape(runs: dict[str, Path], messages_jsonl: Path,

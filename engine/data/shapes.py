@@ -109,8 +109,12 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
     label = _find(columns, "label", mapping)
     others = [c for c in columns if c != label]
     example = "data.format: alpaca, data.columns: {instruction: question, output: answer}"
+    instruction = _find(columns, "instruction", mapping)
     if label and others:  # a label column: most likely rows to classify
         example = f"data.format: classification, data.columns: {{text: {others[0]}, label: {label}}}"
+    elif instruction and len(columns) > 1:  # a question found, its answer under a name we do not know
+        answer = next(c for c in columns if c != instruction)
+        example = f"data.format: alpaca, data.columns: {{instruction: {instruction}, output: {answer}}}"
     raise UserError(
         f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'})",
         where=where,

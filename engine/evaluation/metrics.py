@@ -30,6 +30,11 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 # Punctuation goes, except inside a number (2005-08-15, 3.5) and a minus sign before one (-7).
 _PUNCTUATION = re.compile(rf"(?!(?<=\d)[.\-/:](?=\d))(?!-(?=\d))[{re.escape(string.punctuation)}]")
+# GSM8K's convention for a worked solution's result ("... = 72\n#### 72"): where the expected answers end
+# in it, the number after it is what is right or wrong, not the wording of the working before it.
+FINAL_NUMBER = r"####\s*(-?[\d.,]*\d)"
+# Share of expected answers that must carry the marker before it is used without being asked for.
+FINAL_NUMBER_SHARE = 0.9
 
 
 def normalise(text: str) -> str:
@@ -66,8 +71,27 @@ def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: b
     return (value or "").strip()
 
 
+def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None, str | None]:
+    """The rule to use when none was given: FINAL_NUMBER where nearly every expected answer ends in one
+    (with a note that says so), else none."""
+    rule = re.compile(FINAL_NUMBER)
+    found = sum(rule.search(e) is not None for e in expected)
+    if not expected or found < FINAL_NUMBER_SHARE * len(expected):
+        return None, None
+    return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
+                  f"were compared by that number (extraction `{FINAL_NUMBER}`); give an extraction rule to "
+                  "compare otherwise")
+
+
 def exact_match(prediction: str, reference: str) -> float:
-    return float(normalise(prediction) == normalise(reference))
+    """Equal normalised text, or equal numbers however written (18 and 18.0)."""
+    predicted, expected = normalise(prediction), normalise(reference)
+    if predicted == expected:
+        return 1.0
+    try:
+        return float(float(predicted) == float(expected))
+    except ValueError:  # not both numbers
+        return 0.0
 
 
 def token_f1(prediction: str, reference: str) -> float:

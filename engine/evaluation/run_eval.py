@@ -198,6 +198,9 @@ def _generation(
     limit = context_limit(playground.tuned.model)
     room = (limit - max_new) if limit else 10**9
     notes: list[str] = []
+    if rule is None:
+        rule, detected = m.detected_extraction([c.expected for c in cases])
+        notes += [detected] if detected else []
     prompts = [encode(c.prompt) for c in cases]
     cut = sum(len(p) > room for p in prompts)
     if cut:

@@ -3,6 +3,7 @@ forgetting on general instructions, the rows that changed, and the report kept i
 
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 from typing import Any
@@ -262,8 +263,9 @@ class EvaluatePage(Page):
         self.worker = None
         self.result = result
         self.progress.setValue(self.progress.maximum())
+        notes = "".join(f"<br>Note: {html.escape(n, quote=False)}" for n in result.notes)  # e.g. a rule found
         self.status.setText(f"Run <b>{result.run_dir.name}</b>, checkpoint {result.checkpoint}: "
-                            f"{len(result.rows)} rows. Report: {result.report}")  # fmt: skip
+                            f"{len(result.rows)} rows. Report: {html.escape(str(result.report))}{notes}")  # fmt: skip
         self._fill_scores()
         self._fill_examples()
         self._update_buttons()
