@@ -485,6 +485,11 @@ BAD_INPUTS = {
         ["{dir}/mathqa.json", "cannot tell the data's shape from its columns (Problem, Rationale, correct)",
          "data.format: alpaca, data.columns: {{instruction: Problem, output: Rationale}}"],
     ),
+    "pair under longer names": BadInput(
+        {"pairs.jsonl": b'{"instruction": "hi", "chosen_response": "hello", "rejected_response": "go"}\n'},
+        ["{dir}/pairs.jsonl", "data.format: preference, data.columns: {{prompt: instruction, "
+         "chosen: chosen_response, rejected: rejected_response}}"],
+    ),
     "wrong type in a field": BadInput(
         {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},
         ["{dir}/types.jsonl:2", "field 'output' is a list, expected text", "make 'output' a string"],

@@ -3,6 +3,7 @@ dialog (never a traceback) after which the window still works."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,9 @@ def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_pa
 WINDOW_WORDS = {  # the page maps no columns by itself, so the first missing role is the instruction
     "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply", "data.columns"],
 }
+# Columns the page cannot place are said on the page, beside the boxes that map them, not in a dialog.
+MAPPED_ON_THE_PAGE = {"required column missing", "shape not told by the columns", "question found, its answer not",
+                      "pair under longer names"}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
@@ -126,8 +130,13 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     page.eval_path.setText(data.get("eval_path", ""))
     page.format.setCurrentText(data.get("format", "(detect)"))
     open_data(page, qtbot, data["path"])
-    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
-    texts = " ".join(d.text() + (d.detailedText() or "") for d in error_dialogs())
+    if case in MAPPED_ON_THE_PAGE:
+        qtbot.waitUntil(lambda: not page.busy, timeout=60_000)
+        texts = html.unescape(page.summary.text())
+        assert "Pick the column for" in texts and page.combos and not error_dialogs()
+    else:
+        qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
+        texts = " ".join(d.text() + (d.detailedText() or "") for d in error_dialogs())
     for word in WINDOW_WORDS.get(case, bad.expected):
         assert word.format(dir=tmp_path) in texts, texts
     assert "Traceback" not in texts
@@ -144,6 +153,36 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     assert page.preview.format == "alpaca" and page.table.rowCount() == 5
     assert window.state.data.path == str(good)
     assert not error_dialogs()
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "found", "picks", "mapping"),
+    [
+        ([{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "correct": "a"}] * 3, "alpaca", {"instruction": "Problem"},
+         {"output": "Rationale"}, {"instruction": "Problem", "output": "Rationale"}),
+        ([{"instruction": "hi", "chosen_response": "hello", "rejected_response": "go away"}] * 3, "preference", {},
+         {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"},
+         {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
+    ],
+    ids=["answer under an unknown name", "pair under longer names"],
+)  # fmt: skip
+def test_columns_it_cannot_place_are_mapped_on_the_page(window, qtbot, tmp_path, content, fmt, found, picks,  # type: ignore[no-untyped-def]
+                                                        mapping) -> None:  # fmt: skip
+    """A file whose columns fit no shape's usual names: the page shows its rows and a box per role of the likely
+    format, with what it found filled in; picking the rest in the boxes loads it."""
+    page = window.pages["data"]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    open_data(page, qtbot, path)
+    qtbot.waitUntil(lambda: not page.busy and "Pick the column for" in page.summary.text(), timeout=30_000)
+    assert page.format.currentText() == fmt and page.table.rowCount() == 3 and page.table.columnCount() == 3
+    assert {r: c.currentText() for r, c in page.combos.items() if c.currentText() != "(none)"} == found
+    for role, column in picks.items():
+        page.combos[role].setCurrentText(column)
+    page.reload()
+    qtbot.waitUntil(lambda: page.preview is not None, timeout=30_000)
+    assert page.preview.format == fmt and page.preview.mapping == mapping
+    assert window.state.data.columns == mapping and error_dialogs() == []
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,19 @@ import numpy as np
 from adapter_studio.engine.data.files import RowChunk, iter_chunks
 from adapter_studio.engine.data.kto import kto_examples
 from adapter_studio.engine.data.preference import pair_examples
-from adapter_studio.engine.data.shapes import Example, detect_format, resolve_columns, to_examples
+from adapter_studio.engine.data.shapes import (
+    ColumnsNotMapped,
+    Example,
+    detect_format,
+    resolve_columns,
+    to_examples,
+)
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
     from adapter_studio.engine.spec import DataSpec
 
+SHOWN_ROWS = 50  # rows the Data page shows
 HOLD_BYTES = 64 * 2**20  # data files up to this size are read once; larger ones stream twice
 # The held-out split when data.eval_split is left empty (held_out_count).
 DEFAULT_EVAL_SHARE = 0.1
@@ -45,8 +52,12 @@ def example_chunks(
     for chunk in iter_chunks(path, progress=progress):
         if chunk.first_of_file:
             columns = list(dict.fromkeys(k for row in chunk.rows[:100] for k in row))
-            fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
-            mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
+            try:
+                fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
+                mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
+            except ColumnsNotMapped as e:
+                e.rows = chunk.rows[:SHOWN_ROWS]  # for the Data page to show while columns are mapped
+                raise
         assert fmt is not None
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)

@@ -98,6 +98,34 @@ def _find(columns: list[str], role: str, mapping: dict[str, str], fmt: str = "")
     return next((lower[a] for a in aliases if a in lower), None)
 
 
+class ColumnsNotMapped(UserError):
+    """The columns do not say which holds what. Carries what the Data page needs to let a person map them
+    in place: the file's columns and first rows, the format to map for (the one asked for, else the most
+    likely), and the roles found so far."""
+
+    def __init__(self, what: str, *, where: str, fix: str, columns: list[str], fmt: str,
+                 found: dict[str, str]) -> None:  # fmt: skip
+        super().__init__(what, where=where, fix=fix)
+        self.columns, self.format, self.found = columns, fmt, found
+        self.rows: list[dict[str, Any]] = []  # filled in by the reader, which has them
+
+
+def suggest_shape(columns: list[str], mapping: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The most likely shape of columns no shape's usual names fit, and a role → column guess for it."""
+    label = _find(columns, "label", mapping)
+    others = [c for c in columns if c != label]
+    instruction = _find(columns, "instruction", mapping)
+    chosen, rejected = (next((c for c in columns if word in c.lower()), None) for word in ("chosen", "rejected"))
+    if chosen and rejected:  # the two answers of a pair under longer names (chosen_response, ...)
+        prompt = next((c for c in columns if c not in (chosen, rejected)), None)
+        return "preference", {**({"prompt": prompt} if prompt else {}), "chosen": chosen, "rejected": rejected}
+    if label and others:  # a label column: most likely rows to classify
+        return "classification", {"text": others[0], "label": label}
+    if instruction and len(columns) > 1:  # a question found, its answer under a name we do not know
+        return "alpaca", {"instruction": instruction, "output": next(c for c in columns if c != instruction)}
+    return "alpaca", {"instruction": "question", "output": "answer"}
+
+
 def detect_format(columns: list[str], mapping: dict[str, str] | None = None, where: str = "data.columns") -> str:
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
@@ -106,20 +134,20 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue
             return fmt
-    label = _find(columns, "label", mapping)
-    others = [c for c in columns if c != label]
-    example = "data.format: alpaca, data.columns: {instruction: question, output: answer}"
-    instruction = _find(columns, "instruction", mapping)
-    if label and others:  # a label column: most likely rows to classify
-        example = f"data.format: classification, data.columns: {{text: {others[0]}, label: {label}}}"
-    elif instruction and len(columns) > 1:  # a question found, its answer under a name we do not know
-        answer = next(c for c in columns if c != instruction)
-        example = f"data.format: alpaca, data.columns: {{instruction: {instruction}, output: {answer}}}"
-    raise UserError(
+    fmt, guess = suggest_shape(columns, mapping)
+    example = f"data.format: {fmt}, data.columns: {{{', '.join(f'{r}: {c}' for r, c in guess.items())}}}"
+    raise ColumnsNotMapped(
         f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'})",
         where=where,
         fix=f"name the shape and map its columns, e.g. {example}",
-    )
+        columns=columns, fmt=fmt, found=_found(fmt, columns, mapping),
+    )  # fmt: skip
+
+
+def _found(fmt: str, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """The roles of a format found among the columns, by mapping or usual name."""
+    found = {role: _find(columns, role, mapping, fmt) for role in roles_of(fmt)}
+    return {role: column for role, column in found.items() if column in columns}
 
 
 def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where: str) -> dict[str, str]:
@@ -146,11 +174,12 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
                 fix=f"map {role} to one of those columns",
             )
         elif role in REQUIRED[fmt]:
-            raise UserError(
+            raise ColumnsNotMapped(
                 f"the {fmt} format needs a '{role}' column; the columns found are {', '.join(columns)}",
                 where=where,
                 fix=f"map one of them in data.columns (e.g. {role}: <column>) or pick another format",
-            )
+                columns=columns, fmt=fmt, found=_found(fmt, columns, mapping),
+            )  # fmt: skip
     return resolved
 
 

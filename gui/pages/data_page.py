@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from adapter_studio.engine.data.examples import held_out_count
-from adapter_studio.engine.data.shapes import REQUIRED, roles_of
+from adapter_studio.engine.data.examples import SHOWN_ROWS, held_out_count
+from adapter_studio.engine.data.shapes import REQUIRED, ColumnsNotMapped, roles_of
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.worker import run_in_background
@@ -300,27 +300,21 @@ class DataPage(Page):
         self.histogram_bars.setOpts(x=[], height=[], width=1)
         self.length_stats.setText("")
         self.summary.setText(f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>")
+        if isinstance(error, ColumnsNotMapped):  # map them here: the file's rows, and a column box per role
+            self.format.setCurrentText(error.format)
+            self._build_mapping(error.format, error.columns, error.found)
+            self._fill_table(error.columns, error.rows)
+            missing = [r for r in REQUIRED[error.format] if r not in error.found]
+            self.summary.setText(self.summary.text() + f"<br>Pick the column for <b>{', '.join(missing)}</b> "
+                                 "under Columns, or another format.")  # fmt: skip
+            return  # said here, beside the boxes that fix it: no dialog at each step of the mapping
         self.error(error)
 
     # --- showing --------------------------------------------------------------------------------
     def _show(self, preview: Any, spec: DataSpec) -> None:
         self.preview = preview
-        self._build_mapping(preview)
-        columns = preview.columns
-        self.table.clear()
-        self.table.setColumnCount(len(columns))
-        self.table.setHorizontalHeaderLabels(columns)
-        self.table.setRowCount(min(len(preview.rows), 50))
-        for r, row in enumerate(preview.rows[:50]):
-            for c, column in enumerate(columns):
-                value = row.get(column)
-                text = str(value) if value is not None else ""
-                item = QTableWidgetItem(" ".join(text[:200].split()))
-                item.setToolTip(text[:2000] if len(text) > 40 or "\n" in text else "")
-                self.table.setItem(r, c, item)
-        self.table.resizeColumnsToContents()
-        for c in range(self.table.columnCount()):
-            self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
+        self._build_mapping(preview.format, preview.columns, preview.mapping)
+        self._fill_table(preview.columns, preview.rows)
         held = held_out_count(preview.usable, None)
         self.eval_split.setSpecialValueText(f"auto: {held:,} of {preview.usable:,} rows")
         detected = "detected" if spec.format is None else "chosen"
@@ -334,18 +328,34 @@ class DataPage(Page):
             self.table.selectRow(0)
         self._schedule_stats()
 
-    def _build_mapping(self, preview: Any) -> None:
+    def _fill_table(self, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
+        self.table.setRowCount(min(len(rows), SHOWN_ROWS))
+        for r, row in enumerate(rows[:SHOWN_ROWS]):
+            for c, column in enumerate(columns):
+                value = row.get(column)
+                text = str(value) if value is not None else ""
+                item = QTableWidgetItem(" ".join(text[:200].split()))
+                item.setToolTip(text[:2000] if len(text) > 40 or "\n" in text else "")
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        for c in range(self.table.columnCount()):
+            self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
+
+    def _build_mapping(self, fmt: str, columns: list[str], mapping: dict[str, str]) -> None:
         while self.mapping_row.count():
             item = self.mapping_row.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
         self.combos = {}
-        for role in roles_of(preview.format):
+        for role in roles_of(fmt):
             combo = QComboBox()
             combo.setObjectName(f"column_{role}")
-            combo.addItems([NO_COLUMN, *preview.columns])
-            combo.setCurrentText(preview.mapping.get(role, NO_COLUMN))
-            combo.setToolTip(f"Which column holds the {role}")
+            combo.addItems([NO_COLUMN, *columns])
+            combo.setCurrentText(mapping.get(role, NO_COLUMN))
+            combo.setToolTip(f"Which column holds the {role}" + (" (required)" if role in REQUIRED[fmt] else ""))
             combo.activated.connect(lambda _i: self.reload())
             self.combos[role] = combo
             self.mapping_row.addWidget(QLabel(f"{role}:"))
