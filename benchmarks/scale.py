@@ -71,7 +71,6 @@ import argparse
 import contextlib
 import gzip
 import json
-import math
 import os
 import random
 import shutil
@@ -990,7 +989,7 @@ def figure(rows: list[dict[str, Any]], cuda: bool) -> int:
         print("no row where both sides ran: no speedup to report", file=sys.stderr)
         return 1
     print(f"speedup over {len(ratios)} row{'s' if len(ratios) > 1 else ''} (engine / Trainer + peft tokens/s)")
-    print(f"speedup {math.exp(sum(math.log(x) for x in ratios) / len(ratios)):.2f}")
+    print(f"speedup {statistics.geometric_mean(ratios):.2f}")
     return 0
 
 
