@@ -103,6 +103,26 @@ def test_a_rule_found_in_the_answers_is_noted(page: EvaluatePage, qtbot: Any, lo
     assert "Note: 4 of 4 expected answers end in a final number after '####'" in page.status.text()
 
 
+def test_a_preference_run_shows_how_it_ranks_the_pairs(page: EvaluatePage, qtbot: Any, tiny_llama: Path, make_spec: Any,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    from tests.test_preference import preference_rows
+
+    spec = make_spec(tiny_llama, write_jsonl(tmp_path / "pairs.jsonl", preference_rows(40)), max_steps=2,
+                     eval_samples=0, data={"eval_split": 0.2})  # fmt: skip
+    result = run(spec.model_copy(update={"objective": OBJECTIVES["dpo"]()}))
+    assert result.status == "completed", result.error
+    page.forgetting_box.setChecked(False)
+    start(page, result.run_dir, shots=0)
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    p = page.result.pairs
+    assert page.errors == [] and p is not None and p.pairs == 8  # type: ignore[attr-defined]
+    assert page.pairs.isVisible() and f"reward accuracy <b>{p.tuned['reward_accuracy']:.3f}</b>" in page.pairs.text()
+    page.state.set_current_run(None)  # no run: nothing of it stays on show
+    assert page.pairs.text() == ""
+
+
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
     page._progress.changed.connect(lambda stage, done, total: page.stop() if stage == "base" else None)
     before = set((lora_run / "evaluations").glob("*"))

@@ -506,6 +506,52 @@ def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: P
     assert all(x[0].strip() and x[1].strip() for x in offered)
 
 
+def test_a_preference_run_is_ranked_on_its_held_out_pairs(tiny_llama: Path, make_spec: Any, tmp_path: Path) -> None:
+    """Reward accuracy equals the run's own held-out preference accuracy at the same step; each model's own
+    ranking equals log-probabilities summed by hand, one pair at a time; the report, JSON and saved result
+    carry them."""
+    import torch
+    from adapter_studio.engine.evaluation.pairs import PAIR_METRICS, pair_items
+    from adapter_studio.engine.evaluation.run_eval import latest_evaluation
+    from adapter_studio.engine.inference.playground import Playground
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    spec = make_spec(tiny_llama, write_jsonl(tmp_path / "pairs.jsonl", preference_rows(80)), max_steps=6,
+                     learning_rate=5e-3, eval_samples=0, data={"eval_split": 0.25})  # fmt: skip
+    result = run(spec.model_copy(update={"objective": OBJECTIVES["dpo"]()}))
+    assert result.status == "completed", result.error
+    evaluation = evaluate_run(result.run_dir, EvalSettings(checkpoint="last", in_context=0, forgetting=False,
+                                                           batch_size=6))  # fmt: skip
+    p = evaluation.pairs
+    held = case_rows(result.run_dir)
+    assert p is not None and p.pairs + p.skipped == len(held) == 20 and p.skipped == 0
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    final = [e for e in events if e["type"] == "eval"][-1]
+    assert final["step"] == 6 and p.tuned["reward_accuracy"] == pytest.approx(final["preference_accuracy"])
+    assert p.base["reward_accuracy"] == 0.0  # the base's margins over itself are all 0
+    pg = Playground.open(result.run_dir, result.run_dir / "checkpoints" / "step-0000006", device="cpu")
+    items, _ = pair_items(pg, held)
+    for which in ("base", "tuned"):
+        sums, means = [], []
+        with pg.using(which) as model, torch.no_grad():
+            for item in items:
+                side = []
+                for ids, labels in item.sides:
+                    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+                    picked = torch.log_softmax(logits, -1)[range(len(ids) - 1), torch.tensor(ids[1:])]
+                    mask = torch.tensor(labels[1:]) != -100
+                    side.append((float(picked[mask].sum()), float(picked[mask].mean())))
+                sums.append(side[0][0] - side[1][0])
+                means.append(side[0][1] > side[1][1])
+        shares = getattr(p, which)
+        assert shares["prefers_chosen"] == pytest.approx(sum(m > 0 for m in sums) / len(sums))
+        assert shares["prefers_chosen_per_token"] == pytest.approx(sum(means) / len(means))
+        assert getattr(p, f"margin_{which}") == pytest.approx(sum(sums) / len(sums), rel=1e-4)
+    report = evaluation.report.read_text()
+    assert "## Preference pairs" in report and f"| {PAIR_METRICS['reward_accuracy']} | 0.000 |" in report
+    assert evaluation.to_json()["pairs"] == p.to_json() and latest_evaluation(result.run_dir).pairs == p
+
+
 def case_rows(run_dir: Path) -> list[Any]:
     """The run's held-out rows as the evaluation reads them."""
     from adapter_studio.engine.inference.playground import Playground, held_out_rows

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine import durable
 from adapter_studio.engine.evaluation.metrics import METRIC_TITLES
+from adapter_studio.engine.evaluation.pairs import PAIR_METRICS
 
 if TYPE_CHECKING:
     from adapter_studio.engine.evaluation.run_eval import EvaluationResult
@@ -114,6 +115,15 @@ def markdown(result: EvaluationResult) -> str:
                   "answers became less likely).", "", "| instruction | base | tuned |", "|---|---|---|",
                   *(f"| {_cell(a['instruction'], 50)} | {_cell(a['base'])} | {_cell(a['tuned'])} |"
                     for a in f.answers),
+                  ""]  # fmt: skip
+    if result.pairs is not None:
+        p = result.pairs
+        lines += ["## Preference pairs", "",
+                  f"{p.pairs} held-out pairs scored" + (f" ({p.skipped} left out: an answer starts past max_length)"
+                                                        if p.skipped else "") + ". Shares of the pairs:", "",
+                  "| | base | tuned |", "|---|---:|---:|",
+                  *(f"| {title} | {p.base[k]:.3f} | {p.tuned[k]:.3f} |" for k, title in PAIR_METRICS.items()),
+                  f"| mean log-probability margin (chosen − rejected) | {p.margin_base:+.2f} | {p.margin_tuned:+.2f} |",
                   ""]  # fmt: skip
     regressed = [r for r in result.rows if r["regression"]]
     changed = [r for r in result.rows if r["change"] != 0][:ROWS_SHOWN]

@@ -30,6 +30,7 @@ from adapter_studio.engine.evaluation.generation import (
     pooled_features,
     predict_labels,
 )
+from adapter_studio.engine.evaluation.pairs import PairScores, pair_steps, score_pairs
 from adapter_studio.engine.methods.poly import answer_by_task
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
+    pairs: PairScores | None = None  # a preference run's held-out pairs, ranked by base and tuned
 
     def to_json(self) -> dict[str, Any]:
         """The command line's `--json` object (docs/contract.md): rows, metrics, forgetting, report, and more."""
@@ -81,6 +83,7 @@ class EvaluationResult:
             "forgetting_detail": None if self.forgetting is None else self.forgetting.to_json(),
             "report": None if self.report is None else str(self.report),
             "rows": self.rows, "notes": self.notes, "seconds": self.seconds, "settings": asdict(self.settings),
+            "pairs": None if self.pairs is None else self.pairs.to_json(),
         }  # fmt: skip
 
 
@@ -97,6 +100,7 @@ def latest_evaluation(run_dir: str | Path) -> EvaluationResult | None:
                 settings=EvalSettings(**data["settings"]), precision=data["precision"], metrics=data["metrics"],
                 baselines=data["baselines"], rows=data["rows"], forgetting=Forgetting(**detail) if detail else None,
                 notes=data["notes"], seconds=data["seconds"], report=results.parent / "report.md",
+                pairs=PairScores(**data["pairs"]) if data.get("pairs") else None,
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             continue  # cut short or from another version: the one before it, if any
@@ -180,6 +184,7 @@ def _generation(
     stop: threading.Event | None, seconds: dict[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     tokenizer = playground.tokenizer
+    pairs = rows if fmt == "preference" else []  # also ranked: what a preference run was trained for
     fmt, rows = case_lib.as_conversations(fmt, rows)
     cases = case_lib.generation_cases(playground.renderer, fmt, rows)
     if not cases:
@@ -223,7 +228,8 @@ def _generation(
                          f"{len(shots)} examples (down to {min(used)}) to fit the model's {limit} positions")
     stop_ids = playground.stop_token_ids()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    counter = _Counter(report, len(cases) * len(columns) + (forgetting_steps() if settings.forgetting else 0))
+    counter = _Counter(report, len(cases) * len(columns) + (forgetting_steps() if settings.forgetting else 0)
+                       + pair_steps(pairs))  # fmt: skip
     answers: dict[str, list[str]] = {}
     tasks = case_lib.case_tasks(playground, cases)
     for column in columns:
@@ -252,6 +258,11 @@ def _generation(
         if playground.tasks:
             notes.append(f"the forgetting check read its general text as the task {playground.tasks[0]!r} (the "
                          "run answers as one of its tasks)")
+    scores = None
+    if pairs:
+        start = time.perf_counter()
+        scores = score_pairs(playground, pairs, settings.batch_size, counter.at("pairs"), stop)
+        _timed(seconds, "pairs", start)
     references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
     extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
@@ -275,7 +286,7 @@ def _generation(
                        if shots else "off (--k 0, or no training rows to show)"),
     }  # fmt: skip
     return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": forgetting,
-            "notes": notes}  # fmt: skip
+            "notes": notes, "pairs": scores}  # fmt: skip
 
 
 def _classification(

@@ -143,6 +143,10 @@ class EvaluatePage(Page):
         self.forgetting.setObjectName("forgettingLabel")
         self.forgetting.setWordWrap(True)
         left.addWidget(self.forgetting)
+        self.pairs = QLabel("")  # a preference run's held-out pairs, ranked by base and tuned
+        self.pairs.setObjectName("pairsLabel")
+        self.pairs.setWordWrap(True)
+        left.addWidget(self.pairs)
         layout.addLayout(left, 1)
         self.chart = pg.PlotWidget()
         self.chart.setObjectName("scoreChart")
@@ -204,6 +208,7 @@ class EvaluatePage(Page):
             self.scores.setRowCount(0)
             self.chart.clear()
             self.forgetting.setText("")
+            self.pairs.setText("")
             self._fill_examples()
             return
         self._fill_scores()
@@ -323,6 +328,15 @@ class EvaluatePage(Page):
             f"Forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} → {f.loss_tuned:.3f}, "
             f"<b>ratio {f.ratio:.3f}</b> (1.0: nothing forgotten; above 1: general answers became less likely)."
         )  # fmt: skip
+        p = self.result.pairs
+        self.pairs.setVisible(p is not None)
+        if p is not None:
+            self.pairs.setText(
+                f"Preference pairs ({p.pairs} held out): the chosen answer preferred by the base "
+                f"{p.base['prefers_chosen']:.3f} → tuned <b>{p.tuned['prefers_chosen']:.3f}</b> (per token "
+                f"{p.base['prefers_chosen_per_token']:.3f} → {p.tuned['prefers_chosen_per_token']:.3f}); reward "
+                f"accuracy <b>{p.tuned['reward_accuracy']:.3f}</b> (gained more on the chosen answer than the base)."
+            )  # fmt: skip
 
     def shown_rows(self) -> list[dict[str, Any]]:
         """The rows in the per-example table: changed ones, or the regressions only, largest change first."""

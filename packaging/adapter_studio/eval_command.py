@@ -30,6 +30,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)  # a CPU shared with other work answers faster with fewer threads
     stop = threading.Event()
     install_stop_handlers(stop)
+    from adapter_studio.engine.evaluation.pairs import summary as pair_summary
     from adapter_studio.engine.evaluation.report import metrics_table
     from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
 
@@ -59,6 +60,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f = result.forgetting
         print(f"forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} -> {f.loss_tuned:.3f} "
               f"(ratio {f.ratio:.3f})")  # fmt: skip
+    if result.pairs is not None:
+        print(pair_summary(result.pairs))
     worse = regressions(result.rows)
     changed = sum(r["change"] != 0 for r in result.rows)
     print(f"{len(result.rows)} rows, {changed} changed, {len(worse)} regressions (base right, tuned wrong)")
