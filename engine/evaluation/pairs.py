@@ -9,8 +9,9 @@ the rejected one. Three shares of the pairs are reported for each model:
 - prefers chosen per token: the same ranking with each answer's mean log-probability per token, which
   takes answer length out of the comparison;
 - reward accuracy: the chosen answer gained more log-probability over the base than the rejected one
-  did. This is DPO's implicit reward, the `preference_accuracy` of the training and eval events, and it
-  is 0 for the base, whose margins are all 0.
+  did. This is DPO's implicit reward (for DPO and IPO runs the `preference_accuracy` of the training and
+  eval events; SimPO and ORPO reward the mean log-probability instead), and it is 0 for the base, whose
+  margins are all 0.
 
 Each side is tokenised as training tokenises it (the run's chat template, max_length, loss on the answer
 only). A pair goes when either answer starts past max_length.
