@@ -486,9 +486,9 @@ BAD_INPUTS = {
          "data.format: alpaca, data.columns: {{instruction: Problem, output: Rationale}}"],
     ),
     "pair under longer names": BadInput(
-        {"pairs.jsonl": b'{"instruction": "hi", "chosen_response": "hello", "rejected_response": "go"}\n'},
+        {"pairs.jsonl": b'{"instruction": "hi", "chosen_text": "hello", "rejected_text": "go"}\n'},
         ["{dir}/pairs.jsonl", "data.format: preference, data.columns: {{prompt: instruction, "
-         "chosen: chosen_response, rejected: rejected_response}}"],
+         "chosen: chosen_text, rejected: rejected_text}}"],
     ),
     "wrong type in a field": BadInput(
         {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},

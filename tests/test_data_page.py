@@ -160,9 +160,9 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     [
         ([{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "correct": "a"}] * 3, "alpaca", {"instruction": "Problem"},
          {"output": "Rationale"}, {"instruction": "Problem", "output": "Rationale"}),
-        ([{"instruction": "hi", "chosen_response": "hello", "rejected_response": "go away"}] * 3, "preference", {},
-         {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"},
-         {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
+        ([{"instruction": "hi", "chosen_text": "hello", "rejected_text": "go away"}] * 3, "preference",
+         {"prompt": "instruction"}, {"chosen": "chosen_text", "rejected": "rejected_text"},
+         {"prompt": "instruction", "chosen": "chosen_text", "rejected": "rejected_text"}),
     ],
     ids=["answer under an unknown name", "pair under longer names"],
 )  # fmt: skip

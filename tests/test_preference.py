@@ -51,6 +51,29 @@ def test_prompt_chosen_rejected_text_is_detected(pairs_jsonl: Path) -> None:
     assert first.chosen == preference_rows(1)[0]["chosen"]
 
 
+@pytest.mark.parametrize(
+    ("row", "mapping"),
+    [
+        ({"system": "Be brief.", "question": "hi?", "chosen": "hello", "rejected": "go"},  # Intel/orca_dpo_pairs
+         {"prompt": "question", "chosen": "chosen", "rejected": "rejected", "system": "system"}),
+        ({"instruction": "hi?", "chosen_response": "hello", "rejected_response": "go"},  # Argilla's sets
+         {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
+    ],
+    ids=["orca_dpo_pairs", "argilla"],
+)  # fmt: skip
+def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], mapping: dict[str, str],
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.data.preview import preview_data
+    from adapter_studio.engine.spec import DataSpec
+
+    preview = preview_data(DataSpec(path=str(write_jsonl(tmp_path / "pairs.jsonl", [row] * 3))))
+    assert preview.format == "preference" and preview.mapping == mapping and preview.usable == 3
+    first = preview.examples[0]
+    assert first.messages[-1] == {"role": "user", "content": "hi?"}
+    assert (first.chosen, first.rejected) == ("hello", "go")
+    assert ("system" in mapping) == (first.messages[0] == {"role": "system", "content": "Be brief."})
+
+
 def test_message_lists_and_whole_dialogues_split_where_they_diverge(tmp_path: Path) -> None:
     user = {"role": "user", "content": "hi"}
     rows = [

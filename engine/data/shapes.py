@@ -32,8 +32,12 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 # Names a role is found under in one format only, after the usual ones. News and reviews to classify: a
 # `title` with a `description` reads as the pair (AG News' own files), a `review` with its `sentiment`
 # (IMDB's); a plain-text file with a `title` column is not trained on its titles.
+# Preference pairs: the question answered under its alpaca-style names (Intel/orca_dpo_pairs: `system`,
+# `question`, `chosen`, `rejected`), the answers under the names of Argilla's sets (`chosen_response`).
 FORMAT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "classification": {"text": ("title", "headline", "review", "description"), "text_pair": ("description",)},
+    "preference": {"prompt": ("instruction", "question", "query", "problem", "input"),
+                   "chosen": ("chosen_response",), "rejected": ("rejected_response",)},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
