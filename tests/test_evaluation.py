@@ -520,8 +520,10 @@ def test_a_preference_run_is_ranked_on_its_held_out_pairs(tiny_llama: Path, make
                      learning_rate=5e-3, eval_samples=0, data={"eval_split": 0.25})  # fmt: skip
     result = run(spec.model_copy(update={"objective": OBJECTIVES["dpo"]()}))
     assert result.status == "completed", result.error
-    evaluation = evaluate_run(result.run_dir, EvalSettings(checkpoint="last", in_context=0, forgetting=False,
-                                                           batch_size=6))  # fmt: skip
+    seen: list[tuple[int, int]] = []
+    settings = EvalSettings(checkpoint="last", in_context=0, forgetting=False, batch_size=6)
+    evaluation = evaluate_run(result.run_dir, settings, lambda _s, d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] == 4 * 20  # the answers of both models, then both models' ranking
     p = evaluation.pairs
     held = case_rows(result.run_dir)
     assert p is not None and p.pairs + p.skipped == len(held) == 20 and p.skipped == 0

@@ -73,7 +73,7 @@ def pair_items(playground: Playground, rows: list[Example]) -> tuple[list[PairIt
 
 def pair_steps(rows: list[Example]) -> int:
     """Rows of work `score_pairs` reports through `tick`: every pair, once per model."""
-    return 2 * sum(bool(e.chosen.strip()) and bool(e.rejected.strip()) for e in rows)
+    return 2 * len(rows)
 
 
 def score_pairs(playground: Playground, rows: list[Example], batch_size: int, tick: Tick,
@@ -82,6 +82,7 @@ def score_pairs(playground: Playground, rows: list[Example], batch_size: int, ti
     import torch
 
     items, skipped = pair_items(playground, rows)
+    tick(2 * skipped)  # nothing to score in them: done
     if not items:
         return None
     tokenizer = playground.tokenizer
