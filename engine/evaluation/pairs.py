@@ -27,6 +27,7 @@ from adapter_studio.engine.data.preference import PairItem, collate_pairs, rende
 from adapter_studio.engine.data.tokenising import tokenize_rendered
 from adapter_studio.engine.evaluation.generation import Tick, batches
 from adapter_studio.engine.objectives.logps import row_logps
+from adapter_studio.engine.training.fast_loss import causal_lm_parts
 
 if TYPE_CHECKING:
     from adapter_studio.engine.data.shapes import Example
@@ -92,11 +93,11 @@ def score_pairs(playground: Playground, rows: list[Example], batch_size: int, ti
     for which in ("base", "tuned"):
         done_sums, done_means = [], []
         with playground.using(which) as model, torch.no_grad():  # type: ignore[arg-type]
+            parts = causal_lm_parts(model)  # as training reads pairs: answer positions only, prompts once
             for batch in batches(len(items), max(1, batch_size // 2), stop):
                 chosen = [items[i] for i in batch]
-                inputs = collate_pairs(chosen, pad_id)
-                inputs = {k: inputs[k].to(playground.device) for k in ("input_ids", "attention_mask", "labels")}
-                logps, counts = row_logps(model, None, inputs)
+                inputs = {k: v.to(playground.device) for k, v in collate_pairs(chosen, pad_id).items()}
+                logps, counts = row_logps(model, parts, inputs)
                 n = len(chosen)
                 done_sums.append(torch.stack([logps[:n], logps[n:]], dim=1).float().cpu())
                 done_means.append(done_sums[-1] / torch.stack([counts[:n], counts[n:]], dim=1).float().cpu())
