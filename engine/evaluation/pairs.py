@@ -11,7 +11,8 @@ the rejected one. Three shares of the pairs are reported for each model:
 - reward accuracy: the chosen answer gained more log-probability over the base than the rejected one
   did. This is DPO's implicit reward (for DPO and IPO runs the `preference_accuracy` of the training and
   eval events; SimPO and ORPO reward the mean log-probability instead), and it is 0 for the base, whose
-  margins are all 0.
+  margins are all 0. In bf16 a pair near a tie may fall the other way than in the run's own evaluation,
+  whose batches differ (the defaults' HH run: 188 of 296 pairs here, 189 there).
 
 Each side is tokenised as training tokenises it (the run's chat template, max_length, loss on the answer
 only). A pair goes when either answer starts past max_length.
