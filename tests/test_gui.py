@@ -83,9 +83,8 @@ def test_train_watch_and_export_from_the_window(window, qtbot, tiny_llama, alpac
     [
         (None, "not found"),
         ('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n{oops\n', "line 3"),
-        ('{"question": "a", "reply": "b"}\n', "columns found are question, reply"),
     ],
-    ids=["missing file", "malformed jsonl line", "missing column"],
+    ids=["missing file", "malformed jsonl line"],
 )
 def test_bad_data_gives_a_dialog_not_a_crash(window, qtbot, tmp_path, content, expected):  # type: ignore[no-untyped-def]
     path = tmp_path / "data.jsonl"
@@ -93,7 +92,6 @@ def test_bad_data_gives_a_dialog_not_a_crash(window, qtbot, tmp_path, content, e
         path.write_text(content)
     page = window.pages["data"]
     page.path.setText(str(path))
-    page.format.setCurrentText("alpaca" if "question" in (content or "") else "(detect)")
     page.reload(keep_mapping=False)
     qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=10_000)
     texts = " ".join(d.text() for d in error_dialogs())
@@ -101,6 +99,21 @@ def test_bad_data_gives_a_dialog_not_a_crash(window, qtbot, tmp_path, content, e
     assert "Traceback" not in texts
     for d in error_dialogs():
         d.close()
+
+
+def test_a_missing_column_is_said_beside_the_boxes_that_map_it(window, qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    """No dialog: the page keeps the rows on show, with a box per role and the role left to pick said in red
+    (tests/test_data_page.py picks it and loads the file)."""
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"question": "a", "reply": "b"}\n')
+    page = window.pages["data"]
+    page.path.setText(str(path))
+    page.format.setCurrentText("alpaca")
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: "Pick the column for" in page.summary.text(), timeout=10_000)
+    assert "columns found are question, reply" in page.summary.text() and "<b>output</b>" in page.summary.text()
+    assert page.combos["instruction"].currentText() == "question" and page.table.rowCount() == 1
+    assert not error_dialogs()
 
 
 def test_spec_file_with_r_zero_is_refused_with_the_line(window, qtbot, tmp_path, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
