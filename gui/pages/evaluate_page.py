@@ -118,6 +118,9 @@ class EvaluatePage(Page):
         self.extract = QLineEdit()
         self.extract.setObjectName("answerExtraction")
         self.extract.setPlaceholderText(r"optional, e.g. ####\s*(-?[\d.,]+) — the first group is the answer")
+        self.extract.setToolTip("A regular expression whose first group is the answer, applied to every answer and "
+                                "expected answer. Left empty, answers that end in '#### <number>' (GSM8K's form) "
+                                "are compared by that number, and a note says so.")  # fmt: skip
         form.addRow("Answer extraction", self.extract)
         self.limit = QSpinBox()
         self.limit.setObjectName("evaluationLimit")
