@@ -149,9 +149,15 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
 
 
 def _found(fmt: str, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
-    """The roles of a format found among the columns, by mapping or usual name."""
-    found = {role: _find(columns, role, mapping, fmt) for role in roles_of(fmt)}
-    return {role: column for role, column in found.items() if column in columns}
+    """Role → column for the roles of a format found among the columns, by mapping or usual name."""
+    found: dict[str, str] = {}
+    for role in roles_of(fmt):
+        column = _find(columns, role, mapping, fmt)
+        if role not in REQUIRED[fmt] and role not in mapping and column in found.values():
+            continue  # found under a name a required role already took (a lone `description`)
+        if column is not None and column in columns:
+            found[role] = column
+    return found
 
 
 def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where: str) -> dict[str, str]:
@@ -163,27 +169,21 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
             where="data.columns",
             fix=f"{fmt} uses: {', '.join(roles_of(fmt))}",
         )
-    resolved: dict[str, str] = {}
-    for role in roles_of(fmt):
-        column = _find(columns, role, mapping, fmt)
-        if role not in REQUIRED[fmt] and role not in mapping and column in resolved.values():
-            continue  # found under a name a required role already took (a lone `description`)
-        if column is not None and column in columns:
-            resolved[role] = column
-        elif role in REQUIRED[fmt] and role in mapping:  # mapped to a column the file does not have
+    resolved = _found(fmt, columns, mapping)
+    for role in (r for r in REQUIRED[fmt] if r not in resolved):
+        if role in mapping:  # mapped to a column the file does not have
             raise UserError(
                 f"data.columns maps {role} to '{mapping[role]}', which this file does not have; "
                 f"its columns are {', '.join(columns)}",
                 where=where,
                 fix=f"map {role} to one of those columns",
             )
-        elif role in REQUIRED[fmt]:
-            raise ColumnsNotMapped(
-                f"the {fmt} format needs a '{role}' column; the columns found are {', '.join(columns)}",
-                where=where,
-                fix=f"map one of them in data.columns (e.g. {role}: <column>) or pick another format",
-                columns=columns, fmt=fmt, found=_found(fmt, columns, mapping),
-            )  # fmt: skip
+        raise ColumnsNotMapped(
+            f"the {fmt} format needs a '{role}' column; the columns found are {', '.join(columns)}",
+            where=where,
+            fix=f"map one of them in data.columns (e.g. {role}: <column>) or pick another format",
+            columns=columns, fmt=fmt, found=resolved,
+        )  # fmt: skip
     return resolved
 
 
