@@ -95,7 +95,7 @@ def check_forgetting(playground: Playground, tick: Tick, stop: threading.Event |
     items, _, _ = tokenize_rendered(rendered, tokenizer, MAX_LENGTH, special)
     items = [answer_text_only(item, set(tokenizer.all_special_ids)) for item in items]
     stop_ids = playground.stop_token_ids()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = playground.pad_token_id()
     losses = {}
     for which in ("base", "tuned"):
         with playground.using(which) as model:  # type: ignore[arg-type]

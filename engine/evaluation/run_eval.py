@@ -227,7 +227,7 @@ def _generation(
             notes.append(f"the in-context prompt of {fewer} rows held fewer than "
                          f"{len(shots)} examples (down to {min(used)}) to fit the model's {limit} positions")
     stop_ids = playground.stop_token_ids()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    pad_id = playground.pad_token_id()
     counter = _Counter(report, len(cases) * len(columns) + (forgetting_steps() if settings.forgetting else 0)
                        + pair_steps(pairs))  # fmt: skip
     answers: dict[str, list[str]] = {}

@@ -129,6 +129,11 @@ class Playground:
         ids = [*ids, self.tokenizer.eos_token_id]
         return list(dict.fromkeys(i for i in ids if i is not None))
 
+    def pad_token_id(self) -> int:
+        """The id batches of prompts or answers are padded with: the tokenizer's, else the first stop id."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.stop_token_ids()[0]
+
     def stream(
         self,
         which: Which,
