@@ -21,6 +21,7 @@ only). A pair goes when either answer starts past max_length.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,8 +88,7 @@ def score_pairs(playground: Playground, rows: list[Example], batch_size: int, ti
     tick(2 * skipped)  # nothing to score in them: done
     if not items:
         return None
-    tokenizer = playground.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else playground.stop_token_ids()[0]
+    pad_id = playground.pad_token_id()
     sums: dict[str, Any] = {}
     per_token: dict[str, Any] = {}
     for which in ("base", "tuned"):
@@ -119,12 +119,14 @@ def score_pairs(playground: Playground, rows: list[Example], batch_size: int, ti
                       margin_base=margin_base, margin_tuned=margin_tuned)  # fmt: skip
 
 
-def summary(scores: PairScores) -> str:
-    """One sentence for the command line and the Evaluate page."""
+def summary(scores: PairScores, strong: Callable[[str], str] = str) -> str:
+    """One sentence for the command line and the Evaluate page (which passes `strong` to set the tuned
+    model's two main figures in bold)."""
     b, t = scores.base, scores.tuned
     left_out = f" ({scores.skipped} left out: an answer starts past max_length)" if scores.skipped else ""
     per_token = "prefers_chosen_per_token"
+    prefers, accuracy = strong(f"{t['prefers_chosen']:.3f}"), strong(f"{t['reward_accuracy']:.3f}")
     return (f"preference pairs: {scores.pairs} scored{left_out}; the chosen answer preferred by the base "
-            f"{b['prefers_chosen']:.3f} -> tuned {t['prefers_chosen']:.3f} (per token {b[per_token]:.3f} -> "
-            f"{t[per_token]:.3f}); reward accuracy {t['reward_accuracy']:.3f}; mean log-probability margin "
-            f"{scores.margin_base:+.2f} -> {scores.margin_tuned:+.2f}")  # fmt: skip
+            f"{b['prefers_chosen']:.3f} -> tuned {prefers} (per token {b[per_token]:.3f} -> {t[per_token]:.3f}); "
+            f"reward accuracy {accuracy}; mean log-probability margin {scores.margin_base:+.2f} -> "
+            f"{scores.margin_tuned:+.2f}")  # fmt: skip

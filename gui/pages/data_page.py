@@ -299,16 +299,19 @@ class DataPage(Page):
         self.rendered.clear()
         self.histogram_bars.setOpts(x=[], height=[], width=1)
         self.length_stats.setText("")
-        self.summary.setText(f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>")
-        if isinstance(error, ColumnsNotMapped):  # map them here: the file's rows, and a column box per role
-            self.format.setCurrentText(error.format)
-            self._build_mapping(error.format, error.columns, error.found)
-            self._fill_table(error.columns, error.rows)
-            missing = [r for r in REQUIRED[error.format] if r not in error.found]
-            self.summary.setText(self.summary.text() + f"<br>Pick the column for <b>{', '.join(missing)}</b> "
-                                 "under Columns, or another format.")  # fmt: skip
-            return  # said here, beside the boxes that fix it: no dialog at each step of the mapping
-        self.error(error)
+        message = f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>"
+        if not isinstance(error, ColumnsNotMapped):
+            self.summary.setText(message)
+            self.error(error)
+            return
+        # Said here, beside the boxes that fix it (no dialog at each step of the mapping): the file's rows,
+        # and a column box per role.
+        self.format.setCurrentText(error.format)
+        self._build_mapping(error.format, error.columns, error.found)
+        self._fill_table(error.columns, error.rows)
+        missing = [r for r in REQUIRED[error.format] if r not in error.found]
+        self.summary.setText(f"{message}<br>Pick the column for <b>{', '.join(missing)}</b> under Columns, or "
+                             "another format.")  # fmt: skip
 
     # --- showing --------------------------------------------------------------------------------
     def _show(self, preview: Any, spec: DataSpec) -> None:

@@ -334,12 +334,10 @@ class EvaluatePage(Page):
         p = self.result.pairs
         self.pairs.setVisible(p is not None)
         if p is not None:
-            self.pairs.setText(
-                f"Preference pairs ({p.pairs} held out): the chosen answer preferred by the base "
-                f"{p.base['prefers_chosen']:.3f} → tuned <b>{p.tuned['prefers_chosen']:.3f}</b> (per token "
-                f"{p.base['prefers_chosen_per_token']:.3f} → {p.tuned['prefers_chosen_per_token']:.3f}); reward "
-                f"accuracy <b>{p.tuned['reward_accuracy']:.3f}</b> (gained more on the chosen answer than the base)."
-            )  # fmt: skip
+            from adapter_studio.engine.evaluation.pairs import summary
+
+            # The command line's sentence (numbers and fixed words only), its main figures in bold.
+            self.pairs.setText(summary(p, lambda s: f"<b>{s}</b>").replace("->", "→"))
 
     def shown_rows(self) -> list[dict[str, Any]]:
         """The rows in the per-example table: changed ones, or the regressions only, largest change first."""
