@@ -39,6 +39,7 @@ from adapter_studio.engine.training.sweep import (
     sweep_rows,
 )
 from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.pages.base import wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes, human_count
 from adapter_studio.gui.plots import PALETTE
 from adapter_studio.gui.state import StudioState
@@ -209,9 +210,7 @@ class SweepPanel(QWidget):
         top.addWidget(save)
         column.addLayout(top)
         column.addLayout(axes)
-        self.status = QLabel("No sweep yet: tick methods and start one.")
-        self.status.setObjectName("sweepStatus")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("sweepStatus", "No sweep yet: tick methods and start one.")
         column.addWidget(self.status)
         split = QSplitter(Qt.Orientation.Horizontal)
         self.table = QTableWidget(0, len(TABLE) + 1)  # the last column: the quality the table is ranked by

@@ -24,3 +24,11 @@ class Page(QWidget):
 
     def error(self, error: BaseException | str) -> None:
         show_error(self, error)
+
+
+def wrapped_label(name: str, text: str = "") -> QLabel:
+    """A label that wraps its lines (statuses, notes, messages), named for tests and style sheets."""
+    label = QLabel(text)
+    label.setObjectName(name)
+    label.setWordWrap(True)
+    return label

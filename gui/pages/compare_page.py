@@ -20,7 +20,7 @@ import pyqtgraph as pg
 from adapter_studio.engine.estimate.baselines import BASELINES
 from adapter_studio.engine.estimate.baselines import TITLES as BASELINE_TITLES
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes
 from adapter_studio.gui.plots import LegendBelow
 from adapter_studio.gui.worker import run_in_background
@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -341,15 +340,11 @@ class ComparePage(Page):
         right = QWidget()
         column = QVBoxLayout(right)
         column.setContentsMargins(0, 0, 0, 0)
-        self.status = QLabel("Pick a model to compare methods.")
-        self.status.setObjectName("compareStatus")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("compareStatus", "Pick a model to compare methods.")
         column.addWidget(self.status)
         # When the chosen method's step does not fit: the change that makes it fit, and a button to make it.
         advice_row = QHBoxLayout()
-        self.fit_note = QLabel("")
-        self.fit_note.setObjectName("fitAdvice")
-        self.fit_note.setWordWrap(True)
+        self.fit_note = wrapped_label("fitAdvice")
         self.fit_apply = QPushButton("Apply")
         self.fit_apply.setObjectName("applyFit")
         self.fit_apply.clicked.connect(self.apply_fit)
@@ -362,9 +357,7 @@ class ComparePage(Page):
         self.chart = CostChart()
         self.chart.setObjectName("costChart")
         # What the memory bars assume, and why a method is missing from the bars (kept off the chart).
-        self.notes = QLabel("")
-        self.notes.setObjectName("compareNotes")
-        self.notes.setWordWrap(True)
+        self.notes = wrapped_label("compareNotes")
         self.notes.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         chart_box = QWidget()
         chart_column = QVBoxLayout(chart_box)

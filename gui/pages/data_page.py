@@ -16,7 +16,7 @@ import shiboken6
 from adapter_studio.engine.data.examples import SHOWN_ROWS, held_out_count
 from adapter_studio.engine.data.shapes import REQUIRED, ColumnsNotMapped, roles_of
 from adapter_studio.engine.spec import DataSpec
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
@@ -119,9 +119,7 @@ class DataPage(Page):
         options.addRow("Max length", length_row)
         self.layout_.addLayout(options)
 
-        self.summary = QLabel("")
-        self.summary.setObjectName("dataSummary")
-        self.summary.setWordWrap(True)
+        self.summary = wrapped_label("dataSummary")
         self.layout_.addWidget(self.summary)
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTableWidget()
@@ -178,9 +176,8 @@ class DataPage(Page):
         self.histogram.addItem(self.max_length_line)
         layout.addWidget(self.histogram, 3)
         side = QVBoxLayout()
-        self.length_stats = QLabel("Token lengths appear once a model is chosen and the data is read.")
-        self.length_stats.setObjectName("lengthStats")
-        self.length_stats.setWordWrap(True)
+        self.length_stats = wrapped_label("lengthStats",
+                                          "Token lengths appear once a model is chosen and the data is read.")
         self.length_stats.setTextFormat(Qt.TextFormat.RichText)
         side.addWidget(self.length_stats)
         side.addStretch(1)

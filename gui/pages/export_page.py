@@ -12,7 +12,7 @@ from adapter_studio.engine.events import Stage
 from adapter_studio.engine.export import llama_cpp
 from adapter_studio.engine.export.gguf_writer import BY_LLAMA_CPP
 from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, Signal
@@ -68,17 +68,13 @@ class ExportPage(Page):
         buttons.addWidget(self.gguf_button)
         buttons.addStretch()
         self.layout_.addLayout(buttons)
-        note = QLabel(GGUF_NOTE)
-        note.setObjectName("ggufNote")
-        note.setWordWrap(True)
+        note = wrapped_label("ggufNote", GGUF_NOTE)
         note.setStyleSheet("color: gray")
         self.layout_.addWidget(note)
         self._stages = _Stages(self)
         self._stages.changed.connect(self._show_stage)
         self._gguf_target: Path | None = None
-        self.status = QLabel("")
-        self.status.setObjectName("exportStatus")
-        self.status.setWordWrap(True)  # a refusal's message can be long
+        self.status = wrapped_label("exportStatus")  # a refusal's message can be long
         self.layout_.addWidget(self.status)
         self.results = QTextBrowser()
         self.results.setObjectName("exportResults")

@@ -15,7 +15,7 @@ from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
 from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.form_builder import SpecForm
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from pydantic import ValidationError
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -70,9 +70,7 @@ class MethodPage(Page):
         body.addWidget(self.list)
 
         right = QVBoxLayout()
-        self.details = QLabel()
-        self.details.setObjectName("methodDetails")
-        self.details.setWordWrap(True)
+        self.details = wrapped_label("methodDetails")
         self.details.setTextFormat(Qt.TextFormat.RichText)
         right.addWidget(self.details)
         self.method_box = QGroupBox("Method settings")
@@ -90,9 +88,8 @@ class MethodPage(Page):
         self.training_form.changed.connect(self._training_edited)
         training_layout.addWidget(self.training_form)
         training_layout.addWidget(self._machines_section())
-        self.chosen = QLabel()  # the values left empty above, as the engine will fill them, and why
-        self.chosen.setObjectName("chosenDefaults")
-        self.chosen.setWordWrap(True)
+        # the values left empty above, as the engine will fill them, and why
+        self.chosen = wrapped_label("chosenDefaults")
         self.chosen.setTextFormat(Qt.TextFormat.RichText)
         training_layout.addWidget(self.chosen)
         right.addWidget(training_box)
@@ -159,9 +156,7 @@ class MethodPage(Page):
                                               Qt.ItemDataRole.ToolTipRole)  # fmt: skip
         self.objective_picker.currentIndexChanged.connect(self._objective_picked)
         layout.addWidget(self.objective_picker)
-        self.objective_details = QLabel()
-        self.objective_details.setObjectName("objectiveDetails")
-        self.objective_details.setWordWrap(True)
+        self.objective_details = wrapped_label("objectiveDetails")
         layout.addWidget(self.objective_details)
         self.objective_form_layout = QVBoxLayout()
         layout.addLayout(self.objective_form_layout)
@@ -286,9 +281,7 @@ class MethodPage(Page):
         write.setToolTip("A batch script for Slurm and a task for SkyPilot that start this spec on every machine")
         write.clicked.connect(self._write_cluster_files)
         section.addWidget(write)
-        self.cluster_note = QLabel("")
-        self.cluster_note.setObjectName("clusterFilesNote")
-        self.cluster_note.setWordWrap(True)
+        self.cluster_note = wrapped_label("clusterFilesNote")
         self.cluster_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         section.addWidget(self.cluster_note)
         return section

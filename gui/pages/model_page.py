@@ -7,7 +7,7 @@ from adapter_studio.engine.models.loading import EMBEDDED_MINILM, EMBEDDED_SMOLL
 from adapter_studio.engine.spec import ModelSpec
 from adapter_studio.gui.dialogs import last_folder, remember_folder
 from adapter_studio.gui.form_builder import SpecForm
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -85,9 +85,7 @@ class ModelPage(Page):
         self.loading_form.setObjectName("modelLoadingForm")
         self.loading_form.changed.connect(self._loading_edited)
         box.addWidget(self.loading_form)
-        self.quantization_note = QLabel("")
-        self.quantization_note.setObjectName("quantizationNote")
-        self.quantization_note.setWordWrap(True)
+        self.quantization_note = wrapped_label("quantizationNote")
         box.addWidget(self.quantization_note)
         self.layout_.addWidget(loading)
         self.quantization_problems: dict[str, UserError | None] | None = None  # None: not checked yet

@@ -16,7 +16,7 @@ from adapter_studio.engine.runs import RunSummary, list_runs
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.gui.combine_dialog import FUSION
 from adapter_studio.gui.evaluation_summary import EvaluationPanel, EvaluationSummaries, EvaluationSummary
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.plots import PALETTE, LivePlot
 from adapter_studio.gui.state import StudioState
@@ -154,9 +154,7 @@ class RunsPage(Page):
         details_row.setContentsMargins(0, 0, 0, 0)
         details_row.addWidget(self.details, 3)
         details_row.addWidget(self.evaluation, 2)
-        self.status = QLabel("")
-        self.status.setObjectName("runsStatus")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("runsStatus")
 
         top = QWidget()
         top_layout = QVBoxLayout(top)

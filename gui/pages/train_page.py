@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFinder, Metrics, Stage, Started
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.worker import TrainingController
 from PySide6.QtCore import Qt
@@ -138,9 +138,7 @@ class TrainPage(Page):
         finder_layout.setContentsMargins(0, 0, 0, 0)
         self.finder_plot = RangeTestPlot()
         self.finder_plot.setObjectName("lrFinderPlot")
-        self.finder_label = QLabel(FINDER_HINT)
-        self.finder_label.setObjectName("lrFinderReason")
-        self.finder_label.setWordWrap(True)
+        self.finder_label = wrapped_label("lrFinderReason", FINDER_HINT)
         finder_layout.addWidget(self.finder_plot, 1)
         finder_layout.addWidget(self.finder_label)
         self.more.addTab(self.finder_tab, "Learning-rate finder")

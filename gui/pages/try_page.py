@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
@@ -94,9 +94,8 @@ class TryPage(Page):
         self._classifier: Any = None
         self._stop = threading.Event()
 
-        self.status = QLabel("No run yet: train one on the Train page, or pick one on the Runs page.")
-        self.status.setObjectName("tryStatus")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("tryStatus",
+                                    "No run yet: train one on the Train page, or pick one on the Runs page.")
         self.layout_.addWidget(self.status)
 
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -197,9 +196,7 @@ class TryPage(Page):
         self.probabilities.horizontalHeader().setStretchLastSection(True)
         self.probabilities.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         table_layout.addWidget(self.probabilities, 1)
-        note = QLabel(RANDOM_HEAD_NOTE)
-        note.setObjectName("randomHeadNote")
-        note.setWordWrap(True)
+        note = wrapped_label("randomHeadNote", RANDOM_HEAD_NOTE)
         note.setStyleSheet("color: gray")
         table_layout.addWidget(note)
         layout.addWidget(self.classification, 1)
