@@ -123,6 +123,27 @@ def test_a_preference_run_shows_how_it_ranks_the_pairs(page: EvaluatePage, qtbot
     assert page.pairs.text() == ""
 
 
+def test_a_classifier_shows_its_classes_and_confusions(page: EvaluatePage, qtbot: Any, tiny_bert_cls: Path,
+                                                       classification_csv: Path, make_spec: Any) -> None:  # fmt: skip
+    result = run(make_spec(tiny_bert_cls, classification_csv, learning_rate=1e-2, max_steps=20, eval_samples=0))
+    assert result.status == "completed", result.error
+    assert not page.classes_panel.isVisibleTo(page)  # no run: no classes
+    start(page, result.run_dir, limit=24, shots=0)
+    qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
+    c = page.result.classes
+    assert page.errors == [] and c is not None and page.classes_panel.isVisibleTo(page)  # type: ignore[attr-defined]
+    assert "classes: the weakest is" in page.classes_label.text() and "<b>" in page.classes_label.text()
+    headers = [page.class_table.horizontalHeaderItem(j).text() for j in range(page.class_table.columnCount())]
+    assert headers == ["Rows", "Precision", "Recall", "F1", "F1 features"]
+    assert [page.class_table.verticalHeaderItem(i).text() for i in range(2)] == c.labels == ["negative", "positive"]
+    assert page.class_table.item(1, 3).text() == f"{c.per_class['positive']['f1']:.3f}"
+    counts = [[int(page.confusion.item(i, j).text()) for j in range(2)] for i in range(2)]
+    assert counts == c.confusion and sum(map(sum, counts)) == len(page.result.rows)
+    assert page.confusion.item(0, 1).toolTip().endswith("rows of 'negative' chosen as 'positive'")
+    page.state.set_current_run(None)
+    assert not page.classes_panel.isVisibleTo(page)
+
+
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
     page._progress.changed.connect(lambda stage, done, total: page.stop() if stage == "base" else None)
     before = set((lora_run / "evaluations").glob("*"))

@@ -17,6 +17,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import metrics as m
 from adapter_studio.engine.evaluation.cases import resolve_checkpoint
 from adapter_studio.engine.evaluation.forgetting import answer_text_only, general_set
+from adapter_studio.engine.evaluation.report import markdown
 from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
 from adapter_studio.engine.training.run import run
 
@@ -125,6 +126,52 @@ def test_class_metrics_are_sklearns(predicted: list[int], expected: list[int], l
     assert got["accuracy"] == pytest.approx(accuracy_score(expected, predicted)) == pytest.approx(accuracy)
     library = f1_score(expected, predicted, labels=labels, average="macro", zero_division=0)
     assert got["macro_f1"] == pytest.approx(library) == pytest.approx(macro_f1)
+
+
+# --- scores per class --------------------------------------------------------------------------------
+
+NAMES = {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
+
+
+@pytest.mark.parametrize(
+    ("expected", "predicted", "confusions", "weakest"),
+    [
+        # Business twice read as Sci/Tech, Sports once as World; Sci/Tech never wrong
+        ([0, 0, 1, 1, 2, 2, 2, 3, 3, 3], [0, 0, 1, 0, 3, 3, 2, 3, 3, 3],
+         [("Business", "Sci/Tech", 2), ("Sports", "World", 1)], "Business"),
+        ([0, 1, 2, 3], [0, 1, 2, 3], [], "World"),  # all right: a tie at F1 1, the first in label order
+        ([0, 0, 1, 1], [0, 0, 1, 1], [], "World"),  # two labels without rows are never the weakest
+        ([0, 1, 1, 1], [1, 0, 0, 1], [("Sports", "World", 2), ("World", "Sports", 1)], "World"),
+    ],
+)
+def test_scores_per_class_are_sklearns(expected: list[int], predicted: list[int],
+                                       confusions: list[tuple[str, str, int]], weakest: str) -> None:  # fmt: skip
+    from adapter_studio.engine.evaluation.classes import class_scores
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    baseline = [0] * len(expected)
+    c = class_scores(expected, predicted, NAMES, ("features", baseline))
+    assert c.labels == list(NAMES.values()) and c.confusions() == confusions and c.weakest() == weakest
+    assert c.confusion == confusion_matrix(expected, predicted, labels=[0, 1, 2, 3]).tolist()
+    assert [sum(row) for row in c.confusion] == [c.per_class[label]["rows"] for label in c.labels]
+    p, r, f, n = precision_recall_fscore_support(expected, predicted, labels=[0, 1, 2, 3], zero_division=0)
+    for i, label in enumerate(c.labels):
+        assert c.per_class[label] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i], "rows": n[i]})
+    macro = sum(c.per_class[label]["f1"] for label in c.labels) / len(c.labels)
+    assert macro == pytest.approx(m.class_metrics(predicted, expected, [0, 1, 2, 3])["macro_f1"])
+    assert c.baseline == "features" and c.baseline_f1["World"] == pytest.approx(
+        2 * expected.count(0) / (expected.count(0) + len(expected)))  # always World: precision share, recall 1
+
+
+def test_the_class_sentence_names_the_weakest_class_and_the_mix_ups() -> None:
+    from adapter_studio.engine.evaluation.classes import class_scores, summary
+
+    c = class_scores([0, 0, 1, 1, 2, 2, 2, 3, 3, 3], [0, 0, 1, 0, 3, 3, 2, 3, 3, 3], NAMES)
+    assert summary(c, lambda s: f"<{s}>") == (
+        "classes: the weakest is 'Business' (F1 <0.500>, recall 0.333, 3 rows); most often confused: "
+        "'Business' read as 'Sci/Tech' in 2 of 3 rows; 'Sports' read as 'World' in 1 of 2 rows")
+    assert c.baseline is None and c.baseline_f1 == {}
+    assert summary(class_scores([0, 1], [0, 1], NAMES)).endswith("; no row went to another class")
 
 
 # --- the answer-extraction rule ----------------------------------------------------------------------
@@ -354,6 +401,17 @@ def test_classification_base_head_features_and_tuned(runs: dict[str, Path]) -> N
         ids = {label: i for i, label in enumerate(labels)}
         assert result.metrics[column] == pytest.approx(
             m.class_metrics([ids[p] for p in predicted], [ids[e] for e in expected], range(len(labels))))
+    # per class: the tuned model's rows counted by expected and chosen label, F1 beside the feature baseline's
+    c = result.classes
+    assert c.labels == ["negative", "positive"] and c.baseline == "features"
+    assert c.confusion == [[sum(r["expected"] == e and r["answers"]["tuned"] == p for r in rows) for p in c.labels]
+                           for e in c.labels]  # fmt: skip
+    assert sum(c.per_class[label]["f1"] for label in c.labels) / 2 == pytest.approx(result.metrics["tuned"]["macro_f1"])
+    assert sum(c.baseline_f1.values()) / 2 == pytest.approx(result.metrics["features"]["macro_f1"])
+    report = markdown(result)
+    assert "## Per class" in report and "| expected ↓ chosen → | negative | positive |" in report
+    assert evaluate_run(runs["lora"], EvalSettings(limit=2, in_context=0, forgetting=False),
+                        write_report=False).classes is None  # fmt: skip
 
 
 # --- the command line ---------------------------------------------------------------------------------

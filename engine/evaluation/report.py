@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine import durable
+from adapter_studio.engine.evaluation.classes import ClassScores
 from adapter_studio.engine.evaluation.metrics import METRIC_TITLES
 from adapter_studio.engine.evaluation.pairs import PAIR_METRICS
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 COLUMN_TITLES = {"base": "base", "tuned": "tuned", "in_context": "in-context", "features": "features"}
 COLOURS = {"base": "#9e9e9e", "tuned": "#1e88e5", "in_context": "#fb8c00", "features": "#43a047"}
 ROWS_SHOWN = 20
+MATRIX_LABELS = 12  # a confusion matrix of more labels is unreadable in a report: its commonest mix-ups instead
 
 
 def columns_of(metrics: dict[str, dict[str, float]]) -> list[str]:
@@ -125,6 +127,8 @@ def markdown(result: EvaluationResult) -> str:
                   *(f"| {title} | {p.base[k]:.3f} | {p.tuned[k]:.3f} |" for k, title in PAIR_METRICS.items()),
                   f"| mean log-probability margin (chosen − rejected) | {p.margin_base:+.2f} | {p.margin_tuned:+.2f} |",
                   ""]  # fmt: skip
+    if result.classes is not None:
+        lines += class_tables(result.classes)
     regressed = [r for r in result.rows if r["regression"]]
     changed = [r for r in result.rows if r["change"] != 0][:ROWS_SHOWN]
     lines += [f"## Rows that changed most ({sum(r['change'] != 0 for r in result.rows)} changed, "
@@ -141,6 +145,35 @@ def markdown(result: EvaluationResult) -> str:
     if result.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in result.notes)]
     return "\n".join(lines) + "\n"
+
+
+def class_tables(c: ClassScores) -> list[str]:
+    """The report's per-class table and the tuned model's confusion matrix (or, for many labels, its mix-ups)."""
+    extra = f" | F1 {COLUMN_TITLES.get(c.baseline, c.baseline)}" if c.baseline else ""
+    lines = ["## Per class", "", "The tuned model's scores on each label's held-out rows"
+             + (f", and the F1 of the {COLUMN_TITLES.get(c.baseline, c.baseline)} baseline" if c.baseline else "")
+             + ".", "", f"| class | rows | precision | recall | F1{extra} |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if c.baseline else "")]  # fmt: skip
+    for label in c.labels:
+        s = c.per_class[label]
+        beside = f" | {c.baseline_f1[label]:.3f}" if c.baseline else ""
+        lines.append(f"| {_cell(label, 40)} | {s['rows']} | {s['precision']:.3f} | {s['recall']:.3f} | "
+                     f"{s['f1']:.3f}{beside} |")  # fmt: skip
+    lines += [""]
+    if len(c.labels) <= MATRIX_LABELS:
+        lines += ["Confusion matrix of the tuned model: rows are the expected class, columns the class it chose.", "",
+                  "| expected ↓ chosen → | " + " | ".join(_cell(label, 20) for label in c.labels) + " |",
+                  "|---|" + "---:|" * len(c.labels),
+                  *(f"| {_cell(label, 20)} | " + " | ".join(str(n) for n in row) + " |"
+                    for label, row in zip(c.labels, c.confusion, strict=True)),
+                  ""]  # fmt: skip
+    else:
+        mixed = c.confusions(ROWS_SHOWN)
+        lines += [f"The tuned model's commonest mix-ups ({len(c.labels)} classes):", "",
+                  "| expected | chosen | rows |", "|---|---|---:|",
+                  *(f"| {_cell(e, 40)} | {_cell(p, 40)} | {n} |" for e, p, n in mixed), ""] if mixed else [
+                  "The tuned model put every row in its expected class.", ""]  # fmt: skip
+    return lines
 
 
 def _settings(result: EvaluationResult) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from adapter_studio.engine.data.preference import as_conversation
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import cases as case_lib
 from adapter_studio.engine.evaluation import metrics as m
+from adapter_studio.engine.evaluation.classes import ClassScores, class_scores
 from adapter_studio.engine.evaluation.forgetting import Forgetting, check_forgetting, forgetting_steps
 from adapter_studio.engine.evaluation.generation import (
     EvaluationStopped,
@@ -73,6 +74,7 @@ class EvaluationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
     pairs: PairScores | None = None  # a preference run's held-out pairs, ranked by base and tuned
+    classes: ClassScores | None = None  # a classifier's scores per class and its confusion matrix
 
     def to_json(self) -> dict[str, Any]:
         """The command line's `--json` object (docs/contract.md): rows, metrics, forgetting, report, and more."""
@@ -84,6 +86,7 @@ class EvaluationResult:
             "report": None if self.report is None else str(self.report),
             "rows": self.rows, "notes": self.notes, "seconds": self.seconds, "settings": asdict(self.settings),
             "pairs": None if self.pairs is None else self.pairs.to_json(),
+            "classes": None if self.classes is None else self.classes.to_json(),
         }  # fmt: skip
 
 
@@ -101,6 +104,7 @@ def latest_evaluation(run_dir: str | Path) -> EvaluationResult | None:
                 baselines=data["baselines"], rows=data["rows"], forgetting=Forgetting(**detail) if detail else None,
                 notes=data["notes"], seconds=data["seconds"], report=results.parent / "report.md",
                 pairs=PairScores(**data["pairs"]) if data.get("pairs") else None,
+                classes=ClassScores(**data["classes"]) if data.get("classes") else None,
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             continue  # cut short or from another version: the one before it, if any
@@ -332,6 +336,8 @@ def _classification(
         notes.append("no feature baseline: the training rows hold fewer than two labels")
     _timed(seconds, "features", start)
     metrics = {k: m.class_metrics(v, expected, sorted(id2label)) for k, v in predicted.items()}
+    baseline = ("features", predicted["features"]) if "features" in predicted else None
+    classes = class_scores(expected, predicted["tuned"], id2label, baseline)
     table = []
     for i, c in enumerate(cases):
         scores = {k: float(v[i] == expected[i]) for k, v in predicted.items()}
@@ -349,7 +355,8 @@ def _classification(
     }
     metrics = {"base": metrics["base"], "tuned": metrics["tuned"], "in_context": {},
                **({"features": metrics["features"]} if "features" in metrics else {})}  # fmt: skip
-    return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": None, "notes": notes}
+    return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": None, "notes": notes,
+            "classes": classes}  # fmt: skip
 
 
 def _sorted(table: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from adapter_studio.gui.pages.base import Page
+from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.try_page import example_labels
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -37,6 +38,7 @@ COLUMNS = ("base", "in_context", "features", "tuned")
 COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
 COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
 EXAMPLE_HEADERS = ("Row", "Input", "Expected")
+CLASS_HEADERS = ("Rows", "Precision", "Recall", "F1")
 
 
 class _Progress(QObject):
@@ -61,9 +63,8 @@ class EvaluatePage(Page):
         self._progress = _Progress(self)
         self._progress.changed.connect(self._show_progress)
 
-        self.status = QLabel("No run yet: train one on the Train page, or pick one on the Runs page.")
-        self.status.setObjectName("evaluateStatus")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("evaluateStatus",
+                                    "No run yet: train one on the Train page, or pick one on the Runs page.")
         self.layout_.addWidget(self.status)
         self.layout_.addLayout(self._settings())
         buttons = QHBoxLayout()
@@ -87,6 +88,7 @@ class EvaluatePage(Page):
 
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self._scores_panel())
+        split.addWidget(self._classes_panel())
         split.addWidget(self._examples_panel())
         self.layout_.addWidget(split, 1)
         state.run_changed.connect(self._run_changed)
@@ -142,13 +144,9 @@ class EvaluatePage(Page):
         self.scores.setObjectName("scoreTable")
         self.scores.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         left.addWidget(self.scores, 1)
-        self.forgetting = QLabel("")
-        self.forgetting.setObjectName("forgettingLabel")
-        self.forgetting.setWordWrap(True)
+        self.forgetting = wrapped_label("forgettingLabel")
         left.addWidget(self.forgetting)
-        self.pairs = QLabel("")  # a preference run's held-out pairs, ranked by base and tuned
-        self.pairs.setObjectName("pairsLabel")
-        self.pairs.setWordWrap(True)
+        self.pairs = wrapped_label("pairsLabel")  # a preference run's held-out pairs, ranked by base and tuned
         left.addWidget(self.pairs)
         layout.addLayout(left, 1)
         self.chart = pg.PlotWidget()
@@ -159,6 +157,26 @@ class EvaluatePage(Page):
         self.chart.addLegend(offset=(10, 5))
         layout.addWidget(self.chart, 1)
         return panel
+
+    def _classes_panel(self) -> QWidget:
+        """A classifier's scores per class and its confusion matrix (hidden for other runs)."""
+        self.classes_panel = QWidget()
+        layout = QVBoxLayout(self.classes_panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.classes_label = wrapped_label("classesLabel")
+        layout.addWidget(self.classes_label)
+        tabs = QTabWidget()
+        self.class_table = QTableWidget(0, 0)
+        self.class_table.setObjectName("classTable")
+        self.confusion = QTableWidget(0, 0)
+        self.confusion.setObjectName("confusionTable")
+        self.confusion.setToolTip("Rows: the expected class. Columns: the class the tuned model chose.")
+        for table, name in ((self.class_table, "Per class"), (self.confusion, "Confusion matrix")):
+            table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+            tabs.addTab(table, name)
+        layout.addWidget(tabs, 1)
+        self.classes_panel.setVisible(False)
+        return self.classes_panel
 
     def _examples_panel(self) -> QWidget:
         panel = QWidget()
@@ -212,6 +230,7 @@ class EvaluatePage(Page):
             self.chart.clear()
             self.forgetting.setText("")
             self.pairs.setText("")
+            self._fill_classes()
             self._fill_examples()
             return
         self._fill_scores()
@@ -311,9 +330,7 @@ class EvaluatePage(Page):
         self.scores.setVerticalHeaderLabels([METRIC_TITLES.get(n, n) for n in names])
         for i, name in enumerate(names):
             for j, column in enumerate(columns):
-                item = QTableWidgetItem(f"{self.result.metrics[column][name]:.3f}")
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.scores.setItem(i, j, item)
+                _put(self.scores, i, j, f"{self.result.metrics[column][name]:.3f}")
         self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.chart.clear()
         width = 0.8 / max(len(columns), 1)
@@ -338,6 +355,46 @@ class EvaluatePage(Page):
 
             # The command line's sentence (numbers and fixed words only), its main figures in bold.
             self.pairs.setText(summary(p, lambda s: f"<b>{s}</b>").replace("->", "→"))
+        self._fill_classes()
+
+    def _fill_classes(self) -> None:
+        from adapter_studio.engine.evaluation.classes import summary
+
+        c = self.result.classes if self.result is not None else None
+        self.classes_panel.setVisible(c is not None)
+        if c is None:
+            return
+        self.classes_label.setText(html.escape(summary(c, lambda s: f"\0{s}\1"), quote=False)
+                                   .replace("\0", "<b>").replace("\1", "</b>"))  # labels are the data's text
+        headers = [*CLASS_HEADERS, *([f"F1 {COLUMN_TITLES[c.baseline].lower()}"] if c.baseline else [])]
+        self.class_table.setRowCount(len(c.labels))
+        self.class_table.setColumnCount(len(headers))
+        self.class_table.setHorizontalHeaderLabels(headers)
+        self.class_table.setVerticalHeaderLabels(c.labels)
+        for i, label in enumerate(c.labels):
+            s = c.per_class[label]
+            cells = [str(s["rows"]), *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))]
+            cells += [f"{c.baseline_f1[label]:.3f}"] if c.baseline else []
+            for j, text in enumerate(cells):
+                _put(self.class_table, i, j, text)
+        self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        n = len(c.labels)
+        self.confusion.setRowCount(n)
+        self.confusion.setColumnCount(n)
+        self.confusion.setHorizontalHeaderLabels(c.labels)
+        self.confusion.setVerticalHeaderLabels(c.labels)
+        for i, row in enumerate(c.confusion):
+            total = max(sum(row), 1)
+            for j, count in enumerate(row):
+                item = _put(self.confusion, i, j, str(count))
+                # Shade by the share of the expected class's rows: the diagonal blue, mix-ups red.
+                share = count / total
+                colour = QColor("#1e88e5" if i == j else "#e53935")
+                colour.setAlphaF(min(0.85, share) if count else 0.0)
+                item.setBackground(colour)
+                if count and share > 0.5:
+                    item.setForeground(QColor("white"))  # readable on the darker shades
+                item.setToolTip(f"{count} of {sum(row)} rows of {c.labels[i]!r} chosen as {c.labels[j]!r}")
 
     def shown_rows(self) -> list[dict[str, Any]]:
         """The rows in the per-example table: changed ones, or the regressions only, largest change first."""
@@ -372,3 +429,11 @@ class EvaluatePage(Page):
         regressions = sum(r["regression"] for r in self.result.rows) if self.result is not None else 0
         self.examples_title.setText(f"<b>Rows whose answer changed</b> ({len(rows)} shown of {total}; "
                                     f"{regressions} regressions)")  # fmt: skip
+
+
+def _put(table: QTableWidget, row: int, column: int, text: str) -> QTableWidgetItem:
+    """A right-aligned number in a table cell."""
+    item = QTableWidgetItem(text)
+    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    table.setItem(row, column, item)
+    return item

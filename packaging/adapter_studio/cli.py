@@ -19,7 +19,7 @@ from adapter_studio.cluster_command import add_cluster_parser, cmd_cluster
 from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
-from adapter_studio.eval_command import cmd_eval
+from adapter_studio.eval_command import add_eval_parser, cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, accuracy, exact_match (from training) or an "
@@ -90,23 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     auto.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
     auto.add_argument("--rank-by", metavar="METRIC", help=RANK_HELP + "; pruning still compares held-out losses")
 
-    ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
-    ev.add_argument("run_dir", help="the run folder")
-    ev.add_argument("--data", help="a data file to evaluate on (default: the run's held-out rows)")
-    ev.add_argument(
-        "--checkpoint", default="best", help="best (default; the last when the run kept none), last or step-N"
-    )
-    ev.add_argument("--k", type=int, default=4, help="training rows in the in-context baseline's prompt (0: off)")
-    ev.add_argument(
-        "--extract", metavar="REGEX", help=r"the answer is this expression's first group, e.g. '####\s*(-?[\d.,]+)'"
-    )
-    ev.add_argument("--limit", type=int, default=500, help="evaluate at most this many rows (default 500)")
-    ev.add_argument("--batch-size", type=int, default=16, help="rows generated at once")
-    ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8)")
-    ev.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    ev.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
-    ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
-
+    add_eval_parser(sub)
     add_combine_parser(sub)
     add_cluster_parser(sub)
 

@@ -13,6 +13,26 @@ from adapter_studio.engine.imports import wait_briefly_then_sleep
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `eval` command's arguments."""
+    ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
+    ev.add_argument("run_dir", help="the run folder")
+    ev.add_argument("--data", help="a data file to evaluate on (default: the run's held-out rows)")
+    ev.add_argument(
+        "--checkpoint", default="best", help="best (default; the last when the run kept none), last or step-N"
+    )
+    ev.add_argument("--k", type=int, default=4, help="training rows in the in-context baseline's prompt (0: off)")
+    ev.add_argument(
+        "--extract", metavar="REGEX", help=r"the answer is this expression's first group, e.g. '####\s*(-?[\d.,]+)'"
+    )
+    ev.add_argument("--limit", type=int, default=500, help="evaluate at most this many rows (default 500)")
+    ev.add_argument("--batch-size", type=int, default=16, help="rows generated at once")
+    ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8)")
+    ev.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    ev.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     # Before torch loads, as the window does: OpenMP's idle threads spin 0.3 ms, then sleep. With libgomp's
     # default 3 ms spin the demo's evaluation took 964 s, passive 132 s, on a 2-core CPU running three other
@@ -30,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)  # a CPU shared with other work answers faster with fewer threads
     stop = threading.Event()
     install_stop_handlers(stop)
+    from adapter_studio.engine.evaluation.classes import summary as class_summary
     from adapter_studio.engine.evaluation.pairs import summary as pair_summary
     from adapter_studio.engine.evaluation.report import metrics_table
     from adapter_studio.engine.evaluation.run_eval import EvalSettings, EvaluationStopped, evaluate_run, regressions
@@ -62,6 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"(ratio {f.ratio:.3f})")  # fmt: skip
     if result.pairs is not None:
         print(pair_summary(result.pairs))
+    if result.classes is not None:
+        print(class_summary(result.classes))
     worse = regressions(result.rows)
     changed = sum(r["change"] != 0 for r in result.rows)
     print(f"{len(result.rows)} rows, {changed} changed, {len(worse)} regressions (base right, tuned wrong)")

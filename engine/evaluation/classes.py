@@ -1,0 +1,76 @@
+"""A classifier's scores class by class: precision, recall, F1 and rows for each label, the tuned model's
+confusion matrix (expected × predicted), and the F1 per class of a baseline beside the tuned model's.
+
+Accuracy and macro-F1 say how good a classifier is; these say where it is wrong: the class it misses
+(a news topic whose rows go to another), and which two classes it mixes up. Computed with scikit-learn
+over every label of the task, so the matrix is square and in the model's label order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CLASS_FIELDS = ("precision", "recall", "f1", "rows")
+CONFUSIONS_SHOWN = 3  # most frequent mix-ups named by `summary`
+
+
+@dataclass
+class ClassScores:
+    labels: list[str]  # the task's labels, in the model's order
+    confusion: list[list[int]]  # [expected][predicted]: rows of labels[i] the tuned model called labels[j]
+    per_class: dict[str, dict[str, float]]  # label → precision, recall, f1 (0 to 1) and rows (held-out rows)
+    baseline: str | None  # the column whose F1 per class `baseline_f1` holds ("features"), if any
+    baseline_f1: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def confusions(self, n: int = CONFUSIONS_SHOWN) -> list[tuple[str, str, int]]:
+        """The n most frequent mix-ups as (expected, predicted, rows), largest first, then in label order."""
+        off = [(self.labels[i], self.labels[j], count) for i, row in enumerate(self.confusion)
+               for j, count in enumerate(row) if i != j and count]  # fmt: skip
+        return sorted(off, key=lambda c: -c[2])[:n]
+
+    def weakest(self) -> str | None:
+        """The label with held-out rows whose F1 is lowest (the first in label order on a tie)."""
+        seen = [label for label in self.labels if self.per_class[label]["rows"]]
+        return min(seen, key=lambda label: self.per_class[label]["f1"]) if seen else None
+
+
+def class_scores(expected: Sequence[int], predicted: Sequence[int], names: dict[int, str],
+                 baseline: tuple[str, Sequence[int]] | None = None) -> ClassScores:  # fmt: skip
+    """Scores per class of `predicted` against `expected` (label ids; `names` gives every id of the task its
+    label), and the F1 per class of `baseline` = (column, its predictions) where there is one."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    ids = sorted(names)
+    precision, recall, f1, rows = precision_recall_fscore_support(expected, predicted, labels=ids,
+                                                                  zero_division=0)  # fmt: skip
+    per_class = {names[i]: {"precision": float(p), "recall": float(r), "f1": float(f), "rows": int(n)}
+                 for i, p, r, f, n in zip(ids, precision, recall, f1, rows, strict=True)}  # fmt: skip
+    baseline_f1: dict[str, float] = {}
+    if baseline is not None:
+        scores = f1_score(expected, baseline[1], labels=ids, average=None, zero_division=0)
+        baseline_f1 = {names[i]: float(s) for i, s in zip(ids, scores, strict=True)}
+    matrix = confusion_matrix(expected, predicted, labels=ids)
+    return ClassScores(labels=[names[i] for i in ids], confusion=matrix.tolist(), per_class=per_class,
+                       baseline=baseline[0] if baseline else None, baseline_f1=baseline_f1)  # fmt: skip
+
+
+def summary(scores: ClassScores, strong: Callable[[str], str] = str) -> str:
+    """One sentence for the command line and the Evaluate page: the weakest class and the commonest mix-ups
+    (the page passes `strong` to set the weakest class's F1 in bold)."""
+    weakest = scores.weakest()
+    if weakest is None:
+        return "classes: no held-out rows"
+    w = scores.per_class[weakest]
+    text = (f"classes: the weakest is {weakest!r} (F1 {strong(format(w['f1'], '.3f'))}, recall {w['recall']:.3f}, "
+            f"{w['rows']} rows)")  # fmt: skip
+    mixed = scores.confusions()
+    if not mixed:
+        return text + "; no row went to another class"
+    said = "; ".join(f"{expected!r} read as {predicted!r} in {count} of {scores.per_class[expected]['rows']} rows"
+                     for expected, predicted, count in mixed)  # fmt: skip
+    return f"{text}; most often confused: {said}"
