@@ -248,3 +248,16 @@ def test_real_smollm2_trains_end_to_end_through_the_cli(tmp_path) -> None:  # ty
     run_dir = next(tmp_path.iterdir())
     started = next(json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if '"started"' in x)
     assert started["total_params"] > 134_000_000 and started["trainable_params"] == 460_800  # the demo: LoRA r 8 on q,v
+
+
+def test_a_classifier_trains_without_transformers_load_report(tmp_path, classification_csv) -> None:  # type: ignore[no-untyped-def]
+    """MiniLM's new head is reported by transformers as MISSING weights; the CLI says what it loaded itself."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"model": {"source": "embedded:all-minilm-l6-v2"},
+                                "data": {"path": str(classification_csv), "max_length": 32, "eval_split": 0},
+                                "training": {"max_steps": 1, "batch_size": 2, "eval_samples": 0},
+                                "output_dir": str(tmp_path / "runs")}))  # fmt: skip
+    out = cli("train", str(spec), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "loaded all-MiniLM-L6-v2" in out.stdout and "finished completed at step 1" in out.stdout
+    assert "LOAD REPORT" not in out.stderr + out.stdout and "MISSING" not in out.stderr + out.stdout

@@ -9,6 +9,7 @@ import argparse
 import functools
 import gc
 import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return gui_main(self_test=args.self_test)
         if one_command:
             freeze_imports_in_this_process()  # engine.imports: nothing of anyone else's is frozen
+        if not args.debug:  # the app says what it loaded; transformers' load report (a new head "MISSING") is noise
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         handler = COMMANDS[args.command]
         return handler(args)
     except UserError as e:
