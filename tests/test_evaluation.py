@@ -174,6 +174,38 @@ def test_the_class_sentence_names_the_weakest_class_and_the_mix_ups() -> None:
     assert summary(class_scores([0, 1], [0, 1], NAMES)).endswith("; no row went to another class")
 
 
+@pytest.mark.parametrize(
+    ("references", "labels"),
+    [
+        (["Sports", "World", "sports.", "World", "Business", "business"], ["Business", "Sports", "World"]),
+        (["positive", "negative"] * 3, ["negative", "positive"]),
+        (["12", "7", "12", "7", "12", "7"], None),  # numbers: a math answer is no class
+        (["yes", "no", "maybe"], None),  # fewer than two rows a label
+        (["yes"] * 6, None),  # one label is no choice
+        (["a long answer of many words", "another long answer of words"] * 3, None),
+        ([f"label {i % 21}" for i in range(60)], None),  # 21 labels: free text
+    ],
+)
+def test_short_repeated_answers_are_labels(references: list[str], labels: list[str] | None) -> None:
+    from adapter_studio.engine.evaluation.classes import answer_labels
+
+    assert answer_labels(references) == labels
+
+
+def test_generated_answers_are_read_as_the_labels_they_spell() -> None:
+    from adapter_studio.engine.evaluation.classes import OTHER, generated_label_scores
+
+    references = ["Sports", "World", "Sports", "World"]
+    answers = {"tuned": ["sports.", "The world", "World", "I think sports"], "base": ["World"] * 4}
+    c = generated_label_scores(references, answers, ["Sports", "World"], "base")
+    assert c.labels == ["Sports", "World", OTHER]  # an answer that is no label has a column of its own,
+    assert c.expected_labels() == ["Sports", "World"]  # but no row: no answer is expected to be one
+    assert c.confusion == [[1, 1, 0], [0, 1, 1], [0, 0, 0]]
+    assert c.baseline == "base" and c.baseline_f1["World"] == pytest.approx(2 / 3)
+    same = generated_label_scores(references, {"tuned": references}, ["Sports", "World"], None)
+    assert same.labels == ["Sports", "World"] and same.confusions() == [] and same.baseline_f1 == {}
+
+
 # --- the answer-extraction rule ----------------------------------------------------------------------
 
 
@@ -363,6 +395,22 @@ def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], t
     assert sorted(r["expected"] for r in result.rows) == [str(i + 1) for i in range(6)]
     assert all("extracted" in r for r in result.rows)
     assert any("6 of 6 expected answers end in a final number" in n for n in result.notes)
+
+
+def test_a_generation_run_with_label_answers_is_scored_per_class(runs: dict[str, Path], tmp_path: Path) -> None:
+    rows = [{"instruction": f"Is {w} a fruit?", "output": "yes" if w in ("apple", "pear") else "no"}
+            for w in ("apple", "stone", "pear", "chair", "apple", "lamp")]  # fmt: skip
+    data = write_jsonl(tmp_path / "fruit.jsonl", rows)
+    result = evaluate_run(runs["lora"], EvalSettings(data=str(data), in_context=2, forgetting=False),
+                          write_report=False)  # fmt: skip
+    c = result.classes
+    assert c is not None and c.labels[:2] == ["no", "yes"] and c.baseline == "in_context"
+    assert [c.per_class[label]["rows"] for label in ("no", "yes")] == [3, 3]
+    by_row = sorted(result.rows, key=lambda r: r["index"])
+    chosen = [r["answers"]["tuned"].strip().lower().rstrip(".") for r in by_row]
+    assert sum(map(sum, c.confusion)) == 6 and c.confusion[1][1] == sum(
+        a == "yes" for a, r in zip(chosen, rows, strict=True) if r["output"] == "yes")
+    assert "## Per class" in markdown(result) and "the expected answers are 2 labels" in result.notes[-1]
 
 
 def test_another_data_file_in_another_shape(runs: dict[str, Path], messages_jsonl: Path,

@@ -4,6 +4,10 @@ confusion matrix (expected × predicted), and the F1 per class of a baseline bes
 Accuracy and macro-F1 say how good a classifier is; these say where it is wrong: the class it misses
 (a news topic whose rows go to another), and which two classes it mixes up. Computed with scikit-learn
 over every label of the task, so the matrix is square and in the model's label order.
+
+A text-generation run whose expected answers are a few short labels (a topic or sentiment written as
+the answer) is a classifier too: `generated_label_scores` reads each answer as the label it equals
+after exact match's normalising, and an answer that is no label as OTHER.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CLASS_FIELDS = ("precision", "recall", "f1", "rows")
 CONFUSIONS_SHOWN = 3  # most frequent mix-ups named by `summary`
+OTHER = "(no label)"  # a generated answer that is none of the labels
+MAX_LABELS = 20  # more distinct expected answers than this are free text, not classes
+LABEL_WORDS = 4  # nor are expected answers longer than this
 
 
 @dataclass
@@ -26,6 +32,10 @@ class ClassScores:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def expected_labels(self) -> list[str]:
+        """The labels a row can be expected to have: every one but OTHER (a column only, never a row's label)."""
+        return [label for label in self.labels if label != OTHER]
 
     def confusions(self, n: int = CONFUSIONS_SHOWN) -> list[tuple[str, str, int]]:
         """The n most frequent mix-ups as (expected, predicted, rows), largest first, then in label order."""
@@ -57,6 +67,51 @@ def class_scores(expected: Sequence[int], predicted: Sequence[int], names: dict[
     matrix = confusion_matrix(expected, predicted, labels=ids)
     return ClassScores(labels=[names[i] for i in ids], confusion=matrix.tolist(), per_class=per_class,
                        baseline=baseline[0] if baseline else None, baseline_f1=baseline_f1)  # fmt: skip
+
+
+def answer_labels(references: Sequence[str]) -> list[str] | None:
+    """The labels when the expected answers look like classes (2 to MAX_LABELS distinct short texts, each
+    seen at least twice on average, not numbers: a math answer is no class), else None. Each label is
+    its first spelling in the data, in sorted order."""
+    from adapter_studio.engine.evaluation.metrics import normalise
+
+    first: dict[str, str] = {}
+    for r in references:
+        first.setdefault(normalise(r), r.strip())
+    keys = set(first)
+    if not 2 <= len(keys) <= MAX_LABELS or len(references) < 2 * len(keys) or "" in keys:
+        return None
+    if any(len(k.split()) > LABEL_WORDS for k in keys) or all(_number(k) for k in keys):
+        return None
+    return sorted(first.values(), key=str.lower)
+
+
+def generated_label_scores(references: Sequence[str], answers: dict[str, Sequence[str]], labels: list[str],
+                           baseline: str | None) -> ClassScores:  # fmt: skip
+    """Scores per class of `answers["tuned"]`, each answer read as the label it normalises to (else OTHER),
+    with the F1 per class of `answers[baseline]` beside them."""
+    from adapter_studio.engine.evaluation.metrics import normalise
+
+    ids = {normalise(label): i for i, label in enumerate(labels)}
+    other = len(labels)
+
+    def read(texts: Sequence[str]) -> list[int]:
+        return [ids.get(normalise(t), other) for t in texts]
+
+    predicted = read(answers["tuned"])
+    names = dict(enumerate(labels))
+    if other in predicted or (baseline and other in read(answers[baseline])):
+        names[other] = OTHER
+    return class_scores(read(references), predicted, names,
+                        (baseline, read(answers[baseline])) if baseline else None)  # fmt: skip
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def summary(scores: ClassScores, strong: Callable[[str], str] = str) -> str:

@@ -154,7 +154,7 @@ def class_tables(c: ClassScores) -> list[str]:
              + (f", and the F1 of the {COLUMN_TITLES.get(c.baseline, c.baseline)} baseline" if c.baseline else "")
              + ".", "", f"| class | rows | precision | recall | F1{extra} |",
              "|---|---:|---:|---:|---:|" + ("---:|" if c.baseline else "")]  # fmt: skip
-    for label in c.labels:
+    for label in c.expected_labels():
         s = c.per_class[label]
         beside = f" | {c.baseline_f1[label]:.3f}" if c.baseline else ""
         lines.append(f"| {_cell(label, 40)} | {s['rows']} | {s['precision']:.3f} | {s['recall']:.3f} | "
@@ -165,7 +165,7 @@ def class_tables(c: ClassScores) -> list[str]:
                   "| expected ↓ chosen → | " + " | ".join(_cell(label, 20) for label in c.labels) + " |",
                   "|---|" + "---:|" * len(c.labels),
                   *(f"| {_cell(label, 20)} | " + " | ".join(str(n) for n in row) + " |"
-                    for label, row in zip(c.labels, c.confusion, strict=True)),
+                    for label, row in zip(c.expected_labels(), c.confusion, strict=False)),
                   ""]  # fmt: skip
     else:
         mixed = c.confusions(ROWS_SHOWN)

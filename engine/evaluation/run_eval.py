@@ -20,7 +20,7 @@ from adapter_studio.engine.data.preference import as_conversation
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import cases as case_lib
 from adapter_studio.engine.evaluation import metrics as m
-from adapter_studio.engine.evaluation.classes import ClassScores, class_scores
+from adapter_studio.engine.evaluation.classes import ClassScores, answer_labels, class_scores, generated_label_scores
 from adapter_studio.engine.evaluation.forgetting import Forgetting, check_forgetting, forgetting_steps
 from adapter_studio.engine.evaluation.generation import (
     EvaluationStopped,
@@ -270,6 +270,12 @@ def _generation(
     references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
     extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
+    labels = answer_labels(references)  # answers that are a few labels (a topic, a sentiment): scored per class
+    classes = (generated_label_scores(references, extracted, labels, "in_context" if shots else "base")
+               if labels else None)  # fmt: skip
+    if labels:
+        notes.append(f"the expected answers are {len(labels)} labels: scored per class too; BLEU counts runs of up "
+                     "to 4 words, so it says little of one- or two-word answers")  # fmt: skip
     metrics.setdefault("in_context", {})
     table = []
     for i, c in enumerate(cases):
@@ -290,7 +296,7 @@ def _generation(
                        if shots else "off (--k 0, or no training rows to show)"),
     }  # fmt: skip
     return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": forgetting,
-            "notes": notes, "pairs": scores}  # fmt: skip
+            "notes": notes, "pairs": scores, "classes": classes}  # fmt: skip
 
 
 def _classification(

@@ -367,23 +367,23 @@ class EvaluatePage(Page):
         self.classes_label.setText(html.escape(summary(c, lambda s: f"\0{s}\1"), quote=False)
                                    .replace("\0", "<b>").replace("\1", "</b>"))  # labels are the data's text
         headers = [*CLASS_HEADERS, *([f"F1 {COLUMN_TITLES[c.baseline].lower()}"] if c.baseline else [])]
-        self.class_table.setRowCount(len(c.labels))
+        expected = c.expected_labels()
+        self.class_table.setRowCount(len(expected))
         self.class_table.setColumnCount(len(headers))
         self.class_table.setHorizontalHeaderLabels(headers)
-        self.class_table.setVerticalHeaderLabels(c.labels)
-        for i, label in enumerate(c.labels):
+        self.class_table.setVerticalHeaderLabels(expected)
+        for i, label in enumerate(expected):
             s = c.per_class[label]
             cells = [str(s["rows"]), *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))]
             cells += [f"{c.baseline_f1[label]:.3f}"] if c.baseline else []
             for j, text in enumerate(cells):
                 _put(self.class_table, i, j, text)
         self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        n = len(c.labels)
-        self.confusion.setRowCount(n)
-        self.confusion.setColumnCount(n)
+        self.confusion.setRowCount(len(expected))  # OTHER, where there is one, is a column only
+        self.confusion.setColumnCount(len(c.labels))
         self.confusion.setHorizontalHeaderLabels(c.labels)
-        self.confusion.setVerticalHeaderLabels(c.labels)
-        for i, row in enumerate(c.confusion):
+        self.confusion.setVerticalHeaderLabels(expected)
+        for i, row in enumerate(c.confusion[: len(expected)]):
             total = max(sum(row), 1)
             for j, count in enumerate(row):
                 item = _put(self.confusion, i, j, str(count))
