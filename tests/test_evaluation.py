@@ -411,6 +411,9 @@ def test_a_generation_run_with_label_answers_is_scored_per_class(runs: dict[str,
     assert sum(map(sum, c.confusion)) == 6 and c.confusion[1][1] == sum(
         a == "yes" for a, r in zip(chosen, rows, strict=True) if r["output"] == "yes")
     assert "## Per class" in markdown(result) and "the expected answers are 2 labels" in result.notes[-1]
+    # macro-F1 joins the text metrics of every column: the mean of the tuned model's F1 per class
+    assert all(list(v) == [*m.TEXT_METRICS, "macro_f1"] for v in result.metrics.values())
+    assert result.metrics["tuned"]["macro_f1"] == pytest.approx(sum(c.per_class[x]["f1"] for x in ("no", "yes")) / 2)
 
 
 def test_another_data_file_in_another_shape(runs: dict[str, Path], messages_jsonl: Path,

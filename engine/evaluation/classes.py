@@ -90,20 +90,41 @@ def generated_label_scores(references: Sequence[str], answers: dict[str, Sequenc
                            baseline: str | None) -> ClassScores:  # fmt: skip
     """Scores per class of `answers["tuned"]`, each answer read as the label it normalises to (else OTHER),
     with the F1 per class of `answers[baseline]` beside them."""
+    other = len(labels)
+    predicted = read_labels(answers["tuned"], labels)
+    compared = read_labels(answers[baseline], labels) if baseline else []
+    names = dict(enumerate(labels))
+    if other in predicted or other in compared:
+        names[other] = OTHER
+    return class_scores(read_labels(references, labels), predicted, names,
+                        (baseline, compared) if baseline else None)  # fmt: skip
+
+
+def label_answer_scores(references: Sequence[str], answers: dict[str, Sequence[str]], baseline: str | None,
+                        ) -> tuple[ClassScores, dict[str, float], str] | None:  # fmt: skip
+    """For expected answers that are labels (`answer_labels`): the tuned model's scores per class (with
+    `baseline`'s F1), each answer column's macro-F1 over the labels, and a note for the evaluation;
+    None for other answers."""
+    from adapter_studio.engine.evaluation.metrics import class_metrics
+
+    labels = answer_labels(references)
+    if labels is None:
+        return None
+    expected = read_labels(references, labels)
+    macro_f1 = {column: class_metrics(read_labels(texts, labels), expected, range(len(labels)))["macro_f1"]
+                for column, texts in answers.items()}  # fmt: skip
+    note = (f"the expected answers are {len(labels)} labels: scored per class too, with macro-F1; BLEU counts runs "
+            "of up to 4 words, so it says little of one- or two-word answers")  # fmt: skip
+    return generated_label_scores(references, answers, labels, baseline), macro_f1, note
+
+
+def read_labels(texts: Sequence[str], labels: list[str]) -> list[int]:
+    """Each text as the index of the label it equals after exact match's normalising; len(labels) (OTHER)
+    where it is none of them."""
     from adapter_studio.engine.evaluation.metrics import normalise
 
     ids = {normalise(label): i for i, label in enumerate(labels)}
-    other = len(labels)
-
-    def read(texts: Sequence[str]) -> list[int]:
-        return [ids.get(normalise(t), other) for t in texts]
-
-    predicted = read(answers["tuned"])
-    names = dict(enumerate(labels))
-    if other in predicted or (baseline and other in read(answers[baseline])):
-        names[other] = OTHER
-    return class_scores(read(references), predicted, names,
-                        (baseline, read(answers[baseline])) if baseline else None)  # fmt: skip
+    return [ids.get(normalise(t), len(labels)) for t in texts]
 
 
 def _number(text: str) -> bool:

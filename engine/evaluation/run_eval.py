@@ -20,7 +20,7 @@ from adapter_studio.engine.data.preference import as_conversation
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation import cases as case_lib
 from adapter_studio.engine.evaluation import metrics as m
-from adapter_studio.engine.evaluation.classes import ClassScores, answer_labels, class_scores, generated_label_scores
+from adapter_studio.engine.evaluation.classes import ClassScores, class_scores, label_answer_scores
 from adapter_studio.engine.evaluation.forgetting import Forgetting, check_forgetting, forgetting_steps
 from adapter_studio.engine.evaluation.generation import (
     EvaluationStopped,
@@ -270,12 +270,13 @@ def _generation(
     references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
     extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
-    labels = answer_labels(references)  # answers that are a few labels (a topic, a sentiment): scored per class
-    classes = (generated_label_scores(references, extracted, labels, "in_context" if shots else "base")
-               if labels else None)  # fmt: skip
-    if labels:
-        notes.append(f"the expected answers are {len(labels)} labels: scored per class too; BLEU counts runs of up "
-                     "to 4 words, so it says little of one- or two-word answers")  # fmt: skip
+    classes = None
+    labelled = label_answer_scores(references, extracted, "in_context" if shots else "base")
+    if labelled is not None:  # answers that are a few labels (a topic, a sentiment): scored per class too
+        classes, macro_f1, note = labelled
+        for column, value in macro_f1.items():
+            metrics[column]["macro_f1"] = value  # beside the text metrics: sweeps and searches can rank by it
+        notes.append(note)
     metrics.setdefault("in_context", {})
     table = []
     for i, c in enumerate(cases):
