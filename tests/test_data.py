@@ -310,6 +310,8 @@ def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None
         (["label", "title", "description"], {"text": "title", "text_pair": "description", "label": "label"}),
         (["description", "topic"], {"text": "description", "label": "topic"}),  # not its own pair
         (["text", "description", "label"], {"text": "text", "text_pair": "description", "label": "label"}),
+        (["text", "label", "label_text"], {"text": "text", "label": "label_text"}),  # the name, not the number
+        (["sentence", "label", "label_name", "idx"], {"text": "sentence", "label": "label_name"}),
     ],
 )
 def test_news_columns_map_to_text_and_pair(columns: list[str], expected: dict[str, str]) -> None:

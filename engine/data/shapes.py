@@ -24,7 +24,10 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "completion": ("completion",),
     "text": ("text", "sentence", "sentence1", "content", "document"),
     "text_pair": ("text_pair", "sentence2"),
-    "label": ("label", "labels", "class", "category", "class index", "topic", "sentiment"),
+    # A label's name before its number: datasets exported from the Hub carry both (`label` 2, `label_text`
+    # "Business"), and the name is what the Try and Evaluate pages should say.
+    "label": ("label_text", "label_name", "label", "labels", "class", "category", "class index", "topic",
+              "sentiment"),
     "chosen": ("chosen",),
     "rejected": ("rejected",),
     "task": ("task",),  # which task a row belongs to: Poly routes by it, other methods ignore it
