@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -235,19 +236,44 @@ def test_extraction_scores_numbers_as_numbers() -> None:
 @pytest.mark.parametrize(
     ("expected", "detected"),
     [
-        (["4 + 3 = 7\n#### 7", "#### -2.5", "so #### 1,200"], True),
-        (["#### 7"] * 9 + ["7"], True),  # nine in ten carry the marker
-        (["#### 7"] * 8 + ["7", "8"], False),
-        (["2005-08-15", "7"], False),
-        (["#### seven"], False),  # the marker, but no number after it
-        ([], False),
+        (["4 + 3 = 7\n#### 7", "#### -2.5", "so #### 1,200"], "final"),
+        (["#### 7"] * 9 + ["7"], "final"),  # nine in ten carry the marker
+        (["#### 7"] * 8 + ["7", "8"], None),
+        (["2005-08-15", "7"], None),
+        (["#### seven"], None),  # the marker, but no number after it
+        (["51.0", "7", "-2.5", "1,200", ".5"], "last"),  # SVAMP's gold answers: numbers only
+        (["7"] * 9 + ["seven"], "last"),
+        (["7"] * 8 + ["seven", "eight"], None),
+        (["nan", "inf"], None),  # float() reads them; no one writes them as answers
+        ([], None),
     ],
 )
-def test_the_final_number_rule_is_used_where_the_answers_carry_it(expected: list[str], detected: bool) -> None:
+def test_a_number_rule_is_used_where_the_answers_carry_one(expected: list[str], detected: str | None) -> None:
     rule, note = m.detected_extraction(expected)
-    assert (rule is not None, note is not None) == (detected, detected)
-    if rule is not None:
+    assert (rule is not None, note is not None) == (detected is not None,) * 2
+    if detected == "final":
         assert rule.pattern == m.FINAL_NUMBER and "after '####'" in note
+    if detected == "last":
+        assert rule.pattern == m.LAST_NUMBER and "each answer's last number was compared" in note
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "right"),
+    [
+        ("The answer is 51.", "51.0", True),
+        ("Debby had 32 and her sister 42: 74 - 35 = 39 pieces left.", "39.0", True),
+        ("They have 74 pieces, then eat 35.", "39.0", False),  # the last number is the answer given
+        ("It costs 1,200 dollars", "1200.0", True),
+        ("multiply 12 by 24, then", "24", True),  # a comma after a number is not part of it
+        ("1, 2, 3", "3", True),
+        ("-7", "-7.0", True),
+        ("I do not know", "7.0", False),  # no number: wrong
+    ],
+)
+def test_a_worked_answer_is_read_by_its_last_number(answer: str, expected: str, right: bool) -> None:
+    rule = re.compile(m.LAST_NUMBER)
+    got = m.exact_match(m.extract_answer(answer, rule), m.extract_answer(expected, rule, keep_unmatched=True))
+    assert got == float(right)
 
 
 def test_a_broken_extraction_rule_says_where_and_what() -> None:
@@ -395,6 +421,22 @@ def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], t
     assert sorted(r["expected"] for r in result.rows) == [str(i + 1) for i in range(6)]
     assert all("extracted" in r for r in result.rows)
     assert any("6 of 6 expected answers end in a final number" in n for n in result.notes)
+
+
+def test_number_answers_are_compared_by_each_answers_last_number(runs: dict[str, Path], tmp_path: Path) -> None:
+    """SVAMP's form: the expected answer is a number alone; answers get room to work it out first."""
+    rows = [{"problem": f"Ann has {i} apples and gets one more. How many now?", "gold_answer": i + 1.0}
+            for i in range(6)]  # fmt: skip
+    data = tmp_path / "svamp.json"
+    data.write_text(json.dumps(rows))
+    result = evaluate_run(runs["lora"], EvalSettings(data=str(data), in_context=0, forgetting=False),
+                          write_report=False)  # fmt: skip
+    assert sorted(r["expected"] for r in result.rows) == [f"{i + 1}.0" for i in range(6)]
+    assert any("6 of 6 expected answers are a number" in n for n in result.notes)
+    assert "answers could take 128 new tokens, to work the problem out before the number" in result.notes
+    asked = evaluate_run(runs["lora"], EvalSettings(data=str(data), in_context=0, forgetting=False, max_new_tokens=4,
+                                                    limit=2), write_report=False)  # fmt: skip
+    assert not any("new tokens" in n for n in asked.notes)  # a length asked for is kept
 
 
 def test_a_generation_run_with_label_answers_is_scored_per_class(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -33,7 +33,13 @@ _PUNCTUATION = re.compile(rf"(?!(?<=\d)[.\-/:](?=\d))(?!-(?=\d))[{re.escape(stri
 # GSM8K's convention for a worked solution's result ("... = 72\n#### 72"): where the expected answers end
 # in it, the number after it is what is right or wrong, not the wording of the working before it.
 FINAL_NUMBER = r"####\s*(-?[\d.,]*\d)"
-# Share of expected answers that must carry the marker before it is used without being asked for.
+# Where the expected answers are only numbers (SVAMP's and MultiArith's `gold_answer`), a worked answer is
+# right when its last number is ("... so 74 - 35 = 39."): how math evaluations read free-form answers
+# (lm-evaluation-harness's flexible extract). Without it the base and in-context answers, which explain
+# before they answer, scored 0 however right they were.
+LAST_NUMBER = r"(-?\d+(?:,\d{3})*(?:\.\d+)?)(?![\s\S]*\d)"  # commas only in thousands: "24," is 24
+_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")  # 51, 51.0, -2.5, 1,200, .5 (not nan or inf)
+# Share of expected answers that must carry the marker (or be numbers) before a rule is used unasked.
 FINAL_NUMBER_SHARE = 0.9
 
 
@@ -72,15 +78,25 @@ def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: b
 
 
 def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None, str | None]:
-    """The rule to use when none was given: FINAL_NUMBER where nearly every expected answer ends in one
-    (with a note that says so), else none."""
+    """The rule to use when none was given, with a note that says so: FINAL_NUMBER where nearly every
+    expected answer ends in one, LAST_NUMBER where nearly every one is a number, else none."""
+    needed = FINAL_NUMBER_SHARE * len(expected)
     rule = re.compile(FINAL_NUMBER)
     found = sum(rule.search(e) is not None for e in expected)
-    if not expected or found < FINAL_NUMBER_SHARE * len(expected):
-        return None, None
-    return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
-                  f"were compared by that number (extraction `{FINAL_NUMBER}`); give an extraction rule to "
-                  "compare otherwise")
+    if expected and found >= needed:
+        return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
+                      f"were compared by that number (extraction `{FINAL_NUMBER}`); give an extraction rule to "
+                      "compare otherwise")  # fmt: skip
+    numbers = sum(_is_number(e) for e in expected)
+    if expected and numbers >= needed:
+        return re.compile(LAST_NUMBER), (
+            f"{numbers} of {len(expected)} expected answers are a number: each answer's last number was compared "
+            f"(extraction `{LAST_NUMBER}`); give an extraction rule to compare otherwise")  # fmt: skip
+    return None, None
+
+
+def _is_number(text: str) -> bool:
+    return _NUMBER.fullmatch(text.strip()) is not None
 
 
 def exact_match(prediction: str, reference: str) -> float:

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 Progress = Callable[[str, int, int], None]  # (stage, rows done over all stages, rows in all)
 FEATURE_ROWS = 1000  # training rows the feature baseline learns from
 MAX_NEW_TOKENS = 256
+# New tokens at least where answers are read by their last number: the base and in-context answers work a
+# word problem out before they give its number (SVAMP: 40-90 tokens), and longest answer + 8 (13 for
+# '51.0') cut them off mid-sentence. A model that answers with the number alone stops there anyway.
+WORKED_ANSWER_TOKENS = 128
 
 __all__ = ["EvalSettings", "EvaluationResult", "EvaluationStopped", "evaluate_run", "latest_evaluation", "regressions"]
 
@@ -54,7 +58,9 @@ class EvalSettings:
     extract: str | None = None  # regular expression whose first group (or match) is the answer
     limit: int | None = 500  # rows at most
     batch_size: int = 16
-    max_new_tokens: int | None = None  # default: the longest expected answer + 8 tokens (at most 256)
+    # default: the longest expected answer + 8 tokens, at most 256 (and at least WORKED_ANSWER_TOKENS where
+    # answers are read by their last number)
+    max_new_tokens: int | None = None
     forgetting: bool = True
 
 
@@ -202,14 +208,17 @@ def _generation(
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=special)["input_ids"]
 
-    longest = max(len(tokenizer(c.expected, add_special_tokens=False)["input_ids"]) for c in cases)
-    max_new = settings.max_new_tokens or min(MAX_NEW_TOKENS, longest + 8)
-    limit = context_limit(playground.tuned.model)
-    room = (limit - max_new) if limit else 10**9
     notes: list[str] = []
     if rule is None:
         rule, detected = m.detected_extraction([c.expected for c in cases])
         notes += [detected] if detected else []
+    longest = max(len(tokenizer(c.expected, add_special_tokens=False)["input_ids"]) for c in cases)
+    max_new = settings.max_new_tokens or min(MAX_NEW_TOKENS, longest + 8)
+    if rule is not None and rule.pattern == m.LAST_NUMBER and not settings.max_new_tokens:
+        max_new = max(max_new, WORKED_ANSWER_TOKENS)  # room to work it out: an answer cut short has no result
+        notes.append(f"answers could take {max_new} new tokens, to work the problem out before the number")
+    limit = context_limit(playground.tuned.model)
+    room = (limit - max_new) if limit else 10**9
     prompts = [encode(c.prompt) for c in cases]
     cut = sum(len(p) > room for p in prompts)
     if cut:

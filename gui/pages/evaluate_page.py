@@ -122,7 +122,8 @@ class EvaluatePage(Page):
         self.extract.setPlaceholderText(r"optional, e.g. ####\s*(-?[\d.,]+) — the first group is the answer")
         self.extract.setToolTip("A regular expression whose first group is the answer, applied to every answer and "
                                 "expected answer. Left empty, answers that end in '#### <number>' (GSM8K's form) "
-                                "are compared by that number, and a note says so.")  # fmt: skip
+                                "are compared by that number, and answers that are a number alone (SVAMP's) by "
+                                "each answer's last number; a note says so.")  # fmt: skip
         form.addRow("Answer extraction", self.extract)
         self.limit = QSpinBox()
         self.limit.setObjectName("evaluationLimit")
