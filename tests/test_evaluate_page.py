@@ -4,6 +4,7 @@ chart, forgetting, the per-example table and its regressions filter, Stop, and e
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     page.checkpoint.setCurrentText("step-0000010")
     seen: list[int] = []
     page.progress.valueChanged.connect(seen.append)
+    said: list[str] = []  # the status line after each progress call: rows done, and the time left
+    page._progress.changed.connect(lambda *_: said.append(page.status.text()))
     start(page, lora_run)
     assert page.busy and page.stop_button.isEnabled() and not page.evaluate_button.isEnabled()
     qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
@@ -66,6 +69,7 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     result = page.result
     assert result.checkpoint == "step-0000010" and len(result.rows) == 8
     assert len(set(seen)) > 3 and page.progress.value() == page.progress.maximum()  # it moved, and ended full
+    assert any(re.search(r"\(\d+/\d+, about \d+:\d\d left\)$", t) for t in said), said
     # the table: one row per metric, one column per model, the numbers of the result
     assert page.columns() == ["base", "in_context", "tuned"]
     assert page.scores.rowCount() == 5 and page.scores.columnCount() == 3

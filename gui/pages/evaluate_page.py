@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.gui.pages.base import Page, wrapped_label
+from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
@@ -60,6 +62,7 @@ class EvaluatePage(Page):
         self.result: Any = None  # the last EvaluationResult
         self.worker: Any = None
         self._stop = threading.Event()
+        self._clock: tuple[float, int] | None = None
         self._progress = _Progress(self)
         self._progress.changed.connect(self._show_progress)
 
@@ -268,6 +271,7 @@ class EvaluatePage(Page):
         if run is None or self.busy:
             return
         self._stop = threading.Event()
+        self._clock: tuple[float, int] | None = None  # (time, rows done) when the first answers came
         self.progress.setValue(0)
         self.status.setText(f"Evaluating <b>{Path(run).name}</b>: loading the models…")
         self.worker = run_in_background(evaluate_run, Path(run), self.settings(), self._progress.changed.emit,
@@ -285,7 +289,21 @@ class EvaluatePage(Page):
         names = {"loading": "loading the models", "base": "the base model answers",
                  "tuned": "the tuned model answers", "in_context": "the in-context baseline answers",
                  "features": "the feature baseline learns", "forgetting": "checking forgetting"}  # fmt: skip
-        self.status.setText(f"Evaluating: {names.get(stage, stage)} ({done}/{total})")
+        self.status.setText(f"Evaluating: {names.get(stage, stage)} ({done}/{total}{self._time_left(done, total)})")
+
+    def _time_left(self, done: int, total: int) -> str:
+        """', about m:ss left' at the rate of the rows done since the first answers (loading left out), once
+        a twentieth is done; rough where stages differ (a base model that rambles, a tuned one that stops)."""
+        now = time.monotonic()
+        if self._clock is None:
+            if done > 0:
+                self._clock = (now, done)
+            return ""
+        start, first = self._clock
+        if done - first < max(1, total // 20):
+            return ""
+        return f", about {format_seconds((now - start) / (done - first) * (total - done))} left"
+
 
     def _done(self, result: Any) -> None:
         self.worker = None
