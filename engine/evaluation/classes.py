@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from adapter_studio.engine.evaluation.metrics import class_metrics, is_number, normalise
+
 CONFUSIONS_SHOWN = 3  # most frequent mix-ups named by `summary`
 OTHER = "(no label)"  # a generated answer that is none of the labels
 MAX_LABELS = 20  # more distinct expected answers than this are free text, not classes
@@ -73,15 +75,13 @@ def answer_labels(references: Sequence[str]) -> list[str] | None:
     """The labels when the expected answers look like classes (2 to MAX_LABELS distinct short texts, each
     seen at least twice on average, not numbers: a math answer is no class), else None. Each label is
     its first spelling in the data, in sorted order."""
-    from adapter_studio.engine.evaluation.metrics import normalise
-
     first: dict[str, str] = {}
     for r in references:
         first.setdefault(normalise(r), r.strip())
     keys = set(first)
     if not 2 <= len(keys) <= MAX_LABELS or len(references) < 2 * len(keys) or "" in keys:
         return None
-    if any(len(k.split()) > LABEL_WORDS for k in keys) or all(_number(k) for k in keys):
+    if any(len(k.split()) > LABEL_WORDS for k in keys) or all(is_number(k) for k in keys):
         return None
     return sorted(first.values(), key=str.lower)
 
@@ -105,8 +105,6 @@ def label_answer_scores(references: Sequence[str], answers: dict[str, Sequence[s
     """For expected answers that are labels (`answer_labels`): the tuned model's scores per class (with
     `baseline`'s F1), each answer column's macro-F1 over the labels, and a note for the evaluation;
     None for other answers."""
-    from adapter_studio.engine.evaluation.metrics import class_metrics
-
     labels = answer_labels(references)
     if labels is None:
         return None
@@ -121,18 +119,8 @@ def label_answer_scores(references: Sequence[str], answers: dict[str, Sequence[s
 def read_labels(texts: Sequence[str], labels: list[str]) -> list[int]:
     """Each text as the index of the label it equals after exact match's normalising; len(labels) (OTHER)
     where it is none of them."""
-    from adapter_studio.engine.evaluation.metrics import normalise
-
     ids = {normalise(label): i for i, label in enumerate(labels)}
     return [ids.get(normalise(t), len(labels)) for t in texts]
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def summary(scores: ClassScores, strong: Callable[[str], str] = str) -> str:

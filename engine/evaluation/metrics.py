@@ -87,7 +87,7 @@ def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None
         return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
                       f"were compared by that number (extraction `{FINAL_NUMBER}`); give an extraction rule to "
                       "compare otherwise")  # fmt: skip
-    numbers = sum(_is_number(e) for e in expected)
+    numbers = sum(is_number(e) for e in expected)
     if expected and numbers >= needed:
         return re.compile(LAST_NUMBER), (
             f"{numbers} of {len(expected)} expected answers are a number: each answer's last number was compared "
@@ -95,7 +95,8 @@ def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None
     return None, None
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """A number as answers write one: 51, 51.0, -2.5, 1,200 or .5 (not nan or inf)."""
     return _NUMBER.fullmatch(text.strip()) is not None
 
 
