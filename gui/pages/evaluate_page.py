@@ -62,7 +62,7 @@ class EvaluatePage(Page):
         self.result: Any = None  # the last EvaluationResult
         self.worker: Any = None
         self._stop = threading.Event()
-        self._clock: tuple[float, int] | None = None
+        self._clock: tuple[float, int] | None = None  # (time, rows done) when the first answers came
         self._progress = _Progress(self)
         self._progress.changed.connect(self._show_progress)
 
@@ -271,7 +271,7 @@ class EvaluatePage(Page):
         if run is None or self.busy:
             return
         self._stop = threading.Event()
-        self._clock: tuple[float, int] | None = None  # (time, rows done) when the first answers came
+        self._clock = None
         self.progress.setValue(0)
         self.status.setText(f"Evaluating <b>{Path(run).name}</b>: loading the models…")
         self.worker = run_in_background(evaluate_run, Path(run), self.settings(), self._progress.changed.emit,
@@ -303,7 +303,6 @@ class EvaluatePage(Page):
         if done - first < max(1, total // 20):
             return ""
         return f", about {format_seconds((now - start) / (done - first) * (total - done))} left"
-
 
     def _done(self, result: Any) -> None:
         self.worker = None
