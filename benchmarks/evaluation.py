@@ -120,6 +120,12 @@ def agnews(args: argparse.Namespace, folder: Path) -> tuple[float, float]:
     for column, what in result.baselines.items():
         print(f"  {column}: {what}")
     print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()) + f"; report {result.report}")
+    if result.classes is not None:
+        from adapter_studio.engine.evaluation.classes import summary
+        from adapter_studio.engine.evaluation.report import class_tables
+
+        print("  " + summary(result.classes))
+        print("\n".join(class_tables(result.classes)[4:]))  # the per-class table and the matrix, without the title
     tuned = result.metrics["tuned"]
     return tuned["accuracy"], tuned["macro_f1"]
 
