@@ -33,6 +33,7 @@ class EvaluationSummary:
     report: Path
     when: str
     count: int  # evaluations saved in the run folder, this one the newest that reads
+    classes: str | None = None  # for answers that are classes: the weakest class and the commonest mix-ups
 
     def first_score(self, column: str) -> float | None:
         """A model's score on the task's first metric (exact match, or accuracy), if it was scored."""
@@ -90,6 +91,7 @@ class EvaluationSummaries:
 def _read(run_dir: Path, count: int) -> EvaluationSummary | None:
     # Deferred: the evaluation package pulls in the data modules, and most windows open on runs never evaluated.
     from adapter_studio.engine.evaluation import run_eval
+    from adapter_studio.engine.evaluation.classes import summary
 
     result = run_eval.latest_evaluation(run_dir)
     if result is None or result.report is None:
@@ -98,6 +100,7 @@ def _read(run_dir: Path, count: int) -> EvaluationSummary | None:
         metrics=result.metrics, forgetting=None if result.forgetting is None else result.forgetting.ratio,
         checkpoint=result.checkpoint, task=result.task, data=result.data, rows=len(result.rows),
         report=result.report, when=_when(result.report.parent), count=count,
+        classes=None if result.classes is None else summary(result.classes),
     )  # fmt: skip
 
 
@@ -122,7 +125,7 @@ def summary_html(summary: EvaluationSummary) -> str:
         f"<b>Evaluated</b> {summary.when}{several} · checkpoint {escape(summary.checkpoint)} · "
         f"{summary.rows} rows of {escape(summary.data)}"
         f"<table cellspacing='0' cellpadding='3'><tr><th align='left'>metric</th>{head}</tr>{body}</table>"
-        f"{forgetting}"
+        f"{forgetting}" + (f"<br>{escape(summary.classes)}" if summary.classes else "")
     )
 
 

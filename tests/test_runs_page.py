@@ -188,7 +188,8 @@ def test_refreshes_on_run_changed_and_follows_the_folder_picker(page: RunsPage, 
     assert page.state.runs_dir == str(other)
 
 
-def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1.25, rows: int = 3) -> Path:
+def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1.25, rows: int = 3,
+                    classes: Any = None) -> Path:  # fmt: skip
     """A saved evaluation of `run_dir` as evaluate_run writes it, with scores chosen here (no model runs)."""
     from adapter_studio.engine.evaluation.forgetting import Forgetting
     from adapter_studio.engine.evaluation.report import write_evaluation
@@ -205,6 +206,7 @@ def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1
         baselines={"base": "the base model"}, rows=[{**row, "index": i} for i in range(rows)],
         forgetting=None if forgetting is None else Forgetting(loss_base=2.0, loss_tuned=2.0 * forgetting,
                                                               ratio=forgetting, pairs=20),
+        classes=classes,
     )  # fmt: skip
     return write_evaluation(result)
 
@@ -247,6 +249,17 @@ def test_the_latest_evaluation_shows_in_the_table_and_the_details(
     page.select_runs(["stopped"])
     assert "forgetting not checked" in page.evaluation.text.toPlainText()
     assert "evaluations" not in page.evaluation.text.toPlainText()  # only one: no count
+    assert "classes:" not in page.evaluation.text.toPlainText()
+
+
+def test_a_classifiers_evaluation_says_where_it_is_wrong(page: RunsPage, history: dict[str, Path]) -> None:
+    from adapter_studio.engine.evaluation.classes import class_scores, summary
+
+    classes = class_scores([0, 0, 1, 1], [0, 1, 1, 1], {0: "<b>World</b>", 1: "Sports"})
+    save_evaluation(history["done"], 0.75, classes=classes)
+    page.refresh()
+    page.select_runs(["done"])
+    assert summary(classes) in page.evaluation.text.toPlainText()  # the labels shown as written, not as markup
 
 
 def test_a_run_without_evaluation_shows_none(page: RunsPage, monkeypatch: Any) -> None:
