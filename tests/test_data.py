@@ -296,6 +296,33 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
     assert detect_format(columns) == expected
 
 
+TABLE = [{"text": "Stocks rose", "label": "Business"}, {"text": "The team won", "label": "Sports"},
+         {"text": "Rain in Paris", "label": "World"}]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        TABLE,  # records
+        {"train": TABLE, "test": TABLE[:1]},  # the first list of rows
+        {"version": "1.0", "data": TABLE},
+        {c: {str(i): r[c] for i, r in enumerate(TABLE)} for c in ("text", "label")},  # pandas' to_json default
+        {str(i): r for i, r in enumerate(TABLE)},  # pandas, orient="index"
+        {"columns": ["text", "label"], "index": [0, 1, 2], "data": [[r["text"], r["label"]] for r in TABLE]},
+        {c: [r[c] for r in TABLE] for c in ("text", "label")},  # datasets' to_dict: columns as lists
+    ],
+    ids=["records", "splits", "data key", "pandas columns", "pandas index", "pandas split", "column lists"],
+)
+def test_json_tables_are_read_in_the_layouts_people_save_them_in(tmp_path: Path, layout: Any) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(layout))
+    fmt, _, examples, *_ = load_examples(DataSpec(path=str(path)), str(path))
+    assert fmt == "classification"
+    assert [(e.text, e.label) for e in examples] == [(r["text"], r["label"]) for r in TABLE]
+
+
 def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None:
     """SVAMP's shape: `question` is the problem's last sentence only; `problem` holds all of it."""
     from adapter_studio.engine.data.shapes import resolve_columns

@@ -144,9 +144,7 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
             fix="fix the JSON syntax there",
         ) from None
     if isinstance(data, dict):
-        # {"train": [...]} or {"data": [...]}: take the first list of objects.
-        lists = [v for v in data.values() if isinstance(v, list)]
-        data = lists[0] if lists else [data]
+        data = _rows_of_object(data)
     if not isinstance(data, list):
         raise UserError("expected a list of objects", where=str(path), fix='use [{"instruction": ..., "output": ...}]')
     for number, row in enumerate(data, start=1):
@@ -157,6 +155,29 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
                 fix='every item must be an object such as {"instruction": ..., "output": ...}',
             )
     return data
+
+
+def _rows_of_object(data: dict[str, Any]) -> list[Any]:
+    """The rows of a JSON file whose top level is an object, in the layouts people save tables in:
+    {"train": [rows]} or {"data": [rows], "version": ...} (the first list of objects); pandas' `to_json`
+    by columns (its default: {"text": {"0": ..., "1": ...}, ...}), by index ({"0": {"text": ...}, ...}) and
+    split ({"columns": [...], "data": [[...], ...]}); and columns as lists ({"text": [...], "label": [...]},
+    as `datasets`' `to_dict` writes them). Anything else is one row."""
+    values = list(data.values())
+    records = next((v for v in values if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)), None)
+    if records is not None:
+        return records
+    if isinstance(data.get("columns"), list) and isinstance(data.get("data"), list):  # pandas' split
+        columns = data["columns"]
+        return [dict(zip(columns, r, strict=True)) if isinstance(r, list) and len(r) == len(columns) else r
+                for r in data["data"]]  # fmt: skip
+    if values and all(isinstance(v, dict) and v.keys() == values[0].keys() for v in values):
+        if all(k.isdigit() for k in data):  # pandas by index: the row numbers outside
+            return values
+        return [{column: data[column][i] for column in data} for i in values[0]]  # by columns: inside
+    if values and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
+    return [data]
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], int]]:
