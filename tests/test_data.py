@@ -323,6 +323,24 @@ def test_json_tables_are_read_in_the_layouts_people_save_them_in(tmp_path: Path,
     assert [(e.text, e.label) for e in examples] == [(r["text"], r["label"]) for r in TABLE]
 
 
+@pytest.mark.parametrize(
+    ("name", "delimiter"),
+    [("table.csv", ","), ("table.csv", ";"), ("table.csv", "\t"), ("table.csv", "|"), ("table.tsv", "\t"),
+     ("table.tsv", ","), ("table.csv.gz", ";")],
+)
+def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, name: str, delimiter: str) -> None:
+    """A spreadsheet in a locale with a decimal comma saves ';'; a field may still hold a comma."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    text = "\n".join([f"text{delimiter}label", *(f"{r['text']}, again{delimiter}{r['label']}" for r in TABLE)])
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    if delimiter == ",":  # the field's own comma needs quotes here
+        path.write_text("\n".join(["text,label", *(f'"{r["text"]}, again",{r["label"]}' for r in TABLE)]))
+    _, _, examples, *_ = load_examples(DataSpec(path=str(path)), str(path))
+    assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
+
+
 def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None:
     """SVAMP's shape: `question` is the problem's last sentence only; `problem` holds all of it."""
     from adapter_studio.engine.data.shapes import resolve_columns

@@ -180,8 +180,23 @@ def _rows_of_object(data: dict[str, Any]) -> list[Any]:
     return [data]
 
 
+def _header_delimiter(path: Path, default: str) -> str:
+    """The delimiter the header line uses: `default` where it holds one, else the commonest of ; tab | ,
+    in it (a spreadsheet in a locale whose decimal mark is the comma saves its CSV with ;)."""
+    try:
+        with _open(path, text=True) as f:
+            header = next((line for line in f if line.strip()), "")
+    except UnicodeDecodeError:
+        return default  # the reader says where
+    if default in header:
+        return default
+    found = max((";", "\t", "|", ","), key=header.count)
+    return found if header.count(found) else default
+
+
 def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], int]]:
     _check_not_blank(path)
+    delimiter = _header_delimiter(path, delimiter)
     done = 0
     with _open(path, text=True) as f:
         reader = csv.reader(f, delimiter=delimiter, strict=True)
