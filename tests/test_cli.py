@@ -111,9 +111,12 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
          "method.target_modules: this model has no layer named nope_proj — pick from its linear layers: q_proj"),
         (["--set", "model.source=someorg/not-here"], '{"instruction": "a", "output": "b"}\n',
          "'someorg/not-here' is not in this machine's Hugging Face cache"),
+        (["--set", "model.source=smollm-typo"], '{"instruction": "a", "output": "b"}\n',
+         "model not found: smollm-typo — give a model folder, a .gguf file, a hub id (owner/name) or an embedded "
+         "model (embedded:smollm2-135m-instruct, embedded:all-minilm-l6-v2); to compare costs only"),
     ],
     ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder",
-         "mapped column missing", "unknown target module", "hub id not cached"],
+         "mapped column missing", "unknown target module", "hub id not cached", "model not found"],
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, expected) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data.jsonl"

@@ -101,8 +101,10 @@ def resolve_source(source: str) -> ModelSource:
     raise UserError(
         f"model not found: {source}",
         where="model.source",
-        fix=f"give a model folder, a .gguf file, a hub id, or one of: {', '.join(shipped_config_names())}",
-    )
+        fix=f"give a model folder, a .gguf file, a hub id (owner/name) or an embedded model ({EMBEDDED_SMOLLM2}, "
+        f"{EMBEDDED_MINILM}); to compare costs only, an architecture without weights: "
+        f"{', '.join(shipped_config_names())}",
+    )  # fmt: skip
 
 
 def _clear_gguf_quantization(model: Any) -> None:
