@@ -26,7 +26,7 @@ LABEL_WORDS = 4  # nor are expected answers longer than this
 
 @dataclass
 class ClassScores:
-    labels: list[str]  # the task's labels, in the model's order
+    labels: list[str]  # the task's labels, in the model's order (text answers: sorted, then OTHER)
     confusion: list[list[int]]  # [expected][predicted]: rows of labels[i] the tuned model called labels[j]
     per_class: dict[str, dict[str, float]]  # label → precision, recall, f1 (0 to 1) and rows (held-out rows)
     baseline: str | None  # the column whose F1 per class `baseline_f1` holds ("features"), if any

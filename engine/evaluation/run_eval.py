@@ -80,7 +80,7 @@ class EvaluationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
     pairs: PairScores | None = None  # a preference run's held-out pairs, ranked by base and tuned
-    classes: ClassScores | None = None  # a classifier's scores per class and its confusion matrix
+    classes: ClassScores | None = None  # where the answers are classes: scores per class, confusion matrix
 
     def to_json(self) -> dict[str, Any]:
         """The command line's `--json` object (docs/contract.md): rows, metrics, forgetting, report, and more."""
