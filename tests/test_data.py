@@ -341,6 +341,23 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
 
 
+@pytest.mark.parametrize(
+    ("labels", "said"),
+    [
+        ([], ""),
+        ([1, 0, 1], "2 labels (rows each) — 0: 1 · 1: 2"),  # numbers in their order
+        (["b", "a", "b", "b", "b", "b", "b"], "2 labels (rows each) — a: 1 · b: 6; 'b' has 6× the rows of 'a'"),
+        ([f"c{i}" for i in range(8)], "8 labels (rows each) — c0: 1 · c1: 1 · c2: 1 · c3: 1 · c4: 1 · c5: 1 · 2 more"),
+    ],
+)
+def test_labels_are_counted_and_an_imbalance_is_said(labels: list[Any], said: str) -> None:
+    from adapter_studio.engine.data.preview import describe_labels, label_counts
+
+    text = describe_labels(label_counts(labels))
+    assert text.startswith(said) and (said != "" or text == "")
+    assert ("macro-F1" in text) == ("×" in said)
+
+
 def test_a_math_file_with_problem_and_question_reads_the_whole_problem() -> None:
     """SVAMP's shape: `question` is the problem's last sentence only; `problem` holds all of it."""
     from adapter_studio.engine.data.shapes import resolve_columns

@@ -207,3 +207,15 @@ def test_files_as_published_are_read_without_a_mapping(tiny_llama, tiny_bert_cls
     assert f"format <b>{expected.pop('format')}</b> (detected)" in page.summary.text()
     assert {role: page.combos[role].currentText() for role in expected} == expected
     assert error_dialogs() == []
+
+
+def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page = choose_model(window, qtbot, tiny_bert_cls)
+    rows = ["text,label", *(["good film,<pos>"] * 12), "bad film,neg", "dull film,neg"]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows), encoding="utf-8")
+    open_data(page, qtbot, tmp_path / "reviews.csv")
+    qtbot.waitUntil(lambda: page.preview is not None, timeout=30_000)
+    assert page.preview.labels == {"<pos>": 12, "neg": 2}
+    text = html.unescape(page.summary.text())
+    assert "2 labels (rows each) — <pos>: 12 · neg: 2; '<pos>' has 6× the rows of 'neg'" in text
+    assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup

@@ -3,6 +3,7 @@ row with the tokens that carry loss marked, and the token lengths against max_le
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ class DataPreview:
     dropped: list[str] = field(default_factory=list)
     usable: int = 0
     tasks: list[str] = field(default_factory=list)  # the task column's names, in training's order (sorted)
+    labels: dict[str, int] = field(default_factory=dict)  # classification: rows per label, in the model's order
 
 
 def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
@@ -63,7 +65,32 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
         survey.dropped,
         survey.count,
         sorted(survey.tasks),
+        label_counts([label for label, _ in survey.labels]),
     )
+
+
+LABELS_NAMED = 6  # labels a summary names; the rest are counted
+IMBALANCE = 5  # the commonest label with this many times the rarest's rows is worth a word
+
+
+def label_counts(labels: list[Any]) -> dict[str, int]:
+    """Rows per label, in the order the model numbers them (mapping_for_labels)."""
+    counts = Counter(str(label) for label in labels)
+    return {name: counts[name] for name in mapping_for_labels(labels).values()}
+
+
+def describe_labels(counts: dict[str, int]) -> str:
+    """The labels and their rows in a line, and a word where they are far from balanced."""
+    if not counts:
+        return ""
+    named = " · ".join(f"{name}: {n:,}" for name, n in list(counts.items())[:LABELS_NAMED])
+    more = f" · {len(counts) - LABELS_NAMED} more" if len(counts) > LABELS_NAMED else ""
+    text = f"{len(counts)} labels (rows each) — {named}{more}"
+    common, rare = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
+    if counts[common] >= IMBALANCE * max(counts[rare], 1):
+        text += (f"; {common!r} has {counts[common] / max(counts[rare], 1):.0f}× the rows of {rare!r}: accuracy "
+                 "leans toward the common labels, macro-F1 (Evaluate page) weighs every label alike")  # fmt: skip
+    return text
 
 
 def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) -> list[tuple[str, bool]]:

@@ -312,16 +312,19 @@ class DataPage(Page):
 
     # --- showing --------------------------------------------------------------------------------
     def _show(self, preview: Any, spec: DataSpec) -> None:
+        from adapter_studio.engine.data.preview import describe_labels
+
         self.preview = preview
         self._build_mapping(preview.format, preview.columns, preview.mapping)
         self._fill_table(preview.columns, preview.rows)
         held = held_out_count(preview.usable, None)
         self.eval_split.setSpecialValueText(f"auto: {held:,} of {preview.usable:,} rows")
         detected = "detected" if spec.format is None else "chosen"
+        labels = describe_labels(preview.labels)  # the data's own text: escaped
         self.summary.setText(
             f"<b>{preview.total_rows:,}</b> rows, format <b>{preview.format}</b> ({detected}), "
             f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
-            f"{_dropped_text(preview.dropped, preview.total_rows)}"
+            f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
         if self.table.rowCount():
