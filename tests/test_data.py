@@ -176,6 +176,25 @@ def test_system_prompt_and_template_take_effect(tmp_path, tiny_llama, tiny_gpt2)
         prepare_data(DataSpec(path=str(path), template="Q: {question}"), gpt2, None, 128, 0)
 
 
+@pytest.mark.parametrize("model", ["embedded:all-minilm-l6-v2", "embedded:smollm2-135m-instruct"])
+def test_a_rows_tokens_read_as_its_text(model: str, tmp_path: Path) -> None:
+    """Each token's piece is its text in the row: WordPiece keeps its spaces, a split character shows once."""
+    from adapter_studio.engine.data.preview import token_pieces
+    from adapter_studio.engine.models.loading import load_tokenizer, resolve_source
+
+    tokenizer = load_tokenizer(resolve_source(model))
+    ids = tokenizer("Fears for T N pension after talks — naïve café 😀 unbelievable")["input_ids"]
+    pieces = token_pieces(tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
+    assert "\ufffd" not in "".join(pieces)
+    if "minilm" in model:  # the classifier's row, and the label it learns marked
+        path = write_rows(tmp_path / "news.csv", [{"text": "Fears for pension", "label": "World"}] * 2)
+        spec = DataSpec(path=str(path))
+        shown = render_tokens(spec, preview_data(spec).examples[0], "classification", tokenizer)
+        assert "".join(t for t, _ in shown) == "[CLS] fears for pension [SEP]\n→ label: World"
+        assert [t for t, learnt in shown if learnt] == ["\n→ label: World"]
+
+
 def test_prompt_completion_text_and_classification(tmp_path, tiny_llama, tiny_bert_cls) -> None:  # type: ignore[no-untyped-def]
     llama = tokenizer_of(tiny_llama)
     pc = write_rows(tmp_path / "pc.jsonl", [{"prompt": f"{q} = ", "completion": a} for q, a in QA])

@@ -108,8 +108,7 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
             if not tokens:  # the answer starts past max_length: the text as it is, nothing marked
                 out.append((side.text, False))
                 continue
-            out += [(tokenizer.decode([i]), label != -100) for i, label in zip(tokens[0].input_ids,
-                                                                                tokens[0].labels, strict=True)]
+            out += _marked(tokenizer, tokens[0].input_ids, tokens[0].labels)
         return out
     if fmt == "kto":
         from adapter_studio.engine.data.kto import render_completions
@@ -120,8 +119,7 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
         tokens, _, _ = tokenize_rendered(rendered, tokenizer, max_length, special)
         if not tokens:
             return [*mark, (rendered[0].text, False)]
-        return mark + [(tokenizer.decode([i]), label != -100) for i, label in zip(tokens[0].input_ids,
-                                                                                   tokens[0].labels, strict=True)]
+        return mark + _marked(tokenizer, tokens[0].input_ids, tokens[0].labels)
     if fmt == "prompt_completion":
         rendered, special = _render_pairs([example], tokenizer), True
     elif fmt in CHAT_FORMATS:
@@ -130,12 +128,35 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
     else:
         text = example.text if fmt == "text" else f"{example.text} {example.text_pair or ''}".strip()
         ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
-        return [(tokenizer.decode([i]), fmt == "text") for i in ids]
+        pieces = [(piece, fmt == "text") for piece in token_pieces(tokenizer, ids)]
+        # A classifier learns no token of its row but the row's label: that is what is marked.
+        return pieces if fmt == "text" else [*pieces, (f"\n→ label: {example.label}", True)]
     tokens, _, _ = tokenize_rendered(rendered, tokenizer, max_length, special)
     if not tokens:
         return [(rendered[0].text, False)]
-    t = tokens[0]
-    return [(tokenizer.decode([i]), label != -100) for i, label in zip(t.input_ids, t.labels, strict=True)]
+    return _marked(tokenizer, tokens[0].input_ids, tokens[0].labels)
+
+
+def _marked(tokenizer: Any, ids: list[int], labels: list[int]) -> list[tuple[str, bool]]:
+    return [(piece, label != -100) for piece, label in zip(token_pieces(tokenizer, ids), labels, strict=True)]
+
+
+def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token's text as it reads in its row, taken from the decoded text of the tokens up to it: decoded
+    alone, a WordPiece token loses the space before it (BERT's rows read 'fearsforpension') and a byte-level
+    one may hold part of a character (the character is then the piece of its last token, the others empty).
+    Where a longer prefix does not extend the shorter one (a tokenizer that tidies spaces), the token is
+    decoded alone."""
+    pieces: list[str] = []
+    before = ""
+    for k in range(len(ids)):
+        now = tokenizer.decode(ids[: k + 1])
+        if now.endswith("\ufffd") and k + 1 < len(ids):  # a character's first bytes: it shows with its last
+            pieces.append("")
+            continue
+        pieces.append(now[len(before):] if now.startswith(before) else tokenizer.decode(ids[k : k + 1]))
+        before = now
+    return pieces
 
 
 def length_stats(

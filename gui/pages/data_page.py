@@ -414,8 +414,11 @@ class DataPage(Page):
             f"<span style='color:#888'>{html.escape(t)}</span>"
             for t, loss in pieces
         )  # fmt: skip
-        legend = ("<p><span style='background:#c8f7c5; color:#111'>green: tokens the model learns (carry loss)</span>"
-                  " · <span style='color:#888'>gray: prompt tokens (masked)</span></p>")  # fmt: skip
+        learnt, read = (("what the classifier learns (the row's label)", "the text it reads")
+                        if self.preview.format == "classification" else
+                        ("tokens the model learns (carry loss)", "prompt tokens (masked)"))  # fmt: skip
+        legend = (f"<p><span style='background:#c8f7c5; color:#111'>green: {learnt}</span>"
+                  f" · <span style='color:#888'>gray: {read}</span></p>")  # fmt: skip
         self.rendered.setHtml(legend + f"<pre style='white-space:pre-wrap'>{body}</pre>")
 
     # --- token lengths --------------------------------------------------------------------------
