@@ -183,7 +183,7 @@ def test_a_rows_tokens_read_as_its_text(model: str, tmp_path: Path) -> None:
     from adapter_studio.engine.models.loading import load_tokenizer, resolve_source
 
     tokenizer = load_tokenizer(resolve_source(model))
-    ids = tokenizer("Fears for T N pension after talks — naïve café 😀 unbelievable")["input_ids"]
+    ids = tokenizer("Fears for T N pension after talks — naïve café 😀😀 unbelievable 日本語のテキスト")["input_ids"]
     pieces = token_pieces(tokenizer, ids)
     assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
     assert "\ufffd" not in "".join(pieces)

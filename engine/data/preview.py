@@ -69,6 +69,7 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
     )
 
 
+PIECE_CONTEXT = 8  # tokens before one that its text is read against (a character spans at most 4 bytes)
 LABELS_NAMED = 6  # labels a summary names; the rest are counted
 IMBALANCE = 5  # the commonest label with this many times the rarest's rows is worth a word
 
@@ -142,20 +143,23 @@ def _marked(tokenizer: Any, ids: list[int], labels: list[int]) -> list[tuple[str
 
 
 def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each token's text as it reads in its row, taken from the decoded text of the tokens up to it: decoded
-    alone, a WordPiece token loses the space before it (BERT's rows read 'fearsforpension') and a byte-level
-    one may hold part of a character (the character is then the piece of its last token, the others empty).
-    Where a longer prefix does not extend the shorter one (a tokenizer that tidies spaces), the token is
-    decoded alone."""
+    """Each token's text as it reads in its row: what decoding the token adds to the few tokens before it.
+    Decoded alone, a WordPiece token loses the space before it (BERT's rows read 'fearsforpension') and a
+    byte-level one may hold part of a character (the character is then the piece of its last token, the
+    others empty). Where the longer text does not extend the shorter (a tokenizer that tidies spaces), the
+    token is decoded alone. A window of tokens, not the whole row, keeps a 4k-token row fast."""
     pieces: list[str] = []
-    before = ""
+    pending: int | None = None  # the first token of a character not yet complete
     for k in range(len(ids)):
-        now = tokenizer.decode(ids[: k + 1])
+        first = k if pending is None else pending
+        start = max(0, first - PIECE_CONTEXT)
+        before, now = tokenizer.decode(ids[start:first]), tokenizer.decode(ids[start : k + 1])
         if now.endswith("\ufffd") and k + 1 < len(ids):  # a character's first bytes: it shows with its last
             pieces.append("")
+            pending = first
             continue
-        pieces.append(now[len(before):] if now.startswith(before) else tokenizer.decode(ids[k : k + 1]))
-        before = now
+        pieces.append(now[len(before):] if now.startswith(before) else tokenizer.decode(ids[first : k + 1]))
+        pending = None
     return pieces
 
 
