@@ -194,3 +194,15 @@ def test_shows_the_last_saved_evaluation(page: EvaluatePage, lora_run: Path, tmp
     page.state.set_current_run(fresh)  # a run never evaluated: nothing shown
     assert page.result is None and page.scores.rowCount() == 0 and page.examples.rowCount() == 0
     assert not page.open_report.isEnabled()
+
+
+def test_the_score_chart_follows_the_theme(qtbot: Any) -> None:
+    """In the dark theme the axis text is light: a chart fixed to white left it unreadable."""
+    kept = {k: pg.getConfigOption(k) for k in ("background", "foreground")}
+    pg.setConfigOptions(background="#1e1f22", foreground="#dfe1e5")  # what gui.theme sets for dark
+    try:
+        page = EvaluatePage(StudioState())
+        qtbot.addWidget(page)
+        assert page.chart.backgroundBrush().color().name() == "#1e1f22"
+    finally:
+        pg.setConfigOptions(**kept)

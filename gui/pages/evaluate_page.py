@@ -154,8 +154,7 @@ class EvaluatePage(Page):
         left.addWidget(self.pairs)
         layout.addLayout(left, 1)
         self.chart = pg.PlotWidget()
-        self.chart.setObjectName("scoreChart")
-        self.chart.setBackground("w")
+        self.chart.setObjectName("scoreChart")  # the theme's background: a white one left its light text unread
         self.chart.setYRange(0, 1)
         self.chart.setMouseEnabled(False, False)
         self.chart.addLegend(offset=(10, 5))
