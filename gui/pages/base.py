@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.state import StudioState
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 
 class Page(QWidget):
@@ -32,3 +33,11 @@ def wrapped_label(name: str, text: str = "") -> QLabel:
     label.setObjectName(name)
     label.setWordWrap(True)
     return label
+
+
+def number_cell(table: QTableWidget, row: int, column: int, text: str) -> QTableWidgetItem:
+    """A number put right-aligned in a table cell (scores, shares, counts)."""
+    item = QTableWidgetItem(text)
+    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    table.setItem(row, column, item)
+    return item

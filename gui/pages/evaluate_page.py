@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from adapter_studio.gui.pages.base import Page, wrapped_label
+from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
 from adapter_studio.gui.worker import run_in_background
@@ -347,7 +347,7 @@ class EvaluatePage(Page):
         self.scores.setVerticalHeaderLabels([METRIC_TITLES.get(n, n) for n in names])
         for i, name in enumerate(names):
             for j, column in enumerate(columns):
-                _put(self.scores, i, j, f"{self.result.metrics[column][name]:.3f}")
+                number_cell(self.scores, i, j, f"{self.result.metrics[column][name]:.3f}")
         self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.chart.clear()
         width = 0.8 / max(len(columns), 1)
@@ -394,7 +394,7 @@ class EvaluatePage(Page):
             cells = [str(s["rows"]), *(f"{s[k]:.3f}" for k in ("precision", "recall", "f1"))]
             cells += [f"{c.baseline_f1[label]:.3f}"] if c.baseline else []
             for j, text in enumerate(cells):
-                _put(self.class_table, i, j, text)
+                number_cell(self.class_table, i, j, text)
         self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.confusion.setRowCount(len(expected))  # OTHER, where there is one, is a column only
         self.confusion.setColumnCount(len(c.labels))
@@ -403,7 +403,7 @@ class EvaluatePage(Page):
         for i, row in enumerate(c.confusion[: len(expected)]):
             total = max(sum(row), 1)
             for j, count in enumerate(row):
-                item = _put(self.confusion, i, j, str(count))
+                item = number_cell(self.confusion, i, j, str(count))
                 # Shade by the share of the expected class's rows: the diagonal blue, mix-ups red.
                 share = count / total
                 colour = QColor("#1e88e5" if i == j else "#e53935")
@@ -446,11 +446,3 @@ class EvaluatePage(Page):
         regressions = sum(r["regression"] for r in self.result.rows) if self.result is not None else 0
         self.examples_title.setText(f"<b>Rows whose answer changed</b> ({len(rows)} shown of {total}; "
                                     f"{regressions} regressions)")  # fmt: skip
-
-
-def _put(table: QTableWidget, row: int, column: int, text: str) -> QTableWidgetItem:
-    """A right-aligned number in a table cell."""
-    item = QTableWidgetItem(text)
-    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    table.setItem(row, column, item)
-    return item

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from adapter_studio.gui.pages.base import Page, wrapped_label
+from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
@@ -380,11 +380,9 @@ class TryPage(Page):
         labels = sorted(tuned, key=tuned.__getitem__, reverse=True)
         self.probabilities.setRowCount(len(labels))
         for row, label in enumerate(labels):
-            for column, value in enumerate((label, f"{base[label]:.1%}", f"{tuned[label]:.1%}")):
-                item = QTableWidgetItem(value)
-                if column:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.probabilities.setItem(row, column, item)
+            self.probabilities.setItem(row, 0, QTableWidgetItem(label))
+            for column, value in enumerate((f"{base[label]:.1%}", f"{tuned[label]:.1%}"), start=1):
+                number_cell(self.probabilities, row, column, value)
         self.status.setText(f"Tuned model: <b>{labels[0]}</b> ({tuned[labels[0]]:.1%}).")
         self._update_buttons()
 
