@@ -90,14 +90,19 @@ def generated_label_scores(references: Sequence[str], answers: dict[str, Sequenc
                            baseline: str | None) -> ClassScores:  # fmt: skip
     """Scores per class of `answers["tuned"]`, each answer read as the label it normalises to (else OTHER),
     with the F1 per class of `answers[baseline]` beside them."""
+    read = {column: read_labels(answers[column], labels) for column in ("tuned", *([baseline] if baseline else []))}
+    return _read_label_scores(read_labels(references, labels), read, labels, baseline)
+
+
+def _read_label_scores(expected: list[int], read: dict[str, list[int]], labels: list[str],
+                       baseline: str | None) -> ClassScores:  # fmt: skip
+    """`generated_label_scores` of answers already read as label ids (`read_labels`)."""
     other = len(labels)
-    predicted = read_labels(answers["tuned"], labels)
-    compared = read_labels(answers[baseline], labels) if baseline else []
+    compared = read[baseline] if baseline else []
     names = dict(enumerate(labels))
-    if other in predicted or other in compared:
+    if other in read["tuned"] or other in compared:
         names[other] = OTHER
-    return class_scores(read_labels(references, labels), predicted, names,
-                        (baseline, compared) if baseline else None)  # fmt: skip
+    return class_scores(expected, read["tuned"], names, (baseline, compared) if baseline else None)
 
 
 def label_answer_scores(references: Sequence[str], answers: dict[str, Sequence[str]], baseline: str | None,
@@ -109,11 +114,11 @@ def label_answer_scores(references: Sequence[str], answers: dict[str, Sequence[s
     if labels is None:
         return None
     expected = read_labels(references, labels)
-    macro_f1 = {column: class_metrics(read_labels(texts, labels), expected, range(len(labels)))["macro_f1"]
-                for column, texts in answers.items()}  # fmt: skip
+    read = {column: read_labels(texts, labels) for column, texts in answers.items()}  # each column once
+    macro_f1 = {column: class_metrics(ids, expected, range(len(labels)))["macro_f1"] for column, ids in read.items()}
     note = (f"the expected answers are {len(labels)} labels: scored per class too, with macro-F1; BLEU counts runs "
             "of up to 4 words, so it says little of one- or two-word answers")  # fmt: skip
-    return generated_label_scores(references, answers, labels, baseline), macro_f1, note
+    return _read_label_scores(expected, read, labels, baseline), macro_f1, note
 
 
 def read_labels(texts: Sequence[str], labels: list[str]) -> list[int]:
