@@ -149,10 +149,11 @@ def markdown(result: EvaluationResult) -> str:
 
 def class_tables(c: ClassScores) -> list[str]:
     """The report's per-class table and the tuned model's confusion matrix (or, for many labels, its mix-ups)."""
-    extra = f" | F1 {COLUMN_TITLES.get(c.baseline, c.baseline)}" if c.baseline else ""
+    title = COLUMN_TITLES.get(c.baseline, c.baseline) if c.baseline else None
+    extra = f" | F1 {title}" if title else ""
     lines = ["## Per class", "", "The tuned model's scores on each label's held-out rows"
-             + (f", and the F1 of the {COLUMN_TITLES.get(c.baseline, c.baseline)} baseline" if c.baseline else "")
-             + ".", "", f"| class | rows | precision | recall | F1{extra} |",
+             + (f", and the F1 of the {title} baseline" if title else "") + ".", "",
+             f"| class | rows | precision | recall | F1{extra} |",
              "|---|---:|---:|---:|---:|" + ("---:|" if c.baseline else "")]  # fmt: skip
     for label in c.expected_labels():
         s = c.per_class[label]
