@@ -27,7 +27,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     ev.add_argument("--limit", type=int, default=500, help="evaluate at most this many rows (default 500)")
     ev.add_argument("--batch-size", type=int, default=16, help="rows generated at once")
-    ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8)")
+    ev.add_argument("--max-new-tokens", type=int, help="longest answer (default: longest expected answer + 8; "
+                    "at least 128 where answers are read by their last number)")
     ev.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     ev.add_argument("--no-forgetting", action="store_true", help="skip the forgetting check")
     ev.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
