@@ -360,6 +360,107 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
 
 
+NEWS = [
+    ("3", "Wall St. Bears Claw Back Into the Black",
+     "Short-sellers, Wall Street's dwindling band of ultra-cynics, are seeing green again."),
+    ("4", "Ky. Company Wins Grant to Study Peptides",
+     "A company founded by a chemistry researcher at the University of Louisville won a grant."),
+    ("2", "Phelps, Thorpe Advance in 200 Freestyle",
+     "Michael Phelps won the gold medal in the 100 butterfly and set an Olympic record."),
+    ("1", "Iraq Halts Oil Exports from Main Pipeline",
+     "Authorities have halted oil export flows from the main pipeline in southern Iraq."),
+]  # fmt: skip
+NEWS = [(label, f"{title} ({i})", f"{text} ({i})") for i in range(3) for label, title, text in NEWS]  # distinct rows
+
+
+@pytest.mark.parametrize(
+    ("header", "is_row"),
+    [
+        (["label", "title", "description"], False),
+        (["Class Index", "Title", "Description"], False),
+        (["0", "1", "2"], False),  # pandas' names for unnamed columns
+        (["1", "2"], False),
+        (["3", "Wall St. Bears Claw Back", "Reuters - Short-sellers"], True),  # a number
+        (["the film is a charming and often affecting journey", "positive"], True),  # a sentence
+        (["text", "2.5"], True),
+    ],
+)
+def test_a_csv_first_line_is_a_row_when_it_holds_numbers_or_sentences(header: list[str], is_row: bool) -> None:
+    from adapter_studio.engine.data.by_values import looks_like_data
+
+    assert looks_like_data(header) is is_row
+
+
+@pytest.mark.parametrize("name", ["news.csv", "news.tsv", "news.csv.gz"])
+def test_a_csv_without_a_header_line_is_read_from_its_first_line_and_classified(tmp_path: Path, name: str) -> None:
+    """AG News, DBpedia and Yahoo Answers as first published: no header, the label first, then title and text."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = tmp_path / name
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    lines = []
+    for row in NEWS:
+        with_quotes = [f'"{cell}"' for cell in row] if delimiter == "," else list(row)
+        lines.append(delimiter.join(with_quotes))
+    text = "\n".join(lines) + "\n"
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    fmt, mapping, examples, dropped = load_examples(DataSpec(path=str(path)), str(path))
+    assert (fmt, mapping) == ("classification", {"text": "column 2", "text_pair": "column 3", "label": "column 1"})
+    assert [(e.label, e.text, e.text_pair) for e in examples] == NEWS and not dropped
+    assert examples[0].where.endswith(f"{name}:1")  # the first line is row 1, not a header
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        (["text", "target"], {"text": "text", "label": "target"}),  # scikit-learn's 20 newsgroups
+        (["utterance", "intent"], {"text": "utterance", "label": "intent"}),
+        (["review", "rating"], {"text": "review", "label": "rating"}),
+        (["emotion", "text"], {"text": "text", "label": "emotion"}),
+    ],
+)
+def test_a_label_column_is_found_by_its_values_where_its_name_says_nothing(
+    tmp_path: Path, columns: list[str], expected: dict[str, str]
+) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+
+    rows = [{columns[0]: None, columns[1]: None} for _ in NEWS]
+    label_column, text_column = (expected["label"], expected["text"])
+    for row, (label, _, description) in zip(rows, NEWS, strict=True):
+        row.update({label_column: label, text_column: description})
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    fmt, mapping, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert (fmt, mapping) == ("classification", expected)
+    assert [e.label for e in examples] == [label for label, *_ in NEWS]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"text": description, "source": "web"} for *_, description in NEWS],  # one value: no classes
+        [{"text": description, "source": ["web", "book"][i % 2], "id": i} for i, (*_, description) in enumerate(NEWS)],
+        [{"text": description, "id": str(i)} for i, (*_, description) in enumerate(NEWS)],  # all different
+        [{"text": description, "label2": "a"} for *_, description in NEWS[:4]] + [{"text": "x", "label2": "b"}],
+    ],
+    ids=["one value", "three columns", "ids", "too few rows"],
+)
+def test_plain_text_stays_plain_text_beside_columns_that_are_no_labels(tmp_path: Path, rows: list[dict]) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = write_rows(tmp_path / "corpus.jsonl", rows)
+    fmt, mapping, *_ = load_examples(DataSpec(path=str(path)), str(path))
+    assert (fmt, mapping) == ("text", {"text": "text"})
+
+
+def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_path: Path) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = tmp_path / "test.csv"
+    path.write_text("\n".join(",".join(f'"{c}"' for c in row) for row in NEWS))
+    fmt, mapping, examples, _ = load_examples(DataSpec(path=str(path), format="classification"), str(path))
+    assert (fmt, mapping["label"], len(examples)) == ("classification", "column 1", len(NEWS))
+
+
 @pytest.mark.parametrize(
     ("labels", "said"),
     [

@@ -194,8 +194,18 @@ def test_columns_it_cannot_place_are_mapped_on_the_page(window, qtbot, tmp_path,
                                        "question": "How many are left?", "equation": "( 3.0 - 1.0 )",
                                        "gold_answer": 2.0}] * 3),
          "tiny_llama", {"format": "alpaca", "instruction": "problem", "output": "gold_answer"}),
+        ("news.csv", "".join(f'"{i % 4 + 1}","Stocks rise for day {i}","Markets gained today for the {i}th time."\n'
+                             for i in range(8)),
+         "tiny_bert_cls", {"format": "classification", "text": "column 2", "text_pair": "column 3",
+                           "label": "column 1"}),
+        ("pairs.jsonl", "".join(json.dumps({"prompt": f"Question {i}?", "response_0": "Yes.", "response_1": "No.",
+                                            "better_response_id": i % 2, "safer_response_id": 0}) + "\n"
+                                for i in range(4)),
+         "tiny_llama", {"format": "preference", "prompt": "prompt", "answer_a": "response_0",
+                        "answer_b": "response_1", "preferred": "better_response_id"}),
     ],
-    ids=["news as published", "math problems as published"],
+    ids=["news as published", "math problems as published", "news without a header line",
+         "two answers and the better one's number"],
 )  # fmt: skip
 def test_files_as_published_are_read_without_a_mapping(tiny_llama, tiny_bert_cls, window, qtbot, tmp_path, file,  # type: ignore[no-untyped-def]
                                                        content, model, expected) -> None:  # fmt: skip

@@ -74,6 +74,75 @@ def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], ma
     assert ("system" in mapping) == (first.messages[0] == {"role": "system", "content": "Be brief."})
 
 
+def _two_answers(a: str, b: str, preferred: str, values: list[Any], **more: Any) -> list[dict[str, Any]]:
+    """Rows that give two answers and which is better: row i prefers the answer `values[i]` names; the
+    preferred answer is always "good", the other "bad"."""
+    rows = []
+    for i, value in enumerate(values):
+        first_good = i % 2 == 0
+        rows.append({"prompt": f"question {i}?", a: "good" if first_good else "bad",
+                     b: "bad" if first_good else "good", preferred: value, **more})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "preferred", "values"),
+    [
+        ("response_0", "response_1", "better_response_id", [0, 1, 0.0, "1"]),  # PKU-SafeRLHF
+        ("response1", "response2", "preference", [1, 2, "1", 2]),
+        ("response_a", "response_b", "winner", ["model_a", "model_b", "A", "response_b"]),  # arena exports
+        ("answer_a", "answer_b", "preferred", ["a", "B", "answer_a", "b"]),
+    ],
+    ids=["pku", "numbered from 1", "arena", "letters"],
+)  # fmt: skip
+def test_two_answers_and_which_is_better_are_read_as_pairs(a: str, b: str, preferred: str, values: list[Any],
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    from adapter_studio.engine.data.preview import preview_data
+    from adapter_studio.engine.spec import DataSpec
+
+    rows = _two_answers(a, b, preferred, values, safer_response_id=0)
+    preview = preview_data(DataSpec(path=str(write_jsonl(tmp_path / "pairs.jsonl", rows))))
+    assert preview.format == "preference" and not preview.dropped
+    assert preview.mapping == {"prompt": "prompt", "answer_a": a, "answer_b": b, "preferred": preferred}
+    assert [(e.chosen, e.rejected) for e in preview.examples] == [("good", "bad")] * len(values)
+    assert preview.examples[1].messages == [{"role": "user", "content": "question 1?"}]
+
+
+def test_whole_conversations_as_two_answers_split_where_they_diverge(tmp_path: Path) -> None:
+    """Arena exports: each answer a whole conversation; a tie is dropped with a note."""
+    user = {"role": "user", "content": "hi"}
+    rows = [{"conversation_a": [user, {"role": "assistant", "content": side_a}],
+             "conversation_b": [user, {"role": "assistant", "content": side_b}], "winner": winner}
+            for side_a, side_b, winner in (("good", "bad", "model_a"), ("bad", "good", "model_b"),
+                                           ("same", "other", "tie (bothbad)"))]  # fmt: skip
+    fmt, examples, dropped = read(write_jsonl(tmp_path / "arena.jsonl", rows))
+    assert fmt == "preference" and [(e.chosen, e.rejected) for e in examples] == [("good", "bad")] * 2
+    assert examples[0].messages == [user]
+    assert len(dropped) == 1 and "'winner' is tie (bothbad): no answer is preferred" in dropped[0]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "value", "fix"),
+    [
+        ("human_ref_A", "human_ref_B", 1, "write A or B"),  # SHP's 1 means A: a number names no lettered column
+        ("response_0", "response_1", 2, "write 0 or 1"),
+        ("response_0", "response_1", -1, "write 0 or 1"),
+        ("response_a", "response_b", True, "write a or b"),
+        ("response_a", "response_b", "model_c", "write a or b"),
+    ],
+)
+def test_a_preferred_value_that_names_neither_answer_says_where_and_what_to_write(
+    a: str, b: str, value: Any, fix: str, tmp_path: Path
+) -> None:
+    rows = _two_answers(a, b, "preferred", [value])
+    path = write_jsonl(tmp_path / "pairs.jsonl", _two_answers(a, b, "preferred", [a, b]) + rows)
+    with pytest.raises(UserError) as error:
+        read(path)
+    assert error.value.where == f"{path}:3"
+    assert f"field 'preferred' is {str(value)!r}, which names neither answer ('{a}' or '{b}')" in error.value.message
+    assert fix in error.value.fix
+
+
 def test_message_lists_and_whole_dialogues_split_where_they_diverge(tmp_path: Path) -> None:
     user = {"role": "user", "content": "hi"}
     rows = [

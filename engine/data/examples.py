@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from adapter_studio.engine.data.by_values import classification_by_values
 from adapter_studio.engine.data.files import RowChunk, iter_chunks
 from adapter_studio.engine.data.kto import kto_examples
 from adapter_studio.engine.data.preference import pair_examples
 from adapter_studio.engine.data.shapes import (
     ColumnsNotMapped,
     Example,
-    detect_format,
+    detect_shape,
     resolve_columns,
     to_examples,
 )
@@ -49,12 +50,14 @@ def example_chunks(
     """The examples of data.path (or another path with the same settings), a chunk at a time."""
     fmt = fmt or spec.format
     mapping: dict[str, str] = {}
+    hints = spec.columns  # with the roles the first file's values showed, where its names did not
     for chunk in iter_chunks(path, progress=progress):
         if chunk.first_of_file:
             columns = list(dict.fromkeys(k for row in chunk.rows[:100] for k in row))
             try:
-                fmt = fmt or detect_format(columns, spec.columns, where=chunk.path)
-                mapping = resolve_columns(fmt, columns, spec.columns, chunk.path)
+                if fmt is None:
+                    fmt, hints = detect_shape(columns, hints, chunk.path, chunk.rows[:100])
+                mapping = _resolve(fmt, columns, hints, chunk)
             except ColumnsNotMapped as e:
                 e.rows = chunk.rows[:SHOWN_ROWS]  # for the Data page to show while columns are mapped
                 raise
@@ -62,6 +65,18 @@ def example_chunks(
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
+
+
+def _resolve(fmt: str, columns: list[str], hints: dict[str, str], chunk: RowChunk) -> dict[str, str]:
+    """Role → column; rows to classify whose names say nothing (an evaluation file without a header line, read
+    in the format its training file was) are mapped by their values, where those show a label and a text."""
+    try:
+        return resolve_columns(fmt, columns, hints, chunk.path)
+    except ColumnsNotMapped:
+        found = classification_by_values(columns, chunk.rows[:100]) if fmt == "classification" else None
+        if found is None:
+            raise
+        return resolve_columns(fmt, columns, {**found, **hints}, chunk.path)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from adapter_studio.engine.data.by_values import headerless_names, looks_like_data
 from adapter_studio.engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
@@ -221,7 +222,9 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any],
                 raise _bad_utf8(path) from None
             if header is None:
                 header = record
-                continue
+                if not looks_like_data(record):
+                    continue
+                header = headerless_names(len(record))  # no header line: this line is the first row
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) != len(header):

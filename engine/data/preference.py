@@ -84,10 +84,66 @@ def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[di
     )
 
 
+_TIES = {"", "tie", "tie (bothbad)", "both", "neither", "none", "equal", "same", "draw"}
+
+
+def _suffix(name: str) -> str | None:
+    """What tells one of a pair of columns or values from the other: its last number (response_0,
+    response1) or a last letter of its own (human_ref_A, model_a, B)."""
+    number = re.search(r"(\d+)$", name)
+    if number:
+        return str(int(number.group(1)))
+    letter = re.search(r"(?:^|[^a-z0-9])([a-z])$", name.lower())
+    return letter.group(1) if letter else None
+
+
+def _shown(column: str) -> str:
+    """How a value names this answer column: its number, or its last letter as the column writes it."""
+    suffix = _suffix(column)
+    return column if suffix is None else suffix if suffix[0].isdigit() else column[-1]
+
+
+def _named(value: Any, a: str, b: str) -> str | None:
+    """What a preferred column's value says: an answer column's name, or a number or letter (None for none)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    text = str(value).strip().lower()
+    if re.fullmatch(r"-?\d+(\.0*)?", text):  # 1, 1.0, -1: the number itself
+        return str(int(float(text)))
+    return text if text in (a.lower(), b.lower()) else _suffix(text)
+
+
+def preferred_columns(row: dict[str, Any], columns: dict[str, str], where: str) -> tuple[str, str] | str:
+    """(chosen, rejected) columns of a row that gives two answers and which is better: the preferred
+    column's value names one answer column, in full or by its last number or letter. A tie is a note (the
+    row is dropped); a value that names neither answer raises UserError."""
+    a, b, column = columns["answer_a"], columns["answer_b"], columns["preferred"]
+    value = row.get(column)
+    text = "" if value is None else str(value).strip()
+    if not isinstance(value, bool) and text.lower() in _TIES:
+        return f"{where}: '{column}' is {text or 'empty'}: no answer is preferred"
+    said = _named(value, a, b)
+    for mine, other in ((a, b), (b, a)):
+        if said is not None and said in (mine.lower(), _suffix(mine)):
+            return mine, other
+    raise UserError(
+        f"field '{column}' is {text!r}, which names neither answer ('{a}' or '{b}')",
+        where=where,
+        fix=f"write {_shown(a)} or {_shown(b)} (or the preferred answer's column name) in '{column}', "
+        "or map another column to preferred",
+    )
+
+
 def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> PairRows | str:
     """The row's pair, or a note saying why it carries nothing to learn (the row is dropped);
     a field of the wrong kind raises UserError naming the file, line and field."""
-    c_col, r_col = columns["chosen"], columns["rejected"]
+    if "chosen" in columns and "rejected" in columns:
+        c_col, r_col = columns["chosen"], columns["rejected"]
+    else:
+        picked = preferred_columns(row, columns, where)
+        if isinstance(picked, str):
+            return picked
+        c_col, r_col = picked
     has_prompt = "prompt" in columns and row.get(columns["prompt"]) not in (None, "", [])
     if has_prompt:
         prompt = _as_turns(row.get(columns["prompt"]), columns["prompt"], where, "user")

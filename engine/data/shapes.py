@@ -7,59 +7,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapter_studio.engine.data.by_values import classification_by_values
 from adapter_studio.engine.data.files import locate
+from adapter_studio.engine.data.roles import (
+    ALTERNATIVE,
+    FORMAT_ALIASES,
+    REQUIRED,
+    ROLE_ALIASES,
+    required_roles,
+    roles_of,
+)
 from adapter_studio.engine.errors import UserError
 
-# Role → the column names a role is found under when `data.columns` does not say.
-ROLE_ALIASES: dict[str, tuple[str, ...]] = {
-    # Math word problems: `problem` is the whole text where a file has both (SVAMP, MultiArith: `question` is
-    # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections).
-    "instruction": ("instruction", "problem", "question", "query", "prompt_text"),
-    "input": ("input", "context"),
-    "output": ("output", "response", "answer", "solution", "target", "gold_answer"),
-    "system": ("system",),
-    "messages": ("messages",),
-    "conversations": ("conversations", "conversation"),
-    "prompt": ("prompt",),
-    "completion": ("completion",),
-    "text": ("text", "sentence", "sentence1", "content", "document"),
-    "text_pair": ("text_pair", "sentence2"),
-    # A label's name before its number: datasets exported from the Hub carry both (`label` 2, `label_text`
-    # "Business"), and the name is what the Try and Evaluate pages should say.
-    "label": ("label_text", "label_name", "label", "labels", "class", "category", "class index", "topic",
-              "sentiment"),
-    "chosen": ("chosen",),
-    "rejected": ("rejected",),
-    "task": ("task",),  # which task a row belongs to: Poly routes by it, other methods ignore it
-}
-# Names a role is found under in one format only, after the usual ones. News and reviews to classify: a
-# `title` with a `description` reads as the pair (AG News' own files), a `review` with its `sentiment`
-# (IMDB's); a plain-text file with a `title` column is not trained on its titles.
-# Preference pairs: the question answered under its alpaca-style names (Intel/orca_dpo_pairs: `system`,
-# `question`, `chosen`, `rejected`), the answers under the names of Argilla's sets (`chosen_response`).
-FORMAT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
-    "classification": {"text": ("title", "headline", "review", "description"), "text_pair": ("description",)},
-    "preference": {"prompt": ("instruction", "question", "query", "problem", "input"),
-                   "chosen": ("chosen_response",), "rejected": ("rejected_response",)},
-}
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "alpaca": ("instruction", "output"),
-    "messages": ("messages",),
-    "sharegpt": ("conversations",),
-    "prompt_completion": ("prompt", "completion"),
-    "text": ("text",),
-    "classification": ("text", "label"),
-    "preference": ("chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-}
-OPTIONAL: dict[str, tuple[str, ...]] = {
-    "alpaca": ("input", "system", "task"),
-    "messages": ("task",),
-    "sharegpt": ("task",),
-    "prompt_completion": ("task",),
-    "classification": ("text_pair", "task"),
-    "preference": ("prompt", "system"),
-}
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -91,10 +50,6 @@ class Example:
     def where(self) -> str:
         """`data.jsonl:7` or `data.parquet, row 7`: where a person finds this row."""
         return locate(self.path, self.unit, self.row) if self.path else f"row {self.row}"
-
-
-def roles_of(fmt: str) -> tuple[str, ...]:
-    return REQUIRED[fmt] + OPTIONAL.get(fmt, ())
 
 
 def _find(columns: list[str], role: str, mapping: dict[str, str], fmt: str = "") -> str | None:
@@ -137,7 +92,8 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
     """The shape whose required roles are all present (mapped or by their usual names)."""
     mapping = mapping or {}
     for fmt in ("preference", "kto", "messages", "sharegpt", "classification", "prompt_completion", "alpaca", "text"):
-        if all(_find(columns, role, mapping, fmt) for role in REQUIRED[fmt]):
+        found = [r for r in roles_of(fmt) if _find(columns, r, mapping, fmt)]
+        if all(r in found for r in required_roles(fmt, found)):
             if fmt == "classification" and _find(columns, "output", mapping):
                 continue
             return fmt
@@ -151,12 +107,31 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
     )  # fmt: skip
 
 
+def detect_shape(
+    columns: list[str], mapping: dict[str, str], where: str, rows: list[dict[str, Any]]
+) -> tuple[str, dict[str, str]]:
+    """The shape, and role → column hints for it: by the columns' names, else by their values (a label
+    column beside text, as in a CSV without a header line, or a plain-text file with one column of labels)."""
+    try:
+        fmt = detect_format(columns, mapping, where)
+    except ColumnsNotMapped:
+        found = classification_by_values(columns, rows)
+        if found is None:
+            raise
+        return "classification", {**found, **mapping}
+    if fmt == "text" and len(columns) == 2 and not mapping:
+        found = classification_by_values(columns, rows)
+        if found is not None and found["text"] == _find(columns, "text", mapping):
+            return "classification", found
+    return fmt, mapping
+
+
 def _found(fmt: str, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
     """Role → column for the roles of a format found among the columns, by mapping or usual name."""
     found: dict[str, str] = {}
     for role in roles_of(fmt):
         column = _find(columns, role, mapping, fmt)
-        if role not in REQUIRED[fmt] and role not in mapping and column in found.values():
+        if role not in REQUIRED[fmt] + ALTERNATIVE.get(fmt, ()) and role not in mapping and column in found.values():
             continue  # found under a name a required role already took (a lone `description`)
         if column is not None and column in columns:
             found[role] = column
@@ -173,7 +148,7 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
             fix=f"{fmt} uses: {', '.join(roles_of(fmt))}",
         )
     resolved = _found(fmt, columns, mapping)
-    for role in (r for r in REQUIRED[fmt] if r not in resolved):
+    for role in (r for r in required_roles(fmt, resolved) if r not in resolved):
         if role in mapping:  # mapped to a column the file does not have
             raise UserError(
                 f"data.columns maps {role} to '{mapping[role]}', which this file does not have; "

@@ -228,7 +228,8 @@ class TrainingSession:
             spec = spec.model_copy(update={"method": method})
         keep_tasks(data, spec.method.routes_by_task, (where, str(spec.data.eval_path or where)))
         self.log(
-            f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format, "
+            f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format: "
+            f"{', '.join(f'{r} ← {c}' for r, c in data.columns.items())}; "
             f"{data.train_tokens:,} tokens){f'; {len(data.dropped)} rows dropped' if data.dropped else ''}"
         )
         for note in data.dropped[:10]:

@@ -14,7 +14,8 @@ import numpy as np
 import pyqtgraph as pg
 import shiboken6
 from adapter_studio.engine.data.examples import SHOWN_ROWS, held_out_count
-from adapter_studio.engine.data.shapes import REQUIRED, ColumnsNotMapped, roles_of
+from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
+from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
@@ -306,7 +307,7 @@ class DataPage(Page):
         self.format.setCurrentText(error.format)
         self._build_mapping(error.format, error.columns, error.found)
         self._fill_table(error.columns, error.rows)
-        missing = [r for r in REQUIRED[error.format] if r not in error.found]
+        missing = [r for r in required_roles(error.format, error.found) if r not in error.found]
         self.summary.setText(f"{message}<br>Pick the column for <b>{', '.join(missing)}</b> under Columns, or "
                              "another format.")  # fmt: skip
 
@@ -358,7 +359,7 @@ class DataPage(Page):
             combo.setObjectName(f"column_{role}")
             combo.addItems([NO_COLUMN, *columns])
             combo.setCurrentText(mapping.get(role, NO_COLUMN))
-            combo.setToolTip(f"Which column holds the {role}" + (" (required)" if role in REQUIRED[fmt] else ""))
+            combo.setToolTip(f"Which column holds the {role}{_role_note(fmt, role)}")
             combo.activated.connect(lambda _i: self.reload())
             self.combos[role] = combo
             self.mapping_row.addWidget(QLabel(f"{role}:"))
@@ -501,6 +502,16 @@ class DataPage(Page):
         brushes = [pg.mkBrush("#e67e22" if c > max_length else "#3498db") for c in centers]
         self.histogram_bars.setOpts(x=centers, height=counts, width=(edges[1] - edges[0]) * 0.9, brushes=brushes)
         self.histogram.setXRange(0, top * 1.02)
+
+
+def _role_note(fmt: str, role: str) -> str:
+    if role in REQUIRED[fmt]:
+        return " (required)"
+    other = ALTERNATIVE.get(fmt, ())
+    if role in other:  # preference pairs as two answers and which is better
+        others = ", ".join(r for r in other if r != role)
+        return f" (required with {others} where there is no {' or '.join(REQUIRED[fmt])})"
+    return ""
 
 
 def _dropped_text(dropped: list[str], total: int) -> str:
