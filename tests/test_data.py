@@ -452,6 +452,19 @@ def test_plain_text_stays_plain_text_beside_columns_that_are_no_labels(tmp_path:
     assert (fmt, mapping) == ("text", {"text": "text"})
 
 
+def test_a_headerless_file_sorted_by_class_is_classified_from_its_first_rows(tmp_path: Path) -> None:
+    """DBpedia's CSV files as published: no header, and the first 40,000 rows all of class 1."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    rows = [(str(i // 110 + 1), f"Company number {i} (firm)", f"Company {i} is a firm founded in {1800 + i}.")
+            for i in range(220)]  # the first 110 rows are of class 1
+    path = tmp_path / "dbpedia.csv"
+    path.write_text("\n".join(",".join(f'"{c}"' for c in row) for row in rows))
+    fmt, mapping, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert (fmt, mapping["label"]) == ("classification", "column 1")
+    assert {e.label for e in examples} == {"1", "2"}
+
+
 def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_path: Path) -> None:
     from adapter_studio.engine.data.examples import load_examples
 

@@ -35,9 +35,12 @@ def _values(rows: list[dict[str, Any]], column: str) -> list[str]:
 
 
 def is_label_column(values: list[str]) -> bool:
-    """A few short values, each on several rows."""
+    """A few short values, each on several rows. One class id alone counts too: DBpedia's files are sorted
+    by class, so their first rows all carry class 1."""
     distinct = set(values)
-    return (len(values) >= MIN_ROWS and 2 <= len(distinct) <= min(MAX_LABELS, len(values) // 2)
+    one_id = len(distinct) == 1 and all(re.fullmatch(r"\d{1,3}", v) for v in distinct)
+    return (len(values) >= MIN_ROWS and (len(distinct) >= 2 or one_id)
+            and len(distinct) <= min(MAX_LABELS, len(values) // 2)
             and all(len(v) <= LABEL_CHARS for v in distinct))  # fmt: skip
 
 
