@@ -315,6 +315,36 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
     assert detect_format(columns) == expected
 
 
+@pytest.mark.parametrize(
+    ("row", "user", "answer"),
+    [
+        ({"question": "A train goes 60 km in 2 hours. Its speed?", "options": ["A)20", "B)30", "C)40"],
+          "rationale": "60 / 2 = 30. Answer: B", "correct": "B"},  # AQuA
+         "A train goes 60 km in 2 hours. Its speed?\n\nA)20\nB)30\nC)40", "B"),
+        ({"Problem": "what is 10 % of 50 ?", "Rationale": "50 * 0.1 = 5", "options": "a ) 5 , b ) 10",
+          "correct": "a", "category": "general"},  # MathQA
+         "what is 10 % of 50 ?\n\na ) 5 , b ) 10", "a"),
+    ],
+    ids=["aqua", "mathqa"],
+)  # fmt: skip
+def test_multiple_choice_problems_are_read_with_their_options(tmp_path: Path, row: dict, user: str,
+                                                              answer: str) -> None:  # fmt: skip
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = write_rows(tmp_path / "problems.jsonl", [row] * 3)
+    fmt, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert fmt == "alpaca"
+    assert [m["content"] for m in examples[0].messages] == [user, answer]
+
+
+def test_a_list_is_options_only_where_it_is_the_input(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "p.jsonl", [{"question": ["a", "b"], "answer": "c"}])
+    from adapter_studio.engine.data.examples import load_examples
+
+    with pytest.raises(UserError, match="field 'question' is a list, expected text"):
+        load_examples(DataSpec(path=str(path)), str(path))
+
+
 TABLE = [{"text": "Stocks rose", "label": "Business"}, {"text": "The team won", "label": "Sports"},
          {"text": "Rain in Paris", "label": "World"}]
 
@@ -678,8 +708,8 @@ BAD_INPUTS = {
         classification=True,
     ),
     "question found, its answer not": BadInput(
-        {"mathqa.json": b'[{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "correct": "a"}]'},
-        ["{dir}/mathqa.json", "cannot tell the data's shape from its columns (Problem, Rationale, correct)",
+        {"mathqa.json": b'[{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "Verdict": "a"}]'},
+        ["{dir}/mathqa.json", "cannot tell the data's shape from its columns (Problem, Rationale, Verdict)",
          "data.format: alpaca, data.columns: {{instruction: Problem, output: Rationale}}"],
     ),
     "pair under longer names": BadInput(

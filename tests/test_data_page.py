@@ -158,7 +158,7 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
 @pytest.mark.parametrize(
     ("content", "fmt", "found", "picks", "mapping"),
     [
-        ([{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "correct": "a"}] * 3, "alpaca", {"instruction": "Problem"},
+        ([{"Problem": "2 + 2?", "Rationale": "2 + 2 = 4", "Verdict": "a"}] * 3, "alpaca", {"instruction": "Problem"},
          {"output": "Rationale"}, {"instruction": "Problem", "output": "Rationale"}),
         ([{"instruction": "hi", "chosen_text": "hello", "rejected_text": "go away"}] * 3, "preference",
          {"prompt": "instruction"}, {"chosen": "chosen_text", "rejected": "rejected_text"},

@@ -165,13 +165,15 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
     return resolved
 
 
-def _text(value: Any, column: str, where: str) -> str:
+def _text(value: Any, column: str, where: str, options: bool = False) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if options and isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return "\n".join(map(str, value))  # a multiple-choice problem's options, one per line
     raise UserError(
         f"field '{column}' is a {_kind(value)}, expected text",
         where=where,
@@ -279,7 +281,7 @@ def to_examples(
         here = locate(where, unit, number)
 
         def text(role: str, row: dict[str, Any] = row, here: str = here) -> str:
-            return _text(row.get(columns[role]), columns[role], here) if role in columns else ""
+            return _text(row.get(columns[role]), columns[role], here, role == "input") if role in columns else ""
 
         example = Example(row=number, path=where, unit=unit)
         if "task" in columns:
