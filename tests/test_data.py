@@ -324,10 +324,13 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
         ({"Problem": "what is 10 % of 50 ?", "Rationale": "50 * 0.1 = 5", "options": "a ) 5 , b ) 10",
           "correct": "a", "category": "general"},  # MathQA
          "what is 10 % of 50 ?\n\na ) 5 , b ) 10", "a"),
+        ({"ID": "chal-1", "Body": "Jack had 8 pens. He gave 3 to Mary.", "Question": "How many pens has he now?",
+          "Equation": "( 8.0 - 3.0 )", "Answer": 5.0, "Type": "Subtraction"},  # SVAMP on the Hub
+         "How many pens has he now?\n\nJack had 8 pens. He gave 3 to Mary.", "5.0"),
     ],
-    ids=["aqua", "mathqa"],
+    ids=["aqua", "mathqa", "svamp with its story apart"],
 )  # fmt: skip
-def test_multiple_choice_problems_are_read_with_their_options(tmp_path: Path, row: dict, user: str,
+def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict, user: str,
                                                               answer: str) -> None:  # fmt: skip
     from adapter_studio.engine.data.examples import load_examples
 

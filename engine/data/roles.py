@@ -7,8 +7,9 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     # Math word problems: `problem` is the whole text where a file has both (SVAMP, MultiArith: `question` is
     # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections).
     "instruction": ("instruction", "problem", "question", "query", "prompt_text"),
-    # Multiple-choice problems (AQuA, MathQA): the options are the input, the correct letter the output.
-    "input": ("input", "context", "options", "choices"),
+    # Multiple-choice problems (AQuA, MathQA): the options are the input, the correct letter the output; a
+    # word problem's story apart from its question (SVAMP and ASDiv on the Hub: Body, Question) is the input.
+    "input": ("input", "context", "options", "choices", "body"),
     "output": ("output", "response", "answer", "solution", "target", "gold_answer", "correct"),
     "system": ("system",),
     "messages": ("messages",),
