@@ -193,6 +193,15 @@ def test_a_rows_tokens_read_as_its_text(model: str, tmp_path: Path) -> None:
         shown = render_tokens(spec, preview_data(spec).examples[0], "classification", tokenizer)
         assert "".join(t for t, _ in shown) == "[CLS] fears for pension [SEP]\n→ label: World"
         assert [t for t, learnt in shown if learnt] == ["\n→ label: World"]
+        # A title and its description: shown as training encodes the pair, each part ended by [SEP].
+        path = write_rows(tmp_path / "pairs.csv", [{"title": "Fears for pension", "description": "Unions meet.",
+                                                    "label": "World"}] * 2)  # fmt: skip
+        spec = DataSpec(path=str(path))
+        example = preview_data(spec).examples[0]
+        shown = render_tokens(spec, example, "classification", tokenizer)
+        text = "".join(t for t, _ in shown)
+        assert text == "[CLS] fears for pension [SEP] unions meet. [SEP]\n→ label: World"
+        assert tokenizer.decode(tokenizer(example.text, example.text_pair)["input_ids"]) in text
 
 
 def test_prompt_completion_text_and_classification(tmp_path, tiny_llama, tiny_bert_cls) -> None:  # type: ignore[no-untyped-def]

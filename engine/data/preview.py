@@ -127,8 +127,10 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
         renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template)
         rendered, special = [renderer.render(example)], not renderer.use_chat_template
     else:
-        text = example.text if fmt == "text" else f"{example.text} {example.text_pair or ''}".strip()
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+        if fmt == "text":
+            ids = tokenizer(example.text, add_special_tokens=True)["input_ids"][:max_length]
+        else:  # a text and its pair as training encodes them: [CLS] title [SEP] description [SEP]
+            ids = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)["input_ids"]
         pieces = [(piece, fmt == "text") for piece in token_pieces(tokenizer, ids)]
         # A classifier learns no token of its row but the row's label: that is what is marked.
         return pieces if fmt == "text" else [*pieces, (f"\n→ label: {example.label}", True)]
