@@ -507,6 +507,23 @@ def test_a_headerless_file_sorted_by_class_is_classified_from_its_first_rows(tmp
     assert {e.label for e in examples} == {"1", "2"}
 
 
+@pytest.mark.parametrize("saved", ["parquet", "folder"])
+def test_class_ids_of_a_datasets_file_are_read_as_their_names(tmp_path: Path, saved: str) -> None:
+    """The Hub's AG News Parquet holds label 0-3 and keeps World, Sports, Business, Sci/Tech in its schema."""
+    import datasets
+    from adapter_studio.engine.data.examples import load_examples
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["World", "Sports", "Business", "Sci/Tech"])})
+    texts = [description for _, _, description in NEWS]
+    table = datasets.Dataset.from_dict({"text": texts, "label": [int(label) - 1 for label, *_ in NEWS]}, features)
+    path = tmp_path / ("train.parquet" if saved == "parquet" else "saved")
+    table.to_parquet(str(path)) if saved == "parquet" else table.save_to_disk(str(path))
+    fmt, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    names = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
+    assert fmt == "classification" and [e.label for e in examples] == [names[label] for label, *_ in NEWS]
+
+
 def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_path: Path) -> None:
     from adapter_studio.engine.data.examples import load_examples
 

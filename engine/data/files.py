@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from adapter_studio.engine.data.by_values import headerless_names, looks_like_data
+from adapter_studio.engine.data.class_names import named_classes, parquet_class_names
 from adapter_studio.engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
@@ -249,8 +250,9 @@ def _parquet_batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:
 
     try:
         source = pq.ParquetFile(path)
+        names = parquet_class_names(source)
         for batch in source.iter_batches(batch_size=size):
-            yield batch.to_pylist()
+            yield named_classes(batch.to_pylist(), names)
     except (OSError, ValueError) as e:  # pyarrow's errors for a damaged or non-Parquet file
         raise UserError(f"cannot read the Parquet file ({e})", where=str(path), fix="re-export the file") from None
 
@@ -264,9 +266,11 @@ def _saved_dataset_batches(path: Path, size: int) -> Iterator[list[dict[str, Any
         raise UserError(f"cannot open the saved data set ({e})", where=str(path), fix="save it again") from None
     if isinstance(loaded, datasets.DatasetDict):
         loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    names = {c: f.names for c, f in loaded.features.items() if isinstance(f, datasets.ClassLabel)}
     for batch in loaded.iter(batch_size=size):
         keys = list(batch)
-        yield [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        rows = [dict(zip(keys, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        yield named_classes(rows, names)
 
 
 def is_saved_dataset(path: Path) -> bool:
