@@ -21,9 +21,10 @@ run: install
 	$(VENV)/bin/adapter-studio --demo
 
 # Everything but the `heavy` runs (every method on both real models, kill -9 at twenty moments): the
-# real-model end-to-end runs stay in, and CI (2 cores) finishes in well under 20 minutes.
+# real-model end-to-end runs stay in, and CI (2 cores) finishes in well under 20 minutes; the 25 slowest
+# tests are listed at the end, to keep it so.
 test: install
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -m "not heavy"
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -p no:cacheprovider -m "not heavy" --durations=25
 
 # The whole suite, heavy runs included (about 10 minutes more on 2 cores).
 test-all: install
