@@ -153,8 +153,11 @@ def test_message_lists_and_whole_dialogues_split_where_they_diverge(tmp_path: Pa
          "rejected": [user, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more"},
                       {"role": "assistant", "content": "no"}]},
     ]  # fmt: skip
+    rows.append({"prompt": [user], "chosen": {"role": "assistant", "content": "hello"},  # one message, no list
+                 "rejected": {"from": "gpt", "value": "go"}})
     fmt, examples, dropped = read(write_jsonl(tmp_path / "m.jsonl", rows))
     assert fmt == "preference" and not dropped
+    assert (examples[2].messages, examples[2].chosen, examples[2].rejected) == ([user], "hello", "go")
     assert [m["role"] for m in examples[0].messages] == ["system", "user"]
     assert [m["content"] for m in examples[1].messages] == ["hi", "a", "more"]
     assert (examples[1].chosen, examples[1].rejected) == ("yes", "no")

@@ -77,6 +77,8 @@ def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[di
         raise UserError(f"field '{column}' is missing or empty", where=where, fix=f"give every row a '{column}'")
     if isinstance(value, list):
         return _turns(value, column, where)
+    if isinstance(value, dict) and ({"role", "content"} <= value.keys() or {"from", "value"} <= value.keys()):
+        return _turns([value], column, where)  # one message, not in a list
     raise UserError(
         f"field '{column}' is a {_kind(value)}, expected text or a list of messages",
         where=where,
