@@ -75,7 +75,8 @@ class ObjectiveSpec(BaseModel):
         """Raise UserError when this objective cannot train on data of this format."""
         if self.pairwise and fmt not in self.data_formats:
             wanted = {
-                "preference": ("preference pairs", "prompt, chosen and rejected columns (data.format: preference)"),
+                "preference": ("preference pairs", "prompt, chosen and rejected columns, or two answers and a "
+                               "column saying which is better (data.format: preference)"),
                 "kto": ("answers marked desirable or not", "prompt, completion and label columns (data.format: kto)"),
             }[self.data_formats[0]]
             raise UserError(
