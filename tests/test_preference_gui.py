@@ -27,7 +27,7 @@ def test_objective_picker_forms_and_a_dpo_run_from_the_window(
     assert window.pages["data"].preview.format == "preference"
     page = window.pages["method"]
     window.go_to("method")
-    assert window.state.objective.name == "sft" and page.objective_picker.currentData() == "sft"
+    assert window.state.objective.name == "dpo" and page.objective_picker.currentData() == "dpo"  # picked by the data
     for name, cls in OBJECTIVES.items():
         page.select_objective(name)
         assert window.state.objective.name == name
@@ -74,3 +74,33 @@ def test_every_other_objective_trains_from_the_window(name: str, window: Any, qt
     assert metrics[-1].step == 3 and (any(margins) if name == "kto" else all(margins))
     assert all((m.preference_accuracy is None) == (name == "kto") for m in metrics)
     assert f"name: {name}" in (window.train_page.run_dir / "spec.yaml").read_text()
+
+
+def test_the_data_picks_an_objective_that_trains_on_it(window: Any, qtbot: Any, tiny_llama: Path,
+                                                       tmp_path: Path) -> None:  # fmt: skip
+    """Pairs bring DPO, KTO's marked answers KTO, other data the supervised objective back; an objective
+    chosen that fits the data stays, and the Data page says when the data changed it."""
+    from tests.test_data import alpaca_rows
+    from tests.test_preference import kto_rows
+
+    data = window.pages["data"]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(20))
+    steps = [(pairs, "dpo"), (write_jsonl(tmp_path / "kto.jsonl", kto_rows(20)), "kto"),
+             (write_jsonl(tmp_path / "sft.jsonl", alpaca_rows()), "sft")]  # fmt: skip
+
+    def load(path: Path) -> None:
+        data.path.setText(str(path))
+        data.reload(keep_mapping=False)
+        qtbot.waitUntil(lambda: not data.busy and data.summary.text() != "Reading…", timeout=30_000)
+
+    choose(window, qtbot, tiny_llama, steps[-1][0])
+    assert window.state.objective.name == "sft" and "Objective: <b>" not in data.summary.text()
+    for path, name in steps:
+        load(path)
+        assert window.state.objective.name == name
+        assert f"Objective: <b>{window.state.objective.title}</b>" in data.summary.text()
+        assert window.pages["method"].objective_picker.currentData() == name
+    window.pages["method"].select_objective("ipo")
+    assert window.state.objective.name == "ipo"  # on supervised data: the next pairs keep it
+    load(pairs)
+    assert window.state.objective.name == "ipo" and data.preview.format == "preference"

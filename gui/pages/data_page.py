@@ -327,7 +327,12 @@ class DataPage(Page):
             f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
             f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
+        objective = type(self.state.objective)
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
+        if type(self.state.objective) is not objective:  # the data's format picked another objective
+            title = self.state.objective.title
+            self.summary.setText(f"{self.summary.text()}<br>Objective: <b>{title}</b>, which trains on this "
+                                 "format (the Method page offers the others).")  # fmt: skip
         if self.table.rowCount():
             self.table.selectRow(0)
         self._schedule_stats()
