@@ -746,6 +746,11 @@ BAD_INPUTS = {
         ["{dir}/pairs.jsonl", "data.format: preference, data.columns: {{prompt: instruction, "
          "chosen: chosen_text, rejected: rejected_text}}"],
     ),
+    "two answers, which is better unknown": BadInput(
+        {"pairs.jsonl": b'{"question": "hi", "response_a": "hello", "response_b": "go", "vote": "A"}\n'},
+        ["{dir}/pairs.jsonl", "data.format: preference, data.columns: {{prompt: question, answer_a: response_a, "
+         "answer_b: response_b, preferred: <the column that says which is better>}}"],
+    ),
     "wrong type in a field": BadInput(
         {"types.jsonl": b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ["d", "e"]}\n'},
         ["{dir}/types.jsonl:2", "field 'output' is a list, expected text", "make 'output' a string"],

@@ -163,8 +163,12 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
         ([{"instruction": "hi", "chosen_text": "hello", "rejected_text": "go away"}] * 3, "preference",
          {"prompt": "instruction"}, {"chosen": "chosen_text", "rejected": "rejected_text"},
          {"prompt": "instruction", "chosen": "chosen_text", "rejected": "rejected_text"}),
+        ([{"question": "hi", "response_a": "hello", "response_b": "go away", "Which is better": "A"}] * 3,
+         "preference", {"prompt": "question", "answer_a": "response_a", "answer_b": "response_b"},
+         {"preferred": "Which is better"}, {"prompt": "question", "answer_a": "response_a",
+                                            "answer_b": "response_b", "preferred": "Which is better"}),
     ],
-    ids=["answer under an unknown name", "pair under longer names"],
+    ids=["answer under an unknown name", "pair under longer names", "two answers, which is better unknown"],
 )  # fmt: skip
 def test_columns_it_cannot_place_are_mapped_on_the_page(window, qtbot, tmp_path, content, fmt, found, picks,  # type: ignore[no-untyped-def]
                                                         mapping) -> None:  # fmt: skip
@@ -175,7 +179,9 @@ def test_columns_it_cannot_place_are_mapped_on_the_page(window, qtbot, tmp_path,
     path.write_text(json.dumps(content), encoding="utf-8")
     open_data(page, qtbot, path)
     qtbot.waitUntil(lambda: not page.busy and "Pick the column for" in page.summary.text(), timeout=30_000)
-    assert page.format.currentText() == fmt and page.table.rowCount() == 3 and page.table.columnCount() == 3
+    assert f"Pick the column for <b>{', '.join(r for r in picks)}</b>" in page.summary.text()
+    assert page.format.currentText() == fmt and page.table.rowCount() == 3
+    assert page.table.columnCount() == len(content[0])
     assert {r: c.currentText() for r, c in page.combos.items() if c.currentText() != "(none)"} == found
     for role, column in picks.items():
         page.combos[role].setCurrentText(column)

@@ -81,6 +81,12 @@ def suggest_shape(columns: list[str], mapping: dict[str, str]) -> tuple[str, dic
     if chosen and rejected:  # the two answers of a pair under longer names (chosen_response, ...)
         prompt = next((c for c in columns if c not in (chosen, rejected)), None)
         return "preference", {**({"prompt": prompt} if prompt else {}), "chosen": chosen, "rejected": rejected}
+    answers = [_find(columns, role, mapping) for role in ("answer_a", "answer_b")]
+    if all(answers):  # two answers, and no column found that says which is better
+        prompt = _find(columns, "prompt", mapping, "preference")
+        which = "<the column that says which is better>"
+        return "preference", {**({"prompt": prompt} if prompt else {}), "answer_a": answers[0],
+                              "answer_b": answers[1], "preferred": which}  # fmt: skip
     if label and others:  # a label column: most likely rows to classify
         return "classification", {"text": others[0], "label": label}
     if instruction and len(columns) > 1:  # a question found, its answer under a name we do not know
