@@ -524,6 +524,25 @@ def test_class_ids_of_a_datasets_file_are_read_as_their_names(tmp_path: Path, sa
     assert fmt == "classification" and [e.label for e in examples] == [names[label] for label, *_ in NEWS]
 
 
+@pytest.mark.parametrize(
+    ("values", "labels"),
+    [
+        ([True, False, True], ["true", "false", "true"]),  # is_spam: true
+        (["3.0", "1.0", "3"], [3, 1, "3"]),  # pandas' floats for a column with a gap, beside a plain 3
+        ([" Sports ", "World", "2.5"], ["Sports", "World", "2.5"]),
+    ],
+)
+def test_labels_are_read_as_the_classes_they_name(tmp_path: Path, values: list[Any], labels: list[Any]) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+    from adapter_studio.engine.data.shapes import label_mapping
+
+    rows = [{"text": f"row {i}", "label": v} for i, v in enumerate(values)]
+    path = str(write_rows(tmp_path / "rows.jsonl", rows))
+    _, _, examples, _ = load_examples(DataSpec(path=path), path)
+    assert [e.label for e in examples] == labels
+    assert len(label_mapping(examples)) == len({str(label) for label in labels})
+
+
 def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_path: Path) -> None:
     from adapter_studio.engine.data.examples import load_examples
 

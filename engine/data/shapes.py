@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,8 +196,13 @@ def _label(value: Any, column: str, where: str) -> str | int | None:
     """A class name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, bool):  # a yes/no class (is_spam: true)
+        return str(value).lower()
     if isinstance(value, str):
-        return value.strip() or None
+        text = value.strip()
+        if re.fullmatch(r"-?\d+\.0+", text):  # pandas writes a label column with a gap in it as floats: 3.0
+            return int(float(text))
+        return text or None
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
