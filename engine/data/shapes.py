@@ -123,7 +123,7 @@ def detect_shape(
         fmt = detect_format(columns, mapping, where)
     except ColumnsNotMapped:
         found = classification_by_values(columns, rows)
-        if found is None:
+        if found is None or not set(mapping) <= set(roles_of("classification")):  # mapped for another shape
             raise
         return "classification", {**found, **mapping}
     if fmt == "text" and len(columns) == 2 and not mapping:
