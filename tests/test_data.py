@@ -543,6 +543,19 @@ def test_labels_are_read_as_the_classes_they_name(tmp_path: Path, values: list[A
     assert len(label_mapping(examples)) == len({str(label) for label in labels})
 
 
+def test_a_headline_is_read_with_its_short_description(tmp_path: Path) -> None:
+    """The News Category set: headline, category, short_description, link, authors, date."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    rows = [{"link": "https://x", "headline": title, "category": label, "short_description": text,
+             "authors": "A", "date": "2018-05-26"} for label, title, text in NEWS]  # fmt: skip
+    path = str(write_rows(tmp_path / "news.jsonl", rows))
+    fmt, mapping, examples, _ = load_examples(DataSpec(path=path), path)
+    assert (fmt, mapping) == ("classification", {"text": "headline", "label": "category",
+                                                 "text_pair": "short_description"})  # fmt: skip
+    assert (examples[0].text, examples[0].text_pair) == NEWS[0][1:]
+
+
 def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_path: Path) -> None:
     from adapter_studio.engine.data.examples import load_examples
 

@@ -40,7 +40,8 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 # Preference pairs: the question answered under its alpaca-style names (Intel/orca_dpo_pairs: `system`,
 # `question`, `chosen`, `rejected`), the answers under the names of Argilla's sets (`chosen_response`).
 FORMAT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
-    "classification": {"text": ("title", "headline", "review", "description"), "text_pair": ("description",)},
+    "classification": {"text": ("title", "headline", "review", "description"),
+                       "text_pair": ("description", "short_description")},  # the News Category set's
     "preference": {"prompt": ("instruction", "question", "query", "problem", "input", "history"),
                    "chosen": ("chosen_response",), "rejected": ("rejected_response",)},
 }
