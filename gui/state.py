@@ -82,12 +82,8 @@ class StudioState(QObject):
         """Preference pairs train with DPO, KTO's marked answers with KTO, other data with the supervised
         objective: data of a format the chosen objective cannot train on picks one that can (a person who
         loads pairs means to tune on them), and a fitting choice is left as it is."""
-        from adapter_studio.engine.objectives.base import PREFERENCE_FORMATS
-
-        cls = type(self.objective)
-        fits = fmt in cls.data_formats if cls.pairwise else fmt not in PREFERENCE_FORMATS
-        if fmt is not None and not fits:
-            self.set_objective(OBJECTIVES[{"preference": "dpo", "kto": "kto"}.get(fmt, "sft")]())
+        if fmt is not None and not self.objective.trains_on(fmt):  # the first in picker order that can
+            self.set_objective(next(cls for cls in OBJECTIVES.values() if cls.trains_on(fmt))())
 
     def set_method(self, method: MethodSpec) -> None:
         self.method = method

@@ -71,9 +71,16 @@ class ObjectiveSpec(BaseModel):
             "fields": [n for n in cls.model_fields if n != "name"],
         }
 
+    @classmethod
+    def trains_on(cls, fmt: str) -> bool:
+        """Whether this objective can train on data of this format (`check_data` says why not)."""
+        return fmt in cls.data_formats if cls.pairwise else fmt not in PREFERENCE_FORMATS
+
     def check_data(self, fmt: str) -> None:
         """Raise UserError when this objective cannot train on data of this format."""
-        if self.pairwise and fmt not in self.data_formats:
+        if self.trains_on(fmt):
+            return
+        if self.pairwise:
             wanted = {
                 "preference": ("preference pairs", "prompt, chosen and rejected columns, or two answers and a "
                                "column saying which is better (data.format: preference)"),
@@ -84,12 +91,11 @@ class ObjectiveSpec(BaseModel):
                 where="objective.name",
                 fix=f"use a file with {wanted[1]}, or set objective.name: sft",
             )
-        if not self.pairwise and fmt in PREFERENCE_FORMATS:
-            what, names = ("preference data (chosen and rejected answers)", "dpo, ipo, simpo or orpo")
-            if fmt == "kto":
-                what, names = "KTO data (answers marked desirable or not)", "kto"
-            raise UserError(f"{what} needs a preference objective", where="objective.name",
-                            fix=f"set objective.name to {names}")  # fmt: skip
+        what, names = ("preference data (chosen and rejected answers)", "dpo, ipo, simpo or orpo")
+        if fmt == "kto":
+            what, names = "KTO data (answers marked desirable or not)", "kto"
+        raise UserError(f"{what} needs a preference objective", where="objective.name",
+                        fix=f"set objective.name to {names}")  # fmt: skip
 
     def pair_loss(self, logps: PairLogps) -> PairLoss:
         raise NotImplementedError
