@@ -105,11 +105,9 @@ def _shown(column: str) -> str:
     return column if suffix is None else suffix if suffix[0].isdigit() else column[-1]
 
 
-def _named(value: Any, a: str, b: str) -> str | None:
-    """What a preferred column's value says: an answer column's name, or a number or letter (None for none)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    text = str(value).strip().lower()
+def _named(text: str, a: str, b: str) -> str | None:
+    """What a preferred column's value (as lower-case text) says: an answer column's name, or a number or
+    letter (None for none)."""
     if re.fullmatch(r"-?\d+(\.0*)?", text):  # 1, 1.0, -1: the number itself
         return str(int(float(text)))
     return text if text in (a.lower(), b.lower()) else _suffix(text)
@@ -124,7 +122,7 @@ def preferred_columns(row: dict[str, Any], columns: dict[str, str], where: str) 
     text = "" if value is None else str(value).strip()
     if not isinstance(value, bool) and text.lower() in _TIES:
         return f"{where}: '{column}' is {text or 'empty'}: no answer is preferred"
-    said = _named(value, a, b)
+    said = None if isinstance(value, bool) else _named(text.lower(), a, b)  # true/false names no answer
     for mine, other in ((a, b), (b, a)):
         if said is not None and said in (mine.lower(), _suffix(mine)):
             return mine, other
