@@ -264,3 +264,4 @@ def test_a_classifier_trains_without_transformers_load_report(tmp_path, classifi
     assert out.returncode == 0, out.stderr
     assert "loaded all-MiniLM-L6-v2" in out.stdout and "finished completed at step 1" in out.stdout
     assert "LOAD REPORT" not in out.stderr + out.stdout and "MISSING" not in out.stderr + out.stdout
+    assert "Loading weights" not in out.stderr + out.stdout  # transformers' progress bar: the app's line says it

@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             return gui_main(self_test=args.self_test)
         if one_command:
             freeze_imports_in_this_process()  # engine.imports: nothing of anyone else's is frozen
-        if not args.debug:  # the app says what it loaded; transformers' load report (a new head "MISSING") is noise
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if not args.debug:  # the app says what it loaded; transformers' load report (a new head "MISSING") and its
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "Loading weights" bar (\r-redrawn in a log
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # file) are noise beside "loaded … in 0.7 s"
         handler = COMMANDS[args.command]
         return handler(args)
     except UserError as e:
