@@ -192,6 +192,28 @@ def resolve(spec: RunSpec, info: ModelInfo, task: str, config: Any = None) -> Re
     return Resolved(spec.model_copy(update=update), chosen.reasons)
 
 
+# What a file of each format holds that supervised training cannot learn from, as the objective's reason says.
+UNSUPERVISED_DATA = {"preference": "preference pairs (chosen and rejected answers)",
+                     "kto": "answers marked desirable or not"}  # fmt: skip
+
+
+def resolve_objective(spec: RunSpec, fmt: str | None = None) -> Resolved:
+    """An objective that trains on the data, where the spec names none: preference pairs train with DPO and
+    KTO's marked answers with KTO, as the window picks on loading them; other data keep the supervised
+    default. An objective the spec names stays, and `check_data` says when it does not fit the data."""
+    from adapter_studio.engine.data.examples import data_format
+    from adapter_studio.engine.objectives import objective_for
+
+    if "objective" in spec.model_fields_set:
+        return Resolved(spec, {})
+    fitting = objective_for(fmt or data_format(spec.data))
+    if isinstance(spec.objective, fitting):
+        return Resolved(spec, {})
+    kind = UNSUPERVISED_DATA.get(fitting.data_formats[0], fitting.data_formats[0])
+    return Resolved(spec.model_copy(update={"objective": fitting()}),
+                    {"objective.name": f"the data are {kind}, which {fitting.title} trains on"})  # fmt: skip
+
+
 def resolve_spec(spec: RunSpec, info: ModelInfo, config: Any, task: str) -> RunSpec:
     return resolve(spec, info, task, config).spec
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.methods import METHODS, MethodSpec
-from adapter_studio.engine.objectives import OBJECTIVES, ObjectiveSpec
+from adapter_studio.engine.objectives import OBJECTIVES, ObjectiveSpec, objective_for
 from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
 from PySide6.QtCore import QObject, Signal
 
@@ -83,7 +83,7 @@ class StudioState(QObject):
         objective: data of a format the chosen objective cannot train on picks one that can (a person who
         loads pairs means to tune on them), and a fitting choice is left as it is."""
         if fmt is not None and not self.objective.trains_on(fmt):  # the first in picker order that can
-            self.set_objective(next(cls for cls in OBJECTIVES.values() if cls.trains_on(fmt))())
+            self.set_objective(objective_for(fmt)())
 
     def set_method(self, method: MethodSpec) -> None:
         self.method = method

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from adapter_studio.engine.errors import UserError
 
 from tests.conftest import reversal_pairs, write_jsonl
@@ -332,16 +333,39 @@ def test_full_fine_tuning_dpo_keeps_a_frozen_copy_as_reference(
     assert abs(first.loss - 0.6931) < 0.01
 
 
-def test_mismatched_objective_and_data_are_refused(
-    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path, alpaca_jsonl: Path
+@pytest.mark.parametrize(("data", "named", "refusal"), [
+    ("alpaca_jsonl", "dpo", "DPO trains on preference pairs, but the data is in the alpaca format"),
+    ("pairs_jsonl", "sft", "preference data (chosen and rejected answers) needs a preference objective"),
+    ("pairs_jsonl", "kto", "KTO trains on answers marked desirable or not"),
+    ("kto_jsonl", "dpo", "DPO trains on preference pairs, but the data is in the kto format"),
+    ("kto_jsonl", "sft", "KTO data (answers marked desirable or not) needs a preference objective"),
+])  # fmt: skip
+def test_an_objective_named_for_other_data_is_refused(
+    data: str, named: str, refusal: str, tiny_llama: Path, make_spec: Any, request: pytest.FixtureRequest
 ) -> None:
-    spec = make_spec(tiny_llama, alpaca_jsonl).model_copy(update={"objective": _objective("dpo")})
-    result, _ = start(spec)
-    assert result.status == "failed" and "DPO trains on preference pairs" in result.error
-    result, _ = start(make_spec(tiny_llama, pairs_jsonl))
-    assert result.status == "failed" and "needs a preference objective" in result.error
-    result, _ = start(make_spec(tiny_llama, pairs_jsonl).model_copy(update={"objective": _objective("kto")}))
-    assert result.status == "failed" and "KTO trains on answers marked desirable or not" in result.error
+    spec = make_spec(tiny_llama, request.getfixturevalue(data), max_steps=1)
+    result, _ = start(spec.model_copy(update={"objective": _objective(named)}))
+    assert result.status == "failed" and refusal in result.error, result.error
+
+
+@pytest.mark.parametrize(("data", "picked", "reason"), [
+    ("pairs_jsonl", "dpo", "objective.name = dpo: the data are preference pairs (chosen and rejected answers), "
+                           "which DPO trains on"),
+    ("kto_jsonl", "kto", "objective.name = kto: the data are answers marked desirable or not, which KTO trains on"),
+    ("alpaca_jsonl", "sft", None),
+], ids=["pairs", "kto", "alpaca"])  # fmt: skip
+def test_a_spec_naming_no_objective_trains_with_the_one_its_data_needs(
+    data: str, picked: str, reason: str | None, tiny_llama: Path, make_spec: Any, request: pytest.FixtureRequest
+) -> None:
+    """As the window picks on loading the data: the command line, the Python API, sweeps and searches."""
+    spec = make_spec(tiny_llama, request.getfixturevalue(data), max_steps=1, eval_samples=0)
+    assert "objective" not in spec.model_fields_set
+    result, events = start(spec)
+    assert result.status == "completed", result.error
+    saved = yaml.safe_load((Path(result.run_dir) / "spec.yaml").read_text())
+    assert saved["objective"]["name"] == picked  # a resume trains on with it
+    said = [e.message for e in events if e.type == "log" and e.message.startswith("objective.name")]
+    assert said == ([reason] if reason else [])
 
 
 def test_dpo_through_the_command_line(tiny_llama: Path, pairs_jsonl: Path, tmp_path: Path) -> None:
@@ -539,3 +563,24 @@ def test_each_objective_trains_through_the_cli(name: str, tiny_llama: Path, pair
     assert len(steps) == 3 and all(" margin " in line for line in steps)
     assert all(("pref_acc" in line) == (name != "kto") for line in steps)
     assert any(line.startswith("eval step 3") and " margin " in line for line in done.stdout.splitlines())
+
+
+def test_sweeps_and_searches_plan_with_the_objective_the_data_needs(
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path
+) -> None:
+    """Their plans name the objective, so each entry, trial and resumed search trains with DPO too."""
+    import threading
+
+    from adapter_studio.engine.search.auto import run_auto_search
+    from adapter_studio.engine.search.results import SearchLog
+    from adapter_studio.engine.training.sweep import load_sweep, plan_sweep
+
+    spec = make_spec(tiny_llama, pairs_jsonl, max_steps=2)
+    plan = plan_sweep(spec, ["lora", "ia3"], name="pairs")
+    assert {load_sweep(plan.folder).spec_for(e).objective.name for e in plan.entries} == {"dpo"}
+    stopped, said = threading.Event(), []
+    stopped.set()  # the plan is written before the first trial
+    result = run_auto_search(spec, 60, lambda e: said.append(e.message) if isinstance(e, SearchLog) else None,
+                             stopped, name="pairs-auto")  # fmt: skip
+    assert load_sweep(result.folder).spec["objective"]["name"] == "dpo"
+    assert said[0].startswith("objective.name = dpo: the data are preference pairs")

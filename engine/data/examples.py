@@ -67,6 +67,11 @@ def example_chunks(
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
 
 
+def data_format(spec: DataSpec) -> str:
+    """data.format, or the shape of data.path's first chunk (no need to read a large file whole for it)."""
+    return spec.format or next(iter(example_chunks(spec, spec.path))).format
+
+
 def _resolve(fmt: str, columns: list[str], hints: dict[str, str], chunk: RowChunk) -> dict[str, str]:
     """Role → column; rows to classify whose names say nothing (an evaluation file without a header line, read
     in the format its training file was) are mapped by their values, where those show a label and a text."""

@@ -11,6 +11,12 @@ OBJECTIVE_CLASSES: tuple[type[ObjectiveSpec], ...] = (SFT, DPO, IPO, SimPO, ORPO
 OBJECTIVES: dict[str, type[ObjectiveSpec]] = {cls.model_fields["name"].default: cls for cls in OBJECTIVE_CLASSES}
 
 
+def objective_for(fmt: str) -> type[ObjectiveSpec]:
+    """The first objective in picker order that trains on data of this format: preference pairs → DPO,
+    KTO's marked answers → KTO, any other data → supervised."""
+    return next(cls for cls in OBJECTIVE_CLASSES if cls.trains_on(fmt))
+
+
 def objective_class(name: str) -> type[ObjectiveSpec]:
     try:
         return OBJECTIVES[name]
@@ -22,4 +28,6 @@ def objective_class(name: str) -> type[ObjectiveSpec]:
         raise UserError(f"unknown objective '{name}'", where="objective.name", fix=hint) from None
 
 
-__all__ = ["OBJECTIVES", "OBJECTIVE_CLASSES", "ObjectiveSpec", "PairLogps", "PairLoss", "objective_class"]
+__all__ = [
+    "OBJECTIVES", "OBJECTIVE_CLASSES", "ObjectiveSpec", "PairLogps", "PairLoss", "objective_class", "objective_for",
+]  # fmt: skip

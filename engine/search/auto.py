@@ -91,7 +91,10 @@ class AutoSearch:
     def execute(self) -> SearchResult:
         from adapter_studio.engine.models.loading import summarize_model
 
-        spec = self.spec
+        fitted = defaults.resolve_objective(self.spec)  # every trial, and a resumed search's plan, train with it
+        spec = self.spec = fitted.spec
+        for line in defaults.explain(spec, fitted.reasons):
+            self.say(line)
         self.facts = describe_data(spec)
         summary = summarize_model(spec.model.source)
         self.info = summary.info
@@ -191,12 +194,9 @@ class AutoSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search reports trials itself
         # Hyperband puts each trial in a bracket by a hash of the study's name and the trial's number: the
         # search's own name keeps that the same from one run of the same search to the next.
-        study = optuna.create_study(
-            study_name=self.name,
-            direction="minimize",
-            sampler=optuna.samplers.TPESampler(seed=self.spec.training.seed, n_startup_trials=4),
-            pruner=self.rungs.pruner(),
-        )
+        sampler = optuna.samplers.TPESampler(seed=self.spec.training.seed, n_startup_trials=4)
+        study = optuna.create_study(study_name=self.name, direction="minimize", sampler=sampler,
+                                    pruner=self.rungs.pruner())  # fmt: skip
         for settings in self.space.baselines:
             study.enqueue_trial(self.space.params_of(settings))
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
-from adapter_studio.engine.data.examples import example_chunks, load_examples
+from adapter_studio.engine.data.examples import data_format, load_examples
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
@@ -64,11 +64,9 @@ if TYPE_CHECKING:
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
-def _task_for(spec: RunSpec) -> str:
+def _task_for(spec: RunSpec, fmt: str) -> str:
     if spec.model.task != "auto":
         return spec.model.task
-    # The shape is known from the first chunk: no need to read a large file whole for it.
-    fmt = spec.data.format or next(iter(example_chunks(spec.data, spec.data.path))).format
     return "classification" if fmt == "classification" else "causal_lm"
 
 
@@ -170,7 +168,14 @@ class TrainingSession:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-        from adapter_studio.engine.defaults import default_rate, explain, resolve, resolve_epochs, resolve_eval_split
+        from adapter_studio.engine.defaults import (
+            default_rate,
+            explain,
+            resolve,
+            resolve_epochs,
+            resolve_eval_split,
+            resolve_objective,
+        )
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
@@ -178,7 +183,10 @@ class TrainingSession:
 
         spec = self.spec
         set_seed(spec.training.seed)
-        task = _task_for(spec)
+        fmt = data_format(spec.data)
+        with_objective = resolve_objective(spec, fmt)  # preference pairs train with DPO unless the spec says
+        spec, objective_reasons = with_objective.spec, with_objective.reasons
+        task = _task_for(spec, fmt)
         device = pick_device(spec.model.device)
         precision = pick_precision(spec.training.precision, device)
         loftq = getattr(spec.method, "init", None) == "loftq"
@@ -208,7 +216,7 @@ class TrainingSession:
         model.config.use_cache = False
         info = describe_model(model)
         resolved = resolve(spec, info, task, model.config)
-        spec, reasons = resolved.spec, resolved.reasons
+        spec, reasons = resolved.spec, {**objective_reasons, **resolved.reasons}
         if self.resume:  # an `auto` run trains on with the rate its range test picked
             spec = keep_found_rate(spec, self.run_dir)
         spec.method.check(info, spec.training)

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 from adapter_studio.engine import durable
+from adapter_studio.engine.defaults import resolve_objective
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation.ranking import EVALUATION_COLUMNS, EVALUATION_METRICS, evaluation_columns
 from adapter_studio.engine.events import Emit, Started
@@ -100,7 +101,7 @@ def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> Sw
                         fix=f"pick from {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
         raise UserError("a method is listed twice", where="methods")
-    shared = spec.model_copy(deep=True)
+    shared = resolve_objective(spec).spec.model_copy(deep=True)  # the plan names it: each entry trains with it
     training = shared.training
     updates: dict[str, Any] = {"batch_size": training.batch_size or DEFAULT_BATCH, "devices": 1}
     shared = shared.model_copy(update={"training": training.model_copy(update=updates)})
