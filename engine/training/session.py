@@ -163,6 +163,9 @@ class TrainingSession:
     def _setup(self) -> None:
         from adapter_studio.engine.imports import import_heavy_modules
 
+        # The data's shape first: a file that cannot be read (empty, not UTF-8, no such column) is said at
+        # once rather than after the seconds torch and transformers take to import.
+        fmt = data_format(self.spec.data)
         import_heavy_modules()  # before torch: the collector is paused while they import
         import torch
         from accelerate import Accelerator
@@ -183,7 +186,6 @@ class TrainingSession:
 
         spec = self.spec
         set_seed(spec.training.seed)
-        fmt = data_format(spec.data)
         with_objective = resolve_objective(spec, fmt)  # preference pairs train with DPO unless the spec says
         spec, objective_reasons = with_objective.spec, with_objective.reasons
         task = _task_for(spec, fmt)
@@ -380,10 +382,10 @@ class TrainingSession:
 
     # --- the loop --------------------------------------------------------------------------------
     def _train(self) -> str:
+        self.best_eval: float | None = None
+        self._setup()  # imports torch with the heavy modules
         import torch
 
-        self.best_eval: float | None = None
-        self._setup()
         t = self.spec.training
         self.report(
             Started(
