@@ -584,3 +584,23 @@ def test_sweeps_and_searches_plan_with_the_objective_the_data_needs(
                              stopped, name="pairs-auto")  # fmt: skip
     assert load_sweep(result.folder).spec["objective"]["name"] == "dpo"
     assert said[0].startswith("objective.name = dpo: the data are preference pairs")
+
+
+def test_a_pairs_run_stopped_while_its_model_loads_resumes_with_dpo(
+    tiny_llama: Path, make_spec: Any, pairs_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the session saves the resolved spec, the run folder keeps the spec as given: a resume fills in
+    the objective from the data again rather than reading back the `sft` it would have been written with."""
+    from adapter_studio.engine.models import loading
+    from adapter_studio.engine.training.run import run
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the machine went down while the model loaded")
+
+    monkeypatch.setattr(loading, "load_model", crash)
+    result, _ = start(make_spec(tiny_llama, pairs_jsonl, max_steps=1, eval_samples=0))
+    assert result.status == "failed" and "objective" not in yaml.safe_load((result.run_dir / "spec.yaml").read_text())
+    monkeypatch.undo()
+    resumed = run(None, resume_dir=result.run_dir)
+    assert resumed.status == "completed", resumed.error
+    assert yaml.safe_load((result.run_dir / "spec.yaml").read_text())["objective"]["name"] == "dpo"

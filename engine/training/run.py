@@ -66,7 +66,7 @@ def run(
         try:
             log = EventLog(folder / "events.jsonl")
             if not (folder / "spec.yaml").exists():  # as given until the session saves it resolved, so that
-                spec.save(folder / "spec.yaml")  # a run killed while its model loads can still be resumed
+                spec.save(folder / "spec.yaml", as_given=True)  # a run killed while its model loads can resume
         except OSError as e:
             if log is not None:
                 log.close()
