@@ -129,6 +129,9 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, e
     assert out.returncode != 0
     assert expected in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+    # Said once on stderr; stdout ends with the run's finished line, not the error again before it.
+    assert len([line for line in out.stderr.splitlines() if line.startswith("error: ")]) == 1, out.stderr
+    assert "error: " not in out.stdout, out.stdout
 
 
 def test_a_spec_that_is_not_utf8_names_the_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]

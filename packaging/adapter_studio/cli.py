@@ -162,7 +162,7 @@ def _print_event(event: Any, quiet: bool) -> None:
         print(f"checkpoint {event.path}")
     elif isinstance(event, Stage):
         print(f"[{event.stage}]{' ' + event.detail if event.detail else ''}")
-    elif isinstance(event, Log) and event.level != "debug":
+    elif isinstance(event, Log) and event.level not in ("debug", "error"):  # a run's error: its finished line says it
         print(f"{event.level}: {event.message}" if event.level != "info" else event.message)
     elif isinstance(event, Finished):
         tail = f": {event.error}" if event.error else ""
