@@ -230,10 +230,8 @@ class RunSpec(SpecSection):
         return data
 
     def to_yaml(self, as_given: bool = False) -> str:
-        """The spec as YAML; `as_given`: only the values the person set, so that what the app fills in from
-        the model and the data (an objective for preference pairs, say) is filled in again when it is read."""
-        dumped = self.model_dump(mode="json", exclude_unset=as_given)
-        return yaml.safe_dump(dumped, sort_keys=False, allow_unicode=True)
+        """`as_given`: only the values set, so what the app fills in from the data is filled in again on reading."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_unset=as_given), sort_keys=False, allow_unicode=True)
 
     def save(self, path: Path, as_given: bool = False) -> None:
         durable.write_text(path, self.to_yaml(as_given))
