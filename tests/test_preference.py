@@ -604,3 +604,22 @@ def test_a_pairs_run_stopped_while_its_model_loads_resumes_with_dpo(
     resumed = run(None, resume_dir=result.run_dir)
     assert resumed.status == "completed", resumed.error
     assert yaml.safe_load((result.run_dir / "spec.yaml").read_text())["objective"]["name"] == "dpo"
+
+
+def test_a_search_on_pairs_draws_its_rates_from_the_preference_bands(tiny_llama: Path, make_spec: Any,
+                                                                      pairs_jsonl: Path) -> None:  # fmt: skip
+    """Preference objectives train at a quarter of supervised training's rates (defaults), so do their trials."""
+    import optuna
+    from adapter_studio.engine.defaults import PREFERENCE_RATE_FACTOR, resolve_objective
+    from adapter_studio.engine.search.space import CHOICES, space_for
+
+    spec = resolve_objective(make_spec(tiny_llama, pairs_jsonl)).spec
+    space, supervised = space_for(spec, "causal_lm", 300_000), space_for(make_spec(tiny_llama, pairs_jsonl),
+                                                                         "causal_lm", 300_000)  # fmt: skip
+    assert [s.learning_rate for s in space.baselines] == [
+        s.learning_rate * PREFERENCE_RATE_FACTOR for s in supervised.baselines]  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        settings = space.suggest(study.ask())
+        low, high = CHOICES[settings.choice].lr_band
+        assert low * PREFERENCE_RATE_FACTOR <= settings.learning_rate <= high * PREFERENCE_RATE_FACTOR

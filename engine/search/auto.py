@@ -150,8 +150,7 @@ class AutoSearch:
         """Measure a few steps and an evaluation, then size the rungs; False when stopped meanwhile."""
         assert self.space is not None
         batches = self.space.batch_sizes
-        settings = Settings("lora_attention", self.space.learning_rate or CHOICES["lora_attention"].baseline_lr,
-                            batches[len(batches) // 2])
+        settings = Settings("lora_attention", self.space.baseline_rate("lora_attention"), batches[len(batches) // 2])
         probe = spec_with(self.trial_base, settings, self.info, f"{self.name}-probe", max_steps=PROBE_STEPS,
                           eval_every=PROBE_STEPS, save_every=PROBE_STEPS)
         probe = probe.model_copy(update={"output_dir": str(self.plan.folder / "probe")})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.defaults import PREFERENCE_RATE_FACTOR
 from adapter_studio.engine.methods import METHODS
 
 if TYPE_CHECKING:
@@ -75,11 +76,19 @@ class SearchSpace:
     batch_sizes: tuple[int, ...]
     learning_rate: float | None = None
     baselines: list[Settings] = field(default_factory=list)  # tried first, in this order
+    rate_factor: float = 1.0  # a preference objective's: its rates sit below supervised training's (defaults)
+
+    def band(self, key: str) -> tuple[float, float]:
+        low, high = CHOICES[key].lr_band
+        return low * self.rate_factor, high * self.rate_factor
+
+    def baseline_rate(self, key: str) -> float:
+        return self.learning_rate or CHOICES[key].baseline_lr * self.rate_factor
 
     def suggest(self, trial: Any) -> Settings:
         """The settings of an optuna trial (each choice has its own learning-rate parameter)."""
         key = trial.suggest_categorical("method", self.choices)
-        lr = self.learning_rate or trial.suggest_float(f"lr_{key}", *CHOICES[key].lr_band, log=True)
+        lr = self.learning_rate or trial.suggest_float(f"lr_{key}", *self.band(key), log=True)
         batch = (
             trial.suggest_categorical("batch_size", self.batch_sizes)
             if len(self.batch_sizes) > 1
@@ -106,13 +115,12 @@ def space_for(spec: RunSpec, task: str, total_params: int) -> SearchSpace:
     batches = (t.batch_size,) if t.batch_size else BATCH_SIZES[task]
     # A number is the person's choice; "auto" (the finder) or empty leaves the rate to the search.
     fixed_lr = t.learning_rate if isinstance(t.learning_rate, float) else None
+    factor = PREFERENCE_RATE_FACTOR if spec.objective.pairwise else 1.0
+    space = SearchSpace(keys, tuple(batches), fixed_lr, rate_factor=factor)
     middle = batches[len(batches) // 2]
-    baselines = [
-        Settings(key, fixed_lr or CHOICES[key].baseline_lr, middle)
-        for key in ("lora_all_linear", "full")
-        if key in keys
-    ]
-    return SearchSpace(keys, tuple(batches), fixed_lr, baselines)
+    space.baselines = [Settings(key, space.baseline_rate(key), middle) for key in ("lora_all_linear", "full")
+                       if key in keys]  # fmt: skip
+    return space
 
 
 def targets_for(choice: Choice, info: ModelInfo) -> list[str] | None:
