@@ -335,7 +335,7 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
          "what is 10 % of 50 ?\n\na ) 5 , b ) 10", "a"),
         ({"ID": "chal-1", "Body": "Jack had 8 pens. He gave 3 to Mary.", "Question": "How many pens has he now?",
           "Equation": "( 8.0 - 3.0 )", "Answer": 5.0, "Type": "Subtraction"},  # SVAMP on the Hub
-         "How many pens has he now?\n\nJack had 8 pens. He gave 3 to Mary.", "5.0"),
+         "How many pens has he now?\n\nJack had 8 pens. He gave 3 to Mary.", "5"),
     ],
     ids=["aqua", "mathqa", "svamp with its story apart"],
 )  # fmt: skip
@@ -347,6 +347,16 @@ def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict
     fmt, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
     assert fmt == "alpaca"
     assert [m["content"] for m in examples[0].messages] == [user, answer]
+
+
+@pytest.mark.parametrize(("value", "text"), [(51.0, "51"), (-3.0, "-3"), (2.5, "2.5"), (51, "51"), (1e20, "1e+20"),
+                                             (float("nan"), "nan")])  # fmt: skip
+def test_a_numeric_answer_is_written_as_a_person_writes_it(tmp_path: Path, value: float, text: str) -> None:
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = write_rows(tmp_path / "answers.jsonl", [{"instruction": "How many?", "output": value}] * 2)
+    _, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert examples[0].messages[-1]["content"] == text
 
 
 def test_a_list_is_options_only_where_it_is_the_input(tmp_path: Path) -> None:

@@ -22,7 +22,11 @@ from adapter_studio.engine.data.tokenising import _backend, _Encoded
 if TYPE_CHECKING:
     from adapter_studio.engine.spec import DataSpec
 
-CACHE_VERSION = 2  # 2: each example's task (tasks.npy)
+# The key holds the spec's columns as given, not how the files were read into examples: a change to the reading
+# (a column found by another name or by its values, a value written otherwise) must raise this number.
+# 2: each example's task (tasks.npy); 3: the readings of 2026-12-06 (headerless CSVs, labels found by their
+# values, a story or a description read with its question or headline, a whole-number answer 5.0 as 5).
+CACHE_VERSION = 3
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 

@@ -177,6 +177,8 @@ def _text(value: Any, column: str, where: str, options: bool = False) -> str:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # 5.0, as JSON writers and pandas write a whole number: the answer a model learns is 5
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if options and isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
