@@ -463,9 +463,11 @@ def test_another_data_file_in_another_shape(runs: dict[str, Path], messages_json
     result = evaluate_run(runs["lora"], EvalSettings(data=str(messages_jsonl), limit=5, in_context=2,
                                                      forgetting=False), write_report=False)  # fmt: skip
     assert len(result.rows) == 5 and result.data == str(messages_jsonl)
+    stages: list[str] = []  # a file the run cannot take is refused before its model loads
     with pytest.raises(UserError) as caught:
-        evaluate_run(runs["lora"], EvalSettings(data=str(classification_csv)), write_report=False)
-    assert "classification rows" in caught.value.message and caught.value.where == "--data"
+        evaluate_run(runs["lora"], EvalSettings(data=str(classification_csv)), lambda stage, *_: stages.append(stage),
+                     write_report=False)  # fmt: skip
+    assert "classification rows" in caught.value.message and caught.value.where == "--data" and stages == []
 
 
 def test_stop_before_the_end_writes_nothing(runs: dict[str, Path]) -> None:

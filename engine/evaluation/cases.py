@@ -64,23 +64,27 @@ def read_rows(playground: Playground, data: str | Path | None, limit: int | None
     names where they fit, else detected afresh). The data's task must be the run's."""
     from adapter_studio.engine.inference.playground import held_out_rows
 
-    spec = playground.spec
-    if data is None:
-        fmt, rows = held_out_rows(playground.tuned)
-        if not rows:
-            raise UserError("this run held out no rows (data.eval_split 0 and no data.eval_path)", where="eval",
-                            fix="give a data file to evaluate on with --data FILE")  # fmt: skip
-    else:
-        try:
-            fmt, _, rows, _ = load_examples(spec.data, str(data))
-        except UserError:  # another shape than the run's: detect it from its own columns
-            fmt, _, rows, _ = load_examples(spec.data.model_copy(update={"format": None, "columns": {}}), str(data))
-        if not rows:
-            raise UserError(f"no usable rows in {data}", where="--data", fix="check the file's columns")
-        if (fmt == "classification") != (playground.task == "classification"):
-            wanted = "labelled texts (text, label)" if playground.task == "classification" else "prompts and answers"
-            raise UserError(f"{data} holds {fmt} rows, but this run's model needs {wanted}", where="--data",
-                            fix="give a file in the shape the run trained on")  # fmt: skip
+    if data is not None:
+        return file_rows(playground.spec, playground.task, data, limit)
+    fmt, rows = held_out_rows(playground.tuned)
+    if not rows:
+        raise UserError("this run held out no rows (data.eval_split 0 and no data.eval_path)", where="eval",
+                        fix="give a data file to evaluate on with --data FILE")  # fmt: skip
+    return fmt, rows if limit is None else rows[:limit]
+
+
+def file_rows(spec: RunSpec, task: str, data: str | Path, limit: int | None) -> tuple[str, list[Example]]:
+    """Every row of `data` (read_rows); needs only the run's spec, so a bad file is said before a model loads."""
+    try:
+        fmt, _, rows, _ = load_examples(spec.data, str(data))
+    except UserError:  # another shape than the run's: detect it from its own columns
+        fmt, _, rows, _ = load_examples(spec.data.model_copy(update={"format": None, "columns": {}}), str(data))
+    if not rows:
+        raise UserError(f"no usable rows in {data}", where="--data", fix="check the file's columns")
+    if (fmt == "classification") != (task == "classification"):
+        wanted = "labelled texts (text, label)" if task == "classification" else "prompts and answers"
+        raise UserError(f"{data} holds {fmt} rows, but this run's model needs {wanted}", where="--data",
+                        fix="give a file in the shape the run trained on")  # fmt: skip
     return fmt, rows if limit is None else rows[:limit]
 
 

@@ -142,9 +142,12 @@ def evaluate_run(
     if settings.in_context < 0:
         raise UserError(f"the in-context baseline needs 0 or more examples, not {settings.in_context}", where="--k")
     rule = m.compile_extraction(settings.extract)
-    run_spec(run_dir)  # a folder that is no run says so before anything loads
+    spec = run_spec(run_dir)  # a folder that is no run says so before anything loads
     if settings.data is not None and not Path(settings.data).exists():
         raise UserError(f"no such file or folder: {settings.data}", where="--data", fix="give the path of a data file")
+    given = None  # a file's rows, read before the model so that a file that cannot be read is said at once
+    if settings.data is not None and spec.model.task != "auto":  # (a run's saved spec names its task)
+        given = case_lib.file_rows(spec, spec.model.task, settings.data, settings.limit)
     checkpoint = case_lib.resolve_checkpoint(run_dir, settings.checkpoint)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -152,7 +155,7 @@ def evaluate_run(
     tell("loading", 0, 1)
     playground = Playground.open(run_dir, checkpoint)
     seconds["loading"] = time.perf_counter() - clock
-    fmt, rows = case_lib.read_rows(playground, settings.data, settings.limit)
+    fmt, rows = given or case_lib.read_rows(playground, settings.data, settings.limit)
     precision = pick_precision(playground.spec.training.precision, playground.device)
     with autocast_for(precision, playground.device):
         if playground.task == "classification":
