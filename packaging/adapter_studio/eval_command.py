@@ -65,7 +65,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def progress(stage: str, done: int, total: int) -> None:
         percent = 100 * done // max(total, 1)
-        if stage != shown["stage"] or percent >= shown["percent"] + 10 or done == total:
+        if stage == "loading":  # one step, not rows
+            print("[loading] the base model and the run's checkpoint", file=out, flush=True)
+        elif stage != shown["stage"] or percent >= shown["percent"] + 10 or done == total:
             print(f"[{stage}] {done}/{total} rows", file=out, flush=True)
             shown.update(stage=stage, percent=percent)
 
