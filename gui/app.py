@@ -66,6 +66,11 @@ def create_app() -> QApplication:
 
 
 def main(self_test: bool = False, demo: bool = True) -> int:
+    from adapter_studio.gui.display import display_problem
+
+    if problem := display_problem():  # before Qt, which would abort the process
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     app = create_app()
     from adapter_studio.gui.dialogs import install_excepthook
     from adapter_studio.gui.main_window import MainWindow
