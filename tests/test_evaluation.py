@@ -576,7 +576,7 @@ def test_in_context_prompt_puts_worked_examples_before_the_question(runs: dict[s
     from adapter_studio.engine.inference.playground import Playground
 
     pg = Playground.open(runs["lora"], runs["lora"] / "checkpoints" / "step-0000030", device="cpu")
-    fmt, rows = cases.read_rows(pg, None, 3)
+    fmt, rows = cases.held_rows(pg, 3)
     case = cases.generation_cases(pg.renderer, fmt, rows)[0]
     shots = cases.training_rows(pg.spec, 2)
     prompt = cases.in_context_prompt(pg, fmt, case, shots)

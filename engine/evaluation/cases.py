@@ -59,13 +59,10 @@ def resolve_checkpoint(run_dir: Path, choice: str) -> Path:
     raise UserError(f"unknown checkpoint {choice!r}", where="--checkpoint", fix=f"give best, last or step-N ({names})")
 
 
-def read_rows(playground: Playground, data: str | Path | None, limit: int | None) -> tuple[str, list[Example]]:
-    """The rows to evaluate: the run's held-out rows, or every row of `data` (read with the run's column
-    names where they fit, else detected afresh). The data's task must be the run's."""
+def held_rows(playground: Playground, limit: int | None) -> tuple[str, list[Example]]:
+    """The rows to evaluate without a data file: the run's held-out rows."""
     from adapter_studio.engine.inference.playground import held_out_rows
 
-    if data is not None:
-        return file_rows(playground.spec, playground.task, data, limit)
     fmt, rows = held_out_rows(playground.tuned)
     if not rows:
         raise UserError("this run held out no rows (data.eval_split 0 and no data.eval_path)", where="eval",
@@ -74,7 +71,9 @@ def read_rows(playground: Playground, data: str | Path | None, limit: int | None
 
 
 def file_rows(spec: RunSpec, task: str, data: str | Path, limit: int | None) -> tuple[str, list[Example]]:
-    """Every row of `data` (read_rows); needs only the run's spec, so a bad file is said before a model loads."""
+    """The rows to evaluate from a data file: every row of `data`, read with the run's column names where they
+    fit, else detected afresh; their task must be the run's. Needs only the run's spec, so a bad file is said
+    before a model loads."""
     try:
         fmt, _, rows, _ = load_examples(spec.data, str(data))
     except UserError:  # another shape than the run's: detect it from its own columns

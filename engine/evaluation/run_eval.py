@@ -134,7 +134,7 @@ def evaluate_run(
     EvaluationStopped when `stop` is set before the end."""
     from adapter_studio.engine.evaluation.report import write_evaluation
     from adapter_studio.engine.inference.playground import Playground
-    from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.inference.trained import run_spec, run_task
     from adapter_studio.engine.training.devices import pick_precision
 
     settings = settings or EvalSettings()
@@ -146,8 +146,8 @@ def evaluate_run(
     if settings.data is not None and not Path(settings.data).exists():
         raise UserError(f"no such file or folder: {settings.data}", where="--data", fix="give the path of a data file")
     given = None  # a file's rows, read before the model so that a file that cannot be read is said at once
-    if settings.data is not None and spec.model.task != "auto":  # (a run's saved spec names its task)
-        given = case_lib.file_rows(spec, spec.model.task, settings.data, settings.limit)
+    if settings.data is not None:
+        given = case_lib.file_rows(spec, run_task(spec), settings.data, settings.limit)
     checkpoint = case_lib.resolve_checkpoint(run_dir, settings.checkpoint)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -155,7 +155,7 @@ def evaluate_run(
     tell("loading", 0, 1)
     playground = Playground.open(run_dir, checkpoint)
     seconds["loading"] = time.perf_counter() - clock
-    fmt, rows = given or case_lib.read_rows(playground, settings.data, settings.limit)
+    fmt, rows = given or case_lib.held_rows(playground, settings.limit)
     precision = pick_precision(playground.spec.training.precision, playground.device)
     with autocast_for(precision, playground.device):
         if playground.task == "classification":

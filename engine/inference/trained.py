@@ -32,6 +32,11 @@ def run_spec(run_dir: Path) -> RunSpec:
     return load_spec_file(run_dir / "spec.yaml")
 
 
+def run_task(spec: RunSpec) -> str:
+    """The task a run's model was built for: its saved spec names it (older runs: a causal LM)."""
+    return spec.model.task if spec.model.task != "auto" else "causal_lm"
+
+
 def total_steps_of(run_dir: Path) -> int:
     started = [e for e in iter_events(run_dir / "events.jsonl") if isinstance(e, Started)]
     return started[-1].total_steps if started else 1
@@ -44,7 +49,7 @@ def load_base(spec: RunSpec) -> tuple[torch.nn.Module, Any, str]:
     from adapter_studio.engine.data.shapes import label_mapping
     from adapter_studio.engine.models.loading import load_model
 
-    task = spec.model.task if spec.model.task != "auto" else "causal_lm"
+    task = run_task(spec)
     id2label = None
     if task == "classification":
         _, _, examples, _ = load_examples(spec.data, spec.data.path)
