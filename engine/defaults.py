@@ -181,6 +181,13 @@ def choose(
     return Chosen(method, training.model_copy(update={"batch_size": batch, "learning_rate": rate}), reasons)
 
 
+def task_for(spec: RunSpec, fmt: str) -> str:
+    """model.task, or the data's: labelled texts train a classifier, anything else a causal LM."""
+    if spec.model.task != "auto":
+        return spec.model.task
+    return "classification" if fmt == "classification" else "causal_lm"
+
+
 def resolve(spec: RunSpec, info: ModelInfo, task: str, config: Any = None) -> Resolved:
     """A copy of the spec with every model-dependent `None` replaced by a value that fits, and why.
     `training.epochs` waits for the data (`resolve_epochs`); `learning_rate: auto` stays for the finder."""

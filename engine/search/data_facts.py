@@ -25,11 +25,11 @@ def describe_data(spec: RunSpec) -> DataFacts:
     """The task, and how many rows train and are held out (by the spec, and in the trials)."""
     from adapter_studio.engine.data.examples import held_out_count
     from adapter_studio.engine.data.prepare import survey_data
+    from adapter_studio.engine.defaults import task_for
 
     data = spec.data
     survey = survey_data(data, data.path, limit=data.max_rows)
-    task = spec.model.task if spec.model.task != "auto" else (
-        "classification" if survey.format == "classification" else "causal_lm")  # fmt: skip
+    task = task_for(spec, survey.format)
     if data.eval_path:
         held = survey_data(data, data.eval_path, survey.format).count
         return DataFacts(task, survey.count, held, held, None)

@@ -64,12 +64,6 @@ if TYPE_CHECKING:
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
-def _task_for(spec: RunSpec, fmt: str) -> str:
-    if spec.model.task != "auto":
-        return spec.model.task
-    return "classification" if fmt == "classification" else "causal_lm"
-
-
 def _id2label(spec: RunSpec) -> dict[int, str] | None:
     from adapter_studio.engine.data.shapes import label_mapping
 
@@ -180,6 +174,7 @@ class TrainingSession:
             resolve_epochs,
             resolve_eval_split,
             resolve_objective,
+            task_for,
         )
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
@@ -190,7 +185,7 @@ class TrainingSession:
         set_seed(spec.training.seed)
         with_objective = resolve_objective(spec, fmt)  # preference pairs train with DPO unless the spec says
         spec, objective_reasons = with_objective.spec, with_objective.reasons
-        task = _task_for(spec, fmt)
+        task = task_for(spec, fmt)
         device = pick_device(spec.model.device)
         precision = pick_precision(spec.training.precision, device)
         loftq = getattr(spec.method, "init", None) == "loftq"
