@@ -421,6 +421,8 @@ def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], t
     assert sorted(r["expected"] for r in result.rows) == [str(i + 1) for i in range(6)]
     assert all("extracted" in r for r in result.rows)
     assert any("6 of 6 expected answers end in a final number" in n for n in result.notes)
+    assert result.settings.extract == m.FINAL_NUMBER  # the report's settings name the rule it used
+    assert f"- answer extraction: `{m.FINAL_NUMBER}`" in markdown(result)
 
 
 def test_number_answers_are_compared_by_each_answers_last_number(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -434,6 +436,8 @@ def test_number_answers_are_compared_by_each_answers_last_number(runs: dict[str,
     assert sorted(r["expected"] for r in result.rows) == [f"{i + 1}" for i in range(6)]  # 2.0 is read as 2
     assert any("6 of 6 expected answers are a number" in n for n in result.notes)
     assert "answers could take 128 new tokens, to work the problem out before the number" in result.notes
+    assert (result.settings.extract, result.settings.max_new_tokens) == (m.LAST_NUMBER, 128)
+    assert "- max new tokens: 128" in markdown(result)
     asked = evaluate_run(runs["lora"], EvalSettings(data=str(data), in_context=0, forgetting=False, max_new_tokens=4,
                                                     limit=2), write_report=False)  # fmt: skip
     assert not any("new tokens" in n for n in asked.notes)  # a length asked for is kept

@@ -181,7 +181,8 @@ def _settings(result: EvaluationResult) -> dict[str, Any]:
     s = result.settings
     return {
         "data": s.data or "held-out rows", "checkpoint": s.checkpoint, "in-context examples": s.in_context,
-        "answer extraction": s.extract or "none", "row limit": s.limit, "batch size": s.batch_size,
+        "answer extraction": f"`{s.extract}`" if s.extract else "none", "row limit": s.limit,
+        "batch size": s.batch_size,
         "max new tokens": s.max_new_tokens or "longest expected answer + 8", "decoding": "greedy, KV cache",
         "precision": result.precision,
         "seconds": ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,9 +162,10 @@ def evaluate_run(
             scored = _classification(playground, rows, settings, tell, stop, seconds)
         else:
             scored = _generation(playground, fmt, rows, settings, rule, tell, stop, seconds)
+    used = scored.pop("settings", settings)
     result = EvaluationResult(
         run_dir=run_dir, checkpoint=checkpoint.name, task=playground.task, precision=precision,
-        data=settings.data or "held-out rows of the run", settings=settings, **scored, seconds=seconds,
+        data=settings.data or "held-out rows of the run", settings=used, **scored, seconds=seconds,
     )  # fmt: skip
     seconds["total"] = time.perf_counter() - clock
     if write_report:
@@ -308,8 +309,10 @@ def _generation(
         "in_context": (f"the base model with {len(shots)} training rows before each prompt as examples"
                        if shots else "off (--k 0, or no training rows to show)"),
     }  # fmt: skip
+    # The settings as used, for the report: the rule found in the expected answers and the answers' token budget.
+    used = replace(settings, extract=rule.pattern if rule is not None else None, max_new_tokens=max_new)
     return {"metrics": metrics, "baselines": baselines, "rows": _sorted(table), "forgetting": forgetting,
-            "notes": notes, "pairs": scores, "classes": classes}  # fmt: skip
+            "notes": notes, "pairs": scores, "classes": classes, "settings": used}  # fmt: skip
 
 
 def _classification(
