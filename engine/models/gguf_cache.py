@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from adapter_studio.engine.models.loading import ModelSource
+    from adapter_studio.engine.models.source import ModelSource
 
 MAX_CACHED_BYTES = 3 * 2**30
 KEEP = 4  # conversions kept; the least recently used beyond that are removed

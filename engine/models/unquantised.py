@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
-    from adapter_studio.engine.models.loading import ModelSource
+    from adapter_studio.engine.models.source import ModelSource
 
 
 def unquantised_folder(source: ModelSource) -> Path:

@@ -9,17 +9,25 @@ from typing import TYPE_CHECKING
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
-    from adapter_studio.engine.models.loading import ModelSource
+    from adapter_studio.engine.models.source import ModelSource
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
+def in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError as e:  # a space, two dots…: say what the hub allows
+        raise UserError(f"'{repo_id}' is not a folder, a .gguf file or a valid hub id: {e}",
+                        where="model.source", fix="check the path or the id (owner/name)") from None
+
+
 def check_in_hub_cache(repo_id: str) -> None:
     """A hub id names a model already in this machine's Hugging Face cache; say so when it is not."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json")
-    if not isinstance(found, str):
+    if not in_hub_cache(repo_id):
         raise UserError(
             f"'{repo_id}' is not in this machine's Hugging Face cache, and nothing is downloaded while training",
             where="model.source",

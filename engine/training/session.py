@@ -207,6 +207,8 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        if source.note:
+            self.log(source.note)
         from adapter_studio.engine.models.unquantised import unquantised_folder
 
         weights_folder = unquantised_folder(source) if loftq else None  # LoftQ reads the original weights

@@ -183,7 +183,8 @@ class ModelPage(Page):
         self.fields["parameters"].setText(f"{human_count(summary.params)} ({summary.params:,})")
         self.fields["layers"].setText(f"{summary.num_layers} blocks × {summary.hidden_size} wide")
         self.fields["size on disk"].setText(human_bytes(summary.file_bytes) if summary.file_bytes else "—")
-        self.status.setText("Ready. The weights load when training starts.")
+        ready = "Ready. The weights load when training starts."
+        self.status.setText(f"{summary.note}. {ready}" if summary.note else ready)
 
     def _failed(self, error: BaseException) -> None:
         self.status.setText(f"Cannot use this model: {getattr(error, 'message', error)}")

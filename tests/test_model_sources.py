@@ -1,0 +1,87 @@
+"""What `model.source` names: a hub id comes from this machine's Hugging Face cache only, said at once when
+it is not there; the embedded models' own hub ids fall back to the copies the app ships, and say so."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source
+from adapter_studio.engine.models.loading import resolve_source, summarize_model
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache of this test's own (the machine's may hold anything)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cache_model(cache: Path, repo_id: str) -> None:
+    """The layout huggingface_hub keeps a downloaded model in (refs/main → a snapshot with config.json)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+
+
+@pytest.mark.parametrize(
+    ("source", "embedded"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", EMBEDDED_SMOLLM2),
+        ("huggingfacetb/smollm2-135m-instruct", EMBEDDED_SMOLLM2),  # the hub reads ids without case
+        (" HuggingFaceTB/SmolLM2-135M-Instruct ", EMBEDDED_SMOLLM2),
+        ("sentence-transformers/all-MiniLM-L6-v2", EMBEDDED_MINILM),
+    ],
+)
+def test_an_embedded_models_hub_id_uses_the_shipped_copy_when_not_cached(hub_cache: Path, source: str,
+                                                                         embedded: str) -> None:  # fmt: skip
+    got = resolve_source(source)
+    shipped = embedded_source(embedded)
+    assert (got.kind, got.path, got.gguf_file) == (shipped.kind, shipped.path, shipped.gguf_file)
+    assert got.note.startswith(f"{source.strip()} is not in this machine's Hugging Face cache: using the copy")
+    assert embedded in got.note
+    assert ("Q4_1" in got.note) == (embedded == EMBEDDED_SMOLLM2)  # the 4-bit file, not the hub's weights
+
+
+def test_a_cached_hub_model_is_used_over_the_shipped_copy(hub_cache: Path) -> None:
+    cache_model(hub_cache, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    got = resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert (got.kind, got.path, got.note) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", "")
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("someorg/not-here", "'someorg/not-here' is not in this machine's Hugging Face cache, and nothing is "
+                             "downloaded while training — download it once (`hf download someorg/not-here`"),
+        ("some org/a..b", "'some org/a..b' is not a folder, a .gguf file or a valid hub id"),
+    ],
+)
+def test_a_hub_id_that_is_not_here_is_said_before_anything_loads(hub_cache: Path, source: str, words: str) -> None:
+    """The Model page used to ask the hub for the configuration: 24 s of retries offline, then transformers'
+    advice about offline mode."""
+    start = time.perf_counter()
+    with pytest.raises(UserError) as raised:
+        summarize_model(source)
+    assert words in str(raised.value) and raised.value.where == "model.source"
+    assert time.perf_counter() - start < 5  # no network retries (they take 8 s each)
+
+
+def test_the_model_page_says_which_copy_a_hub_id_got(window, qtbot, hub_cache) -> None:  # type: ignore[no-untyped-def]
+    page = window.pages["model"]
+    page.choose("HuggingFaceTB/SmolLM2-135M-Instruct")
+    qtbot.waitUntil(lambda: page.status.text().endswith("Ready. The weights load when training starts."),
+                    timeout=60_000)  # fmt: skip
+    assert page.status.text().startswith("HuggingFaceTB/SmolLM2-135M-Instruct is not in this machine's Hugging "
+                                         "Face cache: using the copy that ships with the app")
+    assert page.fields["name"].text() == "SmolLM2-135M-Instruct (embedded)"
+    assert window.state.model.source == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the spec keeps the person's words
