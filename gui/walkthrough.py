@@ -65,10 +65,11 @@ def walkthrough(spec_path: str, out: Path, overrides: list[str] | None = None) -
         if key == "data":
             _wait(app, lambda: getattr(data_page, "tokenizer", None) is not None, 300, "the tokenizer")
             data_page.show_rendered()
+            _settle(app)
+            _wait(app, lambda: not data_page.stats_busy, 300, "the data's token counts")  # the histogram drawn
         if key == "compare":
             compare = window.pages["compare"]
-            # The memory estimate follows the data's token counts: wait for them, then for the estimate.
-            _wait(app, lambda: not data_page.stats_busy, 300, "the data's token counts")
+            # The memory estimate follows the data's token counts (counted above), then comes the estimate.
             _settle(app)
             _wait(app, compare.complete, 300, "every method's cost")  # not a picture of "estimating…" rows
         report["pages"].append(key)

@@ -62,6 +62,7 @@ def wait_for_stats(page: Any, qtbot: Any) -> dict[str, Any]:
 
 def test_histogram_max_length_line_counts_and_packing(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
     page = choose_model(window, qtbot, tiny_llama)
+    assert not page.max_length_line.isVisible()  # nothing counted yet: no line over empty axes
     page.eval_split.setValue(0.0)
     page.max_length.setValue(60)
     pairs = [("reverse " + "a" * n, "b" * n) for n in (1, 2, 3, 4, 20, 40)]
@@ -71,7 +72,8 @@ def test_histogram_max_length_line_counts_and_packing(window, qtbot, tmp_path, t
     assert "<b>7</b> rows" in page.summary.text() and "<b>1</b> of 7 dropped" in page.summary.text()
     assert stats["lengths"] == [31, 33, 35, 37, 69, 109]  # as the engine counts them (tests/test_data.py)
     assert sum(page.histogram_bars.opts["height"]) == 6
-    assert page.max_length_line.value() == 60
+    assert page.max_length_line.value() == 60 and page.max_length_line.isVisible()
+    assert page.max_length_line.label.toPlainText() == "max length 60"
     text = page.length_stats.text()
     assert "<b>1</b> rows are longer than max length 60" in text
     assert "<b>2</b> rows dropped" in text and "longer than max_length 60 before its answer" in text

@@ -175,6 +175,9 @@ class DataPage(Page):
             label="max length", labelOpts={"position": 0.9, "color": "#c0392b"},
         )  # fmt: skip
         self.histogram.addItem(self.max_length_line)
+        # Until the first count: empty axes over the usual lengths, not a lone line at 512 on a 511.6–512.4 axis.
+        self.max_length_line.setVisible(False)
+        self.histogram.setXRange(0, FALLBACK_MAX_LENGTH * 1.02)
         layout.addWidget(self.histogram, 3)
         side = QVBoxLayout()
         self.length_stats = wrapped_label("lengthStats",
@@ -495,6 +498,7 @@ class DataPage(Page):
     def _draw_histogram(self, stats: dict[str, Any]) -> None:
         lengths = np.asarray(stats["lengths"], np.int64)
         max_length = stats["max_length"]
+        self.max_length_line.setVisible(True)  # first: a hidden label keeps its old text
         self.max_length_line.setValue(max_length)
         self.max_length_line.label.setFormat(f"max length {max_length}")
         if not len(lengths):
