@@ -140,3 +140,21 @@ def test_a_refused_gguf_export_says_why_without_a_traceback(window, qtbot, train
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder left
     for d in error_dialogs():
         d.close()
+
+
+@pytest.mark.parametrize("kind", ["classifier", "prompt tuning"])
+def test_gguf_is_offered_only_for_runs_it_can_hold(window, qtbot, tiny_bert_cls, classification_csv, tiny_llama,
+                                                 alpaca_jsonl, make_spec, kind):  # type: ignore[no-untyped-def]
+    """A classifier, or a method that cannot be merged into the weights, has no GGUF: the button says why
+    before it is clicked, not after the model loads."""
+    spec = (make_spec(tiny_bert_cls, classification_csv, "lora", max_steps=2, eval_samples=0) if kind == "classifier"
+            else make_spec(tiny_llama, alpaca_jsonl, "prompt_tuning", max_steps=2))  # fmt: skip
+    result = run(spec)
+    assert result.status == "completed"
+    window.state.set_current_run(result.run_dir)
+    window.go_to("export")
+    page = window.pages["export"]
+    assert page.adapter_button.isEnabled()
+    assert not page.gguf_button.isEnabled() and not page.gguf_type.isEnabled()
+    words = "this run trained a classifier" if kind == "classifier" else "Prompt Tuning cannot be merged into"
+    assert words in page.gguf_button.toolTip() and "export the adapter" in page.gguf_button.toolTip()

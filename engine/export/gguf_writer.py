@@ -67,10 +67,14 @@ QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
+def refusal_for_task(task: str) -> str | None:
+    return None if task == "causal_lm" else "GGUF holds text generators for llama.cpp; this run trained a classifier"
+
+
 def refusal(config: Any, task: str) -> str | None:
     """Why a model of this config cannot be written as GGUF here, or None."""
     if task != "causal_lm":
-        return "GGUF holds text generators for llama.cpp; this run trained a classifier"
+        return refusal_for_task(task)
     if config.model_type not in ARCHITECTURES:
         names = ", ".join(sorted(ARCHITECTURES))
         return f"this export supports the Llama family ({names}); this model is {config.model_type!r}"

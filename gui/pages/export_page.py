@@ -9,7 +9,7 @@ from typing import Any
 
 import shiboken6
 from adapter_studio.engine.events import Stage
-from adapter_studio.engine.export import llama_cpp
+from adapter_studio.engine.export import gguf_writer, llama_cpp
 from adapter_studio.engine.export.gguf_writer import BY_LLAMA_CPP
 from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf
 from adapter_studio.gui.pages.base import Page, wrapped_label
@@ -98,16 +98,23 @@ class ExportPage(Page):
             return
         self.run_label.setText(f"Run: <b>{run.name}</b> <span style='color:gray'>({run})</span>")
         try:
-            from adapter_studio.engine.inference.trained import run_spec
+            from adapter_studio.engine.inference.trained import run_spec, run_task
 
-            method = run_spec(run).method
+            spec = run_spec(run)
         except Exception as e:
             self.status.setText(f"Cannot read this run: {getattr(e, 'message', e)}")
             return
+        method = spec.method
         self.merged_button.setEnabled(enabled and method.mergeable)
         self.merged_button.setToolTip(
             "" if method.mergeable else f"{method.title} cannot be merged into the base weights: export the adapter."
         )
+        # What export_gguf would refuse without reading the model (its architecture is checked on export).
+        no_gguf = gguf_writer.refusal_for_task(run_task(spec)) or (
+            None if method.mergeable else f"{method.title} cannot be merged into the weights a GGUF holds")
+        for widget in (self.gguf_button, self.gguf_type):
+            widget.setEnabled(enabled and no_gguf is None)
+        self.gguf_button.setToolTip(f"{no_gguf}: export the adapter or the merged model." if no_gguf else "")
 
     def pick_run(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Run folder", self.state.runs_dir)
