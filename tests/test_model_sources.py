@@ -85,3 +85,4 @@ def test_the_model_page_says_which_copy_a_hub_id_got(window, qtbot, hub_cache) -
                                          "Face cache: using the copy that ships with the app")
     assert page.fields["name"].text() == "SmolLM2-135M-Instruct (embedded)"
     assert window.state.model.source == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the spec keeps the person's words
+    assert page.status.minimumSizeHint().width() < 600  # the note wraps (on one line it widened the window 300 px)

@@ -42,8 +42,7 @@ class ExportPage(Page):
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         super().__init__(state)
         row = QHBoxLayout()
-        self.run_label = QLabel("No run yet: train one on the Train page, or pick a run folder.")
-        self.run_label.setObjectName("exportRun")
+        self.run_label = wrapped_label("exportRun", "No run yet: train one on the Train page, or pick a run folder.")
         row.addWidget(self.run_label, 1)
         pick = QPushButton("Run folder…")
         pick.clicked.connect(self.pick_run)

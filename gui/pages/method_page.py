@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -77,8 +76,7 @@ class MethodPage(Page):
         self.method_box_layout = QVBoxLayout(self.method_box)
         right.addWidget(self.method_box)
         right.addWidget(self._objective_box())
-        self.validation = QLabel("")
-        self.validation.setObjectName("methodValidation")
+        self.validation = wrapped_label("methodValidation")
         self.validation.setStyleSheet("color: #c00")
         right.addWidget(self.validation)
         training_box = QGroupBox("Training")

@@ -76,8 +76,7 @@ class ModelPage(Page):
             label.setObjectName(f"model_{key.replace(' ', '_')}")
             form.addRow(key.capitalize(), label)
         self.layout_.addLayout(form)
-        self.status = QLabel("")
-        self.status.setObjectName("modelStatus")
+        self.status = wrapped_label("modelStatus")  # a long message wraps rather than widening the window
         self.layout_.addWidget(self.status)
         loading = QGroupBox("Loading")
         box = QVBoxLayout(loading)

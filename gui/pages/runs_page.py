@@ -176,8 +176,7 @@ class RunsPage(Page):
 
         compare = QWidget()
         compare_layout = QVBoxLayout(compare)
-        self.diff_label = QLabel("Select two runs to see the spec fields that differ.")
-        self.diff_label.setObjectName("diffLabel")
+        self.diff_label = wrapped_label("diffLabel", "Select two runs to see the spec fields that differ.")
         compare_layout.addWidget(self.diff_label)
         self.diff_table = QTableWidget(0, 3)
         self.diff_table.setObjectName("diffTable")
