@@ -292,3 +292,14 @@ def test_the_window_fits_a_1280_by_720_screen(window, qtbot, tiny_llama):  # typ
     qtbot.waitUntil(window.pages["compare"].complete, timeout=120_000)
     least = window.minimumSizeHint()
     assert least.width() <= 1280 and least.height() <= 720, least
+
+
+def test_long_statuses_wrap_instead_of_widening_the_window(window) -> None:  # type: ignore[no-untyped-def]
+    """A stage's detail (a model path) or a model's note on one unwrapped line pushed the window wider than the
+    screen; these labels wrap."""
+    long = "loading model: " + "/home/someone/models/a-long-folder-name" * 4 + "/model-Q4_K_M.gguf"
+    window.train_page.set_state(long)
+    window.pages["model"].status.setText(long)
+    window.pages["method"].validation.setText(long)
+    for label in (window.train_page.state_label, window.pages["model"].status, window.pages["method"].validation):
+        assert label.wordWrap() and label.minimumSizeHint().width() < 600, label.objectName()

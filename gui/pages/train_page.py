@@ -64,9 +64,10 @@ class TrainPage(Page):
         for b in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(b)
         buttons.addStretch()
-        self.state_label = QLabel("ready")
-        self.state_label.setObjectName("runState")
-        buttons.addWidget(self.state_label)
+        # A stage's detail can be a long model path: it wraps, right-aligned, instead of widening the window.
+        self.state_label = wrapped_label("runState", "ready")
+        self.state_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        buttons.addWidget(self.state_label, 1)
         self.layout_.addLayout(buttons)
 
         self.progress = QProgressBar()
