@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source
-from adapter_studio.engine.models.loading import resolve_source, summarize_model
+from adapter_studio.engine.models.hub_ids import SHIPPED_CONFIG_HUB_IDS
+from adapter_studio.engine.models.loading import MODEL_CONFIGS, load_model, resolve_source, summarize_model
+from adapter_studio.engine.spec import ModelSpec
 
 
 @pytest.fixture
@@ -52,6 +54,25 @@ def test_an_embedded_models_hub_id_uses_the_shipped_copy_when_not_cached(hub_cac
     assert ("Q4_1" in got.note) == (embedded == EMBEDDED_SMOLLM2)  # the 4-bit file, not the hub's weights
 
 
+@pytest.mark.parametrize(("source", "params"), [("meta-llama/Llama-3.1-8B", 8_030_261_248),
+                                               ("Qwen/Qwen2.5-0.5B", 494_032_768)])
+def test_a_hub_id_whose_architecture_ships_shows_its_size_and_costs(hub_cache: Path, source: str,
+                                                                    params: int) -> None:  # fmt: skip
+    summary = summarize_model(source)
+    assert (summary.kind, summary.params) == ("config", params)  # the counts in resources/model_configs/README.md
+    assert summary.note.startswith(f"{source} is not in this machine's Hugging Face cache: its architecture ships")
+    assert f"training needs the weights (`hf download {source}`" in summary.note
+    with pytest.raises(UserError, match=f"'{source}' is not in this machine's Hugging Face cache, and nothing is "
+                                        "downloaded while training"):  # fmt: skip
+        load_model(ModelSpec(source=source), "causal_lm")
+
+
+def test_every_shipped_architecture_names_its_hub_model() -> None:
+    readme = (MODEL_CONFIGS / "README.md").read_text().lower()
+    for repo_id, name in SHIPPED_CONFIG_HUB_IDS.items():
+        assert f"| {name} | {repo_id} |" in readme and (MODEL_CONFIGS / name / "config.json").exists()
+
+
 def test_a_cached_hub_model_is_used_over_the_shipped_copy(hub_cache: Path) -> None:
     cache_model(hub_cache, "HuggingFaceTB/SmolLM2-135M-Instruct")
     got = resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -86,3 +107,14 @@ def test_the_model_page_says_which_copy_a_hub_id_got(window, qtbot, hub_cache) -
     assert page.fields["name"].text() == "SmolLM2-135M-Instruct (embedded)"
     assert window.state.model.source == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the spec keeps the person's words
     assert page.status.minimumSizeHint().width() < 600  # the note wraps (on one line it widened the window 300 px)
+
+
+@pytest.mark.parametrize("source", ["meta-llama/Llama-3.1-8B", "llama-3.1-8b"])
+def test_the_model_page_offers_an_architecture_for_costs_only(window, qtbot, hub_cache, source) -> None:  # type: ignore[no-untyped-def]
+    page = window.pages["model"]
+    page.choose(source)
+    qtbot.waitUntil(lambda: "Compare page" in page.status.text(), timeout=60_000)
+    assert page.fields["parameters"].text() == "8.03 B (8,030,261,248)"
+    assert page.status.text().endswith("Its costs are on the Compare page; to train, pick a model with weights.")
+    assert ("Hugging Face cache" in page.status.text()) == ("/" in source)
+    assert "The weights load when training starts" not in page.status.text()

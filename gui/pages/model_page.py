@@ -182,8 +182,12 @@ class ModelPage(Page):
         self.fields["parameters"].setText(f"{human_count(summary.params)} ({summary.params:,})")
         self.fields["layers"].setText(f"{summary.num_layers} blocks × {summary.hidden_size} wide")
         self.fields["size on disk"].setText(human_bytes(summary.file_bytes) if summary.file_bytes else "—")
-        ready = "Ready. The weights load when training starts."
-        self.status.setText(f"{summary.note}. {ready}" if summary.note else ready)
+        if summary.kind == "config":  # an architecture without weights: costs, not training
+            ready = "Its costs are on the Compare page; to train, pick a model with weights."
+            note = summary.note or "An architecture without weights"
+        else:
+            ready, note = "Ready. The weights load when training starts.", summary.note
+        self.status.setText(f"{note}. {ready}" if note else ready)
 
     def _failed(self, error: BaseException) -> None:
         self.status.setText(f"Cannot use this model: {getattr(error, 'message', error)}")
