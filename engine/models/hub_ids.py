@@ -11,7 +11,7 @@ from __future__ import annotations
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.models.embedded import EMBEDDED_HUB_IDS, EMBEDDED_SMOLLM2, embedded_source
 from adapter_studio.engine.models.source import ModelSource
-from adapter_studio.engine.models.weight_files import check_in_hub_cache, in_hub_cache
+from adapter_studio.engine.models.weight_files import in_hub_cache, not_in_hub_cache
 from adapter_studio.resources import FOLDER
 
 # The hub models resources/model_configs reproduces (its README's table), lower case as the hub matches ids.
@@ -32,35 +32,31 @@ SHIPPED_CONFIG_HUB_IDS = {
 }
 
 
-def not_cached(repo_id: str) -> str:
-    return f"{repo_id} is not in this machine's Hugging Face cache"
-
-
 def hub_source(repo_id: str) -> ModelSource:
     """A hub id as a source: from the cache, the embedded copy of the same model, or its shipped architecture."""
     if in_hub_cache(repo_id):
         return ModelSource("hub", repo_id, None, repo_id)
+    not_cached = f"{repo_id} is not in this machine's Hugging Face cache"
     embedded = EMBEDDED_HUB_IDS.get(repo_id.lower())
     if embedded is not None:
         weights = " (its weights in 4 bits, a Q4_1 GGUF file)" if embedded == EMBEDDED_SMOLLM2 else ""
-        return embedded_source(embedded, f"{not_cached(repo_id)}: using the copy that ships with the app, "
+        return embedded_source(embedded, f"{not_cached}: using the copy that ships with the app, "
                                          f"{embedded}{weights}")  # fmt: skip
     shipped = SHIPPED_CONFIG_HUB_IDS.get(repo_id.lower())
     if shipped is not None and (FOLDER / "model_configs" / shipped / "config.json").exists():
         return ModelSource("config", str(FOLDER / "model_configs" / shipped), None, f"{shipped} (architecture only)",
-                           f"{not_cached(repo_id)}: its architecture ships with the app ({shipped}), so its size and "
+                           f"{not_cached}: its architecture ships with the app ({shipped}), so its size and "
                            f"costs are shown; training needs the weights (`hf download {repo_id}` on a machine with "
                            "internet)")  # fmt: skip
-    check_in_hub_cache(repo_id)  # raises, with what to do
-    raise AssertionError("unreachable")
+    raise not_in_hub_cache(repo_id)
 
 
 def require_weights(spec_source: str, source: ModelSource) -> None:
     """Refuse to train an architecture without weights, saying why (a hub id that is not here says that)."""
     if source.has_weights:
         return
-    if source.note:
-        check_in_hub_cache(spec_source.strip())
+    if spec_source.strip().lower() in SHIPPED_CONFIG_HUB_IDS:  # the hub id of a shipped architecture
+        raise not_in_hub_cache(spec_source.strip())
     raise UserError(
         f"'{spec_source}' is an architecture description without weights",
         where="model.source",

@@ -25,14 +25,13 @@ def in_hub_cache(repo_id: str) -> bool:
                         where="model.source", fix="check the path or the id (owner/name)") from None
 
 
-def check_in_hub_cache(repo_id: str) -> None:
-    """A hub id names a model already in this machine's Hugging Face cache; say so when it is not."""
-    if not in_hub_cache(repo_id):
-        raise UserError(
-            f"'{repo_id}' is not in this machine's Hugging Face cache, and nothing is downloaded while training",
-            where="model.source",
-            fix=f"download it once (`hf download {repo_id}`, on a machine with internet) or give a model folder",
-        )
+def not_in_hub_cache(repo_id: str) -> UserError:
+    """What to say about a hub id that this machine's Hugging Face cache does not hold."""
+    return UserError(
+        f"'{repo_id}' is not in this machine's Hugging Face cache, and nothing is downloaded while training",
+        where="model.source",
+        fix=f"download it once (`hf download {repo_id}`, on a machine with internet) or give a model folder",
+    )
 
 
 def check_safetensors(source: ModelSource) -> None:
