@@ -69,6 +69,32 @@ def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-
 
 
 @pytest.mark.parametrize(
+    ("source", "base", "note"),
+    [
+        ("embedded:smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", True),
+        ("huggingfacetb/smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", True),
+        ("embedded:all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", False),  # the same weights
+        ("/models/my-llama", "/models/my-llama", False),
+    ],
+)
+def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run, source, base, note) -> None:  # type: ignore[no-untyped-def]
+    """The card's base_model is a hub id where the base was an embedded model, and says where its weights differ
+    from the hub's (SmolLM2 ships as a 4-bit GGUF file)."""
+    from types import SimpleNamespace
+
+    import yaml
+    from adapter_studio.engine.export.run_export import model_card
+    from adapter_studio.engine.inference.trained import run_spec
+
+    spec = run_spec(trained_run)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"source": source})})
+    card = model_card(SimpleNamespace(spec=spec), "adapter", trained_run)  # type: ignore[arg-type]
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == base
+    assert f"fine-tune of {base}\n" in card
+    assert ("Q4_1 GGUF file" in card and "nearly, not exactly, the same" in card) == note
+
+
+@pytest.mark.parametrize(
     ("before", "merged", "largest_logit", "tolerance"),
     [
         ({"": 1.0, "q": 0.07}, {"": 1.0, "q": 0.07}, 0.0, 1e-4),  # a tiny model's logits: float32's rounding

@@ -270,12 +270,18 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     import transformers
     import yaml
     from adapter_studio import __version__
+    from adapter_studio.engine.models.embedded import HUB_ID_OF, WEIGHTS_NOTE, embedded_name
     from adapter_studio.engine.runs import summarize_run
 
     summary = summarize_run(run_dir)
     spec = trained.spec
+    embedded = embedded_name(spec.model.source)
+    base = HUB_ID_OF[embedded] if embedded else spec.model.source  # a hub id, as the card's metadata expects
+    weights = (f"\n\nThe base was the copy of {base} that ships with Adapter Studio ({WEIGHTS_NOTE[embedded]}): on "
+               "the hub's own weights the tuned model answers nearly, not exactly, the same."
+               if embedded in WEIGHTS_NOTE else "")  # fmt: skip
     meta = {
-        "base_model": spec.model.source,
+        "base_model": base,
         "library_name": "peft" if kind == "adapter" and spec.method.adapter_format == "peft" else "transformers",
         "tags": ["adapter-studio", spec.method.name],
         "adapter_studio": {
@@ -322,9 +328,9 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     how = f"```python\n{how}\n```"
     return (
         f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n"
-        f"# {spec.method.title} fine-tune of {spec.model.source}\n\n"
+        f"# {spec.method.title} fine-tune of {base}\n\n"
         f"Trained with Adapter Studio {__version__}: {summary.steps} steps, "
-        f"{summary.trainable_params or 0:,} trainable parameters. Export: {kind}.\n\n## Loading\n\n{how}\n"
+        f"{summary.trainable_params or 0:,} trainable parameters. Export: {kind}.{weights}\n\n## Loading\n\n{how}\n"
     )
 
 

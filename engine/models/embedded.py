@@ -10,11 +10,18 @@ from adapter_studio.engine.models.source import ModelSource
 
 EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
-# The hub ids of the models the embedded packages hold (lower case: the hub matches ids without case).
-EMBEDDED_HUB_IDS = {
-    "huggingfacetb/smollm2-135m-instruct": EMBEDDED_SMOLLM2,
-    "sentence-transformers/all-minilm-l6-v2": EMBEDDED_MINILM,
-}
+# The hub models the embedded packages hold; looked up in lower case, as the hub matches ids without case.
+HUB_ID_OF = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct",
+             EMBEDDED_MINILM: "sentence-transformers/all-MiniLM-L6-v2"}  # fmt: skip
+EMBEDDED_HUB_IDS = {hub_id.lower(): name for name, hub_id in HUB_ID_OF.items()}
+# What differs from the hub's weights, said where a trained model is handed over (SmolLM2 ships as 4 bits).
+WEIGHTS_NOTE = {EMBEDDED_SMOLLM2: "its weights in 4 bits, a Q4_1 GGUF file"}
+
+
+def embedded_name(source: str) -> str | None:
+    """The embedded model a `model.source` names, by its own name or its hub id; None for any other."""
+    source = source.strip()
+    return source if source in HUB_ID_OF else EMBEDDED_HUB_IDS.get(source.lower())
 
 
 def embedded_source(name: str, note: str = "") -> ModelSource:

@@ -9,7 +9,7 @@ size and costs (training it still asks for the weights). The log and the Model p
 from __future__ import annotations
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.models.embedded import EMBEDDED_HUB_IDS, EMBEDDED_SMOLLM2, embedded_source
+from adapter_studio.engine.models.embedded import EMBEDDED_HUB_IDS, WEIGHTS_NOTE, embedded_source
 from adapter_studio.engine.models.source import ModelSource
 from adapter_studio.engine.models.weight_files import in_hub_cache, not_in_hub_cache
 from adapter_studio.resources import FOLDER
@@ -39,7 +39,7 @@ def hub_source(repo_id: str) -> ModelSource:
     not_cached = f"{repo_id} is not in this machine's Hugging Face cache"
     embedded = EMBEDDED_HUB_IDS.get(repo_id.lower())
     if embedded is not None:
-        weights = " (its weights in 4 bits, a Q4_1 GGUF file)" if embedded == EMBEDDED_SMOLLM2 else ""
+        weights = f" ({WEIGHTS_NOTE[embedded]})" if embedded in WEIGHTS_NOTE else ""
         return embedded_source(embedded, f"{not_cached}: using the copy that ships with the app, "
                                          f"{embedded}{weights}")  # fmt: skip
     shipped = SHIPPED_CONFIG_HUB_IDS.get(repo_id.lower())
