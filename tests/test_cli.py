@@ -74,11 +74,15 @@ def test_train_export_and_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # t
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert merged.returncode == 0, merged.stderr
     assert "verified" in merged.stdout
-    again, listing = clis_at_once(["export", str(run_dir), "--merged", "--out", str(tmp_path / "merged")],
-                                  ["runs", "--dir", str(tmp_path / "runs"), "--json"])  # fmt: skip
+    again, listing, table = clis_at_once(["export", str(run_dir), "--merged", "--out", str(tmp_path / "merged")],
+                                         ["runs", "--dir", str(tmp_path / "runs"), "--json"],
+                                         ["runs", "--dir", str(tmp_path / "runs")])  # fmt: skip
     assert again.returncode != 0 and again.stderr.startswith("error:") and "already exists" in again.stderr
     rows = json.loads(listing.stdout)
     assert rows[0]["status"] == "completed" and rows[0]["steps"] == 4
+    head, line = table.stdout.splitlines()  # the columns the Runs page compares, aligned
+    assert head.split() == ["run", "status", "model", "method", "steps", "eval_loss", "accuracy", "exact", "minutes"]
+    assert line.split()[:5] == [run_dir.name, "completed", tiny_llama.name, "lora", "4/4"]
 
 
 def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -267,9 +267,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     if not runs:
         print(f"no runs in {args.dir}")
-    for r in runs:
-        loss = f"{r.final_eval_loss:.4f}" if r.final_eval_loss is not None else "-"
-        print(f"{r.name:<32} {r.status:<11} {r.method:<16} steps {r.steps:<6} eval_loss {loss}")
+        return 0
+
+    def number(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    # The columns the Runs page compares: which model, how far, held-out loss and score, how long.
+    rows = [("run", "status", "model", "method", "steps", "eval_loss", "accuracy", "exact", "minutes")] + [
+        (r.name, r.status, Path(r.model.rstrip("/")).name or r.model, r.method,
+         f"{r.steps}/{r.total_steps}" if r.total_steps else str(r.steps), number(r.final_eval_loss),
+         number(r.accuracy, 3), number(r.exact_match, 3),
+         number(r.duration_s / 60 if r.duration_s is not None else None, 1))
+        for r in runs
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
