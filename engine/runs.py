@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Eval, Finished, Metrics, Started, iter_events
+from adapter_studio.engine.events import Eval, Export, Finished, Metrics, Started, iter_events
 
 try:
     import fcntl
@@ -153,7 +153,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
     first_time = last_time = None
     for event in iter_events(run_dir / "events.jsonl"):
         first_time = first_time or event.time
-        last_time = event.time
+        if not isinstance(event, Export):  # exports are appended later, maybe days later: not the run's time
+            last_time = event.time
         if isinstance(event, Started):
             started, finished = event, None
         elif isinstance(event, Metrics):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adapter_studio.engine.events import Checkpoint, Eval, EventLog, Finished, Log, Metrics, Started
+from adapter_studio.engine.events import Checkpoint, Eval, EventLog, Export, Finished, Log, Metrics, Started
 from adapter_studio.engine.run_compare import curves, flatten, spec_diff
 from adapter_studio.engine.runs import LOCK, list_runs, summarize_run
 from adapter_studio.engine.spec import parse_spec
@@ -70,6 +70,7 @@ def fabricate_history(root: Path) -> dict[str, Path]:
         Eval(step=5, eval_loss=1.7, time=t + 5.5), Eval(step=10, eval_loss=1.5, time=t + 10.5),
         Checkpoint(step=10, path=str(runs["done"] / "checkpoints" / "step-10"), time=t + 11),
         Finished(status="completed", step=10, error=None, train_seconds=11.0, tokens_trained=640, time=t + 12),
+        Export(kind="adapter", path="/exports/a", bytes=1, verified_max_diff=0.0, time=t + 86_400),  # a day on
     ])  # fmt: skip
 
     t = T0 + 60
@@ -137,7 +138,7 @@ def test_summary_numbers(history: dict[str, Path]) -> None:
     assert (done.steps, done.total_steps) == (10, 10)
     assert done.final_loss == pytest.approx(1.0)
     assert (done.final_eval_loss, done.best_eval_loss) == (1.5, 1.5)
-    assert done.duration_s == pytest.approx(12.0)
+    assert done.duration_s == pytest.approx(12.0)  # the export a day later is not the run's time
     assert done.started == T0
     assert done.error is None
 
