@@ -118,3 +118,27 @@ def test_the_model_page_offers_an_architecture_for_costs_only(window, qtbot, hub
     assert page.status.text().endswith("Its costs are on the Compare page; to train, pick a model with weights.")
     assert ("Hugging Face cache" in page.status.text()) == ("/" in source)
     assert "The weights load when training starts" not in page.status.text()
+
+
+@pytest.mark.parametrize(
+    ("source", "saved"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", EMBEDDED_SMOLLM2),  # the shipped copy trained: the run names it
+        ("sentence-transformers/all-MiniLM-L6-v2", EMBEDDED_MINILM),
+        (EMBEDDED_SMOLLM2, EMBEDDED_SMOLLM2),
+    ],
+)
+def test_a_run_names_the_copy_it_trained(hub_cache: Path, source: str, saved: str) -> None:
+    """So that its evaluation, export and resume load the same weights after the hub's are downloaded."""
+    from adapter_studio.engine.spec import parse_spec
+    from adapter_studio.engine.training.session import _source_used
+
+    spec = parse_spec({"model": {"source": source}, "data": {"path": "x.jsonl"}})
+    used, reasons = _source_used(spec, resolve_source(source))
+    assert used.model.source == saved
+    assert (list(reasons) == ["model.source"]) == (source != saved)
+    if source != saved:
+        assert reasons["model.source"].startswith(f"{source} is not in this machine's Hugging Face cache")
+    cache_model(hub_cache, "HuggingFaceTB/SmolLM2-135M-Instruct")  # once downloaded, the hub's weights train
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert _source_used(spec.model_copy(update={"model": ModelSpec(source=hub)}), resolve_source(hub))[1] == {}

@@ -64,6 +64,18 @@ if TYPE_CHECKING:
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
+def _source_used(spec: RunSpec, source: Any) -> tuple[RunSpec, dict[str, str]]:
+    """An embedded model's hub id that was not cached trained the shipped copy: the run's saved spec names that
+    copy, so its evaluation, export and resume load the same weights even after the hub's are downloaded."""
+    from adapter_studio.engine.models.embedded import embedded_name
+
+    used = embedded_name(spec.model.source)
+    if not source.note or used is None or used == spec.model.source:
+        return spec, {}
+    model = spec.model.model_copy(update={"source": used})
+    return spec.model_copy(update={"model": model}), {"model.source": source.note}
+
+
 def _id2label(spec: RunSpec) -> dict[int, str] | None:
     from adapter_studio.engine.data.shapes import label_mapping
 
@@ -208,8 +220,7 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
-        if source.note:
-            self.log(source.note)
+        spec, source_reasons = _source_used(spec, source)
         from adapter_studio.engine.models.unquantised import unquantised_folder
 
         weights_folder = unquantised_folder(source) if loftq else None  # LoftQ reads the original weights
@@ -218,7 +229,7 @@ class TrainingSession:
         model.config.use_cache = False
         info = describe_model(model)
         resolved = resolve(spec, info, task, model.config)
-        spec, reasons = resolved.spec, {**objective_reasons, **resolved.reasons}
+        spec, reasons = resolved.spec, {**source_reasons, **objective_reasons, **resolved.reasons}
         if self.resume:  # an `auto` run trains on with the rate its range test picked
             spec = keep_found_rate(spec, self.run_dir)
         spec.method.check(info, spec.training)
