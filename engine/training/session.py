@@ -451,6 +451,7 @@ class TrainingSession:
                 self.accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if t.max_grad_norm > 0 else None
             )
             optimizer.step()
+            step_lr = float(scheduler.get_last_lr()[0])  # the rate this step used (after step(): the next one's)
             scheduler.step()
             method.on_step(unwrapped, self.step)  # before zero_grad: AdaLoRA scores ranks by their gradients
             optimizer.zero_grad(set_to_none=True)
@@ -483,7 +484,7 @@ class TrainingSession:
                         step=self.step,
                         epoch=round(self.step * t.gradient_accumulation / self.micro_per_epoch, 4),
                         loss=loss_value,
-                        lr=float(scheduler.get_last_lr()[0]),
+                        lr=step_lr,
                         grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
                         tokens_per_s=window_tokens / elapsed if elapsed > 0 else 0.0,
                         tokens_seen=self.tokens_trained,
