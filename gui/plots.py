@@ -11,6 +11,7 @@ from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import QWidget
 
 LEGEND_SPACING_PX = 10  # between a legend's sample line and its name, and between entries
+LEGEND_MARGIN_PX = 16  # the plot's own margins beside the curves
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -110,13 +111,15 @@ class LegendBelow(pg.LegendItem):
         self.setMaximumSize(size)
         self.updateGeometry()
 
-    def fit(self, width: float) -> None:
-        """As many entries a row as fit in `width` pixels."""
+    def fit(self, width: float) -> bool:
+        """As many entries a row as fit in `width` pixels; whether the rows changed."""
         if not self.items:
-            return
+            return False
         columns = next((n for n in range(len(self.items), 1, -1) if sum(self._column_widths(n)) <= width), 1)
-        if columns != self.columnCount:
-            self.setColumnCount(columns)
+        if columns == self.columnCount:
+            return False
+        self.setColumnCount(columns)
+        return True
 
 
 class LivePlot(pg.PlotWidget):
@@ -148,9 +151,12 @@ class LivePlot(pg.PlotWidget):
         self.fit_legend()
 
     def fit_legend(self) -> None:
-        """Lay the legend's entries out in as many rows as the width under the curves needs."""
-        view = self.plotItem.getViewBox().width()
-        self.legend.fit(view if view > 0 else 0.8 * self.width())
+        """Lay the legend's entries out in as many rows as the width under the curves needs. Measured from
+        the widget, not the view box: a legend fitted while its tab was hidden widened the plot item past
+        the widget, and the view box then measured that clipped width (the Rewards plot lost its right edge)."""
+        axis = self.plotItem.getAxis("left")
+        if self.legend.fit(self.width() - (axis.width() if axis.isVisible() else 0) - LEGEND_MARGIN_PX):
+            self.plotItem.setGeometry(self.range)  # laid out again within the widget, at the legend's new size
 
     def set_log_y(self, on: bool) -> None:
         """A log y axis (a loss that falls 60× reads on it); non-positive points are left out there."""

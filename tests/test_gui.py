@@ -232,6 +232,29 @@ def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbo
         assert not legend.sceneBoundingRect().intersects(view.sceneBoundingRect()), plot.objectName()
 
 
+def test_a_plot_filled_in_a_hidden_tab_fits_its_tab_when_shown(window, qtbot):  # type: ignore[no-untyped-def]
+    """The Rewards plot's four legend entries were laid out in one row while its tab was hidden; shown in the
+    narrower tab, the plot stayed as wide as that row, and its right edge (the last steps) was cut off."""
+    from adapter_studio.engine.events import Eval, Metrics
+
+    train = window.train_page
+    window.go_to("train")
+    window.resize(1100, 700)
+    train.on_events([
+        *[Metrics(step=i, epoch=i / 30, loss=0.69, lr=5e-4, grad_norm=1.0, tokens_per_s=300.0, tokens_seen=100 * i,
+                  memory_bytes=2**31, rewards_chosen=0.01 * i, rewards_rejected=-0.01 * i, reward_margin=0.02 * i,
+                  preference_accuracy=0.6) for i in range(1, 31)],
+        Eval(step=30, eval_loss=0.6, reward_margin=0.5, preference_accuracy=0.62),
+    ])  # fmt: skip
+    plot = train.rewards_plot
+    train.more.setCurrentWidget(plot)
+    qtbot.waitUntil(lambda: plot.isVisible() and plot.width() > 100, timeout=10_000)
+    qtbot.wait(50)
+    assert len(plot.legend.items) == 4
+    assert plot.plotItem.geometry().width() <= plot.width() + 1, (plot.plotItem.geometry().width(), plot.width())
+    assert plot.legend.sceneBoundingRect().right() <= plot.width() + 1
+
+
 def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no-untyped-def]
     qtbot, tmp_path, tiny_llama, monkeypatch, thread_pool_kept
 ):
