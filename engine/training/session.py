@@ -60,11 +60,12 @@ from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
     import torch
+    from adapter_studio.engine.models.source import ModelSource
 
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
 
 
-def _source_used(spec: RunSpec, source: Any) -> tuple[RunSpec, dict[str, str]]:
+def _source_used(spec: RunSpec, source: ModelSource) -> tuple[RunSpec, dict[str, str]]:
     """An embedded model's hub id that was not cached trained the shipped copy: the run's saved spec names that
     copy, so its evaluation, export and resume load the same weights even after the hub's are downloaded."""
     from adapter_studio.engine.models.embedded import embedded_name
