@@ -9,10 +9,9 @@ size and costs (training it still asks for the weights). The log and the Model p
 from __future__ import annotations
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.models.embedded import EMBEDDED_HUB_IDS, WEIGHTS_NOTE, embedded_source
-from adapter_studio.engine.models.source import ModelSource
+from adapter_studio.engine.models.embedded import WEIGHTS_NOTE, embedded_name, embedded_source
+from adapter_studio.engine.models.source import ModelSource, shipped_config
 from adapter_studio.engine.models.weight_files import in_hub_cache, not_in_hub_cache
-from adapter_studio.resources import FOLDER
 
 # The hub models resources/model_configs reproduces (its README's table), lower case as the hub matches ids.
 SHIPPED_CONFIG_HUB_IDS = {
@@ -37,17 +36,18 @@ def hub_source(repo_id: str) -> ModelSource:
     if in_hub_cache(repo_id):
         return ModelSource("hub", repo_id, None, repo_id)
     not_cached = f"{repo_id} is not in this machine's Hugging Face cache"
-    embedded = EMBEDDED_HUB_IDS.get(repo_id.lower())
+    embedded = embedded_name(repo_id)
     if embedded is not None:
         weights = f" ({WEIGHTS_NOTE[embedded]})" if embedded in WEIGHTS_NOTE else ""
         return embedded_source(embedded, f"{not_cached}: using the copy that ships with the app, "
                                          f"{embedded}{weights}")  # fmt: skip
     shipped = SHIPPED_CONFIG_HUB_IDS.get(repo_id.lower())
-    if shipped is not None and (FOLDER / "model_configs" / shipped / "config.json").exists():
-        return ModelSource("config", str(FOLDER / "model_configs" / shipped), None, f"{shipped} (architecture only)",
-                           f"{not_cached}: its architecture ships with the app ({shipped}), so its size and "
-                           f"costs are shown; training needs the weights (`hf download {repo_id}` on a machine with "
-                           "internet)")  # fmt: skip
+    config = shipped and shipped_config(
+        shipped, f"{shipped} (architecture only)",
+        f"{not_cached}: its architecture ships with the app ({shipped}), so its size and costs are shown; training "
+        f"needs the weights (`hf download {repo_id}` on a machine with internet)")  # fmt: skip
+    if config:
+        return config
     raise not_in_hub_cache(repo_id)
 
 

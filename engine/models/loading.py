@@ -15,16 +15,13 @@ from adapter_studio.engine.models.construction import model_construction
 from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
 from adapter_studio.engine.models.hub_ids import hub_source, require_weights
-from adapter_studio.engine.models.source import ModelSource
+from adapter_studio.engine.models.source import MODEL_CONFIGS, ModelSource, shipped_config
 from adapter_studio.engine.models.weight_files import check_safetensors
-from adapter_studio.resources import FOLDER
 
 if TYPE_CHECKING:
     import torch
     from adapter_studio.engine.spec import ModelSpec
 
-RESOURCES = FOLDER
-MODEL_CONFIGS = RESOURCES / "model_configs"
 
 
 def shipped_config_names() -> list[str]:
@@ -56,8 +53,8 @@ def resolve_source(source: str) -> ModelSource:
             where="model.source",
             fix="pick a Hugging Face model folder (with config.json) or a .gguf file",
         )
-    if (MODEL_CONFIGS / source / "config.json").exists():
-        return ModelSource("config", str(MODEL_CONFIGS / source), None, source)
+    if (config := shipped_config(source)) is not None:
+        return config
     if path.exists():
         raise UserError(f"{path} is not a model folder or .gguf file", where="model.source")
     if source.count("/") == 1 and not source.startswith((".", "/")):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapter_studio.resources import FOLDER
+
+MODEL_CONFIGS = FOLDER / "model_configs"  # architectures without weights, for comparing costs
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -18,3 +22,11 @@ class ModelSource:
     @property
     def has_weights(self) -> bool:
         return self.kind != "config"
+
+
+def shipped_config(name: str, display_name: str = "", note: str = "") -> ModelSource | None:
+    """The architecture `name` under resources/model_configs as a source without weights; None if none ships."""
+    folder = MODEL_CONFIGS / name
+    if not (folder / "config.json").exists():
+        return None
+    return ModelSource("config", str(folder), None, display_name or name, note)
