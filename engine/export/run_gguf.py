@@ -86,9 +86,14 @@ def gguf_refusal(run_dir: Path, quant: str = "q8_0") -> str | None:
     reason = gguf_writer.refusal(config, task)
     if reason is None and quant == "lora":
         reason = lora_refusal(spec.method)
-    elif reason is None and not spec.method.mergeable:
-        reason = f"{spec.method.title} cannot be merged into the weights a GGUF holds"
+    elif reason is None:
+        reason = merge_refusal(spec.method)
     return reason or gguf_writer.tokenizer_refusal(load_tokenizer(source, spec.model.trust_remote_code))
+
+
+def merge_refusal(method: Any) -> str | None:
+    """Why a method's training cannot go into a GGUF's merged weights, or None."""
+    return None if method.mergeable else f"{method.title} cannot be merged into the weights a GGUF holds"
 
 
 def ollama_name(text: str) -> str:

@@ -11,7 +11,7 @@ import shiboken6
 from adapter_studio.engine.events import Stage
 from adapter_studio.engine.export import gguf_writer, llama_cpp
 from adapter_studio.engine.export.gguf_writer import BY_LLAMA_CPP
-from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf
+from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf, merge_refusal
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes
 from adapter_studio.gui.worker import run_in_background
@@ -109,8 +109,7 @@ class ExportPage(Page):
             "" if method.mergeable else f"{method.title} cannot be merged into the base weights: export the adapter."
         )
         # What export_gguf would refuse without reading the model (its architecture is checked on export).
-        no_gguf = gguf_writer.refusal_for_task(run_task(spec)) or (
-            None if method.mergeable else f"{method.title} cannot be merged into the weights a GGUF holds")
+        no_gguf = gguf_writer.refusal_for_task(run_task(spec)) or merge_refusal(method)
         for widget in (self.gguf_button, self.gguf_type):
             widget.setEnabled(enabled and no_gguf is None)
         self.gguf_button.setToolTip(f"{no_gguf}: export the adapter or the merged model." if no_gguf else "")
