@@ -306,6 +306,8 @@ def test_a_run_trains_on_packed_sharegpt_parquet_with_an_eval_file(tmp_path, tin
     [
         (["instruction", "input", "output"], "alpaca"),
         (["question", "answer"], "alpaca"),
+        (["input", "target"], "alpaca"),
+        (["input", "output"], "alpaca"),
         (["problem", "solution"], "alpaca"),
         (["problem", "conditions", "question", "equation", "gold_answer"], "alpaca"),
         (["label", "title", "description"], "classification"),
@@ -336,8 +338,10 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
         ({"ID": "chal-1", "Body": "Jack had 8 pens. He gave 3 to Mary.", "Question": "How many pens has he now?",
           "Equation": "( 8.0 - 3.0 )", "Answer": 5.0, "Type": "Subtraction"},  # SVAMP on the Hub
          "How many pens has he now?\n\nJack had 8 pens. He gave 3 to Mary.", "5"),
+        ({"input": "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "target": 5},
+         "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "5"),
     ],
-    ids=["aqua", "mathqa", "svamp with its story apart"],
+    ids=["aqua", "mathqa", "svamp with its story apart", "input and target"],
 )  # fmt: skip
 def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict, user: str,
                                                               answer: str) -> None:  # fmt: skip
@@ -435,6 +439,7 @@ NEWS = [(label, f"{title} ({i})", f"{text} ({i})") for i in range(3) for label, 
         (["3", "Wall St. Bears Claw Back", "Reuters - Short-sellers"], True),  # a number
         (["the film is a charming and often affecting journey", "positive"], True),  # a sentence
         (["text", "2.5"], True),
+        (["the_news_topic_class_index_from_one_to_four", "the_full_description_of_the_article"], False),
     ],
 )
 def test_a_csv_first_line_is_a_row_when_it_holds_numbers_or_sentences(header: list[str], is_row: bool) -> None:

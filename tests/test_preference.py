@@ -59,8 +59,14 @@ def test_prompt_chosen_rejected_text_is_detected(pairs_jsonl: Path) -> None:
          {"prompt": "question", "chosen": "chosen", "rejected": "rejected", "system": "system"}),
         ({"instruction": "hi?", "chosen_response": "hello", "rejected_response": "go"},  # Argilla's sets
          {"prompt": "instruction", "chosen": "chosen_response", "rejected": "rejected_response"}),
+        ({"prompt": "hi?", "chosen": [{"role": "user", "content": "hi?"}, {"role": "assistant", "content": "hello"}],
+          "rejected": [{"role": "user", "content": "hi? "}, {"role": "assistant", "content": "go"}],
+          "score_chosen": 8.0, "score_rejected": 3.0},  # UltraFeedback binarized: answers repeat the prompt
+         {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
+        ({"prompt": "\n\nHuman: hi?\n\nAssistant:", "response": " hello", "chosen": " hello", "rejected": " go"},
+         {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),  # HH as prompt/chosen/rejected
     ],
-    ids=["orca_dpo_pairs", "argilla"],
+    ids=["orca_dpo_pairs", "argilla", "ultrafeedback", "hh-prompt-transcript"],
 )  # fmt: skip
 def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], mapping: dict[str, str],
                                                          tmp_path: Path) -> None:  # fmt: skip
@@ -70,8 +76,8 @@ def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], ma
     preview = preview_data(DataSpec(path=str(write_jsonl(tmp_path / "pairs.jsonl", [row] * 3))))
     assert preview.format == "preference" and preview.mapping == mapping and preview.usable == 3
     first = preview.examples[0]
-    assert first.messages[-1] == {"role": "user", "content": "hi?"}
-    assert (first.chosen, first.rejected) == ("hello", "go")
+    assert [m for m in first.messages if m["role"] != "system"] == [{"role": "user", "content": "hi?"}]
+    assert (first.chosen.strip(), first.rejected.strip()) == ("hello", "go")
     assert ("system" in mapping) == (first.messages[0] == {"role": "system", "content": "Be brief."})
 
 
@@ -433,6 +439,11 @@ def test_kto_rows_are_detected_and_labels_read(kto_jsonl: Path, tmp_path: Path) 
     rows = [{"prompt": "q", "completion": "a", "label": v} for v in (1, 0, "yes", "undesirable", 1.0)]
     _, examples, _ = read(write_jsonl(tmp_path / "labels.jsonl", rows))
     assert [e.label for e in examples] == [True, False, True, False, True]
+    user = {"role": "user", "content": "q"}
+    rows = [{"prompt": [user], "completion": [user, {"role": "assistant", "content": "a"}], "label": True},  # repeats
+            {"prompt": "\n\nHuman: q\n\nAssistant:", "completion": " a", "label": False}]  # an HH transcript
+    _, examples, _ = read(write_jsonl(tmp_path / "whole.jsonl", rows))
+    assert [(e.messages, e.chosen.strip()) for e in examples] == [([user], "a")] * 2
 
 
 @pytest.mark.parametrize(("row", "message"), [

@@ -21,13 +21,14 @@ def headerless_names(count: int) -> list[str]:
 
 
 def looks_like_data(record: list[str]) -> bool:
-    """Whether a CSV's first line is a row: a cell is a number or a sentence. A header of the numbers
+    """Whether a CSV's first line is a row: a cell is a number or a sentence (long, with spaces: a long
+    name without them, `the_full_description_of_the_article`, is a column's). A header of the numbers
     0…n-1 or 1…n is pandas' for unnamed columns, and stays a header."""
     cells = [c.strip() for c in record]
     numbers = [c for c in cells if _NUMBER.fullmatch(c)]
     if numbers and cells in ([str(i) for i in range(k, len(cells) + k)] for k in (0, 1)):
         return False
-    return bool(numbers) or any(len(c) > DATA_CELL_CHARS for c in cells)
+    return bool(numbers) or any(len(c) > DATA_CELL_CHARS and re.search(r"\s", c) for c in cells)
 
 
 def _values(rows: list[dict[str, Any]], column: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any, overload
 
 import numpy as np
 from adapter_studio.engine.data.files import locate
-from adapter_studio.engine.data.preference import _as_turns, _kind, pad_rows
+from adapter_studio.engine.data.preference import _as_turns, _kind, pad_rows, starts_with
 from adapter_studio.engine.data.rendering import Rendered
 from adapter_studio.engine.data.shapes import Example
 from adapter_studio.engine.data.tokenising import IGNORE, TokenizedSet
@@ -59,6 +59,8 @@ def kto_examples(
         desirable = _desirable(row.get(l_col), l_col, here)
         prompt = _as_turns(row.get(p_col), p_col, here, "user")
         completion = _as_turns(row.get(c_col), c_col, here, "assistant")
+        if starts_with(completion, prompt):  # a completion that is the whole conversation
+            completion = completion[len(prompt) :]
         if completion[-1]["role"] != "assistant":
             dropped.append(f"{here}: '{c_col}' does not end with an assistant answer")
             continue

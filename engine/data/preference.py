@@ -2,7 +2,9 @@
 
 Three shapes are read (format `preference`, detected when a file has `chosen` and `rejected` columns):
 - `prompt` / `chosen` / `rejected` as text (the prompt is one user turn, the answers assistant turns);
-- the same with message lists (a prompt conversation; answers as assistant turns, or one string each);
+- the same with message lists (a prompt conversation; answers as assistant turns, or one string each;
+  answers that repeat the prompt's turns first, as UltraFeedback's, lose the repeat); any of these as an
+  HH transcript (a prompt that ends "\\n\\nAssistant:") is read as its turns;
 - whole dialogues, no prompt column: `chosen` / `rejected` as message lists, or as Anthropic HH
   transcripts ("\\n\\nHuman: … \\n\\nAssistant: …"), split where the two diverge: the shared turns are
   the prompt, the last assistant turn of each is its answer.
@@ -63,15 +65,16 @@ def transcript_turns(text: str, column: str, where: str) -> list[dict[str, str]]
 
 def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[dict[str, str]]:
     if isinstance(value, str):
+        if is_transcript(value):  # a prompt that ends "\n\nAssistant:" (HH as prompt/chosen/rejected) too
+            turns = transcript_turns(value, column, where)
+            return turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns
         if default_role == "dialogue":
-            if not is_transcript(value):
-                raise UserError(
-                    f"field '{column}' is plain text, and there is no prompt column to answer",
-                    where=where,
-                    fix="add a 'prompt' column, or give whole dialogues (message lists, or '\\n\\nHuman: … "
-                    "\\n\\nAssistant: …' transcripts)",
-                )
-            return transcript_turns(value, column, where)
+            raise UserError(
+                f"field '{column}' is plain text, and there is no prompt column to answer",
+                where=where,
+                fix="add a 'prompt' column, or give whole dialogues (message lists, or '\\n\\nHuman: … "
+                "\\n\\nAssistant: …' transcripts)",
+            )
         return [{"role": default_role, "content": value}]
     if value is None:
         raise UserError(f"field '{column}' is missing or empty", where=where, fix=f"give every row a '{column}'")
@@ -84,6 +87,14 @@ def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[di
         where=where,
         fix=f"make '{column}' a string or a list of {{role, content}} messages in every row",
     )
+
+
+def starts_with(turns: list[dict[str, str]], prefix: list[dict[str, str]]) -> bool:
+    """Whether `turns` go on from all of `prefix` (compared by role and text, outer spaces aside)."""
+    def key(t: dict[str, str]) -> tuple[str, str]:
+        return t["role"], t["content"].strip()
+
+    return len(turns) > len(prefix) and [key(t) for t in turns[: len(prefix)]] == [key(t) for t in prefix]
 
 
 _TIES = {"", "tie", "tie (bothbad)", "both", "neither", "none", "equal", "same", "draw"}
@@ -149,6 +160,8 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
         prompt = _as_turns(row.get(columns["prompt"]), columns["prompt"], where, "user")
         chosen = _as_turns(row.get(c_col), c_col, where, "assistant")
         rejected = _as_turns(row.get(r_col), r_col, where, "assistant")
+        if starts_with(chosen, prompt) and starts_with(rejected, prompt):  # answers that repeat the prompt
+            chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]  # (UltraFeedback's whole dialogues)
     else:
         chosen = _as_turns(row.get(c_col), c_col, where, "dialogue")
         rejected = _as_turns(row.get(r_col), r_col, where, "dialogue")

@@ -6,7 +6,8 @@ from __future__ import annotations
 ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     # Math word problems: `problem` is the whole text where a file has both (SVAMP, MultiArith: `question` is
     # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections).
-    "instruction": ("instruction", "problem", "question", "query", "prompt_text"),
+    # `input` last: a file of `input` and `output` (or `target`) alone asks its question in `input`.
+    "instruction": ("instruction", "problem", "question", "query", "prompt_text", "input"),
     # Multiple-choice problems (AQuA, MathQA): the options are the input, the correct letter the output; a
     # word problem's story apart from its question (SVAMP and ASDiv on the Hub: Body, Question) is the input.
     "input": ("input", "context", "options", "choices", "body"),
