@@ -75,7 +75,7 @@ def test_histogram_max_length_line_counts_and_packing(window, qtbot, tmp_path, t
     assert page.max_length_line.value() == 60 and page.max_length_line.isVisible()
     assert page.max_length_line.label.toPlainText() == "max length 60"
     text = page.length_stats.text()
-    assert "<b>1</b> rows are longer than max length 60" in text
+    assert "<b>1</b> row is longer than max length 60" in text
     assert "<b>2</b> rows dropped" in text and "longer than max_length 60 before its answer" in text
     assert "<b>7</b> rows read · <b>5</b> train · <b>0</b> held out" in text
     assert f"<b>{31 + 33 + 35 + 37 + 60}</b> tokens per epoch" in text

@@ -249,15 +249,16 @@ class TrainingSession:
             method = spec.method.with_tasks(data.tasks, spec.data.packing, where)
             spec = spec.model_copy(update={"method": method})
         keep_tasks(data, spec.method.routes_by_task, (where, str(spec.data.eval_path or where)))
+        dropped = f"; {len(data.dropped)} {'row' if len(data.dropped) == 1 else 'rows'} dropped" if data.dropped else ""
         self.log(
             f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format: "
-            f"{', '.join(f'{r} ← {c}' for r, c in data.columns.items())}; "
-            f"{data.train_tokens:,} tokens){f'; {len(data.dropped)} rows dropped' if data.dropped else ''}"
+            f"{', '.join(f'{r} ← {c}' for r, c in data.columns.items())}; {data.train_tokens:,} tokens){dropped}"
         )
         for note in data.dropped[:10]:
             self.log(f"dropped {note}", level="warning")
         if data.truncated:
-            self.log(f"{data.truncated} examples were truncated to {spec.data.max_length} tokens", level="warning")
+            many = "examples were" if data.truncated > 1 else "example was"
+            self.log(f"{data.truncated} {many} truncated to {spec.data.max_length} tokens", level="warning")
         with_epochs = resolve_epochs(spec, len(data.train))
         held_out = resolve_eval_split(with_epochs.spec, data.rows)
         spec, reasons = held_out.spec, {**reasons, **with_epochs.reasons, **held_out.reasons}

@@ -544,10 +544,12 @@ def describe_stats(stats: dict[str, Any], packing: bool) -> str:
     if dropped:
         reasons = "<br>".join(html.escape(d) for d in dropped[:3])
         more = f"<br>… and {len(dropped) - 3:,} more" if len(dropped) > 3 else ""
-        lines.append(f"<span style='color:#b9770e'><b>{len(dropped):,}</b> rows dropped:<br>{reasons}{more}</span>")
+        rows = "row" if len(dropped) == 1 else "rows"
+        lines.append(f"<span style='color:#b9770e'><b>{len(dropped):,}</b> {rows} dropped:<br>{reasons}{more}</span>")
     if stats["truncated"]:
         lines.append(
-            f"<span style='color:#b9770e'><b>{stats['truncated']:,}</b> rows are longer than max length "
+            f"<span style='color:#b9770e'><b>{stats['truncated']:,}</b> "
+            f"{'row is' if stats['truncated'] == 1 else 'rows are'} longer than max length "
             f"{stats['max_length']:,} and will be truncated</span>"
         )
     else:
