@@ -123,6 +123,15 @@ def test_a_preference_run_shows_how_it_ranks_the_pairs(page: EvaluatePage, qtbot
     p = page.result.pairs
     assert page.errors == [] and p is not None and p.pairs == 8  # type: ignore[attr-defined]
     assert page.pairs.isVisible() and f"reward accuracy <b>{p.tuned['reward_accuracy']:.3f}</b>" in page.pairs.text()
+    # the pair ranking leads the table and the chart: what a preference run was trained to change
+    titles = [page.scores.verticalHeaderItem(i).text() for i in range(page.scores.rowCount())]
+    assert titles[:3] == ["pairs ranked right", "… per token", "reward accuracy"] and "exact match" in titles
+    tuned = page.columns().index("tuned")
+    assert page.scores.item(0, tuned).text() == f"{p.tuned['prefers_chosen']:.3f}"
+    assert page.scores.item(0, 0).text() == f"{p.base['prefers_chosen']:.3f}"
+    assert page.scores.item(2, 0).text() == "—"  # the base has no reward accuracy: its rewards are its own
+    bars = [i for i in page.chart.getPlotItem().items if isinstance(i, pg.BarGraphItem)]
+    assert len(bars[0].opts["height"]) == len(titles) - 1 and len(bars[-1].opts["height"]) == len(titles)
     page.state.set_current_run(None)  # no run: nothing of it stays on show
     assert page.pairs.text() == ""
 

@@ -13,9 +13,10 @@ import pyqtgraph as pg
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
+from adapter_studio.gui.plots import LegendBelow
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtGui import QColor, QDesktopServices, QFontMetrics
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -39,6 +40,9 @@ from PySide6.QtWidgets import (
 COLUMNS = ("base", "in_context", "features", "tuned")
 COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
 COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
+# A preference run's pair scores as rows of the scores table (engine.evaluation.pairs.PAIR_METRICS).
+PAIR_ROWS = {"prefers_chosen": "pairs ranked right", "prefers_chosen_per_token": "… per token",
+             "reward_accuracy": "reward accuracy"}  # fmt: skip
 EXAMPLE_HEADERS = ("Row", "Input", "Expected")
 CLASS_HEADERS = ("Rows", "Precision", "Recall", "F1")
 
@@ -157,7 +161,9 @@ class EvaluatePage(Page):
         self.chart.setObjectName("scoreChart")  # the theme's background: a white one left its light text unread
         self.chart.setYRange(0, 1)
         self.chart.setMouseEnabled(False, False)
-        self.chart.addLegend(offset=(10, 5))
+        self.legend = LegendBelow()  # under the axis: inside the plot it covered the tallest bars
+        self.chart.plotItem.layout.addItem(self.legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
+        self.chart.plotItem.legend = self.legend  # bars added with a name get an entry in it
         layout.addWidget(self.chart, 1)
         return panel
 
@@ -336,28 +342,49 @@ class EvaluatePage(Page):
         """The models with scores, in the table's order."""
         return [c for c in COLUMNS if self.result is not None and self.result.metrics.get(c)]
 
-    def _fill_scores(self) -> None:
+    def score_rows(self) -> list[tuple[str, dict[str, float | None]]]:
+        """(title, model → score) for the table and the chart: a preference run's pair ranking first (what
+        it was trained to change; the base has no reward accuracy, its rewards are its own), then the
+        answers' metrics."""
         from adapter_studio.engine.evaluation.metrics import METRIC_TITLES
 
+        rows: list[tuple[str, dict[str, float | None]]] = []
+        p = self.result.pairs
+        if p is not None:
+            for name, title in PAIR_ROWS.items():
+                rows.append((title, {"base": p.base.get(name) if name != "reward_accuracy" else None,
+                                     "tuned": p.tuned[name]}))  # fmt: skip
+        metrics = self.result.metrics
+        for name in metrics["tuned"]:
+            rows.append((METRIC_TITLES.get(name, name), {c: metrics[c][name] for c in self.columns()}))
+        return rows
+
+    def _fill_scores(self) -> None:
         columns = self.columns()
-        names = list(self.result.metrics["tuned"])
-        self.scores.setRowCount(len(names))
+        rows = self.score_rows()
+        self.scores.setRowCount(len(rows))
         self.scores.setColumnCount(len(columns))
         self.scores.setHorizontalHeaderLabels([COLUMN_TITLES[c] for c in columns])
-        self.scores.setVerticalHeaderLabels([METRIC_TITLES.get(n, n) for n in names])
-        for i, name in enumerate(names):
+        self.scores.setVerticalHeaderLabels([title for title, _ in rows])
+        for i, (_, values) in enumerate(rows):
             for j, column in enumerate(columns):
-                number_cell(self.scores, i, j, f"{self.result.metrics[column][name]:.3f}")
+                value = values.get(column)
+                number_cell(self.scores, i, j, "—" if value is None else f"{value:.3f}")
         self.scores.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.chart.clear()
         width = 0.8 / max(len(columns), 1)
         for j, column in enumerate(columns):
-            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(names))]
-            heights = [self.result.metrics[column][n] for n in names]
-            self.chart.addItem(pg.BarGraphItem(x=xs, height=heights, width=width * 0.9, brush=COLOURS[column],
-                                               name=COLUMN_TITLES[column]))  # fmt: skip
-        self.chart.getAxis("bottom").setTicks([[(i, METRIC_TITLES.get(n, n)) for i, n in enumerate(names)]])
-        self.chart.setXRange(-0.6, len(names) - 0.4)
+            bars = [(i - 0.4 + width * (j + 0.5), value) for i, (_, values) in enumerate(rows)
+                    if (value := values.get(column)) is not None]  # fmt: skip
+            self.chart.addItem(pg.BarGraphItem(x=[x for x, _ in bars], height=[h for _, h in bars], width=width * 0.9,
+                                               brush=COLOURS[column], name=COLUMN_TITLES[column]))  # fmt: skip
+        # A tick's words on two lines where a label would run into its neighbours' ("reward accuracy").
+        ticks = [(i, title.replace(" ", "\n", 1) if len(title) > 12 else title) for i, (title, _) in enumerate(rows)]
+        axis = self.chart.getAxis("bottom")
+        axis.setTicks([ticks])
+        two_lines = any("\n" in t for _, t in ticks)  # pyqtgraph sizes the axis for one line
+        axis.setHeight(QFontMetrics(axis.font()).lineSpacing() * 2 + 12 if two_lines else None)
+        self.chart.setXRange(-0.6, len(rows) - 0.4)
         self.chart.setYRange(0, 1.05)
         f = self.result.forgetting
         self.forgetting.setText(
