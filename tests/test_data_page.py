@@ -250,3 +250,22 @@ def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls,
     text = html.unescape(page.summary.text())
     assert "2 labels (rows each) — <pos>: 12 · neg: 2; '<pos>' has 6× the rows of 'neg'" in text
     assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (None, ""),
+        (51.0, "51.0"),
+        ([{"role": "user", "content": "hi?"}, {"role": "assistant", "content": "hello"}],
+         "user: hi?\n\nassistant: hello"),
+        ([{"from": "human", "value": "hi?"}], "human: hi?"),
+        (["A) 20", "B) 30"], '["A) 20", "B) 30"]'),  # JSON, not Python's repr
+        ({"score": 8, "text": "café"}, '{"score": 8, "text": "café"}'),
+    ],
+    ids=["empty", "number", "messages", "sharegpt turns", "list", "object"],
+)
+def test_the_preview_table_shows_lists_of_messages_as_turns_and_other_lists_as_json(value: Any, shown: str) -> None:
+    from adapter_studio.gui.pages.data_page import cell_text
+
+    assert cell_text(value) == shown

@@ -7,6 +7,7 @@ Everything slow (reading, checking, tokenising, counting lengths) runs off the m
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,20 @@ MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 AUTO_SPLIT = -0.05
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
+
+
+def cell_text(value: Any) -> str:
+    """A field as the preview table shows it: a list of messages as its turns ("user: …", one a
+    paragraph), other lists and objects as JSON (not Python's repr), None as nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        turns = [(m.get("role", m.get("from")), m.get("content", m.get("value"))) for m in value]
+        if all(isinstance(role, str) and content is not None for role, content in turns):
+            return "\n\n".join(f"{role}: {content}" for role, content in turns)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
 
 
 class DataPage(Page):
@@ -347,8 +362,7 @@ class DataPage(Page):
         self.table.setRowCount(min(len(rows), SHOWN_ROWS))
         for r, row in enumerate(rows[:SHOWN_ROWS]):
             for c, column in enumerate(columns):
-                value = row.get(column)
-                text = str(value) if value is not None else ""
+                text = cell_text(row.get(column))
                 item = QTableWidgetItem(" ".join(text[:200].split()))
                 item.setToolTip(text[:2000] if len(text) > 40 or "\n" in text else "")
                 self.table.setItem(r, c, item)
