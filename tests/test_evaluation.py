@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -639,7 +640,8 @@ def test_the_latest_saved_evaluation_reads_back(evaluated: Any, tmp_path: Path) 
 
 @pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: Path, make_spec: Any,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The chosen (KTO: desirable) answer is the one to match; in-context examples are the chosen answers."""
     from adapter_studio.engine.objectives import OBJECTIVES
 
@@ -658,9 +660,29 @@ def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: P
     # The Try page offers the same prompts, the chosen answer as the expected one.
     from adapter_studio.engine.inference.playground import Playground
 
-    offered = Playground.open(result.run_dir).held_out_examples(100)
+    pg = Playground.open(result.run_dir)
+    offered = pg.held_out_examples(100)
     assert sorted(x[2] for x in offered) == sorted(e.chosen.strip() for e in wanted)
     assert all(x[0].strip() and x[1].strip() for x in offered)
+    # a message typed on the Try page is rendered as the run trained (with the chat template), and a held-out
+    # conversation's earlier turns go before its message
+    assert offered[0].prompt == pg.prompt_text(offered[0].message) and "<|im_start|>user" in offered[0].prompt
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "reverse ab"}]  # fmt: skip
+    pg._held_out = [replace(wanted[0], messages=turns)]
+    (example,) = pg.held_out_examples(1)
+    assert example.message == "reverse ab" and example.earlier == 2 and example.prompt == pg.renderer.prompt(turns)
+    read: list[str] = []  # the texts the model is given
+    tokenize = type(pg.tokenizer).__call__
+    monkeypatch.setattr(type(pg.tokenizer), "__call__",
+                        lambda tok, text, **kw: read.append(text) or tokenize(tok, text, **kw))
+    list(pg.stream("tuned", example.message, max_new_tokens=2, rendered=example.prompt))
+    assert read == [example.prompt]
+    # the GGUF export's checks answer the held-out prompts (the pairs' chosen answers), not none
+    from adapter_studio.engine.export.gguf_checks import Checks
+
+    checks = Checks.build(pg.tuned, pg.renderer, 4)
+    assert len(checks.prompts) == min(4, len(wanted)) > 0
 
 
 def test_a_preference_run_is_ranked_on_its_held_out_pairs(tiny_llama: Path, make_spec: Any, tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_held_out_examples_are_the_runs_eval_split(playgrounds: dict[str, Playgr
     pg = playgrounds["lora"]
     examples = pg.held_out_examples(50)
     assert len(examples) == 10  # 5% of 200 rows, split with the run's seed
-    for prompt, message, expected, _ in examples:
+    for prompt, message, expected, *_ in examples:
         word = message.removeprefix("reverse ")
         assert expected == word[::-1]
         assert prompt == f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
@@ -169,7 +169,7 @@ def test_classifier_probabilities(playgrounds: dict[str, Playground]) -> None:
     assert pg.task == "classification" and pg.base_head_is_random
     examples = pg.held_out_examples(8)
     assert examples and {e.expected for e in examples} <= {"positive", "negative"}
-    for _, text, _, _ in examples:
+    for _, text, *_ in examples:
         probs = pg.classify(text)
         assert set(probs) == {"base", "tuned"}
         for which in ("base", "tuned"):

@@ -76,7 +76,7 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     pg = page.playground
     assert page.examples.count() == len(pg.held_out_examples(50)) == 10
     page.examples.setCurrentRow(2)
-    _, message, expected, _ = pg.held_out_examples(50)[2]
+    _, message, expected, *_ = pg.held_out_examples(50)[2]
     assert page.prompt.toPlainText() == message
     assert page.expected.toPlainText() == expected == message.removeprefix("reverse ")[::-1]
 
@@ -91,6 +91,16 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     assert base and tuned and base != tuned
     assert page.status.text() == "Done."
     assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
+    # a held-out example that ends a conversation is answered with its earlier turns, while left as it is
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "olleh"},
+             {"role": "user", "content": message}]  # fmt: skip
+    page.held_out[2] = page.held_out[2]._replace(prompt=pg.renderer.prompt(turns), earlier=2)
+    page.pick_example(2)
+    assert "its 2 earlier turns go before the message" in page.status.text()
+    page.generate_button.click()
+    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
+    assert page.panes["tuned"].toPlainText() == "".join(
+        pg.stream("tuned", message, max_new_tokens=24, rendered=pg.renderer.prompt(turns)))
 
 
 def test_held_out_list_leads_with_what_differs(
@@ -109,7 +119,7 @@ def test_held_out_list_leads_with_what_differs(
     open_run(page, qtbot, result.run_dir)
 
     assert page.examples.count() == len(page.held_out) == 20
-    for row, (_, message, expected, _) in enumerate(page.held_out):
+    for row, (_, message, expected, *_) in enumerate(page.held_out):
         instruction, word = message.split("\n\n")
         item = page.examples.item(row)
         assert item.text() == f"{word} — {instruction}"

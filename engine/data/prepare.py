@@ -39,7 +39,13 @@ from adapter_studio.engine.data.examples import (
 )
 from adapter_studio.engine.data.kto import render_completions
 from adapter_studio.engine.data.preference import render_pairs
-from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, Rendered, TemplateMismatch, _render_pairs
+from adapter_studio.engine.data.rendering import (
+    TEMPLATED_FORMATS,
+    ChatRenderer,
+    Rendered,
+    TemplateMismatch,
+    _render_pairs,
+)
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
 from adapter_studio.engine.data.tokenising import (
     Tokenized,
@@ -286,7 +292,7 @@ def _tokenise_all(
     fast: bool,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    chat = fmt in CHAT_FORMATS or fmt in ("preference", "kto")
+    chat = fmt in TEMPLATED_FORMATS
     renderer = ChatRenderer(tokenizer, spec.system_prompt, spec.template, fast=fast) if chat else None
     label2id = {v: k for k, v in (id2label or {}).items()}
     survey, eval_survey = surveys

@@ -16,6 +16,8 @@ from adapter_studio.engine.errors import UserError
 PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 PLAIN_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
+# The shapes whose prompts are rendered with the chat template: a pair's or a KTO row's prompt is a conversation.
+TEMPLATED_FORMATS = (*CHAT_FORMATS, "preference", "kto")
 
 
 @dataclass

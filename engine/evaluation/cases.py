@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.examples import load_examples, split_examples
+from adapter_studio.engine.data.rendering import CHAT_FORMATS
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.training import checkpoints as ckpt
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from adapter_studio.engine.inference.playground import Playground
     from adapter_studio.engine.spec import RunSpec
 
-CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
 
 
 @dataclass

@@ -79,10 +79,10 @@ class Checks:
 
     @classmethod
     def build(cls, trained: TrainedModel, renderer: Any, count: int) -> Checks:
-        from adapter_studio.engine.evaluation.cases import generation_cases
+        from adapter_studio.engine.evaluation.cases import as_conversations, generation_cases
         from adapter_studio.engine.inference.playground import adds_special_tokens, held_out_rows
 
-        fmt, rows = held_out_rows(trained)
+        fmt, rows = as_conversations(*held_out_rows(trained))  # a pair's prompt and its chosen answer
         if not rows:
             raise UserError("a GGUF export is checked on the run's held-out rows, and this run held out none",
                             where="data.eval_split", fix="train with held-out rows (data.eval_split > 0)")  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from adapter_studio.engine.data.examples import load_examples, split_examples
-from adapter_studio.engine.data.rendering import ChatRenderer
+from adapter_studio.engine.data.rendering import TEMPLATED_FORMATS, ChatRenderer
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from adapter_studio.engine.inference.trained import TrainedModel
 
 Which = Literal["base", "tuned"]
-CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
-
 
 class HeldOutExample(NamedTuple):
     """A held-out row: the full text the model is given, the user's message, and the answer in the data."""
@@ -39,6 +37,7 @@ class HeldOutExample(NamedTuple):
     message: str
     expected: str
     task: str | None = None  # the row's task, where the run routes by task (Poly)
+    earlier: int = 0  # turns of its conversation before the message (in `prompt`, not in `message`)
 
 
 class Playground:
@@ -90,8 +89,9 @@ class Playground:
     # --- generation -------------------------------------------------------------------------------
 
     def prompt_text(self, message: str) -> str:
-        """The text the model is given for a user message, rendered the way the run trained."""
-        if self.data_format in CHAT_FORMATS:
+        """The text the model is given for a user message, rendered the way the run trained (a preference
+        run's prompts too: with the chat template)."""
+        if self.data_format in TEMPLATED_FORMATS:
             return self.renderer.prompt([{"role": "user", "content": message}])
         return message
 
@@ -143,12 +143,14 @@ class Playground:
         max_new_tokens: int = 128,
         stop_event: threading.Event | None = None,
         task: str | None = None,
+        rendered: str | None = None,
     ) -> Iterator[str]:
         """Yield the answer of the base or tuned model to a user message as it is generated.
 
         Greedy when temperature is 0, otherwise sampled with temperature and top-p. Setting
         `stop_event` (or closing the iterator) ends generation after the current token. `task`: the
-        task a run that routes by task answers as.
+        task a run that routes by task answers as. `rendered`: the whole prompt as the model reads it (a
+        held-out example's, earlier turns of its conversation included) instead of `prompt_text`'s.
         """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -166,7 +168,7 @@ class Playground:
                 halt = stop_event.is_set() or closed.is_set()
                 return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
-        enc = self.tokenizer(self.prompt_text(prompt_text), return_tensors="pt",
+        enc = self.tokenizer(rendered if rendered is not None else self.prompt_text(prompt_text), return_tensors="pt",
                              add_special_tokens=self.adds_special_tokens()).to(self.device)  # fmt: skip
         streamer = _token_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling: dict[str, Any] = (
@@ -212,7 +214,7 @@ class Playground:
         from adapter_studio.engine.data.preference import as_conversation
 
         out: list[HeldOutExample] = []
-        chat = self.data_format in CHAT_FORMATS or self.data_format in ("preference", "kto")
+        chat = self.data_format in TEMPLATED_FORMATS
         for e in filter(None, map(as_conversation, self._held_out)):  # a pair: its chosen answer is expected
             if len(out) >= n:
                 break
@@ -223,7 +225,8 @@ class Playground:
                 if not users:
                     continue
                 prompt = self.renderer.prompt(e.messages[:-1])
-                out.append(HeldOutExample(prompt, users[-1], e.messages[-1]["content"].strip(), e.task))
+                earlier = sum(m["role"] != "system" for m in e.messages[:-2])
+                out.append(HeldOutExample(prompt, users[-1], e.messages[-1]["content"].strip(), e.task, earlier))
             elif self.data_format == "prompt_completion":
                 out.append(HeldOutExample(e.prompt, e.prompt, e.completion.strip(), e.task))
             elif self.data_format == "classification":
@@ -293,7 +296,7 @@ def _token_streamer_class() -> type:
 def adds_special_tokens(data_format: str, renderer: ChatRenderer) -> bool:
     """Whether a prompt is tokenised with the tokenizer's own BOS/EOS: the choice data preparation made
     for the training rows (a chat template writes its special tokens itself)."""
-    if data_format in CHAT_FORMATS:
+    if data_format in TEMPLATED_FORMATS:
         return not renderer.use_chat_template
     return data_format == "prompt_completion"
 

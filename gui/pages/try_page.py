@@ -87,6 +87,7 @@ class TryPage(Page):
         super().__init__(state)
         self.playground: Any = None  # adapter_studio.engine.inference.playground.Playground once loaded
         self.held_out: list[Any] = []  # its HeldOutExamples, in list order
+        self._picked: Any = None  # the HeldOutExample last put in the prompt box
         self._loaded_run: Path | None = None
         self._loading_run: Path | None = None
         self._loader: Any = None
@@ -230,6 +231,7 @@ class TryPage(Page):
             self.playground = None
             self._loaded_run = None
             self.held_out = []
+            self._picked = None
             self.examples.clear()
             self._update_buttons()
         if self.isVisible():
@@ -259,11 +261,9 @@ class TryPage(Page):
         self.examples.clear()
         self.expected.clear()
         self.held_out = playground.held_out_examples(HELD_OUT_SHOWN)
-        for label, (_, message, expected, _) in zip(
-            example_labels([e.message for e in self.held_out]), self.held_out, strict=True
-        ):
+        for label, e in zip(example_labels([e.message for e in self.held_out]), self.held_out, strict=True):
             self.examples.addItem(label)
-            self.examples.item(self.examples.count() - 1).setToolTip(f"{message}\n\nExpected: {expected}")
+            self.examples.item(self.examples.count() - 1).setToolTip(f"{e.message}\n\nExpected: {e.expected}")
         self.task_choice.clear()
         self.task_choice.addItems(playground.tasks)
         self.task_label.setVisible(bool(playground.tasks))
@@ -292,6 +292,10 @@ class TryPage(Page):
         example = self.held_out[row]
         self.prompt.setPlainText(example.message)
         self.expected.setPlainText(example.expected)
+        self._picked = example
+        if example.earlier:
+            self.status.setText(f"This example ends a conversation: its {example.earlier} earlier turns go "
+                                "before the message while you leave it as it is.")  # fmt: skip
         if example.task is not None:
             self.task_choice.setCurrentText(example.task)
         if self.playground.task == "classification":
@@ -320,13 +324,15 @@ class TryPage(Page):
             self._classify(text)
             return
         self._stop = threading.Event()
+        picked = self._picked
+        rendered = picked.prompt if picked is not None and text == picked.message.strip() else None  # as held out
         for which in PANES:
             self.panes[which].clear()
             worker = create_worker(
                 self.playground.stream, which, text,
                 temperature=self.temperature.value(), top_p=self.top_p.value(),
                 max_new_tokens=self.max_new_tokens.value(), stop_event=self._stop, task=self._task(),
-                _start_thread=False,
+                rendered=rendered, _start_thread=False,
             )  # fmt: skip
             worker.yielded.connect(lambda chunk, w=which: self._append(w, chunk))
             worker.errored.connect(lambda error, w=which: self._stream_failed(w, error))
