@@ -442,8 +442,10 @@ def test_kto_rows_are_detected_and_labels_read(kto_jsonl: Path, tmp_path: Path) 
     user = {"role": "user", "content": "q"}
     rows = [{"prompt": [user], "completion": [user, {"role": "assistant", "content": "a"}], "label": True},  # repeats
             {"prompt": "\n\nHuman: q\n\nAssistant:", "completion": " a", "label": False}]  # an HH transcript
+    quoted = "An example:\n\nHuman: q\n\nAssistant: a"  # an answer that quotes a transcript stays whole
+    rows.append({"prompt": "q", "completion": quoted, "label": True})
     _, examples, _ = read(write_jsonl(tmp_path / "whole.jsonl", rows))
-    assert [(e.messages, e.chosen.strip()) for e in examples] == [([user], "a")] * 2
+    assert [(e.messages, e.chosen.strip()) for e in examples] == [([user], "a")] * 2 + [([user], quoted)]
 
 
 @pytest.mark.parametrize(("row", "message"), [

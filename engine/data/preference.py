@@ -65,7 +65,11 @@ def transcript_turns(text: str, column: str, where: str) -> list[dict[str, str]]
 
 def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[dict[str, str]]:
     if isinstance(value, str):
-        if is_transcript(value):  # a prompt that ends "\n\nAssistant:" (HH as prompt/chosen/rejected) too
+        if default_role == "dialogue" and is_transcript(value):
+            return transcript_turns(value, column, where)
+        # HH as prompt/chosen/rejected: a prompt that is a transcript ending "\n\nAssistant:" (a text that
+        # only quotes one, not starting with "Human:", stays one turn).
+        if is_transcript(value) and re.match(r"\s*Human:", value):
             turns = transcript_turns(value, column, where)
             return turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns
         if default_role == "dialogue":
