@@ -141,6 +141,15 @@ class RunSummary:
     median_tokens_per_s: float | None = None  # steps after the first two (warm-up)
     accuracy: float | None = None  # the last evaluation that reported one
     exact_match: float | None = None
+    objective: str = "sft"  # objective.name of its spec: sft (classification runs too), dpo, kto, …
+
+    @property
+    def method_label(self) -> str:
+        """The method, and the objective where it is not supervised: "lora · DPO"."""
+        from adapter_studio.engine.objectives import OBJECTIVES
+
+        cls = OBJECTIVES.get(self.objective)
+        return self.method if self.objective == "sft" else f"{self.method} · {cls.title if cls else self.objective}"
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -194,12 +203,13 @@ def summarize_run(run_dir: Path) -> RunSummary:
         median_tokens_per_s=statistics.median(speeds[2:] or speeds) if speeds else None,
         accuracy=next((e.accuracy for e in reversed(evals) if e.accuracy is not None), None),
         exact_match=next((e.exact_match for e in reversed(evals) if e.exact_match is not None), None),
+        objective=str(_spec_value(run_dir, "objective", "name") or "sft"),
     )
 
 
 def _spec_value(run_dir: Path, section: str, key: str) -> object:
-    try:
-        data = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    try:  # libyaml's loader where there is one: the history reads every run's spec
+        data = yaml.load((run_dir / "spec.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         return data.get(section, {}).get(key)
     except (OSError, yaml.YAMLError, AttributeError):
         return None

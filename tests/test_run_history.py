@@ -21,11 +21,13 @@ T0 = 1_700_000_000.0  # event times are fixed so durations and ordering are exac
 OOM = "CUDA out of memory while training step 3 — lower training.batch_size"
 
 
-def write_spec(run_dir: Path, method: dict[str, Any], **training: Any) -> None:
+def write_spec(run_dir: Path, method: dict[str, Any], objective: dict[str, Any] | None = None,
+               **training: Any) -> None:  # fmt: skip
     spec = parse_spec({
         "model": {"source": "/models/tiny-llama"},
         "data": {"path": "/data/reverse.jsonl"},
         "method": method,
+        **({"objective": objective} if objective else {}),
         "training": {"max_steps": 10, "batch_size": 4, "learning_rate": 2e-4, **training},
         "output_dir": str(run_dir.parent),
     })  # fmt: skip
@@ -224,3 +226,13 @@ def test_tensorboard_logging_writes_standard_event_files(make_spec, tiny_llama, 
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "memory/allocated_mib"} <= set(tags)
     assert [e.step for e in board.Scalars("train/loss")] == [1, 2, 3, 4]
     assert [e.step for e in board.Scalars("eval/loss")] == [2, 4]
+
+
+@pytest.mark.parametrize(("objective", "label"), [(None, "lora"), ({"name": "dpo"}, "lora · DPO"),
+                                                  ({"name": "simpo"}, "lora · SimPO")])  # fmt: skip
+def test_a_preference_run_names_its_objective_beside_its_method(tmp_path: Path, objective: dict[str, Any] | None,
+                                                               label: str) -> None:  # fmt: skip
+    run_dir = tmp_path / "run"
+    write_spec(run_dir, {"name": "lora"}, objective)
+    write_events(run_dir, [started(run_dir, T0)])
+    assert summarize_run(run_dir).method_label == label

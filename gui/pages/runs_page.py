@@ -252,7 +252,7 @@ class RunsPage(Page):
         duration = format_seconds(run.duration_s) if run.duration_s is not None else "—"
         evaluated = _evaluated_item(self.evaluations.of(run.path))
         return [
-            name, status, model, SortableItem(run.method),
+            name, status, model, SortableItem(run.method_label),
             SortableItem(f"{trainable:,}" if trainable is not None else "—", trainable),
             SortableItem(steps, run.steps),
             SortableItem(*_loss(run.final_loss)),
@@ -316,7 +316,7 @@ class RunsPage(Page):
             return
         color = STATUS_COLORS.get(run.status, "#000")
         lines = [f"<b>{run.name}</b> — <b style='color:{color}'>{run.status}</b> · {run.path}",
-                 f"model {run.model} · method {run.method} · step {run.steps}"
+                 f"model {run.model} · method {run.method_label} · step {run.steps}"
                  + (f" of {run.total_steps}" if run.total_steps else "")]  # fmt: skip
         if run.error:
             lines.append(f"<span style='color:#c00'>Error: {run.error}</span>")

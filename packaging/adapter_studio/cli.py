@@ -274,7 +274,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     # The columns the Runs page compares: which model, how far, held-out loss and score, how long.
     rows = [("run", "status", "model", "method", "steps", "eval_loss", "accuracy", "exact", "minutes")] + [
-        (r.name, r.status, Path(r.model.rstrip("/")).name or r.model, r.method,
+        (r.name, r.status, Path(r.model.rstrip("/")).name or r.model, r.method_label,
          f"{r.steps}/{r.total_steps}" if r.total_steps else str(r.steps), number(r.final_eval_loss),
          number(r.accuracy, 3), number(r.exact_match, 3),
          number(r.duration_s / 60 if r.duration_s is not None else None, 1))
