@@ -34,6 +34,8 @@ def test_objective_picker_forms_and_a_dpo_run_from_the_window(
         assert page.objective_form is not None and page.objective_form.model_cls is cls
         assert set(page.objective_form.widgets) == set(cls.model_fields) - {"name"}
         assert cls.description in page.objective_details.text()
+        # the method's learning rate, as the objective's default lowers it
+        assert (f"for {cls.title}" in page.details.text()) == cls.pairwise, page.details.text()
     page.select_objective("dpo")
     page.objective_form.setters["beta"](0.25)  # as typed: the form reports it
     page.objective_form.changed.emit(page.objective_form.values())

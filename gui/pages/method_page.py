@@ -9,7 +9,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from adapter_studio.engine.defaults import choose, explain, rate_for_size
+from adapter_studio.engine.defaults import choose, explain, for_objective, rate_for_size
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
@@ -103,6 +103,7 @@ class MethodPage(Page):
         self.form: SpecForm | None = None
         state.method_changed.connect(self._from_state)
         state.objective_changed.connect(self._objective_from_state)
+        state.objective_changed.connect(self._describe)  # the rate it lowers
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
         state.training_changed.connect(lambda: self.machines_form.set_values(self.state.training.machines))
         state.model_described.connect(self._rebuild_form)
@@ -226,7 +227,11 @@ class MethodPage(Page):
             fused += f"<tr><td>Tasks</td><td>{tasks}</td></tr>"
         rate = f"{cls.default_lr:g} (the method's usual rate)"
         if info is not None:
-            rate = f"{rate_for_size(cls(), info.total_params, info.task).value:g} on this model, by its size"
+            size_rate = rate_for_size(cls(), info.total_params, info.task)
+            rate = f"{size_rate.value:g} on this model, by its size"
+            objective = self.state.objective
+            if for_objective(size_rate, objective) is not size_rate:  # a preference objective lowers it
+                rate += f"; {for_objective(size_rate, objective).value:g} for {objective.title}"
         self.details.setText(
             f"<h3>{cls.title}</h3><p>{cls.description}</p>"
             f"<table><tr><td>Family</td><td>{cls.family}</td></tr>"
