@@ -239,3 +239,28 @@ def test_start_offers_the_change_that_fits(window, qtbot, tiny_llama, alpaca_jso
     expected = (2, 4) if choice == "apply" else (8, 1)
     assert (window.state.training.batch_size, window.state.training.gradient_accumulation) == expected
     assert f"batch_size: {expected[0]}" in saved and f"gradient_accumulation: {expected[1]}" in saved
+
+
+def test_a_preference_objective_counts_two_rows_a_pair_and_the_frozen_copy(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    """Issue 24: DPO's memory in Compare: each pair is a chosen and a rejected row, and full fine-tuning keeps a
+    frozen copy of the model as the reference."""
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    page = window.pages["compare"]
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    before = {r["method"]: r for r in page.rows if "memory_bytes" in r}
+    batch = before["lora"]["assumptions"]["batch_size"]
+    window.state.set_objective(OBJECTIVES["dpo"]())
+    qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"].get("objective") == "dpo",
+                    timeout=60_000)  # fmt: skip
+    after = {r["method"]: r for r in page.rows if "memory_bytes" in r}
+    assert after["lora"]["assumptions"]["rows_per_step"] == 2 * batch
+    assert after["lora"]["memory_bytes"]["activations"] > before["lora"]["memory_bytes"]["activations"]
+    assert after["lora"]["memory_bytes"]["weights"] == before["lora"]["memory_bytes"]["weights"]  # adapter off
+    assert after["full"]["memory_bytes"]["weights"] == 2 * before["full"]["memory_bytes"]["weights"]  # a copy
+    notes = page.notes.text()
+    assert f"{batch} pairs ({2 * batch} rows: chosen and rejected" in notes
+    assert "DPO compares with the model before training: methods that change the base weights (" in notes
+    assert "keep a frozen copy of it" in notes

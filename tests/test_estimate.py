@@ -147,6 +147,34 @@ def test_training_and_data_overrides_change_memory() -> None:
     assert small["assumptions"]["batch_size"] == 1 and small["assumptions"]["seq_len"] == 128
 
 
+@pytest.mark.parametrize(
+    ("objective", "rows", "copy_for"),
+    [("sft", 4, ()), ("dpo", 8, ("full",)), ("ipo", 8, ("full",)), ("orpo", 8, ()), ("simpo", 8, ()),
+     ("kto", 8, ("full",))],
+)  # fmt: skip
+def test_a_preference_step_holds_two_rows_a_pair_and_a_frozen_copy_where_the_method_changes_the_base(
+    objective: str, rows: int, copy_for: tuple[str, ...]
+) -> None:
+    """DPO's 4 pairs are 8 rows (KTO's answers each come with a mismatched one); full fine-tuning with an
+    objective that compares with the model before training keeps a frozen copy of it (LoRA switches its
+    adapter off); ORPO and SimPO need no reference."""
+    settings = ["data.max_length=128", "training.gradient_checkpointing=off"]
+    sft = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,full", [*settings, "training.batch_size=4"])}
+    same_rows = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,full",
+                                                        [*settings, f"training.batch_size={rows}"])}  # fmt: skip
+    found = {r["method"]: r for r in estimate_table(
+        "smollm2-135m", "lora,full", [*settings, "training.batch_size=4", f"objective.name={objective}"])}  # fmt: skip
+    for method in ("lora", "full"):
+        row, plain = found[method], sft[method]
+        assert row["assumptions"]["rows_per_step"] == rows and row["assumptions"]["batch_size"] == 4
+        assert row["memory_bytes"]["activations"] == same_rows[method]["memory_bytes"]["activations"]
+        copy = row["assumptions"]["reference_copy_bytes"]
+        assert (copy > 0) == (method in copy_for)
+        assert row["memory_bytes"]["weights"] == plain["memory_bytes"]["weights"] + copy
+    if "full" in copy_for:  # the copy is the model's weights once more
+        assert found["full"]["assumptions"]["reference_copy_bytes"] == sft["full"]["memory_bytes"]["weights"]
+
+
 def test_unknown_keys_are_named() -> None:
     with pytest.raises(UserError, match=r"method\.rank"):
         estimate_table("smollm2-135m", "lora", ["method.rank=8"])

@@ -15,7 +15,10 @@ real (peft and our own injectors work on meta tensors), and everything is counte
   not the encoder; VeRA saves its projections (`save_projection=True`). The small JSON config
   written beside it is not counted.
 - `memory_bytes`: what one training step holds at its peak, by part (weights, gradients, optimizer,
-  activations, temporary, overhead, total) — defined and computed in `memory`.
+  activations, temporary, overhead, total) — defined and computed in `memory`. With a preference
+  objective a step's batch of B pairs is 2·B rows (chosen and rejected; KTO's B answers and B mismatched
+  rows for its KL estimate), and a method that changes the base weights keeps a frozen copy of the model
+  as the reference (in `weights`); peft methods switch their adapter off instead.
 
 The meta models and their cache are in `meta_models`, the byte counts of files, quantised weights and
 optimizer state in `sizes`, and the table for the CLI and the window in `table`.
@@ -60,10 +63,12 @@ from adapter_studio.engine.estimate.meta_models import (
     clone_meta,
 )
 from adapter_studio.engine.estimate.sizes import _optimizer_bytes, _quantized_bytes, adapter_bytes
+from adapter_studio.engine.objectives.logps import keeps_reference_copy
 from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
     from adapter_studio.engine.methods.base import MethodSpec
+    from adapter_studio.engine.objectives import ObjectiveSpec
     from adapter_studio.engine.spec import TrainingSpec
 
 
@@ -81,6 +86,7 @@ def estimate(
     num_labels: int = 2,
     cached_only: bool = False,
     labelled_share: float | None = None,
+    objective: ObjectiveSpec | None = None,
 ) -> dict[str, Any] | None:
     """One method's cost on one model: counts, adapter size and the memory of a training step.
 
@@ -92,17 +98,19 @@ def estimate(
     those edits at once while the rest is computed).
     `labelled_share`: the share of tokens whose next token carries a label (the data's answers), where the
     engine's loss projects only those (one process, a plain output head); None counts every token, the
-    upper bound for data not seen yet.
+    upper bound for data not seen yet. `objective`: the run's (None: supervised).
     """
     with _LOCK:
         return _estimate(config, method_spec, training_spec, task=task, device_memory=device_memory,
                          weight_dtype=weight_dtype, quantization=quantization, seq_len=seq_len, device=device,
-                         num_labels=num_labels, cached_only=cached_only, labelled_share=labelled_share)
+                         num_labels=num_labels, cached_only=cached_only, labelled_share=labelled_share,
+                         objective=objective)
 
 
 def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec, *, task: str,
               device_memory: int | None, weight_dtype: str, quantization: str, seq_len: int | None, device: str,
-              num_labels: int, cached_only: bool, labelled_share: float | None = None) -> dict[str, Any] | None:
+              num_labels: int, cached_only: bool, labelled_share: float | None = None,
+              objective: ObjectiveSpec | None = None) -> dict[str, Any] | None:
     cls = type(method_spec)
     row: dict[str, Any] = {"method": method_spec.name, "title": cls.title, "family": cls.family,
                            "mergeable": cls.mergeable}
@@ -140,7 +148,7 @@ def _estimate(config: Any, method_spec: MethodSpec, training_spec: TrainingSpec,
         return {**row, "error": applied.error}
     return _costs(row, applied, base, method, training_spec, config=config, task=task, dtype=dtype, device=device,
                   device_memory=device_memory, seq_len=seq_len, quantization=quantization,
-                  labelled_share=labelled_share)
+                  labelled_share=labelled_share, objective=objective)
 
 
 _APPLIED: dict[tuple[Any, ...], _Applied] = {}
@@ -237,24 +245,28 @@ def _side_network_bytes(model: Any, c: int) -> float:
 
 def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSpec, training: TrainingSpec, *,
            config: Any, task: str, dtype: Any, device: str, device_memory: int | None, seq_len: int | None,
-           quantization: str, labelled_share: float | None = None) -> dict[str, Any]:
+           quantization: str, labelled_share: float | None = None,
+           objective: ObjectiveSpec | None = None) -> dict[str, Any]:
     import torch
     from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, batch_size, model_max_length
 
     batch = training.batch_size or batch_size(method, task).value
+    pairwise = objective is not None and objective.pairwise
+    rows = 2 * batch if pairwise else batch  # a pair is two rows; so is a KTO answer with its mismatched row
+    reference = _reference_copy_bytes(base) if objective is not None and keeps_reference_copy(objective, method) else 0
     if seq_len is None:
         seq_len = min(DEFAULT_MAX_LENGTH, model_max_length(config))
     precision = _precision(training.precision, device, dtype)
     compute = 2 if precision in ("bf16", "fp16") or dtype in (torch.bfloat16, torch.float16) else 4
 
     def step_memory(checkpointing: bool) -> tuple[dict[str, int], int]:
-        act = _activations(applied, base.shape, method, batch=batch, seq_len=seq_len, compute=compute,
+        act = _activations(applied, base.shape, method, batch=rows, seq_len=seq_len, compute=compute,
                            residual=4 if dtype == torch.float32 else 2, device=device,
                            checkpointing=checkpointing, task=task,
                            projected_share=_projected_share(applied, training, labelled_share),
                            chunked_head=_engine_loss(applied, training) and applied.chunks_head)
         memory = {
-            "weights": applied.weights_bytes,
+            "weights": applied.weights_bytes + reference,
             "gradients": sum(n * size for n, size in applied.trainable_sizes),
             "optimizer": _optimizer_bytes(training.optimizer, applied.trainable_sizes),
             "activations": act["saved"],
@@ -289,7 +301,8 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
             "gradient_checkpointing": checkpointing, "task": task,
             "checkpointing_chosen": training.gradient_checkpointing == "auto",
             "devices": training.devices, "distributed": training.distributed,
-            "labelled_share": labelled_share,
+            "labelled_share": labelled_share, "rows_per_step": rows,
+            "objective": objective.name if objective is not None else "sft", "reference_copy_bytes": reference,
         },
     )
     if device_memory:
@@ -300,6 +313,14 @@ def _costs(row: dict[str, Any], applied: _Applied, base: _Base, method: MethodSp
         if processes > 1:
             row["memory_shared_by"] = processes
     return row
+
+
+def _reference_copy_bytes(base: _Base) -> int:
+    """A preference objective's frozen copy of the model (`keeps_reference_copy`), as the session makes it."""
+    import itertools
+
+    tensors = itertools.chain(base.model.parameters(), base.model.buffers())  # deepcopy copies both
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _projected_share(applied: _Applied, training: TrainingSpec, labelled_share: float | None) -> float:

@@ -138,6 +138,7 @@ def fit_advice(spec: RunSpec, seq_len: int | None = None, labelled_share: float 
             seq_len=length,
             device=device,
             labelled_share=labelled_share,
+            objective=s.objective,
         )
         return None if r is None or "error" in r or "fits" not in r else r
 
@@ -178,7 +179,8 @@ def resolve_checkpointing(spec: RunSpec, config: Any, task: str, device: str, se
     def at(setting: str) -> dict[str, Any]:
         return estimate(config, spec.method, t.model_copy(update={"gradient_checkpointing": setting}), task=task,
                         device_memory=memory, weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
-                        seq_len=seq_len, device=device, labelled_share=labelled_share) or {}  # fmt: skip
+                        seq_len=seq_len, device=device, labelled_share=labelled_share,
+                        objective=spec.objective) or {}  # fmt: skip
 
     supported = type(spec.method).supports_gradient_checkpointing
     row = at("auto") if memory and supported else {}

@@ -130,7 +130,7 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
         row = estimate(config, method, spec.training, task=task, device_memory=memory,
                        weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
                        seq_len=spec.data.max_length, device=device, cached_only=cached_only,
-                       labelled_share=labelled_share)
+                       labelled_share=labelled_share, objective=spec.objective)
         rows.append(row or {"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                             "pending": True})
 

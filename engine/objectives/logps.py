@@ -106,6 +106,14 @@ def is_adapter_model(model: Any) -> bool:
     return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
 
 
+def keeps_reference_copy(objective: ObjectiveSpec, method: Any) -> bool:
+    """Whether a run compares with a frozen copy of the model: its objective needs the model before
+    training and its method changes the base weights (peft methods switch their adapter off instead)."""
+    from adapter_studio.engine.methods.peft_base import PeftMethod
+
+    return objective.needs_reference and (not isinstance(method, PeftMethod) or method.changes_base)
+
+
 def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen copy of the model before training, for methods that train the base weights themselves."""
     import copy

@@ -24,10 +24,9 @@ from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
-from adapter_studio.engine.methods.peft_base import PeftMethod
 from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.models.info import parameter_count
-from adapter_studio.engine.objectives.logps import frozen_reference
+from adapter_studio.engine.objectives.logps import frozen_reference, keeps_reference_copy
 from adapter_studio.engine.objectives.training import (
     PairPass,
     disable_dropout,
@@ -296,7 +295,7 @@ class TrainingSession:
                                 data.train, pad, task == "classification", max(rows, t.batch_size or 4),
                                 EVA_BATCHES, t.seed),
                             weights_folder=weights_folder, log=self.log)  # fmt: skip
-        if spec.objective.needs_reference and (not isinstance(spec.method, PeftMethod) or spec.method.changes_base):
+        if keeps_reference_copy(spec.objective, spec.method):
             # The method changes the base's own weights: the reference is a frozen copy (a second model).
             copy = frozen_reference(model).to(self.accelerator.device)
             self.reference = (copy, causal_lm_parts(copy) if self.accelerator.num_processes == 1 else None)

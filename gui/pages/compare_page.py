@@ -79,6 +79,17 @@ def labelled_share(state: Any) -> float | None:
     return stats.get("labelled_share") if stats else None
 
 
+def step_rows(assumed: dict[str, Any]) -> str:
+    """A step's batch as the memory estimate counts it: rows, or a preference objective's pairs (or KTO's
+    answers), two rows each."""
+    batch, rows = assumed["batch_size"], assumed.get("rows_per_step", assumed["batch_size"])
+    if rows == batch:
+        return f"{batch} rows"
+    if assumed.get("objective") == "kto":
+        return f"{batch} answers ({rows} rows: each beside a mismatched one for KTO's KL estimate)"
+    return f"{batch} pairs ({rows} rows: chosen and rejected; a bound, as each prompt is read once for both)"
+
+
 def cost_overrides(state: Any) -> list[str]:
     """`--set` items that carry the window's current choices into every method's estimate."""
     items = [
@@ -93,6 +104,8 @@ def cost_overrides(state: Any) -> list[str]:
         items.append(f"data.max_length={state.data.max_length}")
     if state.model is not None:
         items += [f"model.quantization={state.model.quantization}", f"model.dtype={state.model.dtype}"]
+    if state.objective.name != "sft":  # a preference step holds two rows a pair, and maybe a frozen copy
+        items.append(f"objective.name={state.objective.name}")
     if state.data_tasks:  # Poly's router has a weight per task and skill: count the data's tasks
         items.append(f"method.tasks={json.dumps(state.data_tasks)}")
     for field, value in state.method.model_dump().items():
@@ -403,6 +416,7 @@ class ComparePage(Page):
         for signal in (
             state.model_described,
             state.method_changed,
+            state.objective_changed,
             state.training_changed,
             state.spec_edited,
             state.data_changed,
@@ -531,10 +545,10 @@ class ComparePage(Page):
         assumed = next((r["assumptions"] for r in rows if "assumptions" in r), None)
         if assumed is not None:
             measured = step_length(self.state)
-            batch, tokens = assumed["batch_size"], assumed["seq_len"]
+            batch, tokens = step_rows(assumed), assumed["seq_len"]
             if measured is not None:
                 lines.append(
-                    f"Memory: the peak step, {batch} rows × {tokens} tokens: {measured[1]} (each batch is "
+                    f"Memory: the peak step, {batch} × {tokens} tokens: {measured[1]} (each batch is "
                     "padded to its longest row)."
                 )
                 share = assumed.get("labelled_share")
@@ -543,9 +557,19 @@ class ComparePage(Page):
                                  "(the answers), where the method lets it.")
             else:
                 lines.append(
-                    f"Memory: worst case, {batch} rows × {tokens} tokens (every row at the full length). "
+                    f"Memory: worst case, {batch} × {tokens} tokens (every row at the full length). "
                     "Once the Data page has counted the tokens, the data's longest row is used."
                 )
+        copies = [r for r in rows if r.get("assumptions", {}).get("reference_copy_bytes")]
+        if copies:
+            from adapter_studio.engine.objectives import OBJECTIVES
+
+            named = ", ".join(html.escape(r["title"]) for r in copies[:3])
+            named += f" and {len(copies) - 3} more" if len(copies) > 3 else ""
+            lines.append(f"{OBJECTIVES[copies[0]['assumptions']['objective']].title} compares with the model before "
+                         f"training: methods that change the base weights ({named}) keep a frozen copy of it, "
+                         f"{human_bytes(copies[0]['assumptions']['reference_copy_bytes'])} more in their weights; "
+                         "the others switch their adapter off.")  # fmt: skip
         for r in rows:
             if r.get("baseline") and has_numbers(r):
                 lines.append(f"<b>{html.escape(r['title'])}</b>: the memory of evaluating with it, batch "
