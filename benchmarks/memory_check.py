@@ -19,6 +19,7 @@ import copy
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,6 +68,11 @@ def make_batch(batch: int, seq: int, vocab: int, task: str) -> dict[str, torch.T
 
 def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor], precision: str) -> int:
     """Bytes autograd saves for backward in one forward pass (unique storages, parameters excluded)."""
+    return saved_bytes_of(model, lambda: model(**batch).loss, precision)
+
+
+def saved_bytes_of(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str) -> int:
+    """Bytes autograd saves for backward while `loss_of()` runs (unique storages, parameters excluded)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -80,8 +86,8 @@ def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor], precisio
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-        out = model(**batch)
-    out.loss.backward()
+        loss = loss_of()
+    loss.backward()
     return sum(seen.values())
 
 

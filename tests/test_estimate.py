@@ -157,7 +157,7 @@ def test_a_preference_step_holds_two_rows_a_pair_and_a_frozen_copy_where_the_met
 ) -> None:
     """DPO's 4 pairs are 8 rows (KTO's answers each come with a mismatched one); full fine-tuning with an
     objective that compares with the model before training keeps a frozen copy of it (LoRA switches its
-    adapter off); ORPO and SimPO need no reference."""
+    adapter off); ORPO and SimPO need no reference. benchmarks/preference_memory.py measures the rows."""
     settings = ["data.max_length=128", "training.gradient_checkpointing=off"]
     sft = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,full", [*settings, "training.batch_size=4"])}
     same_rows = {r["method"]: r for r in estimate_table("smollm2-135m", "lora,full",
@@ -167,7 +167,11 @@ def test_a_preference_step_holds_two_rows_a_pair_and_a_frozen_copy_where_the_met
     for method in ("lora", "full"):
         row, plain = found[method], sft[method]
         assert row["assumptions"]["rows_per_step"] == rows and row["assumptions"]["batch_size"] == 4
-        assert row["memory_bytes"]["activations"] == same_rows[method]["memory_bytes"]["activations"]
+        # as many rows as a supervised step of 2·B, and the answers' float32 logits kept where a supervised
+        # step's loss goes a chunk at a time (LoRA's; full fine-tuning keeps them either way)
+        same = same_rows[method]["memory_bytes"]["activations"]
+        chunked = rows > 4 and method == "lora"
+        assert row["memory_bytes"]["activations"] > same if chunked else row["memory_bytes"]["activations"] == same
         copy = row["assumptions"]["reference_copy_bytes"]
         assert (copy > 0) == (method in copy_for)
         assert row["memory_bytes"]["weights"] == plain["memory_bytes"]["weights"] + copy
