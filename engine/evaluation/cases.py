@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from adapter_studio.engine.spec import RunSpec
 
 
-
 @dataclass
 class Case:
     """One evaluated row: where it is, what a person reads, the answer in the data, and the prompts."""

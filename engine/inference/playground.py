@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 Which = Literal["base", "tuned"]
 
+
 class HeldOutExample(NamedTuple):
     """A held-out row: the full text the model is given, the user's message, and the answer in the data."""
 
