@@ -229,9 +229,9 @@ class MethodPage(Page):
         if info is not None:
             size_rate = rate_for_size(cls(), info.total_params, info.task)
             rate = f"{size_rate.value:g} on this model, by its size"
-            objective = self.state.objective
-            if for_objective(size_rate, objective) is not size_rate:  # a preference objective lowers it
-                rate += f"; {for_objective(size_rate, objective).value:g} for {objective.title}"
+            lowered = for_objective(size_rate, self.state.objective)
+            if lowered is not size_rate:  # a preference objective's rate
+                rate += f"; {lowered.value:g} for {self.state.objective.title}"
         self.details.setText(
             f"<h3>{cls.title}</h3><p>{cls.description}</p>"
             f"<table><tr><td>Family</td><td>{cls.family}</td></tr>"
