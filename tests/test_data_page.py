@@ -269,3 +269,31 @@ def test_the_preview_table_shows_lists_of_messages_as_turns_and_other_lists_as_j
     from adapter_studio.gui.pages.data_page import cell_text
 
     assert cell_text(value) == shown
+
+
+def test_another_file_typed_after_the_demo_is_read_afresh_without_the_demos_eval_file(window, qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    """A new user's first step after `make run`: type their own file's path and press Enter. The demo's
+    column mapping and evaluation file stayed: 'data.columns maps instruction to …, which this file does
+    not have', or the demo's eval file refused in the new file's format."""
+    from adapter_studio.engine.spec import DataSpec
+    from adapter_studio.gui.main_window import DEMO_SPEC
+
+    demo = DEMO_SPEC.parent
+    page = window.pages["data"]
+    window.state.set_data(DataSpec(path=str(demo / "train.jsonl"), eval_path=str(demo / "eval.jsonl")))
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    assert page.eval_path.text() and page.preview.mapping["instruction"] == "instruction"
+    rows = [{"Class Index": i % 2 + 1, "Title": f"headline number {i} of the day", "Description": f"a story {i}"}
+            for i in range(20)]  # fmt: skip
+    news = write_rows(tmp_path / "news.jsonl", rows)
+    page.path.setText(str(news))
+    page.path.returnPressed.emit()
+    qtbot.waitUntil(lambda: not page.busy, timeout=30_000)
+    assert page.preview is not None and page.preview.format == "classification", page.summary.text()
+    assert page.eval_path.text() == "" and window.state.data.eval_path is None
+    assert f"Eval file cleared: {demo / 'eval.jsonl'} came with the previous data" in page.summary.text()
+    # the same file again keeps what was picked for it
+    page.eval_path.setText(str(news))
+    page.path.returnPressed.emit()
+    qtbot.waitUntil(lambda: not page.busy, timeout=30_000)
+    assert page.eval_path.text() == str(news) and "Eval file cleared" not in page.summary.text()

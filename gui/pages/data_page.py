@@ -163,6 +163,8 @@ class DataPage(Page):
         self._tokenizer_for: str | None = None
         self._pending: set[object] = set()
         self._published: DataSpec | None = None
+        self._loaded: DataSpec | None = None  # the spec last read (or being read)
+        self._cleared_eval: str | None = None  # an evaluation file cleared with its data, to be said once
         self._stats_generation = 0
         self._stats_done = 0
         self._stats_running = False
@@ -259,6 +261,15 @@ class DataPage(Page):
     def reload(self, keep_mapping: bool = True) -> None:
         if not self.path.text().strip():
             return
+        last = self._loaded
+        if last is not None and self._paths() != last.path:
+            # Another file: its own shape and columns, and not the evaluation file that came with the last
+            # one (the demo's, typically) unless one was typed since.
+            keep_mapping = False
+            self.format.setCurrentText(AUTO)
+            if last.eval_path and self.eval_path.text().strip() == last.eval_path:
+                self.eval_path.clear()
+                self._cleared_eval = last.eval_path
         self._load(self._current_spec(keep_mapping))
 
     def commit(self) -> None:
@@ -283,6 +294,7 @@ class DataPage(Page):
         from adapter_studio.engine.data.preview import preview_data
 
         self.summary.setText("Reading…")
+        self._loaded = spec
         self._background(preview_data, spec, on_result=lambda p, s=spec: self._show(p, s), on_error=self._failed)
 
     def _background(
@@ -351,6 +363,10 @@ class DataPage(Page):
             title = self.state.objective.title
             self.summary.setText(f"{self.summary.text()}<br>Objective: <b>{title}</b>, which trains on this "
                                  "format (the Method page offers the others).")  # fmt: skip
+        if self._cleared_eval:
+            self.summary.setText(f"{self.summary.text()}<br>Eval file cleared: {html.escape(self._cleared_eval)} "
+                                 "came with the previous data.")  # fmt: skip
+            self._cleared_eval = None
         if self.table.rowCount():
             self.table.selectRow(0)
         self._schedule_stats()
