@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
@@ -209,10 +210,11 @@ class MainWindow(QMainWindow):
             "<h3>Fine-tune a language model in five steps</h3>"
             "<ol><li><b>Model</b>: a folder, a .gguf file or a hub id.</li>"
             "<li><b>Data</b>: your JSON, JSONL, CSV, Parquet or text file.</li>"
-            "<li><b>Method</b>: LoRA or any of 21 others; see the costs on the way.</li>"
+            f"<li><b>Method</b>: LoRA or any of {len(METHODS) - 1} others; see the costs on the way.</li>"
             "<li><b>Train</b>: watch loss and memory live; stop and resume at will.</li>"
-            "<li><b>Export</b>: an adapter for peft, or a merged model.</li></ol>"
-            "<p>The demo is ready: SmolLM2-135M-Instruct learns to write dates in ISO form.</p>"
+            "<li><b>Export</b>: an adapter for peft, a merged model, or a checked GGUF file.</li></ol>"
+            "<p>The demo is ready: SmolLM2-135M-Instruct learns to write dates in ISO form. Open your own "
+            "data on the Data page and the app's defaults are used for it.</p>"
         )
         demo = box.addButton("Train the demo", QMessageBox.ButtonRole.AcceptRole)
         box.addButton("Look around first", QMessageBox.ButtonRole.RejectRole)
@@ -234,12 +236,12 @@ class MainWindow(QMainWindow):
         )
 
     # --- specs ------------------------------------------------------------------------------------
-    def apply_spec_file(self, path: str | Path, overrides: list[str] | None = None) -> None:
-        self.state.load_spec(load_spec_file(path, overrides))
+    def apply_spec_file(self, path: str | Path, overrides: list[str] | None = None, demo: bool = False) -> None:
+        self.state.load_spec(load_spec_file(path, overrides), demo=demo)
 
     def load_demo(self) -> None:
         try:
-            self.apply_spec_file(DEMO_SPEC)
+            self.apply_spec_file(DEMO_SPEC, demo=True)
         except UserError as e:
             show_error(self, e)
 

@@ -40,6 +40,9 @@ class StudioState(QObject):
         # Compare page and its Tasks on the Method page, before training records them in the run.
         self.data_tasks: list[str] = []
         self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
+        # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
+        # for its dates, and another data file gets the app's defaults instead, unless it was edited.
+        self.demo: RunSpec | None = None
 
     def set_model(self, source: str) -> None:
         # A new model keeps the loading choices (device, dtype, quantisation) made for the last one.
@@ -75,7 +78,19 @@ class StudioState(QObject):
         self.data = data
         if tasks is not None:
             self.data_tasks = list(tasks)
+        self._leave_demo(data)
         self.data_changed.emit()
+
+    def _leave_demo(self, data: DataSpec) -> None:
+        """Other data than the demo's: the demo's method settings and training recipe make way for the app's
+        defaults (the same method), unless the person changed them."""
+        demo = self.demo
+        if demo is None or data.path == demo.data.path:
+            return
+        self.demo = None
+        if self.method == demo.method and self.training == demo.training:
+            self.set_method(type(self.method)())
+            self.set_training(TrainingSpec())
         self._fit_objective(data.format)
 
     def _fit_objective(self, fmt: str | None) -> None:
@@ -116,7 +131,9 @@ class StudioState(QObject):
         self.current_run = run_dir
         self.run_changed.emit()
 
-    def load_spec(self, spec: RunSpec) -> None:
+    def load_spec(self, spec: RunSpec, demo: bool = False) -> None:
+        """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
+        self.demo = spec if demo else None
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method

@@ -271,18 +271,20 @@ def test_the_preview_table_shows_lists_of_messages_as_turns_and_other_lists_as_j
     assert cell_text(value) == shown
 
 
-def test_another_file_typed_after_the_demo_is_read_afresh_without_the_demos_eval_file(window, qtbot, tmp_path):  # type: ignore[no-untyped-def]
+def test_another_file_typed_after_the_demo_is_read_afresh_with_the_apps_defaults(window, qtbot, tmp_path):  # type: ignore[no-untyped-def]
     """A new user's first step after `make run`: type their own file's path and press Enter. The demo's
-    column mapping and evaluation file stayed: 'data.columns maps instruction to …, which this file does
-    not have', or the demo's eval file refused in the new file's format."""
-    from adapter_studio.engine.spec import DataSpec
+    column mapping, evaluation file and recipe stayed: 'data.columns maps instruction to …, which this file
+    does not have', the demo's eval file refused in the new file's format, and 150 steps at the demo's rate
+    on q,v only instead of the app's defaults for the data."""
+    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.spec import TrainingSpec
     from adapter_studio.gui.main_window import DEMO_SPEC
 
-    demo = DEMO_SPEC.parent
-    page = window.pages["data"]
-    window.state.set_data(DataSpec(path=str(demo / "train.jsonl"), eval_path=str(demo / "eval.jsonl")))
+    page, state = window.pages["data"], window.state
+    window.load_demo()
     qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
     assert page.eval_path.text() and page.preview.mapping["instruction"] == "instruction"
+    assert state.training.max_steps == 150 and state.method.target_modules == ["q_proj", "v_proj"]
     rows = [{"Class Index": i % 2 + 1, "Title": f"headline number {i} of the day", "Description": f"a story {i}"}
             for i in range(20)]  # fmt: skip
     news = write_rows(tmp_path / "news.jsonl", rows)
@@ -290,10 +292,24 @@ def test_another_file_typed_after_the_demo_is_read_afresh_without_the_demos_eval
     page.path.returnPressed.emit()
     qtbot.waitUntil(lambda: not page.busy, timeout=30_000)
     assert page.preview is not None and page.preview.format == "classification", page.summary.text()
-    assert page.eval_path.text() == "" and window.state.data.eval_path is None
-    assert f"Eval file cleared: {demo / 'eval.jsonl'} came with the previous data" in page.summary.text()
+    assert page.eval_path.text() == "" and state.data.eval_path is None
+    summary = page.summary.text()
+    assert f"Eval file cleared: {DEMO_SPEC.parent / 'eval.jsonl'} came with the previous data" in summary
+    assert state.training == TrainingSpec() and state.method == METHODS["lora"]()
+    assert "Method and training settings: the app's defaults for this data" in summary
     # the same file again keeps what was picked for it
     page.eval_path.setText(str(news))
     page.path.returnPressed.emit()
     qtbot.waitUntil(lambda: not page.busy, timeout=30_000)
     assert page.eval_path.text() == str(news) and "Eval file cleared" not in page.summary.text()
+
+
+def test_a_demo_recipe_the_person_edited_stays_with_other_data(window, qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    page, state = window.pages["data"], window.state
+    window.load_demo()
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    state.set_training(state.training.model_copy(update={"max_steps": 40}))
+    open_data(page, qtbot, write_rows(tmp_path / "rows.jsonl", alpaca_rows()))
+    qtbot.waitUntil(lambda: not page.busy and page.preview is not None, timeout=30_000)
+    assert state.training.max_steps == 40 and state.method.target_modules == ["q_proj", "v_proj"]
+    assert "the app's defaults" not in page.summary.text()

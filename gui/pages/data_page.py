@@ -357,12 +357,15 @@ class DataPage(Page):
             f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
             f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
-        objective = type(self.state.objective)
+        objective, training = type(self.state.objective), self.state.training
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
         if type(self.state.objective) is not objective:  # the data's format picked another objective
             title = self.state.objective.title
             self.summary.setText(f"{self.summary.text()}<br>Objective: <b>{title}</b>, which trains on this "
                                  "format (the Method page offers the others).")  # fmt: skip
+        if self.state.training is not training:  # the demo's recipe left with its data (state._leave_demo)
+            self.summary.setText(f"{self.summary.text()}<br>Method and training settings: the app's defaults "
+                                 "for this data (the demo's were for its dates).")  # fmt: skip
         if self._cleared_eval:
             self.summary.setText(f"{self.summary.text()}<br>Eval file cleared: {html.escape(self._cleared_eval)} "
                                  "came with the previous data.")  # fmt: skip
