@@ -566,10 +566,11 @@ class ComparePage(Page):
 
             named = ", ".join(html.escape(r["title"]) for r in copies[:3])
             named += f" and {len(copies) - 3} more" if len(copies) > 3 else ""
-            lines.append(f"{OBJECTIVES[copies[0]['assumptions']['objective']].title} compares with the model before "
-                         f"training: methods that change the base weights ({named}) keep a frozen copy of it, "
-                         f"{human_bytes(copies[0]['assumptions']['reference_copy_bytes'])} more in their weights; "
-                         "the others switch their adapter off.")  # fmt: skip
+            first = copies[0]
+            lines.append(f"{OBJECTIVES[first['assumptions']['objective']].title} compares with the model before "
+                         f"training: methods that change the base weights ({named}) keep a frozen copy of it, counted "
+                         f"in their weights ({human_bytes(first['assumptions']['reference_copy_bytes'])} for "
+                         f"{html.escape(first['title'])}); the others switch their adapter off.")  # fmt: skip
         for r in rows:
             if r.get("baseline") and has_numbers(r):
                 lines.append(f"<b>{html.escape(r['title'])}</b>: the memory of evaluating with it, batch "

@@ -43,6 +43,8 @@ COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "t
 # A preference run's pair scores as rows of the scores table (engine.evaluation.pairs.PAIR_METRICS).
 PAIR_ROWS = {"prefers_chosen": "pairs ranked right", "prefers_chosen_per_token": "… per token",
              "reward_accuracy": "reward accuracy"}  # fmt: skip
+# Under the chart's bars, on two lines where a preference run's three more groups leave each little room.
+TICKS = {"pairs ranked right": "ranked\nright", "… per token": "per\ntoken"}
 EXAMPLE_HEADERS = ("Row", "Input", "Expected")
 CLASS_HEADERS = ("Rows", "Precision", "Recall", "F1")
 
@@ -378,8 +380,11 @@ class EvaluatePage(Page):
                     if (value := values.get(column)) is not None]  # fmt: skip
             self.chart.addItem(pg.BarGraphItem(x=[x for x, _ in bars], height=[h for _, h in bars], width=width * 0.9,
                                                brush=COLOURS[column], name=COLUMN_TITLES[column]))  # fmt: skip
-        # A tick's words on two lines where a label would run into its neighbours' ("reward accuracy").
-        ticks = [(i, title.replace(" ", "\n", 1) if len(title) > 12 else title) for i, (title, _) in enumerate(rows)]
+        # With a preference run's three more groups, the labels take two lines ("exact\nmatch"): on one they
+        # ran into each other.
+        many = len(rows) > len(PAIR_ROWS) + 2
+        ticks = [(i, TICKS.get(title, title.replace(" ", "\n", 1)) if many else title)
+                 for i, (title, _) in enumerate(rows)]  # fmt: skip
         axis = self.chart.getAxis("bottom")
         axis.setTicks([ticks])
         two_lines = any("\n" in t for _, t in ticks)  # pyqtgraph sizes the axis for one line
