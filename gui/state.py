@@ -80,6 +80,7 @@ class StudioState(QObject):
             self.data_tasks = list(tasks)
         self._leave_demo(data)
         self.data_changed.emit()
+        self._fit_objective(data.format)
 
     def _leave_demo(self, data: DataSpec) -> None:
         """Other data than the demo's: the demo's method settings and training recipe make way for the app's
@@ -91,7 +92,6 @@ class StudioState(QObject):
         if self.method == demo.method and self.training == demo.training:
             self.set_method(type(self.method)())
             self.set_training(TrainingSpec())
-        self._fit_objective(data.format)
 
     def _fit_objective(self, fmt: str | None) -> None:
         """Preference pairs train with DPO, KTO's marked answers with KTO, other data with the supervised

@@ -294,6 +294,16 @@ def pair_view(store: Any, max_length: int, files: list[tuple[Any, ...]]) -> tupl
     return PairSet(sides), truncated, dropped
 
 
+def model_rows(train: Any) -> Any:
+    """The rows a model reads in a step, for their lengths and labelled share: a pair set's sides (chosen
+    and rejected apart), a KTO set's answers, any other set itself."""
+    for name in ("sides", "items"):  # PairSet.sides, KtoSet.items
+        inner = getattr(train, name, None)
+        if inner is not None:
+            return inner
+    return train
+
+
 def collate_pairs(items: Sequence[PairItem], pad_id: int, multiple: int = 1) -> dict[str, Any]:
     """2·B padded rows: the chosen sides, then the rejected sides; labels are -100 outside the answers.
     With them, where every pair has a shared prompt, its `shared_prefix_rows` layout (`prefix_*`, `suffix_*`)."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from adapter_studio.engine.data.batches import batch_tokens, pack_bounds
 from adapter_studio.engine.data.examples import check_some_left, survey_data
+from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import Progress, prepare_data
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
@@ -206,9 +207,10 @@ def length_stats(
         packed_lengths = _packed(items, max_length) if packing_applies else items
     padded = batch_tokens(padded_lengths, batch_size, seed)
     packed = batch_tokens(packed_lengths, batch_size, seed)
-    # (Preference pairs score whole completions through their own loss: no share for them.)
-    sft = isinstance(data.train, TokenizedSet) and data.format not in ("classification", "preference", "kto")
-    labelled_share = data.train.labelled_share if sft else None
+    # The rows a model reads (a pair's sides apart): their labelled share and the longest, for the memory
+    # estimate (pair log-probabilities project the answers' positions only, as a supervised loss does).
+    rows = model_rows(data.train)
+    labelled_share = rows.labelled_share if isinstance(rows, TokenizedSet) and data.format != "classification" else None
     return {
         "format": data.format,
         "lengths": lengths.tolist(),
@@ -227,6 +229,7 @@ def length_stats(
         "packing_applies": data.format not in ("classification", "text", "preference", "kto"),
         # Tokens carrying a loss: the output head projects only those in a one-process run (fast_loss).
         "labelled_share": labelled_share,
+        "longest_row": int(rows.lengths.max()) if len(rows) else 0,
         "from_cache": data.from_cache,
     }
 

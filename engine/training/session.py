@@ -21,6 +21,7 @@ from adapter_studio.engine.data.batches import collate, epoch_batches, sample_ba
 from adapter_studio.engine.data.cache import data_stamps
 from adapter_studio.engine.data.examples import data_format, load_examples
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
+from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
@@ -155,10 +156,10 @@ class TrainingSession:
         if spec.training.gradient_checkpointing != "auto":
             return spec, {}
         limit = spec.data.max_length or DEFAULT_MAX_LENGTH
-        lengths = getattr(data.train, "lengths", None)
+        rows = model_rows(data.train)  # a pair's sides apart: the estimate counts 2·B rows of them
+        lengths = getattr(rows, "lengths", None)
         longest = int(max(lengths)) if lengths is not None and len(lengths) else limit
-        # (Preference pairs score whole completions through their own loss: every token projected.)
-        share = None if spec.objective.pairwise else getattr(data.train, "labelled_share", None)
+        share = getattr(rows, "labelled_share", None)  # pair log-probabilities project the answers only too
         try:
             return resolve_checkpointing(spec, config, task, device, min(longest, limit), share)
         except Exception as e:  # the estimate is advice: a run never fails for want of it

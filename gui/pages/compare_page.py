@@ -68,6 +68,8 @@ def step_length(state: Any) -> tuple[int, str] | None:
     limit = stats["max_length"]
     if stats["format"] == "text" or (state.data.packing and stats["packing_applies"]):
         return limit, f"packed rows fill max length {limit}"
+    if stats["format"] in ("preference", "kto"):  # a step's rows are a pair's sides (or answers), not pairs
+        return min(stats["longest_row"], limit), "the data's longest answer with its prompt"
     longest = min(max(stats["lengths"]), limit)
     return longest, "the data's longest row"
 
