@@ -34,9 +34,14 @@ class EvaluationSummary:
     when: str
     count: int  # evaluations saved in the run folder, this one the newest that reads
     classes: str | None = None  # for answers that are classes: the weakest class and the commonest mix-ups
+    pairs_ranked: dict[str, float] | None = None  # a preference run: the held-out pairs each model ranks right
+    pairs: str | None = None  # ... and the sentence that says the pair scores (engine.evaluation.pairs.summary)
 
     def first_score(self, column: str) -> float | None:
-        """A model's score on the task's first metric (exact match, or accuracy), if it was scored."""
+        """A model's score on the task's first metric (exact match, or accuracy; a preference run's: the
+        held-out pairs it ranks right, what it was trained to change), if it was scored."""
+        if self.pairs_ranked is not None:
+            return self.pairs_ranked.get(column)
         names = metric_names(self.metrics)
         value = (self.metrics.get(column) or {}).get(names[0]) if names else None
         return None if value is None else float(value)
@@ -47,7 +52,7 @@ class EvaluationSummary:
         value = self.first_score("tuned")
         if value is None:
             return None
-        name = metric_names(self.metrics)[0]
+        name = "pairs ranked right" if self.pairs_ranked is not None else metric_names(self.metrics)[0]
         return f"{METRIC_TITLES.get(name, name)} {value:.3f}", value
 
 
@@ -90,17 +95,20 @@ class EvaluationSummaries:
 
 def _read(run_dir: Path, count: int) -> EvaluationSummary | None:
     # Deferred: the evaluation package pulls in the data modules, and most windows open on runs never evaluated.
-    from adapter_studio.engine.evaluation import run_eval
+    from adapter_studio.engine.evaluation import pairs, run_eval
     from adapter_studio.engine.evaluation.classes import summary
 
     result = run_eval.latest_evaluation(run_dir)
     if result is None or result.report is None:
         return None
+    p = result.pairs
     return EvaluationSummary(
         metrics=result.metrics, forgetting=None if result.forgetting is None else result.forgetting.ratio,
         checkpoint=result.checkpoint, task=result.task, data=result.data, rows=len(result.rows),
         report=result.report, when=_when(result.report.parent), count=count,
         classes=None if result.classes is None else summary(result.classes),
+        pairs_ranked=None if p is None else {"base": p.base["prefers_chosen"], "tuned": p.tuned["prefers_chosen"]},
+        pairs=None if p is None else pairs.summary(p).replace("->", "→"),
     )  # fmt: skip
 
 
@@ -125,7 +133,8 @@ def summary_html(summary: EvaluationSummary) -> str:
         f"<b>Evaluated</b> {summary.when}{several} · checkpoint {escape(summary.checkpoint)} · "
         f"{summary.rows} rows of {escape(summary.data)}"
         f"<table cellspacing='0' cellpadding='3'><tr><th align='left'>metric</th>{head}</tr>{body}</table>"
-        f"{forgetting}" + (f"<br>{escape(summary.classes)}" if summary.classes else "")
+        + (f"{escape(summary.pairs)}<br>" if summary.pairs else "")
+        + f"{forgetting}" + (f"<br>{escape(summary.classes)}" if summary.classes else "")
     )
 
 

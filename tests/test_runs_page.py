@@ -189,7 +189,7 @@ def test_refreshes_on_run_changed_and_follows_the_folder_picker(page: RunsPage, 
 
 
 def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1.25, rows: int = 3,
-                    classes: Any = None) -> Path:  # fmt: skip
+                    classes: Any = None, pairs: Any = None) -> Path:  # fmt: skip
     """A saved evaluation of `run_dir` as evaluate_run writes it, with scores chosen here (no model runs)."""
     from adapter_studio.engine.evaluation.forgetting import Forgetting
     from adapter_studio.engine.evaluation.report import write_evaluation
@@ -206,7 +206,7 @@ def save_evaluation(run_dir: Path, tuned: float, *, forgetting: float | None = 1
         baselines={"base": "the base model"}, rows=[{**row, "index": i} for i in range(rows)],
         forgetting=None if forgetting is None else Forgetting(loss_base=2.0, loss_tuned=2.0 * forgetting,
                                                               ratio=forgetting, pairs=20),
-        classes=classes,
+        classes=classes, pairs=pairs,
     )  # fmt: skip
     return write_evaluation(result)
 
@@ -250,6 +250,24 @@ def test_the_latest_evaluation_shows_in_the_table_and_the_details(
     assert "forgetting not checked" in page.evaluation.text.toPlainText()
     assert "evaluations" not in page.evaluation.text.toPlainText()  # only one: no count
     assert "classes:" not in page.evaluation.text.toPlainText()
+
+
+def test_a_preference_runs_evaluation_leads_with_the_pairs_it_ranks_right(
+    page: RunsPage, history: dict[str, Path]
+) -> None:
+    from adapter_studio.engine.evaluation.pairs import PairScores
+
+    scores = {"prefers_chosen": 0.9, "prefers_chosen_per_token": 0.8, "reward_accuracy": 0.95}
+    pairs = PairScores(pairs=60, skipped=0, base={**scores, "prefers_chosen": 0.85, "reward_accuracy": 0.0},
+                       tuned=scores, margin_base=6.0, margin_tuned=15.0)  # fmt: skip
+    save_evaluation(history["done"], 0.25, pairs=pairs)
+    page.refresh()
+    cell = evaluated_cell(page, "done")
+    assert (cell.text(), cell.key) == ("pairs ranked right 0.900", pytest.approx(0.9))
+    assert "base model 0.850" in cell.toolTip()
+    page.select_runs(["done"])
+    text = page.evaluation.text.toPlainText()
+    assert "preference pairs: 60 scored" in text and "reward accuracy 0.950" in text and "exact match" in text
 
 
 def test_a_classifiers_evaluation_says_where_it_is_wrong(page: RunsPage, history: dict[str, Path]) -> None:
