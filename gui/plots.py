@@ -122,6 +122,14 @@ class LegendBelow(pg.LegendItem):
         return True
 
 
+def legend_below(plot: pg.PlotItem) -> LegendBelow:
+    """A LegendBelow placed under `plot`'s x axis, where items added with a name get their entries."""
+    legend = LegendBelow()
+    plot.layout.addItem(legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
+    plot.legend = legend
+    return legend
+
+
 class LivePlot(pg.PlotWidget):
     """A plot of named series; call `add` for new points and `refresh` to redraw (throttled by the caller)."""
 
@@ -131,9 +139,7 @@ class LivePlot(pg.PlotWidget):
         self.setLabel("left", y_label)
         self.setLabel("bottom", "step")
         self.showGrid(x=True, y=True, alpha=0.25)
-        self.legend = LegendBelow()
-        self.plotItem.layout.addItem(self.legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
-        self.plotItem.legend = self.legend  # curves plotted with a name get an entry in it
+        self.legend = legend_below(self.plotItem)
         # Draw only what is visible, downsampled to the pixel width: redraws stay fast at 100k points.
         self.setClipToView(True)
         self.setDownsampling(auto=True, mode="peak")

@@ -13,7 +13,7 @@ import pyqtgraph as pg
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
-from adapter_studio.gui.plots import LegendBelow
+from adapter_studio.gui.plots import legend_below
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices, QFontMetrics
@@ -163,9 +163,7 @@ class EvaluatePage(Page):
         self.chart.setObjectName("scoreChart")  # the theme's background: a white one left its light text unread
         self.chart.setYRange(0, 1)
         self.chart.setMouseEnabled(False, False)
-        self.legend = LegendBelow()  # under the axis: inside the plot it covered the tallest bars
-        self.chart.plotItem.layout.addItem(self.legend, 4, 1, alignment=Qt.AlignmentFlag.AlignHCenter)
-        self.chart.plotItem.legend = self.legend  # bars added with a name get an entry in it
+        self.legend = legend_below(self.chart.plotItem)  # inside the plot it covered the tallest bars
         layout.addWidget(self.chart, 1)
         return panel
 
