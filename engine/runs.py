@@ -181,12 +181,13 @@ def summarize_run(run_dir: Path) -> RunSummary:
         status = "running"
     else:
         status = "interrupted"
-    method = started.method if started else _spec_value(run_dir, "method", "name")
+    saved = _saved_spec(run_dir)
+    method = started.method if started else _value(saved, "method", "name")
     return RunSummary(
         path=run_dir,
         name=run_dir.name,
         status=status,
-        model=started.model if started else str(_spec_value(run_dir, "model", "source") or ""),
+        model=started.model if started else str(_value(saved, "model", "source") or ""),
         method=str(method or ""),
         trainable_params=started.trainable_params if started else None,
         steps=finished.step if finished else (last_metrics.step if last_metrics else 0),
@@ -203,16 +204,22 @@ def summarize_run(run_dir: Path) -> RunSummary:
         median_tokens_per_s=statistics.median(speeds[2:] or speeds) if speeds else None,
         accuracy=next((e.accuracy for e in reversed(evals) if e.accuracy is not None), None),
         exact_match=next((e.exact_match for e in reversed(evals) if e.exact_match is not None), None),
-        objective=str(_spec_value(run_dir, "objective", "name") or "sft"),
+        objective=str(_value(saved, "objective", "name") or "sft"),
     )
 
 
-def _spec_value(run_dir: Path, section: str, key: str) -> object:
+def _saved_spec(run_dir: Path) -> object:
+    """The run's spec.yaml as YAML data, once per summary; None where it cannot be read."""
     try:  # libyaml's loader where there is one: the history reads every run's spec
-        data = yaml.load((run_dir / "spec.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        return data.get(section, {}).get(key)
-    except (OSError, yaml.YAMLError, AttributeError):
+        return yaml.load((run_dir / "spec.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
         return None
+
+
+def _value(saved: object, section: str, key: str) -> object:
+    """`section.key` of a saved spec; None where the spec or the field is missing or not a mapping."""
+    part = saved.get(section) if isinstance(saved, dict) else None
+    return part.get(key) if isinstance(part, dict) else None
 
 
 def list_runs(output_dir: str | Path) -> list[RunSummary]:
