@@ -42,13 +42,13 @@ def hub_source(repo_id: str) -> ModelSource:
         return embedded_source(embedded, f"{not_cached}: using the copy that ships with the app, "
                                          f"{embedded}{weights}")  # fmt: skip
     shipped = SHIPPED_CONFIG_HUB_IDS.get(repo_id.lower())
-    config = shipped and shipped_config(
+    config = None if shipped is None else shipped_config(
         shipped, f"{shipped} (architecture only)",
         f"{not_cached}: its architecture ships with the app ({shipped}), so its size and costs are shown; training "
         f"needs the weights (`hf download {repo_id}` on a machine with internet)")  # fmt: skip
-    if config:
-        return config
-    raise not_in_hub_cache(repo_id)
+    if config is None:
+        raise not_in_hub_cache(repo_id)
+    return config
 
 
 def require_weights(spec_source: str, source: ModelSource) -> None:

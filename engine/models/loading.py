@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from adapter_studio.engine.spec import ModelSpec
 
 
-
 def shipped_config_names() -> list[str]:
     return (
         sorted(p.name for p in MODEL_CONFIGS.iterdir() if (p / "config.json").exists())
