@@ -209,8 +209,7 @@ def length_stats(
     packed = batch_tokens(packed_lengths, batch_size, seed)
     # The rows a model reads (a pair's sides apart): their labelled share and the longest, for the memory
     # estimate (pair log-probabilities project the answers' positions only, as a supervised loss does).
-    rows = model_rows(data.train)
-    labelled_share = rows.labelled_share if isinstance(rows, TokenizedSet) and data.format != "classification" else None
+    rows = model_rows(data.train)  # a TokenizedSet; its share is None for plain text and classification
     return {
         "format": data.format,
         "lengths": lengths.tolist(),
@@ -228,7 +227,7 @@ def length_stats(
         "padding_share_packed": 1 - int(packed_lengths.sum()) / packed if packed else 0.0,
         "packing_applies": data.format not in ("classification", "text", "preference", "kto"),
         # Tokens carrying a loss: the output head projects only those in a one-process run (fast_loss).
-        "labelled_share": labelled_share,
+        "labelled_share": rows.labelled_share,
         "longest_row": int(rows.lengths.max()) if len(rows) else 0,
         "from_cache": data.from_cache,
     }
