@@ -65,8 +65,11 @@ def test_prompt_chosen_rejected_text_is_detected(pairs_jsonl: Path) -> None:
          {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),
         ({"prompt": "\n\nHuman: hi?\n\nAssistant:", "response": " hello", "chosen": " hello", "rejected": " go"},
          {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}),  # HH as prompt/chosen/rejected
+        ({"qid": 5, "question": "hi?", "date": "2020/01/01", "metadata": ["https://stackoverflow.com/q/5"],
+          "response_j": "hello", "response_k": "go"},  # StackExchange-paired: j is the better answer
+         {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}),
     ],
-    ids=["orca_dpo_pairs", "argilla", "ultrafeedback", "hh-prompt-transcript"],
+    ids=["orca_dpo_pairs", "argilla", "ultrafeedback", "hh-prompt-transcript", "stack-exchange-paired"],
 )  # fmt: skip
 def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], mapping: dict[str, str],
                                                          tmp_path: Path) -> None:  # fmt: skip
@@ -99,8 +102,9 @@ def _two_answers(a: str, b: str, preferred: str, values: list[Any], **more: Any)
         ("response1", "response2", "preference", [1, 2, "1", 2]),
         ("response_a", "response_b", "winner", ["model_a", "model_b", "A", "response_b"]),  # arena exports
         ("answer_a", "answer_b", "preferred", ["a", "B", "answer_a", "b"]),
+        ("human_ref_A", "human_ref_B", "labels", [1, 0, 1.0, "0"]),  # SHP: its card's 1 means A
     ],
-    ids=["pku", "numbered from 1", "arena", "letters"],
+    ids=["pku", "numbered from 1", "arena", "letters", "shp"],
 )  # fmt: skip
 def test_two_answers_and_which_is_better_are_read_as_pairs(a: str, b: str, preferred: str, values: list[Any],
                                                            tmp_path: Path) -> None:  # fmt: skip
@@ -131,7 +135,8 @@ def test_whole_conversations_as_two_answers_split_where_they_diverge(tmp_path: P
 @pytest.mark.parametrize(
     ("a", "b", "value", "fix"),
     [
-        ("human_ref_A", "human_ref_B", 1, "write A or B"),  # SHP's 1 means A: a number names no lettered column
+        ("answer_A", "answer_B", 1, "write A or B"),  # a number names no lettered column (SHP's names aside)
+        ("human_ref_A", "human_ref_B", 1, "write A or B"),  # nor SHP's, under another column than its `labels`
         ("response_0", "response_1", 2, "write 0 or 1"),
         ("response_0", "response_1", -1, "write 0 or 1"),
         ("response_a", "response_b", True, "write a or b"),

@@ -101,6 +101,9 @@ def starts_with(turns: list[dict[str, str]], prefix: list[dict[str, str]]) -> bo
     return len(turns) > len(prefix) and [key(t) for t in turns[: len(prefix)]] == [key(t) for t in prefix]
 
 
+# SHP (stanfordnlp/SHP, SHP-2) writes `labels` 1 when human_ref_A is preferred and 0 when human_ref_B is, as its
+# dataset card says. Under these names only: elsewhere a number names no lettered column (either way is a guess).
+_SHP = ("human_ref_a", "human_ref_b", "labels")
 _TIES = {"", "tie", "tie (bothbad)", "both", "neither", "none", "equal", "same", "draw"}
 
 
@@ -138,6 +141,8 @@ def preferred_columns(row: dict[str, Any], columns: dict[str, str], where: str) 
     if not isinstance(value, bool) and text.lower() in _TIES:
         return f"{where}: '{column}' is {text or 'empty'}: no answer is preferred"
     said = None if isinstance(value, bool) else _named(text.lower(), a, b)  # true/false names no answer
+    if (a.lower(), b.lower(), column.lower()) == _SHP and said in ("0", "1"):
+        said = "a" if said == "1" else "b"
     for mine, other in ((a, b), (b, a)):
         if said is not None and said in (mine.lower(), _suffix(mine)):
             return mine, other

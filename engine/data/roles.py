@@ -39,12 +39,13 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 # `title` with a `description` reads as the pair (AG News' own files), a `review` with its `sentiment`
 # (IMDB's); a plain-text file with a `title` column is not trained on its titles.
 # Preference pairs: the question answered under its alpaca-style names (Intel/orca_dpo_pairs: `system`,
-# `question`, `chosen`, `rejected`), the answers under the names of Argilla's sets (`chosen_response`).
+# `question`, `chosen`, `rejected`), the answers under the names of Argilla's sets (`chosen_response`) and of
+# StackExchange-paired (`question`, `response_j` the better answer, `response_k` the worse, as TRL's examples read it).
 FORMAT_ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "classification": {"text": ("title", "headline", "review", "description"),
                        "text_pair": ("description", "short_description")},  # the News Category set's
     "preference": {"prompt": ("instruction", "question", "query", "problem", "input", "history"),
-                   "chosen": ("chosen_response",), "rejected": ("rejected_response",)},
+                   "chosen": ("chosen_response", "response_j"), "rejected": ("rejected_response", "response_k")},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
