@@ -353,8 +353,7 @@ def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict
     assert [m["content"] for m in examples[0].messages] == [user, answer]
 
 
-@pytest.mark.parametrize(("value", "text"), [(51.0, "51"), (-3.0, "-3"), (2.5, "2.5"), (51, "51"), (1e20, "1e+20"),
-                                             (float("nan"), "nan")])  # fmt: skip
+@pytest.mark.parametrize(("value", "text"), [(51.0, "51"), (-3.0, "-3"), (2.5, "2.5"), (51, "51"), (1e20, "1e+20")])
 def test_a_numeric_answer_is_written_as_a_person_writes_it(tmp_path: Path, value: float, text: str) -> None:
     from adapter_studio.engine.data.examples import load_examples
 
@@ -414,6 +413,87 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
         path.write_text("\n".join(["text,label", *(f'"{r["text"]}, again",{r["label"]}' for r in TABLE)]))
     _, _, examples, *_ = load_examples(DataSpec(path=str(path)), str(path))
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
+
+
+@pytest.mark.parametrize("first", [120, 2100])  # within the first chunk of rows, and in a later one
+def test_a_column_that_first_appears_far_down_a_file_is_read(tmp_path: Path, first: int) -> None:
+    """JSON writers leave out empty keys: rows with an `input` may start after many rows without one."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    rows = [{"instruction": f"Say hi {i}", "output": "hi"} for i in range(first)]
+    rows += [{"instruction": "Translate to French", "input": f"cat {i}", "output": "chat"} for i in range(3)]
+    path = str(write_rows(tmp_path / "late.jsonl", rows))
+    _, mapping, examples, _ = load_examples(DataSpec(path=path), path)
+    assert mapping == {"instruction": "instruction", "input": "input", "output": "output"}
+    assert examples[-1].messages[0]["content"] == "Translate to French\n\ncat 2"
+    assert examples[0].messages[0]["content"] == "Say hi 0"
+
+
+def test_columns_as_lists_with_messages_are_rows_not_a_list_of_them(tmp_path: Path) -> None:
+    """`datasets`' to_dict of pairs whose answers are one message each: every column is a list."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    table = {"prompt": [f"What is 0+{i}?" for i in range(3)],
+             "chosen": [{"role": "assistant", "content": f"It is {i}."} for i in range(3)],
+             "rejected": [{"role": "assistant", "content": "No idea."} for _ in range(3)]}  # fmt: skip
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(table))
+    fmt, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert fmt == "preference" and [(e.chosen, e.rejected) for e in examples] == [(f"It is {i}.", "No idea.")
+                                                                                  for i in range(3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "rows"),
+    [
+        # GLUE-style, unquoted: a quote mark that opens a sentence is text, and runs on into no other line
+        ('sentence\tlabel\n"Wow" is all I can say\t1\nbad film\t0\nthe best "film" of the year"\t1\n',
+         [('"Wow" is all I can say', "1"), ("bad film", "0"), ('the best "film" of the year"', "1")]),
+        # as CSV writers quote a cell holding a quote mark: the quotes go
+        ('sentence\tlabel\n"He said ""hi"" twice"\t1\nbad film\t0\n', [('He said "hi" twice', "1"), ("bad film", "0")]),
+        # a quoted cell across lines or holding a tab: the file is read with CSV quoting
+        ('sentence\tlabel\n"two\nlines"\t1\n"a\ttab"\t0\n', [("two\nlines", "1"), ("a\ttab", "0")]),
+    ],
+    ids=["unquoted", "quoted cells", "quoted across lines"],
+)
+def test_a_tsv_is_read_with_the_quoting_it_was_written_with(tmp_path: Path, text: str, rows: list) -> None:
+    from adapter_studio.engine.data.files import read_rows
+
+    path = tmp_path / "sst.tsv"
+    path.write_text(text)
+    assert [(r["sentence"], r["label"]) for r in read_rows(str(path))] == rows
+
+
+def test_pandas_index_column_and_spaced_header_names_are_read_as_meant(tmp_path: Path) -> None:
+    """`to_csv` writes the index first under no name; 'question, answer' is two columns, not ' answer'."""
+    from adapter_studio.engine.data.files import read_rows
+
+    indexed = tmp_path / "indexed.csv"
+    indexed.write_text(",text,target\n0,a news post,1\n1,another post,0\n")
+    assert read_rows(str(indexed)) == [{"text": "a news post", "target": "1"}, {"text": "another post", "target": "0"}]
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text('question, answer\n"What is 2+2?", "4"\nWhat is 3+3?, 6\n')
+    assert read_rows(str(spaced)) == [{"question": "What is 2+2?", "answer": "4"},
+                                      {"question": "What is 3+3?", "answer": "6"}]  # fmt: skip
+
+
+def test_a_nan_answer_is_an_empty_one(tmp_path: Path) -> None:
+    """Python's json writes NaN for a missing float: the row has no answer, it is not the answer 'nan'."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    path = tmp_path / "math.json"
+    path.write_text('[{"question": "1 + 1?", "answer": NaN}, {"question": "2 + 2?", "answer": 4}]')
+    _, _, examples, dropped = load_examples(DataSpec(path=str(path)), str(path))
+    assert [e.messages[-1]["content"] for e in examples] == ["4"]
+    assert dropped == [f"{path}, row 1: empty 'answer' (nothing to learn)"]
+
+
+def test_zero_padded_class_ids_are_classes_as_written(tmp_path: Path, tiny_bert_cls: Path) -> None:
+    path = tmp_path / "codes.csv"
+    path.write_text("text,label\n" + "".join(f"post {i},0{i % 3 + 1}\n" for i in range(6)))
+    data = prepare_data(DataSpec(path=str(path), eval_split=0), tokenizer_of(tiny_bert_cls), None, 32, 0)
+    assert data.id2label == {0: "01", 1: "02", 2: "03"} and [t.labels[0] for t in data.train] == [0, 1, 2] * 2
+    assert preview_data(DataSpec(path=str(path))).labels == {"01": 2, "02": 2, "03": 2}
 
 
 NEWS = [
@@ -764,6 +844,19 @@ BAD_INPUTS = {
     "malformed line in a gzipped file": BadInput(
         {"bad.jsonl.gz": gzip.compress(b'{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n{oops\n')},
         ["{dir}/bad.jsonl.gz:3", "line 3 is not valid JSON", "fix or remove that line"],
+    ),
+    "not gzip data": BadInput(
+        {"plain.jsonl.gz": b'{"instruction": "a", "output": "b"}\n'},
+        ["{dir}/plain.jsonl.gz", "not readable as gzip-compressed data", "must not end in .gz"],
+    ),
+    "gzip cut short": BadInput(
+        {"cut.csv.gz": gzip.compress(b"instruction,output\n" + b"what is 2 + 2?,4\n" * 300, mtime=0)[:40]},
+        ["{dir}/cut.csv.gz", "the compressed file ends early", "download or copy the file again"],
+    ),
+    "not utf-8 inside a gzipped file": BadInput(
+        {"latin.jsonl.gz": gzip.compress(b'{"instruction": "a", "output": "b"}\n' * 5
+                                         + '{"instruction": "café", "output": "b"}\n'.encode("latin-1"), mtime=0)},
+        ["{dir}/latin.jsonl.gz:6", "not UTF-8 text (byte 21 of line 6", "save the file as UTF-8"],
     ),
     "gzipped parquet": BadInput(
         {"a.parquet.gz": gzip.compress(b"PAR1")}, ["{dir}/a.parquet.gz", "unsupported file type '.parquet.gz'"]

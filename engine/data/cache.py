@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 # The key holds the spec's columns as given, not how the files were read into examples: a change to the reading
 # (a column found by another name or by its values, a value written otherwise) must raise this number.
 # 2: each example's task (tasks.npy); 3: the readings of 2026-12-06 (headerless CSVs, labels found by their
-# values, a story or a description read with its question or headline, a whole-number answer 5.0 as 5).
-CACHE_VERSION = 3
+# values, a story or a description read with its question or headline, a whole-number answer 5.0 as 5); 4: those
+# of 2026-12-07 (pair prompts without their repeats, columns first seen after row 100, TSVs read unquoted,
+# pandas' index column left out, header names trimmed, a NaN answer empty, zero-padded class ids as written).
+CACHE_VERSION = 4
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 

@@ -50,10 +50,11 @@ def example_chunks(
     """The examples of data.path (or another path with the same settings), a chunk at a time."""
     fmt = fmt or spec.format
     mapping: dict[str, str] = {}
+    columns: list[str] = []
     hints = spec.columns  # with the roles the first file's values showed, where its names did not
     for chunk in iter_chunks(path, progress=progress):
         if chunk.first_of_file:
-            columns = list(dict.fromkeys(k for row in chunk.rows[:100] for k in row))
+            columns = file_columns(chunk.rows)
             try:
                 if fmt is None:
                     fmt, hints = detect_shape(columns, hints, chunk.path, chunk.rows[:100])
@@ -61,10 +62,30 @@ def example_chunks(
             except ColumnsNotMapped as e:
                 e.rows = chunk.rows[:SHOWN_ROWS]  # for the Data page to show while columns are mapped
                 raise
+        elif new := [c for c in file_columns(chunk.rows) if c not in columns]:
+            columns += new  # JSON writers leave out empty keys: a column may first appear this far down
+            mapping = _with_later_columns(fmt or "", columns, hints, mapping, chunk.path)
         assert fmt is not None
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
+
+
+def file_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of a chunk's rows, in the order they first appear (JSON rows need not all have each)."""
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def _with_later_columns(fmt: str, columns: list[str], hints: dict[str, str], mapping: dict[str, str],
+                        where: str) -> dict[str, str]:  # fmt: skip
+    """`mapping` and the roles that columns first seen in a later chunk play; the roles already mapped stay
+    as they are (the rows before had no such column, so they read the same either way)."""
+    try:
+        found = resolve_columns(fmt, columns, hints, where)
+    except UserError:
+        return mapping
+    taken = set(mapping.values())
+    return {**{r: c for r, c in found.items() if c not in taken}, **mapping}
 
 
 def data_format(spec: DataSpec) -> str:
@@ -115,8 +136,9 @@ def survey_data(
     for part in example_chunks(spec, path, fmt, progress):
         if not survey.format or not survey.columns:
             survey.format, survey.columns = part.format, part.mapping
-            survey.file_columns = list(dict.fromkeys(k for row in part.rows.rows[:100] for k in row))
+            survey.file_columns = file_columns(part.rows.rows)
             survey.held = [] if part.rows.total_bytes <= HOLD_BYTES else None
+        survey.columns = {**part.mapping, **survey.columns}  # with the roles of columns found further down
         examples = part.examples if limit is None else part.examples[: limit - survey.count]
         if survey.held is not None:
             survey.held.append((part.rows.path, part.rows.unit, examples))
@@ -138,8 +160,7 @@ def load_examples(spec: DataSpec, path: str | list[str]) -> tuple[str, dict[str,
     """Every example of `path` in memory: (format, role → column, examples, notes on dropped rows)."""
     fmt, mapping, examples, dropped = spec.format or "", {}, [], []
     for part in example_chunks(spec, path):
-        if not mapping:
-            fmt, mapping = part.format, part.mapping
+        fmt, mapping = part.format, {**part.mapping, **mapping}  # with the roles of columns found further down
         examples += part.examples
         dropped += part.dropped
     return fmt, mapping, examples, dropped

@@ -6,22 +6,27 @@ can be read; JSON and TXT files are read whole (their structure needs the whole 
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from adapter_studio.engine.data.by_values import headerless_names, looks_like_data
 from adapter_studio.engine.data.class_names import named_classes, parquet_class_names
+from adapter_studio.engine.data.csv_rows import csv_rows
+from adapter_studio.engine.data.file_text import (
+    GZIP,
+    bad_utf8,
+    check_not_blank,
+    compressed_done,
+    gzip_checked,
+    open_data,
+    read_text,
+)
 from adapter_studio.engine.errors import UserError
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
-GZIP = ".gz"  # any of the text formats gzip-compressed: data.jsonl.gz, reviews.csv.gz, ...
 CHUNK_ROWS = 2048
-csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal for training data
 
 
 @dataclass
@@ -42,25 +47,6 @@ def locate(path: str, unit: str, number: int) -> str:
     return f"{path}:{number}" if unit == "line" else f"{path}, row {number}"
 
 
-def _bad_utf8(path: Path) -> UserError:
-    """The first line that is not UTF-8, found by a second, byte-level read of the file."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return UserError(
-                    f"not UTF-8 text (byte {e.start + 1} of line {number} is {raw[e.start : e.start + 1]!r})",
-                    where=f"{path}:{number}",
-                    fix="save the file as UTF-8 (most editors offer this under 'Save as' / 'Encoding')",
-                )
-    return UserError("not UTF-8 text", where=str(path), fix="save the file as UTF-8")
-
-
-def _empty(path: Path) -> UserError:
-    return UserError("the file is empty", where=str(path), fix="pick a file with data rows, or add rows to it")
-
-
 def _no_rows(path: Path) -> UserError:
     return UserError("the file has no data rows", where=str(path), fix="add rows (below the header, for CSV)")
 
@@ -71,42 +57,10 @@ def file_format(path: Path) -> str:
     return Path(path.stem).suffix.lower() if suffix == GZIP else suffix
 
 
-def _open(path: Path, text: bool = False) -> IO[Any]:
-    """The file, decompressed on the fly when it is gzipped."""
-    if path.suffix.lower() == GZIP:
-        if text:
-            return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-        return gzip.open(path, "rb")
-    return path.open("r", encoding="utf-8-sig", newline="") if text else path.open("rb")
-
-
-def _compressed_done(f: Any, done: int) -> int:
-    """Bytes of the file on disk read so far: progress is measured against the file's size on disk."""
-    raw = getattr(getattr(f, "buffer", f), "fileobj", None)  # a GzipFile (or the text wrapper around one)
-    return raw.tell() if raw is not None else done
-
-
-def _check_not_blank(path: Path) -> None:
-    with _open(path) as f:
-        while block := f.read(1 << 16):
-            if block.strip():
-                return
-    raise _empty(path)
-
-
-def _read_text(path: Path) -> str:
-    _check_not_blank(path)
-    try:
-        with _open(path) as f:
-            return f.read().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _bad_utf8(path) from None
-
-
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
     """(line number, row, bytes read so far) for each non-blank line."""
     done = 0
-    with _open(path) as f:
+    with open_data(path) as f:
         for number, raw in enumerate(f, start=1):
             done += len(raw)
             if not raw.strip():
@@ -114,7 +68,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
-                raise _bad_utf8(path) from None
+                raise bad_utf8(path) from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -129,12 +83,12 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
                     where=f"{path}:{number}",
                     fix='each line must be an object such as {"instruction": ..., "output": ...}',
                 )
-            yield number, row, _compressed_done(f, done)
+            yield number, row, compressed_done(f, done)
 
 
 def _json_rows(path: Path) -> list[dict[str, Any]] | None:
     """The rows of a JSON file, or None when it is really JSON Lines."""
-    text = _read_text(path)
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -166,6 +120,9 @@ def _rows_of_object(data: dict[str, Any]) -> list[Any]:
     split ({"columns": [...], "data": [[...], ...]}); and columns as lists ({"text": [...], "label": [...]},
     as `datasets`' `to_dict` writes them). Anything else is one row."""
     values = list(data.values())
+    if (len(values) > 1 and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1
+            and not all(isinstance(r, dict) for v in values for r in v)):  # columns, some of objects (messages)
+        return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
     records = next((v for v in values if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)), None)
     if records is not None:
         return records
@@ -182,65 +139,9 @@ def _rows_of_object(data: dict[str, Any]) -> list[Any]:
     return [data]
 
 
-def _header_delimiter(path: Path, default: str) -> str:
-    """The delimiter the header line uses: `default` where it holds one, else the commonest of ; tab | ,
-    in it (a spreadsheet in a locale whose decimal mark is the comma saves its CSV with ;)."""
-    try:
-        with _open(path, text=True) as f:
-            header = next((line for line in f if line.strip()), "")
-    except UnicodeDecodeError:
-        return default  # the reader says where
-    if default in header:
-        return default
-    found = max((";", "\t", "|", ","), key=header.count)
-    return found if header.count(found) else default
-
-
-def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], int]]:
-    _check_not_blank(path)
-    delimiter = _header_delimiter(path, delimiter)
-    done = 0
-    with _open(path, text=True) as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
-        header: list[str] | None = None
-        while True:
-            line = reader.line_num + 1  # where the next record starts
-            try:
-                record = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                unclosed = "end of data" in str(e)
-                what = (
-                    f"a quoted field that starts on line {line} is never closed"
-                    if unclosed
-                    else f"broken CSV on line {line} ({e})"
-                )
-                raise UserError(
-                    what, where=f"{path}:{line}", fix='close the quote, or write a quote inside a field as ""'
-                ) from None
-            except UnicodeDecodeError:
-                raise _bad_utf8(path) from None
-            if header is None:
-                header = record
-                if not looks_like_data(record):
-                    continue
-                header = headerless_names(len(record))  # no header line: this line is the first row
-            if not any(cell.strip() for cell in record):
-                continue
-            if len(record) != len(header):
-                raise UserError(
-                    f"line {line} has {len(record)} fields but the header has {len(header)} ({', '.join(header)})",
-                    where=f"{path}:{line}",
-                    fix="check the quotes and delimiters on that line (a field with a comma needs quotes)",
-                )
-            done += sum(len(c) for c in record) + len(record)
-            yield line, dict(zip(header, record, strict=True)), _compressed_done(f, done)
-
-
 def _txt_rows(path: Path) -> list[dict[str, Any]]:
     # Blank lines separate documents; a file without them is one document per line.
-    text = _read_text(path).replace("\r\n", "\n")
+    text = read_text(path).replace("\r\n", "\n")
     parts = [p.strip() for p in text.split("\n\n")] if "\n\n" in text else text.splitlines()
     return [{"text": p} for p in parts if p.strip()]
 
@@ -304,6 +205,7 @@ def _gzipped_parquet(path: Path) -> bool:
     return path.suffix.lower() == GZIP and file_format(path) == ".parquet"  # parquet compresses itself
 
 
+@gzip_checked
 def _file_rows(path: Path, size: int) -> Iterator[tuple[list[int], list[dict[str, Any]], str, int]]:
     """(numbers, rows, unit, bytes done in this file) per chunk of one file."""
     suffix = file_format(path)
@@ -324,9 +226,9 @@ def _file_rows(path: Path, size: int) -> Iterator[tuple[list[int], list[dict[str
                 yield list(range(i + 1, i + 1 + len(part))), part, "row", total * (i + len(part)) // len(rows)
             return
     if suffix in (".csv", ".tsv"):
-        stream = _csv_rows(path, "," if suffix == ".csv" else "\t")
+        stream = csv_rows(path, "," if suffix == ".csv" else "\t")
     else:
-        _check_not_blank(path)
+        check_not_blank(path)
         stream = _jsonl_rows(path)
     numbers: list[int] = []
     rows = []

@@ -173,7 +173,7 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
 
 
 def _text(value: Any, column: str, where: str, options: bool = False) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # JSON's NaN: an empty field
         return ""
     if isinstance(value, str):
         return value
@@ -354,11 +354,8 @@ def label_mapping(examples: list[Example]) -> dict[int, str]:
 def mapping_for_labels(values: Iterable[Any]) -> dict[int, str]:
     """id → label name for a set of labels (see `label_mapping`); numbers sort as numbers."""
     labels = {str(v) for v in values}
-    if all(_is_int(v) for v in labels):
-        ints = sorted({int(v) for v in labels})
-        if ints == list(range(len(ints))):
-            return {i: str(i) for i in ints}
-        return {i: str(v) for i, v in enumerate(ints)}
+    if all(_is_int(v) for v in labels):  # ids as written ("01" stays "01": a code, as the rows name it)
+        return dict(enumerate(sorted(labels, key=lambda v: (int(v), v))))
     return dict(enumerate(sorted(labels)))
 
 
