@@ -384,8 +384,10 @@ TABLE = [{"text": "Stocks rose", "label": "Business"}, {"text": "The team won", 
         {str(i): r for i, r in enumerate(TABLE)},  # pandas, orient="index"
         {"columns": ["text", "label"], "index": [0, 1, 2], "data": [[r["text"], r["label"]] for r in TABLE]},
         {c: [r[c] for r in TABLE] for c in ("text", "label")},  # datasets' to_dict: columns as lists
+        {f"news-{i}": r for i, r in enumerate(TABLE)},  # pandas, orient="index", rows named
     ],
-    ids=["records", "splits", "data key", "pandas columns", "pandas index", "pandas split", "column lists"],
+    ids=["records", "splits", "data key", "pandas columns", "pandas index", "pandas split", "column lists",
+         "pandas named rows"],
 )
 def test_json_tables_are_read_in_the_layouts_people_save_them_in(tmp_path: Path, layout: Any) -> None:
     from adapter_studio.engine.data.examples import load_examples
@@ -413,6 +415,18 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
         path.write_text("\n".join(["text,label", *(f'"{r["text"]}, again",{r["label"]}' for r in TABLE)]))
     _, _, examples, *_ = load_examples(DataSpec(path=str(path)), str(path))
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
+
+
+@pytest.mark.parametrize("orient", ["columns", "index"])
+def test_pandas_json_of_numbered_columns_is_not_transposed(tmp_path: Path, orient: str) -> None:
+    """`pd.read_csv(header=None).to_json()`: the columns are 0, 1 and so are the rows."""
+    from adapter_studio.engine.data.files import read_rows
+
+    rows = [{"0": f"news text {i}", "1": str(i % 2)} for i in range(3)]
+    by_columns = {c: {str(i): r[c] for i, r in enumerate(rows)} for c in ("0", "1")}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(by_columns if orient == "columns" else {str(i): r for i, r in enumerate(rows)}))
+    assert read_rows(str(path)) == rows
 
 
 @pytest.mark.parametrize("first", [120, 2100])  # within the first chunk of rows, and in a later one

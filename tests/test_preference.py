@@ -80,7 +80,7 @@ def test_published_pair_files_are_read_without_a_mapping(row: dict[str, str], ma
     assert preview.format == "preference" and preview.mapping == mapping and preview.usable == 3
     first = preview.examples[0]
     assert [m for m in first.messages if m["role"] != "system"] == [{"role": "user", "content": "hi?"}]
-    assert (first.chosen.strip(), first.rejected.strip()) == ("hello", "go")
+    assert (first.chosen, first.rejected) == ("hello", "go")  # HH's " hello" after "Assistant:" loses its space
     assert ("system" in mapping) == (first.messages[0] == {"role": "system", "content": "Be brief."})
 
 
@@ -214,6 +214,8 @@ BAD = [
 DROPPED = [
     ({"prompt": "q", "chosen": "", "rejected": "b"}, "empty answer in 'chosen'"),
     ({"prompt": "q", "chosen": "same", "rejected": "same"}, "are the same answer"),
+    ({"chosen": "just text", "rejected": "other"}, "empty 'prompt' (no question to answer)"),  # the file has one
+    ({"prompt": "", "chosen": "hello", "rejected": "go"}, "empty 'prompt' (no question to answer)"),
     ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: bye\n\nAssistant: b"},
      "differ before their last answer"),
     ({"prompt": "q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
@@ -224,6 +226,8 @@ DROPPED = [
 @pytest.mark.parametrize(("rows", "message"), BAD, ids=[m[:30] for _, m in BAD])
 def test_bad_preference_files_name_file_line_and_field(rows: list[Any], message: str, tmp_path: Path) -> None:
     good = preference_rows(2)
+    if "prompt" not in rows[0]:  # a file of whole dialogues, without a prompt column
+        good = [{"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}] * 2
     if "chosen" not in rows[0]:
         good = [{"prompt": "q", "rejected": "b"}] * 2  # the column is missing from the whole file
     path = write_jsonl(tmp_path / "bad.jsonl", [*good, *rows])
@@ -454,7 +458,7 @@ def test_kto_rows_are_detected_and_labels_read(kto_jsonl: Path, tmp_path: Path) 
     quoted = "An example:\n\nHuman: q\n\nAssistant: a"  # an answer that quotes a transcript stays whole
     rows.append({"prompt": "q", "completion": quoted, "label": True})
     _, examples, _ = read(write_jsonl(tmp_path / "whole.jsonl", rows))
-    assert [(e.messages, e.chosen.strip()) for e in examples] == [([user], "a")] * 2 + [([user], quoted)]
+    assert [(e.messages, e.chosen) for e in examples] == [([user], "a")] * 2 + [([user], quoted)]  # " a" trimmed
 
 
 @pytest.mark.parametrize(("row", "message"), [

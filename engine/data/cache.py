@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 # 2: each example's task (tasks.npy); 3: the readings of 2026-12-06 (headerless CSVs, labels found by their
 # values, a story or a description read with its question or headline, a whole-number answer 5.0 as 5); 4: those
 # of 2026-12-07 (pair prompts without their repeats, columns first seen after row 100, TSVs read unquoted,
-# pandas' index column left out, header names trimmed, a NaN answer empty, zero-padded class ids as written).
-CACHE_VERSION = 4
+# pandas' index column left out, header names trimmed, a NaN answer empty, zero-padded class ids as written);
+# 5: answers after an HH transcript prompt trimmed, pandas' JSON of numbered columns or named rows.
+CACHE_VERSION = 5
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 

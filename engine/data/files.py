@@ -131,8 +131,11 @@ def _rows_of_object(data: dict[str, Any]) -> list[Any]:
         return [dict(zip(columns, r, strict=True)) if isinstance(r, list) and len(r) == len(columns) else r
                 for r in data["data"]]  # fmt: skip
     if values and all(isinstance(v, dict) and v.keys() == values[0].keys() for v in values):
-        if all(k.isdigit() for k in data):  # pandas by index: the row numbers outside
-            return values
+        # Row ids are pandas' numbers where one side has them; where both or neither do (numbered columns,
+        # named rows), the rows are the more numerous side.
+        outer_ids, inner_ids = (all(k.isdigit() for k in keys) for keys in (data, values[0]))
+        if (outer_ids and not inner_ids) or (outer_ids == inner_ids and len(data) > len(values[0])):
+            return values  # by index: the rows outside
         return [{column: data[column][i] for column in data} for i in values[0]]  # by columns: inside
     if values and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
         return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]

@@ -17,7 +17,7 @@ from typing import Any, overload
 
 import numpy as np
 from adapter_studio.engine.data.files import locate
-from adapter_studio.engine.data.preference import _as_turns, _kind, pad_rows, starts_with
+from adapter_studio.engine.data.preference import _as_turns, _kind, is_transcript_prompt, pad_rows, starts_with
 from adapter_studio.engine.data.rendering import Rendered
 from adapter_studio.engine.data.shapes import Example
 from adapter_studio.engine.data.tokenising import IGNORE, TokenizedSet
@@ -71,8 +71,9 @@ def kto_examples(
         if not any(t["role"] == "user" for t in prompt):
             dropped.append(f"{here}: no prompt (no user turn before the completion)")
             continue
-        out.append(Example(row=number, messages=prompt, chosen=completion[-1]["content"], label=desirable,
-                           path=where, unit=unit))  # fmt: skip
+        answer = completion[-1]["content"]
+        answer = answer.strip() if is_transcript_prompt(row.get(p_col)) else answer  # " hello" after "Assistant:"
+        out.append(Example(row=number, messages=prompt, chosen=answer, label=desirable, path=where, unit=unit))
     return out, dropped
 
 

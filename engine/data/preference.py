@@ -51,6 +51,12 @@ def is_transcript(text: str) -> bool:
     return bool(re.search(r"(^|\n\n)Human:", text)) and bool(re.search(r"\n\nAssistant:", text))
 
 
+def is_transcript_prompt(value: Any) -> bool:
+    """A prompt written as an HH transcript ("\n\nHuman: … \n\nAssistant:", as TRL's and Dahoas' HH sets give
+    it); its answers are the text after "Assistant:", a space first."""
+    return isinstance(value, str) and is_transcript(value) and re.match(r"\s*Human:", value) is not None
+
+
 def transcript_turns(text: str, column: str, where: str) -> list[dict[str, str]]:
     """An HH transcript as turns; the text before the first speaker must be empty."""
     parts = _TRANSCRIPT.split(text)
@@ -69,7 +75,7 @@ def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[di
             return transcript_turns(value, column, where)
         # HH as prompt/chosen/rejected: a prompt that is a transcript ending "\n\nAssistant:" (a text that
         # only quotes one, not starting with "Human:", stays one turn).
-        if is_transcript(value) and re.match(r"\s*Human:", value):
+        if is_transcript_prompt(value):
             turns = transcript_turns(value, column, where)
             return turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns
         if default_role == "dialogue":
@@ -172,6 +178,8 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
         if starts_with(chosen, prompt) and starts_with(rejected, prompt):  # answers that repeat the prompt
             chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]  # (UltraFeedback's whole dialogues)
     else:
+        if "prompt" in columns and isinstance(row.get(c_col), str) and not is_transcript(row[c_col]):
+            return f"{where}: empty '{columns['prompt']}' (no question to answer)"
         chosen = _as_turns(row.get(c_col), c_col, where, "dialogue")
         rejected = _as_turns(row.get(r_col), r_col, where, "dialogue")
         prompt = []
@@ -195,7 +203,10 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
     system = row.get(columns["system"]) if "system" in columns else None
     if isinstance(system, str) and system.strip() and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": system}, *prompt]
-    return PairRows(prompt, chosen_rest[0]["content"], rejected_rest[0]["content"])
+    answers = chosen_rest[0]["content"], rejected_rest[0]["content"]
+    if has_prompt and is_transcript_prompt(row.get(columns["prompt"])):  # " hello" after "Assistant:"
+        answers = answers[0].strip(), answers[1].strip()
+    return PairRows(prompt, *answers)
 
 
 def pair_examples(
