@@ -491,6 +491,18 @@ def test_pandas_index_column_and_spaced_header_names_are_read_as_meant(tmp_path:
                                       {"question": "What is 3+3?", "answer": "6"}]  # fmt: skip
 
 
+def test_a_messages_column_written_as_text_in_a_csv_is_read_as_messages(tmp_path: Path) -> None:
+    """NuminaMath saved through pandas: `messages` holds the list's repr beside `problem` and `solution`."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    turns = [{"role": "user", "content": "Find 2+2."}, {"role": "assistant", "content": "It is 4."}]
+    path = tmp_path / "numina.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["problem", "solution", "messages"], ["Find 2+2.", "It is 4.", repr(turns)]])
+    fmt, _, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
+    assert fmt == "messages" and examples[0].messages == turns
+
+
 def test_a_nan_answer_is_an_empty_one(tmp_path: Path) -> None:
     """Python's json writes NaN for a missing float: the row has no answer, it is not the answer 'nan'."""
     from adapter_studio.engine.data.examples import load_examples

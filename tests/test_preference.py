@@ -119,6 +119,33 @@ def test_two_answers_and_which_is_better_are_read_as_pairs(a: str, b: str, prefe
     assert preview.examples[1].messages == [{"role": "user", "content": "question 1?"}]
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        lambda turns: json.dumps(turns),
+        repr,  # pandas' to_csv of Python lists
+        lambda turns: "[" + "\n ".join(map(repr, turns)) + "]",  # ... of numpy arrays, read from Parquet
+    ],
+    ids=["json", "python repr", "numpy repr"],
+)
+def test_message_lists_written_as_text_in_a_csv_are_read_as_messages(tmp_path: Path, written: Any) -> None:
+    """UltraFeedback's Parquet saved as CSV through pandas: each cell is the list's text, not an answer."""
+    import csv
+
+    user = {"role": "user", "content": "What is 1+1?"}
+    path = tmp_path / "pairs.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "chosen", "rejected"])
+        for answer in ("It is 2.", "Two, {x}\n{y}"):
+            writer.writerow([user["content"], written([user, {"role": "assistant", "content": answer}]),
+                             written([user, {"role": "assistant", "content": "No idea."}])])  # fmt: skip
+    fmt, examples, dropped = read(path)
+    assert fmt == "preference" and not dropped
+    assert [(e.messages, e.chosen, e.rejected) for e in examples] == [([user], "It is 2.", "No idea."),
+                                                                      ([user], "Two, {x}\n{y}", "No idea.")]
+
+
 def test_whole_conversations_as_two_answers_split_where_they_diverge(tmp_path: Path) -> None:
     """Arena exports: each answer a whole conversation; a tie is dropped with a note."""
     user = {"role": "user", "content": "hi"}

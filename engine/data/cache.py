@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 # values, a story or a description read with its question or headline, a whole-number answer 5.0 as 5); 4: those
 # of 2026-12-07 (pair prompts without their repeats, columns first seen after row 100, TSVs read unquoted,
 # pandas' index column left out, header names trimmed, a NaN answer empty, zero-padded class ids as written);
-# 5: answers after an HH transcript prompt trimmed, pandas' JSON of numbered columns or named rows.
-CACHE_VERSION = 5
+# 5: answers after an HH transcript prompt trimmed, pandas' JSON of numbered columns or named rows; 6: message
+# lists written as text in a CSV.
+CACHE_VERSION = 6
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 

@@ -26,7 +26,7 @@ from typing import Any, overload
 import numpy as np
 from adapter_studio.engine.data.files import locate
 from adapter_studio.engine.data.rendering import Rendered
-from adapter_studio.engine.data.shapes import Example, _turns
+from adapter_studio.engine.data.shapes import Example, _turns, written_turns
 from adapter_studio.engine.data.tokenising import IGNORE, TokenizedSet
 from adapter_studio.engine.errors import UserError
 
@@ -70,6 +70,7 @@ def transcript_turns(text: str, column: str, where: str) -> list[dict[str, str]]
 
 
 def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[dict[str, str]]:
+    value = written_turns(value)  # a CSV cell holding a message list as text
     if isinstance(value, str):
         if default_role == "dialogue" and is_transcript(value):
             return transcript_turns(value, column, where)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -247,7 +249,28 @@ def _content(value: Any, where: str, index: int) -> str:
     )
 
 
+_WRITTEN_TURNS = re.compile(r"""\s*\[\s*\{.*?['"](?:role|from)['"]\s*:.*\]\s*$""", re.S)
+
+
+def written_turns(value: Any) -> Any:
+    """A message list that a CSV cell holds as text (JSON, or Python's repr as pandas writes a list: numpy's,
+    from a Parquet file, without commas between the messages) as the list; any other value as it is."""
+    if not isinstance(value, str) or not _WRITTEN_TURNS.match(value):
+        return value
+    text = value.strip()
+    for parse in (json.loads, ast.literal_eval):
+        for candidate in (text, re.sub(r"\}\s*\n\s*\{", "}, {", text)):
+            try:
+                parsed = parse(candidate)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if isinstance(parsed, list) and parsed and all(isinstance(t, dict) for t in parsed):
+                return parsed
+    return value
+
+
 def _turns(value: Any, column: str, where: str) -> list[dict[str, str]]:
+    value = written_turns(value)
     if not isinstance(value, list) or not value:
         raise UserError(
             f"field '{column}' must be a non-empty list of turns, got {_kind(value)}",
