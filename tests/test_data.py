@@ -385,9 +385,10 @@ TABLE = [{"text": "Stocks rose", "label": "Business"}, {"text": "The team won", 
         {"columns": ["text", "label"], "index": [0, 1, 2], "data": [[r["text"], r["label"]] for r in TABLE]},
         {c: [r[c] for r in TABLE] for c in ("text", "label")},  # datasets' to_dict: columns as lists
         {f"news-{i}": r for i, r in enumerate(TABLE)},  # pandas, orient="index", rows named
+        {"data": TABLE, "splits": ["train", "test", "dev"]},  # rows beside a list as long: still the rows
     ],
     ids=["records", "splits", "data key", "pandas columns", "pandas index", "pandas split", "column lists",
-         "pandas named rows"],
+         "pandas named rows", "rows beside a list"],
 )
 def test_json_tables_are_read_in_the_layouts_people_save_them_in(tmp_path: Path, layout: Any) -> None:
     from adapter_studio.engine.data.examples import load_examples
@@ -415,6 +416,33 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
         path.write_text("\n".join(["text,label", *(f'"{r["text"]}, again",{r["label"]}' for r in TABLE)]))
     _, _, examples, *_ = load_examples(DataSpec(path=str(path)), str(path))
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
+
+
+def test_columns_as_lists_beside_a_column_of_objects_are_the_table(tmp_path: Path) -> None:
+    """PKU-SafeRLHF's to_dict: text columns beside its harm categories (objects)."""
+    from adapter_studio.engine.data.files import read_rows
+
+    rows = [{"prompt": f"p{i}", "response_0": "a", "response_1": "b", "harm": {"Violence": bool(i)}} for i in range(2)]
+    path = tmp_path / "pku.json"
+    path.write_text(json.dumps({c: [r[c] for r in rows] for c in rows[0]}))
+    assert read_rows(str(path)) == rows
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("ragged.json", '{"text": ["a", "b", "c"], "label": [1, 0]}', "different lengths (text 3, label 2)"),
+        ("junk.json", '[\n {"question": "q", "answer": "a"}\n]\nxx\n', "not valid JSON (Extra data at line 4"),
+        ("twice.csv", "text,text,label\na,b,1\n", "the header names 'text' more than once"),
+    ],
+)
+def test_a_table_that_cannot_be_read_says_why(tmp_path: Path, name: str, text: str, message: str) -> None:
+    from adapter_studio.engine.data.files import read_rows
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as caught:
+        read_rows(str(tmp_path / name))
+    assert message in caught.value.message
 
 
 @pytest.mark.parametrize("orient", ["columns", "index"])

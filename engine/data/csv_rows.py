@@ -99,6 +99,10 @@ def csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], 
                 index = len(record) > 1 and record[0].strip() in INDEX_NAMES
                 if not looks_like_data(record[index:]):
                     header = [name.strip() for name in record[index:]]  # "question, answer": no space in a name
+                    twice = sorted({n for n in header if header.count(n) > 1})
+                    if twice:
+                        raise UserError(f"the header names {', '.join(map(repr, twice))} more than once",
+                                        where=f"{path}:{line}", fix="give each column its own name")  # fmt: skip
                     continue
                 index = False
                 header = headerless_names(len(record))  # no header line: this line is the first row

@@ -92,15 +92,16 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":
-            return None
+        if e.msg == "Extra data" and _json_line(text):
+            return None  # JSON Lines under a .json name
         raise UserError(
             f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})",
             where=f"{path}:{e.lineno}",
-            fix="fix the JSON syntax there",
+            fix="remove what follows the JSON value there, or write one object per line (JSON Lines)"
+            if e.msg == "Extra data" else "fix the JSON syntax there",
         ) from None
     if isinstance(data, dict):
-        data = _rows_of_object(data)
+        data = _rows_of_object(data, path)
     if not isinstance(data, list):
         raise UserError("expected a list of objects", where=str(path), fix='use [{"instruction": ..., "output": ...}]')
     for number, row in enumerate(data, start=1):
@@ -113,15 +114,34 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
     return data
 
 
-def _rows_of_object(data: dict[str, Any]) -> list[Any]:
+def _json_line(text: str) -> bool:
+    """Whether the first non-blank line of a text is a JSON object by itself (the text is JSON Lines)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _columns_with_objects(values: list[list[Any]]) -> bool:
+    """Whether lists of one length, some of objects, are a table's columns rather than rows beside other
+    lists ({"data": [rows], "splits": ["train"]}): their objects are messages, or two or more columns are not
+    objects (PKU-SafeRLHF's to_dict: text columns beside its harm categories)."""
+    objects = [v for v in values if v and all(isinstance(r, dict) for r in v)]
+    messages = all({"role", "content"} <= r.keys() or {"from", "value"} <= r.keys() for v in objects for r in v)
+    return len(values) > len(objects) and (messages or len(values) - len(objects) >= 2)
+
+
+def _rows_of_object(data: dict[str, Any], path: Path) -> list[Any]:
     """The rows of a JSON file whose top level is an object, in the layouts people save tables in:
     {"train": [rows]} or {"data": [rows], "version": ...} (the first list of objects); pandas' `to_json`
     by columns (its default: {"text": {"0": ..., "1": ...}, ...}), by index ({"0": {"text": ...}, ...}) and
     split ({"columns": [...], "data": [[...], ...]}); and columns as lists ({"text": [...], "label": [...]},
     as `datasets`' `to_dict` writes them). Anything else is one row."""
     values = list(data.values())
-    if (len(values) > 1 and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1
-            and not all(isinstance(r, dict) for v in values for r in v)):  # columns, some of objects (messages)
+    columns = bool(values) and all(isinstance(v, list) for v in values)  # as lists, if of one length
+    same = len({len(v) for v in values}) == 1
+    if columns and same and _columns_with_objects(values):
         return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
     records = next((v for v in values if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)), None)
     if records is not None:
@@ -137,7 +157,13 @@ def _rows_of_object(data: dict[str, Any]) -> list[Any]:
         if (outer_ids and not inner_ids) or (outer_ids == inner_ids and len(data) > len(values[0])):
             return values  # by index: the rows outside
         return [{column: data[column][i] for column in data} for i in values[0]]  # by columns: inside
-    if values and all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+    if columns and not same:
+        raise UserError(
+            f"the columns have different lengths ({', '.join(f'{c} {len(v)}' for c, v in data.items())})",
+            where=str(path),
+            fix="give every column one value per row",
+        )
+    if columns:
         return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
     return [data]
 
