@@ -40,6 +40,9 @@ EXTRACT = r"####\s*(-?[\d.,]+)"
         ("3.5, then 4", "3.5 then 4"),
         ("A cat: the dog", "cat dog"),
         ("well-known", "well known"),
+        ("(A)", "a"),  # a multiple-choice letter alone is the answer, not an article to drop
+        (".5, then -.5", ".5 then -.5"),  # a decimal point that starts a number stays
+        ("Ends here. 5 more", "ends here 5 more"),
     ],
 )
 def test_normalise(text: str, normalised: str) -> None:
@@ -57,6 +60,10 @@ def test_normalise(text: str, normalised: str) -> None:
         ("", "", 1.0, 1.0),
         ("", "dog", 0.0, 0.0),
         ("18.0", "18", 1.0, 0.0),  # the same number, written two ways
+        (".5", "0.5", 1.0, 0.0),
+        (".5", "5", 0.0, 0.0),
+        ("", "A", 0.0, 0.0),  # no answer is not the letter A
+        ("The", "A", 0.0, 0.0),
         ("-0.50", "-0.5", 1.0, 0.0),
         ("18.5", "18", 0.0, 0.0),
         ("nan", "nan", 1.0, 1.0),  # the same text, whatever float() makes of it
@@ -269,12 +276,45 @@ def test_a_number_rule_is_used_where_the_answers_carry_one(expected: list[str], 
         ("1, 2, 3", "3", True),
         ("-7", "-7.0", True),
         ("I do not know", "7.0", False),  # no number: wrong
+        ("It is .5 of a cake", "0.5", True),
+        ("The answer is .5", "5", False),
+        ("1,0000", "0", False),  # not a number read from inside another
+        ("On 2021-05-06", "6", False),
+        ("5 - 8 = -3", "-3", True),
     ],
 )
 def test_a_worked_answer_is_read_by_its_last_number(answer: str, expected: str, right: bool) -> None:
     rule = re.compile(m.LAST_NUMBER)
     got = m.exact_match(m.extract_answer(answer, rule), m.extract_answer(expected, rule, keep_unmatched=True))
     assert got == float(right)
+
+
+@pytest.mark.parametrize(
+    ("answer", "right"),
+    [("#### 72", True), ("so she makes 72 dollars.", True), ("She makes 18 a day, #### 126", False),
+     ("I do not know", False)],
+)
+def test_a_final_number_answer_without_its_marker_is_read_by_its_last_number(answer: str, right: bool) -> None:
+    """GSM8K's expected '#### 72': a base model that works the problem out in its own words is not wrong for
+    leaving the marker out (lm-evaluation-harness's flexible extract)."""
+    rule, _ = m.detected_extraction(["18 * 4 = 72\n#### 72"])
+    got = m.extract_answer(answer, rule, fallback=m.fallback_for(rule))
+    assert m.exact_match(got, m.extract_answer("#### 72", rule, keep_unmatched=True)) == float(right)
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected", "templated", "scored"),
+    [
+        (["39\n\nHow many apples does Tom have? 12"], ["39"], False, ["39"]),  # plain text writes on: cut
+        (["39\n\nHow many apples does Tom have? 12"], ["39"], True, ["39\n\nHow many apples does Tom have? 12"]),
+        (["First.\n\nThen 39"], ["a\n\nb"], False, ["First.\n\nThen 39"]),  # answers of paragraphs: whole
+    ],
+    ids=["plain text", "chat turn", "paragraph answers"],
+)
+def test_a_plain_text_answer_is_scored_up_to_its_first_blank_line(
+    answers: list[str], expected: list[str], templated: bool, scored: list[str]
+) -> None:
+    assert m.scored_parts(answers, expected, templated) == scored
 
 
 def test_a_broken_extraction_rule_says_where_and_what() -> None:

@@ -28,8 +28,11 @@ METRIC_TITLES = {
 }
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-# Punctuation goes, except inside a number (2005-08-15, 3.5) and a minus sign before one (-7).
-_PUNCTUATION = re.compile(rf"(?!(?<=\d)[.\-/:](?=\d))(?!-(?=\d))[{re.escape(string.punctuation)}]")
+# Punctuation goes, except inside a number (2005-08-15, 3.5), a decimal point that starts one (.5, -.5) and a
+# minus sign before one (-7).
+_PUNCTUATION = re.compile(
+    rf"(?!(?<=\d)[.\-/:](?=\d))(?!(?<!\w)\.(?=\d))(?!-(?=\.?\d))[{re.escape(string.punctuation)}]"
+)
 # GSM8K's convention for a worked solution's result ("... = 72\n#### 72"): where the expected answers end
 # in it, the number after it is what is right or wrong, not the wording of the working before it.
 FINAL_NUMBER = r"####\s*(-?[\d.,]*\d)"
@@ -37,8 +40,26 @@ FINAL_NUMBER = r"####\s*(-?[\d.,]*\d)"
 # right when its last number is ("... so 74 - 35 = 39."): how math evaluations read free-form answers
 # (lm-evaluation-harness's flexible extract). Without it the base and in-context answers, which explain
 # before they answer, scored 0 however right they were.
-LAST_NUMBER = r"(-?\d+(?:,\d{3})*(?:\.\d+)?)(?![\s\S]*\d)"  # commas only in thousands: "24," is 24
+# Commas only in thousands ("24," is 24); a number is read whole, not from inside another (1,0000; 2021-05-06).
+LAST_NUMBER = r"(?<![\d.,\-])(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+))(?![\s\S]*\d)"
 _NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")  # 51, 51.0, -2.5, 1,200, .5 (not nan or inf)
+def scored_parts(answers: list[str], expected: Sequence[str], templated: bool) -> list[str]:
+    """What of each generated answer is scored. Plain text has no end of turn: after its answer a model writes
+    on, a blank line and another example, as an in-context prompt lays its examples out. Where the expected
+    answers are one paragraph each, an answer is its first (lm-evaluation-harness stops few-shot answers at a
+    blank line); an answer in a chat template's turn ends with the turn, and is scored whole."""
+    if templated or any("\n\n" in e for e in expected):
+        return answers
+    return [a.split("\n\n", 1)[0] for a in answers]
+
+
+def fallback_for(rule: re.Pattern[str] | None) -> re.Pattern[str] | None:
+    """The rule a generated answer is read by where `rule` finds nothing: its last number, where the expected
+    answers end in GSM8K's '#### N' (lm-evaluation-harness's flexible extract: a base model that works the
+    problem out in its own words is not wrong for leaving out the marker)."""
+    return re.compile(LAST_NUMBER) if rule is not None and rule.pattern == FINAL_NUMBER else None
+
+
 # Share of expected answers that must carry the marker (or be numbers) before a rule is used unasked.
 FINAL_NUMBER_SHARE = 0.9
 
@@ -47,8 +68,9 @@ def normalise(text: str) -> str:
     """Lower case, no punctuation (numbers kept whole: thousands separators go, decimal points stay),
     no articles, single spaces: the text that exact match and token F1 compare."""
     text = _THOUSANDS.sub("", text.lower())
-    text = _PUNCTUATION.sub(" ", text)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    words = _PUNCTUATION.sub(" ", text).split()
+    # An article alone is the answer, not a word to drop: multiple-choice letter A (SQuAD drops it everywhere).
+    return " ".join(words if len(words) == 1 else _ARTICLES.sub(" ", " ".join(words)).split())
 
 
 def compile_extraction(pattern: str | None) -> re.Pattern[str] | None:
@@ -62,15 +84,19 @@ def compile_extraction(pattern: str | None) -> re.Pattern[str] | None:
                         fix=r"write a Python regular expression, e.g. '####\s*(-?[\d.,]+)'") from None  # fmt: skip
 
 
-def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: bool = False) -> str:
+def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: bool = False,
+                   fallback: re.Pattern[str] | None = None) -> str:  # fmt: skip
     """The part of `text` that is the answer: the rule's first group (or whole match) at its first match.
 
-    Without a rule the text itself. With one that does not match, "" (an answer that cannot be found is
-    wrong), or the text itself when `keep_unmatched` (for expected answers that hold only the answer)."""
+    Without a rule the text itself. With one that does not match, the `fallback` rule's answer, else ""
+    (an answer that cannot be found is wrong), or the text itself when `keep_unmatched` (for expected answers
+    that hold only the answer)."""
     text = text.strip()
     if rule is None:
         return text
     found = rule.search(text)
+    if found is None and fallback is not None:
+        return extract_answer(text, fallback)
     if found is None:
         return text if keep_unmatched else ""
     value = found.group(1) if rule.groups else found.group(0)
@@ -85,8 +111,8 @@ def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None
     found = sum(rule.search(e) is not None for e in expected)
     if expected and found >= needed:
         return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
-                      f"were compared by that number (extraction `{FINAL_NUMBER}`); give an extraction rule to "
-                      "compare otherwise")  # fmt: skip
+                      f"were compared by that number (extraction `{FINAL_NUMBER}`), an answer without '####' by its "
+                      "last number; give an extraction rule to compare otherwise")  # fmt: skip
     numbers = sum(is_number(e) for e in expected)
     if expected and numbers >= needed:
         return re.compile(LAST_NUMBER), (

@@ -281,7 +281,9 @@ def _generation(
         scores = score_pairs(playground, pairs, settings.batch_size, counter.at("pairs"), stop)
         _timed(seconds, "pairs", start)
     references = [m.extract_answer(c.expected, rule, keep_unmatched=True) for c in cases]
-    extracted = {k: [m.extract_answer(a, rule) for a in v] for k, v in answers.items()}
+    templated = chat and playground.renderer.use_chat_template  # the answer ends with its turn
+    scored = {k: m.scored_parts(v, [c.expected for c in cases], templated) for k, v in answers.items()}
+    extracted = {k: [m.extract_answer(a, rule, fallback=m.fallback_for(rule)) for a in v] for k, v in scored.items()}
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
     classes = None
     labelled = label_answer_scores(references, extracted, "in_context" if shots else "base")
