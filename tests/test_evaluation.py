@@ -249,6 +249,7 @@ def test_extraction_scores_numbers_as_numbers() -> None:
         (["#### 7"] * 8 + ["7", "8"], None),
         (["2005-08-15", "7"], None),
         (["#### seven"], None),  # the marker, but no number after it
+        (["18 * 4 = 72. The answer is: 72", "The answer is: -2.5"], "answer is"),  # MetaMathQA's responses
         (["51.0", "7", "-2.5", "1,200", ".5"], "last"),  # SVAMP's gold answers: numbers only
         (["7"] * 9 + ["seven"], "last"),
         (["7"] * 8 + ["seven", "eight"], None),
@@ -261,6 +262,8 @@ def test_a_number_rule_is_used_where_the_answers_carry_one(expected: list[str], 
     assert (rule is not None, note is not None) == (detected is not None,) * 2
     if detected == "final":
         assert rule.pattern == m.FINAL_NUMBER and "after '####'" in note
+    if detected == "answer is":
+        assert rule.pattern == m.ANSWER_IS and "after 'The answer is'" in note
     if detected == "last":
         assert rule.pattern == m.LAST_NUMBER and "each answer's last number was compared" in note
 
@@ -289,17 +292,23 @@ def test_a_worked_answer_is_read_by_its_last_number(answer: str, expected: str, 
     assert got == float(right)
 
 
+GSM8K, METAMATH = "18 * 4 = 72\n#### 72", "18 * 4 = 72. The answer is: 72"
+
+
 @pytest.mark.parametrize(
-    ("answer", "right"),
-    [("#### 72", True), ("so she makes 72 dollars.", True), ("She makes 18 a day, #### 126", False),
-     ("I do not know", False)],
-)
-def test_a_final_number_answer_without_its_marker_is_read_by_its_last_number(answer: str, right: bool) -> None:
-    """GSM8K's expected '#### 72': a base model that works the problem out in its own words is not wrong for
-    leaving the marker out (lm-evaluation-harness's flexible extract)."""
-    rule, _ = m.detected_extraction(["18 * 4 = 72\n#### 72"])
+    ("expected", "answer", "right"),
+    [(GSM8K, "#### 72", True), (GSM8K, "so she makes 72 dollars.", True), (GSM8K, "18 a day, #### 126", False),
+     (GSM8K, "I do not know", False), (METAMATH, "The answer is: 72", True), (METAMATH, "so the answer is 72.", True),
+     (METAMATH, "she makes 72 dollars", True), (METAMATH, "18 a day. The answer is 126", False)],
+)  # fmt: skip
+def test_a_marked_final_number_is_compared_and_an_answer_without_the_marker_by_its_last_number(
+    expected: str, answer: str, right: bool
+) -> None:
+    """A base model that works the problem out in its own words is not wrong for leaving the marker out
+    (lm-evaluation-harness's flexible extract)."""
+    rule, _ = m.detected_extraction([expected])
     got = m.extract_answer(answer, rule, fallback=m.fallback_for(rule))
-    assert m.exact_match(got, m.extract_answer("#### 72", rule, keep_unmatched=True)) == float(right)
+    assert m.exact_match(got, m.extract_answer(expected, rule, keep_unmatched=True)) == float(right)
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,9 @@ _PUNCTUATION = re.compile(
 # GSM8K's convention for a worked solution's result ("... = 72\n#### 72"): where the expected answers end
 # in it, the number after it is what is right or wrong, not the wording of the working before it.
 FINAL_NUMBER = r"####\s*(-?[\d.,]*\d)"
+# MetaMathQA's (and many chain-of-thought sets'): "... The answer is: 18".
+ANSWER_IS = r"(?i)the answer is:?\s*\$?(-?[\d.,]*\d)"
+MARKED = {FINAL_NUMBER: "'####'", ANSWER_IS: "'The answer is'"}  # a final number after a marker
 # Where the expected answers are only numbers (SVAMP's and MultiArith's `gold_answer`), a worked answer is
 # right when its last number is ("... so 74 - 35 = 39."): how math evaluations read free-form answers
 # (lm-evaluation-harness's flexible extract). Without it the base and in-context answers, which explain
@@ -55,9 +58,9 @@ def scored_parts(answers: list[str], expected: Sequence[str], templated: bool) -
 
 def fallback_for(rule: re.Pattern[str] | None) -> re.Pattern[str] | None:
     """The rule a generated answer is read by where `rule` finds nothing: its last number, where the expected
-    answers end in GSM8K's '#### N' (lm-evaluation-harness's flexible extract: a base model that works the
-    problem out in its own words is not wrong for leaving out the marker)."""
-    return re.compile(LAST_NUMBER) if rule is not None and rule.pattern == FINAL_NUMBER else None
+    answers end in a marked number, GSM8K's '#### N' or 'The answer is: N' (lm-evaluation-harness's flexible
+    extract: a base model that works the problem out in its own words is not wrong for leaving out the marker)."""
+    return re.compile(LAST_NUMBER) if rule is not None and rule.pattern in MARKED else None
 
 
 # Share of expected answers that must carry the marker (or be numbers) before a rule is used unasked.
@@ -104,15 +107,16 @@ def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: b
 
 
 def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None, str | None]:
-    """The rule to use when none was given, with a note that says so: FINAL_NUMBER where nearly every
+    """The rule to use when none was given, with a note that says so: a MARKED final number where nearly every
     expected answer ends in one, LAST_NUMBER where nearly every one is a number, else none."""
     needed = FINAL_NUMBER_SHARE * len(expected)
-    rule = re.compile(FINAL_NUMBER)
-    found = sum(rule.search(e) is not None for e in expected)
-    if expected and found >= needed:
-        return rule, (f"{found} of {len(expected)} expected answers end in a final number after '####': answers "
-                      f"were compared by that number (extraction `{FINAL_NUMBER}`), an answer without '####' by its "
-                      "last number; give an extraction rule to compare otherwise")  # fmt: skip
+    for pattern, marker in MARKED.items():
+        rule = re.compile(pattern)
+        found = sum(rule.search(e) is not None for e in expected)
+        if expected and found >= needed:
+            return rule, (f"{found} of {len(expected)} expected answers end in a final number after {marker}: "
+                          f"answers were compared by that number (extraction `{pattern}`), an answer without "
+                          f"{marker} by its last number; give an extraction rule to compare otherwise")  # fmt: skip
     numbers = sum(is_number(e) for e in expected)
     if expected and numbers >= needed:
         return re.compile(LAST_NUMBER), (
