@@ -472,6 +472,7 @@ def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], t
     assert all("extracted" in r for r in result.rows)
     assert any("6 of 6 expected answers end in a final number" in n for n in result.notes)
     assert result.settings.extract == m.FINAL_NUMBER  # the report's settings name the rule it used
+    assert result.settings.max_new_tokens == 128  # room to work it out, for answers read by their last number
     assert f"- answer extraction: `{m.FINAL_NUMBER}`" in markdown(result)
 
 

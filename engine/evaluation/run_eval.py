@@ -218,7 +218,7 @@ def _generation(
         notes += [detected] if detected else []
     longest = max(len(tokenizer(c.expected, add_special_tokens=False)["input_ids"]) for c in cases)
     max_new = settings.max_new_tokens or min(MAX_NEW_TOKENS, longest + 8)
-    if rule is not None and rule.pattern == m.LAST_NUMBER and not settings.max_new_tokens:
+    if rule is not None and (rule.pattern == m.LAST_NUMBER or rule.pattern in m.MARKED) and not settings.max_new_tokens:
         max_new = max(max_new, WORKED_ANSWER_TOKENS)  # room to work it out: an answer cut short has no result
         notes.append(f"answers could take {max_new} new tokens, to work the problem out before the number")
     limit = context_limit(playground.tuned.model)
