@@ -82,6 +82,13 @@ class StudioState(QObject):
         self.data_changed.emit()
         self._fit_objective(data.format)
 
+    def clear_data(self) -> None:
+        """No data to train on: what the Data page was last given could not be read, and the data before it is
+        no longer what the page shows (Start then asks for a dataset rather than train on the earlier one)."""
+        if self.data is not None:
+            self.data, self._lengths = None, None
+            self.data_changed.emit()
+
     def _leave_demo(self, data: DataSpec) -> None:
         """Other data than the demo's: the demo's method settings and training recipe make way for the app's
         defaults (the same method), unless the person changed them."""

@@ -418,6 +418,13 @@ def test_a_csv_file_is_read_with_the_delimiter_its_header_uses(tmp_path: Path, n
     assert [(e.text, e.label) for e in examples] == [(f"{r['text']}, again", r["label"]) for r in TABLE]
 
 
+def test_one_object_is_one_row(tmp_path: Path) -> None:
+    from adapter_studio.engine.data.files import read_rows
+
+    (tmp_path / "one.json").write_text('{"text": "hello", "label": 1}')
+    assert read_rows(str(tmp_path / "one.json")) == [{"text": "hello", "label": 1}]
+
+
 def test_columns_as_lists_beside_a_column_of_objects_are_the_table(tmp_path: Path) -> None:
     """PKU-SafeRLHF's to_dict: text columns beside its harm categories (objects)."""
     from adapter_studio.engine.data.files import read_rows
@@ -434,6 +441,9 @@ def test_columns_as_lists_beside_a_column_of_objects_are_the_table(tmp_path: Pat
         ("ragged.json", '{"text": ["a", "b", "c"], "label": [1, 0]}', "different lengths (text 3, label 2)"),
         ("junk.json", '[\n {"question": "q", "answer": "a"}\n]\nxx\n', "not valid JSON (Extra data at line 4"),
         ("twice.csv", "text,text,label\na,b,1\n", "the header names 'text' more than once"),
+        ("empty.json", "{}", "the file has no data rows"),
+        ("nulls.jsonl", '{"text": "a", "label": 1}\nnull\n', "line 2 is a JSON null, not an object"),
+        ("list.json", '[{"text": "a", "label": 1}, ["b", 0]]', "item 2 is a JSON array, not an object"),
     ],
 )
 def test_a_table_that_cannot_be_read_says_why(tmp_path: Path, name: str, text: str, message: str) -> None:

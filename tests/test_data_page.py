@@ -170,6 +170,24 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     assert not error_dialogs()
 
 
+def test_a_file_that_fails_after_good_data_leaves_nothing_to_train(window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The page shows the error, not the file before it: Start must not train on that one unseen."""
+    from adapter_studio.engine.errors import UserError
+
+    page = window.pages["data"]
+    good = write_rows(tmp_path / "good.jsonl", alpaca_rows())
+    open_data(page, qtbot, good)
+    qtbot.waitUntil(lambda: window.state.data is not None and not page.busy, timeout=60_000)
+    assert page.combos["instruction"].currentText() == "instruction"
+    open_data(page, qtbot, tmp_path / "missing.jsonl")
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
+    assert window.state.data is None and not page.combos  # the last file's column boxes went with it
+    with pytest.raises(UserError, match="a dataset first"):
+        window.state.build_spec()
+    for dialog in error_dialogs():
+        dialog.close()
+
+
 @pytest.mark.parametrize(
     ("content", "fmt", "found", "picks", "mapping"),
     [

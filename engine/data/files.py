@@ -79,7 +79,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], int]]:
                 ) from None
             if not isinstance(row, dict):
                 raise UserError(
-                    f"line {number} is a JSON {type(row).__name__}, not an object",
+                    f"line {number} is a JSON {_json_kind(row)}, not an object",
                     where=f"{path}:{number}",
                     fix='each line must be an object such as {"instruction": ..., "output": ...}',
                 )
@@ -107,11 +107,17 @@ def _json_rows(path: Path) -> list[dict[str, Any]] | None:
     for number, row in enumerate(data, start=1):
         if not isinstance(row, dict):
             raise UserError(
-                f"item {number} is a JSON {type(row).__name__}, not an object",
+                f"item {number} is a JSON {_json_kind(row)}, not an object",
                 where=f"{path}, row {number}",
                 fix='every item must be an object such as {"instruction": ..., "output": ...}',
             )
     return data
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's kind as JSON names it (null, array, string, …), not Python's type."""
+    kinds = {type(None): "null", list: "array", str: "string", bool: "true/false", int: "number", float: "number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _json_line(text: str) -> bool:
@@ -139,8 +145,10 @@ def _rows_of_object(data: dict[str, Any], path: Path) -> list[Any]:
     split ({"columns": [...], "data": [[...], ...]}); and columns as lists ({"text": [...], "label": [...]},
     as `datasets`' `to_dict` writes them). Anything else is one row."""
     values = list(data.values())
-    columns = bool(values) and all(isinstance(v, list) for v in values)  # as lists, if of one length
-    same = len({len(v) for v in values}) == 1
+    if not values:
+        return []  # {}: no rows
+    columns = all(isinstance(v, list) for v in values)  # as lists, if of one length
+    same = columns and len({len(v) for v in values}) == 1
     if columns and same and _columns_with_objects(values):
         return [dict(zip(data, row, strict=True)) for row in zip(*values, strict=True)]
     records = next((v for v in values if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)), None)

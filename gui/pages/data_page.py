@@ -318,7 +318,13 @@ class DataPage(Page):
         return bool(self._pending)
 
     def _failed(self, error: BaseException) -> None:
-        # Nothing of the previous data stays on show: it is not what would train.
+        # Nothing of the previous data stays on show or in the state: it is not what would train. The column
+        # boxes stay for the same file (a mapping being made), not for another.
+        previous = self.state.data
+        self.state.clear_data()
+        failed = self._loaded.path if self._loaded is not None else None
+        if not isinstance(error, ColumnsNotMapped) and (previous is None or previous.path != failed):
+            self._clear_mapping()
         self.preview = None
         self.stats = None
         self.table.clear()
@@ -389,12 +395,15 @@ class DataPage(Page):
         for c in range(self.table.columnCount()):
             self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_PX))
 
-    def _build_mapping(self, fmt: str, columns: list[str], mapping: dict[str, str]) -> None:
+    def _clear_mapping(self) -> None:
         while self.mapping_row.count():
             item = self.mapping_row.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
         self.combos = {}
+
+    def _build_mapping(self, fmt: str, columns: list[str], mapping: dict[str, str]) -> None:
+        self._clear_mapping()
         for role in roles_of(fmt):
             combo = QComboBox()
             combo.setObjectName(f"column_{role}")
