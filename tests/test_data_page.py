@@ -170,6 +170,17 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     assert not error_dialogs()
 
 
+def test_a_row_of_megabytes_is_shown_in_part(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    """Tokenising a 2 MB row to show its first max_length tokens held the window for seconds."""
+    page = choose_model(window, qtbot, tiny_llama)
+    rows = [{"instruction": "summarise " + "word " * 400_000, "output": "short"}, *alpaca_rows()]
+    open_data(page, qtbot, write_rows(tmp_path / "long.jsonl", rows))
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=60_000)
+    page.show_rendered()
+    shown = page.rendered.toPlainText()
+    assert "shown in part" in shown and len(shown) < 40 * page.auto_max_length
+
+
 def test_a_file_that_fails_after_good_data_leaves_nothing_to_train(window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The page shows the error, not the file before it: Start must not train on that one unseen."""
     from adapter_studio.engine.errors import UserError

@@ -4,7 +4,7 @@ row with the tokens that carry loss marked, and the token lengths against max_le
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,6 +93,26 @@ def describe_labels(counts: dict[str, int]) -> str:
         text += (f"; {common!r} has {counts[common] / max(counts[rare], 1):.0f}× the rows of {rare!r}: accuracy "
                  "leans toward the common labels, macro-F1 (Evaluate page) weighs every label alike")  # fmt: skip
     return text
+
+
+SHOWN_CHARS_PER_TOKEN = 32  # more than any token spells: text past max_length × this is past max_length too
+
+
+def shortened(example: Example, chars: int) -> tuple[Example, bool]:
+    """The example with each text cut to `chars` characters, and whether any was: tokenising a row of
+    megabytes to show its first max_length tokens held the window for seconds."""
+    cut = False
+
+    def short(text: str) -> str:
+        nonlocal cut
+        cut |= len(text) > chars
+        return text[:chars] + " …" if len(text) > chars else text
+
+    fields = {name: short(getattr(example, name)) for name in ("prompt", "completion", "text", "chosen", "rejected")}
+    messages = [{k: short(v) if isinstance(v, str) and k != "role" else v for k, v in m.items()}
+                for m in example.messages]  # content, and an alpaca turn's instruction and input
+    pair = short(example.text_pair) if example.text_pair is not None else None
+    return replace(example, **fields, messages=messages, text_pair=pair), cut
 
 
 def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) -> list[tuple[str, bool]]:

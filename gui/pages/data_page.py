@@ -450,12 +450,13 @@ class DataPage(Page):
         if self.tokenizer is None:
             self.rendered.setPlainText("(the exact training text appears once the model's tokenizer is loaded)")
             return
-        from adapter_studio.engine.data.preview import render_tokens
+        from adapter_studio.engine.data.preview import SHOWN_CHARS_PER_TOKEN, render_tokens, shortened
 
         try:
             spec = self._current_spec()
             spec = spec.model_copy(update={"max_length": spec.max_length or self.auto_max_length})
-            pieces = render_tokens(spec, examples[index], self.preview.format, self.tokenizer)
+            example, cut = shortened(examples[index], SHOWN_CHARS_PER_TOKEN * spec.max_length)
+            pieces = render_tokens(spec, example, self.preview.format, self.tokenizer)
         except Exception as e:  # a preview must never take the window down
             self.rendered.setPlainText(f"cannot render this row: {getattr(e, 'message', e)}")
             return
@@ -470,6 +471,8 @@ class DataPage(Page):
                         ("tokens the model learns (carry loss)", "prompt tokens (masked)"))  # fmt: skip
         legend = (f"<p><span style='background:#c8f7c5; color:#111'>green: {learnt}</span>"
                   f" · <span style='color:#888'>gray: {read}</span></p>")  # fmt: skip
+        if cut:
+            legend += "<p>This row is far longer than max length: it is shown in part.</p>"
         self.rendered.setHtml(legend + f"<pre style='white-space:pre-wrap'>{body}</pre>")
 
     # --- token lengths --------------------------------------------------------------------------
