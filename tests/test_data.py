@@ -252,6 +252,22 @@ def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # ty
     assert data.eval_prompts[0] == ("<|im_start|>user\nreverse abc<|im_end|>\n<|im_start|>assistant\n", "cba")
 
 
+@pytest.mark.parametrize("rare_at", [0, 12, 29, 59])  # 12 and 29: rows seed 0's shuffle holds out of 60
+def test_a_label_with_one_row_trains_on_it_whatever_the_split(tmp_path: Path, tiny_bert_cls: Path,
+                                                              rare_at: int) -> None:  # fmt: skip
+    """Held out, the one 'neutral' row stopped the run: 'label neutral is not one of the training labels'."""
+    from adapter_studio.engine.data.examples import load_examples, split_examples
+
+    rows = [{"text": f"review {i}", "label": "neutral" if i == rare_at else ("neg", "pos")[i % 2]} for i in range(60)]
+    spec = DataSpec(path=str(write_rows(tmp_path / "reviews.csv", rows)))
+    data = prepare_data(spec, tokenizer_of(tiny_bert_cls), None, 32, 0)
+    assert sorted(data.id2label.values()) == ["neg", "neutral", "pos"]
+    assert [t.row for t in data.train if data.id2label[t.labels[0]] == "neutral"] == [rare_at + 2]  # CSV line
+    fmt, _, examples, _ = load_examples(spec, spec.path)
+    held = split_examples(examples, None, 0, fmt)[1]  # as the Evaluate and Try pages find the held-out rows
+    assert sorted(e.row for e in held) == sorted(t.row for t in data.eval)
+
+
 def test_chat_templates_that_look_at_contents_still_render_exactly(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import adapter_studio.engine.data.rendering as data_prep
 

@@ -179,17 +179,29 @@ def held_out_count(count: int, share: float | None) -> int:
     return max(0, min(max(1, full), count - 1))  # one row at least, and one left to train
 
 
-def held_out_mask(count: int, share: float | None, seed: int) -> np.ndarray:
-    """Which of `count` examples are held out (`held_out_count` of them): a seeded shuffle."""
+def held_out_mask(count: int, share: float | None, seed: int, labels: list[Any] | None = None) -> np.ndarray:
+    """Which of `count` examples are held out (`held_out_count` of them): a seeded shuffle. With `labels` (rows
+    to classify), a label all of whose rows fell to the held-out part keeps one for training: a class the
+    model never sees is not one it can learn (and its held-out row stopped the run as an unknown label)."""
     mask = np.zeros(count, bool)
     order = list(range(count))
     random.Random(seed).shuffle(order)
     mask[order[: held_out_count(count, share)]] = True
+    if labels is not None:
+        trained = {str(labels[i]) for i in range(count) if not mask[i]}
+        for i in order:
+            if mask[i] and str(labels[i]) not in trained:
+                mask[i] = False
+                trained.add(str(labels[i]))
     return mask
 
 
-def split_examples(examples: list[Example], share: float | None, seed: int) -> tuple[list[Example], list[Example]]:
-    held = held_out_mask(len(examples), share, seed).tolist()
+def split_examples(
+    examples: list[Example], share: float | None, seed: int, fmt: str
+) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples, split as training splits them."""
+    labels = [e.label for e in examples] if fmt == "classification" else None
+    held = held_out_mask(len(examples), share, seed, labels).tolist()
     train = [e for e, h in zip(examples, held, strict=True) if not h]
     return train, [e for e, h in zip(examples, held, strict=True) if h]
 

@@ -203,7 +203,8 @@ def _prepare_store(
     _check_task(fmt, task)
     check_some_left(survey, spec.path)
     eval_survey = survey_data(spec, spec.eval_path, fmt) if spec.eval_path else None
-    held = np.zeros(survey.count, bool) if eval_survey else held_out_mask(survey.count, spec.eval_split, seed)
+    labels = [label for label, _ in survey.labels] if fmt == "classification" else None
+    held = np.zeros(survey.count, bool) if eval_survey else held_out_mask(survey.count, spec.eval_split, seed, labels)
     id2label = None
     if fmt == "classification":
         train_labels = [label for (label, _), h in zip(survey.labels, held.tolist(), strict=True) if not h]

@@ -88,10 +88,11 @@ def file_rows(spec: RunSpec, task: str, data: str | Path, limit: int | None) -> 
 
 def training_rows(spec: RunSpec, count: int, seed: int = 0) -> list[Example]:
     """Up to `count` rows the run trained on, a seeded choice (the in-context examples, the feature baseline)."""
-    _, _, examples, _ = load_examples(spec.data, spec.data.path)
+    fmt, _, examples, _ = load_examples(spec.data, spec.data.path)
     if spec.data.max_rows:
         examples = examples[: spec.data.max_rows]
-    train = examples if spec.data.eval_path else split_examples(examples, spec.data.eval_split, spec.training.seed)[0]
+    data = spec.data
+    train = examples if data.eval_path else split_examples(examples, data.eval_split, spec.training.seed, fmt)[0]
     return random.Random(seed).sample(train, min(count, len(train)))
 
 

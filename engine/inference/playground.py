@@ -317,4 +317,4 @@ def held_out_rows(tuned: TrainedModel) -> tuple[str, list[Example]]:
         return fmt, held
     if spec.data.max_rows:
         examples = examples[: spec.data.max_rows]
-    return fmt, split_examples(examples, spec.data.eval_split, spec.training.seed)[1]
+    return fmt, split_examples(examples, spec.data.eval_split, spec.training.seed, fmt)[1]
