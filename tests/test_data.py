@@ -988,6 +988,12 @@ BAD_INPUTS = {
         {"eval_path": "eval.csv"},
         classification=True,
     ),
+    "one label only": BadInput(
+        {"spam.csv": b"text,label\nwin money now,spam\ncheap pills,spam\nfree prize,spam\n"},
+        ["{dir}/spam.csv", "every training row has the label 'spam': a classifier needs two labels at least",
+         "add rows of the other labels"],
+        classification=True,
+    ),
     "every row longer than max length": BadInput(
         {"long.jsonl": LONG.encode()},
         ["{dir}/long.jsonl", "every row is longer than max_length 16", "raise data.max_length to at least"],

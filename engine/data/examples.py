@@ -206,6 +206,18 @@ def split_examples(
     return train, [e for e, h in zip(examples, held, strict=True) if h]
 
 
+def check_two_labels(id2label: dict[int, str], path: str | list[str]) -> None:
+    """A classifier learns nothing from one label: say so before a run that cannot learn starts."""
+    if len(id2label) < 2:
+        raise UserError(
+            f"every training row has the label '{next(iter(id2label.values()), '')}': a classifier needs two "
+            "labels at least",
+            where=_where(path),
+            fix="add rows of the other labels (a file sorted by label may need more of its rows: data.max_rows), "
+            "or pick another format",
+        )
+
+
 def check_some_left(survey: Survey, path: str | list[str]) -> None:
     if survey.count:
         return

@@ -33,6 +33,7 @@ from adapter_studio.engine.data.examples import (
     Survey,
     _where,
     check_some_left,
+    check_two_labels,
     example_chunks,
     held_out_mask,
     survey_data,
@@ -209,6 +210,7 @@ def _prepare_store(
     if fmt == "classification":
         train_labels = [label for (label, _), h in zip(survey.labels, held.tolist(), strict=True) if not h]
         id2label = mapping_for_labels(train_labels)
+        check_two_labels(id2label, spec.path)
         held_labels = [x for x, h in zip(survey.labels, held.tolist(), strict=True) if h]
         _check_labels(held_labels + (eval_survey.labels if eval_survey else []), id2label)
     folder = root / (f"{key}-{max_length}" if fmt == "classification" else key)

@@ -78,10 +78,15 @@ def _source_used(spec: RunSpec, source: ModelSource) -> tuple[RunSpec, dict[str,
 
 
 def _id2label(spec: RunSpec) -> dict[int, str] | None:
+    from adapter_studio.engine.data.examples import check_two_labels
     from adapter_studio.engine.data.shapes import label_mapping
 
     _, _, examples, _ = load_examples(spec.data, spec.data.path)
-    return label_mapping(examples) if examples else None
+    if not examples:
+        return None
+    id2label = label_mapping(examples)
+    check_two_labels(id2label, spec.data.path)  # before the model loads with a head of one
+    return id2label
 
 
 class TrainingSession:
