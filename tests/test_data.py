@@ -495,6 +495,8 @@ def test_a_column_that_first_appears_far_down_a_file_is_read(tmp_path: Path, fir
     assert mapping == {"instruction": "instruction", "input": "input", "output": "output"}
     assert examples[-1].messages[0]["content"] == "Translate to French\n\ncat 2"
     assert examples[0].messages[0]["content"] == "Say hi 0"
+    preview = preview_data(DataSpec(path=path))  # the Data page's column boxes offer it
+    assert preview.columns == ["instruction", "output", "input"] and preview.mapping["input"] == "input"
 
 
 def test_columns_as_lists_with_messages_are_rows_not_a_list_of_them(tmp_path: Path) -> None:
@@ -649,6 +651,16 @@ def test_a_label_column_is_found_by_its_values_where_its_name_says_nothing(
     fmt, mapping, examples, _ = load_examples(DataSpec(path=str(path)), str(path))
     assert (fmt, mapping) == ("classification", expected)
     assert [e.label for e in examples] == [label for label, *_ in NEWS]
+
+
+def test_labels_named_target_are_found_beside_more_columns_than_the_text(tmp_path: Path) -> None:
+    """20 Newsgroups saved with an id beside scikit-learn's `text` and `target` (labels among three columns)."""
+    from adapter_studio.engine.data.examples import load_examples
+
+    rows = [{"text": description, "target": label, "id": i} for i, (label, _, description) in enumerate(NEWS)]
+    path = write_rows(tmp_path / "newsgroups.jsonl", rows)
+    fmt, mapping, *_ = load_examples(DataSpec(path=str(path)), str(path))
+    assert (fmt, mapping) == ("classification", {"text": "text", "label": "target"})
 
 
 @pytest.mark.parametrize(

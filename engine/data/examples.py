@@ -139,6 +139,7 @@ def survey_data(
             survey.file_columns = file_columns(part.rows.rows)
             survey.held = [] if part.rows.total_bytes <= HOLD_BYTES else None
         survey.columns = {**part.mapping, **survey.columns}  # with the roles of columns found further down
+        survey.file_columns += [c for c in file_columns(part.rows.rows) if c not in survey.file_columns]
         examples = part.examples if limit is None else part.examples[: limit - survey.count]
         if survey.held is not None:
             survey.held.append((part.rows.path, part.rows.unit, examples))

@@ -22,6 +22,8 @@ from adapter_studio.engine.data.roles import (
 )
 from adapter_studio.engine.errors import UserError
 
+LABEL_NAMES = ("target", "y")  # labels under scikit-learn's names, found by their values beside a text
+
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -128,9 +130,13 @@ def detect_shape(
         if found is None or not set(mapping) <= set(roles_of("classification")):  # mapped for another shape
             raise
         return "classification", {**found, **mapping}
-    if fmt == "text" and len(columns) == 2 and not mapping:
+    if fmt == "text" and not mapping:
         found = classification_by_values(columns, rows)
-        if found is not None and found["text"] == _find(columns, "text", mapping):
+        # Labels beside the text: in the only other column, or in one named as scikit-learn names its labels
+        # (20 Newsgroups saved with an id or a file name beside `text` and `target`); a corpus's other columns
+        # (a source, a language) are not labels to learn.
+        labels = found is not None and (len(columns) == 2 or found["label"].lower() in LABEL_NAMES)
+        if labels and found is not None and found["text"] == _find(columns, "text", mapping):
             return "classification", found
     return fmt, mapping
 
