@@ -42,27 +42,10 @@ MARKED = {FINAL_NUMBER: "'####'", ANSWER_IS: "'The answer is'"}  # a final numbe
 # Where the expected answers are only numbers (SVAMP's and MultiArith's `gold_answer`), a worked answer is
 # right when its last number is ("... so 74 - 35 = 39."): how math evaluations read free-form answers
 # (lm-evaluation-harness's flexible extract). Without it the base and in-context answers, which explain
-# before they answer, scored 0 however right they were.
-# Commas only in thousands ("24," is 24); a number is read whole, not from inside another (1,0000; 2021-05-06).
+# before they answer, scored 0 however right they were. Commas only in thousands ("24," is 24); a number is
+# read whole, not from inside another (1,0000; 2021-05-06).
 LAST_NUMBER = r"(?<![\d.,\-])(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+))(?![\s\S]*\d)"
 _NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")  # 51, 51.0, -2.5, 1,200, .5 (not nan or inf)
-def scored_parts(answers: list[str], expected: Sequence[str], templated: bool) -> list[str]:
-    """What of each generated answer is scored. Plain text has no end of turn: after its answer a model writes
-    on, a blank line and another example, as an in-context prompt lays its examples out. Where the expected
-    answers are one paragraph each, an answer is its first (lm-evaluation-harness stops few-shot answers at a
-    blank line); an answer in a chat template's turn ends with the turn, and is scored whole."""
-    if templated or any("\n\n" in e for e in expected):
-        return answers
-    return [a.split("\n\n", 1)[0] for a in answers]
-
-
-def fallback_for(rule: re.Pattern[str] | None) -> re.Pattern[str] | None:
-    """The rule a generated answer is read by where `rule` finds nothing: its last number, where the expected
-    answers end in a marked number, GSM8K's '#### N' or 'The answer is: N' (lm-evaluation-harness's flexible
-    extract: a base model that works the problem out in its own words is not wrong for leaving out the marker)."""
-    return re.compile(LAST_NUMBER) if rule is not None and rule.pattern in MARKED else None
-
-
 # Share of expected answers that must carry the marker (or be numbers) before a rule is used unasked.
 FINAL_NUMBER_SHARE = 0.9
 
@@ -123,6 +106,23 @@ def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None
             f"{numbers} of {len(expected)} expected answers are a number: each answer's last number was compared "
             f"(extraction `{LAST_NUMBER}`); give an extraction rule to compare otherwise")  # fmt: skip
     return None, None
+
+
+def scored_parts(answers: list[str], expected: Sequence[str], templated: bool) -> list[str]:
+    """What of each generated answer is scored. Plain text has no end of turn: after its answer a model writes
+    on, a blank line and another example, as an in-context prompt lays its examples out. Where the expected
+    answers are one paragraph each, an answer is its first (lm-evaluation-harness stops few-shot answers at a
+    blank line); an answer in a chat template's turn ends with the turn, and is scored whole."""
+    if templated or any("\n\n" in e for e in expected):
+        return answers
+    return [a.split("\n\n", 1)[0] for a in answers]
+
+
+def fallback_for(rule: re.Pattern[str] | None) -> re.Pattern[str] | None:
+    """The rule a generated answer is read by where `rule` finds nothing: its last number, where the expected
+    answers end in a marked number, GSM8K's '#### N' or 'The answer is: N' (lm-evaluation-harness's flexible
+    extract: a base model that works the problem out in its own words is not wrong for leaving out the marker)."""
+    return re.compile(LAST_NUMBER) if rule is not None and rule.pattern in MARKED else None
 
 
 def is_number(text: str) -> bool:
