@@ -179,7 +179,8 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
         if starts_with(chosen, prompt) and starts_with(rejected, prompt):  # answers that repeat the prompt
             chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]  # (UltraFeedback's whole dialogues)
     else:
-        if "prompt" in columns and isinstance(row.get(c_col), str) and not is_transcript(row[c_col]):
+        plain = written_turns(row.get(c_col))  # a message list written as text is a dialogue
+        if "prompt" in columns and isinstance(plain, str) and not is_transcript(plain):
             return f"{where}: empty '{columns['prompt']}' (no question to answer)"
         chosen = _as_turns(row.get(c_col), c_col, where, "dialogue")
         rejected = _as_turns(row.get(r_col), r_col, where, "dialogue")
