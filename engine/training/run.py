@@ -25,6 +25,7 @@ class RunResult:
     run_dir: Path
     step: int
     error: str | None
+    by_person: bool = False  # the failure is one a person can fix (a bad file, a setting): the CLI exits 2
 
 
 def run(
@@ -91,7 +92,7 @@ def run(
     session = TrainingSession(spec, folder, report, stop_event, resume_dir is not None, speed or SpeedOptions())
     try:
         status, error = session.execute()
-        return RunResult(status, folder, session.step, error)
+        return RunResult(status, folder, session.step, error, session.failed_by_person)
     finally:
         if board is not None:
             board.close()

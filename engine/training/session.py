@@ -101,6 +101,7 @@ class TrainingSession:
         self.report = report
         self.stop = stop
         self.resume = resume
+        self.failed_by_person = False  # whether the run failed on a UserError (bad data, a setting)
         latest = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
         self.step = int(latest.name.split("-")[1]) if latest else 0  # where a resume that fails early stands
         self.tokens_trained = 0
@@ -122,7 +123,7 @@ class TrainingSession:
         try:
             status = self._train()
         except UserError as e:
-            error = e.message
+            error, self.failed_by_person = e.message, True
         except NonFiniteLoss as e:
             error = str(e)
         except Exception as e:  # the run must end with a message, whatever broke

@@ -23,6 +23,8 @@ from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
+EXIT_USER_ERROR = 2  # an error a person can cause (docs/contract.md, "Errors and exit codes")
+
 RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, accuracy, exact_match (from training) or an "
              "evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that have "
              "no evaluation are evaluated first)")  # fmt: skip
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UserError as e:
         print(f"error: {e.message}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_CANCELLED
     except BrokenPipeError:  # `adapter-studio methods | head`: the reader left, nothing to report
@@ -202,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Stopping is machine 0's to report: a process of another rank stopped with it, as it should.
         return EXIT_CANCELLED if args.run_dir is None or process_rank() == 0 else 0
     print(f"error: {result.error}", file=sys.stderr)
-    return 1
+    return EXIT_USER_ERROR if result.by_person else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
