@@ -742,3 +742,29 @@ def test_peft_s_deprecated_property_read_is_not_in_a_run_s_output(tiny_llama: Pa
     out = subprocess.run([sys.executable, "-W", "default", "-c", code, str(tiny_llama)], capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert "is_gradient_checkpointing" not in out.stderr
+
+
+def test_a_classifier_saved_with_another_head_size_gets_a_new_head_and_says_so(
+    tiny_bert_cls: Path, make_spec: Spec, tmp_path: Path, classification_csv: Path
+) -> None:
+    """An SST-2-like model (2 labels) tuned on 4 news topics: transformers refused the load with
+    'ignore_mismatched_sizes' and a report nobody saw."""
+    import csv
+
+    path = tmp_path / "topics.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([["text", "label"], *([f"news item {i}", ("World", "Sports", "Business", "Tech")[i % 4]]
+                                                       for i in range(40))])  # fmt: skip
+    events: list[Event] = []
+    result = run(make_spec(tiny_bert_cls, path, "lora", max_steps=2, eval_samples=0), events.append)
+    assert result.status == "completed", result.error
+    notes = [e.message for e in events if isinstance(e, Log)]
+    assert "the model's classification head has 2 labels and the data 4: a new head of 4 replaces it" in " ".join(notes)
+    from adapter_studio.engine.evaluation.run_eval import EvalSettings, evaluate_run
+
+    scored = evaluate_run(result.run_dir, EvalSettings(in_context=0, forgetting=False), write_report=False)
+    assert set(scored.metrics["tuned"]) >= {"accuracy", "macro_f1"}  # the run's own 4-label head loads again
+    events.clear()
+    kept = run(make_spec(tiny_bert_cls, classification_csv, "lora", max_steps=1, eval_samples=0), events.append)
+    assert kept.status == "completed" and not any("classification head" in e.message for e in events
+                                                  if isinstance(e, Log))  # two labels: its own head is kept

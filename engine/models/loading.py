@@ -261,8 +261,8 @@ def load_model(
             if task == "classification":
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source.path, num_labels=len(labels), id2label={int(k): v for k, v in labels.items()},
-                    label2id={v: int(k) for k, v in labels.items()}, **kwargs,
-                )  # fmt: skip
+                    label2id={v: int(k) for k, v in labels.items()}, ignore_mismatched_sizes=True, **kwargs,
+                )  # fmt: skip  (a saved head of another size is replaced: `replaced_head` says so)
             else:
                 model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
@@ -277,6 +277,16 @@ def load_model(
     if task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, original
+
+
+def replaced_head(config: Any, labels: int) -> str | None:
+    """The note for a classifier saved with a head of another size (an SST-2 model, 2 labels, tuned on 4 news
+    topics): its head is replaced by a new one, trained from the start; None where the head is kept or new."""
+    heads = [a for a in getattr(config, "architectures", None) or [] if a.endswith("ForSequenceClassification")]
+    if not heads or getattr(config, "num_labels", labels) == labels:
+        return None
+    return (f"the model's classification head has {config.num_labels} labels and the data {labels}: a new head "
+            f"of {labels} replaces it and learns from the start")  # fmt: skip
 
 
 def _converted_for_quantising(spec: ModelSpec, original: ModelSource, task: str) -> ModelSource:

@@ -199,7 +199,13 @@ class TrainingSession:
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
-        from adapter_studio.engine.models.loading import load_model, trains_in_base_dtype, weights_dtype
+        from adapter_studio.engine.models.loading import (
+            load_config,
+            load_model,
+            replaced_head,
+            trains_in_base_dtype,
+            weights_dtype,
+        )
 
         spec = self.spec
         set_seed(spec.training.seed)
@@ -227,6 +233,8 @@ class TrainingSession:
             id2label=_id2label(spec) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        if task == "classification" and (note := replaced_head(load_config(source), model.config.num_labels)):
+            self.log(note)
         spec, source_reasons = _source_used(spec, source)
         from adapter_studio.engine.models.unquantised import unquantised_folder
 
