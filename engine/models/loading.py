@@ -259,10 +259,13 @@ def load_model(
     try:
         with model_construction():  # one build at a time: transformers switches process-wide settings
             if task == "classification":
+                # A saved head of another size is replaced (`replaced_head` says so); any other mismatch stays
+                # transformers' error.
+                new_head = replaced_head(load_config(source, spec.trust_remote_code), len(labels)) is not None
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source.path, num_labels=len(labels), id2label={int(k): v for k, v in labels.items()},
-                    label2id={v: int(k) for k, v in labels.items()}, ignore_mismatched_sizes=True, **kwargs,
-                )  # fmt: skip  (a saved head of another size is replaced: `replaced_head` says so)
+                    label2id={v: int(k) for k, v in labels.items()}, ignore_mismatched_sizes=new_head, **kwargs,
+                )  # fmt: skip
             else:
                 model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
