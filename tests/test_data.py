@@ -759,6 +759,7 @@ def test_a_headerless_evaluation_file_is_read_in_its_training_files_format(tmp_p
         ([1, 0, 1], "2 labels (rows each) — 0: 1 · 1: 2"),  # numbers in their order
         (["b", "a", "b", "b", "b", "b", "b"], "2 labels (rows each) — a: 1 · b: 6; 'b' has 6× the rows of 'a'"),
         ([f"c{i}" for i in range(8)], "8 labels (rows each) — c0: 1 · c1: 1 · c2: 1 · c3: 1 · c4: 1 · c5: 1 · 2 more"),
+        (["spam"] * 3, "1 label (spam: 3): a classifier needs two at least — map the label column"),
     ],
 )
 def test_labels_are_counted_and_an_imbalance_is_said(labels: list[Any], said: str) -> None:

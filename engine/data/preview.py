@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from adapter_studio.engine.data.batches import batch_tokens, pack_bounds
-from adapter_studio.engine.data.examples import check_some_left, check_two_labels, survey_data
+from adapter_studio.engine.data.examples import check_some_left, survey_data
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import Progress, prepare_data
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, _render_pairs
@@ -45,8 +45,6 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
     """
     survey = survey_data(spec, spec.path, limit=spec.max_rows, keep=max_rows)
     check_some_left(survey, spec.path)
-    if survey.format == "classification":
-        check_two_labels(mapping_for_labels(label for label, _ in survey.labels), spec.path)
     if spec.eval_path:
         held = survey_data(spec, spec.eval_path, survey.format)
         if survey.format == "classification":
@@ -89,6 +87,8 @@ def describe_labels(counts: dict[str, int]) -> str:
         return ""
     named = " · ".join(f"{name}: {n:,}" for name, n in list(counts.items())[:LABELS_NAMED])
     more = f" · {len(counts) - LABELS_NAMED} more" if len(counts) > LABELS_NAMED else ""
+    if len(counts) == 1:  # the rows stay on show, so that another label column can be picked in the boxes
+        return f"1 label ({named}): a classifier needs two at least — map the label column, or add rows of others"
     text = f"{len(counts)} labels (rows each) — {named}{more}"
     common, rare = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
     if counts[common] >= IMBALANCE * max(counts[rare], 1):

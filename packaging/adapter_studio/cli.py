@@ -21,9 +21,7 @@ from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
-from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
-
-EXIT_USER_ERROR = 2  # an error a person can cause (docs/contract.md, "Errors and exit codes")
+from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers
 
 RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, accuracy, exact_match (from training) or an "
              "evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that have "

@@ -1,5 +1,5 @@
 """Stopping a command-line run: Ctrl-C or SIGTERM asks the run to stop at a checkpoint, a second Ctrl-C
-stops waiting; the exit status of a cancelled command."""
+stops waiting; the exit status of a cancelled command, and of one a person's error stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 EXIT_CANCELLED = 130
+EXIT_USER_ERROR = 2  # an error a person can cause (docs/contract.md, "Errors and exit codes")
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
