@@ -187,8 +187,8 @@ def test_a_file_that_fails_after_good_data_leaves_nothing_to_train(window, qtbot
 
     page = window.pages["data"]
     good = write_rows(tmp_path / "good.jsonl", alpaca_rows())
-    open_data(page, qtbot, good)
-    qtbot.waitUntil(lambda: window.state.data is not None and not page.busy, timeout=60_000)
+    window.state.set_data(DataSpec(path=str(good), max_rows=8))  # as a spec file opened with max_rows gives it
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=60_000)
     assert page.combos["instruction"].currentText() == "instruction"
     open_data(page, qtbot, tmp_path / "missing.jsonl")
     qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
@@ -197,6 +197,9 @@ def test_a_file_that_fails_after_good_data_leaves_nothing_to_train(window, qtbot
         window.state.build_spec()
     for dialog in error_dialogs():
         dialog.close()
+    open_data(page, qtbot, good)  # the path put right: what has no box on the page (max_rows) is kept
+    qtbot.waitUntil(lambda: window.state.data is not None and not page.busy, timeout=60_000)
+    assert window.state.data.max_rows == 8
 
 
 @pytest.mark.parametrize(

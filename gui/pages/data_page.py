@@ -164,6 +164,7 @@ class DataPage(Page):
         self._pending: set[object] = set()
         self._published: DataSpec | None = None
         self._loaded: DataSpec | None = None  # the spec last read (or being read)
+        self._before_failure: DataSpec | None = None  # the state's data when a read failed and cleared it
         self._cleared_eval: str | None = None  # an evaluation file cleared with its data, to be said once
         self._stats_generation = 0
         self._stats_done = 0
@@ -241,7 +242,7 @@ class DataPage(Page):
         return {role: combo.currentText() for role, combo in self.combos.items() if combo.currentText() != NO_COLUMN}
 
     def _current_spec(self, keep_mapping: bool = True) -> DataSpec:
-        base = self.state.data or DataSpec(path=self._paths())
+        base = self.state.data or self._before_failure or DataSpec(path=self._paths())
         fmt = None if self.format.currentText() == AUTO else self.format.currentText()
         template = self.template.text().replace("\\n", "\n")
         return base.model_copy(
@@ -321,6 +322,7 @@ class DataPage(Page):
         # Nothing of the previous data stays on show or in the state: it is not what would train. The column
         # boxes stay for the same file (a mapping being made), not for another.
         previous = self.state.data
+        self._before_failure = previous or self._before_failure  # its settings without a box (max_rows) carry on
         self.state.clear_data()
         failed = self._loaded.path if self._loaded is not None else None
         if not isinstance(error, ColumnsNotMapped) and (previous is None or previous.path != failed):
