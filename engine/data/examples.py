@@ -19,6 +19,7 @@ from adapter_studio.engine.data.shapes import (
     ColumnsNotMapped,
     Example,
     detect_shape,
+    label_mapping,
     resolve_columns,
     to_examples,
 )
@@ -205,6 +206,17 @@ def split_examples(
     held = held_out_mask(len(examples), share, seed, labels).tolist()
     train = [e for e, h in zip(examples, held, strict=True) if not h]
     return train, [e for e, h in zip(examples, held, strict=True) if h]
+
+
+def run_labels(data: DataSpec) -> dict[int, str] | None:
+    """id → label of every row of a classification run's data (its classifier head's size), checked for two
+    before the model loads with a head of one; None where there are no rows."""
+    _, _, examples, _ = load_examples(data, data.path)
+    if not examples:
+        return None
+    id2label = label_mapping(examples)
+    check_two_labels(id2label, data.path)
+    return id2label
 
 
 def check_two_labels(id2label: dict[int, str], path: str | list[str]) -> None:

@@ -261,7 +261,7 @@ def load_model(
             if task == "classification":
                 # A saved head of another size is replaced (`replaced_head` says so); any other mismatch stays
                 # transformers' error.
-                new_head = replaced_head(load_config(source, spec.trust_remote_code), len(labels)) is not None
+                new_head = head_note(source, len(labels), spec.trust_remote_code) is not None
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source.path, num_labels=len(labels), id2label={int(k): v for k, v in labels.items()},
                     label2id={v: int(k) for k, v in labels.items()}, ignore_mismatched_sizes=new_head, **kwargs,
@@ -290,6 +290,12 @@ def replaced_head(config: Any, labels: int) -> str | None:
         return None
     return (f"the model's classification head has {config.num_labels} labels and the data {labels}: a new head "
             f"of {labels} replaces it and learns from the start")  # fmt: skip
+
+
+def head_note(source: ModelSource, labels: int, trust_remote_code: bool = False) -> str | None:
+    """`replaced_head` for a model source, read from its saved config: `load_model` replaces the head where
+    there is one to say, and a run logs it."""
+    return replaced_head(load_config(source, trust_remote_code), labels)
 
 
 def _converted_for_quantising(spec: ModelSpec, original: ModelSource, task: str) -> ModelSource:

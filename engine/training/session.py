@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
-from adapter_studio.engine.data.examples import data_format, load_examples
+from adapter_studio.engine.data.examples import data_format, run_labels
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
@@ -75,18 +75,6 @@ def _source_used(spec: RunSpec, source: ModelSource) -> tuple[RunSpec, dict[str,
         return spec, {}
     model = spec.model.model_copy(update={"source": used})
     return spec.model_copy(update={"model": model}), {"model.source": source.note}
-
-
-def _id2label(spec: RunSpec) -> dict[int, str] | None:
-    from adapter_studio.engine.data.examples import check_two_labels
-    from adapter_studio.engine.data.shapes import label_mapping
-
-    _, _, examples, _ = load_examples(spec.data, spec.data.path)
-    if not examples:
-        return None
-    id2label = label_mapping(examples)
-    check_two_labels(id2label, spec.data.path)  # before the model loads with a head of one
-    return id2label
 
 
 class TrainingSession:
@@ -199,13 +187,7 @@ class TrainingSession:
         from adapter_studio.engine.methods import MethodContext
         from adapter_studio.engine.models.construction import model_construction
         from adapter_studio.engine.models.info import describe_model
-        from adapter_studio.engine.models.loading import (
-            load_config,
-            load_model,
-            replaced_head,
-            trains_in_base_dtype,
-            weights_dtype,
-        )
+        from adapter_studio.engine.models.loading import head_note, load_model, trains_in_base_dtype, weights_dtype
 
         spec = self.spec
         set_seed(spec.training.seed)
@@ -230,10 +212,11 @@ class TrainingSession:
             spec.model,
             task,
             dtype=weights_dtype(spec.model.dtype, device, base_trains, precision),
-            id2label=_id2label(spec) if task == "classification" else None,
+            id2label=run_labels(spec.data) if task == "classification" else None,
         )
         self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
-        if task == "classification" and (note := replaced_head(load_config(source), model.config.num_labels)):
+        labels, trust = model.config.num_labels, spec.model.trust_remote_code
+        if task == "classification" and (note := head_note(source, labels, trust)):  # a saved head replaced
             self.log(note)
         spec, source_reasons = _source_used(spec, source)
         from adapter_studio.engine.models.unquantised import unquantised_folder
