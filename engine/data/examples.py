@@ -43,6 +43,7 @@ class ExampleChunk:
     examples: list[Example]
     dropped: list[str]
     rows: RowChunk
+    columns: list[str]  # the file's columns so far, those first seen in this chunk included
 
 
 def example_chunks(
@@ -69,7 +70,7 @@ def example_chunks(
         assert fmt is not None
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
-        yield ExampleChunk(fmt, mapping, examples, dropped, chunk)
+        yield ExampleChunk(fmt, mapping, examples, dropped, chunk, list(columns))
 
 
 def file_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -137,10 +138,10 @@ def survey_data(
     for part in example_chunks(spec, path, fmt, progress):
         if not survey.format or not survey.columns:
             survey.format, survey.columns = part.format, part.mapping
-            survey.file_columns = file_columns(part.rows.rows)
+            survey.file_columns = list(part.columns)
             survey.held = [] if part.rows.total_bytes <= HOLD_BYTES else None
         survey.columns = {**part.mapping, **survey.columns}  # with the roles of columns found further down
-        survey.file_columns += [c for c in file_columns(part.rows.rows) if c not in survey.file_columns]
+        survey.file_columns += [c for c in part.columns if c not in survey.file_columns]
         examples = part.examples if limit is None else part.examples[: limit - survey.count]
         if survey.held is not None:
             survey.held.append((part.rows.path, part.rows.unit, examples))
