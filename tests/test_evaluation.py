@@ -299,7 +299,10 @@ GSM8K, METAMATH = "18 * 4 = 72\n#### 72", "18 * 4 = 72. The answer is: 72"
     ("expected", "answer", "right"),
     [(GSM8K, "#### 72", True), (GSM8K, "so she makes 72 dollars.", True), (GSM8K, "18 a day, #### 126", False),
      (GSM8K, "I do not know", False), (METAMATH, "The answer is: 72", True), (METAMATH, "so the answer is 72.", True),
-     (METAMATH, "she makes 72 dollars", True), (METAMATH, "18 a day. The answer is 126", False)],
+     (METAMATH, "she makes 72 dollars", True), (METAMATH, "18 a day. The answer is 126", False),
+     (GSM8K, "#### 1. Read it\n18 * 4 = 72\n#### 2. Answer\n72", True),  # numbered headings, no marked number
+     (GSM8K, "#### 12) Multiply\n#### 72", True), (GSM8K, "#### 72. That is all.", True),
+     (GSM8K, "#### 1. Multiply\n18 * 4 = 70", False)],
 )  # fmt: skip
 def test_a_marked_final_number_is_compared_and_an_answer_without_the_marker_by_its_last_number(
     expected: str, answer: str, right: bool
