@@ -230,7 +230,6 @@ BAD = [
     # (rows, message fragment: a UserError; dropped: a note)
     ([{"prompt": "q", "chosen": 5, "rejected": "b"}], "field 'chosen' is a int, expected text or a list"),
     ([{"prompt": "q", "chosen": {"a": 1}, "rejected": "b"}], "field 'chosen' is a JSON object"),
-    ([{"prompt": "q", "chosen": "a", "rejected": None}], "field 'rejected' is missing or empty"),
     ([{"chosen": "just text", "rejected": "other"}], "field 'chosen' is plain text, and there is no prompt column"),
     ([{"prompt": "q", "chosen": [{"role": "bot", "content": "a"}], "rejected": "b"}], "turn 1 has role 'bot'"),
     ([{"prompt": "q", "chosen": [{"text": "a"}], "rejected": "b"}], "turn 1 of 'chosen' needs 'role' and 'content'"),
@@ -240,6 +239,9 @@ BAD = [
 ]
 DROPPED = [
     ({"prompt": "q", "chosen": "", "rejected": "b"}, "empty answer in 'chosen'"),
+    ({"prompt": "q", "chosen": "a", "rejected": None}, "empty answer in 'rejected'"),  # pandas' NaN as JSON
+    ({"prompt": "q", "chosen": "a"}, "empty answer in 'rejected'"),  # a writer that leaves empty keys out
+    ({"chosen": None, "rejected": "\n\nHuman: hi\n\nAssistant: b"}, "empty answer in 'chosen'"),
     ({"prompt": "q", "chosen": "same", "rejected": "same"}, "are the same answer"),
     ({"chosen": "just text", "rejected": "other"}, "empty 'prompt' (no question to answer)"),  # the file has one
     ({"prompt": "", "chosen": "hello", "rejected": "go"}, "empty 'prompt' (no question to answer)"),
@@ -498,6 +500,19 @@ def test_bad_kto_rows_name_file_line_and_field(row: dict[str, Any], message: str
     with pytest.raises(UserError) as error:
         read(path)
     assert message in error.value.message and error.value.where == f"{path}:3"
+
+
+@pytest.mark.parametrize(("row", "note"), [
+    ({"prompt": "q", "completion": "", "label": True}, "empty 'completion' (nothing to learn)"),
+    ({"prompt": "q", "completion": None, "label": True}, "empty 'completion' (nothing to learn)"),  # pandas' NaN
+    ({"prompt": "q", "label": False}, "empty 'completion' (nothing to learn)"),  # a key the writer left out
+    ({"prompt": "", "completion": "a", "label": True}, "no prompt (no user turn before the completion)"),
+    ({"prompt": None, "completion": "a", "label": True}, "no prompt (no user turn before the completion)"),
+])  # fmt: skip
+def test_kto_rows_with_nothing_to_learn_are_dropped_with_a_note(row: dict[str, Any], note: str, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "some.jsonl", [*kto_rows(2), row])
+    _, examples, dropped = read(path)
+    assert len(examples) == 2 and dropped == [f"{path}:3: {note}"]
 
 
 def test_the_kto_preview_marks_the_completion(tiny_llama: Path, kto_jsonl: Path) -> None:

@@ -57,7 +57,12 @@ def kto_examples(
     for number, row in zip(numbers or range(1, len(rows) + 1), rows, strict=True):
         here = locate(where, unit, number)
         desirable = _desirable(row.get(l_col), l_col, here)
-        prompt = _as_turns(row.get(p_col), p_col, here, "user")
+        if row.get(c_col) in (None, "", []):  # null (pandas' NaN written as JSON) or left out: as empty
+            dropped.append(f"{here}: empty '{c_col}' (nothing to learn)")
+            continue
+        # No prompt is no turn: a completion that is a whole conversation brings its own, else the row goes.
+        given = row.get(p_col)
+        prompt = [] if given in (None, "", []) else _as_turns(given, p_col, here, "user")
         completion = _as_turns(row.get(c_col), c_col, here, "assistant")
         if starts_with(completion, prompt):  # a completion that is the whole conversation
             completion = completion[len(prompt) :]

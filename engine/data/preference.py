@@ -171,6 +171,9 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
         if isinstance(picked, str):
             return picked
         c_col, r_col = picked
+    for column in (c_col, r_col):  # null (pandas' NaN written as JSON) or a key a writer left out: as empty
+        if row.get(column) in (None, "", []):
+            return f"{where}: empty answer in '{column}' (nothing to compare)"
     has_prompt = "prompt" in columns and row.get(columns["prompt"]) not in (None, "", [])
     if has_prompt:
         prompt = _as_turns(row.get(columns["prompt"]), columns["prompt"], where, "user")
