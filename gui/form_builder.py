@@ -141,6 +141,7 @@ class TargetsEditor(QWidget):
             item = self.list.item(i)
             item.setCheckState(Qt.CheckState.Checked if item.text() in wanted else Qt.CheckState.Unchecked)
         self.list.blockSignals(False)
+        self._show_hint()  # also where the form loads values with this editor's signals blocked
         self.changed.emit()
 
     def value(self) -> list[str] | None:

@@ -43,6 +43,9 @@ class StudioState(QObject):
         # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
         # for its dates, and another data file gets the app's defaults instead, unless it was edited.
         self.demo: RunSpec | None = None
+        # Each method's settings as last left, by name: picking LoRA again after a look at full fine-tuning
+        # brings back its rank and layers, not LoRA's defaults.
+        self._methods: dict[str, MethodSpec] = {}
 
     def set_model(self, source: str) -> None:
         # A new model keeps the loading choices (device, dtype, quantisation) made for the last one.
@@ -99,6 +102,7 @@ class StudioState(QObject):
         if self.method == demo.method and self.training == demo.training:
             self.set_method(type(self.method)())
             self.set_training(TrainingSpec())
+            self._methods.pop(demo.method.name, None)  # the demo's recipe is not the person's
 
     def _fit_objective(self, fmt: str | None) -> None:
         """Preference pairs train with DPO, KTO's marked answers with KTO, other data with the supervised
@@ -108,8 +112,13 @@ class StudioState(QObject):
             self.set_objective(objective_for(fmt)())
 
     def set_method(self, method: MethodSpec) -> None:
+        self._methods[self.method.name] = self.method
         self.method = method
         self.method_changed.emit()
+
+    def method_named(self, name: str) -> MethodSpec:
+        """The method `name` as it was last left here, else with its defaults."""
+        return self.method if name == self.method.name else self._methods.get(name) or METHODS[name]()
 
     def set_objective(self, objective: ObjectiveSpec) -> None:
         self.objective = objective
@@ -141,6 +150,7 @@ class StudioState(QObject):
     def load_spec(self, spec: RunSpec, demo: bool = False) -> None:
         """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
         self.demo = spec if demo else None
+        self._methods = {}
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method

@@ -53,3 +53,49 @@ def test_the_targets_hint_says_what_the_ticks_mean_now(qtbot: Any, ticked: list[
     assert editor.hint.text().startswith(f"{len(ticked or []) + 1} of 4 ticked")
     editor.set_names(["q_proj", "v_proj"])  # another model: nothing ticked any more
     assert editor.hint.text().startswith("None ticked")
+
+
+def test_a_set_rate_far_from_the_methods_usual_one_is_said_with_a_way_back(
+    window: Any, qtbot: Any, tiny_llama: Any
+) -> None:
+    """The demo's LoRA rate (1e-3) kept when full fine-tuning is picked would unlearn the model: the page says
+    so beside the Training box, and its link leaves the rate to the app."""
+    page = window.pages["method"]
+    window.pages["model"].choose(str(tiny_llama))
+    qtbot.waitUntil(lambda: window.state.model_info is not None, timeout=60_000)
+    window.state.set_training(window.state.training.model_copy(update={"learning_rate": 1e-3}))
+    assert "Learning rate 0.001 is" not in page.chosen.text()  # LoRA's 0.002 on this model: near enough
+    page.select("full")
+    assert "Learning rate 0.001 is 50× the usual 2e-05 for Full fine-tuning on this model" in page.chosen.text()
+    page.chosen.linkActivated.emit("auto")
+    assert window.state.training.learning_rate is None
+    assert "Learning rate 0.001" not in page.chosen.text() and "learning rate</b> = 2e-05" in page.chosen.text()
+
+
+def test_each_method_keeps_its_settings_when_another_is_looked_at(window: Any, qtbot: Any, tiny_llama: Any) -> None:
+    page = window.pages["method"]
+    window.pages["model"].choose(str(tiny_llama))
+    qtbot.waitUntil(lambda: window.state.model_info is not None, timeout=60_000)
+    page.select("lora")
+    page.form.setters["r"](4)
+    page.form.setters["target_modules"](["q_proj", "v_proj"])
+    page.form.changed.emit(page.form.values())
+    assert (window.state.method.r, window.state.method.target_modules) == (4, ["q_proj", "v_proj"])
+    page.select("full")
+    page.select("ia3")
+    page.select("lora")
+    assert (window.state.method.r, window.state.method.target_modules) == (4, ["q_proj", "v_proj"])
+    targets = page.form.widgets["target_modules"]
+    assert targets.hint.text() == "2 of 7 ticked; untick all for the method's usual choice."  # loaded, not typed
+
+
+def test_method_details_show_declared_text_as_written(window: Any) -> None:
+    page = window.pages["method"]
+    from adapter_studio.engine.methods import METHOD_CLASSES
+    from PySide6.QtGui import QTextDocument
+
+    for cls in METHOD_CLASSES:  # IA3's share reads "< 0.05%": rich text took the "<" for a tag and showed nothing
+        page.select(cls.model_fields["name"].default)
+        document = QTextDocument()
+        document.setHtml(page.details.text())
+        assert cls.typical_share in document.toPlainText() and cls.description in document.toPlainText()

@@ -492,7 +492,8 @@ class ComparePage(Page):
         devices = f" Memory is per process: {t.devices} processes ({t.distributed})." if t.devices > 1 else ""
         self.status.setText(
             f"{sum(not r.get('baseline') for r in rows)} methods and the no-training baseline on "
-            f"{self.state.model.source} {where}. The chosen method is highlighted."
+            f"{self.state.model.source} {where}. The chosen method is highlighted, as you set it; the others "
+            "keep their own defaults but share its rank, batch and length."
             f"{devices}{progress}"
         )
 

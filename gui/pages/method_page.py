@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.defaults import choose, explain, for_objective, rate_for_size
-from adapter_studio.engine.methods import METHOD_CLASSES, METHODS
+from adapter_studio.engine.methods import METHOD_CLASSES
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
 from adapter_studio.gui.dialogs import show_error
@@ -89,6 +89,7 @@ class MethodPage(Page):
         # the values left empty above, as the engine will fill them, and why
         self.chosen = wrapped_label("chosenDefaults")
         self.chosen.setTextFormat(Qt.TextFormat.RichText)
+        self.chosen.linkActivated.connect(self._rate_to_auto)
         training_layout.addWidget(self.chosen)
         right.addWidget(training_box)
         right.addStretch()
@@ -141,7 +142,7 @@ class MethodPage(Page):
         name = item.data(Qt.ItemDataRole.UserRole) if item else None
         if not name or name == self.state.method.name:
             return
-        self.state.set_method(METHODS[name]())
+        self.state.set_method(self.state.method_named(name))
 
     # --- the objective: supervised, or a preference objective, beside the method -----------------
     def _objective_box(self) -> QGroupBox:
@@ -213,9 +214,10 @@ class MethodPage(Page):
                 self.state.method.check(info, self.state.training)
             except Exception as e:  # UserError: this model (or these settings) cannot use the method
                 fix = f" — {e.fix}" if getattr(e, "fix", None) else ""
-                note = f"<p style='color:#c00'><b>Cannot train:</b> {getattr(e, 'message', e)}{fix}</p>"
+                said = html.escape(f"{getattr(e, 'message', e)}{fix}")
+                note = f"<p style='color:#c00'><b>Cannot train:</b> {said}</p>"
         runs = getattr(self.state.method, "runs", None)  # AdapterFusion: the finished runs it fuses
-        fused = f"<tr><td>Fuses</td><td>{', '.join(Path(r).name for r in runs)}</td></tr>" if runs else ""
+        fused = f"<tr><td>Fuses</td><td>{html.escape(', '.join(Path(r).name for r in runs))}</td></tr>" if runs else ""
         if cls.routes_by_task:  # Poly: the tasks come from the data, not from a form field
             recorded = getattr(self.state.method, "tasks", [])
             if recorded:
@@ -224,7 +226,7 @@ class MethodPage(Page):
                 tasks = f"{', '.join(self.state.data_tasks)} (from the data's task column)"
             else:
                 tasks = "each row's, from the data's task column when training starts (map it on the Data page)"
-            fused += f"<tr><td>Tasks</td><td>{tasks}</td></tr>"
+            fused += f"<tr><td>Tasks</td><td>{html.escape(tasks)}</td></tr>"
         rate = f"{cls.default_lr:g} (the method's usual rate)"
         if info is not None:
             size_rate = rate_for_size(cls(), info.total_params, info.task)
@@ -232,13 +234,14 @@ class MethodPage(Page):
             lowered = for_objective(size_rate, self.state.objective)
             if lowered is not size_rate:  # a preference objective's rate
                 rate += f"; {lowered.value:g} for {self.state.objective.title}"
+        text = html.escape  # the declarations' own text: "< 0.05%" is no tag
         self.details.setText(
-            f"<h3>{cls.title}</h3><p>{cls.description}</p>"
-            f"<table><tr><td>Family</td><td>{cls.family}</td></tr>"
+            f"<h3>{text(cls.title)}</h3><p>{text(cls.description)}</p>"
+            f"<table><tr><td>Family</td><td>{text(cls.family)}</td></tr>"
             f"<tr><td>Mergeable</td><td>{merge}</td></tr>"
-            f"<tr><td>Typical trainable share</td><td>{cls.typical_share}</td></tr>"
+            f"<tr><td>Typical trainable share</td><td>{text(cls.typical_share)}</td></tr>"
             f"<tr><td>Learning rate</td><td>{rate}</td></tr>"
-            f"<tr><td>Models</td><td>{cls.supported_models}</td></tr>{fused}</table>{note}"
+            f"<tr><td>Models</td><td>{text(cls.supported_models)}</td></tr>{fused}</table>{note}"
         )
 
     def _rebuild_form(self) -> None:
@@ -339,5 +342,25 @@ class MethodPage(Page):
         if self.state.training.epochs is None and self.state.training.max_steps is None:
             rows.append("<li><b>epochs</b>: from the number of training rows when the run starts (one to three "
                         "passes: small data needs several)</li>")  # fmt: skip
-        self.chosen.setText(f"<p><b>Chosen for you</b> (why this value):</p><ul>{''.join(rows)}</ul>" if rows
-                            else "<i>Every setting above is your own.</i>")  # fmt: skip
+        self.chosen.setText(self._rate_warning(info) + (
+            f"<p><b>Chosen for you</b> (why this value):</p><ul>{''.join(rows)}</ul>" if rows
+            else "<i>Every setting above is your own.</i>"))  # fmt: skip
+
+    def _rate_warning(self, info: Any) -> str:
+        """A learning rate set by hand, or by the demo's recipe, far from the method's usual one on this model
+        (another method picked since: full fine-tuning at LoRA's 1e-3 unlearns what the model knew)."""
+        rate = self.state.training.learning_rate
+        if not isinstance(rate, float):
+            return ""
+        usual = for_objective(rate_for_size(self.state.method, info.total_params, info.task), self.state.objective)
+        times = rate / usual.value
+        if 0.1 <= times <= 10:
+            return ""
+        how = f"{times:.0f}×" if times > 1 else f"1/{1 / times:.0f} of"
+        return (f"<p style='color:#b35900'>Learning rate {rate:g} is {how} the usual {usual.value:g} for "
+                f"{html.escape(type(self.state.method).title)} on this model. <a href='auto'>Let the app choose "
+                "it</a> (an empty field), or set one nearer.</p>")
+
+    def _rate_to_auto(self, _link: str) -> None:
+        self.state.set_training(self.state.training.model_copy(update={"learning_rate": None}))
+        self.state.spec_edited.emit()
