@@ -7,7 +7,9 @@ import html
 
 import pytest
 from adapter_studio.engine.methods import METHODS
+from adapter_studio.gui.pages.compare_page import COMMON
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QPushButton
 
 pytestmark = pytest.mark.gui
 
@@ -30,6 +32,9 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     assert "in_context" in shown and "features" not in shown  # no tick without a row (a classifier's baseline)
     row = lora_row(page)
     assert row["trainable_params"] > 0 and row["memory_bytes"]["total"] > row["memory_bytes"]["weights"]
+    # The common library is charted at first (it reads without scrolling), every method a click away.
+    assert page.table.rowCount() == len(COMMON) + 1 and page.charted.text() == f"Charted: 17 of {len(METHODS)} methods"
+    qtbot.mouseClick(page.findChild(QPushButton, "tickAll"), Qt.MouseButton.LeftButton)
     assert page.table.rowCount() == len(METHODS) + 1
     assert page.table.item(0, 0).text() == "LoRA"  # the chosen method, highlighted first in the library order
     bitfit = next(r for r in page.rows if r["method"] == "bitfit")
@@ -46,7 +51,7 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     page.save_csv(str(out))
     rows = list(csv.reader(out.open()))
     assert rows[0][0] == "method" and len(rows) == len(METHODS) + 1
-    assert rows[-1][:3] == ["In-context examples (no training)", "no training (baseline)", "0"]
+    assert rows[-1][:2] == ["In-context examples (no training)", "0"] and rows[-1][-1] == "no training (baseline)"
     page.save_png(str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").stat().st_size > 1000
 
@@ -115,12 +120,14 @@ def test_refusals_are_listed_under_the_chart_not_across_it(window, qtbot, tiny_l
     window.pages["model"].choose(str(tiny_llama))
     window.go_to("compare")
     qtbot.waitUntil(page.complete, timeout=120_000)
+    qtbot.mouseClick(page.findChild(QPushButton, "tickAll"), Qt.MouseButton.LeftButton)
     reason = next(r for r in page.rows if r["method"] == "bitfit")["error"]
+    assert reason.startswith("method.name: ")  # the engine's message names the field; the page leaves it out
     drawn = page.chart.visible_texts()
     assert "not available" in drawn and not any(reason[:20] in text for text in drawn)
     full = next(text for r, text in zip(page.visible_rows(), drawn, strict=True) if r["method"] == "full")
     assert full.endswith("(100%)")  # it read "(1e+02%)"
-    assert f"<b>BitFit</b>: {html.escape(reason)}" in page.notes.text()
+    assert f"<b>BitFit</b>: {html.escape(reason.removeprefix('method.name: '))}" in page.notes.text()
     # Nothing drawn in the chart runs past the edge of its plot, or over another plot's bars.
     view = page.chart.params.getViewBox()
 
@@ -134,7 +141,7 @@ def test_refusals_are_listed_under_the_chart_not_across_it(window, qtbot, tiny_l
     assert not legend.sceneBoundingRect().intersects(page.chart.memory.getViewBox().sceneBoundingRect())
 
     # The notes follow the ticked methods. AdapterFusion is refused too: no finished runs are chosen to fuse.
-    assert "<b>AdapterFusion</b>: method.runs: AdapterFusion fuses two or more" in page.notes.text()
+    assert "<b>AdapterFusion</b>: AdapterFusion fuses two or more" in page.notes.text()  # no spec field's path
     for title in ("BitFit", "AdapterFusion"):
         tick = next(i for i in range(page.ticks.count()) if page.ticks.item(i).text() == title)
         page.ticks.item(tick).setCheckState(Qt.CheckState.Unchecked)
@@ -264,3 +271,28 @@ def test_a_preference_objective_counts_two_rows_a_pair_and_the_frozen_copy(windo
     assert f"{batch} pairs ({2 * batch} rows: chosen and rejected" in notes
     assert "DPO compares with the model before training: methods that change the base weights (" in notes
     assert "keep a frozen copy of it" in notes
+
+
+def test_the_chart_reads_without_scrolling_and_shows_each_steps_memory(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
+    """The helper's walk at 1280 x 800: 50 rows put the axes and legend below the fold; the memory bars had no
+    numbers, squeezed against a device line 20 times further; full fine-tuning chosen was scrolled out of sight."""
+    page = window.pages["compare"]
+    window.resize(1280, 800)
+    window.pages["model"].choose(str(tiny_llama))
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    assert page.chart.height() <= page.chart_scroll.viewport().height()  # the common rows: nothing to scroll
+    totals = [label.toPlainText() for label in page.chart.memory_labels if label.isVisible()]
+    assert len(totals) == len([r for r in page.visible_rows() if "memory_bytes" in r]) and all(totals)
+    largest = max(r["memory_bytes"]["total"] for r in page.visible_rows() if "memory_bytes" in r)
+    if page.device_memory and page.device_memory > 3 * largest:  # this machine's memory against a tiny model
+        assert not page.chart.device_line.isVisible() and "device" in page.chart.memory.getAxis("bottom").labelText
+
+    qtbot.mouseClick(page.findChild(QPushButton, "tickAll"), Qt.MouseButton.LeftButton)
+    window.resize(1024, 640)
+    window.pages["method"].select("supertuning")  # near the end of the library's 50
+    qtbot.waitUntil(lambda: page.complete() and page.state.last_estimate["method"] == "supertuning", timeout=60_000)
+    row = next(i for i, r in enumerate(page.visible_rows()) if r["method"] == "supertuning")
+    top = page.chart.row_top(row) - page.chart_scroll.verticalScrollBar().value()
+    assert 0 <= top <= page.chart_scroll.viewport().height()
+    assert page.table.visualItemRect(page.table.item(row, 0)).intersects(page.table.viewport().rect())

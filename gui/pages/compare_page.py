@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -47,7 +48,8 @@ MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations", "temporary",
 PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 HIGHLIGHT = "#f2b134"
 SHORT_COUNTS = {0: "1", 2: "100", 4: "10K", 6: "1M", 8: "100M", 10: "10B", 12: "1T"}
-COLUMNS = ("method", "family", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable")
+# "fits" beside the memory, before the family: at 1,280 px the last columns sit behind a scroll bar.
+COLUMNS = ("method", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable", "family")
 MAX_COLUMN_PX = 260
 FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
 TRAINING_KEYS = ("batch_size", "gradient_checkpointing", "optimizer", "precision", "devices", "distributed")
@@ -55,6 +57,14 @@ ROW_PX = 13  # height of one method's row in the chart: the names stay apart (at
 CHART_FRAME_PX = 125  # titles, the x axes and the legend around the rows
 LABEL_GAP_PX = 6  # between a parameter bar and its label
 TICK_PX = 42  # room for one tick label of the parameter axis ("100M")
+# Ticked at first: the library people compare (LoRA and its variants, bottleneck adapters, soft prompts,
+# IA3, BitFit, last layers, full fine-tuning). All 50 rows are 650 px of chart, past the fold of any window,
+# axes and legend included; the rest are a tick (or "All") away.
+COMMON = ("lora", "dora", "rslora", "loraplus", "adalora", "adapter_h", "adapter_p", "parallel_adapter",
+          "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "llama_adapter", "ia3", "bitfit",
+          "last_layers", "full")  # fmt: skip
+DEVICE_SCALE = 3  # the device's memory is drawn when within this many times the largest step's
+_WHERE = re.compile(r"^[a-z_]+(?:\.[a-z_]+)+: ")  # a spec field's path leading a message ("method.runs: ")
 
 
 def step_length(state: Any) -> tuple[int, str] | None:
@@ -209,7 +219,7 @@ class CostChart(QWidget):
         # Short titles: at 1280 px the three side by side ran out of room and cut the memory plot off.
         self.params = self.view.addPlot(title="Trainable parameters", axisItems={"left": self.axis})
         self.size = self.view.addPlot(title="Adapter size (MiB)")
-        self.memory = self.view.addPlot(title="Memory of a step (GiB)")
+        self.memory = self.view.addPlot(title="Step memory (GiB)")
         for column, stretch in enumerate((3, 1, 2)):  # the first holds the method names too
             self.view.ci.layout.setColumnStretchFactor(column, stretch)
         self.params.invertY(True)  # the library's order, top to bottom
@@ -246,6 +256,7 @@ class CostChart(QWidget):
         )
         self.device_line.setVisible(False)
         self.memory.addItem(self.device_line)
+        self.memory_labels: list[pg.TextItem] = []  # each step's total, at its bar's end
 
     def _label(self, i: int) -> pg.TextItem:
         while len(self.labels) <= i:
@@ -300,11 +311,41 @@ class CostChart(QWidget):
             self.marker.setOpts(x0=[0], y=[chosen[0]], width=[left[chosen[0]]])
         else:
             self.marker.setOpts(x0=[], y=[], width=[])
-        self.device_line.setVisible(bool(device_memory))
-        if device_memory:
-            self.device_line.setValue(device_memory / 2**30)
+        self._label_totals(rows, left)
+        largest = max(left, default=0.0) or 1.0
+        device = device_memory / 2**30 if device_memory else None
+        drawn = device is not None and device <= DEVICE_SCALE * largest
+        self.device_line.setVisible(drawn)
+        end = max(largest, device if drawn and device else 0.0) * 1.45  # room for the totals' text
+        self.memory.setXRange(0, end, padding=0)
+        if device_memory and drawn:
+            self.device_line.setValue(device)
             self.device_line.label.setFormat(f"device {human_bytes(device_memory)}")
+        # A device far larger than every step would squeeze the bars to slivers: said under the axis instead.
+        self.memory.getAxis("bottom").setLabel(
+            "" if drawn or not device_memory else f"device: {human_bytes(device_memory)} →", color="#c00")
         self.setMinimumHeight(len(rows) * ROW_PX + CHART_FRAME_PX)
+
+    def _label_totals(self, rows: list[dict[str, Any]], totals: list[float]) -> None:
+        """Each step's memory in GiB beside its bar: the coloured parts have no scale of their own."""
+        while len(self.memory_labels) < len(rows):
+            label = pg.TextItem("", anchor=(0, 0.5))
+            self.memory.addItem(label)
+            self.memory_labels.append(label)
+        foreground = pg.getConfigOption("foreground")
+        for i, (label, r, total) in enumerate(zip(self.memory_labels, rows, totals, strict=False)):
+            label.setText(f"{total:.2g}" if total < 1 else f"{total:.1f}", color=foreground)
+            label.setPos(total, i)
+            label.setVisible(has_numbers(r))
+        for label in self.memory_labels[len(rows):]:
+            label.setVisible(False)
+
+    def row_top(self, row: int) -> int:
+        """Where row `row` is drawn, in this widget's pixels (to scroll it into view)."""
+        from PySide6.QtCore import QPointF
+
+        scene = self.params.getViewBox().mapViewToScene(QPointF(0, row))
+        return int(self.view.mapFromScene(scene).y())
 
     def fit_labels(self) -> None:
         """Widen the parameter axis until every label fits right of its bar. Labels keep their size in
@@ -342,16 +383,35 @@ class ComparePage(Page):
         split = QSplitter(Qt.Orientation.Horizontal)
         self.ticks = QListWidget()
         self.ticks.setObjectName("compareMethods")
-        self.ticks.setMaximumWidth(220)
+        self.ticks.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.ticks.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         names = [(cls.title, cls.model_fields["name"].default) for cls in METHOD_CLASSES]
         for title, name in [*names, *((BASELINE_TITLES[b], b) for b in BASELINES)]:
             item = QListWidgetItem(title)
             item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setToolTip(title)  # cut at the list's width
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked)
+            item.setCheckState(Qt.CheckState.Unchecked)
             self.ticks.addItem(item)
+        self.tick(COMMON)
         self.ticks.itemChanged.connect(lambda _i: self.redraw())
-        split.addWidget(self.ticks)
+        picker = QWidget()
+        picker.setMaximumWidth(240)
+        picker.setMinimumWidth(140)  # titles are cut (their tooltips are whole) before the chart is
+        picker_column = QVBoxLayout(picker)
+        picker_column.setContentsMargins(0, 0, 0, 0)
+        picker_column.addWidget(self.ticks, 1)
+        tick_row = QHBoxLayout()
+        for text, names_ in (("Common", COMMON), ("All", None)):
+            button = QPushButton(text)
+            button.setObjectName(f"tick{text}")
+            button.setToolTip("Chart the common methods" if names_ else "Chart every method in the library")
+            button.clicked.connect(lambda _=False, n=names_: (self.tick(n), self.redraw()))
+            tick_row.addWidget(button)
+        picker_column.addLayout(tick_row)
+        self.charted = wrapped_label("chartedCount")
+        picker_column.addWidget(self.charted)
+        split.addWidget(picker)
         right = QWidget()
         column = QVBoxLayout(right)
         column.setContentsMargins(0, 0, 0, 0)
@@ -379,7 +439,7 @@ class ComparePage(Page):
         chart_column.setContentsMargins(0, 0, 0, 0)
         # The chart keeps 13 px a row (47 methods: 750 px); in a shorter window it scrolls, instead of
         # making the window taller than the screen (1,089 px at 1400 × 900) and running over the notes.
-        chart_scroll = QScrollArea()
+        self.chart_scroll = chart_scroll = QScrollArea()
         chart_scroll.setWidget(self.chart)
         chart_scroll.setWidgetResizable(True)
         chart_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -389,7 +449,7 @@ class ComparePage(Page):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("costTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setMinimumHeight(90)
+        self.table.setMinimumHeight(130)  # the header and three rows
         below = QSplitter(Qt.Orientation.Vertical)  # the chart keeps the room its rows need; the table the rest
         below.addWidget(chart_box)
         below.addWidget(self.table)
@@ -410,6 +470,7 @@ class ComparePage(Page):
         column.addLayout(buttons)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
+        split.setSizes([190, 900])  # at 1,024 px the list at its widest cut the memory chart off
         self.layout_.addWidget(split, 1)
         self.rows: list[dict[str, Any]] = []
         self.device_memory: int | None = None
@@ -425,6 +486,24 @@ class ComparePage(Page):
             state.data_measured,
         ):
             signal.connect(self.request)
+        state.method_changed.connect(self._tick_chosen)
+
+    def tick(self, names: tuple[str, ...] | None) -> None:
+        """Tick `names` (None: every method), the no-training baselines and the chosen method; untick the rest."""
+        self.ticks.blockSignals(True)
+        for i in range(self.ticks.count()):
+            item = self.ticks.item(i)
+            name = item.data(Qt.ItemDataRole.UserRole)
+            wanted = names is None or name in names or name in BASELINES or name == self.state.method.name
+            item.setCheckState(Qt.CheckState.Checked if wanted else Qt.CheckState.Unchecked)
+        self.ticks.blockSignals(False)
+
+    def _tick_chosen(self) -> None:
+        """The method picked on the Method page is charted, however the list was ticked."""
+        for i in range(self.ticks.count()):
+            item = self.ticks.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == self.state.method.name:
+                item.setCheckState(Qt.CheckState.Checked)  # redraws
 
     def on_shown(self) -> None:
         if not self.rows:
@@ -492,8 +571,8 @@ class ComparePage(Page):
         devices = f" Memory is per process: {t.devices} processes ({t.distributed})." if t.devices > 1 else ""
         self.status.setText(
             f"{sum(not r.get('baseline') for r in rows)} methods and the no-training baseline on "
-            f"{self.state.model.source} {where}. The chosen method is highlighted, as you set it; the others "
-            "keep their own defaults but share its rank, batch and length."
+            f"{self.state.model.source} {where}. The chosen method is "
+            "highlighted, as you set it; the others keep their own defaults but share its rank, batch and length."
             f"{devices}{progress}"
         )
 
@@ -581,7 +660,8 @@ class ComparePage(Page):
         refused = [r for r in rows if "error" in r]
         if refused:
             reasons = "<br>".join(
-                f"<b>{html.escape(r.get('title', r['method']))}</b>: {html.escape(r['error'])}" for r in refused
+                f"<b>{html.escape(r.get('title', r['method']))}</b>: {html.escape(_WHERE.sub('', r['error']))}"
+                for r in refused
             )
             lines.append(f"Not available with this model and these settings: {reasons}")
         return "<br>".join(lines)
@@ -600,6 +680,9 @@ class ComparePage(Page):
 
     def redraw(self) -> None:
         rows = self.visible_rows()
+        methods = [r for r in self.rows if not r.get("baseline")]
+        self.charted.setText(f"Charted: {sum(not r.get('baseline') for r in rows)} of {len(methods)} methods"
+                             if methods else "")  # fmt: skip
         self.chart.show_rows(rows, self.state.method.name, self.device_memory)
         self.notes.setText(self.notes_text(rows))
         self.table.setUpdatesEnabled(False)  # one repaint for the whole table, not one per cell
@@ -623,22 +706,31 @@ class ComparePage(Page):
             # A refusal's long reason would widen its column past the window and push the others out.
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), MAX_COLUMN_PX))
         self.table.setUpdatesEnabled(True)
+        self._bring_chosen_into_view(rows)
+
+    def _bring_chosen_into_view(self, rows: list[dict[str, Any]]) -> None:
+        """The highlighted row in sight in the chart and the table (full fine-tuning sits below the fold)."""
+        chosen = next((i for i, r in enumerate(rows) if r["method"] == self.state.method.name), None)
+        if chosen is None:
+            return
+        self.table.scrollToItem(self.table.item(chosen, 0))
+        self.chart_scroll.ensureVisible(0, self.chart.row_top(chosen), 0, 3 * ROW_PX)
 
     def _cells(self, r: dict[str, Any]) -> list[str]:
         if not has_numbers(r):
-            note = r.get("error", "estimating…")
-            return [r.get("title", r["method"]), r.get("family", ""), "—", "—", "—", "—", note, ""]
+            note = _WHERE.sub("", r.get("error", "estimating…"))
+            return [r.get("title", r["method"]), "—", "—", "—", "—", note, "", r.get("family", "")]
         total = r["memory_bytes"]["total"]
         fits = "—" if "fits" not in r else ("yes" if r["fits"] else "NO")  # the engine's (CPU processes share RAM)
         return [
             r.get("title", r["method"]),
-            r.get("family", ""),
             f"{r['trainable_params']:,}",
             f"{100 * r['trainable_share']:.4g}",
             human_bytes(r["adapter_bytes"]),
             human_bytes(total),
             fits,
             "—" if r.get("baseline") else "yes" if r.get("mergeable") else "no",
+            r.get("family", ""),
         ]
 
     def table_text(self, delimiter: str) -> str:
