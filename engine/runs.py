@@ -226,5 +226,8 @@ def list_runs(output_dir: str | Path) -> list[RunSummary]:
     root = Path(output_dir).expanduser()
     if not root.exists():
         return []
+    if not root.is_dir():
+        raise UserError(f"{root} is a file, not a folder of runs", where="--dir",
+                        fix="give the folder that holds the run folders (output_dir of the spec)")  # fmt: skip
     runs = [summarize_run(p) for p in root.iterdir() if (p / "spec.yaml").exists() or (p / "events.jsonl").exists()]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)

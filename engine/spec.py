@@ -8,8 +8,6 @@ run holds every value it used.
 
 from __future__ import annotations
 
-import difflib
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -19,6 +17,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.machines import MachinesSpec
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
+from adapter_studio.engine.spec_yaml import read_spec_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ADVANCED = {"advanced": True}  # shown in the form's collapsible "Advanced" section
@@ -206,6 +205,28 @@ MethodUnion = Annotated[Union[tuple(METHOD_CLASSES)], Field(discriminator="name"
 ObjectiveUnion = Annotated[Union[tuple(OBJECTIVE_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 # Tagged sections: the spec key, its registry, the tag a section without `name` gets.
 TAGGED = {"method": (METHODS, "lora"), "objective": (OBJECTIVES, "sft")}
+# A section written as its one value: `method: dora`, `data: train.jsonl`, `model: embedded:smollm2-135m-instruct`.
+SHORTHAND = {"model": "source", "data": "path", "method": "name", "objective": "name"}
+
+
+def expand_shorthands(data: Any) -> Any:
+    """The spec mapping with each section whole: a lone value is the section's main field, an empty or missing
+    method or objective name the default, and a name written as people write it (LoRA, p-tuning) the tag."""
+    if not isinstance(data, dict):
+        return data
+    for key, field in SHORTHAND.items():
+        value = data.get(key)
+        if isinstance(value, str) or (key == "data" and isinstance(value, list)):
+            data = {**data, key: {field: value}}
+    for key, (registry, default) in TAGGED.items():
+        section = data.get(key)
+        if isinstance(section, dict):
+            name = section.get("name")
+            plain = name.strip().lower().replace("-", "_").replace(" ", "_").replace("+", "plus") if isinstance(
+                name, str) else None
+            name = default if name is None or name == "" else plain if plain in registry else name
+            data = {**data, key: {**section, "name": name}}
+    return data
 
 
 class RunSpec(SpecSection):
@@ -223,11 +244,23 @@ class RunSpec(SpecSection):
 
     @model_validator(mode="before")
     @classmethod
-    def _method_defaults_to_lora(cls, data: Any) -> Any:
-        for key, (_, default) in TAGGED.items():
-            if isinstance(data, dict) and isinstance(data.get(key), dict) and "name" not in data[key]:
-                data = {**data, key: {"name": default, **data[key]}}
-        return data
+    def _whole_sections(cls, data: Any) -> Any:
+        return expand_shorthands(data)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty: name the folder that holds the run folders (runs, unless you say)")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        # A name is one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere.
+        if value is not None and (value.strip() in (".", "..") or any(c in value for c in "/\\")):
+            raise ValueError("a run folder's name, not a path (no / or \\, not . or ..); output_dir says where")
+        return value or None
 
     def to_yaml(self, as_given: bool = False) -> str:
         """`as_given`: only the values set, so what the app fills in from the data is filled in again on reading."""
@@ -243,36 +276,27 @@ class RunSpec(SpecSection):
 def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
     """Read a YAML spec, apply `--set` overrides, validate; errors name file, line and field."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"spec file not found: {path}", fix="check the path")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
-            where=f"{path}:{line}",
-            fix="save the spec file as UTF-8",
-        ) from None
-    except OSError as e:
-        raise UserError(f"cannot read the spec file: {e.strerror or e}", where=str(path)) from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever the reader said
-        raise UserError(f"not valid YAML ({problem})", where=where, fix="fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError("a spec file must be a mapping with model, data, method, training", where=str(path))
+    data, text = read_spec_yaml(path)
+    data = expand_shorthands(data)
     base = path.parent
     for section, key in (("model", "source"), ("data", "path"), ("data", "eval_path")):
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-        # Relative paths in a spec file mean relative to the file, as a person would expect.
-        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-            data[section][key] = str((base / value).resolve())
+        if isinstance(value, list):  # data.path may list files
+            data[section][key] = [_from_spec_folder(v, base, section) for v in value]
+        elif value is not None:
+            data[section][key] = _from_spec_folder(value, base, section)
     apply_overrides(data, overrides or [])
     return parse_spec(data, origin=str(path), text=text)
+
+
+def _from_spec_folder(value: Any, base: Path, section: str) -> Any:
+    """Relative paths in a spec file mean relative to the file, as a person would expect; one found from the
+    current folder instead is kept. A data file in neither place is named beside the file, where it was looked
+    for first (a model source found nowhere may be a hub id)."""
+    if not isinstance(value, str) or not value.strip() or Path(value).is_absolute() or value[0] in "~$":
+        return value
+    beside = base / value
+    return str(beside.resolve()) if beside.exists() or (section == "data" and not Path(value).exists()) else value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
@@ -295,82 +319,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
 
 
 def parse_spec(data: dict[str, Any], origin: str = "spec", text: str | None = None) -> RunSpec:
+    """The spec from its mapping; a UserError naming the field (and line, given the `text`) for anything wrong."""
+    from adapter_studio.engine.spec_errors import check_truth_values, explain  # they read RunSpec
+
+    data = expand_shorthands(data)
+    check_truth_values(data, origin, text)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
-        raise _explain(e, data, origin, text) from None
-
-
-_UNION_MEMBER = re.compile(r"(constrained-)?(float|int|str|bool)|literal\[.*\]|(list|dict)\[.*\]")
-
-
-def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
-    # A union field puts the member that failed in the location (learning_rate.constrained-float): drop it.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.fullmatch(p))]
-    # A discriminated union puts the tag in the location: method.<tag>.field → method.field.
-    if len(parts) >= 2 and parts[0] in TAGGED and parts[1] in TAGGED[parts[0]][0]:
-        parts = [parts[0], *parts[2:]]
-    return parts
-
-
-def _valid_keys(path: list[str], data: dict[str, Any]) -> list[str]:
-    model: type[BaseModel] | None = RunSpec
-    for part in path[:-1]:
-        if model is RunSpec and part in TAGGED:
-            registry, default = TAGGED[part]
-            name = data.get(part, {}).get("name", default) if isinstance(data.get(part), dict) else default
-            model = registry.get(name)
-            continue
-        field = model.model_fields.get(part) if model else None
-        annotation = getattr(field, "annotation", None)
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return list(model.model_fields) if model else []
-
-
-def _explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None) -> UserError:
-    first = error.errors()[0]
-    path = _field_path(first["loc"], data)
-    dotted = ".".join(path)
-    line = _line_of(text, path) if text else None
-    where = f"{origin}:{line}" if line else origin
-    if first["type"] == "extra_forbidden":
-        near = difflib.get_close_matches(path[-1], _valid_keys(path, data), n=3, cutoff=0.5)
-        valid = _valid_keys(path, data)
-        fix = f"did you mean {', '.join(near)}?" if near else f"valid keys here: {', '.join(valid)}"
-        return UserError(f"unknown key {dotted!r}", where=where, fix=fix)  # repr: a key may hold a line break
-    if first["type"] == "missing":
-        return UserError(f"'{dotted}' is required", where=where, fix=f"add {dotted} to the spec")
-    if first["type"] == "union_tag_invalid":
-        section = str(first["loc"][0])
-        registry = TAGGED[section][0]
-        bad = data.get(section, {}).get("name")
-        near = difflib.get_close_matches(str(bad), registry, n=3)
-        fix = f"did you mean {', '.join(near)}?" if near else f"known {section}s: {', '.join(registry)}"
-        return UserError(f"unknown {section} '{bad}'", where=f"{where} ({section}.name)", fix=fix)
-    got = first.get("input")
-    # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
-    wanted = [e["msg"].lower() for e in error.errors() if _field_path(e["loc"], data) == path]
-    what = " or ".join(dict.fromkeys(wanted))
-    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
-
-
-def _line_of(text: str, path: list[str]) -> int | None:
-    """1-based line of a dotted key in YAML text, or of its nearest existing parent."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in path:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for key, value in node.value:
-            if key.value == part:
-                line, node = key.start_mark.line + 1, value
-                break
-        else:
-            break
-    return line
+        raise explain(e, data, origin, text) from None
 
 
 def method_from_dict(data: dict[str, Any]) -> MethodSpec:

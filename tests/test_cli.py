@@ -272,3 +272,25 @@ def test_a_classifier_trains_without_transformers_load_report(tmp_path, classifi
     assert "loaded all-MiniLM-L6-v2" in out.stdout and "finished completed at step 1" in out.stdout
     assert "LOAD REPORT" not in out.stderr + out.stdout and "MISSING" not in out.stderr + out.stdout
     assert "Loading weights" not in out.stderr + out.stdout  # transformers' progress bar: the app's line says it
+
+
+def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """Found by trying ~160 bad inputs: each of these trained on, wrote elsewhere or ended in a traceback."""
+    spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["train", str(spec), "--devices", "0"], "error: --devices: must be at least 1 (got 0)"),
+        (["train", str(spec), "--resume", str(tmp_path)], "error: train: give a spec file or --resume RUN_DIR, not "
+                                                          "both — to change a resumed run's settings, add --set"),
+        (["train", str(spec), "--set", "model.device=cuda", "--set", f"output_dir={tmp_path / 'cuda-runs'}"],
+         "error: model.device: model.device is cuda, and this machine's PyTorch sees no CUDA GPU"),  # a failed run
+        (["params", "--model", str(tiny_llama), "--methods", "lora", "--set", "method.r=abc"],
+         "error: --set: method.r: input should be a valid integer"),
+        (["runs", "--dir", str(a_file)], f"error: --dir: {a_file} is a file, not a folder of runs"),
+    ]
+    for (args, expected), out in zip(cases, clis_at_once(*(args for args, _ in cases)), strict=True):
+        if "cuda" in expected and "CUDA" in out.stdout:  # a machine with a GPU trains there
+            continue
+        assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert not (tmp_path / "runs").exists()  # the others start nothing: no run folder left behind

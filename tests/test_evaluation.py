@@ -592,7 +592,7 @@ def test_cli_json(runs: dict[str, Path]) -> None:
         (["{lora}", "--checkpoint", "step-999"], "no checkpoint at step 999"),
         (["{lora}", "--extract", "(unclosed"], "--extract"),
         (["{lora}", "--data", "{tmp}/missing.jsonl"], "no such file"),
-        (["{lora}", "--limit", "0"], "--limit must be at least 1"),
+        (["{lora}", "--limit", "0"], "--limit: must be at least 1"),
     ],
 )
 def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, args: list[str], words: str) -> None:

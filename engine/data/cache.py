@@ -114,7 +114,7 @@ def _file_stamp(path: Path) -> list[Any]:
 def data_stamps(spec: DataSpec) -> dict[str, list[int]]:
     """Each data file's [size, modification time in ns] by path: what a checkpoint records of the data
     it was trained on, so that a resume can tell when a file changed since."""
-    paths = data_files(spec.path) + (data_files(spec.eval_path) if spec.eval_path else [])
+    paths = data_files(spec.path) + (data_files(spec.eval_path, "data.eval_path") if spec.eval_path else [])
     return {name: [size, mtime] for stamp in map(_file_stamp, paths) for name, size, mtime in stamp}
 
 
@@ -131,7 +131,8 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: str | None, seed: int) -> s
     material = {
         "version": CACHE_VERSION,
         "files": [_file_stamp(p) for p in data_files(spec.path)],
-        "eval_files": [_file_stamp(p) for p in data_files(spec.eval_path)] if spec.eval_path else None,
+        "eval_files": [_file_stamp(p) for p in data_files(spec.eval_path, "data.eval_path")] if spec.eval_path
+        else None,
         "data": spec.model_dump(mode="json", include={"format", "columns", "system_prompt", "template", "max_rows"}),
         "split": None if spec.eval_path else [spec.eval_split, seed],
         "task": task,

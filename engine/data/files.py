@@ -7,6 +7,7 @@ can be read; JSON and TXT files are read whole (their structure needs the whole 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,17 +216,20 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
 
-def data_files(paths: str | list[str]) -> list[Path]:
-    """The files (and saved data set folders) that data.path names, in reading order."""
+def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
+    """The files (and saved data set folders) that data.path (or `field`) names, in reading order."""
     out: list[Path] = []
-    for text in [paths] if isinstance(paths, str) else paths:
-        path = Path(text).expanduser()
+    texts = [paths] if isinstance(paths, str) else paths
+    if not any(str(t).strip() for t in texts):
+        raise UserError(f"{field} is empty", where=field, fix="give a data file, a folder of them or a list of files")
+    for text in texts:
+        path = Path(os.path.expandvars(text)).expanduser()  # $HOME/data.jsonl as a shell reads it
         if not path.exists():
-            raise UserError(f"data file not found: {path}", where="data.path", fix="check the path")
+            raise UserError(f"data file not found: {path}", where=field, fix="check the path")
         if path.is_dir() and not is_saved_dataset(path):
             files = sorted(p for p in path.iterdir() if file_format(p) in SUFFIXES and not _gzipped_parquet(p))
             if not files:
-                raise UserError(f"no data files in {path}", where="data.path", fix=f"use one of {', '.join(SUFFIXES)}")
+                raise UserError(f"no data files in {path}", where=field, fix=f"use one of {', '.join(SUFFIXES)}")
             out += files
             continue
         if path.is_file() and (file_format(path) not in SUFFIXES or _gzipped_parquet(path)):

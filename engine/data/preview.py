@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from adapter_studio.engine.data.batches import batch_tokens, pack_bounds
 from adapter_studio.engine.data.examples import check_some_left, survey_data
+from adapter_studio.engine.data.files import data_files
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import Progress, prepare_data
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, _render_pairs
@@ -43,6 +44,8 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
     Every row is read and checked, a chunk at a time; the first `max_rows` are kept for the table.
     A separate evaluation file is checked too (its columns, and for classification its labels).
     """
+    if spec.eval_path:  # said as its own field before the training file is read
+        data_files(spec.eval_path, "data.eval_path")
     survey = survey_data(spec, spec.path, limit=spec.max_rows, keep=max_rows)
     check_some_left(survey, spec.path)
     if spec.eval_path:

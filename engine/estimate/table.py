@@ -90,6 +90,9 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     finally:
         if collecting:
             gc.enable()
+    failed = [r["error"] for r in rows if "error" in r]
+    if method_fields and rows and len(failed) == len(rows):  # the value given fits no chosen method
+        raise UserError(failed[0], where="--set", fix="change the value given with --set")
     rows += [_baseline(name, config, spec, task, device, memory) for name in baselines]
     return rows
 
@@ -148,7 +151,8 @@ def clear_caches(*, keep_models: bool = False) -> None:
 def _device(choice: str) -> str:
     from adapter_studio.engine.training.devices import pick_device
 
-    return "cuda" if pick_device(choice) == "cuda" else "cpu"  # estimated as a CPU anywhere but CUDA
+    # Estimated as a CPU anywhere but CUDA; a CUDA run is estimated on any machine (planning for a GPU).
+    return "cuda" if choice == "cuda" or (choice == "auto" and pick_device() == "cuda") else "cpu"
 
 
 def _device_memory(device: str) -> int | None:

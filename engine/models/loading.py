@@ -34,12 +34,18 @@ def shipped_config_names() -> list[str]:
 def resolve_source(source: str) -> ModelSource:
     """Turn `model.source` into a ModelSource; errors say what was looked for."""
     source = source.strip()
+    if not source:
+        raise UserError("model.source is empty", where="model.source",
+                        fix=f"give a model folder, a .gguf file, a hub id or {EMBEDDED_SMOLLM2}")  # fmt: skip
     if source.startswith("embedded:"):
         return embedded_source(source)
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"GGUF file not found: {path}", where="model.source", fix="check the path")
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty (0 bytes)", where="model.source",
+                            fix="copy or download the .gguf file again")  # fmt: skip
         return ModelSource("gguf", str(path.parent.resolve()), path.name, path.stem)
     if path.is_dir():
         if (path / "config.json").exists():
@@ -269,7 +275,10 @@ def load_model(
             else:
                 model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the model: {e}", where=f"model.source ({source.path})") from None
+        shown = Path(source.path) / source.gguf_file if source.gguf_file else source.path
+        raise UserError(f"cannot load the model: {e}", where=f"model.source ({shown})",
+                        fix="check that the files are whole (copy or download them again)" if source.gguf_file
+                        or "safetensors" in str(e) else None) from None  # fmt: skip
     if source.gguf_file:
         _clear_gguf_quantization(model)
     tokenizer = load_tokenizer(source, spec.trust_remote_code)

@@ -142,21 +142,16 @@ def _print_event(event: Any, quiet: bool) -> None:
     if quiet and not isinstance(event, Finished):
         return
     if isinstance(event, Started):
-        print(
-            f"run {event.run_dir}: {event.method} on {event.model}, {event.trainable_params:,} trainable "
-            f"of {event.total_params:,}, {event.total_steps} steps, {event.device}, {event.precision}"
-        )
+        print(f"run {event.run_dir}: {event.method} on {event.model}, {event.trainable_params:,} trainable "
+              f"of {event.total_params:,}, {event.total_steps} steps, {event.device}, {event.precision}")  # fmt: skip
     elif isinstance(event, Metrics):
         print(
             f"step {event.step} loss {event.loss:.4f} lr {event.lr:.2e} grad {event.grad_norm:.3f} "
             f"{event.tokens_per_s:.0f} tok/s mem {event.memory_bytes / 2**20:.0f} MiB{_preference(event)}"
         )
     elif isinstance(event, Eval):
-        extra = "".join(
-            f" {k} {v:.3f}"
-            for k, v in (("accuracy", event.accuracy), ("exact_match", event.exact_match))
-            if v is not None
-        )
+        scores = (("accuracy", event.accuracy), ("exact_match", event.exact_match))
+        extra = "".join(f" {k} {v:.3f}" for k, v in scores if v is not None)
         print(f"eval step {event.step} eval_loss {event.eval_loss:.4f}{extra}{_preference(event)}")
     elif isinstance(event, Checkpoint):
         print(f"checkpoint {event.path}")
@@ -173,8 +168,11 @@ def _print_event(event: Any, quiet: bool) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from adapter_studio.engine.spec import load_spec_file
 
-    if not args.spec and not args.resume:
-        raise UserError("give a spec file, or --resume RUN_DIR", where="train")
+    if bool(args.spec) == bool(args.resume):  # a spec beside --resume went unread: the run's own spec went on
+        raise UserError("give a spec file or --resume RUN_DIR" + (", not both" if args.spec else ""), where="train",
+                        fix="to change a resumed run's settings, add --set KEY=VALUE")  # fmt: skip
+    if args.devices is not None and args.devices < 1:
+        raise UserError(f"must be at least 1 (got {args.devices})", where="--devices")
     devices = args.devices
     if args.resume:
         saved = Path(args.resume) / "spec.yaml"
@@ -339,7 +337,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     budget = parse_budget(args.budget)
     if args.max_trials is not None and args.max_trials < 1:
-        raise UserError(f"--max-trials must be at least 1 (got {args.max_trials})", where="--max-trials")
+        raise UserError(f"must be at least 1 (got {args.max_trials})", where="--max-trials")
     spec = load_spec_file(args.spec, args.overrides)
     stop = threading.Event()
     install_stop_handlers(stop)

@@ -44,7 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be at least 1 (got {value})", where=flag)
+            raise UserError(f"must be at least 1 (got {value})", where=flag)
     if args.threads:
         import torch
 

@@ -1,0 +1,128 @@
+"""What is wrong with a spec, said as a person fixes it: the dotted field, the file's line, what would be
+taken and, for an unknown key, the keys that were probably meant."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, get_args
+
+import yaml
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import TAGGED, RunSpec
+from pydantic import BaseModel, ValidationError
+
+
+def check_truth_values(data: dict[str, Any], origin: str, text: str | None) -> None:
+    """pydantic takes true for the number 1: `max_steps: yes` trained one step, unsaid."""
+    truth = _truth_for_number(data, data)
+    if truth:
+        dotted, line = ".".join(truth), line_of(text, truth) if text else None
+        raise UserError(f"{dotted}: true/false is not a number (YAML reads yes, no, on and off as true/false)",
+                        where=f"{origin}:{line}" if line else origin, fix=f"write a number for {dotted}")  # fmt: skip
+
+
+def _truth_for_number(node: Any, data: dict[str, Any], path: tuple[str, ...] = ()) -> list[str] | None:
+    """The path of the first true/false given to a field that takes a number and not true/false."""
+    model = _model_at(list(path), data)
+    if model is None or not isinstance(node, dict):
+        return None
+    for key, value in node.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        if isinstance(value, bool) and _takes(field.annotation, (int, float)) and not _takes(field.annotation, (bool,)):
+            return [*path, key]
+        found = _truth_for_number(value, data, (*path, key)) if isinstance(value, dict) else None
+        if found:
+            return found
+    return None
+
+
+def _takes(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type is one of `kinds`, or has one among its members (`int | None`)."""
+    return annotation in kinds or any(_takes(a, kinds) for a in get_args(annotation))
+
+
+_UNION_MEMBER = re.compile(r"(constrained-)?(float|int|str|bool)|literal\[.*\]|(list|dict)\[.*\]")
+
+
+def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
+    # A union field puts the member that failed in the location (learning_rate.constrained-float): drop it.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.fullmatch(p))]
+    # A discriminated union puts the tag in the location: method.<tag>.field → method.field.
+    if len(parts) >= 2 and parts[0] in TAGGED and parts[1] in TAGGED[parts[0]][0]:
+        parts = [parts[0], *parts[2:]]
+    return parts
+
+
+def _valid_keys(path: list[str], data: dict[str, Any]) -> list[str]:
+    model = _model_at(path[:-1], data)
+    return list(model.model_fields) if model else []
+
+
+def _model_at(path: list[str], data: dict[str, Any]) -> type[BaseModel] | None:
+    """The section's model at `path` (the method's class by its name), None where there is none."""
+    model: type[BaseModel] | None = RunSpec
+    for part in path:
+        if model is RunSpec and part in TAGGED:
+            registry, default = TAGGED[part]
+            name = data.get(part, {}).get("name", default) if isinstance(data.get(part), dict) else default
+            model = registry.get(name)
+            continue
+        field = model.model_fields.get(part) if model else None
+        annotation = getattr(field, "annotation", None)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None) -> UserError:
+    errors = error.errors()
+    # A misspelt key also leaves the right one missing (`Model:`): the misspelling is the one to say.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    path = _field_path(first["loc"], data)
+    dotted = ".".join(path)
+    line = line_of(text, path) if text else None
+    where = f"{origin}:{line}" if line else origin
+    if first["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(path[-1], _valid_keys(path, data), n=3, cutoff=0.5)
+        valid = _valid_keys(path, data)
+        fix = f"did you mean {', '.join(near)}?" if near else f"valid keys here: {', '.join(valid)}"
+        return UserError(f"unknown key {dotted!r}", where=where, fix=fix)  # repr: a key may hold a line break
+    if first["type"] == "missing":
+        return UserError(f"'{dotted}' is required", where=where, fix=f"add {dotted} to the spec")
+    if first["type"] == "union_tag_invalid":
+        section = str(first["loc"][0])
+        registry = TAGGED[section][0]
+        bad = data.get(section, {}).get("name")
+        near = difflib.get_close_matches(str(bad).lower(), registry, n=3)
+        fix = f"did you mean {', '.join(near)}?" if near else f"known {section}s: {', '.join(registry)}"
+        return UserError(f"unknown {section} '{bad}'", where=f"{where} ({section}.name)", fix=fix)
+    got = first.get("input")
+    if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        keys = _valid_keys([*path, ""], data)
+        return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
+                         fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
+    # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
+    wanted = [e["msg"].removeprefix("Value error, ").lower() for e in errors if _field_path(e["loc"], data) == path]
+    what = " or ".join(dict.fromkeys(wanted))
+    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
+
+
+def line_of(text: str, path: list[str]) -> int | None:
+    """1-based line of a dotted key in YAML text, or of its nearest existing parent."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in path:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key, value in node.value:
+            if key.value == part:
+                line, node = key.start_mark.line + 1, value
+                break
+        else:
+            break
+    return line

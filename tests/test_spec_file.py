@@ -1,0 +1,114 @@
+"""Spec files as people write them: shorthands accepted, mistakes refused with the file, line, field and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import load_spec_file
+
+HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (HEAD + "training:\n  learning_rate: 0.001\n  max_steps: 2\n  learning_rate: 5\n",
+         "spec.yaml:6: 'learning_rate' is given twice (first on line 4) — keep one of them"),  # PyYAML kept the 5
+        (HEAD + "training:\n  max_steps: yes\n", "spec.yaml:4: training.max_steps: true/false is not a number"),
+        (HEAD + "method: {name: lora, r: on}\n", "spec.yaml:3: method.r: true/false is not a number"),
+        (HEAD + "data:\n  eval_split: no\n", "'data' is given twice"),
+        ("model: {source: /m}\ndata:\n  path: \"d.jsonl\ntraining:\n  max_steps: 2\n",
+         "spec.yaml:3: not valid YAML (found unexpected end of stream while scanning a quoted scalar that starts "
+         "here)"),  # the quote left open on line 3, found at the end of the file
+        ("Model: {source: /m}\ndata: d.jsonl\n", "spec.yaml:1: unknown key 'Model' — did you mean model?"),
+        (HEAD + "method: {name: LoRA++}\n", "unknown method 'LoRA++' — did you mean lora"),
+        (HEAD + "training: {machines: two}\n",
+         "spec.yaml:3: training.machines holds settings, a 'key: value' line each under it, not 'two'"),
+        (HEAD + "name: ../elsewhere\n", "spec.yaml:3: name: a run folder's name, not a path"),
+        (HEAD + "name: /tmp/elsewhere\n", "name: a run folder's name, not a path"),
+        (HEAD + "output_dir: ''\n", "output_dir: empty: name the folder that holds the run folders"),
+        ("- model\n- data\n", "a spec file is a mapping with model, data, method and training, not a list — start it"),
+        (HEAD + "training: {max_steps: true}\ntraining: {}\n", "'training' is given twice"),
+    ],
+    ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
+         "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
+         "training twice"],
+)
+def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path)
+    assert message in caught.value.message.replace(str(tmp_path) + "/", "")
+
+
+def test_a_folder_given_as_the_spec_says_so(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as caught:
+        load_spec_file(tmp_path)
+    assert caught.value.message == f"{tmp_path}: this is a folder, not a spec file — give the spec's .yaml file " \
+                                   "(a run folder's is its spec.yaml)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model: /m\ndata: d.jsonl\nmethod: DoRA\nobjective: DPO\n", ("dora", "dpo", "d.jsonl")),
+        ("model: /m\ndata: [a.jsonl, b.jsonl]\nmethod: {name: }\n", ("lora", "sft", ["a.jsonl", "b.jsonl"])),
+        ("model: /m\ndata: d.jsonl\nmethod: {name: LoRA+, r: 4}\n", ("loraplus", "sft", "d.jsonl")),
+        ("model: /m\ndata: d.jsonl\nmethod: p-tuning\nname: ''\n", ("p_tuning", "sft", "d.jsonl")),
+    ],
+    ids=["one-word sections", "data as a list, empty method name", "a title's spelling", "p-tuning"],
+)
+def test_sections_written_as_their_one_value_read_as_people_mean(text: str, expected: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    spec = load_spec_file(path)
+    paths = spec.data.path if isinstance(spec.data.path, list) else [spec.data.path]
+    assert (spec.method.name, spec.objective.name) == expected[:2] and spec.name is None
+    named = expected[2] if isinstance(expected[2], list) else [expected[2]]
+    assert paths == [str(tmp_path / p) for p in named]  # relative to the spec file, found there or not
+
+
+def test_a_relative_path_found_from_the_current_folder_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "here.jsonl").write_text("{}\n")
+    path = tmp_path / "specs" / "spec.yaml"
+    path.write_text("model: /m\ndata: here.jsonl\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec_file(path).data.path == "here.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("paths", "field", "message"),
+    [
+        ([], "data.path", "data.path: data.path is empty — give a data file"),  # was StopIteration
+        ("  ", "data.path", "data.path: data.path is empty"),
+        ("nope.jsonl", "data.eval_path", "data.eval_path: data file not found: nope.jsonl"),  # was named data.path
+    ],
+)
+def test_data_paths_that_name_nothing_say_which_field(paths: str | list[str], field: str, message: str) -> None:
+    from adapter_studio.engine.data.files import data_files
+
+    with pytest.raises(UserError) as caught:
+        data_files(paths, field)
+    assert caught.value.message.startswith(message)
+
+
+def test_an_environment_variable_in_a_data_path_is_read_as_a_shell_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapter_studio.engine.data.files import data_files
+
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    monkeypatch.setenv("MY_DATA", str(tmp_path))
+    assert data_files("$MY_DATA/d.jsonl") == [tmp_path / "d.jsonl"]
+
+
+def test_an_export_folder_that_cannot_be_made_is_said(tmp_path: Path) -> None:
+    from adapter_studio.engine.export.run_export import new_export_folder
+
+    with pytest.raises(UserError) as caught:
+        new_export_folder(Path("/proc/no-such/out"))
+    assert caught.value.message.startswith("--out: cannot make the folder /proc/no-such")
