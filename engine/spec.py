@@ -17,6 +17,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.machines import MachinesSpec
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
+from adapter_studio.engine.spec_errors import TAGGED, check_truth_values, explain
 from adapter_studio.engine.spec_yaml import read_spec_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -203,8 +204,6 @@ class TrainingSpec(SpecSection):
 
 MethodUnion = Annotated[Union[tuple(METHOD_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
 ObjectiveUnion = Annotated[Union[tuple(OBJECTIVE_CLASSES)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
-# Tagged sections: the spec key, its registry, the tag a section without `name` gets.
-TAGGED = {"method": (METHODS, "lora"), "objective": (OBJECTIVES, "sft")}
 # A section written as its one value: `method: dora`, `data: train.jsonl`, `model: embedded:smollm2-135m-instruct`.
 SHORTHAND = {"model": "source", "data": "path", "method": "name", "objective": "name"}
 
@@ -320,14 +319,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
 
 def parse_spec(data: dict[str, Any], origin: str = "spec", text: str | None = None) -> RunSpec:
     """The spec from its mapping; a UserError naming the field (and line, given the `text`) for anything wrong."""
-    from adapter_studio.engine.spec_errors import check_truth_values, explain  # they read RunSpec
-
     data = expand_shorthands(data)
-    check_truth_values(data, origin, text)
+    check_truth_values(data, origin, text, RunSpec)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
-        raise explain(e, data, origin, text) from None
+        raise explain(e, data, origin, text, RunSpec) from None
 
 
 def method_from_dict(data: dict[str, Any]) -> MethodSpec:

@@ -9,22 +9,27 @@ from typing import Any, get_args
 
 import yaml
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.spec import TAGGED, RunSpec
+from adapter_studio.engine.methods import METHODS
+from adapter_studio.engine.objectives import OBJECTIVES
 from pydantic import BaseModel, ValidationError
 
+# Tagged sections: the spec key, its registry, the tag a section without `name` gets.
+TAGGED = {"method": (METHODS, "lora"), "objective": (OBJECTIVES, "sft")}
+Model = type[BaseModel]
 
-def check_truth_values(data: dict[str, Any], origin: str, text: str | None) -> None:
+
+def check_truth_values(data: dict[str, Any], origin: str, text: str | None, root: Model) -> None:
     """pydantic takes true for the number 1: `max_steps: yes` trained one step, unsaid."""
-    truth = _truth_for_number(data, data)
+    truth = _truth_for_number(data, data, root)
     if truth:
         dotted, line = ".".join(truth), line_of(text, truth) if text else None
         raise UserError(f"{dotted}: true/false is not a number (YAML reads yes, no, on and off as true/false)",
                         where=f"{origin}:{line}" if line else origin, fix=f"write a number for {dotted}")  # fmt: skip
 
 
-def _truth_for_number(node: Any, data: dict[str, Any], path: tuple[str, ...] = ()) -> list[str] | None:
+def _truth_for_number(node: Any, data: dict[str, Any], root: Model, path: tuple[str, ...] = ()) -> list[str] | None:
     """The path of the first true/false given to a field that takes a number and not true/false."""
-    model = _model_at(list(path), data)
+    model = _model_at(list(path), data, root)
     if model is None or not isinstance(node, dict):
         return None
     for key, value in node.items():
@@ -33,7 +38,7 @@ def _truth_for_number(node: Any, data: dict[str, Any], path: tuple[str, ...] = (
             continue
         if isinstance(value, bool) and _takes(field.annotation, (int, float)) and not _takes(field.annotation, (bool,)):
             return [*path, key]
-        found = _truth_for_number(value, data, (*path, key)) if isinstance(value, dict) else None
+        found = _truth_for_number(value, data, root, (*path, key)) if isinstance(value, dict) else None
         if found:
             return found
     return None
@@ -56,16 +61,16 @@ def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _valid_keys(path: list[str], data: dict[str, Any]) -> list[str]:
-    model = _model_at(path[:-1], data)
+def _valid_keys(path: list[str], data: dict[str, Any], root: Model) -> list[str]:
+    model = _model_at(path[:-1], data, root)
     return list(model.model_fields) if model else []
 
 
-def _model_at(path: list[str], data: dict[str, Any]) -> type[BaseModel] | None:
+def _model_at(path: list[str], data: dict[str, Any], root: Model) -> Model | None:
     """The section's model at `path` (the method's class by its name), None where there is none."""
-    model: type[BaseModel] | None = RunSpec
+    model: Model | None = root
     for part in path:
-        if model is RunSpec and part in TAGGED:
+        if model is root and part in TAGGED:
             registry, default = TAGGED[part]
             name = data.get(part, {}).get("name", default) if isinstance(data.get(part), dict) else default
             model = registry.get(name)
@@ -76,7 +81,7 @@ def _model_at(path: list[str], data: dict[str, Any]) -> type[BaseModel] | None:
     return model
 
 
-def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None) -> UserError:
+def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None, root: Model) -> UserError:
     errors = error.errors()
     # A misspelt key also leaves the right one missing (`Model:`): the misspelling is the one to say.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
@@ -85,8 +90,8 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     line = line_of(text, path) if text else None
     where = f"{origin}:{line}" if line else origin
     if first["type"] == "extra_forbidden":
-        near = difflib.get_close_matches(path[-1], _valid_keys(path, data), n=3, cutoff=0.5)
-        valid = _valid_keys(path, data)
+        near = difflib.get_close_matches(path[-1], _valid_keys(path, data, root), n=3, cutoff=0.5)
+        valid = _valid_keys(path, data, root)
         fix = f"did you mean {', '.join(near)}?" if near else f"valid keys here: {', '.join(valid)}"
         return UserError(f"unknown key {dotted!r}", where=where, fix=fix)  # repr: a key may hold a line break
     if first["type"] == "missing":
@@ -100,7 +105,7 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
         return UserError(f"unknown {section} '{bad}'", where=f"{where} ({section}.name)", fix=fix)
     got = first.get("input")
     if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
-        keys = _valid_keys([*path, ""], data)
+        keys = _valid_keys([*path, ""], data, root)
         return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
                          fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").

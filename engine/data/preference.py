@@ -80,12 +80,9 @@ def _as_turns(value: Any, column: str, where: str, default_role: str) -> list[di
             turns = transcript_turns(value, column, where)
             return turns[:-1] if turns[-1] == {"role": "assistant", "content": ""} else turns
         if default_role == "dialogue":
-            raise UserError(
-                f"field '{column}' is plain text, and there is no prompt column to answer",
-                where=where,
-                fix="add a 'prompt' column, or give whole dialogues (message lists, or '\\n\\nHuman: … "
-                "\\n\\nAssistant: …' transcripts)",
-            )
+            raise UserError(f"field '{column}' is plain text, and there is no prompt column to answer", where=where,
+                            fix="add a 'prompt' column, or give whole dialogues (message lists, or '\\n\\nHuman: … "
+                            "\\n\\nAssistant: …' transcripts)")  # fmt: skip
         return [{"role": default_role, "content": value}]
     if value is None:
         raise UserError(f"field '{column}' is missing or empty", where=where, fix=f"give every row a '{column}'")
@@ -171,9 +168,9 @@ def pair_from_row(row: dict[str, Any], columns: dict[str, str], where: str) -> P
         if isinstance(picked, str):
             return picked
         c_col, r_col = picked
-    for column in (c_col, r_col):  # null (pandas' NaN written as JSON) or a key a writer left out: as empty
-        if row.get(column) in (None, "", []):
-            return f"{where}: empty answer in '{column}' (nothing to compare)"
+    empty = next((c for c in (c_col, r_col) if row.get(c) in (None, "", [])), None)  # null (pandas' NaN), left out
+    if empty is not None:
+        return f"{where}: empty answer in '{empty}' (nothing to compare)"
     has_prompt = "prompt" in columns and row.get(columns["prompt"]) not in (None, "", [])
     if has_prompt:
         prompt = _as_turns(row.get(columns["prompt"]), columns["prompt"], where, "user")
