@@ -71,6 +71,16 @@ class ReadableAxis(pg.AxisItem):
     def __init__(self, orientation: str) -> None:
         super().__init__(orientation)
         self.enableAutoSIPrefix(False)
+        self.whole_numbers = False  # steps: no tick at step 3.5
+
+    def tickValues(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, list[float]]]:
+        levels = super().tickValues(minVal, maxVal, size)
+        if not self.whole_numbers or self.logMode:
+            return levels
+        kept = [(spacing, [v for v in values if float(v).is_integer()]) for spacing, values in levels if spacing >= 1]
+        if any(values for _, values in kept):
+            return kept
+        return [(1.0, [float(v) for v in range(math.ceil(minVal), math.floor(maxVal) + 1)])]
 
     def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
         if self.logMode:
@@ -137,7 +147,7 @@ class LivePlot(pg.PlotWidget):
         super().__init__(parent=parent, axisItems={"left": ReadableAxis("left"), "bottom": ReadableAxis("bottom")})
         self.setTitle(title)
         self.setLabel("left", y_label)
-        self.setLabel("bottom", "step")
+        self.set_x_label("step")
         self.showGrid(x=True, y=True, alpha=0.25)
         self.legend = legend_below(self.plotItem)
         # Draw only what is visible, downsampled to the pixel width: redraws stay fast at 100k points.
@@ -163,6 +173,11 @@ class LivePlot(pg.PlotWidget):
         axis = self.plotItem.getAxis("left")
         if self.legend.fit(self.width() - (axis.width() if axis.isVisible() else 0) - LEGEND_MARGIN_PX):
             self.plotItem.setGeometry(self.range)  # laid out again within the widget, at the legend's new size
+
+    def set_x_label(self, label: str) -> None:
+        """The x axis's name; steps are whole numbers (a range of a few steps ticked 3.5, 4.5)."""
+        self.setLabel("bottom", label)
+        self.getAxis("bottom").whole_numbers = label == "step"
 
     def set_log_y(self, on: bool) -> None:
         """A log y axis (a loss that falls 60× reads on it); non-positive points are left out there."""
@@ -192,6 +207,9 @@ class LivePlot(pg.PlotWidget):
     def total_points(self) -> int:
         return sum(s.n for s in self.series.values())
 
+    def has_data(self) -> bool:
+        return self.total_points() > 0
+
 
 def ema(previous: float | None, value: float, weight: float) -> float:
     """Exponential moving average used for the smoothed loss (weight 0 = raw)."""
@@ -204,7 +222,7 @@ class RangeTestPlot(LivePlot):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Learning-rate finder", "loss", parent)
-        self.setLabel("bottom", "learning rate")
+        self.set_x_label("learning rate")
         self.setLogMode(x=True, y=False)
         self.getAxis("bottom").enableAutoSIPrefix(False)  # rates read as 1e-4, not "0.1 (x0.001)"
         # Items other than curves are placed in view coordinates: log10 of the rate on this axis.

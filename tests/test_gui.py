@@ -326,3 +326,28 @@ def test_long_statuses_wrap_instead_of_widening_the_window(window) -> None:  # t
     window.pages["method"].validation.setText(long)
     for label in (window.train_page.state_label, window.pages["model"].status, window.pages["method"].validation):
         assert label.wordWrap() and label.minimumSizeHint().width() < 600, label.objectName()
+
+
+def test_the_train_page_shows_only_the_plot_tabs_that_apply(window) -> None:  # type: ignore[no-untyped-def]
+    """At 1,280 px six tabs scrolled the quality curve out of sight behind a Rewards tab no supervised run fills."""
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    train, state = window.train_page, window.state
+    shown = lambda: [train.more.tabText(i) for i in range(train.more.count()) if train.more.isTabVisible(i)]  # noqa: E731
+    assert shown() == ["Quality", "Learning rate", "Grad norm", "Tokens/s"]
+    state.set_objective(OBJECTIVES["dpo"]())
+    assert "Rewards" in shown()
+    state.set_objective(OBJECTIVES["sft"]())
+    state.set_training(state.training.model_copy(update={"learning_rate": "auto"}))
+    assert shown() == ["Quality", "Learning rate", "Grad norm", "Tokens/s", "LR finder"]
+
+
+def test_step_axes_tick_whole_steps_and_name_the_seconds(window) -> None:  # type: ignore[no-untyped-def]
+    train = window.train_page
+    axis = train.loss_plot.getAxis("bottom")
+    ticks = [v for _, values in axis.tickValues(3.0, 5.0, 400) for v in values]  # a few steps: pyqtgraph ticked 3.5
+    assert ticks and all(float(v).is_integer() for v in ticks)
+    train.x_axis.setCurrentText("elapsed seconds")
+    assert axis.labelText == "elapsed seconds" and not axis.whole_numbers
+    train.x_axis.setCurrentText("step")
+    assert axis.labelText == "step" and axis.whole_numbers

@@ -125,14 +125,15 @@ class TrainPage(Page):
         self.quality_plot = LivePlot("Held-out quality", "share")
         self.rewards_plot = LivePlot("Preference rewards", "reward")  # preference objectives (issue 24)
         self.rewards_plot.setObjectName("rewardsPlot")
-        for plot, name in (
-            (self.lr_plot, "Learning rate"),
-            (self.grad_plot, "Gradient norm"),
-            (self.speed_plot, "Tokens/s"),
-            (self.quality_plot, "Accuracy / exact match"),
-            (self.rewards_plot, "Rewards"),
+        # The held-out quality first: at 1,280 px the fourth tab was cut to "Acc" behind the scroll arrows.
+        for plot, name, tip in (
+            (self.quality_plot, "Quality", "Held-out accuracy, exact match or preference accuracy at each evaluation"),
+            (self.rewards_plot, "Rewards", "Preference objectives: the chosen and rejected answers' rewards"),
+            (self.lr_plot, "Learning rate", "The learning rate at each step (warm-up, then decay)"),
+            (self.grad_plot, "Grad norm", "The gradients' norm before clipping: spikes show an unstable step"),
+            (self.speed_plot, "Tokens/s", "Training speed"),
         ):
-            self.more.addTab(plot, name)
+            self.more.setTabToolTip(self.more.addTab(plot, name), tip)
         # The range test of `learning_rate: auto`: its curve, and the rate picked with the reason.
         self.finder_tab = QWidget()
         finder_layout = QVBoxLayout(self.finder_tab)
@@ -142,7 +143,11 @@ class TrainPage(Page):
         self.finder_label = wrapped_label("lrFinderReason", FINDER_HINT)
         finder_layout.addWidget(self.finder_plot, 1)
         finder_layout.addWidget(self.finder_label)
-        self.more.addTab(self.finder_tab, "Learning-rate finder")
+        self.more.addTab(self.finder_tab, "LR finder")
+        self._show_tabs()
+        state.objective_changed.connect(self._show_tabs)
+        state.training_changed.connect(self._show_tabs)
+        state.spec_edited.connect(self._show_tabs)
         plots.addWidget(self.more)
         split.addWidget(plots)
         self.log = QPlainTextEdit()
@@ -285,6 +290,14 @@ class TrainPage(Page):
         self.stop_button.setEnabled(running)
         self.resume_button.setEnabled(not running and self.last_status in ("cancelled", "failed", "interrupted"))
 
+    def _show_tabs(self, rewards: bool = False, finder: bool = False) -> None:
+        """Only the tabs that can show something: rewards for a preference objective (or a run that reported
+        them), the range test where the learning rate is found by it."""
+        shown = rewards or self.state.objective.pairwise or self.rewards_plot.has_data()
+        self.more.setTabVisible(self.more.indexOf(self.rewards_plot), shown)
+        shown = finder or self.state.training.learning_rate == "auto" or self.finder_plot.has_data()
+        self.more.setTabVisible(self.more.indexOf(self.finder_tab), shown)
+
     def _reset(self) -> None:
         self.metrics, self.evals = [], []
         self.last_status = self.last_error = None
@@ -293,6 +306,7 @@ class TrainPage(Page):
             plot.clear_data()
         self.finder_plot.clear_data()
         self.finder_label.setText(FINDER_HINT)
+        self._show_tabs()
         self.log.clear()
         self.progress.setValue(0)
 
@@ -338,6 +352,7 @@ class TrainPage(Page):
         elif isinstance(event, LrFinder):
             self.finder_plot.show_test(event.rates, event.raw_losses, event.losses, event.chosen)
             self.finder_label.setText(f"<b>learning rate {event.chosen:.2g}</b>: {event.reason}")
+            self._show_tabs(finder=True)
             self.more.setCurrentWidget(self.finder_tab)
         elif isinstance(event, Checkpoint):
             self.log.appendPlainText(f"checkpoint at step {event.step}: {event.path}")
@@ -375,6 +390,8 @@ class TrainPage(Page):
         for name, value in (("chosen", m.rewards_chosen), ("rejected", m.rewards_rejected),
                             ("margin", m.reward_margin)):  # fmt: skip
             if value is not None:
+                if not self.rewards_plot.has_data():
+                    self._show_tabs(rewards=True)
                 self.rewards_plot.add(name, x, value)
         if m.preference_accuracy is not None:
             self.quality_plot.add("preference accuracy (batch)", x, m.preference_accuracy)
@@ -416,6 +433,7 @@ class TrainPage(Page):
         """Rebuild every curve (smoothing or x axis changed)."""
         for plot in self.plots.values():
             plot.clear_data()
+            plot.set_x_label(self.x_axis.currentText())  # it said "step" under seconds
         self._smoothed = None
         for m in self.metrics:
             self._add_metrics(m)
