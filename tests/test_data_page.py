@@ -110,6 +110,17 @@ def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_pa
     assert window.state.data.eval_split == pytest.approx(0.1)
     page.eval_split.setValue(page.eval_split.minimum())
     assert window.state.data.eval_split is None and page.eval_split.text() == "auto: 12 of 240 rows"
+
+    # An eval file replaces the share: the box said "auto: 12 of 240 rows" while all 240 were trained on.
+    held = write_rows(tmp_path / "held.jsonl", alpaca_rows(pairs[:20]))
+    page.eval_path.setText(str(held))
+    page.eval_path.editingFinished.emit()
+    qtbot.waitUntil(lambda: not page.eval_split.isEnabled(), timeout=60_000)
+    assert page.eval_split.text() == "none: held.jsonl is the held-out set"
+    page.eval_path.setText("")
+    page.eval_path.editingFinished.emit()
+    qtbot.waitUntil(lambda: page.eval_split.isEnabled(), timeout=60_000)
+    assert page.eval_split.text() == "auto: 12 of 240 rows"
     assert not error_dialogs()
 
 

@@ -75,6 +75,7 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     open_run(page, qtbot, lora_run)
     pg = page.playground
     assert page.examples.count() == len(pg.held_out_examples(50)) == 10
+    assert "10 held-out examples." in page.status.text() and pg.held_out_count == 10
     page.examples.setCurrentRow(2)
     _, message, expected, *_ = pg.held_out_examples(50)[2]
     assert page.prompt.toPlainText() == message
@@ -208,3 +209,11 @@ def test_classifier_run_shows_a_probability_table(page: TryPage, qtbot: Any, cla
         assert base == f"{expected['base'][label]:.1%}"
         assert tuned == f"{expected['tuned'][label]:.1%}"
     assert sum(float(t.rstrip("%")) for _, t in cells.values()) == pytest.approx(100.0, abs=0.2)
+
+
+@pytest.mark.parametrize(("shown", "held", "text"), [(10, 10, "10 held-out examples."),
+                                                     (50, 1200, "50 of the 1,200 held-out examples listed.")])
+def test_the_list_says_how_many_of_the_held_out_rows_it_offers(shown: int, held: int, text: str) -> None:
+    from adapter_studio.gui.pages.try_page import _examples_shown
+
+    assert _examples_shown(shown, held) == text  # the Data page said 60 held out where this said 50

@@ -210,6 +210,11 @@ class Playground:
 
     # --- held-out rows ----------------------------------------------------------------------------
 
+    @property
+    def held_out_count(self) -> int:
+        """How many rows the run held out."""
+        return len(self._held_out)
+
     def held_out_examples(self, n: int = 20) -> list[HeldOutExample]:
         """Up to n rows the run did not train on: (full prompt text, user message, expected answer)."""
         from adapter_studio.engine.data.preference import as_conversation

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,8 @@ class DataPage(Page):
         self.eval_split.setSingleStep(0.05)
         self.eval_split.setSpecialValueText("auto")  # shown at AUTO_SPLIT, the lowest value
         self.eval_split.setValue(AUTO_SPLIT)
-        self.eval_split.setToolTip(fields["eval_split"].description)
+        self._split_tip = fields["eval_split"].description
+        self.eval_split.setToolTip(self._split_tip)
         self.eval_split.valueChanged.connect(lambda _v: self._changed())
         options.addRow("Held out", self.eval_split)
         self.eval_path = QLineEdit()
@@ -358,6 +360,11 @@ class DataPage(Page):
         self._fill_table(preview.columns, preview.rows)
         held = held_out_count(preview.usable, None)
         self.eval_split.setSpecialValueText(f"auto: {held:,} of {preview.usable:,} rows")
+        # An eval file replaces the held-out share: its box would say rows were kept back that are trained on.
+        self.eval_split.setEnabled(not spec.eval_path)
+        if spec.eval_path:
+            self.eval_split.setSpecialValueText(f"none: {Path(spec.eval_path).name} is the held-out set")
+        self.eval_split.setToolTip("The eval file replaces it" if spec.eval_path else self._split_tip)
         detected = "detected" if spec.format is None else "chosen"
         labels = describe_labels(preview.labels)  # the data's own text: escaped
         self.summary.setText(

@@ -33,6 +33,11 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 HELD_OUT_SHOWN = 50
+
+
+def _examples_shown(shown: int, held: int) -> str:
+    """How many held-out rows the list offers, of how many the run held out (the Data page's count)."""
+    return f"{shown} held-out examples." if shown >= held else f"{shown} of the {held:,} held-out examples listed."
 LABEL_CHARS = 90  # of a held-out row in the list; the whole message is its tooltip
 SHARED_OPENING_CHARS = 12  # a common opening at least this long is left out of single-paragraph rows
 PANES = ("base", "tuned")
@@ -273,7 +278,7 @@ class TryPage(Page):
                   else "a second, untouched copy of the base model")  # fmt: skip
         self.status.setText(
             f"Run <b>{self._loaded_run.name}</b> — {method.title}, checkpoint {playground.tuned.checkpoint.name}. "
-            f"Base answers come from {source}. {self.examples.count()} held-out examples."
+            f"Base answers come from {source}. {_examples_shown(self.examples.count(), playground.held_out_count)}"
         )
         self._update_buttons()
 
