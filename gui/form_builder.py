@@ -237,7 +237,7 @@ class SpecForm(QWidget):
             self.widgets[name] = widget
         outer.addLayout(main)
         if advanced.rowCount():
-            self.advanced = QCollapsible("Advanced")
+            self.advanced = QCollapsible("Advanced", collapsedIcon="▶")  # superqt folds under ▲, which reads as open
             box = QWidget()
             box.setLayout(advanced)
             self.advanced.addWidget(box)

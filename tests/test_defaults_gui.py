@@ -99,3 +99,12 @@ def test_method_details_show_declared_text_as_written(window: Any) -> None:
         document = QTextDocument()
         document.setHtml(page.details.text())
         assert cls.typical_share in document.toPlainText() and cls.description in document.toPlainText()
+
+
+def test_a_method_without_settings_says_so_instead_of_an_empty_box(window: Any) -> None:
+    page = window.pages["method"]
+    page.select("full")
+    assert not page.form.widgets and page.no_settings.isVisibleTo(page)
+    assert page.no_settings.text().startswith("Full fine-tuning has no settings of its own")
+    page.select("lora")
+    assert page.form.widgets and not page.no_settings.isVisibleTo(page)

@@ -191,9 +191,11 @@ def test_shows_the_last_saved_evaluation(page: EvaluatePage, lora_run: Path, tmp
 
     from adapter_studio.engine.evaluation.run_eval import EvalSettings, evaluate_run
 
+    assert page.empty_note.isVisibleTo(page) and not page.chart.isVisibleTo(page)  # not bare axes: what comes
     saved = evaluate_run(lora_run, EvalSettings(limit=3, in_context=0, forgetting=False))
     page.state.set_current_run(lora_run)  # no evaluation runs: the saved one is read back
     assert not page.busy and page.result is not None
+    assert not page.empty_note.isVisibleTo(page) and page.chart.isVisibleTo(page)
     assert page.result.metrics == saved.metrics and page.result.rows == saved.rows
     assert page.result.report == saved.report and page.columns() == ["base", "tuned"]
     assert page.scores.columnCount() == 2

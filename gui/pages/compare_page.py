@@ -727,7 +727,7 @@ class ComparePage(Page):
             f"{r['trainable_params']:,}",
             f"{100 * r['trainable_share']:.4g}",
             human_bytes(r["adapter_bytes"]),
-            human_bytes(total),
+            f"{total / 2**30:.2f} GiB",  # one unit down the column (1009.0 MiB sat above 1.3 GiB)
             fits,
             "—" if r.get("baseline") else "yes" if r.get("mergeable") else "no",
             r.get("family", ""),

@@ -150,6 +150,11 @@ class EvaluatePage(Page):
         layout = QHBoxLayout(panel)
         layout.setContentsMargins(0, 0, 0, 0)
         left = QVBoxLayout()
+        # Before the first evaluation: what will be here, not bare 0-1 axes and an empty table.
+        self.empty_note = wrapped_label("scoresEmpty", "<i>No evaluation of this run yet. Evaluate scores the base "
+                                        "model, the tuned model and the in-context baseline on the same rows, side "
+                                        "by side as a table and a chart.</i>")  # fmt: skip
+        left.addWidget(self.empty_note)
         self.scores = QTableWidget(0, 0)
         self.scores.setObjectName("scoreTable")
         self.scores.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -165,6 +170,7 @@ class EvaluatePage(Page):
         self.chart.setMouseEnabled(False, False)
         self.legend = legend_below(self.chart.plotItem)  # inside the plot it covered the tallest bars
         layout.addWidget(self.chart, 1)
+        self._show_scores(False)
         return panel
 
     def _classes_panel(self) -> QWidget:
@@ -234,6 +240,7 @@ class EvaluatePage(Page):
         from adapter_studio.engine.evaluation.run_eval import latest_evaluation
 
         self.result = latest_evaluation(run) if run is not None else None
+        self._show_scores(self.result is not None)
         if self.result is None:
             self.scores.setRowCount(0)
             self.chart.clear()
@@ -359,7 +366,13 @@ class EvaluatePage(Page):
             rows.append((METRIC_TITLES.get(name, name), {c: metrics[c][name] for c in self.columns()}))
         return rows
 
+    def _show_scores(self, shown: bool) -> None:
+        self.empty_note.setVisible(not shown)
+        self.scores.setVisible(shown)
+        self.chart.setVisible(shown)
+
     def _fill_scores(self) -> None:
+        self._show_scores(True)
         columns = self.columns()
         rows = self.score_rows()
         self.scores.setRowCount(len(rows))

@@ -74,6 +74,8 @@ class MethodPage(Page):
         right.addWidget(self.details)
         self.method_box = QGroupBox("Method settings")
         self.method_box_layout = QVBoxLayout(self.method_box)
+        self.no_settings = wrapped_label("noMethodSettings")
+        self.method_box_layout.addWidget(self.no_settings)
         right.addWidget(self.method_box)
         right.addWidget(self._objective_box())
         self.validation = wrapped_label("methodValidation")
@@ -258,6 +260,10 @@ class MethodPage(Page):
         self.form.setObjectName("methodForm")
         self.form.changed.connect(self._method_edited)
         self.method_box_layout.addWidget(self.form)
+        # An empty box read as settings that failed to show.
+        self.no_settings.setVisible(not self.form.widgets)
+        self.no_settings.setText(f"{type(self.state.method).title} has no settings of its own; the Training box "
+                                 "below sets its learning rate, batch and length.")  # fmt: skip
         self._describe()
 
     def _method_edited(self, values: dict[str, Any]) -> None:
@@ -276,7 +282,7 @@ class MethodPage(Page):
     def _machines_section(self) -> QCollapsible:
         """Training on several machines: the same spec started on each with its rank, here or through the
         Slurm / SkyPilot files written from it."""
-        section = QCollapsible("Several machines")
+        section = QCollapsible("Several machines", collapsedIcon="▶")
         section.setObjectName("machinesSection")
         self.machines_form = SpecForm(MachinesSpec, self.state.training.machines)
         self.machines_form.setObjectName("machinesForm")

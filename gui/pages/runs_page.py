@@ -132,9 +132,11 @@ class RunsPage(Page):
             ("open", "Open folder", self.open_folder, "Show the run folder in the file manager"),
             ("clone", "Clone spec", self.clone_spec, "Load this run's settings to start a new run from them"),
             ("use", "Use for Try/Export", self.use_run, "Make this the run that Try and Export work on"),
-            ("compare", "Compare two runs", self.show_comparison, "Show the spec fields that differ"),
-            ("combine", "Combine…", self.combine,
-             "Combine finished runs into a new one: merge LoRA runs, or fuse bottleneck-adapter runs (AdapterFusion)"),
+            # Said on the buttons that wait for a selection: greyed out, they gave no hint what enables them.
+            ("compare", "Compare two runs", self.show_comparison,
+             "Select two runs (Ctrl+click) to show the spec fields that differ"),
+            ("combine", "Combine…", self.combine, "Select two or more finished runs (Ctrl+click) to combine them into "
+             "a new one: merge LoRA runs, or fuse bottleneck-adapter runs (AdapterFusion)"),
         ):
             button = QPushButton(text)
             button.setObjectName(f"run_{key}")
