@@ -46,14 +46,16 @@ _CONFIGS: dict[str, Any] = {}
 
 
 def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None, *,
-                   cached_only: bool = False, labelled_share: float | None = None) -> list[dict[str, Any]]:
+                   cached_only: bool = False, labelled_share: float | None = None,
+                   refuse_all_failed: bool = False) -> list[dict[str, Any]]:
     """Rows for `adapter-studio params`: every chosen method's cost on `model`.
 
     `overrides` are `--set` items: `training.*`, `data.max_length`, `model.*` apply to every row;
     `method.<field>` applies to each method that has that field (a field no chosen method has is an
     error naming it). A value a method rejects gives that row an `error`. With `cached_only`, a method
     whose structure is not cached yet gets a `pending` row instead of being computed. `labelled_share`:
-    the data's share of tokens that carry a loss, where known (see `costs.estimate`).
+    the data's share of tokens that carry a loss, where known (see `costs.estimate`). With
+    `refuse_all_failed` (the command line), method settings that no chosen method can take are a UserError.
     """
 
     from adapter_studio.engine.methods import METHODS
@@ -91,7 +93,7 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
         if collecting:
             gc.enable()
     failed = [r["error"] for r in rows if "error" in r]
-    if method_fields and rows and len(failed) == len(rows):  # the value given fits no chosen method
+    if refuse_all_failed and method_fields and rows and len(failed) == len(rows):  # fits no chosen method
         raise UserError(failed[0], where="--set", fix="change the value given with --set")
     rows += [_baseline(name, config, spec, task, device, memory) for name in baselines]
     return rows

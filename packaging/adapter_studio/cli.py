@@ -249,7 +249,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from adapter_studio.engine.estimate.table import estimate_table, format_table
 
-    rows = estimate_table(args.model, args.methods, args.overrides)
+    rows = estimate_table(args.model, args.methods, args.overrides, refuse_all_failed=True)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0
 
