@@ -116,7 +116,7 @@ def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_pa
     page.eval_path.setText(str(held))
     page.eval_path.editingFinished.emit()
     qtbot.waitUntil(lambda: not page.eval_split.isEnabled(), timeout=60_000)
-    assert page.eval_split.text() == "none: held.jsonl is the held-out set"
+    assert page.eval_split.text() == "none: the eval file" and "held.jsonl" in page.eval_split.toolTip()
     page.eval_path.setText("")
     page.eval_path.editingFinished.emit()
     qtbot.waitUntil(lambda: page.eval_split.isEnabled(), timeout=60_000)

@@ -101,24 +101,30 @@ class DataPage(Page):
         self._split_tip = fields["eval_split"].description
         self.eval_split.setToolTip(self._split_tip)
         self.eval_split.valueChanged.connect(lambda _v: self._changed())
-        options.addRow("Held out", self.eval_split)
+        held_row = QHBoxLayout()  # two rows' worth of fields on one: at 1,024 × 640 the table below showed one row
+        held_row.addWidget(self.eval_split, 2)
         self.eval_path = QLineEdit()
         self.eval_path.setObjectName("evalPath")
-        self.eval_path.setPlaceholderText("optional separate evaluation file (replaces the held-out share)")
+        self.eval_path.setPlaceholderText("optional: a file of held-out rows (replaces the share)")
         self.eval_path.editingFinished.connect(self._eval_path_changed)
-        options.addRow("Eval file", self.eval_path)
+        held_row.addWidget(QLabel("or an eval file:"))
+        held_row.addWidget(self.eval_path, 3)
+        options.addRow("Held out", held_row)
         self.system_prompt = QLineEdit()
         self.system_prompt.setObjectName("systemPrompt")
         self.system_prompt.setPlaceholderText("optional; the model's chat template is used by default")
         self.system_prompt.setToolTip(fields["system_prompt"].description)
         self.system_prompt.editingFinished.connect(self._changed)
-        options.addRow("System prompt", self.system_prompt)
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(self.system_prompt, 1)
         self.template = QLineEdit()
         self.template.setObjectName("promptTemplate")
         self.template.setPlaceholderText(r"optional, e.g. Question: {instruction}\n{input}\nAnswer: ")
         self.template.setToolTip(fields["template"].description + r" Write \n for a line break.")
         self.template.editingFinished.connect(self._changed)
-        options.addRow("Prompt template", self.template)
+        prompt_row.addWidget(QLabel("template:"))
+        prompt_row.addWidget(self.template, 1)
+        options.addRow("System prompt", prompt_row)
         length_row = QHBoxLayout()
         self.max_length = QSpinBox()
         self.max_length.setObjectName("maxLength")
@@ -363,8 +369,9 @@ class DataPage(Page):
         # An eval file replaces the held-out share: its box would say rows were kept back that are trained on.
         self.eval_split.setEnabled(not spec.eval_path)
         if spec.eval_path:
-            self.eval_split.setSpecialValueText(f"none: {Path(spec.eval_path).name} is the held-out set")
-        self.eval_split.setToolTip("The eval file replaces it" if spec.eval_path else self._split_tip)
+            self.eval_split.setSpecialValueText("none: the eval file")
+        self.eval_split.setToolTip(f"{Path(spec.eval_path).name} is the held-out set: it replaces the share"
+                                   if spec.eval_path else self._split_tip)  # fmt: skip
         detected = "detected" if spec.format is None else "chosen"
         labels = describe_labels(preview.labels)  # the data's own text: escaped
         self.summary.setText(
