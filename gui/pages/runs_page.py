@@ -122,6 +122,7 @@ class RunsPage(Page):
         self.table.sortByColumn(COLUMNS.index("Date"), Qt.SortOrder.DescendingOrder)  # newest first
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self.on_selection_changed)
+        self.table.setMinimumHeight(120)  # the header and three runs, however small the window
 
         actions = QHBoxLayout()
         self.buttons: dict[str, QPushButton] = {}
@@ -151,7 +152,7 @@ class RunsPage(Page):
         self.evaluation = EvaluationPanel(lambda path: self.open_path(path))  # late-bound: tests stub open_path
         self.evaluation.setObjectName("runEvaluationPanel")
         details = QWidget()
-        details.setMaximumHeight(150)
+        details.setMaximumHeight(110)  # a run's facts take three lines; the table keeps the room
         details_row = QHBoxLayout(details)
         details_row.setContentsMargins(0, 0, 0, 0)
         details_row.addWidget(self.details, 3)
