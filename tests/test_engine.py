@@ -705,6 +705,20 @@ def test_hub_kernels_are_off_unless_asked_for(given: str | None, expected: str) 
     assert out.stdout.strip() == expected
 
 
+def test_bitsandbytes_fetches_no_kernel_from_the_hub_unless_asked() -> None:
+    """On a CPU with AVX-512 BF16, importing bitsandbytes (peft does, whenever it is installed) called
+    kernels.get_kernel('kernels-community/quantization-bitsandbytes'): code from the Hub, or offline a warning
+    on every run's stderr."""
+    code = (
+        "import kernels; calls = []; kernels.get_kernel = lambda *a, **k: calls.append(a); "
+        "import adapter_studio.engine; from adapter_studio.engine.imports import import_heavy_modules; "
+        "import_heavy_modules(); import bitsandbytes, sys; print(len(calls), 'bitsandbytes' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "True"] and "kernels-community" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize(
     ("memory", "setting", "said"),
     [
