@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from adapter_studio.engine.events import Metrics, Started
+from adapter_studio.engine.events import Log, Metrics, Started
 from adapter_studio.engine.training.run import run
 
 
@@ -34,6 +34,8 @@ def test_qlora_trains_and_merges_into_a_dequantised_base(kind, tiny_llama, alpac
     assert result.status == "completed", result.error
     metrics = [e for e in events if isinstance(e, Metrics)]
     assert metrics[-1].loss < metrics[0].loss
+    said = {"4bit": "its weights in 4-bit NF4", "8bit": "its weights in 8 bits"}[kind]  # the log says what loaded
+    assert any(isinstance(e, Log) and e.message.startswith("loaded ") and said in e.message for e in events)
     _, plain_events = train(make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=1))
     started, plain = (next(e for e in ev if isinstance(e, Started)) for ev in (events, plain_events))
     assert (started.total_params, started.trainable_params) == (plain.total_params, plain.trainable_params)

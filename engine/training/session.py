@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from adapter_studio.engine.models.source import ModelSource
 
 EVA_BATCHES = 16  # training batches a data-read start (LoRA's EVA) may read; it stops earlier once converged
+PACKED = {"4bit": ", its weights in 4-bit NF4", "8bit": ", its weights in 8 bits"}  # said on the load line
 
 
 def _source_used(spec: RunSpec, source: ModelSource) -> tuple[RunSpec, dict[str, str]]:
@@ -214,7 +215,8 @@ class TrainingSession:
             dtype=weights_dtype(spec.model.dtype, device, base_trains, precision),
             id2label=run_labels(spec.data) if task == "classification" else None,
         )
-        self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s")
+        packed = PACKED.get(spec.model.quantization, "")
+        self.log(f"loaded {source.display_name} in {time.perf_counter() - t0:.1f} s{packed}")
         labels, trust = model.config.num_labels, spec.model.trust_remote_code
         if task == "classification" and (note := head_note(source, labels, trust)):  # a saved head replaced
             self.log(note)
