@@ -356,3 +356,18 @@ def test_a_demo_recipe_the_person_edited_stays_with_other_data(window, qtbot, tm
     qtbot.waitUntil(lambda: not page.busy and page.preview is not None, timeout=30_000)
     assert state.training.max_steps == 40 and state.method.target_modules == ["q_proj", "v_proj"]
     assert "the app's defaults" not in page.summary.text()
+
+
+def test_the_auto_held_out_count_is_the_split_made(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    """A label whose only row the seeded split held out keeps it for training (engine.data.examples): the box
+    said 4 held out where the split held out 3."""
+    from adapter_studio.engine.data.examples import held_out_mask
+
+    held = [i for i, h in enumerate(held_out_mask(40, None, 0)) if h]
+    labels = ["rare" if i == held[1] else "ab"[i % 2] for i in range(40)]
+    rows = [{"text": f"news item {i}", "label": label} for i, label in enumerate(labels)]
+    page = choose_model(window, qtbot, tiny_llama)
+    open_data(page, qtbot, write_rows(tmp_path / "topics.jsonl", rows))
+    wait_for_stats(page, qtbot)  # the rule's count, 4, until the rows are counted
+    assert page.stats["eval_examples"] == 3 and page.eval_split.text() == "auto: 3 of 40 rows"
+    assert not error_dialogs()

@@ -544,6 +544,9 @@ class DataPage(Page):
         self._draw_histogram(stats)
         self.length_stats.setText(describe_stats(stats, self.packing.isChecked()))
         self.length_stats.setToolTip("\n".join(stats["dropped"][:50]))
+        if data.eval_split is None and not data.eval_path:  # the split as made (a rare label keeps a training row)
+            rows = stats["train_examples"] + stats["eval_examples"]
+            self.eval_split.setSpecialValueText(f"auto: {stats['eval_examples']:,} of {rows:,} rows")
 
     def _stats_failed(self, error: BaseException, generation: int, data: DataSpec) -> None:
         if self._stale(generation):
