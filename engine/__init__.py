@@ -12,12 +12,14 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.app_cache import app_cache_dir
+from adapter_studio.engine.hub_kernels import refuse_hub_kernels
 
 # transformers 5 (with the `kernels` package it depends on) swaps in kernels fetched from the Hugging Face
 # Hub on CUDA (rotary embeddings for every Llama-family model); offline that fetch raises a ValueError it
 # does not catch, so loading or training fails on a workstation without network — seen on an H200,
 # 2026-12-04. The app never fetches code at run time; USE_HUB_KERNELS=YES opts back in.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
+refuse_hub_kernels()  # bitsandbytes fetches one regardless (engine.hub_kernels)
 # torch.compile's inductor caches what it builds, by default under /tmp, which a restart may empty. Kept with
 # the app's other caches, a later run of the same model and method compiles in seconds instead of half a
 # minute (engine.training.compile_cost). Set before torch is imported: importing bitsandbytes already writes

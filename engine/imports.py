@@ -14,15 +14,13 @@ last one at exit, which took another second. Freezing is the process owner's cho
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import importlib.util
-import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 # How OpenMP's idle threads wait in a process that shares the CPU with a window or other work, set before torch
@@ -111,41 +109,9 @@ def _import_bitsandbytes_compiling_on_first_call() -> None:
     real_compile = torch.compile
     torch.compile = compiled_on_first_call(real_compile)
     try:
-        with _no_hub_kernels():
-            import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401
     finally:
         torch.compile = real_compile
-
-
-@contextlib.contextmanager
-def _no_hub_kernels() -> Iterator[None]:
-    """On a CPU with AVX-512 BF16, bitsandbytes fetches a 4-bit kernel from the Hugging Face Hub as it is imported
-    (`kernels.get_kernel`): code from the Hub at run time, which the app loads only when asked (USE_HUB_KERNELS,
-    engine/__init__.py). Unasked, `kernels` cannot be imported while it imports, and bitsandbytes keeps its own
-    CPU kernel, without the warning it prints about that (offline, on every run's stderr)."""
-    if os.environ.get("USE_HUB_KERNELS", "").upper() in {"1", "ON", "YES", "TRUE"}:
-        yield
-        return
-    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level, loaded = log.level, sys.modules.get("kernels")
-    fetch = getattr(loaded, "get_kernel", None)
-    if loaded is None:
-        sys.modules["kernels"] = None  # type: ignore[assignment]  # an import of it raises ImportError
-    else:
-        loaded.get_kernel = _refuse_hub_kernel  # type: ignore[attr-defined]
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-        if loaded is None and sys.modules.get("kernels", 0) is None:
-            del sys.modules["kernels"]
-        elif loaded is not None:
-            loaded.get_kernel = fetch  # type: ignore[attr-defined]
-
-
-def _refuse_hub_kernel(*_args: Any, **_kwargs: Any) -> Any:
-    raise RuntimeError("kernels from the Hugging Face Hub are off (USE_HUB_KERNELS=YES turns them on)")
 
 
 def compiled_on_first_call(compile_now: Callable[..., Any]) -> Callable[..., Any]:
