@@ -17,18 +17,21 @@ class _KeyTwice(yaml.YAMLError):
 
 class _OnceLoader(yaml.SafeLoader):
     """PyYAML keeps the last of a key given twice, silently: a spec with `learning_rate` twice trained at the
-    second, unseen below the first. Here the second is an error (merge keys, `<<`, still override)."""
+    second, unseen below the first. Here the second is an error. Each mapping's own keys are checked once,
+    before merge keys (`<<`) bring others in, which may still be overridden."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in lines:
-                raise _KeyTwice(key, lines[key], key_node.start_mark.line + 1)
-            lines[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                if key_node.value in lines:
+                    raise _KeyTwice(key_node.value, lines[key_node.value], key_node.start_mark.line + 1)
+                lines[key_node.value] = key_node.start_mark.line + 1
+        super().flatten_mapping(node)
 
 
 def read_spec_yaml(path: Path) -> tuple[dict[str, Any], str]:

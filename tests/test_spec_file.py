@@ -44,6 +44,19 @@ def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: st
     assert message in caught.value.message.replace(str(tmp_path) + "/", "")
 
 
+def test_anchors_and_merge_keys_may_override_what_they_bring(tmp_path: Path) -> None:
+    """A key a merge (`<<`) brings in is not "given twice" where the mapping overrides it, nested or not."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("model: /m\ndata: {path: d.jsonl, columns: &cols {<<: {instruction: q}, instruction: question}}\n"
+                    "method: {<<: {name: lora, r: 4, alpha: 8}, r: 8}\nobjective: {<<: *cols}\n", encoding="utf-8")
+    with pytest.raises(UserError) as caught:  # read through the merges: the objective got a column mapping
+        load_spec_file(path)
+    assert "unknown key 'objective.instruction'" in caught.value.message
+    path.write_text(path.read_text().replace("objective: {<<: *cols}\n", ""), encoding="utf-8")
+    spec = load_spec_file(path)
+    assert (spec.method.r, spec.method.alpha, spec.data.columns) == (8, 8, {"instruction": "question"})
+
+
 def test_a_folder_given_as_the_spec_says_so(tmp_path: Path) -> None:
     with pytest.raises(UserError) as caught:
         load_spec_file(tmp_path)
