@@ -21,7 +21,17 @@ except ImportError:  # Windows: a run lock is its pid alone
 LOCK = "run.lock"
 
 
+NOT_ONE_FOLDER = "a run folder's name, not a path (no / or \\, not . or ..); output_dir says where"
+
+
+def is_one_folder_name(name: str) -> bool:
+    """Whether `name` names one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere."""
+    return name.strip() not in (".", "..") and not any(c in name for c in "/\\")
+
+
 def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
+    if name and not is_one_folder_name(name):  # also for names not read through a spec (combine --name)
+        raise UserError(NOT_ONE_FOLDER, where="name", fix="give a plain name such as my-run")
     root = Path(output_dir).expanduser()
     base = name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = root / base, 2

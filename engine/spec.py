@@ -17,6 +17,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.machines import MachinesSpec
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
+from adapter_studio.engine.runs import NOT_ONE_FOLDER, is_one_folder_name
 from adapter_studio.engine.spec_errors import TAGGED, check_truth_values, explain
 from adapter_studio.engine.spec_yaml import read_spec_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -256,9 +257,8 @@ class RunSpec(SpecSection):
     @field_validator("name")
     @classmethod
     def _one_folder_name(cls, value: str | None) -> str | None:
-        # A name is one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere.
-        if value is not None and (value.strip() in (".", "..") or any(c in value for c in "/\\")):
-            raise ValueError("a run folder's name, not a path (no / or \\, not . or ..); output_dir says where")
+        if value is not None and not is_one_folder_name(value):
+            raise ValueError(NOT_ONE_FOLDER)
         return value or None
 
     def to_yaml(self, as_given: bool = False) -> str:
