@@ -22,9 +22,18 @@ def check_truth_values(data: dict[str, Any], origin: str, text: str | None, root
     """pydantic takes true for the number 1: `max_steps: yes` trained one step, unsaid."""
     truth = _truth_for_number(data, data, root)
     if truth:
-        dotted, line = ".".join(truth), line_of(text, truth) if text else None
+        dotted, line = ".".join(truth), line_of(text, truth, exact=True) if text and _in_file(text, truth) else None
+        where = f"{origin}:{line}" if line else "--set" if text else origin  # not so in the file: given with --set
         raise UserError(f"{dotted}: true/false is not a number (YAML reads yes, no, on and off as true/false)",
-                        where=f"{origin}:{line}" if line else origin, fix=f"write a number for {dotted}")  # fmt: skip
+                        where=where, fix=f"write a number for {dotted}")  # fmt: skip
+
+
+def _in_file(text: str, path: list[str]) -> bool:
+    """Whether the file itself gives true/false at `path` (else a --set override did)."""
+    node: Any = yaml.safe_load(text)
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, bool)
 
 
 def _truth_for_number(node: Any, data: dict[str, Any], root: Model, path: tuple[str, ...] = ()) -> list[str] | None:
@@ -114,8 +123,8 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
 
 
-def line_of(text: str, path: list[str]) -> int | None:
-    """1-based line of a dotted key in YAML text, or of its nearest existing parent."""
+def line_of(text: str, path: list[str], exact: bool = False) -> int | None:
+    """1-based line of a dotted key in YAML text, or of its nearest existing parent (None with `exact`)."""
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
@@ -123,11 +132,11 @@ def line_of(text: str, path: list[str]) -> int | None:
     line = None
     for part in path:
         if not isinstance(node, yaml.MappingNode):
-            break
+            return None if exact else line
         for key, value in node.value:
             if key.value == part:
                 line, node = key.start_mark.line + 1, value
                 break
         else:
-            break
+            return None if exact else line
     return line

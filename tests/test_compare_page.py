@@ -296,3 +296,6 @@ def test_the_chart_reads_without_scrolling_and_shows_each_steps_memory(window, q
     top = page.chart.row_top(row) - page.chart_scroll.verticalScrollBar().value()
     assert 0 <= top <= page.chart_scroll.viewport().height()
     assert page.table.visualItemRect(page.table.item(row, 0)).intersects(page.table.viewport().rect())
+    page.chart_scroll.verticalScrollBar().setValue(0)  # the person scrolls up while estimates stream in
+    page.redraw()
+    assert page.chart_scroll.verticalScrollBar().value() == 0

@@ -98,6 +98,7 @@ def test_a_relative_path_found_from_the_current_folder_is_kept(tmp_path: Path, m
     [
         ([], "data.path", "data.path: data.path is empty — give a data file"),  # was StopIteration
         ("  ", "data.path", "data.path: data.path is empty"),
+        (["d.jsonl", ""], "data.path", "data.path: data.path lists an empty path"),  # read the current folder
         ("nope.jsonl", "data.eval_path", "data.eval_path: data file not found: nope.jsonl"),  # was named data.path
     ],
 )
@@ -136,3 +137,19 @@ def test_a_run_folder_is_made_inside_output_dir_whatever_names_it(name: str, tmp
         new_run_dir(str(tmp_path / "runs"), name, "lora")
     assert caught.value.message.startswith("name: a run folder's name, not a path")
     assert new_run_dir(str(tmp_path / "runs"), "my-run", "lora") == tmp_path / "runs" / "my-run"
+
+
+def test_true_false_given_with_set_is_blamed_on_set_not_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "training: {max_steps: 3}\n", encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path, ["training.max_steps=yes"])
+    assert caught.value.message.startswith("--set: training.max_steps: true/false is not a number")
+
+
+def test_params_refuses_true_false_for_a_method_number(tiny_llama: Path) -> None:
+    from adapter_studio.engine.estimate.table import estimate_table
+
+    with pytest.raises(UserError) as caught:  # it counted r=1 (305,280 trainable), unsaid
+        estimate_table(str(tiny_llama), "lora", ["method.r=yes"])
+    assert caught.value.message.startswith("--set: method.r: true/false is not a number")

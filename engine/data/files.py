@@ -222,6 +222,8 @@ def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
     texts = [paths] if isinstance(paths, str) else paths
     if not any(str(t).strip() for t in texts):
         raise UserError(f"{field} is empty", where=field, fix="give a data file, a folder of them or a list of files")
+    if not all(str(t).strip() for t in texts):  # "" is the current folder: every file in it, read unasked
+        raise UserError(f"{field} lists an empty path", where=field, fix="remove the empty entry")
     for text in texts:
         path = Path(os.path.expandvars(text)).expanduser()  # $HOME/data.jsonl as a shell reads it
         if not path.exists():

@@ -60,7 +60,8 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
 
     from adapter_studio.engine.methods import METHODS
     from adapter_studio.engine.models.loading import default_task
-    from adapter_studio.engine.spec import apply_overrides, parse_spec
+    from adapter_studio.engine.spec import RunSpec, apply_overrides, parse_spec
+    from adapter_studio.engine.spec_errors import check_truth_values
 
     names = _selected_methods(methods)
     data: dict[str, Any] = {"model": {"source": model}, "data": {"path": "-"}, "training": {}, "method": {}}
@@ -78,6 +79,9 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
             near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
             fix = f"did you mean {', '.join(near)}?" if near else f"valid keys: {', '.join(valid)}"
             raise UserError(f"unknown key 'method.{key}' (no chosen method has it)", where="--set", fix=fix)
+    for cls in classes:  # true for r=1 and the like, said as for a spec
+        given = {k: v for k, v in method_fields.items() if k in cls.model_fields}
+        check_truth_values({"method": {"name": cls.model_fields["name"].default, **given}}, "--set", None, RunSpec)
     spec = parse_spec({**data, "method": {"name": "lora"}}, origin="--set")
     config, _ = _load_model_config(spec.model.source)
     task = spec.model.task if spec.model.task != "auto" else default_task(config)

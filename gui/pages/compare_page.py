@@ -473,6 +473,7 @@ class ComparePage(Page):
         split.setSizes([190, 900])  # at 1,024 px the list at its widest cut the memory chart off
         self.layout_.addWidget(split, 1)
         self.rows: list[dict[str, Any]] = []
+        self._scrolled_to: str | None = None  # the method last scrolled into view
         self.device_memory: int | None = None
         self._request = 0
         self._workers: dict[int, Any] = {}
@@ -709,10 +710,12 @@ class ComparePage(Page):
         self._bring_chosen_into_view(rows)
 
     def _bring_chosen_into_view(self, rows: list[dict[str, Any]]) -> None:
-        """The highlighted row in sight in the chart and the table (full fine-tuning sits below the fold)."""
+        """The highlighted row in sight in the chart and the table (full fine-tuning sits below the fold), once
+        for each method picked: redraws as estimates stream in must not pull back a person who scrolls."""
         chosen = next((i for i, r in enumerate(rows) if r["method"] == self.state.method.name), None)
-        if chosen is None:
+        if chosen is None or self._scrolled_to == self.state.method.name:
             return
+        self._scrolled_to = self.state.method.name
         self.table.scrollToItem(self.table.item(chosen, 0))
         self.chart_scroll.ensureVisible(0, self.chart.row_top(chosen), 0, 3 * ROW_PX)
 
