@@ -50,6 +50,8 @@ class StudioState(QObject):
     def set_model(self, source: str) -> None:
         # A new model keeps the loading choices (device, dtype, quantisation) made for the last one.
         kept = self.model.model_dump(exclude={"source"}) if self.model is not None else {}
+        if self.model is not None and source != self.model.source:
+            self._methods = {}  # settings left on another model's layers (q_proj on a GPT-2)
         self.model = ModelSpec(source=source, **kept)
         self._lengths = None  # counted with the last model's tokenizer
         self.model_summary = None
@@ -102,7 +104,8 @@ class StudioState(QObject):
         if self.method == demo.method and self.training == demo.training:
             self.set_method(type(self.method)())
             self.set_training(TrainingSpec())
-            self._methods.pop(demo.method.name, None)  # the demo's recipe is not the person's
+        if self._methods.get(demo.method.name) == demo.method:  # the demo's recipe, not the person's
+            del self._methods[demo.method.name]
 
     def _fit_objective(self, fmt: str | None) -> None:
         """Preference pairs train with DPO, KTO's marked answers with KTO, other data with the supervised

@@ -108,3 +108,24 @@ def test_a_method_without_settings_says_so_instead_of_an_empty_box(window: Any) 
     assert page.no_settings.text().startswith("Full fine-tuning has no settings of its own")
     page.select("lora")
     assert page.form.widgets and not page.no_settings.isVisibleTo(page)
+
+
+def test_remembered_method_settings_give_way_to_a_new_model_and_after_the_demo(qtbot: Any, tmp_path: Any) -> None:
+    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec
+    from adapter_studio.gui.state import StudioState
+
+    state = StudioState()
+    state.set_model("/models/one")
+    state.set_method(METHODS["lora"](r=4, target_modules=["q_proj", "v_proj"]))
+    state.set_method(METHODS["full"]())
+    assert state.method_named("lora").r == 4
+    state.set_model("/models/gpt2")  # q_proj is not a layer of every model
+    assert state.method_named("lora") == METHODS["lora"]()
+
+    demo = RunSpec(model=ModelSpec(source="/models/one"), data=DataSpec(path="demo.jsonl"),
+                   method=METHODS["lora"](r=8, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    state.load_spec(demo, demo=True)
+    state.set_method(METHODS["full"]())  # a look at another method before the person's own data
+    state.set_data(DataSpec(path=str(tmp_path / "mine.jsonl")))
+    assert state.method_named("lora") == METHODS["lora"]()  # not the demo's recipe for its dates

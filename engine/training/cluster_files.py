@@ -7,6 +7,7 @@ through `accelerate launch` as on one machine. Paths in the spec must be the sam
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ def _local_paths(spec: RunSpec) -> list[str]:
     """The model and data files the spec names that exist here (they go to the cluster's machines)."""
     named = [spec.model.source, *([spec.data.path] if isinstance(spec.data.path, str) else spec.data.path)]
     named += [spec.data.eval_path] if spec.data.eval_path else []
-    return [str(Path(p).resolve()) for p in named if Path(p).exists()]
+    here = [Path(os.path.expandvars(p)).expanduser() for p in named]  # as the data reader reads them
+    return [str(p.resolve()) for p in here if p.exists()]
 
 
 def slurm_script(spec: RunSpec, spec_file: Path, gpus: bool) -> str:
