@@ -239,7 +239,7 @@ def eval_split(rows: int) -> Choice:
     from adapter_studio.engine.data.examples import DEFAULT_EVAL_SHARE, SMALL_DATA_ROWS, held_out_count
 
     held = held_out_count(rows, None)
-    share = round(held / rows, 6) if rows else 0.0
+    share = round(held / rows, 4) if rows else 0.0  # as many held out at 4 digits, and shown so
     if rows >= SMALL_DATA_ROWS:
         return Choice(share, f"{rows:,} rows: {held:,} held out ({DEFAULT_EVAL_SHARE:.0%}) for the held-out loss, "
                       "the best checkpoint and the Evaluate page")  # fmt: skip

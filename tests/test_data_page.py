@@ -371,3 +371,21 @@ def test_the_auto_held_out_count_is_the_split_made(window, qtbot, tmp_path, tiny
     wait_for_stats(page, qtbot)  # the rule's count, 4, until the rows are counted
     assert page.stats["eval_examples"] == 3 and page.eval_split.text() == "auto: 3 of 40 rows"
     assert not error_dialogs()
+
+
+def test_long_column_names_leave_the_window_its_width(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    """SVAMP's columns (verify_condition_index, …) made each mapping box as wide as the longest name: the
+    window grew from 1,280 to 1,410 px, past a laptop's screen."""
+    window.resize(1280, 800)
+    page = choose_model(window, qtbot, tiny_llama)
+    names = ["question_text_as_published", "worked_solution_with_steps", "verify_condition_index_of_the_row",
+             "system_prompt_for_the_conversation", "task_family_identifier"]  # fmt: skip
+    rows = [dict(zip(names, (f"q{i}", f"a{i}", str(i), "be brief", "math"), strict=True)) for i in range(20)]
+    open_data(page, qtbot, write_rows(tmp_path / "long.jsonl", rows))
+    page.format.setCurrentText("alpaca")
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: len(page.combos) >= 4, timeout=60_000)
+    QApplication.processEvents()
+    assert window.minimumSizeHint().width() <= 1280 and window.width() <= 1280, window.minimumSizeHint()
+    combo = next(iter(page.combos.values()))
+    assert combo.view().minimumWidth() > combo.width()  # the list shows the names whole

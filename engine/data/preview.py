@@ -217,8 +217,8 @@ def length_stats(
     data = prepare_data(spec.model_copy(update={"packing": False}), tokenizer, None, max_length, seed,
                         progress=progress)  # fmt: skip
     lengths = np.asarray(data.full_lengths, np.int64)
-    if data.format == "preference":  # stored as chosen, rejected, …: a pair's tokens are both sides'
-        lengths = lengths[0::2] + lengths[1::2]
+    if data.format == "preference":  # stored as chosen, rejected, …: a pair is as long as its longer side, the
+        lengths = np.maximum(lengths[0::2], lengths[1::2])  # row max_length limits (summed, pairs passed it)
     items = (
         data.train.lengths
         if isinstance(data.train, TokenizedSet)

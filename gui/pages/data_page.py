@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
+MAPPING_CHARS = 10  # a column box shows this many characters (its list shows every name whole)
 MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 # The held-out spin box's lowest value, shown as "auto": data.eval_split left empty, for the engine's rule.
 AUTO_SPLIT = -0.05
@@ -426,6 +427,11 @@ class DataPage(Page):
             combo.addItems([NO_COLUMN, *columns])
             combo.setCurrentText(mapping.get(role, NO_COLUMN))
             combo.setToolTip(f"Which column holds the {role}{_role_note(fmt, role)}")
+            # As wide as a short name, the popup as wide as the longest: boxes sized to a file's longest column
+            # name (SVAMP's verify_condition_index) widened the window past a 1,280-px screen.
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(MAPPING_CHARS)
+            combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
             combo.activated.connect(lambda _i: self.reload())
             self.combos[role] = combo
             self.mapping_row.addWidget(QLabel(f"{role}:"))
@@ -545,8 +551,10 @@ class DataPage(Page):
         self.length_stats.setText(describe_stats(stats, self.packing.isChecked()))
         self.length_stats.setToolTip("\n".join(stats["dropped"][:50]))
         if data.eval_split is None and not data.eval_path:  # the split as made (a rare label keeps a training row)
-            rows = stats["train_examples"] + stats["eval_examples"]
+            rows = stats["examples"] + stats["eval_examples"]  # split before rows too long for max_length went
             self.eval_split.setSpecialValueText(f"auto: {stats['eval_examples']:,} of {rows:,} rows")
+        self.histogram.setLabel("bottom", "tokens per side (a pair's longer)" if stats["format"] == "preference"
+                                else "tokens per row")  # fmt: skip
 
     def _stats_failed(self, error: BaseException, generation: int, data: DataSpec) -> None:
         if self._stale(generation):
