@@ -226,6 +226,12 @@ def _saved_spec(run_dir: Path) -> object:
         return None
 
 
+def trains_a_classifier(run_dir: str | Path) -> bool:
+    """Whether the run's saved spec trained a classifier (its model task, or its data's format)."""
+    saved = _saved_spec(Path(run_dir))
+    return _value(saved, "model", "task") == "classification" or _value(saved, "data", "format") == "classification"
+
+
 def _value(saved: object, section: str, key: str) -> object:
     """`section.key` of a saved spec; None where the spec or the field is missing or not a mapping."""
     part = saved.get(section) if isinstance(saved, dict) else None

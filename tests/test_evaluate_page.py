@@ -153,6 +153,8 @@ def test_a_classifier_shows_its_classes_and_confusions(page: EvaluatePage, qtbot
     counts = [[int(page.confusion.item(i, j).text()) for j in range(2)] for i in range(2)]
     assert counts == c.confusion and sum(map(sum, counts)) == len(page.result.rows)
     assert page.confusion.item(0, 1).toolTip().endswith("rows of 'negative' chosen as 'positive'")
+    assert not page.shots.isEnabled() and "takes no examples" in page.shots.toolTip()  # it read 4, unused
+    assert "a classifier answers with its labels" in page.forgetting.text()
     page.state.set_current_run(None)
     assert not page.classes_panel.isVisibleTo(page)
 
@@ -196,6 +198,7 @@ def test_shows_the_last_saved_evaluation(page: EvaluatePage, lora_run: Path, tmp
     page.state.set_current_run(lora_run)  # no evaluation runs: the saved one is read back
     assert not page.busy and page.result is not None
     assert not page.empty_note.isVisibleTo(page) and page.chart.isVisibleTo(page)
+    assert page.shots.isEnabled() and page.forgetting.text() == "Forgetting: not measured (switched off)."
     assert page.result.metrics == saved.metrics and page.result.rows == saved.rows
     assert page.result.report == saved.report and page.columns() == ["base", "tuned"]
     assert page.scores.columnCount() == 2

@@ -209,6 +209,13 @@ def test_classifier_run_shows_a_probability_table(page: TryPage, qtbot: Any, cla
         assert base == f"{expected['base'][label]:.1%}"
         assert tuned == f"{expected['tuned'][label]:.1%}"
     assert sum(float(t.rstrip("%")) for _, t in cells.values()) == pytest.approx(100.0, abs=0.2)
+    # A text of one's own: the example's expected label and second text go (the old pair was classified with it).
+    page.text_pair.setText("the example's second text")
+    page._picked_pair = page.text_pair.text()  # as an example of a text-pair set brings one
+    page.prompt.setPlainText("Apple unveils a new chip")
+    assert page.expected.toPlainText() == "" and page.text_pair.text() == ""
+    page.examples.setCurrentRow(1)
+    assert page.expected.toPlainText() in ("positive", "negative")
 
 
 @pytest.mark.parametrize(("shown", "held", "text"), [(10, 10, "10 held-out examples."),

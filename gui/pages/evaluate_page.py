@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
+from adapter_studio.engine.runs import trains_a_classifier
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
@@ -38,6 +39,9 @@ from PySide6.QtWidgets import (
 )
 
 COLUMNS = ("base", "in_context", "features", "tuned")
+SHOTS = "Training rows shown to the base model as worked examples (0: no in-context baseline)."
+CLASSIFIER_SHOTS = ("A classifier's encoder takes no examples: its baseline is a logistic regression on the base "
+                    "model's frozen features (the Features column)")  # fmt: skip
 COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
 COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
 # A preference run's pair scores as rows of the scores table (engine.evaluation.pairs.PAIR_METRICS).
@@ -124,7 +128,7 @@ class EvaluatePage(Page):
         self.shots.setObjectName("inContextExamples")
         self.shots.setRange(0, 32)
         self.shots.setValue(4)
-        self.shots.setToolTip("Training rows shown to the base model as worked examples (0: no in-context baseline).")
+        self.shots.setToolTip(SHOTS)
         form.addRow("In-context examples", self.shots)
         self.extract = QLineEdit()
         self.extract.setObjectName("answerExtraction")
@@ -231,6 +235,10 @@ class EvaluatePage(Page):
             self.checkpoint.addItems(["best", "last", *reversed(steps)])
             self.checkpoint.setCurrentText(chosen)
             self.status.setText(f"Run <b>{Path(run).name}</b>: press Evaluate to score it.")
+        # A classifier's encoder takes no examples: its baseline is a logistic regression on frozen features.
+        classifier = run is not None and trains_a_classifier(run)
+        self.shots.setEnabled(not classifier)
+        self.shots.setToolTip(CLASSIFIER_SHOTS if classifier else SHOTS)
         if not self.busy:
             self._show_saved(run)
         self._update_buttons()
@@ -404,7 +412,7 @@ class EvaluatePage(Page):
         self.chart.setYRange(0, 1.05)
         f = self.result.forgetting
         self.forgetting.setText(
-            "Forgetting: not measured (classification run, or switched off)." if f is None else
+            f"Forgetting: not measured ({_why_no_forgetting(self.result)})." if f is None else
             f"Forgetting: loss on {f.pairs} general instructions {f.loss_base:.3f} → {f.loss_tuned:.3f}, "
             f"<b>ratio {f.ratio:.3f}</b> (1.0: nothing forgotten; above 1: general answers became less likely)."
         )  # fmt: skip
@@ -487,5 +495,11 @@ class EvaluatePage(Page):
                 self.examples.setItem(i, j, item)
         total = len(self.result.rows) if self.result is not None else 0
         regressions = sum(r["regression"] for r in self.result.rows) if self.result is not None else 0
-        self.examples_title.setText(f"<b>Rows whose answer changed</b> ({len(rows)} shown of {total}; "
-                                    f"{regressions} regressions)")  # fmt: skip
+        said = "1 regression" if regressions == 1 else f"{regressions} regressions"
+        self.examples_title.setText(f"<b>Rows whose answer changed</b> ({len(rows)} shown of {total}; {said})")
+
+
+def _why_no_forgetting(result: Any) -> str:
+    if result.task == "classification":
+        return "a classifier answers with its labels, not general text to forget"
+    return "switched off" if not result.settings.forgetting else "no general instructions were read"

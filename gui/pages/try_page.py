@@ -93,6 +93,7 @@ class TryPage(Page):
         self.playground: Any = None  # adapter_studio.engine.inference.playground.Playground once loaded
         self.held_out: list[Any] = []  # its HeldOutExamples, in list order
         self._picked: Any = None  # the HeldOutExample last put in the prompt box
+        self._picked_pair = ""  # the second text it brought (classifiers of text pairs)
         self._loaded_run: Path | None = None
         self._loading_run: Path | None = None
         self._loader: Any = None
@@ -139,6 +140,7 @@ class TryPage(Page):
         self.prompt.setObjectName("promptBox")
         self.prompt.setPlaceholderText("Your message to the model…")
         self.prompt.setMaximumHeight(120)
+        self.prompt.textChanged.connect(self._prompt_edited)
         layout.addWidget(self.prompt)
         self.text_pair = QLineEdit()
         self.text_pair.setObjectName("textPair")
@@ -290,6 +292,17 @@ class TryPage(Page):
 
     # --- held-out examples ------------------------------------------------------------------------
 
+    def _prompt_edited(self) -> None:
+        """A message of one's own in place of the picked example: its expected answer, and a classifier's second
+        text the example brought, no longer belong to it (a typed text was classified with the old pair)."""
+        picked = self._picked
+        if picked is None or self.prompt.toPlainText().strip() == picked.message.strip():
+            return
+        self._picked = None
+        self.expected.clear()
+        if self.text_pair.text() == self._picked_pair:
+            self.text_pair.clear()
+
     def pick_example(self, row: int) -> None:
         """Fill the prompt with held-out example `row` and show its expected answer."""
         if self.playground is None or not 0 <= row < len(self.held_out):
@@ -304,7 +317,8 @@ class TryPage(Page):
         if example.task is not None:
             self.task_choice.setCurrentText(example.task)
         if self.playground.task == "classification":
-            self.text_pair.setText(self.playground.held_out_pair(row) or "")
+            self._picked_pair = self.playground.held_out_pair(row) or ""
+            self.text_pair.setText(self._picked_pair)
 
     # --- generating -------------------------------------------------------------------------------
 
