@@ -39,6 +39,7 @@ class StudioState(QObject):
         # The data's task names (its task column, as training will order them): Poly's router size on the
         # Compare page and its Tasks on the Method page, before training records them in the run.
         self.data_tasks: list[str] = []
+        self.data_labels: int | None = None  # a classification file's labels: the Compare page's head size
         self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
         # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
         # for its dates, and another data file gets the app's defaults instead, unless it was edited.
@@ -91,7 +92,7 @@ class StudioState(QObject):
         """No data to train on: what the Data page was last given could not be read, and the data before it is
         no longer what the page shows (Start then asks for a dataset rather than train on the earlier one)."""
         if self.data is not None:
-            self.data, self._lengths = None, None
+            self.data, self._lengths, self.data_labels = None, None, None
             self.data_changed.emit()
 
     def _leave_demo(self, data: DataSpec) -> None:
@@ -153,7 +154,7 @@ class StudioState(QObject):
     def load_spec(self, spec: RunSpec, demo: bool = False) -> None:
         """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
         self.demo = spec if demo else None
-        self._methods = {}
+        self._methods, self.data_labels = {}, None  # labels: counted again as the Data page reads the file
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method

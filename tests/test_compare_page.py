@@ -299,3 +299,26 @@ def test_the_chart_reads_without_scrolling_and_shows_each_steps_memory(window, q
     page.chart_scroll.verticalScrollBar().setValue(0)  # the person scrolls up while estimates stream in
     page.redraw()
     assert page.chart_scroll.verticalScrollBar().value() == 0
+
+
+def test_a_classifiers_costs_count_the_datas_labels(window, qtbot, tiny_bert_cls, tmp_path):  # type: ignore[no-untyped-def]
+    """AG News has 4 topics: Compare counted a 2-label head (770 parameters fewer than the run trained) and a
+    feature baseline of '2 labels'."""
+    from adapter_studio.engine.estimate.table import estimate_table
+
+    topics = ["world", "sports", "business", "science"]
+    path = tmp_path / "topics.csv"
+    path.write_text("text,label\n" + "".join(f"item {i} of {topics[i % 4]},{topics[i % 4]}\n" for i in range(40)))
+    window.pages["model"].choose(str(tiny_bert_cls))
+    page = window.pages["data"]
+    page.path.setText(str(path))
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: window.state.data is not None and window.state.data_labels == 4, timeout=60_000)
+    compare = window.pages["compare"]
+    window.go_to("compare")
+    qtbot.waitUntil(lambda: compare.complete() and lora_row(compare)["trainable_params"]
+                    == estimate_table(str(tiny_bert_cls), "lora", num_labels=4)[0]["trainable_params"],
+                    timeout=120_000)  # fmt: skip
+    assert lora_row(compare)["trainable_params"] > estimate_table(str(tiny_bert_cls), "lora")[0]["trainable_params"]
+    features = next(r for r in compare.rows if r["method"] == "features")
+    assert "4 labels" in features["note"]

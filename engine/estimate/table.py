@@ -47,7 +47,7 @@ _CONFIGS: dict[str, Any] = {}
 
 def estimate_table(model: str, methods: str = "all", overrides: list[str] | None = None, *,
                    cached_only: bool = False, labelled_share: float | None = None,
-                   refuse_all_failed: bool = False) -> list[dict[str, Any]]:
+                   refuse_all_failed: bool = False, num_labels: int | None = None) -> list[dict[str, Any]]:
     """Rows for `adapter-studio params`: every chosen method's cost on `model`.
 
     `overrides` are `--set` items: `training.*`, `data.max_length`, `model.*` apply to every row;
@@ -56,6 +56,7 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     whose structure is not cached yet gets a `pending` row instead of being computed. `labelled_share`:
     the data's share of tokens that carry a loss, where known (see `costs.estimate`). With
     `refuse_all_failed` (the command line), method settings that no chosen method can take are a UserError.
+    `num_labels`: a classifier's head and feature baseline for the data's labels (else 2, or the model's own).
     """
 
     from adapter_studio.engine.methods import METHODS
@@ -92,18 +93,19 @@ def estimate_table(model: str, methods: str = "all", overrides: list[str] | None
     gc.disable()  # copying module trees makes many objects; collections in the loop cost more than they free
     try:
         _rows(rows, classes, method_fields, config, spec, task, device, memory, cached_only=cached_only,
-              labelled_share=labelled_share)
+              labelled_share=labelled_share, num_labels=num_labels)
     finally:
         if collecting:
             gc.enable()
     failed = [r["error"] for r in rows if "error" in r]
     if refuse_all_failed and method_fields and rows and len(failed) == len(rows):  # fits no chosen method
         raise UserError(failed[0], where="--set", fix="change the value given with --set")
-    rows += [_baseline(name, config, spec, task, device, memory) for name in baselines]
+    rows += [_baseline(name, config, spec, task, device, memory, num_labels) for name in baselines]
     return rows
 
 
-def _baseline(name: str, config: Any, spec: Any, task: str, device: str, memory: int | None) -> dict[str, Any]:
+def _baseline(name: str, config: Any, spec: Any, task: str, device: str, memory: int | None,
+              num_labels: int | None = None) -> dict[str, Any]:
     """A no-training baseline's row, in the dtype and precision an evaluation on this device uses."""
     from adapter_studio.engine.defaults import DEFAULT_MAX_LENGTH, model_max_length
     from adapter_studio.engine.estimate.meta_models import _meta_base
@@ -117,12 +119,12 @@ def _baseline(name: str, config: Any, spec: Any, task: str, device: str, memory:
         base = _meta_base(config, task, 2, dtype)
     seq_len = spec.data.max_length or min(DEFAULT_MAX_LENGTH, model_max_length(config))
     return baseline_row(name, base, config, task=task, device=device, device_memory=memory, dtype=dtype,
-                        precision=precision, seq_len=seq_len, k=IN_CONTEXT_K)
+                        precision=precision, seq_len=seq_len, k=IN_CONTEXT_K, num_labels=num_labels)
 
 
 def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[str, Any], config: Any, spec: Any,
           task: str, device: str, memory: int | None, *, cached_only: bool = False,
-          labelled_share: float | None = None) -> None:
+          labelled_share: float | None = None, num_labels: int | None = None) -> None:
     from pydantic import ValidationError
 
     for cls in classes:
@@ -139,7 +141,8 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
         row = estimate(config, method, spec.training, task=task, device_memory=memory,
                        weight_dtype=spec.model.dtype, quantization=spec.model.quantization,
                        seq_len=spec.data.max_length, device=device, cached_only=cached_only,
-                       labelled_share=labelled_share, objective=spec.objective)
+                       labelled_share=labelled_share, objective=spec.objective,
+                       **({"num_labels": num_labels} if num_labels else {}))
         rows.append(row or {"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
                             "pending": True})
 

@@ -7,6 +7,7 @@ are debounced and only the newest request's answer is shown."""
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -128,15 +129,18 @@ def cost_overrides(state: Any) -> list[str]:
     return items
 
 
-def estimate_rows(source: str, overrides: list[str], current: Any,
-                  share: float | None = None) -> Generator[list[dict[str, Any]], None, list]:
+def estimate_rows(source: str, overrides: list[str], current: Any, share: float | None = None,
+                  labels: int | None = None) -> Generator[list[dict[str, Any]], None, list]:
     """Every method with the shared settings, and the chosen method exactly as configured.
 
     Yields at once what is known without applying a method again (the chosen method, and every method
     whose structure is cached: batch, length, precision and optimizer edits only change arithmetic),
     with `pending` rows for the rest; then fills those in one by one (yielding an empty list between
-    them, where a newer request can stop this one) and yields the complete table."""
-    from adapter_studio.engine.estimate.table import estimate_table
+    them, where a newer request can stop this one) and yields the complete table. `share` and `labels` are
+    the data's (the tokens that carry a loss; a classifier's labels)."""
+    from adapter_studio.engine.estimate.table import estimate_table as table
+
+    estimate_table = functools.partial(table, labelled_share=share, num_labels=labels)
 
     exact_overrides = [
         *overrides,
@@ -146,9 +150,9 @@ def estimate_rows(source: str, overrides: list[str], current: Any,
             if k != "name" and isinstance(v, list) and v
         ],
     ]
-    exact = estimate_table(source, current.name, _own(exact_overrides, current.name), labelled_share=share)[0]
-    rows = [exact if r["method"] == current.name else r
-            for r in estimate_table(source, "all", overrides, cached_only=True, labelled_share=share)]
+    exact = estimate_table(source, current.name, _own(exact_overrides, current.name))[0]
+    rows = [exact if r["method"] == current.name else r for r in estimate_table(source, "all", overrides,
+                                                                                 cached_only=True)]  # fmt: skip
     # The baseline that fits the model's task (in-context examples for a text generator, frozen features
     # for a classifier) closes the list; it has none of the methods' fields.
     plain = [o for o in overrides if not o.startswith("method.")]
@@ -162,7 +166,7 @@ def estimate_rows(source: str, overrides: list[str], current: Any,
     for i in pending:
         yield []  # a pause where a newer request can stop this one
         name = rows[i]["method"]
-        rows[i] = estimate_table(source, name, _own(overrides, name), labelled_share=share)[0]
+        rows[i] = estimate_table(source, name, _own(overrides, name))[0]
     yield rows
     return rows
 
@@ -529,6 +533,7 @@ class ComparePage(Page):
             overrides,
             method,
             labelled_share(self.state),
+            self.state.data_labels,
             on_yield=lambda rows, n=number: self._show(rows, n),
             on_result=lambda _r: None,
             on_error=lambda e, n=number: self._failed(e, n),

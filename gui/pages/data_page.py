@@ -381,6 +381,7 @@ class DataPage(Page):
             f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
         objective, training = type(self.state.objective), self.state.training
+        self.state.data_labels = len(preview.labels) if preview.format == "classification" else None
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
         if type(self.state.objective) is not objective:  # the data's format picked another objective
             title = self.state.objective.title
