@@ -272,6 +272,12 @@ def test_a_classifier_trains_without_transformers_load_report(tmp_path, classifi
     assert "loaded all-MiniLM-L6-v2" in out.stdout and "finished completed at step 1" in out.stdout
     assert "LOAD REPORT" not in out.stderr + out.stdout and "MISSING" not in out.stderr + out.stdout
     assert "Loading weights" not in out.stderr + out.stdout  # transformers' progress bar: the app's line says it
+    run_dir = next((tmp_path / "runs").iterdir())
+    exported = cli("export", str(run_dir), "--adapter", "--out", str(tmp_path / "adapter"), timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    # Where the shipped copy sits on this machine is nowhere on another: peft's loaders read the hub id.
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -189,8 +189,16 @@ def _os_reason(error: Exception, out: Path) -> str:
 
 
 def _write_adapter(trained: TrainedModel, folder: Path) -> None:
+    from adapter_studio.engine.models.embedded import HUB_ID_OF, embedded_name
+
     method = trained.spec.method
     method.save_adapter(trained.model, str(folder))
+    embedded = embedded_name(trained.spec.model.source)
+    peft_config = folder / "adapter_config.json"
+    if embedded and peft_config.exists():  # peft wrote where the shipped copy sits here; elsewhere, its hub id
+        config = json.loads(peft_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = HUB_ID_OF[embedded]
+        peft_config.write_text(json.dumps(config, indent=2), encoding="utf-8")
     if method.adapter_format != "peft":
         config = {
             "format": f"adapter-studio/{method.adapter_format}",
