@@ -128,5 +128,6 @@ def summary(scores: PairScores, strong: Callable[[str], str] = str) -> str:
     prefers, accuracy = strong(f"{t['prefers_chosen']:.3f}"), strong(f"{t['reward_accuracy']:.3f}")
     return (f"preference pairs: {scores.pairs} scored{left_out}; the chosen answer preferred by the base "
             f"{b['prefers_chosen']:.3f} -> tuned {prefers} (per token {b[per_token]:.3f} -> {t[per_token]:.3f}); "
-            f"reward accuracy {accuracy}; mean log-probability margin {scores.margin_base:+.2f} -> "
+            f"reward accuracy {accuracy} (training's preference accuracy, here in float32: a near-tie may fall "
+            f"the other way); mean log-probability margin {scores.margin_base:+.2f} -> "
             f"{scores.margin_tuned:+.2f}")  # fmt: skip
