@@ -248,3 +248,16 @@ def test_the_demo_run_in_llama_cpp_answers_as_the_torch_model(tmp_path: Path) ->
         assert cpp.stopped == v.torch_stopped == 20, v.table()
         assert abs(cpp.perplexity / v.torch_perplexity - 1) < 0.01, v.table()
         assert v.tokens_agree == 20
+
+
+def test_answers_that_part_from_the_trained_models_are_explained() -> None:
+    """A green 'written and read back' beside 'same greedy answers 2 / 6' read as a broken file (a DPO run)."""
+    from adapter_studio.engine.export.gguf_checks import GgufVerification, Reader
+
+    same = GgufVerification(prompts=6, torch_stopped=6, torch_perplexity=2.0, readers=[Reader("llama.cpp", 6, 6, 2.01)])
+    assert same.parted_note() is None and "part from" not in same.table()
+    parted = GgufVerification(prompts=6, torch_stopped=6, torch_perplexity=2.0,
+                              readers=[Reader("transformers", 5, 6, 2.0), Reader("llama.cpp", 2, 6, 2.02)])  # fmt: skip
+    note = parted.parted_note()
+    assert note is not None and note.startswith("llama.cpp's greedy answers part from the trained model's on 4 of 6")
+    assert parted.table().endswith(note)

@@ -48,10 +48,24 @@ class GgufVerification:
         return rows
 
     def table(self) -> str:
-        """rows() as a Markdown table."""
+        """rows() as a Markdown table, and what answers that part from the trained model's mean."""
         header, *body = self.rows()
         lines = ["| " + " | ".join(cells) + " |" for cells in [header, *body]]
-        return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+        note = self.parted_note()
+        return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:], *(["", note] if note else [])])
+
+    def parted_note(self) -> str | None:
+        """Where a reader's greedy answers part from the trained model's: what that does and does not say (a
+        green "written and read back" beside "2 / 6" read as a broken file)."""
+        parted = [r for r in self.readers if r.same_answers is not None and r.same_answers < self.prompts]
+        if not parted:
+            return None
+        worst = min(parted, key=lambda r: r.same_answers or 0)
+        apart = self.prompts - (worst.same_answers or 0)
+        return (f"{worst.name}'s greedy answers part from the trained model's on {apart} of {self.prompts} prompts: "
+                "a greedy answer follows the first token two readings rank differently, "
+                "and every rounding of the weights (f16, more so the quantized types) moves near ties; the answer "
+                "perplexity, which counts every token, says how close the file is")
 
 
 def _num(value: float | None) -> str:

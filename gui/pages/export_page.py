@@ -204,6 +204,8 @@ class ExportPage(Page):
             f"<br><span style='color:gray'>{esc(', '.join(files))}</span></p>"
             f"{table_html(v.rows())}"
         )
+        if v.parted_note():
+            text += f"<p style='color:#b35900'>{esc(v.parted_note())}</p>"
         if v.max_logit_diff is not None:
             text += f"<p>max logit difference (transformers' GGUF reader): {v.max_logit_diff:.2e}</p>"
         if v.tokens_agree is not None:
