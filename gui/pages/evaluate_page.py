@@ -103,6 +103,10 @@ class EvaluatePage(Page):
         split.addWidget(self._scores_panel())
         split.addWidget(self._classes_panel())
         split.addWidget(self._examples_panel())
+        # The scores first: at 1,280 × 800 the table showed 2 of its 5–8 rows above a half-empty row list.
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(2, 2)
+        split.setSizes([330, 160, 220])
         self.layout_.addWidget(split, 1)
         state.run_changed.connect(self._run_changed)
         self._run_changed()
@@ -162,6 +166,7 @@ class EvaluatePage(Page):
         self.scores = QTableWidget(0, 0)
         self.scores.setObjectName("scoreTable")
         self.scores.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.scores.setMinimumHeight(150)  # the header and four scores
         left.addWidget(self.scores, 1)
         self.forgetting = wrapped_label("forgettingLabel")
         left.addWidget(self.forgetting)
