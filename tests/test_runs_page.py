@@ -320,3 +320,22 @@ def test_refresh_reads_each_evaluation_once(page: RunsPage, history: dict[str, P
     save_evaluation(history["done"], 0.6)
     page.refresh()
     assert read == [history["done"]] * 2 and evaluated_cell(page, "done").text() == "exact match 0.600"
+
+
+def test_the_runs_table_keeps_its_columns_narrow_enough_to_fit(qtbot: Any, tmp_path: Path) -> None:
+    """At 1,280 px Evaluated, Duration and Date sat behind the scroll bar: every column is at most
+    RUNS_COLUMN_PX wide (the text whole in its tooltip), the model named without 'embedded:'."""
+    from adapter_studio.gui.pages.runs_page import RUNS_COLUMN_PX
+
+    run = tmp_path / "runs" / "lora-20261207-000000"
+    run.mkdir(parents=True)
+    (run / "spec.yaml").write_text("model: {source: embedded:smollm2-135m-instruct}\ndata: {path: d.jsonl}\n"
+                                   "method: {name: lora}\n")  # fmt: skip
+    state = StudioState(runs_dir=str(tmp_path / "runs"))
+    page = RunsPage(state)
+    qtbot.addWidget(page)
+    page.refresh()
+    assert page.table.rowCount() == 1
+    model = page.table.item(0, 2)
+    assert model.text() == "smollm2-135m-instruct" and model.toolTip() == "embedded:smollm2-135m-instruct"
+    assert all(page.table.columnWidth(c) <= RUNS_COLUMN_PX for c in range(page.table.columnCount()))

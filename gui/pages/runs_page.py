@@ -45,6 +45,7 @@ from PySide6.QtWidgets import (
 COLUMNS = ("Name", "Status", "Model", "Method", "Trainable", "Steps", "Final loss", "Final eval loss",
            "Best eval loss", "Evaluated", "Duration", "Date")  # fmt: skip
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
+RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
 RESUMABLE = ("cancelled", "failed", "interrupted")
 MIB = 2**20
 
@@ -235,6 +236,8 @@ class RunsPage(Page):
                 self.table.setItem(row, col, item)
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
+        for column in range(self.table.columnCount()):  # a long evaluation summary pushed Date off the page
+            self.table.setColumnWidth(column, min(self.table.columnWidth(column), RUNS_COLUMN_PX))
         self.table.blockSignals(False)
         self.select_runs([p for p in keep if any(r.path == p for r in self.runs)])
         self.sweep.refresh_list()
@@ -247,7 +250,7 @@ class RunsPage(Page):
         status.setForeground(QColor(STATUS_COLORS.get(run.status, "#000")))
         if run.error:
             status.setToolTip(run.error)
-        model = SortableItem(Path(run.model).name or run.model)
+        model = SortableItem(Path(run.model.removeprefix("embedded:")).name or run.model)  # whole in the tooltip
         model.setToolTip(run.model)
         trainable = run.trainable_params
         steps = f"{run.steps} / {run.total_steps}" if run.total_steps else str(run.steps)
@@ -582,7 +585,8 @@ def _evaluated_item(summary: EvaluationSummary | None) -> SortableItem:
         return SortableItem("")
     item = SortableItem(*headline)
     base = summary.first_score("base")
-    item.setToolTip(f"Tuned model, evaluated {summary.when}" + (f"; base model {base:.3f}" if base is not None else ""))
+    item.setToolTip(f"{headline[0]} — tuned model, evaluated {summary.when}"
+                    + (f"; base model {base:.3f}" if base is not None else ""))  # the cell may be cut: all of it
     return item
 
 
