@@ -344,6 +344,10 @@ def test_the_train_page_shows_only_the_plot_tabs_that_apply(window) -> None:  # 
 
 def test_step_axes_tick_whole_steps_and_name_the_seconds(window) -> None:  # type: ignore[no-untyped-def]
     train = window.train_page
+    train.quality_plot.add("exact match", 1, 0.0)  # a flat 0 was drawn on a -0.4 to 0.4 axis
+    train.quality_plot.refresh()
+    low, high = train.quality_plot.getViewBox().viewRange()[1]
+    assert low == pytest.approx(0) and high == pytest.approx(1.02)
     axis = train.loss_plot.getAxis("bottom")
     ticks = [v for _, values in axis.tickValues(3.0, 5.0, 400) for v in values]  # a few steps: pyqtgraph ticked 3.5
     assert ticks and all(float(v).is_integer() for v in ticks)
