@@ -82,7 +82,7 @@ def _model_at(path: list[str], data: dict[str, Any], root: Model) -> Model | Non
         if model is root and part in TAGGED:
             registry, default = TAGGED[part]
             name = data.get(part, {}).get("name", default) if isinstance(data.get(part), dict) else default
-            model = registry.get(name)
+            model = registry.get(name) if isinstance(name, str) else None  # a list or mapping names nothing
             continue
         field = model.model_fields.get(part) if model else None
         annotation = getattr(field, "annotation", None)

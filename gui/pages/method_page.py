@@ -33,6 +33,11 @@ from PySide6.QtWidgets import (
 from superqt import QCollapsible
 
 
+def esc(text: str) -> str:
+    """Text for a rich-text label: <, > and & escaped, quotes as written (it is no attribute)."""
+    return html.escape(text, quote=False)
+
+
 def target_presets(info: Any) -> dict[str, list[str]]:
     if info is None:
         return {}
@@ -216,10 +221,10 @@ class MethodPage(Page):
                 self.state.method.check(info, self.state.training)
             except Exception as e:  # UserError: this model (or these settings) cannot use the method
                 fix = f" — {e.fix}" if getattr(e, "fix", None) else ""
-                said = html.escape(f"{getattr(e, 'message', e)}{fix}")
+                said = esc(f"{getattr(e, 'message', e)}{fix}")
                 note = f"<p style='color:#c00'><b>Cannot train:</b> {said}</p>"
         runs = getattr(self.state.method, "runs", None)  # AdapterFusion: the finished runs it fuses
-        fused = f"<tr><td>Fuses</td><td>{html.escape(', '.join(Path(r).name for r in runs))}</td></tr>" if runs else ""
+        fused = f"<tr><td>Fuses</td><td>{esc(', '.join(Path(r).name for r in runs))}</td></tr>" if runs else ""
         if cls.routes_by_task:  # Poly: the tasks come from the data, not from a form field
             recorded = getattr(self.state.method, "tasks", [])
             if recorded:
@@ -228,7 +233,7 @@ class MethodPage(Page):
                 tasks = f"{', '.join(self.state.data_tasks)} (from the data's task column)"
             else:
                 tasks = "each row's, from the data's task column when training starts (map it on the Data page)"
-            fused += f"<tr><td>Tasks</td><td>{html.escape(tasks)}</td></tr>"
+            fused += f"<tr><td>Tasks</td><td>{esc(tasks)}</td></tr>"
         rate = f"{cls.default_lr:g} (the method's usual rate)"
         if info is not None:
             size_rate = rate_for_size(cls(), info.total_params, info.task)
@@ -236,7 +241,7 @@ class MethodPage(Page):
             lowered = for_objective(size_rate, self.state.objective)
             if lowered is not size_rate:  # a preference objective's rate
                 rate += f"; {lowered.value:g} for {self.state.objective.title}"
-        text = html.escape  # the declarations' own text: "< 0.05%" is no tag
+        text = esc  # the declarations' own text: "< 0.05%" is no tag
         self.details.setText(
             f"<h3>{text(cls.title)}</h3><p>{text(cls.description)}</p>"
             f"<table><tr><td>Family</td><td>{text(cls.family)}</td></tr>"
@@ -364,7 +369,7 @@ class MethodPage(Page):
             return ""
         how = f"{times:.0f}×" if times > 1 else f"1/{1 / times:.0f} of"
         return (f"<p style='color:#b35900'>Learning rate {rate:g} is {how} the usual {usual.value:g} for "
-                f"{html.escape(type(self.state.method).title)} on this model. <a href='auto'>Let the app choose "
+                f"{esc(type(self.state.method).title)} on this model. <a href='auto'>Let the app choose "
                 "it</a> (an empty field), or set one nearer.</p>")
 
     def _rate_to_auto(self, _link: str) -> None:
