@@ -9,7 +9,6 @@ whoever imports `kernels` and whenever; bitsandbytes catches that and keeps its 
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import os
 import sys
 from types import ModuleType
@@ -40,22 +39,34 @@ def _gate(module: ModuleType) -> None:
 
 
 class _GateOnImport(importlib.abc.MetaPathFinder):
-    """Finds `kernels` where the path finder does, with a loader that gates the module once it has run. It stays
-    until then: transformers and peft ask `find_spec("kernels")` (is it installed?) long before importing it."""
+    """Finds `kernels` where the finders after it do, with a loader that gates the module once it has run. It
+    answers until then (transformers and peft ask `find_spec("kernels")`, is it installed?, long before importing
+    it), and stays in sys.meta_path: removing it while another thread walks the list could skip a finder."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "kernels":
+        if name != "kernels" or "kernels" in sys.modules:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run = spec.loader.exec_module
+        for finder in sys.meta_path[sys.meta_path.index(self) + 1 :] if self in sys.meta_path else []:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _GatingLoader(spec.loader)
+                return spec
+        return None
 
-        def exec_module(module: ModuleType) -> None:
-            run(module)
-            _gate(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
 
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+class _GatingLoader(importlib.abc.Loader):
+    """The finder's own loader, then the gate (a proxy: a loader one finder shares among modules stays as it is)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        _gate(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, …
+        return getattr(self.loader, name)

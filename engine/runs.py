@@ -21,12 +21,12 @@ except ImportError:  # Windows: a run lock is its pid alone
 LOCK = "run.lock"
 
 
-NOT_ONE_FOLDER = "a run folder's name, not a path (no / or \\, not . or ..); output_dir says where"
+NOT_ONE_FOLDER = "a run folder's name, not a path (no /, \\ or :, not . or ..); output_dir says where"
 
 
 def is_one_folder_name(name: str) -> bool:
     """Whether `name` names one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere."""
-    return name.strip() not in (".", "..") and not any(c in name for c in "/\\")
+    return name.strip() not in (".", "..") and not any(c in name for c in "/\\:")  # "D:x" is a drive on Windows
 
 
 def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
@@ -221,8 +221,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
 def _saved_spec(run_dir: Path) -> object:
     """The run's spec.yaml as YAML data, once per summary; None where it cannot be read."""
     try:  # libyaml's loader where there is one: the history reads every run's spec
-        return yaml.load((run_dir / "spec.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
+        text = (run_dir / "spec.yaml").read_text(encoding="utf-8")  # as durable.write_text writes it, on Windows too
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
         return None
 
 

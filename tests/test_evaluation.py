@@ -303,6 +303,7 @@ GSM8K, METAMATH = "18 * 4 = 72\n#### 72", "18 * 4 = 72. The answer is: 72"
      (GSM8K, "#### 1. Read it\n18 * 4 = 72\n#### 2. Answer\n72", True),  # numbered headings, no marked number
      (GSM8K, "#### 2) Multiply\n#### 72", True), (GSM8K, "#### 72. That is all, 3 more than 69.", True),
      (GSM8K, "#### 72.\nQuestion: Weng earns $12 an hour", True), (GSM8K, "#### 72) Next: 4 apples", True),
+     (GSM8K, "####\n1. Read it\n18 * 4 = 72", True), (GSM8K, "#### 1.\u00a0Read it\n72", True),
      (GSM8K, "#### 1. Multiply\n18 * 4 = 70", False)],
 )  # fmt: skip
 def test_a_marked_final_number_is_compared_and_an_answer_without_the_marker_by_its_last_number(

@@ -261,3 +261,6 @@ def test_answers_that_part_from_the_trained_models_are_explained() -> None:
     note = parted.parted_note()
     assert note is not None and note.startswith("llama.cpp's greedy answers part from the trained model's on 4 of 6")
     assert parted.table().endswith(note)
+    own_tokens = GgufVerification(prompts=6, torch_stopped=6, torch_perplexity=2.0,
+                                  readers=[Reader("llama.cpp, its own tokenisation", 3, 6, None)])  # fmt: skip
+    assert "reads the prompts as its own tokens" in (own_tokens.parted_note() or "")  # no rounding, no perplexity

@@ -128,7 +128,7 @@ def test_an_export_folder_that_cannot_be_made_is_said(tmp_path: Path) -> None:
     assert caught.value.message.startswith("--out: cannot make the folder /proc/no-such")
 
 
-@pytest.mark.parametrize("name", ["../elsewhere", "/tmp/elsewhere", "a/b", "..", "a\\b"])
+@pytest.mark.parametrize("name", ["../elsewhere", "/tmp/elsewhere", "a/b", "..", "a\\b", "D:elsewhere"])
 def test_a_run_folder_is_made_inside_output_dir_whatever_names_it(name: str, tmp_path: Path) -> None:
     """`combine --name` names a run without a spec's check: the folder maker refuses a path too."""
     from adapter_studio.engine.runs import new_run_dir

@@ -241,6 +241,7 @@ def length_stats(
         "max_length": max_length,
         "truncated": data.truncated if data.format != "text" else int((lengths > max_length).sum()),
         "rows": data.rows_read,
+        "split_rows": data.rows,  # the rows split into training and held out, before the max_length check
         "examples": len(lengths),
         "train_examples": len(data.train) if data.format != "text" else len(lengths),
         "eval_examples": len(data.eval),

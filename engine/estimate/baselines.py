@@ -76,7 +76,7 @@ def baseline_row(
     block += batch * heads * s * s * c if shape.eager else batch * s * s * c
     cache = 2 * info.num_layers * kv_dim * tokens * c if name == "in_context" else 0
     logits = batch * shape.vocab * 4 if name == "in_context" else 0
-    labels = num_labels or max(2, int(getattr(config, "num_labels", 2) or 2))  # the data's, where known
+    labels = max(2, num_labels or int(getattr(config, "num_labels", 2) or 2))  # the data's, where known
     learned = labels * (info.hidden_size + 1) if name == "features" else 0
     memory = {
         "weights": int(weights),

@@ -37,7 +37,7 @@ _PUNCTUATION = re.compile(
 # in it, the number after it is what is right or wrong, not the wording of the working before it. A markdown
 # heading that numbers a step ("#### 1. Read the problem", "#### 2) Add": one digit, then words on its line) is
 # not one: base models write them. "#### 72. That is all" and "#### 72.\nNext question" are answers.
-FINAL_NUMBER = r"####(?![ \t]*\d[.)][ \t]+[^\W\d])\s*(-?[\d.,]*\d)(?!\d)"
+FINAL_NUMBER = r"####(?!\s*\d[.)][^\S\n]+[^\W\d])\s*(-?[\d.,]*\d)(?!\d)"
 # MetaMathQA's (and many chain-of-thought sets'): "... The answer is: 18".
 ANSWER_IS = r"(?i)the answer is:?\s*\$?(-?[\d.,]*\d)"
 MARKED = {FINAL_NUMBER: "'####'", ANSWER_IS: "'The answer is'"}  # a final number after a marker

@@ -62,6 +62,10 @@ class GgufVerification:
             return None
         worst = min(parted, key=lambda r: r.same_answers or 0)
         apart = self.prompts - (worst.same_answers or 0)
+        if worst.perplexity is None:  # the reader that tokenises the prompts itself
+            return (f"{worst.name}'s greedy answers part from the trained model's on {apart} of {self.prompts} "
+                    "prompts: it reads the prompts as its own tokens, and where those differ from the model's (see "
+                    "below) so may the answers")  # fmt: skip
         return (f"{worst.name}'s greedy answers part from the trained model's on {apart} of {self.prompts} prompts: "
                 "a greedy answer follows the first token two readings rank differently, "
                 "and every rounding of the weights (f16, more so the quantized types) moves near ties; the answer "

@@ -552,8 +552,8 @@ class DataPage(Page):
         self.length_stats.setText(describe_stats(stats, self.packing.isChecked()))
         self.length_stats.setToolTip("\n".join(stats["dropped"][:50]))
         if data.eval_split is None and not data.eval_path:  # the split as made (a rare label keeps a training row)
-            rows = stats["examples"] + stats["eval_examples"]  # split before rows too long for max_length went
-            self.eval_split.setSpecialValueText(f"auto: {stats['eval_examples']:,} of {rows:,} rows")
+            rows = stats["split_rows"]  # as split, before rows too long for max_length went from either side
+            self.eval_split.setSpecialValueText(f"auto: {rows - stats['examples']:,} of {rows:,} rows")
         self.histogram.setLabel("bottom", "tokens per side (a pair's longer)" if stats["format"] == "preference"
                                 else "tokens per row")  # fmt: skip
 
