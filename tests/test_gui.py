@@ -355,3 +355,22 @@ def test_step_axes_tick_whole_steps_and_name_the_seconds(window) -> None:  # typ
     assert axis.labelText == "elapsed seconds" and not axis.whole_numbers
     train.x_axis.setCurrentText("step")
     assert axis.labelText == "step" and axis.whole_numbers
+
+
+def test_the_progress_bar_counts_steps_and_is_busy_between_them(window) -> None:  # type: ignore[no-untyped-def]
+    """It read '0 / 100 steps' (Qt's default) while a 150-step run loaded, and sat full at ETA 0:00 for a 47-s
+    evaluation after the last step."""
+    from adapter_studio.engine.events import Finished, Metrics, Stage, Started
+
+    train = window.train_page
+    assert train.progress.text() == ""  # no run yet
+    train._reset()  # as Start does
+    assert train.progress.maximum() == 0  # busy: loading
+    train.on_events([Started(run_dir="r", model="m", method="lora", trainable_params=1, total_params=2, total_steps=20,
+                             device="cpu", precision="float32"), Stage(stage="training")])  # fmt: skip
+    assert (train.progress.maximum(), train.progress.text()) == (20, "0 / 20 steps")
+    train.on_events([Metrics(step=20, epoch=1.0, loss=0.5, lr=1e-3, grad_norm=1.0, tokens_per_s=10.0, tokens_seen=100,
+                             memory_bytes=2**20), Stage(stage="evaluating")])  # fmt: skip
+    assert train.progress.maximum() == 0
+    train.on_events([Finished(status="completed", step=20, error=None, train_seconds=1.0, tokens_trained=100)])
+    assert train.progress.text() == "20 / 20 steps"

@@ -106,5 +106,5 @@ class SFT(ObjectiveSpec):
     title: ClassVar[str] = "Supervised"
     description: ClassVar[str] = (
         "Learn to write the answers in the data (next-token loss on the answer tokens); a classifier "
-        "learns its labels. Today's training."
+        "learns its labels. The usual choice; the preference objectives below train on pairs of answers."
     )

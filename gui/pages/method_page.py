@@ -32,6 +32,10 @@ from PySide6.QtWidgets import (
 )
 from superqt import QCollapsible
 
+DEMO_RECIPE = ("<i>Every setting above is given by the demo's recipe, for its dates; your own data gets the app's "
+               "defaults.</i>")  # fmt: skip
+OWN_SETTINGS = "<i>Every setting above is your own.</i>"
+
 
 def esc(text: str) -> str:
     """Text for a rich-text label: <, > and & escaped, quotes as written (it is no attribute)."""
@@ -355,7 +359,7 @@ class MethodPage(Page):
                         "passes: small data needs several)</li>")  # fmt: skip
         self.chosen.setText(self._rate_warning(info) + (
             f"<p><b>Chosen for you</b> (why this value):</p><ul>{''.join(rows)}</ul>" if rows
-            else "<i>Every setting above is your own.</i>"))  # fmt: skip
+            else DEMO_RECIPE if self.state.demo is not None else OWN_SETTINGS))  # fmt: skip
 
     def _rate_warning(self, info: Any) -> str:
         """A learning rate set by hand, or by the demo's recipe, far from the method's usual one on this model

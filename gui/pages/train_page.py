@@ -72,7 +72,9 @@ class TrainPage(Page):
 
         self.progress = QProgressBar()
         self.progress.setObjectName("progress")
-        self.progress.setFormat("%v / %m steps")
+        self.progress.setFormat("")  # no run yet: no "0 / 100 steps" (Qt's default range)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
         self.layout_.addWidget(self.progress)
         grid = QGridLayout()
         self.stats: dict[str, QLabel] = {}
@@ -300,6 +302,17 @@ class TrainPage(Page):
         shown = finder or self.state.training.learning_rate == "auto" or self.finder_plot.has_data()
         self.more.setTabVisible(self.more.indexOf(self.finder_tab), shown)
 
+    def _show_steps(self, steps: bool) -> None:
+        """The bar counts steps while training; between them (loading a model, evaluating 60 answers) it is busy
+        with no count: it read '0 / 100 steps' while the model loaded, and sat full at ETA 0:00 for a 47-s
+        evaluation."""
+        if steps:
+            self.progress.setFormat("%v / %m steps")
+            self.progress.setRange(0, max(self.total_steps, 1))
+            self.progress.setValue(self.metrics[-1].step if self.metrics else self.session_start_step)
+        else:
+            self.progress.setRange(0, 0)
+
     def _reset(self) -> None:
         self.metrics, self.evals = [], []
         self.last_status = self.last_error = None
@@ -310,7 +323,7 @@ class TrainPage(Page):
         self.finder_label.setText(FINDER_HINT)
         self._show_tabs()
         self.log.clear()
-        self.progress.setValue(0)
+        self.progress.setRange(0, 0)  # busy until the run says how many steps it takes
 
     def set_state(self, text: str) -> None:
         color = STATE_COLORS.get(text.split()[0], "#357")
@@ -333,14 +346,15 @@ class TrainPage(Page):
             self.total_steps = event.total_steps
             self.session_start_step = event.resumed_from_step
             self.started_at = time.monotonic()
-            self.progress.setMaximum(event.total_steps)
-            self.progress.setValue(event.resumed_from_step)
+            self._show_steps(True)
             self.stats["device"].setText(f"{event.device}, {event.precision}")
             share = 100 * event.trainable_params / max(event.total_params, 1)
             self.stats["trainable"].setText(f"{event.trainable_params:,} ({share:.3f}%)")
         elif isinstance(event, Metrics):
             self.metrics.append(event)
             self._add_metrics(event)
+            if self.progress.maximum() == 0:  # a step after a busy stage that named none to follow
+                self._show_steps(True)
             self.progress.setValue(event.step)
             self._update_stats(event)
         elif isinstance(event, Eval):
@@ -348,6 +362,7 @@ class TrainPage(Page):
             self._add_eval(event)
         elif isinstance(event, Stage):
             self.set_state(event.stage if not event.detail else f"{event.stage}: {event.detail}")
+            self._show_steps(event.stage == "training")  # loading, evaluating, saving: a busy bar, not a full one
         elif isinstance(event, Log) and event.level != "debug":
             prefix = "" if event.level == "info" else f"{event.level.upper()}: "
             self.log.appendPlainText(prefix + event.message)
@@ -359,6 +374,7 @@ class TrainPage(Page):
         elif isinstance(event, Checkpoint):
             self.log.appendPlainText(f"checkpoint at step {event.step}: {event.path}")
         elif isinstance(event, Finished):
+            self._show_steps(True)
             self.last_status, self.last_error = event.status, event.error
             self.set_state(event.status)
             if event.error:
