@@ -180,7 +180,7 @@ def _try_run(app: Any, window: Any) -> dict[str, str]:
     page.generate()
     _wait(app, lambda: not page.busy, 900, "the answers")
     return {
-        "status": page.status.text(),  # "Done.": both answers finished
+        "status": page.status.text(),  # "Done — run …": both answers finished
         "prompt": page.prompt.toPlainText(),
         "expected": page.expected.toPlainText(),
         **{which: pane.toPlainText() for which, pane in page.panes.items()},

@@ -302,7 +302,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no
     assert answers["prompt"].endswith(answers["expected"][::-1])  # a held-out row: "…\n\nabc", expected "cba"
     # Both answers finished before the picture. The base model's is text; the tuned one's may be empty (a
     # tiny model trained 4 steps can stop at once): what it says is the Try page tests' business.
-    assert answers["status"] == "Done." and answers["base"] and "tuned" in answers
+    assert answers["status"].startswith("Done — run <b>") and answers["base"] and "tuned" in answers
     assert (tmp_path / "shots" / "try.png").stat().st_size > 10_000
 
 

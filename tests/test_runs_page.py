@@ -339,3 +339,14 @@ def test_the_runs_table_keeps_its_columns_narrow_enough_to_fit(qtbot: Any, tmp_p
     model = page.table.item(0, 2)
     assert model.text() == "smollm2-135m-instruct" and model.toolTip() == "embedded:smollm2-135m-instruct"
     assert all(page.table.columnWidth(c) <= RUNS_COLUMN_PX for c in range(page.table.columnCount()))
+
+
+def test_the_current_run_is_selected_when_nothing_else_is(qtbot: Any, tmp_path: Path) -> None:
+    """After a run the page showed empty curves and 'Select a run to see its details'."""
+    fabricate_history(tmp_path / "runs")
+    state = StudioState(runs_dir=str(tmp_path / "runs"))
+    page = RunsPage(state)
+    qtbot.addWidget(page)
+    newest = max((tmp_path / "runs").iterdir(), key=lambda p: p.name)
+    state.set_current_run(newest)
+    assert [r.path.resolve() for r in page.selected_runs()] == [newest.resolve()]

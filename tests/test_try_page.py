@@ -90,7 +90,8 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     assert base == "".join(pg.stream("base", message, max_new_tokens=24))
     assert tuned == "".join(pg.stream("tuned", message, max_new_tokens=24))
     assert base and tuned and base != tuned
-    assert page.status.text() == "Done."
+    checkpoint = page.playground.tuned.checkpoint.name  # which run answered, said again after the answer
+    assert page.status.text() == f"Done — run <b>{lora_run.name}</b>, LoRA, checkpoint {checkpoint}"
     assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
     # a held-out example that ends a conversation is answered with its earlier turns, while left as it is
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "olleh"},
@@ -182,7 +183,7 @@ def test_stop_ends_generation_and_the_window_stays_responsive(page: TryPage, qtb
     stopped = pane.toPlainText()
     assert STOP_AFTER <= len(stopped) < len(full)
     assert full.startswith(stopped)
-    assert page.status.text() == "Stopped."
+    assert page.status.text().startswith("Stopped — run <b>")
 
 
 def test_changing_the_run_reloads(page: TryPage, qtbot: Any, lora_run: Path, classifier_run: Path) -> None:

@@ -327,7 +327,7 @@ class CostChart(QWidget):
             self.device_line.label.setFormat(f"device {human_bytes(device_memory)}")
         # A device far larger than every step would squeeze the bars to slivers: said under the axis instead.
         self.memory.getAxis("bottom").setLabel(
-            "" if drawn or not device_memory else f"device: {human_bytes(device_memory)} →", color="#c00")
+            "" if drawn or not device_memory else f"device: {human_bytes(device_memory)} →", color="#777")  # a fact
         self.setMinimumHeight(len(rows) * ROW_PX + CHART_FRAME_PX)
 
     def _label_totals(self, rows: list[dict[str, Any]], totals: list[float]) -> None:

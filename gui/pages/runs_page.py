@@ -239,7 +239,11 @@ class RunsPage(Page):
         for column in range(self.table.columnCount()):  # a long evaluation summary pushed Date off the page
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), RUNS_COLUMN_PX))
         self.table.blockSignals(False)
-        self.select_runs([p for p in keep if any(r.path == p for r in self.runs)])
+        kept = [p for p in keep if any(r.path == p for r in self.runs)]
+        current = Path(self.state.current_run).resolve() if self.state.current_run is not None else None
+        if not kept:  # the run just trained or opened, not an empty page asking for a selection
+            kept = [r.path for r in self.runs if current is not None and r.path.resolve() == current][:1]
+        self.select_runs(kept)
         self.sweep.refresh_list()
 
     def _row_items(self, run: RunSummary) -> list[QTableWidgetItem]:

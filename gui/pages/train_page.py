@@ -28,7 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 FINDER_HINT = "With the learning rate set to auto, a short range test finds it before training; its curve shows here."
-STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "failed": "#c00"}
+STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "stopped": "#c80", "failed": "#c00"}
+# What a finished run's state says: where to go next, and that a stop keeps what it trained.
+FINISHED_SAYS = {"completed": "completed — ask it on Try, score it on Evaluate",
+                 "cancelled": "stopped — its checkpoint is kept; Resume goes on"}  # fmt: skip
 
 
 def format_seconds(seconds: float) -> str:
@@ -461,7 +464,7 @@ class TrainPage(Page):
 
     def on_done(self, result: Any) -> None:
         self.last_status, self.last_error = result.status, result.error
-        self.set_state(result.status)
+        self.set_state(FINISHED_SAYS.get(result.status, result.status))
         self._running(False)
         self.state.set_current_run(result.run_dir)
         if result.status == "failed" and result.error:

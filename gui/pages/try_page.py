@@ -94,6 +94,7 @@ class TryPage(Page):
         self.held_out: list[Any] = []  # its HeldOutExamples, in list order
         self._picked: Any = None  # the HeldOutExample last put in the prompt box
         self._picked_pair = ""  # the second text it brought (classifiers of text pairs)
+        self._run_line = ""  # which run and checkpoint answer, said again after each answer
         self._loaded_run: Path | None = None
         self._loading_run: Path | None = None
         self._loader: Any = None
@@ -278,6 +279,8 @@ class TryPage(Page):
         method = playground.spec.method
         source = ("the same weights with the adapter switched off" if playground.shares_weights
                   else "a second, untouched copy of the base model")  # fmt: skip
+        self._run_line = (f"run <b>{self._loaded_run.name}</b>, {method.title}, checkpoint "
+                          f"{playground.tuned.checkpoint.name}")  # fmt: skip
         self.status.setText(
             f"Run <b>{self._loaded_run.name}</b> — {method.title}, checkpoint {playground.tuned.checkpoint.name}. "
             f"Base answers come from {source}. {_examples_shown(self.examples.count(), playground.held_out_count)}"
@@ -300,6 +303,7 @@ class TryPage(Page):
             return
         self._picked = None
         self.expected.clear()
+        self.examples.clearSelection()  # the list no longer shows what is asked
         if self.text_pair.text() == self._picked_pair:
             self.text_pair.clear()
 
@@ -385,7 +389,7 @@ class TryPage(Page):
     def _stream_finished(self, which: str) -> None:
         self._streams.pop(which, None)
         if not self._streams:
-            self.status.setText("Stopped." if self._stop.is_set() else "Done.")
+            self.status.setText(("Stopped" if self._stop.is_set() else "Done") + f" — {self._run_line}")
         self._update_buttons()
 
     # --- classifying ------------------------------------------------------------------------------
