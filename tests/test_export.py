@@ -88,7 +88,7 @@ def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run,
 
     spec = run_spec(trained_run)
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"source": source})})
-    card = model_card(SimpleNamespace(spec=spec), "adapter", trained_run)  # type: ignore[arg-type]
+    card = model_card(SimpleNamespace(spec=spec, task="causal_lm", model=None), "adapter", trained_run)  # type: ignore[arg-type]
     assert yaml.safe_load(card.split("---")[1])["base_model"] == base
     assert f"fine-tune of {base}\n" in card
     assert ("Q4_1 GGUF file" in card and "nearly, not exactly, the same" in card) == note

@@ -65,6 +65,7 @@ def test_train_watch_and_export_from_the_window(window, qtbot, tiny_llama, alpac
         qtbot.waitUntil(lambda: not export.busy, timeout=120_000)
         assert kind in export.exports, export.status.text()
         assert "verified" in export.status.text()
+        assert "open the folder" in export.results.toPlainText()  # a link to it, and where to read how to load it
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -275,6 +275,12 @@ def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
         return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
+def _labels(trained: TrainedModel) -> str:
+    """A classifier's base is loaded with the run's head size (peft then puts the trained head in)."""
+    config = getattr(trained.model, "config", None)
+    return f", num_labels={config.num_labels}" if trained.task == "classification" and config is not None else ""
+
+
 def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     """README.md with YAML metadata: base, method, hyperparameters, data, counts, losses, versions."""
     import peft
@@ -315,14 +321,15 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
             },
         },
     }
+    auto = "AutoModelForSequenceClassification" if trained.task == "classification" else "AutoModelForCausalLM"
     if kind == "merged":
-        how = "from transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained(<this folder>)"
+        how = f"from transformers import {auto}\n{auto}.from_pretrained(<this folder>)"
     elif spec.method.adapter_format == "peft":
         quantised = spec.model.quantization != "none"
         how = (
             ("import torch\n" if spec.model.quantization == "4bit" else "") + "from peft import PeftModel\n"
-            f"from transformers import AutoModelForCausalLM{', BitsAndBytesConfig' if quantised else ''}\n"
-            f"base = AutoModelForCausalLM.from_pretrained(<base model>{_quantised_load(spec)})\n"
+            f"from transformers import {auto}{', BitsAndBytesConfig' if quantised else ''}\n"
+            f"base = {auto}.from_pretrained(<base model>{_labels(trained)}{_quantised_load(spec)})\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
         if getattr(spec.method, "init", None) == "loftq":

@@ -15,7 +15,7 @@ from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf, mer
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes
 from adapter_studio.gui.worker import run_in_background
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QTextBrowser
 
 GGUF_DEFAULT = "q8_0"
@@ -35,8 +35,9 @@ class _Stages(QObject):
 class ExportPage(Page):
     title = "Export"
     hint = (
-        "Exports are written beside the target and renamed into place, then reloaded from disk and "
-        "compared with the trained model. Nothing half-written is ever left behind."
+        "Adapter: the trained part alone, small, for peft on the same base. Merged: a whole model for "
+        "transformers. GGUF: one file for llama.cpp, Ollama or LM Studio. Each is reloaded after writing and "
+        "compared with the trained model; its README.md says how to load it."
     )
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
@@ -77,6 +78,7 @@ class ExportPage(Page):
         self.layout_.addWidget(self.status)
         self.results = QTextBrowser()
         self.results.setObjectName("exportResults")
+        self.results.setOpenExternalLinks(True)  # each export's "open the folder"
         self.results.setPlaceholderText(  # an empty box read as if something had failed to show
             "Each export of this run is listed here: where it went, its size, its files, and how closely "
             "the reloaded copy matches the trained model."
@@ -220,13 +222,14 @@ class ExportPage(Page):
         self.exports[result.kind] = str(result.path)
         files = sorted(p.name for p in Path(result.path).iterdir())
         self.status.setText(
-            f"<b style='color:#2a7'>verified</b> — {result.kind} export reloaded from disk, "
-            f"max logit difference {result.verified_max_diff:.2e}"
+            f"<b style='color:#2a7'>verified</b> — {result.kind} export reloaded from disk, its output scores "
+            f"within {result.verified_max_diff:.2e} of the trained model's (max logit difference)"
         )
+        folder = QUrl.fromLocalFile(str(result.path)).toString()
         self.results.append(
-            f"<p><b>{result.kind}</b>: {result.path} — {human_bytes(result.bytes)}, verified "
-            f"(max logit difference {result.verified_max_diff:.2e})<br>"
-            f"<span style='color:gray'>{', '.join(files)}</span></p>"
+            f"<p><b>{result.kind}</b>: {esc(result.path)} — {human_bytes(result.bytes)}, verified "
+            f"(max logit difference {result.verified_max_diff:.2e}) · <a href='{folder}'>open the folder</a> "
+            f"(its README.md says how to load it)<br><span style='color:gray'>{esc(', '.join(files))}</span></p>"
         )
         self.refresh()
 
