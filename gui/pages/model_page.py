@@ -78,7 +78,7 @@ class ModelPage(Page):
         self.layout_.addLayout(form)
         self.status = wrapped_label("modelStatus")  # a long message wraps rather than widening the window
         self.layout_.addWidget(self.status)
-        loading = QGroupBox("Loading")
+        loading = QGroupBox("How to load it: device, precision, quantization")  # "Loading" read as a status
         box = QVBoxLayout(loading)
         self.loading_form = SpecForm(ModelSpec, ModelSpec(source="-"), exclude=("source",))
         self.loading_form.setObjectName("modelLoadingForm")
