@@ -630,9 +630,9 @@ def describe_stats(stats: dict[str, Any], packing: bool) -> str:
     padded, packed = stats["padding_share_padded"], stats["padding_share_packed"]
     if stats["packing_applies"]:
         used = "packing is on" if packing else "packing is off"
-        lines.append(
-            f"padding: {padded:.0%} of computed tokens with batch padding to the longest row, "
-            f"{packed:.0%} packed — packing saves {max(padded - packed, 0):.0%} ({used})"
+        lines.append(  # said in one breath it read as a riddle: what is padded, and what packing would change
+            f"padding: {padded:.0%} of computed tokens with batch padding to the longest row; packed, "
+            f"{packed:.0%}: packing saves {max(padded - packed, 0):.0%} ({used})"
         )
     else:
         lines.append(f"padding: {padded:.0%} of computed tokens")

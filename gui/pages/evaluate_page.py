@@ -314,7 +314,10 @@ class EvaluatePage(Page):
         names = {"loading": "loading the models", "base": "the base model answers",
                  "tuned": "the tuned model answers", "in_context": "the in-context baseline answers",
                  "features": "the feature baseline learns", "forgetting": "checking forgetting"}  # fmt: skip
+        # The count is of every answer of every column (10 rows, three columns: 30), not of rows.
         self.status.setText(f"Evaluating: {names.get(stage, stage)} ({done}/{total}{self._time_left(done, total)})")
+        self.status.setToolTip("Answers done of all the answers to give: each row once per column (base, "
+                               "in-context, tuned), then the forgetting check")  # fmt: skip
 
     def _time_left(self, done: int, total: int) -> str:
         """', about m:ss left' at the rate of the rows done since the first answers (loading left out), once
