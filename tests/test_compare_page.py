@@ -181,7 +181,7 @@ def test_memory_is_estimated_at_the_datas_longest_row(window, qtbot, tiny_llama,
 
 
 def test_chart_labels_write_numbers_out() -> None:
-    from adapter_studio.gui.pages.compare_page import short_count, three_digits
+    from adapter_studio.gui.cost_chart import short_count, three_digits
 
     assert [three_digits(x) for x in (100.0, 0.341, 5.3, 0.0086, 1234.0)] == ["100", "0.341", "5.3", "0.0086", "1234"]
     assert [short_count(n) for n in (950, 460_800, 999_700, 134_515_008, 7_000_000_000)] == [
