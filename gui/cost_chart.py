@@ -42,6 +42,15 @@ def has_numbers(row: dict[str, Any]) -> bool:
     return "error" not in row and "memory_bytes" in row
 
 
+def _grown(plot: pg.PlotItem, labels: list[pg.TextItem], count: int) -> list[pg.TextItem]:
+    """`labels` with at least `count` text items (made once, left-anchored, in `plot`), reused on each redraw."""
+    while len(labels) < count:
+        label = pg.TextItem("", anchor=(0, 0.5))
+        plot.addItem(label)
+        labels.append(label)
+    return labels
+
+
 class MethodAxis(pg.AxisItem):
     """A y axis labelled with method titles."""
 
@@ -110,11 +119,7 @@ class CostChart(QWidget):
         self.memory_labels: list[pg.TextItem] = []  # each step's total, at its bar's end
 
     def _label(self, i: int) -> pg.TextItem:
-        while len(self.labels) <= i:
-            label = pg.TextItem("", anchor=(0, 0.5))
-            self.params.addItem(label)
-            self.labels.append(label)
-        return self.labels[i]
+        return _grown(self.params, self.labels, i + 1)[i]
 
     def show_rows(self, rows: list[dict[str, Any]], current: str, device_memory: int | None) -> None:
         self.plotted_rows = rows
@@ -179,10 +184,7 @@ class CostChart(QWidget):
 
     def _label_totals(self, rows: list[dict[str, Any]], totals: list[float]) -> None:
         """Each step's memory in GiB beside its bar: the coloured parts have no scale of their own."""
-        while len(self.memory_labels) < len(rows):
-            label = pg.TextItem("", anchor=(0, 0.5))
-            self.memory.addItem(label)
-            self.memory_labels.append(label)
+        _grown(self.memory, self.memory_labels, len(rows))
         foreground = pg.getConfigOption("foreground")
         for i, (label, r, total) in enumerate(zip(self.memory_labels, rows, totals, strict=False)):
             label.setText(f"{total:.2g}" if total < 1 else f"{total:.1f}", color=foreground)
