@@ -110,6 +110,18 @@ def test_data_paths_that_name_nothing_say_which_field(paths: str | list[str], fi
     assert caught.value.message.startswith(message)
 
 
+def test_an_eval_file_gone_since_the_run_is_named_as_the_eval_file(tmp_path: Path) -> None:
+    """The Try and Evaluate pages read a finished run's eval file again: gone, it is data.eval_path's fault."""
+    from adapter_studio.engine.data.examples import load_examples
+    from adapter_studio.engine.spec import DataSpec
+
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n')
+    data = DataSpec(path=str(tmp_path / "train.jsonl"), eval_path=str(tmp_path / "moved.jsonl"))
+    with pytest.raises(UserError) as caught:
+        load_examples(data, data.eval_path or "")
+    assert caught.value.where == "data.eval_path" and "moved.jsonl" in caught.value.message
+
+
 def test_an_environment_variable_in_a_data_path_is_read_as_a_shell_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

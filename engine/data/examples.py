@@ -54,7 +54,8 @@ def example_chunks(
     mapping: dict[str, str] = {}
     columns: list[str] = []
     hints = spec.columns  # with the roles the first file's values showed, where its names did not
-    for chunk in iter_chunks(path, progress=progress):
+    field = "data.eval_path" if spec.eval_path and path == spec.eval_path and path != spec.path else "data.path"
+    for chunk in iter_chunks(path, progress=progress, field=field):
         if chunk.first_of_file:
             columns = file_columns(chunk.rows)
             try:

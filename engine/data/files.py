@@ -287,10 +287,13 @@ def _file_rows(path: Path, size: int) -> Iterator[tuple[list[int], list[dict[str
 
 
 def iter_chunks(
-    paths: str | list[str], size: int = CHUNK_ROWS, progress: Callable[[float], None] | None = None
+    paths: str | list[str],
+    size: int = CHUNK_ROWS,
+    progress: Callable[[float], None] | None = None,
+    field: str = "data.path",
 ) -> Iterator[RowChunk]:
-    """The rows of every file data.path names, `size` at a time; every file must have rows."""
-    files = data_files(paths)
+    """The rows of every file data.path (or `field`) names, `size` at a time; every file must have rows."""
+    files = data_files(paths, field)
     sizes = [_bytes(f) for f in files]
     total = sum(sizes) or 1
     before = 0
