@@ -341,6 +341,19 @@ def test_the_runs_table_keeps_its_columns_narrow_enough_to_fit(qtbot: Any, tmp_p
     assert all(page.table.columnWidth(c) <= RUNS_COLUMN_PX for c in range(page.table.columnCount()))
 
 
+def test_the_durations_on_runs_and_train_say_what_each_counts(qtbot: Any, tmp_path: Path) -> None:
+    """A run's Duration (Runs) and elapsed (Train) differ by loading, evaluations and saving: each says so."""
+    from adapter_studio.gui.pages.train_page import TrainPage
+
+    state = StudioState(runs_dir=str(tmp_path / "runs"))
+    page = RunsPage(state)
+    train = TrainPage(state)
+    qtbot.addWidget(page)
+    qtbot.addWidget(train)
+    assert "first event to last" in page.table.horizontalHeaderItem(COLUMNS.index("Duration")).toolTip()
+    assert "training steps" in train.stats["elapsed"].toolTip()
+
+
 def test_the_current_run_is_selected_when_nothing_else_is(qtbot: Any, tmp_path: Path) -> None:
     """After a run the page showed empty curves and 'Select a run to see its details'."""
     fabricate_history(tmp_path / "runs")

@@ -44,6 +44,17 @@ from PySide6.QtWidgets import (
 
 COLUMNS = ("Name", "Status", "Model", "Method", "Trainable", "Steps", "Final loss", "Final eval loss",
            "Best eval loss", "Evaluated", "Duration", "Date")  # fmt: skip
+# What a header cannot say in a word; shown over the header.
+COLUMN_TIPS = {
+    "Trainable": "Parameters the method trained",
+    "Steps": "Optimizer steps done",
+    "Final loss": "Training loss at the last step",
+    "Final eval loss": "Loss on the held-out rows at the last evaluation",
+    "Best eval loss": "Lowest loss on the held-out rows (the 'best' checkpoint)",
+    "Evaluated": "The tuned model's headline score on the Evaluate page's latest evaluation",
+    "Duration": "The whole run, first event to last: loading, data, training, evaluations and saving "
+                "(the Train page's elapsed counts the training steps only)",
+}
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
 RESUMABLE = ("cancelled", "failed", "interrupted")
@@ -115,6 +126,8 @@ class RunsPage(Page):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("runsTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        for column, tip in COLUMN_TIPS.items():
+            self.table.horizontalHeaderItem(COLUMNS.index(column)).setToolTip(tip)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)

@@ -86,7 +86,11 @@ class TrainPage(Page):
         ):
             label = QLabel("—")
             label.setObjectName(f"stat_{key.replace(' ', '_').replace('/', '_per_')}")
-            grid.addWidget(QLabel(f"<span style='color:gray'>{key}</span>"), 0 + 2 * (i // 4), i % 4)
+            caption = QLabel(f"<span style='color:gray'>{key}</span>")
+            if key == "elapsed":  # the Runs page's Duration is the whole run: say why the two differ
+                for widget in (caption, label):
+                    widget.setToolTip("Time in training steps; loading, evaluations and saving are not counted")
+            grid.addWidget(caption, 0 + 2 * (i // 4), i % 4)
             grid.addWidget(label, 1 + 2 * (i // 4), i % 4)
             self.stats[key] = label
         self.layout_.addLayout(grid)
