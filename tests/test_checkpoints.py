@@ -103,3 +103,20 @@ def test_a_run_folder_carrying_a_malicious_pickle_is_refused(tiny_llama: Path, a
     assert "state.pt holds more than tensors and numbers" in (resumed.error or ""), resumed.error
     assert "resume only run folders you made yourself" in (resumed.error or "")
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("folder", "state", "label"),
+    [
+        ("best", '{"step": 30}', "best (step 30)"),  # the step is what a person finds on the curves
+        ("step-0000040", '{"step": 40}', "step 40"),
+        ("step-0000040", None, "step-0000040"),  # no state (damaged, or being written): the folder's name
+        ("best", "{", "best"),
+    ],
+)
+def test_a_checkpoint_is_named_with_its_step(tmp_path: Path, folder: str, state: str | None, label: str) -> None:
+    path = tmp_path / folder
+    path.mkdir()
+    if state is not None:
+        (path / checkpoints.STATE).write_text(state)
+    assert checkpoints.checkpoint_label(path) == label

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,9 @@ def test_shows_base_and_tuned_answers_and_the_held_out_examples(page: TryPage, q
     assert base == "".join(pg.stream("base", message, max_new_tokens=24))
     assert tuned == "".join(pg.stream("tuned", message, max_new_tokens=24))
     assert base and tuned and base != tuned
-    checkpoint = page.playground.tuned.checkpoint.name  # which run answered, said again after the answer
+    folder = page.playground.tuned.checkpoint  # which run answered, said again after the answer, with its step
+    step = json.loads((folder / "state.json").read_text())["step"]
+    checkpoint = f"best (step {step})" if folder.name == "best" else f"step {step}"
     assert page.status.text() == f"Done — run <b>{lora_run.name}</b>, LoRA, checkpoint {checkpoint}"
     assert page.generate_button.isEnabled() and not page.stop_button.isEnabled()
     # a held-out example that ends a conversation is answered with its earlier turns, while left as it is

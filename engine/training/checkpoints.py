@@ -201,6 +201,16 @@ def load_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, An
     return {**info, "has_optimizer": info["optimizer"] is not None}
 
 
+def checkpoint_label(checkpoint: Path) -> str:
+    """How a page names a checkpoint folder: 'best (step 30)', 'step 30'; the folder's name where its state
+    cannot be read (the step is what a person compares with the curves)."""
+    try:
+        step = int(json.loads((checkpoint / STATE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint.name
+    return f"best (step {step})" if checkpoint.name == "best" else f"step {step}"
+
+
 def copy_as_best(checkpoint: Path, folder: Path) -> Path:
     """Keep a copy of `checkpoint` as `folder/best` (one process writes it: the main one)."""
     best = folder / "best"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.engine.runs import trains_a_classifier
+from adapter_studio.engine.training.checkpoints import checkpoint_label
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
@@ -265,8 +266,13 @@ class EvaluatePage(Page):
         self._fill_scores()
         self._fill_examples()
         self.status.setText(f"Run <b>{Path(run).name}</b>: its last evaluation ({self.result.report.parent.name}, "
-                            f"checkpoint {self.result.checkpoint}, {len(self.result.rows)} rows). Press Evaluate to "
+                            f"checkpoint {self._checkpoint_label()}, {len(self.result.rows)} rows). Press Evaluate to "
                             "score it again.")  # fmt: skip
+
+    def _checkpoint_label(self) -> str:
+        """The evaluated checkpoint with its step ('best (step 30)'): the step is what the curves show."""
+        assert self.result is not None
+        return checkpoint_label(self.result.run_dir / "checkpoints" / self.result.checkpoint)
 
     def _update_buttons(self) -> None:
         self.evaluate_button.setEnabled(self.state.current_run is not None and not self.busy)
@@ -337,7 +343,7 @@ class EvaluatePage(Page):
         self.result = result
         self.progress.setValue(self.progress.maximum())
         notes = "".join(f"<br>Note: {html.escape(n, quote=False)}" for n in result.notes)  # e.g. a rule found
-        self.status.setText(f"Run <b>{result.run_dir.name}</b>, checkpoint {result.checkpoint}: "
+        self.status.setText(f"Run <b>{result.run_dir.name}</b>, checkpoint {self._checkpoint_label()}: "
                             f"{len(result.rows)} rows. Report: {html.escape(str(result.report))}{notes}")  # fmt: skip
         self._fill_scores()
         self._fill_examples()

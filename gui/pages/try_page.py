@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.training.checkpoints import checkpoint_label
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
@@ -279,10 +280,10 @@ class TryPage(Page):
         method = playground.spec.method
         source = ("the same weights with the adapter switched off" if playground.shares_weights
                   else "a second, untouched copy of the base model")  # fmt: skip
-        self._run_line = (f"run <b>{self._loaded_run.name}</b>, {method.title}, checkpoint "
-                          f"{playground.tuned.checkpoint.name}")  # fmt: skip
+        checkpoint = checkpoint_label(playground.tuned.checkpoint)
+        self._run_line = f"run <b>{self._loaded_run.name}</b>, {method.title}, checkpoint {checkpoint}"
         self.status.setText(
-            f"Run <b>{self._loaded_run.name}</b> — {method.title}, checkpoint {playground.tuned.checkpoint.name}. "
+            f"Run <b>{self._loaded_run.name}</b> — {method.title}, checkpoint {checkpoint}. "
             f"Base answers come from {source}. {_examples_shown(self.examples.count(), playground.held_out_count)}"
         )
         self._update_buttons()
