@@ -93,6 +93,7 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     assert page.examples.rowCount() == sum(r["regression"] for r in result.rows)
     assert page.open_report.isEnabled() and result.report.exists()
     assert str(result.report) in page.status.text()
+    assert re.search(r"checkpoint (best \(step \d+\)|step \d+):", page.status.text())  # which point of the curves
 
 
 def test_a_rule_found_in_the_answers_is_noted(page: EvaluatePage, qtbot: Any, lora_run: Path, tmp_path: Path) -> None:

@@ -266,11 +266,12 @@ class EvaluatePage(Page):
         self._fill_scores()
         self._fill_examples()
         self.status.setText(f"Run <b>{Path(run).name}</b>: its last evaluation ({self.result.report.parent.name}, "
-                            f"checkpoint {self._checkpoint_label()}, {len(self.result.rows)} rows). Press Evaluate to "
+                            f"checkpoint {self.result.checkpoint}, {len(self.result.rows)} rows). Press Evaluate to "
                             "score it again.")  # fmt: skip
 
     def _checkpoint_label(self) -> str:
-        """The evaluated checkpoint with its step ('best (step 30)'): the step is what the curves show."""
+        """The checkpoint just evaluated with its step ('best (step 30)'): the step is what the curves show.
+        Not for a saved evaluation: a resumed run may have another best checkpoint since."""
         assert self.result is not None
         return checkpoint_label(self.result.run_dir / "checkpoints" / self.result.checkpoint)
 
