@@ -24,6 +24,8 @@ LOCK = "run.lock"
 NOT_ONE_FOLDER = "a run folder's name, not a path (no /, \\ or :, not . or ..); output_dir says where"
 
 
+RESUMABLE = ("cancelled", "failed", "interrupted")  # the statuses `train --resume` goes on from
+
 def is_one_folder_name(name: str) -> bool:
     """Whether `name` names one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere."""
     return name.strip() not in (".", "..") and not any(c in name for c in "/\\:")  # "D:x" is a drive on Windows

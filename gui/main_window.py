@@ -123,6 +123,9 @@ class MainWindow(QMainWindow):
             page.on_shown()
 
     def _resume_run(self, run_dir: Path) -> None:
+        if self.train_page.controller.running:  # the button did nothing, silently, on the Train page
+            self.train_page.error(f"A run is training: stop it (Train page) before resuming {run_dir.name}.")
+            return
         self.go_to("train")
         self.train_page.resume(run_dir)
 

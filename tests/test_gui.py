@@ -148,11 +148,16 @@ def test_method_picker_walks_every_method_and_starts_a_run(window, qtbot, tiny_l
     assert window.train_page.metrics[-1].step == 5
 
 
-def test_stop_keeps_a_checkpoint_and_resume_finishes(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path):  # type: ignore[no-untyped-def]
+    """Found walking the window: Resume went on with whichever run "Use for Try/Export" had made current (a
+    completed one: nothing trained), the smoothed curve began at the previous run's last value, a stopped
+    run kept its last ETA and a resumed one showed an ETA from the old session's clock."""
     choose(window, qtbot, tiny_llama, alpaca_jsonl)
     window.state.training = TrainingSpec(max_steps=3000, batch_size=2, save_every=1000, eval_samples=0,
                                          precision="float32")
     train = window.train_page
+    train.stop()  # the menu's Stop with nothing running
+    assert "stopping" not in train.state_label.text()
     train.start()
     qtbot.waitUntil(lambda: len(train.metrics) >= 5, timeout=60_000)
     train.stop()
@@ -160,7 +165,19 @@ def test_stop_keeps_a_checkpoint_and_resume_finishes(window, qtbot, tiny_llama, 
     assert train.last_status == "cancelled"
     checkpoints = list((train.run_dir / "checkpoints").glob("step-*"))
     assert checkpoints
-    assert train.resume_button.isEnabled()
+    assert train.resume_button.isEnabled() and train.stats["ETA"].text() == "—"
+    stopped, trained = train.run_dir, train.metrics[-1].step
+    window.state.set_current_run(tmp_path / "another-run")  # "Use for Try/Export" on the Runs page
+    train._smoothed = 99.0  # where the last run's smoothed curve ended
+    train.resume()
+    _, smoothed = train.loss_plot.series["smoothed"].view()
+    assert smoothed[0] == train.metrics[0].loss and train.stats["ETA"].text() == "—"  # the replayed history
+    qtbot.waitUntil(lambda: train.metrics[-1].step > trained + 2, timeout=60_000)
+    assert train.run_dir == stopped and window.state.current_run == stopped
+    assert train.stats["ETA"].text() != "—"  # this session's steps: time left again
+    train.stop()
+    qtbot.waitUntil(lambda: not train.controller.running, timeout=60_000)
+    assert train.last_status == "cancelled"
 
 
 def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]

@@ -151,7 +151,9 @@ def test_clone_loads_the_spec_into_the_state(page: RunsPage, history: dict[str, 
     assert state.build_spec().name is None
 
 
-def test_resume_and_use_set_the_current_run(page: RunsPage, history: dict[str, Path]) -> None:
+def test_resume_hands_the_run_to_the_train_page_and_use_sets_the_current_run(
+    page: RunsPage, history: dict[str, Path]
+) -> None:
     resumed: list[Path] = []
     page.on_resume = resumed.append
     page.select_runs(["done"])
@@ -161,9 +163,21 @@ def test_resume_and_use_set_the_current_run(page: RunsPage, history: dict[str, P
     for name in ("crashed", "broken", "stopped"):
         page.select_runs([name])
         assert page.buttons["resume"].isEnabled()
-        page.resume()
-        assert page.state.current_run == history[name]
+        page.resume()  # the run becomes the current one when the Train page starts it, not before
     assert resumed == [history["crashed"], history["broken"], history["stopped"]]
+
+
+def test_details_say_whether_resume_goes_on_or_starts_again(page: RunsPage, history: dict[str, Path]) -> None:
+    """A search's pruned trial (its checkpoints deleted) read "Resume continues from the last checkpoint", and
+    its resume started again from step 0 under a curve that folded back."""
+    page.select_runs(["stopped"])
+    assert "kept no checkpoint: Resume starts it again from step 0" in page.details.toPlainText()
+    saved = history["stopped"] / "checkpoints" / "step-0000010"
+    saved.mkdir(parents=True)
+    (saved / "state.json").write_text('{"step": 10}')
+    page.select_runs(["done"])
+    page.select_runs(["stopped"])
+    assert "Resume continues from the last checkpoint" in page.details.toPlainText()
 
 
 def test_refreshes_on_run_changed_and_follows_the_folder_picker(page: RunsPage, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

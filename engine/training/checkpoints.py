@@ -131,6 +131,11 @@ def remove_checkpoints(run_dir: Path) -> int:
     return freed
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a resume of the run goes on from a checkpoint (without one it starts again from step 0)."""
+    return bool(list_checkpoints(run_dir / "checkpoints"))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     found = list_checkpoints(folder)
     return found[-1] if found else None

@@ -12,8 +12,9 @@ from typing import Any
 import pyqtgraph as pg
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.run_compare import curves, spec_diff
-from adapter_studio.engine.runs import RunSummary, list_runs
+from adapter_studio.engine.runs import RESUMABLE, RunSummary, list_runs
 from adapter_studio.engine.spec import load_spec_file
+from adapter_studio.engine.training.checkpoints import has_checkpoint
 from adapter_studio.gui.combine_dialog import FUSION
 from adapter_studio.gui.evaluation_summary import EvaluationPanel, EvaluationSummaries, EvaluationSummary
 from adapter_studio.gui.pages.base import Page, wrapped_label
@@ -57,7 +58,6 @@ COLUMN_TIPS = {
 }
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
-RESUMABLE = ("cancelled", "failed", "interrupted")
 MIB = 2**20
 
 
@@ -343,9 +343,11 @@ class RunsPage(Page):
                  + (f" of {run.total_steps}" if run.total_steps else "")]  # fmt: skip
         if run.error:
             lines.append(f"<span style='color:#c00'>Error: {run.error}</span>")
-        if run.status == "interrupted":
+        if run.status in RESUMABLE and not has_checkpoint(run.path):
+            lines.append("It kept no checkpoint: Resume starts it again from step 0.")
+        elif run.status == "interrupted":
             lines.append("The process ended without finishing (crash or power loss): Resume continues it.")
-        elif run.status in ("cancelled", "failed"):
+        elif run.status in RESUMABLE:
             lines.append("Resume continues from the last checkpoint.")
         self.details.setHtml("<br>".join(lines))
 
@@ -417,11 +419,10 @@ class RunsPage(Page):
         if run.status not in RESUMABLE:
             self.error(f"{run.name} is {run.status}: only cancelled, failed or interrupted runs can be resumed.")
             return
-        self.state.set_current_run(run.path)
         if self.on_resume is not None:
-            self.on_resume(run.path)
+            self.on_resume(run.path)  # the Train page makes it the current run once it starts
         else:
-            self.status.setText(f"{run.name} is the current run: press Resume on the Train page.")
+            self.status.setText(f"Resume {run.name} with: adapter-studio train --resume {run.path}")
 
     def rename(self) -> None:
         run = self._single("rename", allow_running=False)

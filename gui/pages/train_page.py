@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFinder, Metrics, Stage, Started
+from adapter_studio.engine.runs import RESUMABLE
+from adapter_studio.engine.training.checkpoints import has_checkpoint
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.worker import TrainingController
@@ -32,6 +34,15 @@ STATE_COLORS = {"finished": "#2a7", "completed": "#2a7", "cancelled": "#c80", "s
 # What a finished run's state says: where to go next, and that a stop keeps what it trained.
 FINISHED_SAYS = {"completed": "completed — ask it on Try, score it on Evaluate",
                  "cancelled": "stopped — its checkpoint is kept; Resume goes on"}  # fmt: skip
+
+
+def eval_line(e: Eval) -> str:
+    """The log's line for an evaluation during training."""
+    shares = (("accuracy", e.accuracy), ("exact match", e.exact_match), ("preference accuracy", e.preference_accuracy))
+    extra = "".join(f", {k} {v:.1%}" for k, v in shares if v is not None)
+    if e.reward_margin is not None:
+        extra += f", reward margin {e.reward_margin:.3f}"
+    return f"eval at step {e.step}: loss {e.eval_loss:.4f}{extra}"
 
 
 def format_seconds(seconds: float) -> str:
@@ -274,12 +285,19 @@ class TrainPage(Page):
         return answer == QMessageBox.StandardButton.Yes
 
     def resume(self, run_dir: Path | None = None) -> None:
-        """Continue a stopped, failed or interrupted run (by default the current one)."""
-        run_dir = run_dir or self.state.current_run or self.run_dir
-        if self.controller.running or run_dir is None:
+        """Continue a stopped, failed or interrupted run: `run_dir` (the Runs page's pick), or the one this page
+        shows stopped — not the current run, which "Use for Try/Export" may have made a finished one."""
+        if self.controller.running:
+            if run_dir is not None:
+                self.error(f"A run is training: stop it before resuming {run_dir.name}.")
             return
+        if run_dir is None:
+            if self.run_dir is None or self.last_status not in RESUMABLE:
+                return
+            run_dir = self.run_dir
         self._reset()
-        self._replay_history(run_dir)
+        if has_checkpoint(run_dir):
+            self._replay_history(run_dir)  # the curve so far; the run goes on from its last checkpoint
         self.set_state("resuming")
         self.controller.start(None, resume_dir=run_dir)
         self._running(True)
@@ -292,6 +310,8 @@ class TrainPage(Page):
         self.on_events(seen)
 
     def stop(self) -> None:
+        if not self.controller.running:  # the menu's Stop with nothing running: no "stopping" left standing
+            return
         self.set_state("stopping — saving a checkpoint")
         self.controller.stop()
         self.stop_button.setEnabled(False)
@@ -299,7 +319,7 @@ class TrainPage(Page):
     def _running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        self.resume_button.setEnabled(not running and self.last_status in ("cancelled", "failed", "interrupted"))
+        self.resume_button.setEnabled(not running and self.last_status in RESUMABLE)
 
     def _show_tabs(self, rewards: bool = False, finder: bool = False) -> None:
         """Only the tabs that can show something: rewards for a preference objective (or a run that reported
@@ -321,7 +341,8 @@ class TrainPage(Page):
             self.progress.setRange(0, 0)
 
     def _reset(self) -> None:
-        self.metrics, self.evals = [], []
+        self.metrics, self.evals, self._smoothed = [], [], None  # the smoothed curve starts at the first loss
+        self.started_at = 0.0  # until the run starts: a replayed history has no time left
         self.last_status = self.last_error = None
         self.run_dir = None
         for plot in self.plots.values():
@@ -367,6 +388,7 @@ class TrainPage(Page):
         elif isinstance(event, Eval):
             self.evals.append(event)
             self._add_eval(event)
+            self.log.appendPlainText(eval_line(event))
         elif isinstance(event, Stage):
             self.set_state(event.stage if not event.detail else f"{event.stage}: {event.detail}")
             self._show_steps(event.stage == "training")  # loading, evaluating, saving: a busy bar, not a full one
@@ -382,6 +404,8 @@ class TrainPage(Page):
             self.log.appendPlainText(f"checkpoint at step {event.step}: {event.path}")
         elif isinstance(event, Finished):
             self._show_steps(True)
+            self.started_at = 0.0  # no time left to count
+            self.stats["ETA"].setText("—")
             self.last_status, self.last_error = event.status, event.error
             self.set_state(event.status)
             if event.error:
@@ -434,18 +458,16 @@ class TrainPage(Page):
         if e.reward_margin is not None:
             self.rewards_plot.ensure("held-out margin", symbol="o")
             self.rewards_plot.add("held-out margin", x, e.reward_margin)
-        extra = "".join(f", {k} {v:.1%}" for k, v in shares if v is not None)
-        if e.reward_margin is not None:
-            extra += f", reward margin {e.reward_margin:.3f}"
-        self.log.appendPlainText(f"eval at step {e.step}: loss {e.eval_loss:.4f}{extra}")
 
     def _update_stats(self, m: Metrics) -> None:
-        elapsed = time.monotonic() - self.started_at
+        # The time left from this session's own steps: a resumed run's replayed history came before its
+        # start (it said "ETA 8:47" from the old session's clock), and a finished run has none.
         done = m.step - self.session_start_step
-        eta = elapsed / done * (self.total_steps - m.step) if done > 0 else 0
+        live = self.started_at > 0 and done > 0
+        eta = (time.monotonic() - self.started_at) / done * (self.total_steps - m.step) if live else None
         self.stats["epoch"].setText(f"{m.epoch:.2f}")
         self.stats["elapsed"].setText(format_seconds(m.elapsed_s))
-        self.stats["ETA"].setText(format_seconds(eta))
+        self.stats["ETA"].setText("—" if eta is None else format_seconds(eta))
         self.stats["tokens seen"].setText(f"{m.tokens_seen:,}")
         self.stats["tokens/s"].setText(f"{m.tokens_per_s:,.0f}")
         self.stats["memory"].setText(f"{m.memory_bytes / 2**20:,.0f} MiB")
@@ -476,6 +498,8 @@ class TrainPage(Page):
 
     def on_failed(self, error: BaseException) -> None:
         self.last_status, self.last_error = "failed", getattr(error, "message", str(error))
+        self.started_at = 0.0
+        self.stats["ETA"].setText("—")
         self.set_state("failed")
         self._running(False)
         self.error(error)
