@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter_studio.engine.defaults import choose, explain, for_objective, rate_for_size
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHOD_CLASSES
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
@@ -115,6 +116,7 @@ class MethodPage(Page):
         self.form: SpecForm | None = None
         state.method_changed.connect(self._from_state)
         state.objective_changed.connect(self._objective_from_state)
+        state.data_changed.connect(self._objective_from_state)  # data the objective cannot train on
         state.objective_changed.connect(self._describe)  # the rate it lowers
         state.training_changed.connect(lambda: self.training_form.set_values(self.state.training))
         state.training_changed.connect(lambda: self.machines_form.set_values(self.state.training.machines))
@@ -192,7 +194,14 @@ class MethodPage(Page):
                 "kto": "answers marked desirable or not (data format kto)"}  # fmt: skip
         cls = type(objective)
         needs = f" Trains on {data[cls.data_formats[0]]}." if cls.data_formats else ""
-        self.objective_details.setText(f"{cls.description}{needs}")
+        fmt = self.state.data.format if self.state.data is not None else None
+        note = ""
+        if fmt:  # said here, not after Start as a failed run
+            try:
+                objective.check_data(fmt)
+            except UserError as e:
+                note = f"<p style='color:#c00'><b>Cannot train:</b> {esc(f'{e.message} — {e.fix}')}</p>"
+        self.objective_details.setText(f"{esc(cls.description)}{esc(needs)}{note}")
         if self.objective_form is not None and self.objective_form.model_cls is cls:
             self.objective_form.set_values(objective)
             return
@@ -320,9 +329,6 @@ class MethodPage(Page):
         self.state.spec_edited.emit()
 
     def _write_cluster_files(self) -> None:
-        from pathlib import Path
-
-        from adapter_studio.engine.errors import UserError
         from adapter_studio.engine.training.cluster_files import write_cluster_files
 
         folder = QFileDialog.getExistingDirectory(self, "Where to write the cluster files")
