@@ -9,7 +9,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from adapter_studio.gui.pages.model_page import human_bytes
-from adapter_studio.gui.plots import LegendBelow
+from adapter_studio.gui.plots import LegendBelow, ReadableAxis
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
@@ -78,8 +78,9 @@ class CostChart(QWidget):
         self.axis = MethodAxis()
         # Short titles: at 1280 px the three side by side ran out of room and cut the memory plot off.
         self.params = self.view.addPlot(title="Trainable parameters", axisItems={"left": self.axis})
-        self.size = self.view.addPlot(title="Adapter size (MiB)")
-        self.memory = self.view.addPlot(title="Step memory (GiB)")
+        # Plain numbers: pyqtgraph's SI prefix drew 0.5 GiB as "500" with "(x0.001)" under the axis.
+        self.size = self.view.addPlot(title="Adapter size (MiB)", axisItems={"bottom": ReadableAxis("bottom")})
+        self.memory = self.view.addPlot(title="Step memory (GiB)", axisItems={"bottom": ReadableAxis("bottom")})
         for column, stretch in enumerate((3, 1, 2)):  # the first holds the method names too
             self.view.ci.layout.setColumnStretchFactor(column, stretch)
         self.params.invertY(True)  # the library's order, top to bottom

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QWidget
 
 LEGEND_SPACING_PX = 10  # between a legend's sample line and its name, and between entries
 LEGEND_MARGIN_PX = 16  # the plot's own margins beside the curves
+LOG_TICK_GAP_PX = 48  # between labelled ticks of a log axis: 2..9 × 10^k ran together ("6·10⁴7·10⁴8·10⁴")
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -57,8 +58,10 @@ def _places(spacing: float) -> int:
 
 
 def log_tick_label(value: float) -> str:
-    """One tick of a log axis: 0.01, 0.3, 20 as they are; 1e-05 and beyond as 1e-5."""
-    if 1e-3 <= abs(value) < 1e5:
+    """One tick of a log axis: 0.01, 0.3, 20, 60000 as they are; 1e-05 and beyond as 1e-5."""
+    if 1 <= abs(value) < 1e5:
+        return f"{value:g}"  # .3g wrote 60000 as 6e+04
+    if 1e-3 <= abs(value) < 1:
         return f"{value:.3g}"
     mantissa, exponent = f"{value:.1e}".split("e")
     return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
@@ -81,6 +84,25 @@ class ReadableAxis(pg.AxisItem):
         if any(values for _, values in kept):
             return kept
         return [(1.0, [float(v) for v in range(math.ceil(minVal), math.floor(maxVal) + 1)])]
+
+    def logTickValues(
+        self, minVal: float, maxVal: float, size: float, stdTicks: list[tuple[float, list[float]]]
+    ) -> list[tuple[float | None, list[float]]]:
+        """pyqtgraph's decades, and its 2..9 × 10^k ticks only where their labels have room."""
+        levels = super().logTickValues(minVal, maxVal, size, stdTicks)
+        px = size / (maxVal - minVal) if maxVal > minVal else 0.0
+        kept = [v for spacing, values in levels if spacing is not None for v in values]
+        spaced = []
+        for spacing, values in levels:
+            if spacing is None:  # the minor level: each kept only clear of every tick kept so far
+                clear = []
+                for v in sorted(values):
+                    if all(abs(v - k) * px >= LOG_TICK_GAP_PX for k in kept):
+                        clear.append(v)
+                        kept.append(v)
+                values = clear
+            spaced.append((spacing, values))
+        return spaced
 
     def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
         if self.logMode:

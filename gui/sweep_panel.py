@@ -41,7 +41,7 @@ from adapter_studio.engine.training.sweep import (
 from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.pages.base import wrapped_label
 from adapter_studio.gui.pages.model_page import human_bytes, human_count
-from adapter_studio.gui.plots import PALETTE
+from adapter_studio.gui.plots import PALETTE, ReadableAxis
 from adapter_studio.gui.state import StudioState
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, Signal
@@ -77,6 +77,7 @@ TABLE = (("method", "Method"), ("status", "Status"), ("trial", "Trial"), ("learn
          ("targets", "Targets"))  # fmt: skip
 LOG_AXES = ("trainable_params", "adapter_bytes")
 WINNER = QColor("#d8f0d8")
+LABELLED_POINTS = 6  # named on the scatter: the winner and the best; a search's 40 names piled into one blot
 
 
 def cell_text(key: str, value: Any) -> str:
@@ -218,7 +219,7 @@ class SweepPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         split.addWidget(self.table)
-        self.scatter = pg.PlotWidget()
+        self.scatter = pg.PlotWidget(axisItems={"left": ReadableAxis("left"), "bottom": ReadableAxis("bottom")})
         self.scatter.setObjectName("sweepScatter")
         self.scatter.showGrid(x=True, y=True, alpha=0.25)
         split.addWidget(self.scatter)
@@ -508,23 +509,29 @@ class SweepPanel(QWidget):
         points = [(r, r.get(x_key), r.get(y_key)) for r in self.rows if r["status"] != "baseline"]
         points = [(r, x, y) for r, x, y in points if x is not None and y is not None and (x > 0 or not log_x)]
         best = self.plan.best_run_dir if self.plan else None
+        higher = METRICS[y_key].higher_is_better
+        ranked = sorted(points, key=lambda p: p[2], reverse=higher)
+        named = {id(r) for r, _, _ in ranked[:LABELLED_POINTS]} | {id(r) for r, _, _ in points if r["run_dir"] == best}
         for i, (row, x, y) in enumerate(points):
             color = PALETTE[i % len(PALETTE)]
             name = f"{row['method']} ({row['trial']})" if row.get("trial") else row["method"]
             winner = bool(best) and row["run_dir"] == best
             # PlotDataItem, not ScatterPlotItem: only the former follows the plot's log mode.
-            plot.plot([x], [y], pen=None, symbol="star" if winner else "o", symbolSize=18 if winner else 11,
-                      symbolBrush=color, symbolPen="k", name=name)
-            label = pg.TextItem(name, anchor=(0, 1), color=color)
-            label.setPos(math.log10(x) if log_x else x, y)  # TextItem positions are in the log view's units
-            plot.addItem(label)
+            item = plot.plot([x], [y], pen=None, symbol="star" if winner else "o", symbolSize=18 if winner else 11,
+                             symbolBrush=color, symbolPen="k", name=name)
+            item.setToolTip(f"{name}: {LABELS[x_key]} {x:,.4g}, {LABELS[y_key]} {y:.4g}")
+            if id(row) in named:
+                label = pg.TextItem(name, anchor=(0, 1), color=color)
+                label.setPos(math.log10(x) if log_x else x, y)  # TextItem positions are in the log view's units
+                plot.addItem(label)
         if not points:
             where = "press Evaluate runs" if METRICS[y_key].evaluated else "it comes from the runs' evaluations"
             plot.setTitle(f"no {LABELS[y_key]} yet: {where}", size="9pt")
-        else:
-            better = "higher" if METRICS[y_key].higher_is_better else "lower"
-            plot.setTitle(f"{LABELS[y_key]}: {better} is better", size="9pt")
-        plot.enableAutoRange()
+            plot.enableAutoRange()
+            return
+        plot.setTitle(f"{LABELS[y_key]}: {'higher' if higher else 'lower'} is better", size="9pt")
+        levels = [row[y_key] for row in self.rows if row["status"] == "baseline" and row.get(y_key) is not None]
+        _fit_range(plot, [math.log10(x) if log_x else x for _, x, _ in points], [y for *_, y in points] + levels)
 
     def csv_text(self) -> str:
         return rows_to_csv(self.rows)
@@ -536,3 +543,12 @@ class SweepPanel(QWidget):
         path = path or QFileDialog.getSaveFileName(self, "Save sweep table", default, "CSV (*.csv)")[0]
         if path:
             Path(path).write_text(self.csv_text(), encoding="utf-8")
+
+
+def _fit_range(plot: pg.PlotItem, xs: list[float], ys: list[float]) -> None:
+    """Every point inside the plot with room right of it and above it for its name (auto range fitted the
+    points alone: the rightmost sat on the edge, its symbol and name cut off). `xs` in the view's units."""
+    width = (max(xs) - min(xs)) or abs(xs[0]) * 0.2 or 1.0
+    height = (max(ys) - min(ys)) or abs(ys[0]) * 0.1 or 1.0
+    plot.setXRange(min(xs) - 0.1 * width, max(xs) + 0.5 * width, padding=0)
+    plot.setYRange(min(ys) - 0.1 * height, max(ys) + 0.2 * height, padding=0)

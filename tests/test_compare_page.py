@@ -287,6 +287,9 @@ def test_the_chart_reads_without_scrolling_and_shows_each_steps_memory(window, q
     largest = max(r["memory_bytes"]["total"] for r in page.visible_rows() if "memory_bytes" in r)
     if page.device_memory and page.device_memory > 3 * largest:  # this machine's memory against a tiny model
         assert not page.chart.device_line.isVisible() and "device" in page.chart.memory.getAxis("bottom").labelText
+    for plot in (page.chart.size, page.chart.memory):  # a tiny model's 0.5 GiB read "500" under "(x0.001)"
+        axis = plot.getAxis("bottom")
+        assert axis.autoSIPrefixScale == 1.0 and "(x" not in axis.labelString()
 
     qtbot.mouseClick(page.findChild(QPushButton, "tickAll"), Qt.MouseButton.LeftButton)
     window.resize(1024, 640)

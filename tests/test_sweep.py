@@ -124,3 +124,37 @@ def test_sweep_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl, tmp_p
     assert baselines == ["base model (no training)", "in-context (no training)"]
     lines = [i for i in panel.scatter.getPlotItem().items if isinstance(i, pg.InfiniteLine) and i.angle == 0]
     assert len(lines) == 2 and "without training" in panel.status.text()
+
+
+def test_the_scatter_shows_every_point_and_names_the_best(qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Walking the window: the best of two methods (the rightmost) sat on the plot's edge, cut off, its x
+    ticks read "6·10⁴7·10⁴8·10⁴9·10⁴", and a search's 40 names piled into one blot."""
+    import itertools
+    import math
+
+    import pyqtgraph as pg
+    from adapter_studio.gui.plots import LOG_TICK_GAP_PX
+    from adapter_studio.gui.state import StudioState
+    from adapter_studio.gui.sweep_panel import LABELLED_POINTS, SweepPanel
+
+    panel = SweepPanel(StudioState(runs_dir=str(tmp_path)), start_run=lambda spec: None)
+    qtbot.addWidget(panel)
+    panel.resize(1200, 500)
+    panel.show()
+    panel.rows = [{"method": "lora", "status": "completed", "trial": i, "run_dir": str(tmp_path / f"t{i}"),
+                   "trainable_params": 60_000 + 1_000 * i, "final_eval_loss": 4.0 + i / 100}
+                  for i in range(1, 41)]  # fmt: skip
+    panel.x_axis.setCurrentIndex(panel.x_axis.findData("trainable_params"))
+    panel.y_axis.setCurrentIndex(panel.y_axis.findData("final_eval_loss"))
+    panel.draw_scatter()
+    plot = panel.scatter.getPlotItem()
+    (left, right), (bottom, top) = plot.viewRange()
+    xs = [math.log10(r["trainable_params"]) for r in panel.rows]
+    ys = [r["final_eval_loss"] for r in panel.rows]
+    assert left < min(xs) and max(xs) < right and bottom < min(ys) and max(ys) < top
+    names = [i for i in plot.items if isinstance(i, pg.TextItem)]
+    assert len(names) == LABELLED_POINTS and {n.toPlainText() for n in names} == {f"lora ({i})" for i in range(1, 7)}
+    axis = plot.getAxis("bottom")
+    ticks = sorted(v for _, values in axis.tickValues(left, right, axis.width()) for v in values)
+    pixels = axis.width() / (right - left)
+    assert all((b - a) * pixels >= LOG_TICK_GAP_PX for a, b in itertools.pairwise(ticks)), ticks
