@@ -133,6 +133,9 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
     if weights is not None and len(weights) != len(run_dirs):
         raise UserError(f"{len(weights)} weights for {len(run_dirs)} runs", where="--weights",
                         fix="give one weight per run, in the same order")  # fmt: skip
+    if weights is not None and not any(weights):
+        raise UserError("every weight is 0: the combined run would change nothing", where="--weights",
+                        fix="give at least one run a weight other than 0")  # fmt: skip
     if not 0 < density <= 1:
         raise UserError(f"density {density} is outside (0, 1]", where="--density", fix="pick e.g. 0.5")
     specs = [run_spec(Path(r)) for r in run_dirs]

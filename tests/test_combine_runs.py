@@ -74,6 +74,7 @@ def test_each_combination_makes_a_loadable_run(how: str, lora_runs: list[Path], 
     ([0, 2], "linear", None, "'linear' needs runs of one rank; these have ranks 4, 8"),
     ([0, 1], "linear", [1.0], "1 weights for 2 runs"),
     ([0, 1], "mean", None, "unknown combination 'mean'"),
+    ([0, 1], "linear", [0.0, 0.0], "every weight is 0"),  # made a run that changed nothing
 ])  # fmt: skip
 def test_runs_that_cannot_combine_are_refused(pick: list[int], how: str, weights: list[float] | None, words: str,
                                               lora_runs: list[Path]) -> None:  # fmt: skip
@@ -140,6 +141,13 @@ def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
     assert "Combined into from-window: cat, rank 8" in page.status.text()
     assert [r.name for r in page.selected_runs()] == ["from-window"]
     assert (lora_runs[0].parent / "from-window" / "spec.yaml").exists()
+    said: list[str] = []
+    page.error = lambda e: said.append(e.message)  # type: ignore[method-assign]
+    page.select_runs([lora_runs[0], lora_runs[2]])  # ranks 4 and 8
+    page.ask_combine = lambda names: CombineChoice("linear", [0.5, 0.5], 0.5, None)  # type: ignore[method-assign]
+    page.buttons["combine"].click()
+    qtbot.waitUntil(lambda: not page.combining, timeout=120_000)
+    assert said and said[0].startswith("Combination: 'linear' needs runs of one rank"), said  # was "--how: …"
 
 
 

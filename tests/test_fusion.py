@@ -202,6 +202,7 @@ def test_the_picker_says_what_adapter_fusion_needs(window: Any, qtbot: Any, tiny
     page.select("adapter_fusion")
     details = page.details.text()
     assert "Cannot train:" in details and "none are listed" in details and "Combine" in details, details
+    assert details.count("train Adapter (Pfeiffer) runs on other tasks") == 1, details  # its fix said once
 
 
 def test_fuse_through_the_command_line(runs: dict[str, list[Path]], tmp_path: Path) -> None:

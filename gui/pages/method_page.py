@@ -200,7 +200,7 @@ class MethodPage(Page):
             try:
                 objective.check_data(fmt)
             except UserError as e:
-                note = f"<p style='color:#c00'><b>Cannot train:</b> {esc(f'{e.message} — {e.fix}')}</p>"
+                note = f"<p style='color:#c00'><b>Cannot train:</b> {esc(e.message)}</p>"
         self.objective_details.setText(f"{esc(cls.description)}{esc(needs)}{note}")
         if self.objective_form is not None and self.objective_form.model_cls is cls:
             self.objective_form.set_values(objective)
@@ -233,8 +233,7 @@ class MethodPage(Page):
             try:
                 self.state.method.check(info, self.state.training)
             except Exception as e:  # UserError: this model (or these settings) cannot use the method
-                fix = f" — {e.fix}" if getattr(e, "fix", None) else ""
-                said = esc(f"{getattr(e, 'message', e)}{fix}")
+                said = esc(getattr(e, "message", str(e)))  # the message ends with its fix already
                 note = f"<p style='color:#c00'><b>Cannot train:</b> {said}</p>"
         runs = getattr(self.state.method, "runs", None)  # AdapterFusion: the finished runs it fuses
         fused = f"<tr><td>Fuses</td><td>{esc(', '.join(Path(r).name for r in runs))}</td></tr>" if runs else ""

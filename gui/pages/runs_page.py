@@ -59,6 +59,8 @@ COLUMN_TIPS = {
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
 MIB = 2**20
+# The combine command's options as the Combine… dialog names them.
+DIALOG_FIELDS = {"--how": "Combination", "--weights": "Weights", "--density": "Density (TIES / DARE)"}
 
 
 class SortableItem(QTableWidgetItem):
@@ -507,6 +509,8 @@ class RunsPage(Page):
         def failed(error: BaseException) -> None:
             self.combining = False
             self.on_selection_changed()
+            if isinstance(error, UserError) and error.where in DIALOG_FIELDS:  # the dialog's words, not the CLI's
+                error = UserError(error.what, where=DIALOG_FIELDS[error.where], fix=error.fix)
             self.status.setText(f"Could not combine: {getattr(error, 'message', error)}")
             self.error(error)
 
