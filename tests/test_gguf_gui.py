@@ -158,3 +158,5 @@ def test_gguf_is_offered_only_for_runs_it_can_hold(window, qtbot, tiny_bert_cls,
     assert not page.gguf_button.isEnabled() and not page.gguf_type.isEnabled()
     words = "this run trained a classifier" if kind == "classifier" else "Prompt Tuning cannot be merged into"
     assert words in page.gguf_button.toolTip() and "export the adapter" in page.gguf_button.toolTip()
+    window.state.set_current_run(None)  # the run was deleted on the Runs page: its name stayed here
+    assert page.run_label.text().startswith("No run yet") and not page.adapter_button.isEnabled()

@@ -83,6 +83,7 @@ def test_two_runs_show_the_spec_fields_that_differ(page: RunsPage) -> None:
     assert page.buttons["compare"].isEnabled()
     assert diff_rows(page) == [("method.r", "16", "8"), ("training.learning_rate", "0.001", "0.0002")]
     assert page.diff_table.horizontalHeaderItem(1).text() == "stopped"
+    assert page.diff_label.text() == "2 fields differ between stopped and done"
     page.show_comparison()
     assert page.tabs.currentIndex() == 1
     page.select_runs(["done", "crashed"])
@@ -110,6 +111,7 @@ def test_delete_asks_and_removes(page: RunsPage, history: dict[str, Path], monke
     assert not history["stopped"].exists()
     assert "stopped" not in table(page) and len(table(page)) == 5
     assert page.state.current_run is None  # the deleted run is no longer the one Try/Export use
+    assert page.status.text() == "Deleted stopped."  # not replaced by the refresh that forgetting it made
 
 
 def test_a_running_run_cannot_be_deleted_or_renamed(page: RunsPage, history: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,8 @@ GGUF_NOTE = (
 )
 
 
+NO_RUN = "No run yet: train one on the Train page, or pick a run folder."
+
 class _Stages(QObject):
     """Carries the export's stage texts from the worker thread to the page (a queued signal)."""
 
@@ -43,7 +45,7 @@ class ExportPage(Page):
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
         super().__init__(state)
         row = QHBoxLayout()
-        self.run_label = wrapped_label("exportRun", "No run yet: train one on the Train page, or pick a run folder.")
+        self.run_label = wrapped_label("exportRun", NO_RUN)
         row.addWidget(self.run_label, 1)
         pick = QPushButton("Run folder…")
         pick.clicked.connect(self.pick_run)
@@ -95,7 +97,9 @@ class ExportPage(Page):
         self.adapter_button.setEnabled(enabled)
         self.merged_button.setEnabled(enabled)
         self.gguf_button.setEnabled(enabled)
-        if run is None:
+        if run is None:  # none yet, or the run shown was deleted: its name stayed
+            self.run_label.setText(NO_RUN)
+            self.status.setText("")
             return
         self.run_label.setText(f"Run: <b>{run.name}</b> <span style='color:gray'>({run})</span>")
         try:

@@ -388,7 +388,7 @@ class RunsPage(Page):
         rows = spec_diff(a.path, b.path)
         self.diff_table.setHorizontalHeaderLabels(["Field", a.name, b.name])
         self.diff_label.setText(
-            f"{len(rows)} field{'s' * (len(rows) != 1)} differ between {a.name} and {b.name}"
+            f"{'1 field differs' if len(rows) == 1 else f'{len(rows)} fields differ'} between {a.name} and {b.name}"
             if rows
             else f"{a.name} and {b.name} have the same spec."
         )
@@ -469,9 +469,10 @@ class RunsPage(Page):
                 self.error(UserError(f"cannot delete {run.path}: {e.strerror}", where="Delete"))
             else:
                 deleted.append(run.path)
-        self.status.setText(f"Deleted {', '.join(p.name for p in deleted)}." if deleted else "")
         current = self.state.current_run
         self._forget(current if current is not None and Path(current) in deleted else None)
+        if deleted:  # after the refresh, whose count of runs replaced it when the current run went
+            self.status.setText(f"Deleted {', '.join(p.name for p in deleted)}.")
 
     def _forget(self, path: Path | None, replacement: Path | None = None) -> None:
         """Point the state away from a run folder that was renamed or deleted, and refresh the table."""
