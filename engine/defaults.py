@@ -68,7 +68,10 @@ def model_max_length(config: Any) -> int:
 
 
 def _size(params: int) -> str:
-    return f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+    """135M, 1.2B; a test-size model as 90K, not "0M"."""
+    if params >= 1e9:
+        return f"{params / 1e9:.1f}B"
+    return f"{params / 1e6:.0f}M" if params >= 1e6 else f"{params / 1e3:.0f}K"
 
 
 def batch_size(method: MethodSpec, task: str) -> Choice:

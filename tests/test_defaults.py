@@ -131,6 +131,11 @@ def test_held_out_rows_shrink_with_small_data_when_the_share_is_left_empty(rows:
     assert defaults.resolve_eval_split(separate, rows).spec.data.eval_split is None
 
 
+@pytest.mark.parametrize(("params", "said"), [(90_000, "90K"), (135e6, "135M"), (1.24e9, "1.2B")])
+def test_a_models_size_reads_in_its_own_unit(params: float, said: str) -> None:
+    assert f"on a {said}-parameter model" in defaults.rate_for_size(METHODS["lora"](), int(params), "causal_lm").reason
+
+
 def test_explain_writes_one_line_per_chosen_value() -> None:
     resolved = defaults.resolve(spec(), info(135e6), "causal_lm")
     lines = defaults.explain(resolved.spec, resolved.reasons)

@@ -142,3 +142,13 @@ def test_a_run_names_the_copy_it_trained(hub_cache: Path, source: str, saved: st
     cache_model(hub_cache, "HuggingFaceTB/SmolLM2-135M-Instruct")  # once downloaded, the hub's weights train
     hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert _source_used(spec.model_copy(update={"model": ModelSpec(source=hub)}), resolve_source(hub))[1] == {}
+
+
+def test_a_damaged_gguf_file_is_named_itself(tmp_path: Path) -> None:
+    """Walking the window: 'model.source (/tmp/x): … /tmp/x/bad.gguf does not start with the GGUF magic' named
+    the file's folder as the place."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(UserError) as raised:
+        summarize_model(str(bad))
+    assert raised.value.where == f"model.source ({bad.resolve()})", raised.value.message

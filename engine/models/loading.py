@@ -109,7 +109,8 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
             return config
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({source.path})") from None
+        shown = Path(source.path) / source.gguf_file if source.gguf_file else source.path  # the file, for a GGUF
+        raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({shown})") from None
 
 
 def build_meta_model(config: Any, task: str, num_labels: int = 2, trust_remote_code: bool = False,
