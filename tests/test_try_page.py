@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +142,28 @@ def test_example_labels_drop_an_opening_every_row_shares() -> None:
 STOP_AFTER = 60  # characters (one token each with the test tokenizer) before Stop: the sample of tokens
 
 
-def test_stop_ends_generation_and_the_window_stays_responsive(page: TryPage, qtbot: Any, lora_run: Path) -> None:
-    """Tokens are made off the GUI thread: between one token reaching its pane and the next, the GUI
-    thread's event loop ran out of work and waited for more (its dispatcher's `aboutToBlock`). That is
-    counted per token, not against a clock, so it holds on a slow or busy machine (a wall-clock timer
-    ticked only twice in one busy run, issue 20). Generating on the GUI thread delivers every token
-    inside the Generate click, with no wait between any two. Stop ends the answer after its current token."""
+def test_stop_ends_generation_and_the_window_stays_responsive(
+    page: TryPage, qtbot: Any, lora_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens are made off the GUI thread (each is recorded with the thread that made it), and the GUI
+    thread's event loop ran out of work and waited for more (its dispatcher's `aboutToBlock`) while they
+    arrived: generating on the GUI thread delivers every token inside the Generate click, with no wait
+    between any two. Counted per token, not against a clock (a wall-clock timer ticked only twice in one busy
+    run, issue 20), and not as a share of the tokens: with the CPU taken by other processes the GUI thread
+    woke to two or more tokens at a time for 34 of 63 (measured 2026-12-07; idle, 2–7 %).
+    Stop ends the answer after its current token."""
     open_run(page, qtbot, lora_run)
     full = "".join(page.playground.stream("base", "reverse abc", max_new_tokens=200))
     assert len(full) > 150  # not stopped, the base rambles on to (nearly) the 200-token limit
+    made_in: set[int] = set()  # the threads that made the tokens
+    stream = page.playground.stream
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        for token in stream(*args, **kwargs):
+            made_in.add(threading.get_ident())
+            yield token
+
+    monkeypatch.setattr(page.playground, "stream", recorded)
     waits = [0]  # times the GUI thread went idle so far
 
     def went_idle() -> None:
@@ -177,11 +190,8 @@ def test_stop_ends_generation_and_the_window_stays_responsive(page: TryPage, qtb
         dispatcher.aboutToBlock.disconnect(went_idle)
         pane.textChanged.disconnect(arrived)
 
-    # Measured here: the GUI thread waited between 93-98% of the pairs of tokens, idle or under load.
-    pairs = list(itertools.pairwise(arrivals))
-    waited = sum(1 for before, after in pairs if after > before)
-    assert len(pairs) >= 10, arrivals
-    assert waited >= len(pairs) / 2, f"the GUI thread waited for work between only {waited} of {len(pairs)} tokens"
+    assert made_in and threading.get_ident() not in made_in
+    assert len(arrivals) >= 10 and arrivals[-1] > arrivals[0], arrivals  # the event loop waited between tokens
 
     stopped = pane.toPlainText()
     assert STOP_AFTER <= len(stopped) < len(full)
