@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QWidget
 
 LEGEND_SPACING_PX = 10  # between a legend's sample line and its name, and between entries
 LEGEND_MARGIN_PX = 16  # the plot's own margins beside the curves
+ROUNDNESS = {1: 0, 10: 0, 5: 1, 2: 2, 3: 3}  # which of 1..9 × 10^k a log axis labels first
 LOG_TICK_GAP_PX = 48  # between labelled ticks of a log axis: 2..9 × 10^k ran together ("6·10⁴7·10⁴8·10⁴")
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
@@ -58,9 +59,9 @@ def _places(spacing: float) -> int:
 
 
 def log_tick_label(value: float) -> str:
-    """One tick of a log axis: 0.01, 0.3, 20, 60000 as they are; 1e-05 and beyond as 1e-5."""
-    if 1 <= abs(value) < 1e5:
-        return f"{value:g}"  # .3g wrote 60000 as 6e+04
+    """One tick of a log axis: 0.01, 0.3, 20, 100000 as they are; 1e-05 and 1e6 and beyond as 1e-5, 1e6."""
+    if 1 <= abs(value) < 1e6:
+        return f"{value:.0f}"  # .3g wrote 60000 as 6e+04
     if 1e-3 <= abs(value) < 1:
         return f"{value:.3g}"
     mantissa, exponent = f"{value:.1e}".split("e")
@@ -94,13 +95,13 @@ class ReadableAxis(pg.AxisItem):
         kept = [v for spacing, values in levels if spacing is not None for v in values]
         spaced = []
         for spacing, values in levels:
-            if spacing is None:  # the minor level: each kept only clear of every tick kept so far
-                clear = []
-                for v in sorted(values):
+            if spacing is None:  # the minor level: each kept only clear of every tick kept so far, the
+                clear = []  # roundest first (1, 5, 2, 3 × 10^k, then the rest)
+                for v in sorted(values, key=lambda v: (ROUNDNESS.get(round(10 ** (v - math.floor(v))), 4), v)):
                     if all(abs(v - k) * px >= LOG_TICK_GAP_PX for k in kept):
                         clear.append(v)
                         kept.append(v)
-                values = clear
+                values = sorted(clear)
             spaced.append((spacing, values))
         return spaced
 
@@ -222,6 +223,15 @@ class LivePlot(pg.PlotWidget):
         for series in self.series.values():
             series.n = 0
         self.refresh()
+
+    def clear_series(self) -> None:
+        """Remove every curve and its legend entry: a new run's plot names only the series it reports (a
+        search's last trial showed an empty Quality plot under an earlier trial's "exact match")."""
+        for curve in self.curves.values():
+            self.removeItem(curve)  # and its legend entry
+        self.series.clear()
+        self.curves.clear()
+        self.fit_legend()
 
     def point_counts(self) -> dict[str, int]:
         return {name: s.n for name, s in self.series.items()}

@@ -248,4 +248,7 @@ def test_auto_from_the_runs_page(window, qtbot, tiny_llama, alpaca_jsonl) -> Non
     winner_row = next(i for i, r in enumerate(panel.rows) if r["run_dir"] == plan.best_run_dir)
     assert panel.table.item(winner_row, 0).font().bold()  # the winner stands out
     assert window.state.current_run == Path(plan.best_run_dir)  # Try and Export act on the winner
+    assert [str(r.path) for r in window.runs_page.selected_runs()] == [plan.best_run_dir]  # and the table shows it
+    plots = window.train_page.plots.values()  # the winner's own series only: no trial's empty ones
+    assert all(count > 0 for plot in plots for count in plot.point_counts().values())
     assert panel.auto_button.isEnabled()

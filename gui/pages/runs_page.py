@@ -211,7 +211,7 @@ class RunsPage(Page):
         self.tabs.addTab(compare, "Compare specs")
         self.sweep = SweepPanel(state, start_run or (lambda _spec: None))
         self.sweep.setObjectName("sweepPanel")
-        self.sweep.sweep_finished.connect(lambda _plan: self.refresh())
+        self.sweep.sweep_finished.connect(self._sweep_finished)
         self.tabs.addTab(self.sweep, "Method sweep")
 
         split = QSplitter(Qt.Orientation.Vertical)
@@ -229,6 +229,12 @@ class RunsPage(Page):
 
     def on_shown(self) -> None:
         self.refresh()
+
+    def _sweep_finished(self, plan: Any) -> None:
+        """A sweep or search ended: its winner is the run to look at (the selection before it stayed)."""
+        self.refresh()
+        if plan.best_run_dir:
+            self.select_runs([Path(plan.best_run_dir)])
 
     # --- the table --------------------------------------------------------------------------------
     def refresh(self) -> None:

@@ -346,7 +346,7 @@ class TrainPage(Page):
         self.last_status = self.last_error = None
         self.run_dir = None
         for plot in self.plots.values():
-            plot.clear_data()
+            plot.clear_series()
         self.finder_plot.clear_data()
         self.finder_label.setText(FINDER_HINT)
         self._show_tabs()
@@ -368,7 +368,7 @@ class TrainPage(Page):
             if self.run_dir is not None and Path(event.run_dir) != self.run_dir:  # a job's next run: fresh curves
                 self.metrics, self.evals, self._smoothed = [], [], None
                 for plot in self.plots.values():
-                    plot.clear_data()
+                    plot.clear_series()
             self.run_dir = Path(event.run_dir)
             self.state.set_current_run(self.run_dir)
             self.total_steps = event.total_steps
