@@ -465,6 +465,21 @@ def test_extraction_applies_to_answers_and_expected(runs: dict[str, Path]) -> No
         for column in ("base", "tuned"):
             first = r["answers"][column][:1]
             assert r["extracted"][column] == (first if first.isalnum() or first == "_" else "")
+    found = sum(bool(r["extracted"]["tuned"]) for r in result.rows)
+    counts = (f"matched {sum(bool(r['extracted']['base']) for r in result.rows)} of {len(result.rows)} base answers, "
+              f"{found} of {len(result.rows)} tuned answers")
+    assert any(counts in n for n in result.notes), result.notes
+
+
+@pytest.mark.parametrize(("rule", "said"), [
+    (r"ANSWER:(.*)", "it matched no answer, so every score is 0"),  # a typo: every score 0, nothing said
+    (r"#### (\d+)", None),  # a marked number: read by the answer's last number where the marker is missing
+])  # fmt: skip
+def test_an_expression_that_finds_no_answer_says_so(runs: dict[str, Path], rule: str, said: str | None) -> None:
+    result = evaluate_run(runs["lora"], EvalSettings(checkpoint="last", extract=rule, in_context=0, limit=4,
+                                                     forgetting=False), write_report=False)  # fmt: skip
+    assert any(f"the answer expression {rule!r} matched 0 of 4 base answers" in n for n in result.notes)
+    assert (said is not None) == any(said in n for n in result.notes if said), result.notes
 
 
 def test_final_numbers_are_compared_without_being_asked(runs: dict[str, Path], tmp_path: Path) -> None:

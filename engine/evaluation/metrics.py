@@ -91,6 +91,18 @@ def extract_answer(text: str, rule: re.Pattern[str] | None, *, keep_unmatched: b
     return (value or "").strip()
 
 
+def extraction_notes(rule: re.Pattern[str], answers: dict[str, list[str]]) -> list[str]:
+    """How often a rule the person gave found an answer, per column; a rule that found none in any column
+    scores every answer 0, which read as a model that learnt nothing (a typo in the expression)."""
+    found = {column: sum(rule.search(a.strip()) is not None for a in texts) for column, texts in answers.items()}
+    counts = ", ".join(f"{n} of {len(answers[c])} {c.replace('_', '-')} answers" for c, n in found.items())
+    notes = [f"the answer expression {rule.pattern!r} matched {counts}"]
+    if not any(found.values()) and fallback_for(rule) is None:  # no last number to fall back on either
+        notes.append("it matched no answer, so every score is 0 — check the expression against an answer in the "
+                     "report, or leave it empty")  # fmt: skip
+    return notes
+
+
 def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None, str | None]:
     """The rule to use when none was given, with a note that says so: a MARKED final number where nearly every
     expected answer ends in one, LAST_NUMBER where nearly every one is a number, else none."""

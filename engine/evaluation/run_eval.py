@@ -284,6 +284,7 @@ def _generation(
     templated = chat and playground.renderer.use_chat_template  # the answer ends with its turn
     scored = {k: m.scored_parts(v, [c.expected for c in cases], templated) for k, v in answers.items()}
     extracted = {k: [m.extract_answer(a, rule, fallback=m.fallback_for(rule)) for a in v] for k, v in scored.items()}
+    notes += m.extraction_notes(rule, scored) if settings.extract and rule is not None else []
     metrics = {k: m.text_metrics(v, references) for k, v in extracted.items()}
     classes = None
     labelled = label_answer_scores(references, extracted, "in_context" if shots else "base")
