@@ -18,14 +18,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.errors import UserError, a_or_an
+from adapter_studio.engine.methods.fusion import FUSABLE
+from adapter_studio.engine.runs import summarize_run
 
 if TYPE_CHECKING:
     from adapter_studio.engine.events import Emit
     from adapter_studio.engine.spec import RunSpec
 
 COMBINABLE = ("lora", "rslora", "loraplus", "dylora")
-HOW = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "lorahub")
+HOW = ("cat", "svd", "linear", "ties", "dare_linear", "dare_ties", "lorahub")  # the first is the default
 SAME_RANK = ("linear", "ties", "dare_linear", "dare_ties", "lorahub")
 LORAHUB_EXAMPLES = 32  # LoraHub used 5 to 50; the held-out rows of the first run by default
 LORAHUB_TRIALS = 40  # the paper's search budget
@@ -39,7 +41,7 @@ class Combined:
     trainable_params: int
 
 
-def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: str = "linear", *,
+def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: str = "cat", *,
                  density: float = 0.5, output_dir: Path | None = None, name: str | None = None,
                  emit: Emit | None = None, data: Path | None = None, examples: int = LORAHUB_EXAMPLES,
                  trials: int = LORAHUB_TRIALS) -> Combined:  # fmt: skip
@@ -126,6 +128,8 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
 
     if len(run_dirs) < 2:
         raise UserError("combining needs at least two runs", where="runs", fix="pick two or more finished runs")
+    if len({Path(r).resolve() for r in run_dirs}) < len(run_dirs):  # 'linear' silently doubled its update
+        raise UserError("a run is given twice", where="runs", fix="give each run once (a weight sets its share)")
     if how not in HOW:
         raise UserError(f"unknown combination {how!r}", where="--how", fix=f"pick one of: {', '.join(HOW)}")
     if how == "lorahub" and weights is not None:
@@ -141,8 +145,14 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
     specs = [run_spec(Path(r)) for r in run_dirs]
     for run_dir, spec in zip(run_dirs, specs, strict=True):
         if spec.method.name not in COMBINABLE:
-            raise UserError(f"{Path(run_dir).name} is a {spec.method.title} run; only LoRA-family runs combine",
-                            where=str(run_dir), fix=f"pick runs of {', '.join(COMBINABLE)}")  # fmt: skip
+            fusable = " — or fuse bottleneck-adapter runs with --how fusion" if spec.method.name in FUSABLE else ""
+            raise UserError(f"{Path(run_dir).name} is {a_or_an(spec.method.title)} run; only LoRA-family runs "
+                            "combine", where=str(run_dir),
+                            fix=f"pick runs of {', '.join(COMBINABLE)}{fusable}")  # fmt: skip
+        status = summarize_run(Path(run_dir)).status
+        if status != "completed":  # a failed, stopped or still training run is not the model it was meant to be
+            raise UserError(f"{Path(run_dir).name} is {status}, not finished", where=str(run_dir),
+                            fix="resume it until it completes, or pick a finished run")  # fmt: skip
         if spec.method.changes_base:  # each run's adapter belongs to its own rewritten base
             raise UserError(f"{Path(run_dir).name} started its LoRA from the base's own weights ({spec.method.init}), "
                             "which rewrites them; it cannot be added to other runs' adapters", where=str(run_dir),

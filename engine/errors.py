@@ -22,3 +22,8 @@ class UserError(Exception):
         if self.fix:
             text += f" — {self.fix}"
         return text
+
+
+def a_or_an(word: str) -> str:
+    """'a LoRA', 'an IA3', 'an Adapter (Houlsby)': the article by the word's first letter."""
+    return f"{'an' if word[:1].upper() in 'AEIOU' else 'a'} {word}"

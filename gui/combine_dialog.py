@@ -21,8 +21,9 @@ from PySide6.QtWidgets import (
 
 FUSION = "fusion"  # not a merge: it loads an AdapterFusion spec to train
 EXPLAIN = {
-    "linear": "weighted sum of the A and of the B matrices (runs of one rank)",
     "cat": "ranks side by side: exactly the weighted sum of the runs' updates",
+    "linear": "weighted sum of the A and of the B matrices (runs of one rank): their parts mix, so it is not "
+              "the sum of the updates",
     "svd": "the weighted sum of the updates, re-factored at the largest rank",
     "ties": "TIES merging: the largest updates kept (density), sign conflicts resolved (one rank)",
     "dare_linear": "DARE: updates randomly dropped to the density and rescaled, then summed (one rank)",

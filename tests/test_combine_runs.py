@@ -75,6 +75,7 @@ def test_each_combination_makes_a_loadable_run(how: str, lora_runs: list[Path], 
     ([0, 1], "linear", [1.0], "1 weights for 2 runs"),
     ([0, 1], "mean", None, "unknown combination 'mean'"),
     ([0, 1], "linear", [0.0, 0.0], "every weight is 0"),  # made a run that changed nothing
+    ([0, 0], "cat", None, "a run is given twice"),  # 'linear' doubled its update
 ])  # fmt: skip
 def test_runs_that_cannot_combine_are_refused(pick: list[int], how: str, weights: list[float] | None, words: str,
                                               lora_runs: list[Path]) -> None:  # fmt: skip
@@ -122,7 +123,7 @@ def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
 
     dialog = CombineDialog(["a", "b"])
     qtbot.addWidget(dialog)
-    assert dialog.choice() == CombineChoice("linear", [0.5, 0.5], 0.5, None) and not dialog.density.isEnabled()
+    assert dialog.choice() == CombineChoice("cat", [0.5, 0.5], 0.5, None) and not dialog.density.isEnabled()
     dialog.how.setCurrentIndex(dialog.how.findData("ties"))
     assert dialog.density.isEnabled()
     dialog.how.setCurrentIndex(dialog.how.findData("lorahub"))
@@ -196,3 +197,26 @@ def test_lorahub_refusals(lora_runs: list[Path]) -> None:
         combine_runs(lora_runs[:2], [0.5, 0.5], "lorahub")
     with pytest.raises(UserError, match="'lorahub' needs runs of one rank"):
         combine_runs([lora_runs[0], lora_runs[2]], None, "lorahub")
+
+
+def test_a_run_that_did_not_finish_is_refused(lora_runs: list[Path], tmp_path: Path) -> None:
+    """Only a check for a checkpoint stood between an interrupted or failed run and a combination."""
+    import shutil
+
+    from adapter_studio.engine.combine_runs import combine_runs
+    from adapter_studio.engine.errors import UserError
+
+    cut = tmp_path / "cut"
+    shutil.copytree(lora_runs[1], cut)
+    events = (cut / "events.jsonl").read_text().splitlines()
+    (cut / "events.jsonl").write_text("\n".join(e for e in events if '"finished"' not in e) + "\n")
+    with pytest.raises(UserError, match="cut is interrupted, not finished"):
+        combine_runs([lora_runs[0], cut])
+
+
+@pytest.mark.parametrize(("word", "said"), [("LoRA", "a LoRA"), ("IA3", "an IA3"), ("Adapter (Houlsby)",
+                                                                                     "an Adapter (Houlsby)")])
+def test_a_method_is_named_with_its_article(word: str, said: str) -> None:
+    from adapter_studio.engine.errors import a_or_an
+
+    assert a_or_an(word) == said  # "a IA3 run"

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.errors import UserError, a_or_an
 from adapter_studio.engine.methods.base import MethodSpec, freeze_all, subclass_named
 from adapter_studio.engine.methods.bottleneck import (
     ATTENTION_OUTPUT,
@@ -131,7 +131,7 @@ def fused_methods(runs: list[str]) -> list[BottleneckMethod]:
         bases.add(base)
         name = str(fields.get("name"))
         if name not in FUSABLE:
-            raise UserError(f"{Path(run).name} is a {_title(name)} run; AdapterFusion fuses serial bottleneck "
+            raise UserError(f"{Path(run).name} is {a_or_an(_title(name))} run; AdapterFusion fuses serial bottleneck "
                             "adapters", where="method.runs",
                             fix=f"pick runs of {', '.join(_title(n) for n in FUSABLE)}")  # fmt: skip
         if ckpt.latest_checkpoint(Path(run) / "checkpoints") is None:

@@ -18,10 +18,12 @@ def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     combine = sub.add_parser("combine", help="combine finished runs into a new run: merge LoRA runs, or train "
                              "AdapterFusion over bottleneck-adapter runs")  # fmt: skip
     combine.add_argument("run_dirs", nargs="+", help="two or more run folders")
-    combine.add_argument("--how", default="linear", choices=(*HOW, "fusion"),
-                         help="linear (default; one rank), cat (the exact weighted sum), svd, ties, dare_linear, "
-                              "dare_ties, lorahub (linear, weights found on a few examples); fusion: train "
-                              "AdapterFusion over bottleneck-adapter runs on the first run's data")  # fmt: skip
+    combine.add_argument("--how", default="cat", choices=(*HOW, "fusion"),
+                         help="cat (default: exactly the weighted sum of the runs' updates), svd (that sum at the "
+                              "largest rank), linear (one rank: sums the A and the B matrices, so the runs' parts "
+                              "mix — not the sum of the updates), ties, dare_linear, dare_ties, lorahub (linear, "
+                              "weights found on a few examples); fusion: train AdapterFusion over bottleneck-adapter "
+                              "runs on the first run's data")  # fmt: skip
     combine.add_argument("--weights", help="one weight per run, comma-separated (default: equal, summing to 1)")
     combine.add_argument("--density", type=float, default=0.5, help="share of each update kept by ties / dare")
     combine.add_argument("--data", help="lorahub: a data file of the task (default: the first run's held-out rows)")
@@ -56,7 +58,8 @@ def cmd_combine(args: argparse.Namespace, print_event: Callable[[Any, bool], Non
                           "trainable_params": result.trainable_params}))  # fmt: skip
     else:
         print(f"combined run {result.run_dir}: {result.how}, rank {result.rank}, "
-              f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export {result.run_dir}")
+              f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export {result.run_dir} "
+              "--adapter --out DIR")
     return 0
 
 
