@@ -222,13 +222,13 @@ def expand_shorthands(data: Any) -> Any:
         section = data.get(key)
         if isinstance(section, dict):
             name = section.get("name")
-            plain = _as_tag(name) if isinstance(name, str) else None
+            plain = as_tag(name) if isinstance(name, str) else None
             name = default if name is None or name == "" else plain if plain in registry else name
             data = {**data, key: {**section, "name": name}}
     return data
 
 
-def _as_tag(name: str) -> str:
+def as_tag(name: str) -> str:
     """A method or objective name as people write it (LoRA, LoRA+, p-tuning, P-Tuning v2) as its tag."""
     return name.strip().lower().replace("-", "_").replace(" ", "_").replace("+", "plus")
 

@@ -54,7 +54,8 @@ def test_a_stopped_sweep_continues_with_the_methods_left(make_spec, tiny_llama, 
 
 @pytest.mark.parametrize(
     ("methods", "expected"),
-    [([], "at least one method"), (["lora", "loraa"], "unknown method loraa"), (["ia3", "ia3"], "twice")],
+    [([], "at least one method"), (["lora", "loraa"], "unknown method loraa"), (["ia3", "ia3"], "ia3 is listed twice"),
+     (["lora", "LoRA"], "lora is listed twice")],  # LoRA as a spec takes it
 )
 def test_bad_method_lists_are_refused(make_spec, tiny_llama, alpaca_jsonl, methods, expected):  # type: ignore[no-untyped-def]
     with pytest.raises(UserError, match=expected):
@@ -65,7 +66,8 @@ def test_cli_sweep_prints_the_table_and_writes_the_csv(tmp_path, tiny_llama, alp
     spec = write_spec(tmp_path / "spec.yaml", tiny_llama, alpaca_jsonl, tmp_path / "runs", max_steps=3)
     done = cli("sweep", str(spec), "--methods", "lora,prompt_tuning", "--name", "cli", "--json")
     assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout[done.stdout.index("["): done.stdout.rindex("]") + 1])
+    rows = json.loads(done.stdout)  # stdout is the JSON alone: the progress went to stderr
+    assert "finished completed" in done.stderr and "table:" in done.stderr
     assert [(r["method"], r["status"]) for r in rows] == [("lora", "completed"), ("prompt_tuning", "completed")]
     assert (tmp_path / "runs" / "sweeps" / "cli" / "sweep.csv").exists()
     missing = cli("sweep", str(spec))

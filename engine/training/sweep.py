@@ -33,7 +33,7 @@ from adapter_studio.engine.defaults import resolve_objective
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.evaluation.ranking import EVALUATION_COLUMNS, EVALUATION_METRICS, evaluation_columns
 from adapter_studio.engine.events import Emit, Started
-from adapter_studio.engine.spec import RunSpec
+from adapter_studio.engine.spec import RunSpec, as_tag
 
 SWEEPS = "sweeps"
 PLAN_FILE = "sweep.json"
@@ -95,12 +95,15 @@ def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> Sw
 
     if not methods:
         raise UserError("a sweep needs at least one method", where="methods", fix="e.g. lora,ia3,prompt_tuning")
+    methods = [m if m in METHODS else as_tag(m) for m in methods]  # LoRA, LoRA+ as a spec takes them
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method {', '.join(unknown)}", where="methods",
                         fix=f"pick from {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise UserError("a method is listed twice", where="methods")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise UserError(f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} listed twice", where="methods",
+                        fix="list each method once")  # fmt: skip
     shared = resolve_objective(spec).spec.model_copy(deep=True)  # the plan names it: each entry trains with it
     training = shared.training
     updates: dict[str, Any] = {"batch_size": training.batch_size or DEFAULT_BATCH, "devices": 1}

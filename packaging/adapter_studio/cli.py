@@ -6,6 +6,7 @@ Parsing and `--version`/`--help` import nothing heavy; each command imports what
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -312,20 +313,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = plan_sweep(spec, [m for m in names if m], args.name)
     if args.rank_by:
         metric(args.rank_by)  # an unknown name fails before anything trains
-    print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
-    for entry in plan.entries:
-        if entry.refused:
-            print(f"  {entry.method}: not run — {entry.refused}")
     stop = threading.Event()
-    install_stop_handlers(stop)
-    run_sweep(plan, lambda e: _print_event(e, True), stop)
-    if args.rank_by and metric(args.rank_by).evaluated and not stop.is_set():
-        evaluate_sweep(plan, args.rank_by, lambda message: print(message, flush=True), stop)
+    # With --json, stdout is the JSON alone: the progress goes to stderr, as auto's and eval's does.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
+        for entry in plan.entries:
+            if entry.refused:
+                print(f"  {entry.method}: not run — {entry.refused}")
+        install_stop_handlers(stop)
+        run_sweep(plan, lambda e: _print_event(e, True), stop)
+        if args.rank_by and metric(args.rank_by).evaluated and not stop.is_set():
+            evaluate_sweep(plan, args.rank_by, lambda message: print(message, flush=True), stop)
     rows = sweep_rows(plan)
     if args.rank_by:
         rows = rank(rows, metric(args.rank_by).name)
     print(json.dumps(rows, indent=1) if args.json else format_rows(rows, args.rank_by))
-    print(f"table: {plan.folder / 'sweep.csv'}")
+    print(f"table: {plan.folder / 'sweep.csv'}", file=sys.stderr if args.json else sys.stdout)
     if stop.is_set():
         return EXIT_CANCELLED
     return 1 if any(r["status"] == "failed" for r in rows) else 0
