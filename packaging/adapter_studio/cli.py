@@ -313,8 +313,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = plan_sweep(spec, [m for m in names if m], args.name)
     if args.rank_by:
         metric(args.rank_by)  # an unknown name fails before anything trains
-    stop = threading.Event()
-    # With --json, stdout is the JSON alone: the progress goes to stderr, as auto's and eval's does.
+    stop = threading.Event()  # with --json stdout is the JSON alone: progress to stderr, as auto's and eval's
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
         for entry in plan.entries:
