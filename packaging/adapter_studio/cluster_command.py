@@ -20,6 +20,7 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from adapter_studio.engine.spec import load_spec_file
@@ -29,5 +30,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     accelerator = "" if args.accelerator.lower() == "none" else args.accelerator
     files = write_cluster_files(spec, Path(args.out), accelerator)
     print(f"spec: {files.spec}\nslurm: {files.slurm}\nskypilot: {files.skypilot}")
+    for path in files.not_here:  # perhaps on the cluster's shared file system: said, not refused
+        print(f"note: {path} is not on this machine: the SkyPilot task cannot copy it, and under Slurm every "
+              "machine must see it at that path", file=sys.stderr)
     print("start it with one of:\n  " + "\n  ".join(files.commands()))
     return 0
