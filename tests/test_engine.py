@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -192,6 +193,29 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     # One log holds both parts: two starts, one cancelled and one completed finish.
     logged = read_events(cancelled.run_dir / "events.jsonl")
     assert [e.status for e in logged if isinstance(e, Finished)] == ["cancelled", "completed"]
+
+
+def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_not_resumed(
+    tiny_llama: Path, alpaca_jsonl: Path, make_spec: Spec
+) -> None:
+    """Found by a new user: the saved schedule kept its old total, so `--set training.max_steps=8` on a finished
+    4-step run trained the new steps at the old floor; and a finished run 'resumed' by doing nothing."""
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.training.optimizers import WarmupThenDecay
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=4, learning_rate=LR)
+    first, _ = start(spec)
+    assert first.status == "completed", first.error
+    with pytest.raises(UserError, match="completed every step it was given: there is nothing to resume"):
+        run(None, resume_dir=first.run_dir)
+    longer = spec.model_copy(update={"training": spec.training.model_copy(update={"max_steps": 8})})
+    resumed, events = start(longer, resume_dir=first.run_dir)
+    assert resumed.status == "completed" and resumed.step == 8, resumed.error
+    t = longer.training
+    shape = WarmupThenDecay(t.scheduler, math.ceil(t.warmup_ratio * 8), 8, t.min_lr_ratio)
+    assert [e.lr for e in events if isinstance(e, Metrics)] == pytest.approx([LR * shape(s) for s in range(4, 8)])
+    assert any("schedule now runs over 8 steps (it was saved for 4)" in e.message for e in events
+               if isinstance(e, Log))  # fmt: skip
 
 
 # --- the event log ---------------------------------------------------------------------------------

@@ -196,14 +196,33 @@ def load_state(checkpoint: Path, optimizer: Any, scheduler: Any) -> dict[str, An
         return {**info, **_load_legacy_state(checkpoint, optimizer, scheduler)}
     if info["optimizer"] is not None:
         optimizer.load_state_dict(_join_state(load_file(str(checkpoint / OPTIMIZER)), info["optimizer"]))
-    scheduler.load_state_dict(info["scheduler"])
+    schedule = _load_scheduler(scheduler, info["scheduler"])
     rng = load_file(str(checkpoint / RNG))
     torch.set_rng_state(rng["torch"])
     cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     random.setstate(_python_rng_from_json(info["python_rng"]))
-    return {**info, "has_optimizer": info["optimizer"] is not None}
+    return {**info, "has_optimizer": info["optimizer"] is not None, "schedule_note": schedule}
+
+
+def _load_scheduler(scheduler: Any, saved: dict[str, Any]) -> str | None:
+    """Restore the scheduler's step, keeping the schedule's shape the spec asks for now: LambdaLR's state holds
+    its multiplier's fields, so a resume given more (or fewer) steps decayed on the old total and trained its
+    new steps at the old floor. A note when the total changed."""
+    shapes = [dict(vars(f)) for f in getattr(scheduler, "lr_lambdas", [])]
+    scheduler.load_state_dict(saved)
+    before = [s.get("total_steps") for s in saved.get("lr_lambdas") or [] if isinstance(s, dict)]
+    for f, shape in zip(getattr(scheduler, "lr_lambdas", []), shapes, strict=True):
+        vars(f).update(shape)
+    now = [shape.get("total_steps") for shape in shapes]
+    if not (before and now and before[0] != now[0]):
+        return None
+    for group, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                              strict=True):  # the next step's rate on the new shape, not the old one's
+        group["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # what get_last_lr says
+    return f"the learning-rate schedule now runs over {now[0]} steps (it was saved for {before[0]})"
 
 
 def checkpoint_label(checkpoint: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Emit, Event, EventLog
-from adapter_studio.engine.runs import RunLock, new_run_dir
+from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training.devices import process_rank
 from adapter_studio.engine.training.session import TrainingSession
@@ -51,7 +51,13 @@ def run(
         if not (folder / "spec.yaml").exists():
             raise UserError(f"{folder} is not a run folder (no spec.yaml)", where="--resume")
         # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
-        spec = spec or load_spec_file(folder / "spec.yaml")
+        saved = load_spec_file(folder / "spec.yaml")
+        spec = spec or saved
+        length = (spec.training.max_steps, spec.training.epochs)
+        if length == (saved.training.max_steps, saved.training.epochs) and summarize_run(folder).status == "completed":
+            raise UserError(f"{folder.name} completed every step it was given: there is nothing to resume",
+                            where="--resume", fix="to train it longer, give it more steps, e.g. --set "
+                            "training.max_steps=N with N above the steps it ran")  # fmt: skip
     elif spec is None:
         raise UserError("nothing to run: give a spec or a run folder to resume")
     elif run_dir is not None:

@@ -386,6 +386,8 @@ class TrainingSession:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.best_eval = state.get("best_eval")
         self.log(f"resumed from {latest.name} (step {self.step})")
+        if state.get("schedule_note"):  # a resume given another length: the schedule follows it
+            self.log(state["schedule_note"])
         saved = state.get("data_files") or {}
         for path, stamp in self.data_stamps.items():
             if saved and saved.get(path) != stamp:  # the batches from here on differ from the first run's
