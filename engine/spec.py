@@ -289,7 +289,8 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunS
         elif value is not None:
             data[section][key] = _from_spec_folder(value, base, section)
     apply_overrides(data, overrides or [])
-    return parse_spec(data, origin=str(path), text=text)
+    overridden = frozenset(item.split("=", 1)[0].strip() for item in overrides or [])
+    return parse_spec(data, origin=str(path), text=text, overridden=overridden)
 
 
 def _from_spec_folder(value: Any, base: Path, section: str) -> Any:
@@ -321,14 +322,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         node[parts[-1]] = value
 
 
-def parse_spec(data: dict[str, Any], origin: str = "spec", text: str | None = None) -> RunSpec:
-    """The spec from its mapping; a UserError naming the field (and line, given the `text`) for anything wrong."""
+def parse_spec(
+    data: dict[str, Any], origin: str = "spec", text: str | None = None, overridden: frozenset[str] = frozenset()
+) -> RunSpec:
+    """The spec from its mapping; a UserError naming the field (and line, given the `text`, or `--set` for the
+    `overridden` fields) for anything wrong."""
     data = expand_shorthands(data)
     check_truth_values(data, origin, text, RunSpec)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:
-        raise explain(e, data, origin, text, RunSpec) from None
+        raise explain(e, data, origin, text, RunSpec, overridden) from None
 
 
 def method_from_dict(data: dict[str, Any]) -> MethodSpec:

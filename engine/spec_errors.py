@@ -90,12 +90,16 @@ def _model_at(path: list[str], data: dict[str, Any], root: Model) -> Model | Non
     return model
 
 
-def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None, root: Model) -> UserError:
+def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str | None, root: Model,
+            overridden: frozenset[str] = frozenset()) -> UserError:  # fmt: skip
     errors = error.errors()
     # A misspelt key also leaves the right one missing (`Model:`): the misspelling is the one to say.
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = _field_path(first["loc"], data)
     dotted = ".".join(path)
+    if any(dotted == key or dotted.startswith(f"{key}.") for key in overridden):  # the value --set gave, not the file's
+        text = None
+        origin = "--set"
     line = line_of(text, path) if text else None
     where = f"{origin}:{line}" if line else origin
     if first["type"] == "extra_forbidden":
@@ -120,7 +124,8 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
     wanted = [e["msg"].removeprefix("Value error, ").lower() for e in errors if _field_path(e["loc"], data) == path]
     what = " or ".join(dict.fromkeys(wanted))
-    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in the spec")
+    place = "the --set value" if origin == "--set" else "the spec"
+    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in {place}")
 
 
 def line_of(text: str, path: list[str], exact: bool = False) -> int | None:

@@ -159,6 +159,20 @@ def test_true_false_given_with_set_is_blamed_on_set_not_the_file(tmp_path: Path)
     assert caught.value.message.startswith("--set: training.max_steps: true/false is not a number")
 
 
+def test_a_bad_value_given_with_set_is_blamed_on_set_not_the_files_line(tmp_path: Path) -> None:
+    """It said "spec.yaml:4: … change training.learning_rate in the spec" for the value --set gave."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "training:\n  learning_rate: 0.001\n", encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path, ["training.learning_rate=-1"])
+    assert caught.value.message.startswith("--set: training.learning_rate: "), caught.value.message
+    assert caught.value.message.endswith("change training.learning_rate in the --set value")
+    path.write_text(HEAD + "training:\n  learning_rate: -1\n", encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path, ["training.max_steps=3"])
+    assert caught.value.message.startswith(f"{path}:4: training.learning_rate: "), caught.value.message  # the file's
+
+
 def test_params_refuses_true_false_for_a_method_number(tiny_llama: Path) -> None:
     from adapter_studio.engine.estimate.table import estimate_table
 
