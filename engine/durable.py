@@ -54,6 +54,24 @@ def replace_folder(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it, for every thread, meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
+def plain_modes(folder: Path) -> None:
+    """Every file under `folder` with the mode a plain open() gives (0666 less the umask): safetensors and
+    mkstemp write 0600, which the other users of a shared folder cannot read."""
+    mode = 0o666 & ~_umask()
+    for path in [folder, *folder.rglob("*")] if folder.is_dir() else [folder]:
+        if path.is_file():
+            os.chmod(path, mode)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically and durably (a temporary file beside it, flushed, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +81,7 @@ def write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        plain_modes(Path(name))  # mkstemp's 0600, as open() would have made it
         os.replace(name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -195,19 +195,21 @@ def test_resume_ends_where_an_uninterrupted_run_ends(
     assert [e.status for e in logged if isinstance(e, Finished)] == ["cancelled", "completed"]
 
 
-def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_not_resumed(
+def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_as_it_is(
     tiny_llama: Path, alpaca_jsonl: Path, make_spec: Spec
 ) -> None:
     """Found by a new user: the saved schedule kept its old total, so `--set training.max_steps=8` on a finished
-    4-step run trained the new steps at the old floor; and a finished run 'resumed' by doing nothing."""
-    from adapter_studio.engine.errors import UserError
+    4-step run trained the new steps at the old floor; and a finished run 'resumed' by loading and logging."""
     from adapter_studio.engine.training.optimizers import WarmupThenDecay
 
     spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=4, learning_rate=LR)
     first, _ = start(spec)
     assert first.status == "completed", first.error
-    with pytest.raises(UserError, match="completed every step it was given: there is nothing to resume"):
-        run(None, resume_dir=first.run_dir)
+    logged = (first.run_dir / "events.jsonl").read_text()
+    again, said = start(None, resume_dir=first.run_dir)  # a script resuming until done goes on: said, not redone
+    assert (again.status, again.step) == ("completed", 4) and (first.run_dir / "events.jsonl").read_text() == logged
+    assert [e.message for e in said] == [f"{first.run_dir.name} already completed its 4 steps: nothing to resume "
+                                         "(to train it longer, give it more: --set training.max_steps=N)"]
     longer = spec.model_copy(update={"training": spec.training.model_copy(update={"max_steps": 8})})
     resumed, events = start(longer, resume_dir=first.run_dir)
     assert resumed.status == "completed" and resumed.step == 8, resumed.error

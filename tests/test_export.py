@@ -18,6 +18,18 @@ def trained_run(tiny_llama, alpaca_jsonl, make_spec) -> Path:  # type: ignore[no
     return result.run_dir
 
 
+def test_exported_files_are_as_readable_as_other_files(trained_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """safetensors wrote the weights 0600 beside a 0644 card: on a shared folder, others could not load them."""
+    import os
+
+    from adapter_studio.engine.durable import _umask
+
+    result = export_run(trained_run, "adapter", tmp_path / "shared")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in result.path.iterdir()}
+    assert set(modes.values()) == {0o666 & ~_umask()}, modes
+    assert os.access(result.path / "adapter_model.safetensors", os.R_OK)
+
+
 @pytest.mark.parametrize(
     ("error", "words"),
     [

@@ -404,8 +404,11 @@ def test_a_resume_on_changed_data_says_so_and_on_deleted_data_names_the_file(
     assert first.status == "cancelled" and first.step == 6
 
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:150]))  # a quarter of the rows gone
-    resumed, seen = in_process(None, resume_dir=first.run_dir)
-    assert resumed.status == "completed", resumed.error
+    stop.clear()
+    seen: list[Event] = []
+    resumed = run(None, lambda e: seen.append(e) or (stop.set() if isinstance(e, Metrics) and e.step >= 9 else None),
+                  stop, resume_dir=first.run_dir)  # fmt: skip
+    assert resumed.status == "cancelled" and resumed.step == 9, resumed.error
     warnings = [e.message for e in seen if isinstance(e, Log) and e.level == "warning"]
     assert any(f"data.path: {data} changed since step-0000006" in w for w in warnings), warnings
 
@@ -414,8 +417,8 @@ def test_a_resume_on_changed_data_says_so_and_on_deleted_data_names_the_file(
     assert gone.status == "failed" and gone.error == f"data.path: data file not found: {data} — check the path"
     assert_consistent(first.run_dir, "failed")
     last = events(first.run_dir)[-1]
-    assert last["step"] == 12  # the run stands where its last checkpoint is, not at 0
-    assert checkpoints.latest_checkpoint(first.run_dir / "checkpoints").name == "step-0000012"  # type: ignore[union-attr]
+    assert last["step"] == 9  # the run stands where its last checkpoint is, not at 0
+    assert checkpoints.latest_checkpoint(first.run_dir / "checkpoints").name == "step-0000009"  # type: ignore[union-attr]
 
 
 def test_a_new_run_on_changed_data_reads_it_again(tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path,

@@ -153,6 +153,7 @@ def written_in_place(out: Path) -> Iterator[Path]:
     try:
         tmp.mkdir(parents=True)
         yield tmp
+        durable.plain_modes(tmp)  # readable as other files are: safetensors writes its files 0600
         durable.fsync_tree(tmp)
         tmp.rename(out)  # never replaces: the target must not exist
         durable.fsync_path(out.parent)

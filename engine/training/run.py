@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Emit, Event, EventLog
+from adapter_studio.engine.events import Emit, Event, EventLog, Log
 from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training.devices import process_rank
@@ -53,11 +53,15 @@ def run(
         # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
         saved = load_spec_file(folder / "spec.yaml")
         spec = spec or saved
+        summary = summarize_run(folder)
         length = (spec.training.max_steps, spec.training.epochs)
-        if length == (saved.training.max_steps, saved.training.epochs) and summarize_run(folder).status == "completed":
-            raise UserError(f"{folder.name} completed every step it was given: there is nothing to resume",
-                            where="--resume", fix="to train it longer, give it more steps, e.g. --set "
-                            "training.max_steps=N with N above the steps it ran")  # fmt: skip
+        if length == (saved.training.max_steps, saved.training.epochs) and summary.status == "completed":
+            # Nothing to do, said, and nothing written: a script that resumes until done (after a crash that
+            # came after the end) goes on; it reloaded the model and logged another start and finish.
+            if emit is not None:
+                emit(Log(level="info", message=f"{folder.name} already completed its {summary.steps} steps: nothing "
+                         "to resume (to train it longer, give it more: --set training.max_steps=N)"))  # fmt: skip
+            return RunResult("completed", folder, summary.steps, None)
     elif spec is None:
         raise UserError("nothing to run: give a spec or a run folder to resume")
     elif run_dir is not None:

@@ -1,7 +1,5 @@
-"""`adapter-studio`: the window by default, and every engine action headless (CONTRACT.md).
-
-Parsing and `--version`/`--help` import nothing heavy; each command imports what it needs.
-"""
+"""`adapter-studio`: the window by default, and every engine action headless (CONTRACT.md). Parsing and
+`--version`/`--help` import nothing heavy; each command imports what it needs."""
 
 from __future__ import annotations
 
@@ -22,11 +20,11 @@ from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
-from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers
+from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers, interrupt_on_sigterm
 
-RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, accuracy, exact_match (from training) or an "
-             "evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that have "
-             "no evaluation are evaluated first)")  # fmt: skip
+RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, final_loss, accuracy, exact_match (from training) "
+             "or an evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that "
+             "have no evaluation are evaluated first)")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return gui_main(self_test=args.self_test)
         if one_command:
             freeze_imports_in_this_process()  # engine.imports: nothing of anyone else's is frozen
+            interrupt_on_sigterm()  # `kill`, `timeout`: cleaned up as Ctrl-C is (train installs its own)
         if not args.debug:  # the app says what it loaded; transformers' load report (a new head "MISSING") and its
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # "Loading weights" bar (\r-redrawn in a log
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # file) are noise beside "loaded … in 0.7 s"

@@ -22,3 +22,13 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: a command's KeyboardInterrupt handling (an export removes its half-written folder)
+    runs for `kill` and `timeout` too, where the default ended the process on the spot."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
