@@ -122,3 +122,23 @@ def test_a_merge_is_verified_within_float32s_rounding(before: dict[str, float], 
     from adapter_studio.engine.export.run_export import merge_growth, merge_tolerance
 
     assert merge_tolerance(merge_growth(before, merged), largest_logit) == pytest.approx(tolerance)
+
+
+def test_a_terminated_export_leaves_nothing_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`timeout` (SIGTERM) on an export left its hidden partial folder (139 MiB of GGUF); Ctrl-C did not."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom adapter_studio.stopping import interrupt_on_sigterm\n"
+        "from adapter_studio.engine.export.run_export import written_in_place\ninterrupt_on_sigterm()\n"
+        "try:\n    with written_in_place(Path(sys.argv[1])) as tmp:\n        (tmp / 'w').write_text('x')\n"
+        "        print('writing', flush=True)\n        time.sleep(60)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+    )
+    out = tmp_path / "export"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert list(tmp_path.iterdir()) == []  # neither the export nor its hidden partial folder
