@@ -171,11 +171,15 @@ def summarize_run(run_dir: Path) -> RunSummary:
     last_metrics: Metrics | None = None
     evals: list[Eval] = []
     peak, speeds = 0, []
-    first_time = last_time = None
+    first_time = last_time = span = None
+    seconds = 0.0  # the sessions' own times: a run resumed a day later did not take a day
     for event in iter_events(run_dir / "events.jsonl"):
         first_time = first_time or event.time
         if not isinstance(event, Export):  # exports are appended later, maybe days later: not the run's time
             last_time = event.time
+            span = span if span is not None else event.time
+        if isinstance(event, Finished) and span is not None:
+            seconds, span = seconds + event.time - span, None
         if isinstance(event, Started):
             started, finished = event, None
         elif isinstance(event, Metrics):
@@ -207,7 +211,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         final_loss=last_metrics.loss if last_metrics else None,
         final_eval_loss=evals[-1].eval_loss if evals else None,
         best_eval_loss=min(e.eval_loss for e in evals) if evals else None,
-        duration_s=(last_time - first_time) if first_time and last_time else None,
+        duration_s=seconds + (last_time - span if span is not None and last_time else 0.0) if first_time else None,
         started=first_time,
         error=finished.error if finished else None,
         total_params=started.total_params if started else None,

@@ -200,6 +200,13 @@ def test_a_resumed_run_keeps_the_steps_trained_after_its_checkpoint(history: dic
     assert ys == [9.0] * 4 + [1.0] * 6  # steps 5 and 6 come from the resumed session
 
 
+def test_a_resumed_runs_duration_is_its_sessions_not_the_gap_between_them(history: dict[str, Path]) -> None:
+    """A run resumed half an hour later read 30.9 minutes for 3 s of training."""
+    summary = summarize_run(history["resumed"])
+    assert summary.duration_s == pytest.approx(7 + 11)  # 0→7 s, then 20→31 s; not 31
+    assert summarize_run(history["done"]).duration_s == pytest.approx(12)  # the export a day on is not the run's
+
+
 def test_a_folder_without_events_has_no_curves(tmp_path: Path) -> None:
     assert curves(tmp_path) == {}
     assert spec_diff(tmp_path, tmp_path) == []

@@ -366,7 +366,7 @@ def test_the_durations_on_runs_and_train_say_what_each_counts(qtbot: Any, tmp_pa
     train = TrainPage(state)
     qtbot.addWidget(page)
     qtbot.addWidget(train)
-    assert "first event to last" in page.table.horizontalHeaderItem(COLUMNS.index("Duration")).toolTip()
+    assert "from its first event to its last" in page.table.horizontalHeaderItem(COLUMNS.index("Duration")).toolTip()
     assert "training steps" in train.stats["elapsed"].toolTip()
 
 

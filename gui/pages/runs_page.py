@@ -53,8 +53,8 @@ COLUMN_TIPS = {
     "Final eval loss": "Loss on the held-out rows at the last evaluation",
     "Best eval loss": "Lowest loss on the held-out rows (the 'best' checkpoint)",
     "Evaluated": "The tuned model's headline score on the Evaluate page's latest evaluation",
-    "Duration": "The whole run, first event to last: loading, data, training, evaluations and saving "
-                "(the Train page's elapsed counts the training steps only)",
+    "Duration": "The whole run, each session from its first event to its last: loading, data, training, "
+                "evaluations and saving (the Train page's elapsed counts the training steps only)",
 }
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
