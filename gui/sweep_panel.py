@@ -28,6 +28,7 @@ from adapter_studio.engine.search.budget import BUDGET_FORMS, format_seconds, pa
 from adapter_studio.engine.search.results import SearchResult
 from adapter_studio.engine.training.sweep import (
     COSTS,
+    PEAK_NOTE,
     PLAN_FILE,
     QUALITY,
     SWEEPS,
@@ -429,6 +430,8 @@ class SweepPanel(QWidget):
         ranked_by = self.y_axis.currentData()
         self.rows = rank(sweep_rows(plan), ranked_by)
         self.table.setHorizontalHeaderLabels([title for _, title in TABLE] + [f"▼ {LABELS[ranked_by]}"])
+        for key in ("peak_memory_bytes", "train_seconds"):  # the runs share this process: what that means
+            self.table.horizontalHeaderItem([k for k, _ in TABLE].index(key)).setToolTip(PEAK_NOTE)
         self.table.setRowCount(len(self.rows))
         for i, row in enumerate(self.rows):
             best = bool(plan.best_run_dir) and row["run_dir"] == plan.best_run_dir

@@ -13,6 +13,7 @@ from adapter_studio.engine.evaluation import ranking
 from adapter_studio.engine.search.auto import run_auto_search
 from adapter_studio.engine.search.results import SearchLog
 from adapter_studio.engine.training.sweep import (
+    PEAK_NOTE,
     evaluate_sweep,
     format_rows,
     load_sweep,
@@ -98,7 +99,8 @@ def test_a_sweep_evaluates_its_runs_and_ranks_by_their_scores(make_spec, tiny_ll
     text = format_rows(rows, "token_f1")
     assert text.splitlines()[0].endswith("token F1 (evaluation)")
     best = ranking.rank(rows, "token_f1")[0]["method"]
-    assert text.splitlines()[1].startswith(best) and len(text.splitlines()) == 1 + len(rows)
+    assert text.splitlines()[1].startswith(best) and len(text.splitlines()) == 1 + len(rows) + 1
+    assert text.splitlines()[-1] == PEAK_NOTE  # the runs shared a process: what their peak memory means
     assert "tuned_token_f1" in (plan.folder / "sweep.csv").read_text().splitlines()[0]
 
 
@@ -108,10 +110,10 @@ def test_cli_sweep_rank_by(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type:
     done, bad = clis_at_once([*sweep, "lora,ia3", "--name", "r", "--rank-by", "rouge_l", "--json"],
                              [*sweep, "lora", "--name", "r2", "--rank-by", "bleu2"])  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout[done.stdout.index("[") : done.stdout.rindex("]") + 1])
+    rows = json.loads(done.stdout)  # the JSON alone: the progress is on stderr
     scores = [r["tuned_rouge_l"] for r in rows]
     assert None not in scores and scores == sorted(scores, reverse=True)
-    assert "evaluating r-lora to rank by ROUGE-L (evaluation)" in done.stdout
+    assert "evaluating r-lora to rank by ROUGE-L (evaluation)" in done.stderr
     assert bad.returncode == 2 and "unknown metric 'bleu2'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "runs" / "r2-lora").exists()  # refused before anything trained
 

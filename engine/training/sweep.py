@@ -45,6 +45,10 @@ COLUMNS = ("method", "status", "trainable_params", "trainable_share", "adapter_b
            *EVALUATION_COLUMNS)  # fmt: skip
 QUALITY = ("final_eval_loss", "best_eval_loss", "accuracy", "exact_match", "final_loss",
            *(m.name for m in EVALUATION_METRICS))  # fmt: skip  # every one a ranking metric
+# The runs of a sweep share one process: a CPU has no per-run peak to reset (measured: lora 510 MiB first,
+# 551 MiB after adapter_h), the first run also pays the warm-up.
+PEAK_NOTE = ("peak mem: a GPU's peak of each run; on a CPU the process's memory, which keeps what the sweep's "
+             "earlier runs left — the first run's time includes warming up")  # fmt: skip
 COSTS = ("trainable_params", "adapter_bytes", "peak_memory_bytes", "train_seconds")
 
 
@@ -190,6 +194,12 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
     summary = summarize_run(Path(entry.run_dir))
     row.update(_settings(Path(entry.run_dir)))
     row.update(evaluation_columns(entry.run_dir))
+    if row["adapter_bytes"] is None:  # a search's trials have no estimate: the weights their checkpoint saved
+        from adapter_studio.engine.training import checkpoints as ckpt
+
+        saved = ckpt.latest_checkpoint(Path(entry.run_dir) / "checkpoints")
+        weights = saved / ckpt.WEIGHTS if saved else None
+        row["adapter_bytes"] = weights.stat().st_size if weights and weights.exists() else None
     if summary.trainable_params is not None:  # what the run reported, over the estimate
         row["trainable_params"] = summary.trainable_params
         row["trainable_share"] = summary.trainable_params / summary.total_params if summary.total_params else None
@@ -305,4 +315,6 @@ def format_rows(rows: list[dict[str, Any]], rank_by: str | None = None) -> str:
             + (f"  {num(r.get(ranked.name), '.4f')}" if ranked else "")
             + settings(r) + (f"  ({note})" if note else "")
         )
+    if sum(1 for r in rows if r["peak_memory_bytes"]) > 1:
+        lines.append(PEAK_NOTE)
     return "\n".join(lines)
