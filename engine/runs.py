@@ -254,3 +254,11 @@ def list_runs(output_dir: str | Path) -> list[RunSummary]:
                         fix="give the folder that holds the run folders (output_dir of the spec)")  # fmt: skip
     runs = [summarize_run(p) for p in root.iterdir() if (p / "spec.yaml").exists() or (p / "events.jsonl").exists()]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)
+
+
+def why_no_runs(output_dir: str | Path) -> str:
+    """What to add to "no runs in X": X is a run folder itself, or no such folder exists yet."""
+    folder = Path(output_dir).expanduser()
+    if (folder / "spec.yaml").exists():
+        return f": it is a run folder itself — list its runs folder with --dir {folder.resolve().parent}"
+    return " (no such folder yet)" if not folder.exists() else ""

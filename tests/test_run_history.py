@@ -243,3 +243,12 @@ def test_a_preference_run_names_its_objective_beside_its_method(tmp_path: Path, 
     write_spec(run_dir, {"name": "lora"}, objective)
     write_events(run_dir, [started(run_dir, T0)])
     assert summarize_run(run_dir).method_label == label
+
+
+def test_no_runs_says_why_when_the_folder_is_a_run_or_missing(history: dict[str, Path], tmp_path: Path) -> None:
+    from adapter_studio.engine.runs import why_no_runs
+
+    run = history["done"]
+    assert list_runs(run) == [] and why_no_runs(run) == (
+        f": it is a run folder itself — list its runs folder with --dir {run.resolve().parent}")
+    assert why_no_runs(tmp_path / "nowhere") == " (no such folder yet)" and why_no_runs(tmp_path) == ""

@@ -257,14 +257,14 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from adapter_studio.engine.runs import list_runs
+    from adapter_studio.engine.runs import list_runs, why_no_runs
 
     runs = list_runs(args.dir)
     if args.json:
         print(json.dumps([{**asdict(r), "path": str(r.path)} for r in runs], indent=1))
         return 0
     if not runs:
-        print(f"no runs in {args.dir}")
+        print(f"no runs in {args.dir}{why_no_runs(args.dir)}")
         return 0
 
     def number(value: float | None, digits: int = 4) -> str:
