@@ -279,7 +279,8 @@ def test_a_classifier_trains_without_transformers_load_report(tmp_path, classifi
     # Where the shipped copy sits on this machine is nowhere on another: peft's loaders read the hub id.
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     card = (tmp_path / "adapter" / "README.md").read_text()  # a classifier is no causal LM, and has its head size
-    assert "AutoModelForSequenceClassification.from_pretrained(<base model>, num_labels=2)" in card
+    assert ("AutoModelForSequenceClassification.from_pretrained('sentence-transformers/all-MiniLM-L6-v2', "
+            "num_labels=2)") in card  # the base named, not '<base model>'
 
 
 def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -87,6 +87,7 @@ def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-
         ("huggingfacetb/smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", True),
         ("embedded:all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", False),  # the same weights
         ("/models/my-llama", "/models/my-llama", False),
+        ("/models/tiny.gguf", "/models/tiny.gguf", False),
     ],
 )
 def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run, source, base, note) -> None:  # type: ignore[no-untyped-def]
@@ -104,6 +105,8 @@ def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run,
     assert yaml.safe_load(card.split("---")[1])["base_model"] == base
     assert f"fine-tune of {base}\n" in card
     assert ("Q4_1 GGUF file" in card and "nearly, not exactly, the same" in card) == note
+    loads = "'/models', gguf_file='tiny.gguf'" if base.endswith(".gguf") else repr(base)
+    assert f"AutoModelForCausalLM.from_pretrained({loads})" in card  # it read '<base model>'
 
 
 @pytest.mark.parametrize(

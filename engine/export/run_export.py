@@ -282,6 +282,15 @@ def _labels(trained: TrainedModel) -> str:
     return f", num_labels={config.num_labels}" if trained.task == "classification" and config is not None else ""
 
 
+def _base_arguments(base: str) -> str:
+    """from_pretrained's arguments for the base the run trained on: its hub id or folder; a GGUF file as its
+    folder and gguf_file (transformers reads it so)."""
+    if base.endswith(".gguf"):
+        path = Path(base)
+        return f"{str(path.parent)!r}, gguf_file={path.name!r}"
+    return repr(base)
+
+
 def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
     """README.md with YAML metadata: base, method, hyperparameters, data, counts, losses, versions."""
     import peft
@@ -330,7 +339,7 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
         how = (
             ("import torch\n" if spec.model.quantization == "4bit" else "") + "from peft import PeftModel\n"
             f"from transformers import {auto}{', BitsAndBytesConfig' if quantised else ''}\n"
-            f"base = {auto}.from_pretrained(<base model>{_labels(trained)}{_quantised_load(spec)})\n"
+            f"base = {auto}.from_pretrained({_base_arguments(base)}{_labels(trained)}{_quantised_load(spec)})\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
         if getattr(spec.method, "init", None) == "loftq":
