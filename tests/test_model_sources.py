@@ -152,3 +152,32 @@ def test_a_damaged_gguf_file_is_named_itself(tmp_path: Path) -> None:
     with pytest.raises(UserError) as raised:
         summarize_model(str(bad))
     assert raised.value.where == f"model.source ({bad.resolve()})", raised.value.message
+
+
+def test_a_slow_answer_about_an_earlier_choice_is_dropped(window, qtbot, tiny_llama, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Walking the window: a superseded choice's error dialog popped up after a good model had been picked."""
+    import threading
+
+    from adapter_studio.gui.pages import model_page
+
+    read = model_page.summarize_model
+    release = threading.Event()
+
+    def summarize(source: str):  # type: ignore[no-untyped-def]
+        if source == "/slow/not-a-model":
+            release.wait(30)
+            raise UserError("not a model", where="model.source")
+        return read(source)
+
+    monkeypatch.setattr(model_page, "summarize_model", summarize)
+    page = window.pages["model"]
+    said: list[object] = []
+    monkeypatch.setattr(page, "error", said.append)
+    page.choose("/slow/not-a-model")
+    page.choose(str(tiny_llama))
+    qtbot.waitUntil(lambda: page.status.text().startswith("Ready"), timeout=60_000)
+    release.set()
+    from adapter_studio.gui.worker import _ALIVE
+
+    qtbot.waitUntil(lambda: not _ALIVE, timeout=30_000)  # every worker done: the earlier answer has arrived
+    assert said == [] and page.status.text().startswith("Ready") and window.state.model.source == str(tiny_llama)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.models.loading import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, quantization_problem
+from adapter_studio.engine.models.loading import (
+    EMBEDDED_MINILM,
+    EMBEDDED_SMOLLM2,
+    quantization_problem,
+    summarize_model,
+)
 from adapter_studio.engine.spec import ModelSpec
 from adapter_studio.gui.dialogs import last_folder, remember_folder
 from adapter_studio.gui.form_builder import SpecForm
@@ -41,6 +48,15 @@ def human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return str(n)
+
+
+def _summary_of(source: str) -> tuple[str, Any]:
+    """The model's summary with the source it is of (an error carries it as `source`)."""
+    try:
+        return source, summarize_model(source)
+    except Exception as e:
+        e.source = source  # type: ignore[attr-defined]
+        raise
 
 
 class ModelPage(Page):
@@ -169,12 +185,16 @@ class ModelPage(Page):
         self.status.setText("Reading the model's configuration…")
         for label in self.fields.values():
             label.setText("…")
-        from adapter_studio.engine.models.loading import summarize_model
+        self._worker = run_in_background(_summary_of, source, on_result=self._show, on_error=self._failed)
 
-        self._worker = run_in_background(summarize_model, source, on_result=self._show, on_error=self._failed)
+    def _current(self, source: str | None) -> bool:
+        """Whether an answer is about the model chosen now: a slow reading of an earlier choice came back after
+        a quick one of the next, and its error dialog (or its summary) took the new model's place."""
+        return self.state.model is not None and self.state.model.source == source
 
-    def _show(self, summary) -> None:  # type: ignore[no-untyped-def]
-        if self.state.model is None:
+    def _show(self, answer: tuple[str, Any]) -> None:
+        source, summary = answer
+        if not self._current(source):
             return
         self.state.set_model_summary(summary)
         self.fields["name"].setText(summary.name)
@@ -190,6 +210,8 @@ class ModelPage(Page):
         self.status.setText(f"{note}. {ready}" if note else ready)
 
     def _failed(self, error: BaseException) -> None:
+        if not self._current(getattr(error, "source", None)):
+            return
         self.status.setText(f"Cannot use this model: {getattr(error, 'message', error)}")
         for label in self.fields.values():
             label.setText("—")
