@@ -166,8 +166,11 @@ def legend_below(plot: pg.PlotItem) -> LegendBelow:
 class LivePlot(pg.PlotWidget):
     """A plot of named series; call `add` for new points and `refresh` to redraw (throttled by the caller)."""
 
-    def __init__(self, title: str, y_label: str, parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, y_label: str, parent: QWidget | None = None, min_span: float = 0.0) -> None:
+        """`min_span`: the least height of the y axis, as a share of its values (a memory use that holds at
+        710 MiB was drawn over 710.262–710.273, its noise as a cliff)."""
         super().__init__(parent=parent, axisItems={"left": ReadableAxis("left"), "bottom": ReadableAxis("bottom")})
+        self.min_span = min_span
         self.setTitle(title)
         self.setLabel("left", y_label)
         self.set_x_label("step")
@@ -218,6 +221,20 @@ class LivePlot(pg.PlotWidget):
     def refresh(self) -> None:
         for name, series in self.series.items():
             self.curves[name].setData(*series.view())
+        if self.min_span:
+            self._keep_min_span()
+
+    def _keep_min_span(self) -> None:
+        ys = [s.view()[1] for s in self.series.values() if s.n]
+        if not ys:
+            return
+        low, high = min(float(y.min()) for y in ys), max(float(y.max()) for y in ys)
+        span = self.min_span * max(abs(low), abs(high))
+        if high - low >= span or span == 0:
+            self.enableAutoRange(axis="y")
+            return
+        middle = (low + high) / 2
+        self.setYRange(middle - span / 2, middle + span / 2, padding=0)
 
     def clear_data(self) -> None:
         for series in self.series.values():

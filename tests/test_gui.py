@@ -213,6 +213,22 @@ def plotted_ticks(plot) -> list[str]:  # type: ignore[no-untyped-def]
     return [text for spacing, values in ticks for text in axis.tickStrings(values, axis.autoSIPrefixScale, spacing)]
 
 
+def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-untyped-def]
+    """Walking the window: 710.262–710.273 MiB filled the Memory plot's height, its noise drawn as a cliff."""
+    from adapter_studio.engine.events import Metrics
+
+    train = window.train_page
+    window.go_to("train")
+    train.on_events([Metrics(step=i + 1, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0,
+                             tokens_seen=i, memory_bytes=int((710.262 + 0.011 * (i % 2)) * 2**20))
+                     for i in range(10)])  # fmt: skip
+    low, high = train.memory_plot.getViewBox().viewRange()[1]
+    assert high - low >= 0.1 * 710 and low < 710.262 and high > 710.273
+    train.on_events([Metrics(step=11, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0,
+                             tokens_seen=11, memory_bytes=2000 * 2**20)])  # it grows: the axis follows it
+    qtbot.waitUntil(lambda: train.memory_plot.getViewBox().viewRange()[1][1] >= 2000, timeout=10_000)
+
+
 def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbot):  # type: ignore[no-untyped-def]
     """Issue 26: a loss from 0.6 to 0.01 read "600" under "loss (x0.001)", a learning rate of 0.001 read "1.0"
     under "lr (x0.001)", and the Memory plot's legend sat on its curve."""

@@ -187,7 +187,7 @@ class RunsPage(Page):
         self.loss_plot.setObjectName("runsLossPlot")
         self.eval_plot = LivePlot("Eval loss", "loss")
         self.eval_plot.setObjectName("runsEvalPlot")
-        self.memory_plot = LivePlot("Memory", "MiB")
+        self.memory_plot = LivePlot("Memory", "MiB", min_span=0.1)
         self.memory_plot.setObjectName("runsMemoryPlot")
         plots = QSplitter(Qt.Orientation.Horizontal)
         for plot in self.plots.values():

@@ -134,7 +134,7 @@ class TrainPage(Page):
         self.loss_plot = LivePlot("Loss", "loss")
         self.loss_plot.setObjectName("lossPlot")
         self.log_loss.toggled.connect(self.loss_plot.set_log_y)
-        self.memory_plot = LivePlot("Memory", "MiB")
+        self.memory_plot = LivePlot("Memory", "MiB", min_span=0.1)
         self.memory_plot.setObjectName("memoryPlot")
         plots.addWidget(self.loss_plot)
         plots.addWidget(self.memory_plot)
