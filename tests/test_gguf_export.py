@@ -134,6 +134,8 @@ def test_a_run_exports_as_gguf_checked_with_a_modelfile(bpe_run: Path, tmp_path:
     card = (out / "README.md").read_text()
     assert "| transformers (GGUF reader) | 8 / 8 |" in card
     assert any("reading the GGUF back" in s for s in stages)
+    for who in ("the torch model", "the GGUF read back"):  # minutes on a CPU: each batch of answers is said
+        assert f"checking: {who} answered 8 of 8 held-out prompts" in stages, stages
     assert not list(tmp_path.glob(".gguf.partial-*"))
     events = (bpe_run / "events.jsonl").read_text()
     assert '"kind": "gguf-f16"' in events
