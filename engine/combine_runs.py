@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError, a_or_an
 from adapter_studio.engine.methods.fusion import FUSABLE
-from adapter_studio.engine.runs import summarize_run
+from adapter_studio.engine.runs import COMBINED, summarize_run
 
 if TYPE_CHECKING:
     from adapter_studio.engine.events import Emit
@@ -100,7 +100,7 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
     events = [
         Started(run_dir=str(run_dir), model=spec.model.source, method=method.name, trainable_params=trainable,
                 total_params=total, total_steps=0, device="cpu"),
-        Log(level="info", message=f"combined ({how}, weights {', '.join(f'{w:g}' for w in weights)}"
+        Log(level="info", message=f"{COMBINED}{how}, weights {', '.join(f'{w:g}' for w in weights)}"
             f"{f', density {density:g}' if kwargs else ''}) from {', '.join(Path(r).name for r in run_dirs)}"),
         *([Log(level="info", message=found.describe())] if found else []),
         Finished(status="completed", step=0, error=None, train_seconds=0.0, tokens_trained=0),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Eval, Export, Finished, Metrics, Started, iter_events
+from adapter_studio.engine.events import Eval, Export, Finished, Log, Metrics, Started, iter_events
 
 try:
     import fcntl
@@ -25,6 +25,7 @@ NOT_ONE_FOLDER = "a run folder's name, not a path (no /, \\ or :, not . or ..); 
 
 
 RESUMABLE = ("cancelled", "failed", "interrupted")  # the statuses `train --resume` goes on from
+COMBINED = "combined ("  # how the log line of a run made by `combine` begins
 
 def is_one_folder_name(name: str) -> bool:
     """Whether `name` names one folder inside output_dir: "../x" or "/tmp/x" wrote the run elsewhere."""
@@ -154,6 +155,7 @@ class RunSummary:
     accuracy: float | None = None  # the last evaluation that reported one
     exact_match: float | None = None
     objective: str = "sft"  # objective.name of its spec: sft (classification runs too), dpo, kto, …
+    combined: str | None = None  # a run made by combining others: how, and from which (its log's line)
 
     @property
     def method_label(self) -> str:
@@ -161,7 +163,8 @@ class RunSummary:
         from adapter_studio.engine.objectives import OBJECTIVES
 
         cls = OBJECTIVES.get(self.objective)
-        return self.method if self.objective == "sft" else f"{self.method} · {cls.title if cls else self.objective}"
+        label = self.method if self.objective == "sft" else f"{self.method} · {cls.title if cls else self.objective}"
+        return f"{label} · combined" if self.combined else label  # it trained no step: "lora", steps 0, said why
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
@@ -173,6 +176,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     peak, speeds = 0, []
     first_time = last_time = span = None
     seconds = 0.0  # the sessions' own times: a run resumed a day later did not take a day
+    combined = None
     for event in iter_events(run_dir / "events.jsonl"):
         first_time = first_time or event.time
         if not isinstance(event, Export):  # exports are appended later, maybe days later: not the run's time
@@ -190,6 +194,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
             evals.append(event)
         elif isinstance(event, Finished):
             finished = event
+        elif isinstance(event, Log) and event.message.startswith(COMBINED):
+            combined = event.message
     lock = run_dir / LOCK
     if finished is not None:
         status = finished.status
@@ -221,6 +227,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         accuracy=next((e.accuracy for e in reversed(evals) if e.accuracy is not None), None),
         exact_match=next((e.exact_match for e in reversed(evals) if e.exact_match is not None), None),
         objective=str(_value(saved, "objective", "name") or "sft"),
+        combined=combined,
     )
 
 

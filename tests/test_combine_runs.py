@@ -142,6 +142,10 @@ def test_combine_from_the_runs_page(lora_runs: list[Path], qtbot: Any) -> None:
     assert "Combined into from-window: cat, rank 8" in page.status.text()
     assert [r.name for r in page.selected_runs()] == ["from-window"]
     assert (lora_runs[0].parent / "from-window" / "spec.yaml").exists()
+    # It trained no step: "lora", steps 0, and nothing said where it came from
+    assert page.selected_run().method_label == "lora · combined"  # type: ignore[union-attr]
+    line = next(x for x in page.details.toPlainText().splitlines() if x.startswith("Combined (cat, weights 0.5, 0.5) "))
+    assert lora_runs[0].name in line and lora_runs[1].name in line
     said: list[str] = []
     page.error = lambda e: said.append(e.message)  # type: ignore[method-assign]
     page.select_runs([lora_runs[0], lora_runs[2]])  # ranks 4 and 8

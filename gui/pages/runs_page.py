@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import time
@@ -349,6 +350,8 @@ class RunsPage(Page):
         lines = [f"<b>{run.name}</b> — <b style='color:{color}'>{run.status}</b> · {run.path}",
                  f"model {run.model} · method {run.method_label} · step {run.steps}"
                  + (f" of {run.total_steps}" if run.total_steps else "")]  # fmt: skip
+        if run.combined:  # no step of its own: where its adapter came from
+            lines.append(html.escape(run.combined.capitalize(), quote=False))
         if run.error:
             lines.append(f"<span style='color:#c00'>Error: {run.error}</span>")
         if run.status in RESUMABLE and not has_checkpoint(run.path):
