@@ -67,11 +67,13 @@ def test_cli_sweep_prints_the_table_and_writes_the_csv(tmp_path, tiny_llama, alp
     done = cli("sweep", str(spec), "--methods", "lora,prompt_tuning", "--name", "cli", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)  # stdout is the JSON alone: the progress went to stderr
-    assert "finished completed" in done.stderr and "table:" in done.stderr
+    assert "lora: finished completed" in done.stderr and "table:" in done.stderr  # which method finished
     assert [(r["method"], r["status"]) for r in rows] == [("lora", "completed"), ("prompt_tuning", "completed")]
     assert (tmp_path / "runs" / "sweeps" / "cli" / "sweep.csv").exists()
     missing = cli("sweep", str(spec))
     assert missing.returncode == 2 and "--methods" in missing.stderr
+    both = cli("sweep", str(spec), "--continue", str(tmp_path / "runs" / "sweeps" / "cli"))  # the spec went unread
+    assert both.returncode == 2 and "or --continue SWEEP_DIR, not both" in both.stderr
 
 
 @pytest.mark.gui

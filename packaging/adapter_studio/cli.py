@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import json
@@ -21,10 +20,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
 from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers, interrupt_on_sigterm
-
-RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, final_loss, accuracy, exact_match (from training) "
-             "or an evaluation's exact_match, token_f1, rouge_l, chrf, bleu, macro_f1, forgetting (the runs that "
-             "have no evaluation are evaluated first)")  # fmt: skip
+from adapter_studio.sweep_command import RANK_HELP, add_sweep_parser, cmd_sweep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,14 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--dir", default="runs", help="the runs folder")
     runs.add_argument("--json", action="store_true")
 
-    sweep = sub.add_parser("sweep", help="train several methods one after another and compare them")
-    sweep.add_argument("spec", nargs="?", help="spec file (YAML): model, data and the shared training budget")
-    sweep.add_argument("--methods", help="all, or a comma list of method names (see `adapter-studio methods`)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sweep.add_argument("--name", help="sweep name (default: sweep-<date>-<time>)")
-    sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
-    sweep.add_argument("--json", action="store_true", help="print the result rows as JSON")
-    sweep.add_argument("--rank-by", metavar="METRIC", help=RANK_HELP)
+    add_sweep_parser(sub)
 
     auto = sub.add_parser("auto", help="search methods and settings on a time budget, then train the winner")
     auto.add_argument("spec", help="spec file (YAML): model, data, and the winner's training length")
@@ -284,54 +273,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from adapter_studio.engine.evaluation.ranking import metric, rank
-    from adapter_studio.engine.spec import load_spec_file
-    from adapter_studio.engine.training.sweep import (
-        evaluate_sweep,
-        format_rows,
-        load_sweep,
-        plan_sweep,
-        run_sweep,
-        sweep_rows,
-    )
-
-    if args.resume:
-        plan = load_sweep(args.resume)
-    else:
-        if not args.spec or not args.methods:
-            raise UserError(
-                "give a spec file and --methods, or --continue SWEEP_DIR",
-                where="sweep",
-                fix="e.g. adapter-studio sweep spec.yaml --methods lora,ia3,prompt_tuning",
-            )
-        from adapter_studio.engine.methods import METHODS
-
-        spec = load_spec_file(args.spec, args.overrides)
-        names = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")]
-        plan = plan_sweep(spec, [m for m in names if m], args.name)
-    if args.rank_by:
-        metric(args.rank_by)  # an unknown name fails before anything trains
-    stop = threading.Event()  # with --json stdout is the JSON alone: progress to stderr, as auto's and eval's
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        print(f"sweep {plan.folder}: {', '.join(e.method for e in plan.entries)}", flush=True)
-        for entry in plan.entries:
-            if entry.refused:
-                print(f"  {entry.method}: not run — {entry.refused}")
-        install_stop_handlers(stop)
-        run_sweep(plan, lambda e: _print_event(e, True), stop)
-        if args.rank_by and metric(args.rank_by).evaluated and not stop.is_set():
-            evaluate_sweep(plan, args.rank_by, lambda message: print(message, flush=True), stop)
-    rows = sweep_rows(plan)
-    if args.rank_by:
-        rows = rank(rows, metric(args.rank_by).name)
-    print(json.dumps(rows, indent=1) if args.json else format_rows(rows, args.rank_by))
-    print(f"table: {plan.folder / 'sweep.csv'}", file=sys.stderr if args.json else sys.stdout)
-    if stop.is_set():
-        return EXIT_CANCELLED
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
-
-
 def cmd_auto(args: argparse.Namespace) -> int:
     from adapter_studio.engine.search.budget import parse_budget
     from adapter_studio.engine.spec import load_spec_file
@@ -387,7 +328,7 @@ COMMANDS = {
     "methods": cmd_methods,
     "params": cmd_params,
     "runs": cmd_runs,
-    "sweep": cmd_sweep,
+    "sweep": functools.partial(cmd_sweep, print_event=_print_event),
     "auto": cmd_auto,
     "walkthrough": cmd_walkthrough,
     "eval": cmd_eval,

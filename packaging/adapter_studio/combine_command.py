@@ -1,4 +1,4 @@
-"""`adapter-studio combine RUN RUN … [--how linear] [--weights W,W,…]`: finished LoRA runs combined into a
+"""`adapter-studio combine RUN RUN … [--how cat] [--weights W,W,…]`: finished LoRA runs combined into a
 new run folder (engine.combine_runs), which `export`, `eval` and the window take like a trained run;
 `--how fusion` trains AdapterFusion over finished bottleneck-adapter runs (engine.methods.fusion)."""
 
