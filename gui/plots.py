@@ -171,6 +171,7 @@ class LivePlot(pg.PlotWidget):
         710 MiB was drawn over 710.262–710.273, its noise as a cliff)."""
         super().__init__(parent=parent, axisItems={"left": ReadableAxis("left"), "bottom": ReadableAxis("bottom")})
         self.min_span = min_span
+        self._spanned: list[float] | None = None  # the y range _keep_min_span set last, while it holds
         self.setTitle(title)
         self.setLabel("left", y_label)
         self.set_x_label("step")
@@ -225,21 +226,37 @@ class LivePlot(pg.PlotWidget):
             self._keep_min_span()
 
     def _keep_min_span(self) -> None:
+        """Widen a flat curve's y range; leave it to auto range otherwise, and to the person once they zoom."""
+        view = self.getViewBox()
+        ours = self._spanned
+        if ours is None and not view.autoRangeEnabled()[1]:
+            return  # the person's zoom
+        if ours is not None and view.viewRange()[1] != ours:
+            self._spanned = None  # zoomed since: theirs
+            return
         ys = [s.view()[1] for s in self.series.values() if s.n]
         if not ys:
             return
         low, high = min(float(y.min()) for y in ys), max(float(y.max()) for y in ys)
         span = self.min_span * max(abs(low), abs(high))
         if high - low >= span or span == 0:
-            self.enableAutoRange(axis="y")
+            self._release_range()
             return
         middle = (low + high) / 2
         self.setYRange(middle - span / 2, middle + span / 2, padding=0)
+        self._spanned = view.viewRange()[1]
 
     def clear_data(self) -> None:
         for series in self.series.values():
             series.n = 0
+        self._release_range()
         self.refresh()
+
+    def _release_range(self) -> None:
+        """New data: a range set for the old one no longer holds."""
+        if self._spanned is not None:
+            self._spanned = None
+            self.enableAutoRange(axis="y")
 
     def clear_series(self) -> None:
         """Remove every curve and its legend entry: a new run's plot names only the series it reports (a
@@ -248,6 +265,7 @@ class LivePlot(pg.PlotWidget):
             self.removeItem(curve)  # and its legend entry
         self.series.clear()
         self.curves.clear()
+        self._release_range()
         self.fit_legend()
 
     def point_counts(self) -> dict[str, int]:

@@ -227,6 +227,10 @@ def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-unty
     train.on_events([Metrics(step=11, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0,
                              tokens_seen=11, memory_bytes=2000 * 2**20)])  # it grows: the axis follows it
     qtbot.waitUntil(lambda: train.memory_plot.getViewBox().viewRange()[1][1] >= 2000, timeout=10_000)
+    train.memory_plot.setYRange(0, 5000, padding=0)  # the person zooms: the plot keeps their range
+    train.on_events([Metrics(step=12, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0,
+                             tokens_seen=12, memory_bytes=2000 * 2**20)])  # fmt: skip
+    assert train.memory_plot.getViewBox().viewRange()[1] == [0, 5000]
 
 
 def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbot):  # type: ignore[no-untyped-def]
