@@ -179,6 +179,8 @@ def summarize_run(run_dir: Path) -> RunSummary:
     combined = None
     for event in iter_events(run_dir / "events.jsonl"):
         first_time = first_time or event.time
+        if isinstance(event, Started) and span is not None and last_time is not None:
+            seconds, span = seconds + last_time - span, None  # a session that crashed (no finish): to its last event
         if not isinstance(event, Export):  # exports are appended later, maybe days later: not the run's time
             last_time = event.time
             span = span if span is not None else event.time

@@ -207,6 +207,18 @@ def test_a_resumed_runs_duration_is_its_sessions_not_the_gap_between_them(histor
     assert summarize_run(history["done"]).duration_s == pytest.approx(12)  # the export a day on is not the run's
 
 
+def test_a_crashed_session_counts_to_its_last_event(tmp_path: Path) -> None:
+    """kill -9 writes no finish: the half hour before the resume was counted (1,811 s for 18 s)."""
+    run = tmp_path / "crashed-then-resumed"
+    write_spec(run, {"name": "lora"})
+    write_events(run, [
+        started(run, T0), *[metrics(s, T0 + s, 1.0) for s in range(1, 8)],  # killed after step 7
+        started(run, T0 + 1800, resumed_from_step=4), *[metrics(s, T0 + 1800 + s, 1.0) for s in range(5, 11)],
+        Finished(status="completed", step=10, error=None, train_seconds=13.0, tokens_trained=640, time=T0 + 1811),
+    ])  # fmt: skip
+    assert summarize_run(run).duration_s == pytest.approx(7 + 11)
+
+
 def test_a_folder_without_events_has_no_curves(tmp_path: Path) -> None:
     assert curves(tmp_path) == {}
     assert spec_diff(tmp_path, tmp_path) == []
