@@ -140,6 +140,7 @@ def test_search_prunes_a_loser_and_trains_the_winner_fully(make_spec, tiny_llama
     assert rows[0]["targets"] == "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     weights = next((result.run_dir / "checkpoints").glob("step-*/trainable.safetensors"))
     assert rows[3]["adapter_bytes"] == weights.stat().st_size  # the table's "adapter" column read "-" for all
+    assert all(r["adapter_bytes"] for r in rows[:2])  # a trial's too, measured before its checkpoints went
     table = list(csv.DictReader(io.StringIO((result.folder / "sweep.csv").read_text())))
     assert table[1]["status"] == "pruned" and table[1]["note"].startswith("pruned at 8 examples")
     assert load_sweep(result.folder).best_run_dir == str(result.run_dir)

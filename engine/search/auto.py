@@ -48,7 +48,7 @@ from adapter_studio.engine.search.results import MARKER, METRIC, SearchLog, Sear
 from adapter_studio.engine.search.space import CHOICES, SearchSpace, Settings, space_for, spec_with
 from adapter_studio.engine.search.winner import choose_winner
 from adapter_studio.engine.spec import RunSpec
-from adapter_studio.engine.training.checkpoints import remove_checkpoints
+from adapter_studio.engine.training.checkpoints import remove_checkpoints, weights_bytes
 from adapter_studio.engine.training.sweep import DEFAULT_BATCH, PLAN_FILE, SWEEPS, SweepEntry, SweepPlan
 
 PROBE_STEPS = 6
@@ -287,6 +287,7 @@ class AutoSearch:
         how = {"completed": "completed", "pruned": "pruned", "failed": "failed",
                "stopped": "stopped by you" if self.stop.is_set() else "stopped: the search's time is up"}
         entry.outcome = None if record.status == "completed" else record.status
+        entry.adapter_bytes = weights_bytes(Path(run_dir)) if Path(run_dir).is_dir() else None  # before they go
         entry.note = f"{how[record.status]} at {record.examples} examples"
         entry.note += f": {record.error}" if record.error else ""
         self.plan.save()

@@ -136,6 +136,14 @@ def has_checkpoint(run_dir: Path) -> bool:
     return bool(list_checkpoints(run_dir / "checkpoints"))
 
 
+def weights_bytes(run_dir: Path) -> int | None:
+    """The size of the trained weights the run's latest checkpoint holds (what an adapter export writes, near
+    enough), or None without one."""
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    weights = latest / WEIGHTS if latest else None
+    return weights.stat().st_size if weights and weights.exists() else None
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     found = list_checkpoints(folder)
     return found[-1] if found else None
