@@ -19,8 +19,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError, a_or_an
-from adapter_studio.engine.methods.fusion import FUSABLE
-from adapter_studio.engine.runs import COMBINED, summarize_run
 
 if TYPE_CHECKING:
     from adapter_studio.engine.events import Emit
@@ -54,7 +52,7 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
     from adapter_studio.engine.events import EventLog, Finished, Log, Started
     from adapter_studio.engine.inference.trained import load_base, load_trained
     from adapter_studio.engine.methods import METHODS
-    from adapter_studio.engine.runs import new_run_dir
+    from adapter_studio.engine.runs import COMBINED, new_run_dir
     from adapter_studio.engine.training import checkpoints as ckpt
     from peft import PeftModel
 
@@ -124,6 +122,8 @@ def _as_default(name: str) -> str:
 
 def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density: float) -> list[Any]:
     from adapter_studio.engine.inference.trained import run_spec
+    from adapter_studio.engine.methods.fusion import FUSABLE
+    from adapter_studio.engine.runs import summarize_run
     from adapter_studio.engine.training.checkpoints import latest_checkpoint
 
     if len(run_dirs) < 2:

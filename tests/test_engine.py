@@ -219,6 +219,17 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     assert any("schedule now runs over 8 steps (it was saved for 4)" in e.message for e in events
                if isinstance(e, Log))  # fmt: skip
 
+    # Stopped at step 3 of 10 (warmup 1 step), resumed to 100 steps: the warmup is not started again (from the
+    # longer total it would be 10 steps, and the rate would fall back to a third of its peak mid-run).
+    stop = threading.Event()
+    short = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=10, learning_rate=LR, warmup_ratio=0.1)
+    stopped = run(short, lambda e: stop.set() if isinstance(e, Metrics) and e.step >= 3 else None, stop)
+    assert stopped.status == "cancelled" and stopped.step == 3
+    t = short.training.model_copy(update={"max_steps": 100})
+    resumed, events = start(short.model_copy(update={"training": t}), resume_dir=stopped.run_dir)
+    rates = [e.lr for e in events if isinstance(e, Metrics)][:3]
+    assert rates == pytest.approx([LR * WarmupThenDecay(t.scheduler, 1, 100, t.min_lr_ratio)(s) for s in (3, 4, 5)])
+
 
 # --- the event log ---------------------------------------------------------------------------------
 
