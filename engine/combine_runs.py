@@ -151,8 +151,9 @@ def _check(run_dirs: list[Path], weights: list[float] | None, how: str, density:
                             fix=f"pick runs of {', '.join(COMBINABLE)}{fusable}")  # fmt: skip
         status = summarize_run(Path(run_dir)).status
         if status != "completed":  # a failed, stopped or still training run is not the model it was meant to be
+            go_on = "wait for it to finish" if status == "running" else "resume it until it completes"
             raise UserError(f"{Path(run_dir).name} is {status}, not finished", where=str(run_dir),
-                            fix="resume it until it completes, or pick a finished run")  # fmt: skip
+                            fix=f"{go_on}, or pick a finished run")  # fmt: skip
         if spec.method.changes_base:  # each run's adapter belongs to its own rewritten base
             raise UserError(f"{Path(run_dir).name} started its LoRA from the base's own weights ({spec.method.init}), "
                             "which rewrites them; it cannot be added to other runs' adapters", where=str(run_dir),

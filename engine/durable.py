@@ -54,19 +54,24 @@ def replace_folder(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def _umask() -> int:
-    """This process's umask, read without setting it (os.umask sets it, for every thread, meanwhile)."""
+def _umask() -> int | None:
+    """This process's umask, read without setting it (os.umask sets it, for every thread, meanwhile); None
+    where it cannot be read so (not Linux)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
     except (OSError, StopIteration, ValueError):
-        return 0o022
+        return None
 
 
 def plain_modes(folder: Path) -> None:
     """Every file under `folder` with the mode a plain open() gives (0666 less the umask): safetensors and
-    mkstemp write 0600, which the other users of a shared folder cannot read."""
-    mode = 0o666 & ~_umask()
+    mkstemp write 0600, which the other users of a shared folder cannot read. Left as written where the umask
+    is unknown (a guess could open files a person's umask 077 keeps private)."""
+    mask = _umask()
+    if mask is None:
+        return
+    mode = 0o666 & ~mask
     for path in [folder, *folder.rglob("*")] if folder.is_dir() else [folder]:
         if path.is_file():
             os.chmod(path, mode)

@@ -25,5 +25,8 @@ class UserError(Exception):
 
 
 def a_or_an(word: str) -> str:
-    """'a LoRA', 'an IA3', 'an Adapter (Houlsby)': the article by the word's first letter."""
-    return f"{'an' if word[:1].upper() in 'AEIOU' else 'a'} {word}"
+    """'a LoRA', 'an IA3', 'an Adapter (Houlsby)', 'an HRA', 'a UniPELT': the article by the first sound —
+    an initialism's letter name (F, H, L, M, N, R, S, X begin with a vowel), else the letter, U as in 'unit'."""
+    initialism = word[:2].isupper()
+    vowel = word[:1].upper() in ("AEFHILMNORSX" if initialism else "AEIO")
+    return f"{'an' if vowel else 'a'} {word}"

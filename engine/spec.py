@@ -328,7 +328,7 @@ def parse_spec(
     """The spec from its mapping; a UserError naming the field (and line, given the `text`, or `--set` for the
     `overridden` fields) for anything wrong."""
     data = expand_shorthands(data)
-    check_truth_values(data, origin, text, RunSpec)
+    check_truth_values(data, origin, text, RunSpec, overridden)
     try:
         return RunSpec.model_validate(data)
     except ValidationError as e:

@@ -18,22 +18,22 @@ TAGGED = {"method": (METHODS, "lora"), "objective": (OBJECTIVES, "sft")}
 Model = type[BaseModel]
 
 
-def check_truth_values(data: dict[str, Any], origin: str, text: str | None, root: Model) -> None:
+def check_truth_values(data: dict[str, Any], origin: str, text: str | None, root: Model,
+                       overridden: frozenset[str] = frozenset()) -> None:  # fmt: skip
     """pydantic takes true for the number 1: `max_steps: yes` trained one step, unsaid."""
     truth = _truth_for_number(data, data, root)
     if truth:
-        dotted, line = ".".join(truth), line_of(text, truth, exact=True) if text and _in_file(text, truth) else None
-        where = f"{origin}:{line}" if line else "--set" if text else origin  # not so in the file: given with --set
+        dotted = ".".join(truth)
+        given = _by_set(dotted, overridden)  # the value --set gave, not the file's
+        line = line_of(text, truth, exact=True) if text and not given else None
+        where = "--set" if given else f"{origin}:{line}" if line else origin
         raise UserError(f"{dotted}: true/false is not a number (YAML reads yes, no, on and off as true/false)",
                         where=where, fix=f"write a number for {dotted}")  # fmt: skip
 
 
-def _in_file(text: str, path: list[str]) -> bool:
-    """Whether the file itself gives true/false at `path` (else a --set override did)."""
-    node: Any = yaml.safe_load(text)
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return isinstance(node, bool)
+def _by_set(dotted: str, overridden: frozenset[str]) -> bool:
+    """Whether the field at `dotted` holds a value a `--set KEY=VALUE` gave (KEY, or a section above it)."""
+    return any(dotted == key or dotted.startswith(f"{key}.") for key in overridden)
 
 
 def _truth_for_number(node: Any, data: dict[str, Any], root: Model, path: tuple[str, ...] = ()) -> list[str] | None:
@@ -97,7 +97,7 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = _field_path(first["loc"], data)
     dotted = ".".join(path)
-    if any(dotted == key or dotted.startswith(f"{key}.") for key in overridden):  # the value --set gave, not the file's
+    if _by_set(dotted, overridden):  # the value --set gave, not the file's
         text = None
         origin = "--set"
     line = line_of(text, path) if text else None

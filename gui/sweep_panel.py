@@ -522,7 +522,7 @@ class SweepPanel(QWidget):
             # PlotDataItem, not ScatterPlotItem: only the former follows the plot's log mode.
             item = plot.plot([x], [y], pen=None, symbol="star" if winner else "o", symbolSize=18 if winner else 11,
                              symbolBrush=color, symbolPen="k", name=name)
-            item.setToolTip(f"{name}: {LABELS[x_key]} {x:,.4g}, {LABELS[y_key]} {y:.4g}")
+            item.setToolTip(f"{name}: {LABELS[x_key]} {cell_text(x_key, x)}, {LABELS[y_key]} {y:.4g}")
             if id(row) in named:
                 label = pg.TextItem(name, anchor=(0, 1), color=color)
                 label.setPos(math.log10(x) if log_x else x, y)  # TextItem positions are in the log view's units

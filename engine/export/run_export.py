@@ -282,13 +282,22 @@ def _labels(trained: TrainedModel) -> str:
     return f", num_labels={config.num_labels}" if trained.task == "classification" and config is not None else ""
 
 
-def _base_arguments(base: str) -> str:
-    """from_pretrained's arguments for the base the run trained on: its hub id or folder; a GGUF file as its
-    folder and gguf_file (transformers reads it so)."""
-    if base.endswith(".gguf"):
+def _base_arguments(base: str, embedded: bool) -> str:
+    """from_pretrained's arguments for the base the run trained on: its hub id (an embedded model's too, not
+    where its copy sits here) or folder; a GGUF file (or a folder that holds one) as its folder and gguf_file,
+    as transformers reads it."""
+    from adapter_studio.engine.models.loading import resolve_source
+
+    if embedded:
+        return repr(base)
+    try:
+        source = resolve_source(base)
+    except UserError:  # not on this machine: as the spec names it
         path = Path(base)
-        return f"{str(path.parent)!r}, gguf_file={path.name!r}"
-    return repr(base)
+        return f"{str(path.parent)!r}, gguf_file={path.name!r}" if path.suffix == ".gguf" else repr(base)
+    if source.kind == "gguf":
+        return f"{source.path!r}, gguf_file={source.gguf_file!r}"
+    return repr(source.path if source.kind == "folder" else base)
 
 
 def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
@@ -336,10 +345,11 @@ def model_card(trained: TrainedModel, kind: str, run_dir: Path) -> str:
         how = f"from transformers import {auto}\n{auto}.from_pretrained(<this folder>)"
     elif spec.method.adapter_format == "peft":
         quantised = spec.model.quantization != "none"
+        arguments = f"{_base_arguments(base, bool(embedded))}{_labels(trained)}{_quantised_load(spec)}"
         how = (
             ("import torch\n" if spec.model.quantization == "4bit" else "") + "from peft import PeftModel\n"
             f"from transformers import {auto}{', BitsAndBytesConfig' if quantised else ''}\n"
-            f"base = {auto}.from_pretrained({_base_arguments(base)}{_labels(trained)}{_quantised_load(spec)})\n"
+            f"base = {auto}.from_pretrained({arguments})\n"
             "model = PeftModel.from_pretrained(base, <this folder>)"
         )
         if getattr(spec.method, "init", None) == "loftq":

@@ -70,16 +70,17 @@ def _local_paths(spec: RunSpec) -> list[str]:
     return [str(p.resolve()) for p in here if p.exists()]
 
 
-def _resolved_data(spec: RunSpec) -> RunSpec:
-    """The spec with its data files as the absolute paths they are mounted at: '~/d.jsonl' is another
-    folder for another user on the cluster's machines."""
+def _resolved_paths(spec: RunSpec) -> RunSpec:
+    """The spec with its model and data files as the absolute paths they are mounted at: '~/d.jsonl' is
+    another folder for another user on the cluster's machines."""
     def at(path: str) -> str:
         return str(_here(path).resolve()) if _here(path).exists() else path
 
     data = spec.data
     paths = at(data.path) if isinstance(data.path, str) else [at(p) for p in data.path]
     update = {"path": paths, "eval_path": at(data.eval_path) if data.eval_path else None}
-    return spec.model_copy(update={"data": data.model_copy(update=update)})
+    model = spec.model.model_copy(update={"source": at(spec.model.source)})
+    return spec.model_copy(update={"data": data.model_copy(update=update), "model": model})
 
 
 def _job_name(spec: RunSpec) -> str:
@@ -175,7 +176,7 @@ def write_cluster_files(spec: RunSpec, out: Path, accelerator: str = "H100") -> 
     # The scheduler picks the machines: the copy keeps the count and port, not this machine's rank or hosts.
     machines = spec.training.machines.model_copy(update={"rank": 0, "hosts": [], "main_address": "127.0.0.1"})
     training = spec.training.model_copy(update={"machines": machines})
-    shared = _resolved_data(spec.model_copy(update={"training": training}))
+    shared = _resolved_paths(spec.model_copy(update={"training": training}))
     not_here = tuple(p for p in _data_paths(spec) if not _here(p).exists())
     files = ClusterFiles(out / f"{name}.yaml", out / f"{name}.slurm", out / f"{name}.sky.yaml", not_here)
     shared.save(files.spec)

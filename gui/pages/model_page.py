@@ -210,8 +210,8 @@ class ModelPage(Page):
         self.status.setText(f"{note}. {ready}" if note else ready)
 
     def _failed(self, error: BaseException) -> None:
-        if not self._current(getattr(error, "source", None)):
-            return
+        if hasattr(error, "source") and not self._current(error.source):  # untagged (it failed before reading
+            return  # the model, e.g. its imports): the current choice's, said
         self.status.setText(f"Cannot use this model: {getattr(error, 'message', error)}")
         for label in self.fields.values():
             label.setText("—")

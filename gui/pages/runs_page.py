@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -433,7 +434,7 @@ class RunsPage(Page):
         if self.on_resume is not None:
             self.on_resume(run.path)  # the Train page makes it the current run once it starts
         else:
-            self.status.setText(f"Resume {run.name} with: adapter-studio train --resume {run.path}")
+            self.status.setText(f"Resume {run.name} with: adapter-studio train --resume {shlex.quote(str(run.path))}")
 
     def rename(self) -> None:
         run = self._single("rename", allow_running=False)

@@ -319,7 +319,8 @@ class TrainPage(Page):
     def _running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        self.resume_button.setEnabled(not running and self.last_status in RESUMABLE)
+        # a run that failed before it started (no folder) has nothing to resume
+        self.resume_button.setEnabled(not running and self.last_status in RESUMABLE and self.run_dir is not None)
 
     def _show_tabs(self, rewards: bool = False, finder: bool = False) -> None:
         """Only the tabs that can show something: rewards for a preference objective (or a run that reported

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,8 @@ def cmd_combine(args: argparse.Namespace, print_event: Callable[[Any, bool], Non
                           "trainable_params": result.trainable_params}))  # fmt: skip
     else:
         print(f"combined run {result.run_dir}: {result.how}, rank {result.rank}, "
-              f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export {result.run_dir} "
-              "--adapter --out DIR")
+              f"{result.trainable_params:,} adapter parameters; export it with adapter-studio export "
+              f"{shlex.quote(str(result.run_dir))} --adapter --out DIR")
     return 0
 
 
