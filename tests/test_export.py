@@ -137,20 +137,23 @@ def test_a_merge_is_verified_within_float32s_rounding(before: dict[str, float], 
 
 
 def test_a_terminated_export_leaves_nothing_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`timeout` (SIGTERM) on an export left its hidden partial folder (139 MiB of GGUF); Ctrl-C did not."""
+    """`timeout` (SIGTERM) on an export left its hidden partial folder (139 MiB of GGUF); Ctrl-C did not. The
+    command line itself is started, with an export that waits while its folder is half-written."""
     import signal
     import subprocess
     import sys
 
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom adapter_studio.stopping import interrupt_on_sigterm\n"
-        "from adapter_studio.engine.export.run_export import written_in_place\ninterrupt_on_sigterm()\n"
-        "try:\n    with written_in_place(Path(sys.argv[1])) as tmp:\n        (tmp / 'w').write_text('x')\n"
-        "        print('writing', flush=True)\n        time.sleep(60)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"
+        "import sys, time\nfrom pathlib import Path\nfrom adapter_studio.engine.export import run_export\n"
+        "def slow(run_dir, kind, out, emit=None):\n    with run_export.written_in_place(Path(out)) as tmp:\n"
+        "        (tmp / 'w').write_text('x')\n        print('writing', flush=True)\n        time.sleep(60)\n"
+        "run_export.export_run = slow\nfrom adapter_studio.cli import main\n"
+        "sys.argv = ['adapter-studio', 'export', sys.argv[1], '--adapter', '--out', sys.argv[2]]\nsys.exit(main())\n"
     )
     out = tmp_path / "export"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), str(out)], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130  # as Ctrl-C ends a command
     assert list(tmp_path.iterdir()) == []  # neither the export nor its hidden partial folder
