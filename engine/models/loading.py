@@ -109,7 +109,7 @@ def load_config(source: ModelSource, trust_remote_code: bool = False) -> Any:
             return config
         return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        shown = Path(source.path) / source.gguf_file if source.gguf_file else source.path  # the file, for a GGUF
+        shown = source.location  # the file, for a GGUF
         raise UserError(f"cannot read the model's configuration: {e}", where=f"model.source ({shown})") from None
 
 
@@ -173,7 +173,7 @@ def summarize_model(source_text: str) -> ModelSummary:
     config = load_config(source)
     task = default_task(config)
     model = build_meta_model(config, task)
-    files = Path(source.path) / source.gguf_file if source.gguf_file else Path(source.path)
+    files = source.location
     size = folder_bytes(files) if source.kind in ("folder", "gguf") else 0
     return ModelSummary(
         name=source.display_name,
@@ -276,7 +276,7 @@ def load_model(
             else:
                 model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
-        shown = Path(source.path) / source.gguf_file if source.gguf_file else source.path
+        shown = source.location
         raise UserError(f"cannot load the model: {e}", where=f"model.source ({shown})",
                         fix="check that the files are whole (copy or download them again)" if source.gguf_file
                         or "safetensors" in str(e) else None) from None  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from adapter_studio.resources import FOLDER
 
@@ -22,6 +23,11 @@ class ModelSource:
     @property
     def has_weights(self) -> bool:
         return self.kind != "config"
+
+    @property
+    def location(self) -> Path:
+        """The file a GGUF model is read from, else the folder (or hub id) itself."""
+        return Path(self.path) / self.gguf_file if self.gguf_file else Path(self.path)
 
 
 def shipped_config(name: str, display_name: str = "", note: str = "") -> ModelSource | None:
