@@ -36,6 +36,7 @@ def test_objective_picker_forms_and_a_dpo_run_from_the_window(
         assert cls.description in page.objective_details.text()
         # an objective these pairs cannot train (KTO, supervised) says so before Start, not as a failed run
         assert ("Cannot train" in page.objective_details.text()) == (not cls.trains_on("preference"))
+        assert ("or pick DPO above" in page.objective_details.text()) == (not cls.trains_on("preference"))
         # the method's learning rate, as the objective's default lowers it
         assert (f"for {cls.title}" in page.details.text()) == cls.pairwise, page.details.text()
     page.select_objective("dpo")
