@@ -100,11 +100,12 @@ def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path)
     from tests.test_cli import clis_at_once
 
     runs = [str(lora_runs[0]), str(lora_runs[1])]
-    out, hub, bad = clis_at_once(
+    out, hub, bad, unused = clis_at_once(
         ["combine", *runs, "--how", "cat", "--weights", "0.5,0.5", "--out", str(tmp_path), "--name", "both", "--json"],
         ["combine", *runs, "--how", "lorahub", "--examples", "4", "--trials", "3", "--out", str(tmp_path), "--name",
          "hub", "--json"],
         ["combine", *runs, "--weights", "half,half"],
+        ["combine", *runs, "--density", "0.3"],  # taken and unused by cat, unsaid
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -112,6 +113,7 @@ def test_combine_through_the_command_line(lora_runs: list[Path], tmp_path: Path)
     assert hub.returncode == 0, hub.stderr
     assert json.loads(hub.stdout)["how"] == "lorahub" and (tmp_path / "hub" / "spec.yaml").exists()
     assert bad.returncode == 2 and "--weights 'half,half' is not a comma-separated list" in bad.stderr
+    assert unused.returncode == 2 and "error: --density: --density is for ties and dare, not cat" in unused.stderr
 
 
 @pytest.mark.gui

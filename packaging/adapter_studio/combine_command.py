@@ -26,7 +26,7 @@ def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
                               "weights found on a few examples); fusion: train AdapterFusion over bottleneck-adapter "
                               "runs on the first run's data")  # fmt: skip
     combine.add_argument("--weights", help="one weight per run, comma-separated (default: equal, summing to 1)")
-    combine.add_argument("--density", type=float, default=0.5, help="share of each update kept by ties / dare")
+    combine.add_argument("--density", type=float, help="share of each update kept by ties / dare (default 0.5)")
     combine.add_argument("--data", help="lorahub: a data file of the task (default: the first run's held-out rows)")
     combine.add_argument("--examples", type=int, default=LORAHUB_EXAMPLES, help="lorahub: rows scored per trial")
     combine.add_argument("--trials", type=int, default=LORAHUB_TRIALS, help="lorahub: weight settings tried")
@@ -43,6 +43,9 @@ def cmd_combine(args: argparse.Namespace, print_event: Callable[[Any, bool], Non
 
     if args.how == "fusion":
         return _fuse(args, print_event or (lambda event, quiet: None))
+    if args.density is not None and not args.how.startswith(("ties", "dare")):  # it was taken and unused
+        raise UserError(f"--density is for ties and dare, not {args.how}", where="--density",
+                        fix="leave it out, or use --how ties, dare_linear or dare_ties")  # fmt: skip
     weights = None
     if args.weights:
         try:
@@ -50,7 +53,8 @@ def cmd_combine(args: argparse.Namespace, print_event: Callable[[Any, bool], Non
         except ValueError:
             raise UserError(f"--weights {args.weights!r} is not a comma-separated list of numbers",
                             where="--weights", fix="e.g. --weights 0.7,0.3") from None  # fmt: skip
-    result = combine_runs([Path(r) for r in args.run_dirs], weights, args.how, density=args.density,
+    result = combine_runs([Path(r) for r in args.run_dirs], weights, args.how,
+                          density=0.5 if args.density is None else args.density,
                           output_dir=Path(args.out) if args.out else None, name=args.name,
                           data=Path(args.data) if args.data else None, examples=args.examples,
                           trials=args.trials)  # fmt: skip
