@@ -367,7 +367,7 @@ class RunsPage(Page):
     def plot_runs(self, runs: list[RunSummary]) -> None:
         """Overlay the selected runs' loss, eval loss and memory, one colour per run in every plot."""
         for plot in self.plots.values():
-            _clear_plot(plot)
+            plot.clear_series()
         for index, run in enumerate(runs):
             color = PALETTE[index % len(PALETTE)]
             run_curves = curves(run.path)
@@ -621,10 +621,3 @@ def _evaluated_item(summary: EvaluationSummary | None) -> SortableItem:
     item.setToolTip(f"{headline[0]} — tuned model, evaluated {summary.when}"
                     + (f"; base model {base:.3f}" if base is not None else ""))  # the cell may be cut: all of it
     return item
-
-
-def _clear_plot(plot: LivePlot) -> None:
-    """Remove every curve and its legend entry (LivePlot itself only empties curves)."""
-    plot.clear()
-    plot.series.clear()
-    plot.curves.clear()
