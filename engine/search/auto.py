@@ -287,7 +287,7 @@ class AutoSearch:
         how = {"completed": "completed", "pruned": "pruned", "failed": "failed",
                "stopped": "stopped by you" if self.stop.is_set() else "stopped: the search's time is up"}
         entry.outcome = None if record.status == "completed" else record.status
-        entry.adapter_bytes = weights_bytes(Path(run_dir)) if Path(run_dir).is_dir() else None  # before they go
+        entry.adapter_bytes = weights_bytes(Path(run_dir))  # before its checkpoints go
         entry.note = f"{how[record.status]} at {record.examples} examples"
         entry.note += f": {record.error}" if record.error else ""
         self.plan.save()
@@ -339,6 +339,7 @@ class AutoSearch:
         stop = threading.Event()
         _, result = self._run(spec, stop, self.deadline, watch)
         entry.run_dir = str(result.run_dir)
+        entry.adapter_bytes = weights_bytes(Path(result.run_dir))
         if not any(e is entry for e in self.plan.entries):
             self.plan.entries.append(entry)
         if result.status != "completed":

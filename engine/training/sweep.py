@@ -194,10 +194,6 @@ def _row(plan: SweepPlan, entry: SweepEntry) -> dict[str, Any]:
     summary = summarize_run(Path(entry.run_dir))
     row.update(_settings(Path(entry.run_dir)))
     row.update(evaluation_columns(entry.run_dir))
-    if row["adapter_bytes"] is None:  # a search's winner has no estimate: the weights its checkpoint saved
-        from adapter_studio.engine.training.checkpoints import weights_bytes
-
-        row["adapter_bytes"] = weights_bytes(Path(entry.run_dir))
     if summary.trainable_params is not None:  # what the run reported, over the estimate
         row["trainable_params"] = summary.trainable_params
         row["trainable_share"] = summary.trainable_params / summary.total_params if summary.total_params else None
