@@ -72,7 +72,7 @@ def plain_modes(folder: Path) -> None:
     if mask is None:
         return
     mode = 0o666 & ~mask
-    for path in [folder, *folder.rglob("*")] if folder.is_dir() else [folder]:
+    for path in folder.rglob("*") if folder.is_dir() else [folder]:
         if path.is_file():
             os.chmod(path, mode)
 

@@ -53,9 +53,10 @@ def run(
         # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
         saved = load_spec_file(folder / "spec.yaml")
         spec = spec or saved
-        summary = summarize_run(folder)
-        length = (spec.training.max_steps, spec.training.epochs)
-        if length == (saved.training.max_steps, saved.training.epochs) and summary.status == "completed":
+        same_length = (spec.training.max_steps, spec.training.epochs) == (saved.training.max_steps,
+                                                                           saved.training.epochs)
+        summary = summarize_run(folder) if same_length else None  # its events are read only where it matters
+        if summary is not None and summary.status == "completed":
             # Nothing to do, said, and nothing written: a script that resumes until done (after a crash that
             # came after the end) goes on; it reloaded the model and logged another start and finish.
             if emit is not None:
