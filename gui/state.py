@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVES, ObjectiveSpec, objective_for
 from adapter_studio.engine.spec import DataSpec, ModelSpec, RunSpec, TrainingSpec
@@ -127,6 +128,17 @@ class StudioState(QObject):
     def set_objective(self, objective: ObjectiveSpec) -> None:
         self.objective = objective
         self.objective_changed.emit()
+
+    def objective_problem(self) -> str | None:
+        """Why the chosen objective cannot train on the loaded data, with the fix in the window's words
+        (the engine's names the spec's field); None when it can, or no data is loaded."""
+        if self.data is None or not self.data.format:
+            return None
+        try:
+            self.objective.check_data(self.data.format)
+        except UserError as e:
+            return f"{e.what} — load data it trains on (Data page), or pick {objective_for(self.data.format).title}"
+        return None
 
     def set_training(self, training: TrainingSpec) -> None:
         self.training = training

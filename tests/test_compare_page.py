@@ -11,6 +11,8 @@ from adapter_studio.gui.pages.compare_page import COMMON
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
+from tests.test_gui import choose
+
 pytestmark = pytest.mark.gui
 
 
@@ -325,3 +327,20 @@ def test_a_classifiers_costs_count_the_datas_labels(window, qtbot, tiny_bert_cls
     assert lora_row(compare)["trainable_params"] > estimate_table(str(tiny_bert_cls), "lora")[0]["trainable_params"]
     features = next(r for r in compare.rows if r["method"] == "features")
     assert "4 labels" in features["note"]
+
+
+def test_an_objective_the_data_cannot_train_is_said_under_the_chart(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    """DPO picked with instruction rows loaded: the chart estimates DPO's pairs, and says the run cannot start
+    (as the Method page does), not only a failed run after Start."""
+    from adapter_studio.engine.objectives import OBJECTIVES
+
+    page = window.pages["compare"]
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    window.go_to("compare")
+    qtbot.waitUntil(page.complete, timeout=120_000)
+    assert "Cannot train" not in page.notes.text()
+    window.state.set_objective(OBJECTIVES["dpo"]())
+    qtbot.waitUntil(lambda: page.complete() and lora_row(page)["assumptions"].get("objective") == "dpo",
+                    timeout=60_000)  # fmt: skip
+    notes = page.notes.text()
+    assert "<b>Cannot train:</b>" in notes and "or pick Supervised on the Method page" in notes, notes

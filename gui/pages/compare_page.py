@@ -423,6 +423,10 @@ class ComparePage(Page):
     def notes_text(self, rows: list[dict[str, Any]]) -> str:
         """Under the chart: what one step's memory assumes, and each method that cannot run here and why."""
         lines = []
+        problem = self.state.objective_problem()  # the estimates below assume the objective's own batches
+        if problem:
+            lines.append(f"<span style='color:#c00'><b>Cannot train:</b> {html.escape(problem)} on the Method "
+                         "page.</span>")
         assumed = next((r["assumptions"] for r in rows if "assumptions" in r), None)
         if assumed is not None:
             measured = step_length(self.state)

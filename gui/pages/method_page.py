@@ -12,7 +12,7 @@ from typing import Any
 from adapter_studio.engine.defaults import choose, explain, for_objective, rate_for_size
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHOD_CLASSES
-from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, objective_for
+from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
 from adapter_studio.gui.dialogs import show_error
 from adapter_studio.gui.form_builder import SpecForm
@@ -194,14 +194,8 @@ class MethodPage(Page):
                 "kto": "answers marked desirable or not (data format kto)"}  # fmt: skip
         cls = type(objective)
         needs = f" Trains on {data[cls.data_formats[0]]}." if cls.data_formats else ""
-        fmt = self.state.data.format if self.state.data is not None else None
-        note = ""
-        if fmt:  # said here, not after Start as a failed run
-            try:
-                objective.check_data(fmt)
-            except UserError as e:  # the fix in the window's words (the engine's names the spec's field)
-                said = f"{e.what} — load data it trains on (Data page), or pick {objective_for(fmt).title} above"
-                note = f"<p style='color:#c00'><b>Cannot train:</b> {esc(said)}</p>"
+        problem = self.state.objective_problem()  # said here, not after Start as a failed run
+        note = f"<p style='color:#c00'><b>Cannot train:</b> {esc(problem)} above</p>" if problem else ""
         self.objective_details.setText(f"{esc(cls.description)}{esc(needs)}{note}")
         if self.objective_form is not None and self.objective_form.model_cls is cls:
             self.objective_form.set_values(objective)
