@@ -182,6 +182,8 @@ class LivePlot(pg.PlotWidget):
         self.setDownsampling(auto=True, mode="peak")
         self.series: dict[str, Series] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
+        self._steps_of: LivePlot | None = None  # follow_steps
+        self._stepped: list[float] | None = None  # the x range _keep_steps set last, while it holds
 
     def ensure(self, name: str, *, symbol: str | None = None, width: float = 1.5, style: object = None) -> None:
         if name in self.series:
@@ -206,6 +208,13 @@ class LivePlot(pg.PlotWidget):
         self.setLabel("bottom", label)
         self.getAxis("bottom").whole_numbers = label == "step"
 
+    def follow_steps(self, other: LivePlot) -> None:
+        """Span the x values of `other`'s curves as well as its own: evaluations every N steps drawn on the
+        training's steps (the first one alone was drawn on 19.5–20.5, and a step-0 evaluation of the base
+        left of the loss curve's axis). Not a linked axis: that would hide a step-0 point, and a zoom here
+        would stop `other` following its data."""
+        self._steps_of = other
+
     def set_log_y(self, on: bool) -> None:
         """A log y axis (a loss that falls 60× reads on it); non-positive points are left out there."""
         self.plotItem.setLogMode(y=on)  # x as it is
@@ -224,6 +233,20 @@ class LivePlot(pg.PlotWidget):
             self.curves[name].setData(*series.view())
         if self.min_span:
             self._keep_min_span()
+        if self._steps_of is not None:
+            self._keep_steps()
+
+    def _keep_steps(self) -> None:
+        """The x range of follow_steps; left to the person once they zoom."""
+        view, ours = self.getViewBox(), self._stepped
+        if (ours is None and not view.autoRangeEnabled()[0]) or (ours is not None and view.viewRange()[0] != ours):
+            self._stepped = None
+            return  # the person's zoom
+        xs = [s.view()[0] for plot in (self, self._steps_of) for s in plot.series.values() if s.n]
+        if not xs:
+            return
+        self.setXRange(min(float(x.min()) for x in xs), max(float(x.max()) for x in xs))
+        self._stepped = view.viewRange()[0]
 
     def _keep_min_span(self) -> None:
         """Widen a flat curve's y range; leave it to auto range otherwise, and to the person once they zoom."""
@@ -250,6 +273,7 @@ class LivePlot(pg.PlotWidget):
         for series in self.series.values():
             series.n = 0
         self._release_range()
+        self._release_steps()
         self.refresh()
 
     def _release_range(self) -> None:
@@ -257,6 +281,12 @@ class LivePlot(pg.PlotWidget):
         if self._spanned is not None:
             self._spanned = None
             self.enableAutoRange(axis="y")
+
+    def _release_steps(self) -> None:
+        """New curves: an x range set, or zoomed, for the old ones would hide them."""
+        if self._steps_of is not None:
+            self._stepped = None
+            self.enableAutoRange(axis="x")
 
     def clear_series(self) -> None:
         """Remove every curve and its legend entry: a new run's plot names only the series it reports (a
@@ -266,6 +296,7 @@ class LivePlot(pg.PlotWidget):
         self.series.clear()
         self.curves.clear()
         self._release_range()
+        self._release_steps()
         self.fit_legend()
 
     def point_counts(self) -> dict[str, int]:

@@ -233,6 +233,34 @@ def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-unty
     assert train.memory_plot.getViewBox().viewRange()[1] == [0, 5000]
 
 
+def test_the_quality_plot_is_drawn_on_the_training_steps(window, qtbot):  # type: ignore[no-untyped-def]
+    """The first evaluation alone was drawn at the middle of an axis of its own (19.5–20.5): the Quality
+    plot spans the loss curve's steps and its own (a step-0 evaluation of the base), until the person zooms."""
+    from adapter_studio.engine.events import Eval, Metrics
+
+    train = window.train_page
+    window.go_to("train")
+
+    def steps(first: int, last: int) -> list[Metrics]:
+        return [Metrics(step=i, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0, tokens_seen=i,
+                        memory_bytes=2**20) for i in range(first, last + 1)]  # fmt: skip
+
+    train.on_events([Eval(step=0, eval_loss=2.0, exact_match=0.1), *steps(1, 20),
+                     Eval(step=20, eval_loss=1.5, exact_match=0.4), *steps(21, 40)])  # fmt: skip
+    train.replot_incremental()
+    low, high = train.quality_plot.getViewBox().viewRange()[0]
+    assert low < 0 and high > 40 and high - low < 50, (low, high)  # both ends, and a little room
+    train.on_events(steps(41, 80))  # the loss goes on: the quality plot's steps follow it
+    train.replot_incremental()
+    assert 80 < train.quality_plot.getViewBox().viewRange()[0][1] < 90
+    train.quality_plot.setXRange(10, 30, padding=0)  # the person zooms: kept
+    train.on_events(steps(81, 90))
+    train.replot_incremental()
+    assert train.quality_plot.getViewBox().viewRange()[0] == [10, 30]
+    # and the loss plot still follows its data (auto range is applied when it is drawn)
+    qtbot.waitUntil(lambda: 90 <= train.loss_plot.getViewBox().viewRange()[0][1] < 100, timeout=10_000)
+
+
 def test_plots_read_as_plain_numbers_with_the_legend_off_the_curves(window, qtbot):  # type: ignore[no-untyped-def]
     """Issue 26: a loss from 0.6 to 0.01 read "600" under "loss (x0.001)", a learning rate of 0.001 read "1.0"
     under "lr (x0.001)", and the Memory plot's legend sat on its curve."""

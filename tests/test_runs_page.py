@@ -67,6 +67,8 @@ def test_selecting_two_runs_overlays_their_curves(page: RunsPage) -> None:
     assert [r.name for r in page.selected_runs()] == ["stopped", "done"]  # table order: newest first
     assert page.loss_plot.point_counts() == {"stopped": 4, "done": 10}
     assert page.eval_plot.point_counts() == {"stopped": 2, "done": 2}  # stopped: its base-model point at step 0 too
+    low, high = page.eval_plot.getViewBox().viewRange()[0]
+    assert low < 0 and high > 10  # its step-0 point and the training's last step: the loss plot's steps
     assert page.memory_plot.total_points() == 14
     assert len(page.loss_plot.plotItem.legend.items) == 2
     _, ys = page.memory_plot.curves["done"].getData()

@@ -189,6 +189,7 @@ class RunsPage(Page):
         self.loss_plot.setObjectName("runsLossPlot")
         self.eval_plot = LivePlot("Eval loss", "loss")
         self.eval_plot.setObjectName("runsEvalPlot")
+        self.eval_plot.follow_steps(self.loss_plot)
         self.memory_plot = LivePlot("Memory", "MiB", min_span=0.1)
         self.memory_plot.setObjectName("runsMemoryPlot")
         plots = QSplitter(Qt.Orientation.Horizontal)

@@ -145,6 +145,7 @@ class TrainPage(Page):
         self.quality_plot = LivePlot("Held-out quality", "share")
         self.quality_plot.setYRange(0, 1.02, padding=0)  # shares: a flat 0 was drawn on a -0.4 to 0.4 axis
         self.quality_plot.enableAutoRange(axis="y", enable=False)
+        self.quality_plot.follow_steps(self.loss_plot)
         self.rewards_plot = LivePlot("Preference rewards", "reward")  # preference objectives (issue 24)
         self.rewards_plot.setObjectName("rewardsPlot")
         # The held-out quality first: at 1,280 px the fourth tab was cut to "Acc" behind the scroll arrows.
