@@ -18,7 +18,7 @@ from adapter_studio.engine.machines import MachinesSpec
 from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
 from adapter_studio.engine.runs import NOT_ONE_FOLDER, is_one_folder_name
-from adapter_studio.engine.spec_errors import TAGGED, check_truth_values, explain
+from adapter_studio.engine.spec_errors import TAGGED, check_truth_values, explain, sentence_case
 from adapter_studio.engine.spec_yaml import read_spec_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -82,6 +82,25 @@ class DataSpec(SpecSection):
     )
     packing: bool = Field(False, description="Pack several short examples into one sequence (no padding).")
     max_rows: int | None = Field(None, ge=1, description="Use only the first N rows (quick trials).")
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Classification: a name for labels as the data writes them, e.g. {1: World, 2: Sports}; "
+        "the run, Try, Evaluate and the exported model use the names.",
+    )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _names_as_text(cls, value: Any) -> Any:
+        """YAML reads `{1: World}` with a number for a key; labels are compared as text."""
+        if not isinstance(value, dict):
+            return value
+        named = {str(k).strip(): str(v).strip() if isinstance(v, str | int | float) else v for k, v in value.items()}
+        if any(not isinstance(v, str) or not v for v in named.values()):
+            raise ValueError("each label needs a name (text)")
+        twice = sorted({v for v in named.values() if list(named.values()).count(v) > 1})
+        if twice:
+            raise ValueError(f"two labels named {twice[0]!r}: they would be one class")
+        return named
 
 
 class TrainingSpec(SpecSection):
@@ -344,7 +363,9 @@ def method_from_dict(data: dict[str, Any]) -> MethodSpec:
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"method.{field}: {first['msg'].lower()}", where="method", fix="change the value") from None
+        raise UserError(
+            f"method.{field}: {sentence_case(first['msg'])}", where="method", fix="change the value"
+        ) from None
 
 
 def objective_from_dict(data: dict[str, Any]) -> ObjectiveSpec:
@@ -357,5 +378,5 @@ def objective_from_dict(data: dict[str, Any]) -> ObjectiveSpec:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise UserError(
-            f"objective.{field}: {first['msg'].lower()}", where="objective", fix="change the value"
+            f"objective.{field}: {sentence_case(first['msg'])}", where="objective", fix="change the value"
         ) from None

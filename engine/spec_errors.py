@@ -122,10 +122,16 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
         return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
                          fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
-    wanted = [e["msg"].removeprefix("Value error, ").lower() for e in errors if _field_path(e["loc"], data) == path]
+    wanted = [sentence_case(e["msg"].removeprefix("Value error, "))
+              for e in errors if _field_path(e["loc"], data) == path]  # fmt: skip
     what = " or ".join(dict.fromkeys(wanted))
     place = "the --set value" if origin == "--set" else "the spec"
     return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in {place}")
+
+
+def sentence_case(message: str) -> str:
+    """Pydantic's "Input should be …" read mid-sentence; a name the message quotes keeps its capitals."""
+    return message[:1].lower() + message[1:]
 
 
 def line_of(text: str, path: list[str], exact: bool = False) -> int | None:

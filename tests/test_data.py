@@ -236,6 +236,27 @@ def test_prompt_completion_text_and_classification(tmp_path, tiny_llama, tiny_be
     assert data.id2label == {0: "0", 1: "1"} and [t.labels[0] for t in data.train] == [0, 1, 0, 1]
 
 
+def test_classes_written_as_ids_take_the_names_given(tmp_path: Path, tiny_bert_cls: Path) -> None:
+    """AG News writes its topics 1-4: `data.label_names` names them for the run, Try, Evaluate and the export
+    (YAML's `{1: World}` reads the key as a number); a name for a label no row has is a typo, said before a run."""
+    from adapter_studio.engine.data.examples import run_labels
+
+    path = write_rows(tmp_path / "news.csv", [{"label": i % 3 + 1, "text": f"story {i}"} for i in range(6)])
+    data = DataSpec(path=str(path), eval_split=0, label_names={1: "World", 2: "Sports", 3: "Business"})
+    assert data.label_names == {"1": "World", "2": "Sports", "3": "Business"}
+    prepared = prepare_data(data, tokenizer_of(tiny_bert_cls), None, 32, 0)
+    assert prepared.id2label == {0: "Business", 1: "Sports", 2: "World"}  # names in sorted order, as any names
+    assert [prepared.id2label[t.labels[0]] for t in prepared.train] == ["World", "Sports", "Business"] * 2
+    assert run_labels(data) == prepared.id2label
+    assert preview_data(data).labels == {"Business": 2, "Sports": 2, "World": 2}
+    partly = data.model_copy(update={"label_names": {"1": "World"}})  # the others stay as written
+    assert run_labels(partly) == {0: "2", 1: "3", 2: "World"}
+    with pytest.raises(UserError) as caught:
+        run_labels(data.model_copy(update={"label_names": {"1": "World", "4": "Sci/Tech"}}))
+    assert caught.value.message == ("data.label_names: names label '4', which no training row has — write it as the "
+                                    "data does: 2, 3")  # fmt: skip
+
+
 def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
     tokenizer = tokenizer_of(tiny_llama)
     many = [(f"reverse {i}", str(i)[::-1]) for i in range(40)]

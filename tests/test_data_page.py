@@ -295,6 +295,36 @@ def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls,
     assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup
 
 
+def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """AG News writes its topics 1-4: the Label names box (shown for classification, where the prompt row
+    is not) names them for the run; a mistake is said where it was typed, and another file starts unnamed."""
+    page = choose_model(window, qtbot, tiny_bert_cls)
+    rows = ["label,text", *(f"{i % 3 + 1},story {i}" for i in range(9))]
+    (tmp_path / "news.csv").write_text("\n".join(rows), encoding="utf-8")
+    open_data(page, qtbot, tmp_path / "news.csv")
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    assert page.label_names.isVisibleTo(page) and not page.system_prompt.isVisibleTo(page)
+    page.label_names.setText("1=World, 2=Sports, 3=Business")
+    page.label_names.editingFinished.emit()
+    qtbot.waitUntil(lambda: not page.busy and page.preview.labels.get("World") == 3, timeout=30_000)
+    assert window.state.data.label_names == {"1": "World", "2": "Sports", "3": "Business"}
+    assert "World: 3" in page.summary.text()
+    page.label_names.setText("1=World, 2 Sports")
+    page.label_names.editingFinished.emit()
+    said = "Label names: '2 Sports' is not label=name — write e.g. 1=World, 2=Sports"
+    assert said in html.unescape(page.summary.text())
+    assert window.state.data.label_names == {"1": "World", "2": "Sports", "3": "Business"}  # as it was
+    page.label_names.setText("1=World, 4=Sci/Tech")
+    page.label_names.editingFinished.emit()
+    qtbot.waitUntil(lambda: not page.busy and "no training row has" in page.summary.text(), timeout=30_000)
+    assert "data.label_names: names label '4', which no training row has — write it as the data does: 2, 3" in (
+        html.unescape(page.summary.text()))
+    (tmp_path / "other.csv").write_text("text,label\ngood,pos\nbad,neg\n", encoding="utf-8")
+    open_data(page, qtbot, tmp_path / "other.csv")
+    qtbot.waitUntil(lambda: not page.busy and page.preview.labels == {"neg": 1, "pos": 1}, timeout=30_000)
+    assert page.label_names.text() == "" and window.state.data.label_names == {}
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [

@@ -31,10 +31,13 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
         (HEAD + "output_dir: ''\n", "output_dir: empty: name the folder that holds the run folders"),
         ("- model\n- data\n", "a spec file is a mapping with model, data, method and training, not a list — start it"),
         (HEAD + "training: {max_steps: true}\ntraining: {}\n", "'training' is given twice"),
+        (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: World, 2: World}}"),
+         "spec.yaml:2: data.label_names: two labels named 'World': they would be one class"),
+        (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: }}"), "data.label_names: each label needs a name"),
     ],
     ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
          "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
-         "training twice"],
+         "training twice", "a name twice", "a label without a name"],
 )
 def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"

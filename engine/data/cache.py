@@ -133,7 +133,9 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: str | None, seed: int) -> s
         "files": [_file_stamp(p) for p in data_files(spec.path)],
         "eval_files": [_file_stamp(p) for p in data_files(spec.eval_path, "data.eval_path")] if spec.eval_path
         else None,
-        "data": spec.model_dump(mode="json", include={"format", "columns", "system_prompt", "template", "max_rows"}),
+        "data": spec.model_dump(
+            mode="json", include={"format", "columns", "system_prompt", "template", "max_rows", "label_names"}
+        ),
         "split": None if spec.eval_path else [spec.eval_split, seed],
         "task": task,
         "tokenizer": tokenizer_fingerprint(tokenizer),

@@ -71,6 +71,9 @@ def example_chunks(
         assert fmt is not None
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
+        if spec.label_names and fmt == "classification":  # named here: every reader of the rows sees the names
+            for e in examples:
+                e.label = spec.label_names.get(str(e.label), e.label)
         yield ExampleChunk(fmt, mapping, examples, dropped, chunk, list(columns))
 
 
@@ -218,7 +221,20 @@ def run_labels(data: DataSpec) -> dict[int, str] | None:
         return None
     id2label = label_mapping(examples)
     check_two_labels(id2label, data.path)
+    check_label_names(data.label_names, set(id2label.values()))
     return id2label
+
+
+def check_label_names(names: dict[str, str], labels: set[str]) -> None:
+    """A name for a label no row has is a typo of one that some row has (that label would stay unnamed)."""
+    unknown = [k for k, v in names.items() if v not in labels]
+    if unknown:
+        unnamed = [label for label in labels if label not in names.values()]
+        raise UserError(
+            f"names label '{unknown[0]}', which no training row has",
+            where="data.label_names",
+            fix=f"write it as the data does: {', '.join(sorted(unnamed))}" if unnamed else "remove it",
+        )
 
 
 def check_two_labels(id2label: dict[int, str], path: str | list[str]) -> None:

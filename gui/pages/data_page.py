@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from adapter_studio.engine.data.examples import SHOWN_ROWS, held_out_count
+from adapter_studio.engine.data.examples import SHOWN_ROWS, check_label_names, held_out_count
 from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
+from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
+from adapter_studio.gui.label_names import label_names_text, parse_label_names
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, QTimer
@@ -126,6 +129,14 @@ class DataPage(Page):
         prompt_row.addWidget(QLabel("template:"))
         prompt_row.addWidget(self.template, 1)
         options.addRow("System prompt", prompt_row)
+        self.label_names = QLineEdit()  # shown instead of the prompt row for classification, which has no prompt
+        self.label_names.setObjectName("labelNames")
+        self.label_names.setPlaceholderText("optional, e.g. 1=World, 2=Sports: names for labels the data writes as ids")
+        self.label_names.setToolTip(fields["label_names"].description)
+        self.label_names.editingFinished.connect(self._label_names_changed)
+        options.addRow(LABEL_NAMES, self.label_names)
+        self.options, self.prompt_row = options, prompt_row
+        options.setRowVisible(self.label_names, False)
         length_row = QHBoxLayout()
         self.max_length = QSpinBox()
         self.max_length.setObjectName("maxLength")
@@ -174,6 +185,7 @@ class DataPage(Page):
         self._published: DataSpec | None = None
         self._loaded: DataSpec | None = None  # the spec last read (or being read)
         self._before_failure: DataSpec | None = None  # the state's data when a read failed and cleared it
+        self._names_said = False  # the summary shows a mistake in the label names box instead of the data
         self._cleared_eval: str | None = None  # an evaluation file cleared with its data, to be said once
         self._stats_generation = 0
         self._stats_done = 0
@@ -239,6 +251,7 @@ class DataPage(Page):
         self.template.setText((data.template or "").replace("\n", "\\n"))
         self.max_length.setValue(data.max_length or 0)
         self.packing.setChecked(data.packing)
+        self.label_names.setText(label_names_text(data.label_names))
         for widget in widgets:
             widget.blockSignals(False)
         self._load(data)
@@ -265,8 +278,15 @@ class DataPage(Page):
                 "template": template if template.strip() else None,
                 "max_length": max(self.max_length.value(), 8) if self.max_length.value() else None,
                 "packing": self.packing.isChecked(),
+                "label_names": self._typed_label_names(base.label_names),
             }
         )
+
+    def _typed_label_names(self, fallback: dict[str, str]) -> dict[str, str]:
+        try:
+            return parse_label_names(self.label_names.text())
+        except UserError:  # said when typed (_label_names_changed)
+            return fallback
 
     def reload(self, keep_mapping: bool = True) -> None:
         if not self.path.text().strip():
@@ -277,6 +297,7 @@ class DataPage(Page):
             # one (the demo's, typically) unless one was typed since.
             keep_mapping = False
             self.format.setCurrentText(AUTO)
+            self.label_names.clear()  # the last file's labels
             if last.eval_path and self.eval_path.text().strip() == last.eval_path:
                 self.eval_path.clear()
                 self._cleared_eval = last.eval_path
@@ -291,6 +312,19 @@ class DataPage(Page):
         self.commit()
         self.show_rendered()
         self._schedule_stats()
+
+    def _label_names_changed(self) -> None:
+        """Names change the labels the rows are counted and checked under: read them again."""
+        current = (self.state.data or self._before_failure or DataSpec(path="-")).label_names
+        try:
+            names = parse_label_names(self.label_names.text())
+        except UserError as e:
+            self.summary.setText(f"<span style='color:#c00'>{html.escape(e.message)}</span>")
+            self._names_said = True
+            return
+        if (names != current or self._names_said) and self.path.text().strip():  # read again: the summary too
+            self._names_said = False
+            self._load(self._current_spec())
 
     def _eval_path_changed(self) -> None:
         if self.preview is not None:
@@ -380,8 +414,17 @@ class DataPage(Page):
             f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
             f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
+        classes = preview.format == "classification"
+        self.options.setRowVisible(self.label_names, classes)
+        self.options.setRowVisible(self.prompt_row, not classes)
+        if classes and spec.label_names:
+            try:
+                check_label_names(spec.label_names, set(preview.labels))
+            except UserError as e:
+                self.summary.setText(f"{self.summary.text()}<br><span style='color:#c00'>{html.escape(e.message)}"
+                                     "</span>")  # fmt: skip
         objective, training = type(self.state.objective), self.state.training
-        self.state.data_labels = len(preview.labels) if preview.format == "classification" else None
+        self.state.data_labels = len(preview.labels) if classes else None
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))
         if type(self.state.objective) is not objective:  # the data's format picked another objective
             title = self.state.objective.title

@@ -1,0 +1,29 @@
+"""The Data page's one-line form of `data.label_names`: "1=World, 2=Sports"."""
+
+from __future__ import annotations
+
+from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.spec import DataSpec
+from pydantic import ValidationError
+
+FIELD = "Label names"
+
+
+def parse_label_names(text: str) -> dict[str, str]:
+    """"1=World, 2=Sports" → {"1": "World", "2": "Sports"}; a UserError names the part that is not label=name,
+    or the name given twice (the spec's own check)."""
+    names: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        label, sep, name = part.partition("=")
+        if not sep or not label.strip() or not name.strip():
+            raise UserError(f"'{part}' is not label=name", where=FIELD, fix="write e.g. 1=World, 2=Sports")
+        names[label.strip()] = name.strip()
+    try:
+        return DataSpec(path="-", label_names=names).label_names
+    except ValidationError as e:
+        raise UserError(e.errors()[0]["msg"].removeprefix("Value error, "), where=FIELD,
+                        fix="give each label its own name") from None  # fmt: skip
+
+
+def label_names_text(names: dict[str, str]) -> str:
+    return ", ".join(f"{label}={name}" for label, name in names.items())
