@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from adapter_studio.engine.app_cache import app_cache_dir
+from adapter_studio.engine.app_cache import writable_cache_dir
 from adapter_studio.engine.hub_kernels import refuse_hub_kernels
 
 # transformers 5 (with the `kernels` package it depends on) swaps in kernels fetched from the Hugging Face
@@ -23,8 +23,10 @@ refuse_hub_kernels()  # bitsandbytes fetches one regardless (engine.hub_kernels)
 # torch.compile's inductor caches what it builds, by default under /tmp, which a restart may empty. Kept with
 # the app's other caches, a later run of the same model and method compiles in seconds instead of half a
 # minute (engine.training.compile_cost). Set before torch is imported: importing bitsandbytes already writes
-# inductor's default here. A place the person chose wins.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(app_cache_dir() / "torch-compile"))
+# inductor's default here. A place the person chose wins; where the app's cache cannot be written (a read-only
+# home) inductor keeps its default: importing transformers made the folder and failed every run and estimate.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and (compile_cache := writable_cache_dir("torch-compile")):
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
 # peft 0.21's get_peft_model reads transformers 5's deprecated `is_gradient_checkpointing` on every LoRA-family
 # model it wraps: a FutureWarning in every run's output that is neither the person's nor ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

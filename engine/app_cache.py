@@ -7,4 +7,19 @@ from pathlib import Path
 
 
 def app_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adapter-studio"
+    """A relative XDG_CACHE_HOME is ignored, as the XDG spec says (it made ./cache in whatever folder the app
+    was started from)."""
+    configured = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(configured) if configured and Path(configured).is_absolute() else Path.home() / ".cache"
+    return base / "adapter-studio"
+
+
+def writable_cache_dir(name: str) -> Path | None:
+    """The app's cache folder `name`, made if need be; None where it cannot be written (a read-only home, or
+    none): what uses it then goes without."""
+    folder = app_cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None

@@ -657,6 +657,28 @@ def test_inductor_keeps_its_cache_under_the_app_cache_unless_the_person_chose_a_
     assert out.stdout.strip() == (chosen or str(tmp_path / "adapter-studio" / "torch-compile"))
 
 
+def test_an_app_cache_that_cannot_be_written_leaves_inductor_its_default(tmp_path: Path) -> None:
+    """A read-only home (here a file where the cache folder would go): importing transformers made inductor's
+    folder under the app cache and failed every run, estimate and the window's model with a PermissionError."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(blocked)}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    script = ("import os, adapter_studio.engine, peft, transformers\n"
+              "print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert not out.stdout.strip().startswith(str(blocked))  # inductor's own (it sets the variable itself)
+
+
+def test_a_relative_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The XDG spec: a relative XDG_CACHE_HOME is invalid (it made ./cache wherever the app was started)."""
+    from adapter_studio.engine.app_cache import app_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert app_cache_dir() == tmp_path / ".cache" / "adapter-studio"
+
+
 def test_the_compile_cost_key_follows_what_the_compiled_code_depends_on(tiny_llama: Path) -> None:
     from adapter_studio.engine.spec import method_from_dict
     from adapter_studio.engine.training import compile_cost
