@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import statistics
 import time
@@ -48,6 +49,12 @@ def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
                 path, n = root / f"{base}-{n}", n + 1
         (path / "checkpoints").mkdir()
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # the folder is fine: the name is not
+            raise UserError(f"cannot make the run folder {path}: the name is too long for this disk", where="name",
+                            fix="give a shorter name") from None  # fmt: skip
+        if root.exists() and not root.is_dir():  # mkdir said "File exists"
+            raise UserError(f"{root} is a file, not a folder for runs", where="output_dir",
+                            fix="give output_dir a folder (it is made if need be)") from None  # fmt: skip
         raise UserError(
             f"cannot make the run folder {path}: {e.strerror or e}",
             where="output_dir",

@@ -51,3 +51,30 @@ def remember_folder(key: str, chosen: str) -> None:
 
     path = Path(chosen)
     QSettings().setValue(f"paths/last_{key}", str(path if path.is_dir() else path.parent))
+
+
+RUNS_DIR_KEY = "paths/runs_dir"
+
+
+def remembered_runs_dir() -> str:
+    """The runs folder chosen last (Settings › Runs folder…, the Runs page), else `runs` in the folder the app
+    was started from where that can be written, else ~/AdapterStudio/runs. Absolute: started from / (a desktop
+    launcher) the runs went to /runs and failed, and a later change of folder moved them."""
+    import os
+    from pathlib import Path
+
+    from PySide6.QtCore import QSettings
+
+    saved = QSettings().value(RUNS_DIR_KEY)
+    if isinstance(saved, str) and saved.strip():
+        return saved
+    here = Path.cwd() / "runs"
+    if os.access(here if here.exists() else here.parent, os.W_OK):
+        return str(here)
+    return str(Path.home() / "AdapterStudio" / "runs")
+
+
+def remember_runs_dir(folder: str) -> None:
+    from PySide6.QtCore import QSettings
+
+    QSettings().setValue(RUNS_DIR_KEY, folder)

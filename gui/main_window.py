@@ -10,7 +10,7 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.spec import load_spec_file
-from adapter_studio.gui.dialogs import show_error
+from adapter_studio.gui.dialogs import remembered_runs_dir, show_error
 from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.compare_page import ComparePage
@@ -25,7 +25,7 @@ from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
 from adapter_studio.gui.theme import THEMES
 from adapter_studio.resources import FOLDER
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("Adapter Studio")
         collect_garbage_on_gui_thread()
-        self.state = state or StudioState(runs_dir=str(QSettings().value("paths/runs_dir", "runs")))
+        self.state = state or StudioState(runs_dir=remembered_runs_dir())
         self.steps = QListWidget()
         self.steps.setObjectName("steps")
         self.steps.setFixedWidth(170)
@@ -87,9 +87,8 @@ class MainWindow(QMainWindow):
         self.steps.setCurrentRow(0)
         settings = QSettings()
         geometry = settings.value("window/geometry")
-        if geometry is not None:
-            self.restoreGeometry(geometry)
-        else:
+        # A settings file edited by hand (geometry=hello) read back as text: the window would not open.
+        if not (isinstance(geometry, QByteArray) and self.restoreGeometry(geometry)):
             self.resize(1280, 820)
 
     def _make_pages(self) -> list[tuple[str, Page]]:
@@ -195,8 +194,7 @@ class MainWindow(QMainWindow):
     def choose_runs_dir(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Runs folder", self.state.runs_dir)
         if folder:
-            self.state.runs_dir = folder
-            QSettings().setValue("paths/runs_dir", folder)
+            self.state.set_runs_dir(folder)
             self.state.run_changed.emit()
 
     def welcome_if_first_run(self) -> None:

@@ -159,6 +159,13 @@ class StudioState(QObject):
             self.set_training(self.training.model_copy(update=by_section["training"]))
         self.spec_edited.emit()
 
+    def set_runs_dir(self, folder: str) -> None:
+        """The runs folder the person chose: used from now on, and at the next start."""
+        from adapter_studio.gui.dialogs import remember_runs_dir
+
+        self.runs_dir = folder
+        remember_runs_dir(folder)
+
     def set_current_run(self, run_dir: Path | None) -> None:
         self.current_run = run_dir
         self.run_changed.emit()
@@ -172,7 +179,8 @@ class StudioState(QObject):
         self.method = spec.method
         self.objective = spec.objective
         self.training = spec.training
-        self.runs_dir = spec.output_dir
+        if not demo and "output_dir" in spec.model_fields_set:  # the demo's `runs` is no choice of the person's
+            self.runs_dir = spec.output_dir
         self._lengths = None
         self.model_summary = None
         self.model_info = None

@@ -31,6 +31,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Removed when the test process ends: a prepared-data cache reaches half a gigabyte, and every session
 # left one behind in /tmp.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-cache-")
+# The window's settings (QSettings: runs folder, geometry) likewise: a test's choices are not the person's,
+# nor seen by a later test session.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="adapter-studio-test-config-")
 
 import adapter_studio.engine  # noqa: F401  see below
 import pytest
@@ -43,6 +46,7 @@ import transformers  # noqa: F401  see below
 # test, so the first test to import it is not failed for leaving that behind (seen running one file alone).
 
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)
 
 # Tiny models: one thread beats two (no contention with the window thread or other workers).
 torch.set_num_threads(1)

@@ -440,3 +440,47 @@ def test_the_progress_bar_counts_steps_and_is_busy_between_them(window) -> None:
     assert train.progress.maximum() == 0
     train.on_events([Finished(status="completed", step=20, error=None, train_seconds=1.0, tokens_trained=100)])
     assert train.progress.text() == "20 / 20 steps"
+
+
+def test_the_runs_folder_chosen_is_kept_across_starts_and_the_demo(window, qtbot, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Loading the demo (as every start does) set the runs folder to its `runs`: the folder chosen in Settings
+    or on the Runs page was forgotten at each start, and new runs went to `runs` in the start folder."""
+    from adapter_studio.gui.dialogs import RUNS_DIR_KEY, remembered_runs_dir
+    from adapter_studio.gui.main_window import DEMO_SPEC
+    from PySide6.QtCore import QSettings
+
+    chosen = str(window.state.runs_dir)
+    window.apply_spec_file(DEMO_SPEC, demo=True)  # the demo's spec, without loading its model
+    assert window.state.runs_dir == chosen
+    other = str(tmp_path / "my runs")
+    window.pages["runs"].set_runs_dir(other)
+    assert QSettings().value(RUNS_DIR_KEY) == other and remembered_runs_dir() == other  # the next start's
+    QSettings().remove(RUNS_DIR_KEY)
+    monkeypatch.chdir(tmp_path)
+    assert remembered_runs_dir() == str(tmp_path / "runs")  # absolute: a later change of folder moves nothing
+    monkeypatch.setattr("os.access", lambda *_a, **_k: False)  # started from a folder it cannot write (/)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert remembered_runs_dir() == str(tmp_path / "home" / "AdapterStudio" / "runs")
+
+
+@pytest.mark.parametrize("value", ["hello", "3"])
+def test_a_settings_file_edited_by_hand_still_opens_the_window(value, qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    """`geometry=hello` stopped the window opening with a TypeError; a runs folder that is a file is said
+    on the Runs page in the window's words."""
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.state import StudioState
+    from conftest import wind_down
+    from PySide6.QtCore import QSettings
+
+    QSettings().setValue("window/geometry", value)
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("")
+    try:
+        shown = MainWindow(StudioState(runs_dir=str(a_file)))
+        qtbot.addWidget(shown, before_close_func=lambda w: wind_down(w, qtbot))
+    finally:
+        QSettings().remove("window/geometry")
+    assert (shown.width(), shown.height()) == (1280, 820)
+    status = shown.pages["runs"].status.text()
+    assert status == f"Cannot read the runs: {a_file} is a file, not a folder of runs — pick a folder with Choose… " \
+                     "or type one above"

@@ -264,3 +264,25 @@ def test_no_runs_says_why_when_the_folder_is_a_run_or_missing(history: dict[str,
     assert list_runs(run) == [] and why_no_runs(run) == (
         f": it is a run folder itself — list its runs folder with --dir {run.resolve().parent}")
     assert why_no_runs(tmp_path / "nowhere") == " (no such folder yet)" and why_no_runs(tmp_path) == ""
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "message"),
+    [
+        ("a-file", "run", "output_dir: {root}/a-file is a file, not a folder for runs — give output_dir a folder"),
+        ("runs", "n" * 300, "name: cannot make the run folder {root}/runs/{name}: the name is too long for this disk "
+                            "— give a shorter name"),
+    ],
+    ids=["output_dir a file", "name too long"],
+)
+def test_a_run_folder_that_cannot_be_made_says_which_setting_to_change(
+    tmp_path: Path, where: str, name: str, message: str
+) -> None:
+    """Both said "pick a runs folder you can write to" (after "File exists" or "File name too long")."""
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.runs import new_run_dir
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError) as caught:
+        new_run_dir(str(tmp_path / where), name, "lora")
+    assert caught.value.message.startswith(message.format(root=tmp_path, name=name)), caught.value.message

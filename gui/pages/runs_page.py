@@ -246,6 +246,9 @@ class RunsPage(Page):
         self.folder_edit.setText(str(self.state.runs_dir))
         try:
             self.runs = list_runs(self.state.runs_dir)
+        except UserError as e:  # a file: the fix in the window's words (the engine's names --dir)
+            self.runs = []
+            self.status.setText(f"Cannot read the runs: {e.what} — pick a folder with Choose… or type one above")
         except (OSError, ValueError) as e:
             self.runs = []
             self.status.setText(f"Cannot read the runs in {self.state.runs_dir}: {e}")
@@ -584,7 +587,7 @@ class RunsPage(Page):
 
     def set_runs_dir(self, folder: str) -> None:
         if folder and folder != str(self.state.runs_dir):
-            self.state.runs_dir = folder
+            self.state.set_runs_dir(folder)
             self.refresh()
 
     def open_path(self, path: Path) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFinder, Metrics, Stage, Started
 from adapter_studio.engine.runs import RESUMABLE
 from adapter_studio.engine.training.checkpoints import has_checkpoint
@@ -499,6 +500,9 @@ class TrainPage(Page):
             self.error(f"The run failed: {result.error}")
 
     def on_failed(self, error: BaseException) -> None:
+        if isinstance(error, UserError) and error.where == "output_dir":  # the window's way to it, not the spec's
+            error = UserError(error.what, where="Runs folder",
+                              fix="pick one you can write to: Settings › Runs folder…, or Choose… on the Runs page")
         self.last_status, self.last_error = "failed", getattr(error, "message", str(error))
         self.started_at = 0.0
         self.stats["ETA"].setText("—")
