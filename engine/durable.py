@@ -103,6 +103,9 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", getattr(errno, "EDQUOT", 122): 
 def os_error_code(error: BaseException) -> int | None:
     """The errno behind a failed write: an OSError's own, or the `(os error N)` that safetensors' Rust
     writer puts in its SafetensorError (a full disk there is not an OSError)."""
+    if isinstance(error, shutil.Error):  # copytree's: (source, target, "[Errno 28] No space …") for each file
+        found = re.search(r"\[Errno (\d+)\]", str(error))
+        return int(found.group(1)) if found else None
     if isinstance(error, OSError):
         return error.errno
     found = re.search(r"\(os error (\d+)\)", str(error))

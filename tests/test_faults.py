@@ -280,6 +280,27 @@ def test_a_checkpoint_the_disk_refuses_fails_the_run_and_keeps_the_last(
     assert_consistent(result.run_dir)
 
 
+def test_the_best_checkpoints_copy_onto_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """copytree gathers its files' errors into one shutil.Error without an errno: a full disk there failed the
+    run with a list of (source, target, message) tuples instead of the message every other write gives."""
+    import shutil
+
+    folder = tmp_path / "checkpoints"
+    (folder / "step-0000001").mkdir(parents=True)
+    (folder / "step-0000001" / "trainable.safetensors").write_bytes(b"x")
+
+    def copyfile(source: str, target: str, **_: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), target)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)  # what copytree's copy2 calls
+    with pytest.raises(UserError) as caught:
+        checkpoints.copy_as_best(folder / "step-0000001", folder)
+    message = caught.value.message
+    said = f"checkpoints: the disk is full: could not write the best checkpoint in {folder}"
+    assert message.startswith(said), message
+    assert not (folder / ".tmp-best").exists()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_llama: Path, alpaca_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from adapter_studio.engine.spec import parse_spec
