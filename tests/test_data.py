@@ -236,6 +236,21 @@ def test_prompt_completion_text_and_classification(tmp_path, tiny_llama, tiny_be
     assert data.id2label == {0: "0", 1: "1"} and [t.labels[0] for t in data.train] == [0, 1, 0, 1]
 
 
+@pytest.mark.parametrize(("folder", "written"), [("a$HOME b", "{tmp}/a$HOME b/d.jsonl"),
+                                                   ("home", "$ROOT_OF_TEST/home/d.jsonl")])  # fmt: skip
+def test_a_data_path_is_read_as_named_else_as_a_shell_reads_it(
+    folder: str, written: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder named with a `$` (picked in a file dialog) was read with $HOME expanded: not found."""
+    from adapter_studio.engine.data.files import data_files
+
+    monkeypatch.setenv("ROOT_OF_TEST", str(tmp_path))
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n', encoding="utf-8")
+    assert data_files(written.format(tmp=tmp_path)) == [path]
+
+
 def test_classes_written_as_ids_take_the_names_given(tmp_path: Path, tiny_bert_cls: Path) -> None:
     """AG News writes its topics 1-4: `data.label_names` names them for the run, Try, Evaluate and the export
     (YAML's `{1: World}` reads the key as a number); a name for a label no row has is a typo, said before a run."""

@@ -216,6 +216,13 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
 
+def local_path(text: str) -> Path:
+    """A data path as a shell reads it ($HOME/data.jsonl, ~/data.jsonl), unless a file or folder has that very
+    name: `runs/a$b/d.jsonl` picked in a file dialog read as `runs/a/d.jsonl`, not found."""
+    literal = Path(text).expanduser()
+    return literal if literal.exists() else Path(os.path.expandvars(text)).expanduser()
+
+
 def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
     """The files (and saved data set folders) that data.path (or `field`) names, in reading order."""
     out: list[Path] = []
@@ -225,7 +232,7 @@ def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
     if not all(str(t).strip() for t in texts):  # "" is the current folder: every file in it, read unasked
         raise UserError(f"{field} lists an empty path", where=field, fix="remove the empty entry")
     for text in texts:
-        path = Path(os.path.expandvars(text)).expanduser()  # $HOME/data.jsonl as a shell reads it
+        path = local_path(text)
         if not path.exists():
             raise UserError(f"data file not found: {path}", where=field, fix="check the path")
         if path.is_dir() and not is_saved_dataset(path):

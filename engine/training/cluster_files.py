@@ -7,13 +7,13 @@ through `accelerate launch` as on one machine. Paths in the spec must be the sam
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from adapter_studio.engine.data.files import local_path
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.models.embedded import PACKAGE_OF, embedded_name
 from adapter_studio.engine.spec import RunSpec
@@ -55,8 +55,6 @@ def _rank_settings(count: str, rank: str, main: str, port: int, devices: str) ->
     )
 
 
-def _here(path: str) -> Path:
-    return Path(os.path.expandvars(path)).expanduser()  # as the data reader reads it
 
 
 def _data_paths(spec: RunSpec) -> list[str]:
@@ -66,7 +64,7 @@ def _data_paths(spec: RunSpec) -> list[str]:
 
 def _local_paths(spec: RunSpec) -> list[str]:
     """The model and data files the spec names that exist here (they go to the cluster's machines)."""
-    here = [_here(p) for p in [spec.model.source, *_data_paths(spec)]]
+    here = [local_path(p) for p in [spec.model.source, *_data_paths(spec)]]
     return [str(p.resolve()) for p in here if p.exists()]
 
 
@@ -74,7 +72,7 @@ def _resolved_paths(spec: RunSpec) -> RunSpec:
     """The spec with its model and data files as the absolute paths they are mounted at: '~/d.jsonl' is
     another folder for another user on the cluster's machines."""
     def at(path: str) -> str:
-        return str(_here(path).resolve()) if _here(path).exists() else path
+        return str(local_path(path).resolve()) if local_path(path).exists() else path
 
     data = spec.data
     paths = at(data.path) if isinstance(data.path, str) else [at(p) for p in data.path]
@@ -177,7 +175,7 @@ def write_cluster_files(spec: RunSpec, out: Path, accelerator: str = "H100") -> 
     machines = spec.training.machines.model_copy(update={"rank": 0, "hosts": [], "main_address": "127.0.0.1"})
     training = spec.training.model_copy(update={"machines": machines})
     shared = _resolved_paths(spec.model_copy(update={"training": training}))
-    not_here = tuple(p for p in _data_paths(spec) if not _here(p).exists())
+    not_here = tuple(p for p in _data_paths(spec) if not local_path(p).exists())
     files = ClusterFiles(out / f"{name}.yaml", out / f"{name}.slurm", out / f"{name}.sky.yaml", not_here)
     shared.save(files.spec)
     files.slurm.write_text(slurm_script(spec, files.spec, gpus=bool(accelerator)), encoding="utf-8")
