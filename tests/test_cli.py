@@ -303,3 +303,23 @@ def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, 
             continue
         assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert not (tmp_path / "runs").exists()  # the others start nothing: no run folder left behind
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["export", "{typed}", "--adapter", "--out", "o"], ["eval", "{typed}"], ["train", "--resume={typed}"],
+     ["combine", "{typed}", "{typed}"]],
+    ids=["export", "eval", "train --resume", "combine"],
+)  # fmt: skip
+@pytest.mark.parametrize("typed", ["~/runs/x", "~/runs/x/spec.yaml"])
+def test_a_run_folder_is_read_with_its_tilde_and_as_its_spec(argv, typed, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`--resume=~/runs/x` (bash leaves that ~ as it is) was "not a run folder", and so was a run's spec.yaml
+    given for its folder ("x/spec.yaml is not a run folder (no spec.yaml)")."""
+    from adapter_studio.cli import _parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "spec.yaml").write_text("model: m\n")
+    args = _parser().parse_args([part.format(typed=typed) for part in argv])
+    read = args.resume if argv[0] == "train" else (args.run_dirs[0] if argv[0] == "combine" else args.run_dir)
+    assert read == str(tmp_path / "runs" / "x")

@@ -19,6 +19,7 @@ from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
+from adapter_studio.run_args import run_folder
 from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers, interrupt_on_sigterm
 from adapter_studio.sweep_command import RANK_HELP, add_sweep_parser, cmd_sweep
 
@@ -36,13 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train headless from a spec file")
     train.add_argument("spec", nargs="?", help="spec file (YAML)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or interrupted run")
+    train.add_argument("--resume", metavar="RUN_DIR", type=run_folder, help="continue a stopped or interrupted run")
     train.add_argument("--devices", type=int, default=None, help="train with N processes (GPUs) via accelerate")
     train.add_argument("--quiet", action="store_true", help="only the final line")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the multi-device launcher
 
     export = sub.add_parser("export", help="export a run's adapter, merged model or GGUF")
-    export.add_argument("run_dir")
+    export.add_argument("run_dir", type=run_folder)
     kind = export.add_mutually_exclusive_group(required=True)
     kind.add_argument("--adapter", action="store_true", help="adapter only (loadable by peft)")
     kind.add_argument("--merged", action="store_true", help="full model with the adapter merged in")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.run_args import run_folder
 
 
 def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +19,7 @@ def add_combine_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
     combine = sub.add_parser("combine", help="combine finished runs into a new run: merge LoRA runs, or train "
                              "AdapterFusion over bottleneck-adapter runs")  # fmt: skip
-    combine.add_argument("run_dirs", nargs="+", help="two or more run folders")
+    combine.add_argument("run_dirs", nargs="+", type=run_folder, help="two or more run folders")
     combine.add_argument("--how", default="cat", choices=(*HOW, "fusion"),
                          help="cat (default: exactly the weighted sum of the runs' updates), svd (that sum at the "
                               "largest rank), linear (one rank: sums the A and the B matrices, so the runs' parts "

@@ -10,13 +10,14 @@ import threading
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import wait_briefly_then_sleep
+from adapter_studio.run_args import run_folder
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """The `eval` command's arguments."""
     ev = sub.add_parser("eval", help="score a run's tuned model against its base and an in-context baseline")
-    ev.add_argument("run_dir", help="the run folder")
+    ev.add_argument("run_dir", type=run_folder, help="the run folder")
     ev.add_argument("--data", help="a data file to evaluate on (default: the run's held-out rows)")
     ev.add_argument(
         "--checkpoint", default="best", help="best (default; the last when the run kept none), last or step-N"
