@@ -225,6 +225,12 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     short = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=10, learning_rate=LR, warmup_ratio=0.1)
     stopped = run(short, lambda e: stop.set() if isinstance(e, Metrics) and e.step >= 3 else None, stop)
     assert stopped.status == "cancelled" and stopped.step == 3
+    # Told to stop where its checkpoint already is: it trained nothing and called the cancelled run completed.
+    fewer = short.model_copy(update={"training": short.training.model_copy(update={"max_steps": 3})})
+    with pytest.raises(UserError) as refused:
+        start(fewer, resume_dir=stopped.run_dir)
+    assert refused.value.message == ("training.max_steps: 3 steps is not past step 3, where the run's checkpoint is — "
+                                     "give more than 3 to train it further, or resume as it is to finish its 10 steps")
     t = short.training.model_copy(update={"max_steps": 100})
     resumed, events = start(short.model_copy(update={"training": t}), resume_dir=stopped.run_dir)
     rates = [e.lr for e in events if isinstance(e, Metrics)][:3]
