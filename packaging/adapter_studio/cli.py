@@ -177,6 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from adapter_studio.engine.training.launch import launch_multi
 
         return launch_multi(args, devices)
+    if args.quiet:  # the libraries' progress bars too (converting a GGUF model): read as they are imported
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     stop = threading.Event()
     install_stop_handlers(stop)
     from adapter_studio.engine.training.run import run
