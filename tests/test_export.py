@@ -157,3 +157,13 @@ def test_a_terminated_export_leaves_nothing_behind(tmp_path) -> None:  # type: i
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130  # as Ctrl-C ends a command
     assert list(tmp_path.iterdir()) == []  # neither the export nor its hidden partial folder
+
+
+def test_an_export_to_a_long_legal_name_is_written(tmp_path: Path) -> None:
+    """A 250-byte folder name is legal; the hidden folder written first, named by it and a suffix, was not."""
+    from adapter_studio.engine.export.run_export import written_in_place
+
+    out = tmp_path / ("n" * 250)
+    with written_in_place(out) as tmp:
+        (tmp / "weights").write_text("x")
+    assert (out / "weights").read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -4,6 +4,7 @@ reloading from disk and comparing logits, written beside the target and renamed 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -148,7 +149,11 @@ def written_in_place(out: Path) -> Iterator[Path]:
     """A hidden folder beside `out` to write the export into. When the block ends without an error it is
     synced and renamed to `out` (never replacing anything); on any error it is removed, so a failed or
     cancelled export leaves nothing behind, and an OS error (full disk, permissions) becomes a UserError."""
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    # Named within the disk's 255 bytes a name can have: the whole name and a suffix failed a legal 250-byte name.
+    stem = out.name
+    if len(stem.encode()) > 200:
+        stem = f"{stem[:64]}-{hashlib.sha256(stem.encode()).hexdigest()[:12]}"
+    tmp = out.parent / f".{stem}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
