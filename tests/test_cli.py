@@ -190,10 +190,16 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(tmp_path, tiny_llama,
         assert list((run_dir / "checkpoints").glob("step-*")), sig.name
         last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
         assert last["type"] == "finished" and last["status"] == "cancelled", sig.name
-    resumes = clis_at_once(*[["train", "--resume", str(next(folder.iterdir())), "--set", "training.max_steps=1"]
-                             for folder in runs.values()])  # fmt: skip
+
+    def one_step_more(folder: Path) -> list[str]:  # resumed from its checkpoint, it trains a step and completes
+        run_dir = next(folder.iterdir())
+        step = int(max(run_dir.glob("checkpoints/step-*")).name.removeprefix("step-"))
+        return ["train", "--resume", str(run_dir), "--set", f"training.max_steps={step + 1}"]
+
+    resumes = clis_at_once(*[one_step_more(folder) for folder in runs.values()])
     for sig, resumed in zip(runs, resumes, strict=True):
         assert resumed.returncode == 0, (sig.name, resumed.stderr)
+        assert "finished completed" in resumed.stdout, (sig.name, resumed.stdout)
 
 
 def test_methods_json_lists_the_whole_library() -> None:
