@@ -237,6 +237,24 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     assert rates == pytest.approx([LR * WarmupThenDecay(t.scheduler, 1, 100, t.min_lr_ratio)(s) for s in (3, 4, 5)])
 
 
+def test_stop_during_an_evaluation_leaves_it_out_and_cancels_at_once(
+    tiny_llama: Path, alpaca_jsonl: Path, make_spec: Spec
+) -> None:
+    """Found with 300,000 rows: Ctrl-C while 27,000 held-out rows were scored waited five minutes for them."""
+    stop, seen = threading.Event(), []
+
+    def emit(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event, Stage) and event.stage == "evaluating" and any(isinstance(e, Metrics) for e in seen):
+            stop.set()  # as the held-out scoring after step 2 begins
+
+    spec = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=6, eval_every=2, save_every=2)
+    result = run(spec, emit, stop)
+    assert (result.status, result.step) == ("cancelled", 2), result.error
+    assert not [e for e in seen if isinstance(e, Eval)]  # step 2's evaluation left out, unfinished
+    assert any(isinstance(e, Log) and "stopped while evaluating at step 2" in e.message for e in seen)
+
+
 # --- the event log ---------------------------------------------------------------------------------
 
 CONTRACT_FIELDS = {

@@ -97,16 +97,19 @@ def with_reference(batch: dict[str, Any], table: Any, indices: Sequence[int]) ->
     return {**batch, "ref_logps": torch.cat([picked[:, 0], picked[:, 1]])}
 
 
-def evaluate_pairs(objective: ObjectiveSpec, run: PairPass, pairs: Sequence[Any], table: Any = None
-                   ) -> dict[str, float | None]:  # fmt: skip
+def evaluate_pairs(objective: ObjectiveSpec, run: PairPass, pairs: Sequence[Any], table: Any = None,
+                   stopped: Callable[[], bool] | None = None) -> dict[str, float | None]:  # fmt: skip
     """The objective's loss (weighted by pairs) and the reward statistics over the held-out pairs;
-    `table`: their precomputed reference log-probabilities (`reference_table`), if any."""
+    `table`: their precomputed reference log-probabilities (`reference_table`), if any; `stopped`: asked
+    between batches (training.evaluation.EvaluationStopped)."""
     import torch
+    from adapter_studio.engine.training.evaluation import check_stop
 
     run.model.eval()
     total, count, stats = 0.0, 0, []
     with torch.no_grad():
         for i, n, batch in run.batches(pairs):
+            check_stop(stopped)
             if table is not None:
                 batch = with_reference(batch, table, range(i, i + n))
             with run.autocast():

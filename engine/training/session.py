@@ -51,7 +51,7 @@ from adapter_studio.engine.training.devices import (
     sharded_run,
 )
 from adapter_studio.engine.training.divergence import DivergenceWatch, guessing_loss
-from adapter_studio.engine.training.evaluation import evaluate
+from adapter_studio.engine.training.evaluation import EvaluationStopped, evaluate
 from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failure
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
 from adapter_studio.engine.training.lr_finder import AUTO, find_learning_rate, keep_found_rate
@@ -505,7 +505,7 @@ class TrainingSession:
             saved = self._checkpoint() if checkpointed else None
             if (self.step % eval_every == 0 or at_end) and self.data.eval:
                 improved = self._evaluate()
-                stale_evals = 0 if improved else stale_evals + 1
+                stale_evals = 0 if improved else stale_evals + (improved is False)  # None: stopped in it
                 if improved and saved is not None:  # only the main process saved (and copies)
                     ckpt.copy_as_best(saved, self.run_dir / "checkpoints")
                 model.train()
@@ -607,24 +607,24 @@ class TrainingSession:
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
-    def _evaluate(self, counts_as_best: bool = True) -> bool:
+    def _evaluate(self, counts_as_best: bool = True) -> bool | None:
         import torch
 
         self.stage("evaluating")
         # Compiled blocks run eagerly here: every evaluation and generation shape would be another compile.
         eager = torch.compiler.set_stance("force_eager") if self.compiler.compiled else contextlib.nullcontext()
-        with eager:
-            result = self._evaluate_pairs() if self.pairwise else evaluate(
-                self.accelerator.unwrap_model(self.model),
-                self.tokenizer,
-                self.data,
-                self.task,
-                batch_size=self.spec.training.batch_size or 4,
-                pad_id=self.pad_id,
-                samples=self.spec.training.eval_samples,
-                autocast=self.accelerator.autocast,
-                device=self.accelerator.device,
-            )
+        # Stop leaves an evaluation unfinished; the processes of a sharded run finish its forwards together.
+        stopped = self.stop.is_set if self.accelerator.num_processes == 1 else None
+        try:
+            with eager:
+                result = self._evaluate_pairs(stopped) if self.pairwise else evaluate(
+                    self.accelerator.unwrap_model(self.model), self.tokenizer, self.data, self.task,
+                    batch_size=self.spec.training.batch_size or 4, pad_id=self.pad_id, stopped=stopped,
+                    samples=self.spec.training.eval_samples, autocast=self.accelerator.autocast,
+                    device=self.accelerator.device)  # fmt: skip
+        except EvaluationStopped:
+            self.log(f"stopped while evaluating at step {self.step}: that evaluation is left out")
+            return None
         from adapter_studio.engine.events import Eval
 
         self.report(Eval(step=self.step, **result))
@@ -634,9 +634,9 @@ class TrainingSession:
             self.best_eval = result["eval_loss"]
         return improved
 
-    def _evaluate_pairs(self) -> dict[str, Any]:
+    def _evaluate_pairs(self, stopped: Any = None) -> dict[str, Any]:
         table = None if self.reference_tables is None else self.reference_tables[1]
-        return evaluate_pairs(self.spec.objective, self._pair_pass(), self.data.eval, table)
+        return evaluate_pairs(self.spec.objective, self._pair_pass(), self.data.eval, table, stopped)
 
     def _pair_pass(self, batch_size: int | None = None) -> PairPass:
         return PairPass(self.model, self.fast_parts, batch_size or self.spec.training.batch_size or 4, self.pad_id,
