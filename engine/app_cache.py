@@ -17,9 +17,9 @@ def app_cache_dir() -> Path:
 def writable_cache_dir(name: str) -> Path | None:
     """The app's cache folder `name`, made if need be; None where it cannot be written (a read-only home, or
     none): what uses it then goes without."""
-    folder = app_cache_dir() / name
     try:
+        folder = app_cache_dir() / name  # Path.home() raises RuntimeError where there is no home at all
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):
         return None
     return folder if os.access(folder, os.W_OK) else None

@@ -49,7 +49,7 @@ def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
                 path, n = root / f"{base}-{n}", n + 1
         (path / "checkpoints").mkdir()
     except OSError as e:
-        if e.errno == errno.ENAMETOOLONG:  # the folder is fine: the name is not
+        if e.errno == errno.ENAMETOOLONG and len(base.encode()) > 255:  # the folder may be fine: the name is not
             raise UserError(f"cannot make the run folder {path}: the name is too long for this disk", where="name",
                             fix="give a shorter name") from None  # fmt: skip
         if root.exists() and not root.is_dir():  # mkdir said "File exists"

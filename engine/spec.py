@@ -91,10 +91,19 @@ class DataSpec(SpecSection):
     @field_validator("label_names", mode="before")
     @classmethod
     def _names_as_text(cls, value: Any) -> Any:
-        """YAML reads `{1: World}` with a number for a key; labels are compared as text."""
+        """YAML reads `{1: World}` with a number for a key, `{true: spam}` with a true/false: keys are read as a
+        row's label is (1.0 is 1, true is `true`), and compared as text."""
+        from adapter_studio.engine.data.shapes import label_value
+
         if not isinstance(value, dict):
             return value
-        named = {str(k).strip(): str(v).strip() if isinstance(v, str | int | float) else v for k, v in value.items()}
+        if any(isinstance(v, bool) for v in value.values()):  # {0: no, 1: yes} named the classes False and True
+            raise ValueError("a name read as true/false (YAML's yes, no, on, off): quote it, e.g. 1: 'yes'")
+        keys = [label_value(k) for k in value]
+        if None in keys:
+            raise ValueError("a label to name is empty")
+        named = {str(k): str(v).strip() if isinstance(v, str | int | float) else v
+                 for k, v in zip(keys, value.values(), strict=True)}  # fmt: skip
         if any(not isinstance(v, str) or not v for v in named.values()):
             raise ValueError("each label needs a name (text)")
         twice = sorted({v for v in named.values() if list(named.values()).count(v) > 1})

@@ -122,15 +122,16 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
         return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
                          fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
-    wanted = [sentence_case(e["msg"].removeprefix("Value error, "))
-              for e in errors if _field_path(e["loc"], data) == path]  # fmt: skip
+    wanted = [sentence_case(e["msg"]) for e in errors if _field_path(e["loc"], data) == path]
     what = " or ".join(dict.fromkeys(wanted))
     place = "the --set value" if origin == "--set" else "the spec"
     return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in {place}")
 
 
 def sentence_case(message: str) -> str:
-    """Pydantic's "Input should be …" read mid-sentence; a name the message quotes keeps its capitals."""
+    """A pydantic message read mid-sentence: "Input should be …" → "input should be …", without the "Value
+    error, " of a validator's own; a name it quotes keeps its capitals."""
+    message = message.removeprefix("Value error, ")
     return message[:1].lower() + message[1:]
 
 

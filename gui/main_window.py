@@ -241,7 +241,12 @@ class MainWindow(QMainWindow):
 
     # --- specs ------------------------------------------------------------------------------------
     def apply_spec_file(self, path: str | Path, overrides: list[str] | None = None, demo: bool = False) -> None:
-        self.state.load_spec(load_spec_file(path, overrides), demo=demo)
+        spec = load_spec_file(path, overrides)
+        self.state.load_spec(spec, demo=demo)
+        # A spec opened that names its runs folder trains there (this session); the demo's `runs`, and a run's
+        # own saved spec (Clone on the Runs page), leave the folder the person chose.
+        if not demo and "output_dir" in spec.model_fields_set:
+            self.state.runs_dir = str(Path(spec.output_dir).expanduser().resolve())
 
     def load_demo(self) -> None:
         try:

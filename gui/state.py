@@ -163,8 +163,8 @@ class StudioState(QObject):
         """The runs folder the person chose: used from now on, and at the next start."""
         from adapter_studio.gui.dialogs import remember_runs_dir
 
-        self.runs_dir = folder
-        remember_runs_dir(folder)
+        self.runs_dir = str(Path(folder).expanduser().resolve())  # a folder typed as `runs` stays where it was
+        remember_runs_dir(self.runs_dir)
 
     def set_current_run(self, run_dir: Path | None) -> None:
         self.current_run = run_dir
@@ -179,8 +179,6 @@ class StudioState(QObject):
         self.method = spec.method
         self.objective = spec.objective
         self.training = spec.training
-        if not demo and "output_dir" in spec.model_fields_set:  # the demo's `runs` is no choice of the person's
-            self.runs_dir = spec.output_dir
         self._lengths = None
         self.model_summary = None
         self.model_info = None

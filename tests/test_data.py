@@ -266,10 +266,19 @@ def test_classes_written_as_ids_take_the_names_given(tmp_path: Path, tiny_bert_c
     assert preview_data(data).labels == {"Business": 2, "Sports": 2, "World": 2}
     partly = data.model_copy(update={"label_names": {"1": "World"}})  # the others stay as written
     assert run_labels(partly) == {0: "2", 1: "3", 2: "World"}
-    with pytest.raises(UserError) as caught:
-        run_labels(data.model_copy(update={"label_names": {"1": "World", "4": "Sci/Tech"}}))
-    assert caught.value.message == ("data.label_names: names label '4', which no training row has — write it as the "
-                                    "data does: 2, 3")  # fmt: skip
+    for names, said in [
+        ({"1": "World", "4": "Sci/Tech"},
+         "names label '4', which no training row has — write it as the data does: 2, 3"),
+        ({"7": "2", "1": "one"}, "names label '7', which no training row has"),  # its name is another's label
+        ({"1": "2"}, "names a label '2', as the rows already call another: the two would be one class"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError) as caught:
+            run_labels(data.model_copy(update={"label_names": names}))
+        assert caught.value.message.startswith(f"data.label_names: {said}"), caught.value.message
+    assert run_labels(data.model_copy(update={"label_names": {"1": "2", "2": "1"}})) == {0: "1", 1: "2", 2: "3"}
+    with pytest.raises(ValueError, match="quote it"):  # YAML's {0: no, 1: yes} named the classes False and True
+        DataSpec(path="x", label_names={0: False, 1: True})
+    assert DataSpec(path="x", label_names={True: "spam", 3.0: "x"}).label_names == {"true": "spam", "3": "x"}
 
 
 def test_split_share_and_separate_eval_file(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]

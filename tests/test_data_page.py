@@ -317,7 +317,7 @@ def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbo
     page.label_names.setText("1=World, 4=Sci/Tech")
     page.label_names.editingFinished.emit()
     qtbot.waitUntil(lambda: not page.busy and "no training row has" in page.summary.text(), timeout=30_000)
-    assert "data.label_names: names label '4', which no training row has — write it as the data does: 2, 3" in (
+    assert "Label names: names label '4', which no training row has — write it as the data does: 2, 3" in (
         html.unescape(page.summary.text()))
     (tmp_path / "other.csv").write_text("text,label\ngood,pos\nbad,neg\n", encoding="utf-8")
     open_data(page, qtbot, tmp_path / "other.csv")

@@ -227,14 +227,32 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     assert stopped.status == "cancelled" and stopped.step == 3
     # Told to stop where its checkpoint already is: it trained nothing and called the cancelled run completed.
     fewer = short.model_copy(update={"training": short.training.model_copy(update={"max_steps": 3})})
-    with pytest.raises(UserError) as refused:
-        start(fewer, resume_dir=stopped.run_dir)
-    assert refused.value.message == ("training.max_steps: 3 steps is not past step 3, where the run's checkpoint is — "
-                                     "give more than 3 to train it further, or resume as it is to finish its 10 steps")
+    refused, _ = start(fewer, resume_dir=stopped.run_dir)
+    assert (refused.status, refused.error) == ("failed", "training: 3 steps is not past step 3, where the run's "
+                                               "checkpoint is — give it more than 3 steps (training.max_steps)")
+    by_epochs = short.model_copy(update={"training": short.training.model_copy(update={"max_steps": None,
+                                                                                        "epochs": 0.01})})
+    refused, _ = start(by_epochs, resume_dir=stopped.run_dir)  # a hundredth of an epoch: a step or two
+    assert refused.status == "failed" and "is not past step 3" in refused.error, refused.error
     t = short.training.model_copy(update={"max_steps": 100})
     resumed, events = start(short.model_copy(update={"training": t}), resume_dir=stopped.run_dir)
     rates = [e.lr for e in events if isinstance(e, Metrics)][:3]
     assert rates == pytest.approx([LR * WarmupThenDecay(t.scheduler, 1, 100, t.min_lr_ratio)(s) for s in (3, 4, 5)])
+
+
+def test_a_resume_keeps_the_label_names_its_head_was_trained_with(
+    tiny_bert_cls: Path, classification_csv: Path, make_spec: Spec
+) -> None:
+    """Names number the classes in their sorted order: other names on a resume would read the checkpoint's head
+    rows as other classes (and Try, Evaluate and Export would say those)."""
+    named = {"positive": "good", "negative": "bad"}
+    spec = make_spec(tiny_bert_cls, classification_csv, "lora", max_steps=2, data={"label_names": named})
+    first, _ = start(spec)
+    assert first.status == "completed", first.error
+    other = spec.data.model_copy(update={"label_names": {"positive": "pos", "negative": "neg"}})
+    with pytest.raises(UserError, match=r"data\.label_names: a resumed run keeps the label names its classifier"):
+        start(spec.model_copy(update={"data": other, "training": spec.training.model_copy(update={"max_steps": 4})}),
+              resume_dir=first.run_dir)  # fmt: skip
 
 
 def test_stop_during_an_evaluation_leaves_it_out_and_cancels_at_once(

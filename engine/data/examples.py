@@ -19,7 +19,7 @@ from adapter_studio.engine.data.shapes import (
     ColumnsNotMapped,
     Example,
     detect_shape,
-    label_mapping,
+    mapping_for_labels,
     resolve_columns,
     to_examples,
 )
@@ -215,26 +215,41 @@ def split_examples(
 
 def run_labels(data: DataSpec) -> dict[int, str] | None:
     """id → label of every row of a classification run's data (its classifier head's size), checked for two
-    before the model loads with a head of one; None where there are no rows."""
-    _, _, examples, _ = load_examples(data, data.path)
+    before the model loads with a head of one; None where there are no rows. `data.label_names`' keys are
+    checked against the labels as the rows write them."""
+    _, _, examples, _ = load_examples(data.model_copy(update={"label_names": {}}), data.path)
     if not examples:
         return None
-    id2label = label_mapping(examples)
+    check_label_names(data.label_names, {str(e.label) for e in examples})
+    id2label = mapping_for_labels(data.label_names.get(str(e.label), e.label) for e in examples)
     check_two_labels(id2label, data.path)
-    check_label_names(data.label_names, set(id2label.values()))
     return id2label
 
 
-def check_label_names(names: dict[str, str], labels: set[str]) -> None:
-    """A name for a label no row has is a typo of one that some row has (that label would stay unnamed)."""
+def check_label_names(names: dict[str, str], written: set[str]) -> None:
+    """Each name's label is one the rows write (a typo would leave that label unnamed), and no name is a label
+    left unnamed (the two would be one class)."""
+    unnamed = [label for label in mapping_for_labels(written).values() if label not in names]
+    unknown = [k for k in names if k not in written]
+    if unknown:
+        raise _no_row_has(unknown[0], unnamed)
+    clash = next((v for v in names.values() if v in unnamed), None)
+    if clash is not None:
+        raise UserError(f"names a label '{clash}', as the rows already call another: the two would be one class",
+                        where="data.label_names", fix="give it another name")  # fmt: skip
+
+
+def check_named_labels(names: dict[str, str], labels: set[str]) -> None:
+    """The Data page's check, on its preview's labels (already named): a name no row shows is a key no row has."""
     unknown = [k for k, v in names.items() if v not in labels]
     if unknown:
-        unnamed = [label for label in labels if label not in names.values()]
-        raise UserError(
-            f"names label '{unknown[0]}', which no training row has",
-            where="data.label_names",
-            fix=f"write it as the data does: {', '.join(sorted(unnamed))}" if unnamed else "remove it",
-        )
+        raise _no_row_has(unknown[0], [label for label in mapping_for_labels(labels).values()
+                                       if label not in names.values()])  # fmt: skip
+
+
+def _no_row_has(key: str, unnamed: list[str]) -> UserError:
+    return UserError(f"names label '{key}', which no training row has", where="data.label_names",
+                     fix=f"write it as the data does: {', '.join(unnamed)}" if unnamed else "remove it")  # fmt: skip
 
 
 def check_two_labels(id2label: dict[int, str], path: str | list[str]) -> None:

@@ -202,8 +202,10 @@ def _kind(value: Any) -> str:
     return {list: "list", dict: "JSON object", bool: "true/false value"}.get(type(value), type(value).__name__)
 
 
-def _label(value: Any, column: str, where: str) -> str | int | None:
-    """A class name or id (a whole float such as 1.0 is the id 1); None when the row has none."""
+def label_value(value: Any) -> str | int | None:
+    """A class name or id as a row's label is read (a whole float such as 1.0 is the id 1; true is the class
+    `true`); None when there is none; a ValueError for a value that names no class. `data.label_names`' keys
+    are read by it too."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):  # a yes/no class (is_spam: true)
@@ -215,13 +217,17 @@ def _label(value: Any, column: str, where: str) -> str | int | None:
         return text or None
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):
         return value
-    raise UserError(
-        f"field '{column}' is a {_kind(value)}, expected a class name or id",
-        where=where,
-        fix="use one label per row, such as positive or 0",
-    )
+    raise ValueError(f"a {_kind(value)}, expected a class name or id")
+
+
+def _label(value: Any, column: str, where: str) -> str | int | None:
+    try:
+        return label_value(value)
+    except ValueError as e:
+        raise UserError(f"field '{column}' is {e}", where=where,
+                        fix="use one label per row, such as positive or 0") from None  # fmt: skip
 
 
 def _task_name(value: Any) -> str | None:

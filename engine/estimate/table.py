@@ -14,6 +14,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.estimate.baselines import BASELINES, baseline_row
 from adapter_studio.engine.estimate.costs import _APPLIED, estimate
 from adapter_studio.engine.estimate.meta_models import _LOCK, clear_models
+from adapter_studio.engine.spec_errors import sentence_case
 
 
 def _selected_methods(methods: str) -> list[str]:
@@ -136,7 +137,7 @@ def _rows(rows: list[dict[str, Any]], classes: list[Any], method_fields: dict[st
             first = e.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             rows.append({"method": name, "title": cls.title, "family": cls.family, "mergeable": cls.mergeable,
-                         "error": f"method.{field}: {first['msg'].lower()}"})
+                         "error": f"method.{field}: {sentence_case(first['msg'])}"})
             continue
         row = estimate(config, method, spec.training, task=task, device_memory=memory,
                        weight_dtype=spec.model.dtype, quantization=spec.model.quantization,

@@ -152,7 +152,7 @@ def written_in_place(out: Path) -> Iterator[Path]:
     # Named within the disk's 255 bytes a name can have: the whole name and a suffix failed a legal 250-byte name.
     stem = out.name
     if len(stem.encode()) > 200:
-        stem = f"{stem[:64]}-{hashlib.sha256(stem.encode()).hexdigest()[:12]}"
+        stem = f"{stem.encode()[:64].decode(errors='ignore')}-{hashlib.sha256(stem.encode()).hexdigest()[:12]}"
     tmp = out.parent / f".{stem}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -63,7 +63,9 @@ def run(
                 emit(Log(level="info", message=f"{folder.name} already completed its {summary.steps} steps: nothing "
                          "to resume (to train it longer, give it more: --set training.max_steps=N)"))  # fmt: skip
             return RunResult("completed", folder, summary.steps, None)
-        _check_steps_ahead(spec, saved, folder)
+        if spec.data.label_names != saved.data.label_names:  # the head's rows are numbered by the names
+            raise UserError("a resumed run keeps the label names its classifier head was trained with",
+                            where="data.label_names", fix="train a new run to name its labels otherwise")
     elif spec is None:
         raise UserError("nothing to run: give a spec or a run folder to resume")
     elif run_dir is not None:
@@ -112,19 +114,3 @@ def run(
             log.close()
             lock.release()
 
-
-def _check_steps_ahead(spec: RunSpec, saved: RunSpec, folder: Path) -> None:
-    """A resume told to stop at or before the step its checkpoint reached trained nothing and called the run
-    completed (a cancelled 200-step run "finished" at step 70 for `--set training.max_steps=30`)."""
-    from adapter_studio.engine.training.checkpoints import latest_checkpoint
-
-    kept = latest_checkpoint(folder / "checkpoints")
-    wanted = spec.training.max_steps
-    if kept is None or wanted is None or wanted == saved.training.max_steps:
-        return
-    reached = int(kept.name.removeprefix("step-"))
-    if wanted <= reached:
-        planned = f"its {saved.training.max_steps} steps" if saved.training.max_steps else "its planned steps"
-        raise UserError(f"{wanted} steps is not past step {reached}, where the run's checkpoint is",
-                        where="training.max_steps",
-                        fix=f"give more than {reached} to train it further, or resume as it is to finish {planned}")

@@ -24,7 +24,7 @@ from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Checkpoint, Emit, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.events import Checkpoint, Emit, Eval, Finished, Log, Metrics, Stage, Started
 from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.models.info import parameter_count
 from adapter_studio.engine.objectives.logps import frozen_reference, keeps_reference_copy
@@ -382,6 +382,9 @@ class TrainingSession:
             self.log("the checkpoint of a sharded (FSDP) run holds no optimizer state: AdamW starts afresh",
                      level="warning")
         self.step = int(state["step"])
+        if self.step >= self.total_steps and state.get("schedule_note"):  # given another length: trains nothing
+            raise UserError(f"{self.total_steps} steps is not past step {self.step}, where the run's checkpoint is",
+                            where="training", fix=f"give it more than {self.step} steps (training.max_steps)")
         self.tokens_trained = int(state.get("tokens_trained", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.best_eval = state.get("best_eval")
@@ -615,9 +618,11 @@ class TrainingSession:
         eager = torch.compiler.set_stance("force_eager") if self.compiler.compiled else contextlib.nullcontext()
         # Stop leaves an evaluation unfinished; the processes of a sharded run finish its forwards together.
         stopped = self.stop.is_set if self.accelerator.num_processes == 1 else None
+        table = None if self.reference_tables is None else self.reference_tables[1]
         try:
             with eager:
-                result = self._evaluate_pairs(stopped) if self.pairwise else evaluate(
+                result = evaluate_pairs(self.spec.objective, self._pair_pass(), self.data.eval, table, stopped
+                                        ) if self.pairwise else evaluate(
                     self.accelerator.unwrap_model(self.model), self.tokenizer, self.data, self.task,
                     batch_size=self.spec.training.batch_size or 4, pad_id=self.pad_id, stopped=stopped,
                     samples=self.spec.training.eval_samples, autocast=self.accelerator.autocast,
@@ -625,18 +630,12 @@ class TrainingSession:
         except EvaluationStopped:
             self.log(f"stopped while evaluating at step {self.step}: that evaluation is left out")
             return None
-        from adapter_studio.engine.events import Eval
-
         self.report(Eval(step=self.step, **result))
         self.stage("training")
         improved = counts_as_best and (self.best_eval is None or result["eval_loss"] < self.best_eval)
         if improved:
             self.best_eval = result["eval_loss"]
         return improved
-
-    def _evaluate_pairs(self, stopped: Any = None) -> dict[str, Any]:
-        table = None if self.reference_tables is None else self.reference_tables[1]
-        return evaluate_pairs(self.spec.objective, self._pair_pass(), self.data.eval, table, stopped)
 
     def _pair_pass(self, batch_size: int | None = None) -> PairPass:
         return PairPass(self.model, self.fast_parts, batch_size or self.spec.training.batch_size or 4, self.pad_id,

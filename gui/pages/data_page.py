@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from adapter_studio.engine.data.examples import SHOWN_ROWS, check_label_names, held_out_count
+from adapter_studio.engine.data.examples import SHOWN_ROWS, check_named_labels, held_out_count
 from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.errors import UserError
@@ -419,10 +419,10 @@ class DataPage(Page):
         self.options.setRowVisible(self.prompt_row, not classes)
         if classes and spec.label_names:
             try:
-                check_label_names(spec.label_names, set(preview.labels))
-            except UserError as e:
-                self.summary.setText(f"{self.summary.text()}<br><span style='color:#c00'>{html.escape(e.message)}"
-                                     "</span>")  # fmt: skip
+                check_named_labels(spec.label_names, set(preview.labels))
+            except UserError as e:  # named as the box is, not as the spec's field
+                said = UserError(e.what, where=LABEL_NAMES, fix=e.fix).message
+                self.summary.setText(f"{self.summary.text()}<br><span style='color:#c00'>{html.escape(said)}</span>")
         objective, training = type(self.state.objective), self.state.training
         self.state.data_labels = len(preview.labels) if classes else None
         self._publish(spec.model_copy(update={"format": preview.format, "columns": preview.mapping}))

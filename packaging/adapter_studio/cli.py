@@ -172,14 +172,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         spec = load_spec_file(args.spec, args.overrides)
     devices = devices or spec.training.devices
+    if args.quiet:  # the libraries' progress bars too (converting a GGUF model), in the launched processes too
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # The launcher's own processes come back here with --run-dir: each trains, none launches again.
     if args.run_dir is None and (devices > 1 or spec.training.machines.count > 1):
         from adapter_studio.engine.training.launch import launch_multi
 
         return launch_multi(args, devices)
-    if args.quiet:  # the libraries' progress bars too (converting a GGUF model): read as they are imported
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     stop = threading.Event()
     install_stop_handlers(stop)
     from adapter_studio.engine.training.run import run
