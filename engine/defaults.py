@@ -239,10 +239,20 @@ def resolve_epochs(spec: RunSpec, rows: int) -> Resolved:
 
 
 def eval_split(rows: int) -> Choice:
-    from adapter_studio.engine.data.examples import DEFAULT_EVAL_SHARE, SMALL_DATA_ROWS, held_out_count
+    from adapter_studio.engine.data.examples import (
+        DEFAULT_EVAL_SHARE,
+        MAX_AUTO_HELD_OUT,
+        SMALL_DATA_ROWS,
+        held_out_count,
+    )
 
     held = held_out_count(rows, None)
-    share = round(held / rows, 4) if rows else 0.0  # as many held out at 4 digits, and shown so
+    # As few digits as hold as many rows out again (4 mostly; more for a cap of 2,000 in 300,000 rows).
+    share = next((round(held / rows, d) for d in range(4, 10) if round(rows * round(held / rows, d)) == held),
+                 held / rows) if rows else 0.0  # fmt: skip
+    if held == MAX_AUTO_HELD_OUT:
+        return Choice(share, f"{rows:,} rows: {held:,} held out ({DEFAULT_EVAL_SHARE:.0%}, at most {held:,}: every "
+                      "evaluation scores them all) for the held-out loss, the best checkpoint and the Evaluate page")
     if rows >= SMALL_DATA_ROWS:
         return Choice(share, f"{rows:,} rows: {held:,} held out ({DEFAULT_EVAL_SHARE:.0%}) for the held-out loss, "
                       "the best checkpoint and the Evaluate page")  # fmt: skip

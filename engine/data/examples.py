@@ -34,6 +34,9 @@ HOLD_BYTES = 64 * 2**20  # data files up to this size are read once; larger ones
 DEFAULT_EVAL_SHARE = 0.1
 SMALL_DATA_ROWS = 500
 MIN_HELD_OUT = 8
+# Every evaluation scores every held-out row: 10 % of 300,000 rows took 16 minutes after each checkpoint of a
+# tiny model, 0.7 s of training. 2,000 rows judge a loss or an accuracy to about a percent.
+MAX_AUTO_HELD_OUT = 2_000
 
 
 @dataclass
@@ -174,13 +177,16 @@ def load_examples(spec: DataSpec, path: str | list[str]) -> tuple[str, dict[str,
 
 
 def held_out_count(count: int, share: float | None) -> int:
-    """How many of `count` examples are held out. `share` None is the default rule: DEFAULT_EVAL_SHARE,
-    shrinking below SMALL_DATA_ROWS in proportion to the data (to MIN_HELD_OUT rows at least): every
+    """How many of `count` examples are held out. `share` None is the default rule: DEFAULT_EVAL_SHARE, at
+    most MAX_AUTO_HELD_OUT rows, shrinking below SMALL_DATA_ROWS in proportion to the data (to MIN_HELD_OUT
+    rows at least): every
     held-out row is one a small set does not learn from (MultiArith, 240 rows, six seeds: holding out
     24 rows left the answer loss 5 % above training on all of them, 12 rows 1 %)."""
     if share is not None and share <= 0:
         return 0
     full = round(count * (DEFAULT_EVAL_SHARE if share is None else share))
+    if share is None:
+        full = min(full, MAX_AUTO_HELD_OUT)
     if share is None and count < SMALL_DATA_ROWS:
         full = max(min(full, MIN_HELD_OUT), round(full * count / SMALL_DATA_ROWS))
     return max(0, min(max(1, full), count - 1))  # one row at least, and one left to train
