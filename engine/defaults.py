@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.errors import UserError
+
 if TYPE_CHECKING:
     from adapter_studio.engine.methods.base import MethodSpec
     from adapter_studio.engine.models.info import ModelInfo
@@ -59,12 +61,17 @@ class Choice:
     reason: str
 
 
-def model_max_length(config: Any) -> int:
+def position_limit(config: Any) -> int | None:
+    """The longest sequence the model was made for (its position table), where its config says."""
     for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
-    return DEFAULT_MAX_LENGTH
+    return None
+
+
+def model_max_length(config: Any) -> int:
+    return position_limit(config) or DEFAULT_MAX_LENGTH
 
 
 def _size(params: int) -> str:
@@ -195,6 +202,10 @@ def resolve(spec: RunSpec, info: ModelInfo, task: str, config: Any = None) -> Re
     """A copy of the spec with every model-dependent `None` replaced by a value that fits, and why.
     `training.epochs` waits for the data (`resolve_epochs`); `learning_rate: auto` stays for the finder."""
     chosen = choose(spec.method, spec.training, info, task, spec.objective)
+    limit = position_limit(config)
+    if spec.data.max_length and limit and spec.data.max_length > limit:  # GPT-2 and BERT failed at step 0
+        raise UserError(f"{spec.data.max_length} tokens is past the {limit} this model was made for (its positions)",
+                        where="data.max_length", fix=f"give at most {limit}")  # fmt: skip
     max_length = spec.data.max_length or min(DEFAULT_MAX_LENGTH, model_max_length(config))
     data = spec.data.model_copy(update={"max_length": max_length})
     model = spec.model.model_copy(update={"task": task})

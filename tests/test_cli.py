@@ -109,6 +109,8 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
         (["--set", "method.rr=4"], '{"instruction": "a", "output": "b"}\n', "did you mean r"),
         (["--set", "output_dir=/proc/nope"], '{"instruction": "a", "output": "b"}\n',
          "output_dir: cannot make the run folder /proc/nope"),
+        (["--set", "data.max_length=1024"], '{"instruction": "a", "output": "b"}\n',
+         "data.max_length: 1024 tokens is past the 256 this model was made for (its positions) — give at most 256"),
         (["--set", "data.columns={instruction: prompt}"], '{"instruction": "a", "output": "b"}\n',
          "data.columns maps instruction to 'prompt', which this file does not have"),
         (["--set", "method.target_modules=[nope_proj]"], '{"instruction": "a", "output": "b"}\n',
@@ -119,7 +121,7 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
          "model not found: smollm-typo — give a model folder, a .gguf file, a hub id (owner/name) or an embedded "
          "model (embedded:smollm2-135m-instruct, embedded:all-minilm-l6-v2); to compare costs only"),
     ],
-    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder",
+    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder", "too long",
          "mapped column missing", "unknown target module", "hub id not cached", "model not found"],
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, expected) -> None:  # type: ignore[no-untyped-def]
