@@ -231,3 +231,17 @@ class EventFollower:
                 out.append(event)
         self.seen += out
         return out
+
+
+def stage_progress(emit: Emit, stage: str, every_s: float = 5.0) -> Callable[[str, float], None]:
+    """A `progress(part, fraction)` callback (prepare_data's) that reports `stage` with its fraction, at most
+    every `every_s` seconds: tokenising 300,000 rows said nothing for four minutes."""
+    last = -every_s
+
+    def progress(part: str, fraction: float) -> None:
+        nonlocal last
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            emit(Stage(stage=stage, detail=f"{part} {fraction:.0%}", progress=round(fraction, 3)))
+
+    return progress

@@ -24,7 +24,7 @@ from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Checkpoint, Emit, Eval, Finished, Log, Metrics, Stage, Started
+from adapter_studio.engine.events import Checkpoint, Emit, Eval, Finished, Log, Metrics, Stage, Started, stage_progress
 from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.models.info import parameter_count
 from adapter_studio.engine.objectives.logps import frozen_reference, keeps_reference_copy
@@ -241,7 +241,8 @@ class TrainingSession:
 
         self.stage("tokenising")
         self.data_stamps = data_stamps(spec.data)  # recorded in each checkpoint; a resume compares
-        data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed)
+        data = prepare_data(spec.data, tokenizer, task, spec.data.max_length or 512, spec.training.seed,
+                            progress=stage_progress(self.report, "tokenising"))
         spec.objective.check_data(data.format)  # preference data needs a preference objective, and back
         where = spec.data.path if isinstance(spec.data.path, str) else spec.data.path[0]
         if spec.method.routes_by_task:  # the task names go into the saved spec: the run loads without its data
