@@ -295,6 +295,20 @@ def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls,
     assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup
 
 
+def test_typing_a_max_length_renders_the_row_once(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """Each digit typed was a value, and each rendered the row: "32768" rendered a 2 MB row five times."""
+    page = choose_model(window, qtbot, tiny_llama)
+    open_data(page, qtbot, alpaca_jsonl)
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    renders = []
+    page.show_rendered = lambda: renders.append(page.max_length.value())  # type: ignore[method-assign]
+    for value in (3, 32, 327, 3276, 32768):
+        page.max_length.setValue(value)
+    qtbot.waitUntil(lambda: renders == [32768], timeout=5_000)
+    qtbot.wait(400)
+    assert renders == [32768]
+
+
 def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """AG News writes its topics 1-4: the Label names box (shown for classification, where the prompt row
     is not) names them for the run; a mistake is said where it was typed, and another file starts unnamed."""

@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt.utils import qdebounced
 
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
@@ -144,7 +145,7 @@ class DataPage(Page):
         self.max_length.setSingleStep(64)
         self.max_length.setSpecialValueText("auto")
         self.max_length.setToolTip(fields["max_length"].description + " auto: the model's limit, at most 512.")
-        self.max_length.valueChanged.connect(lambda _v: self._changed())
+        self.max_length.valueChanged.connect(lambda _v: self._max_length_changed())
         self.packing = QCheckBox("Pack short rows together")
         self.packing.setObjectName("packing")
         self.packing.setToolTip(fields["packing"].description)
@@ -312,6 +313,17 @@ class DataPage(Page):
         self.commit()
         self.show_rendered()
         self._schedule_stats()
+
+    def _max_length_changed(self) -> None:
+        """Each digit typed is a value: "32768" rendered a 2 MB row five times, the last for 1.8 s."""
+        self.commit()
+        self._render_soon()
+        self._schedule_stats()
+
+    @qdebounced(timeout=300)
+    def _render_soon(self) -> None:
+        if shiboken6.isValid(self):
+            self.show_rendered()
 
     def _label_names_changed(self) -> None:
         """Names change the labels the rows are counted and checked under: read them again."""
