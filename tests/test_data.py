@@ -1127,3 +1127,19 @@ def test_labelled_tokens_are_counted_a_block_at_a_time(block: int) -> None:
         positions = rng.integers(0, len(values) + 1, int(rng.integers(0, 8)))  # the very end included
         prefixes = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
         assert summed_prefixes(values, positions, block) == int(prefixes[positions].sum())
+
+
+def test_long_rows_are_tokenised_in_batches_of_bounded_characters_alike(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,048 rows of 20,000 characters went to the tokenizer in one call and peaked at 7.3 GB: calls now hold at
+    most ENCODE_CHARS characters (a longer row alone), and the tokens are the same."""
+    from adapter_studio.engine.data import tokenising
+    from adapter_studio.engine.data.rendering import Rendered
+
+    tokenizer = tokenizer_of(tiny_llama)
+    texts = [f"question {i}? " + "word " * (i * 7 % 40) + f"answer {i}" for i in range(30)]
+    rendered = [Rendered(t, [(t.index("answer"), len(t))], i + 1) for i, t in enumerate(texts)]
+    whole = tokenising.tokenize_rendered(rendered, tokenizer, 64, False)
+    monkeypatch.setattr(tokenising, "ENCODE_CHARS", 50)  # a call a row or two
+    assert tokenising.tokenize_rendered(rendered, tokenizer, 64, False) == whole
