@@ -25,5 +25,13 @@ def parse_label_names(text: str) -> dict[str, str]:
                         fix="give each label its own name") from None  # fmt: skip
 
 
+def parsed_or(text: str, fallback: dict[str, str]) -> dict[str, str]:
+    """The names typed, or `fallback` while they are not label=name (said as typed, not here)."""
+    try:
+        return parse_label_names(text)
+    except UserError:
+        return fallback
+
+
 def label_names_text(names: dict[str, str]) -> str:
     return ", ".join(f"{label}={name}" for label, name in names.items())

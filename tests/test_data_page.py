@@ -295,6 +295,22 @@ def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls,
     assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup
 
 
+def test_the_pages_token_count_is_the_runs_tokenised_data(window, qtbot, tiny_llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The page counted under its own cache key (no task, the format left to detect, seed 0): 300,000 rows were
+    tokenised for the count, then again when the run started."""
+    from adapter_studio.engine.data.prepare import prepare_data
+
+    page = choose_model(window, qtbot, tiny_llama)
+    window.state.set_training(window.state.training.model_copy(update={"seed": 3}))
+    pairs = [(f"reverse {'ab' * n}", "ba" * n) for n in range(1, 30)]
+    open_data(page, qtbot, write_rows(tmp_path / "fresh.jsonl", alpaca_rows(pairs)))
+    stats = wait_for_stats(page, qtbot)
+    assert not stats["from_cache"]
+    spec = window.state.build_spec()  # what Start trains: its data as the session reads it
+    run = prepare_data(spec.data, page.tokenizer, "causal_lm", stats["max_length"], spec.training.seed)
+    assert run.from_cache
+
+
 def test_typing_a_max_length_renders_the_row_once(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     """Each digit typed was a value, and each rendered the row: "32768" rendered a 2 MB row five times."""
     page = choose_model(window, qtbot, tiny_llama)

@@ -198,10 +198,12 @@ def length_stats(
     *,
     seed: int = 0,
     progress: Progress | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Token lengths of the training rows against max_length, and what packing would save.
 
-    Prepares the data exactly as training will (so the result is cached for the run). Returns
+    Prepares the data exactly as training will (so the result is cached for the run: give the `task` and the
+    format and columns the run will have, or the run tokenises it again under another key). Returns
     `lengths` (tokens per training row before truncation), `max_length`, `truncated` (rows longer
     than it), `rows` (rows read), `examples` (training rows), `train_examples` (those left after the
     max_length check), `eval_examples` (held-out rows), `dropped`
@@ -214,7 +216,7 @@ def length_stats(
 
     max_length = spec.max_length or DEFAULT_MAX_LENGTH
     batch_size = batch_size or DEFAULT_BATCH_SIZE
-    data = prepare_data(spec.model_copy(update={"packing": False}), tokenizer, None, max_length, seed,
+    data = prepare_data(spec.model_copy(update={"packing": False}), tokenizer, task, max_length, seed,
                         progress=progress)  # fmt: skip
     lengths = np.asarray(data.full_lengths, np.int64)
     if data.format == "preference":  # stored as chosen, rejected, …: a pair is as long as its longer side, the

@@ -21,7 +21,7 @@ from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
-from adapter_studio.gui.label_names import label_names_text, parse_label_names
+from adapter_studio.gui.label_names import label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt, QTimer
@@ -279,15 +279,9 @@ class DataPage(Page):
                 "template": template if template.strip() else None,
                 "max_length": max(self.max_length.value(), 8) if self.max_length.value() else None,
                 "packing": self.packing.isChecked(),
-                "label_names": self._typed_label_names(base.label_names),
+                "label_names": parsed_or(self.label_names.text(), base.label_names),
             }
         )
-
-    def _typed_label_names(self, fallback: dict[str, str]) -> dict[str, str]:
-        try:
-            return parse_label_names(self.label_names.text())
-        except UserError:  # said when typed (_label_names_changed)
-            return fallback
 
     def reload(self, keep_mapping: bool = True) -> None:
         if not self.path.text().strip():
@@ -354,8 +348,9 @@ class DataPage(Page):
         self._background(preview_data, spec, on_result=lambda p, s=spec: self._show(p, s), on_error=self._failed)
 
     def _background(
-        self, func: Any, *args: Any, on_result: Callable[[Any], None], on_error: Callable[[BaseException], None]
-    ) -> None:
+        self, func: Any, *args: Any, on_result: Callable[[Any], None], on_error: Callable[[BaseException], None],
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         """`run_in_background`, counted in `busy` until its result or error has been handled."""
         token = object()
         self._pending.add(token)
@@ -366,7 +361,8 @@ class DataPage(Page):
             self._pending.discard(token)
             handler(value)
 
-        run_in_background(func, *args, on_result=lambda r: finish(on_result, r), on_error=lambda e: finish(on_error, e))
+        run_in_background(func, *args, on_result=lambda r: finish(on_result, r), on_error=lambda e: finish(on_error, e),
+                          **kwargs)  # fmt: skip
 
     @property
     def busy(self) -> bool:
@@ -572,7 +568,13 @@ class DataPage(Page):
             self._stats_done = self._stats_generation  # nothing to count
             return
         published = self._current_spec()
-        spec = published.model_copy(update={"max_length": published.max_length or self.auto_max_length})
+        # As the run will read it (the format and columns found, the task they make): one cache entry for both
+        # (300,000 rows were tokenised for the count, then again for the run).
+        fmt = published.format or self.preview.format
+        model_task = self.state.model.task if self.state.model is not None else "auto"
+        task = model_task if model_task != "auto" else ("classification" if fmt == "classification" else "causal_lm")
+        spec = published.model_copy(update={"max_length": published.max_length or self.auto_max_length, "format": fmt,
+                                            "columns": published.columns or self.preview.mapping})  # fmt: skip
         generation = self._stats_generation
         batch_size = self.state.training.batch_size if self.state.training else None
         if self._stats_running:
@@ -584,6 +586,8 @@ class DataPage(Page):
             spec,
             self._stats_tokenizer,
             batch_size,
+            task=task,
+            seed=self.state.training.seed,
             on_result=lambda s, g=generation, d=published: self._stats_ready(s, g, d),
             on_error=lambda e, g=generation, d=published: self._stats_failed(e, g, d),
         )
