@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 from adapter_studio.engine.events import Eval, Metrics, Started, iter_events
+from adapter_studio.engine.file_memo import FileMemo
 
 Curve = tuple[list[float], list[float]]
 
@@ -50,14 +51,23 @@ def spec_diff(run_a: Path, run_b: Path) -> list[tuple[str, Any, Any]]:
     return [(key, a.get(key), b.get(key)) for key in keys if a.get(key) != b.get(key)]
 
 
+_CURVES: FileMemo[dict[str, Curve]] = FileMemo(limit=256)
+
+
 def curves(run_dir: Path) -> dict[str, Curve]:
-    """Per-step curves of a run (`loss`, `eval_loss`, `memory_bytes`, ...), only those with points.
+    """Per-step curves of a run (`loss`, `eval_loss`, `memory_bytes`, ...), only those with points; read again
+    only once its log has changed. Not to be changed by the caller: the next call may hand out the same.
 
     A resumed run repeats the steps after its last checkpoint; the later values replace the earlier
     ones, so each curve is what the finished model actually went through.
     """
+    log = Path(run_dir) / "events.jsonl"
+    return _CURVES.get(log.resolve(), [log], lambda: _read_curves(log))
+
+
+def _read_curves(log: Path) -> dict[str, Curve]:
     points: dict[str, dict[int, float]] = {}
-    for event in iter_events(Path(run_dir) / "events.jsonl"):
+    for event in iter_events(log):
         if isinstance(event, Started) and event.resumed_from_step:
             for series in points.values():
                 for step in [s for s in series if s > event.resumed_from_step]:

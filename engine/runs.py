@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Eval, Export, Finished, Log, Metrics, Started, iter_events
+from adapter_studio.engine.file_memo import FileMemo
 
 try:
     import fcntl
@@ -139,7 +140,7 @@ class RunLock:
             self._fd = None
 
 
-@dataclass
+@dataclass(frozen=True)  # summaries are kept and handed out again (_SUMMARIES)
 class RunSummary:
     path: Path
     name: str
@@ -174,8 +175,18 @@ class RunSummary:
         return f"{label} · combined" if self.combined else label  # it trained no step: "lora", steps 0, said why
 
 
+# A finished run's summary holds while its log and spec do; a live one's status hangs on its lock's process.
+_SUMMARIES: FileMemo[RunSummary] = FileMemo(keep=lambda s: s.status not in ("running", "interrupted"))
+
+
 def summarize_run(run_dir: Path) -> RunSummary:
     """One row of the history, read from the run's events (a half-written last line is fine)."""
+    run_dir = Path(run_dir)
+    return _SUMMARIES.get(run_dir.resolve(), [run_dir / "events.jsonl", run_dir / "spec.yaml"],
+                          lambda: _read_summary(run_dir))  # fmt: skip
+
+
+def _read_summary(run_dir: Path) -> RunSummary:
     started: Started | None = None
     finished: Finished | None = None
     last_metrics: Metrics | None = None
