@@ -197,6 +197,16 @@ def _with_imports(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+class ProgressRelay(QObject):
+    """`report(part, fraction)`, called on a worker thread, reaches `said` on the relay's (the GUI) thread."""
+
+    said = Signal(str, float)
+
+    def report(self, part: str, fraction: float) -> None:
+        if shiboken6.isValid(self):  # the page was closed while its work ran
+            self.said.emit(part, fraction)
+
+
 def _while_alive(handler: Callable[[Any], None]) -> Callable[[Any], None]:
     """Drop a result whose receiving widget was closed while the work ran."""
     owner = getattr(handler, "__self__", None)

@@ -311,6 +311,18 @@ def test_the_pages_token_count_is_the_runs_tokenised_data(window, qtbot, tiny_ll
     assert run.from_cache
 
 
+def test_counting_tokens_says_how_far_it_is(window, qtbot) -> None:  # type: ignore[no-untyped-def]
+    """"Counting tokens…" stood for four minutes over 300,000 rows: the count's progress, reported on its worker
+    thread, reaches the page."""
+    import threading
+
+    page = window.pages["data"]
+    worker = threading.Thread(target=page._counting.report, args=("tokenising", 0.4))
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: page.length_stats.text() == "Counting tokens… tokenising 40%", timeout=5_000)
+
+
 def test_typing_a_max_length_renders_the_row_once(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     """Each digit typed was a value, and each rendered the row: "32768" rendered a 2 MB row five times."""
     page = choose_model(window, qtbot, tiny_llama)

@@ -18,12 +18,13 @@ import shiboken6
 from adapter_studio.engine.data.examples import SHOWN_ROWS, check_named_labels, held_out_count
 from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
+from adapter_studio.engine.defaults import task_for
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
 from adapter_studio.gui.label_names import label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
-from adapter_studio.gui.worker import run_in_background
+from adapter_studio.gui.worker import ProgressRelay, run_in_background
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -196,6 +197,8 @@ class DataPage(Page):
         self._stats_timer.setSingleShot(True)
         self._stats_timer.setInterval(STATS_DELAY_MS)
         self._stats_timer.timeout.connect(self._compute_stats)
+        self._counting = ProgressRelay(self)
+        self._counting.said.connect(lambda part, done: self.length_stats.setText(f"Counting tokens… {part} {done:.0%}"))
         state.data_changed.connect(self._from_state)
         state.model_changed.connect(self._load_tokenizer)
 
@@ -568,11 +571,9 @@ class DataPage(Page):
             self._stats_done = self._stats_generation  # nothing to count
             return
         published = self._current_spec()
-        # As the run will read it (the format and columns found, the task they make): one cache entry for both
-        # (300,000 rows were tokenised for the count, then again for the run).
+        # As the run reads it (format, columns, task, seed): one cache entry (300,000 rows were tokenised twice).
         fmt = published.format or self.preview.format
-        model_task = self.state.model.task if self.state.model is not None else "auto"
-        task = model_task if model_task != "auto" else ("classification" if fmt == "classification" else "causal_lm")
+        task = task_for(self.state.build_spec(), fmt)
         spec = published.model_copy(update={"max_length": published.max_length or self.auto_max_length, "format": fmt,
                                             "columns": published.columns or self.preview.mapping})  # fmt: skip
         generation = self._stats_generation
@@ -588,6 +589,7 @@ class DataPage(Page):
             batch_size,
             task=task,
             seed=self.state.training.seed,
+            progress=self._counting.report,  # minutes for 300,000 rows: say how far
             on_result=lambda s, g=generation, d=published: self._stats_ready(s, g, d),
             on_error=lambda e, g=generation, d=published: self._stats_failed(e, g, d),
         )
