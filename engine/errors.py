@@ -24,6 +24,11 @@ class UserError(Exception):
         return text
 
 
+class ResumeRefused(UserError):
+    """A resume refused once its data was read (it would train nothing): the run is left as it was — `run`
+    takes back what the session logged, and its spec is not saved."""
+
+
 def a_or_an(word: str) -> str:
     """'a LoRA', 'an IA3', 'an Adapter (Houlsby)', 'an HRA', 'a UniPELT': the article by the first sound —
     an initialism's letter name (F, H, L, M, N, R, S, X begin with a vowel), else the letter, U as in 'unit'."""

@@ -227,13 +227,17 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     assert stopped.status == "cancelled" and stopped.step == 3
     # Told to stop where its checkpoint already is: it trained nothing and called the cancelled run completed.
     fewer = short.model_copy(update={"training": short.training.model_copy(update={"max_steps": 3})})
-    refused, _ = start(fewer, resume_dir=stopped.run_dir)
-    assert (refused.status, refused.error) == ("failed", "training: 3 steps is not past step 3, where the run's "
-                                               "checkpoint is — give it more than 3 steps (training.max_steps)")
+    before = {p.name: p.read_bytes() for p in stopped.run_dir.iterdir() if p.is_file()}
+    with pytest.raises(UserError) as refused:
+        start(fewer, resume_dir=stopped.run_dir)
+    assert refused.value.message == ("training.max_steps: it would end at step 3, not past step 3, where the run's "
+                                     "checkpoint is — give it more than 3 steps, or resume it as it is")  # fmt: skip
     by_epochs = short.model_copy(update={"training": short.training.model_copy(update={"max_steps": None,
                                                                                         "epochs": 0.01})})
-    refused, _ = start(by_epochs, resume_dir=stopped.run_dir)  # a hundredth of an epoch: a step or two
-    assert refused.status == "failed" and "is not past step 3" in refused.error, refused.error
+    with pytest.raises(UserError, match=r"training\.epochs: it would end at step 1, not past step 3"):  # 1/100 epoch
+        start(by_epochs, resume_dir=stopped.run_dir)
+    # Refused, the run is as it was: its spec (the length to finish) and its log (still cancelled, no failure).
+    assert {p.name: p.read_bytes() for p in stopped.run_dir.iterdir() if p.is_file()} == before
     t = short.training.model_copy(update={"max_steps": 100})
     resumed, events = start(short.model_copy(update={"training": t}), resume_dir=stopped.run_dir)
     rates = [e.lr for e in events if isinstance(e, Metrics)][:3]

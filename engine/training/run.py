@@ -6,11 +6,12 @@ and hands the training itself to a TrainingSession.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.errors import ResumeRefused, UserError
 from adapter_studio.engine.events import Emit, Event, EventLog, Log
 from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
@@ -104,13 +105,20 @@ def run(
                 emit(event)
 
     session = TrainingSession(spec, folder, report, stop_event, resume_dir is not None, speed or SpeedOptions())
+    logged = log.path.stat().st_size if log is not None else 0
+    refused = False
     try:
         status, error = session.execute()
         return RunResult(status, folder, session.step, error, session.failed_by_person)
+    except ResumeRefused:
+        refused = True
+        raise
     finally:
         if board is not None:
             board.close()
         if log is not None:
             log.close()
+            if refused:  # the run as it was: this session's lines taken back
+                os.truncate(log.path, logged)
             lock.release()
 

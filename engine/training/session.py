@@ -23,7 +23,7 @@ from adapter_studio.engine.data.examples import data_format, run_labels
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
-from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.errors import ResumeRefused, UserError
 from adapter_studio.engine.events import Checkpoint, Emit, Eval, Finished, Log, Metrics, Stage, Started, stage_progress
 from adapter_studio.engine.methods.poly import route_batch
 from adapter_studio.engine.models.info import parameter_count
@@ -112,6 +112,8 @@ class TrainingSession:
         try:
             status = self._train()
         except UserError as e:
+            if isinstance(e, ResumeRefused):
+                raise  # not a failure of the run: it stays as it was
             error, self.failed_by_person = e.message, True
         except NonFiniteLoss as e:
             error = str(e)
@@ -266,8 +268,6 @@ class TrainingSession:
         reasons.update(checkpointing)
         for line in explain(spec, reasons):  # the values the person left to the app, and why
             self.log(line)
-        if process_rank() == 0:
-            spec.save(self.run_dir / "spec.yaml")
         self.spec = spec
         self.default_lr = default_rate(spec, info, task)  # where an `auto` run's range test centres
 
@@ -275,14 +275,16 @@ class TrainingSession:
         # accelerate keeps its settings in a process-wide singleton; the window trains many runs in
         # one process, each with its own precision. The distributed state (PartialState) is kept.
         AcceleratorState._reset_state()
-        self.accelerator = Accelerator(
-            mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
-            cpu=device == "cpu",
-        )
+        self.accelerator = Accelerator(mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision, "no"),
+                                       cpu=device == "cpu")  # fmt: skip
         world = self.accelerator.num_processes
         micro_per_epoch = math.ceil(len(data.train) / (t.batch_size or 1) / world)
         steps_per_epoch = max(1, micro_per_epoch // t.gradient_accumulation)
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        if self.resume:  # before the spec is saved: a resume refused leaves it as it was
+            ckpt.check_steps_ahead(self.run_dir, t, self.total_steps)
+        if process_rank() == 0:
+            spec.save(self.run_dir / "spec.yaml")
         self.micro_per_epoch = max(1, micro_per_epoch)
 
         self.pairwise, self.reference = spec.objective.pairwise, None
@@ -383,9 +385,6 @@ class TrainingSession:
             self.log("the checkpoint of a sharded (FSDP) run holds no optimizer state: AdamW starts afresh",
                      level="warning")
         self.step = int(state["step"])
-        if self.step >= self.total_steps and state.get("schedule_note"):  # given another length: trains nothing
-            raise UserError(f"{self.total_steps} steps is not past step {self.step}, where the run's checkpoint is",
-                            where="training", fix=f"give it more than {self.step} steps (training.max_steps)")
         self.tokens_trained = int(state.get("tokens_trained", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.best_eval = state.get("best_eval")
