@@ -125,15 +125,9 @@ class TrainingSession:
         if error:
             self.log(error, level="error")
             self._save_on_failure()
-        self.report(
-            Finished(
-                status=status if error is None else "failed",
-                step=self.step,
-                error=error,
-                train_seconds=round(self.train_seconds, 3),
-                tokens_trained=self.tokens_trained,
-            )
-        )
+        self.report(Finished(status=status if error is None else "failed", step=self.step, error=error,
+                             train_seconds=round(self.train_seconds, 3),
+                             tokens_trained=self.tokens_trained))  # fmt: skip
         return (status if error is None else "failed"), error
 
     def _guessing_loss(self) -> float | None:
@@ -509,6 +503,8 @@ class TrainingSession:
             if (self.step % eval_every == 0 or at_end) and self.data.eval:
                 improved = self._evaluate()
                 stale_evals = 0 if improved else stale_evals + (improved is False)  # None: stopped in it
+                if improved is None and at_end:  # stopped in the last evaluation: the run was stopped, as asked
+                    return "cancelled"
                 if improved and saved is not None:  # only the main process saved (and copies)
                     ckpt.copy_as_best(saved, self.run_dir / "checkpoints")
                 model.train()
