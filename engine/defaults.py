@@ -193,8 +193,12 @@ def choose(
 
 def task_for(spec: RunSpec, fmt: str) -> str:
     """model.task, or the data's: labelled texts train a classifier, anything else a causal LM."""
-    if spec.model.task != "auto":
-        return spec.model.task
+    return task_of(spec.model.task, fmt)
+
+
+def task_of(model_task: str, fmt: str) -> str:
+    if model_task != "auto":
+        return model_task
     return "classification" if fmt == "classification" else "causal_lm"
 
 

@@ -41,6 +41,7 @@ class StudioState(QObject):
         # Compare page and its Tasks on the Method page, before training records them in the run.
         self.data_tasks: list[str] = []
         self.data_labels: int | None = None  # a classification file's labels: the Compare page's head size
+        self.data_mistake: str | None = None  # a setting typed on the Data page that does not read (label names)
         self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
         # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
         # for its dates, and another data file gets the app's defaults instead, unless it was edited.
@@ -174,6 +175,7 @@ class StudioState(QObject):
         """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
         self.demo = spec if demo else None
         self._methods, self.data_labels = {}, None  # labels: counted again as the Data page reads the file
+        self.data_mistake = None
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method
@@ -192,9 +194,9 @@ class StudioState(QObject):
 
     def build_spec(self) -> RunSpec:
         if self.model is None or self.data is None:
-            from adapter_studio.engine.errors import UserError
-
             raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
+        if self.data_mistake:
+            raise UserError(f"{self.data_mistake} (Data page)")
         return RunSpec(
             model=self.model, data=self.data, method=self.method, objective=self.objective, training=self.training,
             output_dir=self.runs_dir,

@@ -340,6 +340,8 @@ def test_typing_a_max_length_renders_the_row_once(window, qtbot, tiny_llama, alp
 def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """AG News writes its topics 1-4: the Label names box (shown for classification, where the prompt row
     is not) names them for the run; a mistake is said where it was typed, and another file starts unnamed."""
+    from adapter_studio.engine.errors import UserError
+
     page = choose_model(window, qtbot, tiny_bert_cls)
     rows = ["label,text", *(f"{i % 3 + 1},story {i}" for i in range(9))]
     (tmp_path / "news.csv").write_text("\n".join(rows), encoding="utf-8")
@@ -356,6 +358,13 @@ def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbo
     said = "Label names: '2 Sports' is not label=name — write e.g. 1=World, 2=Sports"
     assert said in html.unescape(page.summary.text())
     assert window.state.data.label_names == {"1": "World", "2": "Sports", "3": "Business"}  # as it was
+    with pytest.raises(UserError, match="is not label=name"):  # Start says so: it trained on the ids unsaid
+        window.state.build_spec()
+    page.label_names.setText("1=2")  # 2 is another label the rows write: the two would be one class
+    page.label_names.editingFinished.emit()
+    qtbot.waitUntil(lambda: not page.busy and "one class" in page.summary.text(), timeout=30_000)
+    assert "Label names: names a label '2', as the rows already call another" in html.unescape(page.summary.text())
+    window.state.build_spec()  # a mistake in the data, said on the page and refused by the run, not in the box
     page.label_names.setText("1=World, 4=Sci/Tech")
     page.label_names.editingFinished.emit()
     qtbot.waitUntil(lambda: not page.busy and "no training row has" in page.summary.text(), timeout=30_000)

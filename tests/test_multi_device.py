@@ -57,9 +57,10 @@ def test_two_processes_follow_the_one_process_curve(tmp_path, tiny_llama, alpaca
     fresh.write_bytes(alpaca_jsonl.read_bytes())
     two = spec_file(tmp_path, tiny_llama, fresh, tmp_path / "two", batch_size=2)
     out = subprocess.run(
-        [*CLI, "train", str(two), "--devices", "2"], env=ENV, capture_output=True, text=True, timeout=300
+        [*CLI, "train", str(two), "--devices", "2", "--quiet"], env=ENV, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout[-2000:]
+    assert out.stdout == "finished completed at step 8\n"  # --quiet: the processes' lines printed none
     (single,), (double,) = list((tmp_path / "one").iterdir()), list((tmp_path / "two").iterdir())
     a, b = losses(single), losses(double)
     assert len(a) == len(b) == 8

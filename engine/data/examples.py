@@ -47,6 +47,7 @@ class ExampleChunk:
     dropped: list[str]
     rows: RowChunk
     columns: list[str]  # the file's columns so far, those first seen in this chunk included
+    written_labels: list[str] | None = None  # classification with data.label_names: each label as written
 
 
 def example_chunks(
@@ -74,10 +75,12 @@ def example_chunks(
         assert fmt is not None
         read = {"preference": pair_examples, "kto": kto_examples}.get(fmt, to_examples)
         examples, dropped = read(chunk.rows, fmt, mapping, chunk.path, chunk.numbers, chunk.unit)
+        written = None
         if spec.label_names and fmt == "classification":  # named here: every reader of the rows sees the names
+            written = [str(e.label) for e in examples]  # what the names' keys are checked against
             for e in examples:
                 e.label = spec.label_names.get(str(e.label), e.label)
-        yield ExampleChunk(fmt, mapping, examples, dropped, chunk, list(columns))
+        yield ExampleChunk(fmt, mapping, examples, dropped, chunk, list(columns), written)
 
 
 def file_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -129,6 +132,7 @@ class Survey:
     file_columns: list[str]
     held: list[tuple[str, str, list[Example]]] | None = None  # (file, unit, examples) of a small data set
     tasks: set[str] = field(default_factory=set)  # the task names of data.columns.task, if mapped
+    written_labels: set[str] = field(default_factory=set)  # classification: the labels as the rows write them
 
 
 def survey_data(
@@ -158,6 +162,8 @@ def survey_data(
         survey.tasks.update(e.task for e in examples if e.task is not None)
         if part.format == "classification":
             survey.labels += [(e.label, e.where) for e in examples]
+            survey.written_labels.update(part.written_labels[: len(examples)] if part.written_labels is not None
+                                         else (str(e.label) for e in examples))  # fmt: skip
         if len(survey.first_rows) < keep:
             survey.first_rows += part.rows.rows[: keep - len(survey.first_rows)]
             survey.first_examples += examples[: keep - len(survey.first_examples)]
@@ -243,14 +249,6 @@ def check_label_names(names: dict[str, str], written: set[str]) -> None:
     if clash is not None:
         raise UserError(f"names a label '{clash}', as the rows already call another: the two would be one class",
                         where="data.label_names", fix="give it another name")  # fmt: skip
-
-
-def check_named_labels(names: dict[str, str], labels: set[str]) -> None:
-    """The Data page's check, on its preview's labels (already named): a name no row shows is a key no row has."""
-    unknown = [k for k, v in names.items() if v not in labels]
-    if unknown:
-        raise _no_row_has(unknown[0], [label for label in mapping_for_labels(labels).values()
-                                       if label not in names.values()])  # fmt: skip
 
 
 def _no_row_has(key: str, unnamed: list[str]) -> UserError:

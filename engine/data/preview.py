@@ -36,6 +36,7 @@ class DataPreview:
     usable: int = 0
     tasks: list[str] = field(default_factory=list)  # the task column's names, in training's order (sorted)
     labels: dict[str, int] = field(default_factory=dict)  # classification: rows per label, in the model's order
+    written_labels: set[str] = field(default_factory=set)  # the labels as the rows write them (before names)
 
 
 def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
@@ -70,6 +71,7 @@ def preview_data(spec: DataSpec, max_rows: int = 200) -> DataPreview:
         survey.count,
         sorted(survey.tasks),
         label_counts([label for label, _ in survey.labels]),
+        survey.written_labels,
     )
 
 

@@ -151,7 +151,7 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
             log.write(line)
             if failing or line.startswith("Traceback (most recent call last)"):
                 failing.append(line.rstrip())
-            else:
+            elif not getattr(args, "quiet", False):  # --quiet: only the final line, said below
                 print(line, end="", flush=True)
     proc.wait()
     if spec.training.machines.rank > 0:
@@ -159,6 +159,9 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
     time.sleep(0.1)
     finished = [e for e in EventFollower(run_dir / "events.jsonl").poll() if isinstance(e, Finished)]
     status = finished[-1].status if finished else "failed"
+    if getattr(args, "quiet", False) and finished:
+        print(f"finished {status} at step {finished[-1].step}{f': {finished[-1].error}' if finished[-1].error else ''}",
+              flush=True)  # fmt: skip
     if status == "failed":
         reason = finished[-1].error if finished and finished[-1].error else _last_exception(failing)
         print(f"error: {reason} (every process's output: {run_dir / LAUNCHER_LOG})", file=sys.stderr, flush=True)

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import shiboken6
-from adapter_studio.engine.data.examples import SHOWN_ROWS, check_named_labels, held_out_count
+from adapter_studio.engine.data.examples import SHOWN_ROWS, check_label_names, held_out_count
 from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
-from adapter_studio.engine.defaults import task_for
+from adapter_studio.engine.defaults import task_of
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
@@ -187,7 +187,6 @@ class DataPage(Page):
         self._published: DataSpec | None = None
         self._loaded: DataSpec | None = None  # the spec last read (or being read)
         self._before_failure: DataSpec | None = None  # the state's data when a read failed and cleared it
-        self._names_said = False  # the summary shows a mistake in the label names box instead of the data
         self._cleared_eval: str | None = None  # an evaluation file cleared with its data, to be said once
         self._stats_generation = 0
         self._stats_done = 0
@@ -296,6 +295,7 @@ class DataPage(Page):
             keep_mapping = False
             self.format.setCurrentText(AUTO)
             self.label_names.clear()  # the last file's labels
+            self.state.data_mistake = None
             if last.eval_path and self.eval_path.text().strip() == last.eval_path:
                 self.eval_path.clear()
                 self._cleared_eval = last.eval_path
@@ -327,12 +327,12 @@ class DataPage(Page):
         current = (self.state.data or self._before_failure or DataSpec(path="-")).label_names
         try:
             names = parse_label_names(self.label_names.text())
-        except UserError as e:
+        except UserError as e:  # said here instead of the summary, and by Start: the run would train on the ids
             self.summary.setText(f"<span style='color:#c00'>{html.escape(e.message)}</span>")
-            self._names_said = True
+            self.state.data_mistake = e.message
             return
-        if (names != current or self._names_said) and self.path.text().strip():  # read again: the summary too
-            self._names_said = False
+        said, self.state.data_mistake = self.state.data_mistake, None
+        if (names != current or said) and self.path.text().strip():  # read again: the summary too
             self._load(self._current_spec())
 
     def _eval_path_changed(self) -> None:
@@ -430,7 +430,7 @@ class DataPage(Page):
         self.options.setRowVisible(self.prompt_row, not classes)
         if classes and spec.label_names:
             try:
-                check_named_labels(spec.label_names, set(preview.labels))
+                check_label_names(spec.label_names, preview.written_labels)  # as training checks them
             except UserError as e:  # named as the box is, not as the spec's field
                 said = UserError(e.what, where=LABEL_NAMES, fix=e.fix).message
                 self.summary.setText(f"{self.summary.text()}<br><span style='color:#c00'>{html.escape(said)}</span>")
@@ -573,7 +573,7 @@ class DataPage(Page):
         published = self._current_spec()
         # As the run reads it (format, columns, task, seed): one cache entry (300,000 rows were tokenised twice).
         fmt = published.format or self.preview.format
-        task = task_for(self.state.build_spec(), fmt)
+        task = task_of(self.state.model.task if self.state.model is not None else "auto", fmt)
         spec = published.model_copy(update={"max_length": published.max_length or self.auto_max_length, "format": fmt,
                                             "columns": published.columns or self.preview.mapping})  # fmt: skip
         generation = self._stats_generation
