@@ -167,3 +167,7 @@ def test_an_export_to_a_long_legal_name_is_written(tmp_path: Path) -> None:
     with written_in_place(out) as tmp:
         (tmp / "weights").write_text("x")
     assert (out / "weights").read_text() == "x" and [p.name for p in tmp_path.iterdir()] == [out.name]
+    from adapter_studio.engine.export.run_export import new_export_folder
+
+    with pytest.raises(UserError, match="is 256 bytes long, more than a folder's name can be"):
+        new_export_folder(tmp_path / ("n" * 256))  # was an OSError: "File name too long"

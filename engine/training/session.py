@@ -247,7 +247,7 @@ class TrainingSession:
         keep_tasks(data, spec.method.routes_by_task, (where, str(spec.data.eval_path or where)))
         dropped = f"; {len(data.dropped)} {'row' if len(data.dropped) == 1 else 'rows'} dropped" if data.dropped else ""
         self.log(
-            f"{len(data.train)} training and {len(data.eval)} held-out examples ({data.format} format: "
+            f"{len(data.train):,} training and {len(data.eval):,} held-out examples ({data.format} format: "
             f"{', '.join(f'{r} ← {c}' for r, c in data.columns.items())}; {data.train_tokens:,} tokens){dropped}"
         )
         for note in data.dropped[:10]:
