@@ -74,6 +74,25 @@ def model_max_length(config: Any) -> int:
     return position_limit(config) or DEFAULT_MAX_LENGTH
 
 
+# Models whose position ids start past the padding id (RoBERTa's 514 positions read 512 tokens).
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+
+
+def position_table_limit(config: Any) -> int | None:
+    """The longest sequence a model with a table of learned positions can read (past it, GPT-2 and BERT fail
+    with an IndexError); None for rotary (RoPE) or relative positions, which read on past their training
+    length (worse the further, but without failing)."""
+    if any(getattr(config, key, None) for key in ("rope_parameters", "rope_scaling", "rope_theta")):
+        return None
+    kind = getattr(config, "model_type", "")
+    if kind.startswith("deberta") and not getattr(config, "position_biased_input", True):
+        return None
+    limit = position_limit(config)
+    if limit is not None and kind in PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
 def _size(params: int) -> str:
     """135M, 1.2B; a test-size model as 90K, not "0M"."""
     if params >= 1e9:
@@ -206,9 +225,9 @@ def resolve(spec: RunSpec, info: ModelInfo, task: str, config: Any = None) -> Re
     """A copy of the spec with every model-dependent `None` replaced by a value that fits, and why.
     `training.epochs` waits for the data (`resolve_epochs`); `learning_rate: auto` stays for the finder."""
     chosen = choose(spec.method, spec.training, info, task, spec.objective)
-    limit = position_limit(config)
+    limit = position_table_limit(config)
     if spec.data.max_length and limit and spec.data.max_length > limit:  # GPT-2 and BERT failed at step 0
-        raise UserError(f"{spec.data.max_length} tokens is past the {limit} this model was made for (its positions)",
+        raise UserError(f"{spec.data.max_length} tokens is past the {limit} positions this model has",
                         where="data.max_length", fix=f"give at most {limit}")  # fmt: skip
     max_length = spec.data.max_length or min(DEFAULT_MAX_LENGTH, model_max_length(config))
     data = spec.data.model_copy(update={"max_length": max_length})

@@ -240,7 +240,7 @@ def stage_progress(emit: Emit, stage: str, every_s: float = 5.0) -> Callable[[st
 
     def progress(part: str, fraction: float) -> None:
         nonlocal last
-        if time.monotonic() - last >= every_s:
+        if time.monotonic() - last >= every_s or fraction >= 1.0:  # the last said, not left at 9x %
             last = time.monotonic()
             emit(Stage(stage=stage, detail=f"{part} {fraction:.0%}", progress=round(fraction, 3)))
 

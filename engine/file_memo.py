@@ -3,6 +3,7 @@ every run's log on each refresh (151 runs: 0.9 s, the window held), and every lo
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -27,6 +28,7 @@ class FileMemo(Generic[T]):
     def __init__(self, limit: int = 4096, keep: Callable[[T], bool] = lambda _r: True) -> None:
         self._entries: dict[object, tuple[tuple[tuple[int, int] | None, ...], T]] = {}
         self._limit, self._keep = limit, keep
+        self._lock = threading.Lock()  # the window's thread and a search's or sweep's read at once
 
     def get(self, key: object, paths: Sequence[Path], read: Callable[[], T]) -> T:
         stamp = _stamp(paths)
@@ -34,10 +36,11 @@ class FileMemo(Generic[T]):
         if hit is not None and hit[0] == stamp:
             return hit[1]
         result = read()
-        if self._keep(result):
-            if len(self._entries) >= self._limit:
-                self._entries.pop(next(iter(self._entries)))  # the oldest
-            self._entries[key] = (stamp, result)
-        else:
-            self._entries.pop(key, None)
+        with self._lock:
+            if self._keep(result):
+                if len(self._entries) >= self._limit:
+                    self._entries.pop(next(iter(self._entries)), None)  # the oldest
+                self._entries[key] = (stamp, result)
+            else:
+                self._entries.pop(key, None)
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import statistics
@@ -182,8 +183,9 @@ _SUMMARIES: FileMemo[RunSummary] = FileMemo(keep=lambda s: s.status not in ("run
 def summarize_run(run_dir: Path) -> RunSummary:
     """One row of the history, read from the run's events (a half-written last line is fine)."""
     run_dir = Path(run_dir)
-    return _SUMMARIES.get(run_dir.resolve(), [run_dir / "events.jsonl", run_dir / "spec.yaml"],
-                          lambda: _read_summary(run_dir))  # fmt: skip
+    summary = _SUMMARIES.get(run_dir.resolve(), [run_dir / "events.jsonl", run_dir / "spec.yaml"],
+                             lambda: _read_summary(run_dir))  # fmt: skip
+    return summary if summary.path == run_dir else dataclasses.replace(summary, path=run_dir)  # as this caller names it
 
 
 def _read_summary(run_dir: Path) -> RunSummary:

@@ -69,7 +69,8 @@ class DataSpec(SpecSection):
         None,
         ge=0.0,
         lt=1.0,
-        description="Share of rows held out for evaluation (0: none; empty: 10 %, less below 500 rows).",
+        description="Share of rows held out for evaluation (0: none; empty: 10 %, at most 2,000 rows, less below "
+        "500 rows).",
     )
     eval_path: str | None = Field(None, description="A separate evaluation file (replaces eval_split).")
     max_length: int | None = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
 from pydantic import ValidationError
+from PySide6.QtWidgets import QLineEdit
 
 FIELD = "Label names"
 
@@ -31,6 +32,14 @@ def parsed_or(text: str, fallback: dict[str, str]) -> dict[str, str]:
         return parse_label_names(text)
     except UserError:
         return fallback
+
+
+def label_names_box() -> QLineEdit:
+    box = QLineEdit()
+    box.setObjectName("labelNames")
+    box.setPlaceholderText("optional, e.g. 1=World, 2=Sports: names for labels the data writes as ids")
+    box.setToolTip(DataSpec.model_fields["label_names"].description or "")
+    return box
 
 
 def label_names_text(names: dict[str, str]) -> str:

@@ -109,8 +109,6 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
         (["--set", "method.rr=4"], '{"instruction": "a", "output": "b"}\n', "did you mean r"),
         (["--set", "output_dir=/proc/nope"], '{"instruction": "a", "output": "b"}\n',
          "output_dir: cannot make the run folder /proc/nope"),
-        (["--set", "data.max_length=1024"], '{"instruction": "a", "output": "b"}\n',
-         "data.max_length: 1024 tokens is past the 256 this model was made for (its positions) — give at most 256"),
         (["--set", "data.columns={instruction: prompt}"], '{"instruction": "a", "output": "b"}\n',
          "data.columns maps instruction to 'prompt', which this file does not have"),
         (["--set", "method.target_modules=[nope_proj]"], '{"instruction": "a", "output": "b"}\n',
@@ -121,7 +119,7 @@ def test_read_only_target_leaves_nothing(tmp_path, tiny_llama, alpaca_jsonl) -> 
          "model not found: smollm-typo — give a model folder, a .gguf file, a hub id (owner/name) or an embedded "
          "model (embedded:smollm2-135m-instruct, embedded:all-minilm-l6-v2); to compare costs only"),
     ],
-    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder", "too long",
+    ids=["missing file", "malformed line", "missing column", "r=0", "unknown key", "unwritable runs folder",
          "mapped column missing", "unknown target module", "hub id not cached", "model not found"],
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_llama, overrides, content, expected) -> None:  # type: ignore[no-untyped-def]
@@ -331,3 +329,12 @@ def test_a_run_folder_is_read_with_its_tilde_and_as_its_spec(argv, typed, tmp_pa
     args = _parser().parse_args([part.format(typed=typed) for part in argv])
     read = args.resume if argv[0] == "train" else (args.run_dirs[0] if argv[0] == "combine" else args.run_dir)
     assert read == str(tmp_path / "runs" / "x")
+
+
+def test_a_max_length_past_a_position_table_is_refused(tmp_path, tiny_gpt2, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """GPT-2's 256 learned positions: 1,024 tokens failed at step 0 with an IndexError. (Rotary positions read on
+    past their training length, and are left to the person.)"""
+    spec = write_spec(tmp_path / "spec.yaml", tiny_gpt2, alpaca_jsonl, tmp_path / "runs", max_steps=1)
+    out = cli("train", str(spec), "--set", "data.max_length=1024")
+    assert out.returncode == 2, out.stderr
+    assert "data.max_length: 1024 tokens is past the 256 positions this model has — give at most 256" in out.stderr

@@ -1140,6 +1140,14 @@ def test_long_rows_are_tokenised_in_batches_of_bounded_characters_alike(
     tokenizer = tokenizer_of(tiny_llama)
     texts = [f"question {i}? " + "word " * (i * 7 % 40) + f"answer {i}" for i in range(30)]
     rendered = [Rendered(t, [(t.index("answer"), len(t))], i + 1) for i, t in enumerate(texts)]
-    whole = tokenising.tokenize_rendered(rendered, tokenizer, 64, False)
+    labelled = [Example(row=i, path="c", text=t, text_pair=t[::-1], label=i % 2) for i, t in enumerate(texts)]
+
+    def encoded() -> tuple[Any, ...]:
+        plain = tokenising._encode_documents(texts, tokenizer)
+        classes, full = tokenising._encode_classification(labelled, tokenizer, 16)
+        return (tokenising.tokenize_rendered(rendered, tokenizer, 64, False), full.tolist(),
+                *(getattr(e, f).tolist() for e in (plain, classes) for f in ("ids", "lengths")))  # fmt: skip
+
+    whole = encoded()
     monkeypatch.setattr(tokenising, "ENCODE_CHARS", 50)  # a call a row or two
-    assert tokenising.tokenize_rendered(rendered, tokenizer, 64, False) == whole
+    assert encoded() == whole

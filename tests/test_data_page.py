@@ -323,6 +323,20 @@ def test_counting_tokens_says_how_far_it_is(window, qtbot) -> None:  # type: ign
     qtbot.waitUntil(lambda: page.length_stats.text() == "Counting tokens… tokenising 40%", timeout=5_000)
 
 
+def test_a_saved_held_out_share_survives_the_boxs_two_digits(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """A run of 300,000 rows saves 2,000 held out as 0.006667; the box shows two digits, and any change on the
+    page read 0.01 back (above 400,000 rows 0.0: nothing held out)."""
+    from adapter_studio.engine.spec import DataSpec
+
+    page = choose_model(window, qtbot, tiny_llama)
+    window.state.set_data(DataSpec(path=str(alpaca_jsonl), eval_split=0.006667))  # as Clone loads a run's spec
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    page.max_length.setValue(100)
+    assert window.state.data.eval_split == 0.006667 and window.state.data.max_length == 100
+    page.eval_split.setValue(0.2)  # typed: the person's
+    assert window.state.data.eval_split == pytest.approx(0.2)
+
+
 def test_typing_a_max_length_renders_the_row_once(window, qtbot, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
     """Each digit typed was a value, and each rendered the row: "32768" rendered a 2 MB row five times."""
     page = choose_model(window, qtbot, tiny_llama)

@@ -294,6 +294,9 @@ def test_stop_during_an_evaluation_leaves_it_out_and_cancels_at_once(
     assert (result.status, result.step) == ("cancelled", at), result.error
     assert all(e.step != at for e in seen if isinstance(e, Eval))  # that evaluation left out, unfinished
     assert any(isinstance(e, Log) and f"stopped while evaluating at step {at}" in e.message for e in seen)
+    if at == 6:  # resumed, it does what was left: the last evaluation (it reloaded, trained nothing, completed)
+        resumed, events = start(None, resume_dir=result.run_dir)
+        assert resumed.status == "completed" and [e.step for e in events if isinstance(e, Eval)] == [6]
 
 
 # --- the event log ---------------------------------------------------------------------------------

@@ -168,21 +168,29 @@ def _first_true(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 ENCODE_CHARS = 4_000_000  # characters a batched call tokenises: 2,048 rows of 20,000 each peaked at 7.3 GB
 
 
-def _encode_rendered(rendered: list[Rendered], tokenizer: Any, special: bool) -> _Encoded:
-    """Tokenise in batched calls of at most ENCODE_CHARS characters (a row longer than that alone); a token
-    carries loss when it starts inside a loss span."""
-    batches, size = [[]], 0  # type: ignore[var-annotated]
-    for r in rendered:
-        if batches[-1] and size + len(r.text) > ENCODE_CHARS:
-            batches.append([])
-            size = 0
-        batches[-1].append(r)
-        size += len(r.text)
-    if len(batches) == 1:
-        return _encode_batch(rendered, tokenizer, special)
-    parts = [_encode_batch(batch, tokenizer, special) for batch in batches]
+def _char_batches(sizes: list[int]) -> list[slice]:
+    """Consecutive slices of items whose characters add up to at most ENCODE_CHARS (a longer item alone)."""
+    out, start, size = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and size + n > ENCODE_CHARS:
+            out.append(slice(start, i))
+            start, size = i, 0
+        size += n
+    return [*out, slice(start, len(sizes))]
+
+
+def _joined(parts: list[_Encoded]) -> _Encoded:
+    if len(parts) == 1:
+        return parts[0]
     return _Encoded(*(np.concatenate([getattr(p, name) for p in parts])
                       for name in ("ids", "loss", "lengths", "first_loss")))  # fmt: skip
+
+
+def _encode_rendered(rendered: list[Rendered], tokenizer: Any, special: bool) -> _Encoded:
+    """Tokenise in batched calls of at most ENCODE_CHARS characters; a token carries loss when it starts inside
+    a loss span."""
+    batches = _char_batches([len(r.text) for r in rendered])
+    return _joined([_encode_batch(rendered[part], tokenizer, special) for part in batches])
 
 
 def _encode_batch(rendered: list[Rendered], tokenizer: Any, special: bool) -> _Encoded:
@@ -233,6 +241,10 @@ def _encode_by_segments(rendered: list[Rendered], tokenizer: Any, special: bool)
 
 def _encode_documents(texts: list[str], tokenizer: Any) -> _Encoded:
     """Plain text for continued pre-training: each document's tokens and an end-of-text token."""
+    return _joined([_encode_document_batch(texts[part], tokenizer) for part in _char_batches(list(map(len, texts)))])
+
+
+def _encode_document_batch(texts: list[str], tokenizer: Any) -> _Encoded:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     backend = _backend(tokenizer)
     if backend is not None:
@@ -245,6 +257,12 @@ def _encode_documents(texts: list[str], tokenizer: Any) -> _Encoded:
 
 def _encode_classification(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[_Encoded, np.ndarray]:
     """Text (and text pair) ids truncated to max_length the tokenizer's way, and the untruncated lengths."""
+    sizes = [len(e.text) + len(e.text_pair or "") for e in examples]
+    parts = [_encode_labelled_batch(examples[part], tokenizer, max_length) for part in _char_batches(sizes)]
+    return _joined([enc for enc, _ in parts]), np.concatenate([full for _, full in parts])
+
+
+def _encode_labelled_batch(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[_Encoded, np.ndarray]:
     texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
     lists = tokenizer(texts, pairs)["input_ids"]

@@ -119,8 +119,9 @@ def merge_tolerance(growth: float, largest_logit: float = 0.0) -> float:
 def new_export_folder(out: Path) -> Path:
     """`out` resolved, refused if it exists (exports never overwrite) or its folder is not writable."""
     out = out.expanduser().resolve()
-    if len(out.name.encode()) > 255:  # os.stat said "File name too long" as an unexpected error
-        raise UserError(f"'{out.name[:40]}…' is {len(out.name.encode())} bytes long, more than a folder's name "
+    too_long = next((part for part in out.parts if len(part.encode()) > 255), None)
+    if too_long is not None:  # os.stat said "File name too long" as an unexpected error
+        raise UserError(f"'{too_long[:40]}…' is {len(too_long.encode())} bytes long, more than a folder's name "
                         "can be (255)", where="--out", fix="give a shorter name")  # fmt: skip
     if out.exists():
         raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")

@@ -118,7 +118,9 @@ def run(
             board.close()
         if log is not None:
             log.close()
-            if refused:  # the run as it was: this session's lines taken back
-                os.truncate(log.path, logged)
-            lock.release()
+            try:
+                if refused:  # the run as it was: this session's lines taken back
+                    os.truncate(log.path, logged)
+            finally:
+                lock.release()
 

@@ -433,6 +433,10 @@ class TrainingSession:
         watch = DivergenceWatch(self._guessing_loss())
         window_tokens, window_start = 0, time.perf_counter()
         model.train()
+        last, folder = ckpt.latest_checkpoint(self.run_dir / "checkpoints"), self.run_dir / "checkpoints"
+        finishing = self.resume and self.step >= self.total_steps and self.data.eval  # stopped in its last evaluation
+        if finishing and self._evaluate() and self.accelerator.is_main_process and last is not None:
+            ckpt.copy_as_best(last, folder)
         while self.step < self.total_steps:
             if self._should_stop():
                 self._checkpoint()
