@@ -55,8 +55,6 @@ def _rank_settings(count: str, rank: str, main: str, port: int, devices: str) ->
     )
 
 
-
-
 def _data_paths(spec: RunSpec) -> list[str]:
     named = [spec.data.path] if isinstance(spec.data.path, str) else list(spec.data.path)
     return named + ([spec.data.eval_path] if spec.data.eval_path else [])

@@ -123,4 +123,3 @@ def run(
                     os.truncate(log.path, logged)
             finally:
                 lock.release()
-
