@@ -203,9 +203,8 @@ def _kind(value: Any) -> str:
 
 
 def label_value(value: Any) -> str | int | None:
-    """A class name or id as a row's label is read (a whole float such as 1.0 is the id 1; true is the class
-    `true`); None when there is none; a ValueError for a value that names no class. `data.label_names`' keys
-    are read by it too."""
+    """A class name or id as a row's label (and `data.label_names`' key) is read: 1.0 is the id 1, true the class
+    `true`; None when there is none; a ValueError for a value that names no class."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):  # a yes/no class (is_spam: true)
@@ -215,10 +214,8 @@ def label_value(value: Any) -> str | int | None:
         if re.fullmatch(r"-?\d+\.0+", text):  # pandas writes a label column with a gap in it as floats: 3.0
             return int(float(text))
         return text or None
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         return int(value)
-    if isinstance(value, int):
-        return value
     raise ValueError(f"a {_kind(value)}, expected a class name or id")
 
 
@@ -226,8 +223,8 @@ def _label(value: Any, column: str, where: str) -> str | int | None:
     try:
         return label_value(value)
     except ValueError as e:
-        raise UserError(f"field '{column}' is {e}", where=where,
-                        fix="use one label per row, such as positive or 0") from None  # fmt: skip
+        fix = "use one label per row, such as positive or 0"
+        raise UserError(f"field '{column}' is {e}", where=where, fix=fix) from None
 
 
 def _task_name(value: Any) -> str | None:

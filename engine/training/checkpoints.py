@@ -144,14 +144,13 @@ def weights_bytes(run_dir: Path) -> int | None:
     return weights.stat().st_size if weights and weights.exists() else None
 
 
-def check_steps_ahead(run_dir: Path, training: Any, total_steps: int) -> None:
-    """A resume given another length that ends at or before its newest checkpoint would train nothing and
-    call the run completed (a cancelled 200-step run "finished" at step 70 for max_steps 30): refused."""
+def check_steps_ahead(run_dir: Path, training: Any, saved: Any, total_steps: int) -> None:
+    """A resume given another length (`training`, against the run's `saved` one) that ends at or before its
+    newest checkpoint would train nothing and call the run completed (a cancelled 200-step run "finished" at
+    step 70 for max_steps 30): refused."""
     from adapter_studio.engine.errors import ResumeRefused
-    from adapter_studio.engine.spec import load_spec_file
 
     kept = latest_checkpoint(run_dir / "checkpoints")
-    saved = load_spec_file(run_dir / "spec.yaml").training  # the run's own, not yet replaced
     if kept is None or (training.max_steps, training.epochs) == (saved.max_steps, saved.epochs):
         return
     reached = int(kept.name.removeprefix("step-"))

@@ -37,7 +37,7 @@ from adapter_studio.engine.objectives.training import (
     summarise,
     with_reference,
 )
-from adapter_studio.engine.spec import RunSpec
+from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training import checkpoints as ckpt
 from adapter_studio.engine.training import compile_cost, compiled_step
 from adapter_studio.engine.training.compiled_step import StepCompiler
@@ -275,8 +275,9 @@ class TrainingSession:
         micro_per_epoch = math.ceil(len(data.train) / (t.batch_size or 1) / world)
         steps_per_epoch = max(1, micro_per_epoch // t.gradient_accumulation)
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-        if self.resume:  # before the spec is saved: a resume refused leaves it as it was
-            ckpt.check_steps_ahead(self.run_dir, t, self.total_steps)
+        if self.resume:  # before the spec is saved: a resume refused leaves it as it was (the saved one compared)
+            saved = load_spec_file(self.run_dir / "spec.yaml").training
+            ckpt.check_steps_ahead(self.run_dir, t, saved, self.total_steps)
         if process_rank() == 0:
             spec.save(self.run_dir / "spec.yaml")
         self.micro_per_epoch = max(1, micro_per_epoch)
