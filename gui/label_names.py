@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
+from adapter_studio.engine.spec_errors import sentence_case
 from pydantic import ValidationError
 from PySide6.QtWidgets import QLineEdit
 
@@ -22,7 +23,7 @@ def parse_label_names(text: str) -> dict[str, str]:
     try:
         return DataSpec(path="-", label_names=names).label_names
     except ValidationError as e:
-        raise UserError(e.errors()[0]["msg"].removeprefix("Value error, "), where=FIELD,
+        raise UserError(sentence_case(e.errors()[0]["msg"]), where=FIELD,
                         fix="give each label its own name") from None  # fmt: skip
 
 
