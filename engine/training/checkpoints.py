@@ -144,17 +144,15 @@ def weights_bytes(run_dir: Path) -> int | None:
     return weights.stat().st_size if weights and weights.exists() else None
 
 
-def check_steps_ahead(run_dir: Path, training: Any, saved: Any, total_steps: int) -> None:
-    """A resume given another length (`training`, against the run's `saved` one) that ends at or before its
-    newest checkpoint would train nothing and call the run completed (a cancelled 200-step run "finished" at
-    step 70 for max_steps 30): refused."""
+def check_steps_ahead(training: Any, saved: Any, total_steps: int, reached: int) -> None:
+    """A resume given another length (`training`, against the run's `saved` one) that ends at or before the
+    step its newest checkpoint `reached` would train nothing and call the run completed (a cancelled 200-step
+    run "finished" at step 70 for max_steps 30): refused."""
     from adapter_studio.engine.errors import ResumeRefused
 
-    kept = latest_checkpoint(run_dir / "checkpoints")
-    if kept is None or (training.max_steps, training.epochs) == (saved.max_steps, saved.epochs):
+    if (training.max_steps, training.epochs) == (saved.max_steps, saved.epochs):
         return
-    reached = int(kept.name.removeprefix("step-"))
-    if total_steps <= reached:
+    if reached and total_steps <= reached:
         given = "training.max_steps" if training.max_steps is not None else "training.epochs"  # what sets it now
         raise ResumeRefused(
             f"it would end at step {total_steps}, not past step {reached}, where the run's checkpoint is",

@@ -277,7 +277,7 @@ class TrainingSession:
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         if self.resume:  # before the spec is saved: a resume refused leaves it as it was (the saved one compared)
             saved = load_spec_file(self.run_dir / "spec.yaml").training
-            ckpt.check_steps_ahead(self.run_dir, t, saved, self.total_steps)
+            ckpt.check_steps_ahead(t, saved, self.total_steps, self.step)  # the newest checkpoint's, as constructed
         if process_rank() == 0:
             spec.save(self.run_dir / "spec.yaml")
         self.micro_per_epoch = max(1, micro_per_epoch)
