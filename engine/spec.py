@@ -99,7 +99,7 @@ class DataSpec(SpecSection):
         if not isinstance(value, dict):
             return value
         if any(isinstance(v, bool) for v in value.values()):  # {0: no, 1: yes} named the classes False and True
-            raise ValueError("a name read as true/false (YAML's yes, no, on, off): quote it, e.g. 1: 'yes'")
+            raise ValueError("a name read as true/false (YAML's yes, no, on, off): quote it: 'yes'")
         keys = [label_value(k) for k in value]
         if None in keys:
             raise ValueError("a label to name is empty")

@@ -32,8 +32,9 @@ def check_truth_values(data: dict[str, Any], origin: str, text: str | None, root
 
 
 def _by_set(dotted: str, overridden: frozenset[str]) -> bool:
-    """Whether the field at `dotted` holds a value a `--set KEY=VALUE` gave (KEY, or a section above it)."""
-    return any(dotted == key or dotted.startswith(f"{key}.") for key in overridden)
+    """Whether the field at `dotted` holds a value a `--set KEY=VALUE` gave: KEY, a section above it, or an entry
+    of it (`--set data.label_names.1=World` fails as data.label_names)."""
+    return any(dotted == key or dotted.startswith(f"{key}.") or key.startswith(f"{dotted}.") for key in overridden)
 
 
 def _truth_for_number(node: Any, data: dict[str, Any], root: Model, path: tuple[str, ...] = ()) -> list[str] | None:
@@ -119,6 +120,9 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     got = first.get("input")
     if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
         keys = _valid_keys([*path, ""], data, root)
+        if not keys:  # a mapping of the person's own keys (data.label_names, data.columns)
+            entry = f"--set {dotted}.KEY=VALUE for each" if origin == "--set" else "a 'key: value' line each under it"
+            return UserError(f"{dotted} holds entries, not {got!r}", where=where, fix=f"give them as {entry}")
         return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
                          fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").

@@ -34,10 +34,12 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: World, 2: World}}"),
          "spec.yaml:2: data.label_names: two labels named 'World': they would be one class"),
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: }}"), "data.label_names: each label needs a name"),
+        (HEAD.replace("d.jsonl}", "d.jsonl, label_names: [World]}"),
+         "spec.yaml:2: data.label_names holds entries, not ['World'] — give them as a 'key: value' line each"),
     ],
     ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
          "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
-         "training twice", "a name twice", "a label without a name"],
+         "training twice", "a name twice", "a label without a name", "a list of names"],
 )
 def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
@@ -174,6 +176,25 @@ def test_a_bad_value_given_with_set_is_blamed_on_set_not_the_files_line(tmp_path
     with pytest.raises(UserError) as caught:
         load_spec_file(path, ["training.max_steps=3"])
     assert caught.value.message.startswith(f"{path}:4: training.learning_rate: "), caught.value.message  # the file's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.label_names.1=yes"], "--set: data.label_names: a name read as true/false"),
+        (["data.label_names.1=[x]"], "--set: data.label_names: each label needs a name (text)"),
+        (["data.label_names=[a]"],
+         "--set: data.label_names holds entries, not ['a'] — give them as --set data.label_names.KEY=VALUE for each"),
+    ],
+    ids=["yes for a name", "a list for a name", "a list for the names"],
+)
+def test_an_entry_set_below_a_field_is_blamed_on_set(overrides: list[str], message: str, tmp_path: Path) -> None:
+    """`--set data.label_names.1=yes` fails as data.label_names: it was blamed on the file's `data:` line."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path, overrides)
+    assert caught.value.message.startswith(message), caught.value.message
 
 
 def test_params_refuses_true_false_for_a_method_number(tiny_llama: Path) -> None:
