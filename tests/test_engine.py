@@ -375,12 +375,30 @@ def test_a_truncated_last_line_is_tolerated(thirty_steps: Callable[..., Any], tm
 # --- bad input -------------------------------------------------------------------------------------
 
 
-def test_missing_data_file_fails_the_run_naming_the_path(tiny_llama: Path, make_spec: Spec, tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere" / "train.jsonl"
-    result, events = start(make_spec(tiny_llama, missing, "lora"))
-    assert result.status == "failed" and result.step == 0
-    assert "data file not found" in result.error and str(missing) in result.error
-    assert [e.error for e in events if isinstance(e, Finished)] == [result.error]
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": "nowhere/train.jsonl"}, "data.path: data file not found: {tmp}/nowhere/train.jsonl — check the path"),
+        ({"eval": "nowhere/eval.jsonl"}, "data.eval_path: data file not found: {tmp}/nowhere/eval.jsonl"),
+        ({"model": "nowhere/model"}, "model.source: model not found: {tmp}/nowhere/model"),
+        ({"model": "llama-3.2-1b"}, "model.source: 'llama-3.2-1b' is an architecture description without weights"),
+    ],
+    ids=["data", "held-out data", "model", "architecture only"],
+)
+def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
+    change: dict[str, str], message: str, tiny_llama: Path, make_spec: Spec, tmp_path: Path, alpaca_jsonl: Path
+) -> None:
+    """It was said as the run's failure at step 0, after a run folder had joined the history (the model loaded
+    first, for a missing data file)."""
+    model = change.get("model", tiny_llama)
+    spec = make_spec(tmp_path / model if "/" in str(model) else model,
+                     tmp_path / change["data"] if "data" in change else alpaca_jsonl, "lora")  # fmt: skip
+    if "eval" in change:
+        spec.data.eval_path = str(tmp_path / change["eval"])
+    with pytest.raises(UserError) as caught:
+        run(spec)
+    assert caught.value.message.startswith(message.format(tmp=tmp_path)), caught.value.message
+    assert not Path(spec.output_dir).exists() or not any(Path(spec.output_dir).iterdir())
 
 
 def test_malformed_jsonl_line_is_named(tiny_llama: Path, make_spec: Spec, tmp_path: Path) -> None:

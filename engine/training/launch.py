@@ -17,6 +17,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import EventFollower, Finished
 from adapter_studio.engine.runs import new_run_dir
 from adapter_studio.engine.spec import MachinesSpec, RunSpec
+from adapter_studio.engine.training.preflight import check_inputs
 
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
@@ -87,6 +88,7 @@ def prepare_multi_run(spec: RunSpec) -> tuple[Path, Path]:
     """Make the run folder up front so every process writes into the same one. A machine other than
     machine 0 writes no run (machine 0 does): its folder, under `output_dir/.machines/`, holds only the
     spec it was started with and its processes' output, and stays out of the run history."""
+    check_inputs(spec)
     machines = spec.training.machines
     if machines.rank > 0:
         name = f"{spec.name or spec.method.name}-machine{machines.rank}"

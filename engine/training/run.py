@@ -16,6 +16,7 @@ from adapter_studio.engine.events import Emit, Event, EventLog, Log
 from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training.devices import process_rank
+from adapter_studio.engine.training.preflight import check_inputs
 from adapter_studio.engine.training.session import TrainingSession
 from adapter_studio.engine.training.speed import SpeedOptions
 
@@ -73,6 +74,7 @@ def run(
         folder = Path(run_dir)
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     else:
+        check_inputs(spec)
         folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
     main_process = process_rank() == 0
     lock = RunLock(folder)

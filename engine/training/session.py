@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
 from adapter_studio.engine.data.cache import data_stamps
-from adapter_studio.engine.data.examples import data_format, run_labels
+from adapter_studio.engine.data.examples import run_labels
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import keep_tasks, prepare_data
@@ -160,13 +160,9 @@ class TrainingSession:
 
     def _setup(self) -> None:
         from adapter_studio.engine.imports import import_heavy_modules
-        from adapter_studio.engine.models.hub_ids import require_weights
-        from adapter_studio.engine.models.loading import resolve_source
+        from adapter_studio.engine.training.preflight import check_inputs
 
-        # A model that is not there, or a file that cannot be read (empty, not UTF-8, no such column), is said
-        # at once rather than after the seconds torch and transformers take to import.
-        require_weights(self.spec.model.source, resolve_source(self.spec.model.source))
-        fmt = data_format(self.spec.data)
+        fmt = check_inputs(self.spec)  # again: a resumed run's files may have moved since
         import_heavy_modules()  # before torch: the collector is paused while they import
         import torch
         from accelerate import Accelerator
