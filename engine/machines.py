@@ -28,13 +28,20 @@ class MachinesSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        """`machines: 2` is a count; `machines: [a, b]` a host list whose first one is the main machine."""
+        return cls.as_mapping(value)
+
+    @staticmethod
+    def as_mapping(value: Any) -> Any:
+        """`machines: 2` is a count; `machines: [a, b]` a host list whose first one is the main machine;
+        `hosts: a,b` (`--set training.machines.hosts=a,b`) the list [a, b]."""
         if isinstance(value, bool):
             return value  # rejected below, not read as 0 or 1
         if isinstance(value, int):
             return {"count": value}
         if isinstance(value, list):
             value = {"hosts": value}
+        if isinstance(value, dict) and isinstance(value.get("hosts"), str):
+            value = {**value, "hosts": [h.strip() for h in value["hosts"].split(",") if h.strip()]}
         if isinstance(value, dict) and value.get("hosts") and isinstance(value["hosts"], list):
             return {"count": len(value["hosts"]), "main_address": str(value["hosts"][0]), **value}
         return value

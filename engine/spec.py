@@ -19,6 +19,7 @@ from adapter_studio.engine.methods import METHOD_CLASSES, METHODS, MethodSpec
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES, ObjectiveSpec
 from adapter_studio.engine.runs import NOT_ONE_FOLDER, is_one_folder_name
 from adapter_studio.engine.spec_errors import TAGGED, check_truth_values, explain, sentence_case
+from adapter_studio.engine.spec_overrides import apply_overrides, drop_the_other_kinds_fields
 from adapter_studio.engine.spec_yaml import read_spec_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -319,6 +320,7 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunS
             data[section][key] = _from_spec_folder(value, base, section)
     apply_overrides(data, overrides or [])
     overridden = frozenset(item.split("=", 1)[0].strip() for item in overrides or [])
+    drop_the_other_kinds_fields(data, overridden)
     return parse_spec(data, origin=str(path), text=text, overridden=overridden)
 
 
@@ -330,25 +332,6 @@ def _from_spec_folder(value: Any, base: Path, section: str) -> Any:
         return value
     beside = base / value
     return str(beside.resolve()) if beside.exists() or (section == "data" and not Path(value).exists()) else value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
-    """`a.b=v` sets a nested key (creating levels); v is YAML, so `[q_proj,v_proj]` is a list."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set needs key=value, got '{item}'", fix="e.g. --set training.max_steps=3")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
 
 
 def parse_spec(

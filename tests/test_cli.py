@@ -338,3 +338,36 @@ def test_a_max_length_past_a_position_table_is_refused(tmp_path, tiny_gpt2, alpa
     out = cli("train", str(spec), "--set", "data.max_length=1024")
     assert out.returncode == 2, out.stderr
     assert "data.max_length: 1024 tokens is past the 256 positions this model has — give at most 256" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method.r=16", "--set method.r: a resumed run keeps its method and the method's settings (method.r 8)"),
+        ("method.name=dora", "--set method.name: a resumed run keeps its method and the method's settings (method.name "
+                             "'lora')"),
+        ("model.source=embedded:all-minilm-l6-v2", "--set model.source: a resumed run keeps its base model"),
+        ("objective={name: dpo}", "--set objective: a resumed run keeps its objective"),
+    ],
+    ids=["rank", "method", "model", "objective"],
+)
+def test_a_resume_refuses_another_model_or_method_and_leaves_the_run_as_it_was(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--resume RUN --set method.r=16` failed after the model loaded (a tensor size mismatch), with the new rank
+    saved in the run's spec.yaml: every later plain resume failed the same way."""
+    from adapter_studio.cli import main
+    from adapter_studio.engine.spec import parse_spec
+
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        monkeypatch.setenv(name, value)  # what main() sets for its libraries, taken back after the test
+    run_dir = tmp_path / "lora-1"
+    run_dir.mkdir()
+    parse_spec({"model": {"source": "embedded:smollm2-135m-instruct"}, "data": {"path": str(tmp_path / "d.jsonl")},
+                "method": {"name": "lora", "r": 8, "init": "default"}}).save(run_dir / "spec.yaml")  # fmt: skip
+    before = (run_dir / "spec.yaml").read_bytes()
+    assert main(["train", "--resume", str(run_dir), "--set", override, "--set", "training.max_steps=9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}"), err
+    assert err.rstrip().endswith(f"adapter-studio train {run_dir}/spec.yaml --set {override}")
+    assert (run_dir / "spec.yaml").read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["spec.yaml"]

@@ -259,6 +259,22 @@ def test_a_resume_keeps_the_label_names_its_head_was_trained_with(
               resume_dir=first.run_dir)  # fmt: skip
 
 
+def test_a_resume_given_another_method_is_refused_before_anything_is_written(
+    tiny_llama: Path, alpaca_jsonl: Path, make_spec: Spec, tmp_path: Path
+) -> None:
+    """The window and the API resume with a spec too: another rank failed after the model loaded, saved."""
+    spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "r": 4})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    spec.save(folder / "spec.yaml")
+    before = (folder / "spec.yaml").read_bytes()
+    other = spec.model_copy(update={"method": spec.method.model_copy(update={"r": 16})})
+    with pytest.raises(UserError, match=r"^method: a resumed run keeps its method and the method's settings \(method "
+                                        r"lora\) — train a new run to change it \(Clone on the Runs page\)$"):
+        run(other, resume_dir=folder)
+    assert (folder / "spec.yaml").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["spec.yaml"]
+
+
 def test_tokenising_says_how_far_it_is(tiny_llama: Path, make_spec: Spec, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Tokenising 300,000 rows said nothing for four minutes: its stage reports the share done, at most every

@@ -203,3 +203,57 @@ def test_params_refuses_true_false_for_a_method_number(tiny_llama: Path) -> None
     with pytest.raises(UserError) as caught:  # it counted r=1 (305,280 trainable), unsaid
         estimate_table(str(tiny_llama), "lora", ["method.r=yes"])
     assert caught.value.message.startswith("--set: method.r: true/false is not a number")
+
+
+def test_another_method_set_on_a_spec_leaves_the_first_ones_fields_behind(tmp_path: Path) -> None:
+    """A run's saved spec lists every LoRA field; `--set method.name=dora` on it refused LoRA's `init` as an unknown
+    key of the file (a line the app wrote). A field --set gives is still checked against the new method."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "method: {name: lora, r: 4, init: pissa}\n", encoding="utf-8")
+    spec = load_spec_file(path, ["method.name=dora"])
+    assert (spec.method.name, spec.method.r) == ("dora", 4)
+    with pytest.raises(UserError, match=r"unknown key 'method\.init'"):
+        load_spec_file(path, ["method.name=dora", "method.init=pissa"])
+
+
+@pytest.mark.parametrize(
+    ("file", "overrides", "field", "expected"),
+    [
+        ("", ["data.template=Q: {instruction}"], "data.template", "Q: {instruction}"),  # YAML: {'Q': {...}}
+        ("", ["data.system_prompt=#1 rule: be brief"], "data.system_prompt", "#1 rule: be brief"),  # a comment
+        ("", ["data.system_prompt=- be brief"], "data.system_prompt", "- be brief"),  # a list of one
+        ("", ["method.target_modules=[q_proj, v_proj]"], "method.target_modules", ["q_proj", "v_proj"]),
+        ("training: {machines: 2}\n", ["training.machines.rank=1"], "training.machines.count", 2),  # it was lost
+        ("", ["training.machines=3", "training.machines.rank=2"], "training.machines.count", 3),
+        ("", ["training.machines.hosts=a,b"], "training.machines.hosts", ["a", "b"]),  # as list fields take them
+    ],
+    ids=["template", "hash", "dash", "list", "machines count kept", "count set first", "hosts comma list"],
+)
+def test_set_values_read_as_a_person_means_them(file: str, overrides: list[str], field: str, expected: object,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + file, encoding="utf-8")
+    value: object = load_spec_file(path, overrides)
+    for part in field.split("."):
+        value = getattr(value, part)
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("method.target_modules=[q_proj, v_proj",
+         "--set method.target_modules: the list is not closed ([q_proj, v_proj) — end it with ], e.g. --set "
+         "'method.target_modules=[a, b]'"),
+        ("data.columns={instruction: q", "--set data.columns: the mapping is not closed ({instruction: q) — end it "
+                                         "with }, or give each entry as --set data.columns.NAME=VALUE"),
+    ],
+    ids=["list", "mapping"],
+)
+def test_a_set_value_left_open_is_said(override: str, message: str, tmp_path: Path) -> None:
+    """`[q_proj, v_proj` (the ] lost) trained v_proj alone: read as the names '[q_proj' and 'v_proj'."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD, encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        load_spec_file(path, [override])
+    assert caught.value.message == message

@@ -17,6 +17,7 @@ from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training.devices import process_rank
 from adapter_studio.engine.training.preflight import check_inputs
+from adapter_studio.engine.training.resume_rules import check_kept
 from adapter_studio.engine.training.session import TrainingSession
 from adapter_studio.engine.training.speed import SpeedOptions
 
@@ -65,9 +66,7 @@ def run(
                 emit(Log(level="info", message=f"{folder.name} already completed its {summary.steps} steps: nothing "
                          "to resume (to train it longer, give it more: --set training.max_steps=N)"))  # fmt: skip
             return RunResult("completed", folder, summary.steps, None)
-        if spec.data.label_names != saved.data.label_names:  # the head's rows are numbered by the names
-            raise UserError("a resumed run keeps the label names its classifier head was trained with",
-                            where="data.label_names", fix="train a new run to name its labels otherwise")
+        check_kept(spec, saved)  # before anything is written: the run stays as it was
     elif spec is None:
         raise UserError("nothing to run: give a spec or a run folder to resume")
     elif run_dir is not None:

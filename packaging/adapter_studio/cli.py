@@ -168,6 +168,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved = Path(args.resume) / "spec.yaml"
         if not saved.exists():
             raise UserError(f"{args.resume} is not a run folder (no spec.yaml)", where="--resume")
+        from adapter_studio.engine.training.resume_rules import refuse_kept_overrides
+
+        refuse_kept_overrides(args.overrides or [], load_spec_file(saved), str(saved))
         spec = load_spec_file(saved, args.overrides)
     else:
         spec = load_spec_file(args.spec, args.overrides)
