@@ -120,3 +120,26 @@ def test_a_checkpoint_is_named_with_its_step(tmp_path: Path, folder: str, state:
     if state is not None:
         (path / checkpoints.STATE).write_text(state)
     assert checkpoints.checkpoint_label(path) == label
+
+
+def test_8bit_adamw_state_whose_tensors_share_memory_is_saved_and_restored(tmp_path: Path) -> None:
+    """bitsandbytes gives every parameter's state the same quantisation maps: safetensors refused them ("Some
+    tensors share memory"), so 8-bit AdamW on SmolLM2 failed at its first checkpoint (layers of ≥ 4,096 weights
+    only: the tiny models' are smaller)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 128))  # two 8-bit states
+    optimizer = bnb.optim.AdamW8bit(layers.parameters(), lr=0.01)
+    layers(torch.randn(4, 128)).square().sum().backward()
+    optimizer.step()
+    tensors, info = checkpoints._split_state(optimizer.state_dict())
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    restored = checkpoints._join_state(load_file(str(tmp_path / "optimizer.safetensors")), info)
+    compared = 0
+    for index, values in optimizer.state_dict()["state"].items():
+        for key, value in values.get("__bnb_optimizer_quant_state__", {}).items():
+            assert torch.equal(restored["state"][index]["__bnb_optimizer_quant_state__"][key], value), key
+            compared += 1
+    assert compared == 2 * 6 + 2 * 2  # the weights' states, maps and scales; the biases' plain moments

@@ -281,16 +281,27 @@ def _split_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[s
     quantised moments under `__bnb_optimizer_quant_state__`): those go by `index.key.inner`."""
     import torch
 
-    tensors, per_param = {}, {}
+    tensors, per_param, seen = {}, {}, set()
+
+    def own(tensor: torch.Tensor) -> torch.Tensor:
+        # safetensors refuses tensors that share memory: bitsandbytes gives every parameter's state the same
+        # quantisation maps (qmap1, qmap2), so 8-bit AdamW on a real model failed at its first checkpoint.
+        tensor = tensor.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen:
+            return tensor.clone()
+        seen.add(storage)
+        return tensor
+
     for index, values in state["state"].items():
         plain, names, nested = {}, [], {}
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+                tensors[f"{index}.{key}"] = own(value)
                 names.append(key)
             elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
                 for inner, tensor in value.items():
-                    tensors[f"{index}.{key}.{inner}"] = tensor.detach().contiguous().cpu()
+                    tensors[f"{index}.{key}.{inner}"] = own(tensor)
                 nested[key] = list(value)
             else:
                 plain[key] = value
