@@ -93,6 +93,20 @@ def test_stop_on_machine_0_reaches_machine_1(tmp_path, tiny_llama, alpaca_jsonl)
     assert list((run.path / "checkpoints").glob("step-*"))
 
 
+def test_machine_0_says_it_waits_and_a_stop_before_the_others_join_is_a_cancel(  # type: ignore[no-untyped-def]
+    tmp_path, tiny_llama, alpaca_jsonl
+) -> None:
+    """It waited for the rendezvous without a word; stopped then, it said "a training process ended without
+    finishing the run" and exited 1 (the contract: a stop exits 130)."""
+    main = machine(spec_file(tmp_path, tiny_llama, alpaca_jsonl, tmp_path / "runs"), 0, free_port())
+    first = main.stdout.readline()  # type: ignore[union-attr]
+    assert first.startswith("machine 0 of 2: waiting for machines 1 … 1 to join at 127.0.0.1:"), first
+    main.send_signal(signal.SIGTERM)
+    out, _ = main.communicate(timeout=120)
+    assert main.returncode == 130, out[-2000:]
+    assert out.rstrip().endswith("stopped before the run started: nothing was trained")
+
+
 @pytest.mark.parametrize(
     ("given", "expected"),
     [

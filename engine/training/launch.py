@@ -32,6 +32,9 @@ def launch_command(
     env = dict(os.environ)
     machines = machines or MachinesSpec()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(devices * machines.count)]
+    # Each process sets its own precision and compiling (engine.training): said here only to keep accelerate's
+    # "values were not passed … defaults used instead" notice out of the person's output.
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     if machines.count > 1:
         # Every machine meets machine 0 at a fixed address and port (torchrun's static rendezvous).
         cmd += ["--num_machines", str(machines.count), "--machine_rank", str(machines.rank),
@@ -136,7 +139,11 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
         raise UserError("resuming a multi-device run is done with --devices 1 or from the window", where="--resume")
     spec = load_spec_file(args.spec, args.overrides)
     proc, run_dir = start_multi(spec, devices)
-    stopping = False
+    machines, stopping = spec.training.machines, False
+    if machines.count > 1 and machines.rank == 0:  # the rendezvous waits for them, silently, for minutes
+        print(f"machine 0 of {machines.count}: waiting for machines 1 … {machines.count - 1} to join at "
+              f"{machines.main_address}:{machines.main_port} (on each, the same spec with --set "
+              "training.machines.rank=N)", flush=True)  # fmt: skip
 
     def forward(signum: int, frame: Any) -> None:
         nonlocal stopping
@@ -164,6 +171,9 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
     if getattr(args, "quiet", False) and finished:
         print(f"finished {status} at step {finished[-1].step}{f': {finished[-1].error}' if finished[-1].error else ''}",
               flush=True)  # fmt: skip
+    if stopping and not finished:  # stopped before the run began (the other machines had not joined)
+        print("stopped before the run started: nothing was trained", flush=True)
+        return 130
     if status == "failed":
         reason = finished[-1].error if finished and finished[-1].error else _last_exception(failing)
         print(f"error: {reason} (every process's output: {run_dir / LAUNCHER_LOG})", file=sys.stderr, flush=True)
