@@ -388,3 +388,28 @@ def test_adalora_held_out_loss_leaves_out_its_penalty(model: str, trained: Calla
     model's (peft adds the orthogonality penalty to the model's loss, about 1.7 here at the start)."""
     assert trained("adalora", model).evals[0].eval_loss == pytest.approx(trained("lora", model).evals[0].eval_loss,
                                                                         rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "words"),
+    [
+        ({"name": "lora", "target_modules": ["q_proj", "vv_proj"]}, ("this model has no layer named vv_proj",)),
+        ({"name": "ia3", "feedforward_modules": ["o_proj"]},
+         ("o_proj is not among the target modules (k_proj, v_proj, down_proj)", "method.feedforward_modules")),
+    ],
+    ids=["a name among known ones", "ia3 feed-forward outside its default targets"],
+)
+def test_a_layer_name_the_model_lacks_is_refused_not_dropped(
+    method: dict[str, Any], words: tuple[str, ...], tiny_llama: Path, alpaca_jsonl: Path, make_spec: Callable[..., Any]
+) -> None:
+    """q_proj,vv_proj trained q_proj alone, unsaid; IA3's feed-forward layer outside its targets failed in peft."""
+    events: list[Event] = []
+    result = run(make_spec(tiny_llama, alpaca_jsonl, method, max_steps=1), events.append)
+    _assert_refused(TrainedRun(result.status, result.error, result.run_dir, events), words)
+
+
+def test_targets_may_name_a_layer_by_its_path_or_the_output_head(tiny_llama: Path, alpaca_jsonl: Path,
+                                                                 make_spec: Callable[..., Any]) -> None:  # fmt: skip
+    method = {"name": "lora", "target_modules": ["self_attn.q_proj", "lm_head"]}
+    result = run(make_spec(tiny_llama, alpaca_jsonl, method, max_steps=1, eval_samples=0))
+    assert result.status == "completed", result.error

@@ -36,10 +36,13 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: }}"), "data.label_names: each label needs a name"),
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: [World]}"),
          "spec.yaml:2: data.label_names holds entries, not ['World'] — give them as a 'key: value' line each"),
+        (HEAD + "method: {name: ia3, target_modules: [k_proj], feedforward_modules: [down_proj]}\n",
+         "spec.yaml:3: method.feedforward_modules: down_proj is not among the target modules (k_proj)"),
     ],
     ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
          "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
-         "training twice", "a name twice", "a label without a name", "a list of names"],
+         "training twice", "a name twice", "a label without a name", "a list of names",
+         "ia3 feed-forward outside its targets"],
 )
 def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods.base import MethodContext
 from adapter_studio.engine.methods.peft_base import PeftMethod, peft_task_type
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from adapter_studio.engine.models.info import ModelInfo
@@ -95,6 +95,22 @@ class IA3(PeftMethod):
             feedforward = [m for m in known if m in targets]
         return self.model_copy(update={"target_modules": list(targets), "feedforward_modules": list(feedforward)})
 
+    @field_validator("feedforward_modules")
+    @classmethod
+    def _feedforward_among_targets(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        targets = info.data.get("target_modules")
+        outside = _outside(targets, value or []) if targets else None
+        if outside:  # said with the spec's line; with the default targets, by check() once they are known
+            raise ValueError(outside)
+        return value
+
+    def check(self, info: ModelInfo, training: TrainingSpec) -> None:
+        super().check(info, training)
+        filled = self.fill_defaults(info)
+        outside = _outside(filled.target_modules or [], filled.feedforward_modules or [])
+        if outside:  # peft said "`feedforward_modules` should be a subset of `target_modules`" after the model loaded
+            raise UserError(outside, where="method.feedforward_modules", fix=FEEDFORWARD_FIX)
+
     def peft_config(self, ctx: MethodContext) -> Any:
         from peft import IA3Config
 
@@ -104,3 +120,12 @@ class IA3(PeftMethod):
             target_modules=filled.target_modules,
             feedforward_modules=filled.feedforward_modules,
         )
+
+
+FEEDFORWARD_FIX = "add it to method.target_modules, or take it out of method.feedforward_modules"
+
+
+def _outside(targets: list[str], feedforward: list[str]) -> str | None:
+    outside = [m for m in feedforward if m not in targets]
+    verb = "is" if len(outside) == 1 else "are"
+    return f"{', '.join(outside)} {verb} not among the target modules ({', '.join(targets)})" if outside else None

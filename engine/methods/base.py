@@ -132,9 +132,13 @@ class MethodSpec(BaseModel):
         # peft matches a target by the end of a module's name and fails only deep inside, with the names
         # it looked for: say here which layer names this model has.
         names, kind = (info.norm_names, "norm") if self.target_kind == "norms" else (info.linear_names, "linear")
-        if isinstance(targets, list) and targets and names and not set(targets) & set(names):
+        # A name among known ones was dropped unsaid (q_proj,vv_proj trained q_proj alone). peft also takes a
+        # module's path (self_attn.q_proj: its last part is the layer's name) and the output head.
+        known = {*names, *(info.head_names if kind == "linear" else [])}
+        unknown = [t for t in targets or [] if isinstance(t, str) and t.rsplit(".", 1)[-1] not in known]
+        if isinstance(targets, list) and unknown and names:
             raise UserError(
-                f"this model has no layer named {', '.join(targets)}",
+                f"this model has no layer named {', '.join(unknown)}",
                 where="method.target_modules",
                 fix=f"pick from its {kind} layers: {', '.join(names)}",
             )
