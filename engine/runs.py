@@ -35,6 +35,17 @@ def is_one_folder_name(name: str) -> bool:
     return name.strip() not in (".", "..") and not any(c in name for c in "/\\:")  # "D:x" is a drive on Windows
 
 
+RUN_FOLDER_FIX = "give a run folder (`adapter-studio runs` lists them)"
+
+
+def require_run_folder(folder: Path, where: str, fix: str = RUN_FOLDER_FIX) -> None:
+    """A UserError saying why `folder` is not a run folder: not there, a file, or a folder without a spec.yaml."""
+    if (folder / "spec.yaml").is_file():
+        return
+    why = "does not exist" if not folder.exists() else "is a file" if not folder.is_dir() else "has no spec.yaml"
+    raise UserError(f"{folder} is not a run folder: it {why}", where=where, fix=fix)
+
+
 def new_run_dir(output_dir: str, name: str | None, method: str) -> Path:
     if name and not is_one_folder_name(name):  # also for names not read through a spec (combine --name)
         raise UserError(NOT_ONE_FOLDER, where="name", fix="give a plain name such as my-run")

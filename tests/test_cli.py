@@ -371,3 +371,23 @@ def test_a_resume_refuses_another_model_or_method_and_leaves_the_run_as_it_was(
     assert err.startswith(f"error: {message}"), err
     assert err.rstrip().endswith(f"adapter-studio train {run_dir}/spec.yaml --set {override}")
     assert (run_dir / "spec.yaml").read_bytes() == before and sorted(p.name for p in run_dir.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("gone", "does not exist"), ("notes.txt", "is a file"), ("", "has no spec.yaml")],
+    ids=["missing", "a file", "a folder without a spec"],
+)
+def test_resume_of_something_that_is_not_a_run_says_why(
+    name: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "… is not a run folder (no spec.yaml)" of a path that did not exist, with nothing to do."""
+    from adapter_studio.cli import main
+
+    for variable, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        monkeypatch.setenv(variable, value)
+    (tmp_path / "notes.txt").write_text("not a run\n")
+    folder = tmp_path / name if name else tmp_path
+    assert main(["train", "--resume", str(folder)]) == 2
+    assert capsys.readouterr().err == (f"error: --resume: {folder} is not a run folder: it {why} — give a run folder "
+                                       "(`adapter-studio runs` lists them)\n")  # fmt: skip

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Started, iter_events
+from adapter_studio.engine.runs import require_run_folder
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training import checkpoints as ckpt
 
@@ -27,8 +28,7 @@ class TrainedModel:
 
 
 def run_spec(run_dir: Path) -> RunSpec:
-    if not (run_dir / "spec.yaml").exists():
-        raise UserError(f"{run_dir} is not a run folder (no spec.yaml)", where="run folder", fix="pick a run folder")
+    require_run_folder(run_dir, "run folder")
     return load_spec_file(run_dir / "spec.yaml")
 
 

@@ -105,10 +105,10 @@ def _title(name: str) -> str:
 def _run_settings(run: Path) -> tuple[str, dict[str, Any]]:
     """A run's base model and method fields, from its spec.yaml (read here: engine.spec imports this package)."""
     import yaml
+    from adapter_studio.engine.runs import require_run_folder
 
+    require_run_folder(run, "method.runs", fix="pick run folders")
     file = run / "spec.yaml"
-    if not file.is_file():
-        raise UserError(f"{run} is not a run folder (no spec.yaml)", where="method.runs", fix="pick run folders")
     saved = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     return str((saved.get("model") or {}).get("source")), dict(saved.get("method") or {})
 

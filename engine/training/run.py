@@ -13,7 +13,7 @@ from pathlib import Path
 
 from adapter_studio.engine.errors import ResumeRefused, UserError
 from adapter_studio.engine.events import Emit, Event, EventLog, Log
-from adapter_studio.engine.runs import RunLock, new_run_dir, summarize_run
+from adapter_studio.engine.runs import RunLock, new_run_dir, require_run_folder, summarize_run
 from adapter_studio.engine.spec import RunSpec, load_spec_file
 from adapter_studio.engine.training.devices import process_rank
 from adapter_studio.engine.training.preflight import check_inputs
@@ -51,8 +51,7 @@ def run(
     stop_event = stop_event or threading.Event()
     if resume_dir is not None:
         folder = Path(resume_dir)
-        if not (folder / "spec.yaml").exists():
-            raise UserError(f"{folder} is not a run folder (no spec.yaml)", where="--resume")
+        require_run_folder(folder, "--resume")
         # A spec given with a resume (e.g. a longer max_steps) replaces the saved one.
         saved = load_spec_file(folder / "spec.yaml")
         spec = spec or saved

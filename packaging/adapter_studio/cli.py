@@ -165,9 +165,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"must be at least 1 (got {args.devices})", where="--devices")
     devices = args.devices
     if args.resume:
+        from adapter_studio.engine.runs import require_run_folder
+
+        require_run_folder(Path(args.resume), "--resume")
         saved = Path(args.resume) / "spec.yaml"
-        if not saved.exists():
-            raise UserError(f"{args.resume} is not a run folder (no spec.yaml)", where="--resume")
         from adapter_studio.engine.training.resume_rules import refuse_kept_overrides
 
         refuse_kept_overrides(args.overrides or [], load_spec_file(saved), str(saved))
