@@ -308,10 +308,14 @@ class RunSpec(SpecSection):
 
 def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
     """Read a YAML spec, apply `--set` overrides, validate; errors name file, line and field."""
+    from adapter_studio.engine.data.files import path_list
+
     path = Path(path)
     data, text = read_spec_yaml(path)
     data = expand_shorthands(data)
     base = path.parent
+    if isinstance(data.get("data"), dict) and isinstance(data["data"].get("path"), str):  # `a.jsonl, b.jsonl`
+        data["data"]["path"] = path_list(data["data"]["path"], base)
     for section, key in (("model", "source"), ("data", "path"), ("data", "eval_path")):
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, list):  # data.path may list files
@@ -320,6 +324,8 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> RunS
             data[section][key] = _from_spec_folder(value, base, section)
     apply_overrides(data, overrides or [])
     overridden = frozenset(item.split("=", 1)[0].strip() for item in overrides or [])
+    if "data.path" in overridden and isinstance(data["data"].get("path"), str):
+        data["data"]["path"] = path_list(data["data"]["path"])
     drop_the_other_kinds_fields(data, overridden)
     return parse_spec(data, origin=str(path), text=text, overridden=overridden)
 

@@ -295,6 +295,20 @@ def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls,
     assert "&lt;pos&gt;" in page.summary.text()  # the data's text, not markup
 
 
+def test_a_file_named_with_a_comma_is_one_file_and_a_comma_list_several(tiny_llama, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The page split every path at its commas: a file named `a,b.jsonl` could not be loaded."""
+    page = choose_model(window, qtbot, tiny_llama)
+    for name in ("a,b.jsonl", "c.jsonl"):
+        (tmp_path / name).write_text('{"instruction": "x", "output": "y"}\n' * 10, encoding="utf-8")
+    for typed, read in ((str(tmp_path / "a,b.jsonl"), str(tmp_path / "a,b.jsonl")),
+                        (f"{tmp_path / 'a,b.jsonl'}, {tmp_path / 'c.jsonl'}",
+                         [str(tmp_path / "a,b.jsonl"), str(tmp_path / "c.jsonl")])):  # fmt: skip
+        open_data(page, qtbot, typed)
+        qtbot.waitUntil(lambda read=read: window.state.data is not None and window.state.data.path == read,
+                        timeout=30_000)  # fmt: skip
+        assert page.preview is not None and "not found" not in page.summary.text()
+
+
 def test_the_pages_token_count_is_the_runs_tokenised_data(window, qtbot, tiny_llama, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The page counted under its own cache key (no task, the format left to detect, seed 0): 300,000 rows were
     tokenised for the count, then again when the run started."""

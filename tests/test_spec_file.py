@@ -260,3 +260,17 @@ def test_a_set_value_left_open_is_said(override: str, message: str, tmp_path: Pa
     with pytest.raises(UserError) as caught:
         load_spec_file(path, [override])
     assert caught.value.message == message
+
+
+def test_data_path_takes_files_separated_by_commas_unless_one_file_has_that_name(tmp_path: Path) -> None:
+    """The Data page took `a.jsonl, b.jsonl` as two files and the spec and --set as one missing file; the page
+    could not load a file named `a,b.jsonl` at all."""
+    for name in ("a.jsonl", "b.jsonl", "c,d.jsonl"):
+        (tmp_path / name).write_text('{"instruction": "x", "output": "y"}\n')
+    path = tmp_path / "spec.yaml"
+    path.write_text("model: /m\ndata: {path: 'a.jsonl, b.jsonl'}\n", encoding="utf-8")
+    assert load_spec_file(path).data.path == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]  # beside it
+    assert load_spec_file(path, [f"data.path={tmp_path}/a.jsonl,{tmp_path}/b.jsonl"]).data.path == [
+        f"{tmp_path}/a.jsonl", f"{tmp_path}/b.jsonl"]  # fmt: skip
+    path.write_text("model: /m\ndata: {path: 'c,d.jsonl'}\n", encoding="utf-8")
+    assert load_spec_file(path).data.path == str(tmp_path / "c,d.jsonl")

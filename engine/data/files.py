@@ -223,6 +223,26 @@ def local_path(text: str) -> Path:
     return literal if literal.exists() else Path(os.path.expandvars(text)).expanduser()
 
 
+def path_list(text: str, base: Path | None = None) -> str | list[str]:
+    """data.path as typed in one line: files separated by commas (`a.jsonl, b.jsonl`), a name with a comma in it
+    kept whole where such a file exists (`a,b.jsonl`), here or beside `base` (a spec file's folder)."""
+
+    def exists(part: str) -> bool:
+        return local_path(part).exists() or (base is not None and (base / part).exists())
+
+    whole = text.strip()
+    if "," not in whole or exists(whole):
+        return whole
+    parts, pending = [], ""
+    for piece in whole.split(","):
+        pending = f"{pending},{piece}" if pending else piece
+        if exists(pending.strip()):
+            parts.append(pending.strip())
+            pending = ""
+    parts += [p.strip() for p in pending.split(",") if p.strip()]  # not found: each named in the error
+    return parts[0] if len(parts) == 1 else parts
+
+
 def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
     """The files (and saved data set folders) that data.path (or `field`) names, in reading order."""
     out: list[Path] = []

@@ -16,6 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 import shiboken6
 from adapter_studio.engine.data.examples import SHOWN_ROWS, check_label_names, held_out_count
+from adapter_studio.engine.data.files import path_list
 from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.defaults import task_of
@@ -257,8 +258,7 @@ class DataPage(Page):
         self._load(data)
 
     def _paths(self) -> str | list[str]:
-        parts = [p.strip() for p in self.path.text().split(",") if p.strip()]
-        return parts[0] if len(parts) == 1 else parts
+        return path_list(self.path.text())
 
     def _mapping(self) -> dict[str, str]:
         return {role: combo.currentText() for role, combo in self.combos.items() if combo.currentText() != NO_COLUMN}
