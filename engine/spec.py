@@ -250,6 +250,8 @@ def expand_shorthands(data: Any) -> Any:
             data = {**data, key: {field: value}}
     for key, (registry, default) in TAGGED.items():
         section = data.get(key)
+        if section is None and key in data:  # `method:` with nothing under it: the default, as `training:` is
+            data = {k: v for k, v in data.items() if k != key}
         if isinstance(section, dict):
             name = section.get("name")
             plain = as_tag(name) if isinstance(name, str) else None

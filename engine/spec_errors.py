@@ -120,16 +120,20 @@ def explain(error: ValidationError, data: dict[str, Any], origin: str, text: str
     got = first.get("input")
     if first["type"] in ("model_type", "model_attributes_type", "dict_type"):
         keys = _valid_keys([*path, ""], data, root)
-        if not keys:  # a mapping of the person's own keys (data.label_names, data.columns)
-            entry = f"--set {dotted}.KEY=VALUE for each" if origin == "--set" else "a 'key: value' line each under it"
-            return UserError(f"{dotted} holds entries, not {got!r}", where=where, fix=f"give them as {entry}")
-        return UserError(f"{dotted} holds settings, a 'key: value' line each under it, not {got!r}", where=where,
-                         fix=f"write its settings under it ({', '.join(keys[:4])}, …)")  # fmt: skip
+        # A list (`- max_steps: 1`) or nothing under the key, said as written, not as Python's [{…}] or None.
+        given = repr(got) if not isinstance(got, list) else "a list" if origin == "--set" else \
+            "a list ('- ' before its lines)"  # fmt: skip
+        what = "entries" if not keys else "settings"  # a mapping of the person's own keys (data.label_names)
+        named = f" ({', '.join(keys[:4])}, …)" if keys else ""
+        each = f"--set {dotted}.KEY=VALUE for each{named}" if origin == "--set" else \
+            f"a 'key: value' line each under it{named}"  # fmt: skip
+        return UserError(f"{dotted} holds {what}, not {given}", where=where, fix=f"give them as {each}")
     # A union field fails once per member: say what each would have taken ("greater than 0 or 'auto'").
     wanted = [sentence_case(e["msg"]) for e in errors if _field_path(e["loc"], data) == path]
     what = " or ".join(dict.fromkeys(wanted))
     place = "the --set value" if origin == "--set" else "the spec"
-    return UserError(f"{dotted}: {what} (got {got!r})", where=where, fix=f"change {dotted} in {place}")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"  # a section's own check: its message names the values
+    return UserError(f"{dotted}: {what}{shown}", where=where, fix=f"change {dotted} in {place}")
 
 
 def sentence_case(message: str) -> str:

@@ -25,7 +25,8 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
         ("Model: {source: /m}\ndata: d.jsonl\n", "spec.yaml:1: unknown key 'Model' — did you mean model?"),
         (HEAD + "method: {name: LoRA++}\n", "unknown method 'LoRA++' — did you mean lora"),
         (HEAD + "training: {machines: two}\n",
-         "spec.yaml:3: training.machines holds settings, a 'key: value' line each under it, not 'two'"),
+         "spec.yaml:3: training.machines holds settings, not 'two' — give them as a 'key: value' line each under it "
+         "(count, rank, main_address, main_port, …)"),
         (HEAD + "name: ../elsewhere\n", "spec.yaml:3: name: a run folder's name, not a path"),
         (HEAD + "name: /tmp/elsewhere\n", "name: a run folder's name, not a path"),
         (HEAD + "output_dir: ''\n", "output_dir: empty: name the folder that holds the run folders"),
@@ -35,14 +36,17 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
          "spec.yaml:2: data.label_names: two labels named 'World': they would be one class"),
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: {1: }}"), "data.label_names: each label needs a name"),
         (HEAD.replace("d.jsonl}", "d.jsonl, label_names: [World]}"),
-         "spec.yaml:2: data.label_names holds entries, not ['World'] — give them as a 'key: value' line each"),
+         "spec.yaml:2: data.label_names holds entries, not a list ('- ' before its lines) — give them as a 'key: "
+         "value' line each under it"),
+        (HEAD + "training:\n- max_steps: 1\n", "spec.yaml:3: training holds settings, not a list ('- ' before its "
+                                               "lines) — give them as a 'key: value' line each under it (max_steps,"),
         (HEAD + "method: {name: ia3, target_modules: [k_proj], feedforward_modules: [down_proj]}\n",
          "spec.yaml:3: method.feedforward_modules: down_proj is not among the target modules (k_proj)"),
     ],
     ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
          "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
          "training twice", "a name twice", "a label without a name", "a list of names",
-         "ia3 feed-forward outside its targets"],
+         "a section as a list", "ia3 feed-forward outside its targets"],
 )
 def test_spec_mistakes_are_said_with_the_line_and_the_fix(text: str, message: str, tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
@@ -187,9 +191,11 @@ def test_a_bad_value_given_with_set_is_blamed_on_set_not_the_files_line(tmp_path
         (["data.label_names.1=yes"], "--set: data.label_names: a name read as true/false"),
         (["data.label_names.1=[x]"], "--set: data.label_names: each label needs a name (text)"),
         (["data.label_names=[a]"],
-         "--set: data.label_names holds entries, not ['a'] — give them as --set data.label_names.KEY=VALUE for each"),
+         "--set: data.label_names holds entries, not a list — give them as --set data.label_names.KEY=VALUE for each"),
+        (["training=5"], "--set: training holds settings, not 5 — give them as --set training.KEY=VALUE for each "
+                         "(max_steps, epochs, batch_size, gradient_accumulation, …)"),
     ],
-    ids=["yes for a name", "a list for a name", "a list for the names"],
+    ids=["yes for a name", "a list for a name", "a list for the names", "a number for a section"],
 )
 def test_an_entry_set_below_a_field_is_blamed_on_set(overrides: list[str], message: str, tmp_path: Path) -> None:
     """`--set data.label_names.1=yes` fails as data.label_names: it was blamed on the file's `data:` line."""
@@ -274,3 +280,11 @@ def test_data_path_takes_files_separated_by_commas_unless_one_file_has_that_name
         f"{tmp_path}/a.jsonl", f"{tmp_path}/b.jsonl"]  # fmt: skip
     path.write_text("model: /m\ndata: {path: 'c,d.jsonl'}\n", encoding="utf-8")
     assert load_spec_file(path).data.path == str(tmp_path / "c,d.jsonl")
+
+
+def test_an_empty_method_section_is_the_default_method(tmp_path: Path) -> None:
+    """`method:` with nothing under it was refused ("holds settings, … not None"), where `training:` is taken."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(HEAD + "method:\nobjective:\ntraining:\n", encoding="utf-8")
+    spec = load_spec_file(path)
+    assert (spec.method.name, spec.objective.name) == ("lora", "sft")

@@ -158,7 +158,7 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
     unknown = set(mapping) - set(roles_of(fmt))
     if unknown:
         raise UserError(
-            f"data.columns has roles {sorted(unknown)} that the {fmt} format does not use",
+            f"{', '.join(sorted(unknown))}: not {'a role' if len(unknown) == 1 else 'roles'} of the {fmt} format",
             where="data.columns",
             fix=f"{fmt} uses: {', '.join(roles_of(fmt))}",
         )
