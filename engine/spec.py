@@ -244,14 +244,14 @@ def expand_shorthands(data: Any) -> Any:
     method or objective name the default, and a name written as people write it (LoRA, p-tuning) the tag."""
     if not isinstance(data, dict):
         return data
+    # A section with nothing under it (`method:`) is left to its defaults; `model:` and `data:` are then missing.
+    data = {k: v for k, v in data.items() if not (v is None and k in ("model", "data", *TAGGED, "training"))}
     for key, field in SHORTHAND.items():
         value = data.get(key)
         if isinstance(value, str) or (key == "data" and isinstance(value, list)):
             data = {**data, key: {field: value}}
     for key, (registry, default) in TAGGED.items():
         section = data.get(key)
-        if section is None and key in data:  # `method:` with nothing under it: the default, as `training:` is
-            data = {k: v for k, v in data.items() if k != key}
         if isinstance(section, dict):
             name = section.get("name")
             plain = as_tag(name) if isinstance(name, str) else None

@@ -283,7 +283,7 @@ def test_data_path_takes_files_separated_by_commas_unless_one_file_has_that_name
 
 
 def test_an_empty_method_section_is_the_default_method(tmp_path: Path) -> None:
-    """`method:` with nothing under it was refused ("holds settings, … not None"), where `training:` is taken."""
+    """`method:` with nothing under it was refused: "method holds settings, … not None"."""
     path = tmp_path / "spec.yaml"
     path.write_text(HEAD + "method:\nobjective:\ntraining:\n", encoding="utf-8")
     spec = load_spec_file(path)
