@@ -1151,3 +1151,47 @@ def test_long_rows_are_tokenised_in_batches_of_bounded_characters_alike(
     whole = encoded()
     monkeypatch.setattr(tokenising, "ENCODE_CHARS", 50)  # a call a row or two
     assert encoded() == whole
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (None, ["a", "b", "\n", "c", "d"]),  # GPT-2, SmolLM2: nothing between them, "…HOMEJermain" in AG News
+        (("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"), ["[CLS]", "a", "b", "[SEP]", "c", "d", "[SEP]"]),
+    ],
+    ids=["no separator: a line break", "its own separator"],
+)
+def test_a_text_and_its_pair_are_read_apart(template: tuple[str, str] | None, expected: list[str]) -> None:
+    from adapter_studio.engine.data.text_pairs import pair_inputs
+    from conftest import char_tokenizer
+
+    tokenizer = char_tokenizer(["<pad>", "[CLS]", "[SEP]"], template=template, pad_token="<pad>")
+    for texts, pairs in (("ab", "cd"), (["ab"], ["cd"])):
+        text, pair = pair_inputs(tokenizer, texts, pairs)
+        ids = tokenizer(text, pair)["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(ids if isinstance(texts, str) else ids[0]) == expected
+    assert pair_inputs(tokenizer, "ab", None) == ("ab", None)
+
+
+@pytest.mark.parametrize(
+    ("counts", "share", "held"),
+    [
+        ({"World": 300, "Sports": 20}, None, {"World": 18, "Sports": 2}),  # it held out 16 World, no Sports
+        ({"a": 500, "b": 300, "c": 3, "d": 1}, 0.1, {"a": 49, "b": 30, "c": 1}),  # d's one row trains
+        ({"a": 2, "b": 2}, 0.5, {"a": 1, "b": 1}),
+        ({"a": 50, "b": 50, "c": 50}, 0.02, {"a": 1, "b": 1, "c": 1}),  # one each before the shares
+        ({"a": 98, "b": 2}, 0.01, {"a": 1}),  # too few to go round: by share
+    ],
+    ids=["rare label", "one row", "pairs", "one each", "too few to go round"],
+)
+def test_held_out_rows_to_classify_keep_each_labels_share(counts: dict[str, int], share: float | None,
+                                                          held: dict[str, int]) -> None:  # fmt: skip
+    from collections import Counter
+
+    from adapter_studio.engine.data.examples import held_out_count, held_out_mask
+
+    labels = [label for label, n in counts.items() for _ in range(n)]
+    for seed in range(3):
+        mask = held_out_mask(len(labels), share, seed, labels)
+        assert mask.sum() == held_out_count(len(labels), share)
+        assert Counter(label for label, h in zip(labels, mask, strict=True) if h) == held

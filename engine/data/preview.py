@@ -15,6 +15,7 @@ from adapter_studio.engine.data.preference import model_rows
 from adapter_studio.engine.data.prepare import Progress, prepare_data
 from adapter_studio.engine.data.rendering import CHAT_FORMATS, ChatRenderer, _render_pairs
 from adapter_studio.engine.data.shapes import Example, mapping_for_labels
+from adapter_studio.engine.data.text_pairs import pair_inputs
 from adapter_studio.engine.data.tokenising import TokenizedSet, tokenize_rendered
 from adapter_studio.engine.errors import UserError
 
@@ -158,7 +159,8 @@ def render_tokens(spec: DataSpec, example: Example, fmt: str, tokenizer: Any) ->
         if fmt == "text":
             ids = tokenizer(example.text, add_special_tokens=True)["input_ids"][:max_length]
         else:  # a text and its pair as training encodes them: [CLS] title [SEP] description [SEP]
-            ids = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)["input_ids"]
+            text, pair = pair_inputs(tokenizer, example.text, example.text_pair)
+            ids = tokenizer(text, pair, truncation=True, max_length=max_length)["input_ids"]
         pieces = [(piece, fmt == "text") for piece in token_pieces(tokenizer, ids)]
         # A classifier learns no token of its row but the row's label: that is what is marked.
         return pieces if fmt == "text" else [*pieces, (f"\n→ label: {example.label}", True)]

@@ -14,6 +14,7 @@ from typing import Any, overload
 import numpy as np
 from adapter_studio.engine.data.rendering import Rendered
 from adapter_studio.engine.data.shapes import Example
+from adapter_studio.engine.data.text_pairs import pair_inputs
 
 IGNORE = -100
 
@@ -265,6 +266,7 @@ def _encode_classification(examples: list[Example], tokenizer: Any, max_length: 
 def _encode_labelled_batch(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[_Encoded, np.ndarray]:
     texts = [e.text for e in examples]
     pairs = [e.text_pair or "" for e in examples] if any(e.text_pair is not None for e in examples) else None
+    texts, pairs = pair_inputs(tokenizer, texts, pairs)
     lists = tokenizer(texts, pairs)["input_ids"]
     full = np.fromiter(map(len, lists), np.int64, len(lists))
     long = np.flatnonzero(full > max_length).tolist()

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.data.text_pairs import pair_inputs
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -103,6 +105,7 @@ def generate_greedy(
 def _encode(tokenizer: Any, texts: list[Any], max_length: int, device: str) -> dict[str, torch.Tensor]:
     first = [t[0] for t in texts]
     pairs = [t[1] or "" for t in texts] if any(t[1] is not None for t in texts) else None
+    first, pairs = pair_inputs(tokenizer, first, pairs)
     enc = tokenizer(first, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items()}
 

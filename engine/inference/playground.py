@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from adapter_studio.engine.data.examples import load_examples, split_examples
 from adapter_studio.engine.data.rendering import TEMPLATED_FORMATS, ChatRenderer
+from adapter_studio.engine.data.text_pairs import pair_inputs
 from adapter_studio.engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -260,6 +261,7 @@ class Playground:
             raise UserError("this run trained a text generator, not a classifier", where="Try",
                             fix="generate an answer instead")  # fmt: skip
         max_length = self.spec.data.max_length or 512
+        text, text_pair = pair_inputs(self.tokenizer, text, text_pair)
         enc = self.tokenizer(text, text_pair, truncation=True, max_length=max_length,
                              return_tensors="pt").to(self.device)  # fmt: skip
         id2label = self.tuned.model.config.id2label
