@@ -824,3 +824,21 @@ def test_soft_prompt_models_answer_one_row_at_a_time_only_with_the_adapter_on(ti
                               PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4))  # fmt: skip
     assert batch_size_for(prompted, 16) == 1
     assert batch_size_for(prompted, 16, adapter_on=False) == 16
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected", "share"),
+    [
+        (["She has 3 + 4 = 7 apples.\n#### 7", "#### 12", "so 5"], ["3+4=7\n#### 7", "#### 11", "#### 5"], 2 / 3),
+        (["39", "so 74 - 35 = 39.", "40"], ["39", "39.0", "39"], 2 / 3),  # SVAMP's numbers: the last one read
+        (["2021-03-14", "2021-03-15"], ["2021-03-14", "2021-03-14"], 1 / 2),  # text: as Evaluate normalises it
+    ],
+    ids=["gsm8k final number", "numbers", "text"],
+)
+def test_training_exact_match_reads_answers_as_evaluate_does(answers: list[str], expected: list[str],
+                                                             share: float) -> None:  # fmt: skip
+    """Training's held-out exact match compared whole texts: GSM8K answers scored 0 in the eval events while
+    Evaluate found the numbers right."""
+    from adapter_studio.engine.evaluation.metrics import answers_matched
+
+    assert answers_matched(answers, expected) == pytest.approx(share)

@@ -155,6 +155,17 @@ def exact_match(prediction: str, reference: str) -> float:
         return 0.0
 
 
+def answers_matched(answers: Sequence[str], expected: Sequence[str]) -> float:
+    """The share of generated answers that match, read as Evaluate reads them (the final number of GSM8K's
+    '#### 42', the last number where every answer is one, normalised text otherwise): training's held-out exact
+    match compared whole texts, so a math run's eval events said 0 where Evaluate found the numbers right."""
+    rule, _ = detected_extraction(expected)
+    references = [extract_answer(e, rule, keep_unmatched=True) for e in expected]
+    parts = scored_parts(list(answers), expected, templated=False)
+    found = [extract_answer(a, rule, fallback=fallback_for(rule)) for a in parts]
+    return sum(exact_match(a, e) for a, e in zip(found, references, strict=True)) / max(len(expected), 1)
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD's token F1: harmonic mean of token precision and recall over normalised words."""
     predicted, expected = normalise(prediction).split(), normalise(reference).split()

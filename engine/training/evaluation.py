@@ -75,8 +75,11 @@ def exact_match(
     batch_size: int = 16,
     tasks: list[int] | None = None,
 ) -> float:
-    """Share of prompts whose greedy answer equals the expected one (whitespace-trimmed). `tasks`: each
-    prompt's task id, for a model that routes by task (the prompts of one task are answered together)."""
+    """Share of prompts whose greedy answer matches the expected one, as Evaluate compares them
+    (metrics.answers_matched). `tasks`: each prompt's task id, for a model that routes by task (the prompts of
+    one task are answered together)."""
+    from adapter_studio.engine.evaluation.metrics import answers_matched
+
     config = getattr(model, "active_peft_config", None)
     if getattr(config, "is_prompt_learning", False):
         batch_size = 1  # peft drops position ids: a left-padded row would be answered differently
@@ -88,7 +91,7 @@ def exact_match(
                                     max_new_tokens=longest)  # fmt: skip
 
     answers = answer_by_task(tasks, len(pairs), answer)
-    return sum(a.strip() == e.strip() for a, (_, e) in zip(answers, pairs, strict=True)) / len(pairs)
+    return answers_matched(answers, [e for _, e in pairs])
 
 
 def generate_answers(
