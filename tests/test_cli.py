@@ -286,7 +286,7 @@ def test_a_classifier_trains_without_transformers_load_report(tmp_path, classifi
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     card = (tmp_path / "adapter" / "README.md").read_text()  # a classifier is no causal LM, and has its head size
     assert ("AutoModelForSequenceClassification.from_pretrained('sentence-transformers/all-MiniLM-L6-v2', "
-            "num_labels=2)") in card  # the base named, not '<base model>'
+            "num_labels=2, id2label={0: 'negative', 1: 'positive'})") in card  # the base named, and the labels
 
 
 def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]

@@ -286,9 +286,14 @@ def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
 
 
 def _labels(trained: TrainedModel) -> str:
-    """A classifier's base is loaded with the run's head size (peft then puts the trained head in)."""
+    """A classifier's base is loaded with the run's head size (peft then puts the trained head in) and its label
+    names, which an adapter folder holds nowhere else (a merged model's config.json has them)."""
     config = getattr(trained.model, "config", None)
-    return f", num_labels={config.num_labels}" if trained.task == "classification" and config is not None else ""
+    if trained.task != "classification" or config is None:
+        return ""
+    names = {int(i): str(n) for i, n in (config.id2label or {}).items()}
+    named = any(n != f"LABEL_{i}" for i, n in names.items())
+    return f", num_labels={config.num_labels}" + (f", id2label={names!r}" if named else "")
 
 
 def _base_arguments(base: str, embedded: bool) -> str:
