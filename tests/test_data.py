@@ -398,11 +398,13 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
          "what is 10 % of 50 ?\n\na ) 5 , b ) 10", "a"),
         ({"ID": "chal-1", "Body": "Jack had 8 pens. He gave 3 to Mary.", "Question": "How many pens has he now?",
           "Equation": "( 8.0 - 3.0 )", "Answer": 5.0, "Type": "Subtraction"},  # SVAMP on the Hub
-         "How many pens has he now?\n\nJack had 8 pens. He gave 3 to Mary.", "5"),
+         "Jack had 8 pens. He gave 3 to Mary.\n\nHow many pens has he now?", "5"),  # the story first, as it reads
+        ({"context": "The Nile flows north.", "question": "Which way does the Nile flow?", "answer": "north"},
+         "The Nile flows north.\n\nWhich way does the Nile flow?", "north"),
         ({"input": "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "target": 5},
          "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "5"),
     ],
-    ids=["aqua", "mathqa", "svamp with its story apart", "input and target"],
+    ids=["aqua", "mathqa", "svamp with its story apart", "a passage and its question", "input and target"],
 )  # fmt: skip
 def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict, user: str,
                                                               answer: str) -> None:  # fmt: skip

@@ -35,6 +35,18 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "preferred": ("preferred", "preference", "better_response_id", "better", "winner", "choice", "labels", "label"),
     "task": ("task",),  # which task a row belongs to: Poly routes by it, other methods ignore it
 }
+# An input read before its instruction: a story or passage comes before the question asked of it (SVAMP's Body,
+# then its Question), where a task's `input` or a problem's options come after it.
+STORY_FIRST = ("context", "body", "passage", "story")
+
+
+def user_turn(instruction: str, extra: str, input_column: str) -> str:
+    """An alpaca row's request: its instruction and input, in the order a person reads them."""
+    if not extra.strip():
+        return instruction
+    return f"{extra}\n\n{instruction}" if input_column.strip().lower() in STORY_FIRST else f"{instruction}\n\n{extra}"
+
+
 # Names a role is found under in one format only, after the usual ones. News and reviews to classify: a
 # `title` with a `description` reads as the pair (AG News' own files), a `review` with its `sentiment`
 # (IMDB's); a plain-text file with a `title` column is not trained on its titles.

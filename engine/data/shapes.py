@@ -19,6 +19,7 @@ from adapter_studio.engine.data.roles import (
     ROLE_ALIASES,
     required_roles,
     roles_of,
+    user_turn,
 )
 from adapter_studio.engine.errors import UserError
 
@@ -340,7 +341,7 @@ def to_examples(
             if not (instruction.strip() or extra.strip()):
                 dropped.append(f"{here}: empty '{columns['instruction']}'")
                 continue
-            user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+            user = user_turn(instruction, extra, columns.get("input", ""))
             example.messages = [{"role": "system", "content": system}] if system.strip() else []
             example.messages += [
                 {"role": "user", "content": user, "instruction": instruction, "input": extra},
