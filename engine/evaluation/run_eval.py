@@ -4,7 +4,8 @@ check, and the report in the run folder.
 
 Generation (free text): the baseline is the base model with k training rows before each prompt as
 worked examples (in-context). Classification: base head vs tuned, and a logistic regression on the
-base encoder's frozen mean-pooled features (an encoder cannot take examples in its input).
+base model's frozen mean-pooled features (a classifier's head takes no worked examples in its input; the base is
+an encoder such as MiniLM, or a decoder such as SmolLM2 with a classification head).
 """
 
 from __future__ import annotations
@@ -345,7 +346,9 @@ def _classification(
 
         predicted[which] = answer_by_task(tasks if which == "tuned" else None, len(texts), predict)
         _timed(seconds, which, start)
-    notes = ["the base model's classification head is untrained (random): its scores are chance, for reference"]
+    notes = ["the base model's classification head is untrained (random): its scores are chance, for reference",
+             "no forgetting check: it measures how a text generator's answers to general instructions changed, and "
+             "a classifier answers with labels"]  # fmt: skip
     start = time.perf_counter()
     train_labels = [label_ids[str(e.label)] for e in train]
     if len(set(train_labels)) >= 2:
@@ -373,10 +376,10 @@ def _classification(
             "regression": scores["base"] == 1.0 and scores["tuned"] == 0.0,
         })  # fmt: skip
     baselines = {
-        "base": "the base encoder with its new, untrained head",
+        "base": "the base model with its new, untrained head",
         "tuned": f"the tuned model ({playground.tuned.checkpoint.name})",
-        "in_context": "not applicable: an encoder classifier takes no examples in its input",
-        "features": f"logistic regression on the base encoder's mean-pooled features of {len(train)} training rows",
+        "in_context": "not applicable: a classifier's head takes no worked examples in its input",
+        "features": f"logistic regression on the base model's mean-pooled features of {len(train)} training rows",
     }
     metrics = {"base": metrics["base"], "tuned": metrics["tuned"], "in_context": {},
                **({"features": metrics["features"]} if "features" in metrics else {})}  # fmt: skip
