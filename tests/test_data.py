@@ -401,10 +401,13 @@ def test_shape_is_detected_from_columns(columns: list[str], expected: str) -> No
          "Jack had 8 pens. He gave 3 to Mary.\n\nHow many pens has he now?", "5"),  # the story first, as it reads
         ({"context": "The Nile flows north.", "question": "Which way does the Nile flow?", "answer": "north"},
          "The Nile flows north.\n\nWhich way does the Nile flow?", "north"),
+        ({"id": 3, "question": "Tom has 3 apples and buys 4. How many?", "chain": "<gadget>3+4</gadget>",
+          "result": "7", "result_float": 7.0},  # Calc-X's MAWPS: read as labels (`id`) to classify
+         "Tom has 3 apples and buys 4. How many?", "7"),
         ({"input": "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "target": 5},
          "Jack had 8 pens. He gave 3 to Mary. How many pens has he now?", "5"),
     ],
-    ids=["aqua", "mathqa", "svamp with its story apart", "a passage and its question", "input and target"],
+    ids=["aqua", "mathqa", "svamp with its story apart", "a passage and its question", "calc-x", "input and target"],
 )  # fmt: skip
 def test_problems_are_read_with_their_options_or_story(tmp_path: Path, row: dict, user: str,
                                                               answer: str) -> None:  # fmt: skip

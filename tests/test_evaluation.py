@@ -799,7 +799,7 @@ def test_a_preference_run_is_ranked_on_its_held_out_pairs(tiny_llama: Path, make
         assert shares["prefers_chosen_per_token"] == pytest.approx(sum(means) / len(means))
         assert getattr(p, f"margin_{which}") == pytest.approx(sum(sums) / len(sums), rel=1e-4)
     report = evaluation.report.read_text()
-    assert "## Preference pairs" in report and f"| {PAIR_METRICS['reward_accuracy']} | 0.000 |" in report
+    assert "## Preference pairs" in report and f"| {PAIR_METRICS['reward_accuracy']} | — |" in report  # the base: none
     assert evaluation.to_json()["pairs"] == p.to_json() and latest_evaluation(result.run_dir).pairs == p
 
 
@@ -832,8 +832,9 @@ def test_soft_prompt_models_answer_one_row_at_a_time_only_with_the_adapter_on(ti
         (["She has 3 + 4 = 7 apples.\n#### 7", "#### 12", "so 5"], ["3+4=7\n#### 7", "#### 11", "#### 5"], 2 / 3),
         (["39", "so 74 - 35 = 39.", "40"], ["39", "39.0", "39"], 2 / 3),  # SVAMP's numbers: the last one read
         (["2021-03-14", "2021-03-15"], ["2021-03-14", "2021-03-14"], 1 / 2),  # text: as Evaluate normalises it
+        (["9", "She has 12 apples", "4"], ["9 (apples)", "12 (apples)", "5 (pears)"], 2 / 3),  # ASDiv's units
     ],
-    ids=["gsm8k final number", "numbers", "text"],
+    ids=["gsm8k final number", "numbers", "text", "numbers with units"],
 )
 def test_training_exact_match_reads_answers_as_evaluate_does(answers: list[str], expected: list[str],
                                                              share: float) -> None:  # fmt: skip

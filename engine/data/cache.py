@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # lists written as text in a CSV; 7: to_dict columns beside a column of objects, a header naming a column twice;
 # 8: a label whose rows all fell to the held-out split keeps one for training; 9: labels named `target` beside
 # a text and more columns; 10: a text and its pair joined by a line break for tokenizers without a separator,
-# held-out rows to classify stratified by label; 11: a word problem's story before its question.
-CACHE_VERSION = 11
+# held-out rows to classify stratified by label; 11: a word problem's story before its question; 12: `result`
+# read as the answer (Calc-X's files were read as labels to classify by their `id`).
+CACHE_VERSION = 12
 CACHE_BYTES = 8 * 2**30  # the data cache keeps its newest entries within this size
 
 

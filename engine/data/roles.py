@@ -5,13 +5,14 @@ from __future__ import annotations
 # Role → the column names a role is found under when `data.columns` does not say.
 ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     # Math word problems: `problem` is the whole text where a file has both (SVAMP, MultiArith: `question` is
-    # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections).
+    # its last sentence only); `solution` (MATH), `gold_answer` (the SVAMP/MultiArith/AddSub collections),
+    # `result` (Calc-X's MAWPS and GSM8K: beside `chain`, its worked calculation).
     # `input` last: a file of `input` and `output` (or `target`) alone asks its question in `input`.
     "instruction": ("instruction", "problem", "question", "query", "prompt_text", "input"),
     # Multiple-choice problems (AQuA, MathQA): the options are the input, the correct letter the output; a
     # word problem's story apart from its question (SVAMP and ASDiv on the Hub: Body, Question) is the input.
     "input": ("input", "context", "options", "choices", "body"),
-    "output": ("output", "response", "answer", "solution", "target", "gold_answer", "correct"),
+    "output": ("output", "response", "answer", "solution", "target", "gold_answer", "correct", "result"),
     "system": ("system",),
     "messages": ("messages",),
     "conversations": ("conversations", "conversation"),

@@ -48,6 +48,7 @@ MARKED = {FINAL_NUMBER: "'####'", ANSWER_IS: "'The answer is'"}  # a final numbe
 # read whole, not from inside another (1,0000; 2021-05-06).
 LAST_NUMBER = r"(?<![\d.,\-])(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+))(?![\s\S]*\d)"
 _NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")  # 51, 51.0, -2.5, 1,200, .5 (not nan or inf)
+_UNIT = re.compile(r"\s*\([^()\d]*\)")  # ASDiv's "9 (apples)": the number is the answer
 # Share of expected answers that must carry the marker (or be numbers) before a rule is used unasked.
 FINAL_NUMBER_SHARE = 0.9
 
@@ -140,8 +141,11 @@ def fallback_for(rule: re.Pattern[str] | None) -> re.Pattern[str] | None:
 
 
 def is_number(text: str) -> bool:
-    """A number as answers write one: 51, 51.0, -2.5, 1,200 or .5 (not nan or inf)."""
-    return _NUMBER.fullmatch(text.strip()) is not None
+    """A number as answers write one: 51, 51.0, -2.5, 1,200 or .5 (not nan or inf), its unit in brackets after
+    it or not (ASDiv: "9 (apples)")."""
+    text = text.strip()
+    unit = _UNIT.search(text)
+    return _NUMBER.fullmatch(text[: unit.start()] if unit and unit.end() == len(text) else text) is not None
 
 
 def exact_match(prediction: str, reference: str) -> float:

@@ -124,7 +124,8 @@ def markdown(result: EvaluationResult) -> str:
                   f"{p.pairs} held-out pairs scored" + (f" ({p.skipped} left out: an answer starts past max_length)"
                                                         if p.skipped else "") + ". Shares of the pairs:", "",
                   "| | base | tuned |", "|---|---:|---:|",
-                  *(f"| {title} | {p.base[k]:.3f} | {p.tuned[k]:.3f} |" for k, title in PAIR_METRICS.items()),
+                  *(f"| {title} | {'—' if k == 'reward_accuracy' else f'{p.base[k]:.3f}'} | {p.tuned[k]:.3f} |"
+                    for k, title in PAIR_METRICS.items()),  # the base's rewards are its own: none to count
                   f"| mean log-probability margin (chosen − rejected) | {p.margin_base:+.2f} | {p.margin_tuned:+.2f} |",
                   ""]  # fmt: skip
     if result.classes is not None:
