@@ -204,6 +204,7 @@ def test_a_file_that_fails_after_good_data_leaves_nothing_to_train(window, qtbot
     open_data(page, qtbot, tmp_path / "missing.jsonl")
     qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
     assert window.state.data is None and not page.combos  # the last file's column boxes went with it
+    assert page.eval_split.specialValueText() == "auto"  # it said "auto: 8 of 8 rows", of the file before
     with pytest.raises(UserError, match="a dataset first"):
         window.state.build_spec()
     for dialog in error_dialogs():

@@ -382,11 +382,11 @@ class DataPage(Page):
             self._clear_mapping()
         self.preview = None
         self.stats = None
-        self.table.clear()
-        self.table.setRowCount(0)
+        self.table.setRowCount(0)  # with no columns, no headers either
         self.table.setColumnCount(0)
         self.rendered.clear()
         self.histogram_bars.setOpts(x=[], height=[], width=1)
+        self.eval_split.setSpecialValueText("auto")  # it said "auto: 18 of 299 rows" of the file before
         self.length_stats.setText("")
         message = f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>"
         if not isinstance(error, ColumnsNotMapped):
