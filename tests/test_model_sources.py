@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from adapter_studio.engine.errors import UserError
@@ -181,3 +182,13 @@ def test_a_slow_answer_about_an_earlier_choice_is_dropped(window, qtbot, tiny_ll
 
     qtbot.waitUntil(lambda: not _ALIVE, timeout=30_000)  # every worker done: the earlier answer has arrived
     assert said == [] and page.status.text().startswith("Ready") and window.state.model.source == str(tiny_llama)
+
+
+def test_an_encoder_asked_to_write_answers_is_refused(tiny_bert_cls: Path, alpaca_jsonl: Path, make_spec: Any) -> None:
+    """all-MiniLM-L6-v2 on math problems trained as text generation, unsaid (BERT with a language-model head, each
+    token seeing the ones after it)."""
+    from adapter_studio.engine.training.run import run
+
+    result = run(make_spec(tiny_bert_cls, alpaca_jsonl, "lora", max_steps=1))
+    assert result.status == "failed" and result.step == 0
+    assert result.error is not None and "is an encoder (bert): it reads a text to classify it" in result.error

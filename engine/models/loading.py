@@ -13,6 +13,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import import_heavy_modules
 from adapter_studio.engine.models.construction import model_construction
 from adapter_studio.engine.models.embedded import EMBEDDED_MINILM, EMBEDDED_SMOLLM2, embedded_source
+from adapter_studio.engine.models.encoders import refuse_an_encoder
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
 from adapter_studio.engine.models.hub_ids import hub_source, require_weights
 from adapter_studio.engine.models.source import MODEL_CONFIGS, ModelSource, shipped_config
@@ -274,6 +275,7 @@ def load_model(
                     label2id={v: int(k) for k, v in labels.items()}, ignore_mismatched_sizes=new_head, **kwargs,
                 )  # fmt: skip
             else:
+                refuse_an_encoder(load_config(source, spec.trust_remote_code), source.display_name or source.path)
                 model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError) as e:
         shown = source.location
