@@ -422,9 +422,9 @@ def test_malformed_jsonl_line_is_named(tiny_llama: Path, make_spec: Spec, tmp_pa
     rows[6] = '{"instruction": "reverse ab", "output": '  # line 7: cut off mid-object
     data = tmp_path / "broken.jsonl"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    result, _ = start(make_spec(tiny_llama, data, "lora"))
-    assert result.status == "failed"
-    assert "line 7 is not valid JSON" in result.error and f"{data}:7" in result.error
+    with pytest.raises(UserError) as caught:  # its first rows are read before a run folder is made
+        run(make_spec(tiny_llama, data, "lora"))
+    assert "line 7 is not valid JSON" in caught.value.message and f"{data}:7" in caught.value.message
 
 
 def test_missing_column_lists_the_columns_found(tiny_gpt2: Path, make_spec: Spec, tmp_path: Path) -> None:
