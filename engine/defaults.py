@@ -211,8 +211,15 @@ def choose(
 
 
 def task_for(spec: RunSpec, fmt: str) -> str:
-    """model.task, or the data's: labelled texts train a classifier, anything else a causal LM."""
-    return task_of(spec.model.task, fmt)
+    """model.task, or the data's: labelled texts train a classifier, anything else a causal LM. A task given
+    that the rows cannot train is refused (`task: classification` on math problems said "every training row has
+    the label 'None'")."""
+    task = task_of(spec.model.task, fmt)
+    if (fmt == "classification") != (task == "classification"):
+        rows = "texts with a label" if fmt == "classification" else f"{fmt} rows, with no label to learn"
+        raise UserError(f"{task}, but the data holds {rows}", where="model.task",
+                        fix="set model.task to auto (it follows the data), or load data of that kind")  # fmt: skip
+    return task
 
 
 def task_of(model_task: str, fmt: str) -> str:

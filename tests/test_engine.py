@@ -417,6 +417,23 @@ def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
     assert not Path(spec.output_dir).exists() or not any(Path(spec.output_dir).iterdir())
 
 
+@pytest.mark.parametrize(
+    ("task", "data", "message"),
+    [
+        ("classification", "alpaca_jsonl", "model.task: classification, but the data holds alpaca rows, with no label"),
+        ("causal_lm", "classification_csv", "model.task: causal_lm, but the data holds texts with a label"),
+    ],
+    ids=["a classifier on answers", "a generator on labels"],
+)
+def test_a_task_the_rows_cannot_train_is_refused_naming_it(
+    task: str, data: str, message: str, tiny_llama: Path, make_spec: Spec, request: pytest.FixtureRequest
+) -> None:
+    """`model.task: classification` on math problems said "every training row has the label 'None'"."""
+    spec = make_spec(tiny_llama, request.getfixturevalue(data), "lora")
+    result, _ = start(spec.model_copy(update={"model": spec.model.model_copy(update={"task": task})}))
+    assert result.status == "failed" and result.error is not None and result.error.startswith(message), result.error
+
+
 def test_malformed_jsonl_line_is_named(tiny_llama: Path, make_spec: Spec, tmp_path: Path) -> None:
     rows = [json.dumps({"instruction": f"reverse a{i}", "output": f"{i}a"}) for i in range(10)]
     rows[6] = '{"instruction": "reverse ab", "output": '  # line 7: cut off mid-object
