@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +59,44 @@ def read_spec_yaml(path: Path) -> tuple[dict[str, Any], str]:
         raise UserError(f"{e.key!r} is given twice (first on line {e.first})", where=f"{path}:{e.again}",
                         fix="keep one of them: only the last would count") from None  # fmt: skip
     except yaml.YAMLError as e:
-        raise _yaml_error(e, path) from None
+        raise _yaml_error(e, path, text) from None
     if not isinstance(data, dict):
         raise UserError(f"a spec file is a mapping with model, data, method and training, not a {type(data).__name__}",
                         where=str(path), fix="start it with 'model:' (docs/contract.md has an example)")  # fmt: skip
     return data, text
 
 
-def _yaml_error(error: yaml.YAMLError, path: Path) -> UserError:
+def _yaml_error(error: yaml.YAMLError, path: Path, text: str) -> UserError:
     """Where the reader stopped, and where what it was reading began: an unclosed quote on line 4 is found at the
-    end of the file, and line 4 is the one to fix."""
+    end of the file, and line 4 is the one to fix. The commonest mistakes are said in words, not the parser's."""
     problem = " ".join(str(getattr(error, "problem", None) or error).split())  # one line, whatever it said
     mark, begun = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
     context = getattr(error, "context", None)
+    if mark is not None:
+        said = _in_words(problem, mark.line, text.splitlines())
+        if said is not None:
+            what, line, fix = said
+            return UserError(what, where=f"{path}:{line}", fix=fix)
     if begun is not None and context and (mark is None or begun.line != mark.line):
         return UserError(f"not valid YAML ({problem} {' '.join(context.split())} that starts here)",
                          where=f"{path}:{begun.line + 1}", fix="fix the syntax")  # fmt: skip
     return UserError(f"not valid YAML ({problem})", where=f"{path}:{mark.line + 1}" if mark else str(path),
                      fix="fix the syntax")  # fmt: skip
+
+
+def _in_words(problem: str, at: int, lines: list[str]) -> tuple[str, int, str] | None:
+    """(what, 1-based line, fix) for a tab, a line out of step with its section and a key without its ':'; None
+    for anything else. `at`: the 0-based line the parser stopped on."""
+    if "'\\t'" in problem and "cannot start any token" in problem:
+        return "indented with a tab: YAML takes spaces only", at + 1, "indent with spaces"
+    if problem.startswith("expected <block end>"):  # ` data:` one space in, or `{max_steps: 1} extra`
+        return ("this line does not line up with the lines above it (indented differently), or has text after a "
+                "closing } or ]", at + 1, "indent it as the other keys of its section, with spaces; keep a {…} "
+                "value alone on its line")  # fmt: skip
+    if problem.startswith("mapping values are not allowed"):  # `model embedded:…` above a line with a key
+        before = next((i for i in range(at - 1, -1, -1) if lines[i].strip() and not lines[i].lstrip().startswith("#")),
+                      None)  # fmt: skip
+        if before is not None and not re.search(r":(\s|$)", lines[before]):
+            return "no ':' after the key on this line", before + 1, "write it as key: value"
+        return "a ': ' inside a value", at + 1, "put the value in quotes ('…')"
+    return None

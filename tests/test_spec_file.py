@@ -23,6 +23,13 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
          "spec.yaml:3: not valid YAML (found unexpected end of stream while scanning a quoted scalar that starts "
          "here)"),  # the quote left open on line 3, found at the end of the file
         ("Model: {source: /m}\ndata: d.jsonl\n", "spec.yaml:1: unknown key 'Model' — did you mean model?"),
+        ("model: {source: /m}\n data: {path: d.jsonl}\n",  # the parser blamed line 1, in its own words
+         "spec.yaml:2: this line does not line up with the lines above it (indented differently), or has text after "
+         "a closing } or ]"),
+        (HEAD + "training: {max_steps: 1} extra\n", "spec.yaml:3: this line does not line up"),
+        ("model:\n\tsource: /m\n", "spec.yaml:2: indented with a tab: YAML takes spaces only — indent with spaces"),
+        ("model embedded:smollm2\ndata: {path: d.jsonl}\n",  # the parser stops on line 2
+         "spec.yaml:1: no ':' after the key on this line — write it as key: value"),
         (HEAD + "method: {name: LoRA++}\n", "unknown method 'LoRA++' — did you mean lora"),
         (HEAD + "training: {machines: two}\n",
          "spec.yaml:3: training.machines holds settings, not 'two' — give them as a 'key: value' line each under it "
@@ -44,6 +51,7 @@ HEAD = "model: {source: /models/here}\ndata: {path: d.jsonl}\n"
          "spec.yaml:3: method.feedforward_modules: down_proj is not among the target modules (k_proj)"),
     ],
     ids=["key twice", "yes for a number", "on for a rank", "section twice", "open quote", "capital key",
+         "indented out of step", "text after braces", "a tab", "no colon",
          "unknown method", "scalar for a section", "name with ..", "absolute name", "empty output_dir", "a list",
          "training twice", "a name twice", "a label without a name", "a list of names",
          "a section as a list", "ia3 feed-forward outside its targets"],
