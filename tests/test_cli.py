@@ -302,6 +302,8 @@ def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, 
          "error: model.device: model.device is cuda, and this machine's PyTorch sees no CUDA GPU"),  # a failed run
         (["params", "--model", str(tiny_llama), "--methods", "lora", "--set", "method.r=abc"],
          "error: --set: method.r: input should be a valid integer"),
+        (["params", "--model", str(tiny_llama), "--methods", "lorra"], "error: --methods: unknown method 'lorra'"),
+        (["params", "--model", str(a_file)], f"error: --model: {a_file} is not a model folder or .gguf file — give"),
         (["runs", "--dir", str(a_file)], f"error: --dir: {a_file} is a file, not a folder of runs"),
     ]
     for (args, expected), out in zip(cases, clis_at_once(*(args for args, _ in cases)), strict=True):

@@ -246,7 +246,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from adapter_studio.engine.estimate.table import estimate_table, format_table
 
-    rows = estimate_table(args.model, args.methods, args.overrides, refuse_all_failed=True)
+    try:
+        rows = estimate_table(args.model, args.methods, args.overrides, refuse_all_failed=True)
+    except UserError as e:  # the flag the person typed, not the spec field it fills
+        flag = {"model.source": "--model", "method.name": "--methods"}.get(e.where or "")
+        if flag is None:
+            raise
+        fix = e.fix or ("give a model folder (with config.json), a .gguf file or a hub id" if flag == "--model"
+                        else None)  # fmt: skip
+        raise UserError(e.what, where=flag, fix=fix) from None
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0
 
