@@ -395,11 +395,12 @@ def test_a_truncated_last_line_is_tolerated(thirty_steps: Callable[..., Any], tm
     ("change", "message"),
     [
         ({"data": "nowhere/train.jsonl"}, "data.path: data file not found: {tmp}/nowhere/train.jsonl — check the path"),
+        ({"data": "nowhere/train.jsonl", "format": "alpaca"}, "data.path: data file not found: {tmp}/nowhere/"),
         ({"eval": "nowhere/eval.jsonl"}, "data.eval_path: data file not found: {tmp}/nowhere/eval.jsonl"),
         ({"model": "nowhere/model"}, "model.source: model not found: {tmp}/nowhere/model"),
         ({"model": "llama-3.2-1b"}, "model.source: 'llama-3.2-1b' is an architecture description without weights"),
     ],
-    ids=["data", "held-out data", "model", "architecture only"],
+    ids=["data", "data of a given format", "held-out data", "model", "architecture only"],
 )
 def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
     change: dict[str, str], message: str, tiny_llama: Path, make_spec: Spec, tmp_path: Path, alpaca_jsonl: Path
@@ -411,6 +412,7 @@ def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
                      tmp_path / change["data"] if "data" in change else alpaca_jsonl, "lora")  # fmt: skip
     if "eval" in change:
         spec.data.eval_path = str(tmp_path / change["eval"])
+    spec.data.format = change.get("format")
     with pytest.raises(UserError) as caught:
         run(spec)
     assert caught.value.message.startswith(message.format(tmp=tmp_path)), caught.value.message

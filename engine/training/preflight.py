@@ -18,6 +18,7 @@ def check_inputs(spec: RunSpec) -> str:
     from adapter_studio.engine.models.loading import resolve_source
 
     require_weights(spec.model.source, resolve_source(spec.model.source))
+    data_files(spec.data.path)  # data_format reads no file where data.format is given
     fmt = data_format(spec.data)
     if spec.data.eval_path:
         data_files(spec.data.eval_path, "data.eval_path")
