@@ -469,17 +469,17 @@ def test_a_demo_recipe_the_person_edited_stays_with_other_data(window, qtbot, tm
 
 
 def test_the_auto_held_out_count_is_the_split_made(window, qtbot, tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
-    """A label whose only row the seeded split held out keeps it for training (engine.data.examples): the box
-    said 4 held out where the split held out 3."""
+    """A label of one row keeps it for training (engine.data.examples), and the split takes the rule's count from
+    the other labels: the box said 4 held out where a split that gave the row back held out 3."""
     from adapter_studio.engine.data.examples import held_out_mask
 
-    held = [i for i, h in enumerate(held_out_mask(40, None, 0)) if h]
-    labels = ["rare" if i == held[1] else "ab"[i % 2] for i in range(40)]
+    labels = ["rare" if i == 7 else "ab"[i % 2] for i in range(40)]
+    assert not held_out_mask(40, None, 0, labels)[7]
     rows = [{"text": f"news item {i}", "label": label} for i, label in enumerate(labels)]
     page = choose_model(window, qtbot, tiny_llama)
     open_data(page, qtbot, write_rows(tmp_path / "topics.jsonl", rows))
-    wait_for_stats(page, qtbot)  # the rule's count, 4, until the rows are counted
-    assert page.stats["eval_examples"] == 3 and page.eval_split.text() == "auto: 3 of 40 rows"
+    wait_for_stats(page, qtbot)
+    assert page.stats["eval_examples"] == 4 and page.eval_split.text() == "auto: 4 of 40 rows"
     assert not error_dialogs()
 
 
