@@ -163,7 +163,7 @@ def launch_multi(args: argparse.Namespace, devices: int) -> int:
             elif not getattr(args, "quiet", False):  # --quiet: only the final line, said below
                 print(line, end="", flush=True)
     proc.wait()
-    if spec.training.machines.rank > 0:
+    if machines.rank > 0:
         return _worker_machine_exit(proc.returncode, spec, run_dir)
     time.sleep(0.1)
     finished = [e for e in EventFollower(run_dir / "events.jsonl").poll() if isinstance(e, Finished)]

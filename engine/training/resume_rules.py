@@ -67,7 +67,7 @@ def _node(spec: RunSpec, dotted: str) -> Any:
 
 def _has(spec: RunSpec, dotted: str) -> bool:
     try:
-        _value(spec, dotted)
+        _node(spec, dotted)
     except AttributeError:
         return False
     return True

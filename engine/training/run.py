@@ -49,6 +49,7 @@ def run(
     runs, not what it learns (SpeedOptions; benchmarks and tests pass their own).
     """
     stop_event = stop_event or threading.Event()
+    checked = None
     if resume_dir is not None:
         folder = Path(resume_dir)
         require_run_folder(folder, "--resume")
@@ -71,8 +72,8 @@ def run(
     elif run_dir is not None:
         folder = Path(run_dir)
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    else:
-        check_inputs(spec)
+    else:  # a new run: its inputs said before its folder is made, and read once (the session takes the format)
+        checked = check_inputs(spec)
         folder = new_run_dir(spec.output_dir, spec.name, spec.method.name)
     main_process = process_rank() == 0
     lock = RunLock(folder)
@@ -104,7 +105,8 @@ def run(
             if emit is not None:
                 emit(event)
 
-    session = TrainingSession(spec, folder, report, stop_event, resume_dir is not None, speed or SpeedOptions())
+    session = TrainingSession(spec, folder, report, stop_event, resume_dir is not None, speed or SpeedOptions(),
+                              checked)  # fmt: skip
     logged = log.path.stat().st_size if log is not None else 0
     refused = False
     try:

@@ -82,9 +82,11 @@ class TrainingSession:
     """One run's state while it trains; `execute` is the recipe."""
 
     def __init__(
-        self, spec: RunSpec, run_dir: Path, report: Emit, stop: threading.Event, resume: bool, speed: SpeedOptions
-    ) -> None:
+        self, spec: RunSpec, run_dir: Path, report: Emit, stop: threading.Event, resume: bool, speed: SpeedOptions,
+        data_format: str | None = None,
+    ) -> None:  # fmt: skip
         self.spec = spec
+        self.data_format = data_format  # the preflight's, for a new run (engine.training.preflight)
         self.speed = speed
         self.run_dir = run_dir
         self.report = report
@@ -162,7 +164,7 @@ class TrainingSession:
         from adapter_studio.engine.imports import import_heavy_modules
         from adapter_studio.engine.training.preflight import check_inputs
 
-        fmt = check_inputs(self.spec)  # again: a resumed run's files may have moved since
+        fmt = self.data_format or check_inputs(self.spec)  # a resumed run's files may have moved since
         import_heavy_modules()  # before torch: the collector is paused while they import
         import torch
         from accelerate import Accelerator
