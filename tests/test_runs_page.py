@@ -79,6 +79,21 @@ def test_selecting_two_runs_overlays_their_curves(page: RunsPage) -> None:
     assert len(page.loss_plot.plotItem.legend.items) == 1  # deselected runs leave the legend
 
 
+def test_more_runs_selected_than_colours_draw_the_first_and_say_so(page: RunsPage, monkeypatch: Any) -> None:
+    """Ctrl+A on 154 runs took 5 s drawing curves two by two in one colour: the plots draw the first
+    MAX_OVERLAID, and a line above them says how many of how many."""
+    from adapter_studio.gui.pages import runs_page
+
+    monkeypatch.setattr(runs_page, "MAX_OVERLAID", 3)
+    page.table.selectAll()
+    assert len(page.selected_runs()) == 6
+    assert list(page.loss_plot.curves) == [r.name for r in page.selected_runs()[:3]]
+    assert not page.curves_note.isHidden()
+    assert page.curves_note.text().startswith("The curves of the first 3 of the 6 selected runs")
+    page.select_runs(["done", "stopped"])
+    assert page.curves_note.isHidden() and set(page.loss_plot.curves) == {"done", "stopped"}
+
+
 def test_two_runs_show_the_spec_fields_that_differ(page: RunsPage) -> None:
     assert not page.buttons["compare"].isEnabled()
     page.select_runs(["done", "stopped"])

@@ -61,6 +61,7 @@ COLUMN_TIPS = {
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
 RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
 MIB = 2**20
+MAX_OVERLAID = len(PALETTE)  # runs the Curves tab draws at once
 # The combine command's options as the Combine… dialog names them.
 DIALOG_FIELDS = {"--how": "Combination", "--weights": "Weights", "--density": "Density (TIES / DARE)"}
 
@@ -192,9 +193,16 @@ class RunsPage(Page):
         self.eval_plot.follow_steps(self.loss_plot)
         self.memory_plot = LivePlot("Memory", "MiB", min_span=0.1)
         self.memory_plot.setObjectName("runsMemoryPlot")
-        plots = QSplitter(Qt.Orientation.Horizontal)
+        plot_row = QSplitter(Qt.Orientation.Horizontal)
         for plot in self.plots.values():
-            plots.addWidget(plot)
+            plot_row.addWidget(plot)
+        plots = QWidget()
+        plots_layout = QVBoxLayout(plots)
+        plots_layout.setContentsMargins(0, 0, 0, 0)
+        self.curves_note = wrapped_label("curvesNote")  # said when more runs are selected than the plots draw
+        self.curves_note.hide()
+        plots_layout.addWidget(self.curves_note)
+        plots_layout.addWidget(plot_row, 1)
 
         compare = QWidget()
         compare_layout = QVBoxLayout(compare)
@@ -369,10 +377,16 @@ class RunsPage(Page):
 
     # --- curves and comparison ----------------------------------------------------------------------
     def plot_runs(self, runs: list[RunSummary]) -> None:
-        """Overlay the selected runs' loss, eval loss and memory, one colour per run in every plot."""
+        """Overlay the selected runs' loss, eval loss and memory, one colour per run in every plot: the first
+        MAX_OVERLAID of them (past the palette two runs share a colour; Ctrl+A on 154 runs froze the window
+        5 s drawing curves no one could tell apart)."""
         for plot in self.plots.values():
             plot.clear_series()
-        for index, run in enumerate(runs):
+        shown = runs[:MAX_OVERLAID]
+        self.curves_note.setVisible(len(runs) > len(shown))
+        self.curves_note.setText(f"The curves of the first {len(shown)} of the {len(runs)} selected runs, one colour "
+                                 "each: select fewer runs to see the others.")  # fmt: skip
+        for index, run in enumerate(shown):
             color = PALETTE[index % len(PALETTE)]
             run_curves = curves(run.path)
             for plot, key, scale, symbol in (
