@@ -396,8 +396,14 @@ def test_adalora_held_out_loss_leaves_out_its_penalty(model: str, trained: Calla
         ({"name": "lora", "target_modules": ["q_proj", "vv_proj"]}, ("this model has no layer named vv_proj",)),
         ({"name": "ia3", "feedforward_modules": ["o_proj"]},
          ("o_proj is not among the target modules (k_proj, v_proj, down_proj)", "method.feedforward_modules")),
+        ({"name": "lora", "target_modules": ["embed_tokens", "q_proj", "vv_proj"]},
+         ("embed_tokens is an embedding, not a linear layer: LoRA adapts linear layers; this model has no layer "
+          "named vv_proj", "pick from its linear layers: q_proj")),
+        ({"name": "ln_tuning", "target_modules": ["q_proj"]},
+         ("q_proj is a linear layer, not a norm layer: LayerNorm tuning adapts norm layers",)),
     ],
-    ids=["a name among known ones", "ia3 feed-forward outside its default targets"],
+    ids=["a name among known ones", "ia3 feed-forward outside its default targets", "an embedding",
+         "a linear layer for norm tuning"],
 )
 def test_a_layer_name_the_model_lacks_is_refused_not_dropped(
     method: dict[str, Any], words: tuple[str, ...], tiny_llama: Path, alpaca_jsonl: Path, make_spec: Callable[..., Any]

@@ -138,7 +138,7 @@ class MethodSpec(BaseModel):
         unknown = [t for t in targets or [] if isinstance(t, str) and t.rsplit(".", 1)[-1] not in known]
         if isinstance(targets, list) and unknown and names:
             raise UserError(
-                f"this model has no layer named {', '.join(unknown)}",
+                _not_targets(unknown, info, kind, self.title),
                 where="method.target_modules",
                 fix=f"pick from its {kind} layers: {', '.join(names)}",
             )
@@ -166,6 +166,19 @@ class MethodSpec(BaseModel):
             where="export",
             fix="export the adapter only",
         )
+
+
+def _not_targets(unknown: list[str], info: ModelInfo, kind: str, title: str) -> str:
+    """What the names a method cannot adapt are: embed_tokens was "no layer named", yet the model has one."""
+    others = {**dict.fromkeys(info.embedding_names, "an embedding"), **dict.fromkeys(info.norm_names, "a norm layer"),
+              **dict.fromkeys(info.linear_names, "a linear layer")}
+    known = [t for t in unknown if t.rsplit(".", 1)[-1] in others]
+    if not known:
+        return f"this model has no layer named {', '.join(unknown)}"
+    what = "; ".join(f"{t} is {others[t.rsplit('.', 1)[-1]]}" for t in known)
+    missing = [t for t in unknown if t not in known]
+    return (f"{what}, not a {kind} layer: {title} adapts {kind} layers"
+            + (f"; this model has no layer named {', '.join(missing)}" if missing else ""))
 
 
 def subclass_named(root: type[MethodSpec], name: str) -> type[MethodSpec] | None:

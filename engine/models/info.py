@@ -47,6 +47,7 @@ class ModelInfo:
     layers_path: str = ""  # dotted path of the ModuleList holding the transformer blocks
     norm_names: list[str] = field(default_factory=list)  # distinct leaf names of the blocks' norm layers
     linear_widths: list[int] = field(default_factory=list)  # distinct input/output widths of the blocks' linears
+    embedding_names: list[str] = field(default_factory=list)  # leaf names of its embeddings (embed_tokens, wte)
 
     @property
     def all_linear_targets(self) -> list[str]:
@@ -73,6 +74,8 @@ def find_layers_path(model: torch.nn.Module) -> str:
 
 def describe_model(model: torch.nn.Module) -> ModelInfo:
     """Read a ModelInfo off a (possibly meta-device, possibly peft-wrapped) model."""
+    import torch
+
     config = model.config
     linear_types = _linear_types()
     layers_path = find_layers_path(model)
@@ -80,9 +83,12 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
     head_names: list[str] = []
     conv1d_names: list[str] = []
     norm_names: list[str] = []
+    embedding_names: list[str] = []
     widths: set[int] = set()
     has_bias = any(n.endswith(".bias") for n, _ in model.named_parameters())
     for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.split(".")[-1] not in embedding_names:
+            embedding_names.append(name.split(".")[-1])
         if type(module).__name__.endswith(("LayerNorm", "RMSNorm")) and name.startswith(layers_path + "."):
             leaf = name.split(".")[-1]
             if leaf not in norm_names:
@@ -136,6 +142,7 @@ def describe_model(model: torch.nn.Module) -> ModelInfo:
         layers_path=layers_path,
         norm_names=norm_names,
         linear_widths=sorted(widths),
+        embedding_names=embedding_names,
     )
 
 
