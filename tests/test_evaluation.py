@@ -726,6 +726,8 @@ def test_a_preference_run_is_judged_by_its_answers(objective: str, tiny_llama: P
     wanted = [e for e in held if objective != "kto" or e.label]
     assert len(evaluation.rows) == len(wanted) > 0
     assert sorted(r["expected"] for r in evaluation.rows) == sorted(e.chosen.strip() for e in wanted)
+    undesirable = f"{len(held) - len(wanted)} of the {len(held)} KTO rows read are answers marked undesirable"
+    assert any(n.startswith(undesirable) for n in evaluation.notes) == (objective == "kto")  # --limit 4: 1 row
     assert set(evaluation.metrics) == {"base", "tuned", "in_context"} and evaluation.metrics["in_context"]
     # The Try page offers the same prompts, the chosen answer as the expected one.
     from adapter_studio.engine.inference.playground import Playground

@@ -200,6 +200,7 @@ def _generation(
 ) -> dict[str, Any]:  # fmt: skip
     tokenizer = playground.tokenizer
     pairs = rows if fmt == "preference" else []  # also ranked: what a preference run was trained for
+    read, kto = len(rows), fmt == "kto"
     fmt, rows = case_lib.as_conversations(fmt, rows)
     cases = case_lib.generation_cases(playground.renderer, fmt, rows)
     if not cases:
@@ -214,6 +215,9 @@ def _generation(
         return tokenizer(text, add_special_tokens=special)["input_ids"]
 
     notes: list[str] = []
+    if kto and len(rows) < read:  # --limit 4 scored 1 row, unsaid
+        notes.append(f"{read - len(rows)} of the {read} KTO rows read are answers marked undesirable: the "
+                     f"{len(rows)} marked desirable are the answers to match")
     if rule is None:
         rule, detected = m.detected_extraction([c.expected for c in cases])
         notes += [detected] if detected else []

@@ -69,7 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if stage == "loading":  # one step, not rows
             print("[loading] the base model and the run's checkpoint", file=out, flush=True)
         elif stage != shown["stage"] or percent >= shown["percent"] + 10 or done == total:
-            print(f"[{stage}] {done}/{total} rows", file=out, flush=True)
+            # The count runs over every stage (answers, forgetting, pairs): "[tuned] 1/2 rows" read as half a stage.
+            print(f"[{stage}] {percent}% of the evaluation ({done}/{total} rows over its stages)", file=out, flush=True)
             shown.update(stage=stage, percent=percent)
 
     try:
