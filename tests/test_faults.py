@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from adapter_studio.engine.data.cache import CACHE_VERSION
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Event, Log, Metrics
 from adapter_studio.engine.training import checkpoints
@@ -414,6 +415,28 @@ def test_a_read_only_runs_folder_is_refused_in_one_line(tmp_path: Path, tiny_lla
 # --- 4. the data file changed or deleted ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("saved", "said"),
+    [
+        ({"data_files": {"a.jsonl": [10, 1]}, "data_version": CACHE_VERSION}, []),
+        ({"data_files": {"a.jsonl": [11, 1]}, "data_version": CACHE_VERSION},
+         ["data.path: a.jsonl changed since step-0000004 was saved"]),
+        ({"data_files": {"b.jsonl": [10, 1]}, "data_version": CACHE_VERSION},
+         ["data.path: a.jsonl is new since step-0000004 was saved"]),
+        ({"data_files": {"a.jsonl": [10, 1]}},  # before checkpoints said their version: the split by label
+         ["step-0000004 was saved by an earlier version of Adapter Studio, which may have read or split the data"]),
+        ({"data_files": {"a.jsonl": [10, 1]}, "data_version": CACHE_VERSION - 1},
+         ["step-0000004 was saved by an earlier version"]),
+    ],
+    ids=["same", "changed", "new", "no version", "older version"],
+)
+def test_a_resume_says_what_differs_in_its_data(saved: dict[str, Any], said: list[str]) -> None:
+    from adapter_studio.engine.training.resume_rules import data_changes
+
+    warnings = data_changes(saved, {"a.jsonl": [10, 1]}, "step-0000004")
+    assert len(warnings) == len(said) and all(w.startswith(s) for w, s in zip(warnings, said, strict=True)), warnings
+
+
 def test_a_resume_on_changed_data_says_so_and_on_deleted_data_names_the_file(
     tmp_path: Path, tiny_llama: Path, alpaca_jsonl: Path, make_spec: Any
 ) -> None:
@@ -432,6 +455,7 @@ def test_a_resume_on_changed_data_says_so_and_on_deleted_data_names_the_file(
     assert resumed.status == "cancelled" and resumed.step == 9, resumed.error
     warnings = [e.message for e in seen if isinstance(e, Log) and e.level == "warning"]
     assert any(f"data.path: {data} changed since step-0000006" in w for w in warnings), warnings
+    assert not any("earlier version" in w for w in warnings), warnings  # this version saved the checkpoint
 
     data.unlink()
     gone, _ = in_process(None, resume_dir=first.run_dir)

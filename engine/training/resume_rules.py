@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapter_studio.engine.data.cache import CACHE_VERSION
 from adapter_studio.engine.errors import UserError
 from pydantic import BaseModel
 
@@ -83,3 +84,17 @@ def _said(spec: RunSpec, field: str) -> str:
     if isinstance(value, dict) and "name" in value:  # a method or objective: its name
         return f"{field} {value['name']}"
     return f"{field} {value!r}" if isinstance(value, str) else f"{field} {value}"
+
+
+def data_changes(state: dict[str, Any], stamps: dict[str, list[int]], checkpoint: str) -> list[str]:
+    """What differs in the data a resume trains on from that of the checkpoint it resumes (`state`: the
+    checkpoint's saved fields): a file changed or new, or an earlier data preparation (the split by label and the
+    pair join changed held-out rows, unsaid)."""
+    saved = state.get("data_files") or {}
+    said = [f"data.path: {path} {'changed' if path in saved else 'is new'} since {checkpoint} was saved: the "
+            "resumed steps train on its content as it is now"
+            for path, stamp in stamps.items() if saved and saved.get(path) != stamp]  # fmt: skip
+    if state.get("data_version") != CACHE_VERSION:
+        said.append(f"{checkpoint} was saved by an earlier version of Adapter Studio, which may have read or split "
+                    "the data differently: the resumed steps and held-out rows are this version's")
+    return said

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.data.batches import collate, epoch_batches, sample_batches
-from adapter_studio.engine.data.cache import data_stamps
+from adapter_studio.engine.data.cache import CACHE_VERSION, data_stamps
 from adapter_studio.engine.data.examples import run_labels
 from adapter_studio.engine.data.kto import KtoSet, mix_kinds
 from adapter_studio.engine.data.preference import model_rows
@@ -56,6 +56,7 @@ from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failu
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
 from adapter_studio.engine.training.lr_finder import AUTO, find_learning_rate, keep_found_rate
 from adapter_studio.engine.training.optimizers import build_optimizer, build_scheduler
+from adapter_studio.engine.training.resume_rules import data_changes
 from adapter_studio.engine.training.speed import SpeedOptions
 
 if TYPE_CHECKING:
@@ -384,11 +385,8 @@ class TrainingSession:
         self.log(f"resumed from {latest.name} (step {self.step})")
         if state.get("schedule_note"):  # a resume given another length: the schedule follows it
             self.log(state["schedule_note"])
-        saved = state.get("data_files") or {}
-        for path, stamp in self.data_stamps.items():
-            if saved and saved.get(path) != stamp:  # the batches from here on differ from the first run's
-                self.log(f"data.path: {path} {'changed' if path in saved else 'is new'} since {latest.name} was "
-                         "saved: the resumed steps train on its content as it is now", level="warning")
+        for warning in data_changes(state, self.data_stamps, latest.name):
+            self.log(warning, level="warning")
 
     # --- the loop --------------------------------------------------------------------------------
     def _train(self) -> str:
@@ -657,7 +655,7 @@ class TrainingSession:
             self.scheduler,
             self.step,
             {"tokens_trained": self.tokens_trained, "train_seconds": self.train_seconds, "best_eval": self.best_eval,
-             "data_files": self.data_stamps},
+             "data_files": self.data_stamps, "data_version": CACHE_VERSION},
             tensors,
         )
         self.last_checkpoint = path
