@@ -10,11 +10,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Eval, Export, Finished, Log, Metrics, Started, iter_events
-from adapter_studio.engine.file_memo import FileMemo
+from adapter_studio.engine.file_memo import DiskLayer, FileMemo
 
 try:
     import fcntl
@@ -187,8 +188,17 @@ class RunSummary:
         return f"{label} · combined" if self.combined else label  # it trained no step: "lora", steps 0, said why
 
 
-# A finished run's summary holds while its log and spec do; a live one's status hangs on its lock's process.
-_SUMMARIES: FileMemo[RunSummary] = FileMemo(keep=lambda s: s.status not in ("running", "interrupted"))
+def _summary_from(saved: dict[str, Any]) -> RunSummary:
+    return RunSummary(**{**saved, "path": Path(saved["path"])})
+
+
+# A finished run's summary holds while its log and spec do, in this process and the next (the window read every
+# log as it opened); a live one's status hangs on its lock's process. Version: raise it when RunSummary's fields
+# or _read_summary's reading change.
+_SUMMARIES: FileMemo[RunSummary] = FileMemo(
+    keep=lambda s: s.status not in ("running", "interrupted"),
+    disk=DiskLayer("run-summaries", 1, lambda s: {**dataclasses.asdict(s), "path": str(s.path)}, _summary_from),
+)
 
 
 def summarize_run(run_dir: Path) -> RunSummary:

@@ -314,3 +314,59 @@ def test_a_runs_summary_and_curves_are_read_again_only_once_its_log_changes(tmp_
     runs.summarize_run(run_dir)
     assert len(reads) == 3  # not kept: a live run's status is the lock's
     assert run_compare.curves(run_dir)["loss"] == ([1.0], [2.0])
+
+
+def _finished_run(run_dir: Path) -> None:
+    log = EventLog(run_dir / "events.jsonl")
+    log.write(Started(run_dir=str(run_dir), model="m", method="lora", trainable_params=1, total_params=2,
+                      total_steps=4, device="cpu"))  # fmt: skip
+    log.write(Metrics(step=1, epoch=0.1, loss=2.0, lr=1e-3, grad_norm=1.0, tokens_per_s=1.0, tokens_seen=1,
+                      memory_bytes=1))  # fmt: skip
+    log.write(Finished(status="completed", step=1, error=None, train_seconds=1.0, tokens_trained=1))
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "read_again"),
+    [
+        (lambda run_dir, store: None, False),  # the next process: from disk, the log unread
+        (lambda run_dir, store: (run_dir / "spec.yaml").write_text("method: {name: dora}\n"), True),
+        (lambda run_dir, store: [f.write_text("{") for f in store.glob("*.json")], True),  # cut short
+        (lambda run_dir, store: [f.write_text('{"key": 1}') for f in store.glob("*.json")], True),  # other fields
+        (lambda run_dir, store: [f.unlink() for f in store.glob("*.json")], True),  # the cache emptied
+    ],
+    ids=["unchanged", "spec changed", "cut short", "another version's", "cache emptied"],
+)
+def test_a_finished_runs_summary_is_kept_for_the_next_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, read_again: bool
+) -> None:
+    """The window read every run's log as it opened (154 runs of 3,000 steps: 10 s before it showed): a
+    finished run's summary is kept in the app's cache until its log or spec changes; a cache that cannot be
+    read is read around."""
+    from adapter_studio.engine import runs
+    from adapter_studio.engine.file_memo import FileMemo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run_dir = tmp_path / "runs" / "r"
+    _finished_run(run_dir)
+    first = runs.summarize_run(run_dir)
+    store = tmp_path / "cache" / "adapter-studio" / "run-summaries"
+    assert len(list(store.glob("*.json"))) == 1
+    change(run_dir, store)
+    monkeypatch.setattr(runs, "_SUMMARIES", FileMemo(keep=runs._SUMMARIES._keep, disk=runs._SUMMARIES._disk))
+    reads = []
+    real = runs.iter_events
+    monkeypatch.setattr(runs, "iter_events", lambda path: reads.append(path) or real(path))
+    again = runs.summarize_run(run_dir)
+    assert len(reads) == read_again
+    assert again == first
+
+
+def test_a_runs_summary_is_read_where_the_cache_cannot_be_written(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapter_studio.engine import runs
+
+    (tmp_path / "cache").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _finished_run(tmp_path / "r")
+    assert runs.summarize_run(tmp_path / "r").status == "completed"
