@@ -288,18 +288,24 @@ def test_a_run_folder_that_cannot_be_made_says_which_setting_to_change(
     assert caught.value.message.startswith(message.format(root=tmp_path, name=name)), caught.value.message
 
 
+def _finished_run(run_dir: Path, status: str = "completed") -> EventLog:
+    """A run of one step that ended `status`; its log is left open to write more."""
+    log = EventLog(run_dir / "events.jsonl")
+    log.write(Started(run_dir=str(run_dir), model="m", method="lora", trainable_params=1, total_params=2,
+                      total_steps=4, device="cpu"))  # fmt: skip
+    log.write(Metrics(step=1, epoch=0.1, loss=2.0, lr=1e-3, grad_norm=1.0, tokens_per_s=1.0, tokens_seen=1,
+                      memory_bytes=1))  # fmt: skip
+    log.write(Finished(status=status, step=1, error=None, train_seconds=1.0, tokens_trained=1))
+    return log
+
+
 def test_a_runs_summary_and_curves_are_read_again_only_once_its_log_changes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The Runs page read every run's log on each refresh (151 runs: 0.9 s with the window held) and again to
     plot: kept while the files are unchanged; a live run's status is looked at each time (its lock's process)."""
     from adapter_studio.engine import run_compare, runs
 
     run_dir = tmp_path / "r"
-    log = EventLog(run_dir / "events.jsonl")
-    log.write(Started(run_dir=str(run_dir), model="m", method="lora", trainable_params=1, total_params=2,
-                      total_steps=4, device="cpu"))  # fmt: skip
-    log.write(Metrics(step=1, epoch=0.1, loss=2.0, lr=1e-3, grad_norm=1.0, tokens_per_s=1.0, tokens_seen=1,
-                      memory_bytes=1))  # fmt: skip
-    log.write(Finished(status="cancelled", step=1, error=None, train_seconds=1.0, tokens_trained=1))
+    log = _finished_run(run_dir, "cancelled")
     reads = []
     real = runs.iter_events
     monkeypatch.setattr(runs, "iter_events", lambda path: reads.append(path) or real(path))
@@ -314,16 +320,6 @@ def test_a_runs_summary_and_curves_are_read_again_only_once_its_log_changes(tmp_
     runs.summarize_run(run_dir)
     assert len(reads) == 3  # not kept: a live run's status is the lock's
     assert run_compare.curves(run_dir)["loss"] == ([1.0], [2.0])
-
-
-def _finished_run(run_dir: Path) -> None:
-    log = EventLog(run_dir / "events.jsonl")
-    log.write(Started(run_dir=str(run_dir), model="m", method="lora", trainable_params=1, total_params=2,
-                      total_steps=4, device="cpu"))  # fmt: skip
-    log.write(Metrics(step=1, epoch=0.1, loss=2.0, lr=1e-3, grad_norm=1.0, tokens_per_s=1.0, tokens_seen=1,
-                      memory_bytes=1))  # fmt: skip
-    log.write(Finished(status="completed", step=1, error=None, train_seconds=1.0, tokens_trained=1))
-    log.close()
 
 
 @pytest.mark.parametrize(
@@ -348,7 +344,7 @@ def test_a_finished_runs_summary_is_kept_for_the_next_process(
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     run_dir = tmp_path / "runs" / "r"
-    _finished_run(run_dir)
+    _finished_run(run_dir).close()
     first = runs.summarize_run(run_dir)
     store = tmp_path / "cache" / "adapter-studio" / "run-summaries"
     assert len(list(store.glob("*.json"))) == 1
@@ -368,5 +364,5 @@ def test_a_runs_summary_is_read_where_the_cache_cannot_be_written(tmp_path: Path
 
     (tmp_path / "cache").write_text("a file where the cache folder would go")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    _finished_run(tmp_path / "r")
+    _finished_run(tmp_path / "r").close()
     assert runs.summarize_run(tmp_path / "r").status == "completed"
