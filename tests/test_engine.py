@@ -399,8 +399,11 @@ def test_a_truncated_last_line_is_tolerated(thirty_steps: Callable[..., Any], tm
         ({"eval": "nowhere/eval.jsonl"}, "data.eval_path: data file not found: {tmp}/nowhere/eval.jsonl"),
         ({"model": "nowhere/model"}, "model.source: model not found: {tmp}/nowhere/model"),
         ({"model": "llama-3.2-1b"}, "model.source: 'llama-3.2-1b' is an architecture description without weights"),
+        ({"model": "weightless/model"},
+         "model.source: {tmp}/weightless/model holds a config.json but no weight files (.safetensors or .bin) — copy "
+         "the model's weight files into it"),
     ],
-    ids=["data", "data of a given format", "held-out data", "model", "architecture only"],
+    ids=["data", "data of a given format", "held-out data", "model", "architecture only", "a folder without weights"],
 )
 def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
     change: dict[str, str], message: str, tiny_llama: Path, make_spec: Spec, tmp_path: Path, alpaca_jsonl: Path
@@ -408,6 +411,9 @@ def test_a_missing_model_or_data_file_is_said_before_a_run_folder_is_made(
     """It was said as the run's failure at step 0, after a run folder had joined the history (the model loaded
     first, for a missing data file)."""
     model = change.get("model", tiny_llama)
+    if str(model).startswith("weightless"):  # the Model page said "Ready"; the run failed on transformers' words
+        (tmp_path / model).mkdir(parents=True)
+        shutil.copy(tiny_llama / "config.json", tmp_path / model)
     spec = make_spec(tmp_path / model if "/" in str(model) else model,
                      tmp_path / change["data"] if "data" in change else alpaca_jsonl, "lora")  # fmt: skip
     if "eval" in change:

@@ -3,6 +3,7 @@ it is not there; the embedded models' own hub ids fall back to the copies the ap
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,21 @@ def test_the_model_page_says_which_copy_a_hub_id_got(window, qtbot, hub_cache) -
     assert page.status.minimumSizeHint().width() < 600  # the note wraps (on one line it widened the window 300 px)
 
 
-@pytest.mark.parametrize("source", ["meta-llama/Llama-3.1-8B", "llama-3.1-8b"])
-def test_the_model_page_offers_an_architecture_for_costs_only(window, qtbot, hub_cache, source) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("source", ["meta-llama/Llama-3.1-8B", "llama-3.1-8b", "a folder with config.json alone"])
+def test_the_model_page_offers_an_architecture_for_costs_only(window, qtbot, hub_cache, source, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A folder holding only config.json was "Ready", and training failed on transformers' missing file."""
+    if source.startswith("a folder"):
+        (tmp_path / "llama-8b").mkdir()
+        shutil.copy(MODEL_CONFIGS / "llama-3.1-8b" / "config.json", tmp_path / "llama-8b")
+        source = str(tmp_path / "llama-8b")
     page = window.pages["model"]
     page.choose(source)
     qtbot.waitUntil(lambda: "Compare page" in page.status.text(), timeout=60_000)
     assert page.fields["parameters"].text() == "8.03 B (8,030,261,248)"
     assert page.status.text().endswith("Its costs are on the Compare page; to train, pick a model with weights.")
-    assert ("Hugging Face cache" in page.status.text()) == ("/" in source)
+    assert ("Hugging Face cache" in page.status.text()) == source.startswith("meta-llama/")
+    folder = source.startswith("/")
+    assert page.status.text().startswith("llama-8b holds a config.json but no weight files") == folder
     assert "The weights load when training starts" not in page.status.text()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.models.embedded import WEIGHTS_NOTE, embedded_name, embedded_source
 from adapter_studio.engine.models.source import ModelSource, shipped_config
-from adapter_studio.engine.models.weight_files import in_hub_cache, not_in_hub_cache
+from adapter_studio.engine.models.weight_files import NO_WEIGHTS, in_hub_cache, not_in_hub_cache
 
 # The hub models resources/model_configs reproduces (its README's table), lower case as the hub matches ids.
 SHIPPED_CONFIG_HUB_IDS = {
@@ -57,6 +57,10 @@ def require_weights(spec_source: str, source: ModelSource) -> None:
         return
     if spec_source.strip().lower() in SHIPPED_CONFIG_HUB_IDS:  # the hub id of a shipped architecture
         raise not_in_hub_cache(spec_source.strip())
+    if source.note.endswith(NO_WEIGHTS):  # a person's folder, not a shipped architecture
+        raise UserError(f"{source.path} {NO_WEIGHTS}", where="model.source",
+                        fix="copy the model's weight files into it, or give the folder that has them (without "
+                        "weights it can compare costs only)")  # fmt: skip
     raise UserError(
         f"'{spec_source}' is an architecture description without weights",
         where="model.source",

@@ -17,7 +17,7 @@ from adapter_studio.engine.models.encoders import refuse_an_encoder
 from adapter_studio.engine.models.gguf_cache import converted_source, converts_in_float32
 from adapter_studio.engine.models.hub_ids import hub_source, require_weights
 from adapter_studio.engine.models.source import MODEL_CONFIGS, ModelSource, shipped_config
-from adapter_studio.engine.models.weight_files import check_safetensors
+from adapter_studio.engine.models.weight_files import check_safetensors, folder_source, has_weight_files
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +49,10 @@ def resolve_source(source: str) -> ModelSource:
                             fix="copy or download the .gguf file again")  # fmt: skip
         return ModelSource("gguf", str(path.parent.resolve()), path.name, path.stem)
     if path.is_dir():
-        if (path / "config.json").exists():
-            return ModelSource("folder", str(path.resolve()), None, path.name)
         ggufs = sorted(path.glob("*.gguf"))
+        # A config.json beside a .gguf and no other weights: the GGUF; without either, an architecture (costs only).
+        if (path / "config.json").exists() and (has_weight_files(path) or not ggufs):
+            return folder_source(path)
         if ggufs:
             return ModelSource("gguf", str(path.resolve()), ggufs[0].name, ggufs[0].stem)
         raise UserError(

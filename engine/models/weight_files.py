@@ -12,6 +12,21 @@ if TYPE_CHECKING:
     from adapter_studio.engine.models.source import ModelSource
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+NO_WEIGHTS = "holds a config.json but no weight files (.safetensors or .bin)"
+
+
+def has_weight_files(folder: Path) -> bool:
+    return any(p for pattern in ("*.safetensors", *PICKLE_WEIGHTS) for p in folder.glob(pattern))
+
+
+def folder_source(path: Path) -> ModelSource:
+    """A model folder; one without weight files is an architecture, its costs shown (the Model page said
+    "Ready" for a folder holding only config.json, and training failed on transformers' missing file)."""
+    from adapter_studio.engine.models.source import ModelSource
+
+    if has_weight_files(path):
+        return ModelSource("folder", str(path.resolve()), None, path.name)
+    return ModelSource("config", str(path.resolve()), None, path.name, f"{path.name} {NO_WEIGHTS}")
 
 
 def in_hub_cache(repo_id: str) -> bool:
@@ -48,7 +63,7 @@ def check_safetensors(source: ModelSource) -> None:
         if any(folder.glob("*.safetensors")):
             return
         if not any(p for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)):
-            return  # no weights at all: transformers says so
+            return  # no weights at all: refused with that (require_weights)
     raise UserError(
         f"{folder or source.path} has its weights only as pickles (.bin/.pt), which can run code when loaded",
         where="model.source",
