@@ -313,9 +313,14 @@ class LivePlot(pg.PlotWidget):
         return self.total_points() > 0
 
 
-def ema(previous: float | None, value: float, weight: float) -> float:
-    """Exponential moving average used for the smoothed loss (weight 0 = raw)."""
-    return value if previous is None else weight * previous + (1 - weight) * value
+def ema(previous: tuple[float, int] | None, value: float, weight: float) -> tuple[float, float, int]:
+    """The smoothed loss: an exponential moving average (weight 0 = raw) corrected for its start, as
+    TensorBoard's is. Started at the first loss instead, that loss kept weight**steps of the average: after 20
+    steps at 0.9 the curve read 2.1 over losses of 1.4. `previous`: the last call's (biased, steps); returns
+    (smoothed, biased, steps)."""
+    biased, steps = previous or (0.0, 0)
+    biased, steps = weight * biased + (1 - weight) * value, steps + 1
+    return biased / (1 - weight**steps), biased, steps
 
 
 class RangeTestPlot(LivePlot):

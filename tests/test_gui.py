@@ -168,7 +168,7 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot,
     assert train.resume_button.isEnabled() and train.stats["ETA"].text() == "—"
     stopped, trained = train.run_dir, train.metrics[-1].step
     window.state.set_current_run(tmp_path / "another-run")  # "Use for Try/Export" on the Runs page
-    train._smoothed = 99.0  # where the last run's smoothed curve ended
+    train._smoothed = (99.0, 5)  # where the last run's smoothed curve ended
     train.resume()
     _, smoothed = train.loss_plot.series["smoothed"].view()
     assert smoothed[0] == train.metrics[0].loss and train.stats["ETA"].text() == "—"  # the replayed history
@@ -231,6 +231,26 @@ def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-unty
     train.on_events([Metrics(step=12, epoch=0.0, loss=1.0, lr=1e-3, grad_norm=1.0, tokens_per_s=400.0,
                              tokens_seen=12, memory_bytes=2000 * 2**20)])  # fmt: skip
     assert train.memory_plot.getViewBox().viewRange()[1] == [0, 5000]
+
+
+@pytest.mark.parametrize(
+    ("losses", "weight", "last"),
+    [
+        ([3.0, 2.0], 0.0, 2.0),  # weight 0: the raw loss
+        ([2.0] * 5, 0.9, 2.0),  # a flat loss is its own average from the first step
+        ([3.0] + [1.4] * 19, 0.9, 1.4 + 1.6 * 0.1 * 0.9**19 / (1 - 0.9**20)),  # the first loss nearly forgotten
+    ],
+    ids=["raw", "flat", "a first high loss"],
+)
+def test_the_smoothed_loss_is_corrected_for_its_start(losses: list[float], weight: float, last: float) -> None:
+    """Started at the first loss, after 20 steps at 0.9 the smoothed curve read 2.1 over losses of 1.4."""
+    from adapter_studio.gui.plots import ema
+
+    state = None
+    for loss in losses:
+        smoothed, *rest = ema(state, loss, weight)
+        state = (rest[0], rest[1])
+    assert smoothed == pytest.approx(last)  # 1.425 after the high first loss, not 2.1
 
 
 def test_the_quality_plot_is_drawn_on_the_training_steps(window, qtbot):  # type: ignore[no-untyped-def]

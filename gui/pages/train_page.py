@@ -422,13 +422,14 @@ class TrainPage(Page):
         prior = [x for x in self.metrics if x.step <= m.step]
         return prior[-1].elapsed_s if prior else 0.0
 
-    _smoothed: float | None = None
+    _smoothed: tuple[float, int] | None = None  # ema's running state
 
     def _add_metrics(self, m: Metrics) -> None:
         x = self._x(m)
         self.loss_plot.add("train loss", x, m.loss)
-        self._smoothed = ema(self._smoothed, m.loss, self.smoothing.value())
-        self.loss_plot.add("smoothed", x, self._smoothed)
+        smoothed, *state = ema(self._smoothed, m.loss, self.smoothing.value())
+        self._smoothed = (state[0], state[1])
+        self.loss_plot.add("smoothed", x, smoothed)
         mib = 2**20
         label = "CUDA allocated" if m.memory_reserved_bytes is not None else "process RAM"
         self.memory_plot.add(label, x, m.memory_bytes / mib)
