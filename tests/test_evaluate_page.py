@@ -156,8 +156,10 @@ def test_a_classifier_shows_its_classes_and_confusions(page: EvaluatePage, qtbot
     assert page.confusion.item(0, 1).toolTip().endswith("rows of 'negative' chosen as 'positive'")
     assert not page.shots.isEnabled() and "takes no examples" in page.shots.toolTip()  # it read 4, unused
     assert "a classifier answers with its labels" in page.forgetting.text()
+    assert not page.forgetting_box.isEnabled() and not page.extract.isEnabled()  # ticked, they read as used
     page.state.set_current_run(None)
     assert not page.classes_panel.isVisibleTo(page)
+    assert page.forgetting_box.isEnabled() and page.extract.isEnabled()
 
 
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:

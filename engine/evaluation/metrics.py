@@ -113,13 +113,13 @@ def detected_extraction(expected: Sequence[str]) -> tuple[re.Pattern[str] | None
         found = sum(rule.search(e) is not None for e in expected)
         if expected and found >= needed:
             return rule, (f"{found} of {len(expected)} expected answers end in a final number after {marker}: "
-                          f"answers were compared by that number (extraction `{pattern}`), an answer without "
+                          f"answers were compared by that number, an answer without "
                           f"{marker} by its last number; give an extraction rule to compare otherwise")  # fmt: skip
     numbers = sum(is_number(e) for e in expected)
     if expected and numbers >= needed:
         return re.compile(LAST_NUMBER), (
-            f"{numbers} of {len(expected)} expected answers are a number: each answer's last number was compared "
-            f"(extraction `{LAST_NUMBER}`); give an extraction rule to compare otherwise")  # fmt: skip
+            f"{numbers} of {len(expected)} expected answers are a number: each answer's last number was compared; "
+            "give an extraction rule to compare otherwise")  # fmt: skip
     return None, None
 
 

@@ -43,6 +43,7 @@ COLUMNS = ("base", "in_context", "features", "tuned")
 SHOTS = "Training rows shown to the base model as worked examples (0: no in-context baseline)."
 CLASSIFIER_SHOTS = ("A classifier's encoder takes no examples: its baseline is a logistic regression on the base "
                     "model's frozen features (the Features column)")  # fmt: skip
+CLASSIFIER_FORGETTING = "a classifier answers with its labels, not general text to forget"
 COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
 COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
 # A preference run's pair scores as rows of the scores table (engine.evaluation.pairs.PAIR_METRICS).
@@ -245,6 +246,10 @@ class EvaluatePage(Page):
         classifier = run is not None and trains_a_classifier(run)
         self.shots.setEnabled(not classifier)
         self.shots.setToolTip(CLASSIFIER_SHOTS if classifier else SHOTS)
+        # Ticked and enabled for a classifier, the box then read "not measured" beside the results.
+        self.forgetting_box.setEnabled(not classifier)
+        self.forgetting_box.setToolTip(f"Not measured for a classifier: {CLASSIFIER_FORGETTING}" if classifier else "")
+        self.extract.setEnabled(not classifier)  # a classifier's answers are its labels
         if not self.busy:
             self._show_saved(run)
         self._update_buttons()
@@ -516,5 +521,5 @@ class EvaluatePage(Page):
 
 def _why_no_forgetting(result: Any) -> str:
     if result.task == "classification":
-        return "a classifier answers with its labels, not general text to forget"
+        return CLASSIFIER_FORGETTING
     return "switched off" if not result.settings.forgetting else "no general instructions were read"
