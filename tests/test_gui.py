@@ -233,6 +233,26 @@ def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-unty
     assert train.memory_plot.getViewBox().viewRange()[1] == [0, 5000]
 
 
+@pytest.mark.parametrize("kind", ["adapter", "merged", "gguf"])
+def test_a_second_export_of_a_run_goes_to_a_new_folder(window, tmp_path: Path, monkeypatch, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """The window names the export's folder itself (<run>-adapter in the folder picked), and a second export was
+    refused with the command line's "--out: … already exists — pick a new folder name"."""
+    from adapter_studio.gui.pages import export_page
+
+    page = window.pages["export"]
+    window.state.current_run = tmp_path / "runs" / "lora-1"
+    name = "lora-1-gguf-q8_0" if kind == "gguf" else f"lora-1-{kind}"
+    for taken in (name, f"{name}-2"):
+        (tmp_path / "out" / taken).mkdir(parents=True)
+    monkeypatch.setattr(export_page.QFileDialog, "getExistingDirectory", lambda *a: str(tmp_path / "out"))
+    targets: list[Path] = []
+    monkeypatch.setattr(page, "export", lambda k, target: targets.append(target))
+    monkeypatch.setattr(page, "export_gguf", lambda q, target: targets.append(target))
+    page.gguf_type.setCurrentIndex(page.gguf_type.findData("q8_0"))
+    page.ask_and_export_gguf() if kind == "gguf" else page.ask_and_export(kind)
+    assert targets == [tmp_path / "out" / f"{name}-3"]
+
+
 @pytest.mark.parametrize(
     ("losses", "weight", "last"),
     [

@@ -170,7 +170,8 @@ def written_in_place(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         if durable.os_error_code(e) is None:  # safetensors reports a full disk as SafetensorError (os error 28)
             raise
-        raise UserError(_os_reason(e, out), where=str(out), fix="pick another folder or free some space") from None
+        what, fix = _os_reason(e, out)
+        raise UserError(what, where=str(out), fix=fix) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -189,13 +190,17 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _os_reason(error: Exception, out: Path) -> str:
+def _os_reason(error: Exception, out: Path) -> tuple[str, str]:
+    """What went wrong writing `out`, and the fix for that (a permission error was told to free some space)."""
     code = durable.os_error_code(error)
     if code == errno.ENOSPC:
-        return f"the disk is full while writing {out}; nothing was left behind"
+        return (f"the disk is full while writing {out}; nothing was left behind",
+                "free some space, or pick another folder")  # fmt: skip
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write to {out.parent}: permission denied; nothing was left behind"
-    return f"writing {out} failed ({getattr(error, 'strerror', None) or error}); nothing was left behind"
+        return (f"cannot write to {out.parent}: permission denied; nothing was left behind",
+                "pick a folder you can write to")  # fmt: skip
+    return (f"writing {out} failed ({getattr(error, 'strerror', None) or error}); nothing was left behind",
+            "pick another folder")  # fmt: skip
 
 
 def _write_adapter(trained: TrainedModel, folder: Path) -> None:

@@ -131,7 +131,7 @@ class ExportPage(Page):
             return
         folder = QFileDialog.getExistingDirectory(self, f"Where to put the {kind} export")
         if folder:
-            self.export(kind, Path(folder) / f"{run.name}-{kind}")
+            self.export(kind, free_name(Path(folder), f"{run.name}-{kind}"))
 
     def export(self, kind: str, target: Path) -> None:
         from adapter_studio.engine.export.run_export import export_run
@@ -169,7 +169,7 @@ class ExportPage(Page):
         quant = self.gguf_type.currentData()
         folder = QFileDialog.getExistingDirectory(self, f"Where to put the GGUF ({quant}) export")
         if folder:
-            self.export_gguf(quant, Path(folder) / f"{run.name}-gguf-{quant}")
+            self.export_gguf(quant, free_name(Path(folder), f"{run.name}-gguf-{quant}"))
 
     def export_gguf(self, quant: str, target: Path) -> None:
         run = self.state.current_run
@@ -262,3 +262,14 @@ def table_html(rows: list[list[str]]) -> str:
     head = "".join(f"<th align='left'>{esc(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
     return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
+
+
+def free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or `name-2`, `name-3`… where an export is there already: the window names the export's
+    folder itself, and a second export of a run was refused with the command line's "--out: … already exists —
+    pick a new folder name" (exports never overwrite)."""
+    target, n = folder / name, 1
+    while target.exists():
+        n += 1
+        target = folder / f"{name}-{n}"
+    return target
