@@ -25,7 +25,7 @@ from adapter_studio.gui.pages.try_page import TryPage
 from adapter_studio.gui.state import StudioState
 from adapter_studio.gui.theme import THEMES
 from adapter_studio.resources import FOLDER
-from PySide6.QtCore import QByteArray, QSettings
+from PySide6.QtCore import QByteArray, QEventLoop, QSettings
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -301,6 +301,19 @@ class MainWindow(QMainWindow):
             controller.stop()
             while controller.running:  # wait for the checkpoint; no thread outlives the window
                 QApplication.processEvents()
+        export = self.pages["export"]
+        if export.busy:  # type: ignore[attr-defined]  # it closed at once, the export cut short or lost unsaid
+            answer = QMessageBox.question(
+                self,
+                "An export is being written",
+                "Quit when it has finished? Quitting now would lose it (no partial folder is kept).",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            while export.busy:  # type: ignore[attr-defined]
+                QApplication.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 100)
         for key in ("try", "evaluate"):
             page = self.pages[key]
             if page.busy:  # type: ignore[attr-defined]

@@ -233,6 +233,25 @@ def test_a_flat_memory_use_is_drawn_flat(window, qtbot):  # type: ignore[no-unty
     assert train.memory_plot.getViewBox().viewRange()[1] == [0, 5000]
 
 
+def test_closing_during_an_export_asks_and_waits_for_it(window, qtbot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The window closed at once while an export was written, which the app's exit then cut short unsaid."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtGui import QCloseEvent
+
+    export = window.pages["export"]
+    export._worker = object()  # an export under way
+    asked: list[str] = []
+    answers = iter([QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes])
+    monkeypatch.setattr(QMessageBox, "question", lambda _w, title, *a: asked.append(title) or next(answers))
+    event = QCloseEvent()
+    window.closeEvent(event)
+    assert asked == ["An export is being written"] and not event.isAccepted() and export.busy
+    QTimer.singleShot(200, lambda: setattr(export, "_worker", None))  # it finishes
+    event = QCloseEvent()
+    window.closeEvent(event)
+    assert len(asked) == 2 and event.isAccepted() and not export.busy
+
+
 @pytest.mark.parametrize("kind", ["adapter", "merged", "gguf"])
 def test_a_second_export_of_a_run_goes_to_a_new_folder(window, tmp_path: Path, monkeypatch, kind: str) -> None:  # type: ignore[no-untyped-def]
     """The window names the export's folder itself (<run>-adapter in the folder picked), and a second export was
