@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapter_studio.engine.combine_runs import HOW
+from adapter_studio.gui.spin_boxes import DoubleSpinBox
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFormLayout,
     QLabel,
     QLineEdit,
@@ -55,9 +55,9 @@ class CombineDialog(QDialog):
             self.how.addItem(f"{how} — {EXPLAIN[how]}", how)
         self.how.currentIndexChanged.connect(self._how_changed)
         form.addRow("Combination", self.how)
-        self.weights: list[QDoubleSpinBox] = []
+        self.weights: list[DoubleSpinBox] = []
         for name in run_names:
-            spin = QDoubleSpinBox()
+            spin = DoubleSpinBox()
             spin.setRange(-10.0, 10.0)
             spin.setDecimals(3)
             spin.setSingleStep(0.1)
@@ -65,7 +65,7 @@ class CombineDialog(QDialog):
             spin.setObjectName(f"combineWeight{len(self.weights)}")
             form.addRow(f"Weight of {name}", spin)
             self.weights.append(spin)
-        self.density = QDoubleSpinBox()
+        self.density = DoubleSpinBox()
         self.density.setObjectName("combineDensity")
         self.density.setRange(0.01, 1.0)
         self.density.setSingleStep(0.05)

@@ -8,13 +8,13 @@ import typing
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
+from adapter_studio.gui.spin_boxes import DoubleSpinBox, SpinBox
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -284,7 +283,7 @@ class SpecForm(QWidget):
             self.setters[name] = lambda v, c=combo: c.setCurrentText(str(v))
             return combo
         if annotation is int:
-            spin = QSpinBox()
+            spin = SpinBox()
             lo = int(low if low is not None else 0) + (1 if low_open else 0)
             hi = int(high if high is not None else INT_MAX) - (1 if high_open else 0)
             if optional:
@@ -315,11 +314,11 @@ class SpecForm(QWidget):
 
     def _float_spin(
         self, name: str, info: FieldInfo, metadata: list[Any], optional: bool, none_text: str
-    ) -> tuple[QDoubleSpinBox, typing.Callable[[], Any], typing.Callable[[Any], None]]:
+    ) -> tuple[DoubleSpinBox, typing.Callable[[], Any], typing.Callable[[Any], None]]:
         """A spin box for a float within its declared bounds, with its getter and setter; an optional
         one shows None as `none_text` at its minimum."""
         low, high, low_open, high_open = _bounds(metadata)
-        spin = QDoubleSpinBox()
+        spin = DoubleSpinBox()
         small = info.default is None or (isinstance(info.default, float) and 0 < info.default < 0.01)
         spin.setDecimals(6 if small or "learning" in name else 3)
         spin.setSingleStep(1e-4 if small or "learning" in name else 0.05)

@@ -25,19 +25,18 @@ from adapter_studio.engine.spec import DataSpec
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
 from adapter_studio.gui.label_names import label_names_box, label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
+from adapter_studio.gui.spin_boxes import DoubleSpinBox, SpinBox
 from adapter_studio.gui.worker import ProgressRelay, run_in_background
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -99,7 +98,7 @@ class DataPage(Page):
         options.addRow("Format", self.format)
         self.mapping_row = QHBoxLayout()
         options.addRow("Columns", self.mapping_row)
-        self.eval_split = QDoubleSpinBox()
+        self.eval_split = DoubleSpinBox()
         self.eval_split.setObjectName("evalSplit")
         self.eval_split.setRange(AUTO_SPLIT, 0.9)
         self.eval_split.setSingleStep(0.05)
@@ -138,7 +137,7 @@ class DataPage(Page):
         self.options, self.prompt_row = options, prompt_row
         options.setRowVisible(self.label_names, False)
         length_row = QHBoxLayout()
-        self.max_length = QSpinBox()
+        self.max_length = SpinBox()
         self.max_length.setObjectName("maxLength")
         self.max_length.setRange(0, 131072)
         self.max_length.setSingleStep(64)

@@ -16,6 +16,7 @@ from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
 from adapter_studio.gui.pages.try_page import example_labels
 from adapter_studio.gui.plots import legend_below
+from adapter_studio.gui.spin_boxes import SpinBox
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices, QFontMetrics
@@ -30,7 +31,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -130,7 +130,7 @@ class EvaluatePage(Page):
         self.checkpoint.setObjectName("evaluationCheckpoint")
         self.checkpoint.setToolTip("best: the checkpoint with the lowest eval loss (the last when the run kept none).")
         form.addRow("Checkpoint", self.checkpoint)
-        self.shots = QSpinBox()
+        self.shots = SpinBox()
         self.shots.setObjectName("inContextExamples")
         self.shots.setRange(0, 32)
         self.shots.setValue(4)
@@ -144,7 +144,7 @@ class EvaluatePage(Page):
                                 "are compared by that number, and answers that are a number alone (SVAMP's) by "
                                 "each answer's last number; a note says so.")  # fmt: skip
         form.addRow("Answer extraction", self.extract)
-        self.limit = QSpinBox()
+        self.limit = SpinBox()
         self.limit.setObjectName("evaluationLimit")
         self.limit.setRange(1, 100_000)
         self.limit.setValue(500)

@@ -12,12 +12,12 @@ from adapter_studio.engine.runs import RESUMABLE
 from adapter_studio.engine.training.checkpoints import has_checkpoint
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
+from adapter_studio.gui.spin_boxes import DoubleSpinBox
 from adapter_studio.gui.worker import TrainingController
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -109,7 +109,7 @@ class TrainPage(Page):
 
         controls = QHBoxLayout()
         controls.addWidget(QLabel("smoothing"))
-        self.smoothing = QDoubleSpinBox()
+        self.smoothing = DoubleSpinBox()
         self.smoothing.setObjectName("smoothing")
         self.smoothing.setRange(0.0, 0.999)
         self.smoothing.setSingleStep(0.05)

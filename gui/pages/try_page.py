@@ -10,12 +10,12 @@ from typing import Any
 
 from adapter_studio.engine.training.checkpoints import checkpoint_label
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
+from adapter_studio.gui.spin_boxes import DoubleSpinBox, SpinBox
 from adapter_studio.gui.worker import run_in_background
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QPlainTextEdit,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -159,11 +158,11 @@ class TryPage(Page):
         controls.addWidget(self.task_choice)
         self.task_label.setVisible(False)
         self.task_choice.setVisible(False)
-        self.temperature = self._spin(QDoubleSpinBox(), "temperature", 0.0, 2.0, 0.0, step=0.1)
+        self.temperature = self._spin(DoubleSpinBox(), "temperature", 0.0, 2.0, 0.0, step=0.1)
         self.temperature.setToolTip("0: greedy (always the most likely token); higher: more varied answers.")
-        self.top_p = self._spin(QDoubleSpinBox(), "topP", 0.05, 1.0, 0.95, step=0.05)
+        self.top_p = self._spin(DoubleSpinBox(), "topP", 0.05, 1.0, 0.95, step=0.05)
         self.top_p.setToolTip("Sample only from the most likely tokens that together have this probability.")
-        self.max_new_tokens = self._spin(QSpinBox(), "maxNewTokens", 1, 4096, 128)
+        self.max_new_tokens = self._spin(SpinBox(), "maxNewTokens", 1, 4096, 128)
         self.max_new_tokens.setToolTip("The longest answer, in tokens.")
         self.sampling_labels = []
         for text, widget in (("Temperature", self.temperature), ("Top-p", self.top_p),
