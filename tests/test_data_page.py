@@ -284,6 +284,38 @@ def test_files_as_published_are_read_without_a_mapping(tiny_llama, tiny_bert_cls
     assert error_dialogs() == []
 
 
+def test_columns_chosen_for_one_file_carry_to_the_next_that_has_them(tiny_llama, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Mapping output ← equation on SVAMP, then opening MultiArith (the same columns) put gold_answer back, unsaid."""
+    page = choose_model(window, qtbot, tiny_llama)
+    rows = [{"problem": "Ann has 3 apples and eats 1. How many are left?", "question": "How many are left?",
+             "equation": "( 3.0 - 1.0 )", "gold_answer": 2.0}] * 3  # fmt: skip
+    files = {name: tmp_path / f"{name}.json" for name in ("svamp", "multiarith", "other")}
+    files["svamp"].write_text(json.dumps(rows))
+    files["multiarith"].write_text(json.dumps(rows))
+    files["other"].write_text(json.dumps([{k: v for k, v in r.items() if k != "equation"} for r in rows]))
+
+    def shown(name: str) -> None:
+        qtbot.waitUntil(lambda: not page.busy and page.preview is not None
+                        and page._loaded.path == str(files[name]), timeout=30_000)  # fmt: skip
+
+    open_data(page, qtbot, files["svamp"])
+    shown("svamp")
+    assert page.preview.mapping["output"] == "gold_answer"
+    page.combos["output"].setCurrentText("equation")
+    page.reload()
+    qtbot.waitUntil(lambda: not page.busy and page.preview.mapping["output"] == "equation", timeout=30_000)
+    open_data(page, qtbot, files["multiarith"])
+    shown("multiarith")
+    assert page.preview.mapping == {"instruction": "problem", "output": "equation"}
+    assert window.state.data.columns["output"] == "equation"
+    assert "Columns kept from the last file: output ← equation." in page.summary.text()
+    open_data(page, qtbot, files["other"])
+    shown("other")
+    assert page.preview.mapping["output"] == "gold_answer"
+    assert "Columns: output ← equation, chosen for the last file, is not in this one." in page.summary.text()
+    assert error_dialogs() == []
+
+
 def test_a_classification_file_shows_its_labels_and_their_balance(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
     page = choose_model(window, qtbot, tiny_bert_cls)
     rows = ["text,label", *(["good film,<pos>"] * 12), "bad film,neg", "dull film,neg"]
@@ -419,7 +451,7 @@ def test_labels_written_as_ids_are_named_on_the_page(tiny_bert_cls, window, qtbo
     ids=["empty", "number", "messages", "sharegpt turns", "list", "object"],
 )
 def test_the_preview_table_shows_lists_of_messages_as_turns_and_other_lists_as_json(value: Any, shown: str) -> None:
-    from adapter_studio.gui.pages.data_page import cell_text
+    from adapter_studio.gui.data_texts import cell_text
 
     assert cell_text(value) == shown
 

@@ -192,15 +192,12 @@ def folder_bytes(folder: Path) -> int:
 
 def _os_reason(error: Exception, out: Path) -> tuple[str, str]:
     """What went wrong writing `out`, and the fix for that (a permission error was told to free some space)."""
-    code = durable.os_error_code(error)
+    code, left = durable.os_error_code(error), "nothing was left behind"
     if code == errno.ENOSPC:
-        return (f"the disk is full while writing {out}; nothing was left behind",
-                "free some space, or pick another folder")  # fmt: skip
+        return f"the disk is full while writing {out}; {left}", "free some space, or pick another folder"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"cannot write to {out.parent}: permission denied; nothing was left behind",
-                "pick a folder you can write to")  # fmt: skip
-    return (f"writing {out} failed ({getattr(error, 'strerror', None) or error}); nothing was left behind",
-            "pick another folder")  # fmt: skip
+        return f"cannot write to {out.parent}: permission denied; {left}", "pick a folder you can write to"
+    return f"writing {out} failed ({getattr(error, 'strerror', None) or error}); {left}", "pick another folder"
 
 
 def _write_adapter(trained: TrainedModel, folder: Path) -> None:

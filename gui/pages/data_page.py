@@ -7,7 +7,6 @@ Everything slow (reading, checking, tokenising, counting lengths) runs off the m
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.defaults import task_of
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
+from adapter_studio.gui.data_texts import cell_text, describe_stats, dropped_text
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
 from adapter_studio.gui.label_names import label_names_box, label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
@@ -54,20 +54,6 @@ MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 AUTO_SPLIT = -0.05
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
-
-
-def cell_text(value: Any) -> str:
-    """A field as the preview table shows it: a list of messages as its turns ("user: …", one a
-    paragraph), other lists and objects as JSON (not Python's repr), None as nothing."""
-    if value is None:
-        return ""
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        turns = [(m.get("role", m.get("from")), m.get("content", m.get("value"))) for m in value]
-        if all(isinstance(role, str) and content is not None for role, content in turns):
-            return "\n\n".join(f"{role}: {content}" for role, content in turns)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
 
 
 class DataPage(Page):
@@ -185,6 +171,9 @@ class DataPage(Page):
         self._loaded: DataSpec | None = None  # the spec last read (or being read)
         self._before_failure: DataSpec | None = None  # the state's data when a read failed and cleared it
         self._cleared_eval: str | None = None  # an evaluation file cleared with its data, to be said once
+        self._detected: dict[str, str] = {}  # the columns detection mapped for the file shown
+        self._carried: dict[str, str] = {}  # the columns chosen for the last file, for the next
+        self._column_note = ""  # said once: which of them were kept, or are not in the new file
         self._stats_generation = 0
         self._stats_done = 0
         self._stats_running = False
@@ -291,6 +280,10 @@ class DataPage(Page):
             # Another file: its own shape and columns, and not the evaluation file that came with the last
             # one (the demo's, typically) unless one was typed since.
             keep_mapping = False
+            # The columns the person chose (not detected): kept where the next file has them (loading SVAMP's
+            # twin after mapping output ← equation put gold_answer back, unsaid).
+            chosen = self._mapping().items() if self.preview is not None else ()  # not a failed file's guesses
+            self._carried = {r: c for r, c in chosen if self._detected.get(r) != c}
             self.format.setCurrentText(AUTO)
             self.label_names.clear()  # the last file's labels
             self.state.data_mistake = None
@@ -405,6 +398,18 @@ class DataPage(Page):
     def _show(self, preview: Any, spec: DataSpec) -> None:
         from adapter_studio.engine.data.preview import describe_labels
 
+        carried, self._carried = self._carried, {}
+        if not spec.columns:  # detected: what the person's choices differ from
+            self._detected = dict(preview.mapping)
+            kept = {r: c for r, c in carried.items()
+                    if c in preview.columns and preview.mapping.get(r) != c and r in roles_of(preview.format)}
+            gone = ", ".join(f"{r} ← {c}" for r, c in carried.items() if c not in preview.columns)
+            self._column_note = f"Columns: {gone}, chosen for the last file, is not in this one." if gone else ""
+            if kept:
+                chosen = ", ".join(f"{r} ← {c}" for r, c in kept.items())
+                self._column_note += f" Columns kept from the last file: {chosen}."
+                self._load(spec.model_copy(update={"columns": {**preview.mapping, **kept}}))
+                return
         self.preview = preview
         self._build_mapping(preview.format, preview.columns, preview.mapping)
         self._fill_table(preview.columns, preview.rows)
@@ -421,7 +426,7 @@ class DataPage(Page):
         self.summary.setText(
             f"<b>{preview.total_rows:,}</b> rows, format <b>{preview.format}</b> ({detected}), "
             f"columns: {', '.join(f'{r} ← {c}' for r, c in preview.mapping.items())}"
-            f"{_dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
+            f"{dropped_text(preview.dropped, preview.total_rows)}" + (f"<br>{html.escape(labels)}" if labels else "")
         )
         classes = preview.format == "classification"
         self.options.setRowVisible(self.label_names, classes)
@@ -443,6 +448,9 @@ class DataPage(Page):
         if self.state.training is not training:  # the demo's recipe left with its data (state._leave_demo)
             self.summary.setText(f"{self.summary.text()}<br>Method and training settings: the app's defaults "
                                  "for this data (the demo's were for its dates).")  # fmt: skip
+        if self._column_note:
+            self.summary.setText(f"{self.summary.text()}<br>{html.escape(self._column_note.strip())}")
+            self._column_note = ""
         if self._cleared_eval:
             self.summary.setText(f"{self.summary.text()}<br>Eval file cleared: {html.escape(self._cleared_eval)} "
                                  "came with the previous data.")  # fmt: skip
@@ -654,46 +662,3 @@ def _role_note(fmt: str, role: str) -> str:
         others = ", ".join(r for r in other if r != role)
         return f" (required with {others} where there is no {' or '.join(REQUIRED[fmt])})"
     return ""
-
-
-def _dropped_text(dropped: list[str], total: int) -> str:
-    if not dropped:
-        return ""
-    first = html.escape(dropped[0])
-    more = f" and {len(dropped) - 1:,} more" if len(dropped) > 1 else ""
-    return f"; <span style='color:#b9770e'><b>{len(dropped):,}</b> of {total:,} dropped ({first}{more})</span>"
-
-
-def describe_stats(stats: dict[str, Any], packing: bool) -> str:
-    """The lengths panel's text: rows, tokens, what is dropped or truncated, and what packing saves."""
-    lengths = stats["lengths"]
-    longest = max(lengths) if lengths else 0
-    dropped = stats["dropped"]
-    lines = [
-        f"<b>{stats['rows']:,}</b> rows read · <b>{stats['train_examples']:,}</b> train · "
-        f"<b>{stats['eval_examples']:,}</b> held out",
-        f"<b>{stats['total_tokens']:,}</b> tokens per epoch · longest row {longest:,} tokens",
-    ]
-    if dropped:
-        reasons = "<br>".join(html.escape(d) for d in dropped[:3])
-        more = f"<br>… and {len(dropped) - 3:,} more" if len(dropped) > 3 else ""
-        rows = "row" if len(dropped) == 1 else "rows"
-        lines.append(f"<span style='color:#b9770e'><b>{len(dropped):,}</b> {rows} dropped:<br>{reasons}{more}</span>")
-    if stats["truncated"]:
-        lines.append(
-            f"<span style='color:#b9770e'><b>{stats['truncated']:,}</b> "
-            f"{'row is' if stats['truncated'] == 1 else 'rows are'} longer than max length "
-            f"{stats['max_length']:,} and will be truncated</span>"
-        )
-    else:
-        lines.append(f"no row is longer than max length {stats['max_length']:,}")
-    padded, packed = stats["padding_share_padded"], stats["padding_share_packed"]
-    if stats["packing_applies"]:
-        used = "packing is on" if packing else "packing is off"
-        lines.append(  # said in one breath it read as a riddle: what is padded, and what packing would change
-            f"padding: {padded:.0%} of computed tokens with batch padding to the longest row; packed, "
-            f"{packed:.0%}: packing saves {max(padded - packed, 0):.0%} ({used})"
-        )
-    else:
-        lines.append(f"padding: {padded:.0%} of computed tokens")
-    return "<br>".join(lines)
