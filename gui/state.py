@@ -46,6 +46,7 @@ class StudioState(QObject):
         # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
         # for its dates, and another data file gets the app's defaults instead, unless it was edited.
         self.demo: RunSpec | None = None
+        self.run_name: str | None = None  # a spec's `name`, for the runs it starts (walkthrough --set name=… too)
         # Each method's settings as last left, by name: picking LoRA again after a look at full fine-tuning
         # brings back its rank and layers, not LoRA's defaults.
         self._methods: dict[str, MethodSpec] = {}
@@ -174,6 +175,7 @@ class StudioState(QObject):
     def load_spec(self, spec: RunSpec, demo: bool = False) -> None:
         """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
         self.demo = spec if demo else None
+        self.run_name = spec.name
         self._methods, self.data_labels = {}, None  # labels: counted again as the Data page reads the file
         self.data_mistake = None
         self.model = spec.model
@@ -199,5 +201,5 @@ class StudioState(QObject):
             raise UserError(f"{self.data_mistake} (Data page)")
         return RunSpec(
             model=self.model, data=self.data, method=self.method, objective=self.objective, training=self.training,
-            output_dir=self.runs_dir,
+            output_dir=self.runs_dir, name=self.run_name,
         )

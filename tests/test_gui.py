@@ -409,7 +409,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no
     # The walk-through themes the application (create_app); later tests get it back as it was.
     theme = (app.style().name(), app.palette(), {k: pg.getConfigOption(k) for k in ("background", "foreground")})
     try:
-        code = walkthrough(str(tmp_path / "spec.yaml"), tmp_path / "shots")
+        code = walkthrough(str(tmp_path / "spec.yaml"), tmp_path / "shots", ["name=words-walk"])
     finally:
         for widget in QApplication.topLevelWidgets():
             if isinstance(widget, MainWindow):
@@ -421,6 +421,7 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no
 
     report = json.loads((tmp_path / "shots" / "report.json").read_text())
     assert code == 0 and report["status"] == "completed"
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["words-walk"]  # --set name=… was dropped
     shots = [Path(path).name for path in report["screenshots"]]
     assert shots.index("train_finished.png") < shots.index("runs.png") < shots.index("try.png")
     answers = report["try"]
