@@ -96,7 +96,7 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
     trainable = sum(t.numel() for t in tensors.values())
     log = EventLog(run_dir / "events.jsonl")
     events = [
-        Started(run_dir=str(run_dir), model=spec.model.source, method=method.name, trainable_params=trainable,
+        Started(run_dir=str(run_dir.resolve()), model=spec.model.source, method=method.name, trainable_params=trainable,
                 total_params=total, total_steps=0, device="cpu"),
         Log(level="info", message=f"{COMBINED}{how}, weights {', '.join(f'{w:g}' for w in weights)}"
             f"{f', density {density:g}' if kwargs else ''}) from {', '.join(Path(r).name for r in run_dirs)}"),

@@ -244,6 +244,24 @@ def test_a_resume_given_more_steps_decays_over_them_and_a_finished_run_is_left_a
     assert rates == pytest.approx([LR * WarmupThenDecay(t.scheduler, 1, 100, t.min_lr_ratio)(s) for s in (3, 4, 5)])
 
 
+def test_a_resume_given_fewer_steps_shortens_a_warmup_it_had_not_finished(
+    tiny_llama: Path, alpaca_jsonl: Path, make_spec: Spec
+) -> None:
+    """Stopped at step 3 of a 100-step run warming up over 50 steps and resumed to 6 steps, the warm-up was kept
+    as it ran: its last steps trained at 6 % of the peak rate. A shorter total's warm-up now replaces it."""
+    from adapter_studio.engine.training.optimizers import WarmupThenDecay
+
+    stop = threading.Event()
+    long = make_spec(tiny_llama, alpaca_jsonl, "lora", max_steps=100, learning_rate=LR, warmup_ratio=0.5)
+    stopped = run(long, lambda e: stop.set() if isinstance(e, Metrics) and e.step >= 3 else None, stop)
+    assert stopped.status == "cancelled" and stopped.step == 3
+    t = long.training.model_copy(update={"max_steps": 6})
+    resumed, events = start(long.model_copy(update={"training": t}), resume_dir=stopped.run_dir)
+    assert resumed.status == "completed" and resumed.step == 6, resumed.error
+    rates = [e.lr for e in events if isinstance(e, Metrics)]
+    assert rates == pytest.approx([LR * WarmupThenDecay(t.scheduler, 3, 6, t.min_lr_ratio)(s) for s in (3, 4, 5)])
+
+
 def test_a_resume_keeps_the_label_names_its_head_was_trained_with(
     tiny_bert_cls: Path, classification_csv: Path, make_spec: Spec
 ) -> None:

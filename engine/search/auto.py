@@ -371,12 +371,10 @@ class AutoSearch:
         metrics: dict[str, float | None] = {}
         if best_dir is not None:
             summary = summarize_run(best_dir)
-            metrics = {
-                METRIC: summary.best_eval_loss,
-                "final_eval_loss": summary.final_eval_loss,
-                "accuracy": summary.accuracy,
-            }
+            metrics = {METRIC: summary.best_eval_loss, "final_eval_loss": summary.final_eval_loss,
+                       "accuracy": summary.accuracy}  # fmt: skip
         chosen = f"winner trial {winner.number} ({winner.settings.describe()})" if winner else "no trial won"
+        chosen = "none compared: the first baseline trained with the time left" if best_dir and not winner else chosen
         self.say(f"search {status} in {format_seconds(seconds)}: {len(self.trials)} trials, {chosen}; "
                  f"best run {best_dir or '-'}")
         baselines = baseline_rows([t.run_dir for t in self.trials if t.run_dir])

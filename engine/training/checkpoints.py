@@ -238,8 +238,10 @@ def _load_scheduler(scheduler: Any, saved: dict[str, Any]) -> str | None:
     scheduler.load_state_dict(saved)
     before = [s.get("total_steps") for s in saved.get("lr_lambdas") or [] if isinstance(s, dict)]
     for f, shape in zip(getattr(scheduler, "lr_lambdas", []), shapes, strict=True):
-        # The warmup stays as it ran (recomputed from a longer total it would start again mid-run).
-        vars(f).update({k: v for k, v in shape.items() if k != "warmup_steps"})
+        # The warmup stays as it ran (recomputed from a longer total it would start again mid-run), but for a
+        # shorter total's (stopped at step 3 of 50 warming up, resumed to 6 steps: they trained at 6 % of the rate).
+        warmed = vars(f).get("warmup_steps")
+        vars(f).update({k: v for k, v in shape.items() if k != "warmup_steps" or warmed is None or v < warmed})
     now = [shape.get("total_steps") for shape in shapes]
     if not (before and now and before[0] != now[0]):
         return None

@@ -397,7 +397,7 @@ class TrainingSession:
         t = self.spec.training
         self.report(
             Started(
-                run_dir=str(self.run_dir),
+                run_dir=str(self.run_dir.resolve()),  # absolute, as a new run's: a resume named it as typed
                 model=self.spec.model.source,
                 method=self.spec.method.name,
                 trainable_params=self.trainable_params,
