@@ -65,7 +65,8 @@ def create_app() -> QApplication:
     return app  # type: ignore[return-value]
 
 
-def main(self_test: bool = False, demo: bool = True) -> int:
+def main(self_test: bool = False, demo: bool = True, restore: bool = False) -> int:
+    """`restore`: open the set-up the window was last closed with, else the demo (`demo`)."""
     from adapter_studio.gui.display import display_problem
 
     if problem := display_problem():  # before Qt, which would abort the process
@@ -83,7 +84,9 @@ def main(self_test: bool = False, demo: bool = True) -> int:
         window.show()
         return _exec(app)
     window.show()
-    if demo:
+    if restore:
+        QTimer.singleShot(0, lambda: window.restore_session() or (demo and window.load_demo()))
+    elif demo:
         QTimer.singleShot(0, window.load_demo)
     QTimer.singleShot(300, window.welcome_if_first_run)
     return _exec(app)

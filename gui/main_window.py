@@ -12,6 +12,7 @@ from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.gui.dialogs import remembered_runs_dir, show_error
 from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
+from adapter_studio.gui.last_session import last_session, save_session
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.compare_page import ComparePage
 from adapter_studio.gui.pages.data_page import DataPage
@@ -254,6 +255,21 @@ class MainWindow(QMainWindow):
         except UserError as e:
             show_error(self, e)
 
+    def restore_session(self) -> bool:
+        """Open the set-up the window was last closed with; False (then the demo opens) where none was kept, or
+        its model or data is gone (said in the status bar)."""
+        try:
+            spec = last_session()
+        except UserError as e:
+            self.statusBar().showMessage(f"The last session could not be opened ({e.message}): the demo instead",
+                                         20_000)  # fmt: skip
+            return False
+        if spec is None:
+            return False
+        self.state.load_spec(spec)
+        self.statusBar().showMessage("Opened as you left it (File › Load the demo opens the demo)", 20_000)
+        return True
+
     def open_spec(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open spec", filter="Spec files (*.yaml *.yml)")
         if path:
@@ -319,4 +335,5 @@ class MainWindow(QMainWindow):
             if page.busy:  # type: ignore[attr-defined]
                 page.stop()  # type: ignore[attr-defined]
         QSettings().setValue("window/geometry", self.saveGeometry())
+        save_session(self.state)  # opened again at the next plain start
         event.accept()

@@ -544,3 +544,33 @@ def test_a_settings_file_edited_by_hand_still_opens_the_window(value, qtbot, tmp
     status = shown.pages["runs"].status.text()
     assert status == f"Cannot read the runs: {a_file} is a file, not a folder of runs — pick a folder with Choose… " \
                      "or type one above"
+
+
+def test_the_window_opens_again_as_it_was_left(window, qtbot, tiny_llama, alpaca_jsonl, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Quitting forgot the model, the data and the method's settings: the next plain start opened the demo."""
+    import shutil
+
+    from adapter_studio.gui import last_session
+    from adapter_studio.gui.main_window import MainWindow
+    from adapter_studio.gui.state import StudioState
+    from conftest import wind_down
+
+    monkeypatch.setattr(last_session, "session_file", lambda: tmp_path / "config" / "last-session.yaml")
+    data = tmp_path / "mine.jsonl"
+    shutil.copy(alpaca_jsonl, data)
+    choose(window, qtbot, tiny_llama, data)
+    window.state.training = window.state.training.model_copy(update={"max_steps": 7})
+    window.close()  # kept as it closes
+    again = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
+    qtbot.addWidget(again, before_close_func=lambda w: wind_down(w, qtbot))
+    assert again.restore_session()
+    state = again.state
+    assert (state.model.source, state.data.path, state.training.max_steps) == (str(tiny_llama), str(data), 7)
+    assert "Opened as you left it" in again.statusBar().currentMessage()
+
+    data.unlink()  # gone since: the demo opens, and the status bar says why
+    assert not again.restore_session()
+    assert f"data file not found: {data}" in again.statusBar().currentMessage()
+    again.load_demo()  # the demo as it is: nothing kept, the next start opens it anyway
+    last_session.save_session(again.state)
+    assert not (tmp_path / "config" / "last-session.yaml").exists() and again.restore_session() is False

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"adapter-studio {__version__}")
     parser.add_argument("--self-test", action="store_true", help="open the window, print seconds to first paint")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--demo", action="store_true", help="open the window with the demo selected (default)")
+    parser.add_argument("--demo", action="store_true",
+                        help="open the window with the demo (without it: as the window was last closed, else the demo)")
     sub = parser.add_subparsers(dest="command")
 
     train = sub.add_parser("train", help="train headless from a spec file")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             from adapter_studio.gui.app import main as gui_main
 
-            return gui_main(self_test=args.self_test)
+            return gui_main(self_test=args.self_test, restore=not args.demo)  # plain: as the window was left
         if one_command:
             freeze_imports_in_this_process()  # engine.imports: nothing of anyone else's is frozen
             interrupt_on_sigterm()  # `kill`, `timeout`: cleaned up as Ctrl-C is (train installs its own)

@@ -1,0 +1,65 @@
+"""The window's set-up kept between starts: quitting forgot a model, a data file, its column choices and the
+method's settings (only File › Save spec, done beforehand, kept them). The next plain start opens them again;
+`--demo` (and `make run`) opens the demo."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapter_studio.engine.errors import UserError
+from PySide6.QtCore import QSettings
+
+if TYPE_CHECKING:
+    from adapter_studio.engine.spec import RunSpec
+    from adapter_studio.gui.state import StudioState
+
+FILE = "last-session.yaml"
+
+
+def session_file() -> Path:
+    """Beside the window's settings (~/.config/AdapterStudio/)."""
+    return Path(QSettings().fileName()).parent / FILE
+
+
+def _absolute(path: str) -> str:
+    # Read back from the config folder, a relative path would point into it (paths in a spec are the file's).
+    return str(Path(path).expanduser().resolve())
+
+
+def save_session(state: StudioState) -> None:
+    """The set-up as the pages hold it; nothing while it is the demo's, untouched (the next start opens the demo
+    anyway), or while a model or data is missing. A folder that cannot be written only loses the convenience."""
+    file = session_file()
+    try:
+        spec = state.build_spec() if state.demo is None else None
+    except UserError:
+        spec = None
+    with contextlib.suppress(OSError):
+        if spec is None:
+            file.unlink(missing_ok=True)
+            return
+        data = spec.data
+        paths = [_absolute(p) for p in data.path] if isinstance(data.path, list) else _absolute(data.path)
+        data = data.model_copy(update={"path": paths, "eval_path": data.eval_path and _absolute(data.eval_path)})
+        model = spec.model
+        if Path(model.source).expanduser().exists():  # a folder or file, not a hub id or an embedded name
+            model = model.model_copy(update={"source": _absolute(model.source)})
+        spec.model_copy(update={"model": model, "data": data}).save(file)
+
+
+def last_session() -> RunSpec | None:
+    """The set-up the window had when it was last closed, where its model and data are still there; a UserError
+    saying what is gone (the demo then opens instead). None where none was kept."""
+    from adapter_studio.engine.data.files import data_files
+    from adapter_studio.engine.models.loading import resolve_source
+    from adapter_studio.engine.spec import load_spec_file
+
+    file = session_file()
+    if not file.is_file():
+        return None
+    spec = load_spec_file(file)
+    resolve_source(spec.model.source)
+    data_files(spec.data.path)
+    return spec
