@@ -531,3 +531,19 @@ def test_long_column_names_leave_the_window_its_width(window, qtbot, tmp_path, t
     assert window.minimumSizeHint().width() <= 1280 and window.width() <= 1280, window.minimumSizeHint()
     combo = next(iter(page.combos.values()))
     assert combo.view().minimumWidth() > combo.width()  # the list shows the names whole
+
+
+def test_a_max_length_under_the_least_is_refused_as_typed(window, qtbot, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """Typed 5, the box showed 5 and the run trained at 8 (the spec's least), and the error named 8."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    page = window.pages["data"]
+    open_data(page, qtbot, alpaca_jsonl)
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    box = page.max_length
+    box.lineEdit().selectAll()
+    QTest.keyClicks(box, "5")
+    QTest.keyClick(box, Qt.Key.Key_Return)
+    assert box.text() == "auto" and window.state.data.max_length is None
+    assert box.last_refusal == "'5' is not allowed here: a whole number from 8 to 131,072, or auto"

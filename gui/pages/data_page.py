@@ -52,6 +52,7 @@ MAPPING_CHARS = 10  # a column box shows this many characters (its list shows ev
 MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 # The held-out spin box's lowest value, shown as "auto": data.eval_split left empty, for the engine's rule.
 AUTO_SPLIT = -0.05
+AUTO_LENGTH = 7  # the max-length box's lowest value, shown as "auto": data.max_length left empty (8 at least)
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
 
@@ -125,7 +126,7 @@ class DataPage(Page):
         length_row = QHBoxLayout()
         self.max_length = SpinBox()
         self.max_length.setObjectName("maxLength")
-        self.max_length.setRange(0, 131072)
+        self.max_length.setRange(AUTO_LENGTH, 131072)  # 1-7 showed as typed and trained as 8, the spec's least
         self.max_length.setSingleStep(64)
         self.max_length.setSpecialValueText("auto")
         self.max_length.setToolTip(fields["max_length"].description + " auto: the model's limit, at most 512.")
@@ -266,7 +267,7 @@ class DataPage(Page):
                 "eval_path": self.eval_path.text().strip() or None,
                 "system_prompt": self.system_prompt.text().strip() or None,
                 "template": template if template.strip() else None,
-                "max_length": max(self.max_length.value(), 8) if self.max_length.value() else None,
+                "max_length": self.max_length.value() if self.max_length.value() > AUTO_LENGTH else None,
                 "packing": self.packing.isChecked(),
                 "label_names": parsed_or(self.label_names.text(), base.label_names),
             }
