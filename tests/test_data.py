@@ -251,6 +251,23 @@ def test_a_data_path_is_read_as_named_else_as_a_shell_reads_it(
     assert data_files(written.format(tmp=tmp_path)) == [path]
 
 
+@pytest.mark.parametrize(
+    ("files", "read"),
+    [
+        (["README.txt", "train.jsonl"], ["train.jsonl"]),  # the README was read first, as a row of text
+        (["LICENSE", "a.csv", "notes.txt", "b.parquet"], ["a.csv", "b.parquet"]),
+        (["a.txt", "b.txt", "README.md"], ["a.txt", "b.txt"]),  # plain text is the data where nothing else is
+    ],
+    ids=["a README beside rows", "notes beside rows", "a folder of plain text"],
+)
+def test_a_folders_notes_are_not_read_as_data(files: list[str], read: list[str], tmp_path: Path) -> None:
+    from adapter_studio.engine.data.files import data_files
+
+    for name in files:
+        (tmp_path / name).write_text('{"instruction": "a", "output": "b"}\n' if name.endswith(".jsonl") else "x\n")
+    assert [p.name for p in data_files(str(tmp_path))] == read
+
+
 def test_classes_written_as_ids_take_the_names_given(tmp_path: Path, tiny_bert_cls: Path) -> None:
     """AG News writes its topics 1-4: `data.label_names` names them for the run, Try, Evaluate and the export
     (YAML's `{1: World}` reads the key as a number); a name for a label no row has is a typo, said before a run."""

@@ -256,7 +256,7 @@ def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
         if not path.exists():
             raise UserError(f"data file not found: {path}", where=field, fix="check the path")
         if path.is_dir() and not is_saved_dataset(path):
-            files = sorted(p for p in path.iterdir() if file_format(p) in SUFFIXES and not _gzipped_parquet(p))
+            files = _folder_files(path)
             if not files:
                 raise UserError(f"no data files in {path}", where=field, fix=f"use one of {', '.join(SUFFIXES)}")
             out += files
@@ -269,6 +269,16 @@ def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
             )
         out.append(path)
     return out
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """A folder's data files in name order, without its notes: a README.txt beside train.jsonl was read first, as
+    rows of plain text, and the JSONL then failed for want of a 'text' column. README and LICENSE files are not
+    data, nor are .txt files beside files of rows."""
+    files = sorted(p for p in folder.iterdir() if file_format(p) in SUFFIXES and not _gzipped_parquet(p)
+                   and not p.name.lower().startswith(("readme", "license", "licence")))  # fmt: skip
+    rows = [p for p in files if file_format(p) != ".txt"]
+    return rows or files
 
 
 def _gzipped_parquet(path: Path) -> bool:
