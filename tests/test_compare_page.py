@@ -39,6 +39,8 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     qtbot.mouseClick(page.findChild(QPushButton, "tickAll"), Qt.MouseButton.LeftButton)
     assert page.table.rowCount() == len(METHODS) + 1
     assert page.table.item(0, 0).text() == "LoRA"  # the chosen method, highlighted first in the library order
+    size = page.table.horizontalHeaderItem(3)  # 9.4 MiB here was 12.7 MiB exported, unexplained
+    assert size.text() == "adapter size" and "An export adds the tokenizer's files" in size.toolTip()
     bitfit = next(r for r in page.rows if r["method"] == "bitfit")
     assert "no bias" in bitfit["error"] or "has none" in bitfit["error"]
 

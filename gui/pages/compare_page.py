@@ -46,6 +46,8 @@ from PySide6.QtWidgets import (
 from superqt.utils import qdebounced
 
 # "fits" beside the memory, before the family: at 1,280 px the last columns sit behind a scroll bar.
+ADAPTER_SIZE_TIP = ("The trained weights' file (safetensors). An export adds the tokenizer's files (a few MiB) and a "
+                    "README; a merged export is the whole model's size.")
 COLUMNS = ("method", "trainable", "share %", "adapter size", "memory total", "fits", "mergeable", "family")
 MAX_COLUMN_PX = 260
 FIRST_DRAW_S = 0.05  # the chart's redraw takes ~20 ms; computing beside it would double that
@@ -246,6 +248,8 @@ class ComparePage(Page):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("costTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        # An export is bigger than this (9.4 MiB here, 12.7 MiB exported): it also holds the tokenizer and a README.
+        self.table.horizontalHeaderItem(COLUMNS.index("adapter size")).setToolTip(ADAPTER_SIZE_TIP)
         self.table.setMinimumHeight(130)  # the header and three rows
         below = QSplitter(Qt.Orientation.Vertical)  # the chart keeps the room its rows need; the table the rest
         below.addWidget(chart_box)
