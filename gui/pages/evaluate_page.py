@@ -64,9 +64,10 @@ class _Progress(QObject):
 class EvaluatePage(Page):
     title = "Evaluate"
     hint = (
-        "Is the tuned model better at your task than the base model, and than the base model shown a few "
-        "training rows as examples? What did tuning cost on general instructions? Each evaluation is saved "
-        "as a report in the run folder."
+        "Is the tuned model better at your task than the base model, and than a baseline without tuning (the "
+        "base model shown a few training rows as examples; for a classifier, a simple model on its frozen "
+        "features)? What did tuning cost on general instructions (for a model that writes text)? Each "
+        "evaluation is saved as a report in the run folder."
     )
 
     def __init__(self, state) -> None:  # type: ignore[no-untyped-def]
