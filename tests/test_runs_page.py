@@ -396,3 +396,20 @@ def test_the_current_run_is_selected_when_nothing_else_is(qtbot: Any, tmp_path: 
     newest = max((tmp_path / "runs").iterdir(), key=lambda p: p.name)
     state.set_current_run(newest)
     assert [r.path.resolve() for r in page.selected_runs()] == [newest.resolve()]
+
+
+def test_a_runs_folder_that_cannot_be_written_is_said(page: RunsPage, tmp_path: Path, monkeypatch: Any) -> None:
+    """A read-only folder typed on the page was taken (and kept for later starts) until Start failed."""
+    import os
+
+    from adapter_studio.gui.pages import runs_page
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real = os.access
+    monkeypatch.setattr(runs_page.os, "access", lambda path, mode: Path(path) != shared and real(path, mode))
+    page.set_runs_dir(str(shared / "runs"))  # not there: it would be made in the read-only folder
+    assert page.status.text().endswith(f"new runs cannot be written here ({shared} is read-only): pick another "
+                                       "folder to train")  # fmt: skip
+    page.set_runs_dir(str(tmp_path / "mine"))
+    assert page.status.text() == f"0 runs in {tmp_path / 'mine'}"

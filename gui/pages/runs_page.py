@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shlex
 import shutil
 import time
@@ -262,7 +263,8 @@ class RunsPage(Page):
             self.status.setText(f"Cannot read the runs in {self.state.runs_dir}: {e}")
         else:
             count = len(self.runs)
-            self.status.setText(f"{count} run{'s' * (count != 1)} in {Path(self.state.runs_dir).expanduser()}")
+            folder = Path(self.state.runs_dir).expanduser()
+            self.status.setText(f"{count} run{'s' * (count != 1)} in {folder}" + _unwritable(folder))
         self.table.blockSignals(True)
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(self.runs))
@@ -639,3 +641,12 @@ def _evaluated_item(summary: EvaluationSummary | None) -> SortableItem:
     item.setToolTip(f"{headline[0]} — tuned model, evaluated {summary.when}"
                     + (f"; base model {base:.3f}" if base is not None else ""))  # the cell may be cut: all of it
     return item
+
+
+def _unwritable(folder: Path) -> str:
+    """What to add where new runs could not be written (a folder typed there was taken, and kept for later
+    starts, until Start failed): the folder, or the one it would be made in."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or (existing.is_dir() and os.access(existing, os.W_OK)):
+        return ""
+    return f" — new runs cannot be written here ({existing} is read-only): pick another folder to train"
