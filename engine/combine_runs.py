@@ -92,8 +92,9 @@ def combine_runs(run_dirs: list[Path], weights: list[float] | None = None, how: 
                if ".combined." in n}  # fmt: skip
     ckpt.save_checkpoint(run_dir / "checkpoints", model, None, SimpleNamespace(state_dict=dict), 0,
                          {"combined_from": [str(r) for r in run_dirs]}, tensors=tensors)  # fmt: skip
-    total = sum(p.numel() for n, p in model.base_model.model.named_parameters() if ".lora_" not in n)
     trainable = sum(t.numel() for t in tensors.values())
+    # The base and its adapter, as a trained run counts them (the runs combined are not part of it).
+    total = sum(p.numel() for n, p in model.base_model.model.named_parameters() if ".lora_" not in n) + trainable
     log = EventLog(run_dir / "events.jsonl")
     events = [
         Started(run_dir=str(run_dir.resolve()), model=spec.model.source, method=method.name, trainable_params=trainable,

@@ -60,6 +60,7 @@ def test_cat_is_the_weighted_sum_of_the_updates_and_loads_like_a_run(lora_runs: 
 def test_each_combination_makes_a_loadable_run(how: str, lora_runs: list[Path], tmp_path: Path) -> None:
     from adapter_studio.engine.combine_runs import combine_runs
     from adapter_studio.engine.inference.trained import load_trained
+    from adapter_studio.engine.runs import summarize_run
 
     combined = combine_runs(lora_runs[:2], None, how, output_dir=tmp_path)
     trained = load_trained(combined.run_dir)
@@ -67,6 +68,8 @@ def test_each_combination_makes_a_loadable_run(how: str, lora_runs: list[Path], 
     with torch.no_grad():
         assert torch.isfinite(trained.model(input_ids=ids).logits).all()
     assert combined.trainable_params == sum(p.numel() for n, p in trained.model.named_parameters() if "lora_" in n)
+    started = summarize_run(combined.run_dir)  # the base and the adapter, as a trained run's (it was the base's)
+    assert started.total_params == sum(p.numel() for p in trained.model.parameters())
 
 
 @pytest.mark.parametrize(("pick", "how", "weights", "words"), [
