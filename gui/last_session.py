@@ -28,9 +28,11 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def save_session(state: StudioState) -> None:
-    """The set-up as the pages hold it; nothing while it is the demo's, untouched (the next start opens the demo
-    anyway), or while a model or data is missing. A folder that cannot be written only loses the convenience."""
+def save_session(state: StudioState, format_chosen: bool = True) -> None:
+    """The set-up as the pages hold it. Not the demo's, untouched, nor one without a model or data: the set-up
+    kept before stays (its data on a drive not mounted opened the demo, and quitting that lost the set-up for
+    good). A folder that cannot be written only loses the convenience. `format_chosen`: the Data page's format
+    was picked, not detected (detected, it reopened as "chosen")."""
     file = session_file()
     try:
         spec = state.build_spec() if state.demo is None else None
@@ -38,11 +40,11 @@ def save_session(state: StudioState) -> None:
         spec = None
     with contextlib.suppress(OSError):
         if spec is None:
-            file.unlink(missing_ok=True)
             return
         data = spec.data
         paths = [_absolute(p) for p in data.path] if isinstance(data.path, list) else _absolute(data.path)
-        data = data.model_copy(update={"path": paths, "eval_path": data.eval_path and _absolute(data.eval_path)})
+        data = data.model_copy(update={"path": paths, "eval_path": data.eval_path and _absolute(data.eval_path),
+                                       "format": data.format if format_chosen else None})
         model = spec.model
         if Path(model.source).expanduser().exists():  # a folder or file, not a hub id or an embedded name
             model = model.model_copy(update={"source": _absolute(model.source)})

@@ -335,5 +335,5 @@ class MainWindow(QMainWindow):
             if page.busy:  # type: ignore[attr-defined]
                 page.stop()  # type: ignore[attr-defined]
         QSettings().setValue("window/geometry", self.saveGeometry())
-        save_session(self.state)  # opened again at the next plain start
+        save_session(self.state, self.pages["data"].format_chosen)  # opened again at the next plain start
         event.accept()

@@ -546,4 +546,27 @@ def test_a_max_length_under_the_least_is_refused_as_typed(window, qtbot, alpaca_
     QTest.keyClicks(box, "5")
     QTest.keyClick(box, Qt.Key.Key_Return)
     assert box.text() == "auto" and window.state.data.max_length is None
-    assert box.last_refusal == "'5' is not allowed here: a whole number from 8 to 131,072, or auto"
+    assert box.last_refusal == "'5' is not allowed here: a whole number from 8 to 131,072, or auto; kept auto"
+    split = page.eval_split  # -0.02 was taken, shown, and read as auto; the message said "from -0.04 …, or auto: 6 …"
+    for typed, said in (("-0.02", "'-0.02' is not allowed here: a number from 0 to 0.9, or auto; kept auto"),
+                        ("0.95", "'0.95' is not allowed here: a number from 0 to 0.9, or auto; kept auto")):
+        split.lineEdit().selectAll()
+        QTest.keyClicks(split, typed)
+        QTest.keyClick(split, Qt.Key.Key_Return)
+        assert split.last_refusal == said and window.state.data.eval_split is None
+
+
+def test_a_column_picked_for_one_role_leaves_the_other(tiny_bert_cls, window, qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """text <- description left text_pair on description too: each row read it twice ([CLS]…[SEP]…[SEP])."""
+    page = choose_model(window, qtbot, tiny_bert_cls)
+    news = tmp_path / "news.csv"
+    news.write_text("label,title,description\n3,Stocks rise,Markets gained today.\n1,Talks fail,Leaders met.\n")
+    open_data(page, qtbot, news)
+    qtbot.waitUntil(lambda: page.preview is not None and not page.busy, timeout=30_000)
+    assert page.preview.mapping == {"text": "title", "text_pair": "description", "label": "label"}
+    combo = page.combos["text"]
+    combo.setCurrentText("description")
+    combo.activated.emit(combo.currentIndex())
+    qtbot.waitUntil(lambda: not page.busy and page.preview.mapping.get("text") == "description", timeout=30_000)
+    assert page.preview.mapping == {"text": "description", "label": "label"}
+    assert window.state.data.columns == {"text": "description", "label": "label"}

@@ -567,10 +567,13 @@ def test_the_window_opens_again_as_it_was_left(window, qtbot, tiny_llama, alpaca
     state = again.state
     assert (state.model.source, state.data.path, state.training.max_steps) == (str(tiny_llama), str(data), 7)
     assert "Opened as you left it" in again.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: again.pages["data"].preview is not None, timeout=30_000)
+    assert not again.pages["data"].format_chosen  # detected, it reopened as "chosen"
 
-    data.unlink()  # gone since: the demo opens, and the status bar says why
+    moved = data.rename(tmp_path / "elsewhere.jsonl")  # gone since: the demo opens, and the status bar says why
     assert not again.restore_session()
     assert f"data file not found: {data}" in again.statusBar().currentMessage()
-    again.load_demo()  # the demo as it is: nothing kept, the next start opens it anyway
+    again.load_demo()  # quit on the demo, untouched: the set-up kept before stays for when its data is back
     last_session.save_session(again.state)
-    assert not (tmp_path / "config" / "last-session.yaml").exists() and again.restore_session() is False
+    moved.rename(data)
+    assert again.restore_session() and again.state.training.max_steps == 7

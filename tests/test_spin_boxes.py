@@ -22,18 +22,22 @@ pytestmark = pytest.mark.gui
 @pytest.mark.parametrize(
     ("spec", "field", "typed", "value", "said"),
     [
-        (LoRA, "r", "-4", 4, "'-' is not allowed here: a whole number from 1 to "),
-        (LoRA, "r", "0", 8, "'0' is not allowed here: a whole number from 1 to "),  # unfinished: 8 comes back
-        (LoRA, "dropout", "1.5", 0.5, "'1' is not allowed here: a number from 0 to "),
-        (TrainingSpec, "warmup_ratio", "3", 0.05, "'3' is not allowed here: a number from 0 to 0.5"),
+        (LoRA, "r", "-4", 8, "'-' is not allowed here: a whole number from 1 to 1,024; kept 8"),  # it read 4
+        (LoRA, "r", "0", 8, "'0' is not allowed here: a whole number from 1 to 1,024; kept 8"),  # unfinished
+        (LoRA, "dropout", "1.5", 0.05, "'1' is not allowed here: a number from 0 to 0.999; kept 0.050"),  # 0.5
+        (TrainingSpec, "warmup_ratio", "3", 0.05, "'3' is not allowed here: a number from 0 to 0.5; kept 0.050"),
         (TrainingSpec, "max_steps", "abc", None, "is not allowed here: a whole number from 1 to 2,147,483,647, "
-                                                 "or auto"),
+                                                 "or auto; kept auto"),
+        (TrainingSpec, "max_steps", "0", None, "'0' is auto here: a whole number from 1 to 2,147,483,647, or auto"),
+        (TrainingSpec, "save_every", "20000000000", 100, "'20000000000' is not allowed here: a whole number from "
+                                                         "1 to 2,147,483,647; kept 100"),  # it read 2000000000
         (TrainingSpec, "save_every", "200", 200, ""),  # in range: nothing said
     ],
-    ids=["negative r", "r of 0", "dropout over 1", "warm-up ratio of 3", "letters", "in range"],
+    ids=["negative r", "r of 0", "dropout over 1", "warm-up ratio of 3", "letters", "0 for auto", "too many digits",
+         "in range"],
 )
-def test_a_refused_value_is_said_beside_its_box(qtbot: Any, spec: type, field: str, typed: str, value: Any,
-                                               said: str) -> None:  # fmt: skip
+def test_a_refused_value_is_said_beside_its_box_and_the_value_kept(qtbot: Any, spec: type, field: str, typed: str,
+                                                                   value: Any, said: str) -> None:  # fmt: skip
     form = SpecForm(spec, spec())
     qtbot.addWidget(form)
     form.show()

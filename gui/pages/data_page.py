@@ -51,7 +51,7 @@ NO_COLUMN = "(none)"
 MAPPING_CHARS = 10  # a column box shows this many characters (its list shows every name whole)
 MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 # The held-out spin box's lowest value, shown as "auto": data.eval_split left empty, for the engine's rule.
-AUTO_SPLIT = -0.05
+AUTO_SPLIT = -0.01  # one step of its two decimals under 0: -0.02 was taken, and read as auto
 AUTO_LENGTH = 7  # the max-length box's lowest value, shown as "auto": data.max_length left empty (8 at least)
 STATS_DELAY_MS = 300  # wait for the typing to stop before counting tokens again
 FALLBACK_MAX_LENGTH = 512
@@ -246,6 +246,10 @@ class DataPage(Page):
             widget.blockSignals(False)
         self._load(data)
 
+    @property
+    def format_chosen(self) -> bool:
+        return self.format.currentText() != AUTO
+
     def _paths(self) -> str | list[str]:
         return path_list(self.path.text())
 
@@ -409,7 +413,8 @@ class DataPage(Page):
             if kept:
                 chosen = ", ".join(f"{r} ← {c}" for r, c in kept.items())
                 self._column_note += f" Columns kept from the last file: {chosen}."
-                self._load(spec.model_copy(update={"columns": {**preview.mapping, **kept}}))
+                detected = {r: c for r, c in preview.mapping.items() if c not in kept.values()}  # none read twice
+                self._load(spec.model_copy(update={"columns": {**detected, **kept}}))
                 return
         self.preview = preview
         self._build_mapping(preview.format, preview.columns, preview.mapping)
@@ -482,6 +487,14 @@ class DataPage(Page):
                 item.widget().deleteLater()
         self.combos = {}
 
+    def _column_picked(self, role: str) -> None:
+        """A column moves to the role it is picked for (text <- description left text_pair on it too: read twice)."""
+        column = self.combos[role].currentText()
+        for other, combo in self.combos.items():
+            if other != role and combo.currentText() == column != NO_COLUMN:
+                combo.setCurrentText(NO_COLUMN)
+        self.reload()
+
     def _build_mapping(self, fmt: str, columns: list[str], mapping: dict[str, str]) -> None:
         self._clear_mapping()
         for role in roles_of(fmt):
@@ -495,7 +508,7 @@ class DataPage(Page):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(MAPPING_CHARS)
             combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
-            combo.activated.connect(lambda _i: self.reload())
+            combo.activated.connect(lambda _i, role=role: self._column_picked(role))
             self.combos[role] = combo
             self.mapping_row.addWidget(QLabel(f"{role}:"))
             self.mapping_row.addWidget(combo)
