@@ -322,12 +322,13 @@ class MainWindow(QMainWindow):
             answer = QMessageBox.question(
                 self,
                 "An export is being written",
-                "Quit when it has finished? Quitting now would lose it (no partial folder is kept).",
+                "Quit as soon as it has been written? (No: keep working. It cannot be cut short without losing it.)",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             )
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+            self.statusBar().showMessage("Quitting when the export has been written…")
             while export.busy:  # type: ignore[attr-defined]
                 QApplication.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 100)
         for key in ("try", "evaluate"):

@@ -62,6 +62,7 @@ def test_train_watch_and_export_from_the_window(window, qtbot, tiny_llama, alpac
     window.go_to("export")
     for kind in ("adapter", "merged"):
         export.export(kind, tmp_path / kind)
+        assert not export.gguf_button.isEnabled()  # it stayed on while another export ran, doing nothing
         qtbot.waitUntil(lambda: not export.busy, timeout=120_000)
         assert kind in export.exports, export.status.text()
         assert "verified" in export.status.text()
@@ -246,10 +247,12 @@ def test_closing_during_an_export_asks_and_waits_for_it(window, qtbot, monkeypat
     event = QCloseEvent()
     window.closeEvent(event)
     assert asked == ["An export is being written"] and not event.isAccepted() and export.busy
+    QTimer.singleShot(50, lambda: asked.append(window.statusBar().currentMessage()))  # said while it waits
     QTimer.singleShot(200, lambda: setattr(export, "_worker", None))  # it finishes
     event = QCloseEvent()
     window.closeEvent(event)
-    assert len(asked) == 2 and event.isAccepted() and not export.busy
+    assert asked[1:] == ["An export is being written", "Quitting when the export has been written…"]
+    assert event.isAccepted() and not export.busy
 
 
 @pytest.mark.parametrize("kind", ["adapter", "merged", "gguf"])

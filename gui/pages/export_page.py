@@ -140,8 +140,8 @@ class ExportPage(Page):
         if run is None or self._worker is not None:
             return
         self.status.setText(f"Exporting {kind} to {target}… (loading, writing, then verifying)")
-        self.adapter_button.setEnabled(False)
-        self.merged_button.setEnabled(False)
+        for button in (self.adapter_button, self.merged_button, self.gguf_button):  # GGUF stayed on, doing nothing
+            button.setEnabled(False)
         self._worker = run_in_background(export_run, run, kind, target, on_result=self._done, on_error=self._failed)
 
     def _gguf_types(self) -> QComboBox:
