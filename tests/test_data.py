@@ -268,6 +268,15 @@ def test_a_folders_notes_are_not_read_as_data(files: list[str], read: list[str],
     assert [p.name for p in data_files(str(tmp_path))] == read
 
 
+def test_a_folder_of_notes_alone_says_so(tmp_path: Path) -> None:
+    """It said "no data files … use one of …, .txt" of a folder holding README.txt."""
+    from adapter_studio.engine.data.files import data_files
+
+    (tmp_path / "README.txt").write_text("my data will go here\n")
+    with pytest.raises(UserError, match=r"no data files in .* \(README\.txt: the folder's notes, not data\)"):
+        data_files(str(tmp_path))
+
+
 def test_classes_written_as_ids_take_the_names_given(tmp_path: Path, tiny_bert_cls: Path) -> None:
     """AG News writes its topics 1-4: `data.label_names` names them for the run, Try, Evaluate and the export
     (YAML's `{1: World}` reads the key as a number); a name for a label no row has is a typo, said before a run."""

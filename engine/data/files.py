@@ -258,7 +258,9 @@ def data_files(paths: str | list[str], field: str = "data.path") -> list[Path]:
         if path.is_dir() and not is_saved_dataset(path):
             files = _folder_files(path)
             if not files:
-                raise UserError(f"no data files in {path}", where=field, fix=f"use one of {', '.join(SUFFIXES)}")
+                notes = sorted(p.name for p in path.iterdir() if _is_notes(p))  # "use .txt" beside a README.txt
+                said = f" ({', '.join(notes)}: the folder's notes, not data)" if notes else ""
+                raise UserError(f"no data files in {path}{said}", where=field, fix=f"use one of {', '.join(SUFFIXES)}")
             out += files
             continue
         if path.is_file() and (file_format(path) not in SUFFIXES or _gzipped_parquet(path)):
@@ -276,9 +278,13 @@ def _folder_files(folder: Path) -> list[Path]:
     rows of plain text, and the JSONL then failed for want of a 'text' column. README and LICENSE files are not
     data, nor are .txt files beside files of rows."""
     files = sorted(p for p in folder.iterdir() if file_format(p) in SUFFIXES and not _gzipped_parquet(p)
-                   and not p.name.lower().startswith(("readme", "license", "licence")))  # fmt: skip
+                   and not _is_notes(p))  # fmt: skip
     rows = [p for p in files if file_format(p) != ".txt"]
     return rows or files
+
+
+def _is_notes(path: Path) -> bool:
+    return path.name.lower().startswith(("readme", "license", "licence"))
 
 
 def _gzipped_parquet(path: Path) -> bool:
