@@ -570,3 +570,13 @@ def test_a_column_picked_for_one_role_leaves_the_other(tiny_bert_cls, window, qt
     qtbot.waitUntil(lambda: not page.busy and page.preview.mapping.get("text") == "description", timeout=30_000)
     assert page.preview.mapping == {"text": "description", "label": "label"}
     assert window.state.data.columns == {"text": "description", "label": "label"}
+
+
+def test_an_architecture_alone_says_why_there_are_no_token_lengths(window, qtbot, alpaca_jsonl) -> None:  # type: ignore[no-untyped-def]
+    """"Token lengths appear once a model is chosen and the data is read" stayed, with both done."""
+    window.pages["model"].choose("llama-3.2-1b")
+    page = window.pages["data"]
+    open_data(page, qtbot, alpaca_jsonl)
+    qtbot.waitUntil(lambda: "cannot be read" in page.length_stats.text(), timeout=30_000)
+    assert page.length_stats.text() == ("Token lengths need the model's tokenizer, which cannot be read: the model is "
+                                        "an architecture alone, without its files")

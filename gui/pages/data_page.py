@@ -526,11 +526,18 @@ class DataPage(Page):
             from adapter_studio.engine.models.loading import load_config, load_tokenizer, resolve_source
 
             resolved = resolve_source(source)
+            if not resolved.has_weights:
+                raise UserError("the model is an architecture alone, without its files")
             tokenizer = load_tokenizer(resolved)
             limit = min(DEFAULT_MAX_LENGTH, model_max_length(load_config(resolved)))
             return tokenizer, copy.deepcopy(tokenizer), limit
 
-        self._background(load, model.source, on_result=self._tokenizer_ready, on_error=lambda e: None)
+        self._background(load, model.source, on_result=self._tokenizer_ready, on_error=self._tokenizer_failed)
+
+    def _tokenizer_failed(self, error: BaseException) -> None:
+        """Said where the lengths would be ("appear once a model is chosen" stayed, for an architecture alone)."""
+        why = html.escape(getattr(error, "what", str(error)))
+        self.length_stats.setText(f"Token lengths need the model's tokenizer, which cannot be read: {why}")
 
     def _tokenizer_ready(self, loaded: tuple[Any, Any, int]) -> None:
         self.tokenizer, self._stats_tokenizer, self.auto_max_length = loaded
