@@ -302,16 +302,15 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Copied: {text}", 8000)
 
     # --- closing ----------------------------------------------------------------------------------
+    def _yes(self, title: str, question: str) -> bool:
+        buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+        return QMessageBox.question(self, title, question, buttons) == QMessageBox.StandardButton.Yes
+
     def closeEvent(self, event: QCloseEvent) -> None:
         controller = self.train_page.controller
         if controller.running:
-            answer = QMessageBox.question(
-                self,
-                "Training is running",
-                "Stop the run and quit? A checkpoint is saved, and the run can be resumed later.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
+            if not self._yes("Training is running",
+                             "Stop the run and quit? A checkpoint is saved, and the run can be resumed later."):
                 event.ignore()
                 return
             controller.stop()
@@ -319,13 +318,8 @@ class MainWindow(QMainWindow):
                 QApplication.processEvents()
         export = self.pages["export"]
         if export.busy:  # type: ignore[attr-defined]  # it closed at once, the export cut short or lost unsaid
-            answer = QMessageBox.question(
-                self,
-                "An export is being written",
-                "Quit as soon as it has been written? (No: keep working. It cannot be cut short without losing it.)",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
+            if not self._yes("An export is being written", "Quit as soon as it has been written? (No: keep "
+                             "working. It cannot be cut short without losing it.)"):  # fmt: skip
                 event.ignore()
                 return
             self.statusBar().showMessage("Quitting when the export has been written…")
