@@ -7,6 +7,24 @@ import html
 import json
 from typing import Any
 
+from adapter_studio.engine.errors import UserError
+
+# The spec's names for the page's boxes, as the page labels them ("raise data.max_length to at least 53").
+PAGE_NAMES = {"data.max_length": "Max length", "max_length": "max length", "data.eval_split": "Held out"}
+
+
+def in_page_words(error: BaseException) -> BaseException:
+    """A UserError as the Data page says it: its boxes by their labels, not the spec's field names."""
+    if not isinstance(error, UserError):
+        return error
+
+    def words(text: str | None) -> str | None:
+        for name, label in PAGE_NAMES.items():
+            text = text.replace(name, label) if text else text
+        return text
+
+    return UserError(words(error.what) or "", where=words(error.where), fix=words(error.fix))
+
 
 def cell_text(value: Any) -> str:
     """A field as the preview table shows it: a list of messages as its turns ("user: …", one a

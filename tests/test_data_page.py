@@ -126,6 +126,9 @@ def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_pa
 
 WINDOW_WORDS = {  # the page maps no columns by itself, so the first missing role is the instruction
     "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply", "data.columns"],
+    # The page's box by its label (it said "raise data.max_length"): Max length.
+    "every row longer than max length": ["{dir}/long.jsonl", "every row is longer than max length 16",
+                                         "raise Max length to at least"],
 }
 
 

@@ -21,7 +21,7 @@ from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.defaults import task_of
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
-from adapter_studio.gui.data_texts import cell_text, describe_stats, dropped_text
+from adapter_studio.gui.data_texts import cell_text, describe_stats, dropped_text, in_page_words
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
 from adapter_studio.gui.label_names import label_names_box, label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
@@ -649,6 +649,7 @@ class DataPage(Page):
     def _stats_failed(self, error: BaseException, generation: int, data: DataSpec) -> None:
         if self._stale(generation):
             return
+        error = in_page_words(error)
         self.stats = None
         self.state.set_data_lengths(data, None)
         message = getattr(error, "message", str(error))
