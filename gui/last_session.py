@@ -24,8 +24,11 @@ def session_file() -> Path:
 
 
 def _absolute(path: str) -> str:
-    # Read back from the config folder, a relative path would point into it (paths in a spec are the file's).
-    return str(Path(path).expanduser().resolve())
+    """The data path as the app reads it, made absolute: read back from the config folder, a relative path would
+    point into it (paths in a spec are the file's), and `$MY_DATA/d.jsonl` would have become `<cwd>/$MY_DATA/…`."""
+    from adapter_studio.engine.data.files import local_path
+
+    return str(local_path(path).resolve())
 
 
 def save_session(state: StudioState, format_chosen: bool = True) -> None:

@@ -63,7 +63,7 @@ def check_safetensors(source: ModelSource) -> None:
         if any(folder.glob("*.safetensors")):
             return
         if not any(p for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)):
-            return  # no weights at all: refused with that (require_weights)
+            return  # none at all: a folder made elsewhere (embedded, converted) whose files went; transformers says
     raise UserError(
         f"{folder or source.path} has its weights only as pickles (.bin/.pt), which can run code when loaded",
         where="model.source",
