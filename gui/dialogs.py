@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
+from pathlib import Path
 from types import TracebackType
 
 from adapter_studio.engine.errors import UserError
@@ -37,16 +39,12 @@ def install_excepthook(parent_getter: object) -> None:
 
 def last_folder(key: str) -> str:
     """The folder a file dialog of this kind opened last (QSettings), or the home folder."""
-    from pathlib import Path
-
     from PySide6.QtCore import QSettings
 
     return str(QSettings().value(f"paths/last_{key}", str(Path.home())))
 
 
 def remember_folder(key: str, chosen: str) -> None:
-    from pathlib import Path
-
     from PySide6.QtCore import QSettings
 
     path = Path(chosen)
@@ -60,9 +58,6 @@ def remembered_runs_dir() -> str:
     """The runs folder chosen last (Settings › Runs folder…, the Runs page), else `runs` in the folder the app
     was started from where that can be written, else ~/AdapterStudio/runs. Absolute: started from / (a desktop
     launcher) the runs went to /runs and failed, and a later change of folder moved them."""
-    import os
-    from pathlib import Path
-
     from PySide6.QtCore import QSettings
 
     saved = QSettings().value(RUNS_DIR_KEY)
@@ -78,3 +73,12 @@ def remember_runs_dir(folder: str) -> None:
     from PySide6.QtCore import QSettings
 
     QSettings().setValue(RUNS_DIR_KEY, folder)
+
+
+def unwritable_note(folder: Path) -> str:
+    """What to add where a runs folder is shown or chosen and new runs could not be written there (one chosen was
+    taken, and kept for later starts, until Start failed): the folder, or the one it would be made in."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None or (existing.is_dir() and os.access(existing, os.W_OK)):
+        return ""
+    return f" — new runs cannot be written here ({existing} is read-only): pick another folder to train"

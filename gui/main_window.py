@@ -10,7 +10,7 @@ from typing import Any
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.spec import load_spec_file
-from adapter_studio.gui.dialogs import remembered_runs_dir, show_error
+from adapter_studio.gui.dialogs import remembered_runs_dir, show_error, unwritable_note
 from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
 from adapter_studio.gui.last_session import last_session, save_session
 from adapter_studio.gui.pages.base import Page
@@ -197,6 +197,9 @@ class MainWindow(QMainWindow):
         if folder:
             self.state.set_runs_dir(folder)
             self.state.run_changed.emit()
+            # Said here too: the Runs page, which says it beside the folder, may not be open.
+            note = unwritable_note(Path(folder))
+            self.statusBar().showMessage(f"Runs folder: {folder}{note}", 30_000 if note else 8000)
 
     def welcome_if_first_run(self) -> None:
         settings = QSettings()

@@ -526,6 +526,25 @@ def test_the_runs_folder_chosen_is_kept_across_starts_and_the_demo(window, qtbot
     assert remembered_runs_dir() == str(tmp_path / "home" / "AdapterStudio" / "runs")
 
 
+def test_settings_runs_folder_says_when_new_runs_cannot_be_written_there(window, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Settings › Runs folder… took a read-only folder unsaid (the Runs page, not open, said it) until Start failed."""
+    import os
+
+    from adapter_studio.gui import dialogs, main_window
+
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    shared.mkdir()
+    mine.mkdir()
+    real = os.access
+    monkeypatch.setattr(dialogs.os, "access", lambda path, mode: Path(path) != shared and real(path, mode))
+    for folder, said in [(shared, f" — new runs cannot be written here ({shared} is read-only): pick another "
+                                  "folder to train"), (mine, "")]:  # fmt: skip
+        monkeypatch.setattr(main_window.QFileDialog, "getExistingDirectory", lambda *a, f=folder: str(f))
+        window.choose_runs_dir()
+        assert window.state.runs_dir == str(folder)  # kept: its runs can still be read
+        assert window.statusBar().currentMessage() == f"Runs folder: {folder}{said}"
+
+
 @pytest.mark.parametrize("value", ["hello", "3"])
 def test_a_settings_file_edited_by_hand_still_opens_the_window(value, qtbot, tmp_path):  # type: ignore[no-untyped-def]
     """`geometry=hello` stopped the window opening with a TypeError; a runs folder that is a file is said

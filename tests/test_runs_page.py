@@ -402,12 +402,12 @@ def test_a_runs_folder_that_cannot_be_written_is_said(page: RunsPage, tmp_path: 
     """A read-only folder typed on the page was taken (and kept for later starts) until Start failed."""
     import os
 
-    from adapter_studio.gui.pages import runs_page
+    from adapter_studio.gui import dialogs
 
     shared = tmp_path / "shared"
     shared.mkdir()
     real = os.access
-    monkeypatch.setattr(runs_page.os, "access", lambda path, mode: Path(path) != shared and real(path, mode))
+    monkeypatch.setattr(dialogs.os, "access", lambda path, mode: Path(path) != shared and real(path, mode))
     page.set_runs_dir(str(shared / "runs"))  # not there: it would be made in the read-only folder
     assert page.status.text().endswith(f"new runs cannot be written here ({shared} is read-only): pick another "
                                        "folder to train")  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shlex
 import shutil
 import time
@@ -19,6 +18,7 @@ from adapter_studio.engine.runs import RESUMABLE, RunSummary, list_runs
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.engine.training.checkpoints import has_checkpoint
 from adapter_studio.gui.combine_dialog import FUSION
+from adapter_studio.gui.dialogs import unwritable_note
 from adapter_studio.gui.evaluation_summary import EvaluationPanel, EvaluationSummaries, EvaluationSummary
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.pages.train_page import format_seconds
@@ -264,7 +264,7 @@ class RunsPage(Page):
         else:
             count = len(self.runs)
             folder = Path(self.state.runs_dir).expanduser()
-            self.status.setText(f"{count} run{'s' * (count != 1)} in {folder}" + _unwritable(folder))
+            self.status.setText(f"{count} run{'s' * (count != 1)} in {folder}" + unwritable_note(folder))
         self.table.blockSignals(True)
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(self.runs))
@@ -641,12 +641,3 @@ def _evaluated_item(summary: EvaluationSummary | None) -> SortableItem:
     item.setToolTip(f"{headline[0]} — tuned model, evaluated {summary.when}"
                     + (f"; base model {base:.3f}" if base is not None else ""))  # the cell may be cut: all of it
     return item
-
-
-def _unwritable(folder: Path) -> str:
-    """What to add where new runs could not be written (a folder typed there was taken, and kept for later
-    starts, until Start failed): the folder, or the one it would be made in."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is None or (existing.is_dir() and os.access(existing, os.W_OK)):
-        return ""
-    return f" — new runs cannot be written here ({existing} is read-only): pick another folder to train"
