@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from adapter_studio.gui.state import StudioState
 
 FILE = "last-session.yaml"
+PAGE, RUN = "session/page", "session/run"  # QSettings: the page (its key) and run folder it was closed on
 
 
 def session_file() -> Path:
@@ -31,11 +32,12 @@ def _absolute(path: str) -> str:
     return str(local_path(path).resolve())
 
 
-def save_session(state: StudioState, format_chosen: bool = True) -> None:
-    """The set-up as the pages hold it. Not the demo's, untouched, nor one without a model or data: the set-up
-    kept before stays (its data on a drive not mounted opened the demo, and quitting that lost the set-up for
-    good). A folder that cannot be written only loses the convenience. `format_chosen`: the Data page's format
-    was picked, not detected (detected, it reopened as "chosen")."""
+def save_session(state: StudioState, format_chosen: bool = True, page: str = "") -> None:
+    """The set-up as the pages hold it, the page shown (its key) and the run chosen. Not the demo's, untouched,
+    nor one without a model or data: the set-up kept before stays (its data on a drive not mounted opened the
+    demo, and quitting that lost the set-up for good). A folder that cannot be written only loses the
+    convenience. `format_chosen`: the Data page's format was picked, not detected (detected, it reopened as
+    "chosen")."""
     file = session_file()
     try:
         spec = state.build_spec() if state.demo is None else None
@@ -52,6 +54,11 @@ def save_session(state: StudioState, format_chosen: bool = True) -> None:
         if Path(model.source).expanduser().exists():  # a folder or file, not a hub id or an embedded name
             model = model.model_copy(update={"source": _absolute(model.source)})
         spec.model_copy(update={"model": model, "data": data}).save(file)
+        # Beside the set-up it goes with: a demo closed later keeps neither, as it keeps no set-up.
+        run = state.current_run
+        settings = QSettings()
+        settings.setValue(PAGE, page)
+        settings.setValue(RUN, str(Path(run).resolve()) if run else "")
 
 
 def last_session() -> RunSpec | None:
@@ -68,3 +75,13 @@ def last_session() -> RunSpec | None:
     resolve_source(spec.model.source)
     data_files(spec.data.path)
     return spec
+
+
+def last_place() -> tuple[str, Path | None]:
+    """The page (its key, "" if none was kept) and the run the window showed when its set-up was kept; the run
+    only while its folder is still a run's."""
+    settings = QSettings()
+    page, run = settings.value(PAGE, ""), settings.value(RUN, "")
+    page = page if isinstance(page, str) else ""  # a hand-edited file may hold anything
+    run_dir = Path(run) if isinstance(run, str) and run and (Path(run) / "spec.yaml").is_file() else None
+    return page, run_dir

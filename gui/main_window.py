@@ -12,7 +12,7 @@ from adapter_studio.engine.methods import METHODS
 from adapter_studio.engine.spec import load_spec_file
 from adapter_studio.gui.dialogs import remembered_runs_dir, show_error, unwritable_note
 from adapter_studio.gui.garbage_collection import collect_garbage_on_gui_thread
-from adapter_studio.gui.last_session import last_session, save_session
+from adapter_studio.gui.last_session import last_place, last_session, save_session
 from adapter_studio.gui.pages.base import Page
 from adapter_studio.gui.pages.compare_page import ComparePage
 from adapter_studio.gui.pages.data_page import DataPage
@@ -270,6 +270,11 @@ class MainWindow(QMainWindow):
         if spec is None:
             return False
         self.state.load_spec(spec)
+        page, run = last_place()
+        if run is not None:
+            self.state.set_current_run(run)
+        if page in self.pages:
+            self.go_to(page)
         self.statusBar().showMessage("Opened as you left it (File › Load the demo opens the demo)", 20_000)
         return True
 
@@ -333,5 +338,6 @@ class MainWindow(QMainWindow):
             if page.busy:  # type: ignore[attr-defined]
                 page.stop()  # type: ignore[attr-defined]
         QSettings().setValue("window/geometry", self.saveGeometry())
-        save_session(self.state, self.pages["data"].format_chosen)  # opened again at the next plain start
+        page = list(self.pages)[self.steps.currentRow()]
+        save_session(self.state, self.pages["data"].format_chosen, page)  # opened again at the next plain start
         event.accept()

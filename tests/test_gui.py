@@ -576,21 +576,30 @@ def test_the_window_opens_again_as_it_was_left(window, qtbot, tiny_llama, alpaca
     from adapter_studio.gui.main_window import MainWindow
     from adapter_studio.gui.state import StudioState
     from conftest import wind_down
+    from test_run_history import fabricate_history
 
     monkeypatch.setattr(last_session, "session_file", lambda: tmp_path / "config" / "last-session.yaml")
     data = tmp_path / "mine.jsonl"
     shutil.copy(alpaca_jsonl, data)
     choose(window, qtbot, tiny_llama, data)
     window.state.training = window.state.training.model_copy(update={"max_steps": 7})
-    window.close()  # kept as it closes
+    run = fabricate_history(tmp_path / "history")["stopped"]
+    window.state.set_current_run(run)
+    window.go_to("runs")
+    window.close()  # kept as it closes, with the page and the run it showed
     again = MainWindow(StudioState(runs_dir=str(tmp_path / "runs")))
     qtbot.addWidget(again, before_close_func=lambda w: wind_down(w, qtbot))
     assert again.restore_session()
     state = again.state
     assert (state.model.source, state.data.path, state.training.max_steps) == (str(tiny_llama), str(data), 7)
+    assert (again.stack.currentWidget(), state.current_run) == (again.pages["runs"], run.resolve())
     assert "Opened as you left it" in again.statusBar().currentMessage()
     qtbot.waitUntil(lambda: again.pages["data"].preview is not None, timeout=30_000)
     assert not again.pages["data"].format_chosen  # detected, it reopened as "chosen"
+
+    shutil.rmtree(run)  # a run deleted since: the set-up opens without it
+    state.set_current_run(None)
+    assert again.restore_session() and state.current_run is None
 
     moved = data.rename(tmp_path / "elsewhere.jsonl")  # gone since: the demo opens, and the status bar says why
     assert not again.restore_session()
