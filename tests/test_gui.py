@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,28 @@ def test_a_second_export_of_a_run_goes_to_a_new_folder(window, tmp_path: Path, m
     page.gguf_type.setCurrentIndex(page.gguf_type.findData("q8_0"))
     page.ask_and_export_gguf() if kind == "gguf" else page.ask_and_export(kind)
     assert targets == [tmp_path / "out" / f"{name}-3"]
+
+
+def test_the_export_page_lists_a_runs_earlier_exports_and_only_that_runs(window, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Exports made in an earlier session (or by the command line) were not listed, and a run's exports stayed
+    listed under the next run chosen."""
+    from adapter_studio.engine.events import Export
+    from adapter_studio.engine.export.run_export import log_export
+    from test_run_history import fabricate_history
+
+    runs = fabricate_history(tmp_path / "runs")  # "done" has an adapter export, to /exports/a (not there)
+    kept = tmp_path / "out" / "done-merged"
+    kept.mkdir(parents=True)
+    log_export(runs["done"], Export(kind="merged", path=str(kept), bytes=3 * 2**20, verified_max_diff=2e-5), None)
+    page = window.pages["export"]
+    window.state.set_current_run(runs["done"])
+    text = page.results.toPlainText()
+    assert text.startswith("Exported before:")
+    assert re.search(r"^adapter \(\d\d \w{3} \d{4} \d\d:\d\d\): ", text, re.MULTILINE)  # when it was made
+    assert "/exports/a — 1 B, verified (max logit difference 0.00e+00) · no longer there" in text
+    assert f"{kept} — 3.0 MiB, verified (max logit difference 2.00e-05) · open the folder" in text
+    window.state.set_current_run(runs["stopped"])  # none exported
+    assert page.results.toPlainText() == ""
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@ GGUF for llama.cpp, Ollama and LM Studio (read back and compared with the traine
 
 from __future__ import annotations
 
+import contextlib
 import html
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +85,21 @@ class ExportPage(Page):
         self.results.setObjectName("exportResults")
         self.results.setOpenExternalLinks(True)  # each export's "open the folder"
         self.results.setPlaceholderText(  # an empty box read as if something had failed to show
-            "Each export of this run is listed here: where it went, its size, its files, and how closely "
-            "the reloaded copy matches the trained model."
+            "Each export of this run is listed here, earlier ones too: where it went, its size, its files, "
+            "and how closely the reloaded copy matches the trained model."
         )
         self.layout_.addWidget(self.results, 1)
         self.exports: dict[str, str] = {}
+        self._listed: Path | None = None  # the run whose exports the box lists
         self._worker: Any = None
         state.run_changed.connect(self.refresh)
         self.refresh()
 
     def refresh(self) -> None:
         run = self.state.current_run
+        if run != self._listed:  # another run's exports stayed listed under this one's name
+            self._listed = run
+            self.results.setHtml(earlier_exports(run) if run is not None else "")
         enabled = run is not None and self._worker is None
         self.adapter_button.setEnabled(enabled)
         self.merged_button.setEnabled(enabled)
@@ -248,6 +255,35 @@ class ExportPage(Page):
     @property
     def busy(self) -> bool:
         return self._worker is not None
+
+
+def earlier_exports(run: Path) -> str:
+    """The exports the run's log records (made in earlier sessions, or by the command line) as HTML: what each
+    is, when it was made, where it went and how it was checked; said where it is no longer there."""
+    from adapter_studio.engine.events import Export, event_from_dict
+
+    try:
+        with (run / "events.jsonl").open(encoding="utf-8", errors="replace") as log:
+            lines = [line for line in log if '"type": "export"' in line]  # not the thousands of steps'
+    except OSError:
+        return ""
+    parts = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = event_from_dict(json.loads(line))
+            if isinstance(event, Export):
+                parts.append(_export_line(event))
+    return "<p style='color:gray'>Exported before:</p>" + "".join(parts) if parts else ""
+
+
+def _export_line(event: Any) -> str:
+    when = time.strftime("%d %b %Y %H:%M", time.localtime(event.time))
+    path = Path(event.path)
+    where = QUrl.fromLocalFile(str(path if path.is_dir() else path.parent)).toString()
+    there = f"<a href='{where}'>open the folder</a>" if path.exists() else "<i>no longer there</i>"
+    check = (f", verified (max logit difference {event.verified_max_diff:.2e})"
+             if event.verified_max_diff is not None else "")  # fmt: skip
+    return f"<p><b>{esc(event.kind)}</b> ({when}): {esc(path)} — {human_bytes(event.bytes)}{check} · {there}</p>"
 
 
 def esc(value: object) -> str:
