@@ -7,10 +7,14 @@ import html
 import json
 from typing import Any
 
+from adapter_studio.engine.data.roles import required_roles
 from adapter_studio.engine.errors import UserError
 
-# The spec's names for the page's boxes, as the page labels them ("raise data.max_length to at least 53").
-PAGE_NAMES = {"data.max_length": "Max length", "max_length": "max length", "data.eval_split": "Held out"}
+# The spec's names for the page's boxes, as the page labels them ("raise data.max_length to at least 53");
+# the longer first ("map another column in data.columns": under the Columns boxes).
+PAGE_NAMES = {"data.max_length": "Max length", "max_length": "max length", "data.eval_split": "Held out",
+              "in data.columns": "under Columns", "data.columns maps": "Columns map", "data.columns": "Columns",
+              "data.format": "Format"}  # fmt: skip
 
 
 def in_page_words(error: BaseException) -> BaseException:
@@ -24,6 +28,20 @@ def in_page_words(error: BaseException) -> BaseException:
         return text
 
     return UserError(words(error.what) or "", where=words(error.where), fix=words(error.fix))
+
+
+def pick_columns(error: Any) -> str:
+    """What the page says under a ColumnsNotMapped: the roles to pick a column for, each with its likely column
+    where one is known ("Pick the column for text (likely body) under Columns, or another format.")."""
+    def hint(guess: str | None) -> str:
+        if guess is None:
+            return ""
+        return f" ({html.escape(guess.strip('<>'))})" if guess.startswith("<") else f" (likely {html.escape(guess)})"
+
+    missing = [r for r in required_roles(error.format, error.found) if r not in error.found]
+    named = [f"<b>{html.escape(r)}</b>{hint(error.guess.get(r))}" for r in missing]
+    roles = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    return f"Pick the column{'s' * (len(named) > 1)} for {roles} under Columns, or another format."
 
 
 def cell_text(value: Any) -> str:

@@ -1036,7 +1036,7 @@ BAD_INPUTS = {
     ),
     "required column missing": BadInput(
         {"cols.jsonl": b'{"question": "a", "reply": "b"}\n'},
-        ["{dir}/cols.jsonl", "needs a 'output' column", "columns found are question, reply", "data.columns"],
+        ["{dir}/cols.jsonl", "needs an 'output' column", "columns found are question, reply", "data.columns"],
         {"format": "alpaca", "columns": {"instruction": "question"}},
     ),
     "shape not told by the columns": BadInput(

@@ -125,7 +125,17 @@ def test_held_out_share_is_left_to_the_data_size_until_set(window, qtbot, tmp_pa
 
 
 WINDOW_WORDS = {  # the page maps no columns by itself, so the first missing role is the instruction
-    "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply", "data.columns"],
+    "required column missing": ["{dir}/cols.jsonl", "columns found are question, reply",
+                                "Pick the column for <b>output</b> under Columns, or another format."],
+    # Columns not placed: the page's words, not the spec's (`data.format: …, data.columns: {…}`), and the column
+    # each role likely is.
+    "shape not told by the columns": ["{dir}/posts.csv", "shape from its columns (body, label)</span>",
+                                      "Pick the column for <b>text</b> (likely body) under Columns"],
+    "question found, its answer not": ["{dir}/mathqa.json", "<b>output</b> (likely Rationale) under Columns"],
+    "pair under longer names": ["{dir}/pairs.jsonl", "<b>chosen</b> (likely chosen_text) and <b>rejected</b> "
+                                "(likely rejected_text) under Columns"],
+    "two answers, which is better unknown": ["{dir}/pairs.jsonl", "<b>preferred</b> (the column that says which "
+                                             "is better)"],
     # The page's box by its label (it said "raise data.max_length"): Max length.
     "every row longer than max length": ["{dir}/long.jsonl", "every row is longer than max length 16",
                                          "raise Max length to at least"],
@@ -162,7 +172,7 @@ def test_bad_input_shows_a_dialog_and_the_window_still_works(window, qtbot, tmp_
     if mapped_on_the_page(data):
         qtbot.waitUntil(lambda: not page.busy, timeout=60_000)
         texts = html.unescape(page.summary.text())
-        assert "Pick the column for" in texts and page.combos and not error_dialogs()
+        assert "Pick the column" in texts and page.combos and not error_dialogs()
     else:
         qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=60_000)
         texts = " ".join(d.text() + (d.detailedText() or "") for d in error_dialogs())
@@ -240,8 +250,10 @@ def test_columns_it_cannot_place_are_mapped_on_the_page(window, qtbot, tmp_path,
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(content), encoding="utf-8")
     open_data(page, qtbot, path)
-    qtbot.waitUntil(lambda: not page.busy and "Pick the column for" in page.summary.text(), timeout=30_000)
-    assert f"Pick the column for <b>{', '.join(r for r in picks)}</b>" in page.summary.text()
+    qtbot.waitUntil(lambda: not page.busy and "Pick the column" in page.summary.text(), timeout=30_000)
+    for role, column in picks.items():  # each role to pick, with the column it likely is (where one is)
+        hint = "the column that says which is better" if role == "preferred" else f"likely {column}"
+        assert f"<b>{role}</b> ({hint})" in page.summary.text()
     assert page.format.currentText() == fmt and page.table.rowCount() == 3
     assert page.table.columnCount() == len(content[0])
     assert {r: c.currentText() for r, c in page.combos.items() if c.currentText() != "(none)"} == found

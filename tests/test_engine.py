@@ -475,7 +475,7 @@ def test_missing_column_lists_the_columns_found(tiny_gpt2: Path, make_spec: Spec
     data.write_text("".join(json.dumps({"instruction": "reverse ab", "answer_text": "ba"}) + "\n" for _ in range(8)))
     result, _ = start(make_spec(tiny_gpt2, data, "lora", data={"format": "alpaca"}))
     assert result.status == "failed"
-    assert "needs a 'output' column" in result.error
+    assert "needs an 'output' column" in result.error
     assert "the columns found are instruction, answer_text" in result.error
 
 

@@ -21,7 +21,7 @@ from adapter_studio.engine.data.roles import (
     roles_of,
     user_turn,
 )
-from adapter_studio.engine.errors import UserError
+from adapter_studio.engine.errors import UserError, a_or_an
 
 LABEL_NAMES = ("target", "y")  # labels under scikit-learn's names, found by their values beside a text
 
@@ -69,12 +69,13 @@ def _find(columns: list[str], role: str, mapping: dict[str, str], fmt: str = "")
 class ColumnsNotMapped(UserError):
     """The columns do not say which holds what. Carries what the Data page needs to let a person map them
     in place: the file's columns and first rows, the format to map for (the one asked for, else the most
-    likely), and the roles found so far."""
+    likely), the roles found so far, and the likely column of each role not found (`guess`, where known)."""
 
     def __init__(self, what: str, *, where: str, fix: str, columns: list[str], fmt: str,
-                 found: dict[str, str]) -> None:  # fmt: skip
+                 found: dict[str, str], guess: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(what, where=where, fix=fix)
         self.columns, self.format, self.found = columns, fmt, found
+        self.guess = {r: c for r, c in (guess or {}).items() if r not in found}  # a column, or "<what it holds>"
         self.rows: list[dict[str, Any]] = []  # filled in by the reader, which has them
 
 
@@ -115,7 +116,7 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None, whe
         f"cannot tell the data's shape from its columns ({', '.join(columns) or 'none'})",
         where=where,
         fix=f"name the shape and map its columns, e.g. {example}",
-        columns=columns, fmt=fmt, found=_found(fmt, columns, mapping),
+        columns=columns, fmt=fmt, found=_found(fmt, columns, mapping), guess=guess,
     )  # fmt: skip
 
 
@@ -173,7 +174,8 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
                 fix=f"map {role} to one of those columns",
             )
         raise ColumnsNotMapped(
-            f"the {fmt} format needs a '{role}' column; the columns found are {', '.join(columns)}",
+            f"the {fmt} format needs {a_or_an(role).split()[0]} '{role}' column; the columns found are "
+            f"{', '.join(columns)}",
             where=where,
             fix=f"map one of them in data.columns (e.g. {role}: <column>) or pick another format",
             columns=columns, fmt=fmt, found=resolved,

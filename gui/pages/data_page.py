@@ -16,12 +16,12 @@ import pyqtgraph as pg
 import shiboken6
 from adapter_studio.engine.data.examples import SHOWN_ROWS, check_label_names, held_out_count
 from adapter_studio.engine.data.files import path_list
-from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, required_roles, roles_of
+from adapter_studio.engine.data.roles import ALTERNATIVE, REQUIRED, roles_of
 from adapter_studio.engine.data.shapes import ColumnsNotMapped
 from adapter_studio.engine.defaults import task_of
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import DataSpec
-from adapter_studio.gui.data_texts import cell_text, describe_stats, dropped_text, in_page_words
+from adapter_studio.gui.data_texts import cell_text, describe_stats, dropped_text, in_page_words, pick_columns
 from adapter_studio.gui.label_names import FIELD as LABEL_NAMES
 from adapter_studio.gui.label_names import label_names_box, label_names_text, parse_label_names, parsed_or
 from adapter_studio.gui.pages.base import Page, wrapped_label
@@ -385,19 +385,19 @@ class DataPage(Page):
         self.histogram_bars.setOpts(x=[], height=[], width=1)
         self.eval_split.setSpecialValueText("auto")  # it said "auto: 18 of 299 rows" of the file before
         self.length_stats.setText("")
-        message = f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}</span>"
         if not isinstance(error, ColumnsNotMapped):
-            self.summary.setText(message)
+            error = in_page_words(error)
+            self.summary.setText(f"<span style='color:#c00'>{html.escape(getattr(error, 'message', str(error)))}"
+                                 "</span>")  # fmt: skip
             self.error(error)
             return
         # Said here, beside the boxes that fix it (no dialog at each step of the mapping): the file's rows,
-        # and a column box per role.
+        # and a column box per role. Its fix is the spec's (`data.columns: {…}`): the page says it in its words.
         self.format.setCurrentText(error.format)
         self._build_mapping(error.format, error.columns, error.found)
         self._fill_table(error.columns, error.rows)
-        missing = [r for r in required_roles(error.format, error.found) if r not in error.found]
-        self.summary.setText(f"{message}<br>Pick the column for <b>{', '.join(missing)}</b> under Columns, or "
-                             "another format.")  # fmt: skip
+        said = html.escape(f"{error.where}: {error.what}" if error.where else error.what)
+        self.summary.setText(f"<span style='color:#c00'>{said}</span><br>{pick_columns(error)}")
 
     # --- showing --------------------------------------------------------------------------------
     def _show(self, preview: Any, spec: DataSpec) -> None:
