@@ -299,7 +299,7 @@ def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, 
         (["train", str(spec), "--resume", str(tmp_path)], "error: train: give a spec file or --resume RUN_DIR, not "
                                                           "both — to change a resumed run's settings, add --set"),
         (["train", str(spec), "--set", "model.device=cuda", "--set", f"output_dir={tmp_path / 'cuda-runs'}"],
-         "error: model.device: model.device is cuda, and this machine's PyTorch sees no CUDA GPU"),  # a failed run
+         "error: model.device: model.device is cuda, and this machine's PyTorch sees no CUDA GPU"),
         (["params", "--model", str(tiny_llama), "--methods", "lora", "--set", "method.r=abc"],
          "error: --set: method.r: input should be a valid integer"),
         (["params", "--model", str(tiny_llama), "--methods", "lorra"], "error: --methods: unknown method 'lorra'"),
@@ -310,7 +310,7 @@ def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, 
         if "cuda" in expected and "CUDA" in out.stdout:  # a machine with a GPU trains there
             continue
         assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
-    assert not (tmp_path / "runs").exists()  # the others start nothing: no run folder left behind
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cuda-runs").exists()  # no run folder left behind
 
 
 @pytest.mark.parametrize(

@@ -473,10 +473,13 @@ def test_malformed_jsonl_line_is_named(tiny_llama: Path, make_spec: Spec, tmp_pa
 def test_missing_column_lists_the_columns_found(tiny_gpt2: Path, make_spec: Spec, tmp_path: Path) -> None:
     data = tmp_path / "answers.jsonl"
     data.write_text("".join(json.dumps({"instruction": "reverse ab", "answer_text": "ba"}) + "\n" for _ in range(8)))
-    result, _ = start(make_spec(tiny_gpt2, data, "lora", data={"format": "alpaca"}))
-    assert result.status == "failed"
-    assert "needs an 'output' column" in result.error
-    assert "the columns found are instruction, answer_text" in result.error
+    spec = make_spec(tiny_gpt2, data, "lora", data={"format": "alpaca"})
+    before = set(Path(spec.output_dir).iterdir())
+    with pytest.raises(UserError) as refused:  # before a run folder is made: a file not in the format given
+        start(spec)
+    assert "needs an 'output' column" in refused.value.message
+    assert "the columns found are instruction, answer_text" in refused.value.message
+    assert set(Path(spec.output_dir).iterdir()) == before
 
 
 def test_zero_rank_is_refused_naming_the_field(tiny_llama: Path, make_spec: Spec, alpaca_jsonl: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -387,9 +388,12 @@ def test_full_fine_tuning_dpo_keeps_a_frozen_copy_as_reference(
 def test_an_objective_named_for_other_data_is_refused(
     data: str, named: str, refusal: str, tiny_llama: Path, make_spec: Any, request: pytest.FixtureRequest
 ) -> None:
+    """Before the run folder is made (a failed run joined the history, its model loaded for nothing)."""
     spec = make_spec(tiny_llama, request.getfixturevalue(data), max_steps=1)
-    result, _ = start(spec.model_copy(update={"objective": _objective(named)}))
-    assert result.status == "failed" and refusal in result.error, result.error
+    before = set(Path(spec.output_dir).iterdir())
+    with pytest.raises(UserError, match=re.escape(refusal)):
+        start(spec.model_copy(update={"objective": _objective(named)}))
+    assert set(Path(spec.output_dir).iterdir()) == before
 
 
 @pytest.mark.parametrize(("data", "picked", "reason"), [
