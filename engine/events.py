@@ -210,6 +210,21 @@ def read_events(path: Path) -> list[Event]:
     return list(iter_events(path))
 
 
+def log_export(run_dir: Path, event: Export, emit: Emit | None) -> None:
+    """The `export` event, in the run's events.jsonl and to `emit`. A run folder that cannot be written (read-only,
+    a full disk) does not undo the export, written and checked by then: it was reported a failure, and left."""
+    try:
+        log = EventLog(run_dir / "events.jsonl")
+        log.write(event)
+        log.close()
+    except OSError as e:
+        if emit:
+            emit(Log(level="warning", message=f"the export is written and checked, but {run_dir / 'events.jsonl'} "
+                     f"could not note it ({e.strerror or e}): the run's history will not list it"))  # fmt: skip
+    if emit:
+        emit(event)
+
+
 class EventFollower:
     """Reads the events appended to a log since the last call (for runs in another process)."""
 

@@ -143,3 +143,38 @@ def test_8bit_adamw_state_whose_tensors_share_memory_is_saved_and_restored(tmp_p
             assert torch.equal(restored["state"][index]["__bnb_optimizer_quant_state__"][key], value), key
             compared += 1
     assert compared == 2 * 6 + 2 * 2  # the weights' states, maps and scales; the biases' plain moments
+
+
+def test_a_checkpoint_deleted_as_it_is_read_gives_way_to_the_latest(tmp_path: Path, monkeypatch: Any) -> None:
+    """A run still training keeps its last two checkpoints: one picked as the latest was deleted while the base
+    model loaded, and `export` of a live run failed on a FileNotFoundError (3 tries of 3)."""
+    import shutil
+
+    from adapter_studio.engine.errors import UserError
+    from adapter_studio.engine.inference import trained
+    from safetensors.torch import save_file
+
+    def checkpoint(step: int) -> Path:
+        folder = tmp_path / "checkpoints" / f"step-{step:07d}"
+        folder.mkdir(parents=True)
+        save_file({"w": torch.full((2,), float(step))}, str(folder / checkpoints.WEIGHTS))
+        (folder / checkpoints.STATE).write_text("{}")
+        return folder
+
+    first = checkpoint(5)
+    real = checkpoints.read_trainable
+
+    def rotated(folder: Path) -> dict[str, Any]:  # the trainer saves step 10, and deletes step 5, meanwhile
+        if folder == first and first.exists():
+            checkpoint(10)
+            shutil.rmtree(first)
+        return real(folder)
+
+    monkeypatch.setattr(checkpoints, "read_trainable", rotated)
+    found, tensors = trained._read_checkpoint(tmp_path, None)
+    assert found.name == "step-0000010" and float(tensors["w"][0]) == 10.0
+    with pytest.raises(FileNotFoundError):  # a checkpoint asked for by name is that one, or none
+        trained._read_checkpoint(tmp_path, first)
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(UserError, match="this run has no checkpoint yet"):
+        trained._read_checkpoint(tmp_path, None)

@@ -171,3 +171,19 @@ def test_an_export_to_a_long_legal_name_is_written(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="is 256 bytes long, more than a folder's name can be"):
         new_export_folder(tmp_path / ("n" * 256))  # was an OSError: "File name too long"
+
+
+def test_an_export_from_a_run_folder_that_cannot_be_written_is_kept_and_said(tmp_path: Path) -> None:
+    """Exported and checked, then `export` failed (exit 1, a PermissionError) noting it in the read-only run's
+    events.jsonl, the export left in place as if it had failed."""
+    from adapter_studio.engine.events import Export, Log, log_export
+
+    not_a_folder = tmp_path / "run"
+    not_a_folder.write_text("")  # events.jsonl cannot be made inside it: an OSError, as a read-only folder gives
+    said: list[object] = []
+    event = Export(kind="adapter", path=str(tmp_path / "out"), bytes=1, verified_max_diff=0.0)
+    log_export(not_a_folder, event, said.append)
+    assert said[-1] == event
+    assert isinstance(said[0], Log) and said[0].level == "warning"
+    assert said[0].message.startswith(f"the export is written and checked, but {not_a_folder / 'events.jsonl'} "
+                                      "could not note it (")  # fmt: skip

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine import durable
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Emit, EventLog, Export, Stage
+from adapter_studio.engine.events import Emit, Export, Stage, log_export
 from adapter_studio.engine.methods.poly import TASKS_FILE
 from adapter_studio.engine.models.construction import model_construction
 
@@ -175,15 +175,6 @@ def written_in_place(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def log_export(run_dir: Path, event: Export, emit: Emit | None) -> None:
-    """The `export` event, in the run's events.jsonl and to `emit`."""
-    log = EventLog(run_dir / "events.jsonl")
-    log.write(event)
-    log.close()
-    if emit:
-        emit(event)
 
 
 def folder_bytes(folder: Path) -> int:

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter_studio.engine.errors import UserError
-from adapter_studio.engine.events import Emit, Export
+from adapter_studio.engine.events import Emit, Export, log_export
 from adapter_studio.engine.export import gguf_writer, llama_cpp, ollama
 from adapter_studio.engine.export.gguf_checks import Checks, GgufVerification
 from adapter_studio.engine.export.run_export import (
     folder_bytes,
-    log_export,
     model_card,
     new_export_folder,
     stage_reporter,

@@ -72,13 +72,7 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     from_quantised = dequantize and getattr(spec.method, "init", None) == "loftq"
     if dequantize and spec.model.quantization != "none" and not from_quantised:
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "none"})})
-    checkpoint = checkpoint or ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise UserError(
-            "this run has no checkpoint yet",
-            where=str(run_dir),
-            fix="train it (or resume it) until a checkpoint is saved",
-        )
+    checkpoint, tensors = _read_checkpoint(run_dir, checkpoint)
     model, tokenizer, task = load_base(spec)
     if from_quantised:
         model = model.dequantize()  # bitsandbytes' own 4-bit → float: exactly the weights LoftQ trained on
@@ -86,6 +80,24 @@ def load_trained(run_dir: Path, checkpoint: Path | None = None, *, dequantize: b
     ctx = MethodContext(info=info, training=spec.training, total_steps=total_steps_of(run_dir), tokenizer=tokenizer)
     with model_construction():  # peft makes its modules in the process's default dtype
         model = spec.method.apply(model, ctx)
-    ckpt.load_trainable(model, checkpoint)
+    ckpt.load_trainable(model, checkpoint, tensors)
     model.eval()
     return TrainedModel(model, tokenizer, spec, info, checkpoint, task)
+
+
+def _read_checkpoint(run_dir: Path, given: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint (the given one, else the latest) and its trained tensors, read before the base model loads:
+    a run still training keeps its last two checkpoints, and one picked as the latest was deleted while the base
+    loaded (an export then failed on a FileNotFoundError). One gone as it is read: the latest again."""
+    for _ in range(3):
+        checkpoint = given or ckpt.latest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise UserError("this run has no checkpoint yet", where=str(run_dir),
+                            fix="train it (or resume it) until a checkpoint is saved")  # fmt: skip
+        try:
+            return checkpoint, ckpt.read_trainable(checkpoint)
+        except FileNotFoundError:
+            if given is not None:
+                raise
+    raise UserError("the run's checkpoints were replaced faster than they could be read", where=str(run_dir),
+                    fix="try again, or when the run has finished")  # fmt: skip

@@ -195,12 +195,18 @@ def newest_sound_checkpoint(folder: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def load_trainable(model: torch.nn.Module, checkpoint: Path) -> None:
-    """Put a checkpoint's trained tensors into a freshly built model of the same spec."""
-    import torch
+def read_trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(checkpoint / WEIGHTS))
+    return load_file(str(checkpoint / WEIGHTS))
+
+
+def load_trainable(model: torch.nn.Module, checkpoint: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Put a checkpoint's trained tensors (`tensors`, read from it beforehand) into a freshly built model of the
+    same spec."""
+    import torch
+
+    tensors = read_trainable(checkpoint) if tensors is None else tensors
     params = dict(model.named_parameters())
     missing = [n for n in tensors if n not in params]
     if missing:
