@@ -117,6 +117,13 @@ class MainWindow(QMainWindow):
         self.train_page.run_spec(spec)
 
     def _show_page(self, row: int) -> None:
+        run = self.state.current_run
+        if run is not None and not (Path(run) / "spec.yaml").is_file():  # deleted or moved since it was chosen
+            # Try, Evaluate and Export went on showing it, and an export said "not a run folder … (`adapter-studio
+            # runs` lists them)".
+            self.state.set_current_run(None)
+            self.statusBar().showMessage(f"The run {Path(run).name} is no longer there ({run}): pick one on the "
+                                         "Runs page", 30_000)  # fmt: skip
         self.stack.setCurrentIndex(row)
         page = self.stack.currentWidget()
         if isinstance(page, Page):
@@ -129,6 +136,10 @@ class MainWindow(QMainWindow):
         self.go_to("train")
         self.train_page.resume(run_dir)
 
+    def _on_train_page(self, act: Any) -> None:
+        self.go_to("train")
+        act()
+
     def go_to(self, key: str) -> None:
         self.steps.setCurrentRow(list(self.pages).index(key))
 
@@ -139,7 +150,7 @@ class MainWindow(QMainWindow):
             ("Save spec…", QKeySequence.StandardKey.Save, self.save_spec),
             ("Copy as command line", "Ctrl+Shift+C", self.copy_command),
             ("Load the demo", "Ctrl+D", self.load_demo),
-            ("Quit", QKeySequence.StandardKey.Quit, self.close),
+            ("Quit", "Ctrl+Q", self.close),  # StandardKey.Quit is no key at all on Windows and some Linux desktops
         ):
             action = QAction(text, self)
             action.setShortcut(shortcut)
@@ -159,10 +170,12 @@ class MainWindow(QMainWindow):
         runs_action.triggered.connect(self.choose_runs_dir)
         settings_menu.addAction(runs_action)
         run_menu = self.menuBar().addMenu("&Run")
+        # Start and Resume show the Train page (a run started from another page trained unseen); the slots are
+        # called without the action's `checked` (Resume read False as its run folder: "Unexpected error").
         for text, shortcut, slot in (
-            ("Start training", "Ctrl+Return", self.train_page.start),
-            ("Stop", "Ctrl+.", self.train_page.stop),
-            ("Resume", "Ctrl+Shift+Return", self.train_page.resume),
+            ("Start training", "Ctrl+Return", lambda: self._on_train_page(self.train_page.start)),
+            ("Stop", "Ctrl+.", lambda: self.train_page.stop()),
+            ("Resume", "Ctrl+Shift+Return", lambda: self._on_train_page(self.train_page.resume)),
         ):
             action = QAction(text, self)
             action.setShortcut(shortcut)
@@ -238,9 +251,10 @@ class MainWindow(QMainWindow):
         QMessageBox.information(
             self,
             "Keyboard shortcuts",
-            "Ctrl+1 … Ctrl+9: go to a step\nCtrl+Return: start training\nCtrl+.: stop\n"
+            "Ctrl+1 … Ctrl+9: go to a step\nCtrl+Return: start training (on the Try page's message box: "
+            "generate)\nCtrl+.: stop training\nEsc: stop the answers (Try page)\n"
             "Ctrl+Shift+Return: resume\nCtrl+O / Ctrl+S: open / save a spec\nCtrl+Shift+C: copy as command line\n"
-            "Ctrl+D: load the demo",
+            "Ctrl+D: load the demo\nCtrl+Q: quit",
         )
 
     # --- specs ------------------------------------------------------------------------------------

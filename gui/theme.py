@@ -40,8 +40,26 @@ def apply_theme(app: QApplication, choice: str | None = None) -> str:
     dark = system_is_dark() if choice == "system" else choice == "dark"
     app.setStyle("Fusion")
     app.setPalette(dark_palette() if dark else app.style().standardPalette())
-    # Plots follow the theme; existing plots keep theirs until the next start.
-    pg.setConfigOption("background", "#1e1f22" if dark else "w")
-    pg.setConfigOption("foreground", "#dfe1e5" if dark else "k")
+    # Plots follow the theme: those made from now on, and those on show (they stayed white in a dark window).
+    background, foreground = ("#1e1f22", "#dfe1e5") if dark else ("w", "k")
+    pg.setConfigOption("background", background)
+    pg.setConfigOption("foreground", foreground)
     pg.setConfigOption("antialias", True)
+    for widget in app.allWidgets():
+        if isinstance(widget, pg.PlotWidget):
+            recolour(widget, background, foreground)
     return "dark" if dark else "light"
+
+
+def recolour(plot: pg.PlotWidget, background: str, foreground: str) -> None:
+    plot.setBackground(background)
+    item = plot.getPlotItem()
+    for name in ("left", "bottom", "right", "top"):
+        axis = item.getAxis(name)
+        axis.setPen(foreground)
+        axis.setTextPen(foreground)
+    if item.legend is not None:
+        item.legend.setLabelTextColor(foreground)
+        for _, label in item.legend.items:  # the labels already there keep the colour they were made with
+            label.setText(label.text, color=foreground)
+    item.titleLabel.setText(item.titleLabel.text, color=foreground)

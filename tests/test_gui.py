@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from adapter_studio.engine.spec import TrainingSpec
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication, QMenu, QMessageBox
 
 pytestmark = pytest.mark.gui
 
 
 def error_dialogs() -> list[QMessageBox]:
     return [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+
+
+def menu_action(window, text: str):  # type: ignore[no-untyped-def]
+    return next(a for menu in window.menuBar().findChildren(QMenu) for a in menu.actions() if a.text() == text)
 
 
 def choose(window, qtbot, model: Path, data: Path) -> None:  # type: ignore[no-untyped-def]
@@ -158,9 +162,11 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot,
     window.state.training = TrainingSpec(max_steps=3000, batch_size=2, save_every=1000, eval_samples=0,
                                          precision="float32")
     train = window.train_page
-    train.stop()  # the menu's Stop with nothing running
+    menu_action(window, "Stop").trigger()  # with nothing running
     assert "stopping" not in train.state_label.text()
-    train.start()
+    window.go_to("try")
+    menu_action(window, "Start training").trigger()  # it trained unseen behind the page shown
+    assert window.stack.currentWidget() is train
     qtbot.waitUntil(lambda: len(train.metrics) >= 5, timeout=60_000)
     train.stop()
     qtbot.waitUntil(lambda: not train.controller.running, timeout=60_000)
@@ -171,7 +177,9 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot,
     stopped, trained = train.run_dir, train.metrics[-1].step
     window.state.set_current_run(tmp_path / "another-run")  # "Use for Try/Export" on the Runs page
     train._smoothed = (99.0, 5)  # where the last run's smoothed curve ended
-    train.resume()
+    window.go_to("runs")
+    menu_action(window, "Resume").trigger()  # it passed its `checked` (False) as the run folder: a TypeError
+    assert window.stack.currentWidget() is train
     _, smoothed = train.loss_plot.series["smoothed"].view()
     assert smoothed[0] == train.metrics[0].loss and train.stats["ETA"].text() == "—"  # the replayed history
     qtbot.waitUntil(lambda: train.metrics[-1].step > trained + 2, timeout=60_000)
@@ -180,6 +188,61 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot,
     train.stop()
     qtbot.waitUntil(lambda: not train.controller.running, timeout=60_000)
     assert train.last_status == "cancelled"
+
+
+def test_ctrl_return_in_the_try_pages_message_box_generates_not_trains(window, qtbot, monkeypatch):  # type: ignore[no-untyped-def]
+    """Ctrl+Return, a usual "send" key, started a training run unseen from the Try page (the window's Start), and
+    Tab typed tabs into the box for ever: Generate could not be reached by keyboard."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    page = window.pages["try"]
+    generated: list[bool] = []
+    monkeypatch.setattr(window.train_page, "start", lambda: pytest.fail("training started"))
+    page.prompt.submitted.disconnect()
+    page.prompt.submitted.connect(lambda: generated.append(True))
+    window.show()
+    window.go_to("try")
+    page.prompt.setFocus()
+    QTest.keyClick(page.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert generated == [True] and page.prompt.toPlainText() == ""  # no new line typed either
+    QTest.keyClick(page.prompt, Qt.Key.Key_Tab)
+    assert "\t" not in page.prompt.toPlainText()
+
+
+def test_a_run_deleted_on_disk_is_no_longer_the_pages_run(window, tmp_path):  # type: ignore[no-untyped-def]
+    """Try, Evaluate and Export went on showing a run whose folder was deleted, and an export of it said "not a
+    run folder … (`adapter-studio runs` lists them)"."""
+    import shutil
+
+    from test_run_history import fabricate_history
+
+    run = fabricate_history(tmp_path / "runs")["done"]
+    window.state.set_current_run(run)
+    window.go_to("export")
+    assert run.name in window.pages["export"].run_label.text()
+    shutil.rmtree(run)
+    window.go_to("evaluate")
+    assert window.state.current_run is None
+    assert window.statusBar().currentMessage() == f"The run done is no longer there ({run}): pick one on the Runs page"
+    assert window.pages["evaluate"].status.text().startswith("No run yet")
+    assert window.pages["export"].run_label.text().startswith("No run yet")
+    assert window.pages["try"].status.text().startswith("No run yet")
+
+
+def test_the_plots_on_show_follow_a_theme_chosen(window):  # type: ignore[no-untyped-def]
+    """Settings › Theme › Dark turned the window dark and left every plot white until the next start."""
+    from PySide6.QtCore import QSettings
+    from PySide6.QtGui import QColor
+
+    plot = window.train_page.loss_plot
+    try:
+        for theme, background, text in (("dark", "#1e1f22", "#dfe1e5"), ("light", "#ffffff", "#000000")):
+            window.set_theme(theme)
+            assert plot.backgroundBrush().color() == QColor(background)
+            assert plot.getPlotItem().getAxis("left").textPen().color() == QColor(text)
+    finally:
+        QSettings().remove("appearance/theme")
 
 
 def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
@@ -279,8 +342,7 @@ def test_a_second_export_of_a_run_goes_to_a_new_folder(window, tmp_path: Path, m
 def test_the_export_page_lists_a_runs_earlier_exports_and_only_that_runs(window, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Exports made in an earlier session (or by the command line) were not listed, and a run's exports stayed
     listed under the next run chosen."""
-    from adapter_studio.engine.events import Export
-    from adapter_studio.engine.export.run_export import log_export
+    from adapter_studio.engine.events import Export, log_export
     from test_run_history import fabricate_history
 
     runs = fabricate_history(tmp_path / "runs")  # "done" has an adapter export, to /exports/a (not there)
@@ -458,15 +520,25 @@ def test_walkthrough_pictures_try_after_the_run_with_answers(  # type: ignore[no
     assert (tmp_path / "shots" / "try.png").stat().st_size > 10_000
 
 
-def test_the_window_fits_a_1280_by_720_screen(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
-    """Every page's least size, the Compare chart's rows (one per method) and the sweep panel's controls
-    included: the window was once 1,378 px wide (the sweep's controls on one row) and 1,089 px high (the
-    chart's rows)."""
+def test_the_window_fits_a_1024_by_700_screen(window, qtbot, tiny_llama, tmp_path):  # type: ignore[no-untyped-def]
+    """Every page's least size, the Compare chart's rows (one per method), the sweep panel's controls and a
+    preference file's seven column boxes included: the window was once 1,378 px wide (the sweep's controls on
+    one row) and 1,089 px high (the chart's rows), then 1,240 × 718 (the column boxes on one row; the sweep's
+    controls unscrolled), more than a 1,366 × 768 laptop shows under a title bar and a taskbar."""
     window.pages["model"].choose(str(tiny_llama))
     window.go_to("compare")
     qtbot.waitUntil(window.pages["compare"].complete, timeout=120_000)
     least = window.minimumSizeHint()
-    assert least.width() <= 1280 and least.height() <= 720, least
+    assert least.width() <= 1024 and least.height() <= 700, least
+    pairs = tmp_path / "votes.jsonl"  # the shape with the most roles, none of them placed
+    pairs.write_text('{"question": "hi", "response_a": "hello", "response_b": "go", "vote": "A"}\n')
+    page = window.pages["data"]
+    window.go_to("data")
+    page.path.setText(str(pairs))
+    page.reload(keep_mapping=False)
+    qtbot.waitUntil(lambda: len(page.combos) == 7, timeout=30_000)
+    least = window.minimumSizeHint()
+    assert least.width() <= 1024 and least.height() <= 700, least
 
 
 def test_long_statuses_wrap_instead_of_widening_the_window(window) -> None:  # type: ignore[no-untyped-def]
@@ -523,7 +595,7 @@ def test_the_progress_bar_counts_steps_and_is_busy_between_them(window) -> None:
     assert (train.progress.maximum(), train.progress.text()) == (20, "0 / 20 steps")
     train.on_events([Metrics(step=20, epoch=1.0, loss=0.5, lr=1e-3, grad_norm=1.0, tokens_per_s=10.0, tokens_seen=100,
                              memory_bytes=2**20), Stage(stage="evaluating")])  # fmt: skip
-    assert train.progress.maximum() == 0
+    assert train.progress.maximum() == 0 and "evaluating at step 20 of 20" in train.state_label.text()  # the count
     train.on_events([Finished(status="completed", step=20, error=None, train_seconds=1.0, tokens_trained=100)])
     assert train.progress.text() == "20 / 20 steps"
 

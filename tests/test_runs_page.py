@@ -14,6 +14,7 @@ from adapter_studio.engine.events import Finished, Started
 from adapter_studio.gui.pages.runs_page import COLUMNS, RunsPage
 from adapter_studio.gui.state import StudioState
 from PySide6.QtCore import Qt
+from PySide6.QtTest import QTest
 from test_run_history import OOM, fabricate_history, write_events, write_spec
 
 pytestmark = pytest.mark.gui
@@ -115,13 +116,21 @@ def test_a_failed_run_shows_its_error(page: RunsPage) -> None:
     assert "Error" not in page.details.toPlainText()
 
 
-def test_delete_asks_and_removes(page: RunsPage, history: dict[str, Path], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_delete_asks_and_removes(page: RunsPage, history: dict[str, Path], monkeypatch, qtbot) -> None:  # type: ignore[no-untyped-def]
     asked: list[list[str]] = []
     monkeypatch.setattr(page, "confirm_delete", lambda names: asked.append(names) or False)
     page.state.set_current_run(history["stopped"])
     page.select_runs(["stopped"])
     page.delete()
     assert asked == [["stopped"]] and history["stopped"].exists()
+    page.show()
+    page.activateWindow()
+    qtbot.waitUntil(page.isActiveWindow)  # a shortcut acts in the active window
+    page.table.setFocus()
+    QTest.keyClick(page.table, Qt.Key.Key_Delete)  # the key asks too
+    assert asked == [["stopped"], ["stopped"]] and history["stopped"].exists()
+    QTest.keyClick(page.table, Qt.Key.Key_Tab)  # whole rows: Tab leaves the table for the buttons
+    assert not page.table.hasFocus()
 
     monkeypatch.setattr(page, "confirm_delete", lambda names: asked.append(names) or True)
     page.delete()
@@ -413,3 +422,15 @@ def test_a_runs_folder_that_cannot_be_written_is_said(page: RunsPage, tmp_path: 
                                        "folder to train")  # fmt: skip
     page.set_runs_dir(str(tmp_path / "mine"))
     assert page.status.text() == f"0 runs in {tmp_path / 'mine'}"
+
+
+def test_the_table_narrows_its_columns_to_show_them_all(page: RunsPage, qtbot) -> None:  # type: ignore[no-untyped-def]
+    """At 1,280 px the table needed a horizontal scroll: Duration cut, Date (the column sorted by) out of sight."""
+    page.resize(1100, 700)
+    page.show()
+    qtbot.waitExposed(page)
+    wide = sum(page.table.columnWidth(c) for c in range(page.table.columnCount()))
+    page.resize(850, 700)
+    qtbot.waitUntil(lambda: page.table.horizontalScrollBar().maximum() == 0)
+    narrow = [page.table.columnWidth(c) for c in range(page.table.columnCount())]
+    assert sum(narrow) <= page.table.viewport().width() < wide and min(narrow) > 0

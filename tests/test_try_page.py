@@ -238,3 +238,18 @@ def test_the_list_says_how_many_of_the_held_out_rows_it_offers(shown: int, held:
     from adapter_studio.gui.pages.try_page import _examples_shown
 
     assert _examples_shown(shown, held) == text  # the Data page said 60 held out where this said 50
+
+
+def test_a_message_longer_than_the_model_reads_is_said_before_generating(page: TryPage, qtbot: Any,
+                                                                          lora_run: Path) -> None:  # fmt: skip
+    """A 12,000-token message to SmolLM2 (8,192 positions) showed "Generating…" for minutes, then '' and '*'."""
+    open_run(page, qtbot, lora_run)
+    pg = page.playground
+    limit = pg.context_limit
+    assert limit == 256  # tiny_llama's positions
+    page.prompt.setPlainText("reverse " + "abc" * 100)
+    page.generate_button.click()
+    tokens = pg.prompt_tokens(page.prompt.toPlainText())
+    assert not page.busy and page.status.text() == (f"the message is {tokens:,} tokens, and this model reads 256 at "
+                                                    "most — shorten the message")  # fmt: skip
+    assert pg.room_for_answer(250, 128) == 6  # an answer that would run past the positions stops at them

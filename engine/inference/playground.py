@@ -97,6 +97,27 @@ class Playground:
             return self.renderer.prompt([{"role": "user", "content": message}])
         return message
 
+    @property
+    def context_limit(self) -> int | None:
+        from adapter_studio.engine.evaluation.generation import context_limit
+
+        return context_limit(self.tuned.model)
+
+    def prompt_tokens(self, message: str, rendered: str | None = None) -> int:
+        text = rendered if rendered is not None else self.prompt_text(message)
+        return len(self.tokenizer(text, add_special_tokens=self.adds_special_tokens())["input_ids"])
+
+    def room_for_answer(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """The answer's length within the model's positions; a UserError for a prompt that fills them (a 12,000-
+        token prompt to SmolLM2's 8,192 ran for minutes with nothing to show, then answered nothing)."""
+        limit = self.context_limit
+        if limit is None:
+            return max_new_tokens
+        if prompt_tokens >= limit:
+            raise UserError(f"the message is {prompt_tokens:,} tokens, and this model reads {limit:,} at most",
+                            where="Try", fix="shorten the message")  # fmt: skip
+        return min(max_new_tokens, limit - prompt_tokens)
+
     def adds_special_tokens(self) -> bool:
         return adds_special_tokens(self.data_format, self.renderer)
 
@@ -172,6 +193,7 @@ class Playground:
 
         enc = self.tokenizer(rendered if rendered is not None else self.prompt_text(prompt_text), return_tensors="pt",
                              add_special_tokens=self.adds_special_tokens()).to(self.device)  # fmt: skip
+        max_new_tokens = self.room_for_answer(enc["input_ids"].shape[1], max_new_tokens)
         streamer = _token_streamer_class()(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p}

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -49,6 +50,7 @@ from superqt.utils import qdebounced
 AUTO = "(detect)"
 NO_COLUMN = "(none)"
 MAPPING_CHARS = 10  # a column box shows this many characters (its list shows every name whole)
+MAPPING_PER_ROW = 3  # column boxes side by side: preference data has five, and the window fits 1,024 px
 MAX_COLUMN_PX = 360  # a long text column leaves room for the others
 # The held-out spin box's lowest value, shown as "auto": data.eval_split left empty, for the engine's rule.
 AUTO_SPLIT = -0.01  # one step of its two decimals under 0: -0.02 was taken, and read as auto
@@ -83,7 +85,8 @@ class DataPage(Page):
         self.format.addItems([AUTO, *REQUIRED])
         self.format.activated.connect(lambda _i: self.reload(keep_mapping=False))
         options.addRow("Format", self.format)
-        self.mapping_row = QHBoxLayout()
+        self.mapping_row = QGridLayout()  # rows of MAPPING_PER_ROW boxes: five in one row kept the window 1,240 px wide
+        self.mapping_row.setContentsMargins(0, 0, 0, 0)
         options.addRow("Columns", self.mapping_row)
         self.eval_split = DoubleSpinBox()
         self.eval_split.setObjectName("evalSplit")
@@ -509,9 +512,10 @@ class DataPage(Page):
             combo.setMinimumContentsLength(MAPPING_CHARS)
             combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
             combo.activated.connect(lambda _i, role=role: self._column_picked(role))
+            row, column = divmod(len(self.combos), MAPPING_PER_ROW)
             self.combos[role] = combo
-            self.mapping_row.addWidget(QLabel(f"{role}:"))
-            self.mapping_row.addWidget(combo)
+            self.mapping_row.addWidget(QLabel(f"{role}:"), row, 2 * column)
+            self.mapping_row.addWidget(combo, row, 2 * column + 1)
 
     def _load_tokenizer(self) -> None:
         model = self.state.model

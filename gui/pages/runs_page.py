@@ -26,10 +26,11 @@ from adapter_studio.gui.plots import PALETTE, LivePlot
 from adapter_studio.gui.state import StudioState
 from adapter_studio.gui.sweep_panel import SweepPanel
 from PySide6.QtCore import QItemSelection, QItemSelectionModel, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtGui import QColor, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
@@ -37,6 +38,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTableWidget,
     QTableWidgetItem,
@@ -60,7 +62,8 @@ COLUMN_TIPS = {
                 "evaluations and saving (the Train page's elapsed counts the training steps only)",
 }
 STATUS_COLORS = {"completed": "#2a7", "cancelled": "#c80", "failed": "#c00", "interrupted": "#85a", "running": "#357"}
-RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip): the table fits 1,280 px
+RUNS_COLUMN_PX = 150  # a column at most (its text whole in the tooltip), where the table has the room
+MIN_COLUMN_PX = 60  # where it has not (_fit_columns)
 MIB = 2**20
 MAX_OVERLAID = len(PALETTE)  # runs the Curves tab draws at once
 # The combine command's options as the Combine… dialog names them.
@@ -130,6 +133,7 @@ class RunsPage(Page):
         self.layout_.addLayout(folder_row)
 
         self.table = QTableWidget(0, len(COLUMNS))
+        self._natural: list[int] = []  # each column's width for its text (_fit_columns)
         self.table.setObjectName("runsTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         for column, tip in COLUMN_TIPS.items():
@@ -143,6 +147,11 @@ class RunsPage(Page):
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self.on_selection_changed)
         self.table.setMinimumHeight(120)  # the header and three runs, however small the window
+        # Whole rows are picked: Tab moves on to the buttons (it stepped from cell to cell, and Resume, Delete…
+        # and the rest could not be reached by keyboard); Delete asks, as Delete… does.
+        self.table.setTabKeyNavigation(False)
+        delete = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table, lambda: self.delete())
+        delete.setContext(Qt.ShortcutContext.WidgetShortcut)
 
         actions = QHBoxLayout()
         self.buttons: dict[str, QPushButton] = {}
@@ -224,13 +233,21 @@ class RunsPage(Page):
         self.sweep = SweepPanel(state, start_run or (lambda _spec: None))
         self.sweep.setObjectName("sweepPanel")
         self.sweep.sweep_finished.connect(self._sweep_finished)
-        self.tabs.addTab(self.sweep, "Method sweep")
+        # Scrolled where the window is short: its controls set the whole window's least height (718 px, more
+        # than a 1,366 × 768 laptop shows under a title bar and a taskbar).
+        sweep_scroll = QScrollArea()
+        sweep_scroll.setWidgetResizable(True)
+        sweep_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        sweep_scroll.setWidget(self.sweep)
+        self.tabs.addTab(sweep_scroll, "Method sweep")
 
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
         split.addWidget(self.tabs)
         split.setSizes([360, 300])
         self.layout_.addWidget(split, 1)
+        self._split = split
+        self.tabs.currentChanged.connect(self._room_for_sweep)
 
         state.run_changed.connect(self.refresh)
         self.refresh()
@@ -273,8 +290,8 @@ class RunsPage(Page):
                 self.table.setItem(row, col, item)
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
-        for column in range(self.table.columnCount()):  # a long evaluation summary pushed Date off the page
-            self.table.setColumnWidth(column, min(self.table.columnWidth(column), RUNS_COLUMN_PX))
+        self._natural = [self.table.columnWidth(c) for c in range(self.table.columnCount())]
+        self._fit_columns()
         self.table.blockSignals(False)
         kept = [p for p in keep if any(r.path == p for r in self.runs)]
         current = Path(self.state.current_run).resolve() if self.state.current_run is not None else None
@@ -600,6 +617,33 @@ class RunsPage(Page):
         folder = self.ask_folder()
         if folder:
             self.set_runs_dir(folder)
+
+    def _room_for_sweep(self) -> None:
+        """The sweep's controls whole where the window has the room, taken from the table above them."""
+        if self.tabs.currentWidget() is not self.sweep.parentWidget().parentWidget():  # its scroll area
+            return
+        top, tabs = self._split.sizes()
+        wanted = self.sweep.minimumSizeHint().height() + self.tabs.tabBar().height() + 8
+        spare = top - self._split.widget(0).minimumSizeHint().height()
+        grow = min(max(wanted - tabs, 0), max(spare, 0))
+        self._split.setSizes([top - grow, tabs + grow])
+
+    def _fit_columns(self) -> None:
+        """Each column as wide as its text, at most RUNS_COLUMN_PX (a long evaluation summary pushed Date off the
+        page); where the table is narrower than that, the widest columns narrow alike, to MIN_COLUMN_PX at least:
+        at 1,280 px Duration was cut and Date, the column sorted by, was out of sight."""
+        room = self.table.viewport().width()
+        cap = RUNS_COLUMN_PX
+        widths = [min(w, cap) for w in self._natural]
+        while self.table.isVisible() and sum(widths) > room and cap > MIN_COLUMN_PX:
+            cap -= 5
+            widths = [min(w, cap) for w in widths]
+        for column, width in enumerate(widths):
+            self.table.setColumnWidth(column, width)
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        self._fit_columns()
 
     def set_runs_dir(self, folder: str) -> None:
         if folder and folder != str(self.state.runs_dir):

@@ -393,7 +393,10 @@ class TrainPage(Page):
             self._add_eval(event)
             self.log.appendPlainText(eval_line(event))
         elif isinstance(event, Stage):
-            self.set_state(event.stage if not event.detail else f"{event.stage}: {event.detail}")
+            text = event.stage if not event.detail else f"{event.stage}: {event.detail}"
+            if event.stage in ("evaluating", "saving") and self.metrics:  # the busy bar shows no count: said here
+                text += f" at step {self.metrics[-1].step:,} of {self.total_steps:,}"
+            self.set_state(text)
             self._show_steps(event.stage == "training")  # loading, evaluating, saving: a busy bar, not a full one
         elif isinstance(event, Log) and event.level != "debug":
             prefix = "" if event.level == "info" else f"{event.level.upper()}: "

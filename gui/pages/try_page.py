@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.training.checkpoints import checkpoint_label
 from adapter_studio.gui.pages.base import Page, number_cell, wrapped_label
 from adapter_studio.gui.spin_boxes import DoubleSpinBox, SpinBox
 from adapter_studio.gui.worker import run_in_background
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QTextCursor
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -102,8 +104,7 @@ class TryPage(Page):
         self._classifier: Any = None
         self._stop = threading.Event()
 
-        self.status = wrapped_label("tryStatus",
-                                    "No run yet: train one on the Train page, or pick one on the Runs page.")
+        self.status = wrapped_label("tryStatus", NO_RUN)
         self.layout_.addWidget(self.status)
 
         split = QSplitter(Qt.Orientation.Horizontal)
@@ -137,7 +138,8 @@ class TryPage(Page):
         panel = QWidget()
         layout = QVBoxLayout(panel)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.prompt = QPlainTextEdit()
+        self.prompt = PromptBox()
+        self.prompt.submitted.connect(self.generate)
         self.prompt.setObjectName("promptBox")
         self.prompt.setPlaceholderText("Your message to the model…")
         self.prompt.setMaximumHeight(120)
@@ -179,6 +181,10 @@ class TryPage(Page):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("stopGenerationButton")
         self.stop_button.clicked.connect(self.stop)
+        escape = QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        escape.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.stop_button.setToolTip("Stop both answers (Esc)")
+        self.generate_button.setToolTip("Ctrl+Return in the message box")
         controls.addWidget(self.generate_button)
         controls.addWidget(self.stop_button)
         layout.addLayout(controls)
@@ -242,6 +248,8 @@ class TryPage(Page):
             self._picked = None
             self.examples.clear()
             self._update_buttons()
+            if self.state.current_run is None:  # it said "Done — run …" of a run no longer chosen (or deleted)
+                self.status.setText(NO_RUN)
         if self.isVisible():
             self.load_current_run()
 
@@ -346,9 +354,14 @@ class TryPage(Page):
         if self.playground.task == "classification":
             self._classify(text)
             return
-        self._stop = threading.Event()
         picked = self._picked
         rendered = picked.prompt if picked is not None and text == picked.message.strip() else None  # as held out
+        try:  # said once here, not by each answer's thread
+            self.playground.room_for_answer(self.playground.prompt_tokens(text, rendered), 1)
+        except UserError as e:
+            self.status.setText(html.escape(f"{e.what} — {e.fix}"))
+            return
+        self._stop = threading.Event()
         for which in PANES:
             self.panes[which].clear()
             worker = create_worker(
@@ -420,3 +433,35 @@ class TryPage(Page):
         self.status.setText(f"<b style='color:#c00'>Classification failed</b>: {getattr(error, 'message', error)}")
         self._update_buttons()
         self.error(error)
+
+
+NO_RUN = "No run yet: train one on the Train page, or pick one on the Runs page."
+
+
+class PromptBox(QPlainTextEdit):
+    """The message box: Ctrl+Return generates here (the window's own Ctrl+Return, Start training, started a run
+    unseen from this page and swapped the run being tried for it), and Tab moves on (it typed tabs, and
+    Generate could not be reached by keyboard)."""
+
+    submitted = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTabChangesFocus(True)
+
+    @staticmethod
+    def _is_submit(event: QKeyEvent) -> bool:
+        return event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and bool(
+            event.modifiers() & Qt.KeyboardModifier.ControlModifier)  # fmt: skip
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ShortcutOverride and self._is_submit(event):  # type: ignore[arg-type]
+            event.accept()  # the key comes here, not to the window's shortcut
+            return True
+        return super().event(event)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if self._is_submit(event):
+            self.submitted.emit()
+            return
+        super().keyPressEvent(event)
