@@ -30,6 +30,11 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and (compile_cache := writable_ca
 # peft 0.21's get_peft_model reads transformers 5's deprecated `is_gradient_checkpointing` on every LoRA-family
 # model it wraps: a FutureWarning in every run's output that is neither the person's nor ours to act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# peft's warnings about what the method library already says: BEFT on layers without a bias cannot be merged (it
+# is not mergeable here, and says so), and LN tuning on a norm class peft does not list (Llama's RMSNorm, BERT's
+# LayerNorm), which trains, saves and merges here (tests/test_methods.py). Raw, they read as errors.
+warnings.filterwarnings("ignore", message="Detected that the base layer has no bias term", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"Unsupported layer type .*(RMSNorm|LayerNorm)", category=UserWarning)
 # bitsandbytes (which peft imports whenever it is installed) looks for a faster CPU 4-bit kernel on the Hub
 # as it loads and warns when it may not fetch it (offline, or not trusted); it then uses its own kernels,
 # so the warning — in every run's output, quantised or not — says nothing a person can act on.

@@ -948,6 +948,17 @@ def test_packing_fills_rows_up_to_max_length(tmp_path, tiny_llama) -> None:  # t
     assert [x for t in packed.train for x in t.labels] == [x for t in plain.train for x in t.labels]
 
 
+def test_held_out_rows_too_long_are_counted_as_dropped(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    """12 HH rows read "6 training and 0 held-out examples; 5 rows dropped": the held-out row dropped for its
+    length was in no count, and the run was not evaluated, unsaid."""
+    short, long = alpaca_rows([("reverse ab", "ba")]), alpaca_rows([("reverse " + "a" * 40, "b" * 40)])
+    path = write_rows(tmp_path / "a.jsonl", short * 4)
+    held = write_rows(tmp_path / "held.jsonl", short + long)
+    stats = length_stats(DataSpec(path=str(path), eval_path=str(held), max_length=60), tokenizer_of(tiny_llama), 2)
+    assert (stats["train_examples"], stats["eval_examples"]) == (4, 1)
+    assert stats["dropped"] == [f"held-out {held}:2: longer than max_length 60 before its answer starts"]
+
+
 def test_length_stats_counts_rows_tokens_truncation_and_padding(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
     tokenizer = tokenizer_of(tiny_llama)
     pairs = [("reverse " + "a" * n, "b" * n) for n in (1, 2, 3, 4, 20, 40)]
@@ -1066,7 +1077,8 @@ BAD_INPUTS = {
     ),
     "every output empty": BadInput(
         {"blank.csv": b"instruction,output\na,\nb,  \n"},
-        ["{dir}/blank.csv", "all 2 rows were dropped", "blank.csv:2: empty 'output'", "fill in the empty fields"],
+        ["{dir}/blank.csv", "all 2 rows were dropped", "blank.csv:2: empty 'output'",
+         "put those rows right as their reasons say"],
     ),
     "label not in the label set": BadInput(
         {

@@ -294,7 +294,7 @@ def check_some_left(survey: Survey, path: str | list[str]) -> None:
     raise UserError(
         f"all {survey.rows} rows were dropped, so nothing is left to train on ({reasons})",
         where=_where(path),
-        fix="fill in the empty fields, or map the right columns in data.columns",
+        fix="put those rows right as their reasons say (the first are listed), or map other columns in data.columns",
     )
 
 

@@ -149,8 +149,8 @@ def prepare_data(
         from_cache=found is not None, tasks=meta["tasks"], eval_prompt_tasks=meta["eval_prompt_tasks"],
     )  # fmt: skip
     data.train, data.truncated, too_long = _view(train_store, fmt, max_length, spec.packing, files)
-    data.eval, _, _ = _view(eval_store, fmt, max_length, False, files)
-    data.dropped += too_long
+    data.eval, _, eval_too_long = _view(eval_store, fmt, max_length, False, files)
+    data.dropped += too_long + [f"held-out {note}" for note in eval_too_long]  # counted: the numbers add up
     if not len(data.train):
         raise _all_too_long(train_store, max_length, _where(spec.path))
     return data

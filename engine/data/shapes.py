@@ -167,12 +167,9 @@ def resolve_columns(fmt: str, columns: list[str], mapping: dict[str, str], where
     resolved = _found(fmt, columns, mapping)
     for role in (r for r in required_roles(fmt, resolved) if r not in resolved):
         if role in mapping:  # mapped to a column the file does not have
-            raise UserError(
-                f"data.columns maps {role} to '{mapping[role]}', which this file does not have; "
-                f"its columns are {', '.join(columns)}",
-                where=where,
-                fix=f"map {role} to one of those columns",
-            )
+            raise UserError(f"data.columns maps {role} to '{mapping[role]}', which this file does not have; its "
+                            f"columns are {', '.join(columns)}", where=where,
+                            fix=f"map {role} to one of those columns")  # fmt: skip
         raise ColumnsNotMapped(
             f"the {fmt} format needs {a_or_an(role).split()[0]} '{role}' column; the columns found are "
             f"{', '.join(columns)}",

@@ -63,7 +63,8 @@ def resolve_source(source: str) -> ModelSource:
     if (config := shipped_config(source)) is not None:
         return config
     if path.exists():
-        raise UserError(f"{path} is not a model folder or .gguf file", where="model.source")
+        raise UserError(f"{path} is not a model folder or .gguf file", where="model.source",
+                        fix="give a model folder (with config.json), a .gguf file or a hub id")  # fmt: skip
     if source.count("/") == 1 and not source.startswith((".", "/")):
         return hub_source(source)
     raise UserError(

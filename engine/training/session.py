@@ -251,6 +251,9 @@ class TrainingSession:
         )
         for note in data.dropped[:10]:
             self.log(f"dropped {note}", level="warning")
+        if not len(data.eval) and any(note.startswith("held-out ") for note in data.dropped):
+            self.log("every held-out row was dropped: this run is not evaluated (raise data.max_length to keep "
+                     "them)", level="warning")  # fmt: skip
         if data.truncated:
             many = "examples were" if data.truncated > 1 else "example was"
             self.log(f"{data.truncated} {many} truncated to {spec.data.max_length} tokens", level="warning")

@@ -17,7 +17,11 @@ def install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():  # a second Ctrl-C: stop waiting for the checkpoint
             raise KeyboardInterrupt
-        print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint…", file=sys.stderr, flush=True)
+        # Said in full: a step being compiled (its first minute) held the checkpoint back, unsaid, and a second
+        # Ctrl-C then lost the steps since the last one.
+        print(f"\nstopping ({signal.Signals(signum).name}): a checkpoint is saved when the step under way ends (a "
+              "step being compiled can take a minute); Ctrl-C again quits at once, without one", file=sys.stderr,
+              flush=True)  # fmt: skip
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
