@@ -19,7 +19,7 @@ from adapter_studio.combine_command import add_combine_parser, cmd_combine
 from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.imports import freeze_imports_in_this_process
 from adapter_studio.eval_command import add_eval_parser, cmd_eval
-from adapter_studio.run_args import run_folder
+from adapter_studio.run_args import add_set, run_folder
 from adapter_studio.stopping import EXIT_CANCELLED, EXIT_USER_ERROR, install_stop_handlers, interrupt_on_sigterm
 from adapter_studio.sweep_command import RANK_HELP, add_sweep_parser, cmd_sweep
 
@@ -37,14 +37,14 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train headless from a spec file")
     train.add_argument("spec", nargs="?", help="spec file (YAML)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set(train)
     train.add_argument("--resume", metavar="RUN_DIR", type=run_folder, help="continue a stopped or interrupted run")
     train.add_argument("--devices", type=int, default=None, help="train with N processes (GPUs) via accelerate")
     train.add_argument("--quiet", action="store_true", help="only the final line")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # set by the multi-device launcher
 
     export = sub.add_parser("export", help="export a run's adapter, merged model or GGUF")
-    export.add_argument("run_dir", type=run_folder)
+    export.add_argument("run_dir", type=run_folder, help="the run folder (`adapter-studio runs` lists them)")
     kind = export.add_mutually_exclusive_group(required=True)
     kind.add_argument("--adapter", action="store_true", help="adapter only (loadable by peft)")
     kind.add_argument("--merged", action="store_true", help="full model with the adapter merged in")
@@ -57,25 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="target folder (must not exist)")
 
     methods = sub.add_parser("methods", help="list the method library")
-    methods.add_argument("--json", action="store_true")
+    methods.add_argument("--json", action="store_true", help="print the library as JSON")
 
     params = sub.add_parser("params", help="trainable parameters, adapter size and memory per method")
     params.add_argument("--model", required=True, help="model folder, .gguf file or shipped config name")
     params.add_argument("--methods", default="all",
                         help="all, or a comma list of method names (in_context, features: the no-training baselines)")
-    params.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    params.add_argument("--json", action="store_true")
+    add_set(params)
+    params.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     runs = sub.add_parser("runs", help="list the run history")
     runs.add_argument("--dir", default="runs", help="the runs folder")
-    runs.add_argument("--json", action="store_true")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
 
     add_sweep_parser(sub)
 
     auto = sub.add_parser("auto", help="search methods and settings on a time budget, then train the winner")
     auto.add_argument("spec", help="spec file (YAML): model, data, and the winner's training length")
     auto.add_argument("--budget", required=True, help="wall-clock time for it all: 90s, 20m, 1h or 1h30m")
-    auto.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set(auto)
     auto.add_argument("--name", help="search name (default: auto-<date>-<time>)")
     auto.add_argument("--max-trials", type=int, help="try at most this many settings (default: as many as fit)")
     auto.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
@@ -86,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     add_cluster_parser(sub)
 
     walk = sub.add_parser("walkthrough", help="drive the window offscreen through every page, save screenshots")
-    walk.add_argument("spec")
-    walk.add_argument("--out", required=True)
-    walk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    walk.add_argument("spec", help="spec file (YAML) of the run it trains on the way")
+    walk.add_argument("--out", required=True, help="folder for the screenshots and report")
+    add_set(walk)
     return parser
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from adapter_studio.run_args import add_set
+
 
 def add_cluster_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cluster = sub.add_parser("cluster", help="write a Slurm script and a SkyPilot task for a multi-machine run")
     cluster.add_argument("spec", help="spec file (YAML) with training.machines of 2 or more")
-    cluster.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set(cluster)
     cluster.add_argument("--out", required=True, help="folder for the spec copy and the two files")
     cluster.add_argument(
         "--accelerator",

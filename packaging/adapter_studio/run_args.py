@@ -1,7 +1,8 @@
-"""How the command line reads the run folders it is given (train --resume, export, eval, combine)."""
+"""How the command line reads what it is given: run folders (train --resume, export, eval, combine) and `--set`."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 RUN_FILES = ("spec.yaml", "events.jsonl")
@@ -15,3 +16,12 @@ def run_folder(text: str) -> str:
     if path.name in RUN_FILES and path.is_file():
         path = path.parent
     return str(path)
+
+
+SET_HELP = ("change one spec field (repeatable), e.g. --set training.max_steps=200 --set method.r=16 "
+            "--set method.target_modules=[q_proj,v_proj]")
+
+
+def add_set(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE`, said the same way by every command that takes a spec (it had no help line)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from adapter_studio.engine.errors import UserError
+from adapter_studio.run_args import add_set
 from adapter_studio.stopping import EXIT_CANCELLED, install_stop_handlers
 
 RANK_HELP = ("rank by a metric: best_eval_loss, final_eval_loss, final_loss, accuracy, exact_match (from training) "
@@ -23,7 +24,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     sweep = sub.add_parser("sweep", help="train several methods one after another and compare them")
     sweep.add_argument("spec", nargs="?", help="spec file (YAML): model, data and the shared training budget")
     sweep.add_argument("--methods", help="all, or a comma list of method names (see `adapter-studio methods`)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_set(sweep)
     sweep.add_argument("--name", help="sweep name (default: sweep-<date>-<time>)")
     sweep.add_argument("--continue", dest="resume", metavar="SWEEP_DIR", help="run the methods a sweep has left")
     sweep.add_argument("--json", action="store_true", help="print the result rows as JSON")
