@@ -54,7 +54,8 @@ def test_a_stopped_sweep_continues_with_the_methods_left(make_spec, tiny_llama, 
 
 @pytest.mark.parametrize(
     ("methods", "expected"),
-    [([], "at least one method"), (["lora", "loraa"], "unknown method loraa"), (["ia3", "ia3"], "ia3 is listed twice"),
+    [([], "at least one method"), (["lora", "loraa"], "unknown method loraa — did you mean .*lora"),
+     (["ia3", "ia3"], "ia3 is listed twice"),
      (["lora", "LoRA"], "lora is listed twice")],  # LoRA as a spec takes it
 )
 def test_bad_method_lists_are_refused(make_spec, tiny_llama, alpaca_jsonl, methods, expected):  # type: ignore[no-untyped-def]

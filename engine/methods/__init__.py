@@ -67,11 +67,15 @@ def method_class(name: str) -> type[MethodSpec]:
     try:
         return METHODS[name]
     except KeyError:
-        import difflib
-
-        near = difflib.get_close_matches(name, METHODS, n=3)
-        hint = f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
-        raise UserError(f"unknown method '{name}'", where="method.name", fix=hint) from None
+        raise UserError(f"unknown method '{name}'", where="method.name", fix=method_hint([name])) from None
 
 
-__all__ = ["METHODS", "METHOD_CLASSES", "MethodContext", "MethodSpec", "method_class"]
+def method_hint(names: list[str]) -> str:
+    """What to say of method names not in the library: the near ones, else all of them."""
+    import difflib
+
+    near = sorted({m for name in names for m in difflib.get_close_matches(name, METHODS, n=3)})
+    return f"did you mean {', '.join(near)}?" if near else f"known methods: {', '.join(METHODS)}"
+
+
+__all__ = ["METHODS", "METHOD_CLASSES", "MethodContext", "MethodSpec", "method_class", "method_hint"]

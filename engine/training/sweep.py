@@ -95,15 +95,14 @@ class SweepPlan:
 def plan_sweep(spec: RunSpec, methods: list[str], name: str | None = None) -> SweepPlan:
     """Check each method against the model (refusals are kept with their reason) and write the plan."""
     from adapter_studio.engine.estimate.table import estimate_table
-    from adapter_studio.engine.methods import METHODS
+    from adapter_studio.engine.methods import METHODS, method_hint
 
     if not methods:
         raise UserError("a sweep needs at least one method", where="methods", fix="e.g. lora,ia3,prompt_tuning")
     methods = [m if m in METHODS else as_tag(m) for m in methods]  # LoRA, LoRA+ as a spec takes them
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method {', '.join(unknown)}", where="methods",
-                        fix=f"pick from {', '.join(METHODS)}")
+    if unknown:  # the near names ("lroa": the 50 names listed said nothing of the typo)
+        raise UserError(f"unknown method {', '.join(unknown)}", where="methods", fix=method_hint(unknown))
     twice = sorted({m for m in methods if methods.count(m) > 1})
     if twice:
         raise UserError(f"{', '.join(twice)} {'is' if len(twice) == 1 else 'are'} listed twice", where="methods",
