@@ -158,6 +158,11 @@ def test_an_export_folder_that_cannot_be_made_is_said(tmp_path: Path) -> None:
     with pytest.raises(UserError) as caught:
         new_export_folder(Path("/proc/no-such/out"))
     assert caught.value.message.startswith("--out: cannot make the folder /proc/no-such")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    with pytest.raises(UserError) as caught:  # "cannot make the folder …/notes.txt: File exists"
+        new_export_folder(a_file / "sub" / "out")
+    assert caught.value.message.startswith(f"--out: {a_file} is a file, not a folder — give a folder path")
 
 
 @pytest.mark.parametrize("name", ["../elsewhere", "/tmp/elsewhere", "a/b", "..", "a\\b", "D:elsewhere"])

@@ -126,6 +126,9 @@ def new_export_folder(out: Path) -> Path:
     if out.exists():
         raise UserError(f"{out} already exists", where="--out", fix="pick a new folder name; exports never overwrite")
     folder = out.parent
+    if (a_file := next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)) is not None:
+        raise UserError(f"{a_file} is a file, not a folder", where="--out",
+                        fix="give a folder path (a file's name cannot hold one)")  # "…: File exists" said nothing
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
