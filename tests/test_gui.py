@@ -245,6 +245,19 @@ def test_the_plots_on_show_follow_a_theme_chosen(window):  # type: ignore[no-unt
         QSettings().remove("appearance/theme")
 
 
+@pytest.mark.parametrize(("line", "shown"), [
+    ("training.gradient_checkpointing = off: a step fits", "gradient checkpointing = off: a step fits"),
+    ("data.eval_split = 0.1003: 598 rows: 60 held out", "Held out = 0.1003: 598 rows: 60 held out"),  # the Data page's
+    ("data.max_length = 256: the longest row", "Max length = 256: the longest row"),
+    ("step 3 loss 0.6883", "step 3 loss 0.6883"),  # not a default's line
+])  # fmt: skip
+def test_the_train_log_names_defaults_as_the_boxes_do(line: str, shown: str) -> None:
+    """The log said "training.gradient_checkpointing = off"; the window's box is "gradient checkpointing"."""
+    from adapter_studio.gui.pages.train_page import in_form_words
+
+    assert in_form_words(line) == shown
+
+
 def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
     page = window.pages["model"]
     page.choose(str(tiny_llama))

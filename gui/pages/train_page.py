@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFinder, Metrics, Stage, Started
 from adapter_studio.engine.runs import RESUMABLE
 from adapter_studio.engine.training.checkpoints import has_checkpoint
+from adapter_studio.gui.data_texts import PAGE_NAMES
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.spin_boxes import DoubleSpinBox
@@ -400,7 +402,7 @@ class TrainPage(Page):
             self._show_steps(event.stage == "training")  # loading, evaluating, saving: a busy bar, not a full one
         elif isinstance(event, Log) and event.level != "debug":
             prefix = "" if event.level == "info" else f"{event.level.upper()}: "
-            self.log.appendPlainText(prefix + event.message)
+            self.log.appendPlainText(prefix + in_form_words(event.message))
         elif isinstance(event, LrFinder):
             self.finder_plot.show_test(event.rates, event.raw_losses, event.losses, event.chosen)
             self.finder_label.setText(f"<b>learning rate {event.chosen:.2g}</b>: {event.reason}")
@@ -513,3 +515,16 @@ class TrainPage(Page):
         self.set_state("failed")
         self._running(False)
         self.error(error)
+
+
+CHOSEN = re.compile(r"^(model|data|method|training|objective)\.(\w+) = ")  # a default's line (engine.defaults.explain)
+
+
+def in_form_words(message: str) -> str:
+    """A chosen default's log line with the field as the window's boxes name it ("gradient checkpointing = off:
+    …", not "training.gradient_checkpointing = off: …"); other lines as they are."""
+    found = CHOSEN.match(message)
+    if found is None:
+        return message
+    name = PAGE_NAMES.get(f"{found[1]}.{found[2]}", found[2].replace("_", " "))
+    return f"{name} = {message[found.end():]}"
