@@ -1238,3 +1238,19 @@ def test_held_out_rows_to_classify_keep_each_labels_share(counts: dict[str, int]
         mask = held_out_mask(len(labels), share, seed, labels)
         assert mask.sum() == held_out_count(len(labels), share)
         assert Counter(label for label, h in zip(labels, mask, strict=True) if h) == held
+
+
+def test_held_out_rows_that_repeat_training_rows_are_counted(tmp_path, tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    """24 identical rows trained on 22 and scored the model on 2 copies of them, unsaid."""
+    from adapter_studio.engine.data.prepare import prepare_data
+    from adapter_studio.engine.training.evaluation import held_out_warnings
+
+    same = alpaca_rows([("reverse ab", "ba")])
+    rows = write_rows(tmp_path / "same.jsonl", same * 24)
+    data = prepare_data(DataSpec(path=str(rows), eval_split=0.1), tokenizer_of(tiny_llama), None, 64, 0)
+    assert data.repeated == len(data.eval) > 0
+    assert held_out_warnings(data)[0].startswith(f"{len(data.eval)} held-out rows are also training rows")
+    varied = write_rows(tmp_path / "varied.jsonl", alpaca_rows([(f"reverse {w}", w[::-1]) for w in
+                                                                ("ab", "cd", "ef", "gh", "ij", "kl", "mn", "op")]))
+    data = prepare_data(DataSpec(path=str(varied), eval_split=0.25), tokenizer_of(tiny_llama), None, 64, 0)
+    assert data.repeated == 0 and held_out_warnings(data) == []

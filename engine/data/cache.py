@@ -97,6 +97,23 @@ class _Store:
         return cls(flat("ids.bin", np.dtype(id_dtype)), flat("loss.bin", np.uint8), offsets, **small)
 
 
+def repeated_rows(train: _Store, held_out: _Store) -> int:
+    """How many held-out rows are a training row token for token (with its label, for a classifier): a file that
+    repeats its rows scores the model on answers it learnt by heart."""
+    import hashlib
+
+    def keys(store: _Store) -> list[bytes]:
+        bounds = zip(store.offsets[:-1].tolist(), store.offsets[1:].tolist(), strict=True)
+        labels = store.labels.tolist() if len(store.labels) == len(store.lengths) else [None] * len(store.lengths)
+        return [hashlib.blake2b(store.ids[a:b].tobytes() + str(label).encode(), digest_size=8).digest()
+                for (a, b), label in zip(bounds, labels, strict=True)]  # fmt: skip
+
+    if not len(held_out.lengths):
+        return 0
+    seen = set(keys(train))
+    return sum(key in seen for key in keys(held_out))
+
+
 def cache_root() -> Path | None:
     """Where prepared data is cached: ADAPTER_STUDIO_DATA_CACHE (a folder, or 0 for none), else
     $XDG_CACHE_HOME/adapter-studio/data (~/.cache/adapter-studio/data)."""

@@ -28,6 +28,7 @@ from adapter_studio.engine.data.cache import (
     _Store,
     _StoreWriter,
     cache_root,
+    repeated_rows,
 )
 from adapter_studio.engine.data.examples import (
     Survey,
@@ -80,6 +81,7 @@ class PreparedData:
     from_cache: bool = False
     eval_prompt_tasks: list[int] = field(default_factory=list)  # each eval prompt's task index (with a task column)
     tasks: list[str] | None = None  # the task names of data.columns.task, in the order of their indices
+    repeated: int = 0  # held-out rows that are a training row token for token (cache.repeated_rows)
 
     @property
     def train_tokens(self) -> int:
@@ -150,6 +152,7 @@ def prepare_data(
     )  # fmt: skip
     data.train, data.truncated, too_long = _view(train_store, fmt, max_length, spec.packing, files)
     data.eval, _, eval_too_long = _view(eval_store, fmt, max_length, False, files)
+    data.repeated = repeated_rows(train_store, eval_store) if fmt not in ("preference", "kto", "text") else 0
     data.dropped += too_long + [f"held-out {note}" for note in eval_too_long]  # counted: the numbers add up
     if not len(data.train):
         raise _all_too_long(train_store, max_length, _where(spec.path))

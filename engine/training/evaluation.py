@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     import torch
 
 
+def held_out_warnings(data: PreparedData) -> list[str]:
+    """What a run's evaluation will not say of itself: that it has no rows left to score, or that some of them
+    are training rows again (identical rows in the file)."""
+    if not len(data.eval) and any(note.startswith("held-out ") for note in data.dropped):
+        return ["every held-out row was dropped: this run is not evaluated (raise data.max_length to keep them)"]
+    if data.repeated:
+        many = "row is also a training row" if data.repeated == 1 else "rows are also training rows"
+        return [f"{data.repeated:,} held-out {many}, token for token (the file repeats them): their scores say "
+                "what the model learnt by heart; remove the repeats to measure what it learnt"]
+    return []
+
+
 class EvaluationStopped(Exception):
     """Stop was asked for while the held-out set was scored: that evaluation is left out and the run stops
     (scoring 27,000 held-out rows held a Ctrl-C for five minutes)."""

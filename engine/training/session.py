@@ -51,7 +51,7 @@ from adapter_studio.engine.training.devices import (
     sharded_run,
 )
 from adapter_studio.engine.training.divergence import DivergenceWatch, guessing_loss
-from adapter_studio.engine.training.evaluation import EvaluationStopped, evaluate
+from adapter_studio.engine.training.evaluation import EvaluationStopped, evaluate, held_out_warnings
 from adapter_studio.engine.training.failures import NonFiniteLoss, explain_failure
 from adapter_studio.engine.training.fast_loss import causal_lm_parts, labelled_loss
 from adapter_studio.engine.training.lr_finder import AUTO, find_learning_rate, keep_found_rate
@@ -251,9 +251,8 @@ class TrainingSession:
         )
         for note in data.dropped[:10]:
             self.log(f"dropped {note}", level="warning")
-        if not len(data.eval) and any(note.startswith("held-out ") for note in data.dropped):
-            self.log("every held-out row was dropped: this run is not evaluated (raise data.max_length to keep "
-                     "them)", level="warning")  # fmt: skip
+        for note in held_out_warnings(data):
+            self.log(note, level="warning")
         if data.truncated:
             many = "examples were" if data.truncated > 1 else "example was"
             self.log(f"{data.truncated} {many} truncated to {spec.data.max_length} tokens", level="warning")
