@@ -292,7 +292,8 @@ def check_some_left(survey: Survey, path: str | list[str]) -> None:
         return
     reasons = "; ".join(survey.dropped[:3]) + ("; …" if len(survey.dropped) > 3 else "")
     raise UserError(
-        f"all {survey.rows} rows were dropped, so nothing is left to train on ({reasons})",
+        f"{'the only row was' if survey.rows == 1 else f'all {survey.rows} rows were'} dropped, so nothing is left "
+        f"to train on ({reasons})",
         where=_where(path),
         fix="put those rows right as their reasons say (the first are listed), or map other columns in data.columns",
     )
