@@ -136,6 +136,21 @@ class MainWindow(QMainWindow):
         self.go_to("train")
         self.train_page.resume(run_dir)
 
+    def _resume_from_menu(self) -> None:
+        """The Train page's stopped run, else the one stopped run picked on the Runs page (it did nothing there,
+        silently), else said."""
+        from adapter_studio.engine.runs import RESUMABLE
+
+        train = self.train_page
+        picked = [r.path for r in self.runs_page.selected_runs() if r.status in RESUMABLE]
+        if train.controller.running or (train.run_dir is not None and train.last_status in RESUMABLE):
+            self._on_train_page(train.resume)
+        elif len(picked) == 1:
+            self._resume_run(picked[0])
+        else:
+            self.statusBar().showMessage("Nothing to resume: stop a run on the Train page, or pick one stopped, "
+                                         "failed or interrupted run on the Runs page", 15_000)  # fmt: skip
+
     def _on_train_page(self, act: Any) -> None:
         self.go_to("train")
         act()
@@ -175,7 +190,7 @@ class MainWindow(QMainWindow):
         for text, shortcut, slot in (
             ("Start training", "Ctrl+Return", lambda: self._on_train_page(self.train_page.start)),
             ("Stop", "Ctrl+.", lambda: self.train_page.stop()),
-            ("Resume", "Ctrl+Shift+Return", lambda: self._on_train_page(self.train_page.resume)),
+            ("Resume", "Ctrl+Shift+Return", self._resume_from_menu),
         ):
             action = QAction(text, self)
             action.setShortcut(shortcut)

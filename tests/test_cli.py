@@ -299,7 +299,7 @@ def test_wrong_arguments_are_refused_before_anything_runs(tmp_path, tiny_llama, 
         (["train", str(spec), "--resume", str(tmp_path)], "error: train: give a spec file or --resume RUN_DIR, not "
                                                           "both — to change a resumed run's settings, add --set"),
         (["train", str(spec), "--set", "model.device=cuda", "--set", f"output_dir={tmp_path / 'cuda-runs'}"],
-         "error: model.device: model.device is cuda, and this machine's PyTorch sees no CUDA GPU"),
+         "error: model.device: cuda is asked for, and this machine's PyTorch sees no CUDA GPU"),
         (["params", "--model", str(tiny_llama), "--methods", "lora", "--set", "method.r=abc"],
          "error: --set: method.r: input should be a valid integer"),
         (["params", "--model", str(tiny_llama), "--methods", "lorra"], "error: --methods: unknown method 'lorra'"),

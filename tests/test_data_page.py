@@ -597,3 +597,18 @@ def test_an_architecture_alone_says_why_there_are_no_token_lengths(window, qtbot
     qtbot.waitUntil(lambda: "cannot be read" in page.length_stats.text(), timeout=30_000)
     assert page.length_stats.text() == ("Token lengths need the model's tokenizer, which cannot be read: the model is "
                                         "an architecture alone, without its files")
+
+
+@pytest.mark.parametrize(("columns", "said"), [
+    (["body", "label"], "Pick the column for <b>text</b> (likely body) under Columns, or another format."),
+    # The shape's stock example (instruction ← question, output ← answer) named columns the file has not.
+    (["title", "body", "meta"], "Pick the columns for <b>instruction</b> and <b>output</b> under Columns, or "
+                                "another format."),
+])  # fmt: skip
+def test_the_page_suggests_only_columns_the_file_has(columns: list[str], said: str) -> None:
+    from adapter_studio.engine.data.shapes import ColumnsNotMapped, detect_format
+    from adapter_studio.gui.data_texts import pick_columns
+
+    with pytest.raises(ColumnsNotMapped) as caught:
+        detect_format(columns)
+    assert pick_columns(caught.value) == said

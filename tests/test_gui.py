@@ -193,7 +193,8 @@ def test_stop_keeps_a_checkpoint_and_resume_goes_on_with_that_run(window, qtbot,
 def test_ctrl_return_in_the_try_pages_message_box_generates_not_trains(window, qtbot, monkeypatch):  # type: ignore[no-untyped-def]
     """Ctrl+Return, a usual "send" key, started a training run unseen from the Try page (the window's Start), and
     Tab typed tabs into the box for ever: Generate could not be reached by keyboard."""
-    from PySide6.QtCore import Qt
+    from PySide6.QtCore import QEvent, Qt
+    from PySide6.QtGui import QKeyEvent
     from PySide6.QtTest import QTest
 
     page = window.pages["try"]
@@ -208,6 +209,9 @@ def test_ctrl_return_in_the_try_pages_message_box_generates_not_trains(window, q
     assert generated == [True] and page.prompt.toPlainText() == ""  # no new line typed either
     QTest.keyClick(page.prompt, Qt.Key.Key_Tab)
     assert "\t" not in page.prompt.toPlainText()
+    shifted = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return,
+                        Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)  # fmt: skip
+    assert not page.prompt._is_submit(shifted)  # Ctrl+Shift+Return stays the window's Resume
 
 
 def test_a_run_deleted_on_disk_is_no_longer_the_pages_run(window, tmp_path):  # type: ignore[no-untyped-def]
@@ -228,6 +232,30 @@ def test_a_run_deleted_on_disk_is_no_longer_the_pages_run(window, tmp_path):  # 
     assert window.pages["evaluate"].status.text().startswith("No run yet")
     assert window.pages["export"].run_label.text().startswith("No run yet")
     assert window.pages["try"].status.text().startswith("No run yet")
+    other = fabricate_history(tmp_path / "more")["stopped"]  # deleted while the Export page shows it
+    window.state.set_current_run(other)
+    window.go_to("export")
+    shutil.rmtree(other)
+    window.pages["export"].ask_and_export("adapter")  # it said "not a run folder … (`adapter-studio runs` …)"
+    assert window.state.current_run is None
+    assert window.pages["export"].status.text() == f"The run stopped is no longer there ({other}): pick one on the " \
+                                                   "Runs page"
+
+
+def test_run_resume_in_the_menu_resumes_the_run_picked_on_the_runs_page(window, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Run › Resume did nothing, silently, for a stopped run picked on the Runs page."""
+    from test_run_history import fabricate_history
+
+    runs = fabricate_history(tmp_path / "history")
+    window.runs_page.set_runs_dir(str(tmp_path / "history"))
+    resumed: list[Path] = []
+    monkeypatch.setattr(window, "_resume_run", resumed.append)
+    window.runs_page.select_runs(["done"])  # finished: nothing to resume
+    menu_action(window, "Resume").trigger()
+    assert resumed == [] and window.statusBar().currentMessage().startswith("Nothing to resume: stop a run")
+    window.runs_page.select_runs(["stopped"])
+    menu_action(window, "Resume").trigger()
+    assert [p.resolve() for p in resumed] == [runs["stopped"].resolve()]
 
 
 def test_the_plots_on_show_follow_a_theme_chosen(window):  # type: ignore[no-untyped-def]

@@ -253,3 +253,23 @@ def test_a_message_longer_than_the_model_reads_is_said_before_generating(page: T
     assert not page.busy and page.status.text() == (f"the message is {tokens:,} tokens, and this model reads 256 at "
                                                     "most — shorten the message")  # fmt: skip
     assert pg.room_for_answer(250, 128) == 6  # an answer that would run past the positions stops at them
+
+
+def test_a_run_trained_on_since_it_was_loaded_answers_with_its_newest_checkpoint(page: TryPage, qtbot: Any,
+                                                                                  lora_run: Path) -> None:  # fmt: skip
+    """Resumed and trained on, the run still answered from the checkpoint loaded before (step 10 against 25;
+    step 10 itself deleted by then)."""
+    import shutil
+
+    open_run(page, qtbot, lora_run)
+    loaded = page.playground.tuned.checkpoint
+    newer = loaded.parent / "step-9999999"
+    shutil.copytree(loaded, newer)
+    try:
+        page.on_shown()  # shown again
+        qtbot.waitUntil(lambda: page.playground is not None and page.playground.tuned.checkpoint == newer,
+                        timeout=LOAD_MS)  # fmt: skip
+        page.on_shown()  # nothing newer: kept, not loaded again
+        assert page._loader is None
+    finally:
+        shutil.rmtree(newer)

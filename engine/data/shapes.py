@@ -69,13 +69,14 @@ def _find(columns: list[str], role: str, mapping: dict[str, str], fmt: str = "")
 class ColumnsNotMapped(UserError):
     """The columns do not say which holds what. Carries what the Data page needs to let a person map them
     in place: the file's columns and first rows, the format to map for (the one asked for, else the most
-    likely), the roles found so far, and the likely column of each role not found (`guess`, where known)."""
+    likely), the roles found so far, and each missing role's likely column in the file (`guess`; "<what it holds>"
+    where no column looks like it)."""
 
     def __init__(self, what: str, *, where: str, fix: str, columns: list[str], fmt: str,
                  found: dict[str, str], guess: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(what, where=where, fix=fix)
         self.columns, self.format, self.found = columns, fmt, found
-        self.guess = {r: c for r, c in (guess or {}).items() if r not in found}  # a column, or "<what it holds>"
+        self.guess = {r: c for r, c in (guess or {}).items() if r not in found and (c in columns or c[:1] == "<")}
         self.rows: list[dict[str, Any]] = []  # filled in by the reader, which has them
 
 

@@ -20,10 +20,10 @@ def pick_device(preference: str = "auto") -> str:
     import torch
 
     if preference == "cuda" and not torch.cuda.is_available():
-        raise UserError("model.device is cuda, and this machine's PyTorch sees no CUDA GPU", where="model.device",
+        raise UserError("cuda is asked for, and this machine's PyTorch sees no CUDA GPU", where="model.device",
                         fix="set model.device to auto or cpu, or use a CUDA build of PyTorch on a GPU")  # fmt: skip
     if preference == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("model.device is mps, and this machine has no Apple GPU for PyTorch", where="model.device",
+        raise UserError("mps is asked for, and this machine has no Apple GPU for PyTorch", where="model.device",
                         fix="set model.device to auto or cpu")  # fmt: skip
     if preference != "auto":
         return preference

@@ -132,8 +132,19 @@ class ExportPage(Page):
         if folder:
             self.state.set_current_run(Path(folder))
 
-    def ask_and_export(self, kind: str) -> None:
+    def _run_still_there(self) -> Path | None:
+        """The current run, unless its folder went since it was chosen (an export then said "not a run folder …
+        (`adapter-studio runs` lists them)"): then no run, said in the page's words."""
         run = self.state.current_run
+        if run is not None and not (Path(run) / "spec.yaml").is_file():
+            self.state.set_current_run(None)
+            self.status.setText(f"The run {esc(Path(run).name)} is no longer there ({esc(run)}): pick one on the "
+                                "Runs page")  # fmt: skip
+            return None
+        return run
+
+    def ask_and_export(self, kind: str) -> None:
+        run = self._run_still_there()
         if run is None:
             return
         folder = QFileDialog.getExistingDirectory(self, f"Where to put the {kind} export")
@@ -170,7 +181,7 @@ class ExportPage(Page):
         return box
 
     def ask_and_export_gguf(self) -> None:
-        run = self.state.current_run
+        run = self._run_still_there()
         if run is None:
             return
         quant = self.gguf_type.currentData()

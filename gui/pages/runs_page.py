@@ -150,7 +150,8 @@ class RunsPage(Page):
         # Whole rows are picked: Tab moves on to the buttons (it stepped from cell to cell, and Resume, Delete…
         # and the rest could not be reached by keyboard); Delete asks, as Delete… does.
         self.table.setTabKeyNavigation(False)
-        delete = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table, lambda: self.delete())
+        delete = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table,
+                           lambda: bool(self.selected_runs()) and self.delete())  # none picked: a key does nothing
         delete.setContext(Qt.ShortcutContext.WidgetShortcut)
 
         actions = QHBoxLayout()
@@ -633,11 +634,12 @@ class RunsPage(Page):
         page); where the table is narrower than that, the widest columns narrow alike, to MIN_COLUMN_PX at least:
         at 1,280 px Duration was cut and Date, the column sorted by, was out of sight."""
         room = self.table.viewport().width()
+        whole = {COLUMNS.index(c) for c in ("Status", "Date")}  # short, and read at a glance: never cut
         cap = RUNS_COLUMN_PX
         widths = [min(w, cap) for w in self._natural]
         while self.table.isVisible() and sum(widths) > room and cap > MIN_COLUMN_PX:
             cap -= 5
-            widths = [min(w, cap) for w in widths]
+            widths = [min(w, RUNS_COLUMN_PX if c in whole else cap) for c, w in enumerate(self._natural)]
         for column, width in enumerate(widths):
             self.table.setColumnWidth(column, width)
 

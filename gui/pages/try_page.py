@@ -97,6 +97,7 @@ class TryPage(Page):
         self._picked: Any = None  # the HeldOutExample last put in the prompt box
         self._picked_pair = ""  # the second text it brought (classifiers of text pairs)
         self._run_line = ""  # which run and checkpoint answer, said again after each answer
+        self._cut_note = ""  # where the answers were cut at the model's positions
         self._loaded_run: Path | None = None
         self._loading_run: Path | None = None
         self._loader: Any = None
@@ -237,7 +238,15 @@ class TryPage(Page):
     # --- loading the run --------------------------------------------------------------------------
 
     def on_shown(self) -> None:
+        if self.playground is not None and not self.busy and self._newer_checkpoint():
+            self._loaded_run = None  # trained on since (resumed): its newest checkpoint answers, not the one loaded
         self.load_current_run()
+
+    def _newer_checkpoint(self) -> bool:
+        from adapter_studio.engine.training.checkpoints import latest_checkpoint
+
+        latest = latest_checkpoint(Path(self._loaded_run) / "checkpoints") if self._loaded_run else None
+        return latest is not None and latest != self.playground.tuned.checkpoint  # type: ignore[union-attr]
 
     def _run_changed(self) -> None:
         if self.state.current_run != self._loaded_run:
@@ -356,11 +365,15 @@ class TryPage(Page):
             return
         picked = self._picked
         rendered = picked.prompt if picked is not None and text == picked.message.strip() else None  # as held out
+        wanted = self.max_new_tokens.value()
         try:  # said once here, not by each answer's thread
-            self.playground.room_for_answer(self.playground.prompt_tokens(text, rendered), 1)
+            room = self.playground.room_for_answer(self.playground.prompt_tokens(text, rendered), wanted)
         except UserError as e:
             self.status.setText(html.escape(f"{e.what} — {e.fix}"))
             return
+        # Answers cut at the model's positions ended "Done" with a dozen characters, unexplained.
+        self._cut_note = (f" (answers end at the model's {self.playground.context_limit:,} positions: {room:,} "
+                          "tokens after this message)") if room < wanted else ""  # fmt: skip
         self._stop = threading.Event()
         for which in PANES:
             self.panes[which].clear()
@@ -402,7 +415,7 @@ class TryPage(Page):
     def _stream_finished(self, which: str) -> None:
         self._streams.pop(which, None)
         if not self._streams:
-            self.status.setText(("Stopped" if self._stop.is_set() else "Done") + f" — {self._run_line}")
+            self.status.setText(("Stopped" if self._stop.is_set() else "Done") + f" — {self._run_line}{self._cut_note}")
         self._update_buttons()
 
     # --- classifying ------------------------------------------------------------------------------
@@ -451,8 +464,9 @@ class PromptBox(QPlainTextEdit):
 
     @staticmethod
     def _is_submit(event: QKeyEvent) -> bool:
-        return event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and bool(
-            event.modifiers() & Qt.KeyboardModifier.ControlModifier)  # fmt: skip
+        """Ctrl+Return alone (Ctrl+Shift+Return stays the window's Resume)."""
+        modifiers = event.modifiers() & ~Qt.KeyboardModifier.KeypadModifier  # Enter on the number pad
+        return event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and modifiers == Qt.KeyboardModifier.ControlModifier
 
     def event(self, event: QEvent) -> bool:
         if event.type() == QEvent.Type.ShortcutOverride and self._is_submit(event):  # type: ignore[arg-type]
