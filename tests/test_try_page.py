@@ -253,6 +253,13 @@ def test_a_message_longer_than_the_model_reads_is_said_before_generating(page: T
     assert not page.busy and page.status.text() == (f"the message is {tokens:,} tokens, and this model reads 256 at "
                                                     "most — shorten the message")  # fmt: skip
     assert pg.room_for_answer(250, 128) == 6  # an answer that would run past the positions stops at them
+    page.prompt.setPlainText("reverse " + "ab" * 100)  # fits, with a few tokens left for the answer
+    room = limit - pg.prompt_tokens(page.prompt.toPlainText())
+    assert 0 < room < page.max_new_tokens.value()
+    page.generate_button.click()
+    qtbot.waitUntil(lambda: not page.busy, timeout=LOAD_MS)
+    assert page.status.text().endswith(f"(answers end at the model's 256 positions: {room} tokens after this "
+                                       "message)")  # it said "Done", the answers a dozen characters, unexplained
 
 
 def test_a_run_trained_on_since_it_was_loaded_answers_with_its_newest_checkpoint(page: TryPage, qtbot: Any,
