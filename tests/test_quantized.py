@@ -236,10 +236,17 @@ def test_loftq_starts_a_4bit_classifier(tiny_bert_cls, classification_csv, make_
     ],
 )
 def test_loftq_is_refused_before_anything_loads(quantization, objective, said, tiny_llama, alpaca_jsonl,
-                                                make_spec) -> None:  # type: ignore[no-untyped-def]
+                                                make_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
     from adapter_studio.engine.spec import parse_spec
 
-    spec = make_spec(tiny_llama, alpaca_jsonl, {"name": "lora", "init": "loftq"}, max_steps=2)
+    data = alpaca_jsonl
+    if objective == "dpo":  # pairs: DPO on alpaca rows is refused first, before the run folder
+        data = tmp_path / "pairs.jsonl"
+        data.write_text("".join(json.dumps({"prompt": f"reverse {w}", "chosen": w[::-1], "rejected": w}) + "\n"
+                                for w in ("abc", "defg", "hij", "klmn", "opq", "rstu")))  # fmt: skip
+    spec = make_spec(tiny_llama, data, {"name": "lora", "init": "loftq"}, max_steps=2)
     spec = parse_spec({**spec.model_dump(), "objective": {"name": objective}})
     result, events = train(quantized(spec, quantization))
     assert result.status == "failed" and said in (result.error or ""), result.error
