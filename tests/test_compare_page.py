@@ -7,7 +7,7 @@ import html
 
 import pytest
 from adapter_studio.engine.methods import METHODS
-from adapter_studio.gui.pages.compare_page import COMMON
+from adapter_studio.gui.pages.compare_page import COMMON, cost_overrides
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QPushButton
 
@@ -44,10 +44,17 @@ def test_costs_for_every_method_follow_the_settings(window, qtbot, tiny_llama, t
     bitfit = next(r for r in page.rows if r["method"] == "bitfit")
     assert "no bias" in bitfit["error"] or "has none" in bitfit["error"]
 
+    # Untouched, every method is at its own defaults, as `adapter-studio params` gives it: LoRA's r of 8 gave
+    # VeRA (256 of its own) a rank of 8.
+    from adapter_studio.engine.estimate.table import estimate_table
+
+    own = {r["method"]: r["trainable_params"] for r in estimate_table(str(tiny_llama), "vera,miss,lora", [])}
+    assert {m: r["trainable_params"] for r in page.rows if (m := r["method"]) in own} == own
     before = row["trainable_params"]
     window.state.method = window.state.method.model_copy(update={"r": 16})
     window.state.spec_edited.emit()
     qtbot.waitUntil(lambda: lora_row(page)["trainable_params"] == 2 * before, timeout=60_000)
+    assert "method.r=16" in cost_overrides(window.state)  # a rank set is shared by the methods that have one
 
     page.ticks.item(1).setCheckState(Qt.CheckState.Unchecked)
     assert page.table.rowCount() == len(METHODS)

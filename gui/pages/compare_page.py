@@ -114,10 +114,13 @@ def cost_overrides(state: Any) -> list[str]:
         items.append(f"objective.name={state.objective.name}")
     if state.data_tasks:  # Poly's router has a weight per task and skill: count the data's tasks
         items.append(f"method.tasks={json.dumps(state.data_tasks)}")
+    defaults = type(state.method).model_fields
     for field, value in state.method.model_dump().items():
-        # Scalar settings of the chosen method (rank, reduction factor, prompt length) apply to every
-        # method that has them; lists such as target modules stay each method's own default.
-        if field != "name" and isinstance(value, (int, float, bool, str)):
+        # Scalar settings the person changed on the chosen method (a rank, a reduction factor, a prompt length)
+        # apply to every method that has them; untouched ones and lists (target modules) stay each method's own
+        # default. LoRA's untouched r of 8 gave VeRA (256 of its own) a rank of 8, and VeRA picked gave LoRA 256.
+        changed = field in defaults and value != defaults[field].default
+        if field != "name" and changed and isinstance(value, (int, float, bool, str)):
             items.append(f"method.{field}={value}")
     return items
 
@@ -375,7 +378,8 @@ class ComparePage(Page):
         self.status.setText(
             f"{sum(not r.get('baseline') for r in rows)} methods and the no-training baseline on "
             f"{self.state.model.source} {where}. The chosen method is "
-            "highlighted, as you set it; the others keep their own defaults but share its rank, batch and length."
+            "highlighted, as you set it; the others keep their own defaults, but for the settings you changed "
+            "(a rank, a batch, a length)."
             f"{devices}{progress}"
         )
 
