@@ -42,6 +42,9 @@ class StudioState(QObject):
         self.data_tasks: list[str] = []
         self.data_labels: int | None = None  # a classification file's labels: the Compare page's head size
         self.data_mistake: str | None = None  # a setting typed on the Data page that does not read (label names)
+        # A box on the Method page that does not read, by form (method, objective, training, machines): Start
+        # trained with the last settings that did, under the red line that said so.
+        self.form_mistakes: dict[str, str] = {}
         self._lengths: tuple[DataSpec, dict[str, Any]] | None = None  # token counts, and the data they are of
         # The demo's spec while its data is the data: its recipe (LoRA on q,v, 150 steps of 8 at lr 1e-3) is
         # for its dates, and another data file gets the app's defaults instead, unless it was edited.
@@ -177,7 +180,7 @@ class StudioState(QObject):
         self.demo = spec if demo else None
         self.run_name = spec.name
         self._methods, self.data_labels = {}, None  # labels: counted again as the Data page reads the file
-        self.data_mistake = None
+        self.data_mistake, self.form_mistakes = None, {}
         self.model = spec.model
         self.data = spec.data
         self.method = spec.method
@@ -199,6 +202,11 @@ class StudioState(QObject):
             raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
         if self.data_mistake:
             raise UserError(f"{self.data_mistake} (Data page)")
+        if self.form_mistakes:
+            raise UserError(next(iter(self.form_mistakes.values())), where="Method page",
+                            fix="put that box right (until it reads, Start would train with the settings before it)")
+        if self.model_info is not None:  # what the Method page says "Cannot train" of: refused before a run folder
+            self.method.check(self.model_info, self.training)
         return RunSpec(
             model=self.model, data=self.data, method=self.method, objective=self.objective, training=self.training,
             output_dir=self.runs_dir, name=self.run_name,

@@ -286,6 +286,27 @@ def test_the_train_log_names_defaults_as_the_boxes_do(line: str, shown: str) -> 
     assert in_form_words(line) == shown
 
 
+def test_start_waits_for_the_method_page_to_read(window, qtbot, tiny_llama, alpaca_jsonl):  # type: ignore[no-untyped-def]
+    """IA3 with a feed-forward module not among its targets showed "feedforward_modules: Value error, …" (under
+    Advanced, folded) and Start trained with the settings before; BitFit on Llama, "Cannot train" on the page,
+    started and left a failed run folder."""
+    from adapter_studio.engine.errors import UserError
+
+    choose(window, qtbot, tiny_llama, alpaca_jsonl)
+    page = window.pages["method"]
+    page.select("ia3")
+    page._method_edited({"target_modules": ["q_proj"], "feedforward_modules": ["down_proj"]})
+    assert page.validation.text() == "feedforward modules: down_proj is not among the target modules (q_proj)"
+    with pytest.raises(UserError, match="Method page: feedforward modules: down_proj is not among"):
+        window.state.build_spec()
+    page._method_edited({"target_modules": ["q_proj", "down_proj"], "feedforward_modules": ["down_proj"]})
+    assert page.validation.text() == "" and window.state.build_spec().method.feedforward_modules == ["down_proj"]
+    page.select("bitfit")  # this Llama has no biases
+    assert "Cannot train" in page.details.text()
+    with pytest.raises(UserError, match="BitFit"):
+        window.state.build_spec()
+
+
 def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]
     page = window.pages["model"]
     page.choose(str(tiny_llama))
@@ -368,6 +389,8 @@ def test_a_second_export_of_a_run_goes_to_a_new_folder(window, tmp_path: Path, m
 
     page = window.pages["export"]
     window.state.current_run = tmp_path / "runs" / "lora-1"
+    window.state.current_run.mkdir(parents=True)
+    (window.state.current_run / "spec.yaml").write_text("")  # a run folder (a gone one is said, not exported)
     name = "lora-1-gguf-q8_0" if kind == "gguf" else f"lora-1-{kind}"
     for taken in (name, f"{name}-2"):
         (tmp_path / "out" / taken).mkdir(parents=True)

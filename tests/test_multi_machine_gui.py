@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from adapter_studio.engine.errors import UserError
 from adapter_studio.engine.spec import TrainingSpec
 from PySide6.QtWidgets import QFileDialog, QPushButton
 
@@ -81,8 +82,10 @@ def test_machines_section_edits_the_spec_and_writes_cluster_files(  # type: igno
     page.training_form.changed.emit(page.training_form.values())
     assert window.state.training.batch_size == 2 and window.state.training.machines.count == 3
     edit_machines(page, rank=3)
-    assert "training.machines: Value error, rank 3 is not one of the 3 machines" in page.validation.text()
+    assert page.validation.text() == "machines: rank 3 is not one of the 3 machines (0 … 2)"  # not "Value error,"
     assert window.state.training.machines.rank == 0  # the bad value is not taken
+    with pytest.raises(UserError, match=r"Method page: machines: rank 3 is not one of the 3 machines \(0 … 2\) — put"):
+        window.state.build_spec()  # Start trained with the machines before it, under the red line
     edit_machines(page, rank=1)
     assert page.validation.text() == ""
     # A spec loaded from a file shows its machines.

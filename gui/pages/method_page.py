@@ -87,9 +87,9 @@ class MethodPage(Page):
         self.no_settings = wrapped_label("noMethodSettings")
         self.method_box_layout.addWidget(self.no_settings)
         right.addWidget(self.method_box)
-        right.addWidget(self._objective_box())
-        self.validation = wrapped_label("methodValidation")
+        self.validation = wrapped_label("methodValidation")  # made first: the objective's box reports to it
         self.validation.setStyleSheet("color: #c00")
+        right.addWidget(self._objective_box())
         right.addWidget(self.validation)
         training_box = QGroupBox("Training")
         training_layout = QVBoxLayout(training_box)
@@ -200,6 +200,7 @@ class MethodPage(Page):
         if self.objective_form is not None and self.objective_form.model_cls is cls:
             self.objective_form.set_values(objective)
             return
+        self._mistake("objective", None)
         if self.objective_form is not None:
             self.objective_form.setParent(None)
             self.objective_form.deleteLater()
@@ -212,10 +213,9 @@ class MethodPage(Page):
         try:
             objective = type(self.state.objective).model_validate({"name": self.state.objective.name, **values})
         except ValidationError as e:
-            first = e.errors()[0]
-            self.validation.setText(f"objective.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            self._mistake("objective", e)
             return
-        self.validation.setText("")
+        self._mistake("objective", None)
         self.state.objective = objective  # the form already shows these values: no rebuild
         self.state.spec_edited.emit()
 
@@ -259,6 +259,7 @@ class MethodPage(Page):
         )
 
     def _rebuild_form(self) -> None:
+        self._mistake("method", None)  # the form now shows the method's settings as they stand
         if self.form is not None:
             self.form.setParent(None)
             self.form.deleteLater()
@@ -283,10 +284,9 @@ class MethodPage(Page):
             # Over the current values: fields without a widget (AdapterFusion's runs) keep theirs.
             method = type(self.state.method).model_validate({**self.state.method.model_dump(), **values})
         except ValidationError as e:
-            first = e.errors()[0]
-            self.validation.setText(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            self._mistake("method", e)
             return
-        self.validation.setText("")
+        self._mistake("method", None)
         # Not set_method: the form already shows these values and must not be rebuilt under the cursor.
         self.state.method = method
         self.state.spec_edited.emit()
@@ -314,11 +314,9 @@ class MethodPage(Page):
         try:
             machines = MachinesSpec.model_validate({**values, "hosts": self.state.training.machines.hosts})
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            self.validation.setText(f"training.machines{'.' + where if where else ''}: {first['msg']}")
+            self._mistake("machines", e)
             return
-        self.validation.setText("")
+        self._mistake("machines", None)
         self.state.training = self.state.training.model_copy(update={"machines": machines})
         self.state.spec_edited.emit()
 
@@ -339,11 +337,21 @@ class MethodPage(Page):
         try:
             # The machines are edited in their own section; this form has no field for them.
             self.state.training = TrainingSpec.model_validate({**values, "machines": self.state.training.machines})
-            self.validation.setText("")
+            self._mistake("training", None)
             self.state.spec_edited.emit()
         except ValidationError as e:
-            first = e.errors()[0]
-            self.validation.setText(f"training.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            self._mistake("training", e)
+
+    def _mistake(self, form: str, error: ValidationError | None) -> None:
+        """Say (or clear) what does not read in a form, by its box's label ("feedforward modules: down_proj is not
+        among …", not pydantic's "feedforward_modules: Value error, …"), and keep Start from training without it."""
+        if error is None:
+            self.state.form_mistakes.pop(form, None)
+        else:
+            first = error.errors()[0]
+            box = " ".join(str(part).replace("_", " ") for part in first["loc"]) or form
+            self.state.form_mistakes[form] = f"{box}: {first['msg'].removeprefix('Value error, ')}"
+        self.validation.setText(next(iter(self.state.form_mistakes.values()), ""))
 
     def _explain_defaults(self) -> None:
         """Why each empty field will have the value it gets (engine.defaults: the same for CLI runs)."""
