@@ -163,7 +163,14 @@ def test_a_classifier_shows_its_classes_and_confusions(page: EvaluatePage, qtbot
 
 
 def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run: Path) -> None:
-    page._progress.changed.connect(lambda stage, done, total: page.stop() if stage == "base" else None)
+    said: list[str] = []  # at the click: it read "Evaluating: … (16/190)" for seconds, Stop still on
+
+    def stop(stage: str) -> None:
+        if stage == "base" and not said:
+            page.stop()
+            said.append(page.status.text() if not page.stop_button.isEnabled() else "Stop still on")
+
+    page._progress.changed.connect(lambda stage, done, total: stop(stage))
     before = set((lora_run / "evaluations").glob("*"))
     page.state.set_current_run(lora_run)
     shown = page.result and page.result.report  # the last saved evaluation, if a test before saved one
@@ -171,6 +178,7 @@ def test_stop_ends_it_and_saves_nothing(page: EvaluatePage, qtbot: Any, lora_run
     qtbot.waitUntil(lambda: not page.busy, timeout=WAIT_MS)
     assert page.errors == [] and (page.result and page.result.report) == shown  # type: ignore[attr-defined]
     assert "stopped" in page.status.text()
+    assert said == ["Stopping after the answers under way… (nothing is saved)"]
     assert set((lora_run / "evaluations").glob("*")) == before
     assert page.evaluate_button.isEnabled() and not page.stop_button.isEnabled()
 

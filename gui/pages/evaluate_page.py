@@ -317,10 +317,13 @@ class EvaluatePage(Page):
         self._update_buttons()
 
     def stop(self) -> None:
+        if self.busy and not self._stop.is_set():  # the batch under way ends first: it read "Evaluating: …" for
+            self.status.setText("Stopping after the answers under way… (nothing is saved)")  # seconds, Stop still on
+            self.stop_button.setEnabled(False)
         self._stop.set()
 
     def _show_progress(self, stage: str, done: int, total: int) -> None:
-        if not self.busy:
+        if not self.busy or self._stop.is_set():
             return
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
