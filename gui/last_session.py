@@ -40,7 +40,7 @@ def save_session(state: StudioState, format_chosen: bool = True, page: str = "")
     "chosen")."""
     file = session_file()
     try:
-        spec = state.build_spec() if state.demo is None else None
+        spec = state.build_spec(settled=False) if state.demo is None else None
     except UserError:
         spec = None
     with contextlib.suppress(OSError):

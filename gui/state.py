@@ -197,16 +197,16 @@ class StudioState(QObject):
         """What still has to be chosen before a run can start."""
         return [name for name, value in (("a model", self.model), ("a dataset", self.data)) if value is None]
 
-    def build_spec(self) -> RunSpec:
+    def build_spec(self, settled: bool = True) -> RunSpec:
+        """The spec the pages hold; `settled`: refused while a Method page box does not read (the session kept at
+        closing takes the last settings that did)."""
         if self.model is None or self.data is None:
             raise UserError(f"choose {' and '.join(self.missing())} first", where="Start")
         if self.data_mistake:
             raise UserError(f"{self.data_mistake} (Data page)")
-        if self.form_mistakes:
+        if self.form_mistakes and settled:
             raise UserError(next(iter(self.form_mistakes.values())), where="Method page",
                             fix="put that box right (until it reads, Start would train with the settings before it)")
-        if self.model_info is not None:  # what the Method page says "Cannot train" of: refused before a run folder
-            self.method.check(self.model_info, self.training)
         return RunSpec(
             model=self.model, data=self.data, method=self.method, objective=self.objective, training=self.training,
             output_dir=self.runs_dir, name=self.run_name,

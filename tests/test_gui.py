@@ -303,8 +303,11 @@ def test_start_waits_for_the_method_page_to_read(window, qtbot, tiny_llama, alpa
     assert page.validation.text() == "" and window.state.build_spec().method.feedforward_modules == ["down_proj"]
     page.select("bitfit")  # this Llama has no biases
     assert "Cannot train" in page.details.text()
-    with pytest.raises(UserError, match="BitFit"):
-        window.state.build_spec()
+    refused: list[BaseException] = []
+    window.train_page.error = refused.append  # type: ignore[method-assign]
+    window.train_page.start()
+    assert "BitFit" in str(refused[0]) and not window.train_page.controller.running  # no run, no run folder
+    assert not list(Path(window.state.runs_dir).glob("bitfit-*"))
 
 
 def test_model_loading_settings_reach_the_spec_and_quantization_is_explained(window, qtbot, tiny_llama):  # type: ignore[no-untyped-def]

@@ -211,6 +211,8 @@ class TrainPage(Page):
             return
         try:
             spec = self.state.build_spec()
+            if self.state.model_info is not None:  # what the Method page says "Cannot train" of (BitFit on Llama):
+                spec.method.check(self.state.model_info, spec.training)  # refused before a run folder is made
         except Exception as e:
             self.error(e)
             return
