@@ -85,10 +85,13 @@ def test_evaluates_and_shows_table_chart_forgetting_and_rows(page: EvaluatePage,
     headers = [page.examples.horizontalHeaderItem(j).text() for j in range(page.examples.columnCount())]
     assert headers == ["Row", "Input", "Expected", "Base", "In-context", "Tuned", "Change"]
     if shown:
-        assert page.examples.item(0, 5).toolTip() == shown[0]["answers"]["tuned"]
+        assert page.examples.item(0, 5).toolTip() == (shown[0]["answers"]["tuned"] or "(an empty answer)")
         assert page.examples.item(0, 1).toolTip() == shown[0]["input"]  # the whole input; the cell leads with
         assert shown[0]["input"].split("reverse ")[-1] in page.examples.item(0, 1).text()  # what differs
         assert page.examples.item(0, 6).text() == f"{shown[0]['change']:+.2f}"
+        shown[0]["answers"]["tuned"] = ""  # an empty answer reads as the report writes it (it was a blank cell)
+        page._fill_examples()
+        assert page.examples.item(0, 5).text() == "∅"
     page.regressions_only.setChecked(True)
     assert page.examples.rowCount() == sum(r["regression"] for r in result.rows)
     assert page.open_report.isEnabled() and result.report.exists()

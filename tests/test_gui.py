@@ -72,6 +72,19 @@ def test_train_watch_and_export_from_the_window(window, qtbot, tiny_llama, alpac
         assert kind in export.exports, export.status.text()
         assert "verified" in export.status.text()
         assert "open the folder" in export.results.toPlainText()  # a link to it, and where to read how to load it
+    from adapter_studio.engine import events
+
+    def read_only(path: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    real = events.EventLog
+    events.EventLog = read_only  # type: ignore[assignment, misc]  # the run folder cannot note the export
+    try:
+        export.export("adapter", tmp_path / "adapter-again")
+        qtbot.waitUntil(lambda: not export.busy, timeout=120_000)
+    finally:
+        events.EventLog = real  # type: ignore[misc]
+    assert "could not note it (Permission denied): the run's history will not list it" in export.results.toPlainText()
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

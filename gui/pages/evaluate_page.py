@@ -44,6 +44,7 @@ SHOTS = "Training rows shown to the base model as worked examples (0: no in-cont
 CLASSIFIER_SHOTS = ("A classifier's encoder takes no examples: its baseline is a logistic regression on the base "
                     "model's frozen features (the Features column)")  # fmt: skip
 CLASSIFIER_FORGETTING = "a classifier answers with its labels, not general text to forget"
+EMPTY = "∅"  # an empty answer, as engine.evaluation.report writes it
 COLUMN_TITLES = {"base": "Base", "in_context": "In-context", "features": "Features", "tuned": "Tuned"}
 COLOURS = {"base": "#9e9e9e", "in_context": "#fb8c00", "features": "#43a047", "tuned": "#1e88e5"}
 # A preference run's pair scores as rows of the scores table (engine.evaluation.pairs.PAIR_METRICS).
@@ -514,8 +515,9 @@ class EvaluatePage(Page):
             cells = (Path(r["where"]).name, r["input"], r["expected"], *(r["answers"][c] for c in answered),
                      f"{r['change']:+.2f}")  # fmt: skip
             for j, text in enumerate(cells):
-                item = QTableWidgetItem(inputs[i] if j == 1 else " ".join(str(text).split()))
-                item.setToolTip(str(text))
+                # An empty answer shows as the report writes it (a blank cell read as nothing shown).
+                item = QTableWidgetItem(inputs[i] if j == 1 else " ".join(str(text).split()) or EMPTY)
+                item.setToolTip(str(text) or "(an empty answer)")
                 self.examples.setItem(i, j, item)
         total = len(self.result.rows) if self.result is not None else 0
         regressions = sum(r["regression"] for r in self.result.rows) if self.result is not None else 0

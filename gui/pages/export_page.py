@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import shiboken6
-from adapter_studio.engine.events import Stage
+from adapter_studio.engine.events import Log, Stage
 from adapter_studio.engine.export import gguf_writer, llama_cpp
 from adapter_studio.engine.export.gguf_writer import BY_LLAMA_CPP
 from adapter_studio.engine.export.run_gguf import GGUF_CHOICES, export_gguf, merge_refusal
@@ -32,9 +32,10 @@ GGUF_NOTE = (
 NO_RUN = "No run yet: train one on the Train page, or pick a run folder."
 
 class _Stages(QObject):
-    """Carries the export's stage texts from the worker thread to the page (a queued signal)."""
+    """Carries the export's stage texts and warnings from the worker thread to the page (queued signals)."""
 
     changed = Signal(str)
+    warned = Signal(str)
 
 
 class ExportPage(Page):
@@ -78,6 +79,8 @@ class ExportPage(Page):
         self.layout_.addWidget(note)
         self._stages = _Stages(self)
         self._stages.changed.connect(self._show_stage)
+        self._stages.warned.connect(self._warned)
+        self._warnings: list[str] = []  # the export under way's (its run folder could not note it)
         self._gguf_target: Path | None = None
         self.status = wrapped_label("exportStatus")  # a refusal's message can be long
         self.layout_.addWidget(self.status)
@@ -160,7 +163,9 @@ class ExportPage(Page):
         self.status.setText(f"Exporting {kind} to {target}… (loading, writing, then verifying)")
         for button in (self.adapter_button, self.merged_button, self.gguf_button):  # GGUF stayed on, doing nothing
             button.setEnabled(False)
-        self._worker = run_in_background(export_run, run, kind, target, on_result=self._done, on_error=self._failed)
+        self._warnings = []
+        self._worker = run_in_background(export_run, run, kind, target, emit=self._emit_stage, on_result=self._done,
+                                         on_error=self._failed)  # fmt: skip
 
     def _gguf_types(self) -> QComboBox:
         box = QComboBox()
@@ -193,7 +198,7 @@ class ExportPage(Page):
         run = self.state.current_run
         if run is None or self._worker is not None:
             return
-        self._gguf_target = target
+        self._gguf_target, self._warnings = target, []
         self.status.setText(f"Exporting GGUF ({esc(quant)}) to {esc(target)}…")
         for button in (self.adapter_button, self.merged_button, self.gguf_button):
             button.setEnabled(False)
@@ -202,9 +207,16 @@ class ExportPage(Page):
         )
 
     def _emit_stage(self, event: Any) -> None:
-        """Called by the engine on the worker thread: pass stage texts on to the main thread."""
-        if isinstance(event, Stage) and shiboken6.isValid(self._stages):
+        """Called by the engine on the worker thread: pass stage texts and warnings on to the main thread."""
+        if not shiboken6.isValid(self._stages):
+            return
+        if isinstance(event, Stage):
             self._stages.changed.emit(event.detail or event.stage)
+        elif isinstance(event, Log) and event.level == "warning":
+            self._stages.warned.emit(event.message)
+
+    def _warned(self, message: str) -> None:
+        self._warnings.append(message)
 
     def _show_stage(self, text: str) -> None:
         if self._worker is not None and self._gguf_target is not None:
@@ -236,6 +248,7 @@ class ExportPage(Page):
             text += f"<p>llama.cpp tokenises {v.tokens_agree} / {v.prompts} prompts as transformers does</p>"
         if result.ollama_command:
             text += f"<p>Run it in Ollama:</p><pre>{esc(result.ollama_command)}</pre>"
+        text += "".join(f"<p style='color:#b35900'>{esc(w)}</p>" for w in self._warnings)
         self.results.append(text)
         self.refresh()
 
@@ -248,10 +261,12 @@ class ExportPage(Page):
             f"within {result.verified_max_diff:.2e} of the trained model's (max logit difference)"
         )
         folder = QUrl.fromLocalFile(str(result.path)).toString()
+        warned = "".join(f"<br><span style='color:#b35900'>{esc(w)}</span>" for w in self._warnings)
         self.results.append(
             f"<p><b>{result.kind}</b>: {esc(result.path)} — {human_bytes(result.bytes)}, verified "
             f"(max logit difference {result.verified_max_diff:.2e}) · <a href='{folder}'>open the folder</a> "
-            f"(its README.md says how to load it)<br><span style='color:gray'>{esc(', '.join(files))}</span></p>"
+            f"(its README.md says how to load it)<br><span style='color:gray'>{esc(', '.join(files))}</span>"
+            f"{warned}</p>"
         )
         self.refresh()
 
