@@ -8,6 +8,7 @@ so a data set larger than memory can be prepared.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -81,7 +82,15 @@ class PreparedData:
     from_cache: bool = False
     eval_prompt_tasks: list[int] = field(default_factory=list)  # each eval prompt's task index (with a task column)
     tasks: list[str] | None = None  # the task names of data.columns.task, in the order of their indices
-    repeated: int = 0  # held-out rows that are a training row token for token (cache.repeated_rows)
+    stores: tuple[Any, Any] | None = field(default=None, repr=False)  # (training, held-out) as tokenised
+
+    @functools.cached_property
+    def repeated(self) -> int:
+        """Held-out rows that are a training row token for token (cache.repeated_rows); counted when asked (a run
+        says it), not on each Data page count; none for pairs, KTO answers and text blocks."""
+        if self.stores is None or self.format in ("preference", "kto", "text"):
+            return 0
+        return repeated_rows(*self.stores)
 
     @property
     def train_tokens(self) -> int:
@@ -152,7 +161,7 @@ def prepare_data(
     )  # fmt: skip
     data.train, data.truncated, too_long = _view(train_store, fmt, max_length, spec.packing, files)
     data.eval, _, eval_too_long = _view(eval_store, fmt, max_length, False, files)
-    data.repeated = repeated_rows(train_store, eval_store) if fmt not in ("preference", "kto", "text") else 0
+    data.stores = (train_store, eval_store)
     data.dropped += too_long + [f"held-out {note}" for note in eval_too_long]  # counted: the numbers add up
     if not len(data.train):
         raise _all_too_long(train_store, max_length, _where(spec.path))
