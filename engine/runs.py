@@ -39,9 +39,14 @@ def is_one_folder_name(name: str) -> bool:
 RUN_FOLDER_FIX = "give a run folder (`adapter-studio runs` lists them)"
 
 
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether `folder` is a run's (it has the spec.yaml every run writes first): not deleted or moved since."""
+    return (Path(folder) / "spec.yaml").is_file()
+
+
 def require_run_folder(folder: Path, where: str, fix: str = RUN_FOLDER_FIX) -> None:
     """A UserError saying why `folder` is not a run folder: not there, a file, or a folder without a spec.yaml."""
-    if (folder / "spec.yaml").is_file():
+    if is_run_folder(folder):
         return
     why = "does not exist" if not folder.exists() else "is a file" if not folder.is_dir() else "has no spec.yaml"
     raise UserError(f"{folder} is not a run folder: it {why}", where=where, fix=fix)

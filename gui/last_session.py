@@ -80,8 +80,10 @@ def last_session() -> RunSpec | None:
 def last_place() -> tuple[str, Path | None]:
     """The page (its key, "" if none was kept) and the run the window showed when its set-up was kept; the run
     only while its folder is still a run's."""
+    from adapter_studio.engine.runs import is_run_folder
+
     settings = QSettings()
     page, run = settings.value(PAGE, ""), settings.value(RUN, "")
     page = page if isinstance(page, str) else ""  # a hand-edited file may hold anything
-    run_dir = Path(run) if isinstance(run, str) and run and (Path(run) / "spec.yaml").is_file() else None
+    run_dir = Path(run) if isinstance(run, str) and run and is_run_folder(run) else None
     return page, run_dir

@@ -117,13 +117,8 @@ class MainWindow(QMainWindow):
         self.train_page.run_spec(spec)
 
     def _show_page(self, row: int) -> None:
-        run = self.state.current_run
-        if run is not None and not (Path(run) / "spec.yaml").is_file():  # deleted or moved since it was chosen
-            # Try, Evaluate and Export went on showing it, and an export said "not a run folder … (`adapter-studio
-            # runs` lists them)".
-            self.state.set_current_run(None)
-            self.statusBar().showMessage(f"The run {Path(run).name} is no longer there ({run}): pick one on the "
-                                         "Runs page", 30_000)  # fmt: skip
+        if gone := self.state.forget_gone_run():
+            self.statusBar().showMessage(gone, 30_000)
         self.stack.setCurrentIndex(row)
         page = self.stack.currentWidget()
         if isinstance(page, Page):

@@ -175,6 +175,18 @@ class StudioState(QObject):
         self.current_run = run_dir
         self.run_changed.emit()
 
+    def forget_gone_run(self) -> str | None:
+        """Drop the current run where its folder was deleted or moved since it was chosen (Try, Evaluate and
+        Export went on showing it, and an export said "not a run folder … (`adapter-studio runs` lists them)");
+        what to say of it, or None where it is there."""
+        from adapter_studio.engine.runs import is_run_folder
+
+        run = self.current_run
+        if run is None or is_run_folder(run):
+            return None
+        self.set_current_run(None)
+        return f"The run {Path(run).name} is no longer there ({run}): pick one on the Runs page"
+
     def load_spec(self, spec: RunSpec, demo: bool = False) -> None:
         """Everything a spec says; `demo`: it is the demo's (`_leave_demo`)."""
         self.demo = spec if demo else None

@@ -136,15 +136,10 @@ class ExportPage(Page):
             self.state.set_current_run(Path(folder))
 
     def _run_still_there(self) -> Path | None:
-        """The current run, unless its folder went since it was chosen (an export then said "not a run folder …
-        (`adapter-studio runs` lists them)"): then no run, said in the page's words."""
-        run = self.state.current_run
-        if run is not None and not (Path(run) / "spec.yaml").is_file():
-            self.state.set_current_run(None)
-            self.status.setText(f"The run {esc(Path(run).name)} is no longer there ({esc(run)}): pick one on the "
-                                "Runs page")  # fmt: skip
-            return None
-        return run
+        """The current run, unless its folder went since it was chosen: then none, said on the page."""
+        if gone := self.state.forget_gone_run():
+            self.status.setText(esc(gone))
+        return self.state.current_run
 
     def ask_and_export(self, kind: str) -> None:
         run = self._run_still_there()

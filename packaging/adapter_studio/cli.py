@@ -223,9 +223,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _say_unfinished(run_dir: Path) -> None:
     """A run that did not finish exports its latest checkpoint as any run does, but said: a cancelled run's
     export read "exported … verified", nothing saying it held 11 of 5,000 steps."""
-    from adapter_studio.engine.runs import summarize_run
+    from adapter_studio.engine.runs import is_run_folder, summarize_run
 
-    if not (run_dir / "spec.yaml").is_file():
+    if not is_run_folder(run_dir):
         return  # the export says why it is not a run
     run = summarize_run(run_dir)
     if run.status != "completed":
