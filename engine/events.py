@@ -188,14 +188,16 @@ def _ends_mid_line(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
-def iter_events(path: Path) -> Iterator[Event]:
-    """Events of a log; a half-written last line (a killed process) is skipped, not an error."""
+def iter_events(path: Path, only: str | None = None) -> Iterator[Event]:
+    """Events of a log; a half-written last line (a killed process) is skipped, not an error. `only`: events of
+    that type alone, the other lines not parsed (a run's exports among its thousands of steps)."""
     if not path.exists():
         return
+    wanted = f'"type": "{only}"' if only else ""  # as EventLog writes it
     with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
-            if not line:
+            if not line or wanted not in line:
                 continue
             try:
                 data = json.loads(line)

@@ -3,9 +3,7 @@ GGUF for llama.cpp, Ollama and LM Studio (read back and compared with the traine
 
 from __future__ import annotations
 
-import contextlib
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -281,19 +279,12 @@ class ExportPage(Page):
 def earlier_exports(run: Path) -> str:
     """The exports the run's log records (made in earlier sessions, or by the command line) as HTML: what each
     is, when it was made, where it went and how it was checked; said where it is no longer there."""
-    from adapter_studio.engine.events import Export, event_from_dict
+    from adapter_studio.engine.events import Export, iter_events
 
     try:
-        with (run / "events.jsonl").open(encoding="utf-8", errors="replace") as log:
-            lines = [line for line in log if '"type": "export"' in line]  # not the thousands of steps'
+        parts = [_export_line(e) for e in iter_events(run / "events.jsonl", only="export") if isinstance(e, Export)]
     except OSError:
         return ""
-    parts = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            event = event_from_dict(json.loads(line))
-            if isinstance(event, Export):
-                parts.append(_export_line(event))
     return "<p style='color:gray'>Exported before:</p>" + "".join(parts) if parts else ""
 
 
