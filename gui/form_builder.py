@@ -31,6 +31,12 @@ AUTO = "auto"
 INT_MAX = 2**31 - 1
 
 
+def field_label(name: str) -> str:
+    """A field's label on a generated form ("gradient_checkpointing": "gradient checkpointing"); messages about a
+    field name it the same way."""
+    return name.replace("_", " ")
+
+
 def _bounds(metadata: list[Any]) -> tuple[float | None, float | None, bool, bool]:
     low = high = None
     low_open = high_open = False
@@ -230,7 +236,7 @@ class SpecForm(QWidget):
                 continue
             widget.setObjectName(f"field_{name}")
             widget.setToolTip(info.description or "")
-            label = QLabel(name.replace("_", " "))
+            label = QLabel(field_label(name))
             label.setToolTip(info.description or "")
             (advanced if _extra(info).get("advanced") else main).addRow(label, widget)
             self.widgets[name] = widget

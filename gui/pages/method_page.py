@@ -15,7 +15,7 @@ from adapter_studio.engine.methods import METHOD_CLASSES
 from adapter_studio.engine.objectives import OBJECTIVE_CLASSES, OBJECTIVES
 from adapter_studio.engine.spec import MachinesSpec, TrainingSpec
 from adapter_studio.gui.dialogs import show_error
-from adapter_studio.gui.form_builder import SpecForm
+from adapter_studio.gui.form_builder import SpecForm, field_label
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from pydantic import ValidationError
 from PySide6.QtCore import Qt
@@ -349,7 +349,7 @@ class MethodPage(Page):
             self.state.form_mistakes.pop(form, None)
         else:
             first = error.errors()[0]
-            box = " ".join(str(part).replace("_", " ") for part in first["loc"]) or form
+            box = " ".join(field_label(str(part)) for part in first["loc"]) or form
             self.state.form_mistakes[form] = f"{box}: {first['msg'].removeprefix('Value error, ')}"
         self.validation.setText(next(iter(self.state.form_mistakes.values()), ""))
 

@@ -12,6 +12,7 @@ from adapter_studio.engine.events import Checkpoint, Eval, Finished, Log, LrFind
 from adapter_studio.engine.runs import RESUMABLE
 from adapter_studio.engine.training.checkpoints import has_checkpoint
 from adapter_studio.gui.data_texts import PAGE_NAMES
+from adapter_studio.gui.form_builder import field_label
 from adapter_studio.gui.pages.base import Page, wrapped_label
 from adapter_studio.gui.plots import LivePlot, RangeTestPlot, ema
 from adapter_studio.gui.spin_boxes import DoubleSpinBox
@@ -528,5 +529,5 @@ def in_form_words(message: str) -> str:
     found = CHOSEN.match(message)
     if found is None:
         return message
-    name = PAGE_NAMES.get(f"{found[1]}.{found[2]}", found[2].replace("_", " "))
+    name = PAGE_NAMES.get(f"{found[1]}.{found[2]}", field_label(found[2]))
     return f"{name} = {message[found.end():]}"
